@@ -1,0 +1,570 @@
+//! Every clap definition of orgctl, in one place: the binary, the completions in
+//! `completions/` and the man pages in `man/` are all generated from [`Cli`].
+//!
+//! Parsing happens in two stages: clap checks the shape of the command line here, and each
+//! command family turns its arguments into a checked value (a plan input) before touching the
+//! database.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use uuid::Uuid;
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0    done, or nothing to do
+  1    failed (nothing changed unless the message says what did)
+  2    bad input or usage
+  3    refused by a guard or precondition (incompatible schema, lock held, missing MODEL,
+       drift on rollback, confirmation needed)
+  4    only with --detailed-exitcode on a dry run: changes are pending
+  130  interrupted
+
+Environment:
+  DATABASE_URL             tenant database when --database-url is not given
+  SECRETS_ENCRYPTION_KEY   AES-256 key for secret values (base64 of 32 bytes, or 32 raw bytes)
+  MOLECULE_ENV             prod/production: refuse to write secrets without a usable key
+  NO_COLOR                 disable colour";
+
+/// Change the org hierarchy of an agent platform's tenant database, safely.
+///
+/// orgctl talks straight to the tenant's PostgreSQL. Every mutating command plans first with
+/// read-only queries, shows the plan (--dry-run stops there), asks for confirmation on a
+/// terminal (--yes in scripts), and applies exactly that plan in one transaction under a
+/// per-tenant advisory lock, with an audit row in orgctl.audit_log.
+#[derive(Debug, Parser)]
+#[command(
+    name = "orgctl",
+    version,
+    propagate_version = true,
+    after_long_help = AFTER_HELP,
+    infer_subcommands = false
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts, before or after the subcommand.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...).
+    /// The password is never printed.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
+
+    /// Output format on stdout: a human table, or exactly one JSON document.
+    #[arg(
+        long,
+        short = 'o',
+        value_enum,
+        default_value_t = OutputFormat::Table,
+        env = "ORGCTL_OUTPUT",
+        global = true
+    )]
+    pub output: OutputFormat,
+
+    /// Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal.
+    #[arg(long, short = 'y', global = true)]
+    pub yes: bool,
+
+    /// How long to wait for the tenant's advisory lock and for row locks (e.g. 500ms, 5s, 2m).
+    #[arg(
+        long,
+        value_name = "DUR",
+        default_value = "5s",
+        value_parser = parse_duration,
+        env = "ORGCTL_LOCK_TIMEOUT",
+        global = true
+    )]
+    pub lock_timeout: Duration,
+
+    /// Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit.
+    #[arg(
+        long,
+        value_name = "DUR",
+        value_parser = parse_duration,
+        env = "ORGCTL_STATEMENT_TIMEOUT",
+        global = true
+    )]
+    pub statement_timeout: Option<Duration>,
+
+    /// Only print errors on stderr.
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// More detail on stderr (repeat for more).
+    #[arg(long, short = 'v', action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable tables.
+    Table,
+    /// One JSON document on stdout.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make the platform agent the single root of the org, moving every anchor to it.
+    ///
+    /// In one transaction: resolve or create the platform agent (kind='platform', parent_id
+    /// NULL, tier 0), re-parent every other root under it, move org_api_tokens.org_id and
+    /// org_plugin_allowlist.org_id from every old root to it (merging allowlist collisions,
+    /// keeping the earliest enabled_at), seed its MODEL secret, and verify before commit.
+    /// A second run changes nothing.
+    ///
+    /// Examples:
+    ///   orgctl install-platform-agent --dry-run
+    ///   orgctl install-platform-agent --dry-run --output json --detailed-exitcode
+    ///   orgctl install-platform-agent --model anthropic:claude-sonnet --expect-plan sha256:… --yes
+    #[command(name = "install-platform-agent", after_long_help = AFTER_HELP)]
+    InstallPlatformAgent(InstallArgs),
+
+    /// Mint, list, revoke and anchor org API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+
+    /// Set, delete and list workspace and global secrets.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+
+    /// Install the platform agent across a fleet of tenant databases.
+    #[command(subcommand)]
+    Backfill(BackfillCommand),
+
+    /// The org's invariants at a glance; exit 1 when any is broken (a CI gate).
+    #[command(after_long_help = AFTER_HELP)]
+    Status(StatusArgs),
+
+    /// A throwaway local PostgreSQL with a sample org, for trying orgctl out.
+    #[command(subcommand)]
+    Dev(DevCommand),
+
+    /// Print a shell completion script to stdout.
+    ///
+    /// Example: orgctl completions bash > /etc/bash_completion.d/orgctl
+    Completions {
+        /// The shell to generate for.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct InstallArgs {
+    /// Id of the platform agent. Default: the existing kind='platform' row, else a new id.
+    #[arg(long, value_name = "UUID")]
+    pub id: Option<Uuid>,
+
+    /// Name of the platform agent. Default on create: "Platform Agent"; an existing agent
+    /// keeps its name unless this is given.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Seed (or replace) the agent's MODEL secret with this value.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+
+    /// Proceed even though the agent has no MODEL secret (the platform will mark it failed).
+    #[arg(long)]
+    pub allow_missing_model: bool,
+
+    /// Show the plan and change nothing (read-only: no locks, no writes).
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// With --dry-run: exit 4 when changes are pending, 0 when there is nothing to do.
+    #[arg(long, requires = "dry_run")]
+    pub detailed_exitcode: bool,
+
+    /// Refuse (exit 3) unless the plan computed now has this plan_hash (from a reviewed dry run).
+    #[arg(long, value_name = "HASH")]
+    pub expect_plan: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a full-admin org API token; the plaintext is printed once, alone, on stdout.
+    ///
+    /// Example: TOKEN=$(orgctl token mint --name ci)
+    #[command(after_long_help = AFTER_HELP)]
+    Mint(TokenMintArgs),
+    /// List live tokens, newest first (never a hash or plaintext).
+    #[command(after_long_help = AFTER_HELP)]
+    List(TokenListArgs),
+    /// Revoke a token by id or unique prefix, or every live token with a provenance label.
+    #[command(after_long_help = AFTER_HELP)]
+    Revoke(TokenRevokeArgs),
+    /// Anchor a token to the org root (or --org).
+    #[command(after_long_help = AFTER_HELP)]
+    Anchor(TokenAnchorArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TokenMintArgs {
+    /// A name for the token (at most 100 characters).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Anchor to this org root. Default: the platform agent, else the only root.
+    #[arg(long, value_name = "UUID")]
+    pub org: Option<Uuid>,
+    /// Provenance label. Default: orgctl:<OS user>.
+    #[arg(long, value_name = "LABEL")]
+    pub created_by: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TokenListArgs {
+    /// Include revoked tokens.
+    #[arg(long)]
+    pub all: bool,
+    /// Only tokens anchored to this workspace.
+    #[arg(long, value_name = "UUID", conflicts_with = "unanchored")]
+    pub org: Option<Uuid>,
+    /// Only tokens with no org_id.
+    #[arg(long)]
+    pub unanchored: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["token", "created_by"])))]
+pub struct TokenRevokeArgs {
+    /// Token id, or a unique prefix of at least 4 characters.
+    #[arg(value_name = "ID|PREFIX")]
+    pub token: Option<String>,
+    /// Revoke every live token with this created_by label.
+    #[arg(long, value_name = "LABEL")]
+    pub created_by: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TokenAnchorArgs {
+    /// Token id, or a unique prefix of at least 4 characters.
+    #[arg(value_name = "ID|PREFIX")]
+    pub token: String,
+    /// Anchor to this root instead of the org root.
+    #[arg(long, value_name = "UUID")]
+    pub org: Option<Uuid>,
+    /// Move a token that is already anchored.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv.
+    ///
+    /// Examples:
+    ///   printf %s "$VALUE" | orgctl secret set 6f1c… OPENAI_API_KEY --yes
+    ///   orgctl secret set --global MODEL --value-file ./model.txt
+    #[command(after_long_help = AFTER_HELP)]
+    Set(SecretSetArgs),
+    /// Delete a secret (MODEL on the platform agent needs --force).
+    #[command(after_long_help = AFTER_HELP)]
+    Delete(SecretDeleteArgs),
+    /// List secret keys with scope and version (never values).
+    #[command(after_long_help = AFTER_HELP)]
+    List(SecretListArgs),
+}
+
+/// Where a secret lives: a workspace, or --global.
+#[derive(Debug, Args, Clone)]
+pub struct SecretScopeArgs {
+    /// The secret is global (then the only positional argument is KEY).
+    #[arg(long)]
+    pub global: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SecretSetArgs {
+    #[command(flatten)]
+    pub scope: SecretScopeArgs,
+    /// WORKSPACE_ID KEY, or KEY with --global.
+    #[arg(value_name = "WORKSPACE_ID|KEY", num_args = 1..=2, required = true)]
+    pub positional: Vec<String>,
+    /// Read the value from this file (one trailing newline stripped).
+    #[arg(long, value_name = "PATH")]
+    pub value_file: Option<PathBuf>,
+    /// Do not restart affected workspaces.
+    #[arg(long)]
+    pub no_restart: bool,
+    /// Base URL of the platform API for restarts.
+    #[arg(
+        long,
+        env = "MOLECULE_PLATFORM_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub platform_url: Option<String>,
+    /// Show the write and the restart plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SecretDeleteArgs {
+    #[command(flatten)]
+    pub scope: SecretScopeArgs,
+    /// WORKSPACE_ID KEY, or KEY with --global.
+    #[arg(value_name = "WORKSPACE_ID|KEY", num_args = 1..=2, required = true)]
+    pub positional: Vec<String>,
+    /// Do not restart affected workspaces.
+    #[arg(long)]
+    pub no_restart: bool,
+    /// Allow deleting MODEL from the platform agent.
+    #[arg(long)]
+    pub force: bool,
+    /// Base URL of the platform API for restarts.
+    #[arg(
+        long,
+        env = "MOLECULE_PLATFORM_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub platform_url: Option<String>,
+    /// Show the delete and the restart plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SecretListArgs {
+    #[command(flatten)]
+    pub scope: SecretScopeArgs,
+    /// The workspace whose secrets (own and inherited) to list; omit with --global.
+    #[arg(value_name = "WORKSPACE_ID")]
+    pub workspace: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackfillCommand {
+    /// Install the platform agent on every tenant in a tenants file.
+    #[command(after_long_help = AFTER_HELP)]
+    Run(BackfillRunArgs),
+    /// Restore tenants to the state snapshotted by a run.
+    #[command(after_long_help = AFTER_HELP)]
+    Rollback(BackfillRollbackArgs),
+    /// Show each tenant's state under a run.
+    #[command(after_long_help = AFTER_HELP)]
+    Status(BackfillStatusArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BackfillRunArgs {
+    /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub tenants: PathBuf,
+    /// Tenants in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+    /// Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Run the first N selected tenants alone first; stop if any of them fails.
+    #[arg(long, value_name = "N")]
+    pub canary: Option<u32>,
+    /// Run id (resume a run by giving its id again). Default: a new one, printed first.
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Seed the agent's MODEL secret with this value on every tenant.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Install even where the agent would have no MODEL secret.
+    #[arg(long)]
+    pub allow_missing_model: bool,
+    /// Plan every tenant read-only and report.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BackfillRollbackArgs {
+    /// The run to roll back.
+    #[arg(long, value_name = "ID")]
+    pub run_id: String,
+    /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub tenants: PathBuf,
+    /// Only these tenants (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub tenant: Vec<String>,
+    /// Roll back despite drift; new rows go to the oldest former root.
+    #[arg(long)]
+    pub force: bool,
+    /// Show what would be restored and the drift; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BackfillStatusArgs {
+    /// The run to report on.
+    #[arg(long, value_name = "ID")]
+    pub run_id: String,
+    /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub tenants: PathBuf,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatusArgs {
+    /// How many offending rows to name per finding before summarising as a count.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub limit: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Start (or reuse) a throwaway PostgreSQL with the platform schema and a sample org;
+    /// prints the DATABASE_URL on stdout.
+    ///
+    /// Example: export DATABASE_URL=$(orgctl dev up)
+    Up(DevUpArgs),
+    /// Stop the throwaway PostgreSQL and delete its data.
+    Down(DevDirArgs),
+    /// Add a large generated org to a dev database (for benchmarks).
+    Seed(DevSeedArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DevDirArgs {
+    /// Where the dev server keeps its data.
+    #[arg(long, value_name = "DIR", default_value = ".orgctl-dev", env = "ORGCTL_DEV_DIR")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DevUpArgs {
+    #[command(flatten)]
+    pub dir: DevDirArgs,
+    /// Loopback port to listen on. Default: a free port.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DevSeedArgs {
+    /// Number of root workspaces.
+    #[arg(long, default_value_t = 1000)]
+    pub roots: u32,
+    /// Total number of workspaces (roots included).
+    #[arg(long, default_value_t = 100_000)]
+    pub workspaces: u32,
+    /// Total number of tokens.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub tokens: u32,
+    /// How many of the tokens are anchored to roots (the rest to non-roots or unanchored).
+    #[arg(long, default_value_t = 300_000)]
+    pub tokens_on_roots: u32,
+    /// Percentage of tokens that are revoked.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub revoked_pct: u32,
+    /// Allowlist rows spread over the roots.
+    #[arg(long, default_value_t = 50_000)]
+    pub allowlist: u32,
+    /// Distinct plugin names (fewer names mean more collisions across roots).
+    #[arg(long, default_value_t = 200)]
+    pub plugins: u32,
+}
+
+/// Parse "500ms", "5s", "2m", "1h" (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 500ms, 5s, 2m, 1h)"))?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit '{other}' (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 * 7.0 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn global_flags_after_subcommand() {
+        let cli = Cli::try_parse_from([
+            "orgctl",
+            "install-platform-agent",
+            "--dry-run",
+            "--output",
+            "json",
+            "--yes",
+        ])
+        .map_err(|e| e.to_string());
+        let cli = match cli {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert!(cli.global.yes);
+    }
+
+    #[test]
+    fn detailed_exitcode_needs_dry_run() {
+        assert!(Cli::try_parse_from([
+            "orgctl",
+            "install-platform-agent",
+            "--detailed-exitcode"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn no_inferred_subcommands() {
+        assert!(Cli::try_parse_from(["orgctl", "tok", "list"]).is_err());
+    }
+}

@@ -1,0 +1,537 @@
+//! The one place that owns talking to PostgreSQL: parsing and redacting database URLs,
+//! connecting (with `application_name`, timeouts and a bounded retry), the per-tenant advisory
+//! lock, the platform-schema compatibility check, orgctl's own schema and its audit log.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Connection, Row};
+
+use crate::error::{sqlstate, Error, Result};
+use crate::redact;
+
+/// orgctl's own migrations, applied into the `orgctl` schema (with its own `_sqlx_migrations`
+/// there, so it never meets a platform's table of the same name).
+pub static ORGCTL_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/orgctl");
+
+/// The platform tables orgctl touches, as the platform defines them. Applied only to databases
+/// orgctl creates itself (`dev up`, tests), never to a real tenant.
+pub const PLATFORM_SCHEMA_SQL: &str = include_str!("../migrations/platform/0001_platform.sql");
+
+/// The advisory lock every mutation of a tenant takes (two int4 keys: "orgc", 1). Advisory
+/// locks are per database, so this is per tenant.
+pub const TENANT_LOCK: (i32, i32) = (0x6f72_6763, 1);
+/// Serialises creation/migration of the `orgctl` schema.
+const SCHEMA_LOCK: (i32, i32) = (0x6f72_6763, 2);
+
+/// How long one connection attempt may take, and how many attempts are made. Connecting is
+/// the only step orgctl retries: it is idempotent.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_ATTEMPTS: u32 = 3;
+
+/// A parsed database URL whose `Debug` and `Display` never show the password.
+#[derive(Clone)]
+pub struct DbUrl {
+    opts: PgConnectOptions,
+    redacted: String,
+    host: String,
+}
+
+impl DbUrl {
+    pub fn parse(raw: &str) -> Result<Self> {
+        let raw = raw.trim();
+        let url = url::Url::parse(raw).map_err(|e| {
+            Error::usage(format!(
+                "invalid database URL: {e} (expected postgres://user:password@host:port/dbname)"
+            ))
+        })?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(Error::usage(format!(
+                "invalid database URL: scheme '{}' is not postgres:// or postgresql://",
+                url.scheme()
+            )));
+        }
+        if let Some(pw) = url.password() {
+            redact::register(pw);
+        }
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            // set_password only fails for cannot-be-a-base URLs, which postgres:// is not.
+            let _ = shown.set_password(Some("****"));
+        }
+        // Query parameters can carry a password too (?password=...).
+        let pairs: Vec<(String, String)> = shown
+            .query_pairs()
+            .map(|(k, v)| {
+                if k.eq_ignore_ascii_case("password") {
+                    redact::register(&v);
+                    (k.into_owned(), "****".to_string())
+                } else {
+                    (k.into_owned(), v.into_owned())
+                }
+            })
+            .collect();
+        if !pairs.is_empty() {
+            shown.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        let redacted = shown.to_string();
+        let opts = PgConnectOptions::from_str(raw).map_err(|e| {
+            Error::usage(format!(
+                "invalid database URL {redacted}: {}",
+                redact::mask(&e.to_string())
+            ))
+        })?;
+        let host = format!(
+            "{}:{}/{}",
+            opts.get_host(),
+            opts.get_port(),
+            opts.get_database().unwrap_or("")
+        );
+        Ok(DbUrl {
+            opts,
+            redacted,
+            host,
+        })
+    }
+
+    /// `host:port/dbname`, for messages.
+    pub fn target(&self) -> &str {
+        &self.host
+    }
+
+    pub fn options(&self) -> &PgConnectOptions {
+        &self.opts
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbUrl({})", self.redacted)
+    }
+}
+
+/// Connection settings that come from the global flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub lock_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: None,
+        }
+    }
+}
+
+/// Resolve `--database-url` / `DATABASE_URL`.
+pub fn url_from(arg: Option<&str>) -> Result<DbUrl> {
+    match arg {
+        Some(s) if !s.trim().is_empty() => DbUrl::parse(s),
+        _ => Err(Error::usage(
+            "no database given: pass --database-url or set DATABASE_URL (try `orgctl dev up`)",
+        )),
+    }
+}
+
+/// Connect with `application_name=orgctl`, the lock and statement timeouts, and a bounded retry
+/// on transient network errors. The error names the host, never the password.
+pub async fn connect(url: &DbUrl, settings: &Settings) -> Result<PgConnection> {
+    connect_with(url, settings, &[]).await
+}
+
+pub async fn connect_with(
+    url: &DbUrl,
+    settings: &Settings,
+    extra: &[(&str, &str)],
+) -> Result<PgConnection> {
+    let lock_ms = settings.lock_timeout.as_millis().max(1).to_string();
+    let stmt_ms = settings
+        .statement_timeout
+        .map(|d| d.as_millis().max(1).to_string())
+        .unwrap_or_else(|| "0".to_string());
+    let mut params: Vec<(&str, &str)> =
+        vec![("lock_timeout", &lock_ms), ("statement_timeout", &stmt_ms)];
+    params.extend_from_slice(extra);
+    let opts = url
+        .opts
+        .clone()
+        .application_name("orgctl")
+        .options(params);
+
+    let mut last: Option<Error> = None;
+    for attempt in 0..CONNECT_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&opts)).await {
+            Ok(Ok(mut conn)) => {
+                check_server(&mut conn, url).await?;
+                return Ok(conn);
+            }
+            Ok(Err(e)) => {
+                let transient = matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut);
+                let err = connect_error(url, &e);
+                if !transient {
+                    return Err(err);
+                }
+                last = Some(err);
+            }
+            Err(_) => {
+                last = Some(Error::failed(format!(
+                    "could not connect to {}: no answer within {}s",
+                    url.target(),
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::failed(format!("could not connect to {}", url.target()))))
+}
+
+fn connect_error(url: &DbUrl, e: &sqlx::Error) -> Error {
+    let target = url.target();
+    match e {
+        sqlx::Error::Io(io) => Error::failed(format!(
+            "could not connect to {target}: {io}; is the server running and reachable?"
+        )),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(sqlstate::INVALID_PASSWORD) | Some(sqlstate::INVALID_AUTH) => {
+                Error::failed(format!(
+                    "could not connect to {target}: authentication failed for user '{}'; check the credentials in --database-url",
+                    url.opts.get_username()
+                ))
+            }
+            Some(sqlstate::UNDEFINED_DATABASE) => Error::failed(format!(
+                "could not connect to {target}: the database does not exist"
+            )),
+            _ => Error::failed(format!(
+                "could not connect to {target}: {}",
+                db.message()
+            )),
+        },
+        other => Error::failed(format!(
+            "could not connect to {target}: {}",
+            crate::error::classify_sqlx(other).message
+        )),
+    }
+}
+
+/// Refuse servers too old for what orgctl relies on, and ask the server to notice a vanished
+/// client quickly (PostgreSQL 14+), so an interrupted orgctl does not leave a long statement
+/// holding locks.
+async fn check_server(conn: &mut PgConnection, url: &DbUrl) -> Result<()> {
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+        .fetch_one(&mut *conn)
+        .await?;
+    if version < 130_000 {
+        return Err(Error::refused(format!(
+            "{} runs PostgreSQL {}; orgctl needs 13 or newer",
+            url.target(),
+            version / 10_000
+        )));
+    }
+    if version >= 140_000 {
+        sqlx::query("SET client_connection_check_interval = '1s'")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Open a read-only REPEATABLE READ transaction: one consistent snapshot, no row locks, no
+/// writes. Used by every dry run and every read-only command.
+pub async fn begin_read_only(
+    conn: &mut PgConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Take the tenant's advisory lock for the rest of the transaction, waiting at most
+/// `--lock-timeout`. When it is held, the refusal names the holder.
+pub async fn lock_tenant(conn: &mut PgConnection, settings: &Settings) -> Result<()> {
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+        .bind(TENANT_LOCK.0)
+        .bind(TENANT_LOCK.1)
+        .fetch_one(&mut *conn)
+        .await?;
+    if got {
+        return Ok(());
+    }
+    let holder = lock_holder(conn).await.unwrap_or_default();
+    match sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(TENANT_LOCK.0)
+        .bind(TENANT_LOCK.1)
+        .execute(&mut *conn)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db))
+            if db.code().as_deref() == Some(sqlstate::LOCK_NOT_AVAILABLE) =>
+        {
+            Err(Error::refused(format!(
+                "another orgctl holds this tenant's lock{holder}; waited {}: retry when it is done or raise --lock-timeout",
+                humanize(settings.lock_timeout)
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn lock_holder(conn: &mut PgConnection) -> Result<String> {
+    let row = sqlx::query(
+        "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''),
+                coalesce(a.client_addr::text, 'local')
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+          WHERE l.locktype = 'advisory' AND l.granted
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND l.classid = $1::int::oid AND l.objid = $2::int::oid AND l.objsubid = 2
+          LIMIT 1",
+    )
+    .bind(TENANT_LOCK.0)
+    .bind(TENANT_LOCK.1)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(r) => format!(
+            " (backend pid {}, application '{}', user '{}', from {})",
+            r.try_get::<i32, _>(0).unwrap_or_default(),
+            r.try_get::<String, _>(1).unwrap_or_default(),
+            r.try_get::<String, _>(2).unwrap_or_default(),
+            r.try_get::<String, _>(3).unwrap_or_default()
+        ),
+        None => String::new(),
+    })
+}
+
+pub fn humanize(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// The platform tables and columns orgctl reads or writes. A tenant missing any of them is
+/// refused before anything else happens.
+pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
+    (
+        "workspaces",
+        &[
+            "id",
+            "name",
+            "tier",
+            "status",
+            "parent_id",
+            "runtime",
+            "kind",
+            "created_at",
+            "updated_at",
+        ],
+    ),
+    (
+        "workspace_secrets",
+        &[
+            "workspace_id",
+            "key",
+            "encrypted_value",
+            "encryption_version",
+            "created_at",
+            "updated_at",
+        ],
+    ),
+    (
+        "global_secrets",
+        &[
+            "key",
+            "encrypted_value",
+            "encryption_version",
+            "created_at",
+            "updated_at",
+        ],
+    ),
+    (
+        "org_api_tokens",
+        &[
+            "id",
+            "token_hash",
+            "prefix",
+            "name",
+            "created_by",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+            "org_id",
+        ],
+    ),
+    (
+        "org_plugin_allowlist",
+        &["id", "org_id", "plugin_name", "enabled_by", "enabled_at"],
+    ),
+];
+
+/// Refuse (exit 3) a tenant whose schema lacks a table or column orgctl needs, naming each.
+pub async fn ensure_compatible(conn: &mut PgConnection) -> Result<()> {
+    let tables: Vec<&str> = REQUIRED_COLUMNS.iter().map(|(t, _)| *t).collect();
+    let rows = sqlx::query(
+        "SELECT t.name, to_regclass(t.name) IS NOT NULL AS present, a.attname::text
+           FROM unnest($1::text[]) AS t(name)
+           LEFT JOIN pg_attribute a
+             ON a.attrelid = to_regclass(t.name) AND a.attnum > 0 AND NOT a.attisdropped",
+    )
+    .bind(&tables)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut missing = Vec::new();
+    for (table, columns) in REQUIRED_COLUMNS {
+        let present = rows.iter().any(|r| {
+            r.try_get::<String, _>(0).ok().as_deref() == Some(*table)
+                && r.try_get::<bool, _>(1).unwrap_or(false)
+        });
+        if !present {
+            missing.push(format!("table {table}"));
+            continue;
+        }
+        for col in *columns {
+            let has = rows.iter().any(|r| {
+                r.try_get::<String, _>(0).ok().as_deref() == Some(*table)
+                    && r.try_get::<Option<String>, _>(2).ok().flatten().as_deref() == Some(*col)
+            });
+            if !has {
+                let hint = if *table == "workspaces" && *col == "kind" {
+                    " (the platform predates the platform-agent kind)"
+                } else {
+                    ""
+                };
+                missing.push(format!("column {table}.{col}{hint}"));
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::refused(format!(
+            "the tenant's schema is incompatible with orgctl: missing {}; upgrade the platform's schema first",
+            missing.join(", ")
+        )))
+    }
+}
+
+/// Whether orgctl's own schema exists (read-only commands must not create it).
+pub async fn orgctl_schema_exists(conn: &mut PgConnection) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT to_regclass('orgctl.audit_log') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// Create or upgrade the `orgctl` schema on first mutating use. Runs on its own connection
+/// whose `search_path` is `orgctl`, so sqlx's unqualified `_sqlx_migrations` lands there.
+pub async fn ensure_orgctl_schema(url: &DbUrl, settings: &Settings) -> Result<()> {
+    let mut conn = connect_with(url, settings, &[("search_path", "orgctl")]).await?;
+    let latest = ORGCTL_MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let current: Option<i64> = sqlx::query_scalar(
+        "SELECT CASE WHEN to_regclass('orgctl._sqlx_migrations') IS NULL THEN NULL
+                ELSE (SELECT max(version) FROM orgctl._sqlx_migrations WHERE success) END",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    if current == Some(latest) {
+        return Ok(());
+    }
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(SCHEMA_LOCK.0)
+        .bind(SCHEMA_LOCK.1)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS orgctl")
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            Error::refused(format!(
+                "could not create orgctl's own schema on {}: {}; ask a DBA to run CREATE SCHEMA orgctl AUTHORIZATION {}",
+                url.target(),
+                crate::error::classify_sqlx(&e).message,
+                url.opts.get_username()
+            ))
+        })?;
+    tx.commit().await?;
+    ORGCTL_MIGRATOR.run(&mut conn).await.map_err(|e| {
+        Error::failed(format!(
+            "could not migrate orgctl's schema on {}: {}",
+            url.target(),
+            redact::mask(&e.to_string())
+        ))
+    })?;
+    Ok(())
+}
+
+/// Append an audit row in the caller's transaction. `args` must already be free of secret
+/// values.
+pub async fn audit(
+    conn: &mut PgConnection,
+    command: &str,
+    args: &serde_json::Value,
+    outcome: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO orgctl.audit_log (os_user, command, args, outcome, orgctl_version)
+         VALUES ($1, $2, $3::jsonb, $4, $5)",
+    )
+    .bind(crate::sys::os_user())
+    .bind(command)
+    .bind(args.to_string())
+    .bind(outcome)
+    .bind(env!("CARGO_PKG_VERSION"))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_redacts_password() {
+        let u = match DbUrl::parse("postgres://alice:s3cr%40t@db.example:6543/tenant?sslmode=disable")
+        {
+            Ok(u) => u,
+            Err(e) => panic!("{e}"),
+        };
+        let shown = format!("{u} {u:?} {}", u.target());
+        assert!(!shown.contains("s3cr"), "{shown}");
+        assert!(shown.contains("db.example:6543/tenant"));
+        assert!(!redact::mask("x s3cr@t y").contains("s3cr@t"));
+    }
+
+    #[test]
+    fn url_rejects_garbage() {
+        for bad in ["", "not a url", "mysql://u:p@h/db", "postgres://u:pw@h:99999/db"] {
+            match DbUrl::parse(bad) {
+                Ok(_) => panic!("accepted {bad}"),
+                Err(e) => {
+                    assert_eq!(e.exit, crate::error::Exit::Usage, "{bad}");
+                    assert!(!e.message.contains(":pw@"), "{}", e.message);
+                }
+            }
+        }
+    }
+}

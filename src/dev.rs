@@ -1,0 +1,292 @@
+//! `orgctl dev`: a throwaway local PostgreSQL with the platform schema and a sample org.
+//!
+//! The server runs from the installed binaries with its data under the project
+//! (`.orgctl-dev/` by default), listening on loopback only, trusted (it holds nothing real).
+//! `dev up` twice reuses the running server; `dev down` stops it and deletes its data.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use sqlx::{Connection, Executor};
+
+use crate::cli::{DevCommand, DevDirArgs, DevSeedArgs, DevUpArgs};
+use crate::db::{self, DbUrl};
+use crate::error::{Error, Exit, Result};
+use crate::pgserver::{self, RunAs};
+use crate::Context;
+
+pub const DEV_DATABASE: &str = "orgctl_dev";
+/// Marks a database as a throwaway one that `dev seed` may fill.
+pub const DEV_COMMENT: &str = "orgctl dev database";
+pub const SAMPLE_ORG_SQL: &str = include_str!("sql/sample_org.sql");
+
+pub async fn run(ctx: &Context, cmd: &DevCommand) -> Result<Exit> {
+    match cmd {
+        DevCommand::Up(a) => up(ctx, a).await,
+        DevCommand::Down(a) => down(ctx, a),
+        DevCommand::Seed(a) => seed(ctx, a).await,
+    }
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf> {
+    if dir.is_absolute() {
+        Ok(dir.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(dir))
+    }
+}
+
+/// When the server runs as `postgres`, every directory above its data must be searchable.
+fn ensure_reachable(run_as: RunAs, dir: &Path) -> Result<()> {
+    if !crate::sys::is_root() {
+        return Ok(());
+    }
+    let _ = run_as;
+    use std::os::unix::fs::PermissionsExt;
+    for anc in dir.ancestors().skip(1) {
+        if let Ok(meta) = std::fs::metadata(anc) {
+            if meta.permissions().mode() & 0o001 == 0 {
+                return Err(Error::failed(format!(
+                    "the dev server runs as the 'postgres' user, which cannot reach {} ({} is not searchable by others); pass --dir under /tmp",
+                    dir.display(),
+                    anc.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn url_for(port: u16, db: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:{port}/{db}")
+}
+
+fn read_port(dir: &Path) -> Option<u16> {
+    std::fs::read_to_string(dir.join("port"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+fn running(bindir: &Path, run_as: RunAs, data: &Path) -> bool {
+    run_as
+        .command(&bindir.join("pg_ctl"))
+        .arg("status")
+        .arg("-D")
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+async fn up(ctx: &Context, a: &DevUpArgs) -> Result<Exit> {
+    let out = &ctx.out;
+    let dir = absolute(&a.dir.dir)?;
+    let data = dir.join("data");
+    let bindir = pgserver::bindir()?;
+    let run_as = RunAs::detect()?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::failed(format!("could not create {}: {e}", dir.display())))?;
+    ensure_reachable(run_as, &data)?;
+
+    if !data.join("PG_VERSION").exists() {
+        out.info(&format!("initialising a PostgreSQL cluster in {}", data.display()));
+        let port = match a.port {
+            Some(p) => p,
+            None => pgserver::free_port()?,
+        };
+        pgserver::initdb(&bindir, &data, run_as, None)?;
+        pgserver::configure(&data, port, true)?;
+        std::fs::write(dir.join("port"), port.to_string())?;
+    }
+    let port = read_port(&dir).ok_or_else(|| {
+        Error::failed(format!(
+            "{} has a cluster but no port file; run `orgctl dev down --dir {}` and start over",
+            dir.display(),
+            dir.display()
+        ))
+    })?;
+    if let Some(p) = a.port {
+        if p != port {
+            out.warn(&format!(
+                "the dev server in {} already uses port {port}; ignoring --port {p}",
+                dir.display()
+            ));
+        }
+    }
+
+    let reused = running(&bindir, run_as, &data);
+    if !reused {
+        let log = data.join("server.log");
+        let status = run_as
+            .command(&bindir.join("pg_ctl"))
+            .arg("start")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "-s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| Error::failed(format!("could not run pg_ctl: {e}")))?;
+        if !status.status.success() {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let last = tail.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+            return Err(Error::failed(format!(
+                "the dev server did not start (port {port} busy?): {} {last}",
+                String::from_utf8_lossy(&status.stderr).trim()
+            )));
+        }
+    }
+
+    let admin = DbUrl::parse(&url_for(port, "postgres"))?;
+    let mut conn = db::connect(&admin, &ctx.settings).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(DEV_DATABASE)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        conn.execute(format!("CREATE DATABASE {DEV_DATABASE}").as_str())
+            .await?;
+        conn.execute(format!("COMMENT ON DATABASE {DEV_DATABASE} IS '{DEV_COMMENT}'").as_str())
+            .await?;
+        let url = DbUrl::parse(&url_for(port, DEV_DATABASE))?;
+        let mut dev = db::connect(&url, &ctx.settings).await?;
+        let mut tx = dev.begin().await?;
+        tx.execute(db::PLATFORM_SCHEMA_SQL).await?;
+        tx.execute(SAMPLE_ORG_SQL).await?;
+        tx.commit().await?;
+        out.info("seeded the sample org: 3 roots (one removed), a deep chain, 8 tokens, 5 allowlist rows, secrets");
+    }
+    out.info(&format!(
+        "dev database {} on 127.0.0.1:{port} ({}); stop it with `orgctl dev down`",
+        DEV_DATABASE,
+        if reused { "reused" } else { "started" }
+    ));
+    out.stdout(&format!("{}\n", url_for(port, DEV_DATABASE)))?;
+    Ok(Exit::Ok)
+}
+
+fn down(ctx: &Context, a: &DevDirArgs) -> Result<Exit> {
+    let dir = absolute(&a.dir)?;
+    let data = dir.join("data");
+    if !dir.exists() {
+        ctx.out.info(&format!("no dev server in {}: nothing to do", dir.display()));
+        return Ok(Exit::Ok);
+    }
+    if !dir.join("port").exists() && !data.join("PG_VERSION").exists() {
+        return Err(Error::refused(format!(
+            "{} does not look like an orgctl dev directory; not deleting it",
+            dir.display()
+        )));
+    }
+    let bindir = pgserver::bindir()?;
+    let run_as = RunAs::detect()?;
+    if running(&bindir, run_as, &data) {
+        let st = run_as
+            .command(&bindir.join("pg_ctl"))
+            .arg("stop")
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "fast", "-w", "-s"])
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| Error::failed(format!("could not run pg_ctl: {e}")))?;
+        if !st.success() {
+            return Err(Error::failed(format!(
+                "could not stop the dev server in {}",
+                data.display()
+            )));
+        }
+    }
+    std::fs::remove_dir_all(&dir)
+        .map_err(|e| Error::failed(format!("could not delete {}: {e}", dir.display())))?;
+    ctx.out.info(&format!("stopped the dev server and deleted {}", dir.display()));
+    Ok(Exit::Ok)
+}
+
+/// The set-based statements of `dev seed`, run in one transaction.
+const LARGE_ORG: &[&str] = &[
+    "CREATE TEMP TABLE seed_roots ON COMMIT DROP AS
+       SELECT gen_random_uuid() AS id, g AS rn FROM generate_series(0, $1 - 1) g",
+    "CREATE TEMP TABLE seed_children ON COMMIT DROP AS
+       SELECT gen_random_uuid() AS id, g AS rn FROM generate_series(0, $2 - $1 - 1) g",
+    "INSERT INTO workspaces (id, name, tier, status, created_at)
+       SELECT id, 'root-' || rn, 1, 'online', now() - rn * interval '1 minute' FROM seed_roots",
+    "INSERT INTO workspaces (id, name, tier, status, parent_id)
+       SELECT c.id, 'ws-' || c.rn, 2, 'online', r.id
+         FROM seed_children c JOIN seed_roots r ON r.rn = c.rn % $1",
+    "INSERT INTO org_api_tokens (token_hash, prefix, name, created_by, revoked_at, org_id)
+       SELECT h, substr(encode(h, 'hex'), 1, 8), 'root-token-' || g, 'session',
+              CASE WHEN g % 100 < $5 THEN now() END, r.id
+         FROM generate_series(0, $4 - 1) g
+         JOIN seed_roots r ON r.rn = g % $1
+         CROSS JOIN LATERAL (SELECT sha256(convert_to($8 || ':r:' || g, 'UTF8')) AS h) x",
+    "INSERT INTO org_api_tokens (token_hash, prefix, name, created_by, revoked_at, org_id)
+       SELECT h, substr(encode(h, 'hex'), 1, 8), 'token-' || g, 'session',
+              CASE WHEN g % 100 < $5 THEN now() END, c.id
+         FROM generate_series(0, $3 - $4 - 1) g
+         LEFT JOIN seed_children c ON g % 2 = 0 AND c.rn = g % GREATEST($2 - $1, 1)
+         CROSS JOIN LATERAL (SELECT sha256(convert_to($8 || ':o:' || g, 'UTF8')) AS h) x",
+    "INSERT INTO org_plugin_allowlist (org_id, plugin_name, enabled_by, enabled_at)
+       SELECT r.id, 'plugin-' || (((g / $1) * 7 + r.rn) % $7), 'seed',
+              now() - (g % 997) * interval '1 minute'
+         FROM generate_series(0, $6 - 1) g JOIN seed_roots r ON r.rn = g % $1
+       ON CONFLICT DO NOTHING",
+];
+
+async fn seed(ctx: &Context, a: &DevSeedArgs) -> Result<Exit> {
+    if a.roots == 0 || a.workspaces < a.roots || a.tokens < a.tokens_on_roots || a.plugins == 0 {
+        return Err(Error::usage(
+            "dev seed needs --roots >= 1, --workspaces >= --roots, --tokens >= --tokens-on-roots and --plugins >= 1",
+        ));
+    }
+    let url = ctx.url()?;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    let comment: Option<String> = sqlx::query_scalar(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    if comment.as_deref() != Some(DEV_COMMENT) {
+        return Err(Error::refused(format!(
+            "{} is not an orgctl dev database; dev seed only fills databases made by `orgctl dev up` or the tests",
+            url.target()
+        )));
+    }
+    db::ensure_compatible(&mut conn).await?;
+    let salt = uuid::Uuid::new_v4().to_string();
+    let mut tx = conn.begin().await?;
+    let pb = ctx.out.progress(LARGE_ORG.len() as u64 + 1, "seeding");
+    for stmt in LARGE_ORG {
+        sqlx::query(stmt)
+            .bind(a.roots as i32)
+            .bind(a.workspaces as i32)
+            .bind(a.tokens as i32)
+            .bind(a.tokens_on_roots as i32)
+            .bind(a.revoked_pct as i32)
+            .bind(a.allowlist as i32)
+            .bind(a.plugins as i32)
+            .bind(&salt)
+            .execute(&mut *tx)
+            .await?;
+        pb.inc(1);
+    }
+    tx.commit().await?;
+    conn.execute("ANALYZE").await?;
+    pb.finish_and_clear();
+    ctx.out.info(&format!(
+        "seeded {} roots, {} workspaces, {} tokens ({} on roots), {} allowlist rows into {}",
+        a.roots,
+        a.workspaces,
+        a.tokens,
+        a.tokens_on_roots,
+        a.allowlist,
+        url.target()
+    ));
+    Ok(Exit::Ok)
+}

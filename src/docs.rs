@@ -1,0 +1,55 @@
+//! Completions and man pages, generated from the clap definitions in [`crate::cli`]. They are
+//! checked in under `completions/` and `man/`; a test regenerates them and fails when the
+//! checked-in copies are stale (`ORGCTL_BLESS=1 cargo test docs` rewrites them).
+
+use std::path::{Path, PathBuf};
+
+use clap::CommandFactory;
+
+use crate::cli::Cli;
+
+/// Every generated file, as (path relative to the repository, contents).
+pub fn render_all() -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for (shell, name) in [
+        (clap_complete::Shell::Bash, "orgctl.bash"),
+        (clap_complete::Shell::Zsh, "_orgctl"),
+        (clap_complete::Shell::Fish, "orgctl.fish"),
+    ] {
+        let mut buf = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "orgctl", &mut buf);
+        files.push((Path::new("completions").join(name), buf));
+    }
+    let mut root = Cli::command();
+    root.build();
+    man_pages(&root, "orgctl", &mut files)?;
+    Ok(files)
+}
+
+fn man_pages(
+    cmd: &clap::Command,
+    name: &str,
+    files: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> std::io::Result<()> {
+    let page = cmd.clone().name(name.to_string()).bin_name(name.replace('-', " "));
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(page).render(&mut buf)?;
+    files.push((Path::new("man").join(format!("{name}.1")), buf));
+    for sub in cmd.get_subcommands() {
+        if sub.is_hide_set() || sub.get_name() == "help" {
+            continue;
+        }
+        man_pages(sub, &format!("{name}-{}", sub.get_name()), files)?;
+    }
+    Ok(())
+}
+
+/// Write the completion script for one shell to stdout.
+pub fn print_completions(shell: crate::cli::Shell) {
+    let shell = match shell {
+        crate::cli::Shell::Bash => clap_complete::Shell::Bash,
+        crate::cli::Shell::Zsh => clap_complete::Shell::Zsh,
+        crate::cli::Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut Cli::command(), "orgctl", &mut std::io::stdout());
+}

@@ -1,0 +1,194 @@
+//! Typed errors and the exit codes of SPEC §3.
+//!
+//! Every failure a user or the database can cause ends up as an [`Error`]: a kind that decides
+//! the exit code, and one sentence saying what failed, where, and what to do. The sentence is
+//! sanitised (control characters stripped, known passwords masked) when it is printed, once, on
+//! stderr, by [`crate::run`].
+
+use std::fmt;
+
+/// The process exit codes scripts rely on (SPEC §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Done, or nothing to do.
+    Ok = 0,
+    /// Failed; nothing changed unless the message says what did.
+    Failed = 1,
+    /// Bad input or usage.
+    Usage = 2,
+    /// Refused by a guard or precondition.
+    Refused = 3,
+    /// Only with `--detailed-exitcode` on a dry run: changes are pending.
+    Pending = 4,
+    /// Interrupted (Ctrl-C).
+    Interrupted = 130,
+}
+
+impl Exit {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+#[derive(Debug)]
+pub struct Error {
+    pub exit: Exit,
+    pub message: String,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Error {
+            exit,
+            message: message.into(),
+        }
+    }
+    /// Exit 2: the input is wrong.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(Exit::Usage, message)
+    }
+    /// Exit 3: a guard or precondition refused.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self::new(Exit::Refused, message)
+    }
+    /// Exit 1: the operation failed.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::new(Exit::Failed, message)
+    }
+    pub fn interrupted() -> Self {
+        Self::new(
+            Exit::Interrupted,
+            "interrupted: the open transaction was rolled back and nothing was changed",
+        )
+    }
+
+    /// Prefix the message with where it happened ("tenant acme: …").
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Self {
+        // A typed error wrapped in anyhow context keeps its exit code.
+        if let Some(inner) = e.downcast_ref::<Error>() {
+            let msg = format!("{e:#}");
+            return Error::new(inner.exit, msg);
+        }
+        if let Some(db) = e.downcast_ref::<sqlx::Error>() {
+            let classified = classify_sqlx(db);
+            let ctx = e.to_string();
+            return Error::new(classified.exit, format!("{ctx}: {}", classified.message));
+        }
+        Error::failed(format!("{e:#}"))
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        classify_sqlx(&e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::failed(e.to_string())
+    }
+}
+
+/// SQLSTATEs that decide an exit code or a hint.
+pub mod sqlstate {
+    pub const LOCK_NOT_AVAILABLE: &str = "55P03";
+    pub const QUERY_CANCELED: &str = "57014";
+    pub const DEADLOCK: &str = "40P01";
+    pub const SERIALIZATION: &str = "40001";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const INVALID_AUTH: &str = "28000";
+    pub const UNDEFINED_DATABASE: &str = "3D000";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const READ_ONLY_TXN: &str = "25006";
+}
+
+/// Turn a driver error into one sentence and an exit code. Raw driver dumps never reach
+/// the user; the database's own message (which never carries our password) is kept.
+pub fn classify_sqlx(e: &sqlx::Error) -> Error {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            let msg = db.message().to_string();
+            match code.as_str() {
+                sqlstate::LOCK_NOT_AVAILABLE => Error::refused(format!(
+                    "timed out waiting for a lock ({msg}); another orgctl or a long platform transaction holds it: retry later or raise --lock-timeout"
+                )),
+                sqlstate::QUERY_CANCELED => Error::failed(format!(
+                    "a statement was cancelled ({msg}); it may have hit --statement-timeout: raise it and retry"
+                )),
+                sqlstate::DEADLOCK => Error::failed(format!(
+                    "the database detected a deadlock with a concurrent writer and rolled back ({msg}); retry"
+                )),
+                sqlstate::SERIALIZATION => Error::failed(format!(
+                    "a concurrent change conflicted with this one ({msg}); retry"
+                )),
+                sqlstate::INVALID_PASSWORD | sqlstate::INVALID_AUTH => Error::failed(format!(
+                    "authentication failed ({msg}); check the user and password in --database-url"
+                )),
+                sqlstate::UNDEFINED_DATABASE => Error::failed(format!(
+                    "{msg}; check the database name in --database-url"
+                )),
+                sqlstate::ADMIN_SHUTDOWN => Error::failed(format!(
+                    "the database server shut down during the command ({msg}); the open transaction was rolled back"
+                )),
+                _ if code.is_empty() => Error::failed(format!("database error: {msg}")),
+                _ => Error::failed(format!("database error {code}: {msg}")),
+            }
+        }
+        sqlx::Error::Io(io) => Error::failed(format!(
+            "lost the connection to the database ({io}); the open transaction was rolled back"
+        )),
+        sqlx::Error::Tls(t) => Error::failed(format!("TLS error talking to the database: {t}")),
+        sqlx::Error::PoolTimedOut => Error::failed("timed out waiting for a database connection"),
+        sqlx::Error::Protocol(p) => Error::failed(format!("database protocol error: {p}")),
+        sqlx::Error::RowNotFound => Error::failed("an expected row was not found"),
+        sqlx::Error::ColumnDecode { index, source } => Error::failed(format!(
+            "could not read column {index} from the database: {source}"
+        )),
+        other => Error::failed(format!("database error: {other}")),
+    }
+}
+
+/// Strip control characters (database values can carry terminal escape sequences) but keep
+/// newlines and tabs out too: an error is one line.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_strips_escapes() {
+        assert_eq!(sanitize("a\x1b[31mb\nc"), "a [31mb c");
+    }
+
+    #[test]
+    fn anyhow_keeps_typed_exit() {
+        let e: anyhow::Error = anyhow::Error::new(Error::refused("no")).context("tenant x");
+        let e: Error = e.into();
+        assert_eq!(e.exit, Exit::Refused);
+        assert!(e.message.contains("tenant x"));
+    }
+}

@@ -1,0 +1,1252 @@
+//! install-platform-agent (SPEC §4): make the platform agent the single root of the org.
+//!
+//! [`plan`] computes a [`Plan`] with read-only, set-based queries. A dry run calls it inside a
+//! read-only REPEATABLE READ transaction (no locks, no writes). Apply calls the very same
+//! function inside its write transaction, after taking the tenant's advisory lock and the row
+//! locks, then [`execute`]s that plan: one statement per kind of change, each checked against
+//! the row count the plan predicted; any difference rolls the whole transaction back.
+//!
+//! Lock order (fixed, so a live platform cannot deadlock us): the tenant advisory lock, then
+//! the workspace rows of the agent, every root and every former root (`FOR UPDATE`, in id
+//! order), then the secret, allowlist and token rows through the updates. `FOR UPDATE` on the
+//! roots conflicts with the `FOR KEY SHARE` a foreign-key insert takes, so a platform insert
+//! of a token, allowlist row or child that references a root waits for our commit, and every
+//! such insert already in flight has committed before we count: nothing written during the
+//! run is left behind on an old root. An insert that was waiting at our commit lands on its
+//! (now former) root afterwards; `orgctl.former_roots` remembers those roots, the next install
+//! sweeps such rows, and `status` reports them.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use sha2::Digest;
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::cli::InstallArgs;
+use crate::crypto::SecretBox;
+use crate::db;
+use crate::error::{Error, Exit, Result};
+use crate::output::{truncated, Output};
+use crate::Context;
+
+pub const DEFAULT_AGENT_NAME: &str = "Platform Agent";
+pub const MODEL_KEY: &str = "MODEL";
+const MAX_NAME_LEN: usize = 200;
+/// Rows a table section lists before it summarises the rest (JSON always lists all).
+const TABLE_ROWS: usize = 50;
+
+/// The checked input of an install, shared by the command and the backfill.
+#[derive(Clone)]
+pub struct InstallInput {
+    pub id: Option<Uuid>,
+    pub name: Option<String>,
+    pub model: Option<Zeroizing<String>>,
+    pub allow_missing_model: bool,
+    /// The id a new agent gets when neither --id nor an existing agent decides it. Generated
+    /// once per command, so the dry-run part and the apply part agree.
+    pub proposed_id: Uuid,
+}
+
+impl std::fmt::Debug for InstallInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallInput")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("model", &self.model.as_ref().map(|_| "<set>"))
+            .field("allow_missing_model", &self.allow_missing_model)
+            .finish()
+    }
+}
+
+impl InstallInput {
+    pub fn new(
+        id: Option<Uuid>,
+        name: Option<&str>,
+        model: Option<&str>,
+        allow_missing_model: bool,
+    ) -> Result<Self> {
+        let name = match name {
+            Some(n) => {
+                let n = n.trim();
+                if n.is_empty() {
+                    return Err(Error::usage("--name must not be empty"));
+                }
+                if n.chars().count() > MAX_NAME_LEN {
+                    return Err(Error::usage(format!(
+                        "--name is longer than {MAX_NAME_LEN} characters"
+                    )));
+                }
+                if n.chars().any(|c| c.is_control()) {
+                    return Err(Error::usage("--name must not contain control characters"));
+                }
+                Some(n.to_string())
+            }
+            None => None,
+        };
+        let model = match model {
+            Some(m) if m.trim().is_empty() => {
+                return Err(Error::usage("--model must not be empty"));
+            }
+            Some(m) => Some(Zeroizing::new(m.to_string())),
+            None => None,
+        };
+        Ok(InstallInput {
+            id,
+            name,
+            model,
+            allow_missing_model,
+            proposed_id: Uuid::new_v4(),
+        })
+    }
+
+    pub fn from_args(args: &InstallArgs) -> Result<Self> {
+        Self::new(
+            args.id,
+            args.name.as_deref(),
+            args.model.as_deref(),
+            args.allow_missing_model,
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentAction {
+    Create,
+    Update,
+    Unchanged,
+}
+
+impl AgentAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentAction::Create => "create",
+            AgentAction::Update => "update",
+            AgentAction::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// A workspace row as it was before the install (for diffs and backfill snapshots).
+#[derive(Clone, Debug)]
+pub struct AgentRow {
+    pub id: Uuid,
+    pub name: String,
+    pub parent_id: Option<Uuid>,
+    pub tier: Option<i32>,
+    pub status: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FieldChange {
+    pub field: &'static str,
+    pub old: String,
+    pub new: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentPlan {
+    pub id: Uuid,
+    pub name: String,
+    pub action: AgentAction,
+    pub changes: Vec<FieldChange>,
+    /// orgctl generated the id itself (it is then not part of the plan hash).
+    pub generated_id: bool,
+    pub prior: Option<AgentRow>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RootMove {
+    pub id: Uuid,
+    pub name: String,
+    pub status: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenMove {
+    pub from: Uuid,
+    pub live: i64,
+    pub revoked: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowlistMove {
+    pub from: Uuid,
+    pub rows: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergedRow {
+    pub id: String,
+    pub plugin_name: String,
+    pub from: Uuid,
+    pub kept_id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelAction {
+    Seeded,
+    Replaced,
+    Present,
+    Missing,
+}
+
+impl ModelAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelAction::Seeded => "seeded",
+            ModelAction::Replaced => "replaced",
+            ModelAction::Present => "present",
+            ModelAction::Missing => "missing",
+        }
+    }
+    fn writes(self) -> bool {
+        matches!(self, ModelAction::Seeded | ModelAction::Replaced)
+    }
+}
+
+/// Everything an install will change, computed with read-only queries.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub agent: AgentPlan,
+    pub reparented: Vec<RootMove>,
+    /// Roots re-parented by an earlier install that still have anchor rows (a platform write
+    /// that raced that install's commit); their rows are swept to the agent.
+    pub swept_former_roots: Vec<Uuid>,
+    pub token_moves: Vec<TokenMove>,
+    pub allowlist_moves: Vec<AllowlistMove>,
+    pub merged: Vec<MergedRow>,
+    pub model: ModelAction,
+    pub allow_missing_model: bool,
+}
+
+impl Plan {
+    pub fn changed(&self) -> bool {
+        self.agent.action != AgentAction::Unchanged
+            || !self.reparented.is_empty()
+            || !self.token_moves.is_empty()
+            || !self.allowlist_moves.is_empty()
+            || !self.merged.is_empty()
+            || self.model.writes()
+    }
+
+    /// The roots whose anchors move: the re-parented ones and swept former roots.
+    pub fn old_roots(&self) -> Vec<Uuid> {
+        let mut v: Vec<Uuid> = self.reparented.iter().map(|r| r.id).collect();
+        v.extend(self.swept_former_roots.iter().copied());
+        v
+    }
+
+    pub fn tokens_moved(&self) -> i64 {
+        self.token_moves.iter().map(|m| m.live + m.revoked).sum()
+    }
+
+    pub fn live_tokens_moved(&self) -> i64 {
+        self.token_moves.iter().map(|m| m.live).sum()
+    }
+
+    pub fn allowlist_moved(&self) -> i64 {
+        self.allowlist_moves.iter().map(|m| m.rows).sum()
+    }
+
+    /// The refusal apply would meet (a dry run reports it too).
+    pub fn refusal(&self) -> Option<Error> {
+        if self.model == ModelAction::Missing && !self.allow_missing_model {
+            return Some(Error::refused(format!(
+                "the platform agent {} has no MODEL secret and the platform would mark it failed: pass --model MODEL, or --allow-missing-model to install without it",
+                self.agent.id
+            )));
+        }
+        None
+    }
+
+    /// A fingerprint of what the plan does. An id orgctl generates itself is left out, so a dry
+    /// run and the apply that follows it hash alike.
+    pub fn hash(&self) -> String {
+        let mut s = String::from("orgctl-install-plan v1\n");
+        let agent_id = if self.agent.generated_id {
+            "new".to_string()
+        } else {
+            self.agent.id.to_string()
+        };
+        let _ = writeln!(s, "agent {} {}", self.agent.action.as_str(), agent_id);
+        if self.agent.action == AgentAction::Create {
+            let _ = writeln!(s, "agent.name {}", self.agent.name);
+        }
+        for c in &self.agent.changes {
+            let _ = writeln!(s, "agent.{} {} -> {}", c.field, c.old, c.new);
+        }
+        let mut roots: Vec<String> = self.reparented.iter().map(|r| r.id.to_string()).collect();
+        roots.sort();
+        for r in roots {
+            let _ = writeln!(s, "reparent {r}");
+        }
+        let mut tokens = self.token_moves.clone();
+        tokens.sort_by_key(|m| m.from);
+        for m in tokens {
+            let _ = writeln!(
+                s,
+                "move org_api_tokens {} live={} revoked={}",
+                m.from, m.live, m.revoked
+            );
+        }
+        let mut allow = self.allowlist_moves.clone();
+        allow.sort_by_key(|m| m.from);
+        for m in allow {
+            let _ = writeln!(s, "move org_plugin_allowlist {} rows={}", m.from, m.rows);
+        }
+        let mut merged: Vec<&MergedRow> = self.merged.iter().collect();
+        merged.sort_by(|a, b| a.id.cmp(&b.id));
+        for m in merged {
+            let _ = writeln!(
+                s,
+                "merge {} {} {} kept={}",
+                m.id, m.plugin_name, m.from, m.kept_id
+            );
+        }
+        let _ = writeln!(s, "model {}", self.model.as_str());
+        format!("sha256:{:x}", sha2::Sha256::digest(s.as_bytes()))
+    }
+
+    pub fn summary(&self) -> String {
+        if !self.changed() {
+            return format!(
+                "Nothing to do: {} is already the single root and every anchor points at it.",
+                self.agent.id
+            );
+        }
+        let mut parts = Vec::new();
+        match self.agent.action {
+            AgentAction::Create => parts.push("create the platform agent".to_string()),
+            AgentAction::Update => parts.push(format!(
+                "update the platform agent ({})",
+                self.agent
+                    .changes
+                    .iter()
+                    .map(|c| c.field)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            AgentAction::Unchanged => {}
+        }
+        if !self.reparented.is_empty() {
+            parts.push(format!("re-parent {} root(s)", self.reparented.len()));
+        }
+        let t = self.tokens_moved();
+        if t > 0 {
+            parts.push(format!(
+                "move {t} token(s) ({} live, {} revoked)",
+                self.live_tokens_moved(),
+                t - self.live_tokens_moved()
+            ));
+        }
+        let a = self.allowlist_moved();
+        if a > 0 {
+            parts.push(format!("move {a} allowlist row(s)"));
+        }
+        if !self.merged.is_empty() {
+            parts.push(format!("merge {} allowlist row(s)", self.merged.len()));
+        }
+        if self.model.writes() {
+            parts.push(format!("{} MODEL", self.model.as_str()));
+        }
+        format!("Plan: {}.", parts.join(", "))
+    }
+}
+
+/// Compute the plan. Read-only: runs unchanged inside a dry run's read-only transaction and
+/// inside apply's write transaction (after [`lock_rows`]).
+pub async fn plan(conn: &mut PgConnection, input: &InstallInput, sb: &SecretBox) -> Result<Plan> {
+    let agent = resolve_agent(conn, input).await?;
+
+    let roots = sqlx::query(
+        "SELECT id, name, status::text FROM workspaces
+          WHERE parent_id IS NULL AND id <> $1
+          ORDER BY created_at NULLS LAST, id",
+    )
+    .bind(agent.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let reparented: Vec<RootMove> = roots
+        .iter()
+        .map(|r| {
+            Ok(RootMove {
+                id: r.try_get(0)?,
+                name: r.try_get(1)?,
+                status: r.try_get(2)?,
+            })
+        })
+        .collect::<std::result::Result<_, sqlx::Error>>()?;
+
+    let former = former_roots(conn, agent.id).await?;
+    let mut old: Vec<Uuid> = reparented.iter().map(|r| r.id).collect();
+    for f in &former {
+        if !old.contains(f) {
+            old.push(*f);
+        }
+    }
+
+    let token_moves: Vec<TokenMove> = sqlx::query(
+        "SELECT org_id,
+                count(*) FILTER (WHERE revoked_at IS NULL),
+                count(*) FILTER (WHERE revoked_at IS NOT NULL)
+           FROM org_api_tokens
+          WHERE org_id = ANY($1)
+          GROUP BY org_id
+          ORDER BY org_id",
+    )
+    .bind(&old)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(TokenMove {
+            from: r.try_get(0)?,
+            live: r.try_get(1)?,
+            revoked: r.try_get(2)?,
+        })
+    })
+    .collect::<std::result::Result<_, sqlx::Error>>()?;
+
+    let allowlist_moves: Vec<AllowlistMove> = sqlx::query(&format!(
+        "{ALLOWLIST_SCOPE}
+         SELECT org_id, count(*) FROM scope
+          WHERE rn = 1 AND org_id <> $2
+          GROUP BY org_id ORDER BY org_id"
+    ))
+    .bind(&old)
+    .bind(agent.id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(AllowlistMove {
+            from: r.try_get(0)?,
+            rows: r.try_get(1)?,
+        })
+    })
+    .collect::<std::result::Result<_, sqlx::Error>>()?;
+
+    let merged: Vec<MergedRow> = sqlx::query(&format!(
+        "{ALLOWLIST_SCOPE}
+         SELECT id::text, plugin_name, org_id, kept_id::text FROM scope
+          WHERE rn > 1 ORDER BY plugin_name, id"
+    ))
+    .bind(&old)
+    .bind(agent.id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(MergedRow {
+            id: r.try_get(0)?,
+            plugin_name: r.try_get(1)?,
+            from: r.try_get(2)?,
+            kept_id: r.try_get(3)?,
+        })
+    })
+    .collect::<std::result::Result<_, sqlx::Error>>()?;
+
+    let swept_former_roots: Vec<Uuid> = former
+        .into_iter()
+        .filter(|f| {
+            !reparented.iter().any(|r| r.id == *f)
+                && (token_moves.iter().any(|m| m.from == *f)
+                    || allowlist_moves.iter().any(|m| m.from == *f)
+                    || merged.iter().any(|m| m.from == *f))
+        })
+        .collect();
+
+    let model = model_action(conn, &agent, input, sb).await?;
+
+    Ok(Plan {
+        agent,
+        reparented,
+        swept_former_roots,
+        token_moves,
+        allowlist_moves,
+        merged,
+        model,
+        allow_missing_model: input.allow_missing_model,
+    })
+}
+
+/// The allowlist rows on the old roots ($1) and the agent ($2), ranked per plugin: rank 1 is
+/// the row that stays (earliest enabled_at; on a tie the agent's own row, then the lowest id),
+/// ranks above 1 are merged away.
+const ALLOWLIST_SCOPE: &str = "WITH scope AS (
+    SELECT id, org_id, plugin_name,
+           row_number() OVER w AS rn,
+           first_value(id) OVER w AS kept_id
+      FROM org_plugin_allowlist
+     WHERE org_id = ANY($1) OR org_id = $2
+    WINDOW w AS (PARTITION BY plugin_name
+                 ORDER BY enabled_at ASC NULLS LAST, (org_id = $2) DESC, id ASC))";
+
+async fn resolve_agent(conn: &mut PgConnection, input: &InstallInput) -> Result<AgentPlan> {
+    let platforms = fetch_agents(conn, "WHERE kind = 'platform' ORDER BY id", None).await?;
+    if platforms.len() > 1 {
+        let ids: Vec<String> = platforms.iter().map(|p| p.id.to_string()).collect();
+        return Err(Error::refused(format!(
+            "{} workspaces have kind='platform' ({}); an org has one platform agent: set kind='workspace' on all but one, then rerun",
+            platforms.len(),
+            ids.join(", ")
+        )));
+    }
+    let existing = platforms.into_iter().next();
+    let (row, id, generated) = match input.id {
+        Some(id) => {
+            let named = fetch_agents(conn, "WHERE id = $1", Some(id))
+                .await?
+                .into_iter()
+                .next();
+            let named_kind: Option<String> = if named.is_some() {
+                sqlx::query_scalar("SELECT COALESCE(kind, 'workspace') FROM workspaces WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?
+            } else {
+                None
+            };
+            match (named, existing) {
+                (Some(row), _) if named_kind.as_deref() != Some("platform") => {
+                    return Err(Error::refused(format!(
+                        "--id {id} names an ordinary workspace ('{}', kind {}), not the platform agent; omit --id or pass the agent's id",
+                        row.name,
+                        named_kind.unwrap_or_else(|| "workspace".into())
+                    )));
+                }
+                (Some(row), _) => (Some(row), id, false),
+                (None, Some(other)) => {
+                    return Err(Error::refused(format!(
+                        "--id {id} names a different agent than the existing platform agent {}; omit --id or pass {}",
+                        other.id, other.id
+                    )));
+                }
+                (None, None) => (None, id, false),
+            }
+        }
+        None => match existing {
+            Some(row) => {
+                let id = row.id;
+                (Some(row), id, false)
+            }
+            None => (None, input.proposed_id, true),
+        },
+    };
+
+    Ok(match row {
+        None => AgentPlan {
+            id,
+            name: input
+                .name
+                .clone()
+                .unwrap_or_else(|| DEFAULT_AGENT_NAME.to_string()),
+            action: AgentAction::Create,
+            changes: Vec::new(),
+            generated_id: generated,
+            prior: None,
+        },
+        Some(row) => {
+            let mut changes = Vec::new();
+            if let Some(p) = row.parent_id {
+                changes.push(FieldChange {
+                    field: "parent_id",
+                    old: p.to_string(),
+                    new: "null".into(),
+                });
+            }
+            if row.tier != Some(0) {
+                changes.push(FieldChange {
+                    field: "tier",
+                    old: row
+                        .tier
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "null".into()),
+                    new: "0".into(),
+                });
+            }
+            let mut name = row.name.clone();
+            if let Some(n) = &input.name {
+                if *n != row.name {
+                    changes.push(FieldChange {
+                        field: "name",
+                        old: row.name.clone(),
+                        new: n.clone(),
+                    });
+                    name = n.clone();
+                }
+            }
+            AgentPlan {
+                id,
+                name,
+                action: if changes.is_empty() {
+                    AgentAction::Unchanged
+                } else {
+                    AgentAction::Update
+                },
+                changes,
+                generated_id: false,
+                prior: Some(row),
+            }
+        }
+    })
+}
+
+async fn fetch_agents(
+    conn: &mut PgConnection,
+    filter: &str,
+    id: Option<Uuid>,
+) -> Result<Vec<AgentRow>> {
+    let sql = format!("SELECT id, name, parent_id, tier, status::text FROM workspaces {filter}");
+    let mut q = sqlx::query(&sql);
+    if let Some(id) = id {
+        q = q.bind(id);
+    }
+    let rows = q.fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AgentRow {
+                id: r.try_get(0)?,
+                name: r.try_get(1)?,
+                parent_id: r.try_get(2)?,
+                tier: r.try_get(3)?,
+                status: r.try_get(4)?,
+            })
+        })
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(Error::from)
+}
+
+/// Roots an earlier install re-parented under this agent (empty before orgctl's schema exists).
+async fn former_roots(conn: &mut PgConnection, agent: Uuid) -> Result<Vec<Uuid>> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_scalar(
+        "SELECT f.workspace_id FROM orgctl.former_roots f
+          WHERE f.agent_id = $1 AND f.workspace_id <> $1
+          ORDER BY f.workspace_id",
+    )
+    .bind(agent)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+async fn model_action(
+    conn: &mut PgConnection,
+    agent: &AgentPlan,
+    input: &InstallInput,
+    sb: &SecretBox,
+) -> Result<ModelAction> {
+    let existing = if agent.action == AgentAction::Create {
+        None
+    } else {
+        sqlx::query(
+            "SELECT encrypted_value, encryption_version FROM workspace_secrets
+              WHERE workspace_id = $1 AND key = $2",
+        )
+        .bind(agent.id)
+        .bind(MODEL_KEY)
+        .fetch_optional(&mut *conn)
+        .await?
+    };
+    let action = match (&input.model, existing) {
+        (None, Some(_)) => ModelAction::Present,
+        (None, None) => ModelAction::Missing,
+        (Some(_), None) => ModelAction::Seeded,
+        (Some(wanted), Some(row)) => {
+            let stored: Vec<u8> = row.try_get(0)?;
+            let version: i32 = row.try_get(1)?;
+            // Same value already stored (readable with the key at hand): nothing to write, so a
+            // rerun with the same --model stays a no-op.
+            match sb.open(&stored, version) {
+                Some(plain) if plain.as_slice() == wanted.as_bytes() => ModelAction::Present,
+                _ => ModelAction::Replaced,
+            }
+        }
+    };
+    if action.writes() {
+        // A dry run meets the same key/production refusal apply would.
+        sb.write_version()?;
+    }
+    Ok(action)
+}
+
+/// Lock, in a fixed order, the workspace rows the install changes or hangs rows off: the agent
+/// (or the --id row), every root, every former root.
+pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<()> {
+    let former_exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    let former_clause = if former_exists {
+        "OR id IN (SELECT workspace_id FROM orgctl.former_roots)"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT id FROM workspaces
+          WHERE parent_id IS NULL OR kind = 'platform' OR id = $1 {former_clause}
+          ORDER BY id FOR UPDATE"
+    );
+    sqlx::query(&sql)
+        .bind(input.id.unwrap_or(input.proposed_id))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| {
+            let err = Error::from(e);
+            if err.exit == Exit::Refused {
+                Error::refused(format!(
+                    "could not lock the org's root workspaces within --lock-timeout (a platform transaction holds them): {}",
+                    err.message
+                ))
+            } else {
+                err
+            }
+        })?;
+    Ok(())
+}
+
+fn ensure_rows(what: &str, touched: u64, planned: i64) -> Result<()> {
+    if touched as i64 != planned {
+        return Err(Error::failed(format!(
+            "apply diverged from the plan: {what} touched {touched} row(s) where the plan counted {planned}; rolled back, nothing changed; rerun to see the new plan"
+        )));
+    }
+    Ok(())
+}
+
+/// Execute exactly `plan` in the caller's transaction, checking every statement's row count,
+/// then verify the result. The caller commits.
+pub async fn execute(
+    conn: &mut PgConnection,
+    plan: &Plan,
+    input: &InstallInput,
+    sb: &SecretBox,
+) -> Result<()> {
+    let agent = &plan.agent;
+    if agent.action != AgentAction::Unchanged {
+        let r = sqlx::query(
+            "INSERT INTO workspaces (id, name, kind, parent_id, tier)
+             VALUES ($1, $2, 'platform', NULL, 0)
+             ON CONFLICT (id) DO UPDATE
+                SET kind = 'platform', parent_id = NULL, tier = 0, name = EXCLUDED.name,
+                    updated_at = now()",
+        )
+        .bind(agent.id)
+        .bind(&agent.name)
+        .execute(&mut *conn)
+        .await?;
+        ensure_rows("the agent upsert", r.rows_affected(), 1)?;
+    }
+
+    if plan.model.writes() {
+        let value = input
+            .model
+            .as_ref()
+            .ok_or_else(|| Error::failed("internal: MODEL planned without a value"))?;
+        let (sealed, version) = sb.seal(value.as_bytes())?;
+        let sealed = Zeroizing::new(sealed);
+        let r = sqlx::query(
+            "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value, encryption_version)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (workspace_id, key) DO UPDATE
+                SET encrypted_value = EXCLUDED.encrypted_value,
+                    encryption_version = EXCLUDED.encryption_version,
+                    updated_at = now()",
+        )
+        .bind(agent.id)
+        .bind(MODEL_KEY)
+        .bind(sealed.as_slice())
+        .bind(version)
+        .execute(&mut *conn)
+        .await?;
+        ensure_rows("the MODEL secret upsert", r.rows_affected(), 1)?;
+    }
+
+    let old = plan.old_roots();
+    if !plan.merged.is_empty() {
+        let r = sqlx::query(&format!(
+            "{ALLOWLIST_SCOPE}
+             DELETE FROM org_plugin_allowlist a USING scope s WHERE a.id = s.id AND s.rn > 1"
+        ))
+        .bind(&old)
+        .bind(agent.id)
+        .execute(&mut *conn)
+        .await?;
+        ensure_rows(
+            "merging allowlist rows",
+            r.rows_affected(),
+            plan.merged.len() as i64,
+        )?;
+    }
+    if !plan.allowlist_moves.is_empty() {
+        let r = sqlx::query("UPDATE org_plugin_allowlist SET org_id = $1 WHERE org_id = ANY($2)")
+            .bind(agent.id)
+            .bind(&old)
+            .execute(&mut *conn)
+            .await?;
+        ensure_rows(
+            "moving allowlist rows",
+            r.rows_affected(),
+            plan.allowlist_moved(),
+        )?;
+    }
+    if !plan.token_moves.is_empty() {
+        let r = sqlx::query("UPDATE org_api_tokens SET org_id = $1 WHERE org_id = ANY($2)")
+            .bind(agent.id)
+            .bind(&old)
+            .execute(&mut *conn)
+            .await?;
+        ensure_rows("moving tokens", r.rows_affected(), plan.tokens_moved())?;
+    }
+    if !plan.reparented.is_empty() {
+        let ids: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
+        let r = sqlx::query(
+            "UPDATE workspaces SET parent_id = $1, updated_at = now()
+              WHERE id = ANY($2) AND parent_id IS NULL",
+        )
+        .bind(agent.id)
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+        ensure_rows(
+            "re-parenting roots",
+            r.rows_affected(),
+            plan.reparented.len() as i64,
+        )?;
+        sqlx::query(
+            "INSERT INTO orgctl.former_roots (workspace_id, agent_id)
+             SELECT unnest($1::uuid[]), $2
+             ON CONFLICT (workspace_id) DO UPDATE SET agent_id = EXCLUDED.agent_id,
+                 reparented_at = now()",
+        )
+        .bind(&ids)
+        .bind(agent.id)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    verify(conn, plan).await
+}
+
+/// The invariants that must hold before commit: exactly one root and it is the agent, one
+/// platform agent, no anchor row on an old root, and MODEL present unless allowed missing.
+pub async fn verify(conn: &mut PgConnection, plan: &Plan) -> Result<()> {
+    let old = plan.old_roots();
+    let row = sqlx::query(
+        "SELECT (SELECT count(*) FROM workspaces WHERE parent_id IS NULL),
+                (SELECT count(*) FROM workspaces WHERE parent_id IS NULL AND id = $1
+                                                   AND kind = 'platform' AND tier = 0),
+                (SELECT count(*) FROM workspaces WHERE kind = 'platform'),
+                (SELECT count(*) FROM org_api_tokens WHERE org_id = ANY($2)),
+                (SELECT count(*) FROM org_plugin_allowlist WHERE org_id = ANY($2)),
+                (SELECT count(*) FROM workspace_secrets WHERE workspace_id = $1 AND key = $3)",
+    )
+    .bind(plan.agent.id)
+    .bind(&old)
+    .bind(MODEL_KEY)
+    .fetch_one(&mut *conn)
+    .await?;
+    let roots: i64 = row.try_get(0)?;
+    let agent_root: i64 = row.try_get(1)?;
+    let agents: i64 = row.try_get(2)?;
+    let tokens_left: i64 = row.try_get(3)?;
+    let allow_left: i64 = row.try_get(4)?;
+    let model: i64 = row.try_get(5)?;
+    let mut broken = Vec::new();
+    if roots != 1 || agent_root != 1 {
+        broken.push(format!(
+            "{roots} root(s) where there must be exactly one, the agent (a workspace created concurrently?)"
+        ));
+    }
+    if agents != 1 {
+        broken.push(format!("{agents} platform agents"));
+    }
+    if tokens_left != 0 {
+        broken.push(format!("{tokens_left} token(s) still on an old root"));
+    }
+    if allow_left != 0 {
+        broken.push(format!("{allow_left} allowlist row(s) still on an old root"));
+    }
+    if model == 0 && !plan.allow_missing_model {
+        broken.push("no MODEL secret on the agent".to_string());
+    }
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::failed(format!(
+            "verification failed before commit ({}); rolled back, nothing changed; rerun",
+            broken.join("; ")
+        )))
+    }
+}
+
+/// The audit arguments of an install: no secret values.
+pub fn audit_args(input: &InstallInput, plan: &Plan) -> serde_json::Value {
+    serde_json::json!({
+        "id": input.id,
+        "name": input.name,
+        "model_given": input.model.is_some(),
+        "allow_missing_model": input.allow_missing_model,
+        "agent_id": plan.agent.id,
+        "agent_action": plan.agent.action,
+        "reparented": plan.reparented.len(),
+        "tokens_moved": plan.tokens_moved(),
+        "allowlist_moved": plan.allowlist_moved(),
+        "allowlist_merged": plan.merged.len(),
+        "model_secret": plan.model,
+        "plan_hash": plan.hash(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+#[derive(Serialize)]
+struct JsonPlan<'a> {
+    dry_run: bool,
+    changed: bool,
+    platform_agent: JsonAgent<'a>,
+    reparented: Vec<JsonReparent<'a>>,
+    anchor_moves: Vec<JsonMove>,
+    allowlist_merged: Vec<JsonMerged<'a>>,
+    model_secret: ModelAction,
+    plan_hash: String,
+}
+
+#[derive(Serialize)]
+struct JsonAgent<'a> {
+    id: Uuid,
+    name: &'a str,
+    action: AgentAction,
+}
+
+#[derive(Serialize)]
+struct JsonReparent<'a> {
+    id: Uuid,
+    name: &'a str,
+    old_parent_id: Option<Uuid>,
+    new_parent_id: Uuid,
+}
+
+#[derive(Serialize)]
+struct JsonMove {
+    table: &'static str,
+    from: Uuid,
+    to: Uuid,
+    rows: i64,
+}
+
+#[derive(Serialize)]
+struct JsonMerged<'a> {
+    id: &'a str,
+    plugin_name: &'a str,
+    from: Uuid,
+}
+
+/// Render the plan (or the applied result) on stdout.
+pub fn render(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Result<()> {
+    // In a dry run, whether apply would change anything.
+    let changed = (dry_run || applied) && plan.changed();
+    if out.json_mode() {
+        let to = plan.agent.id;
+        let mut anchor_moves: Vec<JsonMove> = plan
+            .token_moves
+            .iter()
+            .map(|m| JsonMove {
+                table: "org_api_tokens",
+                from: m.from,
+                to,
+                rows: m.live + m.revoked,
+            })
+            .collect();
+        anchor_moves.extend(plan.allowlist_moves.iter().map(|m| JsonMove {
+            table: "org_plugin_allowlist",
+            from: m.from,
+            to,
+            rows: m.rows,
+        }));
+        let doc = JsonPlan {
+            dry_run,
+            changed,
+            platform_agent: JsonAgent {
+                id: plan.agent.id,
+                name: &plan.agent.name,
+                action: plan.agent.action,
+            },
+            reparented: plan
+                .reparented
+                .iter()
+                .map(|r| JsonReparent {
+                    id: r.id,
+                    name: &r.name,
+                    old_parent_id: None,
+                    new_parent_id: to,
+                })
+                .collect(),
+            anchor_moves,
+            allowlist_merged: plan
+                .merged
+                .iter()
+                .map(|m| JsonMerged {
+                    id: &m.id,
+                    plugin_name: &m.plugin_name,
+                    from: m.from,
+                })
+                .collect(),
+            model_secret: plan.model,
+            plan_hash: plan.hash(),
+        };
+        return out.json(&doc);
+    }
+    out.stdout(&render_text(out, plan, dry_run, applied))
+}
+
+fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> String {
+    let mut s = String::new();
+    let agent = &plan.agent;
+    let detail = match agent.action {
+        AgentAction::Create => format!(
+            " (kind platform, tier 0, root{})",
+            if agent.generated_id { ", new id" } else { "" }
+        ),
+        AgentAction::Update => format!(
+            " ({})",
+            agent
+                .changes
+                .iter()
+                .map(|c| format!("{}: {} → {}", c.field, c.old, c.new))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        AgentAction::Unchanged => String::new(),
+    };
+    let _ = writeln!(
+        s,
+        "Platform agent: {} \"{}\" — {}{detail}",
+        agent.id,
+        crate::error::sanitize(&agent.name),
+        agent.action.as_str(),
+    );
+
+    if !plan.reparented.is_empty() {
+        let _ = writeln!(s, "\nRe-parented roots ({}):", plan.reparented.len());
+        let mut t = out.new_table(["id", "name", "status", "old parent", "new parent"]);
+        let (shown, rest) = truncated(&plan.reparented, TABLE_ROWS);
+        for r in shown {
+            t.add_row(vec![
+                r.id.to_string(),
+                crate::error::sanitize(&r.name),
+                r.status.clone().unwrap_or_else(|| "-".into()),
+                "none (root)".into(),
+                agent.id.to_string(),
+            ]);
+        }
+        let _ = writeln!(s, "{t}");
+        if rest > 0 {
+            let _ = writeln!(s, "… and {rest} more (use --output json for all)");
+        }
+    }
+
+    if !plan.token_moves.is_empty() || !plan.allowlist_moves.is_empty() {
+        let _ = writeln!(s, "\nAnchor moves (to {}):", agent.id);
+        let mut t = out.new_table(["table", "from", "rows", "live", "revoked"]);
+        let mut rows: Vec<Vec<String>> = plan
+            .token_moves
+            .iter()
+            .map(|m| {
+                vec![
+                    "org_api_tokens".into(),
+                    from_label(plan, m.from),
+                    (m.live + m.revoked).to_string(),
+                    m.live.to_string(),
+                    m.revoked.to_string(),
+                ]
+            })
+            .collect();
+        rows.extend(plan.allowlist_moves.iter().map(|m| {
+            vec![
+                "org_plugin_allowlist".into(),
+                from_label(plan, m.from),
+                m.rows.to_string(),
+                "-".into(),
+                "-".into(),
+            ]
+        }));
+        let (shown, rest) = truncated(&rows, TABLE_ROWS);
+        for r in shown {
+            t.add_row(r.clone());
+        }
+        let _ = writeln!(s, "{t}");
+        if rest > 0 {
+            let _ = writeln!(s, "… and {rest} more (use --output json for all)");
+        }
+    }
+
+    if !plan.merged.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nMerged allowlist rows ({}; the row with the earliest enabled_at is kept):",
+            plan.merged.len()
+        );
+        let mut t = out.new_table(["id", "plugin", "from", "kept row"]);
+        let (shown, rest) = truncated(&plan.merged, TABLE_ROWS);
+        for m in shown {
+            t.add_row(vec![
+                m.id.clone(),
+                crate::error::sanitize(&m.plugin_name),
+                from_label(plan, m.from),
+                m.kept_id.clone(),
+            ]);
+        }
+        let _ = writeln!(s, "{t}");
+        if rest > 0 {
+            let _ = writeln!(s, "… and {rest} more (use --output json for all)");
+        }
+    }
+
+    let _ = writeln!(s, "\nMODEL secret: {}", plan.model.as_str());
+    let _ = writeln!(s, "\n{}", plan.summary());
+    if plan.changed() {
+        if dry_run {
+            let _ = writeln!(s, "Dry run: nothing was changed.");
+        } else if applied {
+            let _ = writeln!(s, "Applied.");
+        }
+    }
+    let _ = writeln!(s, "plan_hash: {}", plan.hash());
+    s
+}
+
+fn from_label(plan: &Plan, id: Uuid) -> String {
+    if plan.swept_former_roots.contains(&id) {
+        format!("{id} (former root)")
+    } else {
+        id.to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command
+
+pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
+    let input = InstallInput::from_args(args)?;
+    if let Some(h) = &args.expect_plan {
+        if !h.starts_with("sha256:") || h.len() != 7 + 64 {
+            return Err(Error::usage(format!(
+                "--expect-plan '{h}' is not a plan hash (sha256:<64 hex digits>, from a dry run)"
+            )));
+        }
+    }
+    let url = ctx.url()?;
+    let sb = SecretBox::from_env();
+    let out = &ctx.out;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    db::ensure_compatible(&mut conn).await?;
+
+    // 1. Plan read-only: a consistent snapshot, no locks, no writes.
+    let reviewed = {
+        let mut tx = db::begin_read_only(&mut conn).await?;
+        let p = plan(&mut tx, &input, &sb).await?;
+        tx.rollback().await?;
+        p
+    };
+
+    if args.dry_run {
+        render(out, &reviewed, true, false)?;
+        if let Some(e) = reviewed.refusal() {
+            return Err(e);
+        }
+        if let Some(h) = &args.expect_plan {
+            if *h != reviewed.hash() {
+                return Err(Error::refused(format!(
+                    "the plan differs from the expected one ({h}); it is now {}",
+                    reviewed.hash()
+                )));
+            }
+        }
+        return Ok(if args.detailed_exitcode && reviewed.changed() {
+            Exit::Pending
+        } else {
+            Exit::Ok
+        });
+    }
+
+    if let Some(h) = &args.expect_plan {
+        if *h != reviewed.hash() {
+            render(out, &reviewed, true, false)?;
+            return Err(Error::refused(format!(
+                "the plan differs from the reviewed one ({h} expected, {} now); nothing was changed: review the diff above and rerun",
+                reviewed.hash()
+            )));
+        }
+    }
+    if let Some(e) = reviewed.refusal() {
+        return Err(e);
+    }
+    if !reviewed.changed() {
+        render(out, &reviewed, false, false)?;
+        return Ok(Exit::Ok);
+    }
+
+    // 2. Show and confirm. The locks are not held while a human reads.
+    let asked = !ctx.yes;
+    if asked && out.interactive() {
+        eprint!("{}", render_text(out, &reviewed, true, false));
+    }
+    out.confirm(
+        &format!("Apply this plan to {}?", url.target()),
+        ctx.yes,
+    )?;
+
+    // 3. Apply: lock, re-plan with the same code, execute exactly that plan, verify, commit.
+    db::ensure_orgctl_schema(&url, &ctx.settings).await?;
+    let mut tx = conn.begin().await?;
+    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    lock_rows(&mut tx, &input).await?;
+    let current = plan(&mut tx, &input, &sb).await?;
+    if let Some(e) = current.refusal() {
+        return Err(e);
+    }
+    if !current.changed() {
+        tx.rollback().await?;
+        out.info("Another run installed the platform agent in the meantime.");
+        render(out, &current, false, false)?;
+        return Ok(Exit::Ok);
+    }
+    // What a human confirmed or change control approved is exactly what gets applied.
+    let strict = args.expect_plan.is_some() || asked;
+    if strict && current.hash() != reviewed.hash() {
+        tx.rollback().await?;
+        render(out, &current, true, false)?;
+        return Err(Error::refused(format!(
+            "the tenant changed after the plan was reviewed ({} reviewed, {} now); nothing was changed: review the new diff and rerun",
+            reviewed.hash(),
+            current.hash()
+        )));
+    }
+    execute(&mut tx, &current, &input, &sb).await?;
+    db::audit(
+        &mut tx,
+        "install-platform-agent",
+        &audit_args(&input, &current),
+        "applied",
+    )
+    .await?;
+    {
+        let _guard = crate::interrupt::CommitGuard::enter();
+        tx.commit().await?;
+    }
+    render(out, &current, false, true)?;
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,130 @@
+//! orgctl: the operator's tool for the org hierarchy of an agent platform's tenant database.
+//!
+//! [`run`] is the whole program: parse the command line, run the command on a tokio runtime
+//! raced against Ctrl-C, print an error once on stderr, and return the exit code. `main.rs`
+//! only calls it. Tests call the modules directly as well as the binary.
+
+pub mod cli;
+pub mod crypto;
+pub mod db;
+pub mod dev;
+pub mod docs;
+pub mod error;
+pub mod install;
+pub mod interrupt;
+pub mod output;
+pub mod pgserver;
+pub mod redact;
+pub mod sys;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::db::{DbUrl, Settings};
+use crate::error::{Error, Exit, Result};
+use crate::output::Output;
+
+/// What every command gets: output, connection settings, `--yes`, and the database URL.
+pub struct Context {
+    pub out: Output,
+    pub settings: Settings,
+    pub yes: bool,
+    database_url: Option<String>,
+}
+
+impl Context {
+    pub fn new(cli: &Cli) -> Self {
+        Context {
+            out: Output::new(cli.global.output, cli.global.quiet, cli.global.verbose),
+            settings: Settings {
+                lock_timeout: cli.global.lock_timeout,
+                statement_timeout: cli.global.statement_timeout,
+            },
+            yes: cli.global.yes,
+            database_url: cli.global.database_url.clone(),
+        }
+    }
+
+    /// The tenant database from `--database-url` / `DATABASE_URL`.
+    pub fn url(&self) -> Result<DbUrl> {
+        db::url_from(self.database_url.as_deref())
+    }
+}
+
+/// Run orgctl with the process's arguments; returns the exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version go to stdout with 0; usage errors to stderr with 2.
+            let _ = e.print();
+            return if e.use_stderr() { Exit::Usage.code() } else { 0 };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            print_error(&Error::failed(format!("could not start the runtime: {e}")));
+            return Exit::Failed.code();
+        }
+    };
+    let outcome = runtime.block_on(run_interruptible(cli));
+    // Do not wait for stray blocking tasks (a prompt thread) on the way out.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match outcome {
+        Ok(exit) => exit.code(),
+        Err(e) => {
+            print_error(&e);
+            e.exit.code()
+        }
+    }
+}
+
+async fn run_interruptible(cli: Cli) -> Result<Exit> {
+    let ctx = Context::new(&cli);
+    let work = dispatch(&ctx, &cli.command);
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => r,
+        _ = tokio::signal::ctrl_c() => {
+            if interrupt::committing() {
+                // A COMMIT is on the wire: let it finish so what we report is true.
+                let r = work.await;
+                r.and(Err(Error::new(Exit::Interrupted, "interrupted after the change was committed")))
+            } else {
+                Err(Error::interrupted())
+            }
+        }
+    }
+}
+
+async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
+    match command {
+        Command::InstallPlatformAgent(args) => install::run(ctx, args).await,
+        Command::Dev(cmd) => dev::run(ctx, cmd).await,
+        Command::Completions { shell } => {
+            docs::print_completions(*shell);
+            Ok(Exit::Ok)
+        }
+        Command::Token(_) => Err(not_yet("token", 4)),
+        Command::Secret(_) => Err(not_yet("secret", 5)),
+        Command::Backfill(_) => Err(not_yet("backfill", 6)),
+        Command::Status(_) => Err(not_yet("status", 7)),
+    }
+}
+
+fn not_yet(what: &str, issue: u32) -> Error {
+    Error::failed(format!(
+        "`orgctl {what}` is not implemented in this build yet (tracked as issue {issue}); nothing was changed"
+    ))
+}
+
+/// Print an error once, on stderr: one line, control characters stripped, passwords masked.
+pub fn print_error(e: &Error) {
+    let msg = redact::mask(&error::sanitize(&e.message));
+    eprintln!("error: {msg}");
+}

@@ -1,0 +1,162 @@
+//! The one place that renders output: tables (comfy-table) and JSON (serde_json) on stdout,
+//! messages, progress (indicatif) and prompts (dialoguer) on stderr.
+//!
+//! stdout carries the result only. A closed stdout (`orgctl token list | head`) is not an error.
+
+use std::io::{IsTerminal, Write};
+
+use comfy_table::{presets, ContentArrangement, Table};
+use serde::Serialize;
+
+use crate::cli::OutputFormat;
+use crate::error::{sanitize, Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub format: OutputFormat,
+    pub quiet: bool,
+    pub verbose: u8,
+    stdout_tty: bool,
+    stderr_tty: bool,
+    stdin_tty: bool,
+}
+
+impl Output {
+    pub fn new(format: OutputFormat, quiet: bool, verbose: u8) -> Self {
+        Output {
+            format,
+            quiet,
+            verbose,
+            stdout_tty: std::io::stdout().is_terminal(),
+            stderr_tty: std::io::stderr().is_terminal(),
+            stdin_tty: std::io::stdin().is_terminal(),
+        }
+    }
+
+    pub fn json_mode(&self) -> bool {
+        self.format == OutputFormat::Json
+    }
+
+    /// Whether a human can answer a prompt: stdin and stderr are both terminals.
+    pub fn interactive(&self) -> bool {
+        self.stdin_tty && self.stderr_tty
+    }
+
+    pub fn stdin_is_terminal(&self) -> bool {
+        self.stdin_tty
+    }
+
+    pub fn stderr_is_terminal(&self) -> bool {
+        self.stderr_tty
+    }
+
+    /// Write the command's result to stdout. A broken pipe ends output quietly.
+    pub fn stdout(&self, text: &str) -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        let r = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(Error::failed(format!("could not write to stdout: {e}"))),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Exactly one JSON document on stdout.
+    pub fn json<T: Serialize>(&self, value: &T) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(value)
+            .map_err(|e| Error::failed(format!("could not render JSON: {e}")))?;
+        text.push('\n');
+        self.stdout(&text)
+    }
+
+    pub fn table(&self, table: &Table) -> Result<()> {
+        self.stdout(&format!("{table}\n"))
+    }
+
+    /// A new table with a header, styled for the terminal or plain for pipes.
+    pub fn new_table<I, S>(&self, header: I) -> Table
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<comfy_table::Cell>,
+    {
+        let mut t = Table::new();
+        if self.stdout_tty {
+            t.load_preset(presets::UTF8_FULL_CONDENSED);
+            t.set_content_arrangement(ContentArrangement::Dynamic);
+        } else {
+            t.load_preset(presets::ASCII_BORDERS_ONLY_CONDENSED);
+            t.set_content_arrangement(ContentArrangement::Disabled);
+        }
+        t.set_header(header);
+        t
+    }
+
+    /// A human message on stderr (suppressed by --quiet).
+    pub fn info(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("{}", crate::redact::mask(msg));
+        }
+    }
+
+    /// Detail shown with -v.
+    pub fn detail(&self, msg: &str) {
+        if self.verbose > 0 && !self.quiet {
+            eprintln!("{}", crate::redact::mask(msg));
+        }
+    }
+
+    pub fn warn(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("warning: {}", crate::redact::mask(&sanitize(msg)));
+        }
+    }
+
+    /// Ask before a change. `--yes` skips the question; without a terminal and without
+    /// `--yes` the answer is a refusal (exit 3). The default answer is no.
+    pub fn confirm(&self, question: &str, yes: bool) -> Result<()> {
+        if yes {
+            return Ok(());
+        }
+        if !self.interactive() {
+            return Err(Error::refused(
+                "confirmation needed: this changes the tenant and there is no terminal to ask on; review with --dry-run, then rerun with --yes",
+            ));
+        }
+        let answer = dialoguer::Confirm::new()
+            .with_prompt(question)
+            .default(false)
+            .interact_on_opt(&dialoguer::console::Term::stderr())
+            .map_err(|e| Error::failed(format!("could not read the answer: {e}")))?;
+        match answer {
+            Some(true) => Ok(()),
+            _ => Err(Error::refused("not confirmed: nothing was changed")),
+        }
+    }
+
+    /// A progress bar on stderr, drawn only when stderr is a terminal and not --quiet.
+    pub fn progress(&self, len: u64, what: &str) -> indicatif::ProgressBar {
+        if !self.stderr_tty || self.quiet {
+            return indicatif::ProgressBar::hidden();
+        }
+        let pb = indicatif::ProgressBar::with_draw_target(
+            Some(len),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        ) {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_message(what.to_string());
+        pb
+    }
+}
+
+/// Shorten a list for a table: the first `limit` items, and how many were left out.
+pub fn truncated<T>(items: &[T], limit: usize) -> (&[T], usize) {
+    if items.len() > limit {
+        (&items[..limit], items.len() - limit)
+    } else {
+        (items, 0)
+    }
+}

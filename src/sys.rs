@@ -1,0 +1,70 @@
+//! The few calls into the operating system that need `libc`.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+
+/// The OS user running orgctl, for `created_by` defaults and the audit log.
+pub fn os_user() -> String {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(u) = std::env::var(var) {
+            if !u.trim().is_empty() {
+                return u;
+            }
+        }
+    }
+    // SAFETY: geteuid cannot fail; getpwuid returns NULL or a pointer to a static record that
+    // we copy out of immediately (orgctl calls this from one thread at a time).
+    unsafe {
+        let uid = libc::geteuid();
+        let pw = libc::getpwuid(uid);
+        if !pw.is_null() && !(*pw).pw_name.is_null() {
+            if let Ok(name) = CStr::from_ptr((*pw).pw_name).to_str() {
+                return name.to_string();
+            }
+        }
+        format!("uid:{uid}")
+    }
+}
+
+/// Whether the process runs as root (initdb refuses root, so servers start as `postgres`).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// uid and gid of a named OS user.
+pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: cname is a valid NUL-terminated string; the record is copied out at once.
+    unsafe {
+        let pw = libc::getpwnam(cname.as_ptr());
+        if pw.is_null() {
+            None
+        } else {
+            Some(((*pw).pw_uid, (*pw).pw_gid))
+        }
+    }
+}
+
+/// Change the owner of a path (used to hand a data directory to the `postgres` user).
+pub fn chown(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+}
+
+/// Ask the kernel to send SIGKILL to this (child) process when the thread that spawned it
+/// exits. For `pre_exec` hooks.
+pub fn set_parent_death_signal() -> std::io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and takes plain integers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Send a signal to a process; false when it does not exist.
+pub fn kill(pid: i32, signal: i32) -> bool {
+    // SAFETY: kill takes plain integers.
+    unsafe { libc::kill(pid, signal) == 0 }
+}
