@@ -452,7 +452,12 @@ pub enum DevCommand {
 #[derive(Debug, Args, Clone)]
 pub struct DevDirArgs {
     /// Where the dev server keeps its data.
-    #[arg(long, value_name = "DIR", default_value = ".orgctl-dev", env = "ORGCTL_DEV_DIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = ".orgctl-dev",
+        env = "ORGCTL_DEV_DIR"
+    )]
     pub dir: PathBuf,
 }
 
@@ -505,9 +510,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown duration unit '{other}' (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' (use ms, s, m or h)"
+            ))
+        }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 * 7.0 {
+    if !secs.is_finite() || !(0.0..=86_400.0 * 7.0).contains(&secs) {
         return Err(format!("'{s}' is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -555,12 +564,10 @@ mod tests {
 
     #[test]
     fn detailed_exitcode_needs_dry_run() {
-        assert!(Cli::try_parse_from([
-            "orgctl",
-            "install-platform-agent",
-            "--detailed-exitcode"
-        ])
-        .is_err());
+        assert!(
+            Cli::try_parse_from(["orgctl", "install-platform-agent", "--detailed-exitcode"])
+                .is_err()
+        );
     }
 
     #[test]

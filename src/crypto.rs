@@ -37,7 +37,11 @@ impl std::fmt::Debug for SecretBox {
             KeyState::Valid(_) => "set",
             KeyState::Invalid(_) => "invalid",
         };
-        write!(f, "SecretBox {{ key: {key}, production: {} }}", self.production)
+        write!(
+            f,
+            "SecretBox {{ key: {key}, production: {} }}",
+            self.production
+        )
     }
 }
 
@@ -180,7 +184,10 @@ mod tests {
             };
             assert_eq!(v, 1);
             assert_eq!(ct.len(), NONCE_LEN + 3 + TAG_LEN);
-            assert_eq!(sb.open(&ct, 1).as_deref().map(|v| v.as_slice()), Some(&b"gpt"[..]));
+            assert_eq!(
+                sb.open(&ct, 1).as_deref().map(|v| v.as_slice()),
+                Some(&b"gpt"[..])
+            );
         }
     }
 

@@ -54,7 +54,9 @@ impl DbUrl {
             )));
         }
         if let Some(pw) = url.password() {
+            // url gives the percent-encoded form; the server and sqlx see the decoded one.
             redact::register(pw);
+            redact::register(&percent_encoding::percent_decode_str(pw).decode_utf8_lossy());
         }
         let mut shown = url.clone();
         if shown.password().is_some() {
@@ -163,11 +165,7 @@ pub async fn connect_with(
     let mut params: Vec<(&str, &str)> =
         vec![("lock_timeout", &lock_ms), ("statement_timeout", &stmt_ms)];
     params.extend_from_slice(extra);
-    let opts = url
-        .opts
-        .clone()
-        .application_name("orgctl")
-        .options(params);
+    let opts = url.opts.clone().application_name("orgctl").options(params);
 
     let mut last: Option<Error> = None;
     for attempt in 0..CONNECT_ATTEMPTS {
@@ -446,12 +444,17 @@ pub async fn orgctl_schema_exists(conn: &mut PgConnection) -> Result<bool> {
 pub async fn ensure_orgctl_schema(url: &DbUrl, settings: &Settings) -> Result<()> {
     let mut conn = connect_with(url, settings, &[("search_path", "orgctl")]).await?;
     let latest = ORGCTL_MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let current: Option<i64> = sqlx::query_scalar(
-        "SELECT CASE WHEN to_regclass('orgctl._sqlx_migrations') IS NULL THEN NULL
-                ELSE (SELECT max(version) FROM orgctl._sqlx_migrations WHERE success) END",
-    )
-    .fetch_one(&mut conn)
-    .await?;
+    let has_table: bool =
+        sqlx::query_scalar("SELECT to_regclass('orgctl._sqlx_migrations') IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await?;
+    let current: Option<i64> = if has_table {
+        sqlx::query_scalar("SELECT max(version) FROM orgctl._sqlx_migrations WHERE success")
+            .fetch_one(&mut conn)
+            .await?
+    } else {
+        None
+    };
     if current == Some(latest) {
         return Ok(());
     }
@@ -511,8 +514,9 @@ mod tests {
 
     #[test]
     fn url_redacts_password() {
-        let u = match DbUrl::parse("postgres://alice:s3cr%40t@db.example:6543/tenant?sslmode=disable")
-        {
+        let u = match DbUrl::parse(
+            "postgres://alice:s3cr%40t@db.example:6543/tenant?sslmode=disable",
+        ) {
             Ok(u) => u,
             Err(e) => panic!("{e}"),
         };
@@ -524,7 +528,12 @@ mod tests {
 
     #[test]
     fn url_rejects_garbage() {
-        for bad in ["", "not a url", "mysql://u:p@h/db", "postgres://u:pw@h:99999/db"] {
+        for bad in [
+            "",
+            "not a url",
+            "mysql://u:p@h/db",
+            "postgres://u:pw@h:99999/db",
+        ] {
             match DbUrl::parse(bad) {
                 Ok(_) => panic!("accepted {bad}"),
                 Err(e) => {

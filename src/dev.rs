@@ -91,7 +91,10 @@ async fn up(ctx: &Context, a: &DevUpArgs) -> Result<Exit> {
     ensure_reachable(run_as, &data)?;
 
     if !data.join("PG_VERSION").exists() {
-        out.info(&format!("initialising a PostgreSQL cluster in {}", data.display()));
+        out.info(&format!(
+            "initialising a PostgreSQL cluster in {}",
+            data.display()
+        ));
         let port = match a.port {
             Some(p) => p,
             None => pgserver::free_port()?,
@@ -175,7 +178,10 @@ fn down(ctx: &Context, a: &DevDirArgs) -> Result<Exit> {
     let dir = absolute(&a.dir)?;
     let data = dir.join("data");
     if !dir.exists() {
-        ctx.out.info(&format!("no dev server in {}: nothing to do", dir.display()));
+        ctx.out.info(&format!(
+            "no dev server in {}: nothing to do",
+            dir.display()
+        ));
         return Ok(Exit::Ok);
     }
     if !dir.join("port").exists() && !data.join("PG_VERSION").exists() {
@@ -205,7 +211,10 @@ fn down(ctx: &Context, a: &DevDirArgs) -> Result<Exit> {
     }
     std::fs::remove_dir_all(&dir)
         .map_err(|e| Error::failed(format!("could not delete {}: {e}", dir.display())))?;
-    ctx.out.info(&format!("stopped the dev server and deleted {}", dir.display()));
+    ctx.out.info(&format!(
+        "stopped the dev server and deleted {}",
+        dir.display()
+    ));
     Ok(Exit::Ok)
 }
 
@@ -233,7 +242,7 @@ const LARGE_ORG: &[&str] = &[
          LEFT JOIN seed_children c ON g % 2 = 0 AND c.rn = g % GREATEST($2 - $1, 1)
          CROSS JOIN LATERAL (SELECT sha256(convert_to($8 || ':o:' || g, 'UTF8')) AS h) x",
     "INSERT INTO org_plugin_allowlist (org_id, plugin_name, enabled_by, enabled_at)
-       SELECT r.id, 'plugin-' || (((g / $1) * 7 + r.rn) % $7), 'seed',
+       SELECT r.id, 'plugin-' || (((g / $1) + r.rn * 7) % $7), 'seed',
               now() - (g % 997) * interval '1 minute'
          FROM generate_series(0, $6 - 1) g JOIN seed_roots r ON r.rn = g % $1
        ON CONFLICT DO NOTHING",

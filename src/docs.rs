@@ -31,7 +31,10 @@ fn man_pages(
     name: &str,
     files: &mut Vec<(PathBuf, Vec<u8>)>,
 ) -> std::io::Result<()> {
-    let page = cmd.clone().name(name.to_string()).bin_name(name.replace('-', " "));
+    let page = cmd
+        .clone()
+        .name(name.to_string())
+        .bin_name(name.replace('-', " "));
     let mut buf = Vec::new();
     clap_mangen::Man::new(page).render(&mut buf)?;
     files.push((Path::new("man").join(format!("{name}.1")), buf));

@@ -505,10 +505,12 @@ async fn resolve_agent(conn: &mut PgConnection, input: &InstallInput) -> Result<
                 .into_iter()
                 .next();
             let named_kind: Option<String> = if named.is_some() {
-                sqlx::query_scalar("SELECT COALESCE(kind, 'workspace') FROM workspaces WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *conn)
-                    .await?
+                sqlx::query_scalar(
+                    "SELECT COALESCE(kind, 'workspace') FROM workspaces WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
             } else {
                 None
             };
@@ -624,10 +626,9 @@ async fn fetch_agents(
 
 /// Roots an earlier install re-parented under this agent (empty before orgctl's schema exists).
 async fn former_roots(conn: &mut PgConnection, agent: Uuid) -> Result<Vec<Uuid>> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
     if !exists {
         return Ok(Vec::new());
     }
@@ -876,7 +877,9 @@ pub async fn verify(conn: &mut PgConnection, plan: &Plan) -> Result<()> {
         broken.push(format!("{tokens_left} token(s) still on an old root"));
     }
     if allow_left != 0 {
-        broken.push(format!("{allow_left} allowlist row(s) still on an old root"));
+        broken.push(format!(
+            "{allow_left} allowlist row(s) still on an old root"
+        ));
     }
     if model == 0 && !plan.allow_missing_model {
         broken.push("no MODEL secret on the agent".to_string());
@@ -1204,10 +1207,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     if asked && out.interactive() {
         eprint!("{}", render_text(out, &reviewed, true, false));
     }
-    out.confirm(
-        &format!("Apply this plan to {}?", url.target()),
-        ctx.yes,
-    )?;
+    out.confirm(&format!("Apply this plan to {}?", url.target()), ctx.yes)?;
 
     // 3. Apply: lock, re-plan with the same code, execute exactly that plan, verify, commit.
     db::ensure_orgctl_schema(&url, &ctx.settings).await?;

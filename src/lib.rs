@@ -4,6 +4,7 @@
 //! raced against Ctrl-C, print an error once on stderr, and return the exit code. `main.rs`
 //! only calls it. Tests call the modules directly as well as the binary.
 
+pub mod backfill;
 pub mod cli;
 pub mod crypto;
 pub mod db;
@@ -15,7 +16,10 @@ pub mod interrupt;
 pub mod output;
 pub mod pgserver;
 pub mod redact;
+pub mod secret;
+pub mod status;
 pub mod sys;
+pub mod token;
 
 use clap::Parser;
 
@@ -58,7 +62,11 @@ pub fn run() -> i32 {
         Err(e) => {
             // --help and --version go to stdout with 0; usage errors to stderr with 2.
             let _ = e.print();
-            return if e.use_stderr() { Exit::Usage.code() } else { 0 };
+            return if e.use_stderr() {
+                Exit::Usage.code()
+            } else {
+                0
+            };
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -110,17 +118,11 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
             docs::print_completions(*shell);
             Ok(Exit::Ok)
         }
-        Command::Token(_) => Err(not_yet("token", 4)),
-        Command::Secret(_) => Err(not_yet("secret", 5)),
-        Command::Backfill(_) => Err(not_yet("backfill", 6)),
-        Command::Status(_) => Err(not_yet("status", 7)),
+        Command::Token(cmd) => token::run(ctx, cmd).await,
+        Command::Secret(cmd) => secret::run(ctx, cmd).await,
+        Command::Backfill(cmd) => backfill::run(ctx, cmd).await,
+        Command::Status(args) => status::run(ctx, args).await,
     }
-}
-
-fn not_yet(what: &str, issue: u32) -> Error {
-    Error::failed(format!(
-        "`orgctl {what}` is not implemented in this build yet (tracked as issue {issue}); nothing was changed"
-    ))
 }
 
 /// Print an error once, on stderr: one line, control characters stripped, passwords masked.

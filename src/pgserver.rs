@@ -102,7 +102,9 @@ pub fn initdb(bindir: &Path, data: &Path, run_as: RunAs, password: Option<&str>)
         if let RunAs(Some((uid, gid))) = run_as {
             crate::sys::chown(&pwfile, uid, gid)?;
         }
-        cmd.arg("--auth-host=scram-sha-256").arg("--pwfile").arg(&pwfile);
+        cmd.arg("--auth-host=scram-sha-256")
+            .arg("--pwfile")
+            .arg(&pwfile);
     } else {
         cmd.arg("--auth-host=trust");
     }

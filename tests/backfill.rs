@@ -1,0 +1,1 @@
+//! `orgctl backfill` against real PostgreSQL (issue 6).

@@ -1,0 +1,458 @@
+//! The test harness: one real PostgreSQL per test binary, started from the installed server
+//! binaries (as the `postgres` user when we are root), data in /dev/shm with fsync off;
+//! template databases (empty platform schema, and the sample org); one fresh database per test
+//! (`CREATE DATABASE … TEMPLATE … STRATEGY FILE_COPY`, ~10 ms). The server is stopped at exit
+//! (atexit) and dies with the test process (PR_SET_PDEATHSIG, set from a thread that never
+//! exits).
+#![allow(unsafe_code, dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use orgctl::pgserver::{self, RunAs};
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
+
+pub const PASSWORD: &str = "t3st-Pa55w0rd!";
+pub const TEMPLATE_EMPTY: &str = "orgctl_tmpl_empty";
+pub const TEMPLATE_SAMPLE: &str = "orgctl_tmpl_sample";
+
+pub struct Server {
+    pub port: u16,
+    pub base: PathBuf,
+    pub bindir: PathBuf,
+    pub pid: u32,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn server() -> &'static Server {
+    SERVER.get_or_init(|| match start() {
+        Ok(s) => s,
+        Err(e) => panic!("could not start the test PostgreSQL: {e}"),
+    })
+}
+
+extern "C" fn stop_at_exit() {
+    if let Some(s) = SERVER.get() {
+        // SIGQUIT: immediate shutdown; the data directory is thrown away anyway.
+        orgctl::sys::kill(s.pid as i32, libc::SIGQUIT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while orgctl::sys::kill(s.pid as i32, 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&s.base);
+    }
+}
+
+fn shm_root() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Remove data directories of earlier test runs whose process is gone (killed with -9).
+fn clean_stale(root: &Path) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(pid) = name.strip_prefix("orgctl-test-") {
+            if let Ok(pid) = pid.parse::<i32>() {
+                if !orgctl::sys::kill(pid, 0) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+}
+
+fn start() -> Result<Server, String> {
+    let bindir = pgserver::bindir().map_err(|e| e.message)?;
+    let run_as = RunAs::detect().map_err(|e| e.message)?;
+    let root = shm_root();
+    clean_stale(&root);
+    let base = root.join(format!("orgctl-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
+    let data = base.join("data");
+    pgserver::initdb(&bindir, &data, run_as, Some(PASSWORD)).map_err(|e| e.message)?;
+    let port = pgserver::free_port().map_err(|e| e.message)?;
+    pgserver::configure(&data, port, true).map_err(|e| e.message)?;
+
+    // Spawn from a thread that never exits: PR_SET_PDEATHSIG fires when the spawning *thread*
+    // dies, and test threads come and go.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (b2, d2) = (bindir.clone(), data.clone());
+    std::thread::spawn(move || {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = run_as.command(&b2.join("postgres"));
+        cmd.arg("-D")
+            .arg(&d2)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        match std::fs::File::create(d2.with_extension("log")) {
+            Ok(f) => {
+                cmd.stderr(f);
+            }
+            Err(_) => {
+                cmd.stderr(Stdio::null());
+            }
+        }
+        unsafe {
+            cmd.pre_exec(orgctl::sys::set_parent_death_signal);
+        }
+        let _ = tx.send(cmd.spawn().map(|c| c.id()).map_err(|e| e.to_string()));
+        loop {
+            std::thread::park();
+        }
+    });
+    let pid = rx
+        .recv()
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("could not spawn postgres: {e}"))?;
+    unsafe {
+        libc::atexit(stop_at_exit);
+    }
+    let server = Server {
+        port,
+        base,
+        bindir,
+        pid,
+    };
+    // Wait for it to accept connections.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = server
+            .psql("postgres", "SELECT 1")
+            .map(|_| true)
+            .unwrap_or(false);
+        if ok {
+            break;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+            return Err(format!("postgres did not come up: {log}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let schema = orgctl::db::PLATFORM_SCHEMA_SQL;
+    let sample = orgctl::dev::SAMPLE_ORG_SQL;
+    for (tmpl, sqls) in [
+        (TEMPLATE_EMPTY, vec![schema]),
+        (TEMPLATE_SAMPLE, vec![schema, sample]),
+    ] {
+        server.psql("postgres", &format!("CREATE DATABASE {tmpl}"))?;
+        server.psql(
+            "postgres",
+            &format!(
+                "COMMENT ON DATABASE {tmpl} IS '{}'",
+                orgctl::dev::DEV_COMMENT
+            ),
+        )?;
+        for sql in sqls {
+            server.psql(tmpl, sql)?;
+        }
+    }
+    Ok(server)
+}
+
+impl Server {
+    /// Run SQL through psql (sync; for set-up only). Returns stdout.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+            ])
+            .env("PGPASSWORD", PASSWORD)
+            .env("PGCONNECT_TIMEOUT", "2")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                if let Some(mut stdin) = child.stdin.take() {
+                    stdin.write_all(sql.as_bytes())?;
+                }
+                child.wait_with_output()
+            })
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{db}",
+            urlencode(PASSWORD),
+            self.port
+        )
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A fresh database for one test, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// The platform schema with no rows.
+    pub fn empty() -> Self {
+        Self::from_template(TEMPLATE_EMPTY)
+    }
+
+    /// The sample org of `orgctl dev up` (src/sql/sample_org.sql).
+    pub fn sample() -> Self {
+        Self::from_template(TEMPLATE_SAMPLE)
+    }
+
+    fn from_template(tmpl: &str) -> Self {
+        let s = server();
+        let name = format!(
+            "t_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        if let Err(e) = s.psql(
+            "postgres",
+            &format!("CREATE DATABASE {name} TEMPLATE {tmpl} STRATEGY FILE_COPY"),
+        ) {
+            panic!("CREATE DATABASE {name}: {e}");
+        }
+        TestDb {
+            url: s.url(&name),
+            name,
+        }
+    }
+
+    /// Run SQL as set-up (panics on error).
+    pub fn exec(&self, sql: &str) -> String {
+        match server().psql(&self.name, sql) {
+            Ok(s) => s,
+            Err(e) => panic!("set-up SQL failed: {e}\n{sql}"),
+        }
+    }
+
+    /// One value as text.
+    pub fn scalar(&self, sql: &str) -> String {
+        self.exec(sql).trim().to_string()
+    }
+
+    pub async fn connect(&self) -> PgConnection {
+        match PgConnection::connect(&self.url).await {
+            Ok(c) => c,
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+
+    /// Every platform table's full contents, sorted, plus whether orgctl's schema exists: equal
+    /// snapshots mean nothing changed.
+    pub fn snapshot(&self) -> String {
+        let mut s = String::new();
+        for t in [
+            "workspaces",
+            "workspace_secrets",
+            "global_secrets",
+            "org_api_tokens",
+            "org_plugin_allowlist",
+            "rescue_bundles",
+        ] {
+            s.push_str(&format!("== {t}\n"));
+            s.push_str(&self.exec(&format!(
+                "SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') FROM {t} x"
+            )));
+        }
+        s.push_str("== orgctl\n");
+        s.push_str(&self.exec(
+            "SELECT CASE WHEN to_regclass('orgctl.audit_log') IS NULL THEN 'absent'
+                    ELSE 'present' END",
+        ));
+        s
+    }
+
+    pub fn audit_rows(&self) -> i64 {
+        let exists = self.scalar("SELECT to_regclass('orgctl.audit_log') IS NOT NULL");
+        if exists != "t" {
+            return 0;
+        }
+        self.scalar("SELECT count(*) FROM orgctl.audit_log")
+            .parse()
+            .unwrap_or(-1)
+    }
+
+    /// orgctl against this database.
+    pub fn orgctl(&self, args: &[&str]) -> Cmd {
+        Cmd::new(args).env("DATABASE_URL", &self.url)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = server().psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// The orgctl binary in a cleaned environment.
+pub struct Cmd {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    stdin: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        match serde_json::from_str(&self.stdout) {
+            Ok(v) => v,
+            Err(e) => panic!(
+                "stdout is not one JSON document ({e}):\n{}\nstderr: {}",
+                self.stdout, self.stderr
+            ),
+        }
+    }
+
+    /// Assert the exit code, showing both streams when it differs.
+    #[track_caller]
+    pub fn code(&self, want: i32) -> &Self {
+        assert_eq!(
+            self.code, want,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// An error is exactly one line on stderr starting with "error: ".
+    #[track_caller]
+    pub fn one_line_error(&self, needle: &str) -> &Self {
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "one error line expected:\n{}", self.stderr);
+        assert!(
+            lines[0].contains(needle),
+            "error should mention {needle:?}: {}",
+            lines[0]
+        );
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+        self
+    }
+}
+
+impl Cmd {
+    pub fn new(args: &[&str]) -> Self {
+        Cmd {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            stdin: None,
+        }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn stdin(mut self, data: &[u8]) -> Self {
+        self.stdin = Some(data.to_vec());
+        self
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orgctl"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("USER", "tester")
+            .env("NO_COLOR", "1")
+            .args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub fn run(&self) -> Run {
+        let mut cmd = self.command();
+        cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let out = cmd.spawn().and_then(|mut child| {
+            if let Some(data) = &self.stdin {
+                use std::io::Write;
+                if let Some(mut si) = child.stdin.take() {
+                    si.write_all(data)?;
+                }
+            }
+            child.wait_with_output()
+        });
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => panic!("could not run orgctl: {e}"),
+        };
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
+    /// Run on a blocking thread, for tests that do other work meanwhile.
+    pub async fn run_async(self) -> Run {
+        match tokio::task::spawn_blocking(move || self.run()).await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The sample org's ids.
+pub mod ids {
+    pub const HQ: &str = "a0000000-0000-4000-8000-000000000001";
+    pub const RESEARCH: &str = "a0000000-0000-4000-8000-000000000002";
+    pub const LABS: &str = "b0000000-0000-4000-8000-000000000001";
+    pub const LABS_BRIDGE: &str = "b0000000-0000-4000-8000-000000000002";
+    pub const LABS_ARCHIVE: &str = "b0000000-0000-4000-8000-000000000003";
+    pub const LEGACY: &str = "c0000000-0000-4000-8000-000000000001";
+    pub const GITHUB_HQ: &str = "e0000000-0000-4000-8000-000000000001";
+    pub const GITHUB_LABS: &str = "e0000000-0000-4000-8000-000000000003";
+}

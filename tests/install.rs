@@ -1,0 +1,842 @@
+//! install-platform-agent against real PostgreSQL: the diff on the awkward fixture, dry run
+//! read-only, apply's rows, MODEL encryption, idempotency, refusals, concurrency.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use crate::harness::{ids, TestDb};
+
+/// The JSON contract (SPEC §4), rejecting unknown fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanJson {
+    dry_run: bool,
+    changed: bool,
+    platform_agent: AgentJson,
+    reparented: Vec<ReparentJson>,
+    anchor_moves: Vec<MoveJson>,
+    allowlist_merged: Vec<MergedJson>,
+    model_secret: String,
+    plan_hash: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentJson {
+    id: String,
+    name: String,
+    action: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReparentJson {
+    id: String,
+    name: String,
+    old_parent_id: Option<String>,
+    new_parent_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveJson {
+    table: String,
+    from: String,
+    to: String,
+    rows: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergedJson {
+    id: String,
+    plugin_name: String,
+    from: String,
+}
+
+fn parse(stdout: &str) -> PlanJson {
+    match serde_json::from_str(stdout) {
+        Ok(p) => p,
+        Err(e) => panic!("JSON contract: {e}\n{stdout}"),
+    }
+}
+
+fn moves(p: &PlanJson, table: &str) -> BTreeSet<(String, i64)> {
+    p.anchor_moves
+        .iter()
+        .filter(|m| m.table == table)
+        .map(|m| (m.from.clone(), m.rows))
+        .collect()
+}
+
+#[test]
+fn dry_run_diff_on_the_awkward_fixture_is_exact_and_read_only() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--dry-run",
+            "--model",
+            "claude",
+            "-o",
+            "json",
+        ])
+        .run();
+    r.code(0);
+    let p = parse(&r.stdout);
+    assert!(p.dry_run);
+    assert!(p.changed, "a dry run with pending changes says so");
+    assert_eq!(p.platform_agent.action, "create");
+    assert_eq!(p.platform_agent.name, "Platform Agent");
+    let agent = p.platform_agent.id.clone();
+    let roots: BTreeSet<&str> = p.reparented.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        roots,
+        BTreeSet::from([ids::HQ, ids::LABS, ids::LEGACY]),
+        "the removed tombstone too"
+    );
+    for r in &p.reparented {
+        assert_eq!(r.old_parent_id, None);
+        assert_eq!(r.new_parent_id, agent);
+        assert!(!r.name.is_empty());
+    }
+    assert_eq!(
+        moves(&p, "org_api_tokens"),
+        BTreeSet::from([
+            (ids::HQ.into(), 3),
+            (ids::LABS.into(), 1),
+            (ids::LEGACY.into(), 1)
+        ])
+    );
+    assert_eq!(
+        moves(&p, "org_plugin_allowlist"),
+        BTreeSet::from([
+            (ids::HQ.into(), 2),
+            (ids::LABS.into(), 1),
+            (ids::LEGACY.into(), 1)
+        ])
+    );
+    assert!(p.anchor_moves.iter().all(|m| m.to == agent));
+    assert_eq!(p.allowlist_merged.len(), 1);
+    assert_eq!(
+        p.allowlist_merged[0].id,
+        ids::GITHUB_LABS,
+        "the later github row merges"
+    );
+    assert_eq!(p.allowlist_merged[0].plugin_name, "github");
+    assert_eq!(p.allowlist_merged[0].from, ids::LABS);
+    assert_eq!(p.model_secret, "seeded");
+    assert!(p.plan_hash.starts_with("sha256:") && p.plan_hash.len() == 71);
+
+    // Table output: live and revoked tokens apart (HQ: 3 rows = 2 live + 1 revoked).
+    let t = db
+        .orgctl(&["install-platform-agent", "--dry-run", "--model", "claude"])
+        .run();
+    t.code(0);
+    let hq_line = t
+        .stdout
+        .lines()
+        .find(|l| l.contains("org_api_tokens") && l.contains(ids::HQ))
+        .unwrap_or_default()
+        .to_string();
+    let nums: Vec<&str> = hq_line
+        .split_whitespace()
+        .filter(|w| w.parse::<i64>().is_ok())
+        .collect();
+    assert_eq!(nums, ["3", "2", "1"], "{hq_line}");
+    assert!(t.stdout.contains("Dry run: nothing was changed."));
+    assert!(
+        t.stdout.contains(&p.plan_hash),
+        "same plan, same hash (generated id excluded)"
+    );
+
+    assert_eq!(
+        db.snapshot(),
+        before,
+        "a dry run changes nothing, not even orgctl's schema"
+    );
+}
+
+#[test]
+fn dry_run_detailed_exitcode_and_missing_model() {
+    let db = TestDb::sample();
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--dry-run",
+            "--model",
+            "m",
+            "--detailed-exitcode",
+        ])
+        .run();
+    r.code(4);
+    // Without --model the plan shows MODEL missing and the refusal apply would meet.
+    let r = db
+        .orgctl(&["install-platform-agent", "--dry-run", "-o", "json"])
+        .run();
+    r.code(3).one_line_error("no MODEL secret");
+    assert_eq!(parse(&r.stdout).model_secret, "missing");
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--dry-run",
+            "--allow-missing-model",
+            "-o",
+            "json",
+        ])
+        .run();
+    r.code(0);
+}
+
+#[tokio::test]
+async fn apply_moves_everything_and_model_decrypts_independently() {
+    let db = TestDb::sample();
+    let key = [42u8; 32];
+    let key_b64 = base64_std(&key);
+    let rescue_before = db.scalar("SELECT string_agg(x::text, ',') FROM rescue_bundles x");
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--model",
+            "claude-sonnet",
+            "--name",
+            "Concierge",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64)
+        .run();
+    r.code(0);
+    let p = parse(&r.stdout);
+    assert!(!p.dry_run && p.changed);
+    let agent = p.platform_agent.id.clone();
+
+    // The agent: the single root, kind platform, tier 0.
+    assert_eq!(
+        db.scalar("SELECT string_agg(id::text || ' ' || name || ' ' || kind || ' ' || tier, ',') FROM workspaces WHERE parent_id IS NULL"),
+        format!("{agent} Concierge platform 0")
+    );
+    // Every former root is its child; deeper rows keep their parents.
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM workspaces WHERE parent_id = '{agent}'"
+        )),
+        "3"
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT parent_id FROM workspaces WHERE id = '{}'",
+            ids::RESEARCH
+        )),
+        ids::HQ
+    );
+    // Tokens: the five on roots moved (live and revoked); unanchored and non-root untouched.
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM org_api_tokens WHERE org_id = '{agent}'"
+        )),
+        "5"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM org_api_tokens WHERE org_id IS NULL"),
+        "2"
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM org_api_tokens WHERE org_id = '{}'",
+            ids::RESEARCH
+        )),
+        "1"
+    );
+    // Allowlist: merged to one row per plugin, keeping the earliest github row.
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT string_agg(plugin_name || '=' || id, ',' ORDER BY plugin_name) FROM org_plugin_allowlist WHERE org_id = '{agent}'"
+        )),
+        format!(
+            "github={},jira=e0000000-0000-4000-8000-000000000004,pagerduty=e0000000-0000-4000-8000-000000000005,slack=e0000000-0000-4000-8000-000000000002",
+            ids::GITHUB_HQ
+        )
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM org_plugin_allowlist"), "4");
+    assert_eq!(
+        db.scalar("SELECT string_agg(x::text, ',') FROM rescue_bundles x"),
+        rescue_before,
+        "rescue_bundles.org_id is another namespace"
+    );
+
+    // MODEL: version 1, nonce || ciphertext+tag, decrypted here with aes-gcm directly.
+    let mut conn = db.connect().await;
+    let (value, version): (Vec<u8>, i32) = match sqlx::query_as(
+        "SELECT encrypted_value, encryption_version FROM workspace_secrets WHERE workspace_id = $1::uuid AND key = 'MODEL'",
+    )
+    .bind(&agent)
+    .fetch_one(&mut conn)
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(version, 1);
+    use aes_gcm::aead::Aead;
+    use aes_gcm::KeyInit;
+    let cipher = match aes_gcm::Aes256Gcm::new_from_slice(&key) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let (nonce, ct) = value.split_at(12);
+    let plain = cipher.decrypt(aes_gcm::Nonce::from_slice(nonce), ct);
+    assert_eq!(plain.ok().as_deref(), Some(&b"claude-sonnet"[..]));
+
+    // The audit row, in orgctl's own schema, without the MODEL value.
+    let audit = db.scalar("SELECT os_user || ' ' || command || ' ' || outcome || ' ' || args::text FROM orgctl.audit_log");
+    assert!(
+        audit.starts_with("tester install-platform-agent applied"),
+        "{audit}"
+    );
+    assert!(!audit.contains("claude-sonnet"), "{audit}");
+    // orgctl's migrations table lives in its schema, not public.
+    assert_eq!(
+        db.scalar("SELECT to_regclass('public._sqlx_migrations') IS NULL"),
+        "t"
+    );
+    assert_eq!(
+        db.scalar("SELECT to_regclass('orgctl._sqlx_migrations') IS NOT NULL"),
+        "t"
+    );
+}
+
+fn base64_std(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn model_without_key_is_version_0_and_refused_in_production() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .env("MOLECULE_ENV", "Production")
+        .run();
+    r.code(3).one_line_error("SECRETS_ENCRYPTION_KEY");
+    assert_eq!(db.snapshot(), before);
+
+    let r = db
+        .orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .env("SECRETS_ENCRYPTION_KEY", "too-short")
+        .run();
+    r.code(2).one_line_error("SECRETS_ENCRYPTION_KEY");
+    assert!(!r.stderr.contains("too-short"));
+    assert_eq!(db.snapshot(), before);
+
+    db.orgctl(&["install-platform-agent", "--model", "plain-model", "--yes"])
+        .run()
+        .code(0);
+    assert_eq!(
+        db.scalar("SELECT encryption_version || ':' || convert_from(encrypted_value, 'UTF8') FROM workspace_secrets WHERE key = 'MODEL'"),
+        "0:plain-model"
+    );
+    // A raw 32-byte key works too, and replaces the value.
+    db.orgctl(&["install-platform-agent", "--model", "other", "--yes"])
+        .env("SECRETS_ENCRYPTION_KEY", "0123456789abcdef0123456789abcdef")
+        .run()
+        .code(0);
+    assert_eq!(
+        db.scalar("SELECT encryption_version FROM workspace_secrets WHERE key = 'MODEL'"),
+        "1"
+    );
+}
+
+#[test]
+fn second_run_changes_nothing_and_writes_nothing() {
+    let db = TestDb::sample();
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run()
+        .code(0);
+    let snap = db.snapshot();
+    let audits = db.audit_rows();
+    assert_eq!(audits, 1);
+    for args in [
+        vec!["install-platform-agent", "--yes", "-o", "json"],
+        vec![
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "-o",
+            "json",
+        ],
+        // No --yes needed when there is nothing to do.
+        vec!["install-platform-agent", "-o", "json"],
+    ] {
+        let r = db.orgctl(&args).run();
+        r.code(0);
+        let p = parse(&r.stdout);
+        assert!(!p.changed, "{args:?}");
+        assert_eq!(p.platform_agent.action, "unchanged");
+        assert!(p.reparented.is_empty() && p.anchor_moves.is_empty());
+        assert_eq!(p.model_secret, "present");
+    }
+    let r = db
+        .orgctl(&["install-platform-agent", "--dry-run", "--detailed-exitcode"])
+        .run();
+    r.code(0);
+    assert!(r.stdout.contains("Nothing to do"));
+    assert_eq!(db.snapshot(), snap);
+    assert_eq!(db.audit_rows(), audits, "no audit row claiming a change");
+}
+
+#[test]
+fn refuses_several_agents_listing_them() {
+    let db = TestDb::sample();
+    db.exec(
+        "INSERT INTO workspaces (id, name, kind) VALUES
+           ('11111111-0000-4000-8000-000000000001', 'P1', 'platform'),
+           ('11111111-0000-4000-8000-000000000002', 'P2', 'platform')",
+    );
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run();
+    r.code(3)
+        .one_line_error("11111111-0000-4000-8000-000000000001");
+    assert!(r.stderr.contains("11111111-0000-4000-8000-000000000002"));
+    assert_eq!(db.snapshot(), before);
+    let r = db
+        .orgctl(&["install-platform-agent", "--dry-run", "--model", "m"])
+        .run();
+    r.code(3);
+}
+
+#[test]
+fn refuses_id_of_an_ordinary_workspace_or_a_different_agent() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--id",
+            ids::HQ,
+            "--model",
+            "m",
+            "--yes",
+        ])
+        .run();
+    r.code(3).one_line_error("ordinary workspace");
+    assert_eq!(db.snapshot(), before);
+
+    let agent = "22222222-0000-4000-8000-000000000001";
+    db.orgctl(&[
+        "install-platform-agent",
+        "--id",
+        agent,
+        "--model",
+        "m",
+        "--yes",
+    ])
+    .run()
+    .code(0);
+    assert_eq!(
+        db.scalar("SELECT id FROM workspaces WHERE kind = 'platform'"),
+        agent
+    );
+    let after = db.snapshot();
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--id",
+            "33333333-0000-4000-8000-000000000001",
+            "--model",
+            "m",
+            "--yes",
+        ])
+        .run();
+    r.code(3).one_line_error("different agent");
+    assert!(r.stderr.contains(agent));
+    assert_eq!(db.snapshot(), after);
+    // Its own id is fine (a no-op).
+    db.orgctl(&["install-platform-agent", "--id", agent, "--yes"])
+        .run()
+        .code(0);
+}
+
+#[test]
+fn existing_agent_under_a_root_is_promoted() {
+    let db = TestDb::sample();
+    let agent = "44444444-0000-4000-8000-000000000001";
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, kind, tier, parent_id) VALUES ('{agent}', 'Old concierge', 'platform', 2, '{}');
+         INSERT INTO workspace_secrets (workspace_id, key, encrypted_value) VALUES ('{agent}', 'MODEL', 'x'::bytea);",
+        ids::HQ
+    ));
+    let r = db
+        .orgctl(&["install-platform-agent", "--yes", "-o", "json"])
+        .run();
+    r.code(0);
+    let p = parse(&r.stdout);
+    assert_eq!(p.platform_agent.id, agent);
+    assert_eq!(p.platform_agent.action, "update");
+    assert_eq!(
+        p.platform_agent.name, "Old concierge",
+        "an existing agent keeps its name"
+    );
+    assert_eq!(p.model_secret, "present");
+    assert_eq!(
+        db.scalar(&format!("SELECT coalesce(parent_id::text, 'null') || ' ' || tier FROM workspaces WHERE id = '{agent}'")),
+        "null 0"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL"),
+        "1"
+    );
+}
+
+#[test]
+fn refuses_without_model_and_changes_nothing() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    let r = db.orgctl(&["install-platform-agent", "--yes"]).run();
+    r.code(3).one_line_error("--allow-missing-model");
+    assert_eq!(db.snapshot(), before);
+    db.orgctl(&["install-platform-agent", "--yes", "--allow-missing-model"])
+        .run()
+        .code(0);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspace_secrets WHERE key = 'MODEL'"),
+        "0"
+    );
+}
+
+#[test]
+fn refuses_an_incompatible_schema_naming_what_is_missing() {
+    let db = TestDb::sample();
+    db.exec("ALTER TABLE workspaces DROP COLUMN kind; DROP TABLE org_plugin_allowlist;");
+    let before = db.snapshot_without_allowlist();
+    for args in [
+        vec!["install-platform-agent", "--model", "m", "--yes"],
+        vec!["install-platform-agent", "--dry-run", "--model", "m"],
+    ] {
+        let r = db.orgctl(&args).run();
+        r.code(3).one_line_error("workspaces.kind");
+        assert!(
+            r.stderr.contains("table org_plugin_allowlist"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert_eq!(db.snapshot_without_allowlist(), before);
+}
+
+impl TestDb {
+    fn snapshot_without_allowlist(&self) -> String {
+        self.exec(
+            "SELECT string_agg(x::text, E'\\n' ORDER BY x::text) FROM workspaces x;
+             SELECT string_agg(x::text, E'\\n' ORDER BY x::text) FROM org_api_tokens x;
+             SELECT to_regclass('orgctl.audit_log') IS NULL;",
+        )
+    }
+}
+
+#[tokio::test]
+async fn refuses_when_another_orgctl_holds_the_lock() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    let mut holder = db.connect().await;
+    let (k1, k2) = orgctl::db::TENANT_LOCK;
+    if let Err(e) = sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(k1)
+        .bind(k2)
+        .execute(&mut holder)
+        .await
+    {
+        panic!("{e}");
+    }
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "--lock-timeout",
+            "300ms",
+        ])
+        .run_async()
+        .await;
+    r.code(3).one_line_error("holds this tenant's lock");
+    assert!(
+        r.stderr.contains("backend pid"),
+        "names the holder: {}",
+        r.stderr
+    );
+    // orgctl's own schema may now exist (first mutating use); the platform tables are untouched.
+    let after = db.snapshot();
+    assert_eq!(
+        after.split("== orgctl").next(),
+        before.split("== orgctl").next()
+    );
+    assert_eq!(db.audit_rows(), 0);
+    // A dry run takes no lock and works meanwhile.
+    db.orgctl(&["install-platform-agent", "--dry-run", "--model", "m"])
+        .run_async()
+        .await
+        .code(0);
+    drop(holder);
+}
+
+#[test]
+fn expect_plan_applies_only_the_reviewed_plan() {
+    let db = TestDb::sample();
+    let dry = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--dry-run",
+            "--model",
+            "m",
+            "-o",
+            "json",
+        ])
+        .run();
+    dry.code(0);
+    let hash = parse(&dry.stdout).plan_hash;
+
+    // The tenant changes after review: a new token on a root.
+    db.exec(&format!(
+        "INSERT INTO org_api_tokens (token_hash, prefix, org_id) VALUES (sha256('late'::bytea), 'late0000', '{}')",
+        ids::LABS
+    ));
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "--expect-plan",
+            &hash,
+            "-o",
+            "json",
+        ])
+        .run();
+    r.code(3).one_line_error("differs from the reviewed one");
+    let new_plan = parse(&r.stdout);
+    assert_ne!(new_plan.plan_hash, hash, "the new diff is printed");
+    assert_eq!(db.snapshot(), before);
+
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "--expect-plan",
+            &new_plan.plan_hash,
+        ])
+        .run();
+    r.code(0);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL"),
+        "1"
+    );
+
+    let bad = db
+        .orgctl(&["install-platform-agent", "--yes", "--expect-plan", "abc"])
+        .run();
+    bad.code(2).one_line_error("not a plan hash");
+}
+
+#[test]
+fn apply_needs_yes_without_a_terminal() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    let r = db.orgctl(&["install-platform-agent", "--model", "m"]).run();
+    r.code(3).one_line_error("--yes");
+    assert_eq!(db.snapshot(), before);
+    assert!(r.stdout.is_empty());
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    for (args, needle) in [
+        (
+            vec!["install-platform-agent", "--id", "not-a-uuid"],
+            "not-a-uuid",
+        ),
+        (
+            vec!["install-platform-agent", "--name", "", "--yes"],
+            "--name",
+        ),
+        (
+            vec!["install-platform-agent", "--model", " ", "--yes"],
+            "--model",
+        ),
+        (
+            vec!["install-platform-agent", "--detailed-exitcode"],
+            "--dry-run",
+        ),
+        (
+            vec!["install-platform-agent", "--lock-timeout", "soon"],
+            "soon",
+        ),
+    ] {
+        let r = db.orgctl(&args).run();
+        r.code(2);
+        assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"));
+    }
+    assert_eq!(db.snapshot(), before);
+}
+
+#[tokio::test]
+async fn two_installs_at_once_end_with_exactly_one_agent() {
+    let db = TestDb::sample();
+    let a = db.orgctl(&[
+        "install-platform-agent",
+        "--model",
+        "m",
+        "--yes",
+        "-o",
+        "json",
+    ]);
+    let b = db.orgctl(&[
+        "install-platform-agent",
+        "--model",
+        "m",
+        "--yes",
+        "-o",
+        "json",
+    ]);
+    let (ra, rb) = tokio::join!(a.run_async(), b.run_async());
+    for r in [&ra, &rb] {
+        assert!(r.code == 0 || r.code == 3, "{r:?}");
+        if r.code == 3 {
+            assert!(r.stderr.contains("lock"), "{}", r.stderr);
+        }
+    }
+    let changed: Vec<bool> = [&ra, &rb]
+        .iter()
+        .filter(|r| r.code == 0)
+        .map(|r| r.json()["changed"].as_bool().unwrap_or(false))
+        .collect();
+    assert_eq!(changed.iter().filter(|c| **c).count(), 1, "{ra:?} {rb:?}");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE kind = 'platform'"),
+        "1"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL"),
+        "1"
+    );
+    assert_eq!(db.audit_rows(), 1);
+}
+
+/// A live platform keeps writing while the install runs: tokens minted on a root, last_used_at
+/// bumps, children and allowlist rows added. No deadlock, nothing lost, and no row written
+/// during the run is left on a former root (a row whose insert waited at the commit is swept by
+/// the next install).
+#[tokio::test]
+async fn concurrent_platform_writer_is_not_deadlocked_or_left_behind() {
+    let db = TestDb::sample();
+    // Make the install take a while: many tokens on the roots.
+    db.exec(&format!(
+        "INSERT INTO org_api_tokens (token_hash, prefix, org_id)
+         SELECT sha256(('bulk' || g)::bytea), 'bulk', (ARRAY['{}','{}','{}']::uuid[])[1 + g % 3]
+           FROM generate_series(1, 60000) g",
+        ids::HQ,
+        ids::LABS,
+        ids::LEGACY
+    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let url = db.url.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            use sqlx::Connection;
+            let mut conn = match sqlx::PgConnection::connect(&url).await {
+                Ok(c) => c,
+                Err(e) => panic!("{e}"),
+            };
+            let mut written = 0u64;
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                // The platform resolves the org root at request time, walking up.
+                let root_of = format!(
+                    "(WITH RECURSIVE up(id, parent_id, d) AS (
+                        SELECT id, parent_id, 0 FROM workspaces WHERE id = '{}'
+                        UNION ALL SELECT w.id, w.parent_id, d + 1 FROM workspaces w JOIN up ON w.id = up.parent_id WHERE d < 32)
+                      SELECT id FROM up WHERE parent_id IS NULL)",
+                    ids::RESEARCH
+                );
+                let sql = match (w + i as usize) % 4 {
+                    0 => format!(
+                        "INSERT INTO org_api_tokens (token_hash, prefix, org_id, created_by)
+                         VALUES (sha256('w{w}-{i}'::bytea), 'live0000', {root_of}, 'writer')"
+                    ),
+                    1 => "UPDATE org_api_tokens SET last_used_at = now() WHERE id = '70000000-0000-4000-8000-000000000001'".to_string(),
+                    2 => format!(
+                        "INSERT INTO workspaces (name, parent_id) VALUES ('child w{w}-{i}', '{}')",
+                        ids::HQ
+                    ),
+                    _ => format!(
+                        "INSERT INTO org_plugin_allowlist (org_id, plugin_name, enabled_by)
+                         VALUES ({root_of}, 'p-w{w}-{i}', 'writer')"
+                    ),
+                };
+                match sqlx::query(&sql).execute(&mut conn).await {
+                    Ok(_) => written += 1,
+                    Err(e) => panic!("the platform's write failed: {e}"),
+                }
+            }
+            written
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "--lock-timeout",
+            "30s",
+        ])
+        .run_async()
+        .await;
+    r.code(0);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for w in writers {
+        total += match w.await {
+            Ok(n) => n,
+            Err(e) => panic!("{e}"),
+        };
+    }
+    assert!(total > 10, "the writer ran ({total} writes)");
+    // Rows that raced the commit are swept by the next run; then nothing is on a former root.
+    db.orgctl(&["install-platform-agent", "--yes"])
+        .run()
+        .code(0);
+    let left = db.scalar(
+        "SELECT (SELECT count(*) FROM org_api_tokens t JOIN orgctl.former_roots f ON f.workspace_id = t.org_id)
+              + (SELECT count(*) FROM org_plugin_allowlist a JOIN orgctl.former_roots f ON f.workspace_id = a.org_id)",
+    );
+    assert_eq!(left, "0");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL"),
+        "1"
+    );
+    // The writer's rows are all kept.
+    let writer_tokens: i64 = db
+        .scalar("SELECT count(*) FROM org_api_tokens WHERE created_by = 'writer'")
+        .parse()
+        .unwrap_or(-1);
+    assert!(writer_tokens > 0);
+}

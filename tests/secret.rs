@@ -1,0 +1,1 @@
+//! `orgctl secret` against real PostgreSQL (issue 5).

@@ -1,0 +1,1 @@
+//! `orgctl status` against real PostgreSQL (issue 7).

@@ -1,0 +1,1 @@
+//! `orgctl token` against real PostgreSQL (issue 4).
