@@ -16,8 +16,10 @@
 //! (now former) root afterwards; `orgctl.former_roots` remembers those roots, the next install
 //! sweeps such rows, and `status` reports them.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use futures_util::TryStreamExt;
 use serde::Serialize;
 use sha2::Digest;
 use sqlx::postgres::PgConnection;
@@ -178,12 +180,13 @@ pub struct AllowlistMove {
     pub rows: i64,
 }
 
+/// An allowlist row merged away (deleted); the row kept for its plugin is in
+/// [`Plan::kept`]. Kept small: a large org can merge tens of thousands of rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MergedRow {
     pub id: String,
     pub plugin_name: String,
     pub from: Uuid,
-    pub kept_id: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -220,6 +223,8 @@ pub struct Plan {
     pub token_moves: Vec<TokenMove>,
     pub allowlist_moves: Vec<AllowlistMove>,
     pub merged: Vec<MergedRow>,
+    /// For each plugin with merged rows, the id of the row that stays.
+    pub kept: BTreeMap<String, String>,
     pub model: ModelAction,
     pub allow_missing_model: bool,
 }
@@ -267,7 +272,9 @@ impl Plan {
     /// A fingerprint of what the plan does. An id orgctl generates itself is left out, so a dry
     /// run and the apply that follows it hash alike.
     pub fn hash(&self) -> String {
-        let mut s = String::from("orgctl-install-plan v1\n");
+        // Hash as we go: the merged list of a large org is tens of thousands of lines.
+        let mut s = HashWriter(sha2::Sha256::new());
+        let _ = writeln!(s, "orgctl-install-plan v1");
         let agent_id = if self.agent.generated_id {
             "new".to_string()
         } else {
@@ -302,14 +309,13 @@ impl Plan {
         let mut merged: Vec<&MergedRow> = self.merged.iter().collect();
         merged.sort_by(|a, b| a.id.cmp(&b.id));
         for m in merged {
-            let _ = writeln!(
-                s,
-                "merge {} {} {} kept={}",
-                m.id, m.plugin_name, m.from, m.kept_id
-            );
+            let _ = writeln!(s, "merge {} {} {}", m.id, m.plugin_name, m.from);
+        }
+        for (plugin, kept) in &self.kept {
+            let _ = writeln!(s, "keep {plugin} {kept}");
         }
         let _ = writeln!(s, "model {}", self.model.as_str());
-        format!("sha256:{:x}", sha2::Sha256::digest(s.as_bytes()))
+        format!("sha256:{:x}", s.0.finalize())
     }
 
     pub fn summary(&self) -> String {
@@ -355,6 +361,15 @@ impl Plan {
             parts.push(format!("{} MODEL", self.model.as_str()));
         }
         format!("Plan: {}.", parts.join(", "))
+    }
+}
+
+struct HashWriter(sha2::Sha256);
+
+impl std::fmt::Write for HashWriter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.update(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -431,25 +446,41 @@ pub async fn plan(conn: &mut PgConnection, input: &InstallInput, sb: &SecretBox)
     })
     .collect::<std::result::Result<_, sqlx::Error>>()?;
 
-    let merged: Vec<MergedRow> = sqlx::query(&format!(
-        "{ALLOWLIST_SCOPE}
-         SELECT id::text, plugin_name, org_id, kept_id::text FROM scope
-          WHERE rn > 1 ORDER BY plugin_name, id"
-    ))
-    .bind(&old)
-    .bind(agent.id)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(MergedRow {
-            id: r.try_get(0)?,
-            plugin_name: r.try_get(1)?,
-            from: r.try_get(2)?,
-            kept_id: r.try_get(3)?,
-        })
-    })
-    .collect::<std::result::Result<_, sqlx::Error>>()?;
+    // Streamed, not fetched whole: only the compact rows stay in memory.
+    let mut merged: Vec<MergedRow> = Vec::new();
+    {
+        let sql = format!(
+            "{ALLOWLIST_SCOPE}
+             SELECT id::text, plugin_name, org_id FROM scope
+              WHERE rn > 1 ORDER BY plugin_name, id"
+        );
+        let mut rows = sqlx::query(&sql)
+            .bind(&old)
+            .bind(agent.id)
+            .fetch(&mut *conn);
+        while let Some(r) = rows.try_next().await? {
+            merged.push(MergedRow {
+                id: r.try_get(0)?,
+                plugin_name: r.try_get(1)?,
+                from: r.try_get(2)?,
+            });
+        }
+    }
+    let kept: BTreeMap<String, String> = if merged.is_empty() {
+        BTreeMap::new()
+    } else {
+        sqlx::query_as(&format!(
+            "{ALLOWLIST_SCOPE}
+             SELECT plugin_name, id::text FROM scope
+              WHERE rn = 1 AND plugin_name IN (SELECT plugin_name FROM scope WHERE rn > 1)"
+        ))
+        .bind(&old)
+        .bind(agent.id)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect()
+    };
 
     let swept_former_roots: Vec<Uuid> = former
         .into_iter()
@@ -470,6 +501,7 @@ pub async fn plan(conn: &mut PgConnection, input: &InstallInput, sb: &SecretBox)
         token_moves,
         allowlist_moves,
         merged,
+        kept,
         model,
         allow_missing_model: input.allow_missing_model,
     })
@@ -480,8 +512,7 @@ pub async fn plan(conn: &mut PgConnection, input: &InstallInput, sb: &SecretBox)
 /// ranks above 1 are merged away.
 const ALLOWLIST_SCOPE: &str = "WITH scope AS (
     SELECT id, org_id, plugin_name,
-           row_number() OVER w AS rn,
-           first_value(id) OVER w AS kept_id
+           row_number() OVER w AS rn
       FROM org_plugin_allowlist
      WHERE org_id = ANY($1) OR org_id = $2
     WINDOW w AS (PARTITION BY plugin_name
@@ -1109,7 +1140,7 @@ fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Strin
                 m.id.clone(),
                 crate::error::sanitize(&m.plugin_name),
                 from_label(plan, m.from),
-                m.kept_id.clone(),
+                plan.kept.get(&m.plugin_name).cloned().unwrap_or_default(),
             ]);
         }
         let _ = writeln!(s, "{t}");
@@ -1210,6 +1241,9 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     out.confirm(&format!("Apply this plan to {}?", url.target()), ctx.yes)?;
 
     // 3. Apply: lock, re-plan with the same code, execute exactly that plan, verify, commit.
+    // Only the reviewed plan's hash is needed from here on; free the plan itself.
+    let reviewed_hash = reviewed.hash();
+    drop(reviewed);
     db::ensure_orgctl_schema(&url, &ctx.settings).await?;
     let mut tx = conn.begin().await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
@@ -1226,12 +1260,11 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     }
     // What a human confirmed or change control approved is exactly what gets applied.
     let strict = args.expect_plan.is_some() || asked;
-    if strict && current.hash() != reviewed.hash() {
+    if strict && current.hash() != reviewed_hash {
         tx.rollback().await?;
         render(out, &current, true, false)?;
         return Err(Error::refused(format!(
-            "the tenant changed after the plan was reviewed ({} reviewed, {} now); nothing was changed: review the new diff and rerun",
-            reviewed.hash(),
+            "the tenant changed after the plan was reviewed ({reviewed_hash} reviewed, {} now); nothing was changed: review the new diff and rerun",
             current.hash()
         )));
     }

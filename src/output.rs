@@ -62,11 +62,21 @@ impl Output {
     }
 
     /// Exactly one JSON document on stdout.
+    /// Streamed to stdout: a large plan's document is never built in memory whole.
     pub fn json<T: Serialize>(&self, value: &T) -> Result<()> {
-        let mut text = serde_json::to_string_pretty(value)
-            .map_err(|e| Error::failed(format!("could not render JSON: {e}")))?;
-        text.push('\n');
-        self.stdout(&text)
+        let stdout = std::io::stdout();
+        let mut w = std::io::BufWriter::new(stdout.lock());
+        let r = serde_json::to_writer_pretty(&mut w, value)
+            .map_err(std::io::Error::from)
+            .and_then(|_| w.write_all(b"\n"))
+            .and_then(|_| w.flush());
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(Error::failed(format!(
+                "could not write JSON to stdout: {e}"
+            ))),
+            Ok(()) => Ok(()),
+        }
     }
 
     pub fn table(&self, table: &Table) -> Result<()> {
