@@ -1550,13 +1550,21 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__list)
-            opts="-o -y -q -v -h -V --all --org --unanchored --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --all --org --unanchored --created-by --limit --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --org)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --created-by)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

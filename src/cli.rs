@@ -206,16 +206,38 @@ pub struct InstallArgs {
 pub enum TokenCommand {
     /// Mint a full-admin org API token; the plaintext is printed once, alone, on stdout.
     ///
-    /// Example: TOKEN=$(orgctl token mint --name ci)
+    /// The token is anchored to the org root: --org, else the platform agent, else the only
+    /// root (with several roots and no agent, --org is required). Metadata and a copy-now
+    /// warning go to stderr. Minting only adds a row, so it never asks for confirmation.
+    ///
+    /// Examples:
+    ///   TOKEN=$(orgctl token mint --name ci)
+    ///   orgctl token mint --name break-glass --output json
     #[command(after_long_help = AFTER_HELP)]
     Mint(TokenMintArgs),
     /// List live tokens, newest first (never a hash or plaintext).
+    ///
+    /// Examples:
+    ///   orgctl token list
+    ///   orgctl token list --all --unanchored
+    ///   orgctl token list --limit 0 --output json > tokens.json
     #[command(after_long_help = AFTER_HELP)]
     List(TokenListArgs),
     /// Revoke a token by id or unique prefix, or every live token with a provenance label.
+    ///
+    /// Revocation sets revoked_at = now(); the platform rejects the token at once. Asks for
+    /// confirmation on a terminal; --yes without one.
+    ///
+    /// Examples:
+    ///   orgctl token revoke 3f9c2a1b --yes
+    ///   orgctl token revoke --created-by admin-token
     #[command(after_long_help = AFTER_HELP)]
     Revoke(TokenRevokeArgs),
-    /// Anchor a token to the org root (or --org).
+    /// Anchor a token to the org root (or --org); moving an anchored token needs --force.
+    ///
+    /// Asks for confirmation on a terminal; --yes without one.
+    ///
+    /// Example: orgctl token anchor 3f9c2a1b --yes
     #[command(after_long_help = AFTER_HELP)]
     Anchor(TokenAnchorArgs),
 }
@@ -225,17 +247,18 @@ pub struct TokenMintArgs {
     /// A name for the token (at most 100 characters).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Anchor to this org root. Default: the platform agent, else the only root.
+    /// Anchor to this org root (a workspace with no parent). Default: the platform agent,
+    /// else the only root.
     #[arg(long, value_name = "UUID")]
     pub org: Option<Uuid>,
-    /// Provenance label. Default: orgctl:<OS user>.
+    /// Provenance label (at most 200 characters). Default: orgctl:<OS user>.
     #[arg(long, value_name = "LABEL")]
     pub created_by: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct TokenListArgs {
-    /// Include revoked tokens.
+    /// Include revoked tokens (and the revoked_at column).
     #[arg(long)]
     pub all: bool,
     /// Only tokens anchored to this workspace.
@@ -244,28 +267,34 @@ pub struct TokenListArgs {
     /// Only tokens with no org_id.
     #[arg(long)]
     pub unanchored: bool,
+    /// Only tokens with exactly this created_by label (preview of revoke --created-by).
+    #[arg(long, value_name = "LABEL")]
+    pub created_by: Option<String>,
+    /// Show at most N tokens (0 = all, streamed). When more match, stderr says so.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: u64,
 }
 
 #[derive(Debug, Args, Clone)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["token", "created_by"])))]
 pub struct TokenRevokeArgs {
-    /// Token id, or a unique prefix of at least 4 characters.
+    /// Token id, or a unique prefix of 4 to 8 characters.
     #[arg(value_name = "ID|PREFIX")]
     pub token: Option<String>,
-    /// Revoke every live token with this created_by label.
+    /// Revoke every live token with exactly this created_by label (incident response).
     #[arg(long, value_name = "LABEL")]
     pub created_by: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct TokenAnchorArgs {
-    /// Token id, or a unique prefix of at least 4 characters.
+    /// Token id, or a unique prefix of 4 to 8 characters.
     #[arg(value_name = "ID|PREFIX")]
     pub token: String,
-    /// Anchor to this root instead of the org root.
+    /// Anchor to this root instead of the org root (the platform agent, else the only root).
     #[arg(long, value_name = "UUID")]
     pub org: Option<Uuid>,
-    /// Move a token that is already anchored.
+    /// Move a token that is already anchored to another workspace.
     #[arg(long)]
     pub force: bool,
 }

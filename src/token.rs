@@ -1,11 +1,1331 @@
-//! `orgctl token` (SPEC; issue 4). Not implemented yet.
+//! `orgctl token` (SPEC §1 token facts, §5): mint, list, revoke and anchor org API tokens.
+//!
+//! - **mint** adds one row: 32 CSPRNG bytes, base64url without padding, `sha256` of the
+//!   plaintext in `token_hash`, the first 8 characters in `prefix`, anchored to the org root.
+//!   The plaintext exists only in memory (zeroed on drop) and on stdout. It is written to
+//!   stdout *before* the commit: a token nobody received is never left live (a closed stdout
+//!   rolls the insert back).
+//! - **list** is read-only (a REPEATABLE READ READ ONLY transaction; it never creates orgctl's
+//!   schema) and reads through a server-side cursor in batches, so `--limit 0` streams a
+//!   million tokens with bounded memory. The limited default view reads `limit + 1` rows to
+//!   know whether more exist without counting them.
+//! - **revoke** and **anchor** change existing rows: they plan with read-only queries, show
+//!   the plan and confirm (on a terminal; `--yes` without one), then lock the tenant, re-check
+//!   and change the rows in one statement, with the audit row in the same transaction.
+//!
+//! Nothing here ever prints, logs or audits a plaintext token or a hash. Arguments that could
+//! be a pasted plaintext (anything longer than a prefix that is not a UUID) are never echoed.
 
-use crate::cli::TokenCommand;
-use crate::error::{Error, Exit, Result};
-use crate::Context;
+use std::fmt::Write as _;
+use std::io::Write as _;
 
-pub async fn run(_ctx: &Context, _cmd: &TokenCommand) -> Result<Exit> {
-    Err(Error::failed(
-        "`orgctl token` is not implemented in this build yet (issue 4); nothing was changed",
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::cli::{TokenAnchorArgs, TokenCommand, TokenListArgs, TokenMintArgs, TokenRevokeArgs};
+use crate::error::{sanitize, Error, Exit, Result};
+use crate::{crypto, db, Context};
+
+/// `--name` is at most this many characters (SPEC §5).
+pub const MAX_NAME_CHARS: usize = 100;
+/// `--created-by` on mint is at most this many characters (the spec sets no bound).
+pub const MAX_LABEL_CHARS: usize = 200;
+/// The stored prefix is the first 8 plaintext characters; a reference may be 4 to 8 of them.
+pub const PREFIX_LEN: usize = 8;
+pub const MIN_PREFIX_LEN: usize = 4;
+/// Rows per round trip when reading through a cursor.
+const FETCH_BATCH: i64 = 1000;
+/// Limits above this (and 0) stream tab-separated lines instead of collecting a table.
+const MAX_TABLE_ROWS: u64 = 10_000;
+/// Tokens shown in a confirmation, an ambiguity error or a bulk result table.
+const SHOWN: usize = 20;
+const CURSOR: &str = "orgctl_token_cursor";
+
+pub async fn run(ctx: &Context, cmd: &TokenCommand) -> Result<Exit> {
+    match cmd {
+        TokenCommand::Mint(a) => mint(ctx, a).await,
+        TokenCommand::List(a) => list(ctx, a).await,
+        TokenCommand::Revoke(a) => revoke(ctx, a).await,
+        TokenCommand::Anchor(a) => anchor(ctx, a).await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checked input
+
+/// How a command names one token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenRef {
+    Id(Uuid),
+    /// 4 to 8 characters matched against the start of `prefix`.
+    Prefix(String),
+}
+
+impl TokenRef {
+    /// A UUID is an id; 4 to 8 characters are a prefix; anything else is bad input. The
+    /// argument is not echoed when it is longer than a prefix: it might be a pasted plaintext.
+    pub fn parse(raw: &str) -> Result<Self> {
+        if raw.chars().any(|c| c.is_control()) {
+            return Err(Error::usage(
+                "the token id or prefix must not contain control characters",
+            ));
+        }
+        if let Ok(id) = Uuid::try_parse(raw) {
+            return Ok(TokenRef::Id(id));
+        }
+        let n = raw.chars().count();
+        if n > PREFIX_LEN {
+            return Err(Error::usage(format!(
+                "the token argument ({n} characters) is neither a token id (a UUID) nor a prefix ({MIN_PREFIX_LEN} to {PREFIX_LEN} characters); if it is a token's plaintext, use its first {PREFIX_LEN} characters"
+            )));
+        }
+        if n < MIN_PREFIX_LEN {
+            return Err(Error::usage(format!(
+                "token prefix '{raw}' is too short: give at least {MIN_PREFIX_LEN} characters, or the token id"
+            )));
+        }
+        Ok(TokenRef::Prefix(raw.to_string()))
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            TokenRef::Id(_) => "id",
+            TokenRef::Prefix(_) => "prefix",
+        }
+    }
+}
+
+/// `prefix LIKE $1 ESCAPE '\'`: the user's characters match literally (`_` is a base64url
+/// character and a LIKE wildcard).
+pub fn like_prefix(p: &str) -> String {
+    let mut s = String::with_capacity(p.len() + 1);
+    for c in p.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('%');
+    s
+}
+
+fn check_name(name: Option<&str>) -> Result<Option<String>> {
+    let Some(n) = name else { return Ok(None) };
+    let n = n.trim();
+    if n.is_empty() {
+        return Err(Error::usage(
+            "--name must not be empty (omit it for no name)",
+        ));
+    }
+    let len = n.chars().count();
+    if len > MAX_NAME_CHARS {
+        return Err(Error::usage(format!(
+            "--name is {len} characters long; at most {MAX_NAME_CHARS} are allowed"
+        )));
+    }
+    if n.chars().any(|c| c.is_control()) {
+        return Err(Error::usage("--name must not contain control characters"));
+    }
+    Ok(Some(n.to_string()))
+}
+
+fn check_mint_label(label: Option<&str>) -> Result<String> {
+    let Some(l) = label else {
+        return Ok(format!("orgctl:{}", crate::sys::os_user()));
+    };
+    let l = l.trim();
+    if l.is_empty() {
+        return Err(Error::usage(
+            "--created-by must not be empty (omit it for orgctl:<OS user>)",
+        ));
+    }
+    let len = l.chars().count();
+    if len > MAX_LABEL_CHARS {
+        return Err(Error::usage(format!(
+            "--created-by is {len} characters long; at most {MAX_LABEL_CHARS} are allowed"
+        )));
+    }
+    if l.chars().any(|c| c.is_control()) {
+        return Err(Error::usage(
+            "--created-by must not contain control characters",
+        ));
+    }
+    Ok(l.to_string())
+}
+
+/// A label to match (revoke, list): exact, not trimmed, but never empty.
+fn check_match_label(label: &str) -> Result<&str> {
+    if label.is_empty() {
+        return Err(Error::usage("--created-by must not be empty"));
+    }
+    Ok(label)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct TokenRow {
+    pub id: Uuid,
+    pub prefix: String,
+    pub name: Option<String>,
+    pub org_id: Option<Uuid>,
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, prefix, name, org_id, created_by, created_at, last_used_at, revoked_at";
+
+impl TokenRow {
+    /// "id (prefix p, 'name')" for messages.
+    fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{} (prefix {}, '{}')", self.id, self.prefix, sanitize(n)),
+            None => format!("{} (prefix {})", self.id, self.prefix),
+        }
+    }
+}
+
+/// Find exactly one token (live or revoked) by id or unique prefix. Unknown: exit 1;
+/// ambiguous prefix: exit 2 listing the candidates.
+pub async fn find_token(conn: &mut PgConnection, r: &TokenRef) -> Result<TokenRow> {
+    match r {
+        TokenRef::Id(id) => {
+            let row: Option<TokenRow> = sqlx::query_as(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM org_api_tokens WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            row.ok_or_else(|| {
+                Error::failed(format!(
+                    "no token with id {id} in this tenant; check the id with `orgctl token list --all`"
+                ))
+            })
+        }
+        TokenRef::Prefix(p) => {
+            // Prefixes are short and random: few rows match, but a million-row table has no
+            // index on prefix, so fetch a bounded page with the total.
+            let rows = sqlx::query(&format!(
+                "SELECT {TOKEN_COLUMNS}, count(*) OVER () AS matches
+                   FROM org_api_tokens WHERE prefix LIKE $1 ESCAPE '\\'
+                  ORDER BY created_at DESC, id DESC LIMIT $2"
+            ))
+            .bind(like_prefix(p))
+            .bind(SHOWN as i64)
+            .fetch_all(&mut *conn)
+            .await?;
+            let matches: i64 = match rows.first() {
+                Some(r) => r.try_get("matches")?,
+                None => 0,
+            };
+            let tokens = rows
+                .iter()
+                .map(<TokenRow as sqlx::FromRow<_>>::from_row)
+                .collect::<std::result::Result<Vec<TokenRow>, sqlx::Error>>()?;
+            match tokens.len() {
+                0 => Err(Error::failed(format!(
+                    "no token has a prefix starting with '{p}'; check it with `orgctl token list --all`"
+                ))),
+                1 if matches == 1 => Ok(tokens.into_iter().next().ok_or_else(|| {
+                    Error::failed("the matching token vanished while it was read")
+                })?),
+                _ => {
+                    let listed: Vec<String> = tokens
+                        .iter()
+                        .map(|t| {
+                            let state = if t.revoked_at.is_some() { ", revoked" } else { "" };
+                            format!("{} {}{state}", t.id, t.prefix)
+                        })
+                        .collect();
+                    let more = matches - tokens.len() as i64;
+                    let more = if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    };
+                    Err(Error::usage(format!(
+                        "prefix '{p}' is ambiguous: it matches {matches} tokens ({}{more}); give a longer prefix or the token id",
+                        listed.join("; ")
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// The workspace a token is anchored to by default or by `--org`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Root {
+    pub id: Uuid,
+    pub name: String,
+    pub status: Option<String>,
+    pub is_agent: bool,
+}
+
+/// Resolve the org root: `--org` (which must be a root), else the platform agent, else the
+/// only root. Several roots and no agent: `--org` is required (exit 2). Read-only.
+pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<Root> {
+    if let Some(org) = org {
+        let row = sqlx::query(
+            "SELECT id, name, parent_id, status::text, COALESCE(kind, 'workspace') = 'platform'
+               FROM workspaces WHERE id = $1",
+        )
+        .bind(org)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else {
+            return Err(Error::refused(format!(
+                "--org {org} names no workspace in this tenant; pass the id of an org root (a workspace with no parent; see `orgctl status`)"
+            )));
+        };
+        let name: String = row.try_get(1)?;
+        let parent: Option<Uuid> = row.try_get(2)?;
+        if let Some(parent) = parent {
+            return Err(Error::refused(format!(
+                "--org {org} ('{}') is not an org root: its parent is {parent}; tokens are anchored to a root, so pass the root's id or omit --org",
+                sanitize(&name)
+            )));
+        }
+        return Ok(Root {
+            id: org,
+            name,
+            status: row.try_get(3)?,
+            is_agent: row.try_get(4)?,
+        });
+    }
+
+    let agents = sqlx::query(
+        "SELECT id, name, parent_id, status::text FROM workspaces
+          WHERE kind = 'platform' ORDER BY id LIMIT 11",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    match agents.len() {
+        0 => {}
+        1 => {
+            let r = &agents[0];
+            let id: Uuid = r.try_get(0)?;
+            let parent: Option<Uuid> = r.try_get(2)?;
+            if parent.is_some() {
+                return Err(Error::refused(format!(
+                    "the platform agent {id} is not a root (its parent_id is set); run `orgctl install-platform-agent` to repair the org, or pass --org ROOT"
+                )));
+            }
+            return Ok(Root {
+                id,
+                name: r.try_get(1)?,
+                status: r.try_get(3)?,
+                is_agent: true,
+            });
+        }
+        _ => {
+            let ids: Vec<String> = agents
+                .iter()
+                .filter_map(|r| r.try_get::<Uuid, _>(0).ok())
+                .map(|u| u.to_string())
+                .collect();
+            return Err(Error::refused(format!(
+                "this tenant has several platform agents ({}), so the org root is ambiguous; fix the data, or pass --org ROOT",
+                ids.join(", ")
+            )));
+        }
+    }
+
+    let roots = sqlx::query(
+        "SELECT id, name, status::text, count(*) OVER () FROM workspaces
+          WHERE parent_id IS NULL ORDER BY created_at NULLS LAST, id LIMIT $1",
+    )
+    .bind(SHOWN as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let total: i64 = match roots.first() {
+        Some(r) => r.try_get(3)?,
+        None => 0,
+    };
+    match total {
+        0 => Err(Error::refused(
+            "this tenant has no root workspace (parent_id IS NULL), so there is no org to anchor a token to; check the tenant with `orgctl status`",
+        )),
+        1 => {
+            let r = &roots[0];
+            Ok(Root {
+                id: r.try_get(0)?,
+                name: r.try_get(1)?,
+                status: r.try_get(2)?,
+                is_agent: false,
+            })
+        }
+        n => {
+            let listed: Vec<String> = roots
+                .iter()
+                .map(|r| {
+                    let id: Uuid = r.try_get(0).unwrap_or_default();
+                    let name: String = r.try_get(1).unwrap_or_default();
+                    format!("{id} '{}'", sanitize(&name))
+                })
+                .collect();
+            let more = n - roots.len() as i64;
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            Err(Error::usage(format!(
+                "--org is required: this tenant has {n} roots and no platform agent ({}{more}); pass --org with one of them, or install the platform agent first",
+                listed.join(", ")
+            )))
+        }
+    }
+}
+
+/// Ask before changing rows: `--yes` skips it; no terminal and no `--yes` is a refusal
+/// (exit 3) that says what would have changed.
+fn ensure_confirmed(ctx: &Context, what: &str, question: &str) -> Result<()> {
+    if ctx.yes {
+        return Ok(());
+    }
+    if !ctx.out.interactive() {
+        return Err(Error::refused(format!(
+            "confirmation needed: this {what} and there is no terminal to ask on; nothing was changed: rerun with --yes"
+        )));
+    }
+    ctx.out.confirm(question, false)
+}
+
+fn fmt_time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn fmt_opt_time(t: &Option<DateTime<Utc>>) -> String {
+    t.as_ref().map(fmt_time).unwrap_or_else(|| "-".into())
+}
+
+fn fmt_opt_uuid(u: &Option<Uuid>) -> String {
+    u.map(|u| u.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn fmt_opt_text(s: &Option<String>) -> String {
+    s.as_deref().map(sanitize).unwrap_or_else(|| "-".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// mint
+
+#[derive(Serialize)]
+struct MintJson<'a> {
+    id: Uuid,
+    prefix: &'a str,
+    name: Option<&'a str>,
+    org_id: Uuid,
+    created_by: &'a str,
+    auth_token: &'a str,
+}
+
+/// Write the plaintext's document to stdout. Unlike other output, a closed or failing stdout
+/// is an error here: the caller has not committed yet and rolls the token back.
+fn deliver(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| {
+            Error::failed(format!(
+                "could not write the token to stdout ({}); it was rolled back, nothing was minted",
+                e.kind()
+            ))
+        })
+}
+
+async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
+    let name = check_name(args.name.as_deref())?;
+    let created_by = check_mint_label(args.created_by.as_deref())?;
+    let url = ctx.url()?;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    db::ensure_compatible(&mut conn).await?;
+
+    // Check the anchor before creating anything (orgctl's schema included).
+    {
+        let mut tx = db::begin_read_only(&mut conn).await?;
+        resolve_root(&mut tx, args.org).await?;
+        tx.rollback().await?;
+    }
+
+    db::ensure_orgctl_schema(&url, &ctx.settings).await?;
+    let mut tx = conn.begin().await?;
+    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    // Again under the lock: an install may have made the agent the root meanwhile.
+    let root = resolve_root(&mut tx, args.org).await?;
+
+    let plaintext = crypto::new_token()?;
+    let prefix: String = plaintext.chars().take(PREFIX_LEN).collect();
+    let row = sqlx::query(
+        "INSERT INTO org_api_tokens (token_hash, prefix, name, created_by, org_id)
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(crypto::token_hash(&plaintext))
+    .bind(&prefix)
+    .bind(name.as_deref())
+    .bind(&created_by)
+    .bind(root.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let id: Uuid = row.try_get(0)?;
+    db::audit(
+        &mut tx,
+        "token mint",
+        &serde_json::json!({
+            "id": id,
+            "prefix": prefix,
+            "name": name,
+            "org_id": root.id,
+            "org_given": args.org.is_some(),
+            "created_by": created_by,
+        }),
+        "minted",
+    )
+    .await?;
+
+    // Deliver first, then commit: a token nobody received is never left live.
+    let doc: Zeroizing<String> = if ctx.out.json_mode() {
+        let doc = MintJson {
+            id,
+            prefix: &prefix,
+            name: name.as_deref(),
+            org_id: root.id,
+            created_by: &created_by,
+            auth_token: &plaintext,
+        };
+        let mut text = Zeroizing::new(
+            serde_json::to_string_pretty(&doc)
+                .map_err(|e| Error::failed(format!("could not render JSON: {e}")))?,
+        );
+        text.push('\n');
+        text
+    } else {
+        let mut text = Zeroizing::new(String::with_capacity(plaintext.len() + 1));
+        text.push_str(&plaintext);
+        text.push('\n');
+        text
+    };
+    deliver(&doc)?;
+    {
+        let _guard = crate::interrupt::CommitGuard::enter();
+        tx.commit().await.map_err(|e| {
+            Error::failed(format!(
+                "the commit failed ({}); the token printed above was NOT minted and will not work: rerun",
+                crate::error::classify_sqlx(&e).message
+            ))
+        })?;
+    }
+
+    let org = if root.is_agent {
+        format!(
+            "{} (the platform agent '{}')",
+            root.id,
+            sanitize(&root.name)
+        )
+    } else {
+        format!("{} ('{}')", root.id, sanitize(&root.name))
+    };
+    let mut info = format!(
+        "Minted token {id}\n  prefix:     {prefix}\n  name:       {}\n  org_id:     {org}\n  created_by: {}\n",
+        name.as_deref().map(sanitize).unwrap_or_else(|| "-".into()),
+        sanitize(&created_by),
+    );
+    if root.status.as_deref() == Some("removed") {
+        info.push_str("warning: that root's status is 'removed'\n");
+    }
+    let _ = write!(
+        info,
+        "Copy the token now: it is shown only once and cannot be recovered (revoke it with `orgctl token revoke {prefix}`)."
+    );
+    ctx.out.info(&info);
+    Ok(Exit::Ok)
+}
+
+// ---------------------------------------------------------------------------------------------
+// list
+
+#[derive(Serialize)]
+struct ListedJson<'a> {
+    id: Uuid,
+    prefix: &'a str,
+    name: Option<&'a str>,
+    org_id: Option<Uuid>,
+    created_by: Option<&'a str>,
+    created_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+    /// Present (possibly null) only with --all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// stdout for streamed output: buffered, and a closed pipe just ends the output.
+struct Sink {
+    out: std::io::BufWriter<std::io::Stdout>,
+    closed: bool,
+}
+
+impl Sink {
+    fn new() -> Self {
+        Sink {
+            out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+            closed: false,
+        }
+    }
+
+    fn check(&mut self, r: std::io::Result<()>) -> Result<()> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            Err(e) => Err(Error::failed(format!("could not write to stdout: {e}"))),
+        }
+    }
+
+    fn write(&mut self, s: &str) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let r = self.out.write_all(s.as_bytes());
+        self.check(r)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let r = self.out.flush();
+        self.check(r)
+    }
+}
+
+const LIST_HEADER: [&str; 7] = [
+    "id",
+    "prefix",
+    "name",
+    "org_id",
+    "created_by",
+    "created_at",
+    "last_used_at",
+];
+
+fn list_cells(t: &TokenRow, all: bool) -> Vec<String> {
+    let mut v = vec![
+        t.id.to_string(),
+        sanitize(&t.prefix),
+        fmt_opt_text(&t.name),
+        fmt_opt_uuid(&t.org_id),
+        fmt_opt_text(&t.created_by),
+        fmt_time(&t.created_at),
+        fmt_opt_time(&t.last_used_at),
+    ];
+    if all {
+        v.push(fmt_opt_time(&t.revoked_at));
+    }
+    v
+}
+
+async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
+    let label = match &args.created_by {
+        Some(l) => Some(check_match_label(l)?),
+        None => None,
+    };
+    // Read one row more than shown to learn whether more exist, without counting them all.
+    let limit: Option<i64> = match args.limit {
+        0 => None,
+        n => Some(i64::try_from(n).unwrap_or(i64::MAX - 1).min(i64::MAX - 1)),
+    };
+
+    let mut conds: Vec<String> = Vec::new();
+    let mut n = 0;
+    if !args.all {
+        conds.push("revoked_at IS NULL".into());
+    }
+    if args.org.is_some() {
+        n += 1;
+        conds.push(format!("org_id = ${n}"));
+    }
+    if args.unanchored {
+        conds.push("org_id IS NULL".into());
+    }
+    if label.is_some() {
+        n += 1;
+        conds.push(format!("created_by = ${n}"));
+    }
+    let mut sql =
+        format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR SELECT {TOKEN_COLUMNS} FROM org_api_tokens");
+    if !conds.is_empty() {
+        let _ = write!(sql, " WHERE {}", conds.join(" AND "));
+    }
+    sql.push_str(" ORDER BY created_at DESC, id DESC");
+    if limit.is_some() {
+        n += 1;
+        let _ = write!(sql, " LIMIT ${n}");
+    }
+    let mut q = sqlx::query(&sql);
+    if let Some(org) = args.org {
+        q = q.bind(org);
+    }
+    if let Some(l) = label {
+        q = q.bind(l);
+    }
+    if let Some(l) = limit {
+        q = q.bind(l + 1);
+    }
+
+    let url = ctx.url()?;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    db::ensure_compatible(&mut conn).await?;
+    let mut tx = db::begin_read_only(&mut conn).await?;
+    q.execute(&mut *tx).await?;
+    let fetch = format!("FETCH {FETCH_BATCH} FROM {CURSOR}");
+
+    let json = ctx.out.json_mode();
+    let stream_text = !json && limit.map_or(true, |l| l as u64 > MAX_TABLE_ROWS);
+    let mut sink = Sink::new();
+    let mut table = (!json && !stream_text).then(|| {
+        let mut h: Vec<&str> = LIST_HEADER.to_vec();
+        if args.all {
+            h.push("revoked_at");
+        }
+        ctx.out.new_table(h)
+    });
+    if json {
+        sink.write("{\"tokens\": [")?;
+    } else if stream_text {
+        let mut h = LIST_HEADER.join("\t");
+        if args.all {
+            h.push_str("\trevoked_at");
+        }
+        h.push('\n');
+        sink.write(&h)?;
+    }
+
+    let mut shown: i64 = 0;
+    let mut more = false;
+    'read: loop {
+        let rows: Vec<TokenRow> = sqlx::query_as(&fetch).fetch_all(&mut *tx).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for t in &rows {
+            if limit.is_some_and(|l| shown >= l) {
+                more = true;
+                break 'read;
+            }
+            if json {
+                let item = ListedJson {
+                    id: t.id,
+                    prefix: &t.prefix,
+                    name: t.name.as_deref(),
+                    org_id: t.org_id,
+                    created_by: t.created_by.as_deref(),
+                    created_at: t.created_at,
+                    last_used_at: t.last_used_at,
+                    revoked_at: args.all.then_some(t.revoked_at),
+                };
+                let text = serde_json::to_string(&item)
+                    .map_err(|e| Error::failed(format!("could not render JSON: {e}")))?;
+                sink.write(if shown == 0 { "\n  " } else { ",\n  " })?;
+                sink.write(&text)?;
+            } else if let Some(table) = table.as_mut() {
+                table.add_row(list_cells(t, args.all));
+            } else {
+                let mut line = list_cells(t, args.all).join("\t");
+                line.push('\n');
+                sink.write(&line)?;
+            }
+            shown += 1;
+        }
+        if sink.closed {
+            // `orgctl token list | head`: stop reading once nobody listens.
+            break;
+        }
+    }
+    tx.rollback().await?;
+
+    if json {
+        let limit_shown = limit.unwrap_or(0);
+        sink.write(&format!(
+            "{}],\n \"limit\": {limit_shown},\n \"more\": {more}}}\n",
+            if shown > 0 { "\n" } else { "" }
+        ))?;
+    } else if let Some(table) = table {
+        sink.write(&format!("{table}\n"))?;
+    }
+    sink.flush()?;
+
+    let what = if args.all { "tokens" } else { "live tokens" };
+    if more {
+        ctx.out.info(&format!(
+            "Showing the newest {shown} {what}; more match: pass --limit N (0 for all) or narrow with --org, --unanchored or --created-by."
+        ));
+    } else if shown == 0 {
+        ctx.out.info(&format!("No {what} match."));
+    } else {
+        ctx.out.detail(&format!("{shown} {what}."));
+    }
+    Ok(Exit::Ok)
+}
+
+// ---------------------------------------------------------------------------------------------
+// revoke
+
+#[derive(Serialize)]
+struct RevokeJson {
+    revoked: Vec<Uuid>,
+    already_revoked: Vec<Uuid>,
+}
+
+async fn revoke(ctx: &Context, args: &TokenRevokeArgs) -> Result<Exit> {
+    match (&args.token, &args.created_by) {
+        (Some(t), None) => revoke_one(ctx, &TokenRef::parse(t)?).await,
+        (None, Some(l)) => revoke_label(ctx, check_match_label(l)?).await,
+        _ => Err(Error::usage(
+            "give either a token (ID or PREFIX) or --created-by LABEL, not both",
+        )),
+    }
+}
+
+fn render_revoke_one(ctx: &Context, t: &TokenRow, revoked: bool) -> Result<()> {
+    if ctx.out.json_mode() {
+        let (r, a) = if revoked {
+            (vec![t.id], vec![])
+        } else {
+            (vec![], vec![t.id])
+        };
+        return ctx.out.json(&RevokeJson {
+            revoked: r,
+            already_revoked: a,
+        });
+    }
+    let mut table = ctx.out.new_table(["id", "prefix", "name", "result"]);
+    table.add_row(vec![
+        t.id.to_string(),
+        sanitize(&t.prefix),
+        fmt_opt_text(&t.name),
+        if revoked {
+            "revoked".to_string()
+        } else {
+            format!("already revoked ({})", fmt_opt_time(&t.revoked_at))
+        },
+    ]);
+    ctx.out.table(&table)
+}
+
+async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
+    let url = ctx.url()?;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    db::ensure_compatible(&mut conn).await?;
+    let token = {
+        let mut tx = db::begin_read_only(&mut conn).await?;
+        let t = find_token(&mut tx, r).await?;
+        tx.rollback().await?;
+        t
+    };
+    if token.revoked_at.is_some() {
+        ctx.out.info(&format!(
+            "Token {} was already revoked at {}; nothing to do.",
+            token.label(),
+            fmt_opt_time(&token.revoked_at)
+        ));
+        render_revoke_one(ctx, &token, false)?;
+        return Ok(Exit::Ok);
+    }
+
+    let anchored = match token.org_id {
+        Some(o) => format!("anchored to {o}"),
+        None => "unanchored".to_string(),
+    };
+    let desc = format!(
+        "token {}, created_by '{}', {anchored}",
+        token.label(),
+        fmt_opt_text(&token.created_by)
+    );
+    ensure_confirmed(
+        ctx,
+        &format!("revokes {desc}"),
+        &format!("Revoke {desc} on {}?", url.target()),
+    )?;
+
+    db::ensure_orgctl_schema(&url, &ctx.settings).await?;
+    let mut tx = conn.begin().await?;
+    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    let done = sqlx::query(
+        "UPDATE org_api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(token.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if done == 0 {
+        // Revoked (or deleted) between the read and the lock.
+        let now: Option<TokenRow> = sqlx::query_as(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM org_api_tokens WHERE id = $1"
+        ))
+        .bind(token.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        return match now {
+            Some(t) => {
+                ctx.out.info(&format!(
+                    "Token {} was revoked concurrently at {}; nothing to do.",
+                    t.label(),
+                    fmt_opt_time(&t.revoked_at)
+                ));
+                render_revoke_one(ctx, &t, false)?;
+                Ok(Exit::Ok)
+            }
+            None => Err(Error::failed(format!(
+                "token {} was deleted while orgctl waited; nothing was changed",
+                token.id
+            ))),
+        };
+    }
+    if done != 1 {
+        return Err(Error::failed(format!(
+            "revoking token {} touched {done} rows instead of 1; rolled back, nothing changed",
+            token.id
+        )));
+    }
+    db::audit(
+        &mut tx,
+        "token revoke",
+        &serde_json::json!({
+            "by": r.kind(),
+            "id": token.id,
+            "prefix": token.prefix,
+            "revoked": 1,
+        }),
+        "revoked",
+    )
+    .await?;
+    {
+        let _guard = crate::interrupt::CommitGuard::enter();
+        tx.commit().await?;
+    }
+    ctx.out.info(&format!(
+        "Revoked token {}; it no longer authenticates.",
+        token.label()
+    ));
+    render_revoke_one(ctx, &token, true)?;
+    Ok(Exit::Ok)
+}
+
+async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
+    let url = ctx.url()?;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    db::ensure_compatible(&mut conn).await?;
+    let shown_label = sanitize(label);
+
+    // Plan: how many and which (a bounded sample; the count is exact).
+    let (live, total, sample) = {
+        let mut tx = db::begin_read_only(&mut conn).await?;
+        let counts = sqlx::query(
+            "SELECT count(*) FILTER (WHERE revoked_at IS NULL), count(*)
+               FROM org_api_tokens WHERE created_by = $1",
+        )
+        .bind(label)
+        .fetch_one(&mut *tx)
+        .await?;
+        let live: i64 = counts.try_get(0)?;
+        let total: i64 = counts.try_get(1)?;
+        let sample: Vec<TokenRow> = sqlx::query_as(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM org_api_tokens
+              WHERE created_by = $1 AND revoked_at IS NULL
+              ORDER BY created_at DESC, id DESC LIMIT $2"
+        ))
+        .bind(label)
+        .bind(SHOWN as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        (live, total, sample)
+    };
+    if total == 0 {
+        return Err(Error::failed(format!(
+            "no token has created_by '{shown_label}' (the match is exact); check the label with `orgctl token list --all`"
+        )));
+    }
+    if live == 0 {
+        ctx.out.info(&format!(
+            "Every token with created_by '{shown_label}' ({total}) is already revoked; nothing to do."
+        ));
+        return render_revoke_label(ctx, label, None)
+            .await
+            .map(|_| Exit::Ok);
+    }
+
+    if ctx.out.interactive() && !ctx.yes {
+        let mut t = ctx.out.new_table([
+            "id",
+            "prefix",
+            "name",
+            "org_id",
+            "created_at",
+            "last_used_at",
+        ]);
+        for s in &sample {
+            t.add_row(vec![
+                s.id.to_string(),
+                sanitize(&s.prefix),
+                fmt_opt_text(&s.name),
+                fmt_opt_uuid(&s.org_id),
+                fmt_time(&s.created_at),
+                fmt_opt_time(&s.last_used_at),
+            ]);
+        }
+        let mut text = format!("Live tokens with created_by '{shown_label}' ({live}):\n{t}\n");
+        if live > sample.len() as i64 {
+            let _ = writeln!(
+                text,
+                "… and {} more (see `orgctl token list --created-by '{shown_label}' --limit 0`)",
+                live - sample.len() as i64
+            );
+        }
+        eprint!("{text}");
+    }
+    ensure_confirmed(
+        ctx,
+        &format!("revokes {live} live token(s) with created_by '{shown_label}' (check them with `orgctl token list --created-by '{shown_label}'`)"),
+        &format!(
+            "Revoke {live} live token(s) with created_by '{shown_label}' on {}?",
+            url.target()
+        ),
+    )?;
+
+    db::ensure_orgctl_schema(&url, &ctx.settings).await?;
+    let mut tx = conn.begin().await?;
+    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    // Every live token with the label at this moment: in incident response a token minted
+    // after the confirmation must die too. One statement; `now()` is the transaction's start,
+    // so every row revoked here carries the same revoked_at, which identifies them afterwards.
+    let done = sqlx::query(
+        "UPDATE org_api_tokens SET revoked_at = now()
+          WHERE created_by = $1 AND revoked_at IS NULL",
+    )
+    .bind(label)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected() as i64;
+    let at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *tx)
+        .await?;
+    db::audit(
+        &mut tx,
+        "token revoke",
+        &serde_json::json!({
+            "by": "created_by",
+            "created_by": label,
+            "confirmed": live,
+            "revoked": done,
+        }),
+        "revoked",
+    )
+    .await?;
+    {
+        let _guard = crate::interrupt::CommitGuard::enter();
+        tx.commit().await?;
+    }
+    if done != live {
+        ctx.out.warn(&format!(
+            "{live} live token(s) were confirmed but {done} were revoked: tokens with this label were minted or revoked in between"
+        ));
+    }
+    ctx.out.info(&format!(
+        "Revoked {done} token(s) with created_by '{shown_label}'; they no longer authenticate."
+    ));
+    render_revoke_label(ctx, label, Some((at, done))).await?;
+    Ok(Exit::Ok)
+}
+
+/// The result of a bulk revoke, read back after the commit through a cursor (the rows this
+/// run revoked carry its `revoked_at`), so a huge incident never sits in memory.
+async fn render_revoke_label(
+    ctx: &Context,
+    label: &str,
+    revoked: Option<(DateTime<Utc>, i64)>,
+) -> Result<()> {
+    let json = ctx.out.json_mode();
+    let Some((at, count)) = revoked else {
+        if json {
+            return ctx.out.json(&RevokeJson {
+                revoked: vec![],
+                already_revoked: vec![],
+            });
+        }
+        return ctx
+            .out
+            .table(&ctx.out.new_table(["id", "prefix", "name", "result"]));
+    };
+    let url = ctx.url()?;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    let mut tx = db::begin_read_only(&mut conn).await?;
+    sqlx::query(&format!(
+        "DECLARE {CURSOR} NO SCROLL CURSOR FOR
+         SELECT {TOKEN_COLUMNS} FROM org_api_tokens
+          WHERE created_by = $1 AND revoked_at = $2
+          ORDER BY created_at DESC, id DESC"
     ))
+    .bind(label)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    let fetch = format!("FETCH {FETCH_BATCH} FROM {CURSOR}");
+    let mut sink = Sink::new();
+    let mut table = ctx.out.new_table(["id", "prefix", "name", "result"]);
+    let mut n: i64 = 0;
+    if json {
+        sink.write("{\"revoked\": [")?;
+    }
+    loop {
+        let rows: Vec<TokenRow> = sqlx::query_as(&fetch).fetch_all(&mut *tx).await?;
+        if rows.is_empty() || sink.closed {
+            break;
+        }
+        for t in &rows {
+            if json {
+                sink.write(&format!(
+                    "{}\"{}\"",
+                    if n == 0 { "\n  " } else { ",\n  " },
+                    t.id
+                ))?;
+            } else if (n as usize) < SHOWN * 2 {
+                table.add_row(vec![
+                    t.id.to_string(),
+                    sanitize(&t.prefix),
+                    fmt_opt_text(&t.name),
+                    "revoked".to_string(),
+                ]);
+            }
+            n += 1;
+        }
+    }
+    tx.rollback().await?;
+    if json {
+        sink.write(&format!(
+            "{}],\n \"already_revoked\": []}}\n",
+            if n > 0 { "\n" } else { "" }
+        ))?;
+    } else {
+        sink.write(&format!("{table}\n"))?;
+        if n > (SHOWN * 2) as i64 {
+            sink.write(&format!(
+                "… and {} more (use --output json for all)\n",
+                n - (SHOWN * 2) as i64
+            ))?;
+        }
+    }
+    sink.flush()?;
+    if n != count {
+        ctx.out.warn(&format!(
+            "read back {n} revoked token(s) where {count} were revoked; a concurrent change touched them"
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// anchor
+
+#[derive(Serialize)]
+struct AnchorJson {
+    id: Uuid,
+    prefix: String,
+    org_id: Uuid,
+    previous_org_id: Option<Uuid>,
+    changed: bool,
+}
+
+fn render_anchor(ctx: &Context, t: &TokenRow, root: &Root, changed: bool) -> Result<()> {
+    if ctx.out.json_mode() {
+        return ctx.out.json(&AnchorJson {
+            id: t.id,
+            prefix: t.prefix.clone(),
+            org_id: root.id,
+            previous_org_id: t.org_id,
+            changed,
+        });
+    }
+    let mut table =
+        ctx.out
+            .new_table(["id", "prefix", "name", "old org_id", "new org_id", "result"]);
+    table.add_row(vec![
+        t.id.to_string(),
+        sanitize(&t.prefix),
+        fmt_opt_text(&t.name),
+        fmt_opt_uuid(&t.org_id),
+        root.id.to_string(),
+        if changed { "anchored" } else { "unchanged" }.to_string(),
+    ]);
+    ctx.out.table(&table)
+}
+
+async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
+    let r = TokenRef::parse(&args.token)?;
+    let url = ctx.url()?;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    db::ensure_compatible(&mut conn).await?;
+    let (token, root) = {
+        let mut tx = db::begin_read_only(&mut conn).await?;
+        let t = find_token(&mut tx, &r).await?;
+        let root = resolve_root(&mut tx, args.org).await?;
+        tx.rollback().await?;
+        (t, root)
+    };
+    let root_label = format!("{} ('{}')", root.id, sanitize(&root.name));
+    if token.org_id == Some(root.id) {
+        ctx.out.info(&format!(
+            "Token {} is already anchored to {root_label}; nothing to do.",
+            token.label()
+        ));
+        render_anchor(ctx, &token, &root, false)?;
+        return Ok(Exit::Ok);
+    }
+    if let Some(current) = token.org_id {
+        if !args.force {
+            return Err(Error::refused(format!(
+                "token {} is already anchored to {current}; pass --force to move it to {}",
+                token.label(),
+                root.id
+            )));
+        }
+    }
+    if token.revoked_at.is_some() {
+        ctx.out.warn(&format!(
+            "token {} is revoked; anchoring it does not revive it",
+            token.id
+        ));
+    }
+    let from = match token.org_id {
+        Some(o) => format!("from {o} "),
+        None => "(now unanchored) ".to_string(),
+    };
+    let desc = format!("token {} {from}to {root_label}", token.label());
+    ensure_confirmed(
+        ctx,
+        &format!("anchors {desc}"),
+        &format!("Anchor {desc} on {}?", url.target()),
+    )?;
+
+    db::ensure_orgctl_schema(&url, &ctx.settings).await?;
+    let mut tx = conn.begin().await?;
+    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    // What was confirmed is what is applied: the same root, and the token where it was.
+    let now_root = resolve_root(&mut tx, args.org).await?;
+    if now_root.id != root.id {
+        return Err(Error::refused(format!(
+            "the org root changed while you confirmed ({} then, {} now); nothing was changed: rerun",
+            root.id, now_root.id
+        )));
+    }
+    let done = sqlx::query(
+        "UPDATE org_api_tokens SET org_id = $1
+          WHERE id = $2 AND org_id IS NOT DISTINCT FROM $3",
+    )
+    .bind(root.id)
+    .bind(token.id)
+    .bind(token.org_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if done != 1 {
+        return Err(Error::refused(format!(
+            "token {} changed (or was deleted) while you confirmed; nothing was changed: rerun",
+            token.id
+        )));
+    }
+    db::audit(
+        &mut tx,
+        "token anchor",
+        &serde_json::json!({
+            "by": r.kind(),
+            "id": token.id,
+            "prefix": token.prefix,
+            "from": token.org_id,
+            "to": root.id,
+            "org_given": args.org.is_some(),
+            "force": args.force,
+        }),
+        "anchored",
+    )
+    .await?;
+    {
+        let _guard = crate::interrupt::CommitGuard::enter();
+        tx.commit().await?;
+    }
+    ctx.out.info(&format!(
+        "Anchored token {} to {root_label}.",
+        token.label()
+    ));
+    render_anchor(ctx, &token, &root, true)?;
+    Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        let id = "70000000-0000-4000-8000-000000000001";
+        assert!(matches!(TokenRef::parse(id), Ok(TokenRef::Id(_))));
+        assert_eq!(
+            TokenRef::parse("ab_d").ok(),
+            Some(TokenRef::Prefix("ab_d".into()))
+        );
+        for bad in [
+            "",
+            "abc",
+            "70000000-0000-4000-8000-00000000000Z",
+            "a\u{1b}cd",
+        ] {
+            assert_eq!(
+                TokenRef::parse(bad).map_err(|e| e.exit).err(),
+                Some(Exit::Usage),
+                "{bad:?}"
+            );
+        }
+        // A pasted plaintext is refused without being echoed.
+        let plain = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_AbCd";
+        match TokenRef::parse(plain) {
+            Err(e) => assert!(!e.message.contains(plain) && !e.message.contains("AbCdEfGh")),
+            Ok(_) => panic!("accepted a plaintext"),
+        }
+    }
+
+    #[test]
+    fn like_escaping() {
+        assert_eq!(like_prefix("ab_%"), "ab\\_\\%%");
+        assert_eq!(like_prefix("a\\b'"), "a\\\\b'%");
+    }
+
+    #[test]
+    fn names_and_labels() {
+        assert!(check_name(Some(&"x".repeat(100))).is_ok());
+        assert_eq!(
+            check_name(Some(&"x".repeat(101))).map_err(|e| e.exit).err(),
+            Some(Exit::Usage)
+        );
+        assert_eq!(
+            check_name(Some("  ")).map_err(|e| e.exit).err(),
+            Some(Exit::Usage)
+        );
+        assert!(matches!(check_mint_label(None), Ok(l) if l.starts_with("orgctl:")));
+        assert_eq!(
+            check_mint_label(Some("a\nb")).map_err(|e| e.exit).err(),
+            Some(Exit::Usage)
+        );
+    }
 }
