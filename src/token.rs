@@ -701,7 +701,7 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
         ctx.out.new_table(h)
     });
     if json {
-        sink.write("{\"tokens\": [")?;
+        sink.write("[")?;
     } else if stream_text {
         let mut h = LIST_HEADER.join("\t");
         if args.all {
@@ -755,11 +755,8 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     tx.rollback().await?;
 
     if json {
-        let limit_shown = limit.unwrap_or(0);
-        sink.write(&format!(
-            "{}],\n \"limit\": {limit_shown},\n \"more\": {more}}}\n",
-            if shown > 0 { "\n" } else { "" }
-        ))?;
+        // A bare array of tokens; whether more rows match is said on stderr.
+        sink.write(if shown > 0 { "\n]\n" } else { "]\n" })?;
     } else if let Some(table) = table {
         sink.write(&format!("{table}\n"))?;
     }

@@ -50,12 +50,11 @@ struct AnchorJson {
     changed: bool,
 }
 
+/// `token list -o json` is a bare array of tokens.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(transparent)]
 struct ListJson {
     tokens: Vec<ListedJson>,
-    limit: u64,
-    more: bool,
 }
 
 /// A live-token row of `token list` (no revoked_at without --all).
@@ -72,11 +71,9 @@ struct ListedJson {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(transparent)]
 struct ListAllJson {
     tokens: Vec<ListedAllJson>,
-    limit: u64,
-    more: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -410,11 +407,11 @@ fn list_is_newest_first_filtered_and_never_shows_hashes() {
         assert!(!r.stdout.contains("hash"), "{}", r.stdout);
         if args.contains(&"--all") {
             let j: ListAllJson = parse(&r.stdout);
-            assert!(!j.more);
+            assert!(!r.stderr.contains("more match"), "{}", r.stderr);
             j.tokens.into_iter().map(|t| t.id).collect()
         } else {
             let j: ListJson = parse(&r.stdout);
-            assert!(!j.more);
+            assert!(!r.stderr.contains("more match"), "{}", r.stderr);
             j.tokens.into_iter().map(|t| t.id).collect()
         }
     };
@@ -434,7 +431,6 @@ fn list_is_newest_first_filtered_and_never_shows_hashes() {
         .orgctl(&["token", "list", "-o", "json", "--org", ids::LABS])
         .run();
     let j: ListJson = parse(&r.stdout);
-    assert_eq!(j.limit, 100);
     let t = &j.tokens[0];
     assert_eq!(
         (
@@ -468,10 +464,8 @@ fn list_is_newest_first_filtered_and_never_shows_hashes() {
         &j.tokens[0].created_at,
         &j.tokens[0].last_used_at,
     );
-    assert_eq!(j.limit, 100);
-    assert!(!j.more);
 
-    // A limit says on stderr that more exist; JSON says so too.
+    // A limit says on stderr that more exist.
     let r = db
         .orgctl(&["token", "list", "-o", "json", "--limit", "2"])
         .run();
@@ -481,7 +475,6 @@ fn list_is_newest_first_filtered_and_never_shows_hashes() {
         j.tokens.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
         [T8, T6]
     );
-    assert!(j.more);
     assert!(r.stderr.contains("more match"), "{}", r.stderr);
 
     // The table: a header, every live prefix, no revoked one, nothing on stderr but info.
@@ -569,7 +562,7 @@ fn list_streams_into_a_closed_pipe_without_error() {
     r.code(0);
     let j: ListJson = parse(&r.stdout);
     assert_eq!(j.tokens.len(), 20000);
-    assert!(!j.more);
+    assert!(!r.stderr.contains("more match"), "{}", r.stderr);
 }
 
 #[test]
