@@ -1259,7 +1259,9 @@ fn generated_passwords_never_appear_in_any_message() {
                         vec!["status", "-v"],
                     ),
                     (
-                        format!("postgres://alice:{pw}@127.0.0.1:{port}/tenant"),
+                        // "localhost" as the user: when an unencoded delimiter makes it the host, it
+                        // resolves without DNS.
+                        format!("postgres://localhost:{pw}@127.0.0.1:{port}/tenant"),
                         vec!["install-platform-agent", "--dry-run", "-o", "json"],
                     ),
                 ] {
