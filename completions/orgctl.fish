@@ -253,7 +253,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "rollback" -d 'Restore tenants to the state snapshotted by a run'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show each tenant\'s state under a run'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l limit -d 'How many offending rows to name per finding before summarising as a count' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l limit -d 'How many offending rows to name per finding (and roots to list) before summarising as a count; 0 shows counts only' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"

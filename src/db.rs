@@ -42,6 +42,7 @@ pub struct DbUrl {
 impl DbUrl {
     pub fn parse(raw: &str) -> Result<Self> {
         let raw = raw.trim();
+        register_intended_password(raw);
         let url = url::Url::parse(raw).map_err(|e| {
             Error::usage(format!(
                 "invalid database URL: {e} (expected postgres://user:password@host:port/dbname)"
@@ -117,6 +118,25 @@ impl fmt::Display for DbUrl {
 impl fmt::Debug for DbUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DbUrl({})", self.redacted)
+    }
+}
+
+/// A password typed without percent-encoding its '/', '?' or '#' ends the authority early:
+/// `postgres://u:5432/pw@host/db` parses as host `u`, port 5432 and database `pw@host/db`, so
+/// the parsed URL has no password to mask and the rest of it would be printed as host and
+/// database name. Userinfo ends at the last '@' of the authority the user meant, so register
+/// what follows the first ':' before it. Masking a string that is not really a password is
+/// harmless.
+fn register_intended_password(raw: &str) {
+    let Some((_, rest)) = raw.split_once("://") else {
+        return;
+    };
+    let Some(at) = rest.rfind('@') else {
+        return;
+    };
+    if let Some((_, pw)) = rest[..at].split_once(':') {
+        redact::register(pw);
+        redact::register(&percent_encoding::percent_decode_str(pw).decode_utf8_lossy());
     }
 }
 
@@ -524,6 +544,27 @@ mod tests {
         assert!(!shown.contains("s3cr"), "{shown}");
         assert!(shown.contains("db.example:6543/tenant"));
         assert!(!redact::mask("x s3cr@t y").contains("s3cr@t"));
+    }
+
+    #[test]
+    fn unencoded_delimiters_in_a_password_do_not_leak_it() {
+        for (raw, pw) in [
+            (
+                "postgres://alice:5432/s3cret-tail@db.example/tenant",
+                "5432/s3cret-tail",
+            ),
+            (
+                "postgres://alice:99#frag-s3cret@db.example/tenant",
+                "99#frag-s3cret",
+            ),
+        ] {
+            let shown = match DbUrl::parse(raw) {
+                Ok(u) => format!("{u} {u:?} {}", u.target()),
+                Err(e) => e.message,
+            };
+            let printed = redact::mask(&shown);
+            assert!(!printed.contains(pw), "{printed}");
+        }
     }
 
     #[test]

@@ -1,11 +1,916 @@
-//! `orgctl status` (SPEC; issue 7). Not implemented yet.
+//! `orgctl status` (SPEC §8; issue 7): the org's invariants at a glance, and a CI gate.
+//!
+//! Everything is read in ONE read-only REPEATABLE READ transaction, so the report is one
+//! consistent snapshot and takes no row locks; orgctl's own schema is read when it exists and
+//! never created. Every check is an aggregate plus at most `--limit` named rows: nothing
+//! transfers a whole table, so status stays fast on a large org. Parent chains are checked with
+//! one recursive query bounded by depth (a cycle or a chain deeper than 32 can never make it
+//! loop). Before an install, the same `install::plan` a dry run uses says what
+//! install-platform-agent would fix.
+//!
+//! Exit 0 when every invariant (every check of severity `error`) holds, 1 otherwise; warnings
+//! are reported but never fail the gate.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use sqlx::postgres::PgConnection;
+use sqlx::Row;
+use uuid::Uuid;
 
 use crate::cli::StatusArgs;
-use crate::error::{Error, Exit, Result};
+use crate::crypto::SecretBox;
+use crate::db;
+use crate::error::{sanitize, Exit, Result};
+use crate::install::{self, InstallInput, MODEL_KEY};
+use crate::output::Output;
 use crate::Context;
 
-pub async fn run(_ctx: &Context, _cmd: &StatusArgs) -> Result<Exit> {
-    Err(Error::failed(
-        "`orgctl status` is not implemented in this build yet (issue 7); nothing was changed",
+/// A chain longer than this (or a cycle) is corrupt data (SPEC §1).
+pub const MAX_DEPTH: i32 = 32;
+/// How far up the named broken rows are walked to tell a cycle from a long chain.
+const CLASSIFY_STEPS: i32 = 64;
+
+/// The names of the checks, in the order they are reported. Stable: scripts key on them.
+pub const CHECK_NAMES: &[&str] = &[
+    "single_root",
+    "platform_agent_is_root",
+    "unique_platform_agent",
+    "model_secret",
+    "tokens_on_root",
+    "allowlist_on_root",
+    "parent_chains",
+    "unanchored_tokens",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// An invariant: a failure makes status exit 1.
+    Error,
+    /// Worth knowing, never fails the gate.
+    Warning,
+}
+
+/// One offending row a check names.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub table: &'static str,
+    pub id: String,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub severity: Severity,
+    pub ok: bool,
+    /// How many rows the check found (the `rows` list stops at `--limit`).
+    pub count: i64,
+    pub rows: Vec<Finding>,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RootRow {
+    pub id: Uuid,
+    pub name: String,
+    pub status: Option<String>,
+    pub kind: Option<String>,
+    pub tier: Option<i32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Roots {
+    pub count: i64,
+    pub rows: Vec<RootRow>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub status: Option<String>,
+    pub tier: Option<i32>,
+    pub parent_id: Option<Uuid>,
+    pub model: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Counts {
+    pub live: i64,
+    pub revoked: i64,
+}
+
+/// Tokens by anchor state (live and revoked apart).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TokenStates {
+    pub on_root: Counts,
+    pub unanchored: Counts,
+    pub on_non_root: Counts,
+    pub on_former_root: Counts,
+}
+
+/// What install-platform-agent (with no --model, so MODEL is only reported) would do now.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstallWould {
+    /// `none` (nothing to do), `install` (it would change something) or `refused`.
+    pub action: &'static str,
+    pub summary: String,
+    pub agent: Option<install::AgentAction>,
+    pub reparented: usize,
+    pub tokens_moved: i64,
+    pub allowlist_moved: i64,
+    pub allowlist_merged: usize,
+    pub model_secret: Option<install::ModelAction>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    /// `host:port/dbname` of the tenant (never the password).
+    pub tenant: String,
+    /// Whether orgctl's own schema exists (some install has run here).
+    pub orgctl_schema: bool,
+    pub roots: Roots,
+    /// The platform agent when there is exactly one `kind='platform'` row.
+    pub platform_agent: Option<AgentInfo>,
+    pub tokens: TokenStates,
+    pub checks: Vec<Check>,
+    pub install_would: InstallWould,
+}
+
+impl Report {
+    pub fn failed(&self) -> Vec<&Check> {
+        self.checks
+            .iter()
+            .filter(|c| c.severity == Severity::Error && !c.ok)
+            .collect()
+    }
+}
+
+pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Exit> {
+    let url = ctx.url()?;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    db::ensure_compatible(&mut conn).await?;
+    let report = {
+        let mut tx = db::begin_read_only(&mut conn).await?;
+        let r = collect(&mut tx, i64::from(args.limit), url.target()).await?;
+        tx.rollback().await?;
+        r
+    };
+    render(&ctx.out, &report, args.limit as usize)?;
+    let failed = report.failed();
+    if failed.is_empty() {
+        Ok(Exit::Ok)
+    } else {
+        ctx.out.info(&format!(
+            "status: {} invariant(s) broken: {}",
+            failed.len(),
+            failed.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+        ));
+        Ok(Exit::Failed)
+    }
+}
+
+/// Read the whole report. Read-only: call it inside [`db::begin_read_only`].
+pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Result<Report> {
+    let former: bool = sqlx::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    let orgctl_schema = db::orgctl_schema_exists(conn).await?;
+
+    // Roots.
+    let root_count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    let root_rows: Vec<RootRow> = sqlx::query(
+        "SELECT id, name, status::text, kind, tier FROM workspaces
+          WHERE parent_id IS NULL
+          ORDER BY created_at NULLS LAST, id
+          LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(RootRow {
+            id: r.try_get(0)?,
+            name: r.try_get(1)?,
+            status: r.try_get(2)?,
+            kind: r.try_get(3)?,
+            tier: r.try_get(4)?,
+        })
+    })
+    .collect::<std::result::Result<_, sqlx::Error>>()?;
+
+    // Platform agents: how many, how many misplaced, how many without MODEL.
+    let agg = sqlx::query(
+        "SELECT count(*),
+                count(*) FILTER (WHERE parent_id IS NOT NULL OR tier IS DISTINCT FROM 0),
+                count(*) FILTER (WHERE NOT EXISTS (
+                    SELECT 1 FROM workspace_secrets s WHERE s.workspace_id = w.id AND s.key = $1))
+           FROM workspaces w WHERE kind = 'platform'",
+    )
+    .bind(MODEL_KEY)
+    .fetch_one(&mut *conn)
+    .await?;
+    let agents: i64 = agg.try_get(0)?;
+    let misplaced: i64 = agg.try_get(1)?;
+    let without_model: i64 = agg.try_get(2)?;
+    // Enough rows to name every kind of offender up to the limit (and the agent itself).
+    let agent_rows: Vec<AgentInfo> = sqlx::query(
+        "SELECT id, name, status::text, tier, parent_id,
+                EXISTS (SELECT 1 FROM workspace_secrets s WHERE s.workspace_id = w.id AND s.key = $1)
+           FROM workspaces w WHERE kind = 'platform'
+          ORDER BY (parent_id IS NOT NULL OR tier IS DISTINCT FROM 0) DESC,
+                   EXISTS (SELECT 1 FROM workspace_secrets s WHERE s.workspace_id = w.id AND s.key = $1),
+                   id
+          LIMIT $2",
+    )
+    .bind(MODEL_KEY)
+    .bind(limit.max(1))
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(AgentInfo {
+            id: r.try_get(0)?,
+            name: r.try_get(1)?,
+            status: r.try_get(2)?,
+            tier: r.try_get(3)?,
+            parent_id: r.try_get(4)?,
+            model: r.try_get(5)?,
+        })
+    })
+    .collect::<std::result::Result<_, sqlx::Error>>()?;
+
+    let tokens = token_states(conn, former).await?;
+    let token_findings = token_rows(conn, former, limit).await?;
+    let unanchored_rows = unanchored_rows(conn, limit).await?;
+    let (allow_count, allow_rows) = allowlist_off_root(conn, former, limit).await?;
+    let (broken_count, broken_rows) = broken_chains(conn, limit).await?;
+    let install_would = install_would(conn).await?;
+
+    let mut checks = Vec::new();
+
+    // single_root
+    checks.push(Check {
+        name: "single_root",
+        severity: Severity::Error,
+        ok: root_count == 1,
+        count: root_count,
+        rows: if root_count == 1 {
+            Vec::new()
+        } else {
+            root_rows.iter().map(root_finding).collect()
+        },
+        message: match root_count {
+            0 => "no workspace has parent_id NULL: the org has no root".to_string(),
+            1 => "exactly one root".to_string(),
+            n => format!("{n} roots where the org must have exactly one (the platform agent)"),
+        },
+    });
+
+    // platform_agent_is_root
+    // Some agent sits at the root with tier 0, and it is the only root.
+    let agent_ok = agents >= 1 && misplaced == 0 && root_count == 1;
+    let lim = usize::try_from(limit).unwrap_or(usize::MAX);
+    let misplaced_rows: Vec<Finding> = agent_rows
+        .iter()
+        .filter(|a| a.parent_id.is_some() || a.tier != Some(0))
+        .take(lim)
+        .map(|a| Finding {
+            table: "workspaces",
+            id: a.id.to_string(),
+            detail: format!(
+                "\"{}\": kind platform but {}",
+                sanitize(&a.name),
+                match (a.parent_id, a.tier) {
+                    (Some(p), _) => format!("under {p}, not a root"),
+                    (None, t) => format!(
+                        "tier {}, not 0",
+                        t.map(|t| t.to_string()).unwrap_or_else(|| "null".into())
+                    ),
+                }
+            ),
+        })
+        .collect();
+    checks.push(Check {
+        name: "platform_agent_is_root",
+        severity: Severity::Error,
+        ok: agent_ok,
+        count: misplaced,
+        rows: misplaced_rows,
+        message: if agents == 0 {
+            "no platform agent: no workspace has kind='platform'".to_string()
+        } else if misplaced > 0 {
+            format!("{misplaced} platform agent(s) not at the root with tier 0")
+        } else if !agent_ok {
+            "the platform agent is a root, but not the only one".to_string()
+        } else {
+            "the platform agent is the root (tier 0)".to_string()
+        },
+    });
+
+    // unique_platform_agent
+    checks.push(Check {
+        name: "unique_platform_agent",
+        severity: Severity::Error,
+        ok: agents <= 1,
+        count: if agents > 1 { agents } else { 0 },
+        rows: if agents > 1 {
+            agent_rows.iter().take(lim).map(agent_finding).collect()
+        } else {
+            Vec::new()
+        },
+        message: if agents > 1 {
+            format!("{agents} workspaces have kind='platform'; an org has one platform agent")
+        } else {
+            "at most one workspace has kind='platform'".to_string()
+        },
+    });
+
+    // model_secret
+    checks.push(Check {
+        name: "model_secret",
+        severity: Severity::Error,
+        ok: agents >= 1 && without_model == 0,
+        count: without_model,
+        rows: agent_rows
+            .iter()
+            .filter(|a| !a.model)
+            .take(lim)
+            .map(agent_finding)
+            .collect(),
+        message: if agents == 0 {
+            "no platform agent to hold a MODEL secret".to_string()
+        } else if without_model > 0 {
+            format!(
+                "{without_model} platform agent(s) without a MODEL secret: the platform marks them failed"
+            )
+        } else {
+            "the platform agent has a MODEL secret".to_string()
+        },
+    });
+
+    // tokens_on_root
+    let bad_tokens =
+        tokens.on_non_root.live + tokens.on_former_root.live + tokens.on_former_root.revoked;
+    checks.push(Check {
+        name: "tokens_on_root",
+        severity: Severity::Error,
+        ok: bad_tokens == 0,
+        count: bad_tokens,
+        rows: token_findings,
+        message: if bad_tokens == 0 {
+            "every anchored live token is on a root, none on a former root".to_string()
+        } else {
+            format!(
+                "{} live token(s) anchored to a non-root, {} token(s) on a former root",
+                tokens.on_non_root.live,
+                tokens.on_former_root.live + tokens.on_former_root.revoked
+            )
+        },
+    });
+
+    // allowlist_on_root
+    checks.push(Check {
+        name: "allowlist_on_root",
+        severity: Severity::Error,
+        ok: allow_count == 0,
+        count: allow_count,
+        rows: allow_rows,
+        message: if allow_count == 0 {
+            "every allowlist row is on a root".to_string()
+        } else {
+            format!("{allow_count} allowlist row(s) anchored to a non-root or former root")
+        },
+    });
+
+    // parent_chains
+    checks.push(Check {
+        name: "parent_chains",
+        severity: Severity::Error,
+        ok: broken_count == 0,
+        count: broken_count,
+        rows: broken_rows,
+        message: if broken_count == 0 {
+            format!("every workspace reaches a root within {MAX_DEPTH} steps")
+        } else {
+            format!(
+                "{broken_count} workspace(s) reach no root within {MAX_DEPTH} steps (a cycle, or a chain too deep)"
+            )
+        },
+    });
+
+    // unanchored_tokens (warning)
+    checks.push(Check {
+        name: "unanchored_tokens",
+        severity: Severity::Warning,
+        ok: tokens.unanchored.live == 0,
+        count: tokens.unanchored.live,
+        rows: unanchored_rows,
+        message: if tokens.unanchored.live == 0 {
+            "no live unanchored token".to_string()
+        } else {
+            format!(
+                "{} live token(s) with no org: the platform denies them on org-scoped routes (orgctl token anchor)",
+                tokens.unanchored.live
+            )
+        },
+    });
+
+    debug_assert_eq!(
+        checks.iter().map(|c| c.name).collect::<Vec<_>>(),
+        CHECK_NAMES
+    );
+
+    let platform_agent = if agents == 1 {
+        agent_rows.into_iter().next()
+    } else {
+        None
+    };
+    let ok = checks
+        .iter()
+        .all(|c| c.ok || c.severity == Severity::Warning);
+    Ok(Report {
+        ok,
+        tenant: tenant.to_string(),
+        orgctl_schema,
+        roots: Roots {
+            count: root_count,
+            rows: root_rows,
+        },
+        platform_agent,
+        tokens,
+        checks,
+        install_would,
+    })
+}
+
+fn root_finding(r: &RootRow) -> Finding {
+    Finding {
+        table: "workspaces",
+        id: r.id.to_string(),
+        detail: format!(
+            "\"{}\": root, status {}, kind {}",
+            sanitize(&r.name),
+            r.status.as_deref().unwrap_or("null"),
+            sanitize(r.kind.as_deref().unwrap_or("workspace"))
+        ),
+    }
+}
+
+fn agent_finding(a: &AgentInfo) -> Finding {
+    Finding {
+        table: "workspaces",
+        id: a.id.to_string(),
+        detail: format!(
+            "\"{}\": kind platform, {}, MODEL {}",
+            sanitize(&a.name),
+            match a.parent_id {
+                Some(p) => format!("under {p}"),
+                None => "root".to_string(),
+            },
+            if a.model { "present" } else { "missing" }
+        ),
+    }
+}
+
+/// How a token or allowlist row's anchor is classified. `{former_join}` / `{is_former}` are
+/// fixed strings chosen by whether orgctl's schema exists; nothing user-given goes in.
+fn anchor_sql(table: &str, extra_cols: &str, former: bool) -> String {
+    let (join, is_former) = if former {
+        (
+            "LEFT JOIN orgctl.former_roots f ON f.workspace_id = t.org_id",
+            "f.workspace_id IS NOT NULL",
+        )
+    } else {
+        ("", "false")
+    };
+    format!(
+        "SELECT t.id::text AS id, t.org_id, {extra_cols},
+                CASE WHEN t.org_id IS NULL THEN 'unanchored'
+                     WHEN w.id IS NOT NULL AND w.parent_id IS NULL THEN 'on_root'
+                     WHEN {is_former} THEN 'on_former_root'
+                     WHEN w.id IS NULL THEN 'on_missing'
+                     ELSE 'on_non_root' END AS state
+           FROM {table} t
+           LEFT JOIN workspaces w ON w.id = t.org_id
+           {join}"
+    )
+}
+
+const TOKEN_COLS: &str = "t.prefix, t.name, t.revoked_at IS NULL AS live, t.created_at";
+
+async fn token_states(conn: &mut PgConnection, former: bool) -> Result<TokenStates> {
+    let sql = format!(
+        "WITH s AS ({})
+         SELECT state, count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live)
+           FROM s GROUP BY state",
+        anchor_sql("org_api_tokens", TOKEN_COLS, former)
+    );
+    let mut states = TokenStates::default();
+    for r in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+        let state: String = r.try_get(0)?;
+        let c = Counts {
+            live: r.try_get(1)?,
+            revoked: r.try_get(2)?,
+        };
+        let slot = match state.as_str() {
+            "on_root" => &mut states.on_root,
+            "unanchored" => &mut states.unanchored,
+            "on_former_root" => &mut states.on_former_root,
+            // A token on a missing workspace is as stale as one on a non-root.
+            _ => &mut states.on_non_root,
+        };
+        slot.live += c.live;
+        slot.revoked += c.revoked;
+    }
+    Ok(states)
+}
+
+fn state_label(state: &str) -> &'static str {
+    match state {
+        "on_former_root" => "a former root",
+        "on_missing" => "a missing workspace",
+        "unanchored" => "no org",
+        "on_root" => "a root",
+        _ => "a non-root",
+    }
+}
+
+/// Live tokens on a non-root, and any token on a former root, oldest first.
+async fn token_rows(conn: &mut PgConnection, former: bool, limit: i64) -> Result<Vec<Finding>> {
+    let sql = format!(
+        "WITH s AS ({})
+         SELECT id, org_id, prefix, name, live, state FROM s
+          WHERE (state IN ('on_non_root', 'on_missing') AND live) OR state = 'on_former_root'
+          ORDER BY created_at NULLS LAST, id
+          LIMIT $1",
+        anchor_sql("org_api_tokens", TOKEN_COLS, former)
+    );
+    sqlx::query(&sql)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| {
+            let org: Option<Uuid> = r.try_get(1)?;
+            let prefix: String = r.try_get(2)?;
+            let name: Option<String> = r.try_get(3)?;
+            let live: bool = r.try_get(4)?;
+            let state: String = r.try_get(5)?;
+            Ok(Finding {
+                table: "org_api_tokens",
+                id: r.try_get(0)?,
+                detail: format!(
+                    "{} token {} \"{}\" on {} {}",
+                    if live { "live" } else { "revoked" },
+                    sanitize(&prefix),
+                    sanitize(name.as_deref().unwrap_or("")),
+                    state_label(&state),
+                    org.map(|o| o.to_string()).unwrap_or_default()
+                ),
+            })
+        })
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+}
+
+async fn unanchored_rows(conn: &mut PgConnection, limit: i64) -> Result<Vec<Finding>> {
+    sqlx::query(
+        "SELECT id::text, prefix, name, created_by FROM org_api_tokens
+          WHERE org_id IS NULL AND revoked_at IS NULL
+          ORDER BY created_at NULLS LAST, id
+          LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        let prefix: String = r.try_get(1)?;
+        let name: Option<String> = r.try_get(2)?;
+        let by: Option<String> = r.try_get(3)?;
+        Ok(Finding {
+            table: "org_api_tokens",
+            id: r.try_get(0)?,
+            detail: format!(
+                "live token {} \"{}\" created by {}, no org",
+                sanitize(&prefix),
+                sanitize(name.as_deref().unwrap_or("")),
+                sanitize(by.as_deref().unwrap_or("-"))
+            ),
+        })
+    })
+    .collect::<std::result::Result<_, sqlx::Error>>()
+    .map_err(Into::into)
+}
+
+async fn allowlist_off_root(
+    conn: &mut PgConnection,
+    former: bool,
+    limit: i64,
+) -> Result<(i64, Vec<Finding>)> {
+    let base = anchor_sql(
+        "org_plugin_allowlist",
+        "t.plugin_name, t.enabled_at",
+        former,
+    );
+    let count: i64 = sqlx::query_scalar(&format!(
+        "WITH s AS ({base}) SELECT count(*) FROM s WHERE state <> 'on_root'"
     ))
+    .fetch_one(&mut *conn)
+    .await?;
+    let rows = sqlx::query(&format!(
+        "WITH s AS ({base})
+         SELECT id, org_id, plugin_name, state FROM s WHERE state <> 'on_root'
+          ORDER BY enabled_at NULLS LAST, id
+          LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        let org: Option<Uuid> = r.try_get(1)?;
+        let plugin: String = r.try_get(2)?;
+        let state: String = r.try_get(3)?;
+        Ok(Finding {
+            table: "org_plugin_allowlist",
+            id: r.try_get(0)?,
+            detail: format!(
+                "plugin \"{}\" on {} {}",
+                sanitize(&plugin),
+                state_label(&state),
+                org.map(|o| o.to_string()).unwrap_or_default()
+            ),
+        })
+    })
+    .collect::<std::result::Result<_, sqlx::Error>>()?;
+    Ok((count, rows))
+}
+
+/// Workspaces that reach no root within [`MAX_DEPTH`] steps, in ONE statement: walk down from
+/// the roots at most 32 levels (each workspace has one parent, so every row is visited at most
+/// once, and rows in a cycle are never reached); whatever was not reached is broken. The named
+/// rows (at most `limit`) are then walked up at most [`CLASSIFY_STEPS`] steps to say why: back
+/// at the start means a cycle; a root reached means a chain too deep; neither means the row
+/// hangs below a cycle (or off a missing parent).
+async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, Vec<Finding>)> {
+    let rows = sqlx::query(
+        "WITH RECURSIVE down(id, depth) AS (
+              SELECT id, 0 FROM workspaces WHERE parent_id IS NULL
+            UNION ALL
+              SELECT w.id, d.depth + 1
+                FROM workspaces w JOIN down d ON w.parent_id = d.id
+               WHERE d.depth < $2
+         ),
+         broken AS (
+              SELECT w.id, w.name FROM workspaces w
+               WHERE NOT EXISTS (SELECT 1 FROM down d WHERE d.id = w.id)
+         ),
+         named AS (SELECT id, name FROM broken ORDER BY id LIMIT $1),
+         up(start, id, steps) AS (
+              SELECT id, id, 0 FROM named
+            UNION ALL
+              SELECT u.start, w.parent_id, u.steps + 1
+                FROM up u JOIN workspaces w ON w.id = u.id
+               WHERE w.parent_id IS NOT NULL AND u.steps < $3
+                 AND (u.steps = 0 OR u.id <> u.start)
+         ),
+         why AS (
+              SELECT u.start,
+                     bool_or(u.id = u.start AND u.steps > 0) AS cycle,
+                     min(u.steps) FILTER (WHERE w.id IS NOT NULL AND w.parent_id IS NULL) AS to_root
+                FROM up u LEFT JOIN workspaces w ON w.id = u.id
+               GROUP BY u.start
+         )
+         SELECT c.total, n.id, n.name, y.cycle, y.to_root
+           FROM (SELECT count(*) AS total FROM broken) c
+           LEFT JOIN named n ON true
+           LEFT JOIN why y ON y.start = n.id
+          ORDER BY n.id",
+    )
+    .bind(limit)
+    .bind(MAX_DEPTH)
+    .bind(CLASSIFY_STEPS)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut total = 0;
+    let mut findings = Vec::new();
+    for r in rows {
+        total = r.try_get(0)?;
+        let Some(id) = r.try_get::<Option<Uuid>, _>(1)? else {
+            continue;
+        };
+        let name: Option<String> = r.try_get(2)?;
+        let cycle: Option<bool> = r.try_get(3)?;
+        let to_root: Option<i32> = r.try_get(4)?;
+        let why = if cycle == Some(true) {
+            "in a parent cycle".to_string()
+        } else if let Some(n) = to_root {
+            format!("{n} steps from its root (more than {MAX_DEPTH})")
+        } else {
+            format!(
+                "no root within {CLASSIFY_STEPS} steps (below a cycle, a missing parent, or a very deep chain)"
+            )
+        };
+        findings.push(Finding {
+            table: "workspaces",
+            id: id.to_string(),
+            detail: format!("\"{}\": {why}", sanitize(name.as_deref().unwrap_or(""))),
+        });
+    }
+    Ok((total, findings))
+}
+
+/// What install-platform-agent would do, computed by the very code a dry run uses (read-only).
+/// No --model: MODEL is reported as present or missing, never written.
+async fn install_would(conn: &mut PgConnection) -> Result<InstallWould> {
+    let input = InstallInput::new(None, None, None, true)?;
+    let sb = SecretBox::from_env();
+    match install::plan(conn, &input, &sb).await {
+        Ok(p) => {
+            let mut summary = p.summary();
+            if p.model == install::ModelAction::Missing {
+                summary.push_str(" The agent has no MODEL secret: pass --model MODEL.");
+            }
+            Ok(InstallWould {
+                action: if p.changed() { "install" } else { "none" },
+                summary,
+                agent: Some(p.agent.action),
+                reparented: p.reparented.len(),
+                tokens_moved: p.tokens_moved(),
+                allowlist_moved: p.allowlist_moved(),
+                allowlist_merged: p.merged.len(),
+                model_secret: Some(p.model),
+            })
+        }
+        // A refusal (several agents) is a finding, not a failure of status itself.
+        Err(e) if e.exit == Exit::Refused => Ok(InstallWould {
+            action: "refused",
+            summary: e.message,
+            agent: None,
+            reparented: 0,
+            tokens_moved: 0,
+            allowlist_moved: 0,
+            allowlist_merged: 0,
+            model_secret: None,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+pub fn render(out: &Output, report: &Report, limit: usize) -> Result<()> {
+    if out.json_mode() {
+        return out.json(report);
+    }
+    out.stdout(&render_text(out, report, limit))
+}
+
+fn render_text(out: &Output, r: &Report, limit: usize) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Tenant: {}", sanitize(&r.tenant));
+
+    let _ = writeln!(s, "\nRoots ({}):", r.roots.count);
+    if r.roots.rows.is_empty() {
+        let _ = writeln!(s, "  none");
+    } else {
+        let mut t = out.new_table(["id", "name", "status", "kind", "tier"]);
+        for root in &r.roots.rows {
+            t.add_row(vec![
+                root.id.to_string(),
+                sanitize(&root.name),
+                root.status.clone().unwrap_or_else(|| "-".into()),
+                sanitize(root.kind.as_deref().unwrap_or("workspace")),
+                root.tier
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        let _ = writeln!(s, "{t}");
+        let rest = r.roots.count - r.roots.rows.len() as i64;
+        if rest > 0 {
+            let _ = writeln!(s, "… and {rest} more");
+        }
+    }
+
+    match &r.platform_agent {
+        Some(a) => {
+            let _ = writeln!(
+                s,
+                "\nPlatform agent: {} \"{}\" — status {}, tier {}, {}, MODEL {}",
+                a.id,
+                sanitize(&a.name),
+                a.status.as_deref().unwrap_or("-"),
+                a.tier.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                match a.parent_id {
+                    None => "root".to_string(),
+                    Some(p) => format!("under {p}"),
+                },
+                if a.model { "present" } else { "missing" }
+            );
+        }
+        None => {
+            let n = r
+                .checks
+                .iter()
+                .find(|c| c.name == "unique_platform_agent")
+                .map(|c| c.count)
+                .unwrap_or(0);
+            if n > 1 {
+                let _ = writeln!(s, "\nPlatform agent: {n} candidates (see below)");
+            } else {
+                let _ = writeln!(s, "\nPlatform agent: none");
+            }
+        }
+    }
+
+    let _ = writeln!(s, "\nTokens by anchor:");
+    let mut t = out.new_table(["anchor", "live", "revoked"]);
+    for (label, c) in [
+        ("on a root", r.tokens.on_root),
+        ("unanchored", r.tokens.unanchored),
+        ("on a non-root", r.tokens.on_non_root),
+        ("on a former root", r.tokens.on_former_root),
+    ] {
+        t.add_row(vec![
+            label.to_string(),
+            c.live.to_string(),
+            c.revoked.to_string(),
+        ]);
+    }
+    let _ = writeln!(s, "{t}");
+
+    let _ = writeln!(s, "\nChecks:");
+    let mut t = out.new_table(["check", "result", "count", "message"]);
+    for c in &r.checks {
+        t.add_row(vec![
+            c.name.to_string(),
+            match (c.ok, c.severity) {
+                (true, _) => "ok".to_string(),
+                (false, Severity::Error) => "FAIL".to_string(),
+                (false, Severity::Warning) => "warn".to_string(),
+            },
+            c.count.to_string(),
+            c.message.clone(),
+        ]);
+    }
+    let _ = writeln!(s, "{t}");
+
+    for c in r.checks.iter().filter(|c| !c.ok && !c.rows.is_empty()) {
+        let _ = writeln!(s, "\n{} ({}):", c.name, c.count);
+        let mut t = out.new_table(["table", "id", "detail"]);
+        for f in &c.rows {
+            t.add_row(vec![f.table.to_string(), f.id.clone(), f.detail.clone()]);
+        }
+        let _ = writeln!(s, "{t}");
+        let rest = c.count - c.rows.len() as i64;
+        if rest > 0 {
+            let _ = writeln!(
+                s,
+                "… and {rest} more (raise --limit, now {limit}, to name them)"
+            );
+        }
+    }
+
+    let w = &r.install_would;
+    let _ = match w.action {
+        "none" => writeln!(s, "\ninstall-platform-agent: nothing to do."),
+        "refused" => writeln!(
+            s,
+            "\ninstall-platform-agent would refuse: {}",
+            sanitize(&w.summary)
+        ),
+        _ => writeln!(
+            s,
+            "\ninstall-platform-agent would fix: {}",
+            sanitize(&w.summary)
+        ),
+    };
+
+    let failed = r.failed();
+    if failed.is_empty() {
+        let _ = writeln!(s, "\nAll invariants hold.");
+    } else {
+        let _ = writeln!(
+            s,
+            "\n{} of {} invariants broken: {}.",
+            failed.len(),
+            r.checks
+                .iter()
+                .filter(|c| c.severity == Severity::Error)
+                .count(),
+            failed.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+        );
+    }
+    s
 }

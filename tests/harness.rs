@@ -250,6 +250,12 @@ impl TestDb {
         }
     }
 
+    /// A fresh database copied from this one (which must have no open connections): build an
+    /// expensive fixture once, then give each test its own copy.
+    pub fn copy_of(&self) -> Self {
+        Self::from_template(&self.name)
+    }
+
     /// Run SQL as set-up (panics on error).
     pub fn exec(&self, sql: &str) -> String {
         match server().psql(&self.name, sql) {
@@ -455,4 +461,110 @@ pub mod ids {
     pub const LEGACY: &str = "c0000000-0000-4000-8000-000000000001";
     pub const GITHUB_HQ: &str = "e0000000-0000-4000-8000-000000000001";
     pub const GITHUB_LABS: &str = "e0000000-0000-4000-8000-000000000003";
+}
+
+/// A private PostgreSQL for one test that stops the server (the shared one must stay up): same
+/// set-up as the shared server, its own data directory, stopped and deleted on drop.
+pub struct PrivateServer {
+    pub port: u16,
+    base: PathBuf,
+    data: PathBuf,
+    bindir: PathBuf,
+    run_as: RunAs,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateServer {
+    pub fn start() -> Result<Self, String> {
+        let bindir = pgserver::bindir().map_err(|e| e.message)?;
+        let run_as = RunAs::detect().map_err(|e| e.message)?;
+        // Under the shared server's directory, so a killed test run's leftovers are cleaned
+        // up with it.
+        let base = server().base.join(format!(
+            "private-{}",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
+        let data = base.join("data");
+        pgserver::initdb(&bindir, &data, run_as, Some(PASSWORD)).map_err(|e| e.message)?;
+        let port = pgserver::free_port().map_err(|e| e.message)?;
+        pgserver::configure(&data, port, true).map_err(|e| e.message)?;
+        let mut s = PrivateServer {
+            port,
+            base,
+            data,
+            bindir,
+            run_as,
+            child: None,
+        };
+        s.resume()?;
+        Ok(s)
+    }
+
+    /// (Re)start the server on its data directory and wait until it accepts connections.
+    pub fn resume(&mut self) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.run_as.command(&self.bindir.join("postgres"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // Dies with the test thread that started it, if the test never gets to stop it.
+        unsafe {
+            cmd.pre_exec(orgctl::sys::set_parent_death_signal);
+        }
+        self.child = Some(cmd.spawn().map_err(|e| e.to_string())?);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.psql("postgres", "SELECT 1").is_err() {
+            if Instant::now() > deadline {
+                return Err("the private postgres did not come up".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Stop the server: SIGINT is PostgreSQL's fast shutdown (terminates every session, rolls
+    /// back their transactions), SIGQUIT its immediate shutdown (crash-like).
+    pub fn stop(&mut self, signal: i32) {
+        if let Some(mut c) = self.child.take() {
+            orgctl::sys::kill(c.id() as i32, signal);
+            let _ = c.wait();
+        }
+    }
+
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", db])
+            .env("PGPASSWORD", PASSWORD)
+            .env("PGCONNECT_TIMEOUT", "2")
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{db}",
+            urlencode(PASSWORD),
+            self.port
+        )
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.stop(libc::SIGQUIT);
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
 }
