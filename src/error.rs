@@ -167,12 +167,18 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
     }
 }
 
-/// Strip control characters (database values can carry terminal escape sequences) but keep
-/// newlines and tabs out too: an error is one line.
+/// Make a database value safe to print: control characters (terminal escape sequences,
+/// newlines: an error is one line) become spaces, and bidirectional overrides and isolates are
+/// dropped, so a name cannot visually reorder the table row or message it appears in.
 pub fn sanitize(s: &str) -> String {
     s.chars()
+        .filter(|c| !is_bidi_control(*c))
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -182,6 +188,8 @@ mod tests {
     #[test]
     fn sanitize_strips_escapes() {
         assert_eq!(sanitize("a\x1b[31mb\nc"), "a [31mb c");
+        assert_eq!(sanitize("evil\u{202E}gpj.exe"), "evilgpj.exe");
+        assert_eq!(sanitize("naïve 🚀"), "naïve 🚀");
     }
 
     #[test]
