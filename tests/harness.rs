@@ -168,46 +168,56 @@ fn start() -> Result<Server, String> {
 impl Server {
     /// Run SQL through psql (sync; for set-up only). Returns stdout.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = Command::new(self.bindir.join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At"])
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-            ])
-            .env("PGPASSWORD", PASSWORD)
-            .env("PGCONNECT_TIMEOUT", "2")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                if let Some(mut stdin) = child.stdin.take() {
-                    stdin.write_all(sql.as_bytes())?;
-                }
-                child.wait_with_output()
-            })
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
+        psql_at(&self.bindir, self.port, db, sql)
     }
 
     pub fn url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{db}",
-            urlencode(PASSWORD),
-            self.port
-        )
+        url_at(self.port, db)
     }
+}
+
+/// Run SQL through psql on a loopback server of the harness (SQL on stdin, so a script of
+/// several statements works). Returns stdout.
+pub fn psql_at(bindir: &Path, port: u16, db: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new(bindir.join("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(sql.as_bytes())?;
+            }
+            child.wait_with_output()
+        })
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+/// The URL of a database on a loopback server of the harness.
+pub fn url_at(port: u16, db: &str) -> String {
+    format!(
+        "postgres://postgres:{}@127.0.0.1:{port}/{db}",
+        urlencode(PASSWORD)
+    )
 }
 
 pub fn urlencode(s: &str) -> String {
@@ -536,29 +546,11 @@ impl PrivateServer {
     }
 
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = Command::new(self.bindir.join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At"])
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-U", "postgres", "-d", db])
-            .env("PGPASSWORD", PASSWORD)
-            .env("PGCONNECT_TIMEOUT", "2")
-            .arg("-c")
-            .arg(sql)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
+        psql_at(&self.bindir, self.port, db, sql)
     }
 
     pub fn url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{db}",
-            urlencode(PASSWORD),
-            self.port
-        )
+        url_at(self.port, db)
     }
 }
 
