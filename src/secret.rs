@@ -722,7 +722,12 @@ fn restart_one(agent: &ureq::Agent, id: Uuid, url: &str, bearer: Option<&str>) -
                 fail(format!("HTTP {code} {status_text}: {body}"))
             }
         }
-        Err(ureq::Error::Transport(t)) => fail(t.to_string()),
+        Err(ureq::Error::Transport(t)) => {
+            // ureq prefixes the URL, which the result already names by id.
+            let msg = t.to_string();
+            let prefix = format!("{url}: ");
+            fail(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string())
+        }
     }
 }
 
@@ -972,15 +977,15 @@ impl Outcome<'_> {
         let mut s = String::new();
         let _ = writeln!(s, "{}", self.headline(preview));
         let mut rows: Vec<[String; 3]> = Vec::new();
+        // By id: a global fan-out can list 100k workspaces.
+        let results: std::collections::HashMap<Uuid, &Dispatched> =
+            self.dispatched.iter().map(|d| (d.id, d)).collect();
         for t in &self.restart.planned {
-            let status = match self.dispatched.iter().find(|d| d.id == t.id) {
+            let status = match results.get(&t.id) {
                 Some(d) if d.ok => "restarted".to_string(),
                 Some(d) => format!("FAILED: {}", d.error.as_deref().unwrap_or("unknown error")),
-                None if preview && self.plan_only => {
-                    "would restart (no platform URL: plan only)".to_string()
-                }
                 None if preview => "would restart".to_string(),
-                None => "planned (not dispatched)".to_string(),
+                None => "planned, not restarted (no platform URL)".to_string(),
             };
             rows.push([t.id.to_string(), name_cell(&t.name), status]);
         }
@@ -1026,6 +1031,11 @@ impl Outcome<'_> {
                 )),
                 _ => {}
             }
+        }
+        if self.plan_only && self.dry_run && !self.restart.planned.is_empty() {
+            out.info(
+                "No platform URL (--platform-url or MOLECULE_PLATFORM_URL): applying would print this restart plan instead of restarting.",
+            );
         }
         if self.plan_only && !self.dry_run && !self.restart.planned.is_empty() {
             out.info(&format!(
