@@ -1017,7 +1017,8 @@ impl Outcome<'_> {
     }
 
     /// Human notes on stderr: the guard's skips, and the restarts an operator must do by hand.
-    fn notes(&self, out: &Output) {
+    /// `preview`: before the change (a dry run, or the review before a confirmation).
+    fn notes(&self, out: &Output, preview: bool) {
         for k in &self.restart.skipped {
             match k.reason {
                 SkipReason::PlatformRoot => out.info(&format!(
@@ -1032,12 +1033,12 @@ impl Outcome<'_> {
                 _ => {}
             }
         }
-        if self.plan_only && self.dry_run && !self.restart.planned.is_empty() {
+        if self.plan_only && preview && !self.restart.planned.is_empty() {
             out.info(
                 "No platform URL (--platform-url or MOLECULE_PLATFORM_URL): applying would print this restart plan instead of restarting.",
             );
         }
-        if self.plan_only && !self.dry_run && !self.restart.planned.is_empty() {
+        if self.plan_only && !preview && !self.restart.planned.is_empty() {
             out.info(&format!(
                 "No platform URL (--platform-url or MOLECULE_PLATFORM_URL): {} workspace(s) were not restarted; the plan is above. Restart them through the platform, or rerun with a platform URL.",
                 self.restart.planned.len()
@@ -1161,7 +1162,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
 
     if req.dry_run {
         outcome.render(out)?;
-        outcome.notes(out);
+        outcome.notes(out, true);
         gate?;
         return Ok(Exit::Ok);
     }
@@ -1175,7 +1176,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     let asked = !ctx.yes;
     if asked && out.interactive() {
         eprint!("{}", outcome.text(out, true));
-        outcome.notes(out);
+        outcome.notes(out, true);
     }
     let question = match action {
         Action::Created => format!("Create the {}?", scope.describe(key)),
@@ -1292,7 +1293,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
         outcome.dispatched = dispatch(out, platform, &ids).await;
     }
     outcome.render(out)?;
-    outcome.notes(out);
+    outcome.notes(out, false);
     let failed = outcome.failed();
     if failed.is_empty() {
         return Ok(Exit::Ok);
