@@ -144,16 +144,16 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_see
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -f -a "delete" -d 'Delete a secret (MODEL on the platform agent needs --force)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -f -a "list" -d 'List secret keys with scope and version (never values)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l value-file -d 'Read the value from this file (one trailing newline stripped)' -r -F
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l platform-url -d 'Base URL of the platform API for restarts' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l value-file -d 'Read the value from this file (one trailing newline stripped). Default: stdin when it is piped, else a hidden prompt' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l platform-url -d 'Base URL of the platform API for restarts (needs MOLECULE_ADMIN_TOKEN). Without it the restart plan is printed instead' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l global -d 'The secret is global (then the only positional argument is KEY)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l no-restart -d 'Do not restart affected workspaces'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l dry-run -d 'Show the write and the restart plan; change nothing'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l no-restart -d 'Do not restart affected workspaces (they are reported as skipped: no-restart)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l dry-run -d 'Show the write and the restart plan; change nothing, restart nothing, never ask'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -166,9 +166,9 @@ json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l global -d 'The secret is global (then the only positional argument is KEY)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l no-restart -d 'Do not restart affected workspaces'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l force -d 'Allow deleting MODEL from the platform agent'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l dry-run -d 'Show the delete and the restart plan; change nothing'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l no-restart -d 'Do not restart affected workspaces (they are reported as skipped: no-restart)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l force -d 'Allow deleting MODEL from the platform agent (it is still not restarted)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l dry-run -d 'Show the delete and the restart plan; change nothing, restart nothing, never ask'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'More detail on stderr (repeat for more)'

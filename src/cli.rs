@@ -301,18 +301,53 @@ pub struct TokenAnchorArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
-    /// Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv.
+    /// Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv
+    ///
+    /// Encrypts the value as the platform reads it (AES-256-GCM with SECRETS_ENCRYPTION_KEY,
+    /// encryption_version 1; without a key the plain bytes, version 0, refused in production),
+    /// upserts it, then restarts the workspaces the change affects:
+    ///   WORKSPACE_ID  the workspace itself, only when a lookup proves it is not the platform
+    ///                 agent (kind='platform'); an unprovable kind is not restarted either;
+    ///                 removed, paused and external workspaces are not restarted
+    ///   --global      every workspace that inherits the key: not removed or paused, not
+    ///                 external, not the platform agent, no workspace-level override
+    /// Restarts are POST {URL}/workspaces/{id}/restart with MOLECULE_ADMIN_TOKEN as bearer,
+    /// after the commit. Without a platform URL the restart plan is printed instead; a failed
+    /// restart is exit 1 (the secret stays committed), naming each workspace.
+    /// Asks for confirmation on a terminal; needs --yes without one.
     ///
     /// Examples:
     ///   printf %s "$VALUE" | orgctl secret set 6f1c… OPENAI_API_KEY --yes
-    ///   orgctl secret set --global MODEL --value-file ./model.txt
-    #[command(after_long_help = AFTER_HELP)]
+    ///   orgctl secret set --global LOG_LEVEL --value-file ./level.txt
+    ///   orgctl secret set --global LOG_LEVEL --dry-run --output json
+    ///
+    /// Environment:
+    ///   MOLECULE_PLATFORM_URL  as --platform-url
+    ///   MOLECULE_ADMIN_TOKEN   bearer token for restarts (never printed)
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     Set(SecretSetArgs),
-    /// Delete a secret (MODEL on the platform agent needs --force).
-    #[command(after_long_help = AFTER_HELP)]
+    /// Delete a secret (MODEL on the platform agent needs --force)
+    ///
+    /// Deletes the row, then restarts the affected workspaces under the same rules as set.
+    /// Deleting MODEL from the platform agent is refused (exit 3) unless --force: the platform
+    /// marks an agent without MODEL failed. The platform agent is never restarted. Deleting a
+    /// key that does not exist changes nothing (exit 0).
+    ///
+    /// Examples:
+    ///   orgctl secret delete 6f1c… OPENAI_API_KEY --yes
+    ///   orgctl secret delete --global LOG_LEVEL --dry-run
+    ///
+    /// Environment:
+    ///   MOLECULE_PLATFORM_URL  as --platform-url
+    ///   MOLECULE_ADMIN_TOKEN   bearer token for restarts (never printed)
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     Delete(SecretDeleteArgs),
-    /// List secret keys with scope and version (never values).
-    #[command(after_long_help = AFTER_HELP)]
+    /// List secret keys with scope and version (never values)
+    ///
+    /// For a workspace: its own secrets (scope workspace, marked when they override a global
+    /// one) and the global secrets it inherits (scope inherited). With --global: every global
+    /// secret. Read-only.
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     List(SecretListArgs),
 }
 
@@ -331,13 +366,15 @@ pub struct SecretSetArgs {
     /// WORKSPACE_ID KEY, or KEY with --global.
     #[arg(value_name = "WORKSPACE_ID|KEY", num_args = 1..=2, required = true)]
     pub positional: Vec<String>,
-    /// Read the value from this file (one trailing newline stripped).
+    /// Read the value from this file (one trailing newline stripped). Default: stdin when it is
+    /// piped, else a hidden prompt.
     #[arg(long, value_name = "PATH")]
     pub value_file: Option<PathBuf>,
-    /// Do not restart affected workspaces.
+    /// Do not restart affected workspaces (they are reported as skipped: no-restart).
     #[arg(long)]
     pub no_restart: bool,
-    /// Base URL of the platform API for restarts.
+    /// Base URL of the platform API for restarts (needs MOLECULE_ADMIN_TOKEN). Without it the
+    /// restart plan is printed instead.
     #[arg(
         long,
         env = "MOLECULE_PLATFORM_URL",
@@ -345,7 +382,7 @@ pub struct SecretSetArgs {
         hide_env_values = true
     )]
     pub platform_url: Option<String>,
-    /// Show the write and the restart plan; change nothing.
+    /// Show the write and the restart plan; change nothing, restart nothing, never ask.
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -357,10 +394,10 @@ pub struct SecretDeleteArgs {
     /// WORKSPACE_ID KEY, or KEY with --global.
     #[arg(value_name = "WORKSPACE_ID|KEY", num_args = 1..=2, required = true)]
     pub positional: Vec<String>,
-    /// Do not restart affected workspaces.
+    /// Do not restart affected workspaces (they are reported as skipped: no-restart).
     #[arg(long)]
     pub no_restart: bool,
-    /// Allow deleting MODEL from the platform agent.
+    /// Allow deleting MODEL from the platform agent (it is still not restarted).
     #[arg(long)]
     pub force: bool,
     /// Base URL of the platform API for restarts.
@@ -371,7 +408,7 @@ pub struct SecretDeleteArgs {
         hide_env_values = true
     )]
     pub platform_url: Option<String>,
-    /// Show the delete and the restart plan; change nothing.
+    /// Show the delete and the restart plan; change nothing, restart nothing, never ask.
     #[arg(long)]
     pub dry_run: bool,
 }

@@ -1,11 +1,1653 @@
-//! `orgctl secret` (SPEC; issue 5). Not implemented yet.
+//! `orgctl secret` (SPEC §1, §6; issue 5): set, delete and list workspace and global secrets
+//! the way the platform reads them, then restart the workspaces the change affects — never the
+//! platform agent.
+//!
+//! Flow of `set` and `delete`: check every input (scope, key, platform URL and admin token, the
+//! encryption key, the value) before touching the database; plan with read-only queries (what
+//! the write does and which workspaces it would restart); `--dry-run` stops there. Otherwise
+//! confirm, then in ONE transaction under the tenant lock: re-check the target (and the MODEL
+//! gate), write with one upsert or delete, append the audit row, commit. Only after the commit
+//! is the restart plan computed again — from the committed state — and dispatched.
+//!
+//! The platform-root restart guard (SPEC §1) lives in [`target_decision`] (a workspace secret:
+//! restart the target only when a successful lookup proves it is not `kind='platform'`) and in
+//! [`FANOUT_SQL`] (a global secret: one set-based query for every workspace that inherits the
+//! key). Restarting the platform agent mid-turn once cost an org 14 hours; nothing here can.
+//!
+//! Values are read into [`Zeroizing`] buffers (grown by hand so no stale copy is left behind),
+//! sealed by [`crate::crypto::SecretBox`] (the one owner of the encryption rules), and never
+//! printed, logged or put in the audit row.
 
-use crate::cli::SecretCommand;
-use crate::error::{Error, Exit, Result};
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::cli::{SecretCommand, SecretDeleteArgs, SecretListArgs, SecretSetArgs};
+use crate::crypto::SecretBox;
+use crate::db;
+use crate::error::{sanitize, Error, Exit, Result};
+use crate::install::MODEL_KEY;
+use crate::output::{truncated, Output};
 use crate::Context;
 
-pub async fn run(_ctx: &Context, _cmd: &SecretCommand) -> Result<Exit> {
-    Err(Error::failed(
-        "`orgctl secret` is not implemented in this build yet (issue 5); nothing was changed",
+/// Restart calls in flight at once. The platform re-provisions each restarted workspace, so a
+/// global change in a large org must not stampede it.
+pub const RESTART_CONCURRENCY: usize = 8;
+/// Connecting to the platform API, and one whole restart call.
+pub const RESTART_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const RESTART_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Fan-outs at least this large get a progress bar (on a terminal).
+const PROGRESS_MIN: usize = 10;
+/// The largest value accepted (environment values, certificates, small JSON documents).
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Rows a table lists before it summarises the rest (JSON always lists all).
+const TABLE_ROWS: usize = 50;
+/// Workspaces named in a one-line error before it counts the rest.
+const ERROR_IDS: usize = 20;
+
+pub async fn run(ctx: &Context, cmd: &SecretCommand) -> Result<Exit> {
+    match cmd {
+        SecretCommand::Set(args) => set(ctx, args).await,
+        SecretCommand::Delete(args) => delete(ctx, args).await,
+        SecretCommand::List(args) => list(ctx, args).await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checked input
+
+/// Where a secret lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Workspace(Uuid),
+    Global,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Workspace(_) => "workspace",
+            Scope::Global => "global",
+        }
+    }
+
+    pub fn workspace_id(self) -> Option<Uuid> {
+        match self {
+            Scope::Workspace(id) => Some(id),
+            Scope::Global => None,
+        }
+    }
+
+    fn describe(self, key: &str) -> String {
+        match self {
+            Scope::Workspace(id) => format!("workspace secret {key} of {id}"),
+            Scope::Global => format!("global secret {key}"),
+        }
+    }
+}
+
+/// `WORKSPACE_ID KEY`, or `KEY` with `--global`, into a checked scope and key.
+pub fn parse_scope(global: bool, positional: &[String]) -> Result<(Scope, String)> {
+    let (scope, key) = match (global, positional) {
+        (true, [key]) => (Scope::Global, key),
+        (true, _) => {
+            return Err(Error::usage(format!(
+                "with --global give only KEY (got {} arguments); a workspace secret is WORKSPACE_ID KEY without --global",
+                positional.len()
+            )))
+        }
+        (false, [ws, key]) => (Scope::Workspace(parse_workspace_id(ws)?), key),
+        (false, _) => {
+            return Err(Error::usage(
+                "give WORKSPACE_ID KEY for a workspace secret, or --global KEY for a global one",
+            ))
+        }
+    };
+    check_key(key)?;
+    Ok((scope, key.clone()))
+}
+
+pub fn parse_workspace_id(raw: &str) -> Result<Uuid> {
+    Uuid::parse_str(raw.trim()).map_err(|_| {
+        Error::usage(format!(
+            "'{}' is not a workspace id (expected a UUID such as a0000000-0000-4000-8000-000000000001)",
+            sanitize(raw)
+        ))
+    })
+}
+
+/// Keys are environment variable names: `^[A-Za-z_][A-Za-z0-9_]*$`.
+pub fn check_key(key: &str) -> Result<()> {
+    let mut chars = key.chars();
+    let ok = match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => {
+            chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::usage(format!(
+            "'{}' is not a valid secret key: use letters, digits and '_', not starting with a digit (^[A-Za-z_][A-Za-z0-9_]*$)",
+            sanitize(key)
+        )))
+    }
+}
+
+/// The platform API restarts go to, with the admin token. The token is registered for masking
+/// the moment it is read and is never printed.
+pub struct Platform {
+    base: String,
+    token: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Platform {{ base: {}, token: {} }}",
+            crate::redact::mask(&self.base),
+            if self.token.is_some() {
+                "<set>"
+            } else {
+                "<unset>"
+            }
+        )
+    }
+}
+
+impl Platform {
+    /// `--platform-url` / `MOLECULE_PLATFORM_URL` and `MOLECULE_ADMIN_TOKEN`. `None` when no URL
+    /// is given. A URL without a token is refused before anything is written (unless nothing
+    /// will be dispatched: `--no-restart`, `--dry-run`), so a change cannot commit and then
+    /// fail every restart with 401.
+    pub fn resolve(url: Option<&str>, needs_token: bool) -> Result<Option<Self>> {
+        let token = std::env::var("MOLECULE_ADMIN_TOKEN")
+            .ok()
+            .map(|t| Zeroizing::new(t.trim().to_string()))
+            .filter(|t| !t.is_empty());
+        if let Some(t) = &token {
+            crate::redact::register(t);
+        }
+        Self::new(url, token, needs_token)
+    }
+
+    pub fn new(
+        url: Option<&str>,
+        token: Option<Zeroizing<String>>,
+        needs_token: bool,
+    ) -> Result<Option<Self>> {
+        let raw = match url.map(str::trim) {
+            None | Some("") => return Ok(None),
+            Some(u) => u,
+        };
+        let parsed = url::Url::parse(raw).map_err(|e| {
+            Error::usage(format!(
+                "invalid platform URL: {e} (expected http(s)://host[:port][/prefix], from --platform-url or MOLECULE_PLATFORM_URL)"
+            ))
+        })?;
+        if let Some(pw) = parsed.password() {
+            crate::redact::register(pw);
+        }
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(Error::usage(format!(
+                "invalid platform URL '{}': it must be http:// or https:// with a host",
+                crate::redact::mask(raw)
+            )));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(Error::usage(
+                "invalid platform URL: it must not carry a query or fragment (restarts go to {URL}/workspaces/{id}/restart)",
+            ));
+        }
+        if let Some(t) = &token {
+            if t.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(Error::usage(
+                    "MOLECULE_ADMIN_TOKEN contains whitespace or control characters; it cannot be sent as a bearer token",
+                ));
+            }
+        }
+        if token.is_none() && needs_token {
+            return Err(Error::usage(
+                "a platform URL is set but MOLECULE_ADMIN_TOKEN is not: restarts need the admin token; set it, or pass --no-restart (nothing was changed)",
+            ));
+        }
+        Ok(Some(Platform {
+            base: raw.trim_end_matches('/').to_string(),
+            token,
+        }))
+    }
+
+    pub fn restart_url(&self, id: Uuid) -> String {
+        format!("{}/workspaces/{id}/restart", self.base)
+    }
+}
+
+/// Where a value came from (recorded in the audit row; the value never is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueSource {
+    Stdin,
+    File,
+    Prompt,
+}
+
+/// Read `r` to the end into a zeroizing buffer, refusing more than [`MAX_VALUE_BYTES`]. The
+/// buffer is grown by hand: `Vec`'s own growth would leave an unzeroed copy in freed memory.
+pub fn read_value_from(mut r: impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(1024));
+    let mut chunk = Zeroizing::new([0u8; 4096]);
+    loop {
+        let n = match r.read(&mut chunk[..]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::usage(format!(
+                    "could not read the value from {what}: {e}"
+                )))
+            }
+        };
+        if buf.len() + n > MAX_VALUE_BYTES {
+            return Err(Error::usage(format!(
+                "the value from {what} is larger than {} KiB; secrets are environment values",
+                MAX_VALUE_BYTES / 1024
+            )));
+        }
+        if buf.len() + n > buf.capacity() {
+            let mut bigger =
+                Zeroizing::new(Vec::with_capacity((buf.capacity() * 2).max(buf.len() + n)));
+            bigger.extend_from_slice(&buf);
+            buf = bigger;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(buf)
+}
+
+/// Strip one trailing newline (`\n` or `\r\n`), then refuse empty values and NUL bytes (an
+/// environment value cannot hold one).
+pub fn finish_value(mut value: Zeroizing<Vec<u8>>, what: &str) -> Result<Zeroizing<Vec<u8>>> {
+    if value.last() == Some(&b'\n') {
+        value.pop();
+        if value.last() == Some(&b'\r') {
+            value.pop();
+        }
+    }
+    if value.is_empty() {
+        return Err(Error::usage(format!(
+            "the value from {what} is empty; empty secrets are refused (use `orgctl secret delete` to remove one)"
+        )));
+    }
+    if value.contains(&0) {
+        return Err(Error::usage(format!(
+            "the value from {what} contains a NUL byte, which an environment value cannot hold"
+        )));
+    }
+    Ok(value)
+}
+
+/// The value of `secret set`: `--value-file`, else stdin when it is not a terminal, else a
+/// hidden prompt. `None` only for a dry run that was given no value (it does not need one).
+async fn read_value(
+    out: &Output,
+    value_file: Option<&Path>,
+    key: &str,
+    dry_run: bool,
+) -> Result<Option<(Zeroizing<Vec<u8>>, ValueSource)>> {
+    // Reads run on a blocking thread so Ctrl-C still ends a read that never finishes.
+    if let Some(path) = value_file {
+        let path: PathBuf = path.to_path_buf();
+        let what = format!("--value-file {}", path.display());
+        let w = what.clone();
+        let raw = blocking(move || {
+            let f = std::fs::File::open(&path)
+                .map_err(|e| Error::usage(format!("could not read {w}: {e}")))?;
+            read_value_from(f, &w)
+        })
+        .await?;
+        return Ok(Some((finish_value(raw, &what)?, ValueSource::File)));
+    }
+    if !out.stdin_is_terminal() {
+        let raw = blocking(|| read_value_from(std::io::stdin().lock(), "stdin")).await?;
+        if raw.is_empty() {
+            if dry_run {
+                return Ok(None);
+            }
+            return Err(Error::usage(
+                "no value: stdin is empty and not a terminal; pipe the value on stdin, pass --value-file PATH, or run on a terminal to be prompted",
+            ));
+        }
+        return Ok(Some((finish_value(raw, "stdin")?, ValueSource::Stdin)));
+    }
+    if dry_run {
+        // A dry run does not ask for a secret it would not write.
+        return Ok(None);
+    }
+    if !out.interactive() {
+        return Err(Error::usage(
+            "no value: stderr is not a terminal to prompt on; pipe the value on stdin or pass --value-file PATH",
+        ));
+    }
+    let prompt = format!("Value for {key} (hidden)");
+    let typed = blocking(move || {
+        dialoguer::Password::new()
+            .with_prompt(prompt)
+            .with_confirmation("Repeat the value", "the two values differ; try again")
+            .interact_on(&dialoguer::console::Term::stderr())
+            .map(Zeroizing::new)
+            .map_err(|e| Error::failed(format!("could not read the value from the terminal: {e}")))
+    })
+    .await?;
+    let bytes = Zeroizing::new(typed.as_bytes().to_vec());
+    Ok(Some((
+        finish_value(bytes, "the prompt")?,
+        ValueSource::Prompt,
+    )))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::failed(format!("internal: a blocking task failed: {e}")))?
+}
+
+// ---------------------------------------------------------------------------------------------
+// The restart guard
+
+/// Why a workspace that a change affects is not restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkipReason {
+    /// It is the platform agent (`kind='platform'`): never restarted by orgctl.
+    PlatformRoot,
+    /// Its kind could not be proven (lookup failed, or the row is gone): fail closed.
+    KindUnknown,
+    /// `--no-restart`.
+    NoRestart,
+    /// The target is `removed` or `paused`, or runs outside the platform (`runtime='external'`):
+    /// the same workspaces a global change never restarts.
+    Removed,
+    Paused,
+    External,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::PlatformRoot => "platform-root",
+            SkipReason::KindUnknown => "kind-unknown",
+            SkipReason::NoRestart => "no-restart",
+            SkipReason::Removed => "removed",
+            SkipReason::Paused => "paused",
+            SkipReason::External => "external",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub id: Uuid,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skip {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub reason: SkipReason,
+    /// Why the kind is unknown (for the warning), never shown for other reasons.
+    pub detail: Option<String>,
+}
+
+/// Which workspaces a committed change restarts, and which it deliberately does not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestartPlan {
+    pub planned: Vec<Target>,
+    pub skipped: Vec<Skip>,
+}
+
+/// What the guard's lookup of a workspace target found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetRow {
+    pub name: String,
+    pub is_platform: bool,
+    pub status: Option<String>,
+    pub runtime: String,
+}
+
+/// The guard for a workspace-secret change: restart the target only when a successful lookup
+/// proves `COALESCE(kind,'workspace') <> 'platform'`. A failed lookup or a missing row means
+/// the kind is unknown: no restart (fail closed).
+pub fn target_decision(
+    id: Uuid,
+    lookup: std::result::Result<Option<TargetRow>, String>,
+    no_restart: bool,
+) -> RestartPlan {
+    let skip = |name: Option<String>, reason, detail| RestartPlan {
+        planned: Vec::new(),
+        skipped: vec![Skip {
+            id,
+            name,
+            reason,
+            detail,
+        }],
+    };
+    let row = match lookup {
+        Err(e) => return skip(None, SkipReason::KindUnknown, Some(e)),
+        Ok(None) => {
+            return skip(
+                None,
+                SkipReason::KindUnknown,
+                Some("the workspace row is gone".into()),
+            )
+        }
+        Ok(Some(row)) => row,
+    };
+    let name = Some(row.name.clone());
+    if row.is_platform {
+        return skip(name, SkipReason::PlatformRoot, None);
+    }
+    match row.status.as_deref() {
+        Some("removed") => return skip(name, SkipReason::Removed, None),
+        Some("paused") => return skip(name, SkipReason::Paused, None),
+        _ => {}
+    }
+    if row.runtime == "external" {
+        return skip(name, SkipReason::External, None);
+    }
+    if no_restart {
+        return skip(name, SkipReason::NoRestart, None);
+    }
+    RestartPlan {
+        planned: vec![Target { id, name }],
+        skipped: Vec::new(),
+    }
+}
+
+const TARGET_SQL: &str = "SELECT name, COALESCE(kind, 'workspace') = 'platform', status::text,
+                                 COALESCE(runtime, '')
+                            FROM workspaces WHERE id = $1";
+
+/// The global fan-out, one set-based query: every workspace that inherits key $1 — status not
+/// in (removed, paused), not external, no workspace-level override — flagged when it is the
+/// platform agent (reported as skipped, never restarted).
+pub const FANOUT_SQL: &str = "SELECT w.id, w.name, COALESCE(w.kind, 'workspace') = 'platform'
+                                FROM workspaces w
+                               WHERE w.status NOT IN ('removed', 'paused')
+                                 AND COALESCE(w.runtime, '') <> 'external'
+                                 AND NOT EXISTS (SELECT 1 FROM workspace_secrets s
+                                                  WHERE s.workspace_id = w.id AND s.key = $1)
+                               ORDER BY w.id";
+
+async fn lookup_target(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> std::result::Result<Option<TargetRow>, String> {
+    let row = sqlx::query(TARGET_SQL)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| crate::error::classify_sqlx(&e).message)?;
+    let Some(r) = row else { return Ok(None) };
+    let decode = || -> std::result::Result<TargetRow, sqlx::Error> {
+        Ok(TargetRow {
+            name: r.try_get(0)?,
+            is_platform: r.try_get(1)?,
+            status: r.try_get(2)?,
+            runtime: r.try_get(3)?,
+        })
+    };
+    decode()
+        .map(Some)
+        .map_err(|e| crate::error::classify_sqlx(&e).message)
+}
+
+/// The restart plan of a change to `scope`/`key`, from the state `conn` sees.
+pub async fn restart_plan(
+    conn: &mut PgConnection,
+    scope: Scope,
+    key: &str,
+    no_restart: bool,
+) -> Result<RestartPlan> {
+    match scope {
+        Scope::Workspace(id) => {
+            let lookup = lookup_target(conn, id).await;
+            Ok(target_decision(id, lookup, no_restart))
+        }
+        Scope::Global => {
+            let rows = sqlx::query(FANOUT_SQL)
+                .bind(key)
+                .fetch_all(&mut *conn)
+                .await?;
+            let mut plan = RestartPlan::default();
+            for r in rows {
+                let id: Uuid = r.try_get(0)?;
+                let name: String = r.try_get(1)?;
+                let is_platform: bool = r.try_get(2)?;
+                if is_platform {
+                    plan.skipped.push(Skip {
+                        id,
+                        name: Some(name),
+                        reason: SkipReason::PlatformRoot,
+                        detail: None,
+                    });
+                } else if no_restart {
+                    plan.skipped.push(Skip {
+                        id,
+                        name: Some(name),
+                        reason: SkipReason::NoRestart,
+                        detail: None,
+                    });
+                } else {
+                    plan.planned.push(Target {
+                        id,
+                        name: Some(name),
+                    });
+                }
+            }
+            Ok(plan)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart dispatch
+
+/// The result of one restart call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Dispatched {
+    pub id: Uuid,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// POST a restart for each id, at most [`RESTART_CONCURRENCY`] at once, each bounded by
+/// [`RESTART_CALL_TIMEOUT`]; one result per id, in order. A Ctrl-C starts no new call, lets the
+/// calls in flight finish (they are bounded), and reports the rest as not attempted.
+pub async fn dispatch(out: &Output, platform: &Platform, ids: &[Uuid]) -> Vec<Dispatched> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let pb = if ids.len() >= PROGRESS_MIN {
+        out.progress(ids.len() as u64, "restarting workspaces")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    // The secret is committed: a Ctrl-C now must not claim "nothing was changed". Marking the
+    // dispatch like a COMMIT on the wire makes the interrupt handler wait for it (bounded by the
+    // call timeout) and report "interrupted after the change was committed".
+    let _guard = crate::interrupt::CommitGuard::enter();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.store(true, Ordering::SeqCst);
+            }
+        })
+    };
+    let urls: Vec<(Uuid, String)> = ids
+        .iter()
+        .map(|id| (*id, platform.restart_url(*id)))
+        .collect();
+    let bearer = platform
+        .token
+        .as_ref()
+        .map(|t| Zeroizing::new(format!("Bearer {}", t.as_str())));
+    let pb2 = pb.clone();
+    let stop2 = stop.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        dispatch_blocking(&urls, bearer.as_ref().map(|b| b.as_str()), &pb2, &stop2)
+    });
+    let results = job.await;
+    watcher.abort();
+    pb.finish_and_clear();
+    match results {
+        Ok(r) => r,
+        Err(e) => ids
+            .iter()
+            .map(|id| Dispatched {
+                id: *id,
+                ok: false,
+                error: Some(format!("internal: the restart task failed: {e}")),
+            })
+            .collect(),
+    }
+}
+
+fn dispatch_blocking(
+    urls: &[(Uuid, String)],
+    bearer: Option<&str>,
+    pb: &indicatif::ProgressBar,
+    stop: &AtomicBool,
+) -> Vec<Dispatched> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(RESTART_CONNECT_TIMEOUT)
+        .timeout(RESTART_CALL_TIMEOUT)
+        // A restart is not followed anywhere else: no bearer token travels to a redirect target.
+        .redirects(0)
+        .max_idle_connections_per_host(RESTART_CONCURRENCY)
+        .user_agent(concat!("orgctl/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let next = AtomicUsize::new(0);
+    let workers = RESTART_CONCURRENCY.min(urls.len()).max(1);
+    let mut indexed: Vec<(usize, Dispatched)> = Vec::with_capacity(urls.len());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some((id, url)) = urls.get(i) else { break };
+                        let result = if stop.load(Ordering::SeqCst) {
+                            Dispatched {
+                                id: *id,
+                                ok: false,
+                                error: Some("not attempted: interrupted".into()),
+                            }
+                        } else {
+                            restart_one(&agent, *id, url, bearer)
+                        };
+                        pb.inc(1);
+                        mine.push((i, result));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        for h in handles {
+            if let Ok(v) = h.join() {
+                indexed.extend(v);
+            }
+        }
+    });
+    indexed.sort_by_key(|(i, _)| *i);
+    // A worker that died leaves gaps: report those ids as failed, never as restarted.
+    urls.iter()
+        .enumerate()
+        .map(
+            |(i, (id, _))| match indexed.binary_search_by_key(&i, |(j, _)| *j) {
+                Ok(pos) => indexed[pos].1.clone(),
+                Err(_) => Dispatched {
+                    id: *id,
+                    ok: false,
+                    error: Some("internal: the restart worker failed".into()),
+                },
+            },
+        )
+        .collect()
+}
+
+fn restart_one(agent: &ureq::Agent, id: Uuid, url: &str, bearer: Option<&str>) -> Dispatched {
+    let mut req = agent.post(url);
+    if let Some(b) = bearer {
+        req = req.set("Authorization", b);
+    }
+    let fail = |msg: String| Dispatched {
+        id,
+        ok: false,
+        error: Some(crate::redact::mask(&sanitize(&msg))),
+    };
+    match req.send_bytes(&[]) {
+        Ok(resp) if (200..300).contains(&resp.status()) => Dispatched {
+            id,
+            ok: true,
+            error: None,
+        },
+        Ok(resp) => fail(format!(
+            "HTTP {} {} (a redirect is not followed)",
+            resp.status(),
+            resp.status_text()
+        )),
+        Err(ureq::Error::Status(code, resp)) => {
+            let status_text = resp.status_text().to_string();
+            let body = resp.into_string().unwrap_or_default();
+            let body: String = body.trim().chars().take(200).collect();
+            if body.is_empty() {
+                fail(format!("HTTP {code} {status_text}"))
+            } else {
+                fail(format!("HTTP {code} {status_text}: {body}"))
+            }
+        }
+        Err(ureq::Error::Transport(t)) => {
+            // ureq prefixes the URL, which the result already names by id.
+            let msg = t.to_string();
+            let prefix = format!("{url}: ");
+            fail(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// set and delete
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Created,
+    Updated,
+    Deleted,
+    /// `delete` of a key that does not exist: nothing to do.
+    NotFound,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Deleted => "deleted",
+            Action::NotFound => "not-found",
+        }
+    }
+    fn changes(self) -> bool {
+        self != Action::NotFound
+    }
+}
+
+/// The existing secret row, if any.
+#[derive(Clone, Debug)]
+struct Existing {
+    version: i32,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+/// What the read-only planning found.
+#[derive(Clone, Debug)]
+struct Prior {
+    target: Option<TargetRow>,
+    existing: Option<Existing>,
+    restart: RestartPlan,
+}
+
+async fn prior(
+    conn: &mut PgConnection,
+    scope: Scope,
+    key: &str,
+    no_restart: bool,
+) -> Result<Prior> {
+    let target = match scope {
+        Scope::Workspace(id) => Some(
+            lookup_target(conn, id)
+                .await
+                .map_err(Error::failed)?
+                .ok_or_else(|| unknown_workspace(id))?,
+        ),
+        Scope::Global => None,
+    };
+    let existing = existing_row(conn, scope, key).await?;
+    let restart = restart_plan(conn, scope, key, no_restart).await?;
+    Ok(Prior {
+        target,
+        existing,
+        restart,
+    })
+}
+
+fn unknown_workspace(id: Uuid) -> Error {
+    Error::failed(format!(
+        "workspace {id} does not exist in this tenant; nothing was changed: check the id"
     ))
+}
+
+async fn existing_row(
+    conn: &mut PgConnection,
+    scope: Scope,
+    key: &str,
+) -> Result<Option<Existing>> {
+    let row = match scope {
+        Scope::Workspace(id) => {
+            sqlx::query(
+                "SELECT encryption_version, updated_at FROM workspace_secrets
+                  WHERE workspace_id = $1 AND key = $2",
+            )
+            .bind(id)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        Scope::Global => {
+            sqlx::query("SELECT encryption_version, updated_at FROM global_secrets WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+    };
+    Ok(match row {
+        Some(r) => Some(Existing {
+            version: r.try_get(0)?,
+            updated_at: r.try_get(1)?,
+        }),
+        None => None,
+    })
+}
+
+/// The MODEL gate: the platform marks a platform agent without a MODEL workspace secret failed.
+fn model_gate(
+    scope: Scope,
+    key: &str,
+    target_is_platform: bool,
+    force: bool,
+    out: &Output,
+) -> Result<()> {
+    if !(matches!(scope, Scope::Workspace(_)) && key == MODEL_KEY && target_is_platform) {
+        return Ok(());
+    }
+    let id = scope
+        .workspace_id()
+        .map(|i| i.to_string())
+        .unwrap_or_default();
+    if force {
+        out.warn(&format!(
+            "deleting MODEL from the platform agent {id} (--force): the platform marks an agent without MODEL failed at its next registration; it is not restarted now"
+        ));
+        Ok(())
+    } else {
+        Err(Error::refused(format!(
+            "refusing to delete MODEL from the platform agent {id}: the platform marks an agent without it failed; set a new value with `orgctl secret set` instead, or pass --force"
+        )))
+    }
+}
+
+/// The outcome of a set or delete, rendered as SPEC §6's JSON or a table.
+struct Outcome<'a> {
+    scope: Scope,
+    key: &'a str,
+    target_name: Option<&'a str>,
+    action: Action,
+    encryption_version: Option<i32>,
+    restart: RestartPlan,
+    dispatched: Vec<Dispatched>,
+    dry_run: bool,
+    no_restart: bool,
+    /// There is no platform URL to send restarts to: the plan is printed instead.
+    plan_only: bool,
+}
+
+#[derive(Serialize)]
+struct JsonOutcome<'a> {
+    scope: &'static str,
+    workspace_id: Option<Uuid>,
+    key: &'a str,
+    action: Action,
+    encryption_version: Option<i32>,
+    restart: JsonRestart,
+}
+
+#[derive(Serialize)]
+struct JsonRestart {
+    planned: Vec<Uuid>,
+    skipped: Vec<JsonSkip>,
+    dispatched: Vec<Dispatched>,
+}
+
+#[derive(Serialize)]
+struct JsonSkip {
+    id: Uuid,
+    reason: SkipReason,
+}
+
+impl Outcome<'_> {
+    fn failed(&self) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self
+            .dispatched
+            .iter()
+            .filter(|d| !d.ok)
+            .map(|d| d.id)
+            .collect();
+        // A target whose kind could not be proven was not restarted either, when restarts were
+        // wanted and possible.
+        if !self.plan_only && !self.dry_run && !self.no_restart {
+            ids.extend(
+                self.restart
+                    .skipped
+                    .iter()
+                    .filter(|s| s.reason == SkipReason::KindUnknown)
+                    .map(|s| s.id),
+            );
+        }
+        ids
+    }
+
+    fn render(&self, out: &Output) -> Result<()> {
+        if out.json_mode() {
+            return out.json(&JsonOutcome {
+                scope: self.scope.as_str(),
+                workspace_id: self.scope.workspace_id(),
+                key: self.key,
+                action: self.action,
+                encryption_version: self.encryption_version,
+                restart: JsonRestart {
+                    planned: self.restart.planned.iter().map(|t| t.id).collect(),
+                    skipped: self
+                        .restart
+                        .skipped
+                        .iter()
+                        .map(|s| JsonSkip {
+                            id: s.id,
+                            reason: s.reason,
+                        })
+                        .collect(),
+                    dispatched: self.dispatched.clone(),
+                },
+            });
+        }
+        out.stdout(&self.text(out, self.dry_run))
+    }
+
+    /// `preview`: before the change (a dry run, or the review before a confirmation).
+    fn headline(&self, preview: bool) -> String {
+        let what = match self.scope {
+            Scope::Workspace(id) => match self.target_name {
+                Some(n) => format!("Workspace secret {} of {id} \"{}\"", self.key, sanitize(n)),
+                None => format!("Workspace secret {} of {id}", self.key),
+            },
+            Scope::Global => format!("Global secret {}", self.key),
+        };
+        let version = match self.encryption_version {
+            Some(v) if self.action != Action::Deleted => format!(" (encryption_version {v})"),
+            _ => String::new(),
+        };
+        let verb = match (self.action, preview) {
+            (Action::Created, true) => "would be created",
+            (Action::Updated, true) => "would be updated",
+            (Action::Deleted, true) => "would be deleted",
+            (Action::Created, false) => "created",
+            (Action::Updated, false) => "updated",
+            (Action::Deleted, false) => "deleted",
+            (Action::NotFound, _) => "does not exist: nothing to do",
+        };
+        format!("{what}: {verb}{version}.")
+    }
+
+    fn text(&self, out: &Output, preview: bool) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "{}", self.headline(preview));
+        let mut rows: Vec<[String; 3]> = Vec::new();
+        // By id: a global fan-out can list 100k workspaces.
+        let results: std::collections::HashMap<Uuid, &Dispatched> =
+            self.dispatched.iter().map(|d| (d.id, d)).collect();
+        for t in &self.restart.planned {
+            let status = match results.get(&t.id) {
+                Some(d) if d.ok => "restarted".to_string(),
+                Some(d) => format!("FAILED: {}", d.error.as_deref().unwrap_or("unknown error")),
+                None if preview => "would restart".to_string(),
+                None => "planned, not restarted (no platform URL)".to_string(),
+            };
+            rows.push([t.id.to_string(), name_cell(&t.name), status]);
+        }
+        for k in &self.restart.skipped {
+            rows.push([
+                k.id.to_string(),
+                name_cell(&k.name),
+                format!("skipped: {}", k.reason.as_str()),
+            ]);
+        }
+        if !rows.is_empty() {
+            let _ = writeln!(s, "\nRestarts ({}):", rows.len());
+            let mut t = out.new_table(["workspace", "name", "restart"]);
+            let (shown, rest) = truncated(&rows, TABLE_ROWS);
+            for r in shown {
+                t.add_row(r.to_vec());
+            }
+            let _ = writeln!(s, "{t}");
+            if rest > 0 {
+                let _ = writeln!(s, "… and {rest} more (use --output json for all)");
+            }
+        } else if self.action.changes() {
+            let _ = writeln!(s, "No workspace to restart.");
+        }
+        if self.dry_run && self.action.changes() {
+            let _ = writeln!(s, "Dry run: nothing was changed.");
+        }
+        s
+    }
+
+    /// Human notes on stderr: the guard's skips, and the restarts an operator must do by hand.
+    /// `preview`: before the change (a dry run, or the review before a confirmation).
+    fn notes(&self, out: &Output, preview: bool) {
+        for k in &self.restart.skipped {
+            match k.reason {
+                SkipReason::PlatformRoot => out.info(&format!(
+                    "Not restarting the platform agent {} (platform-root guard): it reads the change at its next restart; restart it by hand when it is idle.",
+                    k.id
+                )),
+                SkipReason::KindUnknown => out.warn(&format!(
+                    "could not prove that workspace {} is not the platform agent ({}); it was not restarted (fail closed): check it and restart it by hand",
+                    k.id,
+                    k.detail.as_deref().unwrap_or("lookup failed")
+                )),
+                _ => {}
+            }
+        }
+        if self.plan_only && preview && !self.restart.planned.is_empty() {
+            out.info(
+                "No platform URL (--platform-url or MOLECULE_PLATFORM_URL): applying would print this restart plan instead of restarting.",
+            );
+        }
+        if self.plan_only && !preview && !self.restart.planned.is_empty() {
+            out.info(&format!(
+                "No platform URL (--platform-url or MOLECULE_PLATFORM_URL): {} workspace(s) were not restarted; the plan is above. Restart them through the platform, or rerun with a platform URL.",
+                self.restart.planned.len()
+            ));
+        }
+    }
+}
+
+fn name_cell(name: &Option<String>) -> String {
+    name.as_deref().map(sanitize).unwrap_or_else(|| "-".into())
+}
+
+/// The common part of set and delete, after their own checks.
+struct Request<'a> {
+    scope: Scope,
+    key: &'a str,
+    no_restart: bool,
+    dry_run: bool,
+    platform: Option<Platform>,
+    op: Op,
+}
+
+enum Op {
+    Set {
+        value: Option<(Zeroizing<Vec<u8>>, ValueSource)>,
+        sb: SecretBox,
+        version: i32,
+    },
+    Delete {
+        force: bool,
+    },
+}
+
+async fn set(ctx: &Context, args: &SecretSetArgs) -> Result<Exit> {
+    let (scope, key) = parse_scope(args.scope.global, &args.positional)?;
+    let url = ctx.url()?;
+    let platform = Platform::resolve(
+        args.platform_url.as_deref(),
+        !(args.no_restart || args.dry_run),
+    )?;
+    let sb = SecretBox::from_env();
+    // Refusals of the key (bad key: 2; production without a key: 3) before reading a value.
+    let version = sb.write_version()?;
+    let value = read_value(&ctx.out, args.value_file.as_deref(), &key, args.dry_run).await?;
+    let req = Request {
+        scope,
+        key: &key,
+        no_restart: args.no_restart,
+        dry_run: args.dry_run,
+        platform,
+        op: Op::Set { value, sb, version },
+    };
+    change(ctx, &url, req).await
+}
+
+async fn delete(ctx: &Context, args: &SecretDeleteArgs) -> Result<Exit> {
+    let (scope, key) = parse_scope(args.scope.global, &args.positional)?;
+    let url = ctx.url()?;
+    let platform = Platform::resolve(
+        args.platform_url.as_deref(),
+        !(args.no_restart || args.dry_run),
+    )?;
+    let req = Request {
+        scope,
+        key: &key,
+        no_restart: args.no_restart,
+        dry_run: args.dry_run,
+        platform,
+        op: Op::Delete { force: args.force },
+    };
+    change(ctx, &url, req).await
+}
+
+async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit> {
+    let out = &ctx.out;
+    let (scope, key) = (req.scope, req.key);
+    let mut conn = db::connect(url, &ctx.settings).await?;
+    db::ensure_compatible(&mut conn).await?;
+
+    // 1. Plan read-only: one snapshot, no locks, no writes.
+    let reviewed = {
+        let mut tx = db::begin_read_only(&mut conn).await?;
+        let p = prior(&mut tx, scope, key, req.no_restart).await?;
+        tx.rollback().await?;
+        p
+    };
+    let target_is_platform = reviewed.target.as_ref().is_some_and(|t| t.is_platform);
+    let action = match (&req.op, &reviewed.existing) {
+        (Op::Set { .. }, None) => Action::Created,
+        (Op::Set { .. }, Some(_)) => Action::Updated,
+        (Op::Delete { .. }, Some(_)) => Action::Deleted,
+        (Op::Delete { .. }, None) => Action::NotFound,
+    };
+    let version = match (&req.op, &reviewed.existing) {
+        (Op::Set { version, .. }, _) => Some(*version),
+        (Op::Delete { .. }, Some(e)) => Some(e.version),
+        (Op::Delete { .. }, None) => None,
+    };
+    let mut outcome = Outcome {
+        scope,
+        key,
+        target_name: reviewed.target.as_ref().map(|t| t.name.as_str()),
+        action,
+        encryption_version: version,
+        restart: if action.changes() {
+            reviewed.restart.clone()
+        } else {
+            RestartPlan::default()
+        },
+        dispatched: Vec::new(),
+        dry_run: req.dry_run,
+        no_restart: req.no_restart,
+        plan_only: req.platform.is_none(),
+    };
+    let gate = match &req.op {
+        Op::Delete { force } if action.changes() => {
+            model_gate(scope, key, target_is_platform, *force, out)
+        }
+        _ => Ok(()),
+    };
+
+    if req.dry_run {
+        outcome.render(out)?;
+        outcome.notes(out, true);
+        gate?;
+        return Ok(Exit::Ok);
+    }
+    gate?;
+    if !action.changes() {
+        outcome.render(out)?;
+        return Ok(Exit::Ok);
+    }
+
+    // 2. Show and confirm (no locks held while a human reads).
+    let asked = !ctx.yes;
+    if asked && out.interactive() {
+        eprint!("{}", outcome.text(out, true));
+        outcome.notes(out, true);
+    }
+    let question = match action {
+        Action::Created => format!("Create the {}?", scope.describe(key)),
+        Action::Updated => format!(
+            "Replace the {} (last updated {})?",
+            scope.describe(key),
+            ts(reviewed.existing.as_ref().and_then(|e| e.updated_at))
+        ),
+        _ => format!("Delete the {}?", scope.describe(key)),
+    };
+    out.confirm(&format!("{question} ({})", url.target()), ctx.yes)?;
+
+    // 3. Apply in one transaction under the tenant lock: re-check, write, audit, commit.
+    db::ensure_orgctl_schema(url, &ctx.settings).await?;
+    let mut tx = conn.begin().await?;
+    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    if let Scope::Workspace(id) = scope {
+        // FOR SHARE: the target cannot become (or stop being) the platform agent, nor vanish,
+        // before we commit.
+        let is_platform: Option<bool> = sqlx::query_scalar(
+            "SELECT COALESCE(kind, 'workspace') = 'platform' FROM workspaces WHERE id = $1 FOR SHARE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let is_platform = is_platform.ok_or_else(|| unknown_workspace(id))?;
+        if let Op::Delete { force } = &req.op {
+            if is_platform && !target_is_platform {
+                model_gate(scope, key, true, *force, out)?;
+            }
+        }
+    }
+    let (applied, source) = match &req.op {
+        Op::Set { value, sb, .. } => {
+            let (value, source) = value
+                .as_ref()
+                .ok_or_else(|| Error::failed("internal: no value to write"))?;
+            let (sealed, v) = sb.seal(value)?;
+            let sealed = Zeroizing::new(sealed);
+            outcome.encryption_version = Some(v);
+            let inserted = upsert(&mut tx, scope, key, &sealed, v).await?;
+            (
+                if inserted {
+                    Action::Created
+                } else {
+                    Action::Updated
+                },
+                Some(*source),
+            )
+        }
+        Op::Delete { .. } => match delete_row(&mut tx, scope, key).await? {
+            Some(v) => {
+                outcome.encryption_version = Some(v);
+                (Action::Deleted, None)
+            }
+            None => (Action::NotFound, None),
+        },
+    };
+    if applied == Action::NotFound {
+        tx.rollback().await?;
+        out.info("The secret was deleted concurrently; nothing to do.");
+        outcome.action = Action::NotFound;
+        outcome.restart = RestartPlan::default();
+        outcome.render(out)?;
+        return Ok(Exit::Ok);
+    }
+    if asked && applied != action {
+        // What a human confirmed is exactly what gets applied.
+        tx.rollback().await?;
+        return Err(Error::refused(format!(
+            "the secret changed while you were reading (it would be {} now, not {}); nothing was changed: rerun",
+            applied.as_str(),
+            action.as_str()
+        )));
+    }
+    outcome.action = applied;
+    let audit = serde_json::json!({
+        "scope": scope.as_str(),
+        "workspace_id": scope.workspace_id(),
+        "key": key,
+        "action": applied,
+        "encryption_version": outcome.encryption_version,
+        "value_source": source,
+        "no_restart": req.no_restart,
+        "force": matches!(req.op, Op::Delete { force: true }),
+        "platform_url": req.platform.is_some(),
+    });
+    let command = match req.op {
+        Op::Set { .. } => "secret set",
+        Op::Delete { .. } => "secret delete",
+    };
+    db::audit(&mut tx, command, &audit, "applied").await?;
+    {
+        let _guard = crate::interrupt::CommitGuard::enter();
+        tx.commit().await?;
+    }
+    drop(req.op);
+
+    // 4. After the commit: the restart plan from the committed state, then dispatch.
+    let committed = format!("the {} was {}", scope.describe(key), applied.as_str());
+    outcome.restart = match restart_plan(&mut conn, scope, key, req.no_restart).await {
+        Ok(p) => p,
+        Err(e) => {
+            outcome.restart = RestartPlan::default();
+            outcome.render(out)?;
+            return Err(Error::failed(format!(
+                "{committed}, but the workspaces to restart could not be determined ({}); restart the affected workspaces by hand",
+                e.message
+            )));
+        }
+    };
+    if let Some(platform) = &req.platform {
+        let ids: Vec<Uuid> = outcome.restart.planned.iter().map(|t| t.id).collect();
+        outcome.dispatched = dispatch(out, platform, &ids).await;
+    }
+    outcome.render(out)?;
+    outcome.notes(out, false);
+    let failed = outcome.failed();
+    if failed.is_empty() {
+        return Ok(Exit::Ok);
+    }
+    let (shown, rest) = truncated(&failed, ERROR_IDS);
+    let mut names: Vec<String> = shown.iter().map(Uuid::to_string).collect();
+    if rest > 0 {
+        names.push(format!("and {rest} more"));
+    }
+    Err(Error::failed(format!(
+        "{committed}, but {} workspace(s) were not restarted: {}; restart them by hand (the output lists each error)",
+        failed.len(),
+        names.join(", ")
+    )))
+}
+
+/// One upsert; returns whether the row was inserted (not updated).
+async fn upsert(
+    conn: &mut PgConnection,
+    scope: Scope,
+    key: &str,
+    sealed: &[u8],
+    version: i32,
+) -> Result<bool> {
+    let inserted: bool = match scope {
+        Scope::Workspace(id) => sqlx::query_scalar(
+            "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value, encryption_version)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (workspace_id, key) DO UPDATE
+                    SET encrypted_value = EXCLUDED.encrypted_value,
+                        encryption_version = EXCLUDED.encryption_version,
+                        updated_at = now()
+                 RETURNING (xmax = 0)",
+        )
+        .bind(id)
+        .bind(key)
+        .bind(sealed)
+        .bind(version)
+        .fetch_one(&mut *conn)
+        .await?,
+        Scope::Global => {
+            sqlx::query_scalar(
+                "INSERT INTO global_secrets (key, encrypted_value, encryption_version)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE
+                    SET encrypted_value = EXCLUDED.encrypted_value,
+                        encryption_version = EXCLUDED.encryption_version,
+                        updated_at = now()
+                 RETURNING (xmax = 0)",
+            )
+            .bind(key)
+            .bind(sealed)
+            .bind(version)
+            .fetch_one(&mut *conn)
+            .await?
+        }
+    };
+    Ok(inserted)
+}
+
+/// One delete; returns the deleted row's encryption_version, `None` when there was none.
+async fn delete_row(conn: &mut PgConnection, scope: Scope, key: &str) -> Result<Option<i32>> {
+    Ok(match scope {
+        Scope::Workspace(id) => {
+            sqlx::query_scalar(
+                "DELETE FROM workspace_secrets WHERE workspace_id = $1 AND key = $2
+                 RETURNING encryption_version",
+            )
+            .bind(id)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        Scope::Global => {
+            sqlx::query_scalar(
+                "DELETE FROM global_secrets WHERE key = $1 RETURNING encryption_version",
+            )
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// list
+
+#[derive(Clone, Debug, Serialize)]
+struct Listed {
+    key: String,
+    scope: &'static str,
+    encryption_version: i32,
+    created_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+    overrides_global: bool,
+}
+
+#[derive(Serialize)]
+struct JsonList<'a> {
+    workspace_id: Option<Uuid>,
+    secrets: &'a [Listed],
+}
+
+async fn list(ctx: &Context, args: &SecretListArgs) -> Result<Exit> {
+    let scope =
+        match (args.scope.global, args.workspace.as_deref()) {
+            (true, None) => Scope::Global,
+            (false, Some(ws)) => Scope::Workspace(parse_workspace_id(ws)?),
+            (true, Some(_)) => {
+                return Err(Error::usage(
+                    "give either WORKSPACE_ID or --global, not both",
+                ))
+            }
+            (false, None) => return Err(Error::usage(
+                "give WORKSPACE_ID to list a workspace's secrets (own and inherited), or --global",
+            )),
+        };
+    let url = ctx.url()?;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    db::ensure_compatible(&mut conn).await?;
+    // Read-only: never creates orgctl's schema, takes no lock.
+    let mut tx = db::begin_read_only(&mut conn).await?;
+    let rows = match scope {
+        Scope::Workspace(id) => {
+            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM workspaces WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(Error::failed(format!(
+                    "workspace {id} does not exist in this tenant: check the id"
+                )));
+            }
+            sqlx::query(
+                "SELECT s.key, 'workspace', s.encryption_version, s.created_at, s.updated_at,
+                        EXISTS (SELECT 1 FROM global_secrets g WHERE g.key = s.key)
+                   FROM workspace_secrets s WHERE s.workspace_id = $1
+                 UNION ALL
+                 SELECT g.key, 'inherited', g.encryption_version, g.created_at, g.updated_at, false
+                   FROM global_secrets g
+                  WHERE NOT EXISTS (SELECT 1 FROM workspace_secrets s
+                                     WHERE s.workspace_id = $1 AND s.key = g.key)
+                 ORDER BY 1",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+        }
+        Scope::Global => {
+            sqlx::query(
+                "SELECT key, 'global', encryption_version, created_at, updated_at, false
+                   FROM global_secrets ORDER BY key",
+            )
+            .fetch_all(&mut *tx)
+            .await?
+        }
+    };
+    tx.rollback().await?;
+    let listed: Vec<Listed> = rows
+        .iter()
+        .map(|r| {
+            let scope: String = r.try_get(1)?;
+            Ok(Listed {
+                key: r.try_get(0)?,
+                scope: match scope.as_str() {
+                    "workspace" => "workspace",
+                    "inherited" => "inherited",
+                    _ => "global",
+                },
+                encryption_version: r.try_get(2)?,
+                created_at: r.try_get(3)?,
+                updated_at: r.try_get(4)?,
+                overrides_global: r.try_get(5)?,
+            })
+        })
+        .collect::<std::result::Result<_, sqlx::Error>>()?;
+    let out = &ctx.out;
+    if out.json_mode() {
+        out.json(&JsonList {
+            workspace_id: scope.workspace_id(),
+            secrets: &listed,
+        })?;
+        return Ok(Exit::Ok);
+    }
+    if listed.is_empty() {
+        out.info("No secrets.");
+        return Ok(Exit::Ok);
+    }
+    let mut t = out.new_table(["key", "scope", "version", "created_at", "updated_at"]);
+    for l in &listed {
+        let scope = if l.overrides_global {
+            "workspace (overrides global)".to_string()
+        } else {
+            l.scope.to_string()
+        };
+        t.add_row(vec![
+            sanitize(&l.key),
+            scope,
+            l.encryption_version.to_string(),
+            ts(l.created_at),
+            ts(l.updated_at),
+        ]);
+    }
+    out.table(&t)?;
+    Ok(Exit::Ok)
+}
+
+fn ts(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> Uuid {
+        Uuid::from_u128(0xa000_0000_0000_4000_8000_0000_0000_0001)
+    }
+
+    fn row(is_platform: bool, status: &str, runtime: &str) -> TargetRow {
+        TargetRow {
+            name: "w".into(),
+            is_platform,
+            status: Some(status.into()),
+            runtime: runtime.into(),
+        }
+    }
+
+    fn reasons(p: &RestartPlan) -> Vec<SkipReason> {
+        p.skipped.iter().map(|s| s.reason).collect()
+    }
+
+    #[test]
+    fn guard_restarts_only_a_proven_ordinary_workspace() {
+        let p = target_decision(id(), Ok(Some(row(false, "online", "langgraph"))), false);
+        assert_eq!(p.planned.len(), 1);
+        assert!(p.skipped.is_empty());
+
+        let p = target_decision(id(), Ok(Some(row(true, "online", "langgraph"))), false);
+        assert!(p.planned.is_empty());
+        assert_eq!(reasons(&p), [SkipReason::PlatformRoot]);
+        // The guard wins over --no-restart in the report.
+        let p = target_decision(id(), Ok(Some(row(true, "online", "langgraph"))), true);
+        assert_eq!(reasons(&p), [SkipReason::PlatformRoot]);
+    }
+
+    #[test]
+    fn guard_fails_closed_when_the_kind_is_unknown() {
+        let p = target_decision(id(), Err("connection reset".into()), false);
+        assert!(p.planned.is_empty());
+        assert_eq!(reasons(&p), [SkipReason::KindUnknown]);
+        assert_eq!(p.skipped[0].detail.as_deref(), Some("connection reset"));
+        let p = target_decision(id(), Ok(None), false);
+        assert!(p.planned.is_empty());
+        assert_eq!(reasons(&p), [SkipReason::KindUnknown]);
+    }
+
+    #[test]
+    fn target_not_running_on_the_platform_is_not_restarted() {
+        for (status, runtime, reason) in [
+            ("removed", "langgraph", SkipReason::Removed),
+            ("paused", "langgraph", SkipReason::Paused),
+            ("online", "external", SkipReason::External),
+        ] {
+            let p = target_decision(id(), Ok(Some(row(false, status, runtime))), false);
+            assert!(p.planned.is_empty());
+            assert_eq!(reasons(&p), [reason]);
+        }
+        let p = target_decision(id(), Ok(Some(row(false, "online", ""))), true);
+        assert_eq!(reasons(&p), [SkipReason::NoRestart]);
+    }
+
+    #[test]
+    fn keys() {
+        for good in ["A", "_", "OPENAI_API_KEY", "a1_b2", "_9"] {
+            assert!(check_key(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1A", "A-B", "A B", "Ä", "A.B", "A\n"] {
+            assert_eq!(
+                check_key(bad).map_err(|e| e.exit).err(),
+                Some(Exit::Usage),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn scopes() {
+        let s = |g: bool, p: &[&str]| {
+            let p: Vec<String> = p.iter().map(|s| s.to_string()).collect();
+            parse_scope(g, &p).map_err(|e| e.exit)
+        };
+        assert_eq!(s(true, &["K"]), Ok((Scope::Global, "K".into())));
+        assert_eq!(
+            s(false, &["a0000000-0000-4000-8000-000000000001", "K"]),
+            Ok((Scope::Workspace(id()), "K".into()))
+        );
+        assert_eq!(
+            s(true, &["a0000000-0000-4000-8000-000000000001", "K"]),
+            Err(Exit::Usage)
+        );
+        assert_eq!(s(false, &["K"]), Err(Exit::Usage));
+        assert_eq!(s(false, &["not-a-uuid", "K"]), Err(Exit::Usage));
+        assert_eq!(s(true, &["1BAD"]), Err(Exit::Usage));
+    }
+
+    #[test]
+    fn values_strip_one_newline_and_refuse_empty_and_nul() {
+        let v = |b: &[u8]| {
+            read_value_from(b, "t")
+                .and_then(|r| finish_value(r, "t"))
+                .map(|z| z.to_vec())
+                .map_err(|e| e.exit)
+        };
+        assert_eq!(v(b"abc\n"), Ok(b"abc".to_vec()));
+        assert_eq!(v(b"abc\r\n"), Ok(b"abc".to_vec()));
+        assert_eq!(v(b"abc\n\n"), Ok(b"abc\n".to_vec()));
+        assert_eq!(v(b" x "), Ok(b" x ".to_vec()));
+        assert_eq!(v(b"\n"), Err(Exit::Usage));
+        assert_eq!(v(b""), Err(Exit::Usage));
+        assert_eq!(v(b"a\0b"), Err(Exit::Usage));
+        let big = vec![b'x'; MAX_VALUE_BYTES + 1];
+        assert_eq!(v(&big), Err(Exit::Usage));
+        let ok = vec![b'x'; MAX_VALUE_BYTES];
+        assert_eq!(v(&ok).map(|v| v.len()), Ok(MAX_VALUE_BYTES));
+    }
+
+    #[test]
+    fn platform_urls() {
+        let tok = || Some(Zeroizing::new("tok-123".to_string()));
+        let p = |u: &str, t| Platform::new(Some(u), t, true).map_err(|e| e.exit);
+        match p("http://127.0.0.1:8080/api/", tok()) {
+            Ok(Some(pl)) => assert_eq!(
+                pl.restart_url(id()),
+                "http://127.0.0.1:8080/api/workspaces/a0000000-0000-4000-8000-000000000001/restart"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(Platform::new(None, None, true), Ok(None)));
+        assert!(matches!(Platform::new(Some("  "), None, true), Ok(None)));
+        assert_eq!(p("ftp://h", tok()).err(), Some(Exit::Usage));
+        assert_eq!(p("not a url", tok()).err(), Some(Exit::Usage));
+        assert_eq!(p("https://h/?x=1", tok()).err(), Some(Exit::Usage));
+        assert_eq!(
+            p("https://h", None).err(),
+            Some(Exit::Usage),
+            "URL without a token"
+        );
+        assert!(matches!(
+            Platform::new(Some("https://h"), None, false),
+            Ok(Some(_))
+        ));
+        let bad = Some(Zeroizing::new("a b".to_string()));
+        assert_eq!(p("https://h", bad).err(), Some(Exit::Usage));
+    }
 }

@@ -1,1 +1,1145 @@
-//! `orgctl secret` against real PostgreSQL (issue 5).
+//! `orgctl secret` against real PostgreSQL and a real HTTP server on loopback standing in for
+//! the platform (issue 5): encryption checked with an independent AES-GCM computation, the
+//! restart calls the server records (method, path, bearer), the platform-root guard, the global
+//! fan-out, the MODEL gate, and every bad input with its exit code and nothing written.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::harness::{ids, Run, TestDb};
+
+const TOKEN: &str = "adm-T0ken-for-tests-9f8e7d";
+const VALUE: &str = "s3cret-Value-never-printed";
+
+// ---------------------------------------------------------------------------------------------
+// The JSON contract (SPEC §6), rejecting unknown fields.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretJson {
+    scope: String,
+    workspace_id: Option<String>,
+    key: String,
+    action: String,
+    encryption_version: Option<i32>,
+    restart: RestartJson,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartJson {
+    planned: Vec<String>,
+    skipped: Vec<SkipJson>,
+    dispatched: Vec<DispatchedJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SkipJson {
+    id: String,
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DispatchedJson {
+    id: String,
+    ok: bool,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListJson {
+    workspace_id: Option<String>,
+    secrets: Vec<ListedJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListedJson {
+    key: String,
+    scope: String,
+    encryption_version: i32,
+    created_at: Option<String>,
+    updated_at: Option<String>,
+    overrides_global: bool,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(r: &Run) -> T {
+    match serde_json::from_str(&r.stdout) {
+        Ok(p) => p,
+        Err(e) => panic!(
+            "JSON contract: {e}\nstdout:\n{}\nstderr:\n{}",
+            r.stdout, r.stderr
+        ),
+    }
+}
+
+fn skipped(j: &SecretJson) -> BTreeSet<(String, String)> {
+    j.restart
+        .skipped
+        .iter()
+        .map(|s| (s.id.clone(), s.reason.clone()))
+        .collect()
+}
+
+fn set_of(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+/// Neither the value nor the admin token anywhere a human or a log could see.
+#[track_caller]
+fn assert_nothing_leaked(db: &TestDb, r: &Run) {
+    for needle in [VALUE, TOKEN] {
+        assert!(!r.stdout.contains(needle), "{needle} on stdout");
+        assert!(!r.stderr.contains(needle), "{needle} on stderr");
+    }
+    if db.scalar("SELECT to_regclass('orgctl.audit_log') IS NOT NULL") == "t" {
+        let audit = db.exec("SELECT x::text FROM orgctl.audit_log x");
+        assert!(!audit.contains(VALUE), "{audit}");
+        assert!(!audit.contains(TOKEN), "{audit}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The platform stand-in: a TcpListener thread that records each request and answers 200, or
+// 500 for the workspaces it is told to fail (echoing the Authorization header in the body, so
+// the tests prove orgctl masks it).
+
+#[derive(Clone, Debug)]
+struct Call {
+    method: String,
+    path: String,
+    auth: Option<String>,
+}
+
+struct FakePlatform {
+    addr: SocketAddr,
+    calls: Arc<Mutex<Vec<Call>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl FakePlatform {
+    fn start(fail: &[&str]) -> Self {
+        let listener = match TcpListener::bind("127.0.0.1:0") {
+            Ok(l) => l,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        };
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let fail: Vec<String> = fail.iter().map(|s| s.to_string()).collect();
+        let (c, s) = (calls.clone(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = conn else { continue };
+                let (c, fail) = (c.clone(), fail.clone());
+                std::thread::spawn(move || serve(stream, &c, &fail));
+            }
+        });
+        FakePlatform {
+            addr,
+            calls,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        match self.calls.lock() {
+            Ok(c) => c.clone(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The workspace ids restart calls were made for, checking each call's shape.
+    fn restarted(&self) -> BTreeSet<String> {
+        let mut ids = BTreeSet::new();
+        for c in self.calls() {
+            assert_eq!(c.method, "POST", "{c:?}");
+            assert_eq!(
+                c.auth.as_deref(),
+                Some(format!("Bearer {TOKEN}").as_str()),
+                "{c:?}"
+            );
+            let id = c
+                .path
+                .strip_prefix("/workspaces/")
+                .and_then(|p| p.strip_suffix("/restart"));
+            match id {
+                Some(id) => assert!(ids.insert(id.to_string()), "restarted twice: {id}"),
+                None => panic!("unexpected path {}", c.path),
+            }
+        }
+        ids
+    }
+}
+
+impl Drop for FakePlatform {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn serve(mut stream: TcpStream, calls: &Mutex<Vec<Call>>, fail: &[String]) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_string();
+    let path = first.next().unwrap_or_default().to_string();
+    let mut auth = None;
+    let mut length = 0usize;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") {
+                auth = Some(v.trim().to_string());
+            }
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut have = buf.len() - head_end - 4;
+    while have < length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => have += n,
+        }
+    }
+    let failing = fail.iter().any(|f| path.contains(f.as_str()));
+    if let Ok(mut c) = calls.lock() {
+        c.push(Call {
+            method,
+            path,
+            auth: auth.clone(),
+        });
+    }
+    let (status, body) = if failing {
+        (
+            "500 Internal Server Error",
+            format!(
+                "restart failed for request with {}",
+                auth.unwrap_or_default()
+            ),
+        )
+    } else {
+        ("200 OK", "{\"status\":\"restarting\"}".to_string())
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(resp.as_bytes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn key_b64(key: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+fn decrypt(key: &[u8], stored: &[u8]) -> Option<Vec<u8>> {
+    use aes_gcm::aead::Aead;
+    use aes_gcm::KeyInit;
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(key).ok()?;
+    if stored.len() < 12 + 16 {
+        return None;
+    }
+    let (nonce, ct) = stored.split_at(12);
+    cipher.decrypt(aes_gcm::Nonce::from_slice(nonce), ct).ok()
+}
+
+async fn stored(db: &TestDb, sql: &str) -> (Vec<u8>, i32) {
+    let mut conn = db.connect().await;
+    match sqlx::query_as(sql).fetch_one(&mut conn).await {
+        Ok(v) => v,
+        Err(e) => panic!("{e}: {sql}"),
+    }
+}
+
+fn install_agent(db: &TestDb) -> String {
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run()
+        .code(0);
+    db.scalar("SELECT id FROM workspaces WHERE kind = 'platform'")
+}
+
+// ---------------------------------------------------------------------------------------------
+// set: encryption, upsert, restart of the target with the bearer
+
+#[tokio::test]
+async fn set_encrypts_restarts_the_target_with_the_bearer_and_leaks_nothing() {
+    let db = TestDb::sample();
+    let platform = FakePlatform::start(&[]);
+    let key = [7u8; 32];
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            ids::RESEARCH,
+            "NEW_KEY",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(&key))
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(format!("{VALUE}\n").as_bytes())
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(j.scope, "workspace");
+    assert_eq!(j.workspace_id.as_deref(), Some(ids::RESEARCH));
+    assert_eq!(j.key, "NEW_KEY");
+    assert_eq!(j.action, "created");
+    assert_eq!(j.encryption_version, Some(1));
+    assert_eq!(j.restart.planned, [ids::RESEARCH]);
+    assert!(j.restart.skipped.is_empty());
+    assert_eq!(j.restart.dispatched.len(), 1);
+    assert_eq!(j.restart.dispatched[0].id, ids::RESEARCH);
+    assert!(j.restart.dispatched[0].ok);
+    assert_eq!(j.restart.dispatched[0].error, None);
+    assert_eq!(platform.restarted(), set_of(&[ids::RESEARCH]));
+
+    // nonce || ciphertext+tag, decrypted here with aes-gcm directly; one newline stripped.
+    let (value, version) = stored(
+        &db,
+        &format!(
+            "SELECT encrypted_value, encryption_version FROM workspace_secrets
+              WHERE workspace_id = '{}' AND key = 'NEW_KEY'",
+            ids::RESEARCH
+        ),
+    )
+    .await;
+    assert_eq!(version, 1);
+    assert_eq!(value.len(), 12 + VALUE.len() + 16);
+    assert_eq!(decrypt(&key, &value).as_deref(), Some(VALUE.as_bytes()));
+    assert_nothing_leaked(&db, &r);
+    assert_eq!(
+        db.scalar("SELECT command || ' ' || outcome || ' ' || (args->>'action') || ' ' || (args->>'value_source') FROM orgctl.audit_log"),
+        "secret set applied created stdin"
+    );
+
+    // Again, with a raw 32-byte key: an update that bumps updated_at.
+    db.exec("UPDATE workspace_secrets SET updated_at = '2020-01-01' WHERE key = 'NEW_KEY'");
+    let raw = "0123456789abcdef0123456789abcdef";
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            ids::RESEARCH,
+            "NEW_KEY",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .env("SECRETS_ENCRYPTION_KEY", raw)
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"second")
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(j.action, "updated");
+    let (value, version) = stored(
+        &db,
+        "SELECT encrypted_value, encryption_version FROM workspace_secrets WHERE key = 'NEW_KEY'",
+    )
+    .await;
+    assert_eq!(version, 1);
+    assert_eq!(
+        decrypt(raw.as_bytes(), &value).as_deref(),
+        Some(&b"second"[..])
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspace_secrets WHERE key = 'NEW_KEY'"),
+        "1"
+    );
+    assert_eq!(
+        db.scalar("SELECT updated_at > now() - interval '1 minute' FROM workspace_secrets WHERE key = 'NEW_KEY'"),
+        "t"
+    );
+    assert_eq!(platform.calls().len(), 2);
+    assert_nothing_leaked(&db, &r);
+}
+
+#[tokio::test]
+async fn global_set_without_key_is_version_0_and_refused_in_production() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    for env in ["prod", "Production"] {
+        let r = db
+            .orgctl(&["secret", "set", "--global", "NEW_GLOBAL", "--yes"])
+            .env("MOLECULE_ENV", env)
+            .stdin(VALUE.as_bytes())
+            .run();
+        r.code(3).one_line_error("SECRETS_ENCRYPTION_KEY");
+        assert_eq!(db.snapshot(), before);
+    }
+    // A bad key in production is a refusal too, and the key itself is never echoed.
+    let r = db
+        .orgctl(&["secret", "set", "--global", "NEW_GLOBAL", "--yes"])
+        .env("MOLECULE_ENV", "prod")
+        .env("SECRETS_ENCRYPTION_KEY", "not-a-key")
+        .stdin(VALUE.as_bytes())
+        .run();
+    r.code(3).one_line_error("SECRETS_ENCRYPTION_KEY");
+    assert!(!r.stderr.contains("not-a-key"));
+    assert_eq!(db.snapshot(), before);
+
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "NEW_GLOBAL",
+            "--yes",
+            "--no-restart",
+            "-o",
+            "json",
+        ])
+        .stdin(VALUE.as_bytes())
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(j.scope, "global");
+    assert_eq!(j.workspace_id, None);
+    assert_eq!(j.encryption_version, Some(0));
+    let (value, version) = stored(
+        &db,
+        "SELECT encrypted_value, encryption_version FROM global_secrets WHERE key = 'NEW_GLOBAL'",
+    )
+    .await;
+    assert_eq!((value.as_slice(), version), (VALUE.as_bytes(), 0));
+    assert_nothing_leaked(&db, &r);
+
+    // With a key in production it is written, encrypted.
+    let key = [9u8; 32];
+    db.orgctl(&["secret", "set", "--global", "PROD_KEY", "--yes"])
+        .env("MOLECULE_ENV", "production")
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(&key))
+        .stdin(VALUE.as_bytes())
+        .run()
+        .code(0);
+    let (value, version) = stored(
+        &db,
+        "SELECT encrypted_value, encryption_version FROM global_secrets WHERE key = 'PROD_KEY'",
+    )
+    .await;
+    assert_eq!(version, 1);
+    assert_eq!(decrypt(&key, &value).as_deref(), Some(VALUE.as_bytes()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The platform-root guard and the global fan-out
+
+#[test]
+fn the_platform_agent_is_never_restarted() {
+    let db = TestDb::sample();
+    let agent = install_agent(&db);
+    let platform = FakePlatform::start(&[]);
+    let r = db
+        .orgctl(&["secret", "set", &agent, "API_KEY", "--yes", "-o", "json"])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(VALUE.as_bytes())
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(j.action, "created");
+    assert!(j.restart.planned.is_empty());
+    assert!(j.restart.dispatched.is_empty());
+    assert_eq!(
+        skipped(&j),
+        BTreeSet::from([(agent.clone(), "platform-root".to_string())])
+    );
+    assert!(
+        r.stderr.contains("platform-root guard"),
+        "says so: {}",
+        r.stderr
+    );
+    assert!(platform.calls().is_empty(), "{:?}", platform.calls());
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM workspace_secrets WHERE workspace_id = '{agent}' AND key = 'API_KEY'"
+        )),
+        "1"
+    );
+    // Replacing the agent's MODEL does not restart it either.
+    let r = db
+        .orgctl(&["secret", "set", &agent, "MODEL", "--yes", "-o", "json"])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"claude-next")
+        .run();
+    r.code(0);
+    assert_eq!(parse::<SecretJson>(&r).action, "updated");
+    assert!(platform.calls().is_empty());
+}
+
+#[test]
+fn global_fan_out_is_exactly_the_inheriting_set() {
+    let db = TestDb::sample();
+    let agent = install_agent(&db);
+    // Research Ops overrides LOG_LEVEL (Labs Bridge already does, and is external too).
+    let research_ops = "a0000000-0000-4000-8000-000000000003";
+    db.exec(&format!(
+        "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value) VALUES ('{research_ops}', 'LOG_LEVEL', 'warn')"
+    ));
+    let platform = FakePlatform::start(&[]);
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "LOG_LEVEL",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"trace\n")
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(j.action, "updated");
+    // Not removed (Legacy) or paused (Labs Archive), not external (Labs Bridge), not the
+    // platform agent, no override (Research Ops, Labs Bridge).
+    let expected = set_of(&[
+        ids::HQ,
+        ids::RESEARCH,
+        "a0000000-0000-4000-8000-000000000004",
+        "a0000000-0000-4000-8000-000000000005",
+        "a0000000-0000-4000-8000-000000000006",
+        ids::LABS,
+    ]);
+    let planned: BTreeSet<String> = j.restart.planned.iter().cloned().collect();
+    assert_eq!(planned, expected);
+    assert_eq!(platform.restarted(), expected);
+    let dispatched: BTreeSet<String> = j
+        .restart
+        .dispatched
+        .iter()
+        .filter(|d| d.ok && d.error.is_none())
+        .map(|d| d.id.clone())
+        .collect();
+    assert_eq!(dispatched, expected);
+    assert_eq!(
+        skipped(&j),
+        BTreeSet::from([(agent, "platform-root".to_string())]),
+        "the platform agent inherits the key and is reported, not restarted"
+    );
+    assert_eq!(
+        db.scalar("SELECT convert_from(encrypted_value, 'UTF8') FROM global_secrets WHERE key = 'LOG_LEVEL'"),
+        "trace"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM global_secrets WHERE key = 'LOG_LEVEL'"),
+        "1"
+    );
+}
+
+#[test]
+fn without_a_platform_url_the_plan_is_printed_and_nothing_dispatched() {
+    let db = TestDb::sample();
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "DEFAULT_REGION",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"us-east-1")
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(
+        j.restart.planned.len(),
+        7,
+        "no agent yet: every live root and child"
+    );
+    assert!(j.restart.dispatched.is_empty());
+    assert!(r.stderr.contains("No platform URL"), "{}", r.stderr);
+    assert_nothing_leaked(&db, &r);
+
+    // The table names each workspace of the plan.
+    let r = db
+        .orgctl(&["secret", "set", ids::RESEARCH, "X", "--yes"])
+        .stdin(b"1")
+        .run();
+    r.code(0);
+    assert!(r.stdout.contains("created"), "{}", r.stdout);
+    assert!(r.stdout.contains(ids::RESEARCH), "{}", r.stdout);
+    assert!(r.stdout.contains("planned"), "{}", r.stdout);
+}
+
+#[test]
+fn a_failing_restart_exits_1_after_commit_naming_the_workspaces() {
+    let db = TestDb::sample();
+    let platform = FakePlatform::start(&[ids::RESEARCH, ids::LABS]);
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "DEFAULT_REGION",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"ap-south-1")
+        .run();
+    r.code(1).one_line_error("not restarted");
+    let err = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        err.contains(ids::RESEARCH) && err.contains(ids::LABS),
+        "{err}"
+    );
+    assert!(err.contains("2 workspace(s)"), "{err}");
+    assert!(err.contains("DEFAULT_REGION was updated"), "{err}");
+    // Committed all the same.
+    assert_eq!(
+        db.scalar("SELECT convert_from(encrypted_value, 'UTF8') FROM global_secrets WHERE key = 'DEFAULT_REGION'"),
+        "ap-south-1"
+    );
+    let j: SecretJson = parse(&r);
+    assert_eq!(j.restart.dispatched.len(), 7);
+    for d in &j.restart.dispatched {
+        let should_fail = d.id == ids::RESEARCH || d.id == ids::LABS;
+        assert_eq!(d.ok, !should_fail, "{d:?}");
+        match (&d.error, should_fail) {
+            (Some(e), true) => {
+                assert!(e.contains("500"), "{e}");
+                assert!(e.contains("****"), "the echoed bearer is masked: {e}");
+            }
+            (None, false) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(platform.restarted().len(), 7);
+    assert_nothing_leaked(&db, &r);
+
+    // An unreachable platform: exit 1, the workspace named, the secret committed.
+    let closed = match TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l.local_addr().map(|a| a.port()).unwrap_or(1),
+        Err(e) => panic!("{e}"),
+    };
+    let r = db
+        .orgctl(&["secret", "set", ids::RESEARCH, "Y", "--yes"])
+        .env(
+            "MOLECULE_PLATFORM_URL",
+            &format!("http://127.0.0.1:{closed}"),
+        )
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"1")
+        .run();
+    r.code(1).one_line_error(ids::RESEARCH);
+    assert!(r.stdout.contains("FAILED"), "{}", r.stdout);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspace_secrets WHERE key = 'Y'"),
+        "1"
+    );
+    assert_nothing_leaked(&db, &r);
+}
+
+#[test]
+fn no_restart_skips_every_restart() {
+    let db = TestDb::sample();
+    let platform = FakePlatform::start(&[]);
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            ids::RESEARCH,
+            "K",
+            "--no-restart",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"v")
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert!(j.restart.planned.is_empty() && j.restart.dispatched.is_empty());
+    assert_eq!(
+        skipped(&j),
+        BTreeSet::from([(ids::RESEARCH.to_string(), "no-restart".to_string())])
+    );
+    // A global one, with no admin token needed since nothing is dispatched.
+    let r = db
+        .orgctl(&[
+            "secret",
+            "delete",
+            "--global",
+            "DEFAULT_REGION",
+            "--no-restart",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(j.action, "deleted");
+    assert_eq!(j.restart.skipped.len(), 7);
+    assert!(j.restart.skipped.iter().all(|s| s.reason == "no-restart"));
+    assert!(platform.calls().is_empty());
+}
+
+#[test]
+fn dry_run_changes_nothing_and_dispatches_nothing() {
+    let db = TestDb::sample();
+    let platform = FakePlatform::start(&[]);
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "LOG_LEVEL",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(VALUE.as_bytes())
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(j.action, "updated");
+    assert_eq!(
+        j.restart.planned.len(),
+        7,
+        "Labs Bridge overrides LOG_LEVEL (and is external)"
+    );
+    assert!(!j.restart.planned.iter().any(|p| p == ids::LABS_BRIDGE));
+    assert!(j.restart.dispatched.is_empty());
+    assert_nothing_leaked(&db, &r);
+
+    // Without a value (a dry run does not need one), as a table, and a delete.
+    let r = db
+        .orgctl(&["secret", "set", ids::RESEARCH, "NEW", "--dry-run"])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .run();
+    r.code(0);
+    assert!(r.stdout.contains("would be created"), "{}", r.stdout);
+    assert!(r.stdout.contains("Dry run: nothing was changed."));
+    let r = db
+        .orgctl(&[
+            "secret",
+            "delete",
+            ids::RESEARCH,
+            "OPENAI_API_KEY",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(j.action, "deleted");
+    assert_eq!(j.restart.planned, [ids::RESEARCH]);
+    assert!(platform.calls().is_empty());
+    assert_eq!(db.snapshot(), before, "not even orgctl's schema");
+}
+
+// ---------------------------------------------------------------------------------------------
+// delete and the MODEL gate
+
+#[test]
+fn delete_restarts_the_target_and_a_second_delete_does_nothing() {
+    let db = TestDb::sample();
+    let platform = FakePlatform::start(&[]);
+    let r = db
+        .orgctl(&[
+            "secret",
+            "delete",
+            ids::RESEARCH,
+            "OPENAI_API_KEY",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(
+        (j.action.as_str(), j.encryption_version),
+        ("deleted", Some(0))
+    );
+    assert_eq!(platform.restarted(), set_of(&[ids::RESEARCH]));
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspace_secrets WHERE key = 'OPENAI_API_KEY'"),
+        "0"
+    );
+    assert_eq!(db.audit_rows(), 1);
+    // Again: nothing to do, no restart, no audit row, no --yes needed.
+    let snap = db.snapshot();
+    let r = db
+        .orgctl(&[
+            "secret",
+            "delete",
+            ids::RESEARCH,
+            "OPENAI_API_KEY",
+            "-o",
+            "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(j.action, "not-found");
+    assert!(j.restart.planned.is_empty() && j.restart.skipped.is_empty());
+    assert_eq!(platform.calls().len(), 1);
+    assert_eq!(db.snapshot(), snap);
+    assert_eq!(db.audit_rows(), 1);
+
+    // Deleting the external workspace's override: the target is not restarted (external).
+    let r = db
+        .orgctl(&[
+            "secret",
+            "delete",
+            ids::LABS_BRIDGE,
+            "LOG_LEVEL",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(
+        skipped(&j),
+        BTreeSet::from([(ids::LABS_BRIDGE.to_string(), "external".to_string())])
+    );
+    assert_eq!(platform.calls().len(), 1);
+}
+
+#[test]
+fn model_delete_on_the_platform_agent_needs_force_and_never_restarts_it() {
+    let db = TestDb::sample();
+    let agent = install_agent(&db);
+    let platform = FakePlatform::start(&[]);
+    let before = db.snapshot();
+    for extra in [&["--yes"][..], &["--dry-run"][..], &[][..]] {
+        let mut args = vec!["secret", "delete", agent.as_str(), "MODEL"];
+        args.extend_from_slice(extra);
+        let r = db
+            .orgctl(&args)
+            .env("MOLECULE_PLATFORM_URL", &platform.url())
+            .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+            .run();
+        r.code(3).one_line_error("MODEL");
+        assert!(r.stderr.contains("--force"), "{}", r.stderr);
+        assert_eq!(db.snapshot(), before, "{extra:?}");
+    }
+    let audits = db.audit_rows();
+    let r = db
+        .orgctl(&[
+            "secret", "delete", &agent, "MODEL", "--force", "--yes", "-o", "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .run();
+    r.code(0);
+    let j: SecretJson = parse(&r);
+    assert_eq!(j.action, "deleted");
+    assert_eq!(
+        skipped(&j),
+        BTreeSet::from([(agent.clone(), "platform-root".to_string())])
+    );
+    assert!(platform.calls().is_empty(), "the agent is not restarted");
+    assert!(r.stderr.contains("warning:"), "{}", r.stderr);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM workspace_secrets WHERE workspace_id = '{agent}' AND key = 'MODEL'"
+        )),
+        "0"
+    );
+    assert_eq!(db.audit_rows(), audits + 1);
+    assert_eq!(
+        db.scalar("SELECT args->>'force' FROM orgctl.audit_log WHERE command = 'secret delete'"),
+        "true"
+    );
+    // MODEL on an ordinary workspace, and a global MODEL, are not gated.
+    db.exec(&format!(
+        "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value) VALUES ('{}', 'MODEL', 'x')",
+        ids::RESEARCH
+    ));
+    db.orgctl(&[
+        "secret",
+        "delete",
+        ids::RESEARCH,
+        "MODEL",
+        "--yes",
+        "--no-restart",
+    ])
+    .run()
+    .code(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: exit code, one error line, nothing written
+
+struct Case {
+    args: Vec<String>,
+    stdin: Option<Vec<u8>>,
+    env: Vec<(String, String)>,
+    code: i32,
+    needle: String,
+}
+
+fn case(
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+    code: i32,
+    needle: &str,
+) -> Case {
+    Case {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        stdin: stdin.map(<[u8]>::to_vec),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        code,
+        needle: needle.to_string(),
+    }
+}
+
+#[test]
+fn every_bad_input_is_refused_with_nothing_written() {
+    let db = TestDb::sample();
+    let platform = FakePlatform::start(&[]);
+    let before = db.snapshot();
+    let missing = "d0000000-0000-4000-8000-00000000dead";
+    let value = VALUE.as_bytes();
+    let tmp = std::env::temp_dir().join(format!("orgctl-secret-empty-{}", std::process::id()));
+    if let Err(e) = std::fs::write(&tmp, b"\n") {
+        panic!("{e}");
+    }
+    let empty_file = tmp.to_string_lossy().to_string();
+    let url = platform.url();
+    let rs = ids::RESEARCH;
+    let ok: Option<&[u8]> = Some(value);
+    let tok = [("MOLECULE_ADMIN_TOKEN", TOKEN)];
+    #[rustfmt::skip]
+    let cases: Vec<Case> = vec![
+        case(&["secret", "set", rs, "1BAD", "--yes"], ok, &[], 2, "not a valid secret key"),
+        case(&["secret", "set", rs, "BAD-KEY", "--yes"], ok, &[], 2, "not a valid secret key"),
+        case(&["secret", "set", rs, "K", "--yes"], Some(b"\n"), &[], 2, "empty"),
+        case(&["secret", "set", rs, "K", "--yes", "--value-file", &empty_file], None, &[], 2, "empty"),
+        case(&["secret", "set", rs, "K", "--yes", "--value-file", "/nonexistent/v"], None, &[], 2, "--value-file"),
+        case(&["secret", "set", rs, "K", "--yes"], Some(b"a\0b"), &[], 2, "NUL"),
+        case(&["secret", "set", missing, "K", "--yes"], ok, &[], 1, missing),
+        case(&["secret", "delete", missing, "K", "--yes"], None, &[], 1, missing),
+        case(&["secret", "set", "not-a-uuid", "K", "--yes"], ok, &[], 2, "not a workspace id"),
+        case(&["secret", "set", "--global", rs, "K", "--yes"], ok, &[], 2, "--global"),
+        case(&["secret", "set", "K", "--yes"], ok, &[], 2, "WORKSPACE_ID KEY"),
+        // No value and no terminal.
+        case(&["secret", "set", rs, "K", "--yes"], None, &[], 2, "no value"),
+        case(&["secret", "set", rs, "K", "--yes"], ok, &[("SECRETS_ENCRYPTION_KEY", "too-short")], 2, "SECRETS_ENCRYPTION_KEY"),
+        case(&["secret", "set", rs, "K", "--yes"], ok, &[("MOLECULE_ENV", "prod")], 3, "SECRETS_ENCRYPTION_KEY"),
+        // A platform URL without the admin token would fail every restart after the commit.
+        case(&["secret", "set", rs, "K", "--yes", "--platform-url", &url], ok, &[], 2, "MOLECULE_ADMIN_TOKEN"),
+        case(&["secret", "set", rs, "K", "--yes", "--platform-url", "ftp://x"], ok, &tok, 2, "platform URL"),
+        // Replacing an existing value needs --yes without a terminal; so does a new one.
+        case(&["secret", "set", rs, "OPENAI_API_KEY"], ok, &[], 3, "confirmation needed"),
+        case(&["secret", "set", rs, "BRAND_NEW"], ok, &[], 3, "confirmation needed"),
+        case(&["secret", "delete", "--global", "LOG_LEVEL"], None, &[], 3, "confirmation needed"),
+        case(&["secret", "list"], None, &[], 2, "WORKSPACE_ID"),
+        case(&["secret", "list", "--global", rs], None, &[], 2, "not both"),
+        case(&["secret", "list", missing], None, &[], 1, missing),
+        case(&["secret", "list", "nope"], None, &[], 2, "not a workspace id"),
+    ];
+    for Case {
+        args,
+        stdin,
+        env,
+        code,
+        needle,
+    } in cases
+    {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = db.orgctl(&argv);
+        if let Some(s) = &stdin {
+            cmd = cmd.stdin(s);
+        }
+        for (k, v) in &env {
+            cmd = cmd.env(k, v);
+        }
+        let r = cmd.run();
+        assert_eq!(
+            r.code, code,
+            "{args:?}\nstdout: {}\nstderr: {}",
+            r.stdout, r.stderr
+        );
+        r.one_line_error(&needle);
+        assert!(r.stdout.is_empty(), "{args:?}: {}", r.stdout);
+        assert_nothing_leaked(&db, &r);
+        assert!(!r.stderr.contains("too-short"));
+        assert_eq!(db.snapshot(), before, "{args:?} changed the tenant");
+    }
+    let _ = std::fs::remove_file(&tmp);
+    // clap refuses a missing KEY and an argv value.
+    for args in [
+        &["secret", "set"][..],
+        &["secret", "set", ids::RESEARCH, "K", "extra"][..],
+        &["secret", "set", ids::RESEARCH, "K", "--value", "x"][..],
+    ] {
+        db.orgctl(args).run().code(2);
+    }
+    assert!(platform.calls().is_empty());
+    assert_eq!(db.snapshot(), before);
+}
+
+#[test]
+fn value_file_strips_one_newline() {
+    let db = TestDb::sample();
+    let path = std::env::temp_dir().join(format!("orgctl-secret-value-{}", std::process::id()));
+    if let Err(e) = std::fs::write(&path, format!("{VALUE}\n\n")) {
+        panic!("{e}");
+    }
+    let p = path.to_string_lossy().to_string();
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "FROM_FILE",
+            "--value-file",
+            &p,
+            "--yes",
+        ])
+        .run();
+    let _ = std::fs::remove_file(&path);
+    r.code(0);
+    assert_eq!(
+        db.scalar(
+            "SELECT octet_length(encrypted_value) || ' ' || get_byte(encrypted_value, octet_length(encrypted_value) - 1)
+               FROM global_secrets WHERE key = 'FROM_FILE'"
+        ),
+        format!("{} 10", VALUE.len() + 1),
+        "exactly one trailing newline stripped"
+    );
+    assert_eq!(
+        db.scalar("SELECT args->>'value_source' FROM orgctl.audit_log"),
+        "file"
+    );
+    assert_nothing_leaked(&db, &r);
+}
+
+// ---------------------------------------------------------------------------------------------
+// list
+
+#[test]
+fn list_shows_keys_scopes_and_versions_never_values_and_writes_nothing() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&["secret", "list", ids::LABS_BRIDGE, "-o", "json"])
+        .run();
+    r.code(0);
+    let l: ListJson = parse(&r);
+    assert_eq!(l.workspace_id.as_deref(), Some(ids::LABS_BRIDGE));
+    let got: Vec<(String, String, i32, bool)> = l
+        .secrets
+        .iter()
+        .map(|s| {
+            (
+                s.key.clone(),
+                s.scope.clone(),
+                s.encryption_version,
+                s.overrides_global,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("DEFAULT_REGION".into(), "inherited".into(), 0, false),
+            ("LOG_LEVEL".into(), "workspace".into(), 0, true),
+        ]
+    );
+    assert!(l
+        .secrets
+        .iter()
+        .all(|s| s.created_at.is_some() && s.updated_at.is_some()));
+    for v in ["debug", "info", "eu-west-1"] {
+        assert!(!r.stdout.contains(v), "a value leaked: {v}");
+    }
+
+    let r = db.orgctl(&["secret", "list", "--global"]).run();
+    r.code(0);
+    assert!(r.stdout.contains("DEFAULT_REGION") && r.stdout.contains("LOG_LEVEL"));
+    assert!(r.stdout.contains("global"));
+    for v in ["info", "eu-west-1"] {
+        assert!(!r.stdout.contains(v), "a value leaked: {v}");
+    }
+    let r = db.orgctl(&["secret", "list", ids::RESEARCH]).run();
+    r.code(0);
+    assert!(r.stdout.contains("OPENAI_API_KEY") && r.stdout.contains("inherited"));
+    assert!(!r.stdout.contains("sk-sample"));
+    assert_eq!(db.snapshot(), before, "read-only: not even orgctl's schema");
+}
