@@ -80,7 +80,13 @@ pub fn run() -> i32 {
             return Exit::Failed.code();
         }
     };
+    let terminal = sys::SavedTerminal::save();
     let outcome = runtime.block_on(run_interruptible(cli));
+    if matches!(&outcome, Err(e) if e.exit == Exit::Interrupted) {
+        // A prompt may have been cut off with echo disabled or the cursor hidden.
+        terminal.restore();
+        eprintln!();
+    }
     // Do not wait for stray blocking tasks (a prompt thread) on the way out.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match outcome {

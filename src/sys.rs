@@ -68,3 +68,40 @@ pub fn kill(pid: i32, signal: i32) -> bool {
     // SAFETY: kill takes plain integers.
     unsafe { libc::kill(pid, signal) == 0 }
 }
+
+/// The terminal settings of stdin, saved at start so that an interrupted hidden prompt (echo
+/// off) can be undone on the way out.
+pub struct SavedTerminal(Option<libc::termios>);
+
+impl SavedTerminal {
+    pub fn save() -> Self {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return SavedTerminal(None);
+        }
+        // SAFETY: termios is plain data; tcgetattr fills it or fails, and we keep it only when
+        // it succeeded.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(libc::STDIN_FILENO, &mut t) == 0 {
+                SavedTerminal(Some(t))
+            } else {
+                SavedTerminal(None)
+            }
+        }
+    }
+
+    /// Put the terminal back as it was (echo on, cursor visible).
+    pub fn restore(&self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: t came from tcgetattr on the same descriptor.
+            unsafe {
+                libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, t);
+            }
+            use std::io::IsTerminal;
+            if std::io::stderr().is_terminal() {
+                eprint!("\x1b[?25h");
+            }
+        }
+    }
+}
