@@ -424,11 +424,25 @@ fn drift_refuses_naming_the_rows_and_force_moves_them_to_the_oldest_former_root(
         assert_eq!(platform(&db), drifted, "a refused rollback changes nothing");
     }
 
+    fleet
+        .cmd(&[
+            "rollback",
+            "--run-id",
+            "change-42",
+            "--tenant",
+            "nope",
+            "--yes",
+        ])
+        .run()
+        .code(2)
+        .one_line_error("--tenant 'nope'");
     let r = fleet
         .cmd(&[
             "rollback",
             "--run-id",
             "change-42",
+            "--tenant",
+            "acme",
             "--force",
             "--yes",
             "-o",
@@ -683,12 +697,15 @@ fn kill_9_leaves_every_tenant_untouched_or_installed_and_a_rerun_finishes() {
             "--run-id",
             &run_id,
             "--concurrency",
-            "2",
+            "1",
         ];
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_millis(50 + seed % 700);
+        // Round 0 kills at a random moment from the start; later rounds wait until the first
+        // tenant committed, then kill within the next few tenants' work, so the kill lands
+        // mid-run (often inside a tenant's transaction) however fast this machine is.
+        let delay = Duration::from_millis(if round == 0 { seed % 400 } else { seed % 150 });
         let mut child = match fleet
             .cmd(&args)
             .command()
@@ -699,6 +716,20 @@ fn kill_9_leaves_every_tenant_untouched_or_installed_and_a_rerun_finishes() {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         };
+        if round > 0 {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let committed = |d: &TestDb| {
+                d.scalar("SELECT to_regclass('orgctl.backfill_runs') IS NOT NULL") == "t"
+                    && d.scalar("SELECT count(*) FROM orgctl.backfill_runs") != "0"
+            };
+            while !committed(&dbs[0]) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the run never committed a tenant"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         std::thread::sleep(delay);
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();

