@@ -201,22 +201,22 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "run" -d 'Install the platform agent on every tenant in a tenants file'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "rollback" -d 'Restore tenants to the state snapshotted by a run'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "status" -d 'Show each tenant\'s state under a run'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "status" -d 'Show each tenant\'s state under a run (read-only)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l tenants -d 'Tenants file: one "NAME DATABASE_URL" per line (\'-\' for stdin)' -r -F
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l concurrency -d 'Tenants in flight at once' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l shard -d 'Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l canary -d 'Run the first N selected tenants alone first; stop if any of them fails' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l tenants -d 'Tenants file: one "NAME DATABASE_URL" per line (\'-\' for stdin); blank lines and \'#\' comments are ignored. Names are letters, digits, \'.\', \'_\' or \'-\'' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l concurrency -d 'Tenants in flight at once (each uses at most two connections)' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l shard -d 'Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l canary -d 'Run the first N selected tenants alone first; stop before the rest if any of them fails' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l run-id -d 'Run id (resume a run by giving its id again). Default: a new one, printed first' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l model -d 'Seed the agent\'s MODEL secret with this value on every tenant' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l report -d 'Write the summary as JSON to this file' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l report -d 'Write the summary as JSON to this file (run id, start and end, totals, every tenant)' -r -F
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l allow-missing-model -d 'Install even where the agent would have no MODEL secret'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l dry-run -d 'Plan every tenant read-only and report'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l dry-run -d 'Plan every tenant read-only and report; change and create nothing'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -251,7 +251,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "run" -d 'Install the platform agent on every tenant in a tenants file'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "rollback" -d 'Restore tenants to the state snapshotted by a run'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show each tenant\'s state under a run'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show each tenant\'s state under a run (read-only)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l limit -d 'How many offending rows to name per finding (and roots to list) before summarising as a count; 0 shows counts only' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
@@ -349,7 +349,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subc
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from secret" -f -a "list" -d 'List secret keys with scope and version (never values)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "run" -d 'Install the platform agent on every tenant in a tenants file'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "rollback" -d 'Restore tenants to the state snapshotted by a run'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "status" -d 'Show each tenant\'s state under a run'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "status" -d 'Show each tenant\'s state under a run (read-only)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from dev" -f -a "up" -d 'Start (or reuse) a throwaway PostgreSQL with the platform schema and a sample org; prints the DATABASE_URL on stdout'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from dev" -f -a "down" -d 'Stop the throwaway PostgreSQL and delete its data'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from dev" -f -a "seed" -d 'Add a large generated org to a dev database (for benchmarks)'

@@ -425,28 +425,50 @@ pub struct SecretListArgs {
 #[derive(Debug, Subcommand)]
 pub enum BackfillCommand {
     /// Install the platform agent on every tenant in a tenants file.
+    ///
+    /// Each tenant runs install-platform-agent in its own transaction that first snapshots every
+    /// row it changes into the tenant's `orgctl` schema, then applies, verifies and commits; a
+    /// failing tenant rolls back alone and the others carry on. The run id is printed first (on
+    /// stderr); give it again with --run-id to resume. Statuses: applied, skipped (already
+    /// installed, or done under this run id), failed, pending (dry run), not_started (Ctrl-C or
+    /// a failed canary). Exit 0 when every tenant applied or was skipped, 1 otherwise, 130 on
+    /// Ctrl-C (no new tenant starts; in-flight ones finish or roll back; the summary prints).
+    ///
+    /// Example: orgctl backfill run --tenants fleet.txt --shard 2/8 --model claude-sonnet-4-5 --yes
     #[command(after_long_help = AFTER_HELP)]
     Run(BackfillRunArgs),
     /// Restore tenants to the state snapshotted by a run.
+    ///
+    /// Per tenant in one transaction: re-parented roots, moved anchors, merged allowlist rows,
+    /// the MODEL secret and the agent go back exactly as they were. Rows changed since the run,
+    /// or new rows hanging off the agent, are drift: that tenant is refused (exit 3) with the
+    /// rows named, unless --force. A second rollback changes nothing.
+    ///
+    /// Example: orgctl backfill rollback --run-id bf-20250101T120000Z-1a2b3c4d --tenants fleet.txt --dry-run
     #[command(after_long_help = AFTER_HELP)]
     Rollback(BackfillRollbackArgs),
-    /// Show each tenant's state under a run.
+    /// Show each tenant's state under a run (read-only).
+    ///
+    /// applied, skipped, failed, rolled_back or never_reached, read from each tenant's own
+    /// `orgctl` tables; unknown (exit 1) when a tenant cannot be read.
     #[command(after_long_help = AFTER_HELP)]
     Status(BackfillStatusArgs),
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct BackfillRunArgs {
-    /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin).
+    /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin); blank lines and '#'
+    /// comments are ignored. Names are letters, digits, '.', '_' or '-'.
     #[arg(long, value_name = "FILE")]
     pub tenants: PathBuf,
-    /// Tenants in flight at once.
+    /// Tenants in flight at once (each uses at most two connections).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
-    /// Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8).
+    /// Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the
+    /// first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
-    /// Run the first N selected tenants alone first; stop if any of them fails.
+    /// Run the first N selected tenants alone first; stop before the rest if any of them fails.
     #[arg(long, value_name = "N")]
     pub canary: Option<u32>,
     /// Run id (resume a run by giving its id again). Default: a new one, printed first.
@@ -458,10 +480,10 @@ pub struct BackfillRunArgs {
     /// Install even where the agent would have no MODEL secret.
     #[arg(long)]
     pub allow_missing_model: bool,
-    /// Plan every tenant read-only and report.
+    /// Plan every tenant read-only and report; change and create nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Write the summary as JSON to this file.
+    /// Write the summary as JSON to this file (run id, start and end, totals, every tenant).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 }

@@ -496,7 +496,10 @@ pub async fn ensure_orgctl_schema(url: &DbUrl, settings: &Settings) -> Result<()
             ))
         })?;
     tx.commit().await?;
-    ORGCTL_MIGRATOR.run(&mut conn).await.map_err(|e| {
+    // run_direct, not run: `run`'s `Acquire` bound makes this future impossible to prove `Send`
+    // ("implementation of `Acquire` is not general enough"), and the backfill runs it in spawned
+    // tasks. `run` is `acquire` + `run_direct`; on a plain connection they are the same.
+    ORGCTL_MIGRATOR.run_direct(&mut conn).await.map_err(|e| {
         Error::failed(format!(
             "could not migrate orgctl's schema on {}: {}",
             url.target(),

@@ -100,6 +100,11 @@ pub fn run() -> i32 {
 
 async fn run_interruptible(cli: Cli) -> Result<Exit> {
     let ctx = Context::new(&cli);
+    if let Command::Backfill(_) = cli.command {
+        // Backfill handles Ctrl-C itself (backfill::Cancel): it starts no new tenant, lets
+        // in-flight ones finish or roll back and prints the summary, so it is never dropped.
+        return dispatch(&ctx, &cli.command).await;
+    }
     let work = dispatch(&ctx, &cli.command);
     tokio::pin!(work);
     tokio::select! {

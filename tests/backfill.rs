@@ -1,1 +1,860 @@
-//! `orgctl backfill` against real PostgreSQL (issue 6).
+//! backfill run | rollback | status against real PostgreSQL: a mixed fleet, exact rollback,
+//! drift and --force, resume, shards, canary, the tenants file, kill -9 and Ctrl-C.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::Connection;
+
+use crate::harness::{ids, server, urlencode, Cmd, Run, TestDb, PASSWORD};
+
+/// A tenants file in the temp directory, removed on drop.
+struct Fleet {
+    path: PathBuf,
+}
+
+impl Fleet {
+    fn new(lines: &[(&str, &str)]) -> Self {
+        Self::raw(
+            &lines
+                .iter()
+                .map(|(n, u)| format!("{n} {u}\n"))
+                .collect::<String>(),
+        )
+    }
+
+    fn raw(text: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "orgctl-tenants-{}-{}.txt",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        if let Err(e) = std::fs::write(&path, text) {
+            panic!("write tenants file: {e}");
+        }
+        Fleet { path }
+    }
+
+    fn arg(&self) -> &str {
+        match self.path.to_str() {
+            Some(s) => s,
+            None => panic!("temp path is not UTF-8"),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Cmd {
+        let mut v: Vec<&str> = vec!["backfill"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&["--tenants", self.arg()]);
+        Cmd::new(&v)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The platform tables only (orgctl's own schema appears with the first run and stays).
+fn platform(db: &TestDb) -> String {
+    let s = db.snapshot();
+    match s.find("== orgctl") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn unreachable_url() -> String {
+    let port = match orgctl::pgserver::free_port() {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    };
+    format!(
+        "postgres://postgres:{}@127.0.0.1:{port}/nowhere",
+        urlencode(PASSWORD)
+    )
+}
+
+fn statuses(doc: &Value) -> BTreeMap<String, String> {
+    let Some(tenants) = doc["tenants"].as_array() else {
+        panic!("no tenants in {doc}");
+    };
+    tenants
+        .iter()
+        .map(|t| {
+            (
+                t["tenant"].as_str().unwrap_or("?").to_string(),
+                t["status"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn tenant<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    match doc["tenants"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["tenant"] == name))
+    {
+        Some(t) => t,
+        None => panic!("no tenant {name} in {doc}"),
+    }
+}
+
+fn no_password(r: &Run) {
+    assert!(!r.stdout.contains(PASSWORD), "stdout leaks: {}", r.stdout);
+    assert!(!r.stderr.contains(PASSWORD), "stderr leaks: {}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
+
+async fn hold_lock(db: &TestDb) -> sqlx::PgConnection {
+    let mut conn = db.connect().await;
+    if let Err(e) = sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(orgctl::db::TENANT_LOCK.0)
+        .bind(orgctl::db::TENANT_LOCK.1)
+        .execute(&mut conn)
+        .await
+    {
+        panic!("{e}");
+    }
+    conn
+}
+
+fn installed(db: &TestDb) -> bool {
+    db.scalar(
+        "SELECT count(*) = 1 AND bool_and(kind = 'platform') FROM workspaces WHERE parent_id IS NULL",
+    ) == "t"
+}
+
+fn run_id_of(r: &Run) -> String {
+    match r
+        .stderr
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("run id: "))
+    {
+        Some(id) => id.trim().to_string(),
+        None => panic!("the run id is not printed first:\n{}", r.stderr),
+    }
+}
+
+#[tokio::test]
+async fn a_mixed_fleet_applies_the_healthy_tenants_and_reports_the_rest() {
+    let healthy1 = TestDb::sample();
+    let healthy2 = TestDb::sample();
+    let done = TestDb::sample();
+    done.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run()
+        .code(0);
+    let old = TestDb::sample();
+    old.exec("ALTER TABLE workspaces DROP COLUMN kind");
+    let old_before = old.snapshot();
+    let locked = TestDb::sample();
+    let locked_before = platform(&locked);
+    let holder = hold_lock(&locked).await;
+    let gone = unreachable_url();
+    let fleet = Fleet::new(&[
+        ("healthy-1", &healthy1.url),
+        ("done", &done.url),
+        ("old-schema", &old.url),
+        ("gone", &gone),
+        ("locked", &locked.url),
+        ("healthy-2", &healthy2.url),
+    ]);
+    let report = std::env::temp_dir().join(format!("orgctl-report-{}.json", std::process::id()));
+    let report_arg = report.to_string_lossy().to_string();
+
+    // No terminal and no --yes: refused before anything happens.
+    let r = fleet.cmd(&["run", "--model", "m"]).run_async().await;
+    r.code(3).one_line_error("--yes");
+    assert!(!installed(&healthy1));
+
+    let r = fleet
+        .cmd(&[
+            "run",
+            "--model",
+            "m",
+            "--yes",
+            "--lock-timeout",
+            "300ms",
+            "-o",
+            "json",
+            "--report",
+            &report_arg,
+        ])
+        .run_async()
+        .await;
+    r.code(1);
+    no_password(&r);
+    let run_id = run_id_of(&r);
+    let doc = r.json();
+    assert_eq!(doc["run_id"], run_id.as_str());
+    let want: BTreeMap<String, String> = [
+        ("healthy-1", "applied"),
+        ("done", "skipped"),
+        ("old-schema", "failed"),
+        ("gone", "failed"),
+        ("locked", "failed"),
+        ("healthy-2", "applied"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(statuses(&doc), want);
+    let err = |n: &str| tenant(&doc, n)["error"].as_str().unwrap_or("").to_string();
+    assert!(
+        err("old-schema").contains("workspaces.kind"),
+        "{}",
+        err("old-schema")
+    );
+    assert!(err("gone").contains("could not connect"), "{}", err("gone"));
+    assert!(err("locked").contains("lock"), "{}", err("locked"));
+    let h = tenant(&doc, "healthy-1");
+    assert_eq!(h["reparented"], 3);
+    assert_eq!(h["tokens_moved"], 5);
+    assert_eq!(h["allowlist_moved"], 4);
+    assert_eq!(h["allowlist_merged"], 1);
+    assert_eq!(doc["totals"]["applied"], 2);
+    assert_eq!(doc["totals"]["failed"], 3);
+    assert!(doc["started_at"].is_string() && doc["finished_at"].is_string());
+
+    // The report file is the same document.
+    let file: Value = match std::fs::read_to_string(&report)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+    {
+        Some(v) => v,
+        None => panic!("no report file"),
+    };
+    let _ = std::fs::remove_file(&report);
+    assert_eq!(file["run_id"], doc["run_id"]);
+    assert_eq!(statuses(&file), want);
+    assert!(!file.to_string().contains(PASSWORD));
+
+    assert!(installed(&healthy1) && installed(&healthy2) && installed(&done));
+    assert_eq!(
+        old.snapshot(),
+        old_before,
+        "an incompatible tenant is not written to"
+    );
+    assert_eq!(platform(&locked), locked_before);
+    // The snapshot and the audit row are there, atomically with the change.
+    assert_eq!(
+        healthy1.scalar(&format!(
+            "SELECT status || ' ' || (SELECT count(*) FROM orgctl.backfill_roots WHERE run_id = '{run_id}')
+                    || ' ' || (SELECT count(*) FROM orgctl.backfill_anchors WHERE run_id = '{run_id}')
+                    || ' ' || (SELECT count(*) FROM orgctl.backfill_merged WHERE run_id = '{run_id}')
+               FROM orgctl.backfill_runs WHERE run_id = '{run_id}'"
+        )),
+        "applied 3 9 1"
+    );
+    assert_eq!(
+        healthy1.scalar("SELECT count(*) FROM orgctl.audit_log WHERE command = 'backfill run'"),
+        "1"
+    );
+
+    // Table output of status, from the tenants' own tables; the unreachable one is unknown.
+    drop(holder);
+    let st = fleet
+        .cmd(&["status", "--run-id", &run_id, "-o", "json"])
+        .run_async()
+        .await;
+    st.code(1);
+    no_password(&st);
+    let sdoc = st.json();
+    let got = statuses(&sdoc);
+    assert_eq!(got["healthy-1"], "applied");
+    assert_eq!(got["done"], "skipped");
+    assert_eq!(got["old-schema"], "never_reached");
+    assert_eq!(got["gone"], "unknown");
+    assert_eq!(got["locked"], "failed");
+    let t = fleet
+        .cmd(&["status", "--run-id", &run_id])
+        .run_async()
+        .await;
+    assert!(
+        t.stdout.contains("healthy-2") && t.stdout.contains("applied"),
+        "{}",
+        t.stdout
+    );
+}
+
+#[test]
+fn rollback_restores_every_tenant_byte_for_byte_and_twice_is_a_no_op() {
+    let plain = TestDb::sample();
+    // A partly installed tenant: an agent under HQ with its own token, a later 'github' row
+    // (merged away by the install) and an old MODEL (replaced).
+    let partial = TestDb::sample();
+    partial.exec(&format!(
+        "INSERT INTO workspaces (id, name, kind, tier, parent_id, updated_at)
+              VALUES ('f0000000-0000-4000-8000-000000000001', 'Old Agent', 'platform', 2, '{}', '2024-05-05T05:05:05.123456Z');
+         INSERT INTO org_plugin_allowlist (id, org_id, plugin_name, enabled_by, enabled_at)
+              VALUES ('e0000000-0000-4000-8000-0000000000aa', 'f0000000-0000-4000-8000-000000000001', 'github', 'zed', '2025-01-01T00:00:00Z');
+         INSERT INTO org_api_tokens (token_hash, prefix, org_id)
+              VALUES (sha256('agent-tok'::bytea), 'agent000', 'f0000000-0000-4000-8000-000000000001');
+         INSERT INTO workspace_secrets (workspace_id, key, encrypted_value, encryption_version, updated_at)
+              VALUES ('f0000000-0000-4000-8000-000000000001', 'MODEL', 'old-model'::bytea, 0, '2024-06-06T06:06:06Z');",
+        ids::HQ
+    ));
+    let empty = TestDb::empty();
+    let dbs = [&plain, &partial, &empty];
+    let before: Vec<String> = dbs.iter().map(|d| platform(d)).collect();
+    let fleet = Fleet::new(&[
+        ("plain", &plain.url),
+        ("partial", &partial.url),
+        ("empty", &empty.url),
+    ]);
+    let r = fleet
+        .cmd(&["run", "--model", "new-model", "--yes", "-o", "json"])
+        .run();
+    r.code(0);
+    let doc = r.json();
+    let run_id = doc["run_id"].as_str().unwrap_or("").to_string();
+    assert_eq!(tenant(&doc, "partial")["agent_action"], "update");
+    assert_eq!(tenant(&doc, "partial")["model_secret"], "replaced");
+    assert_eq!(tenant(&doc, "partial")["allowlist_merged"], 2);
+    for d in dbs {
+        assert!(installed(d));
+    }
+
+    // Dry run of the rollback: what would be restored, nothing changed.
+    let after: Vec<String> = dbs.iter().map(|d| platform(d)).collect();
+    let dry = fleet
+        .cmd(&["rollback", "--run-id", &run_id, "--dry-run", "-o", "json"])
+        .run();
+    dry.code(0);
+    let ddoc = dry.json();
+    assert_eq!(tenant(&ddoc, "plain")["status"], "would_roll_back");
+    assert_eq!(tenant(&ddoc, "plain")["roots_restored"], 3);
+    assert_eq!(tenant(&ddoc, "plain")["agent"], "deleted");
+    assert_eq!(tenant(&ddoc, "partial")["agent"], "restored");
+    assert_eq!(tenant(&ddoc, "partial")["model_secret"], "restored");
+    assert_eq!(dbs.iter().map(|d| platform(d)).collect::<Vec<_>>(), after);
+
+    let rb = fleet
+        .cmd(&["rollback", "--run-id", &run_id, "--yes", "-o", "json"])
+        .run();
+    rb.code(0);
+    for (n, s) in statuses(&rb.json()) {
+        assert_eq!(s, "rolled_back", "{n}");
+    }
+    for (d, b) in dbs.iter().zip(&before) {
+        assert_eq!(&platform(d), b, "{} is restored byte for byte", d.name);
+    }
+    assert_eq!(
+        plain.scalar("SELECT count(*) FROM orgctl.former_roots"),
+        "0",
+        "restored roots are no former roots"
+    );
+    assert_eq!(
+        plain.scalar("SELECT count(*) FROM orgctl.audit_log WHERE command = 'backfill rollback'"),
+        "1"
+    );
+
+    // A second rollback changes nothing.
+    let again = fleet
+        .cmd(&["rollback", "--run-id", &run_id, "--yes", "-o", "json"])
+        .run();
+    again.code(0);
+    for (_, s) in statuses(&again.json()) {
+        assert_eq!(s, "already_rolled_back");
+    }
+    for (d, b) in dbs.iter().zip(&before) {
+        assert_eq!(&platform(d), b);
+    }
+    let st = fleet
+        .cmd(&["status", "--run-id", &run_id, "-o", "json"])
+        .run();
+    st.code(0);
+    for (_, s) in statuses(&st.json()) {
+        assert_eq!(s, "rolled_back");
+    }
+    // A new run installs again.
+    fleet.cmd(&["run", "--model", "m", "--yes"]).run().code(0);
+    assert!(installed(&plain));
+}
+
+#[test]
+fn drift_refuses_naming_the_rows_and_force_moves_them_to_the_oldest_former_root() {
+    let db = TestDb::sample();
+    let fleet = Fleet::new(&[("acme", &db.url)]);
+    let r = fleet
+        .cmd(&["run", "--model", "m", "--yes", "--run-id", "change-42"])
+        .run();
+    r.code(0);
+    assert_eq!(run_id_of(&r), "change-42");
+    let agent = db.scalar("SELECT id FROM workspaces WHERE kind = 'platform'");
+    // The platform keeps working after the run: a child, a token and an allowlist row on the
+    // agent, and a root touched.
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, parent_id) VALUES ('d0000000-0000-4000-8000-000000000001', 'New Team', '{agent}');
+         INSERT INTO org_api_tokens (id, token_hash, prefix, org_id) VALUES ('d0000000-0000-4000-8000-000000000002', sha256('new'::bytea), 'new00000', '{agent}');
+         INSERT INTO org_plugin_allowlist (id, org_id, plugin_name, enabled_by) VALUES ('d0000000-0000-4000-8000-000000000003', '{agent}', 'linear', 'dan');
+         UPDATE workspaces SET updated_at = now() + interval '1 minute' WHERE id = '{}';",
+        ids::LABS
+    ));
+    let drifted = platform(&db);
+    for args in [
+        vec!["rollback", "--run-id", "change-42", "--yes", "-o", "json"],
+        vec![
+            "rollback",
+            "--run-id",
+            "change-42",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+    ] {
+        let r = fleet.cmd(&args).run();
+        r.code(3).one_line_error("drift");
+        let t = tenant(&r.json(), "acme").clone();
+        assert_eq!(t["status"], "refused");
+        let text = t["error"].as_str().unwrap_or("").to_string();
+        for id in [
+            "d0000000-0000-4000-8000-000000000001",
+            "d0000000-0000-4000-8000-000000000002",
+            "d0000000-0000-4000-8000-000000000003",
+            ids::LABS,
+        ] {
+            assert!(text.contains(id), "{id} not named: {text}");
+        }
+        assert_eq!(platform(&db), drifted, "a refused rollback changes nothing");
+    }
+
+    fleet
+        .cmd(&[
+            "rollback",
+            "--run-id",
+            "change-42",
+            "--tenant",
+            "nope",
+            "--yes",
+        ])
+        .run()
+        .code(2)
+        .one_line_error("--tenant 'nope'");
+    let r = fleet
+        .cmd(&[
+            "rollback",
+            "--run-id",
+            "change-42",
+            "--tenant",
+            "acme",
+            "--force",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .run();
+    r.code(0);
+    let t = tenant(&r.json(), "acme").clone();
+    assert_eq!(t["status"], "rolled_back");
+    assert!(
+        t.to_string().contains("moved to the oldest former root"),
+        "{t}"
+    );
+    // Acme Legacy is the oldest former root (created 2023-06-01).
+    assert_eq!(
+        db.scalar(
+            "SELECT parent_id FROM workspaces WHERE id = 'd0000000-0000-4000-8000-000000000001'"
+        ),
+        ids::LEGACY
+    );
+    assert_eq!(
+        db.scalar(
+            "SELECT org_id FROM org_api_tokens WHERE id = 'd0000000-0000-4000-8000-000000000002'"
+        ),
+        ids::LEGACY
+    );
+    assert_eq!(
+        db.scalar("SELECT org_id FROM org_plugin_allowlist WHERE id = 'd0000000-0000-4000-8000-000000000003'"),
+        ids::LEGACY
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE kind = 'platform'"),
+        "0"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL"),
+        "3",
+        "the three roots are roots again"
+    );
+    // The sample's own rows are back exactly where they were.
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM org_api_tokens WHERE org_id = 'a0000000-0000-4000-8000-000000000001'"),
+        "3"
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM org_plugin_allowlist WHERE id = '{}'",
+            ids::GITHUB_LABS
+        )),
+        "1",
+        "the merged row is back"
+    );
+}
+
+#[tokio::test]
+async fn the_same_run_id_resumes_and_skips_tenants_done_under_it() {
+    let a = TestDb::sample();
+    let b = TestDb::sample();
+    let c = TestDb::empty();
+    let holder = hold_lock(&b).await;
+    let fleet = Fleet::new(&[("a", &a.url), ("b", &b.url), ("c", &c.url)]);
+    let args = [
+        "run",
+        "--model",
+        "m",
+        "--yes",
+        "--run-id",
+        "resume-1",
+        "--lock-timeout",
+        "200ms",
+        "-o",
+        "json",
+        "--concurrency",
+        "2",
+    ];
+    let r = fleet.cmd(&args).run_async().await;
+    r.code(1);
+    assert_eq!(statuses(&r.json())["b"], "failed");
+    drop(holder);
+    let r = fleet.cmd(&args).run_async().await;
+    r.code(0);
+    let doc = r.json();
+    assert_eq!(tenant(&doc, "a")["status"], "skipped");
+    assert_eq!(tenant(&doc, "a")["note"], "applied under this run already");
+    assert_eq!(tenant(&doc, "b")["status"], "applied");
+    assert_eq!(tenant(&doc, "c")["status"], "skipped");
+    for d in [&a, &b, &c] {
+        assert!(installed(d));
+        assert_eq!(
+            d.scalar("SELECT count(*) FROM orgctl.audit_log WHERE command = 'backfill run'"),
+            "1",
+            "each tenant changed once"
+        );
+    }
+    // Status from stdin.
+    let text = std::fs::read(&fleet.path).unwrap_or_default();
+    let st = Cmd::new(&[
+        "backfill",
+        "status",
+        "--run-id",
+        "resume-1",
+        "--tenants",
+        "-",
+        "-o",
+        "json",
+    ])
+    .stdin(&text)
+    .run_async()
+    .await;
+    st.code(0);
+    for (_, s) in statuses(&st.json()) {
+        assert_eq!(s, "applied");
+    }
+}
+
+#[test]
+fn shards_are_disjoint_and_cover_the_fleet_and_a_dry_run_writes_nothing() {
+    let dbs: Vec<TestDb> = (0..6).map(|_| TestDb::empty()).collect();
+    let names: Vec<String> = (0..6).map(|i| format!("tenant-{i:03}")).collect();
+    let lines: Vec<(&str, &str)> = names
+        .iter()
+        .zip(&dbs)
+        .map(|(n, d)| (n.as_str(), d.url.as_str()))
+        .collect();
+    let fleet = Fleet::new(&lines);
+    let mut seen = BTreeSet::new();
+    for i in 1..=3 {
+        let shard = format!("{i}/3");
+        let r = fleet
+            .cmd(&[
+                "run",
+                "--dry-run",
+                "--model",
+                "m",
+                "--shard",
+                &shard,
+                "-o",
+                "json",
+            ])
+            .run();
+        r.code(0);
+        for (n, s) in statuses(&r.json()) {
+            assert_eq!(s, "pending");
+            assert!(seen.insert(n.clone()), "{n} in two shards");
+        }
+    }
+    assert_eq!(seen, names.iter().cloned().collect::<BTreeSet<_>>());
+    for d in &dbs {
+        assert!(
+            d.snapshot().contains("== orgctl\nabsent"),
+            "a dry run creates nothing"
+        );
+    }
+    for bad in ["0/3", "4/3", "1/0", "x"] {
+        fleet
+            .cmd(&["run", "--dry-run", "--shard", bad])
+            .run()
+            .code(2)
+            .one_line_error("--shard");
+    }
+}
+
+#[test]
+fn a_failed_canary_stops_the_run_before_the_rest() {
+    let a = TestDb::sample();
+    let b = TestDb::sample();
+    let gone = unreachable_url();
+    let fleet = Fleet::new(&[("gone", &gone), ("a", &a.url), ("b", &b.url)]);
+    let r = fleet
+        .cmd(&[
+            "run", "--model", "m", "--yes", "--canary", "1", "-o", "json",
+        ])
+        .run();
+    r.code(1);
+    let doc = r.json();
+    assert_eq!(doc["canary_stopped"], true);
+    assert_eq!(tenant(&doc, "a")["status"], "not_started");
+    assert_eq!(tenant(&doc, "b")["status"], "not_started");
+    assert!(!installed(&a) && !installed(&b));
+    // A healthy canary lets the rest run.
+    let fleet = Fleet::new(&[("a", &a.url), ("b", &b.url)]);
+    fleet
+        .cmd(&["run", "--model", "m", "--yes", "--canary", "1"])
+        .run()
+        .code(0);
+    assert!(installed(&a) && installed(&b));
+}
+
+#[test]
+fn malformed_or_duplicate_tenant_lines_are_usage_errors_naming_the_line() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    let secret_url = db.url.clone();
+    for (text, needle) in [
+        (format!("# fleet\nacme {secret_url}\nbroken\n"), "line 3"),
+        (
+            format!("acme {secret_url}\n\nacme {secret_url}\n"),
+            "line 3: duplicate tenant name 'acme' (first on line 1)",
+        ),
+        (format!("{secret_url} acme\n"), "line 1"),
+        (format!("acme {secret_url} extra\n"), "line 1"),
+        ("# nothing\n".to_string(), "lists no tenant"),
+    ] {
+        let fleet = Fleet::raw(&text);
+        for sub in [
+            vec!["run", "--yes"],
+            vec!["status", "--run-id", "x"],
+            vec!["rollback", "--run-id", "x", "--yes"],
+        ] {
+            let r = fleet.cmd(&sub).run();
+            r.code(2).one_line_error(needle);
+            no_password(&r);
+        }
+    }
+    let r = Cmd::new(&[
+        "backfill",
+        "run",
+        "--tenants",
+        "/nonexistent/tenants.txt",
+        "--yes",
+    ])
+    .run();
+    r.code(2).one_line_error("tenants file");
+    assert_eq!(db.snapshot(), before);
+}
+
+/// kill -9 at random moments: every tenant is untouched or fully installed with its snapshot,
+/// and a rerun with the same run id finishes the job.
+#[test]
+fn kill_9_leaves_every_tenant_untouched_or_installed_and_a_rerun_finishes() {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(7)
+        | 1;
+    for round in 0..3 {
+        let dbs: Vec<TestDb> = (0..6).map(|_| TestDb::sample()).collect();
+        let original = platform(&dbs[0]);
+        let names: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
+        let lines: Vec<(&str, &str)> = names
+            .iter()
+            .zip(&dbs)
+            .map(|(n, d)| (n.as_str(), d.url.as_str()))
+            .collect();
+        let fleet = Fleet::new(&lines);
+        let run_id = format!("kill-{round}");
+        let args = [
+            "run",
+            "--model",
+            "m",
+            "--yes",
+            "--run-id",
+            &run_id,
+            "--concurrency",
+            "1",
+        ];
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Round 0 kills at a random moment from the start; later rounds wait until the first
+        // tenant committed, then kill within the next few tenants' work, so the kill lands
+        // mid-run (often inside a tenant's transaction) however fast this machine is.
+        let delay = Duration::from_millis(if round == 0 { seed % 400 } else { seed % 150 });
+        let mut child = match fleet
+            .cmd(&args)
+            .command()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        if round > 0 {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let committed = |d: &TestDb| {
+                d.scalar("SELECT to_regclass('orgctl.backfill_runs') IS NOT NULL") == "t"
+                    && d.scalar("SELECT count(*) FROM orgctl.backfill_runs") != "0"
+            };
+            while !committed(&dbs[0]) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the run never committed a tenant"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // The server notices the dead client; give it a moment to roll back.
+        std::thread::sleep(Duration::from_millis(100));
+        let mut done = 0;
+        for d in &dbs {
+            let has_tables =
+                d.scalar("SELECT to_regclass('orgctl.backfill_runs') IS NOT NULL") == "t";
+            let applied = has_tables
+                && d.scalar(&format!(
+                    "SELECT count(*) FROM orgctl.backfill_runs WHERE run_id = '{run_id}' AND status = 'applied'"
+                )) == "1";
+            if applied {
+                done += 1;
+                assert!(
+                    installed(d),
+                    "round {round} ({delay:?}): snapshot without the change"
+                );
+                assert_eq!(
+                    d.scalar(&format!(
+                        "SELECT (SELECT count(*) FROM orgctl.backfill_roots WHERE run_id = '{run_id}')
+                              + (SELECT count(*) FROM orgctl.backfill_anchors WHERE run_id = '{run_id}')"
+                    )),
+                    "12"
+                );
+            } else {
+                assert_eq!(
+                    platform(d),
+                    original,
+                    "round {round} ({delay:?}): half a change"
+                );
+            }
+        }
+        eprintln!("kill -9 after {delay:?}: {done} of 6 tenants installed");
+        let r = fleet.cmd(&args).run();
+        r.code(0);
+        for d in &dbs {
+            assert!(installed(d));
+        }
+        // And the whole fleet rolls back to the original.
+        fleet
+            .cmd(&["rollback", "--run-id", &run_id, "--yes"])
+            .run()
+            .code(0);
+        for d in &dbs {
+            assert_eq!(platform(d), original);
+        }
+    }
+}
+
+/// Ctrl-C: no new tenant starts, the in-flight one finishes, the summary prints, exit 130.
+#[tokio::test]
+async fn ctrl_c_finishes_in_flight_tenants_prints_the_summary_and_exits_130() {
+    let locked = TestDb::sample();
+    let a = TestDb::sample();
+    let b = TestDb::sample();
+    let a_before = platform(&a);
+    let holder = hold_lock(&locked).await;
+    let fleet = Fleet::new(&[("locked", &locked.url), ("a", &a.url), ("b", &b.url)]);
+    let mut cmd = fleet
+        .cmd(&[
+            "run",
+            "--model",
+            "m",
+            "--yes",
+            "--concurrency",
+            "1",
+            "--lock-timeout",
+            "20s",
+            "-o",
+            "json",
+        ])
+        .command();
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    // Wait until orgctl waits for the tenant lock.
+    let mut probe = locked.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let waiting: i64 = match sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = 'orgctl' AND wait_event_type = 'Lock'
+                AND datname = current_database()",
+        )
+        .fetch_one(&mut probe)
+        .await
+        {
+            Ok(n) => n,
+            Err(e) => panic!("{e}"),
+        };
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orgctl never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    orgctl::sys::kill(child.id() as i32, libc::SIGINT);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Let the in-flight tenant go on.
+    let _ = holder.close().await;
+    let _ = probe.close().await;
+    let out = match tokio::task::spawn_blocking(move || child.wait_with_output()).await {
+        Ok(Ok(o)) => o,
+        other => panic!("{other:?}"),
+    };
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    };
+    r.code(130).one_line_error("interrupted");
+    let doc = r.json();
+    assert_eq!(doc["interrupted"], true);
+    assert_eq!(tenant(&doc, "locked")["status"], "applied");
+    assert_eq!(tenant(&doc, "a")["status"], "not_started");
+    assert_eq!(tenant(&doc, "b")["status"], "not_started");
+    assert!(installed(&locked));
+    assert_eq!(platform(&a), a_before, "no new tenant started after Ctrl-C");
+    let _ = server();
+}

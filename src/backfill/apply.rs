@@ -1,0 +1,760 @@
+//! `backfill run`: install-platform-agent on every selected tenant.
+//!
+//! Per tenant, in ONE transaction: the tenant advisory lock, the run-state check (done under this
+//! run id already: skipped), the row locks of install, the plan (the same code as
+//! `install-platform-agent`), the snapshot of every row the plan changes into the tenant's
+//! `orgctl` tables (set-based `INSERT … SELECT`, before the change), the change itself with its
+//! row-count checks and verification, the run-state row and an audit row, then COMMIT. A failure
+//! anywhere rolls that tenant back alone; the failure is then recorded (best effort, in its own
+//! transaction) so `backfill status` can show it, and the other tenants carry on.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use super::{clean, fmt_duration, millis, Cancel, Committing, Shard, Slot, Tenant};
+use crate::cli::BackfillRunArgs;
+use crate::crypto::SecretBox;
+use crate::db::{self, Settings};
+use crate::error::{Error, Exit, Result};
+use crate::install::{self, AgentAction, InstallInput, ModelAction, Plan};
+use crate::Context;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Installed by this run, with its snapshot.
+    Applied,
+    /// Nothing to do (already installed), or done under this run id before.
+    Skipped,
+    /// Rolled back alone; see `error`.
+    Failed,
+    /// Dry run: the install would change this tenant.
+    Pending,
+    /// Not started: Ctrl-C, or a failed canary stopped the run first.
+    NotStarted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Applied => "applied",
+            Status::Skipped => "skipped",
+            Status::Failed => "failed",
+            Status::Pending => "pending",
+            Status::NotStarted => "not_started",
+        }
+    }
+}
+
+/// One tenant's line of the summary and the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct TenantResult {
+    pub tenant: String,
+    /// host:port/dbname — never the user or password.
+    pub database: String,
+    pub status: Status,
+    pub agent_id: Option<Uuid>,
+    pub agent_action: Option<AgentAction>,
+    pub reparented: i64,
+    pub tokens_moved: i64,
+    pub allowlist_moved: i64,
+    pub allowlist_merged: i64,
+    pub model_secret: Option<ModelAction>,
+    pub plan_hash: Option<String>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub note: Option<String>,
+}
+
+impl TenantResult {
+    fn new(t: &Tenant, status: Status) -> Self {
+        TenantResult {
+            tenant: t.name.clone(),
+            database: t.database(),
+            status,
+            agent_id: None,
+            agent_action: None,
+            reparented: 0,
+            tokens_moved: 0,
+            allowlist_moved: 0,
+            allowlist_merged: 0,
+            model_secret: None,
+            plan_hash: None,
+            duration_ms: 0,
+            error: None,
+            note: None,
+        }
+    }
+
+    fn with_plan(mut self, plan: &Plan) -> Self {
+        self.agent_id = Some(plan.agent.id);
+        self.agent_action = Some(plan.agent.action);
+        self.reparented = plan.reparented.len() as i64;
+        self.tokens_moved = plan.tokens_moved();
+        self.allowlist_moved = plan.allowlist_moved();
+        self.allowlist_merged = plan.merged.len() as i64;
+        self.model_secret = Some(plan.model);
+        self.plan_hash = Some(plan.hash());
+        self
+    }
+
+    fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(note.into());
+        self
+    }
+}
+
+/// What every tenant task shares.
+pub struct Job {
+    pub run_id: String,
+    pub settings: Settings,
+    pub model: Option<Zeroizing<String>>,
+    pub allow_missing_model: bool,
+    pub sb: SecretBox,
+    pub dry_run: bool,
+}
+
+impl Job {
+    fn input(&self) -> Result<InstallInput> {
+        InstallInput::new(
+            None,
+            None,
+            self.model.as_ref().map(|m| m.as_str()),
+            self.allow_missing_model,
+        )
+    }
+}
+
+/// Install on one tenant. Never returns an error: a failure is a `failed` result.
+pub fn tenant(
+    job: Arc<Job>,
+    t: Tenant,
+    committing: Committing,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = TenantResult> + Send>> {
+    Box::pin(async move {
+        let start = Instant::now();
+        let mut conn: Option<PgConnection> = None;
+        let r = apply(&job, &t, &mut conn, &committing).await;
+        let mut result = match r {
+            Ok(res) => res,
+            Err(e) => {
+                if !job.dry_run {
+                    if let Some(c) = conn.as_mut() {
+                        // Best effort: the change rolled back; remember why, for `backfill status`.
+                        let _ = record_failure(c, &job.run_id, &t.name, &clean(&e)).await;
+                    }
+                }
+                let mut f = TenantResult::new(&t, Status::Failed);
+                f.error = Some(clean(&e));
+                f
+            }
+        };
+        if let Some(c) = conn {
+            let _ = c.close().await;
+        }
+        result.duration_ms = millis(start.elapsed());
+        result
+    })
+}
+
+/// Boxed with its lifetime spelled out: rustc cannot otherwise prove this future `Send` for the
+/// spawned task (the "implementation of `Send` is not general enough" limitation).
+fn apply<'a>(
+    job: &'a Job,
+    t: &'a Tenant,
+    slot: &'a mut Option<PgConnection>,
+    committing: &'a Committing,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<TenantResult>> + Send + 'a>> {
+    Box::pin(apply_inner(job, t, slot, committing))
+}
+
+async fn apply_inner(
+    job: &Job,
+    t: &Tenant,
+    slot: &mut Option<PgConnection>,
+    committing: &Committing,
+) -> Result<TenantResult> {
+    let input = job.input()?;
+    let conn = slot.insert(db::connect(&t.url, &job.settings).await?);
+    db::ensure_compatible(conn).await?;
+
+    if job.dry_run {
+        let mut tx = db::begin_read_only(conn).await?;
+        let prior = prior_run(&mut tx, &job.run_id).await?;
+        let plan = install::plan(&mut tx, &input, &job.sb).await?;
+        tx.rollback().await?;
+        if let Some(p) = prior.filter(|p| p.done()) {
+            return Ok(TenantResult::new(t, Status::Skipped)
+                .note(format!("{} under this run already", p.status)));
+        }
+        if let Some(e) = plan.refusal() {
+            return Err(e);
+        }
+        let status = if plan.changed() {
+            Status::Pending
+        } else {
+            Status::Skipped
+        };
+        let r = TenantResult::new(t, status).with_plan(&plan);
+        return Ok(if plan.changed() {
+            r
+        } else {
+            r.note("already installed")
+        });
+    }
+
+    // orgctl's own schema first, on its own short connection (the second and last one of this
+    // tenant), so the snapshot has somewhere to go before anything changes.
+    db::ensure_orgctl_schema(&t.url, &job.settings).await?;
+    let mut tx = conn.begin().await?;
+    db::lock_tenant(&mut tx, &job.settings).await?;
+    if let Some(p) = prior_run(&mut tx, &job.run_id).await? {
+        if p.done() {
+            tx.rollback().await?;
+            return Ok(TenantResult::new(t, Status::Skipped)
+                .note(format!("{} under this run already", p.status)));
+        }
+    }
+    install::lock_rows(&mut tx, &input).await?;
+    let plan = install::plan(&mut tx, &input, &job.sb).await?;
+    if let Some(e) = plan.refusal() {
+        return Err(e);
+    }
+    if !plan.changed() {
+        record_run(&mut tx, &job.run_id, &t.name, "skipped", &plan).await?;
+        commit(tx, committing).await?;
+        return Ok(TenantResult::new(t, Status::Skipped)
+            .with_plan(&plan)
+            .note("already installed"));
+    }
+    snapshot(&mut tx, &job.run_id, &t.name, &plan).await?;
+    install::execute(&mut tx, &plan, &input, &job.sb).await?;
+    let mut args = install::audit_args(&input, &plan);
+    if let Some(o) = args.as_object_mut() {
+        o.insert("run_id".into(), job.run_id.clone().into());
+        o.insert("tenant".into(), t.name.clone().into());
+    }
+    db::audit(&mut tx, "backfill run", &args, "applied").await?;
+    commit(tx, committing).await?;
+    Ok(TenantResult::new(t, Status::Applied).with_plan(&plan))
+}
+
+async fn commit(tx: sqlx::Transaction<'_, sqlx::Postgres>, committing: &Committing) -> Result<()> {
+    let _guard = committing.enter();
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The tenant's row for this run, if any.
+pub struct PriorRun {
+    pub status: String,
+}
+
+impl PriorRun {
+    /// Done under this run: resume does not touch it again (a failed tenant is retried).
+    fn done(&self) -> bool {
+        self.status != "failed"
+    }
+}
+
+async fn prior_run(conn: &mut PgConnection, run_id: &str) -> Result<Option<PriorRun>> {
+    if !super::backfill_tables_exist(conn).await? {
+        return Ok(None);
+    }
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM orgctl.backfill_runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(status.map(|status| PriorRun { status }))
+}
+
+/// The run-state row. Only a `failed` row of an earlier attempt is overwritten.
+async fn record_run(
+    conn: &mut PgConnection,
+    run_id: &str,
+    tenant: &str,
+    status: &str,
+    plan: &Plan,
+) -> Result<()> {
+    let r = sqlx::query(
+        "INSERT INTO orgctl.backfill_runs AS b
+                (run_id, tenant, status, agent_id, agent_action, agent_prior, model_action,
+                 model_prior, reparented, tokens_moved, allowlist_moved, allowlist_merged,
+                 plan_hash, os_user, orgctl_version)
+         SELECT $1, $2, $3, $4, $5,
+                (SELECT to_jsonb(w) FROM workspaces w WHERE w.id = $4),
+                $6,
+                (SELECT to_jsonb(s) FROM workspace_secrets s
+                  WHERE s.workspace_id = $4 AND s.key = $7),
+                $8, $9, $10, $11, $12, $13, $14
+         ON CONFLICT (run_id) DO UPDATE
+            SET tenant = EXCLUDED.tenant, status = EXCLUDED.status,
+                agent_id = EXCLUDED.agent_id, agent_action = EXCLUDED.agent_action,
+                agent_prior = EXCLUDED.agent_prior, model_action = EXCLUDED.model_action,
+                model_prior = EXCLUDED.model_prior, reparented = EXCLUDED.reparented,
+                tokens_moved = EXCLUDED.tokens_moved,
+                allowlist_moved = EXCLUDED.allowlist_moved,
+                allowlist_merged = EXCLUDED.allowlist_merged, plan_hash = EXCLUDED.plan_hash,
+                error = NULL, recorded_at = now(), os_user = EXCLUDED.os_user,
+                orgctl_version = EXCLUDED.orgctl_version
+          WHERE b.status = 'failed'",
+    )
+    .bind(run_id)
+    .bind(tenant)
+    .bind(status)
+    .bind(plan.agent.id)
+    .bind(plan.agent.action.as_str())
+    .bind(plan.model.as_str())
+    .bind(install::MODEL_KEY)
+    .bind(i32::try_from(plan.reparented.len()).unwrap_or(i32::MAX))
+    .bind(plan.tokens_moved())
+    .bind(plan.allowlist_moved())
+    .bind(i32::try_from(plan.merged.len()).unwrap_or(i32::MAX))
+    .bind(plan.hash())
+    .bind(crate::sys::os_user())
+    .bind(env!("CARGO_PKG_VERSION"))
+    .execute(&mut *conn)
+    .await?;
+    expect_rows("the run-state row", r.rows_affected(), 1)
+}
+
+/// Write the snapshot of every row `plan` changes, in the caller's transaction, before the
+/// change: one `INSERT … SELECT` per kind of row, each checked against the plan's counts.
+async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Plan) -> Result<()> {
+    // The run row holds the agent's prior row (NULL when the run creates it) and the prior
+    // MODEL secret row (NULL when there is none).
+    record_run(conn, run_id, tenant, "applied", plan).await?;
+
+    let agent = plan.agent.id;
+    let old = plan.old_roots();
+    if !plan.reparented.is_empty() {
+        let ids: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
+        let r = sqlx::query(
+            "INSERT INTO orgctl.backfill_roots (run_id, workspace_id, old_parent_id, old_updated_at)
+             SELECT $1, id, parent_id, updated_at FROM workspaces WHERE id = ANY($2)",
+        )
+        .bind(run_id)
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+        expect_rows("the roots snapshot", r.rows_affected(), ids.len() as i64)?;
+    }
+    if plan.tokens_moved() > 0 {
+        let r = sqlx::query(
+            "INSERT INTO orgctl.backfill_anchors (run_id, tbl, row_id, old_org_id)
+             SELECT $1, 'org_api_tokens', id, org_id FROM org_api_tokens WHERE org_id = ANY($2)",
+        )
+        .bind(run_id)
+        .bind(&old)
+        .execute(&mut *conn)
+        .await?;
+        expect_rows(
+            "the tokens snapshot",
+            r.rows_affected(),
+            plan.tokens_moved(),
+        )?;
+    }
+    let merged: Vec<Uuid> = plan
+        .merged
+        .iter()
+        .map(|m| {
+            m.id.parse::<Uuid>().map_err(|_| {
+                Error::failed(format!(
+                    "allowlist row id '{}' is not a UUID; cannot snapshot it",
+                    m.id
+                ))
+            })
+        })
+        .collect::<Result<_>>()?;
+    if !merged.is_empty() {
+        let r = sqlx::query(
+            "INSERT INTO orgctl.backfill_merged (run_id, row_id, row)
+             SELECT $1, a.id, to_jsonb(a) FROM org_plugin_allowlist a WHERE a.id = ANY($2)",
+        )
+        .bind(run_id)
+        .bind(&merged)
+        .execute(&mut *conn)
+        .await?;
+        expect_rows(
+            "the merged allowlist snapshot",
+            r.rows_affected(),
+            merged.len() as i64,
+        )?;
+    }
+    if plan.allowlist_moved() > 0 {
+        let r = sqlx::query(
+            "INSERT INTO orgctl.backfill_anchors (run_id, tbl, row_id, old_org_id)
+             SELECT $1, 'org_plugin_allowlist', id, org_id FROM org_plugin_allowlist
+              WHERE org_id = ANY($2) AND NOT (id = ANY($3))",
+        )
+        .bind(run_id)
+        .bind(&old)
+        .bind(&merged)
+        .execute(&mut *conn)
+        .await?;
+        expect_rows(
+            "the allowlist snapshot",
+            r.rows_affected(),
+            plan.allowlist_moved(),
+        )?;
+    }
+    if plan.agent.action != AgentAction::Create {
+        // Rows that already hung off the existing agent stay there on rollback; only rows
+        // added after the run count as new.
+        sqlx::query(
+            "INSERT INTO orgctl.backfill_kept (run_id, tbl, row_id)
+             SELECT $1, 'workspaces', id FROM workspaces WHERE parent_id = $2
+             UNION ALL
+             SELECT $1, 'org_api_tokens', id FROM org_api_tokens WHERE org_id = $2
+             UNION ALL
+             SELECT $1, 'org_plugin_allowlist', id FROM org_plugin_allowlist WHERE org_id = $2",
+        )
+        .bind(run_id)
+        .bind(agent)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn expect_rows(what: &str, got: u64, want: i64) -> Result<()> {
+    if got as i64 == want {
+        Ok(())
+    } else {
+        Err(Error::failed(format!(
+            "{what} wrote {got} row(s) where the plan counted {want}; rolled back, nothing changed; rerun"
+        )))
+    }
+}
+
+/// Remember a failure in the tenant's own tables (never over a row that is not `failed`), when
+/// orgctl's schema is already there. Its own transaction: the change itself rolled back.
+async fn record_failure(
+    conn: &mut PgConnection,
+    run_id: &str,
+    tenant: &str,
+    error: &str,
+) -> Result<()> {
+    if !super::backfill_tables_exist(conn).await? {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO orgctl.backfill_runs AS b (run_id, tenant, status, error, os_user, orgctl_version)
+         VALUES ($1, $2, 'failed', $3, $4, $5)
+         ON CONFLICT (run_id) DO UPDATE
+            SET error = EXCLUDED.error, recorded_at = now(), tenant = EXCLUDED.tenant
+          WHERE b.status = 'failed'",
+    )
+    .bind(run_id)
+    .bind(tenant)
+    .bind(error)
+    .bind(crate::sys::os_user())
+    .bind(env!("CARGO_PKG_VERSION"))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command
+
+#[derive(Serialize)]
+pub struct Totals {
+    pub tenants: usize,
+    pub applied: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub pending: usize,
+    pub not_started: usize,
+    pub reparented: i64,
+    pub tokens_moved: i64,
+    pub allowlist_moved: i64,
+    pub allowlist_merged: i64,
+}
+
+/// The run's report (`--report FILE`, and stdout with `--output json`).
+#[derive(Serialize)]
+pub struct Report {
+    pub run_id: String,
+    pub dry_run: bool,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub shard: Option<String>,
+    pub concurrency: u32,
+    pub canary: Option<u32>,
+    /// A canary tenant failed, so the rest were not started.
+    pub canary_stopped: bool,
+    /// Ctrl-C stopped the run before every tenant was started.
+    pub interrupted: bool,
+    pub totals: Totals,
+    pub tenants: Vec<TenantResult>,
+}
+
+fn totals(results: &[TenantResult]) -> Totals {
+    let count = |s: Status| results.iter().filter(|r| r.status == s).count();
+    let applied: Vec<&TenantResult> = results
+        .iter()
+        .filter(|r| matches!(r.status, Status::Applied | Status::Pending))
+        .collect();
+    Totals {
+        tenants: results.len(),
+        applied: count(Status::Applied),
+        skipped: count(Status::Skipped),
+        failed: count(Status::Failed),
+        pending: count(Status::Pending),
+        not_started: count(Status::NotStarted),
+        reparented: applied.iter().map(|r| r.reparented).sum(),
+        tokens_moved: applied.iter().map(|r| r.tokens_moved).sum(),
+        allowlist_moved: applied.iter().map(|r| r.allowlist_moved).sum(),
+        allowlist_merged: applied.iter().map(|r| r.allowlist_merged).sum(),
+    }
+}
+
+pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Result<Exit> {
+    let out = &ctx.out;
+    let shard = args.shard.as_deref().map(Shard::parse).transpose()?;
+    let run_id = match &args.run_id {
+        Some(id) => {
+            super::check_run_id(id)?;
+            id.clone()
+        }
+        None => super::new_run_id(),
+    };
+    // Checked once up front, so a bad --model is a usage error and not N failed tenants.
+    let _ = InstallInput::new(None, None, args.model.as_deref(), args.allow_missing_model)?;
+    let all = super::tenants::read(&args.tenants)?;
+    let selected: Vec<Tenant> = match shard {
+        Some(s) => all.into_iter().filter(|t| s.contains(&t.name)).collect(),
+        None => all,
+    };
+    // The run id comes first, so an operator can resume or roll back whatever happens next.
+    eprintln!("run id: {run_id}");
+    let what = format!(
+        "{} tenant(s){}, concurrency {}{}",
+        selected.len(),
+        shard.map(|s| format!(" (shard {s})")).unwrap_or_default(),
+        args.concurrency,
+        args.canary
+            .map(|n| format!(", canary {n}"))
+            .unwrap_or_default()
+    );
+    if args.dry_run {
+        out.info(&format!("Dry run on {what}: planning read-only."));
+    } else {
+        out.info(&format!(
+            "Installing the platform agent on {what}{}.",
+            if args.model.is_some() {
+                ", seeding MODEL"
+            } else {
+                ""
+            }
+        ));
+        out.confirm(
+            &format!("Install the platform agent on {what} (run {run_id})?"),
+            ctx.yes,
+        )?;
+    }
+    if cancel.stopping() {
+        return Err(Error::new(
+            Exit::Interrupted,
+            "interrupted before any tenant was started; nothing was changed",
+        ));
+    }
+
+    let job = Arc::new(Job {
+        run_id: run_id.clone(),
+        settings: ctx.settings.clone(),
+        model: args.model.as_deref().map(|m| Zeroizing::new(m.to_string())),
+        allow_missing_model: args.allow_missing_model,
+        sb: SecretBox::from_env(),
+        dry_run: args.dry_run,
+    });
+    let started_at = Utc::now();
+    let pb = out.progress(selected.len() as u64, "tenants");
+    let (mut ok, mut failed) = (0usize, 0usize);
+    let mut on_done = |r: &TenantResult, in_flight: usize| {
+        if r.status == Status::Failed {
+            failed += 1;
+            if !pb.is_hidden() {
+                pb.suspend(|| {
+                    out.warn(&format!(
+                        "{}: {}",
+                        r.tenant,
+                        r.error.as_deref().unwrap_or("")
+                    ))
+                });
+            } else {
+                out.warn(&format!(
+                    "{}: {}",
+                    r.tenant,
+                    r.error.as_deref().unwrap_or("")
+                ));
+            }
+        } else {
+            ok += 1;
+            out.detail(&format!(
+                "{}: {} in {}",
+                r.tenant,
+                r.status.as_str(),
+                fmt_duration(r.duration_ms)
+            ));
+        }
+        pb.inc(1);
+        pb.set_message(format!(
+            "done {ok} · failed {failed} · in flight {in_flight}"
+        ));
+    };
+    let concurrency = args.concurrency as usize;
+    let work = |t: Tenant, c: Committing| tenant(job.clone(), t, c);
+
+    // Canary: the first N selected tenants alone; any failure stops the run before the rest.
+    let canary = if args.dry_run {
+        0
+    } else {
+        args.canary
+            .map(|n| n as usize)
+            .unwrap_or(0)
+            .min(selected.len())
+    };
+    let mut slots = Vec::new();
+    let mut canary_stopped = false;
+    if canary > 0 {
+        slots = super::for_each(&selected[..canary], concurrency, cancel, work, &mut on_done).await;
+        canary_stopped = slots.iter().any(|s| match s {
+            Slot::Done(r) => r.status == Status::Failed,
+            Slot::Abandoned => true,
+            Slot::NotStarted => false,
+        });
+        if canary_stopped {
+            out.warn("a canary tenant failed: the rest of the run was not started");
+        }
+    }
+    if canary_stopped {
+        slots.extend(selected[canary..].iter().map(|_| Slot::NotStarted));
+    } else {
+        let rest =
+            super::for_each(&selected[canary..], concurrency, cancel, work, &mut on_done).await;
+        slots.extend(rest);
+    }
+    pb.finish_and_clear();
+
+    let interrupted = cancel.stopping();
+    let results: Vec<TenantResult> = slots
+        .into_iter()
+        .zip(selected.iter())
+        .map(|(s, t)| match s {
+            Slot::Done(r) => r,
+            Slot::NotStarted => TenantResult::new(t, Status::NotStarted),
+            Slot::Abandoned => {
+                let mut r = TenantResult::new(t, Status::Failed);
+                r.error = Some(
+                    "abandoned by a second Ctrl-C before its commit: its transaction was rolled back"
+                        .into(),
+                );
+                r
+            }
+        })
+        .collect();
+    let report = Report {
+        run_id: run_id.clone(),
+        dry_run: args.dry_run,
+        started_at,
+        finished_at: Utc::now(),
+        shard: shard.map(|s| s.to_string()),
+        concurrency: args.concurrency,
+        canary: args.canary,
+        canary_stopped,
+        interrupted,
+        totals: totals(&results),
+        tenants: results,
+    };
+    render(ctx, &report)?;
+    if let Some(path) = &args.report {
+        super::write_report(path, &report)?;
+    }
+    let t = &report.totals;
+    if interrupted {
+        return Err(Error::new(
+            Exit::Interrupted,
+            format!(
+                "interrupted: {} tenant(s) were not started; in-flight tenants finished or rolled back; resume with --run-id {run_id}",
+                t.not_started
+            ),
+        ));
+    }
+    if t.failed > 0 || t.not_started > 0 {
+        return Err(Error::failed(format!(
+            "{} of {} tenant(s) failed{}; each rolled back alone: fix and rerun with --run-id {run_id} to resume",
+            t.failed,
+            t.tenants,
+            if canary_stopped {
+                format!(" (canary: {} not started)", t.not_started)
+            } else {
+                String::new()
+            }
+        )));
+    }
+    Ok(Exit::Ok)
+}
+
+fn render(ctx: &Context, report: &Report) -> Result<()> {
+    let out = &ctx.out;
+    if out.json_mode() {
+        return out.json(report);
+    }
+    let mut table = out.new_table([
+        "tenant",
+        "status",
+        "re-parented",
+        "tokens moved",
+        "allowlist moved",
+        "duration",
+        "error",
+    ]);
+    for r in &report.tenants {
+        let detail = r
+            .error
+            .clone()
+            .or_else(|| r.note.clone())
+            .unwrap_or_default();
+        table.add_row(vec![
+            crate::error::sanitize(&r.tenant),
+            r.status.as_str().to_string(),
+            r.reparented.to_string(),
+            r.tokens_moved.to_string(),
+            r.allowlist_moved.to_string(),
+            if r.status == Status::NotStarted {
+                "-".into()
+            } else {
+                fmt_duration(r.duration_ms)
+            },
+            detail,
+        ]);
+    }
+    let t = &report.totals;
+    let mut s = format!("{table}\n");
+    s.push_str(&format!(
+        "Run {}{}: {} tenant(s): {} applied, {} skipped, {} failed{}{}; {} root(s) re-parented, {} token(s) and {} allowlist row(s) moved, {} merged.\n",
+        report.run_id,
+        if report.dry_run { " (dry run, nothing changed)" } else { "" },
+        t.tenants,
+        t.applied,
+        t.skipped,
+        t.failed,
+        if report.dry_run { format!(", {} pending", t.pending) } else { String::new() },
+        if t.not_started > 0 { format!(", {} not started", t.not_started) } else { String::new() },
+        t.reparented,
+        t.tokens_moved,
+        t.allowlist_moved,
+        t.allowlist_merged,
+    ));
+    out.stdout(&s)
+}

@@ -1,0 +1,271 @@
+//! `orgctl backfill run | rollback | status` (SPEC §7): install-platform-agent across a fleet
+//! of tenant databases, each in its own transaction with a snapshot of every row it changes, and
+//! an exact rollback from that snapshot.
+//!
+//! - [`tenants`]: the tenants file and the stable shard hash.
+//! - [`apply`]: one tenant of a run (and its dry run).
+//! - [`rollback`]: one tenant of a rollback (drift check, restore).
+//! - [`status`]: each tenant's state under a run, read-only.
+//!
+//! Ctrl-C: backfill handles it itself (see [`Cancel`]) instead of having its future dropped:
+//! the first Ctrl-C starts no new tenant and lets in-flight ones finish or roll back, then the
+//! summary prints and the exit code is 130; a second Ctrl-C abandons the in-flight tenants
+//! (closing their connections rolls their transactions back), except one whose COMMIT is on the
+//! wire, which is waited for.
+
+pub mod apply;
+pub mod rollback;
+pub mod status;
+pub mod tenants;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::cli::BackfillCommand;
+use crate::error::{Error, Exit, Result};
+use crate::Context;
+
+pub use tenants::{Shard, Tenant};
+
+pub async fn run(ctx: &Context, cmd: &BackfillCommand) -> Result<Exit> {
+    let cancel = Cancel::listen();
+    match cmd {
+        BackfillCommand::Run(args) => apply::run(ctx, args, &cancel).await,
+        BackfillCommand::Rollback(args) => rollback::run(ctx, args, &cancel).await,
+        BackfillCommand::Status(args) => status::run(ctx, args, &cancel).await,
+    }
+}
+
+/// Ctrl-C as a level: 0 none, 1 stop starting tenants, 2 abandon in-flight ones.
+#[derive(Clone)]
+pub struct Cancel {
+    rx: watch::Receiver<u8>,
+}
+
+impl Cancel {
+    /// Listen for Ctrl-C for the rest of the command.
+    pub fn listen() -> Self {
+        let (tx, rx) = watch::channel(0u8);
+        tokio::spawn(async move {
+            let mut n = 0u8;
+            while tokio::signal::ctrl_c().await.is_ok() {
+                n = n.saturating_add(1);
+                if tx.send(n).is_err() {
+                    break;
+                }
+            }
+        });
+        Cancel { rx }
+    }
+
+    /// A Cancel that never fires (tests of the modules).
+    pub fn never() -> Self {
+        let (tx, rx) = watch::channel(0u8);
+        std::mem::forget(tx);
+        Cancel { rx }
+    }
+
+    pub fn level(&self) -> u8 {
+        *self.rx.borrow()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.level() >= 1
+    }
+
+    /// Resolves once Ctrl-C has been pressed `level` times (never if the listener is gone).
+    pub async fn reached(&mut self, level: u8) {
+        if self.rx.wait_for(|v| *v >= level).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// What became of one tenant's task.
+pub enum Slot<T> {
+    /// Never started (Ctrl-C, or a failed canary).
+    NotStarted,
+    Done(T),
+    /// Abandoned by a second Ctrl-C before its COMMIT: its transaction rolled back.
+    Abandoned,
+}
+
+/// Marks the moment a tenant's COMMIT is on the wire: a second Ctrl-C then waits for it.
+#[derive(Clone, Default)]
+pub struct Committing(Arc<AtomicBool>);
+
+impl Committing {
+    pub fn enter(&self) -> CommittingGuard {
+        self.0.store(true, Ordering::SeqCst);
+        CommittingGuard(self.0.clone())
+    }
+    fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub struct CommittingGuard(Arc<AtomicBool>);
+
+impl Drop for CommittingGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Run `work` for each tenant, at most `concurrency` at once, in order of the list. After the
+/// first Ctrl-C no new tenant starts; `done` is called as each finishes (for progress).
+pub async fn for_each<T, F, Fut>(
+    tenants: &[Tenant],
+    concurrency: usize,
+    cancel: &Cancel,
+    work: F,
+    mut done: impl FnMut(&T, usize),
+) -> Vec<Slot<T>>
+where
+    T: Send + 'static,
+    F: Fn(Tenant, Committing) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let mut slots: Vec<Slot<T>> = tenants.iter().map(|_| Slot::NotStarted).collect();
+    let mut set: JoinSet<(usize, Option<T>)> = JoinSet::new();
+    let mut next = 0usize;
+    let mut cancel_rx = cancel.clone();
+    loop {
+        while set.len() < concurrency.max(1) && next < tenants.len() && !cancel.stopping() {
+            let committing = Committing::default();
+            let fut = work(tenants[next].clone(), committing.clone());
+            let mut abandon = cancel.clone();
+            let idx = next;
+            set.spawn(async move {
+                tokio::pin!(fut);
+                tokio::select! {
+                    r = &mut fut => (idx, Some(r)),
+                    _ = abandon.reached(2) => {
+                        if committing.get() {
+                            // The COMMIT is on the wire: let it finish so the report is true.
+                            (idx, Some(fut.await))
+                        } else {
+                            (idx, None)
+                        }
+                    }
+                }
+            });
+            next += 1;
+        }
+        if set.is_empty() {
+            break;
+        }
+        tokio::select! {
+            joined = set.join_next() => {
+                match joined {
+                    Some(Ok((idx, Some(r)))) => {
+                        done(&r, set.len());
+                        slots[idx] = Slot::Done(r);
+                    }
+                    Some(Ok((idx, None))) => slots[idx] = Slot::Abandoned,
+                    // A panicking task: its tenant stays "not started" in the summary; the
+                    // transaction it had open was rolled back when its connection dropped.
+                    Some(Err(_)) => {}
+                    None => break,
+                }
+            }
+            // Wake up to stop starting tenants as soon as Ctrl-C arrives.
+            _ = cancel_rx.reached(1), if !cancel.stopping() => {}
+        }
+    }
+    slots
+}
+
+/// A new run id: `bf-` UTC timestamp and 8 random hex digits.
+pub fn new_run_id() -> String {
+    let mut b = [0u8; 4];
+    let _ = getrandom::getrandom(&mut b);
+    format!(
+        "bf-{}-{:02x}{:02x}{:02x}{:02x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        b[0],
+        b[1],
+        b[2],
+        b[3]
+    )
+}
+
+/// Run ids are 1-64 letters, digits, '.', '_', ':' or '-' (they go into messages and files).
+pub fn check_run_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::usage(
+            "--run-id must be 1 to 64 letters, digits, '.', '_', ':' or '-'",
+        ))
+    }
+}
+
+/// Write a JSON report atomically (a temporary file renamed into place).
+pub fn write_report<T: serde::Serialize>(path: &Path, doc: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(doc)
+        .map_err(|e| Error::failed(format!("could not render the report: {e}")))?;
+    text.push('\n');
+    let text = crate::redact::mask(&text);
+    let tmp = path.with_extension("tmp-orgctl");
+    std::fs::write(&tmp, text.as_bytes())
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::failed(format!(
+                "could not write the report {}: {e}",
+                path.display()
+            ))
+        })
+}
+
+/// An error as the summary shows it: one line, control characters stripped, passwords masked.
+pub fn clean(e: &Error) -> String {
+    crate::redact::mask(&crate::error::sanitize(&e.message))
+}
+
+/// Whether orgctl's backfill tables exist in this tenant (read-only commands never create them).
+pub async fn backfill_tables_exist(conn: &mut sqlx::PgConnection) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT to_regclass('orgctl.backfill_runs') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub fn fmt_duration(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids() {
+        let id = new_run_id();
+        assert!(check_run_id(&id).is_ok(), "{id}");
+        assert!(id.starts_with("bf-"));
+        for bad in ["", "a b", "x/y", &"a".repeat(65), "é"] {
+            assert!(check_run_id(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,985 @@
+//! `backfill rollback`: restore, per tenant in one transaction, exactly what a run snapshotted.
+//!
+//! Under the tenant advisory lock and row locks on the agent and the snapshotted roots, the
+//! drift check runs first (set-based; each finding names up to [`LIST`] rows and counts the
+//! rest): a snapshotted row changed or deleted since the run (every `updated_at` the run wrote
+//! equals the run's transaction time, and every moved anchor points at the agent), a row whose
+//! restore would collide, the agent or its MODEL secret changed, and new rows hanging off the
+//! agent (children, tokens, allowlist rows, other secrets). Drift refuses that tenant (exit 3)
+//! unless `--force`. Then one statement per kind of row restores the snapshot, each checked
+//! against the snapshot's counts (without `--force`), the run row becomes `rolled_back`, an
+//! audit row is written, and the transaction commits. A second rollback finds `rolled_back` and
+//! changes nothing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+use uuid::Uuid;
+
+use super::{clean, fmt_duration, millis, Cancel, Committing, Slot, Tenant};
+use crate::cli::BackfillRollbackArgs;
+use crate::db::{self, Settings};
+use crate::error::{Error, Exit, Result};
+use crate::install::MODEL_KEY;
+use crate::Context;
+
+/// Rows named per drift finding before it is summarised as a count.
+const LIST: i64 = 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    RolledBack,
+    /// Dry run: this is what a rollback would restore.
+    WouldRollBack,
+    AlreadyRolledBack,
+    /// The run did not change this tenant (skipped, failed, or never reached it).
+    NothingToRollBack,
+    /// Drift, and no --force.
+    Refused,
+    Failed,
+    NotStarted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::RolledBack => "rolled_back",
+            Status::WouldRollBack => "would_roll_back",
+            Status::AlreadyRolledBack => "already_rolled_back",
+            Status::NothingToRollBack => "nothing_to_roll_back",
+            Status::Refused => "refused",
+            Status::Failed => "failed",
+            Status::NotStarted => "not_started",
+        }
+    }
+}
+
+/// One drift finding: a kind of row, how many, and the first few ids.
+#[derive(Clone, Debug, Serialize)]
+pub struct Drift {
+    pub table: &'static str,
+    pub reason: String,
+    pub rows: i64,
+    pub ids: Vec<String>,
+    /// With --force: what is done about it.
+    pub action: Option<String>,
+}
+
+impl Drift {
+    fn line(&self) -> String {
+        let more = self.rows - self.ids.len() as i64;
+        format!(
+            "{} {} row(s) {}: {}{}{}",
+            self.rows,
+            self.table,
+            self.reason,
+            self.ids.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            },
+            self.action
+                .as_deref()
+                .map(|a| format!(" ({a})"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TenantResult {
+    pub tenant: String,
+    pub database: String,
+    pub status: Status,
+    pub agent_id: Option<Uuid>,
+    /// deleted (the run created it), restored (its prior fields), unchanged.
+    pub agent: Option<&'static str>,
+    /// deleted (the run seeded it), restored (the prior row), unchanged.
+    pub model_secret: Option<&'static str>,
+    pub roots_restored: i64,
+    pub tokens_restored: i64,
+    pub allowlist_restored: i64,
+    pub merged_restored: i64,
+    pub drift: Vec<Drift>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+impl TenantResult {
+    fn new(t: &Tenant, status: Status) -> Self {
+        TenantResult {
+            tenant: t.name.clone(),
+            database: t.database(),
+            status,
+            agent_id: None,
+            agent: None,
+            model_secret: None,
+            roots_restored: 0,
+            tokens_restored: 0,
+            allowlist_restored: 0,
+            merged_restored: 0,
+            drift: Vec::new(),
+            duration_ms: 0,
+            error: None,
+        }
+    }
+}
+
+struct Job {
+    run_id: String,
+    settings: Settings,
+    force: bool,
+    dry_run: bool,
+}
+
+/// The run row of a tenant.
+struct RunRow {
+    status: String,
+    agent_id: Option<Uuid>,
+    agent_action: String,
+    model_action: String,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+fn tenant(
+    job: Arc<Job>,
+    t: Tenant,
+    committing: Committing,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = TenantResult> + Send>> {
+    Box::pin(async move {
+        let start = Instant::now();
+        let mut r = match rollback(&job, &t, &committing).await {
+            Ok(r) => r,
+            Err(e) => {
+                let mut f = TenantResult::new(&t, Status::Failed);
+                f.error = Some(clean(&e));
+                f
+            }
+        };
+        r.duration_ms = millis(start.elapsed());
+        r
+    })
+}
+
+async fn rollback(job: &Job, t: &Tenant, committing: &Committing) -> Result<TenantResult> {
+    let mut conn = db::connect(&t.url, &job.settings).await?;
+    let r = rollback_on(job, t, &mut conn, committing).await;
+    let _ = conn.close().await;
+    r
+}
+
+async fn rollback_on(
+    job: &Job,
+    t: &Tenant,
+    conn: &mut PgConnection,
+    committing: &Committing,
+) -> Result<TenantResult> {
+    db::ensure_compatible(conn).await?;
+    if !super::backfill_tables_exist(conn).await? {
+        return Ok(TenantResult::new(t, Status::NothingToRollBack));
+    }
+    let mut tx = if job.dry_run {
+        db::begin_read_only(conn).await?
+    } else {
+        let mut tx = conn.begin().await?;
+        db::lock_tenant(&mut tx, &job.settings).await?;
+        tx
+    };
+    let lock = if job.dry_run { "" } else { " FOR UPDATE" };
+    let row = sqlx::query(&format!(
+        "SELECT status, agent_id, coalesce(agent_action, ''), coalesce(model_action, ''),
+                recorded_at
+           FROM orgctl.backfill_runs WHERE run_id = $1{lock}"
+    ))
+    .bind(&job.run_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(TenantResult::new(t, Status::NothingToRollBack));
+    };
+    let run = RunRow {
+        status: row.try_get(0)?,
+        agent_id: row.try_get(1)?,
+        agent_action: row.try_get(2)?,
+        model_action: row.try_get(3)?,
+        at: row.try_get(4)?,
+    };
+    match run.status.as_str() {
+        "applied" => {}
+        "rolled_back" => return Ok(TenantResult::new(t, Status::AlreadyRolledBack)),
+        _ => return Ok(TenantResult::new(t, Status::NothingToRollBack)),
+    }
+    let agent = run
+        .agent_id
+        .ok_or_else(|| Error::failed("the run row has no agent id; cannot roll back"))?;
+
+    if !job.dry_run {
+        // The same lock order as install: the agent and every snapshotted root, in id order.
+        sqlx::query(
+            "SELECT id FROM workspaces
+              WHERE id = $2 OR id IN (SELECT workspace_id FROM orgctl.backfill_roots WHERE run_id = $1)
+              ORDER BY id FOR UPDATE",
+        )
+        .bind(&job.run_id)
+        .bind(agent)
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    let counts = snapshot_counts(&mut tx, &job.run_id).await?;
+    let drift = find_drift(&mut tx, &job.run_id, agent, &run).await?;
+    let mut result = TenantResult::new(t, Status::WouldRollBack);
+    result.agent_id = Some(agent);
+    result.agent = Some(match run.agent_action.as_str() {
+        "create" => "deleted",
+        "update" => "restored",
+        _ => "unchanged",
+    });
+    result.model_secret = Some(match run.model_action.as_str() {
+        "seeded" => "deleted",
+        "replaced" => "restored",
+        _ => "unchanged",
+    });
+    result.roots_restored = counts.roots;
+    result.tokens_restored = counts.tokens;
+    result.allowlist_restored = counts.allowlist;
+    result.merged_restored = counts.merged;
+    result.drift = drift;
+
+    // New rows can only go to the oldest former root; without one there is nowhere to put them.
+    let oldest: Option<Uuid> = sqlx::query_scalar(
+        "SELECT w.id FROM orgctl.backfill_roots s JOIN workspaces w ON w.id = s.workspace_id
+          WHERE s.run_id = $1 ORDER BY w.created_at NULLS LAST, w.id LIMIT 1",
+    )
+    .bind(&job.run_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let has_new = result.drift.iter().any(|d| d.reason.starts_with("added"));
+    let blocking = result
+        .drift
+        .iter()
+        .filter(|d| {
+            d.table == "workspace_secrets" && d.reason.starts_with("set")
+                || (d.reason.starts_with("added") && oldest.is_none())
+        })
+        .count();
+    if job.force {
+        let to = oldest.map(|o| o.to_string()).unwrap_or_default();
+        for d in result.drift.iter_mut() {
+            d.action = Some(if d.reason.starts_with("added") {
+                format!("moved to the oldest former root {to}")
+            } else if d.reason.contains("collide") {
+                "merged into the existing row".to_string()
+            } else {
+                "restored anyway where the row still exists".to_string()
+            });
+        }
+    }
+
+    if !result.drift.is_empty() && (!job.force || blocking > 0) {
+        let lines: Vec<String> = result.drift.iter().map(Drift::line).collect();
+        let hint = if !job.force {
+            "rerun with --force to restore anyway and move new rows to the oldest former root"
+        } else if has_new && oldest.is_none() {
+            "the run re-parented no root, so new rows have nowhere to go: move or delete them first"
+        } else {
+            "delete or move the agent's other secrets first"
+        };
+        result.status = Status::Refused;
+        result.error = Some(format!("drift since the run: {}; {hint}", lines.join("; ")));
+        return Ok(result);
+    }
+    if job.dry_run {
+        return Ok(result);
+    }
+
+    restore(&mut tx, job, agent, &run, &counts, oldest).await?;
+    db::audit(
+        &mut tx,
+        "backfill rollback",
+        &serde_json::json!({
+            "run_id": job.run_id,
+            "tenant": t.name,
+            "force": job.force,
+            "agent_id": agent,
+            "agent": result.agent,
+            "model_secret": result.model_secret,
+            "roots_restored": counts.roots,
+            "tokens_restored": counts.tokens,
+            "allowlist_restored": counts.allowlist,
+            "merged_restored": counts.merged,
+            "drift": result.drift,
+        }),
+        "rolled back",
+    )
+    .await?;
+    sqlx::query(
+        "UPDATE orgctl.backfill_runs
+            SET status = 'rolled_back', rolled_back_at = now(), rollback_forced = $2,
+                rollback_notes = $3::jsonb
+          WHERE run_id = $1",
+    )
+    .bind(&job.run_id)
+    .bind(job.force)
+    .bind(serde_json::to_string(&result.drift).unwrap_or_else(|_| "[]".into()))
+    .execute(&mut *tx)
+    .await?;
+    {
+        let _guard = committing.enter();
+        tx.commit().await?;
+    }
+    result.status = Status::RolledBack;
+    Ok(result)
+}
+
+struct Counts {
+    roots: i64,
+    tokens: i64,
+    allowlist: i64,
+    merged: i64,
+}
+
+async fn snapshot_counts(conn: &mut PgConnection, run_id: &str) -> Result<Counts> {
+    let r = sqlx::query(
+        "SELECT (SELECT count(*) FROM orgctl.backfill_roots WHERE run_id = $1),
+                (SELECT count(*) FROM orgctl.backfill_anchors WHERE run_id = $1 AND tbl = 'org_api_tokens'),
+                (SELECT count(*) FROM orgctl.backfill_anchors WHERE run_id = $1 AND tbl = 'org_plugin_allowlist'),
+                (SELECT count(*) FROM orgctl.backfill_merged WHERE run_id = $1)",
+    )
+    .bind(run_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Counts {
+        roots: r.try_get(0)?,
+        tokens: r.try_get(1)?,
+        allowlist: r.try_get(2)?,
+        merged: r.try_get(3)?,
+    })
+}
+
+/// Rows that are not in the snapshot and hang off the agent: `tbl` rows whose `col` is the agent.
+fn new_rows_sql(tbl: &str, col: &str, snapshot: &str) -> String {
+    format!(
+        "SELECT x.id::text, count(*) OVER () FROM {tbl} x
+          WHERE x.{col} = $2 AND $3::timestamptz IS NOT NULL
+            AND NOT EXISTS ({snapshot})
+            AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_kept k
+                             WHERE k.run_id = $1 AND k.tbl = '{tbl}' AND k.row_id = x.id)
+          ORDER BY x.id LIMIT $4"
+    )
+}
+
+async fn find_drift(
+    conn: &mut PgConnection,
+    run_id: &str,
+    agent: Uuid,
+    run: &RunRow,
+) -> Result<Vec<Drift>> {
+    // Every query binds $1 run id, $2 agent, $3 the run's transaction time, $4 the list limit,
+    // and returns (id, total count).
+    let checks: Vec<(&'static str, String, String)> = vec![
+        (
+            "workspaces",
+            "(a re-parented root) deleted since the run".into(),
+            "SELECT s.workspace_id::text, count(*) OVER () FROM orgctl.backfill_roots s
+              WHERE s.run_id = $1 AND $2::uuid IS NOT NULL AND $3::timestamptz IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = s.workspace_id)
+              ORDER BY 1 LIMIT $4"
+                .into(),
+        ),
+        (
+            "workspaces",
+            "(a re-parented root) changed since the run".into(),
+            "SELECT w.id::text, count(*) OVER () FROM orgctl.backfill_roots s
+               JOIN workspaces w ON w.id = s.workspace_id
+              WHERE s.run_id = $1
+                AND (w.parent_id IS DISTINCT FROM $2 OR w.updated_at IS DISTINCT FROM $3)
+              ORDER BY 1 LIMIT $4"
+                .into(),
+        ),
+        (
+            "org_api_tokens",
+            "(moved to the agent) deleted or moved since the run".into(),
+            "SELECT s.row_id::text, count(*) OVER () FROM orgctl.backfill_anchors s
+               LEFT JOIN org_api_tokens x ON x.id = s.row_id
+              WHERE s.run_id = $1 AND s.tbl = 'org_api_tokens'
+                AND x.org_id IS DISTINCT FROM $2 AND $3::timestamptz IS NOT NULL
+              ORDER BY 1 LIMIT $4"
+                .into(),
+        ),
+        (
+            "org_plugin_allowlist",
+            "(moved to the agent) deleted or moved since the run".into(),
+            "SELECT s.row_id::text, count(*) OVER () FROM orgctl.backfill_anchors s
+               LEFT JOIN org_plugin_allowlist x ON x.id = s.row_id
+              WHERE s.run_id = $1 AND s.tbl = 'org_plugin_allowlist'
+                AND x.org_id IS DISTINCT FROM $2 AND $3::timestamptz IS NOT NULL
+              ORDER BY 1 LIMIT $4"
+                .into(),
+        ),
+        (
+            "org_plugin_allowlist",
+            "would collide on (org_id, plugin_name) when moved back to its root".into(),
+            "SELECT x.id::text, count(*) OVER () FROM orgctl.backfill_anchors s
+               JOIN org_plugin_allowlist x ON x.id = s.row_id
+              WHERE s.run_id = $1 AND s.tbl = 'org_plugin_allowlist'
+                AND x.org_id = $2 AND $3::timestamptz IS NOT NULL
+                AND EXISTS (SELECT 1 FROM org_plugin_allowlist b
+                             WHERE b.org_id = s.old_org_id AND b.plugin_name = x.plugin_name
+                               AND b.id <> x.id)
+              ORDER BY 1 LIMIT $4"
+                .into(),
+        ),
+        (
+            "org_plugin_allowlist",
+            "(merged away by the run) would collide when re-inserted".into(),
+            "SELECT m.row_id::text, count(*) OVER () FROM orgctl.backfill_merged m
+              CROSS JOIN LATERAL jsonb_populate_record(NULL::org_plugin_allowlist, m.row) r
+              WHERE m.run_id = $1 AND $2::uuid IS NOT NULL AND $3::timestamptz IS NOT NULL
+                AND EXISTS (SELECT 1 FROM org_plugin_allowlist b
+                             WHERE (b.id = r.id
+                                    OR (b.org_id = r.org_id AND b.plugin_name = r.plugin_name))
+                               AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_anchors s
+                                                WHERE s.run_id = $1 AND s.row_id = b.id
+                                                  AND s.tbl = 'org_plugin_allowlist'))
+              ORDER BY 1 LIMIT $4"
+                .into(),
+        ),
+        (
+            "workspaces",
+            "added under the agent since the run (children)".into(),
+            new_rows_sql(
+                "workspaces",
+                "parent_id",
+                "SELECT 1 FROM orgctl.backfill_roots s WHERE s.run_id = $1 AND s.workspace_id = x.id",
+            ),
+        ),
+        (
+            "org_api_tokens",
+            "added on the agent since the run".into(),
+            new_rows_sql(
+                "org_api_tokens",
+                "org_id",
+                "SELECT 1 FROM orgctl.backfill_anchors s WHERE s.run_id = $1 AND s.tbl = 'org_api_tokens' AND s.row_id = x.id",
+            ),
+        ),
+        (
+            "org_plugin_allowlist",
+            "added on the agent since the run".into(),
+            new_rows_sql(
+                "org_plugin_allowlist",
+                "org_id",
+                "SELECT 1 FROM orgctl.backfill_anchors s WHERE s.run_id = $1 AND s.tbl = 'org_plugin_allowlist' AND s.row_id = x.id",
+            ),
+        ),
+    ];
+    let mut found = Vec::new();
+    for (table, reason, sql) in checks {
+        let rows = sqlx::query(&sql)
+            .bind(run_id)
+            .bind(agent)
+            .bind(run.at)
+            .bind(LIST)
+            .fetch_all(&mut *conn)
+            .await?;
+        if let Some(first) = rows.first() {
+            let total: i64 = first.try_get(1)?;
+            let ids = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            found.push(Drift {
+                table,
+                reason,
+                rows: total,
+                ids,
+                action: None,
+            });
+        }
+    }
+
+    // The agent and its MODEL secret, when the run wrote them.
+    if run.agent_action != "unchanged" {
+        let state: Option<bool> = sqlx::query_scalar(
+            "SELECT parent_id IS NULL AND kind = 'platform' AND updated_at = $2
+               FROM workspaces WHERE id = $1",
+        )
+        .bind(agent)
+        .bind(run.at)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let reason = match state {
+            None => Some("(the platform agent) deleted since the run"),
+            Some(false) => Some("(the platform agent) changed since the run"),
+            Some(true) => None,
+        };
+        if let Some(reason) = reason {
+            found.push(Drift {
+                table: "workspaces",
+                reason: reason.into(),
+                rows: 1,
+                ids: vec![agent.to_string()],
+                action: None,
+            });
+        }
+    }
+    if matches!(run.model_action.as_str(), "seeded" | "replaced") {
+        let same: Option<bool> = sqlx::query_scalar(
+            "SELECT updated_at = $3 FROM workspace_secrets WHERE workspace_id = $1 AND key = $2",
+        )
+        .bind(agent)
+        .bind(MODEL_KEY)
+        .bind(run.at)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if same != Some(true) {
+            found.push(Drift {
+                table: "workspace_secrets",
+                reason: format!(
+                    "(the agent's MODEL) {} since the run",
+                    if same.is_none() { "deleted" } else { "changed" }
+                ),
+                rows: 1,
+                ids: vec![format!("{agent}/{MODEL_KEY}")],
+                action: None,
+            });
+        }
+    }
+    if run.agent_action == "create" {
+        // Other secrets on an agent the rollback must delete would block (or lose) them.
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT key FROM workspace_secrets WHERE workspace_id = $1 AND key <> $2
+              ORDER BY key LIMIT $3",
+        )
+        .bind(agent)
+        .bind(MODEL_KEY)
+        .bind(LIST)
+        .fetch_all(&mut *conn)
+        .await?;
+        if !keys.is_empty() {
+            found.push(Drift {
+                table: "workspace_secrets",
+                reason: "set on the agent since the run (the agent the run created cannot be deleted with its secrets)".into(),
+                rows: keys.len() as i64,
+                ids: keys.iter().map(|k| format!("{agent}/{k}")).collect(),
+                action: None,
+            });
+        }
+    }
+    Ok(found)
+}
+
+fn check(what: &str, got: u64, want: i64, force: bool) -> Result<()> {
+    if force || got as i64 == want {
+        Ok(())
+    } else {
+        Err(Error::failed(format!(
+            "restoring {what} touched {got} row(s) where the snapshot has {want}; rolled back, nothing changed; rerun"
+        )))
+    }
+}
+
+/// Restore the snapshot: one statement per kind of row. Without --force every statement must
+/// touch exactly the snapshot's rows (there is no drift, so anything else is a bug or a race).
+async fn restore(
+    conn: &mut PgConnection,
+    job: &Job,
+    agent: Uuid,
+    run: &RunRow,
+    counts: &Counts,
+    oldest: Option<Uuid>,
+) -> Result<()> {
+    let id = &job.run_id;
+    let force = job.force;
+    // --force: rows added off the agent since the run go to the oldest former root.
+    if let (true, Some(to)) = (force, oldest) {
+        sqlx::query(
+            "UPDATE workspaces x SET parent_id = $3, updated_at = now()
+              WHERE x.parent_id = $2
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_roots s WHERE s.run_id = $1 AND s.workspace_id = x.id)
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_kept k WHERE k.run_id = $1 AND k.tbl = 'workspaces' AND k.row_id = x.id)",
+        )
+        .bind(id)
+        .bind(agent)
+        .bind(to)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "UPDATE org_api_tokens x SET org_id = $3
+              WHERE x.org_id = $2
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_anchors s WHERE s.run_id = $1 AND s.tbl = 'org_api_tokens' AND s.row_id = x.id)
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_kept k WHERE k.run_id = $1 AND k.tbl = 'org_api_tokens' AND k.row_id = x.id)",
+        )
+        .bind(id)
+        .bind(agent)
+        .bind(to)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    // Roots: parent and updated_at as they were.
+    let guard = if force {
+        ""
+    } else {
+        " AND w.parent_id = $2 AND w.updated_at = $3"
+    };
+    let sql = format!(
+        "UPDATE workspaces w SET parent_id = s.old_parent_id, updated_at = s.old_updated_at
+           FROM orgctl.backfill_roots s
+          WHERE s.run_id = $1 AND w.id = s.workspace_id{guard}"
+    );
+    let mut q = sqlx::query(&sql).bind(id);
+    if !force {
+        q = q.bind(agent).bind(run.at);
+    }
+    let r = q.execute(&mut *conn).await?;
+    check(
+        "the re-parented roots",
+        r.rows_affected(),
+        counts.roots,
+        force,
+    )?;
+
+    // Anchors: back to their old root (with --force, wherever they are, if that root exists).
+    let guard = if force {
+        " AND EXISTS (SELECT 1 FROM workspaces w WHERE w.id = s.old_org_id)"
+    } else {
+        " AND x.org_id = $2"
+    };
+    let sql = format!(
+        "UPDATE org_api_tokens x SET org_id = s.old_org_id
+           FROM orgctl.backfill_anchors s
+          WHERE s.run_id = $1 AND s.tbl = 'org_api_tokens' AND x.id = s.row_id{guard}"
+    );
+    let mut q = sqlx::query(&sql).bind(id);
+    if !force {
+        q = q.bind(agent);
+    }
+    let r = q.execute(&mut *conn).await?;
+    check("the moved tokens", r.rows_affected(), counts.tokens, force)?;
+
+    if force {
+        // A moved allowlist row whose root has the plugin again: the root's row stands.
+        sqlx::query(
+            "DELETE FROM org_plugin_allowlist x USING orgctl.backfill_anchors s
+              WHERE s.run_id = $1 AND s.tbl = 'org_plugin_allowlist' AND x.id = s.row_id
+                AND EXISTS (SELECT 1 FROM org_plugin_allowlist b
+                             WHERE b.org_id = s.old_org_id AND b.plugin_name = x.plugin_name
+                               AND b.id <> x.id)",
+        )
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let sql = format!(
+        "UPDATE org_plugin_allowlist x SET org_id = s.old_org_id
+           FROM orgctl.backfill_anchors s
+          WHERE s.run_id = $1 AND s.tbl = 'org_plugin_allowlist' AND x.id = s.row_id{guard}"
+    );
+    let mut q = sqlx::query(&sql).bind(id);
+    if !force {
+        q = q.bind(agent);
+    }
+    let r = q.execute(&mut *conn).await?;
+    check(
+        "the moved allowlist rows",
+        r.rows_affected(),
+        counts.allowlist,
+        force,
+    )?;
+
+    // Merged rows: re-inserted whole (ids, enabled_by, enabled_at).
+    let guard = if force {
+        " AND EXISTS (SELECT 1 FROM workspaces w WHERE w.id = (m.row->>'org_id')::uuid)
+          ON CONFLICT DO NOTHING"
+    } else {
+        ""
+    };
+    let r = sqlx::query(&format!(
+        "INSERT INTO org_plugin_allowlist
+         SELECT (jsonb_populate_record(NULL::org_plugin_allowlist, m.row)).*
+           FROM orgctl.backfill_merged m WHERE m.run_id = $1{guard}"
+    ))
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    check(
+        "the merged allowlist rows",
+        r.rows_affected(),
+        counts.merged,
+        force,
+    )?;
+
+    if let (true, Some(to)) = (force, oldest) {
+        // New allowlist rows on the agent: merged into the root's row of the same plugin, else
+        // moved to the oldest former root.
+        let new_allow = "x.org_id = $2
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_anchors s WHERE s.run_id = $1 AND s.tbl = 'org_plugin_allowlist' AND s.row_id = x.id)
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_kept k WHERE k.run_id = $1 AND k.tbl = 'org_plugin_allowlist' AND k.row_id = x.id)";
+        sqlx::query(&format!(
+            "DELETE FROM org_plugin_allowlist x WHERE {new_allow}
+                AND EXISTS (SELECT 1 FROM org_plugin_allowlist b WHERE b.org_id = $3 AND b.plugin_name = x.plugin_name)"
+        ))
+        .bind(id)
+        .bind(agent)
+        .bind(to)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(&format!(
+            "UPDATE org_plugin_allowlist x SET org_id = $3 WHERE {new_allow}"
+        ))
+        .bind(id)
+        .bind(agent)
+        .bind(to)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    // MODEL: deleted if the run seeded it, else the prior row whole.
+    if matches!(run.model_action.as_str(), "seeded" | "replaced") {
+        let guard = if force { "" } else { " AND updated_at = $3" };
+        let sql =
+            format!("DELETE FROM workspace_secrets WHERE workspace_id = $1 AND key = $2{guard}");
+        let mut q = sqlx::query(&sql).bind(agent).bind(MODEL_KEY);
+        if !force {
+            q = q.bind(run.at);
+        }
+        let r = q.execute(&mut *conn).await?;
+        check("the MODEL secret", r.rows_affected(), 1, force)?;
+        if run.model_action == "replaced" {
+            let r = sqlx::query(
+                "INSERT INTO workspace_secrets
+                 SELECT (jsonb_populate_record(NULL::workspace_secrets, b.model_prior)).*
+                   FROM orgctl.backfill_runs b WHERE b.run_id = $1 AND b.model_prior IS NOT NULL",
+            )
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            check("the prior MODEL secret", r.rows_affected(), 1, force)?;
+        }
+    }
+
+    // The agent: deleted if the run created it, else its prior fields.
+    match run.agent_action.as_str() {
+        "create" => {
+            let refs: i64 = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM workspaces WHERE parent_id = $1)
+                      + (SELECT count(*) FROM org_api_tokens WHERE org_id = $1)
+                      + (SELECT count(*) FROM org_plugin_allowlist WHERE org_id = $1)
+                      + (SELECT count(*) FROM workspace_secrets WHERE workspace_id = $1)",
+            )
+            .bind(agent)
+            .fetch_one(&mut *conn)
+            .await?;
+            if refs != 0 {
+                return Err(Error::failed(format!(
+                    "{refs} row(s) still reference the platform agent {agent} after the restore; rolled back, nothing changed"
+                )));
+            }
+            let r = sqlx::query("DELETE FROM workspaces WHERE id = $1")
+                .bind(agent)
+                .execute(&mut *conn)
+                .await?;
+            check("the platform agent", r.rows_affected(), 1, force)?;
+        }
+        "update" => {
+            let r = sqlx::query(
+                "UPDATE workspaces w
+                    SET name = p.name, kind = p.kind, parent_id = p.parent_id, tier = p.tier,
+                        updated_at = p.updated_at
+                   FROM orgctl.backfill_runs b
+                  CROSS JOIN LATERAL jsonb_populate_record(NULL::workspaces, b.agent_prior) p
+                  WHERE b.run_id = $1 AND w.id = $2",
+            )
+            .bind(id)
+            .bind(agent)
+            .execute(&mut *conn)
+            .await?;
+            check("the platform agent", r.rows_affected(), 1, force)?;
+        }
+        _ => {}
+    }
+
+    // The roots are roots again: install must not sweep their anchors to the agent.
+    sqlx::query(
+        "DELETE FROM orgctl.former_roots f USING orgctl.backfill_roots s
+          WHERE s.run_id = $1 AND f.workspace_id = s.workspace_id",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command
+
+#[derive(Serialize)]
+struct Report {
+    run_id: String,
+    dry_run: bool,
+    force: bool,
+    interrupted: bool,
+    tenants: Vec<TenantResult>,
+}
+
+pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) -> Result<Exit> {
+    let out = &ctx.out;
+    super::check_run_id(&args.run_id)?;
+    let all = super::tenants::read(&args.tenants)?;
+    let selected: Vec<Tenant> = if args.tenant.is_empty() {
+        all
+    } else {
+        let mut v = Vec::new();
+        for name in &args.tenant {
+            match all.iter().find(|t| &t.name == name) {
+                Some(t) => v.push(t.clone()),
+                None => {
+                    return Err(Error::usage(format!(
+                        "--tenant '{}' is not in the tenants file",
+                        crate::error::sanitize(name)
+                    )))
+                }
+            }
+        }
+        v
+    };
+    if !args.dry_run {
+        out.info(&format!(
+            "Rolling back run {} on {} tenant(s){}.",
+            args.run_id,
+            selected.len(),
+            if args.force { " with --force" } else { "" }
+        ));
+        out.confirm(
+            &format!(
+                "Restore {} tenant(s) to their state before run {}?",
+                selected.len(),
+                args.run_id
+            ),
+            ctx.yes,
+        )?;
+    }
+    let job = Arc::new(Job {
+        run_id: args.run_id.clone(),
+        settings: ctx.settings.clone(),
+        force: args.force,
+        dry_run: args.dry_run,
+    });
+    let pb = out.progress(selected.len() as u64, "tenants");
+    let work = |t: Tenant, c: Committing| tenant(job.clone(), t, c);
+    let slots = super::for_each(&selected, 4, cancel, work, |r: &TenantResult, _| {
+        if let Some(e) = &r.error {
+            pb.suspend(|| out.warn(&format!("{}: {e}", r.tenant)));
+        }
+        pb.inc(1);
+    })
+    .await;
+    pb.finish_and_clear();
+    let tenants: Vec<TenantResult> = slots
+        .into_iter()
+        .zip(selected.iter())
+        .map(|(s, t)| match s {
+            Slot::Done(r) => r,
+            Slot::NotStarted => TenantResult::new(t, Status::NotStarted),
+            Slot::Abandoned => {
+                let mut r = TenantResult::new(t, Status::Failed);
+                r.error =
+                    Some("abandoned by a second Ctrl-C: its transaction was rolled back".into());
+                r
+            }
+        })
+        .collect();
+    let report = Report {
+        run_id: args.run_id.clone(),
+        dry_run: args.dry_run,
+        force: args.force,
+        interrupted: cancel.stopping(),
+        tenants,
+    };
+    if out.json_mode() {
+        out.json(&report)?;
+    } else {
+        let mut table = out.new_table([
+            "tenant",
+            "status",
+            "roots",
+            "tokens",
+            "allowlist",
+            "merged",
+            "MODEL",
+            "agent",
+            "duration",
+            "error / drift",
+        ]);
+        for r in &report.tenants {
+            table.add_row(vec![
+                crate::error::sanitize(&r.tenant),
+                r.status.as_str().to_string(),
+                r.roots_restored.to_string(),
+                r.tokens_restored.to_string(),
+                r.allowlist_restored.to_string(),
+                r.merged_restored.to_string(),
+                r.model_secret.unwrap_or("-").to_string(),
+                r.agent.unwrap_or("-").to_string(),
+                fmt_duration(r.duration_ms),
+                r.error.clone().unwrap_or_else(|| {
+                    r.drift
+                        .iter()
+                        .map(Drift::line)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+            ]);
+        }
+        out.stdout(&format!(
+            "{table}\n{}\n",
+            if args.dry_run {
+                "Dry run: nothing was changed."
+            } else {
+                "Counts are the snapshot's rows restored per tenant."
+            }
+        ))?;
+    }
+    let count = |s: Status| report.tenants.iter().filter(|r| r.status == s).count();
+    if report.interrupted {
+        return Err(Error::new(
+            Exit::Interrupted,
+            format!(
+                "interrupted: {} tenant(s) were not started; in-flight tenants finished or rolled back",
+                count(Status::NotStarted)
+            ),
+        ));
+    }
+    let failed = count(Status::Failed);
+    let refused = count(Status::Refused);
+    if failed > 0 {
+        return Err(Error::failed(format!(
+            "{failed} tenant(s) failed to roll back{}; each rolled back alone: see the summary and rerun",
+            if refused > 0 {
+                format!(" and {refused} refused because of drift")
+            } else {
+                String::new()
+            }
+        )));
+    }
+    if refused > 0 {
+        let names: Vec<&str> = report
+            .tenants
+            .iter()
+            .filter(|r| r.status == Status::Refused)
+            .map(|r| r.tenant.as_str())
+            .collect();
+        return Err(Error::refused(format!(
+            "drift since the run on {} ({}): nothing was changed there; review the rows named above, then rerun with --force to restore anyway",
+            if refused == 1 { "1 tenant".to_string() } else { format!("{refused} tenants") },
+            names.join(", ")
+        )));
+    }
+    Ok(Exit::Ok)
+}

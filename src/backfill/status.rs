@@ -1,0 +1,165 @@
+//! `backfill status`: each tenant's state under a run, from the tenant's own `orgctl` tables.
+//! Read-only: a read-only transaction, no lock, and orgctl's schema is never created.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Connection, Row};
+
+use super::{clean, Cancel, Committing, Slot, Tenant};
+use crate::cli::BackfillStatusArgs;
+use crate::db::{self, Settings};
+use crate::error::{Error, Exit, Result};
+use crate::Context;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TenantStatus {
+    pub tenant: String,
+    pub database: String,
+    /// applied, skipped, failed, rolled_back, never_reached, or unknown (could not read it).
+    pub status: String,
+    pub at: Option<DateTime<Utc>>,
+    pub agent_id: Option<uuid::Uuid>,
+    pub reparented: i64,
+    pub tokens_moved: i64,
+    pub allowlist_moved: i64,
+    pub error: Option<String>,
+}
+
+impl TenantStatus {
+    fn new(t: &Tenant, status: &str) -> Self {
+        TenantStatus {
+            tenant: t.name.clone(),
+            database: t.database(),
+            status: status.to_string(),
+            at: None,
+            agent_id: None,
+            reparented: 0,
+            tokens_moved: 0,
+            allowlist_moved: 0,
+            error: None,
+        }
+    }
+}
+
+async fn tenant(run_id: Arc<String>, settings: Arc<Settings>, t: Tenant) -> TenantStatus {
+    match read(&run_id, &settings, &t).await {
+        Ok(s) => s,
+        Err(e) => {
+            let mut s = TenantStatus::new(&t, "unknown");
+            s.error = Some(clean(&e));
+            s
+        }
+    }
+}
+
+async fn read(run_id: &str, settings: &Settings, t: &Tenant) -> Result<TenantStatus> {
+    let mut conn = db::connect(&t.url, settings).await?;
+    let mut tx = db::begin_read_only(&mut conn).await?;
+    if !super::backfill_tables_exist(&mut tx).await? {
+        return Ok(TenantStatus::new(t, "never_reached"));
+    }
+    let row = sqlx::query(
+        "SELECT status, coalesce(rolled_back_at, recorded_at), agent_id, reparented,
+                tokens_moved, allowlist_moved, error
+           FROM orgctl.backfill_runs WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    let _ = conn.close().await;
+    let Some(row) = row else {
+        return Ok(TenantStatus::new(t, "never_reached"));
+    };
+    let status: String = row.try_get(0)?;
+    let mut s = TenantStatus::new(t, &status);
+    s.at = row.try_get(1)?;
+    s.agent_id = row.try_get(2)?;
+    s.reparented = i64::from(row.try_get::<i32, _>(3)?);
+    s.tokens_moved = row.try_get(4)?;
+    s.allowlist_moved = row.try_get(5)?;
+    s.error = row.try_get(6)?;
+    Ok(s)
+}
+
+#[derive(Serialize)]
+struct Report {
+    run_id: String,
+    tenants: Vec<TenantStatus>,
+}
+
+pub async fn run(ctx: &Context, args: &BackfillStatusArgs, cancel: &Cancel) -> Result<Exit> {
+    let out = &ctx.out;
+    super::check_run_id(&args.run_id)?;
+    let tenants = super::tenants::read(&args.tenants)?;
+    let run_id = Arc::new(args.run_id.clone());
+    let settings = Arc::new(ctx.settings.clone());
+    let work = |t: Tenant, _c: Committing| tenant(run_id.clone(), settings.clone(), t);
+    let slots = super::for_each(&tenants, 8, cancel, work, |_, _| {}).await;
+    if cancel.stopping() {
+        return Err(Error::interrupted());
+    }
+    let statuses: Vec<TenantStatus> = slots
+        .into_iter()
+        .zip(tenants.iter())
+        .map(|(s, t)| match s {
+            Slot::Done(r) => r,
+            _ => TenantStatus::new(t, "unknown"),
+        })
+        .collect();
+    let report = Report {
+        run_id: args.run_id.clone(),
+        tenants: statuses,
+    };
+    if out.json_mode() {
+        out.json(&report)?;
+    } else {
+        let mut table = out.new_table([
+            "tenant",
+            "status",
+            "at",
+            "re-parented",
+            "tokens moved",
+            "allowlist moved",
+            "error",
+        ]);
+        for s in &report.tenants {
+            table.add_row(vec![
+                crate::error::sanitize(&s.tenant),
+                s.status.clone(),
+                s.at.map(|a| a.format("%Y-%m-%d %H:%M:%SZ").to_string())
+                    .unwrap_or_else(|| "-".into()),
+                s.reparented.to_string(),
+                s.tokens_moved.to_string(),
+                s.allowlist_moved.to_string(),
+                s.error
+                    .as_deref()
+                    .map(crate::error::sanitize)
+                    .unwrap_or_default(),
+            ]);
+        }
+        let mut summary = std::collections::BTreeMap::<&str, usize>::new();
+        for s in &report.tenants {
+            *summary.entry(s.status.as_str()).or_default() += 1;
+        }
+        let parts: Vec<String> = summary.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        out.stdout(&format!(
+            "{table}\nRun {}: {}.\n",
+            report.run_id,
+            parts.join(", ")
+        ))?;
+    }
+    let unknown = report
+        .tenants
+        .iter()
+        .filter(|s| s.status == "unknown")
+        .count();
+    if unknown > 0 {
+        return Err(Error::failed(format!(
+            "could not read {unknown} tenant(s); see the summary"
+        )));
+    }
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,331 @@
+//! The tenants file and the shard hash.
+//!
+//! One tenant per line, `NAME DATABASE_URL`, separated by spaces or tabs; blank lines and lines
+//! starting with `#` are ignored. A malformed line or a duplicate name is a usage error (exit 2)
+//! naming the line. Messages never quote a line: a URL (or a URL pasted where the name goes)
+//! carries a password. Every URL goes through [`DbUrl::parse`], which registers its password
+//! for masking before anything can print it.
+//!
+//! Shards: the shard of a tenant is the first 8 bytes of `sha256(NAME as UTF-8)` read as a
+//! big-endian u64, modulo N; `--shard I/N` takes the tenants whose value is `I-1`. It depends on
+//! the name only, so it is the same on every machine and every orgctl version.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use sha2::Digest;
+
+use crate::db::DbUrl;
+use crate::error::{Error, Result};
+
+const MAX_NAME_LEN: usize = 128;
+
+/// One tenant of the fleet.
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub name: String,
+    pub url: DbUrl,
+    /// 1-based line in the tenants file.
+    pub line: usize,
+}
+
+impl Tenant {
+    /// `host:port/dbname` for summaries and reports: no user, no password, and masked, since a
+    /// mistyped line can carry a password inside the database name.
+    pub fn database(&self) -> String {
+        crate::redact::mask(self.url.target())
+    }
+}
+
+/// Read the tenants file (`-` is stdin) and parse it.
+pub fn read(path: &Path) -> Result<Vec<Tenant>> {
+    let (text, source) = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Error::usage(format!("could not read the tenants from stdin: {e}")))?;
+        (s, "stdin".to_string())
+    } else {
+        let s = std::fs::read_to_string(path).map_err(|e| {
+            Error::usage(format!(
+                "could not read the tenants file {}: {e}",
+                path.display()
+            ))
+        })?;
+        (s, path.display().to_string())
+    };
+    let tenants = parse(&text, &source)?;
+    if tenants.is_empty() {
+        return Err(Error::usage(format!(
+            "the tenants file {source} lists no tenant (one `NAME DATABASE_URL` per line)"
+        )));
+    }
+    Ok(tenants)
+}
+
+/// Parse the tenants file's text. `source` names it in messages.
+pub fn parse(text: &str, source: &str) -> Result<Vec<Tenant>> {
+    let mut tenants: Vec<Tenant> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = trimmed.split_whitespace().collect();
+        if fields.len() != 2 {
+            return Err(Error::usage(format!(
+                "{source} line {line}: expected `NAME DATABASE_URL`, found {} field(s)",
+                fields.len()
+            )));
+        }
+        let (name, url) = (fields[0], fields[1]);
+        // Parse the URL first: it registers the password for masking, whatever comes next.
+        let url = DbUrl::parse(url).map_err(|e| {
+            Error::usage(format!(
+                "{source} line {line}: {}",
+                crate::redact::mask(&e.message)
+            ))
+        })?;
+        if !valid_name(name) {
+            return Err(Error::usage(format!(
+                "{source} line {line}: the tenant name must be 1 to {MAX_NAME_LEN} letters, digits, '.', '_' or '-' and come first on the line"
+            )));
+        }
+        if let Some(first) = seen.get(name) {
+            return Err(Error::usage(format!(
+                "{source} line {line}: duplicate tenant name '{name}' (first on line {first})"
+            )));
+        }
+        seen.insert(name.to_string(), line);
+        tenants.push(Tenant {
+            name: name.to_string(),
+            url,
+            line,
+        });
+    }
+    Ok(tenants)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `--shard I/N`: 1 ≤ I ≤ N.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::usage(format!(
+                "--shard '{s}' is not I/N with 1 <= I <= N (for example 2/8)"
+            ))
+        };
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: u64 = i.trim().parse().map_err(|_| bad())?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        shard_hash(name) % self.count == self.index - 1
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// The stable shard hash: the first 8 bytes of sha256(name) as a big-endian u64.
+pub fn shard_hash(name: &str) -> u64 {
+    let d = sha2::Sha256::digest(name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Vec<Tenant> {
+        match parse(text, "tenants") {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn err(text: &str) -> Error {
+        match parse(text, "tenants") {
+            Ok(t) => panic!("accepted: {t:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn parses_names_urls_comments_and_blanks() {
+        let t = ok("# fleet\n\nacme postgres://u:pw1234@h:5432/acme\n  \t\nglobex\tpostgresql://h/globex  \n# end\n");
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].name, "acme");
+        assert_eq!(t[0].line, 3);
+        assert_eq!(t[1].name, "globex");
+        assert_eq!(t[1].line, 5);
+        assert!(!format!("{:?}", t[0]).contains("pw1234"));
+    }
+
+    #[test]
+    fn malformed_lines_name_the_line_and_not_the_password() {
+        for (text, line, needle) in [
+            ("acme\n", 1, "expected `NAME DATABASE_URL`"),
+            (
+                "a postgres://h/a\nb postgres://u:hunter22@h/b extra\n",
+                2,
+                "3 field(s)",
+            ),
+            ("\n\nacme mysql://u:hunter22@h/db\n", 3, "scheme"),
+            (
+                "postgres://u:hunter22@h/db acme\n",
+                1,
+                "invalid database URL",
+            ),
+            ("ac/me postgres://u:hunter22@h/db\n", 1, "tenant name"),
+            (
+                "acme postgres://u:hunter22@h/a\n# x\nacme postgres://h/b\n",
+                3,
+                "duplicate tenant name 'acme' (first on line 1)",
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(e.exit, crate::error::Exit::Usage, "{text}");
+            assert!(
+                e.message.contains(&format!("line {line}:")),
+                "{text}: {}",
+                e.message
+            );
+            assert!(e.message.contains(needle), "{text}: {}", e.message);
+            assert!(!e.message.contains("hunter22"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn shard_parsing() {
+        assert_eq!(Shard::parse("2/8").ok(), Some(Shard { index: 2, count: 8 }));
+        assert_eq!(Shard::parse("1/1").ok(), Some(Shard { index: 1, count: 1 }));
+        for bad in ["0/4", "5/4", "1/0", "x/2", "2", "/", "-1/3", "1/2/3", ""] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The hash is a contract: shards must be the same on every machine and version.
+    #[test]
+    fn shard_hash_is_pinned() {
+        // Computed independently: python3 -c "import hashlib;
+        //   print(int.from_bytes(hashlib.sha256(b'acme').digest()[:8], 'big'))"
+        assert_eq!(shard_hash("acme"), 9_379_647_469_329_139_872);
+        assert_eq!(shard_hash("tenant-001"), 9_072_019_910_754_927_139);
+        assert!(Shard { index: 1, count: 4 }.contains("acme"));
+        assert!(Shard { index: 4, count: 4 }.contains("tenant-001"));
+    }
+
+    #[test]
+    fn shards_are_disjoint_and_cover() {
+        let names: Vec<String> = (0..500).map(|i| format!("tenant-{i:03}")).collect();
+        for n in [1u64, 2, 3, 7] {
+            let mut count = 0;
+            for name in &names {
+                let hits = (1..=n)
+                    .filter(|i| {
+                        Shard {
+                            index: *i,
+                            count: n,
+                        }
+                        .contains(name)
+                    })
+                    .count();
+                assert_eq!(hits, 1, "{name} in {hits} of {n} shards");
+                count += hits;
+            }
+            assert_eq!(count, names.len());
+        }
+    }
+
+    /// Arbitrary input never panics and never echoes a password in an error.
+    #[test]
+    fn fuzz_never_panics_or_leaks() {
+        const PIECES: &[&str] = &[
+            "acme",
+            "globex",
+            "tenant-1",
+            "postgres://u:Sekr3tPw@h:5432/db",
+            "postgresql://u:Sekr3tPw@[::1]:5/db?sslmode=require",
+            "postgres://u:Sekr3t%40Pw@h/db",
+            "postgres://h/db?password=Sekr3tPw",
+            "mysql://u:Sekr3tPw@h/db",
+            "postgres://u:Sekr3tPw@h:99999/db",
+            "postgres://u:Sekr3tPw@",
+            "#",
+            "# comment Sekr3tPw",
+            " ",
+            "\t",
+            "\n",
+            "\r\n",
+            "é",
+            "\u{1b}[31m",
+            "\0",
+            "a/b",
+            ":",
+            "@",
+            "Sekr3tPw",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            // xorshift64*: deterministic, no dependency.
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        for _ in 0..3000 {
+            let mut text = String::new();
+            for _ in 0..(next() % 12) {
+                text.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+                if next() % 3 == 0 {
+                    text.push(' ');
+                }
+                if next() % 4 == 0 {
+                    text.push('\n');
+                }
+            }
+            match parse(&text, "fuzz") {
+                Ok(tenants) => {
+                    for t in tenants {
+                        // What orgctl prints: the URL's own forms, masked as every output is.
+                        let shown =
+                            crate::redact::mask(&format!("{} {:?} {}", t.url, t.url, t.database()));
+                        assert!(!shown.contains("Sekr3t"), "{shown}");
+                    }
+                }
+                Err(e) => {
+                    assert_eq!(e.exit, crate::error::Exit::Usage);
+                    assert!(!e.message.contains("Sekr3t"), "{text:?}: {}", e.message);
+                    assert!(e.message.contains("line "), "{}", e.message);
+                }
+            }
+        }
+    }
+}
