@@ -509,6 +509,17 @@ pub async fn ensure_orgctl_schema(url: &DbUrl, settings: &Settings) -> Result<()
     Ok(())
 }
 
+/// Check that a statement of an apply touched exactly the rows its plan counted; anything else
+/// is a failure that rolls the whole transaction back.
+pub fn ensure_rows(what: &str, touched: u64, planned: i64) -> Result<()> {
+    if i64::try_from(touched).ok() == Some(planned) {
+        return Ok(());
+    }
+    Err(Error::failed(format!(
+        "apply diverged from the plan: {what} touched {touched} row(s) where the plan counted {planned}; rolled back, nothing changed; rerun to see the new plan"
+    )))
+}
+
 /// Append an audit row in the caller's transaction. `args` must already be free of secret
 /// values.
 pub async fn audit(

@@ -748,15 +748,6 @@ pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<
     Ok(())
 }
 
-fn ensure_rows(what: &str, touched: u64, planned: i64) -> Result<()> {
-    if touched as i64 != planned {
-        return Err(Error::failed(format!(
-            "apply diverged from the plan: {what} touched {touched} row(s) where the plan counted {planned}; rolled back, nothing changed; rerun to see the new plan"
-        )));
-    }
-    Ok(())
-}
-
 /// Execute exactly `plan` in the caller's transaction, checking every statement's row count,
 /// then verify the result. The caller commits.
 pub async fn execute(
@@ -778,7 +769,7 @@ pub async fn execute(
         .bind(&agent.name)
         .execute(&mut *conn)
         .await?;
-        ensure_rows("the agent upsert", r.rows_affected(), 1)?;
+        db::ensure_rows("the agent upsert", r.rows_affected(), 1)?;
     }
 
     if plan.model.writes() {
@@ -802,7 +793,7 @@ pub async fn execute(
         .bind(version)
         .execute(&mut *conn)
         .await?;
-        ensure_rows("the MODEL secret upsert", r.rows_affected(), 1)?;
+        db::ensure_rows("the MODEL secret upsert", r.rows_affected(), 1)?;
     }
 
     let old = plan.old_roots();
@@ -815,7 +806,7 @@ pub async fn execute(
         .bind(agent.id)
         .execute(&mut *conn)
         .await?;
-        ensure_rows(
+        db::ensure_rows(
             "merging allowlist rows",
             r.rows_affected(),
             plan.merged.len() as i64,
@@ -827,7 +818,7 @@ pub async fn execute(
             .bind(&old)
             .execute(&mut *conn)
             .await?;
-        ensure_rows(
+        db::ensure_rows(
             "moving allowlist rows",
             r.rows_affected(),
             plan.allowlist_moved(),
@@ -839,7 +830,7 @@ pub async fn execute(
             .bind(&old)
             .execute(&mut *conn)
             .await?;
-        ensure_rows("moving tokens", r.rows_affected(), plan.tokens_moved())?;
+        db::ensure_rows("moving tokens", r.rows_affected(), plan.tokens_moved())?;
     }
     if !plan.reparented.is_empty() {
         let ids: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
@@ -851,7 +842,7 @@ pub async fn execute(
         .bind(&ids)
         .execute(&mut *conn)
         .await?;
-        ensure_rows(
+        db::ensure_rows(
             "re-parenting roots",
             r.rows_affected(),
             plan.reparented.len() as i64,

@@ -323,7 +323,7 @@ async fn record_run(
     .bind(env!("CARGO_PKG_VERSION"))
     .execute(&mut *conn)
     .await?;
-    expect_rows("the run-state row", r.rows_affected(), 1)
+    db::ensure_rows("the run-state row", r.rows_affected(), 1)
 }
 
 /// Write the snapshot of every row `plan` changes, in the caller's transaction, before the
@@ -345,7 +345,7 @@ async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Pl
         .bind(&ids)
         .execute(&mut *conn)
         .await?;
-        expect_rows("the roots snapshot", r.rows_affected(), ids.len() as i64)?;
+        db::ensure_rows("the roots snapshot", r.rows_affected(), ids.len() as i64)?;
     }
     if plan.tokens_moved() > 0 {
         let r = sqlx::query(
@@ -356,7 +356,7 @@ async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Pl
         .bind(&old)
         .execute(&mut *conn)
         .await?;
-        expect_rows(
+        db::ensure_rows(
             "the tokens snapshot",
             r.rows_affected(),
             plan.tokens_moved(),
@@ -383,7 +383,7 @@ async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Pl
         .bind(&merged)
         .execute(&mut *conn)
         .await?;
-        expect_rows(
+        db::ensure_rows(
             "the merged allowlist snapshot",
             r.rows_affected(),
             merged.len() as i64,
@@ -400,7 +400,7 @@ async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Pl
         .bind(&merged)
         .execute(&mut *conn)
         .await?;
-        expect_rows(
+        db::ensure_rows(
             "the allowlist snapshot",
             r.rows_affected(),
             plan.allowlist_moved(),
@@ -423,16 +423,6 @@ async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Pl
         .await?;
     }
     Ok(())
-}
-
-fn expect_rows(what: &str, got: u64, want: i64) -> Result<()> {
-    if got as i64 == want {
-        Ok(())
-    } else {
-        Err(Error::failed(format!(
-            "{what} wrote {got} row(s) where the plan counted {want}; rolled back, nothing changed; rerun"
-        )))
-    }
 }
 
 /// Remember a failure in the tenant's own tables (never over a row that is not `failed`), when
