@@ -1,11 +1,14 @@
 //! Ctrl-C. The command future is raced against the signal: an interrupted command is dropped,
 //! which closes its connection, so the server rolls its transaction back. The one moment that
-//! must not be cut short is a COMMIT on the wire; [`CommitGuard`] marks it, and a Ctrl-C that
-//! arrives then waits for the commit to finish so the report is true.
+//! must not be cut short is a COMMIT on the wire (or work that only makes sense to finish once
+//! something is committed, such as restart calls); [`CommitGuard`] marks it, and a Ctrl-C that
+//! arrives then waits for it. Once anything was committed, an interrupt never claims that
+//! nothing changed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 static COMMITTING: AtomicUsize = AtomicUsize::new(0);
+static COMMITTED: AtomicBool = AtomicBool::new(false);
 
 pub struct CommitGuard(());
 
@@ -18,10 +21,19 @@ impl CommitGuard {
 
 impl Drop for CommitGuard {
     fn drop(&mut self) {
+        // Leaving the guarded section: the commit went through (a failed commit returns its
+        // error straight away, so an interrupt cannot land in between in practice).
+        COMMITTED.store(true, Ordering::SeqCst);
         COMMITTING.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
+/// A COMMIT (or post-commit work) is in progress.
 pub fn committing() -> bool {
     COMMITTING.load(Ordering::SeqCst) > 0
+}
+
+/// This process committed a change.
+pub fn committed() -> bool {
+    COMMITTED.load(Ordering::SeqCst)
 }

@@ -111,13 +111,32 @@ async fn run_interruptible(cli: Cli) -> Result<Exit> {
         r = &mut work => r,
         _ = tokio::signal::ctrl_c() => {
             if interrupt::committing() {
-                // A COMMIT is on the wire: let it finish so what we report is true.
-                let r = work.await;
-                r.and(Err(Error::new(Exit::Interrupted, "interrupted after the change was committed")))
+                // A COMMIT (or post-commit work) is under way: let it finish so what we report
+                // is true, then exit 130 whatever it returned.
+                Err(after_commit(work.await))
+            } else if interrupt::committed() {
+                Err(Error::new(
+                    Exit::Interrupted,
+                    "interrupted after the change was committed (see orgctl.audit_log); the rest of the output was cut short",
+                ))
             } else {
                 Err(Error::interrupted())
             }
         }
+    }
+}
+
+/// The report of a command interrupted after its commit: exit 130, saying what was committed.
+fn after_commit(r: Result<Exit>) -> Error {
+    match r {
+        Ok(_) => Error::new(
+            Exit::Interrupted,
+            "interrupted after the change was committed",
+        ),
+        Err(e) => Error::new(
+            Exit::Interrupted,
+            format!("interrupted after the change was committed: {}", e.message),
+        ),
     }
 }
 

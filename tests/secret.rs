@@ -130,6 +130,11 @@ struct FakePlatform {
 
 impl FakePlatform {
     fn start(fail: &[&str]) -> Self {
+        Self::start_with(fail, Duration::ZERO)
+    }
+
+    /// A platform that answers each call after `delay` (for interrupting a fan-out).
+    fn start_with(fail: &[&str], delay: Duration) -> Self {
         let listener = match TcpListener::bind("127.0.0.1:0") {
             Ok(l) => l,
             Err(e) => panic!("bind: {e}"),
@@ -149,7 +154,7 @@ impl FakePlatform {
                 }
                 let Ok(stream) = conn else { continue };
                 let (c, fail) = (c.clone(), fail.clone());
-                std::thread::spawn(move || serve(stream, &c, &fail));
+                std::thread::spawn(move || serve(stream, &c, &fail, delay));
             }
         });
         FakePlatform {
@@ -204,7 +209,7 @@ impl Drop for FakePlatform {
     }
 }
 
-fn serve(mut stream: TcpStream, calls: &Mutex<Vec<Call>>, fail: &[String]) {
+fn serve(mut stream: TcpStream, calls: &Mutex<Vec<Call>>, fail: &[String], delay: Duration) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
@@ -241,6 +246,7 @@ fn serve(mut stream: TcpStream, calls: &Mutex<Vec<Call>>, fail: &[String]) {
             Ok(n) => have += n,
         }
     }
+    std::thread::sleep(delay);
     let failing = fail.iter().any(|f| path.contains(f.as_str()));
     if let Ok(mut c) = calls.lock() {
         c.push(Call {
@@ -1142,4 +1148,58 @@ fn list_shows_keys_scopes_and_versions_never_values_and_writes_nothing() {
     assert!(r.stdout.contains("OPENAI_API_KEY") && r.stdout.contains("inherited"));
     assert!(!r.stdout.contains("sk-sample"));
     assert_eq!(db.snapshot(), before, "read-only: not even orgctl's schema");
+}
+
+/// Ctrl-C while restarts are being dispatched: no new calls, the in-flight ones finish, and the
+/// exit is 130 with a message that says the secret was committed (never "nothing changed").
+#[test]
+fn ctrl_c_during_restarts_exits_130_saying_the_change_was_committed() {
+    let db = TestDb::sample();
+    db.exec(&format!(
+        "INSERT INTO workspaces (name, parent_id, status) SELECT 'fan ' || g, '{}', 'online'
+           FROM generate_series(1, 30) g",
+        ids::HQ
+    ));
+    let platform = FakePlatform::start_with(&[], Duration::from_millis(400));
+    let mut cmd = db
+        .orgctl(&["secret", "set", "--global", "DEFAULT_REGION", "--yes"])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .command();
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"us-east-2");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while platform.calls().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restart call was made"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    orgctl::sys::kill(child.id() as i32, libc::SIGINT);
+    let out = match child.wait_with_output() {
+        Ok(o) => o,
+        Err(e) => panic!("{e}"),
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted after the change was committed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(
+        db.scalar("SELECT convert_from(encrypted_value, 'UTF8') FROM global_secrets WHERE key = 'DEFAULT_REGION'"),
+        "us-east-2"
+    );
+    // No new calls after the interrupt: fewer than the whole fan-out went out.
+    assert!(platform.calls().len() < 37, "{}", platform.calls().len());
 }
