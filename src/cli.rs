@@ -127,10 +127,14 @@ pub enum Command {
     /// A second run changes nothing.
     ///
     /// Examples:
-    ///   orgctl install-platform-agent --dry-run
-    ///   orgctl install-platform-agent --dry-run --output json --detailed-exitcode
-    ///   orgctl install-platform-agent --model anthropic:claude-sonnet --expect-plan sha256:… --yes
-    #[command(name = "install-platform-agent", after_long_help = AFTER_HELP)]
+    ///   orgctl install-platform-agent --dry-run --model claude-sonnet-4-5
+    ///   orgctl install-platform-agent --dry-run --model claude-sonnet-4-5 -o json --detailed-exitcode
+    ///   orgctl install-platform-agent --model claude-sonnet-4-5 --expect-plan sha256:… --yes
+    #[command(
+        name = "install-platform-agent",
+        after_long_help = AFTER_HELP,
+        verbatim_doc_comment
+    )]
     InstallPlatformAgent(InstallArgs),
 
     /// Mint, list, revoke and anchor org API tokens.
@@ -431,7 +435,8 @@ pub enum BackfillCommand {
     /// failing tenant rolls back alone and the others carry on. The run id is printed first (on
     /// stderr); give it again with --run-id to resume. Statuses: applied, skipped (already
     /// installed, or done under this run id), failed, pending (dry run), not_started (Ctrl-C or
-    /// a failed canary). Exit 0 when every tenant applied or was skipped, 1 otherwise, 130 on
+    /// a failed canary). Exit 0 when every tenant applied or was skipped (a dry run: when every
+    /// tenant could be planned), 1 otherwise, 130 on
     /// Ctrl-C (no new tenant starts; in-flight ones finish or roll back; the summary prints).
     ///
     /// Example: orgctl backfill run --tenants fleet.txt --shard 2/8 --model claude-sonnet-4-5 --yes

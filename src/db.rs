@@ -478,6 +478,12 @@ pub async fn ensure_orgctl_schema(url: &DbUrl, settings: &Settings) -> Result<()
     if current == Some(latest) {
         return Ok(());
     }
+    if let Some(v) = current.filter(|v| *v > latest) {
+        return Err(Error::refused(format!(
+            "orgctl's schema on {} is at version {v}, newer than this orgctl knows ({latest}): use a newer orgctl",
+            url.target()
+        )));
+    }
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(SCHEMA_LOCK.0)

@@ -165,8 +165,13 @@ async fn up(ctx: &Context, a: &DevUpArgs) -> Result<Exit> {
         tx.commit().await?;
         out.info("seeded the sample org: 3 roots (one removed), a deep chain, 8 tokens, 5 allowlist rows, secrets");
     }
+    let down = if a.dir.dir == Path::new(".orgctl-dev") {
+        "orgctl dev down".to_string()
+    } else {
+        format!("orgctl dev down --dir {}", dir.display())
+    };
     out.info(&format!(
-        "dev database {} on 127.0.0.1:{port} ({}); stop it with `orgctl dev down`",
+        "dev database {} on 127.0.0.1:{port} ({}); stop it with `{down}`",
         DEV_DATABASE,
         if reused { "reused" } else { "started" }
     ));

@@ -22,19 +22,21 @@ pub fn render_all() -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
     }
     let mut root = Cli::command();
     root.build();
-    man_pages(&root, "orgctl", &mut files)?;
+    man_pages(&root, "orgctl", "orgctl", &mut files)?;
     Ok(files)
 }
 
+/// `name` is the page (`orgctl-token-mint`), `invocation` how it is typed (`orgctl token mint`).
 fn man_pages(
     cmd: &clap::Command,
     name: &str,
+    invocation: &str,
     files: &mut Vec<(PathBuf, Vec<u8>)>,
 ) -> std::io::Result<()> {
     let page = cmd
         .clone()
         .name(name.to_string())
-        .bin_name(name.replace('-', " "));
+        .bin_name(invocation.to_string());
     let mut buf = Vec::new();
     clap_mangen::Man::new(page).render(&mut buf)?;
     files.push((Path::new("man").join(format!("{name}.1")), buf));
@@ -42,7 +44,12 @@ fn man_pages(
         if sub.is_hide_set() || sub.get_name() == "help" {
             continue;
         }
-        man_pages(sub, &format!("{name}-{}", sub.get_name()), files)?;
+        man_pages(
+            sub,
+            &format!("{name}-{}", sub.get_name()),
+            &format!("{invocation} {}", sub.get_name()),
+            files,
+        )?;
     }
     Ok(())
 }

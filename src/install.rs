@@ -1209,7 +1209,8 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
 
     if let Some(h) = &args.expect_plan {
         if *h != reviewed.hash() {
-            render(out, &reviewed, true, false)?;
+            // Not a dry run and nothing applied: "dry_run": false, "changed": false, exit 3.
+            render(out, &reviewed, false, false)?;
             return Err(Error::refused(format!(
                 "the plan differs from the reviewed one ({h} expected, {} now); nothing was changed: review the diff above and rerun",
                 reviewed.hash()
@@ -1253,7 +1254,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     let strict = args.expect_plan.is_some() || asked;
     if strict && current.hash() != reviewed_hash {
         tx.rollback().await?;
-        render(out, &current, true, false)?;
+        render(out, &current, false, false)?;
         return Err(Error::refused(format!(
             "the tenant changed after the plan was reviewed ({reviewed_hash} reviewed, {} now); nothing was changed: review the new diff and rerun",
             current.hash()

@@ -840,3 +840,22 @@ async fn concurrent_platform_writer_is_not_deadlocked_or_left_behind() {
         .unwrap_or(-1);
     assert!(writer_tokens > 0);
 }
+
+#[test]
+fn a_tenant_migrated_by_a_newer_orgctl_is_refused_clearly() {
+    let db = TestDb::sample();
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run()
+        .code(0);
+    db.exec(
+        "INSERT INTO orgctl._sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (9999, 'from the future', true, '\\x00'::bytea, 0)",
+    );
+    db.exec("UPDATE workspaces SET name = 'Renamed' WHERE kind = 'platform'");
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&["install-platform-agent", "--name", "Concierge", "--yes"])
+        .run();
+    r.code(3).one_line_error("newer than this orgctl");
+    assert_eq!(db.snapshot(), before);
+}
