@@ -916,6 +916,25 @@ pub async fn verify(conn: &mut PgConnection, plan: &Plan) -> Result<()> {
     }
 }
 
+/// Workspaces in a parent cycle or deeper than 32 below a root are outside every org: the
+/// install cannot re-parent them (they are not roots) and never walks them, but it says so
+/// (SPEC §1: corrupt chains are reported, never looped on). `orgctl status` names them all.
+async fn warn_broken_chains(out: &Output, conn: &mut PgConnection) -> Result<()> {
+    let (count, rows) = crate::status::broken_chains(conn, 3).await?;
+    if count > 0 {
+        let named: Vec<String> = rows
+            .iter()
+            .map(|f| format!("{} {}", f.id, f.detail))
+            .collect();
+        out.warn(&format!(
+            "{count} workspace(s) have a broken parent chain (a cycle, or deeper than 32) and stay outside the org: {}{}; see `orgctl status`",
+            named.join("; "),
+            if count > rows.len() as i64 { "; …" } else { "" }
+        ));
+    }
+    Ok(())
+}
+
 /// The audit arguments of an install: no secret values.
 pub fn audit_args(input: &InstallInput, plan: &Plan) -> serde_json::Value {
     serde_json::json!({
@@ -1183,6 +1202,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     let reviewed = {
         let mut tx = db::begin_read_only(&mut conn).await?;
         let p = plan(&mut tx, &input, &sb).await?;
+        warn_broken_chains(out, &mut tx).await?;
         tx.rollback().await?;
         p
     };

@@ -661,7 +661,7 @@ async fn allowlist_off_root(
 /// rows (at most `limit`) are then walked up at most [`CLASSIFY_STEPS`] steps to say why: back
 /// at the start means a cycle; a root reached means a chain too deep; neither means the row
 /// hangs below a cycle (or off a missing parent).
-async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, Vec<Finding>)> {
+pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, Vec<Finding>)> {
     let rows = sqlx::query(
         "WITH RECURSIVE down(id, depth) AS (
               SELECT id, 0 FROM workspaces WHERE parent_id IS NULL

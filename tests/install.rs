@@ -859,3 +859,36 @@ fn a_tenant_migrated_by_a_newer_orgctl_is_refused_clearly() {
     r.code(3).one_line_error("newer than this orgctl");
     assert_eq!(db.snapshot(), before);
 }
+
+#[test]
+fn broken_parent_chains_are_reported_never_walked() {
+    let db = TestDb::sample();
+    db.exec(
+        "INSERT INTO workspaces (id, name) VALUES
+           ('99999999-0000-4000-8000-000000000001', 'loop a'),
+           ('99999999-0000-4000-8000-000000000002', 'loop b');
+         UPDATE workspaces SET parent_id = '99999999-0000-4000-8000-000000000002'
+          WHERE id = '99999999-0000-4000-8000-000000000001';
+         UPDATE workspaces SET parent_id = '99999999-0000-4000-8000-000000000001'
+          WHERE id = '99999999-0000-4000-8000-000000000002';",
+    );
+    let r = db
+        .orgctl(&["install-platform-agent", "--dry-run", "--model", "m"])
+        .run();
+    r.code(0);
+    assert!(
+        r.stderr
+            .contains("2 workspace(s) have a broken parent chain")
+            && r.stderr.contains("99999999-0000-4000-8000-000000000001"),
+        "{}",
+        r.stderr
+    );
+    // The install itself still does its job; the cycle stays for a human to repair.
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run()
+        .code(0);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL"),
+        "1"
+    );
+}
