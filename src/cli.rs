@@ -274,26 +274,39 @@ pub struct TokenListArgs {
     /// Only tokens with exactly this created_by label (preview of revoke --created-by).
     #[arg(long, value_name = "LABEL")]
     pub created_by: Option<String>,
-    /// Show at most N tokens (0 = all, streamed). When more match, stderr says so.
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub limit: u64,
+    /// Show at most N tokens (0 = all). Default: all, but 100 in the table on a terminal.
+    ///
+    /// Without --limit, --output json and a stdout that is not a terminal (a pipe, a file)
+    /// get every match, streamed: scripts are never cut short. Only the human table on a
+    /// terminal shows the newest 100 by default. When a limit cuts the list, stderr says so.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
 }
 
 #[derive(Debug, Args, Clone)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["token", "created_by"])))]
 pub struct TokenRevokeArgs {
-    /// Token id, or a unique prefix of 4 to 8 characters.
-    #[arg(value_name = "ID|PREFIX")]
+    /// Token id, or a unique prefix of 4 to 8 characters (it may start with '-').
+    ///
+    /// A prefix that starts with '-' is still the token, with options before or after it
+    /// (`revoke -Ab_cdef --yes`). In scripts put every option first and `--` before the
+    /// prefix (`revoke --yes -- "$PREFIX"`), so no prefix can ever read as flags.
+    #[arg(value_name = "ID|PREFIX", allow_hyphen_values = true)]
     pub token: Option<String>,
-    /// Revoke every live token with exactly this created_by label (incident response).
+    /// Revoke every live token with exactly this created_by label (incident response); the
+    /// label's tokens revoked earlier are reported as already revoked.
     #[arg(long, value_name = "LABEL")]
     pub created_by: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct TokenAnchorArgs {
-    /// Token id, or a unique prefix of 4 to 8 characters.
-    #[arg(value_name = "ID|PREFIX")]
+    /// Token id, or a unique prefix of 4 to 8 characters (it may start with '-').
+    ///
+    /// A prefix that starts with '-' is still the token, with options before or after it
+    /// (`anchor -Ab_cdef --yes`). In scripts put every option first and `--` before the
+    /// prefix (`anchor --yes -- "$PREFIX"`), so no prefix can ever read as flags.
+    #[arg(value_name = "ID|PREFIX", allow_hyphen_values = true)]
     pub token: String,
     /// Anchor to this root instead of the org root (the platform agent, else the only root).
     #[arg(long, value_name = "UUID")]

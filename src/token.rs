@@ -6,9 +6,10 @@
 //!   stdout *before* the commit: a token nobody received is never left live (a closed stdout
 //!   rolls the insert back).
 //! - **list** is read-only (a REPEATABLE READ READ ONLY transaction; it never creates orgctl's
-//!   schema) and reads through a server-side cursor in batches, so `--limit 0` streams a
-//!   million tokens with bounded memory. The limited default view reads `limit + 1` rows to
-//!   know whether more exist without counting them.
+//!   schema) and reads through a server-side cursor in batches, so an unlimited list (the
+//!   default for JSON and for a stdout that is not a terminal; `--limit 0` anywhere) streams a
+//!   million tokens with bounded memory. A limited view (`--limit N`, or the newest 100 in the
+//!   table on a terminal) reads `limit + 1` rows to know whether more exist without counting.
 //! - **revoke** and **anchor** change existing rows: they plan with read-only queries, show
 //!   the plan and confirm (on a terminal; `--yes` without one), then lock the tenant, re-check
 //!   and change the rows in one statement, with the audit row in the same transaction.
@@ -17,7 +18,7 @@
 //! be a pasted plaintext (anything longer than a prefix that is not a UUID) are never echoed.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -39,6 +40,8 @@ pub const PREFIX_LEN: usize = 8;
 pub const MIN_PREFIX_LEN: usize = 4;
 /// Rows per round trip when reading through a cursor.
 const FETCH_BATCH: i64 = 1000;
+/// `list` shows this many tokens by default, in the table on a terminal only.
+pub const DEFAULT_TABLE_LIMIT: u64 = 100;
 /// Limits above this (and 0) stream tab-separated lines instead of collecting a table.
 const MAX_TABLE_ROWS: u64 = 10_000;
 /// Tokens shown in a confirmation, an ambiguity error or a bulk result table.
@@ -231,9 +234,17 @@ pub async fn find_token(conn: &mut PgConnection, r: &TokenRef) -> Result<TokenRo
                 .map(<TokenRow as sqlx::FromRow<_>>::from_row)
                 .collect::<std::result::Result<Vec<TokenRow>, sqlx::Error>>()?;
             match tokens.len() {
-                0 => Err(Error::failed(format!(
-                    "no token has a prefix starting with '{p}'; check it with `orgctl token list --all`"
-                ))),
+                0 => {
+                    // With a leading hyphen it may have been meant as an option.
+                    let hint = if p.starts_with('-') {
+                        " (if you meant an option, see --help)"
+                    } else {
+                        ""
+                    };
+                    Err(Error::failed(format!(
+                        "no token has a prefix starting with '{p}'{hint}; check it with `orgctl token list --all`"
+                    )))
+                }
                 1 if matches == 1 => Ok(tokens.into_iter().next().ok_or_else(|| {
                     Error::failed("the matching token vanished while it was read")
                 })?),
@@ -241,7 +252,11 @@ pub async fn find_token(conn: &mut PgConnection, r: &TokenRef) -> Result<TokenRo
                     let listed: Vec<String> = tokens
                         .iter()
                         .map(|t| {
-                            let state = if t.revoked_at.is_some() { ", revoked" } else { "" };
+                            let state = if t.revoked_at.is_some() {
+                                ", revoked"
+                            } else {
+                                ""
+                            };
                             format!("{} {}{state}", t.id, t.prefix)
                         })
                         .collect();
@@ -544,7 +559,7 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
     }
     let _ = write!(
         info,
-        "Copy the token now: it is shown only once and cannot be recovered (revoke it with `orgctl token revoke {prefix}`)."
+        "Copy the token now: it is shown only once and cannot be recovered (revoke it with `orgctl token revoke -- {prefix}`)."
     );
     ctx.out.info(&info);
     Ok(Exit::Ok)
@@ -635,16 +650,31 @@ fn list_cells(t: &TokenRow, all: bool) -> Vec<String> {
     v
 }
 
+/// The number of tokens `list` shows (None: all, streamed). `--limit N` wins (0 = all).
+/// Without it a script gets every match: JSON, or any stdout that is not a terminal. Only the
+/// human table on a terminal defaults to the newest [`DEFAULT_TABLE_LIMIT`] (stderr says when
+/// more match), so a 3 a.m. `token list` does not scroll a million rows past.
+pub fn effective_limit(given: Option<u64>, json: bool, stdout_tty: bool) -> Option<u64> {
+    match given {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None if json || !stdout_tty => None,
+        None => Some(DEFAULT_TABLE_LIMIT),
+    }
+}
+
 async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     let label = match &args.created_by {
         Some(l) => Some(check_match_label(l)?),
         None => None,
     };
     // Read one row more than shown to learn whether more exist, without counting them all.
-    let limit: Option<i64> = match args.limit {
-        0 => None,
-        n => Some(i64::try_from(n).unwrap_or(i64::MAX - 1).min(i64::MAX - 1)),
-    };
+    let limit: Option<i64> = effective_limit(
+        args.limit,
+        ctx.out.json_mode(),
+        std::io::stdout().is_terminal(),
+    )
+    .map(|n| i64::try_from(n).unwrap_or(i64::MAX - 1).min(i64::MAX - 1));
 
     let mut conds: Vec<String> = Vec::new();
     let mut n = 0;
@@ -956,12 +986,12 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         )));
     }
     if live == 0 {
+        // Nothing to write (not even an audit row); the result lists them as already revoked.
         ctx.out.info(&format!(
             "Every token with created_by '{shown_label}' ({total}) is already revoked; nothing to do."
         ));
-        return render_revoke_label(ctx, label, None)
-            .await
-            .map(|_| Exit::Ok);
+        render_revoke_label(ctx, &mut conn, label, None).await?;
+        return Ok(Exit::Ok);
     }
 
     if ctx.out.interactive() && !ctx.yes {
@@ -1043,37 +1073,39 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
     ctx.out.info(&format!(
         "Revoked {done} token(s) with created_by '{shown_label}'; they no longer authenticate."
     ));
-    render_revoke_label(ctx, label, Some((at, done))).await?;
+    let already = render_revoke_label(ctx, &mut conn, label, Some((at, done))).await?;
+    if already > 0 {
+        ctx.out.info(&format!(
+            "{already} other token(s) with this label were already revoked (listed as already revoked)."
+        ));
+    }
     Ok(Exit::Ok)
 }
 
-/// The result of a bulk revoke, read back after the commit through a cursor (the rows this
-/// run revoked carry its `revoked_at`), so a huge incident never sits in memory.
+/// The result of a bulk revoke, read back through a cursor in a read-only REPEATABLE READ
+/// transaction, so a huge incident never sits in memory. `revoked` is this run's
+/// `revoked_at` (one statement, so every row it revoked carries it) and count; the label's
+/// other revoked tokens are `already_revoked`: revoked before this run (or concurrently by
+/// someone else), never by it. One pass, this run's rows first. Returns how many were already
+/// revoked.
 async fn render_revoke_label(
     ctx: &Context,
+    conn: &mut PgConnection,
     label: &str,
     revoked: Option<(DateTime<Utc>, i64)>,
-) -> Result<()> {
+) -> Result<i64> {
     let json = ctx.out.json_mode();
-    let Some((at, count)) = revoked else {
-        if json {
-            return ctx.out.json(&RevokeJson {
-                revoked: vec![],
-                already_revoked: vec![],
-            });
-        }
-        return ctx
-            .out
-            .table(&ctx.out.new_table(["id", "prefix", "name", "result"]));
+    let (at, count) = match revoked {
+        Some((at, count)) => (Some(at), count),
+        None => (None, 0),
     };
-    let url = ctx.url()?;
-    let mut conn = db::connect(&url, &ctx.settings).await?;
-    let mut tx = db::begin_read_only(&mut conn).await?;
+    let mut tx = db::begin_read_only(&mut *conn).await?;
     sqlx::query(&format!(
         "DECLARE {CURSOR} NO SCROLL CURSOR FOR
-         SELECT {TOKEN_COLUMNS} FROM org_api_tokens
-          WHERE created_by = $1 AND revoked_at = $2
-          ORDER BY created_at DESC, id DESC"
+         SELECT {TOKEN_COLUMNS}, revoked_at IS NOT DISTINCT FROM $2 AS by_this_run
+           FROM org_api_tokens
+          WHERE created_by = $1 AND revoked_at IS NOT NULL
+          ORDER BY by_this_run DESC, created_at DESC, id DESC"
     ))
     .bind(label)
     .bind(at)
@@ -1082,55 +1114,81 @@ async fn render_revoke_label(
     let fetch = format!("FETCH {FETCH_BATCH} FROM {CURSOR}");
     let mut sink = Sink::new();
     let mut table = ctx.out.new_table(["id", "prefix", "name", "result"]);
-    let mut n: i64 = 0;
+    let mut shown: usize = 0;
+    let (mut n_revoked, mut n_already): (i64, i64) = (0, 0);
     if json {
         sink.write("{\"revoked\": [")?;
     }
     loop {
-        let rows: Vec<TokenRow> = sqlx::query_as(&fetch).fetch_all(&mut *tx).await?;
+        let rows = sqlx::query(&fetch).fetch_all(&mut *tx).await?;
         if rows.is_empty() || sink.closed {
             break;
         }
-        for t in &rows {
+        for row in &rows {
+            let t = <TokenRow as sqlx::FromRow<_>>::from_row(row)?;
+            let mine: bool = at.is_some() && row.try_get("by_this_run")?;
             if json {
-                sink.write(&format!(
-                    "{}\"{}\"",
-                    if n == 0 { "\n  " } else { ",\n  " },
-                    t.id
-                ))?;
-            } else if (n as usize) < SHOWN * 2 {
+                let sep = if mine {
+                    if n_revoked == 0 {
+                        "\n  "
+                    } else {
+                        ",\n  "
+                    }
+                } else if n_already == 0 {
+                    // The first already revoked token closes the revoked list.
+                    if n_revoked > 0 {
+                        "\n ],\n \"already_revoked\": [\n  "
+                    } else {
+                        "],\n \"already_revoked\": [\n  "
+                    }
+                } else {
+                    ",\n  "
+                };
+                sink.write(&format!("{sep}\"{}\"", t.id))?;
+            } else if shown < SHOWN * 2 {
                 table.add_row(vec![
                     t.id.to_string(),
                     sanitize(&t.prefix),
                     fmt_opt_text(&t.name),
-                    "revoked".to_string(),
+                    if mine {
+                        "revoked".to_string()
+                    } else {
+                        format!("already revoked ({})", fmt_opt_time(&t.revoked_at))
+                    },
                 ]);
+                shown += 1;
             }
-            n += 1;
+            if mine {
+                n_revoked += 1;
+            } else {
+                n_already += 1;
+            }
         }
     }
     tx.rollback().await?;
+    let n = n_revoked + n_already;
     if json {
-        sink.write(&format!(
-            "{}],\n \"already_revoked\": []}}\n",
-            if n > 0 { "\n" } else { "" }
-        ))?;
-    } else {
+        sink.write(match (n_revoked > 0, n_already > 0) {
+            (_, true) => "\n ]}\n",
+            (true, false) => "\n ],\n \"already_revoked\": []}\n",
+            (false, false) => "],\n \"already_revoked\": []}\n",
+        })?;
+    } else if shown > 0 {
         sink.write(&format!("{table}\n"))?;
-        if n > (SHOWN * 2) as i64 {
+        if n > shown as i64 {
             sink.write(&format!(
                 "… and {} more (use --output json for all)\n",
-                n - (SHOWN * 2) as i64
+                n - shown as i64
             ))?;
         }
     }
     sink.flush()?;
-    if n != count {
+    if n_revoked != count && !sink.closed {
         ctx.out.warn(&format!(
-            "read back {n} revoked token(s) where {count} were revoked; a concurrent change touched them"
+            "read back {n_revoked} revoked token(s) where {count} were revoked; a concurrent change touched them"
         ));
     }
-    Ok(())
+    Ok(n_already)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1300,6 +1358,23 @@ mod tests {
             Err(e) => assert!(!e.message.contains(plain) && !e.message.contains("AbCdEfGh")),
             Ok(_) => panic!("accepted a plaintext"),
         }
+    }
+
+    #[test]
+    fn list_limit_defaults() {
+        // --limit wins everywhere; 0 is all.
+        for (json, tty) in [(false, false), (false, true), (true, false), (true, true)] {
+            assert_eq!(effective_limit(Some(7), json, tty), Some(7));
+            assert_eq!(effective_limit(Some(0), json, tty), None);
+        }
+        // Without it only the human table on a terminal is cut.
+        assert_eq!(
+            effective_limit(None, false, true),
+            Some(DEFAULT_TABLE_LIMIT)
+        );
+        assert_eq!(effective_limit(None, false, false), None);
+        assert_eq!(effective_limit(None, true, true), None);
+        assert_eq!(effective_limit(None, true, false), None);
     }
 
     #[test]

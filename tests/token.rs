@@ -177,6 +177,13 @@ async fn minted_token_works_on_the_agent_is_stored_nowhere_and_dies_on_revoke() 
     );
     assert!(!r.stderr.contains(&token), "the plaintext leaked to stderr");
     assert!(r.stderr.contains("Copy the token now"), "{}", r.stderr);
+    // The revoke hint holds even for a prefix that starts with `-`.
+    assert!(
+        r.stderr
+            .contains(&format!("`orgctl token revoke -- {}`", &token[..8])),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains(&agent), "{}", r.stderr);
 
     let Some((id, prefix, org)) = platform_lookup(&db, &token).await else {
@@ -696,7 +703,8 @@ fn bulk_revoke_by_created_by_kills_exactly_that_provenance() {
     r.code(0);
     let j: RevokeJson = parse(&r.stdout);
     assert_eq!(set(&j.revoked), BTreeSet::from([T1, T5, T8]));
-    assert!(j.already_revoked.is_empty());
+    // T3 has the label too but was revoked in April: reported, not touched.
+    assert_eq!(j.already_revoked, [T3]);
     assert_eq!(
         db.scalar(
             "SELECT string_agg(prefix, ',' ORDER BY prefix) FROM org_api_tokens WHERE revoked_at IS NULL"
@@ -726,7 +734,8 @@ fn bulk_revoke_by_created_by_kills_exactly_that_provenance() {
         .run();
     r.code(0);
     let j: RevokeJson = parse(&r.stdout);
-    assert!(j.revoked.is_empty() && j.already_revoked.is_empty());
+    assert!(j.revoked.is_empty());
+    assert_eq!(set(&j.already_revoked), BTreeSet::from([T1, T3, T5, T8]));
     assert_eq!(db.snapshot(), before);
 
     let r = db
@@ -837,4 +846,364 @@ fn anchor_moves_unanchored_tokens_to_the_root_and_needs_force_to_move_anchored_o
     assert_eq!(j.previous_org_id.as_deref(), Some(ids::RESEARCH));
     assert_eq!(j.org_id, agent);
     assert_eq!(audit_count(&db, "token anchor"), 2);
+}
+
+/// About 1 token in 64 has a prefix that starts with `-` (base64url). Revoke and anchor take
+/// it by prefix with the options before or after it, and after `--` in any case.
+#[test]
+fn a_prefix_starting_with_a_hyphen_is_a_token_not_a_flag() {
+    let db = TestDb::sample();
+    // H4's prefix is made only of letters that are short options (-y -q -v -o): only the
+    // `--` form (the runbook's) can name it, so that is the form the hints show.
+    const H1: &str = "70000000-0000-4000-8000-0000000000c1";
+    const H2: &str = "70000000-0000-4000-8000-0000000000c2";
+    const H3: &str = "70000000-0000-4000-8000-0000000000c3";
+    const H4: &str = "70000000-0000-4000-8000-0000000000c4";
+    db.exec(
+        "INSERT INTO org_api_tokens (id, token_hash, prefix, name, created_by) VALUES
+          ('70000000-0000-4000-8000-0000000000c1', sha256('c1'::bytea), '-Ab_cdef', 'h1', 'x'),
+          ('70000000-0000-4000-8000-0000000000c2', sha256('c2'::bytea), '-Zz9_xyz', 'h2', 'x'),
+          ('70000000-0000-4000-8000-0000000000c3', sha256('c3'::bytea), '--Qr5tuv', 'h3', 'x'),
+          ('70000000-0000-4000-8000-0000000000c4', sha256('c4'::bytea), '-yqvoyqv', 'h4', 'x')",
+    );
+    let org_of = |id: &str| {
+        db.scalar(&format!(
+            "SELECT org_id FROM org_api_tokens WHERE id = '{id}'"
+        ))
+    };
+
+    // anchor: options after the prefix, then before it (--force, --org, -y, -o json).
+    let r = db
+        .orgctl(&[
+            "token",
+            "anchor",
+            "-Ab_cdef",
+            "--org",
+            ids::HQ,
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .run();
+    r.code(0);
+    let j: AnchorJson = parse(&r.stdout);
+    assert_eq!((j.id.as_str(), j.prefix.as_str()), (H1, "-Ab_cdef"));
+    assert_eq!(
+        (j.org_id.as_str(), j.previous_org_id, j.changed),
+        (ids::HQ, None, true)
+    );
+    let r = db
+        .orgctl(&[
+            "token",
+            "anchor",
+            "--force",
+            "--org",
+            ids::LABS,
+            "-y",
+            "-o",
+            "json",
+            "-Ab_c",
+        ])
+        .run();
+    r.code(0);
+    let j: AnchorJson = parse(&r.stdout);
+    assert_eq!(j.id, H1);
+    assert_eq!(j.previous_org_id.as_deref(), Some(ids::HQ));
+    assert_eq!(org_of(H1), ids::LABS);
+    // Without --force it is still refused: the flag was read as a flag, not as the token.
+    db.orgctl(&["token", "anchor", "--org", ids::HQ, "--yes", "-Ab_cdef"])
+        .run()
+        .code(3)
+        .one_line_error("--force");
+    // `--` after the options, as the runbook and the help show it.
+    db.orgctl(&[
+        "token",
+        "anchor",
+        "--org",
+        ids::HQ,
+        "--yes",
+        "--",
+        "-Zz9_xyz",
+    ])
+    .run()
+    .code(0);
+    assert_eq!(org_of(H2), ids::HQ);
+    db.orgctl(&["token", "anchor", "--yes", "--org", ids::HQ, "-yqvoyqv"])
+        .run()
+        .code(2);
+    db.orgctl(&[
+        "token",
+        "anchor",
+        "--yes",
+        "--org",
+        ids::HQ,
+        "--",
+        "-yqvoyqv",
+    ])
+    .run()
+    .code(0);
+    assert_eq!(org_of(H4), ids::HQ);
+    assert_eq!(audit_count(&db, "token anchor"), 4);
+
+    // revoke: after, before, `--`, a prefix starting with `--`, and already revoked.
+    let revoke = |args: &[&str]| -> RevokeJson {
+        let mut a = vec!["token", "revoke"];
+        a.extend_from_slice(args);
+        let r = db.orgctl(&a).run();
+        r.code(0);
+        parse(&r.stdout)
+    };
+    let j = revoke(&["-Ab_cdef", "--yes", "-o", "json"]);
+    assert_eq!(j.revoked, [H1]);
+    let j = revoke(&["--yes", "-o", "json", "-Zz9_xyz"]);
+    assert_eq!(j.revoked, [H2]);
+    let j = revoke(&["--Qr5tuv", "-o", "json", "-y"]);
+    assert_eq!(j.revoked, [H3]);
+    let j = revoke(&["-o", "json", "--yes", "--", "-yqvoyqv"]);
+    assert_eq!(j.revoked, [H4]);
+    let j = revoke(&["-o", "json", "-Ab_cdef"]);
+    assert!(j.revoked.is_empty());
+    assert_eq!(j.already_revoked, [H1]);
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM org_api_tokens WHERE created_by = 'x' AND revoked_at IS NULL"
+        ),
+        "0"
+    );
+    assert_eq!(audit_count(&db, "token revoke"), 4);
+
+    // No --yes and no terminal is still the confirmation refusal, with the prefix first.
+    let before = db.snapshot();
+    db.orgctl(&["token", "revoke", "-Ab_", "-o", "json"])
+        .run()
+        .code(0);
+    db.orgctl(&["token", "revoke", "-Zzz", "--yes"])
+        .run()
+        .code(1)
+        .one_line_error("no token has a prefix starting with '-Zzz'");
+    assert_eq!(db.snapshot(), before);
+}
+
+/// `token list` never cuts a script short: JSON and a piped table list every match by default.
+#[test]
+fn list_gives_scripts_every_token_by_default() {
+    let db = TestDb::sample();
+    db.exec(
+        "INSERT INTO org_api_tokens (token_hash, prefix, created_by, created_at, org_id)
+         SELECT sha256(('many-' || g)::bytea), 'bulk' || lpad(g::text, 4, '0'), 'many',
+                '2025-01-01'::timestamptz + g * interval '1 minute', NULL
+           FROM generate_series(1, 150) g",
+    );
+    let before = db.snapshot();
+    // JSON: all 156 live tokens, newest first, nothing said about a cut.
+    let r = db.orgctl(&["token", "list", "-o", "json"]).run();
+    r.code(0);
+    let j: ListJson = parse(&r.stdout);
+    assert_eq!(j.tokens.len(), 156);
+    assert_eq!(j.tokens[0].prefix, "bulk0150");
+    assert_eq!(j.tokens[149].prefix, "bulk0001");
+    assert_eq!(j.tokens[155].id, T5);
+    assert!(!r.stderr.contains("more match"), "{}", r.stderr);
+    // A piped table: every token, streamed as tab-separated lines (header + 156).
+    let r = db.orgctl(&["token", "list"]).run();
+    r.code(0);
+    assert_eq!(r.stdout.lines().count(), 157, "{}", r.stdout);
+    assert!(r.stdout.starts_with("id\tprefix\tname"));
+    assert!(!r.stderr.contains("more match"), "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        db.orgctl(&["token", "list", "--limit", "0"]).run().stdout
+    );
+    // --limit N still cuts, anywhere, and says so on stderr.
+    let r = db
+        .orgctl(&["token", "list", "-o", "json", "--limit", "100"])
+        .run();
+    r.code(0);
+    assert_eq!(parse::<ListJson>(&r.stdout).tokens.len(), 100);
+    assert!(
+        r.stderr
+            .contains("Showing the newest 100 live tokens; more match"),
+        "{}",
+        r.stderr
+    );
+    let r = db.orgctl(&["token", "list", "--limit", "3"]).run();
+    r.code(0);
+    assert_eq!(r.stdout.matches("bulk").count(), 3, "{}", r.stdout);
+    assert!(r.stdout.contains("bulk0150") && r.stdout.contains("bulk0148"));
+    assert!(r.stderr.contains("more match"), "{}", r.stderr);
+
+    // The human table on a terminal keeps a default of 100 and says that more match.
+    match on_terminal(&db, "token list") {
+        Some(out) => {
+            assert_eq!(out.matches("bulk").count(), 100, "{out}");
+            assert!(
+                out.contains("bulk0150") && !out.contains("bulk0050"),
+                "{out}"
+            );
+            assert!(
+                out.contains("Showing the newest 100 live tokens; more match"),
+                "{out}"
+            );
+        }
+        None => eprintln!("skipped the terminal case: no `script` (util-linux) to give a pty"),
+    }
+    assert_eq!(db.snapshot(), before);
+}
+
+/// `orgctl ARGS` with stdin, stdout and stderr on a pseudo-terminal (util-linux `script`), 400
+/// columns wide; the merged output, or None when `script` is not installed.
+fn on_terminal(db: &TestDb, args: &str) -> Option<String> {
+    let line = format!(
+        "stty cols 400 rows 50; exec '{}' {args}",
+        env!("CARGO_BIN_EXE_orgctl")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("USER", "tester")
+        .env("NO_COLOR", "1")
+        .env("DATABASE_URL", &db.url)
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).to_string()),
+        Ok(o) => panic!(
+            "orgctl {args} on a terminal: {:?}\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout)
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("script: {e}"),
+    }
+}
+
+/// `revoke --created-by` reports the label's tokens that were revoked before it ran as
+/// `already_revoked`; a label with nothing live left writes nothing.
+#[test]
+fn bulk_revoke_reports_already_revoked_tokens_and_writes_nothing_when_none_is_live() {
+    let db = TestDb::sample();
+    // Only revoked tokens with this label, from an earlier incident.
+    db.exec(
+        "INSERT INTO org_api_tokens (id, token_hash, prefix, name, created_by, created_at, revoked_at) VALUES
+          ('70000000-0000-4000-8000-0000000000d1', sha256('d1'::bytea), 'dddd0001', 'old 1', 'incident-7', '2024-06-01', '2024-06-02'),
+          ('70000000-0000-4000-8000-0000000000d2', sha256('d2'::bytea), 'dddd0002', 'old 2', 'incident-7', '2024-06-03', '2024-06-04')",
+    );
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&[
+            "token",
+            "revoke",
+            "--created-by",
+            "incident-7",
+            "-o",
+            "json",
+        ])
+        .run();
+    r.code(0);
+    let j: RevokeJson = parse(&r.stdout);
+    assert!(j.revoked.is_empty());
+    assert_eq!(
+        j.already_revoked,
+        [
+            "70000000-0000-4000-8000-0000000000d2",
+            "70000000-0000-4000-8000-0000000000d1"
+        ]
+    );
+    assert!(
+        r.stderr.contains("already revoked; nothing to do"),
+        "{}",
+        r.stderr
+    );
+    // The table: the already revoked rows, not an empty table; no --yes needed.
+    let r = db
+        .orgctl(&["token", "revoke", "--created-by", "incident-7"])
+        .run();
+    r.code(0);
+    assert!(
+        r.stdout.contains("dddd0001") && r.stdout.contains("dddd0002"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        r.stdout.matches("already revoked (2024-06-0").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        db.snapshot(),
+        before,
+        "nothing written, not even orgctl's schema"
+    );
+    assert_eq!(audit_count(&db, "token revoke"), 0);
+
+    // Mixed: the live ones are revoked, T3 (revoked in April) is reported as such.
+    let r = db
+        .orgctl(&[
+            "token",
+            "revoke",
+            "--created-by",
+            "session",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .run();
+    r.code(0);
+    let j: RevokeJson = parse(&r.stdout);
+    assert_eq!(j.revoked, [T8, T1, T5], "newest first");
+    assert_eq!(j.already_revoked, [T3]);
+    assert!(
+        r.stderr
+            .contains("1 other token(s) with this label were already revoked"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT revoked_at::date FROM org_api_tokens WHERE id = '{T3}'"
+        )),
+        "2024-04-01",
+        "an earlier revocation is left as it was"
+    );
+    // And again: all four are history now; exit 0, nothing written.
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&["token", "revoke", "--created-by", "session", "-o", "json"])
+        .run();
+    r.code(0);
+    let j: RevokeJson = parse(&r.stdout);
+    assert!(j.revoked.is_empty());
+    assert_eq!(j.already_revoked, [T8, T3, T1, T5]);
+    let r = db
+        .orgctl(&["token", "revoke", "--created-by", "session"])
+        .run();
+    r.code(0);
+    assert_eq!(
+        r.stdout.matches("already revoked (").count(),
+        4,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(db.snapshot(), before);
+    assert_eq!(audit_count(&db, "token revoke"), 1);
+
+    // The table of a mixed run lists both kinds.
+    db.exec(
+        "INSERT INTO org_api_tokens (id, token_hash, prefix, created_by, created_at, revoked_at) VALUES
+          ('70000000-0000-4000-8000-0000000000d3', sha256('d3'::bytea), 'dddd0003', 'incident-7', '2024-07-01', NULL)",
+    );
+    let r = db
+        .orgctl(&["token", "revoke", "--created-by", "incident-7", "--yes"])
+        .run();
+    r.code(0);
+    let lines: Vec<&str> = r.stdout.lines().filter(|l| l.contains("dddd")).collect();
+    assert_eq!(lines.len(), 3, "{}", r.stdout);
+    assert!(
+        lines[0].contains("dddd0003")
+            && lines[0].contains("revoked")
+            && !lines[0].contains("already")
+    );
+    assert!(lines[1].contains("dddd0002") && lines[1].contains("already revoked"));
 }
