@@ -217,7 +217,7 @@ pub enum TokenCommand {
     /// Examples:
     ///   TOKEN=$(orgctl token mint --name ci)
     ///   orgctl token mint --name break-glass --output json
-    #[command(after_long_help = AFTER_HELP)]
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     Mint(TokenMintArgs),
     /// List live tokens, newest first (never a hash or plaintext).
     ///
@@ -225,7 +225,7 @@ pub enum TokenCommand {
     ///   orgctl token list
     ///   orgctl token list --all --unanchored
     ///   orgctl token list --limit 0 --output json > tokens.json
-    #[command(after_long_help = AFTER_HELP)]
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     List(TokenListArgs),
     /// Revoke a token by id or unique prefix, or every live token with a provenance label.
     ///
@@ -235,14 +235,14 @@ pub enum TokenCommand {
     /// Examples:
     ///   orgctl token revoke 3f9c2a1b --yes
     ///   orgctl token revoke --created-by admin-token
-    #[command(after_long_help = AFTER_HELP)]
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     Revoke(TokenRevokeArgs),
     /// Anchor a token to the org root (or --org); moving an anchored token needs --force.
     ///
     /// Asks for confirmation on a terminal; --yes without one.
     ///
     /// Example: orgctl token anchor 3f9c2a1b --yes
-    #[command(after_long_help = AFTER_HELP)]
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     Anchor(TokenAnchorArgs),
 }
 

