@@ -620,7 +620,7 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         slots = super::for_each(&selected[..canary], concurrency, cancel, work, &mut on_done).await;
         canary_stopped = slots.iter().any(|s| match s {
             Slot::Done(r) => r.status == Status::Failed,
-            Slot::Abandoned => true,
+            Slot::Abandoned | Slot::Panicked(_) => true,
             Slot::NotStarted => false,
         });
         if canary_stopped {
@@ -649,6 +649,11 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
                     "abandoned by a second Ctrl-C before its commit: its transaction was rolled back"
                         .into(),
                 );
+                r
+            }
+            Slot::Panicked(detail) => {
+                let mut r = TenantResult::new(t, Status::Failed);
+                r.error = Some(super::panicked_message(&detail));
                 r
             }
         })

@@ -93,6 +93,13 @@ pub enum Slot<T> {
     Done(T),
     /// Abandoned by a second Ctrl-C before its COMMIT: its transaction rolled back.
     Abandoned,
+    /// Its task panicked (a bug): its connection dropped, so its transaction rolled back.
+    Panicked(String),
+}
+
+/// The report line of a tenant whose task panicked.
+pub fn panicked_message(detail: &str) -> String {
+    format!("internal error (a bug in orgctl: {detail}); the tenant's transaction was rolled back")
 }
 
 /// Marks the moment a tenant's COMMIT is on the wire: a second Ctrl-C then waits for it.
@@ -133,6 +140,9 @@ where
 {
     let mut slots: Vec<Slot<T>> = tenants.iter().map(|_| Slot::NotStarted).collect();
     let mut set: JoinSet<(usize, Option<T>)> = JoinSet::new();
+    // Which tenant each task serves, so a panicking task is reported on its own tenant.
+    let mut task_tenant: std::collections::HashMap<tokio::task::Id, usize> =
+        std::collections::HashMap::new();
     let mut next = 0usize;
     let mut cancel_rx = cancel.clone();
     loop {
@@ -141,7 +151,7 @@ where
             let fut = work(tenants[next].clone(), committing.clone());
             let mut abandon = cancel.clone();
             let idx = next;
-            set.spawn(async move {
+            let handle = set.spawn(async move {
                 tokio::pin!(fut);
                 tokio::select! {
                     r = &mut fut => (idx, Some(r)),
@@ -155,6 +165,7 @@ where
                     }
                 }
             });
+            task_tenant.insert(handle.id(), idx);
             next += 1;
         }
         if set.is_empty() {
@@ -168,9 +179,13 @@ where
                         slots[idx] = Slot::Done(r);
                     }
                     Some(Ok((idx, None))) => slots[idx] = Slot::Abandoned,
-                    // A panicking task: its tenant stays "not started" in the summary; the
-                    // transaction it had open was rolled back when its connection dropped.
-                    Some(Err(_)) => {}
+                    // A panicking task: reported as failed on its tenant; the transaction it
+                    // had open was rolled back when its connection dropped.
+                    Some(Err(e)) => {
+                        if let Some(idx) = task_tenant.get(&e.id()) {
+                            slots[*idx] = Slot::Panicked(e.to_string());
+                        }
+                    }
                     None => break,
                 }
             }
@@ -258,6 +273,43 @@ pub fn fmt_duration(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tenant whose work panics is reported on that tenant, not as "not started", and the
+    /// others still finish.
+    #[tokio::test]
+    async fn a_panicking_tenant_is_reported_on_its_own_tenant() {
+        let tenants = match tenants::parse(
+            "a postgres://h/a\nb postgres://h/b\nc postgres://h/c\n",
+            "test",
+        ) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        let slots = for_each(
+            &tenants,
+            2,
+            &Cancel::never(),
+            |t: Tenant, _c: Committing| async move {
+                if t.name == "b" {
+                    panic!("boom");
+                }
+                t.name.clone()
+            },
+            |_: &String, _| {},
+        )
+        .await;
+        let seen: Vec<String> = slots
+            .iter()
+            .map(|s| match s {
+                Slot::Done(n) => format!("done {n}"),
+                Slot::Panicked(d) => format!("panicked {}", d.contains("boom")),
+                Slot::NotStarted => "not started".into(),
+                Slot::Abandoned => "abandoned".into(),
+            })
+            .collect();
+        assert_eq!(seen, ["done a", "panicked true", "done c"]);
+        assert!(panicked_message("x").contains("rolled back"));
+    }
 
     #[test]
     fn run_ids() {

@@ -893,6 +893,11 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
                     Some("abandoned by a second Ctrl-C: its transaction was rolled back".into());
                 r
             }
+            Slot::Panicked(detail) => {
+                let mut r = TenantResult::new(t, Status::Failed);
+                r.error = Some(super::panicked_message(&detail));
+                r
+            }
         })
         .collect();
     let report = Report {
