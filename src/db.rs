@@ -249,9 +249,18 @@ fn connect_error(url: &DbUrl, e: &sqlx::Error) -> Error {
 /// client quickly (PostgreSQL 14+), so an interrupted orgctl does not leave a long statement
 /// holding locks.
 async fn check_server(conn: &mut PgConnection, url: &DbUrl) -> Result<()> {
-    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
-        .fetch_one(&mut *conn)
-        .await?;
+    // The server reports its version when the connection starts; ask only if it did not.
+    let version: i32 = match conn
+        .server_version_num()
+        .and_then(|v| i32::try_from(v).ok())
+    {
+        Some(v) => v,
+        None => {
+            sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
     if version < 130_000 {
         return Err(Error::refused(format!(
             "{} runs PostgreSQL {}; orgctl needs 13 or newer",
@@ -459,18 +468,19 @@ pub async fn orgctl_schema_exists(conn: &mut PgConnection) -> Result<bool> {
     )
 }
 
-/// Create or upgrade the `orgctl` schema on first mutating use. Runs on its own connection
-/// whose `search_path` is `orgctl`, so sqlx's unqualified `_sqlx_migrations` lands there.
-pub async fn ensure_orgctl_schema(url: &DbUrl, settings: &Settings) -> Result<()> {
-    let mut conn = connect_with(url, settings, &[("search_path", "orgctl")]).await?;
+/// Create or upgrade the `orgctl` schema on first mutating use, on the caller's connection
+/// (outside any transaction). The migrator runs with `search_path` set to `orgctl`, so sqlx's
+/// unqualified `_sqlx_migrations` lands there, then the connection's own path is restored. No
+/// second connection per tenant: on a fleet that halves the connection set-ups.
+pub async fn ensure_orgctl_schema(conn: &mut PgConnection, url: &DbUrl) -> Result<()> {
     let latest = ORGCTL_MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let has_table: bool =
         sqlx::query_scalar("SELECT to_regclass('orgctl._sqlx_migrations') IS NOT NULL")
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *conn)
             .await?;
     let current: Option<i64> = if has_table {
         sqlx::query_scalar("SELECT max(version) FROM orgctl._sqlx_migrations WHERE success")
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *conn)
             .await?
     } else {
         None
@@ -505,7 +515,13 @@ pub async fn ensure_orgctl_schema(url: &DbUrl, settings: &Settings) -> Result<()
     // run_direct, not run: `run`'s `Acquire` bound makes this future impossible to prove `Send`
     // ("implementation of `Acquire` is not general enough"), and the backfill runs it in spawned
     // tasks. `run` is `acquire` + `run_direct`; on a plain connection they are the same.
-    ORGCTL_MIGRATOR.run_direct(&mut conn).await.map_err(|e| {
+    sqlx::query("SET search_path TO orgctl")
+        .execute(&mut *conn)
+        .await?;
+    let migrated = ORGCTL_MIGRATOR.run_direct(&mut *conn).await;
+    // Restore the path whatever happened, before any platform query runs on this connection.
+    sqlx::query("RESET search_path").execute(&mut *conn).await?;
+    migrated.map_err(|e| {
         Error::failed(format!(
             "could not migrate orgctl's schema on {}: {}",
             url.target(),

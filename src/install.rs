@@ -1256,7 +1256,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     // Only the reviewed plan's hash is needed from here on; free the plan itself.
     let reviewed_hash = reviewed.hash();
     drop(reviewed);
-    db::ensure_orgctl_schema(&url, &ctx.settings).await?;
+    db::ensure_orgctl_schema(&mut conn, &url).await?;
     let mut tx = conn.begin().await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     lock_rows(&mut tx, &input).await?;

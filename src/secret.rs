@@ -1190,7 +1190,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     out.confirm(&format!("{question} ({})", url.target()), ctx.yes)?;
 
     // 3. Apply in one transaction under the tenant lock: re-check, write, audit, commit.
-    db::ensure_orgctl_schema(url, &ctx.settings).await?;
+    db::ensure_orgctl_schema(&mut conn, url).await?;
     let mut tx = conn.begin().await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     if let Scope::Workspace(id) = scope {

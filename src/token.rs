@@ -472,7 +472,7 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
         tx.rollback().await?;
     }
 
-    db::ensure_orgctl_schema(&url, &ctx.settings).await?;
+    db::ensure_orgctl_schema(&mut conn, &url).await?;
     let mut tx = conn.begin().await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     // Again under the lock: an install may have made the agent the root meanwhile.
@@ -885,7 +885,7 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
         &format!("Revoke {desc} on {}?", url.target()),
     )?;
 
-    db::ensure_orgctl_schema(&url, &ctx.settings).await?;
+    db::ensure_orgctl_schema(&mut conn, &url).await?;
     let mut tx = conn.begin().await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     let done = sqlx::query(
@@ -1032,7 +1032,7 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         ),
     )?;
 
-    db::ensure_orgctl_schema(&url, &ctx.settings).await?;
+    db::ensure_orgctl_schema(&mut conn, &url).await?;
     let mut tx = conn.begin().await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     // Every live token with the label at this moment: in incident response a token minted
@@ -1274,7 +1274,7 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
         &format!("Anchor {desc} on {}?", url.target()),
     )?;
 
-    db::ensure_orgctl_schema(&url, &ctx.settings).await?;
+    db::ensure_orgctl_schema(&mut conn, &url).await?;
     let mut tx = conn.begin().await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     // What was confirmed is what is applied: the same root, and the token where it was.

@@ -210,9 +210,8 @@ async fn apply_inner(
         });
     }
 
-    // orgctl's own schema first, on its own short connection (the second and last one of this
-    // tenant), so the snapshot has somewhere to go before anything changes.
-    db::ensure_orgctl_schema(&t.url, &job.settings).await?;
+    // orgctl's own schema first, so the snapshot has somewhere to go before anything changes.
+    db::ensure_orgctl_schema(conn, &t.url).await?;
     let mut tx = conn.begin().await?;
     db::lock_tenant(&mut tx, &job.settings).await?;
     if let Some(p) = prior_run(&mut tx, &job.run_id).await? {
