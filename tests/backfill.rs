@@ -244,9 +244,9 @@ async fn a_mixed_fleet_applies_the_healthy_tenants_and_reports_the_rest() {
     // The snapshot and the audit row are there, atomically with the change.
     assert_eq!(
         healthy1.scalar(&format!(
-            "SELECT status || ' ' || (SELECT count(*) FROM orgctl.backfill_roots WHERE run_id = '{run_id}')
-                    || ' ' || (SELECT count(*) FROM orgctl.backfill_anchors WHERE run_id = '{run_id}')
-                    || ' ' || (SELECT count(*) FROM orgctl.backfill_merged WHERE run_id = '{run_id}')
+            "SELECT status || ' ' || (SELECT count(*) FROM orgctl.backfill_rows WHERE run_id = '{run_id}' AND kind = 'root')
+                    || ' ' || (SELECT count(*) FROM orgctl.backfill_rows WHERE run_id = '{run_id}' AND kind = 'anchor')
+                    || ' ' || (SELECT count(*) FROM orgctl.backfill_rows WHERE run_id = '{run_id}' AND kind = 'merged')
                FROM orgctl.backfill_runs WHERE run_id = '{run_id}'"
         )),
         "applied 3 9 1"
@@ -751,8 +751,8 @@ fn kill_9_leaves_every_tenant_untouched_or_installed_and_a_rerun_finishes() {
                 );
                 assert_eq!(
                     d.scalar(&format!(
-                        "SELECT (SELECT count(*) FROM orgctl.backfill_roots WHERE run_id = '{run_id}')
-                              + (SELECT count(*) FROM orgctl.backfill_anchors WHERE run_id = '{run_id}')"
+                        "SELECT (SELECT count(*) FROM orgctl.backfill_rows WHERE run_id = '{run_id}' AND kind = 'root')
+                              + (SELECT count(*) FROM orgctl.backfill_rows WHERE run_id = '{run_id}' AND kind = 'anchor')"
                     )),
                     "12"
                 );

@@ -37,37 +37,26 @@ CREATE TABLE IF NOT EXISTS orgctl.backfill_runs (
     orgctl_version  TEXT NOT NULL
 );
 
--- Each root the run re-parented, with its parent and updated_at before.
-CREATE TABLE IF NOT EXISTS orgctl.backfill_roots (
-    run_id         TEXT NOT NULL,
-    workspace_id   UUID NOT NULL,
+-- The snapshot of every row a run changed, one table for every kind (one table, not four: on a
+-- fleet orgctl creates this schema on every tenant's first touch, and each table costs the
+-- server a relation, its primary key and a TOAST table). `kind` says what a row is:
+--   root    a root the run re-parented (tbl workspaces): old_parent_id, old_updated_at
+--   anchor  a token or allowlist row the run moved to the agent: old_org_id
+--   merged  an allowlist row the run merged away (deleted), whole (to_jsonb) in `row`, to
+--           re-insert as it was
+--   kept    a row that already hung off an existing agent before the run (a child, token or
+--           allowlist row): rollback leaves it there, and counts only other rows on the agent
+--           as new
+-- run_id is at most 64 characters (`--run-id`'s limit).
+CREATE TABLE IF NOT EXISTS orgctl.backfill_rows (
+    run_id         VARCHAR(64) NOT NULL,
+    kind           VARCHAR(8) NOT NULL CHECK (kind IN ('root', 'anchor', 'merged', 'kept')),
+    tbl            VARCHAR(32) NOT NULL
+                   CHECK (tbl IN ('workspaces', 'org_api_tokens', 'org_plugin_allowlist')),
+    row_id         UUID NOT NULL,
     old_parent_id  UUID,
     old_updated_at TIMESTAMPTZ,
-    PRIMARY KEY (run_id, workspace_id)
-);
-
--- Each anchor row the run moved to the agent, with its org_id before.
-CREATE TABLE IF NOT EXISTS orgctl.backfill_anchors (
-    run_id     TEXT NOT NULL,
-    tbl        TEXT NOT NULL CHECK (tbl IN ('org_api_tokens', 'org_plugin_allowlist')),
-    row_id     UUID NOT NULL,
-    old_org_id UUID,
-    PRIMARY KEY (run_id, tbl, row_id)
-);
-
--- Each allowlist row the run merged away (deleted), whole (to_jsonb), to re-insert as it was.
-CREATE TABLE IF NOT EXISTS orgctl.backfill_merged (
-    run_id TEXT NOT NULL,
-    row_id UUID NOT NULL,
-    row    JSONB NOT NULL,
-    PRIMARY KEY (run_id, row_id)
-);
-
--- Rows that already hung off an existing agent before the run (children, tokens, allowlist
--- rows): rollback leaves them there, and counts only other rows on the agent as new.
-CREATE TABLE IF NOT EXISTS orgctl.backfill_kept (
-    run_id TEXT NOT NULL,
-    tbl    TEXT NOT NULL CHECK (tbl IN ('workspaces', 'org_api_tokens', 'org_plugin_allowlist')),
-    row_id UUID NOT NULL,
-    PRIMARY KEY (run_id, tbl, row_id)
+    old_org_id     UUID,
+    row            JSONB,
+    PRIMARY KEY (run_id, kind, tbl, row_id)
 );

@@ -14,7 +14,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::PgConnection;
-use sqlx::Connection;
+use sqlx::{Connection, Row};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -187,7 +187,7 @@ async fn apply_inner(
 
     if job.dry_run {
         let mut tx = db::begin_read_only(conn).await?;
-        let prior = prior_run(&mut tx, &job.run_id).await?;
+        let prior = prior_run(&mut tx, &job.run_id, false).await?;
         let plan = install::plan(&mut tx, &input, &job.sb).await?;
         tx.rollback().await?;
         if let Some(p) = prior.filter(|p| p.done()) {
@@ -214,7 +214,7 @@ async fn apply_inner(
     db::ensure_orgctl_schema(conn, &t.url).await?;
     let mut tx = conn.begin().await?;
     db::lock_tenant(&mut tx, &job.settings).await?;
-    if let Some(p) = prior_run(&mut tx, &job.run_id).await? {
+    if let Some(p) = prior_run(&mut tx, &job.run_id, true).await? {
         if p.done() {
             tx.rollback().await?;
             return Ok(TenantResult::new(t, Status::Skipped)
@@ -263,8 +263,14 @@ impl PriorRun {
     }
 }
 
-async fn prior_run(conn: &mut PgConnection, run_id: &str) -> Result<Option<PriorRun>> {
-    if !super::backfill_tables_exist(conn).await? {
+/// `schema_ensured`: orgctl's schema was just created or checked on this connection, so the
+/// table is there (one statement fewer per tenant).
+async fn prior_run(
+    conn: &mut PgConnection,
+    run_id: &str,
+    schema_ensured: bool,
+) -> Result<Option<PriorRun>> {
+    if !schema_ensured && !super::backfill_tables_exist(conn).await? {
         return Ok(None);
     }
     let status: Option<String> =
@@ -275,16 +281,10 @@ async fn prior_run(conn: &mut PgConnection, run_id: &str) -> Result<Option<Prior
     Ok(status.map(|status| PriorRun { status }))
 }
 
-/// The run-state row. Only a `failed` row of an earlier attempt is overwritten.
-async fn record_run(
-    conn: &mut PgConnection,
-    run_id: &str,
-    tenant: &str,
-    status: &str,
-    plan: &Plan,
-) -> Result<()> {
-    let r = sqlx::query(
-        "INSERT INTO orgctl.backfill_runs AS b
+/// The run-state row: binds $1 run id, $2 tenant, $3 status, $4 agent id, $5 agent action,
+/// $6 model action, $7 the MODEL key, $8–$11 the counts, $12 plan hash, $13 OS user, $14 orgctl
+/// version. Only a `failed` row of an earlier attempt is overwritten.
+const RUN_ROW_SQL: &str = "INSERT INTO orgctl.backfill_runs AS b
                 (run_id, tenant, status, agent_id, agent_action, agent_prior, model_action,
                  model_prior, reparented, tokens_moved, allowlist_moved, allowlist_merged,
                  plan_hash, os_user, orgctl_version)
@@ -304,63 +304,116 @@ async fn record_run(
                 allowlist_merged = EXCLUDED.allowlist_merged, plan_hash = EXCLUDED.plan_hash,
                 error = NULL, recorded_at = now(), os_user = EXCLUDED.os_user,
                 orgctl_version = EXCLUDED.orgctl_version
-          WHERE b.status = 'failed'",
-    )
-    .bind(run_id)
-    .bind(tenant)
-    .bind(status)
-    .bind(plan.agent.id)
-    .bind(plan.agent.action.as_str())
-    .bind(plan.model.as_str())
-    .bind(install::MODEL_KEY)
-    .bind(i32::try_from(plan.reparented.len()).unwrap_or(i32::MAX))
-    .bind(plan.tokens_moved())
-    .bind(plan.allowlist_moved())
-    .bind(i32::try_from(plan.merged.len()).unwrap_or(i32::MAX))
-    .bind(plan.hash())
-    .bind(crate::sys::os_user())
-    .bind(env!("CARGO_PKG_VERSION"))
-    .execute(&mut *conn)
-    .await?;
+          WHERE b.status = 'failed'";
+
+/// `sql` (a statement with [`RUN_ROW_SQL`]'s parameters) with the run-state row's values bound.
+fn bind_run_row<'q>(
+    sql: &'q str,
+    run_id: &'q str,
+    tenant: &'q str,
+    status: &'q str,
+    plan: &Plan,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(run_id)
+        .bind(tenant)
+        .bind(status)
+        .bind(plan.agent.id)
+        .bind(plan.agent.action.as_str())
+        .bind(plan.model.as_str())
+        .bind(install::MODEL_KEY)
+        .bind(i32::try_from(plan.reparented.len()).unwrap_or(i32::MAX))
+        .bind(plan.tokens_moved())
+        .bind(plan.allowlist_moved())
+        .bind(i32::try_from(plan.merged.len()).unwrap_or(i32::MAX))
+        .bind(plan.hash())
+        .bind(crate::sys::os_user())
+        .bind(env!("CARGO_PKG_VERSION"))
+}
+
+/// The run-state row alone (a tenant with nothing to do).
+async fn record_run(
+    conn: &mut PgConnection,
+    run_id: &str,
+    tenant: &str,
+    status: &str,
+    plan: &Plan,
+) -> Result<()> {
+    let r = bind_run_row(RUN_ROW_SQL, run_id, tenant, status, plan)
+        .execute(&mut *conn)
+        .await?;
     db::ensure_rows("the run-state row", r.rows_affected(), 1)
 }
 
-/// Write the snapshot of every row `plan` changes, in the caller's transaction, before the
-/// change: one `INSERT … SELECT` per kind of row, each checked against the plan's counts.
-async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Plan) -> Result<()> {
-    // The run row holds the agent's prior row (NULL when the run creates it) and the prior
-    // MODEL secret row (NULL when there is none).
-    record_run(conn, run_id, tenant, "applied", plan).await?;
+/// The snapshot: the run row and every snapshot row, one data-modifying CTE per kind of row the
+/// plan has, in ONE statement (a fresh tenant pays for every statement it sends). Binds
+/// [`RUN_ROW_SQL`]'s $1–$14, then $15 the re-parented roots, $16 the old roots (re-parented and
+/// swept), $17 the merged allowlist rows, $18 the agent. Returns each kind's count (0 for a
+/// kind the plan does not have), checked against the plan.
+fn snapshot_sql(plan: &Plan) -> String {
+    let mut ctes = vec![format!("run AS ({RUN_ROW_SQL} RETURNING 1)")];
+    let mut counts = vec!["(SELECT count(*) FROM run)"];
+    let mut kind = |on: bool, name: &'static str, cte: &str| {
+        if on {
+            ctes.push(format!("{name} AS ({cte} RETURNING 1)"));
+            counts.push(match name {
+                "roots" => "(SELECT count(*) FROM roots)",
+                "tokens" => "(SELECT count(*) FROM tokens)",
+                "merged" => "(SELECT count(*) FROM merged)",
+                "allowlist" => "(SELECT count(*) FROM allowlist)",
+                _ => "(SELECT count(*) FROM kept)",
+            });
+        } else {
+            counts.push("0::bigint");
+        }
+    };
+    kind(
+        !plan.reparented.is_empty(),
+        "roots",
+        "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, old_parent_id, old_updated_at)
+         SELECT $1, 'root', 'workspaces', id, parent_id, updated_at FROM workspaces WHERE id = ANY($15)",
+    );
+    kind(
+        plan.tokens_moved() > 0,
+        "tokens",
+        "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, old_org_id)
+         SELECT $1, 'anchor', 'org_api_tokens', id, org_id FROM org_api_tokens WHERE org_id = ANY($16)",
+    );
+    kind(
+        !plan.merged.is_empty(),
+        "merged",
+        "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, row)
+         SELECT $1, 'merged', 'org_plugin_allowlist', a.id, to_jsonb(a)
+           FROM org_plugin_allowlist a WHERE a.id = ANY($17)",
+    );
+    kind(
+        plan.allowlist_moved() > 0,
+        "allowlist",
+        "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, old_org_id)
+         SELECT $1, 'anchor', 'org_plugin_allowlist', id, org_id FROM org_plugin_allowlist
+          WHERE org_id = ANY($16) AND NOT (id = ANY($17))",
+    );
+    // Rows that already hung off an existing agent stay there on rollback; only rows added
+    // after the run count as new.
+    kind(
+        plan.agent.action != AgentAction::Create,
+        "kept",
+        "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id)
+         SELECT $1, 'kept', 'workspaces', id FROM workspaces WHERE parent_id = $18
+         UNION ALL
+         SELECT $1, 'kept', 'org_api_tokens', id FROM org_api_tokens WHERE org_id = $18
+         UNION ALL
+         SELECT $1, 'kept', 'org_plugin_allowlist', id FROM org_plugin_allowlist WHERE org_id = $18",
+    );
+    format!("WITH {} SELECT {}", ctes.join(",\n"), counts.join(", "))
+}
 
-    let agent = plan.agent.id;
+/// Write the snapshot of every row `plan` changes, in the caller's transaction, before the
+/// change, each kind of row checked against the plan's counts. The run row holds the agent's
+/// prior row (NULL when the run creates it) and the prior MODEL secret row (NULL when none).
+async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Plan) -> Result<()> {
+    let ids: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
     let old = plan.old_roots();
-    if !plan.reparented.is_empty() {
-        let ids: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
-        let r = sqlx::query(
-            "INSERT INTO orgctl.backfill_roots (run_id, workspace_id, old_parent_id, old_updated_at)
-             SELECT $1, id, parent_id, updated_at FROM workspaces WHERE id = ANY($2)",
-        )
-        .bind(run_id)
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
-        db::ensure_rows("the roots snapshot", r.rows_affected(), ids.len() as i64)?;
-    }
-    if plan.tokens_moved() > 0 {
-        let r = sqlx::query(
-            "INSERT INTO orgctl.backfill_anchors (run_id, tbl, row_id, old_org_id)
-             SELECT $1, 'org_api_tokens', id, org_id FROM org_api_tokens WHERE org_id = ANY($2)",
-        )
-        .bind(run_id)
-        .bind(&old)
-        .execute(&mut *conn)
-        .await?;
-        db::ensure_rows(
-            "the tokens snapshot",
-            r.rows_affected(),
-            plan.tokens_moved(),
-        )?;
-    }
     let merged: Vec<Uuid> = plan
         .merged
         .iter()
@@ -373,54 +426,23 @@ async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Pl
             })
         })
         .collect::<Result<_>>()?;
-    if !merged.is_empty() {
-        let r = sqlx::query(
-            "INSERT INTO orgctl.backfill_merged (run_id, row_id, row)
-             SELECT $1, a.id, to_jsonb(a) FROM org_plugin_allowlist a WHERE a.id = ANY($2)",
-        )
-        .bind(run_id)
-        .bind(&merged)
-        .execute(&mut *conn)
-        .await?;
-        db::ensure_rows(
-            "the merged allowlist snapshot",
-            r.rows_affected(),
-            merged.len() as i64,
-        )?;
-    }
-    if plan.allowlist_moved() > 0 {
-        let r = sqlx::query(
-            "INSERT INTO orgctl.backfill_anchors (run_id, tbl, row_id, old_org_id)
-             SELECT $1, 'org_plugin_allowlist', id, org_id FROM org_plugin_allowlist
-              WHERE org_id = ANY($2) AND NOT (id = ANY($3))",
-        )
-        .bind(run_id)
+    let sql = snapshot_sql(plan);
+    let row = bind_run_row(&sql, run_id, tenant, "applied", plan)
+        .bind(&ids)
         .bind(&old)
         .bind(&merged)
-        .execute(&mut *conn)
+        .bind(plan.agent.id)
+        .fetch_one(&mut *conn)
         .await?;
-        db::ensure_rows(
-            "the allowlist snapshot",
-            r.rows_affected(),
-            plan.allowlist_moved(),
-        )?;
-    }
-    if plan.agent.action != AgentAction::Create {
-        // Rows that already hung off the existing agent stay there on rollback; only rows
-        // added after the run count as new.
-        sqlx::query(
-            "INSERT INTO orgctl.backfill_kept (run_id, tbl, row_id)
-             SELECT $1, 'workspaces', id FROM workspaces WHERE parent_id = $2
-             UNION ALL
-             SELECT $1, 'org_api_tokens', id FROM org_api_tokens WHERE org_id = $2
-             UNION ALL
-             SELECT $1, 'org_plugin_allowlist', id FROM org_plugin_allowlist WHERE org_id = $2",
-        )
-        .bind(run_id)
-        .bind(agent)
-        .execute(&mut *conn)
-        .await?;
-    }
+    let n = |i: usize| -> Result<u64> {
+        let v: i64 = row.try_get(i)?;
+        Ok(u64::try_from(v).unwrap_or(0))
+    };
+    db::ensure_rows("the run-state row", n(0)?, 1)?;
+    db::ensure_rows("the roots snapshot", n(1)?, ids.len() as i64)?;
+    db::ensure_rows("the tokens snapshot", n(2)?, plan.tokens_moved())?;
+    db::ensure_rows("the merged allowlist snapshot", n(3)?, merged.len() as i64)?;
+    db::ensure_rows("the allowlist snapshot", n(4)?, plan.allowlist_moved())?;
     Ok(())
 }
 

@@ -222,7 +222,7 @@ async fn rollback_on(
         // The same lock order as install: the agent and every snapshotted root, in id order.
         sqlx::query(
             "SELECT id FROM workspaces
-              WHERE id = $2 OR id IN (SELECT workspace_id FROM orgctl.backfill_roots WHERE run_id = $1)
+              WHERE id = $2 OR id IN (SELECT row_id FROM orgctl.backfill_rows WHERE run_id = $1 AND kind = 'root')
               ORDER BY id FOR UPDATE",
         )
         .bind(&job.run_id)
@@ -253,8 +253,8 @@ async fn rollback_on(
 
     // New rows can only go to the oldest former root; without one there is nowhere to put them.
     let oldest: Option<Uuid> = sqlx::query_scalar(
-        "SELECT w.id FROM orgctl.backfill_roots s JOIN workspaces w ON w.id = s.workspace_id
-          WHERE s.run_id = $1 ORDER BY w.created_at NULLS LAST, w.id LIMIT 1",
+        "SELECT w.id FROM orgctl.backfill_rows s JOIN workspaces w ON w.id = s.row_id
+          WHERE s.run_id = $1 AND s.kind = 'root' ORDER BY w.created_at NULLS LAST, w.id LIMIT 1",
     )
     .bind(&job.run_id)
     .fetch_optional(&mut *tx)
@@ -346,10 +346,11 @@ struct Counts {
 
 async fn snapshot_counts(conn: &mut PgConnection, run_id: &str) -> Result<Counts> {
     let r = sqlx::query(
-        "SELECT (SELECT count(*) FROM orgctl.backfill_roots WHERE run_id = $1),
-                (SELECT count(*) FROM orgctl.backfill_anchors WHERE run_id = $1 AND tbl = 'org_api_tokens'),
-                (SELECT count(*) FROM orgctl.backfill_anchors WHERE run_id = $1 AND tbl = 'org_plugin_allowlist'),
-                (SELECT count(*) FROM orgctl.backfill_merged WHERE run_id = $1)",
+        "SELECT count(*) FILTER (WHERE kind = 'root'),
+                count(*) FILTER (WHERE kind = 'anchor' AND tbl = 'org_api_tokens'),
+                count(*) FILTER (WHERE kind = 'anchor' AND tbl = 'org_plugin_allowlist'),
+                count(*) FILTER (WHERE kind = 'merged')
+           FROM orgctl.backfill_rows WHERE run_id = $1",
     )
     .bind(run_id)
     .fetch_one(&mut *conn)
@@ -368,8 +369,8 @@ fn new_rows_sql(tbl: &str, col: &str, snapshot: &str) -> String {
         "SELECT x.id::text, count(*) OVER () FROM {tbl} x
           WHERE x.{col} = $2 AND $3::timestamptz IS NOT NULL
             AND NOT EXISTS ({snapshot})
-            AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_kept k
-                             WHERE k.run_id = $1 AND k.tbl = '{tbl}' AND k.row_id = x.id)
+            AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows k
+                             WHERE k.run_id = $1 AND k.kind = 'kept' AND k.tbl = '{tbl}' AND k.row_id = x.id)
           ORDER BY x.id LIMIT $4"
     )
 }
@@ -386,18 +387,18 @@ async fn find_drift(
         (
             "workspaces",
             "(a re-parented root) deleted since the run".into(),
-            "SELECT s.workspace_id::text, count(*) OVER () FROM orgctl.backfill_roots s
-              WHERE s.run_id = $1 AND $2::uuid IS NOT NULL AND $3::timestamptz IS NOT NULL
-                AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = s.workspace_id)
+            "SELECT s.row_id::text, count(*) OVER () FROM orgctl.backfill_rows s
+              WHERE s.run_id = $1 AND s.kind = 'root' AND $2::uuid IS NOT NULL AND $3::timestamptz IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = s.row_id)
               ORDER BY 1 LIMIT $4"
                 .into(),
         ),
         (
             "workspaces",
             "(a re-parented root) changed since the run".into(),
-            "SELECT w.id::text, count(*) OVER () FROM orgctl.backfill_roots s
-               JOIN workspaces w ON w.id = s.workspace_id
-              WHERE s.run_id = $1
+            "SELECT w.id::text, count(*) OVER () FROM orgctl.backfill_rows s
+               JOIN workspaces w ON w.id = s.row_id
+              WHERE s.run_id = $1 AND s.kind = 'root'
                 AND (w.parent_id IS DISTINCT FROM $2 OR w.updated_at IS DISTINCT FROM $3)
               ORDER BY 1 LIMIT $4"
                 .into(),
@@ -405,9 +406,9 @@ async fn find_drift(
         (
             "org_api_tokens",
             "(moved to the agent) deleted or moved since the run".into(),
-            "SELECT s.row_id::text, count(*) OVER () FROM orgctl.backfill_anchors s
+            "SELECT s.row_id::text, count(*) OVER () FROM orgctl.backfill_rows s
                LEFT JOIN org_api_tokens x ON x.id = s.row_id
-              WHERE s.run_id = $1 AND s.tbl = 'org_api_tokens'
+              WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_api_tokens'
                 AND x.org_id IS DISTINCT FROM $2 AND $3::timestamptz IS NOT NULL
               ORDER BY 1 LIMIT $4"
                 .into(),
@@ -415,9 +416,9 @@ async fn find_drift(
         (
             "org_plugin_allowlist",
             "(moved to the agent) deleted or moved since the run".into(),
-            "SELECT s.row_id::text, count(*) OVER () FROM orgctl.backfill_anchors s
+            "SELECT s.row_id::text, count(*) OVER () FROM orgctl.backfill_rows s
                LEFT JOIN org_plugin_allowlist x ON x.id = s.row_id
-              WHERE s.run_id = $1 AND s.tbl = 'org_plugin_allowlist'
+              WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist'
                 AND x.org_id IS DISTINCT FROM $2 AND $3::timestamptz IS NOT NULL
               ORDER BY 1 LIMIT $4"
                 .into(),
@@ -425,9 +426,9 @@ async fn find_drift(
         (
             "org_plugin_allowlist",
             "would collide on (org_id, plugin_name) when moved back to its root".into(),
-            "SELECT x.id::text, count(*) OVER () FROM orgctl.backfill_anchors s
+            "SELECT x.id::text, count(*) OVER () FROM orgctl.backfill_rows s
                JOIN org_plugin_allowlist x ON x.id = s.row_id
-              WHERE s.run_id = $1 AND s.tbl = 'org_plugin_allowlist'
+              WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist'
                 AND x.org_id = $2 AND $3::timestamptz IS NOT NULL
                 AND EXISTS (SELECT 1 FROM org_plugin_allowlist b
                              WHERE b.org_id = s.old_org_id AND b.plugin_name = x.plugin_name
@@ -438,14 +439,14 @@ async fn find_drift(
         (
             "org_plugin_allowlist",
             "(merged away by the run) would collide when re-inserted".into(),
-            "SELECT m.row_id::text, count(*) OVER () FROM orgctl.backfill_merged m
+            "SELECT m.row_id::text, count(*) OVER () FROM orgctl.backfill_rows m
               CROSS JOIN LATERAL jsonb_populate_record(NULL::org_plugin_allowlist, m.row) r
-              WHERE m.run_id = $1 AND $2::uuid IS NOT NULL AND $3::timestamptz IS NOT NULL
+              WHERE m.run_id = $1 AND m.kind = 'merged' AND $2::uuid IS NOT NULL AND $3::timestamptz IS NOT NULL
                 AND EXISTS (SELECT 1 FROM org_plugin_allowlist b
                              WHERE (b.id = r.id
                                     OR (b.org_id = r.org_id AND b.plugin_name = r.plugin_name))
-                               AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_anchors s
-                                                WHERE s.run_id = $1 AND s.row_id = b.id
+                               AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows s
+                                                WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.row_id = b.id
                                                   AND s.tbl = 'org_plugin_allowlist'))
               ORDER BY 1 LIMIT $4"
                 .into(),
@@ -456,7 +457,7 @@ async fn find_drift(
             new_rows_sql(
                 "workspaces",
                 "parent_id",
-                "SELECT 1 FROM orgctl.backfill_roots s WHERE s.run_id = $1 AND s.workspace_id = x.id",
+                "SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'root' AND s.row_id = x.id",
             ),
         ),
         (
@@ -465,7 +466,7 @@ async fn find_drift(
             new_rows_sql(
                 "org_api_tokens",
                 "org_id",
-                "SELECT 1 FROM orgctl.backfill_anchors s WHERE s.run_id = $1 AND s.tbl = 'org_api_tokens' AND s.row_id = x.id",
+                "SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_api_tokens' AND s.row_id = x.id",
             ),
         ),
         (
@@ -474,7 +475,7 @@ async fn find_drift(
             new_rows_sql(
                 "org_plugin_allowlist",
                 "org_id",
-                "SELECT 1 FROM orgctl.backfill_anchors s WHERE s.run_id = $1 AND s.tbl = 'org_plugin_allowlist' AND s.row_id = x.id",
+                "SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist' AND s.row_id = x.id",
             ),
         ),
     ];
@@ -601,8 +602,8 @@ async fn restore(
         sqlx::query(
             "UPDATE workspaces x SET parent_id = $3, updated_at = now()
               WHERE x.parent_id = $2
-                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_roots s WHERE s.run_id = $1 AND s.workspace_id = x.id)
-                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_kept k WHERE k.run_id = $1 AND k.tbl = 'workspaces' AND k.row_id = x.id)",
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'root' AND s.row_id = x.id)
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows k WHERE k.run_id = $1 AND k.kind = 'kept' AND k.tbl = 'workspaces' AND k.row_id = x.id)",
         )
         .bind(id)
         .bind(agent)
@@ -612,8 +613,8 @@ async fn restore(
         sqlx::query(
             "UPDATE org_api_tokens x SET org_id = $3
               WHERE x.org_id = $2
-                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_anchors s WHERE s.run_id = $1 AND s.tbl = 'org_api_tokens' AND s.row_id = x.id)
-                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_kept k WHERE k.run_id = $1 AND k.tbl = 'org_api_tokens' AND k.row_id = x.id)",
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_api_tokens' AND s.row_id = x.id)
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows k WHERE k.run_id = $1 AND k.kind = 'kept' AND k.tbl = 'org_api_tokens' AND k.row_id = x.id)",
         )
         .bind(id)
         .bind(agent)
@@ -630,8 +631,8 @@ async fn restore(
     };
     let sql = format!(
         "UPDATE workspaces w SET parent_id = s.old_parent_id, updated_at = s.old_updated_at
-           FROM orgctl.backfill_roots s
-          WHERE s.run_id = $1 AND w.id = s.workspace_id{guard}"
+           FROM orgctl.backfill_rows s
+          WHERE s.run_id = $1 AND s.kind = 'root' AND w.id = s.row_id{guard}"
     );
     let mut q = sqlx::query(&sql).bind(id);
     if !force {
@@ -653,8 +654,8 @@ async fn restore(
     };
     let sql = format!(
         "UPDATE org_api_tokens x SET org_id = s.old_org_id
-           FROM orgctl.backfill_anchors s
-          WHERE s.run_id = $1 AND s.tbl = 'org_api_tokens' AND x.id = s.row_id{guard}"
+           FROM orgctl.backfill_rows s
+          WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_api_tokens' AND x.id = s.row_id{guard}"
     );
     let mut q = sqlx::query(&sql).bind(id);
     if !force {
@@ -666,8 +667,8 @@ async fn restore(
     if force {
         // A moved allowlist row whose root has the plugin again: the root's row stands.
         sqlx::query(
-            "DELETE FROM org_plugin_allowlist x USING orgctl.backfill_anchors s
-              WHERE s.run_id = $1 AND s.tbl = 'org_plugin_allowlist' AND x.id = s.row_id
+            "DELETE FROM org_plugin_allowlist x USING orgctl.backfill_rows s
+              WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist' AND x.id = s.row_id
                 AND EXISTS (SELECT 1 FROM org_plugin_allowlist b
                              WHERE b.org_id = s.old_org_id AND b.plugin_name = x.plugin_name
                                AND b.id <> x.id)",
@@ -678,8 +679,8 @@ async fn restore(
     }
     let sql = format!(
         "UPDATE org_plugin_allowlist x SET org_id = s.old_org_id
-           FROM orgctl.backfill_anchors s
-          WHERE s.run_id = $1 AND s.tbl = 'org_plugin_allowlist' AND x.id = s.row_id{guard}"
+           FROM orgctl.backfill_rows s
+          WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist' AND x.id = s.row_id{guard}"
     );
     let mut q = sqlx::query(&sql).bind(id);
     if !force {
@@ -703,7 +704,7 @@ async fn restore(
     let r = sqlx::query(&format!(
         "INSERT INTO org_plugin_allowlist
          SELECT (jsonb_populate_record(NULL::org_plugin_allowlist, m.row)).*
-           FROM orgctl.backfill_merged m WHERE m.run_id = $1{guard}"
+           FROM orgctl.backfill_rows m WHERE m.run_id = $1 AND m.kind = 'merged'{guard}"
     ))
     .bind(id)
     .execute(&mut *conn)
@@ -719,8 +720,8 @@ async fn restore(
         // New allowlist rows on the agent: merged into the root's row of the same plugin, else
         // moved to the oldest former root.
         let new_allow = "x.org_id = $2
-                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_anchors s WHERE s.run_id = $1 AND s.tbl = 'org_plugin_allowlist' AND s.row_id = x.id)
-                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_kept k WHERE k.run_id = $1 AND k.tbl = 'org_plugin_allowlist' AND k.row_id = x.id)";
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist' AND s.row_id = x.id)
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows k WHERE k.run_id = $1 AND k.kind = 'kept' AND k.tbl = 'org_plugin_allowlist' AND k.row_id = x.id)";
         sqlx::query(&format!(
             "DELETE FROM org_plugin_allowlist x WHERE {new_allow}
                 AND EXISTS (SELECT 1 FROM org_plugin_allowlist b WHERE b.org_id = $3 AND b.plugin_name = x.plugin_name)"
@@ -807,8 +808,8 @@ async fn restore(
 
     // The roots are roots again: install must not sweep their anchors to the agent.
     sqlx::query(
-        "DELETE FROM orgctl.former_roots f USING orgctl.backfill_roots s
-          WHERE s.run_id = $1 AND f.workspace_id = s.workspace_id",
+        "DELETE FROM orgctl.former_roots f USING orgctl.backfill_rows s
+          WHERE s.run_id = $1 AND s.kind = 'root' AND f.workspace_id = s.row_id",
     )
     .bind(id)
     .execute(&mut *conn)
