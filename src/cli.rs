@@ -479,7 +479,7 @@ pub struct BackfillRunArgs {
     /// comments are ignored. Names are letters, digits, '.', '_' or '-'.
     #[arg(long, value_name = "FILE")]
     pub tenants: PathBuf,
-    /// Tenants in flight at once (each uses at most two connections).
+    /// Tenants in flight at once (one connection each).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
     /// Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the
