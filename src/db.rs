@@ -468,40 +468,45 @@ pub async fn orgctl_schema_exists(conn: &mut PgConnection) -> Result<bool> {
     )
 }
 
+/// sqlx's own version table, qualified: the same columns sqlx's migrator uses, so sqlx tooling
+/// reads what orgctl writes.
+const MIGRATIONS_TABLE_SQL: &str = "CREATE SCHEMA IF NOT EXISTS orgctl;
+CREATE TABLE IF NOT EXISTS orgctl._sqlx_migrations (
+    version BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
+    success BOOLEAN NOT NULL,
+    checksum BYTEA NOT NULL,
+    execution_time BIGINT NOT NULL
+);";
+
 /// Create or upgrade the `orgctl` schema on first mutating use, on the caller's connection
-/// (outside any transaction). The migrator runs with `search_path` set to `orgctl`, so sqlx's
-/// unqualified `_sqlx_migrations` lands there, then the connection's own path is restored. No
-/// second connection per tenant: on a fleet that halves the connection set-ups.
+/// (outside any transaction), in ONE transaction under an advisory lock: the schema, sqlx's
+/// version table (`orgctl._sqlx_migrations`, sqlx's format and checksums), every pending
+/// migration of [`ORGCTL_MIGRATOR`] and its bookkeeping row. sqlx's own migrator needs a
+/// transaction per migration, a session lock and about twenty statements, and can stop between
+/// migrations; on a fleet, first touch of every tenant pays for that, and here it is six
+/// statements that apply all or nothing. The migrations are schema-qualified, so the
+/// connection's `search_path` is never changed.
 pub async fn ensure_orgctl_schema(conn: &mut PgConnection, url: &DbUrl) -> Result<()> {
     let latest = ORGCTL_MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let has_table: bool =
-        sqlx::query_scalar("SELECT to_regclass('orgctl._sqlx_migrations') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?;
-    let current: Option<i64> = if has_table {
-        sqlx::query_scalar("SELECT max(version) FROM orgctl._sqlx_migrations WHERE success")
-            .fetch_one(&mut *conn)
-            .await?
-    } else {
-        None
-    };
-    if current == Some(latest) {
-        return Ok(());
+    if let Some(current) = applied_version(conn).await? {
+        if current == latest {
+            return Ok(());
+        }
+        if current > latest {
+            return Err(newer_schema(url, current, latest));
+        }
     }
-    if let Some(v) = current.filter(|v| *v > latest) {
-        return Err(Error::refused(format!(
-            "orgctl's schema on {} is at version {v}, newer than this orgctl knows ({latest}): use a newer orgctl",
-            url.target()
-        )));
-    }
+    let started = std::time::Instant::now();
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(SCHEMA_LOCK.0)
         .bind(SCHEMA_LOCK.1)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("CREATE SCHEMA IF NOT EXISTS orgctl")
-        .execute(&mut *tx)
+    // A plain &str runs as a simple query: several statements in one round trip.
+    sqlx::Executor::execute(&mut *tx, MIGRATIONS_TABLE_SQL)
         .await
         .map_err(|e| {
             Error::refused(format!(
@@ -511,24 +516,83 @@ pub async fn ensure_orgctl_schema(conn: &mut PgConnection, url: &DbUrl) -> Resul
                 url.opts.get_username()
             ))
         })?;
-    tx.commit().await?;
-    // run_direct, not run: `run`'s `Acquire` bound makes this future impossible to prove `Send`
-    // ("implementation of `Acquire` is not general enough"), and the backfill runs it in spawned
-    // tasks. `run` is `acquire` + `run_direct`; on a plain connection they are the same.
-    sqlx::query("SET search_path TO orgctl")
-        .execute(&mut *conn)
+    // Under the lock: what another orgctl may have applied meanwhile.
+    let applied: Vec<(i64, Vec<u8>, bool)> =
+        sqlx::query_as("SELECT version, checksum, success FROM orgctl._sqlx_migrations")
+            .fetch_all(&mut *tx)
+            .await?;
+    if let Some((v, _, _)) = applied.iter().find(|(v, _, _)| *v > latest) {
+        return Err(newer_schema(url, *v, latest));
+    }
+    let mut script = String::new();
+    let (mut versions, mut descriptions, mut checksums) = (Vec::new(), Vec::new(), Vec::new());
+    for m in ORGCTL_MIGRATOR.iter() {
+        match applied.iter().find(|(v, _, _)| *v == m.version) {
+            Some((_, sum, ok)) if *ok && sum.as_slice() == &*m.checksum => {}
+            Some(_) => {
+                return Err(Error::failed(format!(
+                    "orgctl's schema on {} has migration {} recorded as failed or with another checksum than this orgctl's; repair orgctl._sqlx_migrations by hand",
+                    url.target(),
+                    m.version
+                )))
+            }
+            None => {
+                script.push_str(&m.sql);
+                script.push_str(";\n");
+                versions.push(m.version);
+                descriptions.push(m.description.to_string());
+                checksums.push(m.checksum.to_vec());
+            }
+        }
+    }
+    if !versions.is_empty() {
+        sqlx::Executor::execute(&mut *tx, script.as_str())
+            .await
+            .map_err(|e| {
+                Error::failed(format!(
+                    "could not migrate orgctl's schema on {}: {}",
+                    url.target(),
+                    crate::error::classify_sqlx(&e).message
+                ))
+            })?;
+        sqlx::query(
+            "INSERT INTO orgctl._sqlx_migrations
+                    (version, description, success, checksum, execution_time)
+             SELECT v, d, true, c, $4
+               FROM unnest($1::bigint[], $2::text[], $3::bytea[]) AS m(v, d, c)",
+        )
+        .bind(&versions)
+        .bind(&descriptions)
+        .bind(&checksums)
+        .bind(i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
         .await?;
-    let migrated = ORGCTL_MIGRATOR.run_direct(&mut *conn).await;
-    // Restore the path whatever happened, before any platform query runs on this connection.
-    sqlx::query("RESET search_path").execute(&mut *conn).await?;
-    migrated.map_err(|e| {
-        Error::failed(format!(
-            "could not migrate orgctl's schema on {}: {}",
-            url.target(),
-            redact::mask(&e.to_string())
-        ))
-    })?;
+    }
+    tx.commit().await?;
     Ok(())
+}
+
+/// The highest successfully applied orgctl migration, or None before orgctl's first write.
+async fn applied_version(conn: &mut PgConnection) -> Result<Option<i64>> {
+    let has_table: bool =
+        sqlx::query_scalar("SELECT to_regclass('orgctl._sqlx_migrations') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    if !has_table {
+        return Ok(None);
+    }
+    Ok(
+        sqlx::query_scalar("SELECT max(version) FROM orgctl._sqlx_migrations WHERE success")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+fn newer_schema(url: &DbUrl, version: i64, latest: i64) -> Error {
+    Error::refused(format!(
+        "orgctl's schema on {} is at version {version}, newer than this orgctl knows ({latest}): use a newer orgctl",
+        url.target()
+    ))
 }
 
 /// Check that a statement of an apply touched exactly the rows its plan counted; anything else
