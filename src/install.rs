@@ -357,8 +357,10 @@ impl Plan {
         if !self.merged.is_empty() {
             parts.push(format!("merge {} allowlist row(s)", self.merged.len()));
         }
-        if self.model.writes() {
-            parts.push(format!("{} MODEL", self.model.as_str()));
+        match self.model {
+            ModelAction::Seeded => parts.push("seed MODEL".to_string()),
+            ModelAction::Replaced => parts.push("replace MODEL".to_string()),
+            ModelAction::Present | ModelAction::Missing => {}
         }
         format!("Plan: {}.", parts.join(", "))
     }
