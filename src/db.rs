@@ -169,22 +169,12 @@ pub fn url_from(arg: Option<&str>) -> Result<DbUrl> {
 /// Connect with `application_name=orgctl`, the lock and statement timeouts, and a bounded retry
 /// on transient network errors. The error names the host, never the password.
 pub async fn connect(url: &DbUrl, settings: &Settings) -> Result<PgConnection> {
-    connect_with(url, settings, &[]).await
-}
-
-pub async fn connect_with(
-    url: &DbUrl,
-    settings: &Settings,
-    extra: &[(&str, &str)],
-) -> Result<PgConnection> {
     let lock_ms = settings.lock_timeout.as_millis().max(1).to_string();
     let stmt_ms = settings
         .statement_timeout
         .map(|d| d.as_millis().max(1).to_string())
         .unwrap_or_else(|| "0".to_string());
-    let mut params: Vec<(&str, &str)> =
-        vec![("lock_timeout", &lock_ms), ("statement_timeout", &stmt_ms)];
-    params.extend_from_slice(extra);
+    let params = [("lock_timeout", &lock_ms), ("statement_timeout", &stmt_ms)];
     let opts = url.opts.clone().application_name("orgctl").options(params);
 
     let mut last: Option<Error> = None;

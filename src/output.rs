@@ -46,10 +46,6 @@ impl Output {
         self.stdin_tty
     }
 
-    pub fn stderr_is_terminal(&self) -> bool {
-        self.stderr_tty
-    }
-
     /// Write the command's result to stdout. A broken pipe ends output quietly.
     pub fn stdout(&self, text: &str) -> Result<()> {
         let mut out = std::io::stdout().lock();
