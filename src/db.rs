@@ -558,7 +558,16 @@ pub async fn ensure_orgctl_schema(conn: &mut PgConnection, url: &DbUrl) -> Resul
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
+    // Not through commit_or_resolve: nothing of the tenant changes here, and a rerun finishes
+    // whatever this did or did not commit. But a lost answer is not "rolled back".
+    tx.commit().await.map_err(|e| match e {
+        sqlx::Error::Database(_) => Error::from(e),
+        other => Error::failed(format!(
+            "the connection to {} was lost while committing orgctl's own schema ({}); it may or may not have been created, and nothing else was changed: rerun",
+            url.target(),
+            lost_cause(&other)
+        )),
+    })?;
     Ok(())
 }
 
@@ -597,25 +606,272 @@ pub fn ensure_rows(what: &str, touched: u64, planned: i64) -> Result<()> {
 }
 
 /// Append an audit row in the caller's transaction. `args` must already be free of secret
-/// values.
+/// values. Returns the row's `txid`, a fresh id that names this write transaction: pass it to
+/// [`commit_or_resolve`] as [`Evidence::Audit`], so a COMMIT whose answer is lost can be
+/// checked afterwards.
 pub async fn audit(
     conn: &mut PgConnection,
     command: &str,
     args: &serde_json::Value,
     outcome: &str,
-) -> Result<()> {
+) -> Result<uuid::Uuid> {
+    let txid = uuid::Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO orgctl.audit_log (os_user, command, args, outcome, orgctl_version)
-         VALUES ($1, $2, $3::jsonb, $4, $5)",
+        "INSERT INTO orgctl.audit_log (os_user, command, args, outcome, orgctl_version, txid)
+         VALUES ($1, $2, $3::jsonb, $4, $5, $6)",
     )
     .bind(crate::sys::os_user())
     .bind(command)
     .bind(args.to_string())
     .bind(outcome)
     .bind(env!("CARGO_PKG_VERSION"))
+    .bind(txid)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(txid)
+}
+
+// ---------------------------------------------------------------------------------------------
+// COMMIT, and finding out what happened when its answer is lost
+
+/// How long the check after a lost COMMIT waits for the lost transaction to end (it holds the
+/// tenant lock until its COMMIT or rollback has finished on the server).
+const RESOLVE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// What a write transaction left behind that proves it committed, looked for after a lost
+/// COMMIT.
+#[derive(Clone, Debug)]
+pub enum Evidence {
+    /// The audit row written in the transaction, by its `txid` (from [`audit`]).
+    Audit(uuid::Uuid),
+    /// The token `token mint` inserted, by its hash; the prefix is for messages.
+    Token { hash: Vec<u8>, prefix: String },
+    /// The backfill run-state row, at the status the transaction set (a `skipped` tenant
+    /// writes no audit row). Before the transaction the row was absent or `failed`.
+    RunRow {
+        run_id: String,
+        status: &'static str,
+    },
+}
+
+impl Evidence {
+    /// What an operator checks when orgctl could not.
+    pub fn check(&self) -> String {
+        match self {
+            Evidence::Audit(id) => format!(
+                "whether orgctl.audit_log has a row with txid {id} (SELECT * FROM orgctl.audit_log WHERE txid = '{id}'): if it has, the change was committed"
+            ),
+            Evidence::Token { prefix, .. } => format!(
+                "whether a token with prefix {prefix} exists (`orgctl token list --all`): if it does, it is live; revoke it with `orgctl token revoke -- {prefix}`"
+            ),
+            Evidence::RunRow { run_id, status } => format!(
+                "`orgctl backfill status --run-id {run_id}`: the tenant's run row says '{status}' if the change was committed"
+            ),
+        }
+    }
+
+    async fn present(&self, conn: &mut PgConnection) -> Result<bool> {
+        let found: bool = match self {
+            Evidence::Audit(id) => {
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orgctl.audit_log WHERE txid = $1)")
+                    .bind(id)
+                    .fetch_one(&mut *conn)
+                    .await?
+            }
+            Evidence::Token { hash, .. } => {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM org_api_tokens WHERE token_hash = $1)",
+                )
+                .bind(hash)
+                .fetch_one(&mut *conn)
+                .await?
+            }
+            Evidence::RunRow { run_id, status } => {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM orgctl.backfill_runs
+                                     WHERE run_id = $1 AND status = $2)",
+                )
+                .bind(run_id)
+                .bind(*status)
+                .fetch_one(&mut *conn)
+                .await?
+            }
+        };
+        Ok(found)
+    }
+}
+
+/// A COMMIT that went through.
+pub enum Committed {
+    /// The server answered.
+    Answered,
+    /// The answer was lost, and orgctl verified on a new connection that the change is
+    /// committed. The new connection is here for the work that follows the commit (the old one
+    /// is gone).
+    Verified(PgConnection),
+}
+
+impl Committed {
+    /// Replace a connection that died with the COMMIT's answer by the verified one.
+    pub fn reconnected(self, conn: &mut PgConnection) {
+        if let Committed::Verified(c) = self {
+            *conn = c;
+        }
+    }
+
+    /// A line for stderr when the commit had to be verified.
+    pub fn note(&self) -> Option<&'static str> {
+        match self {
+            Committed::Answered => None,
+            Committed::Verified(_) => Some(
+                "The connection was lost during COMMIT; orgctl reconnected and verified that the change was committed.",
+            ),
+        }
+    }
+}
+
+/// A COMMIT that did not go through, or whose outcome is unknown.
+#[derive(Debug)]
+pub enum CommitError {
+    /// The server refused the COMMIT (it answered with an error): rolled back.
+    Refused { cause: String },
+    /// The connection was lost; orgctl reconnected and found no trace of the transaction.
+    NotCommitted { target: String, cause: String },
+    /// The connection was lost and orgctl could not find out. The change may be committed.
+    InDoubt {
+        target: String,
+        cause: String,
+        why: String,
+        check: String,
+    },
+}
+
+impl CommitError {
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, CommitError::InDoubt { .. })
+    }
+}
+
+impl From<CommitError> for Error {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Refused { cause } => Error::failed(format!(
+                "the database refused the COMMIT ({cause}); the transaction was rolled back, nothing was changed"
+            )),
+            CommitError::NotCommitted { target, cause } => Error::failed(format!(
+                "the connection to {target} was lost during COMMIT ({cause}); orgctl reconnected and verified that the change was NOT committed: nothing was changed, rerun"
+            )),
+            CommitError::InDoubt {
+                target,
+                cause,
+                why,
+                check,
+            } => {
+                let mut e = Error::failed(format!(
+                    "the connection to {target} was lost during COMMIT ({cause}) and orgctl could not find out whether the change was committed ({why}): it may have been committed; check {check}"
+                ));
+                e.in_doubt = true;
+                e
+            }
+        }
+    }
+}
+
+/// COMMIT a write transaction, and tell the truth about it. An error the server answers the
+/// COMMIT with means rolled back. Any other failure (the connection dropped, the server went
+/// away) leaves the COMMIT *in doubt*: it may have reached the server and committed. Then
+/// orgctl reconnects (the bounded retry of [`connect`]), waits for the tenant lock (the lost
+/// transaction holds it until its COMMIT or rollback has finished, so the check cannot run
+/// before the outcome is settled), and looks for `evidence`: found is committed, not found is
+/// not committed; when it cannot look, the answer is "may have been committed", naming what to
+/// check. Every mutating command commits through here.
+pub async fn commit_or_resolve(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    url: &DbUrl,
+    settings: &Settings,
+    evidence: &Evidence,
+) -> std::result::Result<Committed, CommitError> {
+    let err = match tx.commit().await {
+        Ok(()) => return Ok(Committed::Answered),
+        Err(e) => e,
+    };
+    if let sqlx::Error::Database(db) = &err {
+        let fatal = db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .map(|pg| {
+                matches!(
+                    pg.severity(),
+                    sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
+                )
+            })
+            .unwrap_or(true);
+        if !fatal {
+            // An ordinary ERROR answer: the server is there and rolled the transaction back.
+            return Err(CommitError::Refused {
+                cause: db.message().to_string(),
+            });
+        }
+    }
+    let cause = lost_cause(&err);
+    let target = url.target().to_string();
+    match resolve(url, settings, evidence).await {
+        Ok((true, conn)) => Ok(Committed::Verified(conn)),
+        Ok((false, _)) => Err(CommitError::NotCommitted { target, cause }),
+        Err(why) => Err(CommitError::InDoubt {
+            target,
+            cause,
+            why,
+            check: evidence.check(),
+        }),
+    }
+}
+
+/// The driver error of a lost COMMIT, short and without "rolled back" (which it may not be).
+fn lost_cause(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(db) => db.message().to_string(),
+        sqlx::Error::Protocol(p) => p.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Reconnect, wait until the lost transaction has ended, and look for its evidence.
+async fn resolve(
+    url: &DbUrl,
+    settings: &Settings,
+    evidence: &Evidence,
+) -> std::result::Result<(bool, PgConnection), String> {
+    let mut conn = connect(url, settings)
+        .await
+        .map_err(|e| format!("reconnecting failed: {}", e.message))?;
+    let found = async {
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(format!("{}ms", RESOLVE_LOCK_WAIT.as_millis()))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(TENANT_LOCK.0)
+            .bind(TENANT_LOCK.1)
+            .execute(&mut *tx)
+            .await?;
+        let found = evidence.present(&mut tx).await?;
+        tx.rollback().await?;
+        Ok::<bool, Error>(found)
+    }
+    .await
+    .map_err(|e| {
+        if e.exit == crate::error::Exit::Refused {
+            format!(
+                "the lost transaction still held the tenant lock after {}",
+                humanize(RESOLVE_LOCK_WAIT)
+            )
+        } else {
+            format!("the check failed: {}", e.message)
+        }
+    })?;
+    Ok((found, conn))
 }
 
 #[cfg(test)]

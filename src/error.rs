@@ -34,6 +34,8 @@ impl Exit {
 pub struct Error {
     pub exit: Exit,
     pub message: String,
+    /// A COMMIT whose outcome orgctl could not learn: the change may have been committed.
+    pub in_doubt: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -43,6 +45,7 @@ impl Error {
         Error {
             exit,
             message: message.into(),
+            in_doubt: false,
         }
     }
     /// Exit 2: the input is wrong.

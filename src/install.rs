@@ -1250,7 +1250,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     // 2. Show and confirm. The locks are not held while a human reads.
     let asked = !ctx.yes;
     if asked && out.interactive() {
-        eprint!("{}", render_text(out, &reviewed, true, false));
+        crate::output::stderr(&render_text(out, &reviewed, true, false));
     }
     out.confirm(&format!("Apply this plan to {}?", url.target()), ctx.yes)?;
 
@@ -1283,16 +1283,21 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         )));
     }
     execute(&mut tx, &current, &input, &sb).await?;
-    db::audit(
+    let txid = db::audit(
         &mut tx,
         "install-platform-agent",
         &audit_args(&input, &current),
         "applied",
     )
     .await?;
-    {
-        let _guard = crate::interrupt::CommitGuard::enter();
-        tx.commit().await?;
+    let committed = {
+        let guard = crate::interrupt::CommitGuard::enter();
+        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+        guard.done();
+        c
+    };
+    if let Some(note) = committed.note() {
+        out.info(note);
     }
     render(out, &current, false, true)?;
     Ok(Exit::Ok)

@@ -1175,7 +1175,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     // 2. Show and confirm (no locks held while a human reads).
     let asked = !ctx.yes;
     if asked && out.interactive() {
-        eprint!("{}", outcome.text(out, true));
+        crate::output::stderr(&outcome.text(out, true));
         outcome.notes(out, true);
     }
     let question = match action {
@@ -1268,11 +1268,18 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
         Op::Set { .. } => "secret set",
         Op::Delete { .. } => "secret delete",
     };
-    db::audit(&mut tx, command, &audit, "applied").await?;
-    {
-        let _guard = crate::interrupt::CommitGuard::enter();
-        tx.commit().await?;
+    let txid = db::audit(&mut tx, command, &audit, "applied").await?;
+    let committed = {
+        let guard = crate::interrupt::CommitGuard::enter();
+        let c = db::commit_or_resolve(tx, url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+        guard.done();
+        c
+    };
+    if let Some(note) = committed.note() {
+        out.info(note);
     }
+    // After a verified lost COMMIT the old connection is gone: carry on with the new one.
+    committed.reconnected(&mut conn);
     drop(req.op);
 
     // 4. After the commit: the restart plan from the committed state, then dispatch.

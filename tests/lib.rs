@@ -7,6 +7,7 @@ mod backfill;
 mod dev;
 mod docs;
 mod global;
+mod indoubt;
 mod install;
 mod reliability;
 mod secret;

@@ -108,6 +108,13 @@ pub struct TenantResult {
     pub drift: Vec<Drift>,
     pub duration_ms: u64,
     pub error: Option<String>,
+    /// The COMMIT's answer was lost and orgctl could not check it: the change may have been
+    /// committed (see `error`). Only present when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub in_doubt: bool,
+    /// Set when the COMMIT's answer was lost and the commit was verified afterwards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl TenantResult {
@@ -126,6 +133,8 @@ impl TenantResult {
             drift: Vec::new(),
             duration_ms: 0,
             error: None,
+            in_doubt: false,
+            note: None,
         }
     }
 }
@@ -158,6 +167,7 @@ fn tenant(
             Err(e) => {
                 let mut f = TenantResult::new(&t, Status::Failed);
                 f.error = Some(clean(&e));
+                f.in_doubt = e.in_doubt;
                 f
             }
         };
@@ -299,7 +309,7 @@ async fn rollback_on(
     }
 
     restore(&mut tx, job, agent, &run, &counts, oldest).await?;
-    db::audit(
+    let txid = db::audit(
         &mut tx,
         "backfill rollback",
         &serde_json::json!({
@@ -329,9 +339,12 @@ async fn rollback_on(
     .bind(serde_json::to_string(&result.drift).unwrap_or_else(|_| "[]".into()))
     .execute(&mut *tx)
     .await?;
-    {
+    let committed = {
         let _guard = committing.enter();
-        tx.commit().await?;
+        db::commit_or_resolve(tx, &t.url, &job.settings, &db::Evidence::Audit(txid)).await?
+    };
+    if let Some(note) = committed.note() {
+        result.note = Some(note.to_string());
     }
     result.status = Status::RolledBack;
     Ok(result)
@@ -938,6 +951,7 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
                     r.drift
                         .iter()
                         .map(Drift::line)
+                        .chain(r.note.clone())
                         .collect::<Vec<_>>()
                         .join("; ")
                 }),
@@ -966,11 +980,15 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
     let refused = count(Status::Refused);
     if failed > 0 {
         return Err(Error::failed(format!(
-            "{failed} tenant(s) failed to roll back{}; each rolled back alone: see the summary and rerun",
+            "{failed} tenant(s) failed to roll back{}; {}: see the summary and rerun",
             if refused > 0 {
                 format!(" and {refused} refused because of drift")
             } else {
                 String::new()
+            },
+            match report.tenants.iter().filter(|r| r.in_doubt).count() {
+                0 => "each rolled back alone".to_string(),
+                n => format!("the rollback of {n} of them may have been committed (their COMMIT's answer was lost: check them with `orgctl backfill status`), the others left their tenant unchanged"),
             }
         )));
     }
