@@ -9,6 +9,7 @@ mod docs;
 mod global;
 mod indoubt;
 mod install;
+mod output_failures;
 mod reliability;
 mod secret;
 mod status;
