@@ -131,7 +131,7 @@ fn token_mint_refuses_a_stdout_nobody_reads() {
     assert!(err.contains("stdout is /dev/null"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     // Closed: the runtime reopens fd 1 as /dev/null, which is refused the same way.
-    let mut c = db.orgctl(&["token", "mint", "--org", ids::HQ]).command();
+    let c = db.orgctl(&["token", "mint", "--org", ids::HQ]).command();
     let prog = c.get_program().to_owned();
     let args: Vec<String> = c
         .get_args()
