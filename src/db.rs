@@ -449,13 +449,48 @@ pub async fn ensure_compatible(conn: &mut PgConnection) -> Result<()> {
     }
 }
 
-/// Whether orgctl's own schema exists (read-only commands must not create it).
+/// Whether orgctl's own schema exists (read-only commands must not create it), whether or not
+/// this role may read it.
 pub async fn orgctl_schema_exists(conn: &mut PgConnection) -> Result<bool> {
-    Ok(
-        sqlx::query_scalar("SELECT to_regclass('orgctl.audit_log') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?,
+    Ok(!matches!(
+        orgctl_table(conn, "audit_log").await?,
+        Access::Absent
+    ))
+}
+
+/// Whether a table of orgctl's own schema exists, and whether this role may read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Absent,
+    Readable,
+    /// It exists, but the role lacks USAGE on schema orgctl or SELECT on the table (a
+    /// read-only CI role, after another role created the schema).
+    NotReadable,
+}
+
+/// Look an orgctl table up through the catalog by name: `to_regclass('orgctl.x')` raises
+/// "permission denied for schema orgctl" for a role without USAGE on it, where a read-only
+/// command should carry on and report orgctl's own state as not readable.
+pub async fn orgctl_table(conn: &mut PgConnection, table: &str) -> Result<Access> {
+    let readable: Option<bool> = sqlx::query_scalar(
+        "SELECT has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT')
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'orgctl' AND c.relname = $1",
     )
+    .bind(table)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match readable {
+        None => Access::Absent,
+        Some(true) => Access::Readable,
+        Some(false) => Access::NotReadable,
+    })
+}
+
+/// Whether an orgctl table can be read now: absent and unreadable both read as "no state".
+pub async fn orgctl_table_readable(conn: &mut PgConnection, table: &str) -> Result<bool> {
+    Ok(orgctl_table(conn, table).await? == Access::Readable)
 }
 
 /// sqlx's own version table, qualified: the same columns sqlx's migrator uses, so sqlx tooling
@@ -499,10 +534,15 @@ pub async fn ensure_orgctl_schema(conn: &mut PgConnection, url: &DbUrl) -> Resul
     sqlx::Executor::execute(&mut *tx, MIGRATIONS_TABLE_SQL)
         .await
         .map_err(|e| {
+            let classified = crate::error::classify_sqlx(&e);
+            if is_read_only(&e) {
+                // A standby or default_transaction_read_only: no grant helps.
+                return classified;
+            }
             Error::refused(format!(
                 "could not create orgctl's own schema on {}: {}; ask a DBA to run CREATE SCHEMA orgctl AUTHORIZATION {}",
                 url.target(),
-                crate::error::classify_sqlx(&e).message,
+                classified.message,
                 url.opts.get_username()
             ))
         })?;
@@ -571,14 +611,28 @@ pub async fn ensure_orgctl_schema(conn: &mut PgConnection, url: &DbUrl) -> Resul
     Ok(())
 }
 
+fn is_read_only(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(sqlstate::READ_ONLY_TXN))
+}
+
+async fn current_role(conn: &mut PgConnection) -> String {
+    sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or_else(|_| "?".to_string())
+}
+
 /// The highest successfully applied orgctl migration, or None before orgctl's first write.
 async fn applied_version(conn: &mut PgConnection) -> Result<Option<i64>> {
-    let has_table: bool =
-        sqlx::query_scalar("SELECT to_regclass('orgctl._sqlx_migrations') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?;
-    if !has_table {
-        return Ok(None);
+    match orgctl_table(conn, "_sqlx_migrations").await? {
+        Access::Absent => return Ok(None),
+        Access::Readable => {}
+        Access::NotReadable => {
+            return Err(Error::refused(format!(
+                "role '{}' may not use orgctl's own schema (another role created it): nothing was changed; ask a DBA to GRANT USAGE ON SCHEMA orgctl and SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA orgctl to it, or run as the role that owns it",
+                current_role(conn).await
+            )))
+        }
     }
     Ok(
         sqlx::query_scalar("SELECT max(version) FROM orgctl._sqlx_migrations WHERE success")

@@ -149,6 +149,9 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
                 sqlstate::UNDEFINED_DATABASE => Error::failed(format!(
                     "{msg}; check the database name in --database-url"
                 )),
+                sqlstate::READ_ONLY_TXN => Error::failed(format!(
+                    "the database is read-only ({msg}): it is a standby, or default_transaction_read_only is on; nothing was changed: point --database-url at the primary"
+                )),
                 sqlstate::ADMIN_SHUTDOWN => Error::failed(format!(
                     "the database server shut down during the command ({msg}); the open transaction was rolled back"
                 )),

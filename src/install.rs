@@ -659,10 +659,9 @@ async fn fetch_agents(
 
 /// Roots an earlier install re-parented under this agent (empty before orgctl's schema exists).
 async fn former_roots(conn: &mut PgConnection, agent: Uuid) -> Result<Vec<Uuid>> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await?;
-    if !exists {
+    // Not readable (a read-only role on a tenant another role installed): a dry run plans
+    // without them; an apply could not write orgctl's state anyway and is refused earlier.
+    if !db::orgctl_table_readable(conn, "former_roots").await? {
         return Ok(Vec::new());
     }
     Ok(sqlx::query_scalar(
@@ -718,10 +717,7 @@ async fn model_action(
 /// Lock, in a fixed order, the workspace rows the install changes or hangs rows off: the agent
 /// (or the --id row), every root, every former root.
 pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<()> {
-    let former_exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?;
+    let former_exists = db::orgctl_table_readable(conn, "former_roots").await?;
     let former_clause = if former_exists {
         "OR id IN (SELECT workspace_id FROM orgctl.former_roots)"
     } else {

@@ -10,6 +10,7 @@ mod global;
 mod indoubt;
 mod install;
 mod output_failures;
+mod readonly;
 mod reliability;
 mod secret;
 mod status;
