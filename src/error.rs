@@ -153,7 +153,7 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
                     "the database is read-only ({msg}): it is a standby, or default_transaction_read_only is on; nothing was changed: point --database-url at the primary"
                 )),
                 sqlstate::ADMIN_SHUTDOWN => Error::failed(format!(
-                    "the database server shut down during the command ({msg}); the open transaction was rolled back"
+                    "the database ended this session during the command ({msg}): an administrator terminated it, or the server is shutting down; the open transaction was rolled back"
                 )),
                 _ if code.is_empty() => Error::failed(format!("database error: {msg}")),
                 _ => Error::failed(format!("database error {code}: {msg}")),

@@ -9,6 +9,7 @@ mod docs;
 mod global;
 mod indoubt;
 mod install;
+mod json_doc;
 mod output_failures;
 mod readonly;
 mod reliability;
