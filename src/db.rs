@@ -83,7 +83,7 @@ impl DbUrl {
         let opts = PgConnectOptions::from_str(raw).map_err(|e| {
             Error::usage(format!(
                 "invalid database URL {redacted}: {}",
-                redact::mask(&e.to_string())
+                redact::mask(&crate::error::driver_text(&e))
             ))
         })?;
         let host = format!(
@@ -178,6 +178,7 @@ pub async fn connect(url: &DbUrl, settings: &Settings) -> Result<PgConnection> {
     let opts = url.opts.clone().application_name("orgctl").options(params);
 
     let mut last: Option<Error> = None;
+    let started = std::time::Instant::now();
     for attempt in 0..CONNECT_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
@@ -204,7 +205,22 @@ pub async fn connect(url: &DbUrl, settings: &Settings) -> Result<PgConnection> {
             }
         }
     }
-    Err(last.unwrap_or_else(|| Error::failed(format!("could not connect to {}", url.target()))))
+    let last =
+        last.unwrap_or_else(|| Error::failed(format!("could not connect to {}", url.target())));
+    Err(after_attempts(last, started.elapsed()))
+}
+
+/// The last connection error, saying how long connecting took in all: "no answer within 10s"
+/// alone, after three attempts and 31 s, undersold the wait.
+fn after_attempts(last: Error, total: Duration) -> Error {
+    Error::new(
+        last.exit,
+        format!(
+            "{} ({CONNECT_ATTEMPTS} attempts, {:.1}s in all)",
+            last.message,
+            total.as_secs_f64()
+        ),
+    )
 }
 
 fn connect_error(url: &DbUrl, e: &sqlx::Error) -> Error {
@@ -931,6 +947,18 @@ async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connect_failure_says_how_long_it_took_in_all() {
+        let e = after_attempts(
+            Error::failed("could not connect to h:5432/db: no answer within 10s"),
+            Duration::from_millis(31_300),
+        );
+        assert_eq!(
+            e.message,
+            "could not connect to h:5432/db: no answer within 10s (3 attempts, 31.3s in all)"
+        );
+    }
 
     #[test]
     fn url_redacts_password() {

@@ -169,8 +169,22 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
         sqlx::Error::ColumnDecode { index, source } => Error::failed(format!(
             "could not read column {index} from the database: {source}"
         )),
+        sqlx::Error::Configuration(_) => {
+            Error::failed(format!("invalid connection settings: {}", driver_text(e)))
+        }
         other => Error::failed(format!("database error: {other}")),
     }
+}
+
+/// A driver error's text without sqlx's "error with configuration: " prefix, which it repeats
+/// once per level of nesting.
+pub fn driver_text(e: &sqlx::Error) -> String {
+    let text = e.to_string();
+    let mut rest = text.as_str();
+    while let Some(r) = rest.strip_prefix("error with configuration: ") {
+        rest = r;
+    }
+    rest.to_string()
 }
 
 /// Make a database value safe to print: control characters (terminal escape sequences,
@@ -190,12 +204,26 @@ fn is_bidi_control(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::str::FromStr;
 
     #[test]
     fn sanitize_strips_escapes() {
         assert_eq!(sanitize("a\x1b[31mb\nc"), "a [31mb c");
         assert_eq!(sanitize("evil\u{202E}gpj.exe"), "evilgpj.exe");
         assert_eq!(sanitize("naïve 🚀"), "naïve 🚀");
+    }
+
+    #[test]
+    fn configuration_errors_are_prefixed_once() {
+        let e = match sqlx::postgres::PgConnectOptions::from_str("postgres://h/db?sslmode=bogus") {
+            Ok(_) => panic!("accepted a bogus sslmode"),
+            Err(e) => e,
+        };
+        let text = driver_text(&e);
+        assert!(!text.contains("error with configuration"), "{text}");
+        assert!(text.contains("bogus"), "{text}");
+        let m = classify_sqlx(&e).message;
+        assert_eq!(m.matches("configuration").count(), 0, "{m}");
     }
 
     #[test]

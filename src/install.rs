@@ -1089,7 +1089,8 @@ fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Strin
             t.add_row(vec![
                 r.id.to_string(),
                 crate::error::sanitize(&r.name),
-                r.status.clone().unwrap_or_else(|| "-".into()),
+                // status may be TEXT on older tenants: any value, escape sequences included.
+                crate::error::sanitize(r.status.as_deref().unwrap_or("-")),
                 "none (root)".into(),
                 agent.id.to_string(),
             ]);

@@ -319,21 +319,19 @@ async fn read_value(
         .await?;
         return Ok(Some((finish_value(raw, &what)?, ValueSource::File)));
     }
+    if dry_run {
+        // A dry run needs no value, so it never reads stdin (an open pipe that is never closed
+        // would block it forever) and never prompts.
+        return Ok(None);
+    }
     if !out.stdin_is_terminal() {
         let raw = blocking(|| read_value_from(std::io::stdin().lock(), "stdin")).await?;
         if raw.is_empty() {
-            if dry_run {
-                return Ok(None);
-            }
             return Err(Error::usage(
                 "no value: stdin is empty and not a terminal; pipe the value on stdin, pass --value-file PATH, or run on a terminal to be prompted",
             ));
         }
         return Ok(Some((finish_value(raw, "stdin")?, ValueSource::Stdin)));
-    }
-    if dry_run {
-        // A dry run does not ask for a secret it would not write.
-        return Ok(None);
     }
     if !out.interactive() {
         return Err(Error::usage(

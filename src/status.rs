@@ -469,7 +469,7 @@ fn root_finding(r: &RootRow) -> Finding {
         detail: format!(
             "\"{}\": root, status {}, kind {}",
             sanitize(&r.name),
-            r.status.as_deref().unwrap_or("null"),
+            sanitize(r.status.as_deref().unwrap_or("null")),
             sanitize(r.kind.as_deref().unwrap_or("workspace"))
         ),
     }
@@ -819,7 +819,7 @@ fn render_text(out: &Output, r: &Report, limit: usize) -> String {
             t.add_row(vec![
                 root.id.to_string(),
                 sanitize(&root.name),
-                root.status.clone().unwrap_or_else(|| "-".into()),
+                sanitize(root.status.as_deref().unwrap_or("-")),
                 sanitize(root.kind.as_deref().unwrap_or("workspace")),
                 root.tier
                     .map(|t| t.to_string())
@@ -840,7 +840,7 @@ fn render_text(out: &Output, r: &Report, limit: usize) -> String {
                 "\nPlatform agent: {} \"{}\" — status {}, tier {}, {}, MODEL {}",
                 a.id,
                 sanitize(&a.name),
-                a.status.as_deref().unwrap_or("-"),
+                sanitize(a.status.as_deref().unwrap_or("-")),
                 a.tier.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
                 match a.parent_id {
                     None => "root".to_string(),

@@ -14,5 +14,6 @@ mod output_failures;
 mod readonly;
 mod reliability;
 mod secret;
+mod small_items;
 mod status;
 mod token;

@@ -331,7 +331,10 @@ async fn rollback_on(
     sqlx::query(
         "UPDATE orgctl.backfill_runs
             SET status = 'rolled_back', rolled_back_at = now(), rollback_forced = $2,
-                rollback_notes = $3::jsonb
+                rollback_notes = $3::jsonb,
+                -- The prior MODEL value (ciphertext, or plaintext for a version-0 row) is back
+                -- in workspace_secrets now: keep no second copy of a secret.
+                model_prior = NULL
           WHERE run_id = $1",
     )
     .bind(&job.run_id)
