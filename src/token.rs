@@ -1143,7 +1143,8 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         .map_err(|e| {
             Error::failed(format!(
                 "{done} token(s) with created_by '{shown_label}' were revoked and committed, but reading them back failed ({}); the output above is incomplete: see them with `orgctl token list --all --created-by '{shown_label}'`",
-                e.message
+                // The read-back's own (read-only) transaction is what ended, not the revoke.
+                e.message.replace("; the open transaction was rolled back", "")
             ))
         })?;
     if already > 0 {

@@ -571,6 +571,9 @@ pub enum Cut {
     BeforeCommit,
     /// As `AfterCommit`, and refuse every later connection: the client cannot find out.
     AfterCommitThenRefuse,
+    /// Not at a COMMIT: drop both sides instead of forwarding the first statement (simple
+    /// query or Parse) whose text contains this.
+    BeforeStatement(&'static str),
 }
 
 /// A loopback TCP proxy (127.0.0.1 only) in front of the harness's server that forwards the
@@ -688,6 +691,16 @@ fn proxy_conn(client: std::net::TcpStream, st: &ProxyState) {
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                 .unwrap_or(0);
             started = !matches!(code, 80_877_103 | 80_877_104);
+        } else if let Cut::BeforeStatement(needle) = st.mode {
+            if matches!(tag[0], b'Q' | b'P')
+                && String::from_utf8_lossy(&body).contains(needle)
+                && st.armed.swap(false, Ordering::SeqCst)
+            {
+                st.cut.store(true, Ordering::SeqCst);
+                let _ = from_client.shutdown(Shutdown::Both);
+                let _ = to_server.shutdown(Shutdown::Both);
+                return;
+            }
         } else if tag[0] == b'Q'
             && String::from_utf8_lossy(&body)
                 .to_ascii_uppercase()

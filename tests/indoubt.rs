@@ -296,3 +296,35 @@ fn a_lost_commit_that_cannot_be_checked_may_have_been_committed() {
         }
     }
 }
+
+/// `token revoke --created-by` commits, then reads its result back; when the read-back fails,
+/// the error says the revocation was committed (exit 1), and stdout holds no JSON document.
+#[test]
+fn a_failed_read_back_after_a_bulk_revoke_says_it_was_committed() {
+    let db = TestDb::sample();
+    with_schema(&db);
+    let proxy = CutProxy::start(Cut::BeforeStatement("by_this_run"));
+    let r = Cmd::new(&[
+        "-o",
+        "json",
+        "token",
+        "revoke",
+        "--created-by",
+        "session",
+        "--yes",
+    ])
+    .env("DATABASE_URL", &proxy.url(&db.name))
+    .run();
+    assert!(proxy.did_cut(), "{}", r.stderr);
+    r.code(1).one_line_error("were revoked and committed");
+    assert!(!r.stderr.contains("rolled back"), "{}", r.stderr);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&r.stdout).is_err(),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM org_api_tokens WHERE created_by = 'session' AND revoked_at IS NULL"),
+        "0"
+    );
+}
