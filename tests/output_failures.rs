@@ -217,3 +217,49 @@ fn a_failing_stdout_after_a_commit_says_it_was_committed() {
     let _ = std::fs::remove_file(&tenants);
     let _ = std::fs::remove_file(&report);
 }
+
+#[test]
+fn a_rollback_whose_summary_cannot_be_printed_says_it_committed() {
+    let db = TestDb::sample();
+    let tenants = temp("tenants-rollback.txt");
+    if let Err(e) = std::fs::write(&tenants, format!("acme {}\n", db.url)) {
+        panic!("{e}");
+    }
+    let t = tenants.to_str().unwrap_or_default();
+    Cmd::new(&[
+        "backfill",
+        "run",
+        "--run-id",
+        "r1",
+        "--tenants",
+        t,
+        "--model",
+        "m",
+        "--yes",
+    ])
+    .run()
+    .code(0);
+    let (code, _, err) = run_with(
+        &Cmd::new(&[
+            "backfill",
+            "rollback",
+            "--run-id",
+            "r1",
+            "--tenants",
+            t,
+            "--yes",
+        ]),
+        Stdio::from(dev_full()),
+        Stdio::piped(),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("1 tenant(s) were rolled back (committed)"),
+        "{err}"
+    );
+    assert_eq!(
+        db.scalar("SELECT status FROM orgctl.backfill_runs WHERE run_id = 'r1'"),
+        "rolled_back"
+    );
+    let _ = std::fs::remove_file(&tenants);
+}

@@ -924,8 +924,23 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
         interrupted: cancel.stopping(),
         tenants,
     };
+    let rolled_back = report
+        .tenants
+        .iter()
+        .filter(|r| r.status == Status::RolledBack)
+        .count();
+    // After commits, a summary that cannot be printed must not read as "nothing changed".
+    let committed = |e: Error| {
+        if rolled_back == 0 {
+            return e;
+        }
+        Error::failed(format!(
+            "{rolled_back} tenant(s) were rolled back (committed), but the summary could not be printed: {}; see `orgctl backfill status --run-id {}`",
+            e.message, args.run_id
+        ))
+    };
     if out.json_mode() {
-        out.json(&report)?;
+        out.json(&report).map_err(committed)?;
     } else {
         let mut table = out.new_table([
             "tenant",
@@ -967,7 +982,8 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
             } else {
                 "Counts are the snapshot's rows restored per tenant."
             }
-        ))?;
+        ))
+        .map_err(committed)?;
     }
     let count = |s: Status| report.tenants.iter().filter(|r| r.status == s).count();
     if report.interrupted {
