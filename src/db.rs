@@ -768,6 +768,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn transaction_settings_are_local_values_and_0_is_no_statement_limit() {
+        let get = |s: &Settings, version: i32, name: &str| {
+            transaction_settings(s, version)
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v)
+        };
+        let mut s = Settings {
+            lock_timeout: Duration::from_millis(500),
+            statement_timeout: Some(Duration::from_secs(30)),
+        };
+        assert_eq!(get(&s, 150_000, "lock_timeout").as_deref(), Some("500"));
+        assert_eq!(
+            get(&s, 150_000, "statement_timeout").as_deref(),
+            Some("30000")
+        );
+        assert_eq!(
+            get(&s, 150_000, "idle_in_transaction_session_timeout").as_deref(),
+            Some("60000")
+        );
+        assert_eq!(
+            get(&s, 150_000, "application_name").as_deref(),
+            Some("orgctl")
+        );
+        assert_eq!(
+            get(&s, 150_000, "client_connection_check_interval").as_deref(),
+            Some("1000")
+        );
+        // PostgreSQL 13 does not know client_connection_check_interval.
+        assert_eq!(get(&s, 130_000, "client_connection_check_interval"), None);
+        // 0 and none mean no limit, as PostgreSQL's own 0 (never a 1 ms limit).
+        for none in [Some(Duration::ZERO), None] {
+            s.statement_timeout = none;
+            assert_eq!(get(&s, 150_000, "statement_timeout").as_deref(), Some("0"));
+        }
+    }
+
+    #[test]
     fn url_redacts_password() {
         let u = match DbUrl::parse(
             "postgres://alice:s3cr%40t@db.example:6543/tenant?sslmode=disable",
