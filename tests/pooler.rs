@@ -192,6 +192,17 @@ fn every_command(mode: PoolMode, pooler: &str) {
         assert!(!r.stderr.contains("prepared statement"), "{}", r.stderr);
         let target = if args[0] == "backfill" { &other } else { &db };
         assert_eq!(prepared_statements(&b, target), "0", "after {args:?}");
+        // orgctl's timeouts ended with its transactions: the next client of that server
+        // connection has the server's defaults.
+        let settings = b.psql(
+            &target.name,
+            "SELECT current_setting('lock_timeout') || ' ' || current_setting('statement_timeout')",
+        );
+        assert_eq!(
+            settings.as_deref().map(str::trim),
+            Ok("0 0"),
+            "after {args:?}"
+        );
     }
     // The backfill rollback through the pooler restored the other tenant exactly.
     assert_eq!(platform(&other.snapshot()), platform(&other_before));
