@@ -334,10 +334,11 @@ async fn server_version(conn: &mut PgConnection) -> Result<i32> {
     }
 }
 
-/// How long a transaction of orgctl may sit idle (orgctl stopped with Ctrl-Z, a hung
+/// How long a write transaction of orgctl may sit idle (orgctl stopped with Ctrl-Z, a hung
 /// process) before the server ends it and frees its locks. orgctl never waits for a person
-/// inside a transaction: confirmations come between the read-only plan and the write
-/// transaction.
+/// inside a write transaction: confirmations come between the read-only plan and the write
+/// transaction. Read-only transactions hold no row locks and may wait on the reader of their
+/// output (`orgctl token list | less` streams from a cursor), so orgctl sets none for them.
 const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
 
 /// Open a write transaction with orgctl's settings in force for exactly this transaction:
@@ -348,7 +349,7 @@ pub async fn begin_write<'c>(
 ) -> Result<sqlx::Transaction<'c, sqlx::Postgres>> {
     let version = server_version(conn).await?;
     let mut tx = conn.begin().await?;
-    apply_settings(&mut tx, settings, version).await?;
+    apply_settings(&mut tx, transaction_settings(settings, version, true)).await?;
     Ok(tx)
 }
 
@@ -359,22 +360,17 @@ pub async fn begin_read_only<'c>(
     settings: &Settings,
 ) -> Result<sqlx::Transaction<'c, sqlx::Postgres>> {
     let version = server_version(conn).await?;
-    let mut tx = conn.begin().await?;
-    // A plain &str is a simple query: never a prepared statement, one round trip.
-    sqlx::Executor::execute(
-        &mut *tx,
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    )
-    .await?;
-    apply_settings(&mut tx, settings, version).await?;
+    let mut tx = conn
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await?;
+    apply_settings(&mut tx, transaction_settings(settings, version, false)).await?;
     Ok(tx)
 }
 
 /// The settings that must hold for the transaction, set with `set_config(…, true)` (SET
 /// LOCAL) in one statement: they end with the transaction, so behind a transaction pooler they
 /// are in force on the server connection that runs it and never leak to the next client.
-async fn apply_settings(conn: &mut PgConnection, settings: &Settings, version: i32) -> Result<()> {
-    let names = transaction_settings(settings, version);
+async fn apply_settings(conn: &mut PgConnection, names: Vec<(&str, String)>) -> Result<()> {
     let (names, values): (Vec<&str>, Vec<String>) = names.into_iter().unzip();
     query("SELECT count(set_config(n, v, true)) FROM unnest($1::text[], $2::text[]) AS s(n, v)")
         .bind(&names)
@@ -385,7 +381,11 @@ async fn apply_settings(conn: &mut PgConnection, settings: &Settings, version: i
 }
 
 /// Name and value of each per-transaction setting (pure, unit-tested).
-fn transaction_settings(settings: &Settings, version: i32) -> Vec<(&'static str, String)> {
+fn transaction_settings(
+    settings: &Settings,
+    version: i32,
+    write: bool,
+) -> Vec<(&'static str, String)> {
     let ms = |d: Duration| d.as_millis().max(1).to_string();
     let mut v = vec![
         ("lock_timeout", ms(settings.lock_timeout)),
@@ -396,14 +396,17 @@ fn transaction_settings(settings: &Settings, version: i32) -> Vec<(&'static str,
                 _ => "0".to_string(),
             },
         ),
-        (
-            "idle_in_transaction_session_timeout",
-            ms(IDLE_IN_TRANSACTION),
-        ),
         // Who holds the tenant lock is told by application_name (lock_holder); a pooler may
         // not pass the startup parameter on, so say it here too.
         ("application_name", "orgctl".to_string()),
     ];
+    if write {
+        // Read-only: left as the server or role has it (a DBA's limit stays in force).
+        v.push((
+            "idle_in_transaction_session_timeout",
+            ms(IDLE_IN_TRANSACTION),
+        ));
+    }
     if version >= 140_000 {
         // Notice a vanished client within a second (PostgreSQL 14+), so an interrupted orgctl
         // does not leave a long statement holding locks.
@@ -770,7 +773,7 @@ mod tests {
     #[test]
     fn transaction_settings_are_local_values_and_0_is_no_statement_limit() {
         let get = |s: &Settings, version: i32, name: &str| {
-            transaction_settings(s, version)
+            transaction_settings(s, version, true)
                 .into_iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v)
@@ -796,6 +799,10 @@ mod tests {
             get(&s, 150_000, "client_connection_check_interval").as_deref(),
             Some("1000")
         );
+        // Read-only transactions may wait on their reader: no idle limit of orgctl's.
+        assert!(!transaction_settings(&s, 150_000, false)
+            .iter()
+            .any(|(n, _)| *n == "idle_in_transaction_session_timeout"));
         // PostgreSQL 13 does not know client_connection_check_interval.
         assert_eq!(get(&s, 130_000, "client_connection_check_interval"), None);
         // 0 and none mean no limit, as PostgreSQL's own 0 (never a 1 ms limit).
