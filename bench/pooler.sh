@@ -12,7 +12,8 @@
 #   dry-run        `install-platform-agent --dry-run` on a seeded org (SEED_ARGS), K runs
 #   mint           `token mint` (one write transaction under the tenant lock), K runs
 #   backfill       `backfill run --concurrency 4` over N fresh sample-org tenants
-# Figures are wall-clock milliseconds per command (per tenant for backfill), medians of ROUNDS.
+# Figures are wall-clock milliseconds: the median of every single command's time over all
+# rounds (ROUNDS x K samples), and for backfill the median over rounds of time per tenant.
 #
 # Environment: ORGCTL (binary, default target/release/orgctl, else target/debug/orgctl), BASE,
 # K (runs per round, default 10), N (tenants per backfill round, default 20), SEED_ARGS.
@@ -54,13 +55,15 @@ for v in "${VARIANTS[@]}"; do
 done
 
 declare -A RES
-run_k() { # variant, args... -> ms per command
+run_k() { # variant, args... -> the time of each of K runs, ms
   local v=$1; shift
   local s e
-  s=$(now_ms)
-  for _ in $(seq 1 "$K"); do ${CMD[$v]} -q "$@" >/dev/null || [ $? -le 1 ]; done
-  e=$(now_ms)
-  awk -v t=$((e - s)) -v k="$K" 'BEGIN { printf "%.1f\n", t / k }'
+  for _ in $(seq 1 "$K"); do
+    s=$(now_ms)
+    ${CMD[$v]} -q "$@" >/dev/null || [ $? -le 1 ]
+    e=$(now_ms)
+    printf '%s ' $((e - s))
+  done
 }
 
 for r in $(seq 1 "$ROUNDS"); do
