@@ -12,6 +12,9 @@
 #   dry-run        `install-platform-agent --dry-run` on a seeded org (SEED_ARGS), K runs
 #   mint           `token mint` (one write transaction under the tenant lock), K runs
 #   backfill       `backfill run --concurrency 4` over N fresh sample-org tenants
+# Round trips (deterministic, unlike time on a shared machine): with strace installed, each
+# variant's client->server sends (sendto calls: one per round trip) and Parse messages for one
+# run of each command, on fresh copies of the sample org.
 # Figures are wall-clock milliseconds: the median of every single command's time over all
 # rounds (ROUNDS x K samples), and for backfill the median over rounds of time per tenant.
 #
@@ -98,3 +101,27 @@ for w in status dry mint backfill; do
   done
   printf '%13sx\n' "$(awk -v a="${MED[transaction]}" -v b="${MED[none]}" 'BEGIN { printf "%.3f", a / b }')"
 done
+
+if command -v strace >/dev/null 2>&1; then
+  echo
+  sends() { # variant, args... -> "SENDS/PARSES"
+    local v=$1; shift
+    strace -f -qq -e trace=sendto -o "$WORK/strace.txt" ${CMD[$v]} -q "$@" >/dev/null 2>&1 || true
+    echo "$(grep -c 'sendto(' "$WORK/strace.txt")/$(grep -c 'sendto([0-9]*, "P' "$WORK/strace.txt")"
+  }
+  printf '%-28s' "round trips/parses"
+  for v in "${VARIANTS[@]}"; do printf '%16s' "${LABEL[$v]}"; done
+  echo
+  for v in "${VARIANTS[@]}"; do
+    psql_ "$SRV/postgres" -c "CREATE DATABASE rt_$v TEMPLATE orgctl_dev" >/dev/null
+  done
+  for w in "status" "install-platform-agent --dry-run --model m" "install-platform-agent --yes --model m" \
+           "token mint" "token list --all"; do
+    printf '%-28s' "${w/ --model m/}"
+    for v in "${VARIANTS[@]}"; do
+      # shellcheck disable=SC2086
+      printf '%16s' "$(sends "$v" $w --database-url "$SRV/rt_$v")"
+    done
+    echo
+  done
+fi
