@@ -11,6 +11,7 @@ mod indoubt;
 mod install;
 mod json_doc;
 mod output_failures;
+mod pooler;
 mod readonly;
 mod reliability;
 mod secret;
