@@ -744,7 +744,8 @@ pub enum Cut {
 
 /// A loopback TCP proxy (127.0.0.1 only) in front of the harness's server that forwards the
 /// PostgreSQL protocol and cuts the connection at the first COMMIT (a simple-query 'Q' message
-/// whose text contains COMMIT, as sqlx sends it). Later connections pass through, unless
+/// whose text contains COMMIT, as sqlx sends it) after a write transaction asked for the tenant
+/// lock (`pg_try_advisory_xact_lock`). Later connections pass through, unless
 /// [`Cut::AfterCommitThenRefuse`]. Threads end with the test process.
 pub struct CutProxy {
     pub port: u16,
@@ -755,6 +756,9 @@ struct ProxyState {
     mode: Cut,
     target: u16,
     armed: std::sync::atomic::AtomicBool,
+    /// A write transaction has started (its tenant lock was asked for): the COMMITs before it
+    /// (orgctl's own catalog checks and read-only transactions) pass.
+    writing: std::sync::atomic::AtomicBool,
     cut: std::sync::atomic::AtomicBool,
     stop: std::sync::atomic::AtomicBool,
 }
@@ -774,6 +778,7 @@ impl CutProxy {
             mode,
             target: server().port,
             armed: AtomicBool::new(true),
+            writing: AtomicBool::new(false),
             cut: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
@@ -857,6 +862,10 @@ fn proxy_conn(client: std::net::TcpStream, st: &ProxyState) {
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                 .unwrap_or(0);
             started = !matches!(code, 80_877_103 | 80_877_104);
+        } else if matches!(tag[0], b'Q' | b'P')
+            && String::from_utf8_lossy(&body).contains("pg_try_advisory_xact_lock")
+        {
+            st.writing.store(true, Ordering::SeqCst);
         } else if let Cut::BeforeStatement(needle) = st.mode {
             if matches!(tag[0], b'Q' | b'P')
                 && String::from_utf8_lossy(&body).contains(needle)
@@ -871,15 +880,17 @@ fn proxy_conn(client: std::net::TcpStream, st: &ProxyState) {
             && String::from_utf8_lossy(&body)
                 .to_ascii_uppercase()
                 .contains("COMMIT")
+            && st.writing.load(Ordering::SeqCst)
             && st.armed.swap(false, Ordering::SeqCst)
         {
+            // Marked before the client can notice and reconnect (AfterCommitThenRefuse).
+            st.cut.store(true, Ordering::SeqCst);
             // The client must not see the answer: cut it off first.
             let _ = from_client.shutdown(Shutdown::Both);
             if st.mode != Cut::BeforeCommit {
                 let _ = to_server.write_all(&msg);
                 let _ = to_server.flush();
             }
-            st.cut.store(true, Ordering::SeqCst);
             let _ = to_server.shutdown(Shutdown::Both);
             return;
         }
