@@ -9,6 +9,7 @@ mod docs;
 mod global;
 mod install;
 mod reliability;
+mod rollback_checks;
 mod secret;
 mod status;
 mod token;
