@@ -162,12 +162,19 @@ fn per_key(from: &str, table: &str, expected: &str, keys: Option<&[&str]>) -> St
         ),
         None => String::new(),
     };
+    // Whole rows are compared first, so only a row that differs is taken apart by column.
+    let whole = if keys.is_none() {
+        " WHERE p.x IS DISTINCT FROM p.want"
+    } else {
+        ""
+    };
     format!(
-        "WITH pairs AS ({from}),
+        "WITH pairs AS (SELECT p.id, p.x, to_jsonb(jsonb_populate_record(NULL::{table}, {expected})) AS want
+                          FROM ({from}) p),
               diff AS (
                 SELECT CASE WHEN p.x IS NULL THEN '(row)' ELSE e.key END AS col, p.id
-                  FROM pairs p
-                 CROSS JOIN LATERAL jsonb_each(to_jsonb(jsonb_populate_record(NULL::{table}, {expected}))) e
+                  FROM (SELECT * FROM pairs p{whole}) p
+                 CROSS JOIN LATERAL jsonb_each(p.want) e
                  WHERE (p.x IS NULL OR p.x -> e.key IS DISTINCT FROM e.value){only})
          SELECT d.col, count(DISTINCT d.id), min(d.id), (SELECT count(*) FROM pairs)
            FROM diff d GROUP BY d.col
