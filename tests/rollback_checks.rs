@@ -256,3 +256,32 @@ fn every_rollback_write_runs_with_nested_loops_off() {
     // The setting is LOCAL: it ends with the rollback's transaction.
     assert_eq!(db.scalar("SHOW enable_nestloop"), "on");
 }
+
+#[test]
+fn force_lists_the_rows_it_left_as_they_are() {
+    let db = TestDb::sample();
+    let fleet = OneTenant::new(&db);
+    fleet.run(&["run", "--model", "m"]).code(0);
+    // Drift: one moved token deleted since the run.
+    let gone = db.scalar(
+        "DELETE FROM org_api_tokens WHERE id = (SELECT row_id FROM orgctl.backfill_rows
+          WHERE run_id = 'r-15' AND kind = 'anchor' AND tbl = 'org_api_tokens' ORDER BY row_id LIMIT 1)
+         RETURNING id",
+    );
+    let refused = fleet.run(&["rollback"]);
+    refused.code(3);
+    assert!(only_tenant(&refused)["verification"].is_null());
+
+    let r = fleet.run(&["rollback", "--force"]);
+    r.code(0);
+    let t = only_tenant(&r);
+    assert_eq!(t["status"], "rolled_back", "{t}");
+    let v = &t["verification"];
+    assert_eq!(v["exact"], false, "{v}");
+    assert_eq!(
+        v["not_restored"],
+        serde_json::json!([{"table": "org_api_tokens", "column": "(row)", "rows": 1,
+                            "example": gone, "reason": "the row is gone (drift, left as it is by --force)"}]),
+        "{v}"
+    );
+}

@@ -991,7 +991,7 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
                             r.verification
                                 .iter()
                                 .filter(|v| !v.exact)
-                                .map(Verification::summary),
+                                .map(|v| crate::error::sanitize(&v.summary())),
                         )
                         .collect::<Vec<_>>()
                         .join("; ")
