@@ -10,6 +10,7 @@ mod global;
 mod install;
 mod pooler;
 mod reliability;
+mod rollback_checks;
 mod secret;
 mod status;
 mod token;
