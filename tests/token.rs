@@ -96,13 +96,16 @@ fn parse<T: serde::de::DeserializeOwned>(stdout: &str) -> T {
     }
 }
 
-/// The platform's bearer lookup, verbatim (SPEC §1).
+/// The platform's bearer lookup (SPEC §1), with the hash computed by PostgreSQL from the
+/// plaintext's UTF-8 bytes — independently of `orgctl::crypto::token_hash`, the function under
+/// test: if orgctl stored another digest (hex text, another encoding, a salt) the lookup fails.
 async fn platform_lookup(db: &TestDb, plaintext: &str) -> Option<(String, String, Option<String>)> {
     let mut conn = db.connect().await;
     let row: Option<(uuid::Uuid, String, Option<uuid::Uuid>)> = match sqlx::query_as(
-        "SELECT id, prefix, org_id FROM org_api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        "SELECT id, prefix, org_id FROM org_api_tokens
+          WHERE token_hash = sha256(convert_to($1, 'UTF8')) AND revoked_at IS NULL",
     )
-    .bind(orgctl::crypto::token_hash(plaintext))
+    .bind(plaintext)
     .fetch_optional(&mut conn)
     .await
     {
@@ -160,6 +163,38 @@ fn audit_count(db: &TestDb, command: &str) -> i64 {
 
 fn set(v: &[String]) -> BTreeSet<&str> {
     v.iter().map(|s| s.as_str()).collect()
+}
+
+/// Known vectors, pinned: orgctl's hash, PostgreSQL's `sha256(convert_to(…,'UTF8'))` and the
+/// published SHA-256 digests all agree (FIPS 180-2 "abc"; a token-shaped value; a non-ASCII
+/// value, which must be hashed as its UTF-8 bytes).
+#[test]
+fn token_hash_matches_pinned_vectors_and_postgresql() {
+    let db = TestDb::empty();
+    for (plaintext, hex) in [
+        (
+            "abc",
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        ),
+        (
+            "Zm9vYmFyYmF6cXV4LWNpLXRva2VuLTAxMjM0NTY3ODk",
+            "f5bec6ea468535c92d401a5aa8df59ab546427b8ee89d916e03761eac75045e1",
+        ),
+        (
+            "\u{e9}",
+            "4a99557e4033c3539de2eb65472017cad5f9557f7a0625a09f1c3f6e2ba69c4c",
+        ),
+    ] {
+        let ours: String = orgctl::crypto::token_hash(plaintext)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(ours, hex, "orgctl's hash of {plaintext:?}");
+        let pg = db.scalar(&format!(
+            "SELECT encode(sha256(convert_to('{plaintext}', 'UTF8')), 'hex')"
+        ));
+        assert_eq!(pg, hex, "PostgreSQL's hash of {plaintext:?}");
+    }
 }
 
 #[tokio::test]
