@@ -1080,7 +1080,7 @@ fn list_gives_scripts_every_token_by_default() {
                 "{out}"
             );
         }
-        None => eprintln!("skipped the terminal case: no `script` (util-linux) to give a pty"),
+        None => panic!("no `script` (util-linux) to give a pty: install util-linux"),
     }
     assert_eq!(db.snapshot(), before);
 }
