@@ -2,6 +2,7 @@
 //! PostgreSQL). Modules share the harness's server.
 
 mod harness;
+mod stand_in;
 
 mod backfill;
 mod dev;

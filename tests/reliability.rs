@@ -664,11 +664,23 @@ async fn lock_timeout_is_exit_3_and_changes_nothing() {
     r.code(3).one_line_error("timed out waiting for a lock");
     assert!(r.stderr.contains("--lock-timeout"), "{}", r.stderr);
     assert!(started.elapsed() < Duration::from_secs(10));
-    // status reads past it.
-    db.orgctl(&["status", "--lock-timeout", "200ms"])
+    // status reads past it: a full report (exit 1 because the tenant is not installed, not
+    // because it timed out), with no error line and well within a lock wait.
+    let started = Instant::now();
+    let r = db
+        .orgctl(&["status", "--lock-timeout", "200ms", "-o", "json"])
         .run_async()
-        .await
-        .code(1);
+        .await;
+    r.code(1);
+    assert!(!r.stderr.contains("error:"), "{}", r.stderr);
+    let s = parse_status(&r);
+    assert_eq!(
+        s.failing(),
+        ["single_root", "platform_agent_is_root", "model_secret"].as_slice(),
+        "{:?}",
+        s.failing()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
     drop(platform);
     wait_for_orgctl_sessions_to_end(&db);
     assert_eq!(fingerprint(&db), before);

@@ -500,11 +500,31 @@ fn list_is_newest_first_filtered_and_never_shows_hashes() {
         .as_deref()
         .is_some_and(|s| s.starts_with("2024-05-01")));
     assert_eq!(j.tokens[1].revoked_at, None);
-    let _ = (&j.tokens[0].prefix, &j.tokens[0].name, &j.tokens[0].org_id);
-    let _ = (
-        &j.tokens[0].created_by,
-        &j.tokens[0].created_at,
-        &j.tokens[0].last_used_at,
+    // The revoked row, whole: every field is the stored one.
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT prefix || '|' || coalesce(name, '-') || '|' || coalesce(org_id::text, '-')
+                    || '|' || coalesce(created_by, '-') || '|' || coalesce(last_used_at::text, '-')
+               FROM org_api_tokens WHERE id = '{T7}'"
+        )),
+        format!(
+            "{}|{}|{}|{}|-",
+            j.tokens[0].prefix,
+            j.tokens[0].name.as_deref().unwrap_or("-"),
+            j.tokens[0].org_id.as_deref().unwrap_or("-"),
+            j.tokens[0].created_by.as_deref().unwrap_or("-"),
+        )
+    );
+    assert_eq!(j.tokens[0].org_id, None, "listed with --unanchored");
+    assert_eq!(j.tokens[0].last_used_at, None);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT created_at = '{}'::timestamptz FROM org_api_tokens WHERE id = '{T7}'",
+            j.tokens[0].created_at
+        )),
+        "t",
+        "created_at {}",
+        j.tokens[0].created_at
     );
 
     // A limit says on stderr that more exist.
@@ -1007,11 +1027,25 @@ fn a_prefix_starting_with_a_hyphen_is_a_token_not_a_flag() {
     );
     assert_eq!(audit_count(&db, "token revoke"), 4);
 
-    // No --yes and no terminal is still the confirmation refusal, with the prefix first.
+    // Already revoked needs no confirmation: exit 0 without --yes, nothing written.
     let before = db.snapshot();
-    db.orgctl(&["token", "revoke", "-Ab_", "-o", "json"])
-        .run()
-        .code(0);
+    let r = db.orgctl(&["token", "revoke", "-Ab_", "-o", "json"]).run();
+    r.code(0);
+    assert_eq!(parse::<RevokeJson>(&r.stdout).already_revoked, [H1]);
+    assert_eq!(db.snapshot(), before);
+    // A live token with a hyphen prefix, no --yes and no terminal: the confirmation refusal
+    // (exit 3), with the prefix first, and nothing revoked.
+    db.exec(
+        "INSERT INTO org_api_tokens (id, token_hash, prefix, name, created_by) VALUES
+          ('70000000-0000-4000-8000-0000000000c5', sha256('c5'::bytea), '-Nq7_abc', 'h5', 'x')",
+    );
+    let before = db.snapshot();
+    let audits = db.audit_rows();
+    let r = db.orgctl(&["token", "revoke", "-Nq7_", "-o", "json"]).run();
+    r.code(3).one_line_error("--yes");
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    assert_eq!(db.snapshot(), before);
+    assert_eq!(db.audit_rows(), audits);
     db.orgctl(&["token", "revoke", "-Zzz", "--yes"])
         .run()
         .code(1)
