@@ -207,13 +207,15 @@ fn kill_9_during_install_leaves_the_tenant_untouched_or_fully_installed() {
     drop(probe);
 
     let mut outcomes = Vec::new();
+    let mut mid_tx = 0;
     for round in 0..rounds {
         let db = big();
         let before = fingerprint(&db);
         let tokens = count(&db, "SELECT count(*) FROM org_api_tokens");
         let allowlist = count(&db, "SELECT count(*) FROM org_plugin_allowlist");
-        // Round i is killed at a random moment of the i-th slice of [0, 1.1 × full].
-        let delay = full.mul_f64((round as f64 + rng.frac()) / rounds as f64 * 1.1);
+        // Round i is killed at a random moment of the i-th slice of [0, 0.9 × full] (the
+        // rounds at observed moments are the test below).
+        let delay = full.mul_f64((round as f64 + rng.frac()) / rounds as f64 * 0.9);
         let mut child = match db
             .orgctl(INSTALL)
             .command()
@@ -226,9 +228,27 @@ fn kill_9_during_install_leaves_the_tenant_untouched_or_fully_installed() {
             Err(e) => panic!("spawn: {e}"),
         };
         std::thread::sleep(delay);
-        let _ = child.kill(); // SIGKILL; a no-op if it already finished
+        // What the kill lands on: the process still running (never a finished one), and its
+        // backend inside the transaction or not (seen from pg_stat_activity just before).
+        let in_tx = db.scalar(&format!(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = '{}' AND application_name = 'orgctl' AND xact_start IS NOT NULL",
+            db.name
+        )) != "0";
+        let alive = matches!(child.try_wait(), Ok(None));
+        let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         wait_for_orgctl_sessions_to_end(&db);
+        if !alive {
+            // It finished before the kill: this round proves nothing about a kill, and says so.
+            outcomes.push(format!("{}ms finished-before-kill", delay.as_millis()));
+            db.orgctl(INSTALL).run().code(0);
+            assert_installed(&db, tokens, allowlist);
+            continue;
+        }
+        if in_tx {
+            mid_tx += 1;
+        }
 
         let installed = db.scalar("SELECT count(*) FROM workspaces WHERE kind = 'platform'") == "1";
         if installed {
@@ -243,8 +263,9 @@ fn kill_9_during_install_leaves_the_tenant_untouched_or_fully_installed() {
             assert_eq!(db.audit_rows(), 0);
         }
         outcomes.push(format!(
-            "{}ms {}",
+            "{}ms {}{}",
             delay.as_millis(),
+            if in_tx { "in-transaction " } else { "" },
             if installed { "installed" } else { "untouched" }
         ));
         // A rerun completes it (or finds nothing to do).
@@ -252,9 +273,137 @@ fn kill_9_during_install_leaves_the_tenant_untouched_or_fully_installed() {
         assert_installed(&db, tokens, allowlist);
     }
     eprintln!(
-        "kill -9 outcomes (a whole install takes {}ms): {}",
+        "kill -9 outcomes (a whole install takes {}ms; {mid_tx} of {rounds} landed inside the \
+         transaction): {}",
         full.as_millis(),
         outcomes.join(", ")
+    );
+}
+
+/// kill -9 at moments the test observes rather than guesses: a platform transaction holds one
+/// row the install must change, and once `pg_stat_activity` shows orgctl's backend waiting on
+/// it — inside its transaction, holding the tenant's advisory lock, at a known statement — the
+/// orgctl process (still running) is killed. Every kill lands mid-transaction, and the tenant
+/// is left exactly as it was; a rerun installs.
+#[tokio::test]
+async fn kill_9_at_observed_moments_inside_the_transaction_changes_nothing() {
+    // (stage, what a platform transaction holds, the table orgctl's statement must name)
+    let stages = [
+        (
+            "locking the roots",
+            format!(
+                "UPDATE workspaces SET last_outbound_at = now() WHERE id = '{}'",
+                ids::LABS
+            ),
+            "workspaces",
+        ),
+        (
+            "moving allowlist rows",
+            "SELECT 1 FROM org_plugin_allowlist WHERE id = 'e0000000-0000-4000-8000-000000000002' FOR UPDATE"
+                .to_string(),
+            "org_plugin_allowlist",
+        ),
+        (
+            "moving tokens",
+            "SELECT 1 FROM org_api_tokens WHERE id = '70000000-0000-4000-8000-000000000001' FOR UPDATE"
+                .to_string(),
+            "org_api_tokens",
+        ),
+    ];
+    let mut landed = Vec::new();
+    for (stage, hold, table) in &stages {
+        let db = big();
+        let before = fingerprint(&db);
+        let tokens = count(&db, "SELECT count(*) FROM org_api_tokens");
+        let allowlist = count(&db, "SELECT count(*) FROM org_plugin_allowlist");
+        let mut holder = db.connect().await;
+        for sql in ["BEGIN", hold.as_str()] {
+            if let Err(e) = sqlx::query(sql).execute(&mut holder).await {
+                panic!("{e}");
+            }
+        }
+        let mut child = match db
+            .orgctl(&[
+                "install-platform-agent",
+                "--model",
+                "m",
+                "--yes",
+                "--lock-timeout",
+                "30s",
+            ])
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => panic!("spawn: {e}"),
+        };
+        let mut admin = db.connect().await;
+        let pid = orgctl_waiting(&mut admin, &db.name).await;
+        let (query, in_tx, advisory): (String, bool, i64) = match sqlx::query_as(
+            "SELECT a.query, a.xact_start IS NOT NULL,
+                    (SELECT count(*) FROM pg_locks l
+                      WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)
+               FROM pg_stat_activity a WHERE a.pid = $1",
+        )
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        let alive = matches!(child.try_wait(), Ok(None));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            query.contains(table),
+            "{stage}: orgctl waits in another statement: {query}"
+        );
+        drop(holder);
+        drop(admin);
+        let db_name = db.name.clone();
+        let db = match tokio::task::spawn_blocking(move || {
+            wait_for_orgctl_sessions_to_end(&db);
+            db
+        })
+        .await
+        {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            fingerprint(&db),
+            before,
+            "{stage}: partial state in {db_name}"
+        );
+        assert_eq!(db.audit_rows(), 0, "{stage}");
+        if alive && in_tx && advisory > 0 {
+            landed.push(*stage);
+        }
+        db.orgctl(INSTALL).run_async().await.code(0);
+        let db = match tokio::task::spawn_blocking(move || {
+            assert_installed(&db, tokens, allowlist);
+            db
+        })
+        .await
+        {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        drop(db);
+    }
+    assert_eq!(
+        landed.len(),
+        stages.len(),
+        "kills that landed mid-transaction: {landed:?}"
+    );
+    eprintln!(
+        "kill -9 at observed moments: {} of {} landed mid-transaction ({landed:?})",
+        landed.len(),
+        stages.len()
     );
 }
 
