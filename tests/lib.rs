@@ -10,6 +10,7 @@ mod docs;
 mod global;
 mod install;
 mod reliability;
+mod restart_http;
 mod secret;
 mod status;
 mod token;
