@@ -2,6 +2,7 @@
 //! PostgreSQL). Modules share the harness's server.
 
 mod harness;
+mod pty;
 mod stand_in;
 
 mod backfill;
@@ -9,6 +10,7 @@ mod dev;
 mod docs;
 mod global;
 mod install;
+mod interactive;
 mod reliability;
 mod restart_http;
 mod secret;
