@@ -11,6 +11,7 @@ mod docs;
 mod global;
 mod install;
 mod interactive;
+mod pooler;
 mod reliability;
 mod restart_http;
 mod secret;
