@@ -12,6 +12,7 @@
 # release build), SEED_ARGS (override `orgctl dev seed` sizes for a quick run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/machine.sh
 ROUNDS=${1:-3}
 BENCH_DIR=${BENCH_DIR:-/tmp/orgctl-bench}
 ORGCTL=${ORGCTL:-target/release/orgctl}
@@ -19,6 +20,7 @@ ORGCTL=${ORGCTL:-target/release/orgctl}
 BIN=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | tail -1)
 
 url=$("$ORGCTL" dev up --dir "$BENCH_DIR" 2>/dev/null)
+machine_header "$ORGCTL"
 base=${url%/*}
 psql_() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 now() { date +%s.%N; }
