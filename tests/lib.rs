@@ -2,6 +2,8 @@
 //! PostgreSQL). Modules share the harness's server.
 
 mod harness;
+mod pty;
+mod stand_in;
 
 mod backfill;
 mod dev;
@@ -9,11 +11,14 @@ mod docs;
 mod global;
 mod indoubt;
 mod install;
+mod interactive;
 mod json_doc;
 mod output_failures;
 mod pooler;
 mod readonly;
 mod reliability;
+mod restart_http;
+mod rollback_checks;
 mod secret;
 mod small_items;
 mod status;
