@@ -141,7 +141,7 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
 
-    /// Set, delete and list workspace and global secrets.
+    /// Set, delete and list workspace and global secrets; verify and rotate their key.
     #[command(subcommand)]
     Secret(SecretCommand),
 
@@ -366,6 +366,70 @@ pub enum SecretCommand {
     /// secret. Read-only.
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     List(SecretListArgs),
+    /// Check that every encrypted secret decrypts with SECRETS_ENCRYPTION_KEY (read-only)
+    ///
+    /// Reads every row of workspace_secrets and global_secrets in one read-only snapshot and
+    /// decrypts each version-1 row with SECRETS_ENCRYPTION_KEY. Prints the rows per table and
+    /// encryption_version, and names each row that does not decrypt (table, id, workspace,
+    /// key — never a value). Version-0 (plaintext) rows are a warning, not a failure.
+    /// Exit 0 when every encrypted row decrypts, 1 otherwise; 2 when the key is missing or
+    /// invalid (checked before connecting).
+    ///
+    /// Examples:
+    ///   orgctl secret verify
+    ///   SECRETS_ENCRYPTION_KEY="$NEW_KEY" orgctl secret verify -o json
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
+    Verify,
+    /// Re-encrypt every secret under a new key, or encrypt the plaintext ones
+    ///
+    /// In ONE transaction under the tenant lock (writers of the two secret tables wait until
+    /// the commit): every row of workspace_secrets and global_secrets is decrypted with
+    /// SECRETS_ENCRYPTION_KEY (version 1) or taken as is (version 0), encrypted with the new
+    /// key under a fresh nonce, and written as version 1; updated_at is left alone. Pages of
+    /// at most 1000 rows / 4 MiB, one UPDATE each, so memory stays bounded.
+    /// If any version-1 row does not decrypt with the current key, nothing is written (exit 3,
+    /// naming the rows).
+    ///
+    /// Keys never come from the command line:
+    ///   SECRETS_ENCRYPTION_KEY      the current key (required)
+    ///   SECRETS_ENCRYPTION_KEY_NEW  the new key, or --new-key-file (not both)
+    /// Both follow the platform's rules (standard base64 of 32 bytes, or a non-base64 raw
+    /// string of exactly 32 bytes). A missing, invalid or unchanged key is exit 2, before any
+    /// connection is made.
+    ///
+    /// --plaintext-only encrypts the version-0 rows with the current key and leaves encrypted
+    /// rows alone (turning encryption on for a tenant that ran without a key); it refuses when
+    /// the tenant's encrypted rows do not decrypt with that key.
+    ///
+    /// Then swap the platform's SECRETS_ENCRYPTION_KEY, restart the platform process, and run
+    /// `orgctl secret verify` with the new key. Asks for confirmation on a terminal; --yes
+    /// without one.
+    ///
+    /// Examples:
+    ///   orgctl secret verify
+    ///   SECRETS_ENCRYPTION_KEY_NEW="$NEW" orgctl secret rekey --dry-run
+    ///   orgctl secret rekey --new-key-file ./new.key --expect-plan sha256:… --yes
+    ///   orgctl secret rekey --plaintext-only --dry-run
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
+    Rekey(SecretRekeyArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SecretRekeyArgs {
+    /// Read the new key from the first line of this file (instead of
+    /// SECRETS_ENCRYPTION_KEY_NEW). Keep it at mode 0600.
+    #[arg(long, value_name = "PATH", conflicts_with = "plaintext_only")]
+    pub new_key_file: Option<PathBuf>,
+    /// Only encrypt the plaintext (version 0) rows, with the current key; leave the rest.
+    #[arg(long)]
+    pub plaintext_only: bool,
+    /// Show the rows per table and version that would be re-encrypted, and check that every
+    /// encrypted row decrypts; change nothing (read-only, no locks).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Refuse (exit 3) unless the plan computed now has this plan_hash (from a reviewed dry run).
+    #[arg(long, value_name = "HASH")]
+    pub expect_plan: Option<String>,
 }
 
 /// Where a secret lives: a workspace, or --global.

@@ -16,6 +16,7 @@ pub mod interrupt;
 pub mod output;
 pub mod pgserver;
 pub mod redact;
+pub mod rekey;
 pub mod secret;
 pub mod status;
 pub mod sys;

@@ -60,6 +60,8 @@ pub async fn run(ctx: &Context, cmd: &SecretCommand) -> Result<Exit> {
         SecretCommand::Set(args) => set(ctx, args).await,
         SecretCommand::Delete(args) => delete(ctx, args).await,
         SecretCommand::List(args) => list(ctx, args).await,
+        SecretCommand::Verify => crate::rekey::verify(ctx).await,
+        SecretCommand::Rekey(args) => crate::rekey::rekey(ctx, args).await,
     }
 }
 
@@ -1210,10 +1212,14 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
         }
     }
     let (applied, source) = match &req.op {
-        Op::Set { value, sb, .. } => {
+        Op::Set { value, sb, version } => {
             let (value, source) = value
                 .as_ref()
                 .ok_or_else(|| Error::failed("internal: no value to write"))?;
+            if *version == 1 {
+                // Under the lock: a rekey that committed meanwhile left no row this key reads.
+                crate::rekey::ensure_key_matches_tenant(&mut tx, sb).await?;
+            }
             let (sealed, v) = sb.seal(value)?;
             let sealed = Zeroizing::new(sealed);
             outcome.encryption_version = Some(v);
