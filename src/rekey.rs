@@ -292,7 +292,7 @@ impl Counts {
 
     /// Every (table, version) to show: versions 0 and 1 of both tables always, plus any other
     /// version found.
-    fn rows(&self) -> Vec<(Table, i32, i64)> {
+    pub fn rows(&self) -> Vec<(Table, i32, i64)> {
         let mut m = self.0.clone();
         for t in Table::ALL {
             for v in [0, 1] {

@@ -276,12 +276,14 @@ fn serve(mut stream: TcpStream, calls: &Mutex<Vec<Call>>, fail: &[String], delay
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn key_b64(key: &[u8; 32]) -> String {
+pub fn key_b64(key: &[u8; 32]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(key)
 }
 
-fn decrypt(key: &[u8], stored: &[u8]) -> Option<Vec<u8>> {
+/// AES-256-GCM decryption done here, independently of orgctl's own code (also used by the
+/// rekey tests).
+pub fn decrypt(key: &[u8], stored: &[u8]) -> Option<Vec<u8>> {
     use aes_gcm::aead::Aead;
     use aes_gcm::KeyInit;
     let cipher = aes_gcm::Aes256Gcm::new_from_slice(key).ok()?;
