@@ -202,16 +202,28 @@ fn warn_if_readable_by_others(out: &Output, path: &Path) {
 }
 
 /// Refuse (exit 3) to write a version-1 secret with a key that decrypts none of the tenant's
-/// existing version-1 rows (a sample of a few per table): the tenant's key was rotated, or this
-/// is the wrong key, and the platform could not read the value. A tenant without encrypted rows
-/// passes. Call it after taking the tenant lock, so a `secret set` that waited for a `rekey`
-/// sees the re-encrypted rows.
-pub async fn ensure_key_matches_tenant(conn: &mut PgConnection, sb: &SecretBox) -> Result<()> {
+/// existing version-1 rows (a sample of up to three per table, leaving out the row the write
+/// replaces): the tenant's key was rotated, or this is the wrong key, and the platform could
+/// not read the value. A tenant without other encrypted rows passes. Call it after taking the
+/// tenant lock, so a `secret set` that waited for a `rekey` sees the re-encrypted rows.
+pub async fn ensure_key_matches_tenant(
+    conn: &mut PgConnection,
+    sb: &SecretBox,
+    workspace_id: Option<Uuid>,
+    key: &str,
+) -> Result<()> {
     let sample: Vec<Vec<u8>> = sqlx::query_scalar(
-        "(SELECT encrypted_value FROM workspace_secrets WHERE encryption_version = 1 LIMIT 3)
+        "(SELECT encrypted_value FROM workspace_secrets
+           WHERE encryption_version = 1
+             AND NOT ($1::uuid IS NOT NULL AND workspace_id IS NOT DISTINCT FROM $1 AND key = $2)
+           LIMIT 3)
          UNION ALL
-         (SELECT encrypted_value FROM global_secrets WHERE encryption_version = 1 LIMIT 3)",
+         (SELECT encrypted_value FROM global_secrets
+           WHERE encryption_version = 1 AND NOT ($1::uuid IS NULL AND key = $2)
+           LIMIT 3)",
     )
+    .bind(workspace_id)
+    .bind(key)
     .fetch_all(&mut *conn)
     .await?;
     if sample.is_empty() || sample.iter().any(|v| sb.open(v, 1).is_some()) {
@@ -411,6 +423,8 @@ pub struct Scan<'a> {
     write: bool,
     pub counts: Counts,
     pub bad: BadRows,
+    /// Rows that do not decrypt, per table and version (all of them, named or not).
+    pub bad_counts: Counts,
     pub written: i64,
 }
 
@@ -423,6 +437,7 @@ impl<'a> Scan<'a> {
             write,
             counts: Counts::default(),
             bad: BadRows::default(),
+            bad_counts: Counts::default(),
             written: 0,
         }
     }
@@ -439,11 +454,13 @@ impl<'a> Scan<'a> {
                 1 => match self.current.and_then(|k| k.open(&row.value)) {
                     Some(p) => Some(p),
                     None => {
+                        self.bad_counts.add(table, row.version, 1);
                         self.bad.push(bad_row(table, row));
                         continue;
                     }
                 },
                 _ => {
+                    self.bad_counts.add(table, row.version, 1);
                     self.bad.push(bad_row(table, row));
                     continue;
                 }
@@ -733,22 +750,13 @@ pub async fn verify(ctx: &Context) -> Result<Exit> {
 }
 
 impl Scan<'_> {
-    /// Failing rows of one table and version. Exact while every failure is named; beyond
-    /// [`NAMED_LIMIT`], the unnamed rest is attributed to the last named row's group.
+    /// Rows of one table and version that do not decrypt.
     fn bad_in(&self, table: Table, version: i32) -> i64 {
-        let named = self
-            .bad
-            .rows
-            .iter()
-            .filter(|b| b.table == table && b.encryption_version == version)
-            .count() as i64;
-        let rest = self.bad.count - self.bad.rows.len() as i64;
-        match self.bad.rows.last() {
-            Some(l) if rest > 0 && l.table == table && l.encryption_version == version => {
-                named + rest
-            }
-            _ => named,
-        }
+        self.bad_counts
+            .0
+            .get(&(table, version))
+            .copied()
+            .unwrap_or(0)
     }
 }
 

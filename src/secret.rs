@@ -1218,7 +1218,8 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
                 .ok_or_else(|| Error::failed("internal: no value to write"))?;
             if *version == 1 {
                 // Under the lock: a rekey that committed meanwhile left no row this key reads.
-                crate::rekey::ensure_key_matches_tenant(&mut tx, sb).await?;
+                crate::rekey::ensure_key_matches_tenant(&mut tx, sb, scope.workspace_id(), key)
+                    .await?;
             }
             let (sealed, v) = sb.seal(value)?;
             let sealed = Zeroizing::new(sealed);
