@@ -35,7 +35,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::cli::SecretRekeyArgs;
-use crate::crypto::SecretBox;
+use crate::platform::keys::SecretBox;
 use crate::db;
 use crate::error::{sanitize, Error, Exit, Result};
 use crate::output::{truncated, Output};
