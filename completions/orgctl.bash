@@ -230,7 +230,7 @@ _orgctl() {
 
     case "${cmd}" in
         orgctl)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version install-platform-agent token secret backfill status dev completions help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version install-platform-agent token secret backfill status dev completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -256,6 +256,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -264,7 +268,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version run rollback status help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version run rollback status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -288,6 +292,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -368,7 +376,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__rollback)
-            opts="-o -y -q -v -h -V --run-id --tenants --tenant --force --dry-run --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --run-id --tenants --tenant --force --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -406,6 +414,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -414,7 +426,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__run)
-            opts="-o -y -q -v -h -V --tenants --concurrency --shard --canary --run-id --model --allow-missing-model --dry-run --report --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --tenants --concurrency --shard --canary --run-id --model --allow-missing-model --dry-run --report --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -468,6 +480,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -476,7 +492,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__status)
-            opts="-o -y -q -v -h -V --run-id --tenants --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --run-id --tenants --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -510,6 +526,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -518,7 +538,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__completions)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version bash zsh fish"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version bash zsh fish"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -542,6 +562,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -552,7 +576,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version up down seed help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version up down seed help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -578,6 +602,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -586,7 +614,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev__subcmd__down)
-            opts="-o -y -q -v -h -V --dir --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --dir --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -614,6 +642,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -694,7 +726,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev__subcmd__seed)
-            opts="-o -y -q -v -h -V --roots --workspaces --tokens --tokens-on-roots --revoked-pct --allowlist --plugins --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --roots --workspaces --tokens --tokens-on-roots --revoked-pct --allowlist --plugins --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -748,6 +780,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -756,7 +792,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev__subcmd__up)
-            opts="-o -y -q -v -h -V --dir --port --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --dir --port --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -788,6 +824,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1134,7 +1174,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__install__subcmd__platform__subcmd__agent)
-            opts="-o -y -q -v -h -V --id --name --model --allow-missing-model --dry-run --detailed-exitcode --expect-plan --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --id --name --model --allow-missing-model --dry-run --detailed-exitcode --expect-plan --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1176,6 +1216,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1184,7 +1228,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version set delete list verify rekey help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version set delete list verify rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1210,6 +1254,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1218,7 +1266,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__delete)
-            opts="-o -y -q -v -h -V --global --no-restart --force --platform-url --dry-run --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --no-restart --force --platform-url --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1246,6 +1294,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1354,7 +1406,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__list)
-            opts="-o -y -q -v -h -V --global --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1380,6 +1432,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1388,7 +1444,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__rekey)
-            opts="-o -y -q -v -h -V --new-key-file --plaintext-only --dry-run --expect-plan --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --new-key-file --plaintext-only --dry-run --expect-plan --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1422,6 +1478,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1430,7 +1490,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__set)
-            opts="-o -y -q -v -h -V --global --value-file --no-restart --platform-url --dry-run --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --value-file --no-restart --platform-url --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1464,6 +1524,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1472,7 +1536,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__verify)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1498,6 +1562,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1506,7 +1574,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__status)
-            opts="-o -y -q -v -h -V --limit --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --limit --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1536,6 +1604,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1544,7 +1616,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version mint list revoke anchor help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version mint list revoke anchor help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1570,6 +1642,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1578,7 +1654,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__anchor)
-            opts="-o -y -q -v -h -V --org --force --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --org --force --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1606,6 +1682,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1700,7 +1780,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__list)
-            opts="-o -y -q -v -h -V --all --org --unanchored --created-by --limit --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --all --org --unanchored --created-by --limit --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1738,6 +1818,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1746,7 +1830,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__mint)
-            opts="-o -y -q -v -h -V --name --org --created-by --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --name --org --created-by --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1784,6 +1868,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1792,7 +1880,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__revoke)
-            opts="-o -y -q -v -h -V --created-by --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --created-by --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1820,6 +1908,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)

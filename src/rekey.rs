@@ -30,7 +30,7 @@ use std::path::Path;
 use serde::Serialize;
 use sha2::Digest;
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -212,7 +212,7 @@ pub async fn ensure_key_matches_tenant(
     workspace_id: Option<Uuid>,
     key: &str,
 ) -> Result<()> {
-    let sample: Vec<Vec<u8>> = sqlx::query_scalar(
+    let sample: Vec<Vec<u8>> = db::query_scalar(
         "(SELECT encrypted_value FROM workspace_secrets
            WHERE encryption_version = 1
              AND NOT ($1::uuid IS NOT NULL AND workspace_id IS NOT DISTINCT FROM $1 AND key = $2)
@@ -552,7 +552,8 @@ async fn fetch_page(
         ws = table.workspace_col(),
         t = table.name(),
     );
-    let mut q = sqlx::query(&sql)
+    let mut q = db::query(&sql)
+        // Always unnamed (even with --pooler session): planned with this page's bounds.
         .persistent(false)
         .bind(PAGE_ROWS)
         .bind(PAGE_BYTES);
@@ -590,7 +591,8 @@ async fn update_page(
           WHERE t.id = u.id AND t.id >= $3 AND t.id <= $4",
         t = table.name()
     );
-    let done = sqlx::query(&sql)
+    let done = db::query(&sql)
+        // Always unnamed (even with --pooler session): planned with this page's bounds.
         .persistent(false)
         .bind(ids)
         .bind(values)
@@ -609,7 +611,7 @@ pub async fn count_rows(conn: &mut PgConnection) -> Result<Counts> {
             "SELECT encryption_version, count(*) FROM {} GROUP BY 1",
             table.name()
         );
-        for r in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+        for r in db::query(&sql).fetch_all(&mut *conn).await? {
             counts.add(table, r.try_get(0)?, r.try_get(1)?);
         }
     }
@@ -619,7 +621,7 @@ pub async fn count_rows(conn: &mut PgConnection) -> Result<Counts> {
 /// The secret tables need a UUID `id` primary key for the keyset scan (the platform's schema
 /// has one); refuse, naming the table, otherwise.
 async fn ensure_uuid_ids(conn: &mut PgConnection) -> Result<()> {
-    let rows = sqlx::query(
+    let rows = db::query(
         "SELECT t.name, a.atttypid = 'uuid'::regtype
            FROM unnest($1::text[]) AS t(name)
            LEFT JOIN pg_attribute a
@@ -674,7 +676,7 @@ pub async fn verify(ctx: &Context) -> Result<Exit> {
     db::ensure_compatible(&mut conn).await?;
     ensure_uuid_ids(&mut conn).await?;
 
-    let mut tx = db::begin_read_only(&mut conn).await?;
+    let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
     let total = count_rows(&mut tx).await?.total();
     let pb = out.progress(u64::try_from(total).unwrap_or(0), "verifying");
     let mut scan = Scan::new(Mode::Verify, Some(&key), None, false);
@@ -1003,7 +1005,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     // 1. Plan read-only: counts per table and version.
     if args.dry_run {
         // One snapshot: the counts and the scan that checks every encrypted row decrypts.
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let plan = Plan {
             mode,
             counts: count_rows(&mut tx).await?,
@@ -1029,7 +1031,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     }
 
     let reviewed = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let counts = count_rows(&mut tx).await?;
         tx.rollback().await?;
         Plan { mode, counts }
@@ -1071,10 +1073,10 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     )?;
 
     // 3. Apply: one transaction, tenant lock, writers of the secret tables held off.
-    db::ensure_orgctl_schema(&mut conn, &url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
-    sqlx::query("LOCK TABLE workspace_secrets, global_secrets IN SHARE ROW EXCLUSIVE MODE")
+    db::query("LOCK TABLE workspace_secrets, global_secrets IN SHARE ROW EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await?;
     let plan = Plan {
@@ -1124,7 +1126,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     }
     db::ensure_rows("the re-encryption", scan.written as u64, plan.rewritten())?;
     // Verify before commit: no row is left in a version the mode rewrites.
-    let left: i64 = sqlx::query_scalar(
+    let left: i64 = db::query_scalar(
         "SELECT (SELECT count(*) FROM workspace_secrets WHERE encryption_version = ANY($1))
               + (SELECT count(*) FROM global_secrets WHERE encryption_version = ANY($1))",
     )

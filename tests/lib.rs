@@ -8,6 +8,7 @@ mod dev;
 mod docs;
 mod global;
 mod install;
+mod pooler;
 mod rekey;
 mod reliability;
 mod secret;
