@@ -321,6 +321,7 @@ pub enum SecretCommand {
     /// Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv
     ///
     /// Encrypts the value as the platform reads it (AES-256-GCM with SECRETS_ENCRYPTION_KEY,
+    /// untrimmed: base64 of exactly 32 bytes, or 32 raw bytes that are not base64;
     /// encryption_version 1; without a key the plain bytes, version 0, refused in production),
     /// upserts it, then restarts the workspaces the change affects:
     ///   WORKSPACE_ID  the workspace itself, only when a lookup proves it is not the platform

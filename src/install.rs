@@ -1204,6 +1204,13 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     let url = ctx.url()?;
     let sb = SecretBox::from_env();
     let out = &ctx.out;
+    if input.model.is_some() {
+        // An invalid key is exit 2 (production without a key exit 3) before connecting.
+        sb.write_version()?;
+        if let Some(w) = sb.plaintext_warning() {
+            out.warn(w);
+        }
+    }
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
 

@@ -629,6 +629,9 @@ async fn set(ctx: &Context, args: &SecretSetArgs) -> Result<Exit> {
     let sb = SecretBox::from_env();
     // Refusals of the key (bad key: 2; production without a key: 3) before reading a value.
     let version = sb.write_version()?;
+    if let Some(w) = sb.plaintext_warning() {
+        ctx.out.warn(w);
+    }
     let value = read_value(&ctx.out, args.value_file.as_deref(), &key, args.dry_run).await?;
     let req = Request {
         scope,

@@ -366,7 +366,7 @@ async fn set_encrypts_restarts_the_target_with_the_bearer_and_leaks_nothing() {
 
     // Again, with a raw 32-byte key: an update that bumps updated_at.
     db.exec("UPDATE workspace_secrets SET updated_at = '2020-01-01' WHERE key = 'NEW_KEY'");
-    let raw = "0123456789abcdef0123456789abcdef";
+    let raw = "0123456789abcdef-123456789abcdef";
     let r = db
         .orgctl(&[
             "secret",
@@ -420,14 +420,15 @@ async fn global_set_without_key_is_version_0_and_refused_in_production() {
         r.code(3).one_line_error("SECRETS_ENCRYPTION_KEY");
         assert_eq!(db.snapshot(), before);
     }
-    // A bad key in production is a refusal too, and the key itself is never echoed.
+    // A bad key in production is a usage error like everywhere (SPEC §1: an invalid key is
+    // always exit 2), and the key itself is never echoed.
     let r = db
         .orgctl(&["secret", "set", "--global", "NEW_GLOBAL", "--yes"])
         .env("MOLECULE_ENV", "prod")
         .env("SECRETS_ENCRYPTION_KEY", "not-a-key")
         .stdin(VALUE.as_bytes())
         .run();
-    r.code(3).one_line_error("SECRETS_ENCRYPTION_KEY");
+    r.code(2).one_line_error("SECRETS_ENCRYPTION_KEY");
     assert!(!r.stderr.contains("not-a-key"));
     assert_eq!(db.snapshot(), before);
 
