@@ -326,9 +326,10 @@ pub enum SecretCommand {
     /// upserts it, then restarts the workspaces the change affects:
     ///   WORKSPACE_ID  the workspace itself, only when a lookup proves it is not the platform
     ///                 agent (kind='platform'); an unprovable kind is not restarted either;
-    ///                 removed, paused and external workspaces are not restarted
-    ///   --global      every workspace that inherits the key: not removed or paused, not
-    ///                 external, not the platform agent, no workspace-level override
+    ///                 like the platform's own restart, removed, paused, hibernated and
+    ///                 external workspaces and those under a paused ancestor are skipped
+    ///   --global      every workspace that inherits the key (no workspace-level override),
+    ///                 under the same rules, never the platform agent; each skip has a reason
     /// Restarts are POST {URL}/workspaces/{id}/restart with MOLECULE_ADMIN_TOKEN as bearer,
     /// after the commit. Without a platform URL the restart plan is printed instead; a failed
     /// restart is exit 1 (the secret stays committed), naming each workspace.

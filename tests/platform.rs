@@ -2,7 +2,10 @@
 //! exactly as the platform reads it (SPEC §1 key table), and restart eligibility as the
 //! platform's own automatic restart decides it (SPEC §1 restart rules).
 
+use std::collections::BTreeSet;
+
 use crate::harness::{ids, TestDb};
+use crate::secret::{FakePlatform, TOKEN};
 
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
@@ -130,4 +133,225 @@ async fn key_table_behaves_as_the_platform_reads_keys() {
             db.exec("DELETE FROM workspace_secrets WHERE key = 'KEY_TABLE'");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart eligibility (SPEC §1): the platform's automatic-restart rules, applied before orgctl
+// calls the manual endpoint, for workspace and global secrets.
+
+mod w {
+    pub const ROOT: &str = "10000000-0000-4000-8000-000000000001";
+    pub const AGENT: &str = "10000000-0000-4000-8000-000000000002";
+    pub const PAUSED: &str = "10000000-0000-4000-8000-000000000003";
+    pub const CHILD: &str = "10000000-0000-4000-8000-000000000004"; // parent paused
+    pub const GRANDCHILD: &str = "10000000-0000-4000-8000-000000000005"; // grandparent paused
+    pub const HIBERNATED: &str = "10000000-0000-4000-8000-000000000006";
+    pub const REMOVED: &str = "10000000-0000-4000-8000-000000000007";
+    pub const EXTERNAL: &str = "10000000-0000-4000-8000-000000000008";
+    pub const NULL_RUNTIME: &str = "10000000-0000-4000-8000-000000000009";
+    pub const ONLINE: &str = "10000000-0000-4000-8000-00000000000a";
+    pub const UNDER_HIBERNATED: &str = "10000000-0000-4000-8000-00000000000b";
+}
+
+fn restart_tenant() -> TestDb {
+    let db = TestDb::empty();
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, status, parent_id, runtime, kind) VALUES
+           ('{root}', 'root', 'online', NULL, 'langgraph', NULL),
+           ('{agent}', 'agent', 'online', NULL, 'langgraph', 'platform'),
+           ('{paused}', 'paused', 'paused', '{root}', 'langgraph', NULL),
+           ('{child}', 'child', 'online', '{paused}', 'langgraph', NULL),
+           ('{grand}', 'grandchild', 'online', '{child}', NULL, 'workspace'),
+           ('{hib}', 'hibernated', 'hibernated', '{root}', 'langgraph', NULL),
+           ('{rem}', 'removed', 'removed', '{root}', 'langgraph', NULL),
+           ('{ext}', 'external', 'online', '{root}', 'external', NULL),
+           ('{nullrt}', 'null runtime', 'online', '{root}', NULL, NULL),
+           ('{online}', 'online', 'degraded', '{root}', 'langgraph', 'workspace'),
+           ('{underhib}', 'under hibernated', 'online', '{hib}', 'langgraph', NULL)",
+        root = w::ROOT,
+        agent = w::AGENT,
+        paused = w::PAUSED,
+        child = w::CHILD,
+        grand = w::GRANDCHILD,
+        hib = w::HIBERNATED,
+        rem = w::REMOVED,
+        ext = w::EXTERNAL,
+        nullrt = w::NULL_RUNTIME,
+        online = w::ONLINE,
+        underhib = w::UNDER_HIBERNATED,
+    ));
+    db
+}
+
+fn reasons(j: &serde_json::Value) -> BTreeSet<(String, String)> {
+    j["restart"]["skipped"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["id"].as_str().unwrap_or_default().to_string(),
+                        s["reason"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn planned(j: &serde_json::Value) -> BTreeSet<String> {
+    j["restart"]["planned"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn strs(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn restart_rules_skip_what_the_platforms_own_restart_skips() {
+    let db = restart_tenant();
+
+    // A workspace secret on each kind of workspace: skipped ones make no HTTP call.
+    for (id, reason) in [
+        (w::AGENT, Some("platform-root")),
+        (w::PAUSED, Some("paused")),
+        (w::CHILD, Some("paused-ancestor")),
+        (w::GRANDCHILD, Some("paused-ancestor")),
+        (w::HIBERNATED, Some("hibernated")),
+        (w::REMOVED, Some("removed")),
+        (w::EXTERNAL, Some("external")),
+        (w::NULL_RUNTIME, None),
+        (w::UNDER_HIBERNATED, None),
+    ] {
+        let platform = FakePlatform::start(&[]);
+        let r = db
+            .orgctl(&["secret", "set", id, "RULE_KEY", "--yes", "-o", "json"])
+            .env("MOLECULE_PLATFORM_URL", &platform.url())
+            .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+            .stdin(b"v")
+            .run();
+        r.code(0);
+        let j = r.json();
+        match reason {
+            Some(reason) => {
+                assert_eq!(reasons(&j), pairs(&[(id, reason)]), "{id}");
+                assert!(planned(&j).is_empty(), "{id}");
+                assert!(platform.calls().is_empty(), "{id}: no HTTP call");
+            }
+            None => {
+                assert!(reasons(&j).is_empty(), "{id}: {j}");
+                assert_eq!(planned(&j), strs(&[id]));
+                assert_eq!(platform.restarted(), strs(&[id]));
+            }
+        }
+    }
+
+    // A global secret: one fan-out, each skip with its reason, calls only for the rest.
+    let platform = FakePlatform::start(&[]);
+    db.exec(&format!(
+        "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value) VALUES ('{}', 'G_KEY', 'x')",
+        w::ONLINE
+    ));
+    let r = db
+        .orgctl(&["secret", "set", "--global", "G_KEY", "--yes", "-o", "json"])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"v")
+        .run();
+    r.code(0);
+    let j = r.json();
+    assert_eq!(
+        reasons(&j),
+        pairs(&[
+            (w::AGENT, "platform-root"),
+            (w::PAUSED, "paused"),
+            (w::CHILD, "paused-ancestor"),
+            (w::GRANDCHILD, "paused-ancestor"),
+            (w::HIBERNATED, "hibernated"),
+            (w::REMOVED, "removed"),
+            (w::EXTERNAL, "external"),
+        ])
+    );
+    // ONLINE overrides the key; the others are restarted (a NULL runtime is langgraph).
+    let want = strs(&[w::ROOT, w::NULL_RUNTIME, w::UNDER_HIBERNATED]);
+    assert_eq!(planned(&j), want);
+    assert_eq!(platform.restarted(), want);
+
+    // A dry run reports the same plan and calls nothing.
+    let platform = FakePlatform::start(&[]);
+    let r = db
+        .orgctl(&[
+            "secret",
+            "delete",
+            "--global",
+            "G_KEY",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .run();
+    r.code(0);
+    assert_eq!(reasons(&r.json()).len(), 7);
+    assert!(platform.calls().is_empty());
+}
+
+/// A paused ancestor further up than the 32-step bound (a corrupt chain) is not looked for, and
+/// a parent cycle never makes the walk loop.
+#[test]
+fn paused_ancestor_walk_is_bounded() {
+    let db = TestDb::empty();
+    db.exec(
+        "INSERT INTO workspaces (id, name, status) VALUES ('20000000-0000-4000-8000-000000000001', 'a', 'online'),
+                                                      ('20000000-0000-4000-8000-000000000002', 'b', 'online');
+         UPDATE workspaces SET parent_id = '20000000-0000-4000-8000-000000000002' WHERE name = 'a';
+         UPDATE workspaces SET parent_id = '20000000-0000-4000-8000-000000000001' WHERE name = 'b';",
+    );
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "20000000-0000-4000-8000-000000000001",
+            "K",
+            "--yes",
+            "--no-restart",
+            "-o",
+            "json",
+        ])
+        .stdin(b"v")
+        .run();
+    r.code(0);
+    assert_eq!(
+        reasons(&r.json()),
+        pairs(&[("20000000-0000-4000-8000-000000000001", "no-restart")])
+    );
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "K2",
+            "--yes",
+            "--no-restart",
+            "-o",
+            "json",
+        ])
+        .stdin(b"v")
+        .run();
+    r.code(0);
+    assert_eq!(reasons(&r.json()).len(), 2);
 }

@@ -6,6 +6,9 @@
 //! target only when a successful lookup proves it is not `kind='platform'`) and in
 //! [`FANOUT_SQL`] (a global secret: one set-based query for every workspace that inherits the
 //! key). Restarting the platform agent mid-turn once cost an org 14 hours; nothing here can.
+//! Both also apply the rules of the platform's automatic restart, which the manual endpoint
+//! does not: skip `removed`, `paused` and `hibernated` workspaces, external runtimes
+//! (`COALESCE(runtime,'langgraph')`), and anything under a `paused` ancestor.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -131,11 +134,15 @@ pub enum SkipReason {
     KindUnknown,
     /// `--no-restart`.
     NoRestart,
-    /// The target is `removed` or `paused`, or runs outside the platform (`runtime='external'`):
-    /// the same workspaces a global change never restarts.
+    /// The platform's own automatic restart skips these, and so does orgctl (the manual
+    /// endpoint it calls would not): status `removed`, `paused` or `hibernated` (a restart
+    /// would wake it), `COALESCE(runtime,'langgraph') = 'external'` (the platform does not run
+    /// it), or a `paused` ancestor within the 32-step chain bound (the endpoint answers 409).
     Removed,
     Paused,
+    Hibernated,
     External,
+    PausedAncestor,
 }
 
 impl SkipReason {
@@ -146,8 +153,23 @@ impl SkipReason {
             SkipReason::NoRestart => "no-restart",
             SkipReason::Removed => "removed",
             SkipReason::Paused => "paused",
+            SkipReason::Hibernated => "hibernated",
             SkipReason::External => "external",
+            SkipReason::PausedAncestor => "paused-ancestor",
         }
+    }
+
+    /// The reason for a value of the fan-out query's `skip` column.
+    fn from_sql(s: &str) -> Option<Self> {
+        Some(match s {
+            "platform-root" => SkipReason::PlatformRoot,
+            "removed" => SkipReason::Removed,
+            "paused" => SkipReason::Paused,
+            "hibernated" => SkipReason::Hibernated,
+            "external" => SkipReason::External,
+            "paused-ancestor" => SkipReason::PausedAncestor,
+            _ => return None,
+        })
     }
 }
 
@@ -179,7 +201,10 @@ pub struct TargetRow {
     pub name: String,
     pub is_platform: bool,
     pub status: Option<String>,
+    /// `COALESCE(runtime, 'langgraph')`.
     pub runtime: String,
+    /// A `paused` workspace among its ancestors (at most [`crate::org::MAX_DEPTH`] steps up).
+    pub paused_ancestor: bool,
 }
 
 /// The guard for a workspace-secret change: restart the target only when a successful lookup
@@ -217,10 +242,14 @@ pub fn target_decision(
     match row.status.as_deref() {
         Some("removed") => return skip(name, SkipReason::Removed, None),
         Some("paused") => return skip(name, SkipReason::Paused, None),
+        Some("hibernated") => return skip(name, SkipReason::Hibernated, None),
         _ => {}
     }
     if row.runtime == "external" {
         return skip(name, SkipReason::External, None);
+    }
+    if row.paused_ancestor {
+        return skip(name, SkipReason::PausedAncestor, None);
     }
     if no_restart {
         return skip(name, SkipReason::NoRestart, None);
@@ -231,17 +260,48 @@ pub fn target_decision(
     }
 }
 
-const TARGET_SQL: &str = "SELECT name, COALESCE(kind, 'workspace') = 'platform', status::text,
-                                 COALESCE(runtime, '')
+/// The target and its ancestors: the walk up stops at a root, a missing parent, or
+/// [`crate::org::MAX_DEPTH`] steps (a cycle or a corrupt chain can never make it loop).
+/// `status` is compared as text: older tenants have a TEXT column, or an enum without every
+/// label (a literal the enum lacks would be an error, not a mismatch).
+const TARGET_SQL: &str = "WITH RECURSIVE up(id, steps) AS (
+                               SELECT parent_id, 1 FROM workspaces WHERE id = $1 AND parent_id IS NOT NULL
+                             UNION ALL
+                               SELECT w.parent_id, u.steps + 1
+                                 FROM up u JOIN workspaces w ON w.id = u.id
+                                WHERE w.parent_id IS NOT NULL AND u.steps < $2
+                          )
+                          SELECT name, COALESCE(kind, 'workspace') = 'platform', status::text,
+                                 COALESCE(runtime, 'langgraph'),
+                                 EXISTS (SELECT 1 FROM up JOIN workspaces a ON a.id = up.id
+                                          WHERE a.status::text = 'paused')
                             FROM workspaces WHERE id = $1";
 
-/// The global fan-out, one set-based query: every workspace that inherits key $1 — status not
-/// in (removed, paused), not external, no workspace-level override — flagged when it is the
-/// platform agent (reported as skipped, never restarted).
-pub const FANOUT_SQL: &str = "SELECT w.id, w.name, COALESCE(w.kind, 'workspace') = 'platform'
+/// The global fan-out, ONE set-based statement: every workspace that inherits key $1 (no
+/// workspace-level override; a NULL status is left out, as the platform's own query does),
+/// each with the reason it is skipped, or NULL when it is restarted. The reasons in order: the
+/// platform agent (the guard), `removed`/`paused`/`hibernated`, external runtime, a paused
+/// ancestor — found by walking DOWN from every paused workspace at most
+/// [`crate::org::MAX_DEPTH`] levels (the same bound as walking up from each row, in one pass)
+/// and hash-joined, so the plan stays linear even with stale statistics.
+pub const FANOUT_SQL: &str = "WITH RECURSIVE below_paused(id, depth) AS (
+                                   SELECT c.id, 1 FROM workspaces p JOIN workspaces c ON c.parent_id = p.id
+                                    WHERE p.status::text = 'paused'
+                                 UNION ALL
+                                   SELECT w.id, b.depth + 1
+                                     FROM below_paused b JOIN workspaces w ON w.parent_id = b.id
+                                    WHERE b.depth < $2
+                              ),
+                              under AS (SELECT DISTINCT id FROM below_paused)
+                              SELECT w.id, w.name,
+                                     CASE WHEN COALESCE(w.kind, 'workspace') = 'platform' THEN 'platform-root'
+                                          WHEN w.status::text IN ('removed', 'paused', 'hibernated') THEN w.status::text
+                                          WHEN COALESCE(w.runtime, 'langgraph') = 'external' THEN 'external'
+                                          WHEN u.id IS NOT NULL THEN 'paused-ancestor'
+                                     END
                                 FROM workspaces w
-                               WHERE w.status NOT IN ('removed', 'paused')
-                                 AND COALESCE(w.runtime, '') <> 'external'
+                                LEFT JOIN under u ON u.id = w.id
+                               WHERE w.status IS NOT NULL
                                  AND NOT EXISTS (SELECT 1 FROM workspace_secrets s
                                                   WHERE s.workspace_id = w.id AND s.key = $1)
                                ORDER BY w.id";
@@ -252,6 +312,7 @@ pub async fn lookup_target(
 ) -> std::result::Result<Option<TargetRow>, String> {
     let row = sqlx::query(TARGET_SQL)
         .bind(id)
+        .bind(crate::org::MAX_DEPTH)
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| crate::error::classify_sqlx(&e).message)?;
@@ -262,6 +323,7 @@ pub async fn lookup_target(
             is_platform: r.try_get(1)?,
             status: r.try_get(2)?,
             runtime: r.try_get(3)?,
+            paused_ancestor: r.try_get(4)?,
         })
     };
     decode()
@@ -283,32 +345,32 @@ pub async fn plan_global(
 ) -> Result<RestartPlan> {
     let rows = sqlx::query(FANOUT_SQL)
         .bind(key)
+        .bind(crate::org::MAX_DEPTH)
         .fetch_all(&mut *conn)
         .await?;
     let mut plan = RestartPlan::default();
     for r in rows {
         let id: Uuid = r.try_get(0)?;
         let name: String = r.try_get(1)?;
-        let is_platform: bool = r.try_get(2)?;
-        if is_platform {
-            plan.skipped.push(Skip {
+        let skip: Option<String> = r.try_get(2)?;
+        let reason = match skip.as_deref() {
+            None if no_restart => Some(SkipReason::NoRestart),
+            None => None,
+            Some(s) => Some(SkipReason::from_sql(s).ok_or_else(|| {
+                Error::failed(format!("internal: unknown restart skip reason '{s}'"))
+            })?),
+        };
+        match reason {
+            Some(reason) => plan.skipped.push(Skip {
                 id,
                 name: Some(name),
-                reason: SkipReason::PlatformRoot,
+                reason,
                 detail: None,
-            });
-        } else if no_restart {
-            plan.skipped.push(Skip {
+            }),
+            None => plan.planned.push(Target {
                 id,
                 name: Some(name),
-                reason: SkipReason::NoRestart,
-                detail: None,
-            });
-        } else {
-            plan.planned.push(Target {
-                id,
-                name: Some(name),
-            });
+            }),
         }
     }
     Ok(plan)
@@ -494,6 +556,7 @@ mod tests {
 
     fn row(is_platform: bool, status: &str, runtime: &str) -> TargetRow {
         TargetRow {
+            paused_ancestor: false,
             name: "w".into(),
             is_platform,
             status: Some(status.into()),
@@ -535,12 +598,17 @@ mod tests {
         for (status, runtime, reason) in [
             ("removed", "langgraph", SkipReason::Removed),
             ("paused", "langgraph", SkipReason::Paused),
+            ("hibernated", "langgraph", SkipReason::Hibernated),
             ("online", "external", SkipReason::External),
         ] {
             let p = target_decision(id(), Ok(Some(row(false, status, runtime))), false);
             assert!(p.planned.is_empty());
             assert_eq!(reasons(&p), [reason]);
         }
+        let mut under = row(false, "online", "langgraph");
+        under.paused_ancestor = true;
+        let p = target_decision(id(), Ok(Some(under)), false);
+        assert_eq!(reasons(&p), [SkipReason::PausedAncestor]);
         let p = target_decision(id(), Ok(Some(row(false, "online", ""))), true);
         assert_eq!(reasons(&p), [SkipReason::NoRestart]);
     }
