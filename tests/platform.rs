@@ -355,3 +355,317 @@ fn paused_ancestor_walk_is_bounded() {
     r.code(0);
     assert_eq!(reasons(&r.json()).len(), 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rollback on a lived-in tenant (SPEC §7): the platform writes rows that reference the agent
+// the run created, in tables orgctl has never heard of.
+
+const AGENT_NAME_CHECK: &str = "SELECT id FROM workspaces WHERE kind = 'platform'";
+
+/// A one-tenant tenants file, removed on drop.
+struct OneTenant(std::path::PathBuf);
+
+impl OneTenant {
+    fn new(db: &TestDb) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "orgctl-lived-{}-{}.txt",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        if let Err(e) = std::fs::write(&path, format!("acme {}\n", db.url)) {
+            panic!("{e}");
+        }
+        OneTenant(path)
+    }
+
+    fn cmd(&self, args: &[&str]) -> crate::harness::Cmd {
+        let mut v = vec!["backfill"];
+        v.extend_from_slice(args);
+        let p = self.0.to_str().unwrap_or_default();
+        v.extend_from_slice(&["--tenants", p]);
+        crate::harness::Cmd::new(&v)
+    }
+}
+
+impl Drop for OneTenant {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Every platform table's rows (orgctl's own schema left out).
+fn platform_rows(db: &TestDb) -> String {
+    let s = db.snapshot();
+    match s.find("== orgctl") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// One table's rows as text, sorted, except those matching `except`.
+fn table_rows(db: &TestDb, table: &str, except: &str) -> String {
+    db.exec(&format!(
+        "SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') FROM {table} x WHERE NOT ({except})"
+    ))
+}
+
+fn tenant0(doc: &serde_json::Value) -> serde_json::Value {
+    doc["tenants"][0].clone()
+}
+
+fn run_backfill(fleet: &OneTenant, run_id: &str) {
+    fleet
+        .cmd(&["run", "--model", "m", "--yes", "--run-id", run_id])
+        .run()
+        .code(0);
+}
+
+/// The platform writes what a living agent gets: its own columns (status, URL, heartbeat,
+/// updated_at), and rows in a CASCADE table and a plain (restrict) table.
+fn live(db: &TestDb, agent: &str) {
+    db.exec(&format!(
+        "UPDATE workspaces SET status = 'online', url = 'http://agent.internal:8000',
+                last_heartbeat_at = now(), restart_count = 2, updated_at = now() + interval '1 minute'
+          WHERE id = '{agent}';
+         INSERT INTO activity_logs (workspace_id, event) VALUES ('{agent}', 'registered'), ('{agent}', 'turn');
+         INSERT INTO agents (id, workspace_id, model) VALUES ('ab000000-0000-4000-8000-000000000001', '{agent}', 'm');"
+    ));
+}
+
+#[test]
+fn rollback_of_a_lived_in_agent_refuses_then_force_soft_deletes_it_and_keeps_every_row() {
+    for (label, db) in [
+        ("enum status", TestDb::sample()),
+        ("TEXT status", TestDb::sample_text_status()),
+    ] {
+        let fleet = OneTenant::new(&db);
+        let tables_before: Vec<(&str, String)> = [
+            "workspace_secrets",
+            "global_secrets",
+            "org_api_tokens",
+            "org_plugin_allowlist",
+            "rescue_bundles",
+        ]
+        .iter()
+        .map(|t| (*t, table_rows(&db, t, "false")))
+        .collect();
+        let workspaces_before = table_rows(&db, "workspaces", "false");
+        run_backfill(&fleet, "lived");
+        let agent = db.scalar(AGENT_NAME_CHECK);
+        live(&db, &agent);
+        let lived = platform_rows(&db);
+
+        // Refused, by the dry run and the real run alike, naming both tables and their counts.
+        for args in [
+            vec!["rollback", "--run-id", "lived", "--dry-run", "-o", "json"],
+            vec!["rollback", "--run-id", "lived", "--yes", "-o", "json"],
+        ] {
+            let r = fleet.cmd(&args).run();
+            r.code(3);
+            let t = tenant0(&r.json());
+            assert_eq!(t["status"], "refused", "{label}: {t}");
+            let err = t["error"].as_str().unwrap_or_default().to_string();
+            assert!(
+                err.contains("activity_logs (2 row(s)") && err.contains("agents (1 row(s)"),
+                "{label}: {err}"
+            );
+            assert!(err.contains("--force"), "{err}");
+            assert!(
+                !err.contains("drift since the run"),
+                "status is not drift: {err}"
+            );
+            let refs: BTreeSet<(String, i64)> = t["referenced_by"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| {
+                            (
+                                r["table"].as_str().unwrap_or_default().to_string(),
+                                r["rows"].as_i64().unwrap_or(-1),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(
+                refs,
+                BTreeSet::from([("activity_logs".to_string(), 2), ("agents".to_string(), 1)]),
+                "{label}"
+            );
+            assert!(r.stderr.lines().filter(|l| l.starts_with("error:")).count() == 1);
+            assert_eq!(
+                platform_rows(&db),
+                lived,
+                "{label}: a refusal changes nothing"
+            );
+        }
+
+        // The dry run with --force says what --force does.
+        let r = fleet
+            .cmd(&[
+                "rollback",
+                "--run-id",
+                "lived",
+                "--force",
+                "--dry-run",
+                "-o",
+                "json",
+            ])
+            .run();
+        r.code(0);
+        assert_eq!(tenant0(&r.json())["agent"], "soft_deleted", "{label}");
+        assert_eq!(platform_rows(&db), lived);
+
+        let r = fleet
+            .cmd(&[
+                "rollback", "--run-id", "lived", "--force", "--yes", "-o", "json",
+            ])
+            .run();
+        r.code(0);
+        let t = tenant0(&r.json());
+        assert_eq!(t["status"], "rolled_back", "{label}: {t}");
+        assert_eq!(t["agent"], "soft_deleted");
+
+        // Everything else exactly as before the run, byte for byte.
+        for (table, before) in &tables_before {
+            assert_eq!(&table_rows(&db, table, "false"), before, "{label}: {table}");
+        }
+        assert_eq!(
+            table_rows(&db, "workspaces", &format!("id = '{agent}'")),
+            workspaces_before,
+            "{label}: every workspace but the agent"
+        );
+        // The agent soft-deleted the platform's way; the platform's rows all still there.
+        assert_eq!(
+            db.scalar(&format!(
+                "SELECT status::text || ' ' || kind || ' ' || (parent_id IS NULL) FROM workspaces WHERE id = '{agent}'"
+            )),
+            "removed workspace true",
+            "{label}"
+        );
+        assert_eq!(
+            db.scalar(&format!(
+                "SELECT (SELECT count(*) FROM activity_logs WHERE workspace_id = '{agent}') || ' ' ||
+                        (SELECT count(*) FROM agents WHERE workspace_id = '{agent}')"
+            )),
+            "2 1",
+            "{label}"
+        );
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM workspaces WHERE kind = 'platform'"),
+            "0"
+        );
+
+        // Twice changes nothing; a later install creates a fresh agent.
+        let after = platform_rows(&db);
+        let r = fleet
+            .cmd(&[
+                "rollback", "--run-id", "lived", "--force", "--yes", "-o", "json",
+            ])
+            .run();
+        r.code(0);
+        assert_eq!(tenant0(&r.json())["status"], "already_rolled_back");
+        assert_eq!(platform_rows(&db), after);
+        db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+            .run()
+            .code(0);
+        let fresh = db.scalar(AGENT_NAME_CHECK);
+        assert_ne!(fresh, agent, "{label}");
+    }
+}
+
+#[test]
+fn an_agent_whose_only_change_is_its_status_rolls_back_without_force() {
+    for (label, db) in [
+        ("enum status", TestDb::sample()),
+        ("TEXT status", TestDb::sample_text_status()),
+    ] {
+        let before = platform_rows(&db);
+        let fleet = OneTenant::new(&db);
+        run_backfill(&fleet, "status-only");
+        let agent = db.scalar(AGENT_NAME_CHECK);
+        // The platform's provisioning timeout marks it failed; it heartbeats; it got a URL.
+        db.exec(&format!(
+            "UPDATE workspaces SET status = 'failed', url = 'http://a', last_heartbeat_at = now(),
+                    updated_at = now() + interval '5 minutes'
+              WHERE id = '{agent}'"
+        ));
+        let r = fleet
+            .cmd(&["rollback", "--run-id", "status-only", "--yes", "-o", "json"])
+            .run();
+        r.code(0);
+        let t = tenant0(&r.json());
+        assert_eq!(t["status"], "rolled_back", "{label}: {t}");
+        assert_eq!(t["agent"], "deleted");
+        assert_eq!(platform_rows(&db), before, "{label}: byte for byte");
+    }
+}
+
+/// Every kind of reference the catalog has, found at the moment of the rollback: a second
+/// self-reference (`forwarded_to`), ON DELETE SET NULL, a table with two references, and a
+/// table created after the run.
+#[test]
+fn references_are_found_through_the_catalog_at_rollback_time() {
+    let db = TestDb::sample();
+    let fleet = OneTenant::new(&db);
+    run_backfill(&fleet, "catalog");
+    let agent = db.scalar(AGENT_NAME_CHECK);
+    db.exec(&format!(
+        "UPDATE workspaces SET forwarded_to = '{agent}' WHERE id = '{research}';
+         INSERT INTO delegations (from_workspace_id, task) VALUES ('{agent}', 'triage');
+         INSERT INTO approval_requests (workspace_id, approver_workspace_id) VALUES ('{hq}', '{agent}');
+         CREATE TABLE late_refs (id SERIAL PRIMARY KEY, ws UUID REFERENCES workspaces(id) ON DELETE CASCADE);
+         INSERT INTO late_refs (ws) VALUES ('{agent}'), ('{agent}'), ('{agent}');",
+        research = ids::RESEARCH,
+        hq = ids::HQ,
+    ));
+    let r = fleet
+        .cmd(&["rollback", "--run-id", "catalog", "--yes", "-o", "json"])
+        .run();
+    r.code(3);
+    let t = tenant0(&r.json());
+    let refs: BTreeSet<(String, String, i64)> = t["referenced_by"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["table"].as_str().unwrap_or_default().to_string(),
+                        r["column"].as_str().unwrap_or_default().to_string(),
+                        r["rows"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let want: BTreeSet<(String, String, i64)> = [
+        ("approval_requests", "approver_workspace_id", 1),
+        ("delegations", "from_workspace_id", 1),
+        ("late_refs", "ws", 3),
+        ("workspaces", "forwarded_to", 1),
+    ]
+    .iter()
+    .map(|(a, b, n)| (a.to_string(), b.to_string(), *n))
+    .collect();
+    assert_eq!(refs, want, "{t}");
+
+    let r = fleet
+        .cmd(&[
+            "rollback", "--run-id", "catalog", "--force", "--yes", "-o", "json",
+        ])
+        .run();
+    r.code(0);
+    assert_eq!(tenant0(&r.json())["agent"], "soft_deleted");
+    // Nothing cascaded away, nulled or left pointing at a deleted row.
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT (SELECT count(*) FROM late_refs WHERE ws = '{agent}') || ' ' ||
+                    (SELECT count(*) FROM delegations WHERE from_workspace_id = '{agent}') || ' ' ||
+                    (SELECT count(*) FROM approval_requests WHERE approver_workspace_id = '{agent}') || ' ' ||
+                    (SELECT count(*) FROM workspaces WHERE forwarded_to = '{agent}') || ' ' ||
+                    (SELECT status::text FROM workspaces WHERE id = '{agent}')"
+        )),
+        "3 1 1 1 removed"
+    );
+}

@@ -747,7 +747,11 @@ fn no_restart_skips_every_restart() {
     assert_eq!(j.action, "deleted");
     // The 7 that would be restarted are skipped for --no-restart; the ones the platform's
     // restart skips anyway keep their own reason.
-    let no_restart = j.restart.skipped.iter().filter(|s| s.reason == "no-restart");
+    let no_restart = j
+        .restart
+        .skipped
+        .iter()
+        .filter(|s| s.reason == "no-restart");
     assert_eq!(no_restart.count(), 7);
     assert!(j
         .restart

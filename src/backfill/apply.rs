@@ -546,9 +546,6 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         // The key too: an invalid key (exit 2) or production without one (exit 3) refuses the
         // run before any tenant, and plaintext is said once, not per tenant.
         sb.write_version()?;
-        if let Some(w) = sb.plaintext_warning() {
-            out.warn(w);
-        }
     }
     let all = super::tenants::read(&args.tenants)?;
     let selected: Vec<Tenant> = match shard {
@@ -557,6 +554,11 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     };
     // The run id comes first, so an operator can resume or roll back whatever happens next.
     eprintln!("run id: {run_id}");
+    if args.model.is_some() {
+        if let Some(w) = sb.plaintext_warning() {
+            out.warn(w);
+        }
+    }
     let what = format!(
         "{} tenant(s){}, concurrency {}{}",
         selected.len(),
