@@ -113,6 +113,69 @@ pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, 
     Ok((total, findings))
 }
 
+/// One walk down the org for install: how many workspaces reach no root within
+/// [`MAX_DEPTH`] steps now, and how many under the roots about to be re-parented sit exactly
+/// [`MAX_DEPTH`] steps below their root — one more level (the new root above them) takes their
+/// chain past the bound, and `status` would call them broken afterwards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChainCheck {
+    pub broken: i64,
+    pub too_deep_after: i64,
+}
+
+/// [`ChainCheck`] in ONE statement (the same walk as [`broken_chains`]' fast path, so a plan
+/// pays for it once).
+pub async fn chain_check(conn: &mut PgConnection, reparented: &[Uuid]) -> Result<ChainCheck> {
+    let r = sqlx::query(
+        "WITH RECURSIVE down(id, depth, moved) AS (
+              SELECT id, 0, id = ANY($2) FROM workspaces WHERE parent_id IS NULL
+            UNION ALL
+              SELECT w.id, d.depth + 1, d.moved
+                FROM workspaces w JOIN down d ON w.parent_id = d.id
+               WHERE d.depth < $1
+         )
+         SELECT (SELECT count(*) FROM workspaces) - (SELECT count(*) FROM down),
+                (SELECT count(*) FROM down WHERE moved AND depth >= $1)",
+    )
+    .bind(MAX_DEPTH)
+    .bind(reparented)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(ChainCheck {
+        broken: r.try_get(0)?,
+        too_deep_after: r.try_get(1)?,
+    })
+}
+
+/// Up to `limit` workspaces exactly [`MAX_DEPTH`] steps below one of `roots` (see
+/// [`ChainCheck::too_deep_after`]), with the root's id. Only called when there are some.
+pub async fn at_max_depth_under(
+    conn: &mut PgConnection,
+    roots: &[Uuid],
+    limit: i64,
+) -> Result<Vec<(Uuid, String, Uuid)>> {
+    let rows = sqlx::query(
+        "WITH RECURSIVE down(id, depth, root) AS (
+              SELECT id, 0, id FROM workspaces WHERE id = ANY($2) AND parent_id IS NULL
+            UNION ALL
+              SELECT w.id, d.depth + 1, d.root
+                FROM workspaces w JOIN down d ON w.parent_id = d.id
+               WHERE d.depth < $1
+         )
+         SELECT d.id, w.name, d.root FROM down d JOIN workspaces w ON w.id = d.id
+          WHERE d.depth >= $1 ORDER BY d.id LIMIT $3",
+    )
+    .bind(MAX_DEPTH)
+    .bind(roots)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+}
+
 /// A column that references `workspaces(id)`, found in the catalog (`pg_constraint`) at the
 /// moment of asking — never from a list: the platform adds tables, and a tenant may have more.
 #[derive(Clone, Debug, PartialEq, Eq)]
