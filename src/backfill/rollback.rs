@@ -1027,11 +1027,14 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
                 r.agent.unwrap_or("-").to_string(),
                 fmt_duration(r.duration_ms),
                 r.error.clone().unwrap_or_else(|| {
-                    r.drift
-                        .iter()
-                        .map(Drift::line)
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    let mut lines: Vec<String> = r.drift.iter().map(Drift::line).collect();
+                    if !r.referenced_by.is_empty() {
+                        lines.push(format!(
+                            "agent kept as removed: referenced by {}",
+                            Referenced::line(&r.referenced_by)
+                        ));
+                    }
+                    lines.join("; ")
                 }),
             ]);
         }
