@@ -153,8 +153,11 @@ mod w {
     pub const UNDER_HIBERNATED: &str = "10000000-0000-4000-8000-00000000000b";
 }
 
-fn restart_tenant() -> TestDb {
+fn restart_tenant(text_status: bool) -> TestDb {
     let db = TestDb::empty();
+    if text_status {
+        db.exec(orgctl::db::PLATFORM_LEGACY_TEXT_STATUS_SQL);
+    }
     db.exec(&format!(
         "INSERT INTO workspaces (id, name, status, parent_id, runtime, kind) VALUES
            ('{root}', 'root', 'online', NULL, 'langgraph', NULL),
@@ -222,7 +225,21 @@ fn pairs(v: &[(&str, &str)]) -> BTreeSet<(String, String)> {
 
 #[test]
 fn restart_rules_skip_what_the_platforms_own_restart_skips() {
-    let db = restart_tenant();
+    restart_rules_on(false);
+}
+
+/// The same on an older tenant whose `workspaces.status` is TEXT.
+#[test]
+fn restart_rules_hold_on_a_text_status_tenant() {
+    restart_rules_on(true);
+}
+
+fn restart_rules_on(text_status: bool) {
+    let db = restart_tenant(text_status);
+    assert_eq!(
+        db.scalar("SELECT data_type FROM information_schema.columns WHERE table_name = 'workspaces' AND column_name = 'status'"),
+        if text_status { "text" } else { "USER-DEFINED" }
+    );
 
     // A workspace secret on each kind of workspace: skipped ones make no HTTP call.
     for (id, reason) in [
