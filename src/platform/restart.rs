@@ -282,11 +282,12 @@ const TARGET_SQL: &str = "WITH RECURSIVE up(id, steps) AS (
 /// each with the reason it is skipped, or NULL when it is restarted. The reasons in order: the
 /// platform agent (the guard), `removed`/`paused`/`hibernated`, external runtime, a paused
 /// ancestor — found by walking DOWN from every paused workspace at most
-/// [`crate::org::MAX_DEPTH`] levels (the same bound as walking up from each row, in one pass)
-/// and hash-joined, so the plan stays linear even with stale statistics.
+/// [`crate::org::MAX_DEPTH`] levels (the same bound as walking up from each row, in one pass;
+/// the walk starts at the paused workspaces themselves, which the CASE already reports as
+/// `paused`, so no join is needed to seed it) and hash-joined, so the plan stays linear even
+/// with stale statistics. Without a paused workspace the walk is one scan.
 pub const FANOUT_SQL: &str = "WITH RECURSIVE below_paused(id, depth) AS (
-                                   SELECT c.id, 1 FROM workspaces p JOIN workspaces c ON c.parent_id = p.id
-                                    WHERE p.status::text = 'paused'
+                                   SELECT p.id, 0 FROM workspaces p WHERE p.status::text = 'paused'
                                  UNION ALL
                                    SELECT w.id, b.depth + 1
                                      FROM below_paused b JOIN workspaces w ON w.parent_id = b.id
