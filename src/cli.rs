@@ -404,6 +404,10 @@ pub struct SecretSetArgs {
     /// Show the write and the restart plan; change nothing, restart nothing, never ask.
     #[arg(long)]
     pub dry_run: bool,
+    /// Deadline for all the restart calls together (e.g. 90s, 10m): calls not started by
+    /// then are reported as not attempted (the secret stays committed; exit 1).
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
+    pub restart_timeout: Duration,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -430,6 +434,10 @@ pub struct SecretDeleteArgs {
     /// Show the delete and the restart plan; change nothing, restart nothing, never ask.
     #[arg(long)]
     pub dry_run: bool,
+    /// Deadline for all the restart calls together (e.g. 90s, 10m): calls not started by
+    /// then are reported as not attempted (the secret stays committed; exit 1).
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
+    pub restart_timeout: Duration,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -753,3 +753,102 @@ fn chains_ok(db: &TestDb) -> bool {
         .map(|c| c["ok"] == true)
         .unwrap_or(false)
 }
+
+// ---------------------------------------------------------------------------------------------
+// The restart client's bounds (issue 15 item 7): a total deadline and giving up after repeated
+// failures, with the rest reported as not attempted.
+
+/// A root with `n` online children; returns nothing (the global fan-out finds them).
+fn fan_out_tenant(n: i32) -> TestDb {
+    let db = TestDb::empty();
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, status) VALUES ('40000000-0000-4000-8000-000000000000', 'root', 'online');
+         INSERT INTO workspaces (name, status, parent_id)
+         SELECT 'w' || g, 'online', '40000000-0000-4000-8000-000000000000' FROM generate_series(1, {n}) g;"
+    ));
+    db
+}
+
+fn not_attempted(j: &serde_json::Value, why: &str) -> usize {
+    j["restart"]["dispatched"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|d| {
+                    d["error"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with("not attempted") && e.contains(why))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn restarts_stop_after_repeated_failures_and_report_the_rest() {
+    let db = fan_out_tenant(40);
+    let platform = FakePlatform::start(&["/restart"]);
+    let r = db
+        .orgctl(&["secret", "set", "--global", "K", "--yes", "-o", "json"])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"v")
+        .run();
+    r.code(1).one_line_error("not attempted");
+    let j = r.json();
+    let calls = platform.calls().len();
+    // 10 failures in a row stop it; at most the 8 calls in flight finish after that.
+    assert!((10..=18).contains(&calls), "{calls} calls");
+    assert_eq!(not_attempted(&j, "failed restarts in a row"), 41 - calls);
+    // The secret is committed all the same.
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM global_secrets WHERE key = 'K'"),
+        "1"
+    );
+}
+
+#[test]
+fn restarts_respect_the_total_deadline() {
+    let db = fan_out_tenant(40);
+    let platform = FakePlatform::start_with(&[], std::time::Duration::from_millis(600));
+    let started = std::time::Instant::now();
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "K",
+            "--yes",
+            "--restart-timeout",
+            "1s",
+            "-o",
+            "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"v")
+        .run();
+    let took = started.elapsed();
+    r.code(1).one_line_error("not attempted");
+    let j = r.json();
+    let calls = platform.calls().len();
+    // 8 at a time, 600 ms each: two waves start within the second, the rest never do.
+    assert!((8..=24).contains(&calls), "{calls} calls");
+    assert!(not_attempted(&j, "deadline") >= 41 - 24, "{j}");
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
+    // A bad duration is a usage error before anything is written.
+    let before = db.snapshot();
+    db.orgctl(&[
+        "secret",
+        "set",
+        "--global",
+        "K2",
+        "--yes",
+        "--restart-timeout",
+        "soon",
+    ])
+    .stdin(b"v")
+    .run()
+    .code(2);
+    assert_eq!(db.snapshot(), before);
+}

@@ -134,7 +134,7 @@ impl FakePlatform {
     }
 
     /// A platform that answers each call after `delay` (for interrupting a fan-out).
-    fn start_with(fail: &[&str], delay: Duration) -> Self {
+    pub(crate) fn start_with(fail: &[&str], delay: Duration) -> Self {
         let listener = match TcpListener::bind("127.0.0.1:0") {
             Ok(l) => l,
             Err(e) => panic!("bind: {e}"),

@@ -26,9 +26,15 @@ use crate::output::Output;
 /// Restart calls in flight at once. The platform re-provisions each restarted workspace, so a
 /// global change in a large org must not stampede it.
 pub const RESTART_CONCURRENCY: usize = 8;
-/// Connecting to the platform API, and one whole restart call.
-pub const RESTART_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connecting to the platform API (a platform that is up accepts at once; an unreachable one
+/// must not cost 8 workers x N calls x a long wait), and one whole restart call.
+pub const RESTART_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const RESTART_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// The default deadline of a whole dispatch (`--restart-timeout`).
+pub const RESTART_TOTAL_TIMEOUT: Duration = Duration::from_secs(300);
+/// After this many failed calls in a row, start no more: the platform is down or refusing,
+/// and every further call would only fail the same way (the rest is reported not attempted).
+pub const RESTART_GIVE_UP_AFTER: usize = 10;
 /// Fan-outs at least this large get a progress bar (on a terminal).
 const PROGRESS_MIN: usize = 10;
 
@@ -37,6 +43,8 @@ const PROGRESS_MIN: usize = 10;
 pub struct Platform {
     base: String,
     token: Option<Zeroizing<String>>,
+    /// The whole dispatch's deadline ([`Platform::with_total_timeout`]).
+    total_timeout: Duration,
 }
 
 impl std::fmt::Debug for Platform {
@@ -113,7 +121,14 @@ impl Platform {
         Ok(Some(Platform {
             base: raw.trim_end_matches('/').to_string(),
             token,
+            total_timeout: RESTART_TOTAL_TIMEOUT,
         }))
+    }
+
+    /// Bound the whole dispatch: calls not started by then are reported as not attempted.
+    pub fn with_total_timeout(mut self, total: Duration) -> Self {
+        self.total_timeout = total;
+        self
     }
 
     pub fn restart_url(&self, id: Uuid) -> String {
@@ -423,8 +438,15 @@ pub async fn dispatch(out: &Output, platform: &Platform, ids: &[Uuid]) -> Vec<Di
         .map(|t| Zeroizing::new(format!("Bearer {}", t.as_str())));
     let pb2 = pb.clone();
     let stop2 = stop.clone();
+    let total = platform.total_timeout;
     let job = tokio::task::spawn_blocking(move || {
-        dispatch_blocking(&urls, bearer.as_ref().map(|b| b.as_str()), &pb2, &stop2)
+        dispatch_blocking(
+            &urls,
+            bearer.as_ref().map(|b| b.as_str()),
+            &pb2,
+            &stop2,
+            total,
+        )
     });
     let results = job.await;
     watcher.abort();
@@ -447,7 +469,11 @@ fn dispatch_blocking(
     bearer: Option<&str>,
     pb: &indicatif::ProgressBar,
     stop: &AtomicBool,
+    total: Duration,
 ) -> Vec<Dispatched> {
+    let deadline = std::time::Instant::now() + total;
+    // Failed calls in a row (any success resets it).
+    let failures_in_a_row = AtomicUsize::new(0);
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(RESTART_CONNECT_TIMEOUT)
         .timeout(RESTART_CALL_TIMEOUT)
@@ -467,14 +493,32 @@ fn dispatch_blocking(
                     loop {
                         let i = next.fetch_add(1, Ordering::SeqCst);
                         let Some((id, url)) = urls.get(i) else { break };
+                        let not_attempted = |why: String| Dispatched {
+                            id: *id,
+                            ok: false,
+                            error: Some(format!("not attempted: {why}")),
+                        };
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
                         let result = if stop.load(Ordering::SeqCst) {
-                            Dispatched {
-                                id: *id,
-                                ok: false,
-                                error: Some("not attempted: interrupted".into()),
-                            }
+                            not_attempted("interrupted".into())
+                        } else if failures_in_a_row.load(Ordering::SeqCst) >= RESTART_GIVE_UP_AFTER
+                        {
+                            not_attempted(format!(
+                                "stopped after {RESTART_GIVE_UP_AFTER} failed restarts in a row"
+                            ))
+                        } else if left.is_zero() {
+                            not_attempted(format!(
+                                "the restart deadline ({}) passed",
+                                crate::db::humanize(total)
+                            ))
                         } else {
-                            restart_one(&agent, *id, url, bearer)
+                            let r = restart_one(&agent, *id, url, bearer, left);
+                            if r.ok {
+                                failures_in_a_row.store(0, Ordering::SeqCst);
+                            } else {
+                                failures_in_a_row.fetch_add(1, Ordering::SeqCst);
+                            }
+                            r
                         };
                         pb.inc(1);
                         mine.push((i, result));
@@ -506,8 +550,15 @@ fn dispatch_blocking(
         .collect()
 }
 
-fn restart_one(agent: &ureq::Agent, id: Uuid, url: &str, bearer: Option<&str>) -> Dispatched {
-    let mut req = agent.post(url);
+/// One restart call, bounded by the call timeout and by what is `left` of the deadline.
+fn restart_one(
+    agent: &ureq::Agent,
+    id: Uuid,
+    url: &str,
+    bearer: Option<&str>,
+    left: Duration,
+) -> Dispatched {
+    let mut req = agent.post(url).timeout(RESTART_CALL_TIMEOUT.min(left));
     if let Some(b) = bearer {
         req = req.set("Authorization", b);
     }
