@@ -852,3 +852,75 @@ fn restarts_respect_the_total_deadline() {
     .code(2);
     assert_eq!(db.snapshot(), before);
 }
+
+/// A platform stand-in that answers each request `200` as HTTP/1.1 keep-alive and then closes
+/// the connection anyway (as a platform or proxy does with idle connections): a client that
+/// reuses it meets a stale connection. Counts the requests it answered.
+struct DroppingPlatform {
+    addr: std::net::SocketAddr,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DroppingPlatform {
+    fn start() -> Self {
+        use std::io::{Read, Write};
+        let listener = match std::net::TcpListener::bind("127.0.0.1:0") {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        };
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let a = answered.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut stream) = conn else { continue };
+                let a = a.clone();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    // Dropped here: closed although the response said keep-alive.
+                });
+            }
+        });
+        DroppingPlatform { addr, answered }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+#[test]
+fn a_stale_keep_alive_connection_is_retried_once_on_a_new_one() {
+    let db = fan_out_tenant(40);
+    let platform = DroppingPlatform::start();
+    let r = db
+        .orgctl(&["secret", "set", "--global", "K", "--yes", "-o", "json"])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"v")
+        .run();
+    r.code(0);
+    let j = r.json();
+    let ok = j["restart"]["dispatched"]
+        .as_array()
+        .map(|a| a.iter().filter(|d| d["ok"] == true).count())
+        .unwrap_or(0);
+    assert_eq!(ok, 41, "{j}");
+    // Each workspace restarted once: the retry only follows a call the platform never answered.
+    assert_eq!(
+        platform.answered.load(std::sync::atomic::Ordering::SeqCst),
+        41
+    );
+}

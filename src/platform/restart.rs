@@ -482,6 +482,15 @@ fn dispatch_blocking(
         .max_idle_connections_per_host(RESTART_CONCURRENCY)
         .user_agent(concat!("orgctl/", env!("CARGO_PKG_VERSION")))
         .build();
+    // For the one retry of a call that met a stale keep-alive connection: never pooled, so the
+    // retry always opens a new connection.
+    let fresh = ureq::AgentBuilder::new()
+        .timeout_connect(RESTART_CONNECT_TIMEOUT)
+        .timeout(RESTART_CALL_TIMEOUT)
+        .redirects(0)
+        .max_idle_connections(0)
+        .user_agent(concat!("orgctl/", env!("CARGO_PKG_VERSION")))
+        .build();
     let next = AtomicUsize::new(0);
     let workers = RESTART_CONCURRENCY.min(urls.len()).max(1);
     let mut indexed: Vec<(usize, Dispatched)> = Vec::with_capacity(urls.len());
@@ -512,7 +521,7 @@ fn dispatch_blocking(
                                 crate::db::humanize(total)
                             ))
                         } else {
-                            let r = restart_one(&agent, *id, url, bearer, left);
+                            let r = restart_one(&agent, &fresh, *id, url, bearer, left);
                             if r.ok {
                                 failures_in_a_row.store(0, Ordering::SeqCst);
                             } else {
@@ -550,51 +559,110 @@ fn dispatch_blocking(
         .collect()
 }
 
-/// One restart call, bounded by the call timeout and by what is `left` of the deadline.
+/// One restart call, bounded by the call timeout and by what is `left` of the deadline. A
+/// call whose connection closed before any status line came back (the platform dropped an idle
+/// keep-alive connection just as orgctl reused it: reset, or EOF before the status line) is
+/// retried once on a new connection from `fresh`, within the same deadline. Nothing else is
+/// retried: a restart is not idempotent, and any response means the platform saw the call.
 fn restart_one(
     agent: &ureq::Agent,
+    fresh: &ureq::Agent,
     id: Uuid,
     url: &str,
     bearer: Option<&str>,
     left: Duration,
 ) -> Dispatched {
-    let mut req = agent.post(url).timeout(RESTART_CALL_TIMEOUT.min(left));
-    if let Some(b) = bearer {
-        req = req.set("Authorization", b);
+    let started = std::time::Instant::now();
+    let call = |agent: &ureq::Agent, budget: Duration| {
+        let mut req = agent.post(url).timeout(RESTART_CALL_TIMEOUT.min(budget));
+        if let Some(b) = bearer {
+            req = req.set("Authorization", b);
+        }
+        // Boxed: ureq's error carries a whole response.
+        req.send_bytes(&[]).map_err(Box::new)
+    };
+    let mut result = call(agent, left);
+    if let Err(e) = &result {
+        let ureq::Error::Transport(t) = e.as_ref() else {
+            return status_result(id, url, result);
+        };
+        let budget = left.saturating_sub(started.elapsed());
+        if closed_before_response(t) && !budget.is_zero() {
+            result = call(fresh, budget);
+        }
     }
+    status_result(id, url, result)
+}
+
+/// The [`Dispatched`] of a call's outcome.
+fn status_result(
+    id: Uuid,
+    url: &str,
+    result: std::result::Result<ureq::Response, Box<ureq::Error>>,
+) -> Dispatched {
     let fail = |msg: String| Dispatched {
         id,
         ok: false,
         error: Some(crate::redact::mask(&sanitize(&msg))),
     };
-    match req.send_bytes(&[]) {
-        Ok(resp) if (200..300).contains(&resp.status()) => Dispatched {
-            id,
-            ok: true,
-            error: None,
-        },
+    match result {
+        Ok(resp) if (200..300).contains(&resp.status()) => {
+            // Read the (small) body to its end so the connection goes back to the pool.
+            let _ = std::io::copy(
+                &mut std::io::Read::take(resp.into_reader(), 64 * 1024),
+                &mut std::io::sink(),
+            );
+            Dispatched {
+                id,
+                ok: true,
+                error: None,
+            }
+        }
         Ok(resp) => fail(format!(
             "HTTP {} {} (a redirect is not followed)",
             resp.status(),
             resp.status_text()
         )),
-        Err(ureq::Error::Status(code, resp)) => {
-            let status_text = resp.status_text().to_string();
-            let body = resp.into_string().unwrap_or_default();
-            let body: String = body.trim().chars().take(200).collect();
-            if body.is_empty() {
-                fail(format!("HTTP {code} {status_text}"))
-            } else {
-                fail(format!("HTTP {code} {status_text}: {body}"))
+        Err(e) => match *e {
+            ureq::Error::Status(code, resp) => {
+                let status_text = resp.status_text().to_string();
+                let body = resp.into_string().unwrap_or_default();
+                let body: String = body.trim().chars().take(200).collect();
+                if body.is_empty() {
+                    fail(format!("HTTP {code} {status_text}"))
+                } else {
+                    fail(format!("HTTP {code} {status_text}: {body}"))
+                }
             }
-        }
-        Err(ureq::Error::Transport(t)) => {
-            // ureq prefixes the URL, which the result already names by id.
-            let msg = t.to_string();
-            let prefix = format!("{url}: ");
-            fail(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string())
-        }
+            ureq::Error::Transport(t) => {
+                // ureq prefixes the URL, which the result already names by id.
+                let msg = t.to_string();
+                let prefix = format!("{url}: ");
+                fail(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string())
+            }
+        },
     }
+}
+
+/// The connection was closed (reset, or EOF before a status line) with no response: the
+/// signature of a stale keep-alive connection.
+fn closed_before_response(t: &ureq::Transport) -> bool {
+    if t.kind() != ureq::ErrorKind::Io {
+        return false;
+    }
+    let mut source = std::error::Error::source(t);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 #[cfg(test)]
