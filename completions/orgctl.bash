@@ -212,7 +212,7 @@ _orgctl() {
 
     case "${cmd}" in
         orgctl)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version install-platform-agent token secret backfill status dev completions help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version install-platform-agent token secret backfill status dev completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -238,6 +238,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -246,7 +250,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version run rollback status help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version run rollback status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -270,6 +274,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -350,7 +358,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__rollback)
-            opts="-o -y -q -v -h -V --run-id --tenants --tenant --force --dry-run --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --run-id --tenants --tenant --force --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -388,6 +396,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -396,7 +408,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__run)
-            opts="-o -y -q -v -h -V --tenants --concurrency --shard --canary --run-id --model --allow-missing-model --dry-run --report --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --tenants --concurrency --shard --canary --run-id --model --allow-missing-model --dry-run --report --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -450,6 +462,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -458,7 +474,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__status)
-            opts="-o -y -q -v -h -V --run-id --tenants --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --run-id --tenants --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -492,6 +508,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -500,7 +520,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__completions)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version bash zsh fish"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version bash zsh fish"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -524,6 +544,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -534,7 +558,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version up down seed help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version up down seed help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -560,6 +584,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -568,7 +596,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev__subcmd__down)
-            opts="-o -y -q -v -h -V --dir --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --dir --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -596,6 +624,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -676,7 +708,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev__subcmd__seed)
-            opts="-o -y -q -v -h -V --roots --workspaces --tokens --tokens-on-roots --revoked-pct --allowlist --plugins --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --roots --workspaces --tokens --tokens-on-roots --revoked-pct --allowlist --plugins --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -730,6 +762,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -738,7 +774,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev__subcmd__up)
-            opts="-o -y -q -v -h -V --dir --port --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --dir --port --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -770,6 +806,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1088,7 +1128,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__install__subcmd__platform__subcmd__agent)
-            opts="-o -y -q -v -h -V --id --name --model --allow-missing-model --dry-run --detailed-exitcode --expect-plan --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --id --name --model --allow-missing-model --dry-run --detailed-exitcode --expect-plan --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1130,6 +1170,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1138,7 +1182,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version set delete list help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version set delete list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1164,6 +1208,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1172,7 +1220,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__delete)
-            opts="-o -y -q -v -h -V --global --no-restart --force --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --no-restart --force --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1204,6 +1252,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1284,7 +1336,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__list)
-            opts="-o -y -q -v -h -V --global --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1310,6 +1362,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1318,7 +1374,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__set)
-            opts="-o -y -q -v -h -V --global --value-file --no-restart --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --value-file --no-restart --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1356,6 +1412,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1364,7 +1424,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__status)
-            opts="-o -y -q -v -h -V --limit --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --limit --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1394,6 +1454,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1402,7 +1466,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version mint list revoke anchor help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version mint list revoke anchor help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1428,6 +1492,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1436,7 +1504,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__anchor)
-            opts="-o -y -q -v -h -V --org --force --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --org --force --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1464,6 +1532,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1558,7 +1630,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__list)
-            opts="-o -y -q -v -h -V --all --org --unanchored --created-by --limit --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --all --org --unanchored --created-by --limit --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1596,6 +1668,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1604,7 +1680,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__mint)
-            opts="-o -y -q -v -h -V --name --org --created-by --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --name --org --created-by --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1642,6 +1718,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1650,7 +1730,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__revoke)
-            opts="-o -y -q -v -h -V --created-by --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --created-by --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1678,6 +1758,10 @@ _orgctl() {
                     ;;
                 --statement-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -30,7 +30,7 @@ pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, 
     // Fast path: every workspace has one parent, so the walk down from the roots reaches each
     // at most once and the broken ones number total - reached. No anti-join (5x the cost on
     // 100k workspaces) unless something is actually broken.
-    let broken: i64 = sqlx::query_scalar(
+    let broken: i64 = crate::db::query_scalar(
         "WITH RECURSIVE down(id, depth) AS (
               SELECT id, 0 FROM workspaces WHERE parent_id IS NULL
             UNION ALL
@@ -46,7 +46,7 @@ pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, 
     if broken == 0 {
         return Ok((0, Vec::new()));
     }
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "WITH RECURSIVE down(id, depth) AS (
               SELECT id, 0 FROM workspaces WHERE parent_id IS NULL
             UNION ALL
@@ -126,7 +126,7 @@ pub struct ChainCheck {
 /// [`ChainCheck`] in ONE statement (the same walk as [`broken_chains`]' fast path, so a plan
 /// pays for it once).
 pub async fn chain_check(conn: &mut PgConnection, reparented: &[Uuid]) -> Result<ChainCheck> {
-    let r = sqlx::query(
+    let r = crate::db::query(
         "WITH RECURSIVE down(id, depth, moved) AS (
               SELECT id, 0, id = ANY($2) FROM workspaces WHERE parent_id IS NULL
             UNION ALL
@@ -154,7 +154,7 @@ pub async fn at_max_depth_under(
     roots: &[Uuid],
     limit: i64,
 ) -> Result<Vec<(Uuid, String, Uuid)>> {
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "WITH RECURSIVE down(id, depth, root) AS (
               SELECT id, 0, id FROM workspaces WHERE id = ANY($2) AND parent_id IS NULL
             UNION ALL
@@ -228,7 +228,7 @@ fn quote_ident(s: &str) -> String {
 /// Every single-column foreign key onto `workspaces(id)`, in a stable order. Partition children
 /// of a partitioned table's key are left out (the parent's constraint counts their rows).
 pub async fn references_to_workspaces(conn: &mut PgConnection) -> Result<Vec<Reference>> {
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "SELECT n.nspname::text, t.relname::text, a.attname::text, c.confdeltype::text
            FROM pg_constraint c
            JOIN pg_class t ON t.oid = c.conrelid
@@ -280,7 +280,7 @@ pub async fn rows_referencing(
             reference.sql_name(),
             quote_ident(&reference.column)
         );
-        let rows: i64 = sqlx::query_scalar(&sql)
+        let rows: i64 = crate::db::query_scalar(&sql)
             .bind(id)
             .fetch_one(&mut *conn)
             .await?;

@@ -9,6 +9,7 @@ mod docs;
 mod global;
 mod install;
 mod platform;
+mod pooler;
 mod reliability;
 mod secret;
 mod status;

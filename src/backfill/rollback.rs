@@ -216,18 +216,19 @@ async fn rollback_on(
     committing: &Committing,
 ) -> Result<TenantResult> {
     db::ensure_compatible(conn).await?;
-    if !super::backfill_tables_exist(conn).await? {
-        return Ok(TenantResult::new(t, Status::NothingToRollBack));
-    }
     let mut tx = if job.dry_run {
-        db::begin_read_only(conn).await?
+        db::begin_read_only(conn, &job.settings).await?
     } else {
-        let mut tx = conn.begin().await?;
+        let mut tx = db::begin_write(conn, &job.settings).await?;
         db::lock_tenant(&mut tx, &job.settings).await?;
         tx
     };
+    if !super::backfill_tables_exist(&mut tx).await? {
+        tx.rollback().await?;
+        return Ok(TenantResult::new(t, Status::NothingToRollBack));
+    }
     let lock = if job.dry_run { "" } else { " FOR UPDATE" };
-    let row = sqlx::query(&format!(
+    let row = db::query(&format!(
         "SELECT status, agent_id, coalesce(agent_action, ''), coalesce(model_action, ''),
                 recorded_at
            FROM orgctl.backfill_runs WHERE run_id = $1{lock}"
@@ -256,7 +257,7 @@ async fn rollback_on(
 
     if !job.dry_run {
         // The same lock order as install: the agent and every snapshotted root, in id order.
-        sqlx::query(
+        db::query(
             "SELECT id FROM workspaces
               WHERE id = $2 OR id IN (SELECT row_id FROM orgctl.backfill_rows WHERE run_id = $1 AND kind = 'root')
               ORDER BY id FOR UPDATE",
@@ -290,7 +291,7 @@ async fn rollback_on(
     // New rows can only go to the oldest former root that is live (a `removed` tombstone only
     // when every former root is one); without a former root there is nowhere to put them.
     // `status::text`: older tenants have a TEXT status.
-    let oldest: Option<Uuid> = sqlx::query_scalar(
+    let oldest: Option<Uuid> = db::query_scalar(
         "SELECT w.id FROM orgctl.backfill_rows s JOIN workspaces w ON w.id = s.row_id
           WHERE s.run_id = $1 AND s.kind = 'root'
           ORDER BY w.status::text IS NOT DISTINCT FROM 'removed', w.created_at NULLS LAST, w.id
@@ -382,7 +383,7 @@ async fn rollback_on(
         "rolled back",
     )
     .await?;
-    sqlx::query(
+    db::query(
         "UPDATE orgctl.backfill_runs
             SET status = 'rolled_back', rolled_back_at = now(), rollback_forced = $2,
                 rollback_notes = $3::jsonb
@@ -409,7 +410,7 @@ struct Counts {
 }
 
 async fn snapshot_counts(conn: &mut PgConnection, run_id: &str) -> Result<Counts> {
-    let r = sqlx::query(
+    let r = db::query(
         "SELECT count(*) FILTER (WHERE kind = 'root'),
                 count(*) FILTER (WHERE kind = 'anchor' AND tbl = 'org_api_tokens'),
                 count(*) FILTER (WHERE kind = 'anchor' AND tbl = 'org_plugin_allowlist'),
@@ -545,7 +546,7 @@ async fn find_drift(
     ];
     let mut found = Vec::new();
     for (table, reason, sql) in checks {
-        let rows = sqlx::query(&sql)
+        let rows = db::query(&sql)
             .bind(run_id)
             .bind(agent)
             .bind(run.at)
@@ -573,7 +574,7 @@ async fn find_drift(
     // platform maintains the rest once the agent lives (status, URL, heartbeats, updated_at,
     // every column orgctl did not set), and a change there is not drift.
     if run.agent_action != "unchanged" {
-        let state: Option<bool> = sqlx::query_scalar(
+        let state: Option<bool> = db::query_scalar(
             "SELECT parent_id IS NULL AND kind IS NOT DISTINCT FROM 'platform'
                     AND tier IS NOT DISTINCT FROM 0
                     AND ($2 = 'update' OR name IS NOT DISTINCT FROM $3)
@@ -600,7 +601,7 @@ async fn find_drift(
         }
     }
     if matches!(run.model_action.as_str(), "seeded" | "replaced") {
-        let same: Option<bool> = sqlx::query_scalar(
+        let same: Option<bool> = db::query_scalar(
             "SELECT updated_at = $3 FROM workspace_secrets WHERE workspace_id = $1 AND key = $2",
         )
         .bind(agent)
@@ -653,7 +654,7 @@ async fn other_references(
 /// `kind = 'workspace'` so a later install creates a fresh agent. The literal takes the
 /// column's type, so it works for the enum and for older tenants' TEXT `status`.
 async fn soft_delete_agent(conn: &mut PgConnection, agent: Uuid) -> Result<()> {
-    let r = sqlx::query(
+    let r = db::query(
         "UPDATE workspaces SET status = 'removed', kind = 'workspace', updated_at = now()
           WHERE id = $1",
     )
@@ -689,7 +690,7 @@ async fn restore(
     let mut outcome = None;
     // --force: rows added off the agent since the run go to the oldest live former root.
     if let (true, Some(to)) = (force, oldest) {
-        sqlx::query(
+        db::query(
             "UPDATE workspaces x SET parent_id = $3, updated_at = now()
               WHERE x.parent_id = $2
                 AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'root' AND s.row_id = x.id)
@@ -700,7 +701,7 @@ async fn restore(
         .bind(to)
         .execute(&mut *conn)
         .await?;
-        sqlx::query(
+        db::query(
             "UPDATE org_api_tokens x SET org_id = $3
               WHERE x.org_id = $2
                 AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_api_tokens' AND s.row_id = x.id)
@@ -724,7 +725,7 @@ async fn restore(
            FROM orgctl.backfill_rows s
           WHERE s.run_id = $1 AND s.kind = 'root' AND w.id = s.row_id{guard}"
     );
-    let mut q = sqlx::query(&sql).bind(id);
+    let mut q = db::query(&sql).bind(id);
     if !force {
         q = q.bind(agent).bind(run.at);
     }
@@ -747,7 +748,7 @@ async fn restore(
            FROM orgctl.backfill_rows s
           WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_api_tokens' AND x.id = s.row_id{guard}"
     );
-    let mut q = sqlx::query(&sql).bind(id);
+    let mut q = db::query(&sql).bind(id);
     if !force {
         q = q.bind(agent);
     }
@@ -756,7 +757,7 @@ async fn restore(
 
     if force {
         // A moved allowlist row whose root has the plugin again: the root's row stands.
-        sqlx::query(
+        db::query(
             "DELETE FROM org_plugin_allowlist x USING orgctl.backfill_rows s
               WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist' AND x.id = s.row_id
                 AND EXISTS (SELECT 1 FROM org_plugin_allowlist b
@@ -772,7 +773,7 @@ async fn restore(
            FROM orgctl.backfill_rows s
           WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist' AND x.id = s.row_id{guard}"
     );
-    let mut q = sqlx::query(&sql).bind(id);
+    let mut q = db::query(&sql).bind(id);
     if !force {
         q = q.bind(agent);
     }
@@ -791,7 +792,7 @@ async fn restore(
     } else {
         ""
     };
-    let r = sqlx::query(&format!(
+    let r = db::query(&format!(
         "INSERT INTO org_plugin_allowlist
          SELECT (jsonb_populate_record(NULL::org_plugin_allowlist, m.row)).*
            FROM orgctl.backfill_rows m WHERE m.run_id = $1 AND m.kind = 'merged'{guard}"
@@ -812,7 +813,7 @@ async fn restore(
         let new_allow = "x.org_id = $2
                 AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist' AND s.row_id = x.id)
                 AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows k WHERE k.run_id = $1 AND k.kind = 'kept' AND k.tbl = 'org_plugin_allowlist' AND k.row_id = x.id)";
-        sqlx::query(&format!(
+        db::query(&format!(
             "DELETE FROM org_plugin_allowlist x WHERE {new_allow}
                 AND EXISTS (SELECT 1 FROM org_plugin_allowlist b WHERE b.org_id = $3 AND b.plugin_name = x.plugin_name)"
         ))
@@ -821,7 +822,7 @@ async fn restore(
         .bind(to)
         .execute(&mut *conn)
         .await?;
-        sqlx::query(&format!(
+        db::query(&format!(
             "UPDATE org_plugin_allowlist x SET org_id = $3 WHERE {new_allow}"
         ))
         .bind(id)
@@ -836,14 +837,14 @@ async fn restore(
         let guard = if force { "" } else { " AND updated_at = $3" };
         let sql =
             format!("DELETE FROM workspace_secrets WHERE workspace_id = $1 AND key = $2{guard}");
-        let mut q = sqlx::query(&sql).bind(agent).bind(MODEL_KEY);
+        let mut q = db::query(&sql).bind(agent).bind(MODEL_KEY);
         if !force {
             q = q.bind(run.at);
         }
         let r = q.execute(&mut *conn).await?;
         check("the MODEL secret", r.rows_affected(), 1, force)?;
         if run.model_action == "replaced" {
-            let r = sqlx::query(
+            let r = db::query(
                 "INSERT INTO workspace_secrets
                  SELECT (jsonb_populate_record(NULL::workspace_secrets, b.model_prior)).*
                    FROM orgctl.backfill_runs b WHERE b.run_id = $1 AND b.model_prior IS NOT NULL",
@@ -863,7 +864,7 @@ async fn restore(
             // platform's: never delete, cascade or orphan it.
             let refs = org::rows_referencing(conn, agent, |_| Count::All).await?;
             if refs.is_empty() {
-                let r = sqlx::query("DELETE FROM workspaces WHERE id = $1")
+                let r = db::query("DELETE FROM workspaces WHERE id = $1")
                     .bind(agent)
                     .execute(&mut *conn)
                     .await?;
@@ -881,7 +882,7 @@ async fn restore(
             }
         }
         "update" => {
-            let r = sqlx::query(
+            let r = db::query(
                 "UPDATE workspaces w
                     SET name = p.name, kind = p.kind, parent_id = p.parent_id, tier = p.tier,
                         updated_at = p.updated_at
@@ -899,7 +900,7 @@ async fn restore(
     }
 
     // The roots are roots again: install must not sweep their anchors to the agent.
-    sqlx::query(
+    db::query(
         "DELETE FROM orgctl.former_roots f USING orgctl.backfill_rows s
           WHERE s.run_id = $1 AND s.kind = 'root' AND f.workspace_id = s.row_id",
     )
