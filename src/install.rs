@@ -1226,9 +1226,6 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     if input.model.is_some() {
         // An invalid key is exit 2 (production without a key exit 3) before connecting.
         sb.write_version()?;
-        if let Some(w) = sb.plaintext_warning() {
-            out.warn(w);
-        }
     }
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
@@ -1241,6 +1238,12 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         tx.rollback().await?;
         p
     };
+    // SPEC §1: without a key a value is written as version 0, with a warning that says so.
+    if reviewed.model.writes() && matches!(sb.write_version(), Ok(0)) {
+        out.warn(
+            "SECRETS_ENCRYPTION_KEY is not set: the MODEL secret is stored in plaintext (encryption_version 0)",
+        );
+    }
 
     if args.dry_run {
         render(out, &reviewed, true, false)?;
