@@ -11,6 +11,7 @@ mod docs;
 mod global;
 mod install;
 mod interactive;
+mod platform;
 mod pooler;
 mod rekey;
 mod reliability;
