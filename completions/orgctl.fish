@@ -278,7 +278,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -f -a "down" -d 'Stop the throwaway PostgreSQL and delete its data'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -f -a "seed" -d 'Add a large generated org to a dev database (for benchmarks)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l dir -d 'Where the dev server keeps its data' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l dir -d 'Where the dev server keeps its data. Default: $TMPDIR/orgctl-dev-<uid> (/tmp unless TMPDIR is set), the same whatever the current directory. `dev down` only stops and deletes a directory that `dev up` created (its marker must name the data directory\'s system identifier); anything else is refused (exit 3) untouched' -r -F
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l port -d 'Loopback port to listen on. Default: a free port' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
@@ -290,7 +290,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s v -l verbose -d 'More detail on stderr (repeat for more)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s V -l version -d 'Print version'
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l dir -d 'Where the dev server keeps its data' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l dir -d 'Where the dev server keeps its data. Default: $TMPDIR/orgctl-dev-<uid> (/tmp unless TMPDIR is set), the same whatever the current directory. `dev down` only stops and deletes a directory that `dev up` created (its marker must name the data directory\'s system identifier); anything else is refused (exit 3) untouched' -r -F
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"

@@ -563,14 +563,12 @@ pub enum DevCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct DevDirArgs {
-    /// Where the dev server keeps its data.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = ".orgctl-dev",
-        env = "ORGCTL_DEV_DIR"
-    )]
-    pub dir: PathBuf,
+    /// Where the dev server keeps its data. Default: $TMPDIR/orgctl-dev-<uid> (/tmp unless
+    /// TMPDIR is set), the same whatever the current directory. `dev down` only stops and
+    /// deletes a directory that `dev up` created (its marker must name the data directory's
+    /// system identifier); anything else is refused (exit 3) untouched.
+    #[arg(long, value_name = "DIR", env = "ORGCTL_DEV_DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

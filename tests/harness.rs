@@ -341,6 +341,7 @@ pub struct Cmd {
     args: Vec<String>,
     env: Vec<(String, String)>,
     stdin: Option<Vec<u8>>,
+    cwd: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -397,7 +398,14 @@ impl Cmd {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
             stdin: None,
+            cwd: None,
         }
+    }
+
+    /// Run from this working directory.
+    pub fn cwd(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_path_buf());
+        self
     }
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
@@ -419,6 +427,9 @@ impl Cmd {
             .args(&self.args);
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
         }
         cmd
     }
