@@ -354,16 +354,22 @@ pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<
         }
     }
 
+    // Live roots first (oldest first), `removed` tombstones last: the operator picks from the
+    // top of the list.
     let roots = sqlx::query(
-        "SELECT id, name, status::text, count(*) OVER () FROM workspaces
-          WHERE parent_id IS NULL ORDER BY created_at NULLS LAST, id LIMIT $1",
+        "SELECT id, name, status::text, count(*) OVER (),
+                count(*) FILTER (WHERE COALESCE(status::text, '') <> 'removed') OVER ()
+           FROM workspaces
+          WHERE parent_id IS NULL
+          ORDER BY COALESCE(status::text, '') = 'removed', created_at NULLS LAST, id
+          LIMIT $1",
     )
     .bind(SHOWN as i64)
     .fetch_all(&mut *conn)
     .await?;
-    let total: i64 = match roots.first() {
-        Some(r) => r.try_get(3)?,
-        None => 0,
+    let (total, live): (i64, i64) = match roots.first() {
+        Some(r) => (r.try_get(3)?, r.try_get(4)?),
+        None => (0, 0),
     };
     match total {
         0 => Err(Error::refused(
@@ -379,12 +385,19 @@ pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<
             })
         }
         n => {
+            let mut first_live = None;
             let listed: Vec<String> = roots
                 .iter()
                 .map(|r| {
                     let id: Uuid = r.try_get(0).unwrap_or_default();
                     let name: String = r.try_get(1).unwrap_or_default();
-                    format!("{id} '{}'", sanitize(&name))
+                    let status: Option<String> = r.try_get(2).unwrap_or_default();
+                    if status.as_deref() == Some("removed") {
+                        format!("{id} '{}' (removed)", sanitize(&name))
+                    } else {
+                        first_live.get_or_insert(id);
+                        format!("{id} '{}'", sanitize(&name))
+                    }
                 })
                 .collect();
             let more = n - roots.len() as i64;
@@ -393,8 +406,14 @@ pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<
             } else {
                 String::new()
             };
+            let how = match first_live {
+                Some(id) => format!(
+                    "choose the root of the org the token is for (live roots are listed first, oldest first) and run again with --org, e.g. --org {id}"
+                ),
+                None => "every root is removed; choose one with --org if you must".to_string(),
+            };
             Err(Error::usage(format!(
-                "--org is required: this tenant has {n} roots and no platform agent ({}{more}); pass --org with one of them, or install the platform agent first",
+                "--org is required: this tenant has {n} roots ({live} live) and no platform agent: {}{more}; {how}, or install the platform agent first",
                 listed.join(", ")
             )))
         }

@@ -308,6 +308,26 @@ fn mint_with_several_roots_and_no_agent_needs_org_which_must_be_a_root() {
     for root in [ids::HQ, ids::LABS, ids::LEGACY] {
         assert!(r.stderr.contains(root), "lists the roots: {}", r.stderr);
     }
+    // Issue 14 item 2: live roots first (the removed tombstone is older but comes last and is
+    // marked), and the message says how to choose.
+    let at = |id: &str| r.stderr.find(id).unwrap_or(usize::MAX);
+    assert!(
+        at(ids::HQ) < at(ids::LABS) && at(ids::LABS) < at(ids::LEGACY),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("{} 'Acme Legacy' (removed)", ids::LEGACY)),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("2 live"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("--org {}", ids::HQ)),
+        "says how to choose: {}",
+        r.stderr
+    );
     // A non-root, an unknown workspace, a malformed UUID.
     db.orgctl(&["token", "mint", "--org", ids::RESEARCH])
         .run()
