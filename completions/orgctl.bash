@@ -1550,7 +1550,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__list)
-            opts="-o -y -q -v -h -V --all --org --unanchored --created-by --limit --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --all --org --unanchored --created-by --wide --limit --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

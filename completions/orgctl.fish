@@ -97,6 +97,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l all -d 'Include revoked tokens (and the revoked_at column)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l unanchored -d 'Only tokens with no org_id'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l wide -d 'Full ids and timestamps in the table (wide). The default table fits the terminal (80 columns when its width is unknown): the prefix is the handle `revoke` and `anchor` take, org ids are cut to 8 characters, times to dates, long names end in \'…\'. JSON always has everything'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail on stderr (repeat for more)'

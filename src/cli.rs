@@ -224,6 +224,7 @@ pub enum TokenCommand {
     /// Examples:
     ///   orgctl token list
     ///   orgctl token list --all --unanchored
+    ///   orgctl token list --wide            # full ids and timestamps
     ///   orgctl token list --limit 0 --output json > tokens.json
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     List(TokenListArgs),
@@ -274,6 +275,12 @@ pub struct TokenListArgs {
     /// Only tokens with exactly this created_by label (preview of revoke --created-by).
     #[arg(long, value_name = "LABEL")]
     pub created_by: Option<String>,
+    /// Full ids and timestamps in the table (wide). The default table fits the terminal (80
+    /// columns when its width is unknown): the prefix is the handle `revoke` and `anchor`
+    /// take, org ids are cut to 8 characters, times to dates, long names end in '…'.
+    /// JSON always has everything.
+    #[arg(long)]
+    pub wide: bool,
     /// Show at most N tokens (0 = all). Default: all, but 100 in the table on a terminal.
     ///
     /// Without --limit, --output json and a stdout that is not a terminal (a pipe, a file)

@@ -653,6 +653,60 @@ const LIST_HEADER: [&str; 7] = [
     "last_used_at",
 ];
 
+/// The default table: fits the terminal (80 columns when unknown), the prefix is the handle
+/// (`revoke`/`anchor` take it), org ids are shortened to 8 characters, times to dates. Full
+/// ids and times with `--wide`.
+const COMPACT_HEADER: [&str; 6] = [
+    "PREFIX",
+    "NAME",
+    "ORG",
+    "CREATED_BY",
+    "CREATED",
+    "LAST_USED",
+];
+/// NAME and CREATED_BY give way; handles and dates never do.
+const COMPACT_FLEX: [usize; 2] = [1, 3];
+
+fn short_uuid(u: &Option<Uuid>) -> String {
+    u.map(|u| u.to_string()[..8].to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn date(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d").to_string()
+}
+
+fn compact_cells(t: &TokenRow, all: bool) -> Vec<String> {
+    let mut v = vec![
+        sanitize(&t.prefix),
+        fmt_opt_text(&t.name),
+        short_uuid(&t.org_id),
+        fmt_opt_text(&t.created_by),
+        date(&t.created_at),
+        t.last_used_at
+            .as_ref()
+            .map(date)
+            .unwrap_or_else(|| "never".into()),
+    ];
+    if all {
+        v.push(
+            t.revoked_at
+                .as_ref()
+                .map(date)
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    v
+}
+
+fn compact_list(ctx: &Context, rows: &[Vec<String>], all: bool) -> String {
+    let mut h: Vec<&str> = COMPACT_HEADER.to_vec();
+    if all {
+        h.push("REVOKED");
+    }
+    crate::output::compact_table(&h, rows, &COMPACT_FLEX, ctx.out.compact_width())
+}
+
 fn list_cells(t: &TokenRow, all: bool) -> Vec<String> {
     let mut v = vec![
         t.id.to_string(),
@@ -742,7 +796,9 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     let json = ctx.out.json_mode();
     let stream_text = !json && limit.map_or(true, |l| l as u64 > MAX_TABLE_ROWS);
     let mut sink = Sink::new();
-    let mut table = (!json && !stream_text).then(|| {
+    let mut compact: Option<Vec<Vec<String>>> =
+        (!json && !stream_text && !args.wide).then(Vec::new);
+    let mut table = (!json && !stream_text && args.wide).then(|| {
         let mut h: Vec<&str> = LIST_HEADER.to_vec();
         if args.all {
             h.push("revoked_at");
@@ -787,6 +843,8 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
                     .map_err(|e| Error::failed(format!("could not render JSON: {e}")))?;
                 sink.write(if shown == 0 { "\n  " } else { ",\n  " })?;
                 sink.write(&text)?;
+            } else if let Some(rows) = compact.as_mut() {
+                rows.push(compact_cells(t, args.all));
             } else if let Some(table) = table.as_mut() {
                 table.add_row(list_cells(t, args.all));
             } else {
@@ -806,6 +864,8 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     if json {
         // A bare array of tokens; whether more rows match is said on stderr.
         sink.write(if shown > 0 { "\n]\n" } else { "]\n" })?;
+    } else if let Some(rows) = compact {
+        sink.write(&compact_list(ctx, &rows, args.all))?;
     } else if let Some(table) = table {
         sink.write(&format!("{table}\n"))?;
     }
@@ -1014,25 +1074,9 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
     }
 
     if ctx.out.interactive() && !ctx.yes {
-        let mut t = ctx.out.new_table([
-            "id",
-            "prefix",
-            "name",
-            "org_id",
-            "created_at",
-            "last_used_at",
-        ]);
-        for s in &sample {
-            t.add_row(vec![
-                s.id.to_string(),
-                sanitize(&s.prefix),
-                fmt_opt_text(&s.name),
-                fmt_opt_uuid(&s.org_id),
-                fmt_time(&s.created_at),
-                fmt_opt_time(&s.last_used_at),
-            ]);
-        }
-        let mut text = format!("Live tokens with created_by '{shown_label}' ({live}):\n{t}\n");
+        let rows: Vec<Vec<String>> = sample.iter().map(|s| compact_cells(s, false)).collect();
+        let t = compact_list(ctx, &rows, false);
+        let mut text = format!("Live tokens with created_by '{shown_label}' ({live}):\n{t}");
         if live > sample.len() as i64 {
             let _ = writeln!(
                 text,

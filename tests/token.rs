@@ -1227,3 +1227,69 @@ fn bulk_revoke_reports_already_revoked_tokens_and_writes_nothing_when_none_is_li
     );
     assert!(lines[1].contains("dddd0002") && lines[1].contains("already revoked"));
 }
+
+/// Issue 14 item 3: the default table fits 80 columns with whole, copyable handles — on a
+/// pipe, and on a terminal that reports 0x0 — full ids with --wide; the revoke --created-by
+/// confirmation too.
+#[test]
+fn list_table_fits_80_columns_and_wide_shows_full_ids() {
+    let db = TestDb::sample();
+    let fits = |text: &str| {
+        for l in text.lines() {
+            assert!(l.chars().count() <= 80, "wider than 80: {l:?}\n{text}");
+        }
+    };
+    let r = db
+        .orgctl(&["token", "list", "--all", "--limit", "50"])
+        .run();
+    r.code(0);
+    fits(&r.stdout);
+    assert!(r.stdout.starts_with("PREFIX"), "{}", r.stdout);
+    for p in ["sampl001", "sampl004", "sampl007"] {
+        assert!(
+            r.stdout.contains(&format!("{p}  ")),
+            "{p} whole: {}",
+            r.stdout
+        );
+    }
+    assert!(!r.stdout.contains("70000000-0000-4000-8000-000000000004"));
+
+    let wide = db
+        .orgctl(&["token", "list", "--all", "--limit", "50", "--wide"])
+        .run();
+    wide.code(0);
+    assert!(wide.stdout.contains("70000000-0000-4000-8000-000000000004"));
+    assert!(wide.stdout.contains(ids::LABS), "{}", wide.stdout);
+
+    // A terminal that reports 0x0 (script's pty): 80 columns, never 1-character columns.
+    let tty = db.orgctl(&["token", "list"]).run_in_pty("");
+    tty.code(0);
+    fits(&tty.stdout);
+    assert!(tty.stdout.contains("sampl004"), "{}", tty.stdout);
+    let tty_wide = db.orgctl(&["token", "list", "--wide"]).run_in_pty("");
+    tty_wide.code(0);
+    assert!(
+        tty_wide
+            .stdout
+            .contains("70000000-0000-4000-8000-000000000004"),
+        "{}",
+        tty_wide.stdout
+    );
+
+    // The revoke --created-by confirmation, answered no: compact, and nothing changes.
+    let before = db.snapshot();
+    let c = db
+        .orgctl(&["token", "revoke", "--created-by", "session"])
+        .run_in_pty("n");
+    c.code(3);
+    assert!(c.stdout.contains("PREFIX"), "{}", c.stdout);
+    assert!(c.stdout.contains("sampl001  "), "{}", c.stdout);
+    let table: String = c
+        .stdout
+        .lines()
+        .filter(|l| !l.contains("[y/N]") && !l.starts_with("error"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fits(&table);
+    assert_eq!(db.snapshot(), before);
+}
