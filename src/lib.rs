@@ -100,6 +100,8 @@ pub fn run() -> i32 {
 
 async fn run_interruptible(cli: Cli) -> Result<Exit> {
     let ctx = Context::new(&cli);
+    // Install the SIGINT/SIGTERM handlers before any work starts.
+    drop(interrupt::level());
     if let Command::Backfill(_) = cli.command {
         // Backfill handles Ctrl-C itself (backfill::Cancel): it starts no new tenant, lets
         // in-flight ones finish or roll back and prints the summary, so it is never dropped.
@@ -109,7 +111,7 @@ async fn run_interruptible(cli: Cli) -> Result<Exit> {
     tokio::pin!(work);
     tokio::select! {
         r = &mut work => r,
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupt::reached(1) => {
             if interrupt::committing() {
                 // A COMMIT (or post-commit work) is under way: let it finish so what we report
                 // is true, then exit 130 whatever it returned.

@@ -784,6 +784,33 @@ fn kill_9_leaves_every_tenant_untouched_or_installed_and_a_rerun_finishes() {
 /// Ctrl-C: no new tenant starts, the in-flight one finishes, the summary prints, exit 130.
 #[tokio::test]
 async fn ctrl_c_finishes_in_flight_tenants_prints_the_summary_and_exits_130() {
+    interrupted_backfill_finishes_in_flight(&[libc::SIGINT]).await;
+}
+
+/// Issue 14 item 4: SIGTERM (systemd, Kubernetes) is the first Ctrl-C, not a kill.
+#[tokio::test]
+async fn sigterm_behaves_as_the_first_ctrl_c() {
+    interrupted_backfill_finishes_in_flight(&[libc::SIGTERM]).await;
+}
+
+/// Issue 14 item 4: `timeout -s INT` or a process-group signal delivers SIGINT twice at once;
+/// that is one interrupt, so in-flight tenants still finish.
+#[tokio::test]
+async fn two_signals_within_a_second_count_as_one() {
+    interrupted_backfill_finishes_in_flight(&[libc::SIGINT, libc::SIGINT]).await;
+}
+
+/// A second Ctrl-C well after the first abandons the in-flight tenant (rolled back).
+#[tokio::test]
+async fn a_second_ctrl_c_after_the_window_abandons_in_flight_tenants() {
+    interrupted_backfill(&[libc::SIGINT, libc::SIGINT], 1300, false).await;
+}
+
+async fn interrupted_backfill_finishes_in_flight(signals: &[i32]) {
+    interrupted_backfill(signals, 100, true).await;
+}
+
+async fn interrupted_backfill(signals: &[i32], gap_ms: u64, finishes: bool) {
     let locked = TestDb::sample();
     let a = TestDb::sample();
     let b = TestDb::sample();
@@ -834,7 +861,10 @@ async fn ctrl_c_finishes_in_flight_tenants_prints_the_summary_and_exits_130() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    orgctl::sys::kill(child.id() as i32, libc::SIGINT);
+    for sig in signals {
+        orgctl::sys::kill(child.id() as i32, *sig);
+        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Let the in-flight tenant go on.
     let _ = holder.close().await;
@@ -849,12 +879,26 @@ async fn ctrl_c_finishes_in_flight_tenants_prints_the_summary_and_exits_130() {
         stderr: String::from_utf8_lossy(&out.stderr).to_string(),
     };
     r.code(130).one_line_error("interrupted");
+    // The first signal says what is happening, once.
+    assert_eq!(
+        r.stderr
+            .matches("finishing 1 in-flight tenant (Ctrl-C again to abandon it")
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
     let doc = r.json();
     assert_eq!(doc["interrupted"], true);
-    assert_eq!(tenant(&doc, "locked")["status"], "applied");
     assert_eq!(tenant(&doc, "a")["status"], "not_started");
     assert_eq!(tenant(&doc, "b")["status"], "not_started");
-    assert!(installed(&locked));
+    if finishes {
+        assert_eq!(tenant(&doc, "locked")["status"], "applied");
+        assert!(installed(&locked));
+    } else {
+        assert_eq!(tenant(&doc, "locked")["status"], "failed");
+        assert!(!installed(&locked));
+    }
     assert_eq!(platform(&a), a_before, "no new tenant started after Ctrl-C");
     let _ = server();
 }
