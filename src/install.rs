@@ -1208,6 +1208,11 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         tx.rollback().await?;
         p
     };
+    if reviewed.model.writes() {
+        if let Some(w) = sb.plaintext_warning("the agent's MODEL secret") {
+            out.warn(&w);
+        }
+    }
 
     if args.dry_run {
         render(out, &reviewed, true, false)?;

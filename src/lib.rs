@@ -60,6 +60,10 @@ pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            if let Some(msg) = secret_argv_error(&e) {
+                print_error(&Error::usage(msg));
+                return Exit::Usage.code();
+            }
             // --help and --version go to stdout with 0; usage errors to stderr with 2.
             let _ = e.print();
             return if e.use_stderr() {
@@ -155,6 +159,32 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
         Command::Backfill(cmd) => backfill::run(ctx, cmd).await,
         Command::Status(args) => status::run(ctx, args).await,
     }
+}
+
+/// clap quotes the argument it did not expect. Under `orgctl secret` that argument may be the
+/// secret value someone typed on the command line (`secret set WS KEY hunter2`,
+/// `--value=hunter2`), so it must not be echoed: say what went wrong without it.
+fn secret_argv_error(e: &clap::Error) -> Option<String> {
+    use clap::error::ErrorKind;
+    if !matches!(
+        e.kind(),
+        ErrorKind::UnknownArgument
+            | ErrorKind::TooManyValues
+            | ErrorKind::WrongNumberOfValues
+            | ErrorKind::NoEquals
+            | ErrorKind::InvalidValue
+            | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let mut args = std::env::args_os().skip(1);
+    if !args.any(|a| a == "secret") {
+        return None;
+    }
+    Some(
+        "unexpected argument to `orgctl secret` (not shown: it may be a secret value); secret values are never read from the command line: pipe the value on stdin, pass --value-file PATH, or type it at the hidden prompt; if you typed a real secret, it is in your shell history: rotate it"
+            .to_string(),
+    )
 }
 
 /// Print an error once, on stderr: one line, control characters stripped, passwords masked.

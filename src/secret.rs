@@ -137,6 +137,11 @@ pub fn check_key(key: &str) -> Result<()> {
     };
     if ok {
         Ok(())
+    } else if key.contains('=') {
+        // KEY=value: the part after '=' is likely the secret itself; never echo it.
+        Err(Error::usage(
+            "the secret key contains '=' (not shown: it may carry the value); give KEY alone: secret values are never read from the command line, pipe the value on stdin or pass --value-file PATH",
+        ))
     } else {
         Err(Error::usage(format!(
             "'{}' is not a valid secret key: use letters, digits and '_', not starting with a digit (^[A-Za-z_][A-Za-z0-9_]*$)",
@@ -1082,6 +1087,9 @@ async fn set(ctx: &Context, args: &SecretSetArgs) -> Result<Exit> {
     let sb = SecretBox::from_env();
     // Refusals of the key (bad key: 2; production without a key: 3) before reading a value.
     let version = sb.write_version()?;
+    if let Some(w) = sb.plaintext_warning(&format!("the value of {key}")) {
+        ctx.out.warn(&w);
+    }
     let value = read_value(&ctx.out, args.value_file.as_deref(), &key, args.dry_run).await?;
     let req = Request {
         scope,

@@ -580,12 +580,18 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         ));
     }
 
+    let sb = SecretBox::from_env();
+    if args.model.is_some() {
+        if let Some(w) = sb.plaintext_warning("the agents' MODEL secret") {
+            out.warn(&w);
+        }
+    }
     let job = Arc::new(Job {
         run_id: run_id.clone(),
         settings: ctx.settings.clone(),
         model: args.model.as_deref().map(|m| Zeroizing::new(m.to_string())),
         allow_missing_model: args.allow_missing_model,
-        sb: SecretBox::from_env(),
+        sb,
         dry_run: args.dry_run,
     });
     let started_at = Utc::now();
