@@ -240,9 +240,16 @@ pub enum TokenCommand {
     Revoke(TokenRevokeArgs),
     /// Anchor a token to the org root (or --org); moving an anchored token needs --force.
     ///
+    /// With --stale instead of a token: move every stale anchor to the root in one
+    /// transaction — each live token anchored to a non-root workspace, and any token on a
+    /// former root (what `orgctl status` fails its tokens_on_root check on). Planned read-only
+    /// first (--dry-run stops there), confirmed, audited, row counts checked.
     /// Asks for confirmation on a terminal; --yes without one.
     ///
-    /// Example: orgctl token anchor 3f9c2a1b --yes
+    /// Examples:
+    ///   orgctl token anchor 3f9c2a1b --yes
+    ///   orgctl token anchor --stale --dry-run
+    ///   orgctl token anchor --stale --yes
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     Anchor(TokenAnchorArgs),
 }
@@ -307,6 +314,7 @@ pub struct TokenRevokeArgs {
 }
 
 #[derive(Debug, Args, Clone)]
+#[command(group(clap::ArgGroup::new("which_anchor").required(true).args(["token", "stale"])))]
 pub struct TokenAnchorArgs {
     /// Token id, or a unique prefix of 4 to 8 characters (it may start with '-').
     ///
@@ -314,7 +322,14 @@ pub struct TokenAnchorArgs {
     /// (`anchor -Ab_cdef --yes`). In scripts put every option first and `--` before the
     /// prefix (`anchor --yes -- "$PREFIX"`), so no prefix can ever read as flags.
     #[arg(value_name = "ID|PREFIX", allow_hyphen_values = true)]
-    pub token: String,
+    pub token: Option<String>,
+    /// Move every stale anchor to the root: live tokens on a non-root, any token on a former
+    /// root.
+    #[arg(long, conflicts_with_all = ["token", "force"])]
+    pub stale: bool,
+    /// With --stale: show what would move and change nothing (read-only, never asks).
+    #[arg(long, requires = "stale")]
+    pub dry_run: bool,
     /// Anchor to this root instead of the org root (the platform agent, else the only root).
     #[arg(long, value_name = "UUID")]
     pub org: Option<Uuid>,

@@ -1291,7 +1291,16 @@ fn render_anchor(ctx: &Context, t: &TokenRow, root: &Root, changed: bool) -> Res
 }
 
 async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
-    let r = TokenRef::parse(&args.token)?;
+    let Some(raw) = args.token.as_deref() else {
+        return anchor_stale(ctx, args).await;
+    };
+    if args.dry_run {
+        // clap's `requires` is not enforced here (the token/--stale group is satisfied).
+        return Err(Error::usage(
+            "--dry-run goes with --stale; for one token, `orgctl token list` shows where it is anchored",
+        ));
+    }
+    let r = TokenRef::parse(raw)?;
     let url = ctx.url()?;
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
@@ -1388,6 +1397,206 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
         token.label()
     ));
     render_anchor(ctx, &token, &root, true)?;
+    Ok(Exit::Ok)
+}
+
+// ---------------------------------------------------------------------------------------------
+// anchor --stale
+
+/// Stale anchors moving from one workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StaleMove {
+    pub from: Uuid,
+    pub live: i64,
+    pub revoked: i64,
+}
+
+#[derive(Serialize)]
+struct StaleJson<'a> {
+    dry_run: bool,
+    changed: bool,
+    to: Uuid,
+    tokens: i64,
+    moves: &'a [StaleMove],
+}
+
+/// The tokens `status` counts against tokens_on_root: anchored (not to `$1`, the root) to a
+/// workspace that is not a root (or no longer exists), live — or on a former root, revoked or
+/// not. `{join}`/`{is_former}` are fixed strings, chosen by whether orgctl's schema exists.
+fn stale_sql(former: bool) -> String {
+    let (join, is_former) = if former {
+        (
+            "LEFT JOIN orgctl.former_roots f ON f.workspace_id = t.org_id",
+            "f.workspace_id IS NOT NULL",
+        )
+    } else {
+        ("", "false")
+    };
+    format!(
+        "SELECT t.id, t.org_id, t.revoked_at IS NULL AS live
+           FROM org_api_tokens t
+           LEFT JOIN workspaces w ON w.id = t.org_id
+           {join}
+          WHERE t.org_id IS NOT NULL AND t.org_id <> $1
+            AND (w.id IS NULL OR w.parent_id IS NOT NULL)
+            AND (t.revoked_at IS NULL OR {is_former})"
+    )
+}
+
+async fn has_former_roots(conn: &mut PgConnection) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// The plan of `anchor --stale`: per source workspace, how many live and revoked tokens move.
+async fn plan_stale(conn: &mut PgConnection, root: Uuid) -> Result<Vec<StaleMove>> {
+    let former = has_former_roots(conn).await?;
+    let sql = format!(
+        "WITH s AS ({})
+         SELECT org_id, count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live)
+           FROM s GROUP BY org_id ORDER BY count(*) DESC, org_id",
+        stale_sql(former)
+    );
+    sqlx::query(&sql)
+        .bind(root)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StaleMove {
+                from: r.try_get(0)?,
+                live: r.try_get(1)?,
+                revoked: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+fn render_stale(
+    ctx: &Context,
+    root: &Root,
+    moves: &[StaleMove],
+    dry_run: bool,
+    changed: bool,
+) -> Result<()> {
+    let total: i64 = moves.iter().map(|m| m.live + m.revoked).sum();
+    if ctx.out.json_mode() {
+        return ctx.out.json(&StaleJson {
+            dry_run,
+            changed,
+            to: root.id,
+            tokens: total,
+            moves,
+        });
+    }
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let mut t = ctx.out.new_table(["from", "live", "revoked", "to"]);
+    let (shown, rest) = crate::output::truncated(moves, SHOWN);
+    for m in shown {
+        t.add_row(vec![
+            m.from.to_string(),
+            m.live.to_string(),
+            m.revoked.to_string(),
+            root.id.to_string(),
+        ]);
+    }
+    let mut text = format!("{t}\n");
+    if rest > 0 {
+        let _ = writeln!(text, "… and {rest} more source workspaces (see -o json)");
+    }
+    ctx.out.stdout(&text)
+}
+
+async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
+    let url = ctx.url()?;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    db::ensure_compatible(&mut conn).await?;
+    // 1. Plan read-only.
+    let (root, reviewed) = {
+        let mut tx = db::begin_read_only(&mut conn).await?;
+        let root = resolve_root(&mut tx, args.org).await?;
+        let moves = plan_stale(&mut tx, root.id).await?;
+        tx.rollback().await?;
+        (root, moves)
+    };
+    let root_label = format!("{} ('{}')", root.id, sanitize(&root.name));
+    let total: i64 = reviewed.iter().map(|m| m.live + m.revoked).sum();
+    let live: i64 = reviewed.iter().map(|m| m.live).sum();
+    if total == 0 {
+        ctx.out
+            .info("No stale anchors: every anchored live token is on a root; nothing to do.");
+        render_stale(ctx, &root, &reviewed, args.dry_run, false)?;
+        return Ok(Exit::Ok);
+    }
+    let desc = format!(
+        "{total} token(s) ({live} live, {} revoked on former roots) from {} workspace(s) to the root {root_label}",
+        total - live,
+        reviewed.len()
+    );
+    if args.dry_run {
+        ctx.out
+            .info(&format!("Would move {desc} (dry run: nothing changed)."));
+        render_stale(ctx, &root, &reviewed, true, false)?;
+        return Ok(Exit::Ok);
+    }
+    if !ctx.out.json_mode() && ctx.out.interactive() && !ctx.yes {
+        render_stale(ctx, &root, &reviewed, true, false)?;
+    }
+    ensure_confirmed(
+        ctx,
+        &format!("moves {desc}"),
+        &format!("Move {desc} on {}?", url.target()),
+    )?;
+
+    // 2. Apply exactly the reviewed plan under the tenant lock.
+    db::ensure_orgctl_schema(&mut conn, &url).await?;
+    let mut tx = conn.begin().await?;
+    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    let now_root = resolve_root(&mut tx, args.org).await?;
+    let now = plan_stale(&mut tx, now_root.id).await?;
+    if now_root.id != root.id || now != reviewed {
+        return Err(Error::refused(
+            "the stale anchors changed while you confirmed; nothing was changed: rerun to see the new plan",
+        ));
+    }
+    let former = has_former_roots(&mut tx).await?;
+    // Join on the primary key only, so a stale planner estimate cannot pick a bad plan.
+    let done = sqlx::query(&format!(
+        "UPDATE org_api_tokens u SET org_id = $1
+           FROM ({}) s
+          WHERE u.id = s.id",
+        stale_sql(former)
+    ))
+    .bind(root.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    db::ensure_rows("moving stale token anchors", done, total)?;
+    db::audit(
+        &mut tx,
+        "token anchor",
+        &serde_json::json!({
+            "by": "stale",
+            "to": root.id,
+            "org_given": args.org.is_some(),
+            "tokens": total,
+            "live": live,
+            "moves": reviewed,
+        }),
+        "anchored",
+    )
+    .await?;
+    {
+        let _guard = crate::interrupt::CommitGuard::enter();
+        tx.commit().await?;
+    }
+    ctx.out.info(&format!("Moved {desc}."));
+    render_stale(ctx, &root, &reviewed, false, true)?;
     Ok(Exit::Ok)
 }
 

@@ -1293,3 +1293,106 @@ fn list_table_fits_80_columns_and_wide_shows_full_ids() {
     fits(&table);
     assert_eq!(db.snapshot(), before);
 }
+
+/// Issue 14 item 7: `token anchor --stale` moves every stale anchor to the root in one planned,
+/// confirmed, audited transaction, and `status` names it.
+#[test]
+fn anchor_stale_moves_every_stale_anchor_to_the_root() {
+    let db = TestDb::sample();
+    // Several roots and no agent: the root is ambiguous.
+    let before = db.snapshot();
+    db.orgctl(&["token", "anchor", "--stale", "--yes"])
+        .run()
+        .code(2)
+        .one_line_error("--org is required");
+    assert_eq!(db.snapshot(), before);
+
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run()
+        .code(0);
+    let agent = db.scalar("SELECT id FROM workspaces WHERE kind = 'platform'");
+    // Written after the install: a revoked token on a former root (stale: status counts it),
+    // and a revoked token on an ordinary non-root (not stale: left alone).
+    db.exec(&format!(
+        "INSERT INTO org_api_tokens (token_hash, prefix, name, created_by, revoked_at, org_id) VALUES
+           (sha256('late-1'::bytea), 'late0001', 'late', 'session', now(), '{}'),
+           (sha256('late-2'::bytea), 'late0002', 'late', 'session', now(), '{}')",
+        ids::LABS,
+        ids::RESEARCH
+    ));
+    let st = db.orgctl(&["status"]).run();
+    st.code(1);
+    assert!(
+        st.stdout.contains("orgctl token anchor --stale"),
+        "status names the fix: {}",
+        st.stdout
+    );
+
+    // Dry run: the plan, nothing changed, no audit row.
+    let before = db.snapshot();
+    let audits = db.audit_rows();
+    let dry = db
+        .orgctl(&["token", "anchor", "--stale", "--dry-run", "-o", "json"])
+        .run();
+    dry.code(0);
+    let j = dry.json();
+    assert_eq!(j["dry_run"], true);
+    assert_eq!(j["changed"], false);
+    assert_eq!(j["to"], agent.as_str());
+    assert_eq!(j["tokens"], 2, "{j}");
+    assert_eq!(db.snapshot(), before);
+    assert_eq!(db.audit_rows(), audits);
+
+    // No terminal, no --yes: refused, nothing changed.
+    db.orgctl(&["token", "anchor", "--stale"])
+        .run()
+        .code(3)
+        .one_line_error("confirmation needed");
+    assert_eq!(db.snapshot(), before);
+
+    let r = db
+        .orgctl(&["token", "anchor", "--stale", "--yes", "-o", "json"])
+        .run();
+    r.code(0);
+    assert_eq!(r.json()["changed"], true);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM org_api_tokens WHERE org_id = '{agent}'
+               AND prefix IN ('sampl008', 'late0001')"
+        )),
+        "2"
+    );
+    assert_eq!(
+        db.scalar("SELECT org_id FROM org_api_tokens WHERE prefix = 'late0002'"),
+        ids::RESEARCH,
+        "a revoked token on an ordinary non-root is not stale"
+    );
+    assert_eq!(db.audit_rows(), audits + 1);
+    assert_eq!(
+        db.scalar("SELECT args->>'tokens' FROM orgctl.audit_log ORDER BY id DESC LIMIT 1"),
+        "2"
+    );
+    let (_, sj) = crate::status::status_json(&db, &[]);
+    let check = sj
+        .checks
+        .iter()
+        .find(|c| c.name == "tokens_on_root")
+        .map(|c| c.ok);
+    assert_eq!(check, Some(true));
+
+    // Again: nothing to do, nothing written.
+    let again = db.orgctl(&["token", "anchor", "--stale", "--yes"]).run();
+    again.code(0);
+    assert!(again.stderr.contains("nothing to do"), "{}", again.stderr);
+    assert_eq!(db.audit_rows(), audits + 1);
+
+    // Bad input: a token and --stale, --dry-run without --stale, --stale --force.
+    for bad in [
+        &["token", "anchor", "sampl006", "--stale"][..],
+        &["token", "anchor", "sampl006", "--dry-run"][..],
+        &["token", "anchor", "--stale", "--force"][..],
+        &["token", "anchor"][..],
+    ] {
+        db.orgctl(bad).run().code(2);
+    }
+}
