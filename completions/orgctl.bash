@@ -350,7 +350,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__rollback)
-            opts="-o -y -q -v -h -V --run-id --tenants --tenant --force --dry-run --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --run-id --tenants --shard --shards --tenant --force --dry-run --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -361,6 +361,14 @@ _orgctl() {
                     return 0
                     ;;
                 --tenants)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shard)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shards)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -396,7 +404,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__run)
-            opts="-o -y -q -v -h -V --tenants --concurrency --shard --canary --run-id --model --allow-missing-model --dry-run --report --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --tenants --concurrency --shard --shards --canary --run-id --model --allow-missing-model --replace-model --dry-run --report --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -411,6 +419,10 @@ _orgctl() {
                     return 0
                     ;;
                 --shard)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shards)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -458,7 +470,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__status)
-            opts="-o -y -q -v -h -V --run-id --tenants --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --run-id --tenants --shard --shards --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -469,6 +481,14 @@ _orgctl() {
                     return 0
                     ;;
                 --tenants)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shard)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shards)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -209,6 +209,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l tenants -d 'Tenants file: one "NAME DATABASE_URL" per line (\'-\' for stdin); blank lines and \'#\' comments are ignored. Names are letters, digits, \'.\', \'_\' or \'-\'' -r -F
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l concurrency -d 'Tenants in flight at once (one connection each)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l shard -d 'Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l shards -d 'N shards, this worker\'s taken from JOB_COMPLETION_INDEX (0-based, as a Kubernetes Indexed Job sets it): shard JOB_COMPLETION_INDEX+1 of N' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l canary -d 'Run the first N selected tenants alone first; stop before the rest if any of them fails' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l run-id -d 'Run id (resume a run by giving its id again). Default: a new one, printed first' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l model -d 'Seed the agent\'s MODEL secret with this value on every tenant' -r
@@ -219,6 +220,7 @@ json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l allow-missing-model -d 'Install even where the agent would have no MODEL secret'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l replace-model -d 'Replace a different MODEL on tenants whose agent already exists. Without it such a tenant fails with a refusal naming this flag, so a rerun with another --model never silently changes the model of agents that are already running'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l dry-run -d 'Plan every tenant read-only and report; change and create nothing'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s q -l quiet -d 'Only print errors on stderr'
@@ -227,6 +229,8 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l run-id -d 'The run to roll back' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l tenants -d 'Tenants file: one "NAME DATABASE_URL" per line (\'-\' for stdin)' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l shard -d 'Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l shards -d 'N shards, this worker\'s taken from JOB_COMPLETION_INDEX (0-based, as a Kubernetes Indexed Job sets it): shard JOB_COMPLETION_INDEX+1 of N' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l tenant -d 'Only these tenants (repeatable)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
@@ -242,6 +246,8 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l run-id -d 'The run to report on' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l tenants -d 'Tenants file: one "NAME DATABASE_URL" per line (\'-\' for stdin)' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l shard -d 'Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l shards -d 'N shards, this worker\'s taken from JOB_COMPLETION_INDEX (0-based, as a Kubernetes Indexed Job sets it): shard JOB_COMPLETION_INDEX+1 of N' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"

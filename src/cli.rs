@@ -504,10 +504,8 @@ pub struct BackfillRunArgs {
     /// Tenants in flight at once (one connection each).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
-    /// Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the
-    /// first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine.
-    #[arg(long, value_name = "I/N")]
-    pub shard: Option<String>,
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Run the first N selected tenants alone first; stop before the rest if any of them fails.
     #[arg(long, value_name = "N")]
     pub canary: Option<u32>,
@@ -520,12 +518,30 @@ pub struct BackfillRunArgs {
     /// Install even where the agent would have no MODEL secret.
     #[arg(long)]
     pub allow_missing_model: bool,
+    /// Replace a different MODEL on tenants whose agent already exists. Without it such a
+    /// tenant fails with a refusal naming this flag, so a rerun with another --model never
+    /// silently changes the model of agents that are already running.
+    #[arg(long, requires = "model")]
+    pub replace_model: bool,
     /// Plan every tenant read-only and report; change and create nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Write the summary as JSON to this file (run id, start and end, totals, every tenant).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+}
+
+/// Which part of the fleet this worker takes (run, status and rollback alike).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ShardArgs {
+    /// Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the
+    /// first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine.
+    #[arg(long, value_name = "I/N", conflicts_with = "shards")]
+    pub shard: Option<String>,
+    /// N shards, this worker's taken from JOB_COMPLETION_INDEX (0-based, as a Kubernetes
+    /// Indexed Job sets it): shard JOB_COMPLETION_INDEX+1 of N.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u64>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -536,6 +552,8 @@ pub struct BackfillRollbackArgs {
     /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin).
     #[arg(long, value_name = "FILE")]
     pub tenants: PathBuf,
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Only these tenants (repeatable).
     #[arg(long, value_name = "NAME")]
     pub tenant: Vec<String>,
@@ -555,6 +573,8 @@ pub struct BackfillStatusArgs {
     /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin).
     #[arg(long, value_name = "FILE")]
     pub tenants: PathBuf,
+    #[command(flatten)]
+    pub shard: ShardArgs,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -832,7 +832,8 @@ struct Report {
 pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) -> Result<Exit> {
     let out = &ctx.out;
     super::check_run_id(&args.run_id)?;
-    let all = super::tenants::read(&args.tenants)?;
+    let shard = super::Shard::from_args(&args.shard)?;
+    let all = super::Shard::select(shard, super::tenants::read(&args.tenants)?);
     let selected: Vec<Tenant> = if args.tenant.is_empty() {
         all
     } else {
@@ -842,8 +843,11 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
                 Some(t) => v.push(t.clone()),
                 None => {
                     return Err(Error::usage(format!(
-                        "--tenant '{}' is not in the tenants file",
-                        crate::error::sanitize(name)
+                        "--tenant '{}' is not in the tenants file{}",
+                        crate::error::sanitize(name),
+                        shard
+                            .map(|s| format!(" (or not in shard {s})"))
+                            .unwrap_or_default()
                     )))
                 }
             }
