@@ -185,12 +185,32 @@ impl Output {
             indicatif::ProgressDrawTarget::stderr(),
         );
         if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+            "{spinner} {msg} [{bar:30}] {pos}/{len} {rate} eta {eta}",
         ) {
+            // indicatif's {per_sec} prints rates like "51.3538/s": round them.
+            let style = style.with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&rate(state.per_sec()));
+                },
+            );
             pb.set_style(style.progress_chars("=> "));
         }
         pb.set_message(what.to_string());
         pb
+    }
+}
+
+/// A progress rate for humans: "51/s", "3.2/s", "0.25/s".
+pub fn rate(per_sec: f64) -> String {
+    if !per_sec.is_finite() || per_sec <= 0.0 {
+        "-/s".to_string()
+    } else if per_sec >= 10.0 {
+        format!("{}/s", per_sec.round() as u64)
+    } else if per_sec >= 1.0 {
+        format!("{per_sec:.1}/s")
+    } else {
+        format!("{per_sec:.2}/s")
     }
 }
 
@@ -270,6 +290,14 @@ pub fn compact_table(
 #[cfg(test)]
 mod tests {
     use super::compact_table;
+
+    #[test]
+    fn rates_are_rounded() {
+        assert_eq!(super::rate(51.3538), "51/s");
+        assert_eq!(super::rate(3.21), "3.2/s");
+        assert_eq!(super::rate(0.254), "0.25/s");
+        assert_eq!(super::rate(0.0), "-/s");
+    }
 
     #[test]
     fn compact_tables_fit_and_keep_handles_whole() {

@@ -722,15 +722,29 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     if interrupted {
         return Err(Error::new(
             Exit::Interrupted,
-            format!(
-                "interrupted: {} tenant(s) were not started; in-flight tenants finished or rolled back; resume with --run-id {run_id}",
-                t.not_started
-            ),
+            if args.dry_run {
+                format!(
+                    "interrupted: {} tenant(s) were not planned (dry run: nothing was changed)",
+                    t.not_started
+                )
+            } else {
+                format!(
+                    "interrupted: {} tenant(s) were not started; in-flight tenants finished or rolled back; resume with --run-id {run_id}",
+                    t.not_started
+                )
+            },
         ));
+    }
+    if args.dry_run && t.failed > 0 {
+        // Nothing ran, so nothing "rolled back".
+        return Err(Error::failed(format!(
+            "{} of {} tenant(s) could not be planned (see the summary); dry run: nothing was changed",
+            t.failed, t.tenants
+        )));
     }
     if t.failed > 0 || t.not_started > 0 {
         return Err(Error::failed(format!(
-            "{} of {} tenant(s) failed{}; each rolled back alone: fix and rerun with --run-id {run_id} to resume",
+            "{} of {} tenant(s) failed{}; a failed tenant is left as it was: fix and rerun with --run-id {run_id} to resume",
             t.failed,
             t.tenants,
             if canary_stopped {
