@@ -31,7 +31,7 @@ complete -c orgctl -n "__fish_orgctl_needs_command" -l lock-timeout -d 'How long
 complete -c orgctl -n "__fish_orgctl_needs_command" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_needs_command" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_needs_command" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_needs_command" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_needs_command" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_needs_command" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "install-platform-agent" -d 'Make the platform agent the single root of the org, moving every anchor to it.'
@@ -56,7 +56,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l detailed-exitcode -d 'With --dry-run: exit 4 when changes are pending, 0 when there is nothing to do'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
@@ -66,7 +66,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -f -a "mint" -d 'Mint a full-admin org API token; the plaintext is printed once, alone, on stdout.'
@@ -84,7 +84,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l org -d 'Only tokens anchored to this workspace' -r
@@ -100,7 +100,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l wide -d 'Full ids and timestamps in the table (wide). The default table fits the terminal (80 columns when its width is unknown): the prefix is the handle `revoke` and `anchor` take, org ids are cut to 8 characters, times to dates, long names end in \'…\'. JSON always has everything'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l created-by -d 'Revoke every live token with exactly this created_by label (incident response); the label\'s tokens revoked earlier are reported as already revoked' -r
@@ -111,7 +111,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l org -d 'Anchor to this root instead of the org root (the platform agent, else the only root)' -r
@@ -125,7 +125,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l force -d 'Move a token that is already anchored to another workspace'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "mint" -d 'Mint a full-admin org API token; the plaintext is printed once, alone, on stdout.'
@@ -140,7 +140,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_see
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -f -a "set" -d 'Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv'
@@ -159,7 +159,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l dry-run -d 'Show the write and the restart plan; change nothing, restart nothing, never ask'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l platform-url -d 'Base URL of the platform API for restarts' -r
@@ -174,7 +174,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l dry-run -d 'Show the delete and the restart plan; change nothing, restart nothing, never ask'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
@@ -185,7 +185,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l global -d 'The secret is global (then the only positional argument is KEY)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from help" -f -a "set" -d 'Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv'
@@ -199,7 +199,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "run" -d 'Install the platform agent on every tenant in a tenants file'
@@ -224,7 +224,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l dry-run -d 'Plan every tenant read-only and report; change and create nothing'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l run-id -d 'The run to roll back' -r
@@ -241,7 +241,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l dry-run -d 'Show what would be restored and the drift; change nothing'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l run-id -d 'The run to report on' -r
@@ -255,7 +255,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "run" -d 'Install the platform agent on every tenant in a tenants file'
@@ -270,7 +270,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l lock-timeout -d
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
@@ -280,7 +280,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -f -a "up" -d 'Start (or reuse) a throwaway PostgreSQL with the platform schema and a sample org; prints the DATABASE_URL on stdout'
@@ -296,7 +296,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l dir -d 'Where the dev server keeps its data. Default: $TMPDIR/orgctl-dev-<uid> (/tmp unless TMPDIR is set), the same whatever the current directory. `dev down` only stops and deletes a directory that `dev up` created (its marker must name the data directory\'s system identifier); anything else is refused (exit 3) untouched' -r -F
@@ -307,7 +307,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l roots -d 'Number of root workspaces' -r
@@ -324,7 +324,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from help" -f -a "up" -d 'Start (or reuse) a throwaway PostgreSQL with the platform schema and a sample org; prints the DATABASE_URL on stdout'
@@ -338,7 +338,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l lock-timeo
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "install-platform-agent" -d 'Make the platform agent the single root of the org, moving every anchor to it.'

@@ -25,7 +25,10 @@ Environment:
   DATABASE_URL             tenant database when --database-url is not given
   SECRETS_ENCRYPTION_KEY   AES-256 key for secret values (base64 of 32 bytes, or 32 raw bytes)
   MOLECULE_ENV             prod/production: refuse to write secrets without a usable key
-  NO_COLOR                 disable colour";
+  NO_COLOR                 disable colour
+  CI                       set (not false/0): never prompt; changes need --yes
+  PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE PGSSLROOTCERT PGPASSFILE
+                           fill what the URL leaves out (the URL wins)";
 
 /// Change the org hierarchy of an agent platform's tenant database, safely.
 ///
@@ -103,7 +106,8 @@ pub struct GlobalArgs {
     #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
-    /// More detail on stderr (repeat for more).
+    /// More detail on stderr: -v the target, timings and the SQL statement count; -vv also
+    /// each statement (time, rows, start of its text; never a bound value).
     #[arg(long, short = 'v', action = ArgAction::Count, global = true)]
     pub verbose: u8,
 }

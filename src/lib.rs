@@ -106,12 +106,67 @@ async fn run_interruptible(cli: Cli) -> Result<Exit> {
     let ctx = Context::new(&cli);
     // Install the SIGINT/SIGTERM handlers before any work starts.
     drop(interrupt::level());
+    let verbose = if cli.global.quiet {
+        0
+    } else {
+        cli.global.verbose
+    };
+    output::verbose::install(verbose);
+    let started = std::time::Instant::now();
+    if verbose > 0 {
+        let target = ctx
+            .url()
+            .map(|u| u.target().to_string())
+            .unwrap_or_else(|_| "no database".into());
+        output::verbose::say(
+            verbose,
+            &format!(
+                "orgctl {}: {} on {target}",
+                env!("CARGO_PKG_VERSION"),
+                command_name(&cli.command)
+            ),
+        );
+    }
+    let r = run_command(&ctx, &cli).await;
+    if verbose > 0 {
+        output::verbose::say(
+            verbose,
+            &format!(
+                "{} after {} ms, {} SQL statement(s)",
+                match &r {
+                    Ok(_) => "done".to_string(),
+                    Err(e) => format!("exit {}", e.exit.code()),
+                },
+                started.elapsed().as_millis(),
+                output::verbose::statements()
+            ),
+        );
+    }
+    r
+}
+
+/// The command path for -v ("token list", "backfill run").
+fn command_name(_c: &Command) -> String {
+    use clap::CommandFactory;
+    let args: Vec<String> = std::env::args().collect();
+    let mut cmd = Cli::command();
+    let mut path = Vec::new();
+    for a in args.iter().skip(1) {
+        if let Some(sub) = cmd.find_subcommand(a) {
+            path.push(a.clone());
+            cmd = sub.clone();
+        }
+    }
+    path.join(" ")
+}
+
+async fn run_command(ctx: &Context, cli: &Cli) -> Result<Exit> {
     if let Command::Backfill(_) = cli.command {
         // Backfill handles Ctrl-C itself (backfill::Cancel): it starts no new tenant, lets
         // in-flight ones finish or roll back and prints the summary, so it is never dropped.
-        return dispatch(&ctx, &cli.command).await;
+        return dispatch(ctx, &cli.command).await;
     }
-    let work = dispatch(&ctx, &cli.command);
+    let work = dispatch(ctx, &cli.command);
     tokio::pin!(work);
     tokio::select! {
         r = &mut work => r,

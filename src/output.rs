@@ -19,6 +19,21 @@ pub struct Output {
     stdout_tty: bool,
     stderr_tty: bool,
     stdin_tty: bool,
+    /// `CI` is set: never prompt, even with a terminal attached (CI runners often allocate a
+    /// pty, and a prompt there hangs the job until it times out).
+    ci: bool,
+}
+
+/// Whether the `CI` environment variable says this is a CI job (set, not empty, not
+/// "false"/"0"), as GitHub Actions, GitLab, Buildkite, CircleCI and others set it.
+pub fn in_ci() -> bool {
+    match std::env::var("CI") {
+        Ok(v) => {
+            let v = v.trim().to_ascii_lowercase();
+            !(v.is_empty() || v == "false" || v == "0" || v == "no")
+        }
+        Err(_) => false,
+    }
 }
 
 impl Output {
@@ -30,6 +45,7 @@ impl Output {
             stdout_tty: std::io::stdout().is_terminal(),
             stderr_tty: std::io::stderr().is_terminal(),
             stdin_tty: std::io::stdin().is_terminal(),
+            ci: in_ci(),
         }
     }
 
@@ -37,9 +53,19 @@ impl Output {
         self.format == OutputFormat::Json
     }
 
-    /// Whether a human can answer a prompt: stdin and stderr are both terminals.
+    /// Whether a human can answer a prompt: stdin and stderr are both terminals, and `CI` is
+    /// not set.
     pub fn interactive(&self) -> bool {
-        self.stdin_tty && self.stderr_tty
+        self.stdin_tty && self.stderr_tty && !self.ci
+    }
+
+    /// Why there is no prompt, for refusals: CI, or no terminal.
+    pub fn no_prompt_reason(&self) -> &'static str {
+        if self.ci {
+            "CI is set (orgctl never prompts in CI)"
+        } else {
+            "there is no terminal to ask on"
+        }
     }
 
     pub fn stdin_is_terminal(&self) -> bool {
@@ -160,9 +186,10 @@ impl Output {
             return Ok(());
         }
         if !self.interactive() {
-            return Err(Error::refused(
-                "confirmation needed: this changes the tenant and there is no terminal to ask on; review with --dry-run, then rerun with --yes",
-            ));
+            return Err(Error::refused(format!(
+                "confirmation needed: this changes the tenant and {}; review with --dry-run, then rerun with --yes",
+                self.no_prompt_reason()
+            )));
         }
         let answer = dialoguer::Confirm::new()
             .with_prompt(question)
@@ -198,6 +225,95 @@ impl Output {
         }
         pb.set_message(what.to_string());
         pb
+    }
+}
+
+/// `-v` / `-vv`: what an operator debugging a tenant wants on stderr. sqlx reports every
+/// statement it runs (target `sqlx::query`: its summary, rows, elapsed time) through the `log`
+/// facade; this logger counts them, and with `-vv` prints each one on a line of its own. Bound
+/// parameters (secret values among them) are never part of those records.
+pub mod verbose {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+    static LEVEL: AtomicU8 = AtomicU8::new(0);
+    static STATEMENTS: AtomicU64 = AtomicU64::new(0);
+    static LOGGER: Logger = Logger;
+
+    struct Logger;
+
+    impl log::Log for Logger {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.target().starts_with("sqlx::query")
+        }
+
+        fn log(&self, r: &log::Record<'_>) {
+            if !self.enabled(r.metadata()) {
+                return;
+            }
+            STATEMENTS.fetch_add(1, Ordering::Relaxed);
+            if LEVEL.load(Ordering::Relaxed) < 2 {
+                return;
+            }
+            let line = statement_line(&r.args().to_string());
+            let line = crate::redact::mask(&crate::error::sanitize(&line));
+            let _ = writeln!(std::io::stderr(), "sql: {line}");
+        }
+
+        fn flush(&self) {}
+    }
+
+    /// "elapsed  rows  summary" from sqlx's record (`summary="…" db.statement="…"
+    /// rows_affected=N rows_returned=N elapsed=…`); the raw text, folded, if it has another shape.
+    pub fn statement_line(text: &str) -> String {
+        let field = |name: &str| -> Option<String> {
+            let start = text.find(&format!("{name}="))? + name.len() + 1;
+            let rest = &text[start..];
+            Some(rest.split_whitespace().next().unwrap_or("").to_string())
+        };
+        let summary = text.find("summary=\"").and_then(|i| {
+            let rest = &text[i + 9..];
+            rest.find("\" db.statement=")
+                .or_else(|| rest.find('"'))
+                .map(|j| rest[..j].to_string())
+        });
+        let folded = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut line = match (summary, field("elapsed")) {
+            (Some(sum), Some(el)) => format!(
+                "{el:>10}  rows {}/{}  {}",
+                field("rows_affected").unwrap_or_default(),
+                field("rows_returned").unwrap_or_default(),
+                folded(&sum)
+            ),
+            _ => folded(text),
+        };
+        if line.chars().count() > 200 {
+            line = line.chars().take(199).collect::<String>() + "…";
+        }
+        line
+    }
+
+    /// Start counting (and with -vv printing) statements. Nothing happens without -v.
+    pub fn install(verbose: u8) {
+        if verbose == 0 {
+            return;
+        }
+        LEVEL.store(verbose, Ordering::Relaxed);
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(log::LevelFilter::Debug);
+        }
+    }
+
+    /// Statements run so far (counted only with -v).
+    pub fn statements() -> u64 {
+        STATEMENTS.load(Ordering::Relaxed)
+    }
+
+    /// A `-v` line on stderr; never fails the command.
+    pub fn say(verbose: u8, msg: &str) {
+        if verbose > 0 {
+            let _ = writeln!(std::io::stderr(), "{}", crate::redact::mask(msg));
+        }
     }
 }
 
@@ -290,6 +406,14 @@ pub fn compact_table(
 #[cfg(test)]
 mod tests {
     use super::compact_table;
+
+    #[test]
+    fn statement_lines() {
+        let l = super::verbose::statement_line(
+            "summary=\"SELECT 1 …\" db.statement=\"\\n\\nSELECT 1\\n\" rows_affected=0 rows_returned=1 elapsed=2.1ms elapsed_secs=0.0021",
+        );
+        assert_eq!(l, "     2.1ms  rows 0/1  SELECT 1 …");
+    }
 
     #[test]
     fn rates_are_rounded() {

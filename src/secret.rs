@@ -341,9 +341,14 @@ async fn read_value(
         return Ok(None);
     }
     if !out.interactive() {
-        return Err(Error::usage(
-            "no value: stderr is not a terminal to prompt on; pipe the value on stdin or pass --value-file PATH",
-        ));
+        return Err(Error::usage(format!(
+            "no value and no prompt: {}; pipe the value on stdin or pass --value-file PATH",
+            if crate::output::in_ci() {
+                "CI is set (orgctl never prompts in CI)"
+            } else {
+                "stderr is not a terminal to prompt on"
+            }
+        )));
     }
     let prompt = format!("Value for {key} (hidden)");
     let typed = blocking(move || {

@@ -428,7 +428,8 @@ fn ensure_confirmed(ctx: &Context, what: &str, question: &str) -> Result<()> {
     }
     if !ctx.out.interactive() {
         return Err(Error::refused(format!(
-            "confirmation needed: this {what} and there is no terminal to ask on; nothing was changed: rerun with --yes"
+            "confirmation needed: this {what} and {}; nothing was changed: rerun with --yes",
+            ctx.out.no_prompt_reason()
         )));
     }
     ctx.out.confirm(question, false)

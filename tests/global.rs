@@ -256,3 +256,80 @@ async fn messages_point_the_right_way() {
     assert!(!r.stderr.contains("rolled back"), "{}", r.stderr);
     let _ = std::fs::remove_file(&path);
 }
+
+/// Issue 14 item 12: -v says where and how long and how many statements; -vv each statement
+/// (never a bound value); CI never prompts, even on a terminal; libpq variables are honoured.
+#[test]
+fn verbose_ci_and_libpq_variables() {
+    let db = TestDb::sample();
+    let v = db.orgctl(&["-v", "token", "list", "--limit", "1"]).run();
+    v.code(0);
+    assert!(
+        v.stderr.contains("token list on 127.0.0.1:"),
+        "{}",
+        v.stderr
+    );
+    assert!(v.stderr.contains("SQL statement(s)"), "{}", v.stderr);
+    assert!(!v.stderr.contains("sql: "), "{}", v.stderr);
+    let vv = db
+        .orgctl(&[
+            "-vv",
+            "secret",
+            "set",
+            "--global",
+            "LOG_LEVEL",
+            "--yes",
+            "--no-restart",
+        ])
+        .stdin(b"very-secret-value-42")
+        .run();
+    vv.code(0);
+    assert!(vv.stderr.contains("sql: "), "{}", vv.stderr);
+    assert!(vv.stderr.contains("rows "), "{}", vv.stderr);
+    assert!(!vv.stderr.contains("very-secret-value-42"), "{}", vv.stderr);
+    assert!(!vv.stderr.contains(PASSWORD), "{}", vv.stderr);
+    let q = db.orgctl(&["-q", "token", "list", "--limit", "1"]).run();
+    assert!(q.stderr.is_empty(), "{}", q.stderr);
+
+    // CI set: a terminal is attached, but orgctl refuses instead of prompting.
+    let before = db.snapshot();
+    let ci = db
+        .orgctl(&["token", "revoke", "--created-by", "session"])
+        .env("CI", "true")
+        .run_in_pty("y");
+    ci.code(3);
+    assert!(ci.stdout.contains("CI is set"), "{}", ci.stdout);
+    assert!(!ci.stdout.contains("[y/N]"), "{}", ci.stdout);
+    assert_eq!(db.snapshot(), before);
+    // CI=false is not CI.
+    let not_ci = db
+        .orgctl(&["token", "revoke", "--created-by", "session"])
+        .env("CI", "false")
+        .run_in_pty("n");
+    assert!(not_ci.stdout.contains("[y/N]"), "{}", not_ci.stdout);
+
+    // PGPASSWORD (and PGHOST, PGPORT, PGUSER, PGDATABASE) fill what the URL leaves out.
+    let Some((_, rest)) = db.url.split_once('@') else {
+        panic!("{}", db.url)
+    };
+    let (hostport, dbname) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "5432"));
+    let r = Cmd::new(&["token", "list", "--limit", "1"])
+        .env(
+            "DATABASE_URL",
+            &format!("postgres://postgres@{hostport}/{dbname}"),
+        )
+        .env("PGPASSWORD", PASSWORD)
+        .run();
+    r.code(0);
+    let r = Cmd::new(&["token", "list", "--limit", "1"])
+        .env("DATABASE_URL", "postgres://")
+        .env("PGHOST", host)
+        .env("PGPORT", port)
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", dbname)
+        .env("PGPASSWORD", PASSWORD)
+        .run();
+    r.code(0);
+    assert!(r.stdout.contains("sampl008"), "{}", r.stdout);
+}

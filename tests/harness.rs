@@ -488,7 +488,8 @@ impl Cmd {
             if let Some(mut si) = child.stdin.take() {
                 use std::io::Write;
                 std::thread::sleep(Duration::from_millis(300));
-                si.write_all(input.as_bytes())?;
+                // The command may be done before anything is typed (a refusal): not an error.
+                let _ = si.write_all(input.as_bytes());
             }
             child.wait_with_output()
         });
