@@ -307,8 +307,17 @@ fn rollback_restores_every_tenant_byte_for_byte_and_twice_is_a_no_op() {
         ("partial", &partial.url),
         ("empty", &empty.url),
     ]);
+    // The partial tenant's agent has another MODEL: replacing it needs --replace-model.
     let r = fleet
-        .cmd(&["run", "--model", "new-model", "--yes", "-o", "json"])
+        .cmd(&[
+            "run",
+            "--model",
+            "new-model",
+            "--replace-model",
+            "--yes",
+            "-o",
+            "json",
+        ])
         .run();
     r.code(0);
     let doc = r.json();
@@ -372,8 +381,11 @@ fn rollback_restores_every_tenant_byte_for_byte_and_twice_is_a_no_op() {
     for (_, s) in statuses(&st.json()) {
         assert_eq!(s, "rolled_back");
     }
-    // A new run installs again.
-    fleet.cmd(&["run", "--model", "m", "--yes"]).run().code(0);
+    // A new run installs again (the partial tenant's agent has its old MODEL back).
+    fleet
+        .cmd(&["run", "--model", "m", "--replace-model", "--yes"])
+        .run()
+        .code(0);
     assert!(installed(&plain));
 }
 

@@ -546,6 +546,13 @@ async fn refuses_when_another_orgctl_holds_the_lock() {
     let db = TestDb::sample();
     let before = db.snapshot();
     let mut holder = db.connect().await;
+    // Another orgctl: its connections say application_name=orgctl.
+    if let Err(e) = sqlx::query("SET application_name = 'orgctl'")
+        .execute(&mut holder)
+        .await
+    {
+        panic!("{e}");
+    }
     let (k1, k2) = orgctl::db::TENANT_LOCK;
     if let Err(e) = sqlx::query("SELECT pg_advisory_lock($1, $2)")
         .bind(k1)
@@ -566,7 +573,8 @@ async fn refuses_when_another_orgctl_holds_the_lock() {
         ])
         .run_async()
         .await;
-    r.code(3).one_line_error("holds this tenant's lock");
+    r.code(3)
+        .one_line_error("another orgctl holds this tenant's lock");
     assert!(
         r.stderr.contains("backend pid"),
         "names the holder: {}",
