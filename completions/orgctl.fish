@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_orgctl_global_optspecs
-    string join \n database-url= o/output= y/yes lock-timeout= statement-timeout= q/quiet v/verbose h/help V/version
+    string join \n database-url= o/output= y/yes lock-timeout= statement-timeout= pooler= q/quiet v/verbose h/help V/version
 end
 
 function __fish_orgctl_needs_command
@@ -28,7 +28,10 @@ complete -c orgctl -n "__fish_orgctl_needs_command" -l database-url -d 'PostgreS
 complete -c orgctl -n "__fish_orgctl_needs_command" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_needs_command" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_needs_command" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_needs_command" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_needs_command" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_needs_command" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_needs_command" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_needs_command" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -50,7 +53,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l allow-missing-model -d 'Proceed even though the agent has no MODEL secret (the platform will mark it failed)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l dry-run -d 'Show the plan and change nothing (read-only: no locks, no writes)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l detailed-exitcode -d 'With --dry-run: exit 4 when changes are pending, 0 when there is nothing to do'
@@ -63,7 +69,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -81,7 +90,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -94,7 +106,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l all -d 'Include revoked tokens (and the revoked_at column)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l unanchored -d 'Only tokens with no org_id'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l wide -d 'Full ids and timestamps in the table (wide). The default table fits the terminal (80 columns when its width is unknown): the prefix is the handle `revoke` and `anchor` take, org ids are cut to 8 characters, times to dates, long names end in \'…\'. JSON always has everything'
@@ -108,7 +123,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -119,7 +137,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l stale -d 'Move every stale anchor to the root: live tokens on a non-root, any token on a former root'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l dry-run -d 'With --stale: show what would move and change nothing (read-only, never asks)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l force -d 'Move a token that is already anchored to another workspace'
@@ -137,7 +158,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_see
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -153,7 +177,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l global -d 'The secret is global (then the only positional argument is KEY)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l no-restart -d 'Do not restart affected workspaces (they are reported as skipped: no-restart)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l dry-run -d 'Show the write and the restart plan; change nothing, restart nothing, never ask'
@@ -167,7 +194,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l global -d 'The secret is global (then the only positional argument is KEY)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l no-restart -d 'Do not restart affected workspaces (they are reported as skipped: no-restart)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l force -d 'Allow deleting MODEL from the platform agent (it is still not restarted)'
@@ -181,7 +211,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l global -d 'The secret is global (then the only positional argument is KEY)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only print errors on stderr'
@@ -196,7 +229,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -218,7 +254,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l allow-missing-model -d 'Install even where the agent would have no MODEL secret'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l replace-model -d 'Replace a different MODEL on tenants whose agent already exists. Without it such a tenant fails with a refusal naming this flag, so a rerun with another --model never silently changes the model of agents that are already running'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l dry-run -d 'Plan every tenant read-only and report; change and create nothing'
@@ -236,7 +275,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l force -d 'Roll back despite drift; new rows go to the oldest former root'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l dry-run -d 'Show what would be restored and the drift; change nothing'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
@@ -252,7 +294,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -267,7 +312,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l database-url -d
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -277,7 +325,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -293,7 +344,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -304,7 +358,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -321,7 +378,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -335,7 +395,10 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l database-u
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'

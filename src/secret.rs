@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -367,7 +367,7 @@ async fn existing_row(
 ) -> Result<Option<Existing>> {
     let row = match scope {
         Scope::Workspace(id) => {
-            sqlx::query(
+            db::query(
                 "SELECT encryption_version, updated_at FROM workspace_secrets
                   WHERE workspace_id = $1 AND key = $2",
             )
@@ -377,7 +377,7 @@ async fn existing_row(
             .await?
         }
         Scope::Global => {
-            sqlx::query("SELECT encryption_version, updated_at FROM global_secrets WHERE key = $1")
+            db::query("SELECT encryption_version, updated_at FROM global_secrets WHERE key = $1")
                 .bind(key)
                 .fetch_optional(&mut *conn)
                 .await?
@@ -680,7 +680,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
 
     // 1. Plan read-only: one snapshot, no locks, no writes.
     let reviewed = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let p = prior(&mut tx, scope, key, req.no_restart).await?;
         tx.rollback().await?;
         p
@@ -750,13 +750,13 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     out.confirm(&format!("{question} ({})", url.target()), ctx.yes)?;
 
     // 3. Apply in one transaction under the tenant lock: re-check, write, audit, commit.
-    db::ensure_orgctl_schema(&mut conn, url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     if let Scope::Workspace(id) = scope {
         // FOR SHARE: the target cannot become (or stop being) the platform agent, nor vanish,
         // before we commit.
-        let is_platform: Option<bool> = sqlx::query_scalar(
+        let is_platform: Option<bool> = db::query_scalar(
             "SELECT COALESCE(kind, 'workspace') = 'platform' FROM workspaces WHERE id = $1 FOR SHARE",
         )
         .bind(id)
@@ -837,7 +837,15 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
 
     // 4. After the commit: the restart plan from the committed state, then dispatch.
     let committed = format!("the {} was {}", scope.describe(key), applied.as_str());
-    outcome.restart = match restart_plan(&mut conn, scope, key, req.no_restart).await {
+    // In a read-only transaction of its own: outside one, a transaction pooler may run a
+    // statement's Parse and its Bind on two different server connections.
+    let plan = async {
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
+        let p = restart_plan(&mut tx, scope, key, req.no_restart).await?;
+        tx.rollback().await?;
+        Ok::<_, Error>(p)
+    };
+    outcome.restart = match plan.await {
         Ok(p) => p,
         Err(e) => {
             outcome.restart = RestartPlan::default();
@@ -879,7 +887,7 @@ async fn upsert(
     version: i32,
 ) -> Result<bool> {
     let inserted: bool = match scope {
-        Scope::Workspace(id) => sqlx::query_scalar(
+        Scope::Workspace(id) => db::query_scalar(
             "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value, encryption_version)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (workspace_id, key) DO UPDATE
@@ -895,7 +903,7 @@ async fn upsert(
         .fetch_one(&mut *conn)
         .await?,
         Scope::Global => {
-            sqlx::query_scalar(
+            db::query_scalar(
                 "INSERT INTO global_secrets (key, encrypted_value, encryption_version)
                  VALUES ($1, $2, $3)
                  ON CONFLICT (key) DO UPDATE
@@ -918,7 +926,7 @@ async fn upsert(
 async fn delete_row(conn: &mut PgConnection, scope: Scope, key: &str) -> Result<Option<i32>> {
     Ok(match scope {
         Scope::Workspace(id) => {
-            sqlx::query_scalar(
+            db::query_scalar(
                 "DELETE FROM workspace_secrets WHERE workspace_id = $1 AND key = $2
                  RETURNING encryption_version",
             )
@@ -928,7 +936,7 @@ async fn delete_row(conn: &mut PgConnection, scope: Scope, key: &str) -> Result<
             .await?
         }
         Scope::Global => {
-            sqlx::query_scalar(
+            db::query_scalar(
                 "DELETE FROM global_secrets WHERE key = $1 RETURNING encryption_version",
             )
             .bind(key)
@@ -975,10 +983,10 @@ async fn list(ctx: &Context, args: &SecretListArgs) -> Result<Exit> {
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
     // Read-only: never creates orgctl's schema, takes no lock.
-    let mut tx = db::begin_read_only(&mut conn).await?;
+    let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
     let rows = match scope {
         Scope::Workspace(id) => {
-            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM workspaces WHERE id = $1")
+            let exists: Option<i32> = db::query_scalar("SELECT 1 FROM workspaces WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -987,7 +995,7 @@ async fn list(ctx: &Context, args: &SecretListArgs) -> Result<Exit> {
                     "workspace {id} does not exist in this tenant: check the id"
                 )));
             }
-            sqlx::query(
+            db::query(
                 "SELECT s.key, 'workspace', s.encryption_version, s.created_at, s.updated_at,
                         EXISTS (SELECT 1 FROM global_secrets g WHERE g.key = s.key)
                    FROM workspace_secrets s WHERE s.workspace_id = $1
@@ -1003,7 +1011,7 @@ async fn list(ctx: &Context, args: &SecretListArgs) -> Result<Exit> {
             .await?
         }
         Scope::Global => {
-            sqlx::query(
+            db::query(
                 "SELECT key, 'global', encryption_version, created_at, updated_at, false
                    FROM global_secrets ORDER BY key",
             )

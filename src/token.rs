@@ -23,7 +23,7 @@ use std::io::{IsTerminal as _, Write as _};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -201,7 +201,7 @@ impl TokenRow {
 pub async fn find_token(conn: &mut PgConnection, r: &TokenRef) -> Result<TokenRow> {
     match r {
         TokenRef::Id(id) => {
-            let row: Option<TokenRow> = sqlx::query_as(&format!(
+            let row: Option<TokenRow> = db::query_as(&format!(
                 "SELECT {TOKEN_COLUMNS} FROM org_api_tokens WHERE id = $1"
             ))
             .bind(id)
@@ -216,7 +216,7 @@ pub async fn find_token(conn: &mut PgConnection, r: &TokenRef) -> Result<TokenRo
         TokenRef::Prefix(p) => {
             // Prefixes are short and random: few rows match, but a million-row table has no
             // index on prefix, so fetch a bounded page with the total.
-            let rows = sqlx::query(&format!(
+            let rows = db::query(&format!(
                 "SELECT {TOKEN_COLUMNS}, count(*) OVER () AS matches
                    FROM org_api_tokens WHERE prefix LIKE $1 ESCAPE '\\'
                   ORDER BY created_at DESC, id DESC LIMIT $2"
@@ -289,7 +289,7 @@ pub struct Root {
 /// only root. Several roots and no agent: `--org` is required (exit 2). Read-only.
 pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<Root> {
     if let Some(org) = org {
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT id, name, parent_id, status::text, COALESCE(kind, 'workspace') = 'platform'
                FROM workspaces WHERE id = $1",
         )
@@ -317,7 +317,7 @@ pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<
         });
     }
 
-    let agents = sqlx::query(
+    let agents = db::query(
         "SELECT id, name, parent_id, status::text FROM workspaces
           WHERE kind = 'platform' ORDER BY id LIMIT 11",
     )
@@ -356,7 +356,7 @@ pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<
 
     // Live roots first (oldest first), `removed` tombstones last: the operator picks from the
     // top of the list.
-    let roots = sqlx::query(
+    let roots = db::query(
         "SELECT id, name, status::text, count(*) OVER (),
                 count(*) FILTER (WHERE COALESCE(status::text, '') <> 'removed') OVER ()
            FROM workspaces
@@ -487,20 +487,20 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
 
     // Check the anchor before creating anything (orgctl's schema included).
     {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         resolve_root(&mut tx, args.org).await?;
         tx.rollback().await?;
     }
 
-    db::ensure_orgctl_schema(&mut conn, &url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     // Again under the lock: an install may have made the agent the root meanwhile.
     let root = resolve_root(&mut tx, args.org).await?;
 
     let plaintext = crypto::new_token()?;
     let prefix: String = plaintext.chars().take(PREFIX_LEN).collect();
-    let row = sqlx::query(
+    let row = db::query(
         "INSERT INTO org_api_tokens (token_hash, prefix, name, created_by, org_id)
          VALUES ($1, $2, $3, $4, $5) RETURNING id",
     )
@@ -776,7 +776,7 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
         n += 1;
         let _ = write!(sql, " LIMIT ${n}");
     }
-    let mut q = sqlx::query(&sql);
+    let mut q = db::query(&sql);
     if let Some(org) = args.org {
         q = q.bind(org);
     }
@@ -790,7 +790,7 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     let url = ctx.url()?;
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
-    let mut tx = db::begin_read_only(&mut conn).await?;
+    let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
     q.execute(&mut *tx).await?;
     let fetch = format!("FETCH {FETCH_BATCH} FROM {CURSOR}");
 
@@ -820,7 +820,7 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     let mut shown: i64 = 0;
     let mut more = false;
     'read: loop {
-        let rows: Vec<TokenRow> = sqlx::query_as(&fetch).fetch_all(&mut *tx).await?;
+        let rows: Vec<TokenRow> = db::query_as(&fetch).fetch_all(&mut *tx).await?;
         if rows.is_empty() {
             break;
         }
@@ -935,7 +935,7 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
     let token = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let t = find_token(&mut tx, r).await?;
         tx.rollback().await?;
         t
@@ -965,10 +965,10 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
         &format!("Revoke {desc} on {}?", url.target()),
     )?;
 
-    db::ensure_orgctl_schema(&mut conn, &url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
-    let done = sqlx::query(
+    let done = db::query(
         "UPDATE org_api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(token.id)
@@ -977,7 +977,7 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
     .rows_affected();
     if done == 0 {
         // Revoked (or deleted) between the read and the lock.
-        let now: Option<TokenRow> = sqlx::query_as(&format!(
+        let now: Option<TokenRow> = db::query_as(&format!(
             "SELECT {TOKEN_COLUMNS} FROM org_api_tokens WHERE id = $1"
         ))
         .bind(token.id)
@@ -1038,8 +1038,8 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
 
     // Plan: how many and which (a bounded sample; the count is exact).
     let (live, total, sample) = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
-        let counts = sqlx::query(
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
+        let counts = db::query(
             "SELECT count(*) FILTER (WHERE revoked_at IS NULL), count(*)
                FROM org_api_tokens WHERE created_by = $1",
         )
@@ -1048,7 +1048,7 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         .await?;
         let live: i64 = counts.try_get(0)?;
         let total: i64 = counts.try_get(1)?;
-        let sample: Vec<TokenRow> = sqlx::query_as(&format!(
+        let sample: Vec<TokenRow> = db::query_as(&format!(
             "SELECT {TOKEN_COLUMNS} FROM org_api_tokens
               WHERE created_by = $1 AND revoked_at IS NULL
               ORDER BY created_at DESC, id DESC LIMIT $2"
@@ -1096,13 +1096,13 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         ),
     )?;
 
-    db::ensure_orgctl_schema(&mut conn, &url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     // Every live token with the label at this moment: in incident response a token minted
     // after the confirmation must die too. One statement; `now()` is the transaction's start,
     // so every row revoked here carries the same revoked_at, which identifies them afterwards.
-    let done = sqlx::query(
+    let done = db::query(
         "UPDATE org_api_tokens SET revoked_at = now()
           WHERE created_by = $1 AND revoked_at IS NULL",
     )
@@ -1110,9 +1110,7 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
     .execute(&mut *tx)
     .await?
     .rows_affected() as i64;
-    let at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&mut *tx)
-        .await?;
+    let at: DateTime<Utc> = db::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
     db::audit(
         &mut tx,
         "token revoke",
@@ -1163,8 +1161,8 @@ async fn render_revoke_label(
         Some((at, count)) => (Some(at), count),
         None => (None, 0),
     };
-    let mut tx = db::begin_read_only(&mut *conn).await?;
-    sqlx::query(&format!(
+    let mut tx = db::begin_read_only(&mut *conn, &ctx.settings).await?;
+    db::query(&format!(
         "DECLARE {CURSOR} NO SCROLL CURSOR FOR
          SELECT {TOKEN_COLUMNS}, revoked_at IS NOT DISTINCT FROM $2 AS by_this_run
            FROM org_api_tokens
@@ -1184,7 +1182,7 @@ async fn render_revoke_label(
         sink.write("{\"revoked\": [")?;
     }
     loop {
-        let rows = sqlx::query(&fetch).fetch_all(&mut *tx).await?;
+        let rows = db::query(&fetch).fetch_all(&mut *tx).await?;
         if rows.is_empty() || sink.closed {
             break;
         }
@@ -1306,7 +1304,7 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
     let (token, root) = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let t = find_token(&mut tx, &r).await?;
         let root = resolve_root(&mut tx, args.org).await?;
         tx.rollback().await?;
@@ -1347,8 +1345,8 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
         &format!("Anchor {desc} on {}?", url.target()),
     )?;
 
-    db::ensure_orgctl_schema(&mut conn, &url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     // What was confirmed is what is applied: the same root, and the token where it was.
     let now_root = resolve_root(&mut tx, args.org).await?;
@@ -1358,7 +1356,7 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
             root.id, now_root.id
         )));
     }
-    let done = sqlx::query(
+    let done = db::query(
         "UPDATE org_api_tokens SET org_id = $1
           WHERE id = $2 AND org_id IS NOT DISTINCT FROM $3",
     )
@@ -1446,7 +1444,7 @@ fn stale_sql(former: bool) -> String {
 
 async fn has_former_roots(conn: &mut PgConnection) -> Result<bool> {
     Ok(
-        sqlx::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
+        db::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
             .fetch_one(&mut *conn)
             .await?,
     )
@@ -1461,7 +1459,7 @@ async fn plan_stale(conn: &mut PgConnection, root: Uuid) -> Result<Vec<StaleMove
            FROM s GROUP BY org_id ORDER BY count(*) DESC, org_id",
         stale_sql(former)
     );
-    sqlx::query(&sql)
+    db::query(&sql)
         .bind(root)
         .fetch_all(&mut *conn)
         .await?
@@ -1519,7 +1517,7 @@ async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
     db::ensure_compatible(&mut conn).await?;
     // 1. Plan read-only.
     let (root, reviewed) = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let root = resolve_root(&mut tx, args.org).await?;
         let moves = plan_stale(&mut tx, root.id).await?;
         tx.rollback().await?;
@@ -1555,8 +1553,8 @@ async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
     )?;
 
     // 2. Apply exactly the reviewed plan under the tenant lock.
-    db::ensure_orgctl_schema(&mut conn, &url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     let now_root = resolve_root(&mut tx, args.org).await?;
     let now = plan_stale(&mut tx, now_root.id).await?;
@@ -1567,7 +1565,7 @@ async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
     }
     let former = has_former_roots(&mut tx).await?;
     // Join on the primary key only, so a stale planner estimate cannot pick a bad plan.
-    let done = sqlx::query(&format!(
+    let done = db::query(&format!(
         "UPDATE org_api_tokens u SET org_id = $1
            FROM ({}) s
           WHERE u.id = s.id",

@@ -8,6 +8,7 @@ mod dev;
 mod docs;
 mod global;
 mod install;
+mod pooler;
 mod reliability;
 mod secret;
 mod status;
