@@ -481,9 +481,9 @@ pub async fn lock_tenant(conn: &mut PgConnection, settings: &Settings) -> Result
             let who = if by_orgctl {
                 "another orgctl holds this tenant's lock"
             } else if holder.is_empty() {
-                "another session holds this tenant's advisory lock"
+                "another session holds this tenant's lock"
             } else {
-                "a session that is not orgctl holds this tenant's advisory lock"
+                "a session that is not orgctl holds this tenant's lock"
             };
             Err(Error::refused(format!(
                 "{who}{holder}; waited {}: retry when it is done or raise --lock-timeout",

@@ -225,7 +225,7 @@ async fn messages_point_the_right_way() {
         .run_async()
         .await;
     r.code(3)
-        .one_line_error("a session that is not orgctl holds this tenant's advisory lock");
+        .one_line_error("a session that is not orgctl holds this tenant's lock");
     assert!(r.stderr.contains("application 'psql'"), "{}", r.stderr);
     assert!(!r.stderr.contains("another orgctl"), "{}", r.stderr);
     drop(psql);
