@@ -98,16 +98,6 @@ impl SecretBox {
         }
     }
 
-    /// The warning to print when a write will store plaintext (no key, not production).
-    pub fn plaintext_warning(&self) -> Option<&'static str> {
-        match (&self.key, self.production) {
-            (KeyState::Missing, false) => Some(
-                "SECRETS_ENCRYPTION_KEY is not set: the value is stored in plaintext (encryption_version 0)",
-            ),
-            _ => None,
-        }
-    }
-
     pub fn production(&self) -> bool {
         self.production
     }
@@ -123,6 +113,17 @@ impl SecretBox {
             )),
             // Always a usage error, in production too: the key itself is wrong, not the situation.
             (KeyState::Invalid(why), _) => Err(invalid_key(why)),
+        }
+    }
+
+    /// The stderr warning for a write that will be stored in plaintext (no key, outside
+    /// production: SPEC §1), or None when the write is encrypted or refused anyway.
+    pub fn plaintext_warning(&self, what: &str) -> Option<String> {
+        match self.write_version() {
+            Ok(0) => Some(format!(
+                "SECRETS_ENCRYPTION_KEY is not set: {what} is stored in plaintext (encryption_version 0); set the platform's key in SECRETS_ENCRYPTION_KEY to encrypt it"
+            )),
+            _ => None,
         }
     }
 
@@ -268,9 +269,9 @@ mod tests {
         assert!(!ok(b(32).trim_end_matches('=')), "padding is required");
         assert!(!ok("short"));
         let sb = SecretBox::new(None, "");
-        assert!(sb.plaintext_warning().is_some());
+        assert!(sb.plaintext_warning("x").is_some());
         assert!(SecretBox::new(Some(&b(32)), "")
-            .plaintext_warning()
+            .plaintext_warning("x")
             .is_none());
     }
 
