@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_orgctl_global_optspecs
-    string join \n database-url= o/output= y/yes lock-timeout= statement-timeout= q/quiet v/verbose h/help V/version
+    string join \n database-url= o/output= y/yes lock-timeout= statement-timeout= q/quiet v/verbose reason= h/help V/version
 end
 
 function __fish_orgctl_needs_command
@@ -29,6 +29,7 @@ complete -c orgctl -n "__fish_orgctl_needs_command" -s o -l output -d 'Output fo
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_needs_command" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_needs_command" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_needs_command" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_needs_command" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_needs_command" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_needs_command" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -39,6 +40,7 @@ complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "token" -d 'Mint, list
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "secret" -d 'Set, delete and list workspace and global secrets'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "backfill" -d 'Install the platform agent across a fleet of tenant databases'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "status" -d 'The org\'s invariants at a glance; exit 1 when any is broken (a CI gate)'
+complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "audit" -d 'Who changed this tenant, when, why and how it ended; `audit verify` checks the chain.'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "dev" -d 'A throwaway local PostgreSQL with a sample org, for trying orgctl out'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -51,6 +53,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l allow-missing-model -d 'Proceed even though the agent has no MODEL secret (the platform will mark it failed)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l dry-run -d 'Show the plan and change nothing (read-only: no locks, no writes)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l detailed-exitcode -d 'With --dry-run: exit 4 when changes are pending, 0 when there is nothing to do'
@@ -64,6 +67,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -82,6 +86,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -95,6 +100,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l all -d 'Include revoked tokens (and the revoked_at column)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l unanchored -d 'Only tokens with no org_id'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
@@ -108,6 +114,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -119,6 +126,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l force -d 'Move a token that is already anchored to another workspace'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s q -l quiet -d 'Only print errors on stderr'
@@ -135,6 +143,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_see
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -151,6 +160,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l global -d 'The secret is global (then the only positional argument is KEY)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l no-restart -d 'Do not restart affected workspaces (they are reported as skipped: no-restart)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l dry-run -d 'Show the write and the restart plan; change nothing, restart nothing, never ask'
@@ -165,6 +175,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l global -d 'The secret is global (then the only positional argument is KEY)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l no-restart -d 'Do not restart affected workspaces (they are reported as skipped: no-restart)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l force -d 'Allow deleting MODEL from the platform agent (it is still not restarted)'
@@ -179,6 +190,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l global -d 'The secret is global (then the only positional argument is KEY)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only print errors on stderr'
@@ -194,6 +206,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_s
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -215,6 +228,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l allow-missing-model -d 'Install even where the agent would have no MODEL secret'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l dry-run -d 'Plan every tenant read-only and report; change and create nothing'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
@@ -230,6 +244,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l force -d 'Roll back despite drift; new rows go to the oldest former root'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l dry-run -d 'Show what would be restored and the drift; change nothing'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
@@ -244,6 +259,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -259,16 +275,47 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s o -l output -d 
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s v -l verbose -d 'More detail on stderr (repeat for more)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s V -l version -d 'Print version'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -l since -d 'Only rows since then: a duration back from now (30m, 12h, 7d, 2w), an RFC 3339 timestamp (2026-12-01T07:00:00Z) or a date (2026-12-01, midnight UTC)' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -l command -d 'Only rows of this command (\'secret set\'); a name without a space also matches its family (secret: secret set, secret delete, secret restart)' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -l limit -d 'Show at most N rows (0: all). Default: 50 in a table on a terminal, else all' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
+json\t'One JSON document on stdout'"
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -s q -l quiet -d 'Only print errors on stderr'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -s V -l version -d 'Print version'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -f -a "verify" -d 'Check the audit log\'s hash chain: exit 0 when intact, 1 naming the first row that was altered, removed or inserted out of order.'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
+json\t'One JSON document on stdout'"
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -s q -l quiet -d 'Only print errors on stderr'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -s V -l version -d 'Print version'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from help" -f -a "verify" -d 'Check the audit log\'s hash chain: exit 0 when intact, 1 naming the first row that was altered, removed or inserted out of order.'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -285,6 +332,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -296,6 +344,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -313,6 +362,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -327,19 +377,21 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s o -l outpu
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s v -l verbose -d 'More detail on stderr (repeat for more)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "install-platform-agent" -d 'Make the platform agent the single root of the org, moving every anchor to it.'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "token" -d 'Mint, list, revoke and anchor org API tokens'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "secret" -d 'Set, delete and list workspace and global secrets'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "backfill" -d 'Install the platform agent across a fleet of tenant databases'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "status" -d 'The org\'s invariants at a glance; exit 1 when any is broken (a CI gate)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "dev" -d 'A throwaway local PostgreSQL with a sample org, for trying orgctl out'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "completions" -d 'Print a shell completion script to stdout'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "install-platform-agent" -d 'Make the platform agent the single root of the org, moving every anchor to it.'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "token" -d 'Mint, list, revoke and anchor org API tokens'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "secret" -d 'Set, delete and list workspace and global secrets'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "backfill" -d 'Install the platform agent across a fleet of tenant databases'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "status" -d 'The org\'s invariants at a glance; exit 1 when any is broken (a CI gate)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "audit" -d 'Who changed this tenant, when, why and how it ended; `audit verify` checks the chain.'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "dev" -d 'A throwaway local PostgreSQL with a sample org, for trying orgctl out'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from token" -f -a "mint" -d 'Mint a full-admin org API token; the plaintext is printed once, alone, on stdout.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from token" -f -a "list" -d 'List live tokens, newest first (never a hash or plaintext).'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from token" -f -a "revoke" -d 'Revoke a token by id or unique prefix, or every live token with a provenance label.'
@@ -350,6 +402,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subc
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "run" -d 'Install the platform agent on every tenant in a tenants file'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "rollback" -d 'Restore tenants to the state snapshotted by a run'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "status" -d 'Show each tenant\'s state under a run (read-only)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from audit" -f -a "verify" -d 'Check the audit log\'s hash chain: exit 0 when intact, 1 naming the first row that was altered, removed or inserted out of order.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from dev" -f -a "up" -d 'Start (or reuse) a throwaway PostgreSQL with the platform schema and a sample org; prints the DATABASE_URL on stdout'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from dev" -f -a "down" -d 'Stop the throwaway PostgreSQL and delete its data'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from dev" -f -a "seed" -d 'Add a large generated org to a dev database (for benchmarks)'

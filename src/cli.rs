@@ -106,6 +106,11 @@ pub struct GlobalArgs {
     /// More detail on stderr (repeat for more).
     #[arg(long, short = 'v', action = ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// Why this change is made (an incident or change number), stored on every audit row the
+    /// command writes. Required for changes when ORGCTL_REQUIRE_REASON=1.
+    #[arg(long, value_name = "TEXT", env = "ORGCTL_REASON", global = true)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -153,6 +158,25 @@ pub enum Command {
     #[command(after_long_help = AFTER_HELP)]
     Status(StatusArgs),
 
+    /// Who changed this tenant, when, why and how it ended; `audit verify` checks the chain.
+    ///
+    /// Lists orgctl.audit_log newest first: id, time (RFC 3339, UTC), OS user, database user,
+    /// command, reason, outcome and arguments (never a secret value). Read-only; a tenant orgctl
+    /// never changed has an empty log (exit 0) and nothing is created. A table on a terminal
+    /// shows the newest 50 rows; JSON and a stdout that is not a terminal get every match,
+    /// streamed (tab-separated lines past 10,000 rows).
+    ///
+    /// Examples:
+    ///   orgctl audit --since 24h
+    ///   orgctl audit --command secret --since 2026-12-01 --output json
+    ///   orgctl audit verify
+    #[command(
+        after_long_help = AFTER_HELP,
+        verbatim_doc_comment,
+        args_conflicts_with_subcommands = true
+    )]
+    Audit(AuditArgs),
+
     /// A throwaway local PostgreSQL with a sample org, for trying orgctl out.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -165,6 +189,31 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+}
+
+impl Command {
+    /// Whether the command (as given) can change the tenant, so it writes audit rows and needs
+    /// a reason under ORGCTL_REQUIRE_REASON=1. Dry runs, listings and checks change nothing.
+    pub fn mutating(&self) -> bool {
+        match self {
+            Command::InstallPlatformAgent(a) => !a.dry_run,
+            Command::Token(t) => !matches!(t, TokenCommand::List(_)),
+            Command::Secret(s) => match s {
+                SecretCommand::Set(a) => !a.dry_run,
+                SecretCommand::Delete(a) => !a.dry_run,
+                SecretCommand::List(_) => false,
+            },
+            Command::Backfill(b) => match b {
+                BackfillCommand::Run(a) => !a.dry_run,
+                BackfillCommand::Rollback(a) => !a.dry_run,
+                BackfillCommand::Status(_) => false,
+            },
+            Command::Status(_)
+            | Command::Audit(_)
+            | Command::Dev(_)
+            | Command::Completions { .. } => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -546,6 +595,37 @@ pub struct StatusArgs {
         value_parser = clap::value_parser!(u32).range(0..=10_000)
     )]
     pub limit: u32,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// Only rows since then: a duration back from now (30m, 12h, 7d, 2w), an RFC 3339
+    /// timestamp (2026-12-01T07:00:00Z) or a date (2026-12-01, midnight UTC).
+    #[arg(long, value_name = "DUR|TIMESTAMP")]
+    pub since: Option<String>,
+    /// Only rows of this command ('secret set'); a name without a space also matches its
+    /// family (secret: secret set, secret delete, secret restart).
+    #[arg(long = "command", value_name = "NAME")]
+    pub command_name: Option<String>,
+    /// Show at most N rows (0: all). Default: 50 in a table on a terminal, else all.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain: exit 0 when intact, 1 naming the first row that was
+    /// altered, removed or inserted out of order.
+    ///
+    /// Every row orgctl appends carries seq, prev_hash and row_hash = sha256(prev_hash ||
+    /// canonical content); the last link is recorded in orgctl.audit_head. Rows written before
+    /// the chain existed are counted as unchained, not as broken. Read-only.
+    ///
+    /// Example: orgctl audit verify --output json
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod audit;
 mod backfill;
 mod dev;
 mod docs;
