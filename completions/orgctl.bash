@@ -157,6 +157,9 @@ _orgctl() {
             orgctl__subcmd__help__subcmd__secret,list)
                 cmd="orgctl__subcmd__help__subcmd__secret__subcmd__list"
                 ;;
+            orgctl__subcmd__help__subcmd__secret,restart)
+                cmd="orgctl__subcmd__help__subcmd__secret__subcmd__restart"
+                ;;
             orgctl__subcmd__help__subcmd__secret,set)
                 cmd="orgctl__subcmd__help__subcmd__secret__subcmd__set"
                 ;;
@@ -181,6 +184,9 @@ _orgctl() {
             orgctl__subcmd__secret,list)
                 cmd="orgctl__subcmd__secret__subcmd__list"
                 ;;
+            orgctl__subcmd__secret,restart)
+                cmd="orgctl__subcmd__secret__subcmd__restart"
+                ;;
             orgctl__subcmd__secret,set)
                 cmd="orgctl__subcmd__secret__subcmd__set"
                 ;;
@@ -192,6 +198,9 @@ _orgctl() {
                 ;;
             orgctl__subcmd__secret__subcmd__help,list)
                 cmd="orgctl__subcmd__secret__subcmd__help__subcmd__list"
+                ;;
+            orgctl__subcmd__secret__subcmd__help,restart)
+                cmd="orgctl__subcmd__secret__subcmd__help__subcmd__restart"
                 ;;
             orgctl__subcmd__secret__subcmd__help,set)
                 cmd="orgctl__subcmd__secret__subcmd__help__subcmd__set"
@@ -1167,7 +1176,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__help__subcmd__secret)
-            opts="set delete list"
+            opts="set delete list restart"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1195,6 +1204,20 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__help__subcmd__secret__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__help__subcmd__secret__subcmd__restart)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1361,7 +1384,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --reason --help --version set delete list help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --reason --help --version set delete list restart help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1441,7 +1464,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__help)
-            opts="set delete list help"
+            opts="set delete list restart help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1496,6 +1519,20 @@ _orgctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        orgctl__subcmd__secret__subcmd__help__subcmd__restart)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         orgctl__subcmd__secret__subcmd__help__subcmd__set)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -1517,6 +1554,48 @@ _orgctl() {
                 return 0
             fi
             case "${prev}" in
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --statement-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__secret__subcmd__restart)
+            opts="-o -y -q -v -h -V --global --all --platform-url --dry-run --database-url --output --yes --lock-timeout --statement-timeout --quiet --verbose --reason --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --platform-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -201,6 +201,7 @@ impl Command {
             Command::Secret(s) => match s {
                 SecretCommand::Set(a) => !a.dry_run,
                 SecretCommand::Delete(a) => !a.dry_run,
+                SecretCommand::Restart(a) => !a.dry_run,
                 SecretCommand::List(_) => false,
             },
             Command::Backfill(b) => match b {
@@ -415,6 +416,25 @@ pub enum SecretCommand {
     /// secret. Read-only.
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     List(SecretListArgs),
+    /// Replay the restarts of a secret without touching its value
+    ///
+    /// Plans the restarts exactly as set and delete do (the platform agent is never restarted;
+    /// removed, paused and external workspaces are skipped), then calls only the workspaces that
+    /// orgctl.audit_log does not record as restarted since orgctl last changed the key: the ones
+    /// a failed, interrupted or never-sent restart left behind (reported as skipped:
+    /// already-restarted otherwise). --all restarts every eligible workspace. Each call becomes
+    /// an audit row (command restart). Exit 1 names the workspaces still not restarted. Asks
+    /// for confirmation on a terminal; needs --yes without one.
+    ///
+    /// Examples:
+    ///   orgctl secret restart --global OPENAI_API_KEY --yes
+    ///   orgctl secret restart 6f1c… OPENAI_API_KEY --dry-run
+    ///
+    /// Environment:
+    ///   MOLECULE_PLATFORM_URL  as --platform-url
+    ///   MOLECULE_ADMIN_TOKEN   bearer token for restarts (never printed)
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
+    Restart(SecretRestartArgs),
 }
 
 /// Where a secret lives: a workspace, or --global.
@@ -475,6 +495,30 @@ pub struct SecretDeleteArgs {
     )]
     pub platform_url: Option<String>,
     /// Show the delete and the restart plan; change nothing, restart nothing, never ask.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SecretRestartArgs {
+    #[command(flatten)]
+    pub scope: SecretScopeArgs,
+    /// WORKSPACE_ID KEY, or KEY with --global.
+    #[arg(value_name = "WORKSPACE_ID|KEY", num_args = 1..=2, required = true)]
+    pub positional: Vec<String>,
+    /// Restart every eligible workspace, also those already recorded as restarted.
+    #[arg(long)]
+    pub all: bool,
+    /// Base URL of the platform API (needs MOLECULE_ADMIN_TOKEN). Without it the restart plan
+    /// is printed instead.
+    #[arg(
+        long,
+        env = "MOLECULE_PLATFORM_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub platform_url: Option<String>,
+    /// Show which workspaces would be restarted; restart nothing, never ask.
     #[arg(long)]
     pub dry_run: bool,
 }
