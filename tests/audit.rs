@@ -635,3 +635,48 @@ async fn concurrent_orgctl_processes_leave_one_linear_chain() {
         "1,2,3,4,5,6,7,8"
     );
 }
+
+#[test]
+fn a_log_from_before_migration_4_is_listed_verified_and_then_upgraded() {
+    let db = TestDb::sample();
+    mint(&db, "old");
+    // What a tenant last changed by an orgctl without the chain looks like.
+    db.exec(
+        "ALTER TABLE orgctl.audit_log DROP COLUMN reason, DROP COLUMN seq, DROP COLUMN prev_hash,
+                                      DROP COLUMN row_hash;
+         DROP TABLE orgctl.audit_head;
+         DELETE FROM orgctl._sqlx_migrations WHERE version = 4;",
+    );
+    let before = db.snapshot();
+    let all = entries(&db, &[]);
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (all[0].command.as_str(), all[0].reason.as_deref()),
+        ("token mint", None)
+    );
+    let v = assert_intact(&db);
+    assert_eq!((v.rows, v.chained, v.unchained), (1, 0, 1));
+    assert!(v.head.is_none());
+    assert_eq!(db.snapshot(), before);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM orgctl._sqlx_migrations WHERE version = 4"),
+        "0",
+        "read-only commands never migrate"
+    );
+    // The next change upgrades the schema and starts the chain after the old row.
+    db.orgctl(&[
+        "token",
+        "mint",
+        "--name",
+        "new",
+        "--org",
+        ids::HQ,
+        "--reason",
+        "CHG-1",
+    ])
+    .run()
+    .code(0);
+    let v = assert_intact(&db);
+    assert_eq!((v.rows, v.chained, v.unchained), (2, 1, 1));
+    assert_eq!(entries(&db, &[])[0].reason.as_deref(), Some("CHG-1"));
+}
