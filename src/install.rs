@@ -28,14 +28,14 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::cli::InstallArgs;
-use crate::crypto::SecretBox;
 use crate::db;
 use crate::error::{Error, Exit, Result};
 use crate::output::{truncated, Output};
+use crate::platform::keys::SecretBox;
 use crate::Context;
 
 pub const DEFAULT_AGENT_NAME: &str = "Platform Agent";
-pub const MODEL_KEY: &str = "MODEL";
+pub use crate::platform::MODEL_KEY;
 const MAX_NAME_LEN: usize = 200;
 /// Rows a table section lists before it summarises the rest (JSON always lists all).
 const TABLE_ROWS: usize = 50;
@@ -922,11 +922,18 @@ pub async fn verify(conn: &mut PgConnection, plan: &Plan) -> Result<()> {
 /// install cannot re-parent them (they are not roots) and never walks them, but it says so
 /// (SPEC §1: corrupt chains are reported, never looped on). `orgctl status` names them all.
 async fn warn_broken_chains(out: &Output, conn: &mut PgConnection) -> Result<()> {
-    let (count, rows) = crate::status::broken_chains(conn, 3).await?;
+    let (count, rows) = crate::org::broken_chains(conn, 3).await?;
     if count > 0 {
         let named: Vec<String> = rows
             .iter()
-            .map(|f| format!("{} {}", f.id, f.detail))
+            .map(|b| {
+                format!(
+                    "{} \"{}\": {}",
+                    b.id,
+                    crate::error::sanitize(&b.name),
+                    b.why
+                )
+            })
             .collect();
         out.warn(&format!(
             "{count} workspace(s) have a broken parent chain (a cycle, or deeper than 32) and stay outside the org: {}{}; see `orgctl status`",

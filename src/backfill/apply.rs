@@ -20,10 +20,10 @@ use zeroize::Zeroizing;
 
 use super::{clean, fmt_duration, millis, Cancel, Committing, Shard, Slot, Tenant};
 use crate::cli::BackfillRunArgs;
-use crate::crypto::SecretBox;
 use crate::db::{self, Settings};
 use crate::error::{Error, Exit, Result};
 use crate::install::{self, AgentAction, InstallInput, ModelAction, Plan};
+use crate::platform::keys::SecretBox;
 use crate::Context;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -321,7 +321,7 @@ fn bind_run_row<'q>(
         .bind(plan.agent.id)
         .bind(plan.agent.action.as_str())
         .bind(plan.model.as_str())
-        .bind(install::MODEL_KEY)
+        .bind(crate::platform::MODEL_KEY)
         .bind(i32::try_from(plan.reparented.len()).unwrap_or(i32::MAX))
         .bind(plan.tokens_moved())
         .bind(plan.allowlist_moved())

@@ -23,7 +23,7 @@ use super::{clean, fmt_duration, millis, Cancel, Committing, Slot, Tenant};
 use crate::cli::BackfillRollbackArgs;
 use crate::db::{self, Settings};
 use crate::error::{Error, Exit, Result};
-use crate::install::MODEL_KEY;
+use crate::platform::MODEL_KEY;
 use crate::Context;
 
 /// Rows named per drift finding before it is summarised as a count.
