@@ -807,6 +807,45 @@ mod tests {
     }
 
     #[test]
+    fn which_commands_need_a_reason() {
+        let mutating = |args: &[&str]| {
+            let mut v = vec!["orgctl"];
+            v.extend_from_slice(args);
+            Cli::try_parse_from(v)
+                .map(|c| c.command.mutating())
+                .map_err(|e| e.to_string())
+        };
+        for args in [
+            &["install-platform-agent"][..],
+            &["token", "mint"],
+            &["token", "revoke", "abcd"],
+            &["token", "anchor", "abcd"],
+            &["secret", "set", "--global", "K"],
+            &["secret", "delete", "--global", "K"],
+            &["secret", "restart", "--global", "K"],
+            &["backfill", "run", "--tenants", "f"],
+            &["backfill", "rollback", "--run-id", "r", "--tenants", "f"],
+        ] {
+            assert_eq!(mutating(args), Ok(true), "{args:?}");
+        }
+        for args in [
+            &["install-platform-agent", "--dry-run"][..],
+            &["token", "list"],
+            &["secret", "set", "--global", "K", "--dry-run"],
+            &["secret", "restart", "--global", "K", "--dry-run"],
+            &["secret", "list", "--global"],
+            &["backfill", "run", "--tenants", "f", "--dry-run"],
+            &["backfill", "status", "--run-id", "r", "--tenants", "f"],
+            &["status"],
+            &["audit"],
+            &["audit", "verify"],
+            &["dev", "down"],
+        ] {
+            assert_eq!(mutating(args), Ok(false), "{args:?}");
+        }
+    }
+
+    #[test]
     fn no_inferred_subcommands() {
         assert!(Cli::try_parse_from(["orgctl", "tok", "list"]).is_err());
     }
