@@ -241,7 +241,7 @@ struct Columns {
 }
 
 async fn columns(conn: &mut PgConnection) -> Result<Columns> {
-    let row = sqlx::query(
+    let row = db::query(
         "SELECT to_regclass('orgctl.audit_log') IS NOT NULL,
                 EXISTS (SELECT 1 FROM pg_attribute
                          WHERE attrelid = to_regclass('orgctl.audit_log')
@@ -406,7 +406,7 @@ async fn list(ctx: &Context, args: &AuditArgs) -> Result<Exit> {
 
     let url = ctx.url()?;
     let mut conn = db::connect(&url, &ctx.settings).await?;
-    let mut tx = db::begin_read_only(&mut conn).await?;
+    let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
     let cols = columns(&mut tx).await?;
 
     let mut sink = Sink::new();
@@ -440,7 +440,7 @@ async fn list(ctx: &Context, args: &AuditArgs) -> Result<Exit> {
         if limit.is_some() {
             sql.push_str(" LIMIT $4");
         }
-        let mut q = sqlx::query(&sql)
+        let mut q = db::query(&sql)
             .bind(since_at)
             .bind(since_secs)
             .bind(&command);
@@ -450,7 +450,7 @@ async fn list(ctx: &Context, args: &AuditArgs) -> Result<Exit> {
         q.execute(&mut *tx).await?;
         let fetch = format!("FETCH {FETCH_BATCH} FROM {CURSOR}");
         'read: loop {
-            let rows: Vec<ListedRow> = sqlx::query_as(&fetch).fetch_all(&mut *tx).await?;
+            let rows: Vec<ListedRow> = db::query_as(&fetch).fetch_all(&mut *tx).await?;
             if rows.is_empty() {
                 break;
             }
@@ -757,13 +757,13 @@ struct HeadJson {
 async fn verify(ctx: &Context) -> Result<Exit> {
     let url = ctx.url()?;
     let mut conn = db::connect(&url, &ctx.settings).await?;
-    let mut tx = db::begin_read_only(&mut conn).await?;
+    let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
     let cols = columns(&mut tx).await?;
     let mut v = Verifier::default();
     let mut head = None;
     if cols.log {
         if cols.head {
-            head = sqlx::query_as::<_, (i64, Vec<u8>)>(
+            head = db::query_as::<(i64, Vec<u8>)>(
                 "SELECT seq, row_hash FROM orgctl.audit_head WHERE one",
             )
             .fetch_optional(&mut *tx)
@@ -774,7 +774,7 @@ async fn verify(ctx: &Context) -> Result<Exit> {
         } else {
             "NULL::bigint AS seq, NULL::bytea AS prev_hash, NULL::bytea AS row_hash, NULL::text AS reason"
         };
-        sqlx::query(&format!(
+        db::query(&format!(
             "DECLARE {CURSOR} NO SCROLL CURSOR FOR
              SELECT id, at, os_user, db_user, command, args::text AS args, outcome,
                     orgctl_version, {chain}
@@ -784,7 +784,7 @@ async fn verify(ctx: &Context) -> Result<Exit> {
         .await?;
         let fetch = format!("FETCH {FETCH_BATCH} FROM {CURSOR}");
         loop {
-            let rows: Vec<StoredRow> = sqlx::query_as(&fetch).fetch_all(&mut *tx).await?;
+            let rows: Vec<StoredRow> = db::query_as(&fetch).fetch_all(&mut *tx).await?;
             if rows.is_empty() {
                 break;
             }

@@ -89,7 +89,8 @@ pub struct GlobalArgs {
     )]
     pub lock_timeout: Duration,
 
-    /// Abort any single statement that runs longer than this (e.g. 30s, 10m). Default: no limit.
+    /// Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0:
+    /// no limit.
     #[arg(
         long,
         value_name = "DUR",
@@ -98,6 +99,20 @@ pub struct GlobalArgs {
         global = true
     )]
     pub statement_timeout: Option<Duration>,
+
+    /// What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through
+    /// any pooler and on a direct connection: statements are prepared unnamed, so nothing
+    /// outlives a transaction on a pooled server connection. `session` or `none` (a session
+    /// pooler, or a direct connection) lets orgctl cache named prepared statements instead.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value_t = PoolerMode::Transaction,
+        env = "ORGCTL_POOLER",
+        global = true
+    )]
+    pub pooler: PoolerMode,
 
     /// Only print errors on stderr.
     #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
@@ -111,6 +126,16 @@ pub struct GlobalArgs {
     /// command writes. Required for changes when ORGCTL_REQUIRE_REASON=1.
     #[arg(long, value_name = "TEXT", env = "ORGCTL_REASON", global = true)]
     pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolerMode {
+    /// A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown.
+    Transaction,
+    /// A session pooler (PgBouncer pool_mode=session).
+    Session,
+    /// A direct connection to PostgreSQL.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,8 +6,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{Connection, Row};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow};
+use sqlx::query::{Query, QueryAs, QueryScalar};
+use sqlx::{Connection, Postgres, Row};
 
 use crate::error::{sqlstate, Error, Result};
 use crate::redact;
@@ -144,6 +147,7 @@ fn register_intended_password(raw: &str) {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub lock_timeout: Duration,
+    /// `None` (or `--statement-timeout 0`): no limit, as PostgreSQL's own 0.
     pub statement_timeout: Option<Duration>,
 }
 
@@ -156,6 +160,56 @@ impl Default for Settings {
     }
 }
 
+/// What sits between orgctl and the server, from `--pooler` / `ORGCTL_POOLER`. It decides one
+/// thing: whether orgctl may keep named prepared statements on its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooler {
+    /// A transaction pooler (PgBouncer `pool_mode = transaction`, managed proxies) or not known:
+    /// every statement is prepared unnamed, so nothing outlives the transaction on the server
+    /// connection another client gets next. Safe everywhere; the default.
+    Transaction,
+    /// A session pooler, or a direct connection: the server connection is this client's for the
+    /// whole session, so sqlx's statement cache (named statements) may be used.
+    Session,
+}
+
+/// The process-wide mode, set once from the command line before anything connects (the query
+/// helpers below cannot be handed a setting at each of their call sites).
+static STATEMENT_CACHE: AtomicBool = AtomicBool::new(false);
+
+pub fn set_pooler(p: Pooler) {
+    STATEMENT_CACHE.store(p == Pooler::Session, Ordering::Relaxed);
+}
+
+fn statement_cache() -> bool {
+    STATEMENT_CACHE.load(Ordering::Relaxed)
+}
+
+/// `sqlx::query`, prepared unnamed unless `--pooler session|none` allows named statements.
+/// Every orgctl statement goes through these three helpers (`.ci/run` rejects a bare
+/// `sqlx::query` in src/): sqlx 0.8 keeps preparing *named* statements even with
+/// `statement_cache_capacity(0)` (and then never closes them), so the cache capacity alone
+/// does not make a connection safe behind a transaction pooler.
+pub fn query(sql: &str) -> Query<'_, Postgres, PgArguments> {
+    sqlx::query(sql).persistent(statement_cache())
+}
+
+/// `sqlx::query_as`, see [`query`].
+pub fn query_as<'q, O>(sql: &'q str) -> QueryAs<'q, Postgres, O, PgArguments>
+where
+    O: for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    sqlx::query_as(sql).persistent(statement_cache())
+}
+
+/// `sqlx::query_scalar`, see [`query`].
+pub fn query_scalar<'q, O>(sql: &'q str) -> QueryScalar<'q, Postgres, O, PgArguments>
+where
+    (O,): for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    sqlx::query_scalar(sql).persistent(statement_cache())
+}
+
 /// Resolve `--database-url` / `DATABASE_URL`.
 pub fn url_from(arg: Option<&str>) -> Result<DbUrl> {
     match arg {
@@ -166,16 +220,24 @@ pub fn url_from(arg: Option<&str>) -> Result<DbUrl> {
     }
 }
 
-/// Connect with `application_name=orgctl`, the lock and statement timeouts, and a bounded retry
-/// on transient network errors. The error names the host, never the password.
-pub async fn connect(url: &DbUrl, settings: &Settings) -> Result<PgConnection> {
-    let lock_ms = settings.lock_timeout.as_millis().max(1).to_string();
-    let stmt_ms = settings
-        .statement_timeout
-        .map(|d| d.as_millis().max(1).to_string())
-        .unwrap_or_else(|| "0".to_string());
-    let params = [("lock_timeout", &lock_ms), ("statement_timeout", &stmt_ms)];
-    let opts = url.opts.clone().application_name("orgctl").options(params);
+/// Connect with `application_name=orgctl` and a bounded retry on transient network errors.
+/// The error names the host, never the password.
+///
+/// Nothing that must hold is set here: behind a transaction pooler a session setting lands on
+/// whichever server connection runs it, not on the one a later transaction gets. The timeouts
+/// are set inside each transaction by [`begin_write`] and [`begin_read_only`]. The startup
+/// packet carries only what PgBouncer accepts without `ignore_startup_parameters`
+/// (`DateStyle`, `client_encoding`, `TimeZone`, `application_name`): no `options`, no
+/// `extra_float_digits` (orgctl reads no floats in text format).
+pub async fn connect(url: &DbUrl, _settings: &Settings) -> Result<PgConnection> {
+    let mut opts = url
+        .opts
+        .clone()
+        .application_name("orgctl")
+        .extra_float_digits(None);
+    if !statement_cache() {
+        opts = opts.statement_cache_capacity(0);
+    }
 
     let mut last: Option<Error> = None;
     for attempt in 0..CONNECT_ATTEMPTS {
@@ -235,22 +297,9 @@ fn connect_error(url: &DbUrl, e: &sqlx::Error) -> Error {
     }
 }
 
-/// Refuse servers too old for what orgctl relies on, and ask the server to notice a vanished
-/// client quickly (PostgreSQL 14+), so an interrupted orgctl does not leave a long statement
-/// holding locks.
+/// Refuse servers too old for what orgctl relies on.
 async fn check_server(conn: &mut PgConnection, url: &DbUrl) -> Result<()> {
-    // The server reports its version when the connection starts; ask only if it did not.
-    let version: i32 = match conn
-        .server_version_num()
-        .and_then(|v| i32::try_from(v).ok())
-    {
-        Some(v) => v,
-        None => {
-            sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
-                .fetch_one(&mut *conn)
-                .await?
-        }
-    };
+    let version = server_version(conn).await?;
     if version < 130_000 {
         return Err(Error::refused(format!(
             "{} runs PostgreSQL {}; orgctl needs 13 or newer",
@@ -258,30 +307,118 @@ async fn check_server(conn: &mut PgConnection, url: &DbUrl) -> Result<()> {
             version / 10_000
         )));
     }
-    if version >= 140_000 {
-        sqlx::query("SET client_connection_check_interval = '1s'")
-            .execute(&mut *conn)
-            .await?;
-    }
     Ok(())
 }
 
-/// Open a read-only REPEATABLE READ transaction: one consistent snapshot, no row locks, no
-/// writes. Used by every dry run and every read-only command.
-pub async fn begin_read_only(
-    conn: &mut PgConnection,
-) -> Result<sqlx::Transaction<'_, sqlx::Postgres>> {
+/// `server_version_num`: reported when the connection starts (PgBouncer passes the server's
+/// on); asked only if it was not.
+async fn server_version(conn: &mut PgConnection) -> Result<i32> {
+    match conn
+        .server_version_num()
+        .and_then(|v| i32::try_from(v).ok())
+    {
+        Some(v) => Ok(v),
+        None => {
+            // A simple query (one message, one round trip): safe outside a transaction even
+            // behind a transaction pooler.
+            let row = sqlx::Executor::fetch_one(
+                &mut *conn,
+                "SELECT current_setting('server_version_num')",
+            )
+            .await?;
+            let v: String = row.try_get(0)?;
+            v.trim().parse().map_err(|_| {
+                Error::failed(format!("the server reported version '{v}', not a number"))
+            })
+        }
+    }
+}
+
+/// How long a write transaction of orgctl may sit idle (orgctl stopped with Ctrl-Z, a hung
+/// process) before the server ends it and frees its locks. orgctl never waits for a person
+/// inside a write transaction: confirmations come between the read-only plan and the write
+/// transaction. Read-only transactions hold no row locks and may wait on the reader of their
+/// output (`orgctl token list | less` streams from a cursor), so orgctl sets none for them.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
+
+/// Open a write transaction with orgctl's settings in force for exactly this transaction:
+/// every mutation, and orgctl's schema migration, begins here.
+pub async fn begin_write<'c>(
+    conn: &'c mut PgConnection,
+    settings: &Settings,
+) -> Result<sqlx::Transaction<'c, sqlx::Postgres>> {
+    let version = server_version(conn).await?;
     let mut tx = conn.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    apply_settings(&mut tx, transaction_settings(settings, version, true)).await?;
     Ok(tx)
+}
+
+/// Open a read-only REPEATABLE READ transaction: one consistent snapshot, no row locks, no
+/// writes, the same timeouts. Used by every dry run and every read-only command.
+pub async fn begin_read_only<'c>(
+    conn: &'c mut PgConnection,
+    settings: &Settings,
+) -> Result<sqlx::Transaction<'c, sqlx::Postgres>> {
+    let version = server_version(conn).await?;
+    let mut tx = conn
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await?;
+    apply_settings(&mut tx, transaction_settings(settings, version, false)).await?;
+    Ok(tx)
+}
+
+/// The settings that must hold for the transaction, set with `set_config(…, true)` (SET
+/// LOCAL) in one statement: they end with the transaction, so behind a transaction pooler they
+/// are in force on the server connection that runs it and never leak to the next client.
+async fn apply_settings(conn: &mut PgConnection, names: Vec<(&str, String)>) -> Result<()> {
+    let (names, values): (Vec<&str>, Vec<String>) = names.into_iter().unzip();
+    query("SELECT count(set_config(n, v, true)) FROM unnest($1::text[], $2::text[]) AS s(n, v)")
+        .bind(&names)
+        .bind(&values)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Name and value of each per-transaction setting (pure, unit-tested).
+fn transaction_settings(
+    settings: &Settings,
+    version: i32,
+    write: bool,
+) -> Vec<(&'static str, String)> {
+    let ms = |d: Duration| d.as_millis().max(1).to_string();
+    let mut v = vec![
+        ("lock_timeout", ms(settings.lock_timeout)),
+        (
+            "statement_timeout",
+            match settings.statement_timeout {
+                Some(d) if !d.is_zero() => ms(d),
+                _ => "0".to_string(),
+            },
+        ),
+        // Who holds the tenant lock is told by application_name (lock_holder); a pooler may
+        // not pass the startup parameter on, so say it here too.
+        ("application_name", "orgctl".to_string()),
+    ];
+    if write {
+        // Read-only: left as the server or role has it (a DBA's limit stays in force).
+        v.push((
+            "idle_in_transaction_session_timeout",
+            ms(IDLE_IN_TRANSACTION),
+        ));
+    }
+    if version >= 140_000 {
+        // Notice a vanished client within a second (PostgreSQL 14+), so an interrupted orgctl
+        // does not leave a long statement holding locks.
+        v.push(("client_connection_check_interval", "1000".to_string()));
+    }
+    v
 }
 
 /// Take the tenant's advisory lock for the rest of the transaction, waiting at most
 /// `--lock-timeout`. When it is held, the refusal names the holder.
 pub async fn lock_tenant(conn: &mut PgConnection, settings: &Settings) -> Result<()> {
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+    let got: bool = query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
         .bind(TENANT_LOCK.0)
         .bind(TENANT_LOCK.1)
         .fetch_one(&mut *conn)
@@ -290,7 +427,7 @@ pub async fn lock_tenant(conn: &mut PgConnection, settings: &Settings) -> Result
         return Ok(());
     }
     let holder = lock_holder(conn).await.unwrap_or_default();
-    match sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+    match query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(TENANT_LOCK.0)
         .bind(TENANT_LOCK.1)
         .execute(&mut *conn)
@@ -310,7 +447,7 @@ pub async fn lock_tenant(conn: &mut PgConnection, settings: &Settings) -> Result
 }
 
 async fn lock_holder(conn: &mut PgConnection) -> Result<String> {
-    let row = sqlx::query(
+    let row = query(
         "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''),
                 coalesce(a.client_addr::text, 'local')
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -403,17 +540,22 @@ pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
 ];
 
 /// Refuse (exit 3) a tenant whose schema lacks a table or column orgctl needs, naming each.
+/// Runs in a transaction of its own (catalog reads only): no statement of orgctl runs outside
+/// one, because a transaction pooler may hand the server connection to another client between
+/// an unnamed statement's Parse and its Bind.
 pub async fn ensure_compatible(conn: &mut PgConnection) -> Result<()> {
     let tables: Vec<&str> = REQUIRED_COLUMNS.iter().map(|(t, _)| *t).collect();
-    let rows = sqlx::query(
+    let mut tx = conn.begin().await?;
+    let rows = query(
         "SELECT t.name, to_regclass(t.name) IS NOT NULL AS present, a.attname::text
            FROM unnest($1::text[]) AS t(name)
            LEFT JOIN pg_attribute a
              ON a.attrelid = to_regclass(t.name) AND a.attnum > 0 AND NOT a.attisdropped",
     )
     .bind(&tables)
-    .fetch_all(&mut *conn)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.rollback().await?;
     let mut missing = Vec::new();
     for (table, columns) in REQUIRED_COLUMNS {
         let present = rows.iter().any(|r| {
@@ -452,7 +594,7 @@ pub async fn ensure_compatible(conn: &mut PgConnection) -> Result<()> {
 /// Whether orgctl's own schema exists (read-only commands must not create it).
 pub async fn orgctl_schema_exists(conn: &mut PgConnection) -> Result<bool> {
     Ok(
-        sqlx::query_scalar("SELECT to_regclass('orgctl.audit_log') IS NOT NULL")
+        query_scalar("SELECT to_regclass('orgctl.audit_log') IS NOT NULL")
             .fetch_one(&mut *conn)
             .await?,
     )
@@ -478,19 +620,26 @@ CREATE TABLE IF NOT EXISTS orgctl._sqlx_migrations (
 /// migrations; on a fleet, first touch of every tenant pays for that, and here it is six
 /// statements that apply all or nothing. The migrations are schema-qualified, so the
 /// connection's `search_path` is never changed.
-pub async fn ensure_orgctl_schema(conn: &mut PgConnection, url: &DbUrl) -> Result<()> {
+pub async fn ensure_orgctl_schema(
+    conn: &mut PgConnection,
+    url: &DbUrl,
+    settings: &Settings,
+) -> Result<()> {
     let latest = ORGCTL_MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    if let Some(current) = applied_version(conn).await? {
+    let started = std::time::Instant::now();
+    // Checked inside the transaction (no statement outside one, see ensure_compatible); the
+    // common case, nothing to do, ends it right there.
+    let mut tx = begin_write(conn, settings).await?;
+    if let Some(current) = applied_version(&mut tx).await? {
         if current == latest {
+            tx.commit().await?;
             return Ok(());
         }
         if current > latest {
             return Err(newer_schema(url, current, latest));
         }
     }
-    let started = std::time::Instant::now();
-    let mut tx = conn.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+    query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(SCHEMA_LOCK.0)
         .bind(SCHEMA_LOCK.1)
         .execute(&mut *tx)
@@ -508,7 +657,7 @@ pub async fn ensure_orgctl_schema(conn: &mut PgConnection, url: &DbUrl) -> Resul
         })?;
     // Under the lock: what another orgctl may have applied meanwhile.
     let applied: Vec<(i64, Vec<u8>, bool)> =
-        sqlx::query_as("SELECT version, checksum, success FROM orgctl._sqlx_migrations")
+        query_as("SELECT version, checksum, success FROM orgctl._sqlx_migrations")
             .fetch_all(&mut *tx)
             .await?;
     if let Some((v, _, _)) = applied.iter().find(|(v, _, _)| *v > latest) {
@@ -545,7 +694,7 @@ pub async fn ensure_orgctl_schema(conn: &mut PgConnection, url: &DbUrl) -> Resul
                     crate::error::classify_sqlx(&e).message
                 ))
             })?;
-        sqlx::query(
+        query(
             "INSERT INTO orgctl._sqlx_migrations
                     (version, description, success, checksum, execution_time)
              SELECT v, d, true, c, $4
@@ -564,15 +713,14 @@ pub async fn ensure_orgctl_schema(conn: &mut PgConnection, url: &DbUrl) -> Resul
 
 /// The highest successfully applied orgctl migration, or None before orgctl's first write.
 async fn applied_version(conn: &mut PgConnection) -> Result<Option<i64>> {
-    let has_table: bool =
-        sqlx::query_scalar("SELECT to_regclass('orgctl._sqlx_migrations') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?;
+    let has_table: bool = query_scalar("SELECT to_regclass('orgctl._sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
     if !has_table {
         return Ok(None);
     }
     Ok(
-        sqlx::query_scalar("SELECT max(version) FROM orgctl._sqlx_migrations WHERE success")
+        query_scalar("SELECT max(version) FROM orgctl._sqlx_migrations WHERE success")
             .fetch_one(&mut *conn)
             .await?,
     )
@@ -638,7 +786,7 @@ pub async fn append_audit(conn: &mut PgConnection, entries: &[AuditEntry]) -> Re
     if entries.is_empty() {
         return Ok(());
     }
-    let head: Option<(i64, Vec<u8>, chrono::DateTime<chrono::Utc>, String)> = sqlx::query_as(
+    let head: Option<(i64, Vec<u8>, chrono::DateTime<chrono::Utc>, String)> = query_as(
         "SELECT seq, row_hash, now(), current_user::text FROM orgctl.audit_head WHERE one FOR UPDATE",
     )
     .fetch_optional(&mut *conn)
@@ -660,7 +808,7 @@ pub async fn append_audit(conn: &mut PgConnection, entries: &[AuditEntry]) -> Re
         let raw: Vec<String> = chunk.iter().map(|e| e.args.to_string()).collect();
         // Ids from the table's own sequence, and the arguments as PostgreSQL will store and
         // return them (jsonb normalises), so the hash covers exactly what `audit verify` reads.
-        let rows: Vec<(i64, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String)> = query_as(
             "SELECT nextval(pg_get_serial_sequence('orgctl.audit_log', 'id')), a::jsonb::text
                FROM unnest($1::text[]) WITH ORDINALITY AS t(a, n) ORDER BY n",
         )
@@ -700,7 +848,7 @@ pub async fn append_audit(conn: &mut PgConnection, entries: &[AuditEntry]) -> Re
             outcomes.push(e.outcome.clone());
             prev = hash;
         }
-        let inserted = sqlx::query(
+        let inserted = query(
             "INSERT INTO orgctl.audit_log
                     (id, at, os_user, db_user, command, args, reason, outcome, orgctl_version,
                      seq, prev_hash, row_hash)
@@ -724,7 +872,7 @@ pub async fn append_audit(conn: &mut PgConnection, entries: &[AuditEntry]) -> Re
         .await?;
         ensure_rows("the audit append", inserted.rows_affected(), n as i64)?;
     }
-    let moved = sqlx::query("UPDATE orgctl.audit_head SET seq = $1, row_hash = $2 WHERE one")
+    let moved = query("UPDATE orgctl.audit_head SET seq = $1, row_hash = $2 WHERE one")
         .bind(seq)
         .bind(prev.to_vec())
         .execute(&mut *conn)
@@ -739,13 +887,14 @@ pub async fn append_audit(conn: &mut PgConnection, entries: &[AuditEntry]) -> Re
 pub async fn audit_after_commit(
     conn: &mut PgConnection,
     url: &DbUrl,
+    settings: &Settings,
     entries: &[AuditEntry],
 ) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
-    ensure_orgctl_schema(conn, url).await?;
-    let mut tx = conn.begin().await?;
+    ensure_orgctl_schema(conn, url, settings).await?;
+    let mut tx = begin_write(conn, settings).await?;
     append_audit(&mut tx, entries).await?;
     tx.commit().await?;
     Ok(())
@@ -754,6 +903,48 @@ pub async fn audit_after_commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transaction_settings_are_local_values_and_0_is_no_statement_limit() {
+        let get = |s: &Settings, version: i32, name: &str| {
+            transaction_settings(s, version, true)
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v)
+        };
+        let mut s = Settings {
+            lock_timeout: Duration::from_millis(500),
+            statement_timeout: Some(Duration::from_secs(30)),
+        };
+        assert_eq!(get(&s, 150_000, "lock_timeout").as_deref(), Some("500"));
+        assert_eq!(
+            get(&s, 150_000, "statement_timeout").as_deref(),
+            Some("30000")
+        );
+        assert_eq!(
+            get(&s, 150_000, "idle_in_transaction_session_timeout").as_deref(),
+            Some("60000")
+        );
+        assert_eq!(
+            get(&s, 150_000, "application_name").as_deref(),
+            Some("orgctl")
+        );
+        assert_eq!(
+            get(&s, 150_000, "client_connection_check_interval").as_deref(),
+            Some("1000")
+        );
+        // Read-only transactions may wait on their reader: no idle limit of orgctl's.
+        assert!(!transaction_settings(&s, 150_000, false)
+            .iter()
+            .any(|(n, _)| *n == "idle_in_transaction_session_timeout"));
+        // PostgreSQL 13 does not know client_connection_check_interval.
+        assert_eq!(get(&s, 130_000, "client_connection_check_interval"), None);
+        // 0 and none mean no limit, as PostgreSQL's own 0 (never a 1 ms limit).
+        for none in [Some(Duration::ZERO), None] {
+            s.statement_timeout = none;
+            assert_eq!(get(&s, 150_000, "statement_timeout").as_deref(), Some("0"));
+        }
+    }
 
     #[test]
     fn url_redacts_password() {

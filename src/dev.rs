@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use sqlx::{Connection, Executor};
+use sqlx::Executor;
 
 use crate::cli::{DevCommand, DevDirArgs, DevSeedArgs, DevUpArgs};
 use crate::db::{self, DbUrl};
@@ -148,7 +148,7 @@ async fn up(ctx: &Context, a: &DevUpArgs) -> Result<Exit> {
     let admin = DbUrl::parse(&url_for(port, "postgres"))?;
     let mut conn = db::connect(&admin, &ctx.settings).await?;
     let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        db::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(DEV_DATABASE)
             .fetch_one(&mut conn)
             .await?;
@@ -159,7 +159,7 @@ async fn up(ctx: &Context, a: &DevUpArgs) -> Result<Exit> {
             .await?;
         let url = DbUrl::parse(&url_for(port, DEV_DATABASE))?;
         let mut dev = db::connect(&url, &ctx.settings).await?;
-        let mut tx = dev.begin().await?;
+        let mut tx = db::begin_write(&mut dev, &ctx.settings).await?;
         tx.execute(db::PLATFORM_SCHEMA_SQL).await?;
         tx.execute(SAMPLE_ORG_SQL).await?;
         tx.commit().await?;
@@ -261,11 +261,13 @@ async fn seed(ctx: &Context, a: &DevSeedArgs) -> Result<Exit> {
     }
     let url = ctx.url()?;
     let mut conn = db::connect(&url, &ctx.settings).await?;
-    let comment: Option<String> = sqlx::query_scalar(
+    let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
+    let comment: Option<String> = db::query_scalar(
         "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = current_database()",
     )
-    .fetch_one(&mut conn)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.rollback().await?;
     if comment.as_deref() != Some(DEV_COMMENT) {
         return Err(Error::refused(format!(
             "{} is not an orgctl dev database; dev seed only fills databases made by `orgctl dev up` or the tests",
@@ -274,10 +276,10 @@ async fn seed(ctx: &Context, a: &DevSeedArgs) -> Result<Exit> {
     }
     db::ensure_compatible(&mut conn).await?;
     let salt = uuid::Uuid::new_v4().to_string();
-    let mut tx = conn.begin().await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     let pb = ctx.out.progress(LARGE_ORG.len() as u64 + 1, "seeding");
     for stmt in LARGE_ORG {
-        sqlx::query(stmt)
+        db::query(stmt)
             .bind(a.roots as i32)
             .bind(a.workspaces as i32)
             .bind(a.tokens as i32)

@@ -23,7 +23,7 @@ use futures_util::TryStreamExt;
 use serde::Serialize;
 use sha2::Digest;
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -380,7 +380,7 @@ impl std::fmt::Write for HashWriter {
 pub async fn plan(conn: &mut PgConnection, input: &InstallInput, sb: &SecretBox) -> Result<Plan> {
     let agent = resolve_agent(conn, input).await?;
 
-    let roots = sqlx::query(
+    let roots = db::query(
         "SELECT id, name, status::text FROM workspaces
           WHERE parent_id IS NULL AND id <> $1
           ORDER BY created_at NULLS LAST, id",
@@ -407,7 +407,7 @@ pub async fn plan(conn: &mut PgConnection, input: &InstallInput, sb: &SecretBox)
         }
     }
 
-    let token_moves: Vec<TokenMove> = sqlx::query(
+    let token_moves: Vec<TokenMove> = db::query(
         "SELECT org_id,
                 count(*) FILTER (WHERE revoked_at IS NULL),
                 count(*) FILTER (WHERE revoked_at IS NOT NULL)
@@ -429,7 +429,7 @@ pub async fn plan(conn: &mut PgConnection, input: &InstallInput, sb: &SecretBox)
     })
     .collect::<std::result::Result<_, sqlx::Error>>()?;
 
-    let allowlist_moves: Vec<AllowlistMove> = sqlx::query(&format!(
+    let allowlist_moves: Vec<AllowlistMove> = db::query(&format!(
         "{ALLOWLIST_SCOPE}
          SELECT org_id, count(*) FROM scope
           WHERE rn = 1 AND org_id <> $2
@@ -456,10 +456,7 @@ pub async fn plan(conn: &mut PgConnection, input: &InstallInput, sb: &SecretBox)
              SELECT id::text, plugin_name, org_id FROM scope
               WHERE rn > 1 ORDER BY plugin_name, id"
         );
-        let mut rows = sqlx::query(&sql)
-            .bind(&old)
-            .bind(agent.id)
-            .fetch(&mut *conn);
+        let mut rows = db::query(&sql).bind(&old).bind(agent.id).fetch(&mut *conn);
         while let Some(r) = rows.try_next().await? {
             merged.push(MergedRow {
                 id: r.try_get(0)?,
@@ -471,7 +468,7 @@ pub async fn plan(conn: &mut PgConnection, input: &InstallInput, sb: &SecretBox)
     let kept: BTreeMap<String, String> = if merged.is_empty() {
         BTreeMap::new()
     } else {
-        sqlx::query_as(&format!(
+        db::query_as(&format!(
             "{ALLOWLIST_SCOPE}
              SELECT plugin_name, id::text FROM scope
               WHERE rn = 1 AND plugin_name IN (SELECT plugin_name FROM scope WHERE rn > 1)"
@@ -538,12 +535,10 @@ async fn resolve_agent(conn: &mut PgConnection, input: &InstallInput) -> Result<
                 .into_iter()
                 .next();
             let named_kind: Option<String> = if named.is_some() {
-                sqlx::query_scalar(
-                    "SELECT COALESCE(kind, 'workspace') FROM workspaces WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?
+                db::query_scalar("SELECT COALESCE(kind, 'workspace') FROM workspaces WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?
             } else {
                 None
             };
@@ -638,7 +633,7 @@ async fn fetch_agents(
     id: Option<Uuid>,
 ) -> Result<Vec<AgentRow>> {
     let sql = format!("SELECT id, name, parent_id, tier, status::text FROM workspaces {filter}");
-    let mut q = sqlx::query(&sql);
+    let mut q = db::query(&sql);
     if let Some(id) = id {
         q = q.bind(id);
     }
@@ -659,13 +654,13 @@ async fn fetch_agents(
 
 /// Roots an earlier install re-parented under this agent (empty before orgctl's schema exists).
 async fn former_roots(conn: &mut PgConnection, agent: Uuid) -> Result<Vec<Uuid>> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
+    let exists: bool = db::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
         .fetch_one(&mut *conn)
         .await?;
     if !exists {
         return Ok(Vec::new());
     }
-    Ok(sqlx::query_scalar(
+    Ok(db::query_scalar(
         "SELECT f.workspace_id FROM orgctl.former_roots f
           WHERE f.agent_id = $1 AND f.workspace_id <> $1
           ORDER BY f.workspace_id",
@@ -684,7 +679,7 @@ async fn model_action(
     let existing = if agent.action == AgentAction::Create {
         None
     } else {
-        sqlx::query(
+        db::query(
             "SELECT encrypted_value, encryption_version FROM workspace_secrets
               WHERE workspace_id = $1 AND key = $2",
         )
@@ -719,7 +714,7 @@ async fn model_action(
 /// (or the --id row), every root, every former root.
 pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<()> {
     let former_exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
+        db::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
             .fetch_one(&mut *conn)
             .await?;
     let former_clause = if former_exists {
@@ -732,7 +727,7 @@ pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<
           WHERE parent_id IS NULL OR kind = 'platform' OR id = $1 {former_clause}
           ORDER BY id FOR UPDATE"
     );
-    sqlx::query(&sql)
+    db::query(&sql)
         .bind(input.id.unwrap_or(input.proposed_id))
         .execute(&mut *conn)
         .await
@@ -760,7 +755,7 @@ pub async fn execute(
 ) -> Result<()> {
     let agent = &plan.agent;
     if agent.action != AgentAction::Unchanged {
-        let r = sqlx::query(
+        let r = db::query(
             "INSERT INTO workspaces (id, name, kind, parent_id, tier)
              VALUES ($1, $2, 'platform', NULL, 0)
              ON CONFLICT (id) DO UPDATE
@@ -781,7 +776,7 @@ pub async fn execute(
             .ok_or_else(|| Error::failed("internal: MODEL planned without a value"))?;
         let (sealed, version) = sb.seal(value.as_bytes())?;
         let sealed = Zeroizing::new(sealed);
-        let r = sqlx::query(
+        let r = db::query(
             "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value, encryption_version)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (workspace_id, key) DO UPDATE
@@ -800,7 +795,7 @@ pub async fn execute(
 
     let old = plan.old_roots();
     if !plan.merged.is_empty() {
-        let r = sqlx::query(&format!(
+        let r = db::query(&format!(
             "{ALLOWLIST_SCOPE}
              DELETE FROM org_plugin_allowlist a USING scope s WHERE a.id = s.id AND s.rn > 1"
         ))
@@ -815,7 +810,7 @@ pub async fn execute(
         )?;
     }
     if !plan.allowlist_moves.is_empty() {
-        let r = sqlx::query("UPDATE org_plugin_allowlist SET org_id = $1 WHERE org_id = ANY($2)")
+        let r = db::query("UPDATE org_plugin_allowlist SET org_id = $1 WHERE org_id = ANY($2)")
             .bind(agent.id)
             .bind(&old)
             .execute(&mut *conn)
@@ -827,7 +822,7 @@ pub async fn execute(
         )?;
     }
     if !plan.token_moves.is_empty() {
-        let r = sqlx::query("UPDATE org_api_tokens SET org_id = $1 WHERE org_id = ANY($2)")
+        let r = db::query("UPDATE org_api_tokens SET org_id = $1 WHERE org_id = ANY($2)")
             .bind(agent.id)
             .bind(&old)
             .execute(&mut *conn)
@@ -836,7 +831,7 @@ pub async fn execute(
     }
     if !plan.reparented.is_empty() {
         let ids: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
-        let r = sqlx::query(
+        let r = db::query(
             "UPDATE workspaces SET parent_id = $1, updated_at = now()
               WHERE id = ANY($2) AND parent_id IS NULL",
         )
@@ -849,7 +844,7 @@ pub async fn execute(
             r.rows_affected(),
             plan.reparented.len() as i64,
         )?;
-        sqlx::query(
+        db::query(
             "INSERT INTO orgctl.former_roots (workspace_id, agent_id)
              SELECT unnest($1::uuid[]), $2
              ON CONFLICT (workspace_id) DO UPDATE SET agent_id = EXCLUDED.agent_id,
@@ -868,7 +863,7 @@ pub async fn execute(
 /// platform agent, no anchor row on an old root, and MODEL present unless allowed missing.
 pub async fn verify(conn: &mut PgConnection, plan: &Plan) -> Result<()> {
     let old = plan.old_roots();
-    let row = sqlx::query(
+    let row = db::query(
         "SELECT (SELECT count(*) FROM workspaces WHERE parent_id IS NULL),
                 (SELECT count(*) FROM workspaces WHERE parent_id IS NULL AND id = $1
                                                    AND kind = 'platform' AND tier = 0),
@@ -1209,7 +1204,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
 
     // 1. Plan read-only: a consistent snapshot, no locks, no writes.
     let reviewed = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let p = plan(&mut tx, &input, &sb).await?;
         warn_broken_chains(out, &mut tx).await?;
         tx.rollback().await?;
@@ -1265,8 +1260,8 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     // Only the reviewed plan's hash is needed from here on; free the plan itself.
     let reviewed_hash = reviewed.hash();
     drop(reviewed);
-    db::ensure_orgctl_schema(&mut conn, &url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     lock_rows(&mut tx, &input).await?;
     let current = plan(&mut tx, &input, &sb).await?;

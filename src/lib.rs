@@ -41,11 +41,16 @@ pub struct Context {
 
 impl Context {
     pub fn new(cli: &Cli) -> Self {
+        db::set_pooler(match cli.global.pooler {
+            cli::PoolerMode::Transaction => db::Pooler::Transaction,
+            cli::PoolerMode::Session | cli::PoolerMode::None => db::Pooler::Session,
+        });
         Context {
             out: Output::new(cli.global.output, cli.global.quiet, cli.global.verbose),
             settings: Settings {
                 lock_timeout: cli.global.lock_timeout,
-                statement_timeout: cli.global.statement_timeout,
+                // 0 means no limit, as PostgreSQL's own statement_timeout = 0.
+                statement_timeout: cli.global.statement_timeout.filter(|d| !d.is_zero()),
             },
             yes: cli.global.yes,
             database_url: cli.global.database_url.clone(),

@@ -30,7 +30,7 @@ pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, 
     // Fast path: every workspace has one parent, so the walk down from the roots reaches each
     // at most once and the broken ones number total - reached. No anti-join (5x the cost on
     // 100k workspaces) unless something is actually broken.
-    let broken: i64 = sqlx::query_scalar(
+    let broken: i64 = crate::db::query_scalar(
         "WITH RECURSIVE down(id, depth) AS (
               SELECT id, 0 FROM workspaces WHERE parent_id IS NULL
             UNION ALL
@@ -46,7 +46,7 @@ pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, 
     if broken == 0 {
         return Ok((0, Vec::new()));
     }
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "WITH RECURSIVE down(id, depth) AS (
               SELECT id, 0 FROM workspaces WHERE parent_id IS NULL
             UNION ALL

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -363,7 +363,7 @@ async fn existing_row(
 ) -> Result<Option<Existing>> {
     let row = match scope {
         Scope::Workspace(id) => {
-            sqlx::query(
+            db::query(
                 "SELECT encryption_version, updated_at FROM workspace_secrets
                   WHERE workspace_id = $1 AND key = $2",
             )
@@ -373,7 +373,7 @@ async fn existing_row(
             .await?
         }
         Scope::Global => {
-            sqlx::query("SELECT encryption_version, updated_at FROM global_secrets WHERE key = $1")
+            db::query("SELECT encryption_version, updated_at FROM global_secrets WHERE key = $1")
                 .bind(key)
                 .fetch_optional(&mut *conn)
                 .await?
@@ -675,7 +675,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
 
     // 1. Plan read-only: one snapshot, no locks, no writes.
     let reviewed = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let p = prior(&mut tx, scope, key, req.no_restart).await?;
         tx.rollback().await?;
         p
@@ -745,13 +745,13 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     out.confirm(&format!("{question} ({})", url.target()), ctx.yes)?;
 
     // 3. Apply in one transaction under the tenant lock: re-check, write, audit, commit.
-    db::ensure_orgctl_schema(&mut conn, url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     if let Scope::Workspace(id) = scope {
         // FOR SHARE: the target cannot become (or stop being) the platform agent, nor vanish,
         // before we commit.
-        let is_platform: Option<bool> = sqlx::query_scalar(
+        let is_platform: Option<bool> = db::query_scalar(
             "SELECT COALESCE(kind, 'workspace') = 'platform' FROM workspaces WHERE id = $1 FOR SHARE",
         )
         .bind(id)
@@ -832,7 +832,15 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
 
     // 4. After the commit: the restart plan from the committed state, then dispatch.
     let committed = format!("the {} was {}", scope.describe(key), applied.as_str());
-    outcome.restart = match restart_plan(&mut conn, scope, key, req.no_restart).await {
+    // In a read-only transaction of its own: outside one, a transaction pooler may run a
+    // statement's Parse and its Bind on two different server connections.
+    let plan = async {
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
+        let p = restart_plan(&mut tx, scope, key, req.no_restart).await?;
+        tx.rollback().await?;
+        Ok::<_, Error>(p)
+    };
+    outcome.restart = match plan.await {
         Ok(p) => p,
         Err(e) => {
             outcome.restart = RestartPlan::default();
@@ -847,7 +855,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
         let ids: Vec<Uuid> = outcome.restart.planned.iter().map(|t| t.id).collect();
         outcome.dispatched = restart::dispatch(out, platform, &ids).await;
     }
-    let recorded = record_restarts(&mut conn, url, command, &outcome).await;
+    let recorded = record_restarts(&mut conn, url, &ctx.settings, command, &outcome).await;
     outcome.render(out)?;
     outcome.notes(out, false);
     recorded.map_err(|e| {
@@ -881,7 +889,7 @@ async fn upsert(
     version: i32,
 ) -> Result<bool> {
     let inserted: bool = match scope {
-        Scope::Workspace(id) => sqlx::query_scalar(
+        Scope::Workspace(id) => db::query_scalar(
             "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value, encryption_version)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (workspace_id, key) DO UPDATE
@@ -897,7 +905,7 @@ async fn upsert(
         .fetch_one(&mut *conn)
         .await?,
         Scope::Global => {
-            sqlx::query_scalar(
+            db::query_scalar(
                 "INSERT INTO global_secrets (key, encrypted_value, encryption_version)
                  VALUES ($1, $2, $3)
                  ON CONFLICT (key) DO UPDATE
@@ -920,7 +928,7 @@ async fn upsert(
 async fn delete_row(conn: &mut PgConnection, scope: Scope, key: &str) -> Result<Option<i32>> {
     Ok(match scope {
         Scope::Workspace(id) => {
-            sqlx::query_scalar(
+            db::query_scalar(
                 "DELETE FROM workspace_secrets WHERE workspace_id = $1 AND key = $2
                  RETURNING encryption_version",
             )
@@ -930,7 +938,7 @@ async fn delete_row(conn: &mut PgConnection, scope: Scope, key: &str) -> Result<
             .await?
         }
         Scope::Global => {
-            sqlx::query_scalar(
+            db::query_scalar(
                 "DELETE FROM global_secrets WHERE key = $1 RETURNING encryption_version",
             )
             .bind(key)
@@ -1010,6 +1018,7 @@ pub fn restart_entries(
 async fn record_restarts(
     conn: &mut PgConnection,
     url: &db::DbUrl,
+    settings: &db::Settings,
     trigger: &str,
     outcome: &Outcome<'_>,
 ) -> Result<()> {
@@ -1021,7 +1030,7 @@ async fn record_restarts(
         &outcome.dispatched,
     );
     let _guard = crate::interrupt::CommitGuard::enter();
-    db::audit_after_commit(conn, url, &entries).await
+    db::audit_after_commit(conn, url, settings, &entries).await
 }
 
 /// The workspaces whose restart for this secret the audit log records as successful since
@@ -1032,14 +1041,14 @@ async fn restarted_since_change(
     scope: Scope,
     key: &str,
 ) -> Result<(std::collections::HashSet<Uuid>, bool)> {
-    let log: bool = sqlx::query_scalar("SELECT to_regclass('orgctl.audit_log') IS NOT NULL")
+    let log: bool = db::query_scalar("SELECT to_regclass('orgctl.audit_log') IS NOT NULL")
         .fetch_one(&mut *conn)
         .await?;
     if !log {
         return Ok((Default::default(), false));
     }
     let scope_ws = scope.workspace_id().map(|u| u.to_string());
-    let changed: Option<i64> = sqlx::query_scalar(
+    let changed: Option<i64> = db::query_scalar(
         "SELECT max(id) FROM orgctl.audit_log
           WHERE command IN ('secret set', 'secret delete') AND outcome = 'applied'
             AND args->>'scope' = $1 AND args->>'key' = $2
@@ -1050,7 +1059,7 @@ async fn restarted_since_change(
     .bind(&scope_ws)
     .fetch_one(&mut *conn)
     .await?;
-    let done: Vec<String> = sqlx::query_scalar(
+    let done: Vec<String> = db::query_scalar(
         "SELECT DISTINCT args->>'workspace_id' FROM orgctl.audit_log
           WHERE command = $1 AND outcome = 'restarted'
             AND args->>'scope' = $2 AND args->>'key' = $3
@@ -1087,7 +1096,7 @@ async fn restart(ctx: &Context, args: &SecretRestartArgs) -> Result<Exit> {
     db::ensure_compatible(&mut conn).await?;
 
     let (target, existing, mut plan, done, changed) = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let target = match scope {
             Scope::Workspace(id) => Some(
                 restart::lookup_target(&mut tx, id)
@@ -1162,7 +1171,8 @@ async fn restart(ctx: &Context, args: &SecretRestartArgs) -> Result<Exit> {
     )?;
     let ids: Vec<Uuid> = outcome.restart.planned.iter().map(|t| t.id).collect();
     outcome.dispatched = restart::dispatch(out, &platform, &ids).await;
-    let recorded = record_restarts(&mut conn, &url, "secret restart", &outcome).await;
+    let recorded =
+        record_restarts(&mut conn, &url, &ctx.settings, "secret restart", &outcome).await;
     outcome.render(out)?;
     outcome.notes(out, false);
     recorded.map_err(|e| {
@@ -1224,10 +1234,10 @@ async fn list(ctx: &Context, args: &SecretListArgs) -> Result<Exit> {
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
     // Read-only: never creates orgctl's schema, takes no lock.
-    let mut tx = db::begin_read_only(&mut conn).await?;
+    let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
     let rows = match scope {
         Scope::Workspace(id) => {
-            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM workspaces WHERE id = $1")
+            let exists: Option<i32> = db::query_scalar("SELECT 1 FROM workspaces WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -1236,7 +1246,7 @@ async fn list(ctx: &Context, args: &SecretListArgs) -> Result<Exit> {
                     "workspace {id} does not exist in this tenant: check the id"
                 )));
             }
-            sqlx::query(
+            db::query(
                 "SELECT s.key, 'workspace', s.encryption_version, s.created_at, s.updated_at,
                         EXISTS (SELECT 1 FROM global_secrets g WHERE g.key = s.key)
                    FROM workspace_secrets s WHERE s.workspace_id = $1
@@ -1252,7 +1262,7 @@ async fn list(ctx: &Context, args: &SecretListArgs) -> Result<Exit> {
             .await?
         }
         Scope::Global => {
-            sqlx::query(
+            db::query(
                 "SELECT key, 'global', encryption_version, created_at, updated_at, false
                    FROM global_secrets ORDER BY key",
             )

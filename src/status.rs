@@ -153,7 +153,7 @@ pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Exit> {
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
     let report = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let r = collect(&mut tx, i64::from(args.limit), url.target()).await?;
         tx.rollback().await?;
         r
@@ -174,17 +174,17 @@ pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Exit> {
 
 /// Read the whole report. Read-only: call it inside [`db::begin_read_only`].
 pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Result<Report> {
-    let former: bool = sqlx::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
+    let former: bool = db::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
         .fetch_one(&mut *conn)
         .await?;
     let orgctl_schema = db::orgctl_schema_exists(conn).await?;
 
     // Roots.
     let root_count: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL")
+        db::query_scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL")
             .fetch_one(&mut *conn)
             .await?;
-    let root_rows: Vec<RootRow> = sqlx::query(
+    let root_rows: Vec<RootRow> = db::query(
         "SELECT id, name, status::text, kind, tier FROM workspaces
           WHERE parent_id IS NULL
           ORDER BY created_at NULLS LAST, id
@@ -206,7 +206,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
     .collect::<std::result::Result<_, sqlx::Error>>()?;
 
     // Platform agents: how many, how many misplaced, how many without MODEL.
-    let agg = sqlx::query(
+    let agg = db::query(
         "SELECT count(*),
                 count(*) FILTER (WHERE parent_id IS NOT NULL OR tier IS DISTINCT FROM 0),
                 count(*) FILTER (WHERE NOT EXISTS (
@@ -220,7 +220,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
     let misplaced: i64 = agg.try_get(1)?;
     let without_model: i64 = agg.try_get(2)?;
     // Enough rows to name every kind of offender up to the limit (and the agent itself).
-    let agent_rows: Vec<AgentInfo> = sqlx::query(
+    let agent_rows: Vec<AgentInfo> = db::query(
         "SELECT id, name, status::text, tier, parent_id,
                 EXISTS (SELECT 1 FROM workspace_secrets s WHERE s.workspace_id = w.id AND s.key = $1)
            FROM workspaces w WHERE kind = 'platform'
@@ -513,7 +513,7 @@ async fn token_states(conn: &mut PgConnection, former: bool) -> Result<TokenStat
         anchor_sql("org_api_tokens", TOKEN_COLS, former)
     );
     let mut states = TokenStates::default();
-    for r in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+    for r in db::query(&sql).fetch_all(&mut *conn).await? {
         let state: String = r.try_get(0)?;
         let c = Counts {
             live: r.try_get(1)?,
@@ -552,7 +552,7 @@ async fn token_rows(conn: &mut PgConnection, former: bool, limit: i64) -> Result
           LIMIT $1",
         anchor_sql("org_api_tokens", TOKEN_COLS, former)
     );
-    sqlx::query(&sql)
+    db::query(&sql)
         .bind(limit)
         .fetch_all(&mut *conn)
         .await?
@@ -581,7 +581,7 @@ async fn token_rows(conn: &mut PgConnection, former: bool, limit: i64) -> Result
 }
 
 async fn unanchored_rows(conn: &mut PgConnection, limit: i64) -> Result<Vec<Finding>> {
-    sqlx::query(
+    db::query(
         "SELECT id::text, prefix, name, created_by FROM org_api_tokens
           WHERE org_id IS NULL AND revoked_at IS NULL
           ORDER BY created_at NULLS LAST, id
@@ -620,12 +620,12 @@ async fn allowlist_off_root(
         "t.plugin_name, t.enabled_at",
         former,
     );
-    let count: i64 = sqlx::query_scalar(&format!(
+    let count: i64 = db::query_scalar(&format!(
         "WITH s AS ({base}) SELECT count(*) FROM s WHERE state <> 'on_root'"
     ))
     .fetch_one(&mut *conn)
     .await?;
-    let rows = sqlx::query(&format!(
+    let rows = db::query(&format!(
         "WITH s AS ({base})
          SELECT id, org_id, plugin_name, state FROM s WHERE state <> 'on_root'
           ORDER BY enabled_at NULLS LAST, id

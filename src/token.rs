@@ -23,7 +23,7 @@ use std::io::{IsTerminal as _, Write as _};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -201,7 +201,7 @@ impl TokenRow {
 pub async fn find_token(conn: &mut PgConnection, r: &TokenRef) -> Result<TokenRow> {
     match r {
         TokenRef::Id(id) => {
-            let row: Option<TokenRow> = sqlx::query_as(&format!(
+            let row: Option<TokenRow> = db::query_as(&format!(
                 "SELECT {TOKEN_COLUMNS} FROM org_api_tokens WHERE id = $1"
             ))
             .bind(id)
@@ -216,7 +216,7 @@ pub async fn find_token(conn: &mut PgConnection, r: &TokenRef) -> Result<TokenRo
         TokenRef::Prefix(p) => {
             // Prefixes are short and random: few rows match, but a million-row table has no
             // index on prefix, so fetch a bounded page with the total.
-            let rows = sqlx::query(&format!(
+            let rows = db::query(&format!(
                 "SELECT {TOKEN_COLUMNS}, count(*) OVER () AS matches
                    FROM org_api_tokens WHERE prefix LIKE $1 ESCAPE '\\'
                   ORDER BY created_at DESC, id DESC LIMIT $2"
@@ -289,7 +289,7 @@ pub struct Root {
 /// only root. Several roots and no agent: `--org` is required (exit 2). Read-only.
 pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<Root> {
     if let Some(org) = org {
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT id, name, parent_id, status::text, COALESCE(kind, 'workspace') = 'platform'
                FROM workspaces WHERE id = $1",
         )
@@ -317,7 +317,7 @@ pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<
         });
     }
 
-    let agents = sqlx::query(
+    let agents = db::query(
         "SELECT id, name, parent_id, status::text FROM workspaces
           WHERE kind = 'platform' ORDER BY id LIMIT 11",
     )
@@ -354,7 +354,7 @@ pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<
         }
     }
 
-    let roots = sqlx::query(
+    let roots = db::query(
         "SELECT id, name, status::text, count(*) OVER () FROM workspaces
           WHERE parent_id IS NULL ORDER BY created_at NULLS LAST, id LIMIT $1",
     )
@@ -467,20 +467,20 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
 
     // Check the anchor before creating anything (orgctl's schema included).
     {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         resolve_root(&mut tx, args.org).await?;
         tx.rollback().await?;
     }
 
-    db::ensure_orgctl_schema(&mut conn, &url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     // Again under the lock: an install may have made the agent the root meanwhile.
     let root = resolve_root(&mut tx, args.org).await?;
 
     let plaintext = crypto::new_token()?;
     let prefix: String = plaintext.chars().take(PREFIX_LEN).collect();
-    let row = sqlx::query(
+    let row = db::query(
         "INSERT INTO org_api_tokens (token_hash, prefix, name, created_by, org_id)
          VALUES ($1, $2, $3, $4, $5) RETURNING id",
     )
@@ -660,7 +660,7 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
         n += 1;
         let _ = write!(sql, " LIMIT ${n}");
     }
-    let mut q = sqlx::query(&sql);
+    let mut q = db::query(&sql);
     if let Some(org) = args.org {
         q = q.bind(org);
     }
@@ -674,7 +674,7 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     let url = ctx.url()?;
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
-    let mut tx = db::begin_read_only(&mut conn).await?;
+    let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
     q.execute(&mut *tx).await?;
     let fetch = format!("FETCH {FETCH_BATCH} FROM {CURSOR}");
 
@@ -702,7 +702,7 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     let mut shown: i64 = 0;
     let mut more = false;
     'read: loop {
-        let rows: Vec<TokenRow> = sqlx::query_as(&fetch).fetch_all(&mut *tx).await?;
+        let rows: Vec<TokenRow> = db::query_as(&fetch).fetch_all(&mut *tx).await?;
         if rows.is_empty() {
             break;
         }
@@ -813,7 +813,7 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
     let token = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let t = find_token(&mut tx, r).await?;
         tx.rollback().await?;
         t
@@ -843,10 +843,10 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
         &format!("Revoke {desc} on {}?", url.target()),
     )?;
 
-    db::ensure_orgctl_schema(&mut conn, &url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
-    let done = sqlx::query(
+    let done = db::query(
         "UPDATE org_api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(token.id)
@@ -855,7 +855,7 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
     .rows_affected();
     if done == 0 {
         // Revoked (or deleted) between the read and the lock.
-        let now: Option<TokenRow> = sqlx::query_as(&format!(
+        let now: Option<TokenRow> = db::query_as(&format!(
             "SELECT {TOKEN_COLUMNS} FROM org_api_tokens WHERE id = $1"
         ))
         .bind(token.id)
@@ -916,8 +916,8 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
 
     // Plan: how many and which (a bounded sample; the count is exact).
     let (live, total, sample) = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
-        let counts = sqlx::query(
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
+        let counts = db::query(
             "SELECT count(*) FILTER (WHERE revoked_at IS NULL), count(*)
                FROM org_api_tokens WHERE created_by = $1",
         )
@@ -926,7 +926,7 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         .await?;
         let live: i64 = counts.try_get(0)?;
         let total: i64 = counts.try_get(1)?;
-        let sample: Vec<TokenRow> = sqlx::query_as(&format!(
+        let sample: Vec<TokenRow> = db::query_as(&format!(
             "SELECT {TOKEN_COLUMNS} FROM org_api_tokens
               WHERE created_by = $1 AND revoked_at IS NULL
               ORDER BY created_at DESC, id DESC LIMIT $2"
@@ -990,13 +990,13 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         ),
     )?;
 
-    db::ensure_orgctl_schema(&mut conn, &url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     // Every live token with the label at this moment: in incident response a token minted
     // after the confirmation must die too. One statement; `now()` is the transaction's start,
     // so every row revoked here carries the same revoked_at, which identifies them afterwards.
-    let done = sqlx::query(
+    let done = db::query(
         "UPDATE org_api_tokens SET revoked_at = now()
           WHERE created_by = $1 AND revoked_at IS NULL",
     )
@@ -1004,9 +1004,7 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
     .execute(&mut *tx)
     .await?
     .rows_affected() as i64;
-    let at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&mut *tx)
-        .await?;
+    let at: DateTime<Utc> = db::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
     db::audit(
         &mut tx,
         "token revoke",
@@ -1057,8 +1055,8 @@ async fn render_revoke_label(
         Some((at, count)) => (Some(at), count),
         None => (None, 0),
     };
-    let mut tx = db::begin_read_only(&mut *conn).await?;
-    sqlx::query(&format!(
+    let mut tx = db::begin_read_only(&mut *conn, &ctx.settings).await?;
+    db::query(&format!(
         "DECLARE {CURSOR} NO SCROLL CURSOR FOR
          SELECT {TOKEN_COLUMNS}, revoked_at IS NOT DISTINCT FROM $2 AS by_this_run
            FROM org_api_tokens
@@ -1078,7 +1076,7 @@ async fn render_revoke_label(
         sink.write("{\"revoked\": [")?;
     }
     loop {
-        let rows = sqlx::query(&fetch).fetch_all(&mut *tx).await?;
+        let rows = db::query(&fetch).fetch_all(&mut *tx).await?;
         if rows.is_empty() || sink.closed {
             break;
         }
@@ -1191,7 +1189,7 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
     let (token, root) = {
-        let mut tx = db::begin_read_only(&mut conn).await?;
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let t = find_token(&mut tx, &r).await?;
         let root = resolve_root(&mut tx, args.org).await?;
         tx.rollback().await?;
@@ -1232,8 +1230,8 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
         &format!("Anchor {desc} on {}?", url.target()),
     )?;
 
-    db::ensure_orgctl_schema(&mut conn, &url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
     db::lock_tenant(&mut tx, &ctx.settings).await?;
     // What was confirmed is what is applied: the same root, and the token where it was.
     let now_root = resolve_root(&mut tx, args.org).await?;
@@ -1243,7 +1241,7 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
             root.id, now_root.id
         )));
     }
-    let done = sqlx::query(
+    let done = db::query(
         "UPDATE org_api_tokens SET org_id = $1
           WHERE id = $2 AND org_id IS NOT DISTINCT FROM $3",
     )

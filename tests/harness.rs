@@ -560,3 +560,169 @@ impl Drop for PrivateServer {
         let _ = std::fs::remove_dir_all(&self.base);
     }
 }
+
+/// A real PgBouncer in front of the shared server, for one test: started from the installed
+/// binary (as the `postgres` OS user when we are root: PgBouncer refuses root), its config,
+/// auth file and log in a directory of its own, listening on a loopback port only (no Unix
+/// socket), with every database of the shared server behind it (`* =`). Stopped on drop.
+///
+/// A missing pgbouncer is a test failure, never a skip: `.ci/run` installs it.
+pub struct Bouncer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+/// How PgBouncer hands server connections to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMode {
+    Transaction,
+    Session,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+}
+
+/// The pgbouncer binary: on PATH, else where distributions put it.
+pub fn pgbouncer_bin() -> Result<PathBuf, String> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let dirs = path
+        .split(':')
+        .map(PathBuf::from)
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"].map(PathBuf::from));
+    for d in dirs {
+        let p = d.join("pgbouncer");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err("pgbouncer is not installed (apt-get install -y pgbouncer; .ci/run does this)".into())
+}
+
+impl Bouncer {
+    /// PgBouncer in `mode` with `pool_size` server connections per database, and at most
+    /// `user_limit` server connections for the user across all databases (0: no limit).
+    /// Nothing in `ignore_startup_parameters`: orgctl must need none.
+    pub fn start(mode: PoolMode, pool_size: u32, user_limit: u32) -> Bouncer {
+        match Self::try_start(mode, pool_size, user_limit) {
+            Ok(b) => b,
+            Err(e) => panic!("could not start pgbouncer: {e}"),
+        }
+    }
+
+    fn try_start(mode: PoolMode, pool_size: u32, user_limit: u32) -> Result<Bouncer, String> {
+        use std::os::unix::process::CommandExt;
+        let bin = pgbouncer_bin()?;
+        let s = server();
+        let run_as = RunAs::detect().map_err(|e| e.message)?;
+        // Under the shared server's directory, so a killed run's leftovers go with it.
+        let dir = s.base.join(format!(
+            "bouncer-{}",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        run_as.make_private_dir(&dir).map_err(|e| e.message)?;
+        let port = pgserver::free_port().map_err(|e| e.message)?;
+        // The auth file holds the test password in plain text: PgBouncer then does SCRAM both
+        // with orgctl and with the server.
+        let userlist = dir.join("userlist.txt");
+        std::fs::write(
+            &userlist,
+            format!("\"postgres\" \"{}\"\n", PASSWORD.replace('"', "\"\"")),
+        )
+        .map_err(|e| e.to_string())?;
+        let ini = dir.join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n\
+                 * = host=127.0.0.1 port={server_port}\n\
+                 [pgbouncer]\n\
+                 listen_addr = 127.0.0.1\n\
+                 listen_port = {port}\n\
+                 unix_socket_dir =\n\
+                 auth_type = scram-sha-256\n\
+                 auth_file = {userlist}\n\
+                 pool_mode = {mode}\n\
+                 default_pool_size = {pool_size}\n\
+                 min_pool_size = 0\n\
+                 reserve_pool_size = 0\n\
+                 max_user_connections = {user_limit}\n\
+                 max_client_conn = 200\n\
+                 server_login_retry = 1\n\
+                 logfile = {log}\n\
+                 pidfile =\n\
+                 admin_users = postgres\n",
+                server_port = s.port,
+                userlist = userlist.display(),
+                mode = mode.as_str(),
+                log = dir.join("pgbouncer.log").display(),
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        for f in [&userlist, &ini] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| e.to_string())?;
+        }
+        let mut cmd = run_as.command(&bin);
+        cmd.arg(&ini)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // Dies with the test thread that started it, if the test never gets to stop it.
+        unsafe {
+            cmd.pre_exec(orgctl::sys::set_parent_death_signal);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("could not run {}: {e}", bin.display()))?;
+        let b = Bouncer {
+            port,
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while b.psql("postgres", "SELECT 1").is_err() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(b.dir.join("pgbouncer.log")).unwrap_or_default();
+                return Err(format!("pgbouncer did not come up: {log}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(b)
+    }
+
+    /// The URL of `db` through this PgBouncer.
+    pub fn url(&self, db: &str) -> String {
+        url_at(self.port, db)
+    }
+
+    /// SQL through this PgBouncer (with pool size 1, on the very server connection orgctl
+    /// used).
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        psql_at(&server().bindir, self.port, db, sql)
+    }
+
+    /// PgBouncer's log, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM: immediate shutdown; its directory is thrown away.
+            orgctl::sys::kill(c.id() as i32, libc::SIGTERM);
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

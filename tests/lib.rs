@@ -9,6 +9,7 @@ mod dev;
 mod docs;
 mod global;
 mod install;
+mod pooler;
 mod reliability;
 mod secret;
 mod status;

@@ -148,7 +148,8 @@ pub fn tenant(
                 if !job.dry_run {
                     if let Some(c) = conn.as_mut() {
                         // Best effort: the change rolled back; remember why, for `backfill status`.
-                        let _ = record_failure(c, &job.run_id, &t.name, &clean(&e)).await;
+                        let _ = record_failure(c, &job.settings, &job.run_id, &t.name, &clean(&e))
+                            .await;
                     }
                 }
                 let mut f = TenantResult::new(&t, Status::Failed);
@@ -186,7 +187,7 @@ async fn apply_inner(
     db::ensure_compatible(conn).await?;
 
     if job.dry_run {
-        let mut tx = db::begin_read_only(conn).await?;
+        let mut tx = db::begin_read_only(conn, &job.settings).await?;
         let prior = prior_run(&mut tx, &job.run_id, false).await?;
         let plan = install::plan(&mut tx, &input, &job.sb).await?;
         tx.rollback().await?;
@@ -211,8 +212,8 @@ async fn apply_inner(
     }
 
     // orgctl's own schema first, so the snapshot has somewhere to go before anything changes.
-    db::ensure_orgctl_schema(conn, &t.url).await?;
-    let mut tx = conn.begin().await?;
+    db::ensure_orgctl_schema(conn, &t.url, &job.settings).await?;
+    let mut tx = db::begin_write(conn, &job.settings).await?;
     db::lock_tenant(&mut tx, &job.settings).await?;
     if let Some(p) = prior_run(&mut tx, &job.run_id, true).await? {
         if p.done() {
@@ -274,7 +275,7 @@ async fn prior_run(
         return Ok(None);
     }
     let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM orgctl.backfill_runs WHERE run_id = $1")
+        db::query_scalar("SELECT status FROM orgctl.backfill_runs WHERE run_id = $1")
             .bind(run_id)
             .fetch_optional(&mut *conn)
             .await?;
@@ -314,7 +315,7 @@ fn bind_run_row<'q>(
     status: &'q str,
     plan: &Plan,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query(sql)
+    db::query(sql)
         .bind(run_id)
         .bind(tenant)
         .bind(status)
@@ -450,14 +451,16 @@ async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Pl
 /// orgctl's schema is already there. Its own transaction: the change itself rolled back.
 async fn record_failure(
     conn: &mut PgConnection,
+    settings: &Settings,
     run_id: &str,
     tenant: &str,
     error: &str,
 ) -> Result<()> {
-    if !super::backfill_tables_exist(conn).await? {
+    let mut tx = db::begin_write(conn, settings).await?;
+    if !super::backfill_tables_exist(&mut tx).await? {
         return Ok(());
     }
-    sqlx::query(
+    db::query(
         "INSERT INTO orgctl.backfill_runs AS b (run_id, tenant, status, error, os_user, orgctl_version)
          VALUES ($1, $2, 'failed', $3, $4, $5)
          ON CONFLICT (run_id) DO UPDATE
@@ -469,8 +472,9 @@ async fn record_failure(
     .bind(error)
     .bind(crate::sys::os_user())
     .bind(env!("CARGO_PKG_VERSION"))
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 

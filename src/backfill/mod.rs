@@ -252,7 +252,7 @@ pub fn clean(e: &Error) -> String {
 /// Whether orgctl's backfill tables exist in this tenant (read-only commands never create them).
 pub async fn backfill_tables_exist(conn: &mut sqlx::PgConnection) -> Result<bool> {
     Ok(
-        sqlx::query_scalar("SELECT to_regclass('orgctl.backfill_runs') IS NOT NULL")
+        crate::db::query_scalar("SELECT to_regclass('orgctl.backfill_runs') IS NOT NULL")
             .fetch_one(&mut *conn)
             .await?,
     )

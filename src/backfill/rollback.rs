@@ -180,18 +180,19 @@ async fn rollback_on(
     committing: &Committing,
 ) -> Result<TenantResult> {
     db::ensure_compatible(conn).await?;
-    if !super::backfill_tables_exist(conn).await? {
-        return Ok(TenantResult::new(t, Status::NothingToRollBack));
-    }
     let mut tx = if job.dry_run {
-        db::begin_read_only(conn).await?
+        db::begin_read_only(conn, &job.settings).await?
     } else {
-        let mut tx = conn.begin().await?;
+        let mut tx = db::begin_write(conn, &job.settings).await?;
         db::lock_tenant(&mut tx, &job.settings).await?;
         tx
     };
+    if !super::backfill_tables_exist(&mut tx).await? {
+        tx.rollback().await?;
+        return Ok(TenantResult::new(t, Status::NothingToRollBack));
+    }
     let lock = if job.dry_run { "" } else { " FOR UPDATE" };
-    let row = sqlx::query(&format!(
+    let row = db::query(&format!(
         "SELECT status, agent_id, coalesce(agent_action, ''), coalesce(model_action, ''),
                 recorded_at
            FROM orgctl.backfill_runs WHERE run_id = $1{lock}"
@@ -220,7 +221,7 @@ async fn rollback_on(
 
     if !job.dry_run {
         // The same lock order as install: the agent and every snapshotted root, in id order.
-        sqlx::query(
+        db::query(
             "SELECT id FROM workspaces
               WHERE id = $2 OR id IN (SELECT row_id FROM orgctl.backfill_rows WHERE run_id = $1 AND kind = 'root')
               ORDER BY id FOR UPDATE",
@@ -252,7 +253,7 @@ async fn rollback_on(
     result.drift = drift;
 
     // New rows can only go to the oldest former root; without one there is nowhere to put them.
-    let oldest: Option<Uuid> = sqlx::query_scalar(
+    let oldest: Option<Uuid> = db::query_scalar(
         "SELECT w.id FROM orgctl.backfill_rows s JOIN workspaces w ON w.id = s.row_id
           WHERE s.run_id = $1 AND s.kind = 'root' ORDER BY w.created_at NULLS LAST, w.id LIMIT 1",
     )
@@ -318,7 +319,7 @@ async fn rollback_on(
         "rolled back",
     )
     .await?;
-    sqlx::query(
+    db::query(
         "UPDATE orgctl.backfill_runs
             SET status = 'rolled_back', rolled_back_at = now(), rollback_forced = $2,
                 rollback_notes = $3::jsonb
@@ -345,7 +346,7 @@ struct Counts {
 }
 
 async fn snapshot_counts(conn: &mut PgConnection, run_id: &str) -> Result<Counts> {
-    let r = sqlx::query(
+    let r = db::query(
         "SELECT count(*) FILTER (WHERE kind = 'root'),
                 count(*) FILTER (WHERE kind = 'anchor' AND tbl = 'org_api_tokens'),
                 count(*) FILTER (WHERE kind = 'anchor' AND tbl = 'org_plugin_allowlist'),
@@ -481,7 +482,7 @@ async fn find_drift(
     ];
     let mut found = Vec::new();
     for (table, reason, sql) in checks {
-        let rows = sqlx::query(&sql)
+        let rows = db::query(&sql)
             .bind(run_id)
             .bind(agent)
             .bind(run.at)
@@ -506,7 +507,7 @@ async fn find_drift(
 
     // The agent and its MODEL secret, when the run wrote them.
     if run.agent_action != "unchanged" {
-        let state: Option<bool> = sqlx::query_scalar(
+        let state: Option<bool> = db::query_scalar(
             "SELECT parent_id IS NULL AND kind = 'platform' AND updated_at = $2
                FROM workspaces WHERE id = $1",
         )
@@ -530,7 +531,7 @@ async fn find_drift(
         }
     }
     if matches!(run.model_action.as_str(), "seeded" | "replaced") {
-        let same: Option<bool> = sqlx::query_scalar(
+        let same: Option<bool> = db::query_scalar(
             "SELECT updated_at = $3 FROM workspace_secrets WHERE workspace_id = $1 AND key = $2",
         )
         .bind(agent)
@@ -553,7 +554,7 @@ async fn find_drift(
     }
     if run.agent_action == "create" {
         // Other secrets on an agent the rollback must delete would block (or lose) them.
-        let keys: Vec<String> = sqlx::query_scalar(
+        let keys: Vec<String> = db::query_scalar(
             "SELECT key FROM workspace_secrets WHERE workspace_id = $1 AND key <> $2
               ORDER BY key LIMIT $3",
         )
@@ -599,7 +600,7 @@ async fn restore(
     let force = job.force;
     // --force: rows added off the agent since the run go to the oldest former root.
     if let (true, Some(to)) = (force, oldest) {
-        sqlx::query(
+        db::query(
             "UPDATE workspaces x SET parent_id = $3, updated_at = now()
               WHERE x.parent_id = $2
                 AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'root' AND s.row_id = x.id)
@@ -610,7 +611,7 @@ async fn restore(
         .bind(to)
         .execute(&mut *conn)
         .await?;
-        sqlx::query(
+        db::query(
             "UPDATE org_api_tokens x SET org_id = $3
               WHERE x.org_id = $2
                 AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_api_tokens' AND s.row_id = x.id)
@@ -634,7 +635,7 @@ async fn restore(
            FROM orgctl.backfill_rows s
           WHERE s.run_id = $1 AND s.kind = 'root' AND w.id = s.row_id{guard}"
     );
-    let mut q = sqlx::query(&sql).bind(id);
+    let mut q = db::query(&sql).bind(id);
     if !force {
         q = q.bind(agent).bind(run.at);
     }
@@ -657,7 +658,7 @@ async fn restore(
            FROM orgctl.backfill_rows s
           WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_api_tokens' AND x.id = s.row_id{guard}"
     );
-    let mut q = sqlx::query(&sql).bind(id);
+    let mut q = db::query(&sql).bind(id);
     if !force {
         q = q.bind(agent);
     }
@@ -666,7 +667,7 @@ async fn restore(
 
     if force {
         // A moved allowlist row whose root has the plugin again: the root's row stands.
-        sqlx::query(
+        db::query(
             "DELETE FROM org_plugin_allowlist x USING orgctl.backfill_rows s
               WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist' AND x.id = s.row_id
                 AND EXISTS (SELECT 1 FROM org_plugin_allowlist b
@@ -682,7 +683,7 @@ async fn restore(
            FROM orgctl.backfill_rows s
           WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist' AND x.id = s.row_id{guard}"
     );
-    let mut q = sqlx::query(&sql).bind(id);
+    let mut q = db::query(&sql).bind(id);
     if !force {
         q = q.bind(agent);
     }
@@ -701,7 +702,7 @@ async fn restore(
     } else {
         ""
     };
-    let r = sqlx::query(&format!(
+    let r = db::query(&format!(
         "INSERT INTO org_plugin_allowlist
          SELECT (jsonb_populate_record(NULL::org_plugin_allowlist, m.row)).*
            FROM orgctl.backfill_rows m WHERE m.run_id = $1 AND m.kind = 'merged'{guard}"
@@ -722,7 +723,7 @@ async fn restore(
         let new_allow = "x.org_id = $2
                 AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist' AND s.row_id = x.id)
                 AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows k WHERE k.run_id = $1 AND k.kind = 'kept' AND k.tbl = 'org_plugin_allowlist' AND k.row_id = x.id)";
-        sqlx::query(&format!(
+        db::query(&format!(
             "DELETE FROM org_plugin_allowlist x WHERE {new_allow}
                 AND EXISTS (SELECT 1 FROM org_plugin_allowlist b WHERE b.org_id = $3 AND b.plugin_name = x.plugin_name)"
         ))
@@ -731,7 +732,7 @@ async fn restore(
         .bind(to)
         .execute(&mut *conn)
         .await?;
-        sqlx::query(&format!(
+        db::query(&format!(
             "UPDATE org_plugin_allowlist x SET org_id = $3 WHERE {new_allow}"
         ))
         .bind(id)
@@ -746,14 +747,14 @@ async fn restore(
         let guard = if force { "" } else { " AND updated_at = $3" };
         let sql =
             format!("DELETE FROM workspace_secrets WHERE workspace_id = $1 AND key = $2{guard}");
-        let mut q = sqlx::query(&sql).bind(agent).bind(MODEL_KEY);
+        let mut q = db::query(&sql).bind(agent).bind(MODEL_KEY);
         if !force {
             q = q.bind(run.at);
         }
         let r = q.execute(&mut *conn).await?;
         check("the MODEL secret", r.rows_affected(), 1, force)?;
         if run.model_action == "replaced" {
-            let r = sqlx::query(
+            let r = db::query(
                 "INSERT INTO workspace_secrets
                  SELECT (jsonb_populate_record(NULL::workspace_secrets, b.model_prior)).*
                    FROM orgctl.backfill_runs b WHERE b.run_id = $1 AND b.model_prior IS NOT NULL",
@@ -768,7 +769,7 @@ async fn restore(
     // The agent: deleted if the run created it, else its prior fields.
     match run.agent_action.as_str() {
         "create" => {
-            let refs: i64 = sqlx::query_scalar(
+            let refs: i64 = db::query_scalar(
                 "SELECT (SELECT count(*) FROM workspaces WHERE parent_id = $1)
                       + (SELECT count(*) FROM org_api_tokens WHERE org_id = $1)
                       + (SELECT count(*) FROM org_plugin_allowlist WHERE org_id = $1)
@@ -782,14 +783,14 @@ async fn restore(
                     "{refs} row(s) still reference the platform agent {agent} after the restore; rolled back, nothing changed"
                 )));
             }
-            let r = sqlx::query("DELETE FROM workspaces WHERE id = $1")
+            let r = db::query("DELETE FROM workspaces WHERE id = $1")
                 .bind(agent)
                 .execute(&mut *conn)
                 .await?;
             check("the platform agent", r.rows_affected(), 1, force)?;
         }
         "update" => {
-            let r = sqlx::query(
+            let r = db::query(
                 "UPDATE workspaces w
                     SET name = p.name, kind = p.kind, parent_id = p.parent_id, tier = p.tier,
                         updated_at = p.updated_at
@@ -807,7 +808,7 @@ async fn restore(
     }
 
     // The roots are roots again: install must not sweep their anchors to the agent.
-    sqlx::query(
+    db::query(
         "DELETE FROM orgctl.former_roots f USING orgctl.backfill_rows s
           WHERE s.run_id = $1 AND s.kind = 'root' AND f.workspace_id = s.row_id",
     )

@@ -56,11 +56,11 @@ async fn tenant(run_id: Arc<String>, settings: Arc<Settings>, t: Tenant) -> Tena
 
 async fn read(run_id: &str, settings: &Settings, t: &Tenant) -> Result<TenantStatus> {
     let mut conn = db::connect(&t.url, settings).await?;
-    let mut tx = db::begin_read_only(&mut conn).await?;
+    let mut tx = db::begin_read_only(&mut conn, settings).await?;
     if !super::backfill_tables_exist(&mut tx).await? {
         return Ok(TenantStatus::new(t, "never_reached"));
     }
-    let row = sqlx::query(
+    let row = db::query(
         "SELECT status, coalesce(rolled_back_at, recorded_at), agent_id, reparented,
                 tokens_moved, allowlist_moved, error
            FROM orgctl.backfill_runs WHERE run_id = $1",

@@ -254,7 +254,7 @@ pub async fn lookup_target(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> std::result::Result<Option<TargetRow>, String> {
-    let row = sqlx::query(TARGET_SQL)
+    let row = crate::db::query(TARGET_SQL)
         .bind(id)
         .fetch_optional(&mut *conn)
         .await
@@ -285,7 +285,7 @@ pub async fn plan_global(
     key: &str,
     no_restart: bool,
 ) -> Result<RestartPlan> {
-    let rows = sqlx::query(FANOUT_SQL)
+    let rows = crate::db::query(FANOUT_SQL)
         .bind(key)
         .fetch_all(&mut *conn)
         .await?;
