@@ -149,6 +149,15 @@ fn every_command(mode: PoolMode, pooler: &str) {
             0,
             "",
         ),
+        // The audit trail (issue 13): a replay without a platform URL (the plan), the log, and
+        // the chain every step above appended to through the pooler.
+        step(
+            &["secret", "restart", "--global", "POOLED_G", "--yes"],
+            0,
+            "POOLED_G",
+        ),
+        step(&["audit", "--since", "1h"], 0, "token mint"),
+        step(&["audit", "verify"], 0, "Intact"),
     ];
     for args in [
         vec![
