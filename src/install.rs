@@ -1210,6 +1210,12 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         tx.rollback().await?;
         p
     };
+    // SPEC §1: without a key a value is written as version 0, with a warning that says so.
+    if reviewed.model.writes() && matches!(sb.write_version(), Ok(0)) {
+        out.warn(
+            "SECRETS_ENCRYPTION_KEY is not set: the MODEL secret is stored in plaintext (encryption_version 0)",
+        );
+    }
 
     if args.dry_run {
         render(out, &reviewed, true, false)?;

@@ -2,6 +2,8 @@
 //! PostgreSQL). Modules share the harness's server.
 
 mod harness;
+mod pty;
+mod stand_in;
 
 mod audit;
 mod backfill;
@@ -9,8 +11,11 @@ mod dev;
 mod docs;
 mod global;
 mod install;
+mod interactive;
 mod pooler;
 mod reliability;
+mod restart_http;
+mod rollback_checks;
 mod secret;
 mod status;
 mod token;
