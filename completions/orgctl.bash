@@ -157,11 +157,17 @@ _orgctl() {
             orgctl__subcmd__help__subcmd__secret,list)
                 cmd="orgctl__subcmd__help__subcmd__secret__subcmd__list"
                 ;;
+            orgctl__subcmd__help__subcmd__secret,rekey)
+                cmd="orgctl__subcmd__help__subcmd__secret__subcmd__rekey"
+                ;;
             orgctl__subcmd__help__subcmd__secret,restart)
                 cmd="orgctl__subcmd__help__subcmd__secret__subcmd__restart"
                 ;;
             orgctl__subcmd__help__subcmd__secret,set)
                 cmd="orgctl__subcmd__help__subcmd__secret__subcmd__set"
+                ;;
+            orgctl__subcmd__help__subcmd__secret,verify)
+                cmd="orgctl__subcmd__help__subcmd__secret__subcmd__verify"
                 ;;
             orgctl__subcmd__help__subcmd__token,anchor)
                 cmd="orgctl__subcmd__help__subcmd__token__subcmd__anchor"
@@ -184,11 +190,17 @@ _orgctl() {
             orgctl__subcmd__secret,list)
                 cmd="orgctl__subcmd__secret__subcmd__list"
                 ;;
+            orgctl__subcmd__secret,rekey)
+                cmd="orgctl__subcmd__secret__subcmd__rekey"
+                ;;
             orgctl__subcmd__secret,restart)
                 cmd="orgctl__subcmd__secret__subcmd__restart"
                 ;;
             orgctl__subcmd__secret,set)
                 cmd="orgctl__subcmd__secret__subcmd__set"
+                ;;
+            orgctl__subcmd__secret,verify)
+                cmd="orgctl__subcmd__secret__subcmd__verify"
                 ;;
             orgctl__subcmd__secret__subcmd__help,delete)
                 cmd="orgctl__subcmd__secret__subcmd__help__subcmd__delete"
@@ -199,11 +211,17 @@ _orgctl() {
             orgctl__subcmd__secret__subcmd__help,list)
                 cmd="orgctl__subcmd__secret__subcmd__help__subcmd__list"
                 ;;
+            orgctl__subcmd__secret__subcmd__help,rekey)
+                cmd="orgctl__subcmd__secret__subcmd__help__subcmd__rekey"
+                ;;
             orgctl__subcmd__secret__subcmd__help,restart)
                 cmd="orgctl__subcmd__secret__subcmd__help__subcmd__restart"
                 ;;
             orgctl__subcmd__secret__subcmd__help,set)
                 cmd="orgctl__subcmd__secret__subcmd__help__subcmd__set"
+                ;;
+            orgctl__subcmd__secret__subcmd__help,verify)
+                cmd="orgctl__subcmd__secret__subcmd__help__subcmd__verify"
                 ;;
             orgctl__subcmd__token,anchor)
                 cmd="orgctl__subcmd__token__subcmd__anchor"
@@ -1224,7 +1242,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__help__subcmd__secret)
-            opts="set delete list restart"
+            opts="set delete list restart verify rekey"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1265,6 +1283,20 @@ _orgctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        orgctl__subcmd__help__subcmd__secret__subcmd__rekey)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         orgctl__subcmd__help__subcmd__secret__subcmd__restart)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -1280,6 +1312,20 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__help__subcmd__secret__subcmd__set)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__help__subcmd__secret__subcmd__verify)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1436,7 +1482,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version set delete list restart help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version set delete list restart verify rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1478,13 +1524,17 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__delete)
-            opts="-o -y -q -v -h -V --global --no-restart --force --platform-url --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            opts="-o -y -q -v -h -V --global --no-restart --force --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --platform-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --restart-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1524,7 +1574,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__help)
-            opts="set delete list restart help"
+            opts="set delete list restart verify rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1579,6 +1629,20 @@ _orgctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        orgctl__subcmd__secret__subcmd__help__subcmd__rekey)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         orgctl__subcmd__secret__subcmd__help__subcmd__restart)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -1607,6 +1671,20 @@ _orgctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        orgctl__subcmd__secret__subcmd__help__subcmd__verify)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         orgctl__subcmd__secret__subcmd__list)
             opts="-o -y -q -v -h -V --global --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -1614,6 +1692,56 @@ _orgctl() {
                 return 0
             fi
             case "${prev}" in
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --statement-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__secret__subcmd__rekey)
+            opts="-o -y -q -v -h -V --new-key-file --plaintext-only --dry-run --expect-plan --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --new-key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --expect-plan)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1696,7 +1824,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__set)
-            opts="-o -y -q -v -h -V --global --value-file --no-restart --platform-url --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            opts="-o -y -q -v -h -V --global --value-file --no-restart --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1710,6 +1838,52 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --restart-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --statement-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__secret__subcmd__verify)
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
