@@ -358,6 +358,54 @@ pub fn rate(per_sec: f64) -> String {
     }
 }
 
+/// stdout for streamed output: buffered, and a closed pipe just ends the output.
+pub struct Sink {
+    out: std::io::BufWriter<std::io::Stdout>,
+    pub closed: bool,
+}
+
+impl Default for Sink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sink {
+    pub fn new() -> Self {
+        Sink {
+            out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+            closed: false,
+        }
+    }
+
+    fn check(&mut self, r: std::io::Result<()>) -> Result<()> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            Err(e) => Err(Error::failed(format!("could not write to stdout: {e}"))),
+        }
+    }
+
+    pub fn write(&mut self, s: &str) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let r = self.out.write_all(s.as_bytes());
+        self.check(r)
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let r = self.out.flush();
+        self.check(r)
+    }
+}
+
 /// Shorten a list for a table: the first `limit` items, and how many were left out.
 pub fn truncated<T>(items: &[T], limit: usize) -> (&[T], usize) {
     if items.len() > limit {

@@ -5,6 +5,7 @@ mod harness;
 mod pty;
 mod stand_in;
 
+mod audit;
 mod backfill;
 mod dev;
 mod docs;

@@ -158,6 +158,9 @@ pub enum SkipReason {
     Hibernated,
     External,
     PausedAncestor,
+    /// `secret restart`: the audit log records a successful restart of it since the key last
+    /// changed (pass --all to restart it again).
+    AlreadyRestarted,
 }
 
 impl SkipReason {
@@ -171,6 +174,7 @@ impl SkipReason {
             SkipReason::Hibernated => "hibernated",
             SkipReason::External => "external",
             SkipReason::PausedAncestor => "paused-ancestor",
+            SkipReason::AlreadyRestarted => "already-restarted",
         }
     }
 
@@ -401,6 +405,9 @@ pub struct Dispatched {
     pub id: Uuid,
     pub ok: bool,
     pub error: Option<String>,
+    /// The platform's HTTP status, when it answered (for the audit row; not in SPEC §6's JSON).
+    #[serde(skip)]
+    pub http_status: Option<u16>,
 }
 
 /// POST a restart for each id, at most [`RESTART_CONCURRENCY`] at once, each bounded by
@@ -459,6 +466,7 @@ pub async fn dispatch(out: &Output, platform: &Platform, ids: &[Uuid]) -> Vec<Di
                 id: *id,
                 ok: false,
                 error: Some(format!("internal: the restart task failed: {e}")),
+                http_status: None,
             })
             .collect(),
     }
@@ -506,6 +514,7 @@ fn dispatch_blocking(
                             id: *id,
                             ok: false,
                             error: Some(format!("not attempted: {why}")),
+                            http_status: None,
                         };
                         let left = deadline.saturating_duration_since(std::time::Instant::now());
                         let result = if stop.load(Ordering::SeqCst) {
@@ -553,6 +562,7 @@ fn dispatch_blocking(
                     id: *id,
                     ok: false,
                     error: Some("internal: the restart worker failed".into()),
+                    http_status: None,
                 },
             },
         )
@@ -600,13 +610,15 @@ fn status_result(
     url: &str,
     result: std::result::Result<ureq::Response, Box<ureq::Error>>,
 ) -> Dispatched {
-    let fail = |msg: String| Dispatched {
+    let fail = |msg: String, http_status: Option<u16>| Dispatched {
         id,
         ok: false,
         error: Some(crate::redact::mask(&sanitize(&msg))),
+        http_status,
     };
     match result {
         Ok(resp) if (200..300).contains(&resp.status()) => {
+            let status = resp.status();
             // Read the (small) body to its end so the connection goes back to the pool.
             let _ = std::io::copy(
                 &mut std::io::Read::take(resp.into_reader(), 64 * 1024),
@@ -616,29 +628,35 @@ fn status_result(
                 id,
                 ok: true,
                 error: None,
+                http_status: Some(status),
             }
         }
-        Ok(resp) => fail(format!(
-            "HTTP {} {} (a redirect is not followed)",
-            resp.status(),
-            resp.status_text()
-        )),
+        Ok(resp) => {
+            let status = resp.status();
+            fail(
+                format!(
+                    "HTTP {status} {} (a redirect is not followed)",
+                    resp.status_text()
+                ),
+                Some(status),
+            )
+        }
         Err(e) => match *e {
             ureq::Error::Status(code, resp) => {
                 let status_text = resp.status_text().to_string();
                 let body = resp.into_string().unwrap_or_default();
                 let body: String = body.trim().chars().take(200).collect();
                 if body.is_empty() {
-                    fail(format!("HTTP {code} {status_text}"))
+                    fail(format!("HTTP {code} {status_text}"), Some(code))
                 } else {
-                    fail(format!("HTTP {code} {status_text}: {body}"))
+                    fail(format!("HTTP {code} {status_text}: {body}"), Some(code))
                 }
             }
             ureq::Error::Transport(t) => {
                 // ureq prefixes the URL, which the result already names by id.
                 let msg = t.to_string();
                 let prefix = format!("{url}: ");
-                fail(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string())
+                fail(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string(), None)
             }
         },
     }
