@@ -49,6 +49,8 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l name -d 'Name of the platform agent. Default on create: "Platform Agent"; an existing agent keeps its name unless this is given' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l model -d 'Seed (or replace) the agent\'s MODEL secret with this value' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l expect-plan -d 'Refuse (exit 3) unless the plan computed now has this plan_hash (from a reviewed dry run)' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l wait -d 'With --provision: watch the agent\'s status (read-only, about once a second) for up to DUR; exit 0 when it is online, 1 when the platform marks it failed (an agent without MODEL fails at registration) or DUR passes. The change stays committed either way' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l platform-url -d 'Base URL of the platform API, for --provision (needs MOLECULE_ADMIN_TOKEN)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
@@ -60,6 +62,7 @@ none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l allow-missing-model -d 'Proceed even though the agent has no MODEL secret (the platform will mark it failed)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l dry-run -d 'Show the plan and change nothing (read-only: no locks, no writes)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l detailed-exitcode -d 'With --dry-run: exit 4 when changes are pending, 0 when there is nothing to do'
+complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l provision -d 'After the commit, ask the platform to provision the agent when it is not running (POST {URL}/workspaces/{id}/restart with MOLECULE_ADMIN_TOKEN): an agent this run created, or one that is offline, failed, or provisioning with no URL. Never when it is online or degraded: a running root is never restarted'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s v -l verbose -d 'More detail on stderr (repeat for more)'
@@ -239,13 +242,14 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "rollback" -d 'Restore tenants to the state snapshotted by a run'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "status" -d 'Show each tenant\'s state under a run (read-only)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l tenants -d 'Tenants file: one "NAME DATABASE_URL" per line (\'-\' for stdin); blank lines and \'#\' comments are ignored. Names are letters, digits, \'.\', \'_\' or \'-\'' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l tenants -d 'Tenants file: one "NAME DATABASE_URL [PLATFORM_URL]" per line (\'-\' for stdin); blank lines and \'#\' comments are ignored. Names are letters, digits, \'.\', \'_\' or \'-\'. The platform URL is used by --provision' -r -F
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l concurrency -d 'Tenants in flight at once (one connection each)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l shard -d 'Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l canary -d 'Run the first N selected tenants alone first; stop before the rest if any of them fails' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l run-id -d 'Run id (resume a run by giving its id again). Default: a new one, printed first' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l model -d 'Seed the agent\'s MODEL secret with this value on every tenant' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l report -d 'Write the summary as JSON to this file (run id, start and end, totals, every tenant)' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l wait -d 'With --provision: per tenant, watch the agent for up to DUR until it is online (the tenant\'s provision result says online, failed or the status at the deadline)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
@@ -256,6 +260,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l allow-missing-model -d 'Install even where the agent would have no MODEL secret'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l dry-run -d 'Plan every tenant read-only and report; change and create nothing'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l provision -d 'After each tenant\'s commit, ask that tenant\'s platform (the third field of its line) to provision its agent when it is not running, with MOLECULE_ADMIN_TOKEN; never when it is online or degraded. A tenant without a platform URL is reported skipped, not failed'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s v -l verbose -d 'More detail on stderr (repeat for more)'
