@@ -9,6 +9,7 @@ mod docs;
 mod global;
 mod install;
 mod pooler;
+mod provision;
 mod reliability;
 mod secret;
 mod status;
