@@ -442,17 +442,13 @@ fn ctrl_c_while_waiting_exits_130_and_reports_the_committed_change() {
 #[test]
 fn a_refused_or_unreachable_platform_is_exit_1_after_the_commit() {
     let fixture = TestDb::sample();
-    let mut cases: Vec<(Option<Mode>, Option<u16>, &str)> = vec![
+    let cases: Vec<(Option<Mode>, Option<u16>, &str)> = vec![
         (Some(Mode::Answer(401)), Some(401), "HTTP 401"),
         (Some(Mode::Answer(404)), Some(404), "HTTP 404"),
         (Some(Mode::Answer(409)), Some(409), "HTTP 409"),
         (Some(Mode::Answer(500)), Some(500), "HTTP 500"),
         (None, None, "did not accept"),
     ];
-    if std::env::var_os("ORGCTL_TEST_SLOW").is_some() {
-        // 20 seconds: the call timeout.
-        cases.push((Some(Mode::Hang), None, "did not accept"));
-    }
     for (mode, code, needle) in cases {
         let db = fixture.copy_of();
         let standin = mode.map(|m| StandIn::start(&db.name, m));
@@ -467,6 +463,27 @@ fn a_refused_or_unreachable_platform_is_exit_1_after_the_commit() {
         assert_eq!(p.waited_ms, 0, "no wait after a refused request");
         assert_installed(&db);
     }
+}
+
+/// A platform that accepts the connection and never answers: the call's own timeout (20s)
+/// ends it, exit 1 after the commit, no wait.
+#[test]
+fn a_hanging_platform_times_out_after_the_commit() {
+    let db = TestDb::sample();
+    let platform = StandIn::start(&db.name, Mode::Hang);
+    let start = Instant::now();
+    let r = install(&db, &platform.url(), &["--model", "m", "--wait", "60s"]);
+    r.code(1).one_line_error("did not accept");
+    assert!(
+        start.elapsed() < Duration::from_secs(45),
+        "{:?}",
+        start.elapsed()
+    );
+    let p = provision_of(&r);
+    assert!(p.requested);
+    assert_eq!(p.http_status, None);
+    assert_eq!(p.waited_ms, 0);
+    assert_installed(&db);
 }
 
 #[test]
@@ -816,4 +833,66 @@ fn status_warns_while_the_agent_is_not_running_without_failing_the_gate() {
     let (code, c, _) = check(&db);
     assert_eq!(code, 0);
     assert_eq!(c["ok"], false);
+}
+
+/// Ctrl-C while a backfill waits for an agent: the wait stops, the tenant stays applied and
+/// its provision result (the status it was in) is in the summary; exit 130.
+#[test]
+fn ctrl_c_while_a_backfill_waits_reports_the_applied_tenant() {
+    let a = TestDb::sample();
+    let pa = StandIn::start(&a.name, Mode::Stuck);
+    let fleet = TenantsFile::new(&format!("acme {} {}\n", a.url, pa.url()));
+    let mut cmd = Cmd::new(&[
+        "backfill",
+        "run",
+        "--tenants",
+        &fleet.arg(),
+        "--model",
+        "m",
+        "--yes",
+        "-o",
+        "json",
+        "--provision",
+        "--wait",
+        "60s",
+    ])
+    .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+    .command();
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pa.calls().is_empty() {
+        assert!(Instant::now() < deadline, "no provision request was made");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    orgctl::sys::kill(child.id() as i32, libc::SIGINT);
+    let out = match child.wait_with_output() {
+        Ok(o) => o,
+        Err(e) => panic!("{e}"),
+    };
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    };
+    r.code(130);
+    let v = r.json();
+    let t = &v["tenants"][0];
+    assert_eq!(t["status"], "applied", "{t}");
+    assert_eq!(t["provision"]["requested"], true, "{t}");
+    assert_eq!(t["provision"]["final_status"], "provisioning", "{t}");
+    assert!(
+        t["provision_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("interrupted"),
+        "{t}"
+    );
+    assert_installed(&a);
 }
