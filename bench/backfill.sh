@@ -12,6 +12,7 @@
 # audit rows. The figures are wall-clock tenants/second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/machine.sh
 
 N=${N:-200}
 BIN=${ORGCTL:-target/release/orgctl}
@@ -24,6 +25,7 @@ trap cleanup EXIT
 BASE=${URL%/*}                      # postgres://postgres@127.0.0.1:PORT
 psql_db() { psql -X -q -v ON_ERROR_STOP=1 -At -d "$BASE/$1"; }
 
+machine_header "$BIN"
 echo "server: ${BASE#*@}, $N tenants per variant, $(nproc) CPU(s)" >&2
 psql_db postgres <<<"CREATE DATABASE bench_tmpl TEMPLATE orgctl_dev" >/dev/null
 

@@ -17,6 +17,7 @@
 # tenants (commit → online as orgctl sees it: DELAY plus up to one poll interval, 1s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/machine.sh
 
 N=${N:-30}
 ROUNDS=${ROUNDS:-3}
@@ -24,6 +25,7 @@ DELAY=${DELAY:-0.5}
 CONC=${CONC:-4}
 BIN=${ORGCTL:-target/debug/orgctl}
 [ -x "$BIN" ] || { echo "build first: cargo build" >&2; exit 1; }
+machine_header "$BIN"
 WORK=$(mktemp -d /tmp/orgctl-bench-provision.XXXXXX)
 chmod 755 "$WORK"
 URL=$("$BIN" dev up --dir "$WORK/pg")

@@ -518,6 +518,10 @@ pub enum BackfillCommand {
     /// or new rows hanging off the agent, are drift: that tenant is refused (exit 3) with the
     /// rows named, unless --force. A second rollback changes nothing.
     ///
+    /// Before commit every restored row is compared with its snapshot: a column a platform
+    /// trigger rewrote (such as updated_at) is reported as not restored (warning, exit 0);
+    /// any other difference fails the tenant (exit 1) and changes nothing there.
+    ///
     /// Example: orgctl backfill rollback --run-id bf-20250101T120000Z-1a2b3c4d --tenants fleet.txt --dry-run
     #[command(after_long_help = AFTER_HELP)]
     Rollback(BackfillRollbackArgs),

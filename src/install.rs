@@ -1243,6 +1243,12 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         (p, dry)
     };
     let (reviewed, dry_provision) = reviewed;
+    // SPEC §1: without a key a value is written as version 0, with a warning that says so.
+    if reviewed.model.writes() && matches!(sb.write_version(), Ok(0)) {
+        out.warn(
+            "SECRETS_ENCRYPTION_KEY is not set: the MODEL secret is stored in plaintext (encryption_version 0)",
+        );
+    }
 
     if args.dry_run {
         render(

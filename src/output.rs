@@ -132,7 +132,15 @@ impl Output {
             .with_prompt(question)
             .default(false)
             .interact_on_opt(&dialoguer::console::Term::stderr())
-            .map_err(|e| Error::failed(format!("could not read the answer: {e}")))?;
+            .map_err(|e| match e {
+                // Ctrl-C at the prompt: the read is interrupted by SIGINT (orgctl handles the
+                // signal, so it does not kill the process). That is an interrupt, exit 130
+                // (the caller restores the terminal), not a failure to read.
+                dialoguer::Error::IO(io) if io.kind() == std::io::ErrorKind::Interrupted => {
+                    Error::interrupted()
+                }
+                e => Error::failed(format!("could not read the answer: {e}")),
+            })?;
         match answer {
             Some(true) => Ok(()),
             _ => Err(Error::refused("not confirmed: nothing was changed")),

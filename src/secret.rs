@@ -629,6 +629,12 @@ async fn set(ctx: &Context, args: &SecretSetArgs) -> Result<Exit> {
     let sb = SecretBox::from_env();
     // Refusals of the key (bad key: 2; production without a key: 3) before reading a value.
     let version = sb.write_version()?;
+    // SPEC §1: without a key a value is written as version 0, with a warning that says so.
+    if version == 0 {
+        ctx.out.warn(&format!(
+            "SECRETS_ENCRYPTION_KEY is not set: {key} is stored in plaintext (encryption_version 0)"
+        ));
+    }
     let value = read_value(&ctx.out, args.value_file.as_deref(), &key, args.dry_run).await?;
     let req = Request {
         scope,

@@ -733,8 +733,23 @@ fn kill_9_leaves_every_tenant_untouched_or_installed_and_a_rerun_finishes() {
         std::thread::sleep(delay);
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
-        // The server notices the dead client; give it a moment to roll back.
-        std::thread::sleep(Duration::from_millis(100));
+        // The server notices the dead client and rolls back: wait (with a deadline) until no
+        // orgctl session is left on any tenant, rather than for a fixed time.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for d in &dbs {
+            while d.scalar(&format!(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = '{}' AND application_name = 'orgctl'",
+                d.name
+            )) != "0"
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "an orgctl session outlived its killed client"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let mut done = 0;
         for d in &dbs {
             let has_tables =

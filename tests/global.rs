@@ -64,20 +64,37 @@ fn wrong_password_and_unknown_database_fail_cleanly() {
 #[test]
 fn password_never_appears_in_any_output() {
     let db = TestDb::sample();
-    for args in [
-        vec!["install-platform-agent", "--dry-run", "--model", "m"],
-        vec![
-            "install-platform-agent",
-            "--dry-run",
-            "--model",
-            "m",
-            "-v",
-            "-o",
-            "json",
-        ],
-        vec!["install-platform-agent", "--model", "m"],
+    // Each path the run takes is the one we meant (its exit code), so the absence of the
+    // password is not the absence of any output: a dry run, a verbose JSON dry run, the
+    // confirmation refusal, an apply, and a failure that names the database.
+    for (args, code) in [
+        (
+            vec!["install-platform-agent", "--dry-run", "--model", "m"],
+            0,
+        ),
+        (
+            vec![
+                "install-platform-agent",
+                "--dry-run",
+                "--model",
+                "m",
+                "-v",
+                "-o",
+                "json",
+            ],
+            0,
+        ),
+        (vec!["install-platform-agent", "--model", "m"], 3),
+        (
+            vec!["install-platform-agent", "--model", "m", "--yes", "-v"],
+            0,
+        ),
+        // The sample keeps a live token on a child after the install: status exits 1.
+        (vec!["status", "-v"], 1),
     ] {
         let r = db.orgctl(&args).run();
+        r.code(code);
+        assert!(!r.stdout.is_empty() || !r.stderr.is_empty(), "{args:?}");
         assert!(!r.stdout.contains(PASSWORD) && !r.stderr.contains(PASSWORD));
         assert!(
             !r.stdout.contains(&urlencode(PASSWORD)) && !r.stderr.contains(&urlencode(PASSWORD))
@@ -104,6 +121,37 @@ fn json_output_is_one_document_and_messages_go_to_stderr() {
         .run();
     r.code(0);
     r.json();
+    assert!(
+        !r.stdout.contains("warning"),
+        "a message on stdout: {}",
+        r.stdout
+    );
+    // An apply with something to say: the plaintext-MODEL warning (no key) and -v progress go
+    // to stderr, and stdout is still exactly the one JSON document.
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "-v",
+            "-o",
+            "json",
+        ])
+        .run();
+    r.code(0);
+    let doc = r.json();
+    assert_eq!(doc["model_secret"], "seeded", "{doc}");
+    assert!(
+        r.stderr.contains("warning:") && r.stderr.contains("stored in plaintext"),
+        "the plaintext warning is not on stderr: {}",
+        r.stderr
+    );
+    assert!(
+        !r.stdout.contains("warning") && !r.stdout.contains("plaintext"),
+        "a message on stdout: {}",
+        r.stdout
+    );
     // Flags work before the subcommand too.
     let r = db
         .orgctl(&[
@@ -116,62 +164,72 @@ fn json_output_is_one_document_and_messages_go_to_stderr() {
         ])
         .run();
     r.code(0);
-    r.json();
+    let doc = r.json();
+    assert_eq!(doc["changed"], false, "{doc}");
+    assert!(
+        r.stderr.is_empty() || !r.stderr.contains('{'),
+        "{}",
+        r.stderr
+    );
 }
 
-#[test]
-fn application_name_is_orgctl() {
+/// orgctl's sessions carry `application_name = orgctl`. Synchronised on what the server shows,
+/// not on sleeps: a session of ours holds the tenant lock, orgctl is started, and
+/// `pg_stat_activity` is polled (with a deadline) until orgctl's backend waits on that lock.
+#[tokio::test]
+async fn application_name_is_orgctl() {
     let db = TestDb::sample();
-    // Hold a lock so the install waits, and look at it from the outside meanwhile.
-    let mut cmd = db
-        .orgctl(&[
+    let mut holder = db.connect().await;
+    if let Err(e) = sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(orgctl::db::TENANT_LOCK.0)
+        .bind(orgctl::db::TENANT_LOCK.1)
+        .execute(&mut holder)
+        .await
+    {
+        panic!("{e}");
+    }
+    let run = tokio::spawn(
+        db.orgctl(&[
             "install-platform-agent",
             "--model",
             "m",
             "--yes",
             "--lock-timeout",
-            "5s",
+            "30s",
         ])
-        .command();
-    db.exec(""); // warm
-    let lock = std::process::Command::new(server().bindir.join("psql"))
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &server().port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            &db.name,
-        ])
-        .env("PGPASSWORD", PASSWORD)
-        .arg("-c")
-        .arg(format!(
-            "SELECT pg_advisory_lock({}, {}); SELECT pg_sleep(2);",
-            orgctl::db::TENANT_LOCK.0,
-            orgctl::db::TENANT_LOCK.1
-        ))
-        .stdout(std::process::Stdio::null())
-        .spawn();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    std::thread::sleep(std::time::Duration::from_millis(700));
-    let seen = db.scalar(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'orgctl'",
-        db.name
-    ));
-    if let Ok(mut c) = child {
-        let _ = c.wait();
+        .run_async(),
+    );
+    let mut admin = db.connect().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let seen = loop {
+        let row: Option<(String, String)> = match sqlx::query_as(
+            "SELECT application_name, wait_event FROM pg_stat_activity
+              WHERE datname = $1 AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+        )
+        .bind(&db.name)
+        .fetch_optional(&mut admin)
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        if let Some(r) = row {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session ever waited on the tenant lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(seen.0, "orgctl", "the waiting session's application_name");
+    drop(holder);
+    match run.await {
+        Ok(r) => {
+            r.code(0);
+        }
+        Err(e) => panic!("{e}"),
     }
-    if let Ok(mut l) = lock {
-        let _ = l.wait();
-    }
-    assert_ne!(seen, "0");
 }
 
 #[test]

@@ -2,15 +2,20 @@
 //! PostgreSQL). Modules share the harness's server.
 
 mod harness;
+mod pty;
+mod stand_in;
 
 mod backfill;
 mod dev;
 mod docs;
 mod global;
 mod install;
+mod interactive;
 mod pooler;
 mod provision;
 mod reliability;
+mod restart_http;
+mod rollback_checks;
 mod secret;
 mod status;
 mod token;

@@ -449,6 +449,11 @@ async fn global_set_without_key_is_version_0_and_refused_in_production() {
     assert_eq!(j.scope, "global");
     assert_eq!(j.workspace_id, None);
     assert_eq!(j.encryption_version, Some(0));
+    assert!(
+        r.stderr.contains("warning:") && r.stderr.contains("stored in plaintext"),
+        "no plaintext warning on stderr: {}",
+        r.stderr
+    );
     let (value, version) = stored(
         &db,
         "SELECT encrypted_value, encryption_version FROM global_secrets WHERE key = 'NEW_GLOBAL'",
@@ -927,21 +932,40 @@ fn model_delete_on_the_platform_agent_needs_force_and_never_restarts_it() {
         db.scalar("SELECT args->>'force' FROM orgctl.audit_log WHERE command = 'secret delete'"),
         "true"
     );
-    // MODEL on an ordinary workspace, and a global MODEL, are not gated.
+    // MODEL on an ordinary workspace, and a global MODEL, are not gated: deleted without
+    // --force, each with its audit row.
     db.exec(&format!(
-        "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value) VALUES ('{}', 'MODEL', 'x')",
+        "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value) VALUES ('{}', 'MODEL', 'x');
+         INSERT INTO global_secrets (key, encrypted_value) VALUES ('MODEL', 'g')",
         ids::RESEARCH
     ));
-    db.orgctl(&[
-        "secret",
-        "delete",
-        ids::RESEARCH,
-        "MODEL",
-        "--yes",
-        "--no-restart",
-    ])
-    .run()
-    .code(0);
+    for scope in [ids::RESEARCH, "--global"] {
+        let audits = db.audit_rows();
+        let r = db
+            .orgctl(&[
+                "secret",
+                "delete",
+                scope,
+                "MODEL",
+                "--yes",
+                "--no-restart",
+                "-o",
+                "json",
+            ])
+            .run();
+        r.code(0);
+        assert_eq!(parse::<SecretJson>(&r).action, "deleted", "{scope}");
+        assert!(!r.stderr.contains("--force"), "{scope}: {}", r.stderr);
+        assert_eq!(db.audit_rows(), audits + 1, "{scope}");
+    }
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT (SELECT count(*) FROM workspace_secrets WHERE workspace_id = '{}' AND key = 'MODEL')
+                  + (SELECT count(*) FROM global_secrets WHERE key = 'MODEL')",
+            ids::RESEARCH
+        )),
+        "0"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1152,17 +1176,32 @@ fn list_shows_keys_scopes_and_versions_never_values_and_writes_nothing() {
 
 /// Ctrl-C while restarts are being dispatched: no new calls, the in-flight ones finish, and the
 /// exit is 130 with a message that says the secret was committed (never "nothing changed").
+/// The interrupt lands when the first wave of calls (the concurrency cap) has arrived and none
+/// is answered yet (each takes 1.5 s), so the count of calls at that moment is exact.
 #[test]
 fn ctrl_c_during_restarts_exits_130_saying_the_change_was_committed() {
+    use crate::stand_in::{Reply, StandIn};
+    let cap = crate::stand_in::RESTART_CAP;
     let db = TestDb::sample();
     db.exec(&format!(
         "INSERT INTO workspaces (name, parent_id, status) SELECT 'fan ' || g, '{}', 'online'
            FROM generate_series(1, 30) g",
         ids::HQ
     ));
-    let platform = FakePlatform::start_with(&[], Duration::from_millis(400));
+    let platform = StandIn::start(Reply::Delay(
+        Duration::from_millis(1500),
+        Box::new(Reply::Status(200)),
+    ));
     let mut cmd = db
-        .orgctl(&["secret", "set", "--global", "DEFAULT_REGION", "--yes"])
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "DEFAULT_REGION",
+            "--yes",
+            "-o",
+            "json",
+        ])
         .env("MOLECULE_PLATFORM_URL", &platform.url())
         .env("MOLECULE_ADMIN_TOKEN", TOKEN)
         .command();
@@ -1177,18 +1216,24 @@ fn ctrl_c_during_restarts_exits_130_saying_the_change_was_committed() {
         let _ = stdin.write_all(b"us-east-2");
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while platform.calls().is_empty() {
+    while platform.calls().len() < cap {
         assert!(
             std::time::Instant::now() < deadline,
-            "no restart call was made"
+            "the first wave of restart calls never arrived"
         );
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
+    let at_interrupt = platform.calls();
     orgctl::sys::kill(child.id() as i32, libc::SIGINT);
+    assert!(
+        at_interrupt.iter().all(|c| c.answered.is_none()),
+        "the interrupt came too late to be mid-wave: {at_interrupt:?}"
+    );
     let out = match child.wait_with_output() {
         Ok(o) => o,
         Err(e) => panic!("{e}"),
     };
+    let exited = std::time::Instant::now();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(
@@ -1200,6 +1245,17 @@ fn ctrl_c_during_restarts_exits_130_saying_the_change_was_committed() {
         db.scalar("SELECT convert_from(encrypted_value, 'UTF8') FROM global_secrets WHERE key = 'DEFAULT_REGION'"),
         "us-east-2"
     );
-    // No new calls after the interrupt: fewer than the whole fan-out went out.
-    assert!(platform.calls().len() < 37, "{}", platform.calls().len());
+    // No new call after the interrupt: exactly the wave that was in flight.
+    let calls = platform.calls();
+    assert_eq!(calls.len(), at_interrupt.len(), "calls after the interrupt");
+    assert_eq!(at_interrupt.len(), cap);
+    // The calls in flight were finished, not cut off: each was answered before orgctl exited.
+    for c in &calls {
+        match c.answered {
+            Some(t) => assert!(t <= exited, "{c:?}"),
+            None => panic!("a call in flight was abandoned: {c:?}"),
+        }
+        crate::stand_in::StandIn::restart_id(c, TOKEN);
+    }
+    assert!(!stderr.contains(TOKEN));
 }

@@ -96,13 +96,16 @@ fn parse<T: serde::de::DeserializeOwned>(stdout: &str) -> T {
     }
 }
 
-/// The platform's bearer lookup, verbatim (SPEC §1).
+/// The platform's bearer lookup (SPEC §1), with the hash computed by PostgreSQL from the
+/// plaintext's UTF-8 bytes — independently of `orgctl::crypto::token_hash`, the function under
+/// test: if orgctl stored another digest (hex text, another encoding, a salt) the lookup fails.
 async fn platform_lookup(db: &TestDb, plaintext: &str) -> Option<(String, String, Option<String>)> {
     let mut conn = db.connect().await;
     let row: Option<(uuid::Uuid, String, Option<uuid::Uuid>)> = match sqlx::query_as(
-        "SELECT id, prefix, org_id FROM org_api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        "SELECT id, prefix, org_id FROM org_api_tokens
+          WHERE token_hash = sha256(convert_to($1, 'UTF8')) AND revoked_at IS NULL",
     )
-    .bind(orgctl::crypto::token_hash(plaintext))
+    .bind(plaintext)
     .fetch_optional(&mut conn)
     .await
     {
@@ -160,6 +163,38 @@ fn audit_count(db: &TestDb, command: &str) -> i64 {
 
 fn set(v: &[String]) -> BTreeSet<&str> {
     v.iter().map(|s| s.as_str()).collect()
+}
+
+/// Known vectors, pinned: orgctl's hash, PostgreSQL's `sha256(convert_to(…,'UTF8'))` and the
+/// published SHA-256 digests all agree (FIPS 180-2 "abc"; a token-shaped value; a non-ASCII
+/// value, which must be hashed as its UTF-8 bytes).
+#[test]
+fn token_hash_matches_pinned_vectors_and_postgresql() {
+    let db = TestDb::empty();
+    for (plaintext, hex) in [
+        (
+            "abc",
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        ),
+        (
+            "Zm9vYmFyYmF6cXV4LWNpLXRva2VuLTAxMjM0NTY3ODk",
+            "f5bec6ea468535c92d401a5aa8df59ab546427b8ee89d916e03761eac75045e1",
+        ),
+        (
+            "\u{e9}",
+            "4a99557e4033c3539de2eb65472017cad5f9557f7a0625a09f1c3f6e2ba69c4c",
+        ),
+    ] {
+        let ours: String = orgctl::crypto::token_hash(plaintext)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(ours, hex, "orgctl's hash of {plaintext:?}");
+        let pg = db.scalar(&format!(
+            "SELECT encode(sha256(convert_to('{plaintext}', 'UTF8')), 'hex')"
+        ));
+        assert_eq!(pg, hex, "PostgreSQL's hash of {plaintext:?}");
+    }
 }
 
 #[tokio::test]
@@ -465,11 +500,31 @@ fn list_is_newest_first_filtered_and_never_shows_hashes() {
         .as_deref()
         .is_some_and(|s| s.starts_with("2024-05-01")));
     assert_eq!(j.tokens[1].revoked_at, None);
-    let _ = (&j.tokens[0].prefix, &j.tokens[0].name, &j.tokens[0].org_id);
-    let _ = (
-        &j.tokens[0].created_by,
-        &j.tokens[0].created_at,
-        &j.tokens[0].last_used_at,
+    // The revoked row, whole: every field is the stored one.
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT prefix || '|' || coalesce(name, '-') || '|' || coalesce(org_id::text, '-')
+                    || '|' || coalesce(created_by, '-') || '|' || coalesce(last_used_at::text, '-')
+               FROM org_api_tokens WHERE id = '{T7}'"
+        )),
+        format!(
+            "{}|{}|{}|{}|-",
+            j.tokens[0].prefix,
+            j.tokens[0].name.as_deref().unwrap_or("-"),
+            j.tokens[0].org_id.as_deref().unwrap_or("-"),
+            j.tokens[0].created_by.as_deref().unwrap_or("-"),
+        )
+    );
+    assert_eq!(j.tokens[0].org_id, None, "listed with --unanchored");
+    assert_eq!(j.tokens[0].last_used_at, None);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT created_at = '{}'::timestamptz FROM org_api_tokens WHERE id = '{T7}'",
+            j.tokens[0].created_at
+        )),
+        "t",
+        "created_at {}",
+        j.tokens[0].created_at
     );
 
     // A limit says on stderr that more exist.
@@ -972,11 +1027,25 @@ fn a_prefix_starting_with_a_hyphen_is_a_token_not_a_flag() {
     );
     assert_eq!(audit_count(&db, "token revoke"), 4);
 
-    // No --yes and no terminal is still the confirmation refusal, with the prefix first.
+    // Already revoked needs no confirmation: exit 0 without --yes, nothing written.
     let before = db.snapshot();
-    db.orgctl(&["token", "revoke", "-Ab_", "-o", "json"])
-        .run()
-        .code(0);
+    let r = db.orgctl(&["token", "revoke", "-Ab_", "-o", "json"]).run();
+    r.code(0);
+    assert_eq!(parse::<RevokeJson>(&r.stdout).already_revoked, [H1]);
+    assert_eq!(db.snapshot(), before);
+    // A live token with a hyphen prefix, no --yes and no terminal: the confirmation refusal
+    // (exit 3), with the prefix first, and nothing revoked.
+    db.exec(
+        "INSERT INTO org_api_tokens (id, token_hash, prefix, name, created_by) VALUES
+          ('70000000-0000-4000-8000-0000000000c5', sha256('c5'::bytea), '-Nq7_abc', 'h5', 'x')",
+    );
+    let before = db.snapshot();
+    let audits = db.audit_rows();
+    let r = db.orgctl(&["token", "revoke", "-Nq7_", "-o", "json"]).run();
+    r.code(3).one_line_error("--yes");
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    assert_eq!(db.snapshot(), before);
+    assert_eq!(db.audit_rows(), audits);
     db.orgctl(&["token", "revoke", "-Zzz", "--yes"])
         .run()
         .code(1)
@@ -1045,7 +1114,7 @@ fn list_gives_scripts_every_token_by_default() {
                 "{out}"
             );
         }
-        None => eprintln!("skipped the terminal case: no `script` (util-linux) to give a pty"),
+        None => panic!("no `script` (util-linux) to give a pty: install util-linux"),
     }
     assert_eq!(db.snapshot(), before);
 }

@@ -5,6 +5,7 @@
 //! - [`tenants`]: the tenants file and the stable shard hash.
 //! - [`apply`]: one tenant of a run (and its dry run).
 //! - [`rollback`]: one tenant of a rollback (drift check, restore).
+//! - [`verify`]: rollback's plan-proof joins and its check of every restored row.
 //! - [`status`]: each tenant's state under a run, read-only.
 //!
 //! Ctrl-C: backfill handles it itself (see [`Cancel`]) instead of having its future dropped:
@@ -17,6 +18,7 @@ pub mod apply;
 pub mod rollback;
 pub mod status;
 pub mod tenants;
+pub mod verify;
 
 use std::future::Future;
 use std::path::Path;

@@ -19,6 +19,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 use uuid::Uuid;
 
+use super::verify::{self, Verification};
 use super::{clean, fmt_duration, millis, Cancel, Committing, Slot, Tenant};
 use crate::cli::BackfillRollbackArgs;
 use crate::db::{self, Settings};
@@ -106,6 +107,9 @@ pub struct TenantResult {
     pub allowlist_restored: i64,
     pub merged_restored: i64,
     pub drift: Vec<Drift>,
+    /// After the restore: every restored row compared with its snapshot (None when nothing was
+    /// restored: dry run, refusal, failure).
+    pub verification: Option<Verification>,
     pub duration_ms: u64,
     pub error: Option<String>,
 }
@@ -124,6 +128,7 @@ impl TenantResult {
             allowlist_restored: 0,
             merged_restored: 0,
             drift: Vec::new(),
+            verification: None,
             duration_ms: 0,
             error: None,
         }
@@ -191,6 +196,8 @@ async fn rollback_on(
         tx.rollback().await?;
         return Ok(TenantResult::new(t, Status::NothingToRollBack));
     }
+    // Statistics are stale right after a run: keep every join of this transaction linear.
+    verify::plan_proof(&mut tx).await?;
     let lock = if job.dry_run { "" } else { " FOR UPDATE" };
     let row = db::query(&format!(
         "SELECT status, agent_id, coalesce(agent_action, ''), coalesce(model_action, ''),
@@ -300,6 +307,7 @@ async fn rollback_on(
     }
 
     restore(&mut tx, job, agent, &run, &counts, oldest).await?;
+    let verification = verify_restore(&mut tx, job, agent, &run).await?;
     db::audit(
         &mut tx,
         "backfill rollback",
@@ -315,6 +323,7 @@ async fn rollback_on(
             "allowlist_restored": counts.allowlist,
             "merged_restored": counts.merged,
             "drift": result.drift,
+            "verification": verification,
         }),
         "rolled back",
     )
@@ -335,7 +344,38 @@ async fn rollback_on(
         tx.commit().await?;
     }
     result.status = Status::RolledBack;
+    result.verification = Some(verification);
     Ok(result)
+}
+
+/// Compare every restored row with its snapshot before commit; a difference orgctl cannot
+/// accept (see [`verify::restored`]) fails the tenant, which rolls its transaction back.
+async fn verify_restore(
+    conn: &mut PgConnection,
+    job: &Job,
+    agent: Uuid,
+    run: &RunRow,
+) -> Result<Verification> {
+    let v = verify::restored(
+        conn,
+        &verify::RunActions {
+            run_id: &job.run_id,
+            agent,
+            agent_action: &run.agent_action,
+            model_action: &run.model_action,
+            force: job.force,
+        },
+    )
+    .await?;
+    let fatal = v.fatal();
+    if !fatal.is_empty() {
+        let lines: Vec<String> = fatal.iter().map(|n| n.line()).collect();
+        return Err(Error::failed(format!(
+            "the restore did not verify against the snapshot: {}; rolled back, nothing changed",
+            lines.join("; ")
+        )));
+    }
+    Ok(v)
 }
 
 struct Counts {
@@ -879,6 +919,15 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
         if let Some(e) = &r.error {
             pb.suspend(|| out.warn(&format!("{}: {e}", r.tenant)));
         }
+        if let Some(v) = r.verification.as_ref().filter(|v| !v.exact) {
+            pb.suspend(|| {
+                out.warn(&format!(
+                    "{}: rolled back, but not byte-exact: {}",
+                    r.tenant,
+                    v.summary()
+                ))
+            });
+        }
         pb.inc(1);
     })
     .await;
@@ -939,6 +988,12 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
                     r.drift
                         .iter()
                         .map(Drift::line)
+                        .chain(
+                            r.verification
+                                .iter()
+                                .filter(|v| !v.exact)
+                                .map(|v| crate::error::sanitize(&v.summary())),
+                        )
                         .collect::<Vec<_>>()
                         .join("; ")
                 }),

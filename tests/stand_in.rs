@@ -1,0 +1,319 @@
+//! A platform HTTP stand-in with the platform's real range of answers (issue 18), on 127.0.0.1
+//! only: 2xx other than 200, redirects, 401/404/409/500, slow and hung answers, and keep-alive
+//! connections the server closes. It records every request (method, path, bearer, when it
+//! arrived and when it was answered) and how many were in flight at once, so tests can check
+//! the concurrency cap, the timeouts and that a Ctrl-C starts no new call.
+//!
+//! Shared by the test modules that talk to a platform (keep new behaviours here, not in a
+//! module's private stand-in).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// At most this many restart calls in flight at once (README, "secret": orgctl's restart
+/// concurrency). Written out rather than imported, so a move of the constant inside orgctl
+/// does not silently move the test's expectation.
+pub const RESTART_CAP: usize = 8;
+
+/// How the stand-in answers a request.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// This status with a small body (`200 OK` and the like; the reason phrase is derived).
+    Status(u16),
+    /// A redirect (301/302/307/308) to `location`.
+    Redirect(u16, String),
+    /// Wait, then answer.
+    Delay(Duration, Box<Reply>),
+    /// Read the request and never answer (until the stand-in is dropped).
+    Hang,
+}
+
+/// One request as the stand-in saw it.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub auth: Option<String>,
+    pub arrived: Instant,
+    pub answered: Option<Instant>,
+    /// Which TCP connection carried it (0, 1, …): tells keep-alive reuse apart.
+    pub conn: usize,
+}
+
+struct State {
+    rules: Vec<(String, Reply)>,
+    default: Reply,
+    /// After each answer, how long an idle keep-alive connection is kept before the server
+    /// closes it (`None`: `Connection: close` on every answer).
+    keep_alive: Option<Duration>,
+    calls: Mutex<Vec<Call>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    conns: AtomicUsize,
+    stop: AtomicBool,
+}
+
+pub struct StandIn {
+    addr: SocketAddr,
+    state: Arc<State>,
+    handle: Option<JoinHandle<()>>,
+}
+
+pub fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        409 => "Conflict",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Other",
+    }
+}
+
+impl StandIn {
+    /// Answer `default` to everything, `Connection: close`.
+    pub fn start(default: Reply) -> Self {
+        Self::with(Vec::new(), default, None)
+    }
+
+    /// Answer the first rule whose needle the request path contains, else `default`.
+    /// `keep_alive`: keep connections open for that long after each answer, then close them
+    /// from the server side (as a load balancer's idle timeout does).
+    pub fn with(rules: Vec<(String, Reply)>, default: Reply, keep_alive: Option<Duration>) -> Self {
+        let listener = match TcpListener::bind("127.0.0.1:0") {
+            Ok(l) => l,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        };
+        let state = Arc::new(State {
+            rules,
+            default,
+            keep_alive,
+            calls: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            conns: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        let handle = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = conn else { continue };
+                let n = st.conns.fetch_add(1, Ordering::SeqCst);
+                let st = st.clone();
+                std::thread::spawn(move || serve(stream, n, &st));
+            }
+        });
+        StandIn {
+            addr,
+            state,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        match self.state.calls.lock() {
+            Ok(c) => c.clone(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The most requests that were in flight (arrived, not yet answered) at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.conns.load(Ordering::SeqCst)
+    }
+
+    /// The workspace id of a `POST /workspaces/{id}/restart` call, checking its shape and
+    /// bearer.
+    #[track_caller]
+    pub fn restart_id(c: &Call, bearer: &str) -> String {
+        assert_eq!(c.method, "POST", "{c:?}");
+        assert_eq!(
+            c.auth.as_deref(),
+            Some(format!("Bearer {bearer}").as_str()),
+            "{c:?}"
+        );
+        match c
+            .path
+            .strip_prefix("/workspaces/")
+            .and_then(|p| p.strip_suffix("/restart"))
+        {
+            Some(id) => id.to_string(),
+            None => panic!("unexpected path {}", c.path),
+        }
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Read one request head and body; None when the peer closed or went quiet.
+fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, String, Option<String>)> {
+    let mut chunk = [0u8; 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_string();
+    let path = first.next().unwrap_or_default().to_string();
+    let mut auth = None;
+    let mut length = 0usize;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") {
+                auth = Some(v.trim().to_string());
+            }
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let body_start = head_end + 4;
+    while buf.len() < body_start + length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf.drain(..body_start + length);
+    Some((method, path, auth))
+}
+
+fn serve(mut stream: TcpStream, conn: usize, st: &State) {
+    let mut buf = Vec::new();
+    loop {
+        let _ = stream.set_read_timeout(Some(st.keep_alive.unwrap_or(Duration::from_secs(5))));
+        let Some((method, path, auth)) = read_request(&mut stream, &mut buf) else {
+            // Idle past the keep-alive (or the client closed): the server closes.
+            return;
+        };
+        let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        st.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let index = match st.calls.lock() {
+            Ok(mut c) => {
+                c.push(Call {
+                    method,
+                    path: path.clone(),
+                    auth: auth.clone(),
+                    arrived: Instant::now(),
+                    answered: None,
+                    conn,
+                });
+                c.len() - 1
+            }
+            Err(_) => return,
+        };
+        let mut reply = st
+            .rules
+            .iter()
+            .find(|(needle, _)| path.contains(needle.as_str()))
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| st.default.clone());
+        loop {
+            match reply {
+                Reply::Delay(d, next) => {
+                    std::thread::sleep(d);
+                    reply = *next;
+                }
+                Reply::Hang => {
+                    while !st.stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    st.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+                _ => break,
+            }
+        }
+        let (code, extra, body) = match reply {
+            Reply::Status(code) if code == 204 => (code, String::new(), String::new()),
+            Reply::Status(code) if code < 300 => (
+                code,
+                String::new(),
+                "{\"status\":\"restarting\"}".to_string(),
+            ),
+            // An error body that echoes the bearer, so tests prove orgctl masks it.
+            Reply::Status(code) => (
+                code,
+                String::new(),
+                format!(
+                    "restart refused for request with {}",
+                    auth.clone().unwrap_or_default()
+                ),
+            ),
+            Reply::Redirect(code, location) => (
+                code,
+                format!("Location: {location}{path}\r\n"),
+                String::new(),
+            ),
+            Reply::Delay(..) | Reply::Hang => unreachable!("resolved above"),
+        };
+        let connection = if st.keep_alive.is_some() {
+            "keep-alive"
+        } else {
+            "close"
+        };
+        let resp = format!(
+            "HTTP/1.1 {code} {}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
+            reason(code),
+            body.len()
+        );
+        let _ = stream.write_all(resp.as_bytes());
+        if let Ok(mut c) = st.calls.lock() {
+            if let Some(call) = c.get_mut(index) {
+                call.answered = Some(Instant::now());
+            }
+        }
+        st.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if st.keep_alive.is_none() {
+            return;
+        }
+    }
+}
