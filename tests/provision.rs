@@ -896,3 +896,34 @@ fn ctrl_c_while_a_backfill_waits_reports_the_applied_tenant() {
     );
     assert_installed(&a);
 }
+
+/// The README's runbook: a run made without --provision is resumed with it; the install part is
+/// skipped (done under the run id) and the agent is provisioned and comes online.
+#[test]
+fn resuming_a_run_with_provision_brings_its_agents_to_life() {
+    let a = TestDb::sample();
+    let pa = StandIn::start(&a.name, Mode::Live(Duration::from_millis(200)));
+    let fleet = TenantsFile::new(&format!("acme {} {}\n", a.url, pa.url()));
+    let base = [
+        "backfill",
+        "run",
+        "--tenants",
+        &fleet.arg(),
+        "--model",
+        "m",
+        "--yes",
+        "--run-id",
+        "resume-prov-1",
+    ];
+    Cmd::new(&base).run().code(0);
+    assert!(pa.calls().is_empty());
+    assert_eq!(agent_status(&a), "provisioning");
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["-o", "json", "--provision", "--wait", "20s"]);
+    let r = Cmd::new(&args).env("MOLECULE_ADMIN_TOKEN", TOKEN).run();
+    r.code(0);
+    let t = &r.json()["tenants"][0];
+    assert_eq!(t["status"], "skipped", "{t}");
+    assert_eq!(t["provision"]["final_status"], "online", "{t}");
+    pa.assert_one_request_for(&agent_id(&a));
+}
