@@ -136,8 +136,14 @@ _orgctl() {
             orgctl__subcmd__help__subcmd__secret,list)
                 cmd="orgctl__subcmd__help__subcmd__secret__subcmd__list"
                 ;;
+            orgctl__subcmd__help__subcmd__secret,rekey)
+                cmd="orgctl__subcmd__help__subcmd__secret__subcmd__rekey"
+                ;;
             orgctl__subcmd__help__subcmd__secret,set)
                 cmd="orgctl__subcmd__help__subcmd__secret__subcmd__set"
+                ;;
+            orgctl__subcmd__help__subcmd__secret,verify)
+                cmd="orgctl__subcmd__help__subcmd__secret__subcmd__verify"
                 ;;
             orgctl__subcmd__help__subcmd__token,anchor)
                 cmd="orgctl__subcmd__help__subcmd__token__subcmd__anchor"
@@ -160,8 +166,14 @@ _orgctl() {
             orgctl__subcmd__secret,list)
                 cmd="orgctl__subcmd__secret__subcmd__list"
                 ;;
+            orgctl__subcmd__secret,rekey)
+                cmd="orgctl__subcmd__secret__subcmd__rekey"
+                ;;
             orgctl__subcmd__secret,set)
                 cmd="orgctl__subcmd__secret__subcmd__set"
+                ;;
+            orgctl__subcmd__secret,verify)
+                cmd="orgctl__subcmd__secret__subcmd__verify"
                 ;;
             orgctl__subcmd__secret__subcmd__help,delete)
                 cmd="orgctl__subcmd__secret__subcmd__help__subcmd__delete"
@@ -172,8 +184,14 @@ _orgctl() {
             orgctl__subcmd__secret__subcmd__help,list)
                 cmd="orgctl__subcmd__secret__subcmd__help__subcmd__list"
                 ;;
+            orgctl__subcmd__secret__subcmd__help,rekey)
+                cmd="orgctl__subcmd__secret__subcmd__help__subcmd__rekey"
+                ;;
             orgctl__subcmd__secret__subcmd__help,set)
                 cmd="orgctl__subcmd__secret__subcmd__help__subcmd__set"
+                ;;
+            orgctl__subcmd__secret__subcmd__help,verify)
+                cmd="orgctl__subcmd__secret__subcmd__help__subcmd__verify"
                 ;;
             orgctl__subcmd__token,anchor)
                 cmd="orgctl__subcmd__token__subcmd__anchor"
@@ -992,7 +1010,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__help__subcmd__secret)
-            opts="set delete list"
+            opts="set delete list verify rekey"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1033,7 +1051,35 @@ _orgctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        orgctl__subcmd__help__subcmd__secret__subcmd__rekey)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         orgctl__subcmd__help__subcmd__secret__subcmd__set)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__help__subcmd__secret__subcmd__verify)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1194,7 +1240,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version set delete list help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version set delete list verify rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1232,13 +1278,17 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__delete)
-            opts="-o -y -q -v -h -V --global --no-restart --force --platform-url --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --no-restart --force --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --platform-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --restart-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1274,7 +1324,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__help)
-            opts="set delete list help"
+            opts="set delete list verify rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1329,7 +1379,35 @@ _orgctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        orgctl__subcmd__secret__subcmd__help__subcmd__rekey)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         orgctl__subcmd__secret__subcmd__help__subcmd__set)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__secret__subcmd__help__subcmd__verify)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1381,8 +1459,54 @@ _orgctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        orgctl__subcmd__secret__subcmd__rekey)
+            opts="-o -y -q -v -h -V --new-key-file --plaintext-only --dry-run --expect-plan --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --new-key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --expect-plan)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --statement-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         orgctl__subcmd__secret__subcmd__set)
-            opts="-o -y -q -v -h -V --global --value-file --no-restart --platform-url --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --value-file --no-restart --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1396,6 +1520,48 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --restart-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --statement-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__secret__subcmd__verify)
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

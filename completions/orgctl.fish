@@ -39,7 +39,7 @@ complete -c orgctl -n "__fish_orgctl_needs_command" -s h -l help -d 'Print help 
 complete -c orgctl -n "__fish_orgctl_needs_command" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "install-platform-agent" -d 'Make the platform agent the single root of the org, moving every anchor to it.'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "token" -d 'Mint, list, revoke and anchor org API tokens'
-complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "secret" -d 'Set, delete and list workspace and global secrets'
+complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "secret" -d 'Set, delete and list workspace and global secrets; verify and rotate their key'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "backfill" -d 'Install the platform agent across a fleet of tenant databases'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "status" -d 'The org\'s invariants at a glance; exit 1 when any is broken (a CI gate)'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "dev" -d 'A throwaway local PostgreSQL with a sample org, for trying orgctl out'
@@ -154,25 +154,28 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "revoke" -d 'Revoke a token by id or unique prefix, or every live token with a provenance label.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "anchor" -d 'Anchor a token to the org root (or --org); moving an anchored token needs --force.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -s V -l version -d 'Print version'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -f -a "set" -d 'Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -f -a "delete" -d 'Delete a secret (MODEL on the platform agent needs --force)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -f -a "list" -d 'List secret keys with scope and version (never values)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -s q -l quiet -d 'Only print errors on stderr'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -s V -l version -d 'Print version'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -f -a "set" -d 'Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -f -a "delete" -d 'Delete a secret (MODEL on the platform agent needs --force)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -f -a "list" -d 'List secret keys with scope and version (never values)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -f -a "verify" -d 'Check that every encrypted secret decrypts with SECRETS_ENCRYPTION_KEY (read-only)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -f -a "rekey" -d 'Re-encrypt every secret under a new key, or encrypt the plaintext ones'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l value-file -d 'Read the value from this file (one trailing newline stripped). Default: stdin when it is piped, else a hidden prompt' -r -F
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l platform-url -d 'Base URL of the platform API for restarts (needs MOLECULE_ADMIN_TOKEN). Without it the restart plan is printed instead' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l restart-timeout -d 'Deadline for all the restart calls together (e.g. 90s, 10m): calls not started by then are reported as not attempted (the secret stays committed; exit 1)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
@@ -190,6 +193,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l platform-url -d 'Base URL of the platform API for restarts' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l restart-timeout -d 'Deadline for all the restart calls together (e.g. 90s, 10m): calls not started by then are reported as not attempted (the secret stays committed; exit 1)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
@@ -221,9 +225,41 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail on stderr (repeat for more)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
+json\t'One JSON document on stdout'"
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s q -l quiet -d 'Only print errors on stderr'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s V -l version -d 'Print version'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l new-key-file -d 'Read the new key from the first line of this file (instead of SECRETS_ENCRYPTION_KEY_NEW). Keep it at mode 0600' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l expect-plan -d 'Refuse (exit 3) unless the plan computed now has this plan_hash (from a reviewed dry run)' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
+json\t'One JSON document on stdout'"
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
+session\t'A session pooler (PgBouncer pool_mode=session)'
+none\t'A direct connection to PostgreSQL'"
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l plaintext-only -d 'Only encrypt the plaintext (version 0) rows, with the current key; leave the rest'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l dry-run -d 'Show the rows per table and version that would be re-encrypted, and check that every encrypted row decrypts; change nothing (read-only, no locks)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s q -l quiet -d 'Only print errors on stderr'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from help" -f -a "set" -d 'Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a secret (MODEL on the platform agent needs --force)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from help" -f -a "list" -d 'List secret keys with scope and version (never values)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from help" -f -a "verify" -d 'Check that every encrypted secret decrypts with SECRETS_ENCRYPTION_KEY (read-only)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from help" -f -a "rekey" -d 'Re-encrypt every secret under a new key, or encrypt the plaintext ones'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
@@ -402,7 +438,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s h -l help 
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "install-platform-agent" -d 'Make the platform agent the single root of the org, moving every anchor to it.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "token" -d 'Mint, list, revoke and anchor org API tokens'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "secret" -d 'Set, delete and list workspace and global secrets'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "secret" -d 'Set, delete and list workspace and global secrets; verify and rotate their key'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "backfill" -d 'Install the platform agent across a fleet of tenant databases'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "status" -d 'The org\'s invariants at a glance; exit 1 when any is broken (a CI gate)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "dev" -d 'A throwaway local PostgreSQL with a sample org, for trying orgctl out'
@@ -415,6 +451,8 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subc
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from secret" -f -a "set" -d 'Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from secret" -f -a "delete" -d 'Delete a secret (MODEL on the platform agent needs --force)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from secret" -f -a "list" -d 'List secret keys with scope and version (never values)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from secret" -f -a "verify" -d 'Check that every encrypted secret decrypts with SECRETS_ENCRYPTION_KEY (read-only)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from secret" -f -a "rekey" -d 'Re-encrypt every secret under a new key, or encrypt the plaintext ones'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "run" -d 'Install the platform agent on every tenant in a tenants file'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "rollback" -d 'Restore tenants to the state snapshotted by a run'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "status" -d 'Show each tenant\'s state under a run (read-only)'

@@ -171,7 +171,7 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
 
-    /// Set, delete and list workspace and global secrets.
+    /// Set, delete and list workspace and global secrets; verify and rotate their key.
     #[command(subcommand)]
     Secret(SecretCommand),
 
@@ -372,13 +372,15 @@ pub enum SecretCommand {
     /// Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv
     ///
     /// Encrypts the value as the platform reads it (AES-256-GCM with SECRETS_ENCRYPTION_KEY,
+    /// untrimmed: base64 of exactly 32 bytes, or 32 raw bytes that are not base64;
     /// encryption_version 1; without a key the plain bytes, version 0, refused in production),
     /// upserts it, then restarts the workspaces the change affects:
     ///   WORKSPACE_ID  the workspace itself, only when a lookup proves it is not the platform
     ///                 agent (kind='platform'); an unprovable kind is not restarted either;
-    ///                 removed, paused and external workspaces are not restarted
-    ///   --global      every workspace that inherits the key: not removed or paused, not
-    ///                 external, not the platform agent, no workspace-level override
+    ///                 like the platform's own restart, removed, paused, hibernated and
+    ///                 external workspaces and those under a paused ancestor are skipped
+    ///   --global      every workspace that inherits the key (no workspace-level override),
+    ///                 under the same rules, never the platform agent; each skip has a reason
     /// Restarts are POST {URL}/workspaces/{id}/restart with MOLECULE_ADMIN_TOKEN as bearer,
     /// after the commit. Without a platform URL the restart plan is printed instead; a failed
     /// restart is exit 1 (the secret stays committed), naming each workspace.
@@ -417,6 +419,70 @@ pub enum SecretCommand {
     /// secret. Read-only.
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     List(SecretListArgs),
+    /// Check that every encrypted secret decrypts with SECRETS_ENCRYPTION_KEY (read-only)
+    ///
+    /// Reads every row of workspace_secrets and global_secrets in one read-only snapshot and
+    /// decrypts each version-1 row with SECRETS_ENCRYPTION_KEY. Prints the rows per table and
+    /// encryption_version, and names each row that does not decrypt (table, id, workspace,
+    /// key — never a value). Version-0 (plaintext) rows are a warning, not a failure.
+    /// Exit 0 when every encrypted row decrypts, 1 otherwise; 2 when the key is missing or
+    /// invalid (checked before connecting).
+    ///
+    /// Examples:
+    ///   orgctl secret verify
+    ///   SECRETS_ENCRYPTION_KEY="$NEW_KEY" orgctl secret verify -o json
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
+    Verify,
+    /// Re-encrypt every secret under a new key, or encrypt the plaintext ones
+    ///
+    /// In ONE transaction under the tenant lock (writers of the two secret tables wait until
+    /// the commit): every row of workspace_secrets and global_secrets is decrypted with
+    /// SECRETS_ENCRYPTION_KEY (version 1) or taken as is (version 0), encrypted with the new
+    /// key under a fresh nonce, and written as version 1; updated_at is left alone. Pages of
+    /// at most 1000 rows / 4 MiB, one UPDATE each, so memory stays bounded.
+    /// If any version-1 row does not decrypt with the current key, nothing is written (exit 3,
+    /// naming the rows).
+    ///
+    /// Keys never come from the command line:
+    ///   SECRETS_ENCRYPTION_KEY      the current key (required)
+    ///   SECRETS_ENCRYPTION_KEY_NEW  the new key, or --new-key-file (not both)
+    /// Both follow the platform's rules (standard base64 of 32 bytes, or a non-base64 raw
+    /// string of exactly 32 bytes). A missing, invalid or unchanged key is exit 2, before any
+    /// connection is made.
+    ///
+    /// --plaintext-only encrypts the version-0 rows with the current key and leaves encrypted
+    /// rows alone (turning encryption on for a tenant that ran without a key); it refuses when
+    /// the tenant's encrypted rows do not decrypt with that key.
+    ///
+    /// Then swap the platform's SECRETS_ENCRYPTION_KEY, restart the platform process, and run
+    /// `orgctl secret verify` with the new key. Asks for confirmation on a terminal; --yes
+    /// without one.
+    ///
+    /// Examples:
+    ///   orgctl secret verify
+    ///   SECRETS_ENCRYPTION_KEY_NEW="$NEW" orgctl secret rekey --dry-run
+    ///   orgctl secret rekey --new-key-file ./new.key --expect-plan sha256:… --yes
+    ///   orgctl secret rekey --plaintext-only --dry-run
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
+    Rekey(SecretRekeyArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SecretRekeyArgs {
+    /// Read the new key from the first line of this file (instead of
+    /// SECRETS_ENCRYPTION_KEY_NEW). Keep it at mode 0600.
+    #[arg(long, value_name = "PATH", conflicts_with = "plaintext_only")]
+    pub new_key_file: Option<PathBuf>,
+    /// Only encrypt the plaintext (version 0) rows, with the current key; leave the rest.
+    #[arg(long)]
+    pub plaintext_only: bool,
+    /// Show the rows per table and version that would be re-encrypted, and check that every
+    /// encrypted row decrypts; change nothing (read-only, no locks).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Refuse (exit 3) unless the plan computed now has this plan_hash (from a reviewed dry run).
+    #[arg(long, value_name = "HASH")]
+    pub expect_plan: Option<String>,
 }
 
 /// Where a secret lives: a workspace, or --global.
@@ -453,6 +519,10 @@ pub struct SecretSetArgs {
     /// Show the write and the restart plan; change nothing, restart nothing, never ask.
     #[arg(long)]
     pub dry_run: bool,
+    /// Deadline for all the restart calls together (e.g. 90s, 10m): calls not started by
+    /// then are reported as not attempted (the secret stays committed; exit 1).
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
+    pub restart_timeout: Duration,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -479,6 +549,10 @@ pub struct SecretDeleteArgs {
     /// Show the delete and the restart plan; change nothing, restart nothing, never ask.
     #[arg(long)]
     pub dry_run: bool,
+    /// Deadline for all the restart calls together (e.g. 90s, 10m): calls not started by
+    /// then are reported as not attempted (the secret stays committed; exit 1).
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
+    pub restart_timeout: Duration,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -19,9 +19,20 @@ use crate::redact;
 /// there, so it never meets a platform's table of the same name).
 pub static ORGCTL_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/orgctl");
 
-/// The platform tables orgctl touches, as the platform defines them. Applied only to databases
-/// orgctl creates itself (`dev up`, tests), never to a real tenant.
-pub const PLATFORM_SCHEMA_SQL: &str = include_str!("../migrations/platform/0001_platform.sql");
+/// The platform tables orgctl touches, as the platform defines them, plus the shape of the
+/// real schema around them (more workspaces columns, tables referencing workspaces in each
+/// way). Applied only to databases orgctl creates itself (`dev up`, tests), never to a real
+/// tenant.
+pub const PLATFORM_SCHEMA_SQL: &str = concat!(
+    include_str!("../migrations/platform/0001_platform.sql"),
+    "\n",
+    include_str!("../migrations/platform/0002_real_shape.sql"),
+);
+
+/// An older tenant's variant, applied after [`PLATFORM_SCHEMA_SQL`]: `workspaces.status` as
+/// TEXT instead of the enum (dev/test only).
+pub const PLATFORM_LEGACY_TEXT_STATUS_SQL: &str =
+    include_str!("../migrations/platform/legacy_text_status.sql");
 
 /// The advisory lock every mutation of a tenant takes (two int4 keys: "orgc", 1). Advisory
 /// locks are per database, so this is per tenant.

@@ -918,9 +918,14 @@ pub async fn verify(conn: &mut PgConnection, plan: &Plan) -> Result<()> {
 /// Workspaces in a parent cycle or deeper than 32 below a root are outside every org: the
 /// install cannot re-parent them (they are not roots) and never walks them, but it says so
 /// (SPEC §1: corrupt chains are reported, never looped on). `orgctl status` names them all.
-async fn warn_broken_chains(out: &Output, conn: &mut PgConnection) -> Result<()> {
-    let (count, rows) = crate::org::broken_chains(conn, 3).await?;
-    if count > 0 {
+/// And re-parenting puts every old root one level lower: a workspace exactly 32 steps below
+/// a root it re-parents would end up 33 steps below the agent, past the bound, so the dry run
+/// and apply warn about that too (one walk for both checks).
+async fn warn_chains(out: &Output, conn: &mut PgConnection, plan: &Plan) -> Result<()> {
+    let roots: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
+    let check = crate::org::chain_check(conn, &roots).await?;
+    if check.broken > 0 {
+        let (count, rows) = crate::org::broken_chains(conn, 3).await?;
         let named: Vec<String> = rows
             .iter()
             .map(|b| {
@@ -936,6 +941,25 @@ async fn warn_broken_chains(out: &Output, conn: &mut PgConnection) -> Result<()>
             "{count} workspace(s) have a broken parent chain (a cycle, or deeper than 32) and stay outside the org: {}{}; see `orgctl status`",
             named.join("; "),
             if count > rows.len() as i64 { "; …" } else { "" }
+        ));
+    }
+    if check.too_deep_after > 0 {
+        let rows = crate::org::at_max_depth_under(conn, &roots, 3).await?;
+        let named: Vec<String> = rows
+            .iter()
+            .map(|(id, name, root)| {
+                format!(
+                    "{id} \"{}\" (under root {root})",
+                    crate::error::sanitize(name)
+                )
+            })
+            .collect();
+        out.warn(&format!(
+            "re-parenting makes {} parent chain(s) longer than {} steps: {}{}; `orgctl status` will report them as broken until the org is made shallower",
+            check.too_deep_after,
+            crate::org::MAX_DEPTH,
+            named.join("; "),
+            if check.too_deep_after > rows.len() as i64 { "; …" } else { "" }
         ));
     }
     Ok(())
@@ -1222,6 +1246,10 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     let url = ctx.url()?;
     let sb = SecretBox::from_env();
     let out = &ctx.out;
+    if input.model.is_some() {
+        // An invalid key is exit 2 (production without a key exit 3) before connecting.
+        sb.write_version()?;
+    }
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
 
@@ -1229,7 +1257,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     let reviewed = {
         let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let p = plan(&mut tx, &input, &sb).await?;
-        warn_broken_chains(out, &mut tx).await?;
+        warn_chains(out, &mut tx, &p).await?;
         let dry = if args.dry_run && args.provision {
             let state = provision::agent_state(&mut tx, p.agent.id).await?;
             Some(provision::ProvisionResult {

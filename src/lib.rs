@@ -18,6 +18,7 @@ pub mod output;
 pub mod pgserver;
 pub mod platform;
 pub mod redact;
+pub mod rekey;
 pub mod secret;
 pub mod status;
 pub mod sys;

@@ -48,6 +48,8 @@ pub async fn run(ctx: &Context, cmd: &SecretCommand) -> Result<Exit> {
         SecretCommand::Set(args) => set(ctx, args).await,
         SecretCommand::Delete(args) => delete(ctx, args).await,
         SecretCommand::List(args) => list(ctx, args).await,
+        SecretCommand::Verify => crate::rekey::verify(ctx).await,
+        SecretCommand::Rekey(args) => crate::rekey::rekey(ctx, args).await,
     }
 }
 
@@ -625,7 +627,8 @@ async fn set(ctx: &Context, args: &SecretSetArgs) -> Result<Exit> {
     let platform = Platform::resolve(
         args.platform_url.as_deref(),
         !(args.no_restart || args.dry_run),
-    )?;
+    )?
+    .map(|p| p.with_total_timeout(args.restart_timeout));
     let sb = SecretBox::from_env();
     // Refusals of the key (bad key: 2; production without a key: 3) before reading a value.
     let version = sb.write_version()?;
@@ -653,7 +656,8 @@ async fn delete(ctx: &Context, args: &SecretDeleteArgs) -> Result<Exit> {
     let platform = Platform::resolve(
         args.platform_url.as_deref(),
         !(args.no_restart || args.dry_run),
-    )?;
+    )?
+    .map(|p| p.with_total_timeout(args.restart_timeout));
     let req = Request {
         scope,
         key: &key,
@@ -763,10 +767,15 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
         }
     }
     let (applied, source) = match &req.op {
-        Op::Set { value, sb, .. } => {
+        Op::Set { value, sb, version } => {
             let (value, source) = value
                 .as_ref()
                 .ok_or_else(|| Error::failed("internal: no value to write"))?;
+            if *version == 1 {
+                // Under the lock: a rekey that committed meanwhile left no row this key reads.
+                crate::rekey::ensure_key_matches_tenant(&mut tx, sb, scope.workspace_id(), key)
+                    .await?;
+            }
             let (sealed, v) = sb.seal(value)?;
             let sealed = Zeroizing::new(sealed);
             outcome.encryption_version = Some(v);
@@ -864,8 +873,23 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     if rest > 0 {
         names.push(format!("and {rest} more"));
     }
+    // Calls never made (deadline, repeated failures, Ctrl-C) are named apart from failed ones.
+    let not_attempted = outcome
+        .dispatched
+        .iter()
+        .filter(|d| {
+            d.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("not attempted"))
+        })
+        .count();
+    let never = if not_attempted > 0 {
+        format!(" ({not_attempted} of them not attempted)")
+    } else {
+        String::new()
+    };
     Err(Error::failed(format!(
-        "{committed}, but {} workspace(s) were not restarted: {}; restart them by hand (the output lists each error)",
+        "{committed}, but {} workspace(s) were not restarted{never}: {}; restart them by hand (the output lists each error)",
         failed.len(),
         names.join(", ")
     )))

@@ -138,6 +138,15 @@ pub struct Report {
     pub tokens: TokenStates,
     pub checks: Vec<Check>,
     pub install_would: InstallWould,
+    /// Secret rows per table and `encryption_version` (counted, never decrypted).
+    pub secrets: Vec<SecretCount>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SecretCount {
+    pub table: &'static str,
+    pub encryption_version: i32,
+    pub rows: i64,
 }
 
 impl Report {
@@ -253,6 +262,16 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
     let (allow_count, allow_rows) = allowlist_off_root(conn, former, limit).await?;
     let (broken_count, broken_rows) = broken_chains(conn, limit).await?;
     let install_would = install_would(conn).await?;
+    let secrets = crate::rekey::count_rows(conn)
+        .await?
+        .rows()
+        .into_iter()
+        .map(|(t, v, n)| SecretCount {
+            table: t.name(),
+            encryption_version: v,
+            rows: n,
+        })
+        .collect();
 
     let mut checks = Vec::new();
 
@@ -479,6 +498,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
         tokens,
         checks,
         install_would,
+        secrets,
     })
 }
 
@@ -817,6 +837,21 @@ fn render_text(out: &Output, r: &Report, limit: usize) -> String {
             label.to_string(),
             c.live.to_string(),
             c.revoked.to_string(),
+        ]);
+    }
+    let _ = writeln!(s, "{t}");
+
+    let _ = writeln!(s, "\nSecrets by encryption version:");
+    let mut t = out.new_table(["table", "version", "rows"]);
+    for c in &r.secrets {
+        t.add_row(vec![
+            c.table.to_string(),
+            match c.encryption_version {
+                0 => "0 (plaintext)".to_string(),
+                1 => "1 (AES-256-GCM)".to_string(),
+                v => format!("{v} (unknown)"),
+            },
+            c.rows.to_string(),
         ]);
     }
     let _ = writeln!(s, "{t}");

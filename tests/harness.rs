@@ -19,6 +19,7 @@ use sqlx::Connection;
 pub const PASSWORD: &str = "t3st-Pa55w0rd!";
 pub const TEMPLATE_EMPTY: &str = "orgctl_tmpl_empty";
 pub const TEMPLATE_SAMPLE: &str = "orgctl_tmpl_sample";
+pub const TEMPLATE_SAMPLE_TEXT_STATUS: &str = "orgctl_tmpl_sample_text";
 
 pub struct Server {
     pub port: u16,
@@ -146,9 +147,11 @@ fn start() -> Result<Server, String> {
     }
     let schema = orgctl::db::PLATFORM_SCHEMA_SQL;
     let sample = orgctl::dev::SAMPLE_ORG_SQL;
+    let legacy = orgctl::db::PLATFORM_LEGACY_TEXT_STATUS_SQL;
     for (tmpl, sqls) in [
         (TEMPLATE_EMPTY, vec![schema]),
         (TEMPLATE_SAMPLE, vec![schema, sample]),
+        (TEMPLATE_SAMPLE_TEXT_STATUS, vec![schema, legacy, sample]),
     ] {
         server.psql("postgres", &format!("CREATE DATABASE {tmpl}"))?;
         server.psql(
@@ -241,6 +244,11 @@ impl TestDb {
         Self::from_template(TEMPLATE_SAMPLE)
     }
 
+    /// The sample org on an older tenant's schema: `workspaces.status` is TEXT.
+    pub fn sample_text_status() -> Self {
+        Self::from_template(TEMPLATE_SAMPLE_TEXT_STATUS)
+    }
+
     fn from_template(tmpl: &str) -> Self {
         let s = server();
         let name = format!(
@@ -289,26 +297,36 @@ impl TestDb {
     /// Every platform table's full contents, sorted, plus whether orgctl's schema exists: equal
     /// snapshots mean nothing changed.
     pub fn snapshot(&self) -> String {
-        let mut s = String::new();
-        for t in [
+        let tables = [
             "workspaces",
             "workspace_secrets",
             "global_secrets",
             "org_api_tokens",
             "org_plugin_allowlist",
             "rescue_bundles",
-        ] {
-            s.push_str(&format!("== {t}\n"));
-            s.push_str(&self.exec(&format!(
-                "SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') FROM {t} x"
-            )));
-        }
-        s.push_str("== orgctl\n");
-        s.push_str(&self.exec(
-            "SELECT CASE WHEN to_regclass('orgctl.audit_log') IS NULL THEN 'absent'
-                    ELSE 'present' END",
-        ));
-        s
+            "canvas_layouts",
+            "activity_logs",
+            "workspace_auth_tokens",
+            "agent_memories",
+            "agents",
+            "approval_requests",
+            "delegations",
+        ];
+        // One psql call: every table's rows sorted, then whether orgctl's schema exists.
+        let parts: Vec<String> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                format!(
+                    "SELECT {i}, '== {t}' || E'\\n' || coalesce((SELECT string_agg(x::text, E'\\n' ORDER BY x::text) FROM {t} x), '')"
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT string_agg(s, E'\\n' ORDER BY n) FROM ({} UNION ALL SELECT 999, '== orgctl' || E'\\n' || CASE WHEN to_regclass('orgctl.audit_log') IS NULL THEN 'absent' ELSE 'present' END) q(n, s)",
+            parts.join(" UNION ALL ")
+        );
+        self.exec(&sql)
     }
 
     pub fn audit_rows(&self) -> i64 {

@@ -59,6 +59,7 @@ impl Drop for TenantsFile {
 struct Step {
     args: Vec<String>,
     stdin: Option<&'static [u8]>,
+    env: Vec<(&'static str, String)>,
     code: i32,
     stdout_has: &'static str,
 }
@@ -67,8 +68,25 @@ fn step(args: &[&str], code: i32, stdout_has: &'static str) -> Step {
     Step {
         args: args.iter().map(|s| s.to_string()).collect(),
         stdin: None,
+        env: Vec::new(),
         code,
         stdout_has,
+    }
+}
+
+/// A step with environment variables (the encryption keys of `secret verify` / `rekey`).
+fn step_env(
+    args: &[&str],
+    env: &[(&'static str, &[u8; 32])],
+    code: i32,
+    stdout_has: &'static str,
+) -> Step {
+    Step {
+        env: env
+            .iter()
+            .map(|(k, v)| (*k, crate::secret::key_b64(v)))
+            .collect(),
+        ..step(args, code, stdout_has)
     }
 }
 
@@ -150,6 +168,32 @@ fn every_command(mode: PoolMode, pooler: &str) {
             "",
         ),
     ];
+    // Key custody: encrypt the plaintext rows, rotate the key, verify with the new one.
+    let (k1, k2) = (&[0x41u8; 32], &[0x42u8; 32]);
+    let cur = "SECRETS_ENCRYPTION_KEY";
+    let new = "SECRETS_ENCRYPTION_KEY_NEW";
+    steps.extend([
+        step_env(&["secret", "verify"], &[(cur, k1)], 0, "global_secrets"),
+        step_env(
+            &["secret", "rekey", "--plaintext-only", "--yes"],
+            &[(cur, k1)],
+            0,
+            "Applied",
+        ),
+        step_env(
+            &["secret", "rekey", "--dry-run"],
+            &[(cur, k1), (new, k2)],
+            0,
+            "plan_hash",
+        ),
+        step_env(
+            &["secret", "rekey", "--yes"],
+            &[(cur, k1), (new, k2)],
+            0,
+            "Applied",
+        ),
+        step_env(&["secret", "verify"], &[(cur, k2)], 0, "decrypts"),
+    ]);
     for args in [
         vec![
             "backfill",
@@ -178,6 +222,9 @@ fn every_command(mode: PoolMode, pooler: &str) {
             .env("ORGCTL_POOLER", pooler);
         if let Some(input) = s.stdin {
             cmd = cmd.stdin(input);
+        }
+        for (k, v) in &s.env {
+            cmd = cmd.env(k, v);
         }
         let r = cmd.run();
         assert_eq!(

@@ -20,6 +20,15 @@ pub struct StatusJson {
     pub tokens: TokensJson,
     pub checks: Vec<CheckJson>,
     pub install_would: InstallWouldJson,
+    pub secrets: Vec<SecretCountJson>,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretCountJson {
+    pub table: String,
+    pub encryption_version: i32,
+    pub rows: i64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -635,6 +635,12 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     };
     // Checked once up front, so a bad --model is a usage error and not N failed tenants.
     let _ = InstallInput::new(None, None, args.model.as_deref(), args.allow_missing_model)?;
+    let sb = SecretBox::from_env();
+    if args.model.is_some() {
+        // The key too: an invalid key (exit 2) or production without one (exit 3) refuses the
+        // run before any tenant, and plaintext is said once, not per tenant.
+        sb.write_version()?;
+    }
     let all = super::tenants::read(&args.tenants)?;
     let selected: Vec<Tenant> = match shard {
         Some(s) => all.into_iter().filter(|t| s.contains(&t.name)).collect(),
@@ -654,6 +660,11 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     }
     // The run id comes first, so an operator can resume or roll back whatever happens next.
     eprintln!("run id: {run_id}");
+    if args.model.is_some() {
+        if let Some(w) = sb.plaintext_warning() {
+            out.warn(w);
+        }
+    }
     let what = format!(
         "{} tenant(s){}, concurrency {}{}",
         selected.len(),
@@ -691,7 +702,7 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         settings: ctx.settings.clone(),
         model: args.model.as_deref().map(|m| Zeroizing::new(m.to_string())),
         allow_missing_model: args.allow_missing_model,
-        sb: SecretBox::from_env(),
+        sb,
         dry_run: args.dry_run,
         provision: args.provision.then(|| ProvisionJob {
             wait: args.wait,

@@ -239,7 +239,7 @@ pub async fn provision(
             return Provisioned { result, problem };
         }
     } else {
-        // Not interruptible: the call is bounded (5s connect, 20s in all), and what it did must
+        // Not interruptible: the call is bounded (3s connect, 20s in all), and what it did must
         // be reported truthfully.
         let p = platform.clone();
         let outcome = tokio::task::spawn_blocking(move || post_restart(&p, id)).await;
