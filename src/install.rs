@@ -656,10 +656,9 @@ async fn fetch_agents(
 
 /// Roots an earlier install re-parented under this agent (empty before orgctl's schema exists).
 async fn former_roots(conn: &mut PgConnection, agent: Uuid) -> Result<Vec<Uuid>> {
-    let exists: bool = db::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await?;
-    if !exists {
+    // Not readable (a read-only role on a tenant another role installed): a dry run plans
+    // without them; an apply could not write orgctl's state anyway and is refused earlier.
+    if !db::orgctl_table_readable(conn, "former_roots").await? {
         return Ok(Vec::new());
     }
     Ok(db::query_scalar(
@@ -715,10 +714,7 @@ async fn model_action(
 /// Lock, in a fixed order, the workspace rows the install changes or hangs rows off: the agent
 /// (or the --id row), every root, every former root.
 pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<()> {
-    let former_exists: bool =
-        db::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?;
+    let former_exists = db::orgctl_table_readable(conn, "former_roots").await?;
     let former_clause = if former_exists {
         "OR id IN (SELECT workspace_id FROM orgctl.former_roots)"
     } else {
@@ -1136,7 +1132,8 @@ fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Strin
             t.add_row(vec![
                 r.id.to_string(),
                 crate::error::sanitize(&r.name),
-                r.status.clone().unwrap_or_else(|| "-".into()),
+                // status may be TEXT on older tenants: any value, escape sequences included.
+                crate::error::sanitize(r.status.as_deref().unwrap_or("-")),
                 "none (root)".into(),
                 agent.id.to_string(),
             ]);
@@ -1324,7 +1321,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     // 2. Show and confirm. The locks are not held while a human reads.
     let asked = !ctx.yes;
     if asked && out.interactive() {
-        eprint!("{}", render_text(out, &reviewed, true, false));
+        crate::output::stderr(&render_text(out, &reviewed, true, false));
     }
     out.confirm(&format!("Apply this plan to {}?", url.target()), ctx.yes)?;
 
@@ -1356,16 +1353,21 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         )));
     }
     execute(&mut tx, &current, &input, &sb).await?;
-    db::audit(
+    let txid = db::audit(
         &mut tx,
         "install-platform-agent",
         &audit_args(&input, &current),
         "applied",
     )
     .await?;
-    {
-        let _guard = crate::interrupt::CommitGuard::enter();
-        tx.commit().await?;
+    let committed = {
+        let guard = crate::interrupt::CommitGuard::enter();
+        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+        guard.done();
+        c
+    };
+    if let Some(note) = committed.note() {
+        out.info(note);
     }
     finish(ctx, args, &mut conn, &current, true, platform.as_ref()).await
 }

@@ -147,6 +147,13 @@ pub struct TenantResult {
     pub verification: Option<Verification>,
     pub duration_ms: u64,
     pub error: Option<String>,
+    /// The COMMIT's answer was lost and orgctl could not check it: the change may have been
+    /// committed (see `error`). Only present when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub in_doubt: bool,
+    /// Set when the COMMIT's answer was lost and the commit was verified afterwards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl TenantResult {
@@ -167,6 +174,8 @@ impl TenantResult {
             verification: None,
             duration_ms: 0,
             error: None,
+            in_doubt: false,
+            note: None,
         }
     }
 }
@@ -199,6 +208,7 @@ fn tenant(
             Err(e) => {
                 let mut f = TenantResult::new(&t, Status::Failed);
                 f.error = Some(clean(&e));
+                f.in_doubt = e.in_doubt;
                 f
             }
         };
@@ -372,7 +382,7 @@ async fn rollback_on(
         result.agent = Some(a);
     }
     let verification = verify_restore(&mut tx, job, agent, &run).await?;
-    db::audit(
+    let txid = db::audit(
         &mut tx,
         "backfill rollback",
         &serde_json::json!({
@@ -395,7 +405,10 @@ async fn rollback_on(
     db::query(
         "UPDATE orgctl.backfill_runs
             SET status = 'rolled_back', rolled_back_at = now(), rollback_forced = $2,
-                rollback_notes = $3::jsonb
+                rollback_notes = $3::jsonb,
+                -- The prior MODEL value (ciphertext, or plaintext for a version-0 row) is back
+                -- in workspace_secrets now: keep no second copy of a secret.
+                model_prior = NULL
           WHERE run_id = $1",
     )
     .bind(&job.run_id)
@@ -403,9 +416,12 @@ async fn rollback_on(
     .bind(serde_json::to_string(&result.drift).unwrap_or_else(|_| "[]".into()))
     .execute(&mut *tx)
     .await?;
-    {
+    let committed = {
         let _guard = committing.enter();
-        tx.commit().await?;
+        db::commit_or_resolve(tx, &t.url, &job.settings, &db::Evidence::Audit(txid)).await?
+    };
+    if let Some(note) = committed.note() {
+        result.note = Some(note.to_string());
     }
     result.status = Status::RolledBack;
     result.verification = Some(verification);
@@ -1050,8 +1066,23 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
         interrupted: cancel.stopping(),
         tenants,
     };
+    let rolled_back = report
+        .tenants
+        .iter()
+        .filter(|r| r.status == Status::RolledBack)
+        .count();
+    // After commits, a summary that cannot be printed must not read as "nothing changed".
+    let committed = |e: Error| {
+        if rolled_back == 0 {
+            return e;
+        }
+        Error::failed(format!(
+            "{rolled_back} tenant(s) were rolled back (committed), but the summary could not be printed: {}; see `orgctl backfill status --run-id {}`",
+            e.message, args.run_id
+        ))
+    };
     if out.json_mode() {
-        out.json(&report)?;
+        out.json(&report).map_err(committed)?;
     } else {
         let mut table = out.new_table([
             "tenant",
@@ -1090,6 +1121,7 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
                             .filter(|v| !v.exact)
                             .map(|v| crate::error::sanitize(&v.summary())),
                     );
+                    lines.extend(r.note.clone());
                     lines.join("; ")
                 }),
             ]);
@@ -1101,7 +1133,8 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
             } else {
                 "Counts are the snapshot's rows restored per tenant."
             }
-        ))?;
+        ))
+        .map_err(committed)?;
     }
     let count = |s: Status| report.tenants.iter().filter(|r| r.status == s).count();
     if report.interrupted {
@@ -1117,11 +1150,15 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
     let refused = count(Status::Refused);
     if failed > 0 {
         return Err(Error::failed(format!(
-            "{failed} tenant(s) failed to roll back{}; each rolled back alone: see the summary and rerun",
+            "{failed} tenant(s) failed to roll back{}; {}: see the summary and rerun",
             if refused > 0 {
                 format!(" and {refused} refused because of drift")
             } else {
                 String::new()
+            },
+            match report.tenants.iter().filter(|r| r.in_doubt).count() {
+                0 => "each rolled back alone".to_string(),
+                n => format!("the rollback of {n} of them may have been committed (their COMMIT's answer was lost: check them with `orgctl backfill status`), the others left their tenant unchanged"),
             }
         )));
     }
