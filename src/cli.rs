@@ -164,6 +164,11 @@ pub enum Command {
     ///   orgctl install-platform-agent --dry-run --model claude-sonnet-4-5
     ///   orgctl install-platform-agent --dry-run --model claude-sonnet-4-5 -o json --detailed-exitcode
     ///   orgctl install-platform-agent --model claude-sonnet-4-5 --expect-plan sha256:… --yes
+    ///   orgctl install-platform-agent --model claude-sonnet-4-5 --yes --provision --wait 3m
+    ///
+    /// Environment (for --provision):
+    ///   MOLECULE_PLATFORM_URL  as --platform-url
+    ///   MOLECULE_ADMIN_TOKEN   bearer token for the provision request (never printed)
     #[command(
         name = "install-platform-agent",
         after_long_help = AFTER_HELP,
@@ -284,6 +289,27 @@ pub struct InstallArgs {
     /// Refuse (exit 3) unless the plan computed now has this plan_hash (from a reviewed dry run).
     #[arg(long, value_name = "HASH")]
     pub expect_plan: Option<String>,
+    /// After the commit, ask the platform to provision the agent when it is not running
+    /// (POST {URL}/workspaces/{id}/restart with MOLECULE_ADMIN_TOKEN): an agent this run
+    /// created, or one that is offline, failed, or provisioning with no URL. Never when it is
+    /// online or degraded: a running root is never restarted.
+    #[arg(long)]
+    pub provision: bool,
+
+    /// With --provision: watch the agent's status (read-only, about once a second) for up to
+    /// DUR; exit 0 when it is online, 1 when the platform marks it failed (an agent without
+    /// MODEL fails at registration) or DUR passes. The change stays committed either way.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "provision")]
+    pub wait: Option<Duration>,
+
+    /// Base URL of the platform API, for --provision (needs MOLECULE_ADMIN_TOKEN).
+    #[arg(
+        long,
+        env = "MOLECULE_PLATFORM_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub platform_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -672,6 +698,11 @@ pub enum BackfillCommand {
     /// Ctrl-C (no new tenant starts; in-flight ones finish or roll back; the summary prints).
     ///
     /// Example: orgctl backfill run --tenants fleet.txt --shard 2/8 --model claude-sonnet-4-5 --yes
+    ///
+    /// With --provision, each tenant whose line carries a platform URL (third field) gets its
+    /// agent provisioned after its commit (MOLECULE_ADMIN_TOKEN is the bearer), and with --wait
+    /// watched until online; the summary and report show each tenant's provision result, and a
+    /// provision that fails or times out makes the exit 1 (the tenant stays committed).
     #[command(after_long_help = AFTER_HELP)]
     Run(BackfillRunArgs),
     /// Restore tenants to the state snapshotted by a run.
@@ -698,8 +729,9 @@ pub enum BackfillCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct BackfillRunArgs {
-    /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin); blank lines and '#'
-    /// comments are ignored. Names are letters, digits, '.', '_' or '-'.
+    /// Tenants file: one "NAME DATABASE_URL [PLATFORM_URL]" per line ('-' for stdin); blank
+    /// lines and '#' comments are ignored. Names are letters, digits, '.', '_' or '-'. The
+    /// platform URL is used by --provision.
     #[arg(long, value_name = "FILE")]
     pub tenants: PathBuf,
     /// Tenants in flight at once (one connection each).
@@ -730,6 +762,16 @@ pub struct BackfillRunArgs {
     /// Write the summary as JSON to this file (run id, start and end, totals, every tenant).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// After each tenant's commit, ask that tenant's platform (the third field of its line) to
+    /// provision its agent when it is not running, with MOLECULE_ADMIN_TOKEN; never when it is
+    /// online or degraded. A tenant without a platform URL is reported skipped, not failed.
+    #[arg(long)]
+    pub provision: bool,
+
+    /// With --provision: per tenant, watch the agent for up to DUR until it is online (the
+    /// tenant's provision result says online, failed or the status at the deadline).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "provision")]
+    pub wait: Option<Duration>,
 }
 
 /// Which part of the fleet this worker takes (run, status and rollback alike).

@@ -229,6 +229,22 @@ impl Output {
         pb.set_message(what.to_string());
         pb
     }
+
+    /// A spinner on stderr, drawn only when stderr is a terminal and not --quiet (waiting for
+    /// something with no known length, such as an agent coming online).
+    pub fn spinner(&self, what: &str) -> indicatif::ProgressBar {
+        if !self.stderr_tty || self.quiet {
+            return indicatif::ProgressBar::hidden();
+        }
+        let pb =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            pb.set_style(style);
+        }
+        pb.set_message(what.to_string());
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        pb
+    }
 }
 
 /// Write to stderr, never panicking: a full disk (`2>/dev/full`) or a closed pipe loses the

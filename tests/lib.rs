@@ -17,6 +17,7 @@ mod json_doc;
 mod output_failures;
 mod platform;
 mod pooler;
+mod provision;
 mod readonly;
 mod rekey;
 mod reliability;

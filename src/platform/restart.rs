@@ -40,6 +40,7 @@ const PROGRESS_MIN: usize = 10;
 
 /// The platform API restarts go to, with the admin token. The token is registered for masking
 /// the moment it is read and is never printed.
+#[derive(Clone)]
 pub struct Platform {
     base: String,
     token: Option<Zeroizing<String>>,
@@ -133,6 +134,11 @@ impl Platform {
 
     pub fn restart_url(&self, id: Uuid) -> String {
         format!("{}/workspaces/{id}/restart", self.base)
+    }
+
+    /// Whether the admin token is set (provisioning needs it; see `platform::provision`).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 }
 
@@ -659,6 +665,64 @@ fn status_result(
                 fail(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string(), None)
             }
         },
+    }
+}
+
+/// The outcome of one `POST /workspaces/{id}/restart`: the HTTP status when the platform
+/// answered, and an error (masked, one line) unless it answered 2xx.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostOutcome {
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// One restart call for `id` with the same client settings as [`dispatch`] (timeouts, no
+/// redirects, the bearer), blocking: call it from `spawn_blocking`. Provisioning the platform
+/// agent uses it (SPEC §9).
+pub fn post_restart(platform: &Platform, id: Uuid) -> PostOutcome {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(RESTART_CONNECT_TIMEOUT)
+        .timeout(RESTART_CALL_TIMEOUT)
+        .redirects(0)
+        .user_agent(concat!("orgctl/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let url = platform.restart_url(id);
+    let bearer = platform
+        .token
+        .as_ref()
+        .map(|t| Zeroizing::new(format!("Bearer {}", t.as_str())));
+    let mut req = agent.post(&url);
+    if let Some(b) = &bearer {
+        req = req.set("Authorization", b.as_str());
+    }
+    let (http_status, error) = match req.send_bytes(&[]) {
+        Ok(resp) if (200..300).contains(&resp.status()) => (Some(resp.status()), None),
+        Ok(resp) => (
+            Some(resp.status()),
+            Some(format!(
+                "HTTP {} {} (a redirect is not followed)",
+                resp.status(),
+                resp.status_text()
+            )),
+        ),
+        // The body is not read: a platform may echo the request, bearer included.
+        Err(ureq::Error::Status(code, resp)) => (
+            Some(code),
+            Some(format!("HTTP {code} {}", resp.status_text())),
+        ),
+        Err(ureq::Error::Transport(t)) => {
+            // ureq prefixes the URL, which the caller already names.
+            let msg = t.to_string();
+            let prefix = format!("{url}: ");
+            (
+                None,
+                Some(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string()),
+            )
+        }
+    };
+    PostOutcome {
+        http_status,
+        error: error.map(|e| crate::redact::mask(&sanitize(&e))),
     }
 }
 
