@@ -283,6 +283,15 @@ fn a_created_agent_is_provisioned_and_comes_online() {
     platform.assert_one_request_for(&agent_id(&db));
     assert_eq!(agent_status(&db), "online");
     assert_installed(&db);
+    // SPEC §11: the request is an audit row of its own, with the HTTP outcome the stand-in gave.
+    assert_eq!(
+        db.exec(
+            "SELECT args->>'workspace_id', outcome, args->>'http_status' FROM orgctl.audit_log
+              WHERE command = 'provision' ORDER BY id"
+        )
+        .trim(),
+        format!("{}|requested|200", agent_id(&db))
+    );
     // The measurement the README quotes: time from commit to online against the stand-in
     // (whose own delay is 700ms).
     eprintln!("provision: commit to online in {} ms", p.waited_ms);
@@ -462,6 +471,19 @@ fn a_refused_or_unreachable_platform_is_exit_1_after_the_commit() {
         assert_eq!(p.http_status, code, "{mode:?}");
         assert_eq!(p.waited_ms, 0, "no wait after a refused request");
         assert_installed(&db);
+        // The failed request is audited too, with the status the platform answered.
+        assert_eq!(
+            db.exec(
+                "SELECT outcome, coalesce(args->>'http_status', '-') FROM orgctl.audit_log
+                  WHERE command = 'provision'"
+            )
+            .trim(),
+            format!(
+                "failed|{}",
+                code.map(|c| c.to_string()).unwrap_or("-".into())
+            ),
+            "{mode:?}"
+        );
     }
 }
 

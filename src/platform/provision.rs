@@ -182,6 +182,49 @@ pub fn ctrl_c() -> Stop {
     })
 }
 
+/// The audit command of a provision request's own row (SPEC §11).
+pub const PROVISION_COMMAND: &str = "provision";
+
+/// Record a provision request and its HTTP outcome as an audit row of its own, in a
+/// transaction of its own (the install is committed already). A failure to record it is a
+/// warning, never a change of the command's outcome.
+async fn audit_request(
+    out: &Output,
+    conn: &mut PgConnection,
+    settings: &Settings,
+    id: Uuid,
+    outcome: &super::restart::PostOutcome,
+) {
+    let entry = db::AuditEntry {
+        command: PROVISION_COMMAND.to_string(),
+        args: serde_json::json!({
+            "workspace_id": id,
+            "http_status": outcome.http_status,
+            "error": outcome.error.as_deref().map(crate::redact::mask),
+        }),
+        outcome: if outcome.error.is_none() {
+            "requested"
+        } else {
+            "failed"
+        }
+        .to_string(),
+        txid: None,
+    };
+    let written = async {
+        let mut tx = db::begin_write(conn, settings).await?;
+        db::append_audit(&mut tx, &[entry]).await?;
+        tx.commit().await?;
+        Ok::<(), Error>(())
+    }
+    .await;
+    if let Err(e) = written {
+        out.warn(&format!(
+            "the provision request for agent {id} could not be recorded in orgctl.audit_log: {}",
+            e.message
+        ));
+    }
+}
+
 /// Provision agent `id` after the commit of `what` (e.g. "the install"): decide, request,
 /// and with `wait` watch the status. `conn` is free (its transaction committed).
 #[allow(clippy::too_many_arguments)]
@@ -252,6 +295,7 @@ pub async fn provision(
         };
         result.requested = true;
         result.http_status = outcome.http_status;
+        audit_request(out, conn, settings, id, &outcome).await;
         if let Some(err) = outcome.error {
             return Provisioned {
                 result,
