@@ -376,7 +376,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__rollback)
-            opts="-o -y -q -v -h -V --run-id --tenants --tenant --force --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --run-id --tenants --shard --shards --tenant --force --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -387,6 +387,14 @@ _orgctl() {
                     return 0
                     ;;
                 --tenants)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shard)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shards)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -426,7 +434,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__run)
-            opts="-o -y -q -v -h -V --tenants --concurrency --shard --canary --run-id --model --allow-missing-model --dry-run --report --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --tenants --concurrency --shard --shards --canary --run-id --model --allow-missing-model --replace-model --dry-run --report --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -441,6 +449,10 @@ _orgctl() {
                     return 0
                     ;;
                 --shard)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shards)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -492,7 +504,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__status)
-            opts="-o -y -q -v -h -V --run-id --tenants --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --run-id --tenants --shard --shards --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -503,6 +515,14 @@ _orgctl() {
                     return 0
                     ;;
                 --tenants)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shard)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shards)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1654,7 +1674,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__anchor)
-            opts="-o -y -q -v -h -V --org --force --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --stale --dry-run --org --force --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1780,7 +1800,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__list)
-            opts="-o -y -q -v -h -V --all --org --unanchored --created-by --limit --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --all --org --unanchored --created-by --wide --limit --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

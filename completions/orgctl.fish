@@ -34,7 +34,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_needs_command" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_needs_command" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_needs_command" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_needs_command" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_needs_command" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "install-platform-agent" -d 'Make the platform agent the single root of the org, moving every anchor to it.'
@@ -62,7 +62,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l detailed-exitcode -d 'With --dry-run: exit 4 when changes are pending, 0 when there is nothing to do'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
@@ -75,7 +75,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -f -a "mint" -d 'Mint a full-admin org API token; the plaintext is printed once, alone, on stdout.'
@@ -96,7 +96,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l org -d 'Only tokens anchored to this workspace' -r
@@ -112,9 +112,10 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l all -d 'Include revoked tokens (and the revoked_at column)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l unanchored -d 'Only tokens with no org_id'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l wide -d 'Full ids and timestamps in the table (wide). The default table fits the terminal (80 columns when its width is unknown): the prefix is the handle `revoke` and `anchor` take, org ids are cut to 8 characters, times to dates, long names end in \'…\'. JSON always has everything'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l created-by -d 'Revoke every live token with exactly this created_by label (incident response); the label\'s tokens revoked earlier are reported as already revoked' -r
@@ -128,7 +129,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l org -d 'Anchor to this root instead of the org root (the platform agent, else the only root)' -r
@@ -140,10 +141,12 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l stale -d 'Move every stale anchor to the root: live tokens on a non-root, any token on a former root'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l dry-run -d 'With --stale: show what would move and change nothing (read-only, never asks)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l force -d 'Move a token that is already anchored to another workspace'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "mint" -d 'Mint a full-admin org API token; the plaintext is printed once, alone, on stdout.'
@@ -161,7 +164,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list verify rekey help" -f -a "set" -d 'Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv'
@@ -185,7 +188,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l dry-run -d 'Show the write and the restart plan; change nothing, restart nothing, never ask'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l platform-url -d 'Base URL of the platform API for restarts' -r
@@ -203,7 +206,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l dry-run -d 'Show the delete and the restart plan; change nothing, restart nothing, never ask'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
@@ -217,7 +220,7 @@ none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l global -d 'The secret is global (then the only positional argument is KEY)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
@@ -230,7 +233,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l new-key-file -d 'Read the new key from the first line of this file (instead of SECRETS_ENCRYPTION_KEY_NEW). Keep it at mode 0600' -r -F
@@ -247,7 +250,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l dry-run -d 'Show the rows per table and version that would be re-encrypted, and check that every encrypted row decrypts; change nothing (read-only, no locks)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from help" -f -a "set" -d 'Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv'
@@ -266,7 +269,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "run" -d 'Install the platform agent on every tenant in a tenants file'
@@ -276,6 +279,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l tenants -d 'Tenants file: one "NAME DATABASE_URL" per line (\'-\' for stdin); blank lines and \'#\' comments are ignored. Names are letters, digits, \'.\', \'_\' or \'-\'' -r -F
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l concurrency -d 'Tenants in flight at once (one connection each)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l shard -d 'Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l shards -d 'N shards, this worker\'s taken from JOB_COMPLETION_INDEX (0-based, as a Kubernetes Indexed Job sets it): shard JOB_COMPLETION_INDEX+1 of N' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l canary -d 'Run the first N selected tenants alone first; stop before the rest if any of them fails' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l run-id -d 'Run id (resume a run by giving its id again). Default: a new one, printed first' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l model -d 'Seed the agent\'s MODEL secret with this value on every tenant' -r
@@ -289,14 +293,17 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l allow-missing-model -d 'Install even where the agent would have no MODEL secret'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l replace-model -d 'Replace a different MODEL on tenants whose agent already exists. Without it such a tenant fails with a refusal naming this flag, so a rerun with another --model never silently changes the model of agents that are already running'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l dry-run -d 'Plan every tenant read-only and report; change and create nothing'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l run-id -d 'The run to roll back' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l tenants -d 'Tenants file: one "NAME DATABASE_URL" per line (\'-\' for stdin)' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l shard -d 'Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l shards -d 'N shards, this worker\'s taken from JOB_COMPLETION_INDEX (0-based, as a Kubernetes Indexed Job sets it): shard JOB_COMPLETION_INDEX+1 of N' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l tenant -d 'Only these tenants (repeatable)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
@@ -310,11 +317,13 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l dry-run -d 'Show what would be restored and the drift; change nothing'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l run-id -d 'The run to report on' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l tenants -d 'Tenants file: one "NAME DATABASE_URL" per line (\'-\' for stdin)' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l shard -d 'Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l shards -d 'N shards, this worker\'s taken from JOB_COMPLETION_INDEX (0-based, as a Kubernetes Indexed Job sets it): shard JOB_COMPLETION_INDEX+1 of N' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
@@ -325,7 +334,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "run" -d 'Install the platform agent on every tenant in a tenants file'
@@ -343,7 +352,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
@@ -356,14 +365,14 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -f -a "up" -d 'Start (or reuse) a throwaway PostgreSQL with the platform schema and a sample org; prints the DATABASE_URL on stdout'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -f -a "down" -d 'Stop the throwaway PostgreSQL and delete its data'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -f -a "seed" -d 'Add a large generated org to a dev database (for benchmarks)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l dir -d 'Where the dev server keeps its data' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l dir -d 'Where the dev server keeps its data. Default: $TMPDIR/orgctl-dev-<uid> (/tmp unless TMPDIR is set), the same whatever the current directory. `dev down` only stops and deletes a directory that `dev up` created (its marker must name the data directory\'s system identifier); anything else is refused (exit 3) untouched' -r -F
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l port -d 'Loopback port to listen on. Default: a free port' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
@@ -375,10 +384,10 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s V -l version -d 'Print version'
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l dir -d 'Where the dev server keeps its data' -r -F
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l dir -d 'Where the dev server keeps its data. Default: $TMPDIR/orgctl-dev-<uid> (/tmp unless TMPDIR is set), the same whatever the current directory. `dev down` only stops and deletes a directory that `dev up` created (its marker must name the data directory\'s system identifier); anything else is refused (exit 3) untouched' -r -F
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
@@ -389,7 +398,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l roots -d 'Number of root workspaces' -r
@@ -409,7 +418,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from help" -f -a "up" -d 'Start (or reuse) a throwaway PostgreSQL with the platform schema and a sample org; prints the DATABASE_URL on stdout'
@@ -426,7 +435,7 @@ session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s q -l quiet -d 'Only print errors on stderr'
-complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s v -l verbose -d 'More detail on stderr (repeat for more)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status dev completions help" -f -a "install-platform-agent" -d 'Make the platform agent the single root of the org, moving every anchor to it.'

@@ -25,7 +25,10 @@ Environment:
   DATABASE_URL             tenant database when --database-url is not given
   SECRETS_ENCRYPTION_KEY   AES-256 key for secret values (base64 of 32 bytes, or 32 raw bytes)
   MOLECULE_ENV             prod/production: refuse to write secrets without a usable key
-  NO_COLOR                 disable colour";
+  NO_COLOR                 disable colour
+  CI                       set (not false/0): never prompt; changes need --yes
+  PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE PGSSLROOTCERT PGPASSFILE
+                           fill what the URL leaves out (the URL wins)";
 
 /// Change the org hierarchy of an agent platform's tenant database, safely.
 ///
@@ -118,7 +121,8 @@ pub struct GlobalArgs {
     #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
-    /// More detail on stderr (repeat for more).
+    /// More detail on stderr: -v the target, timings and the SQL statement count; -vv also
+    /// each statement (time, rows, start of its text; never a bound value).
     #[arg(long, short = 'v', action = ArgAction::Count, global = true)]
     pub verbose: u8,
 }
@@ -249,6 +253,7 @@ pub enum TokenCommand {
     /// Examples:
     ///   orgctl token list
     ///   orgctl token list --all --unanchored
+    ///   orgctl token list --wide            # full ids and timestamps
     ///   orgctl token list --limit 0 --output json > tokens.json
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     List(TokenListArgs),
@@ -264,9 +269,16 @@ pub enum TokenCommand {
     Revoke(TokenRevokeArgs),
     /// Anchor a token to the org root (or --org); moving an anchored token needs --force.
     ///
+    /// With --stale instead of a token: move every stale anchor to the root in one
+    /// transaction — each live token anchored to a non-root workspace, and any token on a
+    /// former root (what `orgctl status` fails its tokens_on_root check on). Planned read-only
+    /// first (--dry-run stops there), confirmed, audited, row counts checked.
     /// Asks for confirmation on a terminal; --yes without one.
     ///
-    /// Example: orgctl token anchor 3f9c2a1b --yes
+    /// Examples:
+    ///   orgctl token anchor 3f9c2a1b --yes
+    ///   orgctl token anchor --stale --dry-run
+    ///   orgctl token anchor --stale --yes
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     Anchor(TokenAnchorArgs),
 }
@@ -299,6 +311,12 @@ pub struct TokenListArgs {
     /// Only tokens with exactly this created_by label (preview of revoke --created-by).
     #[arg(long, value_name = "LABEL")]
     pub created_by: Option<String>,
+    /// Full ids and timestamps in the table (wide). The default table fits the terminal (80
+    /// columns when its width is unknown): the prefix is the handle `revoke` and `anchor`
+    /// take, org ids are cut to 8 characters, times to dates, long names end in '…'.
+    /// JSON always has everything.
+    #[arg(long)]
+    pub wide: bool,
     /// Show at most N tokens (0 = all). Default: all, but 100 in the table on a terminal.
     ///
     /// Without --limit, --output json and a stdout that is not a terminal (a pipe, a file)
@@ -325,6 +343,7 @@ pub struct TokenRevokeArgs {
 }
 
 #[derive(Debug, Args, Clone)]
+#[command(group(clap::ArgGroup::new("which_anchor").required(true).args(["token", "stale"])))]
 pub struct TokenAnchorArgs {
     /// Token id, or a unique prefix of 4 to 8 characters (it may start with '-').
     ///
@@ -332,7 +351,14 @@ pub struct TokenAnchorArgs {
     /// (`anchor -Ab_cdef --yes`). In scripts put every option first and `--` before the
     /// prefix (`anchor --yes -- "$PREFIX"`), so no prefix can ever read as flags.
     #[arg(value_name = "ID|PREFIX", allow_hyphen_values = true)]
-    pub token: String,
+    pub token: Option<String>,
+    /// Move every stale anchor to the root: live tokens on a non-root, any token on a former
+    /// root.
+    #[arg(long, conflicts_with_all = ["token", "force"])]
+    pub stale: bool,
+    /// With --stale: show what would move and change nothing (read-only, never asks).
+    #[arg(long, requires = "stale")]
+    pub dry_run: bool,
     /// Anchor to this root instead of the org root (the platform agent, else the only root).
     #[arg(long, value_name = "UUID")]
     pub org: Option<Uuid>,
@@ -575,10 +601,8 @@ pub struct BackfillRunArgs {
     /// Tenants in flight at once (one connection each).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
-    /// Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the
-    /// first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine.
-    #[arg(long, value_name = "I/N")]
-    pub shard: Option<String>,
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Run the first N selected tenants alone first; stop before the rest if any of them fails.
     #[arg(long, value_name = "N")]
     pub canary: Option<u32>,
@@ -591,12 +615,30 @@ pub struct BackfillRunArgs {
     /// Install even where the agent would have no MODEL secret.
     #[arg(long)]
     pub allow_missing_model: bool,
+    /// Replace a different MODEL on tenants whose agent already exists. Without it such a
+    /// tenant fails with a refusal naming this flag, so a rerun with another --model never
+    /// silently changes the model of agents that are already running.
+    #[arg(long, requires = "model")]
+    pub replace_model: bool,
     /// Plan every tenant read-only and report; change and create nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Write the summary as JSON to this file (run id, start and end, totals, every tenant).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+}
+
+/// Which part of the fleet this worker takes (run, status and rollback alike).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ShardArgs {
+    /// Only the tenants whose stable hash of NAME modulo N is I-1 (e.g. 2/8). The hash is the
+    /// first 8 bytes of sha256(NAME) as a big-endian integer: the same on every machine.
+    #[arg(long, value_name = "I/N", conflicts_with = "shards")]
+    pub shard: Option<String>,
+    /// N shards, this worker's taken from JOB_COMPLETION_INDEX (0-based, as a Kubernetes
+    /// Indexed Job sets it): shard JOB_COMPLETION_INDEX+1 of N.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u64>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -607,6 +649,8 @@ pub struct BackfillRollbackArgs {
     /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin).
     #[arg(long, value_name = "FILE")]
     pub tenants: PathBuf,
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Only these tenants (repeatable).
     #[arg(long, value_name = "NAME")]
     pub tenant: Vec<String>,
@@ -626,6 +670,8 @@ pub struct BackfillStatusArgs {
     /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin).
     #[arg(long, value_name = "FILE")]
     pub tenants: PathBuf,
+    #[command(flatten)]
+    pub shard: ShardArgs,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -656,14 +702,12 @@ pub enum DevCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct DevDirArgs {
-    /// Where the dev server keeps its data.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = ".orgctl-dev",
-        env = "ORGCTL_DEV_DIR"
-    )]
-    pub dir: PathBuf,
+    /// Where the dev server keeps its data. Default: $TMPDIR/orgctl-dev-<uid> (/tmp unless
+    /// TMPDIR is set), the same whatever the current directory. `dev down` only stops and
+    /// deletes a directory that `dev up` created (its marker must name the data directory's
+    /// system identifier); anything else is refused (exit 3) untouched.
+    #[arg(long, value_name = "DIR", env = "ORGCTL_DEV_DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

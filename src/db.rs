@@ -269,12 +269,52 @@ pub async fn connect(url: &DbUrl, _settings: &Settings) -> Result<PgConnection> 
     Err(last.unwrap_or_else(|| Error::failed(format!("could not connect to {}", url.target()))))
 }
 
+/// A TLS failure the driver reports as I/O (rustls errors surface as `io::Error`).
+fn is_tls_failure(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    [
+        "certificate",
+        "tls",
+        "handshake",
+        "unknownissuer",
+        "invalid peer",
+    ]
+    .iter()
+    .any(|k| m.contains(k))
+}
+
 fn connect_error(url: &DbUrl, e: &sqlx::Error) -> Error {
     let target = url.target();
     match e {
+        sqlx::Error::Io(io) if is_tls_failure(&io.to_string()) => Error::failed(format!(
+            "could not connect to {target}: the TLS handshake failed ({io}); check sslmode and sslrootcert in the URL"
+        )),
         sqlx::Error::Io(io) => Error::failed(format!(
             "could not connect to {target}: {io}; is the server running and reachable?"
         )),
+        sqlx::Error::Tls(t) if t.to_string().contains("does not support TLS") => {
+            Error::failed(format!(
+                "could not connect to {target}: the URL asks for TLS (sslmode) but the server does not support it; use sslmode=prefer or enable TLS on the server"
+            ))
+        }
+        sqlx::Error::Tls(t) => Error::failed(format!(
+            "could not connect to {target}: the TLS handshake failed ({t}); check sslmode and sslrootcert in the URL (the server's certificate must be trusted and match the host)"
+        )),
+        sqlx::Error::Database(db)
+            if db.code().as_deref() == Some(sqlstate::INVALID_AUTH)
+                && db.message().contains("pg_hba.conf") =>
+        {
+            // pg_hba.conf rejected the connection before any password was checked.
+            let hint = if db.message().contains("no encryption") {
+                "; the server requires TLS for this host: add sslmode=require to the URL"
+            } else {
+                "; the server's pg_hba.conf has no rule for this host, user and database: ask its administrator"
+            };
+            Error::failed(format!(
+                "could not connect to {target}: the server refused the connection ({}){hint}",
+                db.message()
+            ))
+        }
         sqlx::Error::Database(db) => match db.code().as_deref() {
             Some(sqlstate::INVALID_PASSWORD) | Some(sqlstate::INVALID_AUTH) => {
                 Error::failed(format!(
@@ -426,7 +466,7 @@ pub async fn lock_tenant(conn: &mut PgConnection, settings: &Settings) -> Result
     if got {
         return Ok(());
     }
-    let holder = lock_holder(conn).await.unwrap_or_default();
+    let (holder, by_orgctl) = lock_holder(conn).await.unwrap_or_default();
     match query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(TENANT_LOCK.0)
         .bind(TENANT_LOCK.1)
@@ -437,8 +477,16 @@ pub async fn lock_tenant(conn: &mut PgConnection, settings: &Settings) -> Result
         Err(sqlx::Error::Database(db))
             if db.code().as_deref() == Some(sqlstate::LOCK_NOT_AVAILABLE) =>
         {
+            // The lock is an advisory lock anyone can take: name the holder for what it is.
+            let who = if by_orgctl {
+                "another orgctl holds this tenant's lock"
+            } else if holder.is_empty() {
+                "another session holds this tenant's lock"
+            } else {
+                "a session that is not orgctl holds this tenant's lock"
+            };
             Err(Error::refused(format!(
-                "another orgctl holds this tenant's lock{holder}; waited {}: retry when it is done or raise --lock-timeout",
+                "{who}{holder}; waited {}: retry when it is done or raise --lock-timeout",
                 humanize(settings.lock_timeout)
             )))
         }
@@ -446,7 +494,8 @@ pub async fn lock_tenant(conn: &mut PgConnection, settings: &Settings) -> Result
     }
 }
 
-async fn lock_holder(conn: &mut PgConnection) -> Result<String> {
+/// Who holds the tenant lock, for the message, and whether it is orgctl (application_name).
+async fn lock_holder(conn: &mut PgConnection) -> Result<(String, bool)> {
     let row = query(
         "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''),
                 coalesce(a.client_addr::text, 'local')
@@ -461,14 +510,20 @@ async fn lock_holder(conn: &mut PgConnection) -> Result<String> {
     .fetch_optional(&mut *conn)
     .await?;
     Ok(match row {
-        Some(r) => format!(
-            " (backend pid {}, application '{}', user '{}', from {})",
-            r.try_get::<i32, _>(0).unwrap_or_default(),
-            r.try_get::<String, _>(1).unwrap_or_default(),
-            r.try_get::<String, _>(2).unwrap_or_default(),
-            r.try_get::<String, _>(3).unwrap_or_default()
-        ),
-        None => String::new(),
+        Some(r) => {
+            let app = r.try_get::<String, _>(1).unwrap_or_default();
+            (
+                format!(
+                    " (backend pid {}, application '{}', user '{}', from {})",
+                    r.try_get::<i32, _>(0).unwrap_or_default(),
+                    crate::error::sanitize(&app),
+                    r.try_get::<String, _>(2).unwrap_or_default(),
+                    r.try_get::<String, _>(3).unwrap_or_default()
+                ),
+                app == "orgctl",
+            )
+        }
+        None => (String::new(), false),
     })
 }
 
@@ -581,8 +636,14 @@ pub async fn ensure_compatible(conn: &mut PgConnection) -> Result<()> {
             }
         }
     }
+    let absent_tables = missing.iter().filter(|m| m.starts_with("table ")).count();
     if missing.is_empty() {
         Ok(())
+    } else if absent_tables == REQUIRED_COLUMNS.len() {
+        // None of the platform's tables: not an old tenant, not a tenant at all.
+        Err(Error::refused(
+            "this database has none of the platform's tables (workspaces, org_api_tokens, …): it is not a tenant database; check the database name in --database-url (or DATABASE_URL)",
+        ))
     } else {
         Err(Error::refused(format!(
             "the tenant's schema is incompatible with orgctl: missing {}; upgrade the platform's schema first",

@@ -1,8 +1,10 @@
 //! `orgctl dev`: a throwaway local PostgreSQL with the platform schema and a sample org.
 //!
-//! The server runs from the installed binaries with its data under the project
-//! (`.orgctl-dev/` by default), listening on loopback only, trusted (it holds nothing real).
-//! `dev up` twice reuses the running server; `dev down` stops it and deletes its data.
+//! The server runs from the installed binaries with its data in one place per OS user
+//! (`$TMPDIR/orgctl-dev-<uid>` by default, whatever the current directory), listening on
+//! loopback only, trusted (it holds nothing real). `dev up` twice reuses the running server;
+//! `dev down` stops it and deletes its data — only when the directory's marker names that
+//! data directory's system identifier, so it never takes a directory it did not make.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -36,6 +38,69 @@ fn absolute(dir: &Path) -> Result<PathBuf> {
     }
 }
 
+/// The dev directory: `--dir` / `ORGCTL_DEV_DIR`, else one fixed place per OS user under the
+/// temporary directory, so `dev down` from any directory finds what `dev up` started, and the
+/// `postgres` user (the server's user when orgctl runs as root) can reach it.
+pub fn dev_dir(a: &DevDirArgs) -> Result<PathBuf> {
+    match &a.dir {
+        Some(d) => absolute(d),
+        None => Ok(default_dir()),
+    }
+}
+
+pub fn default_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("orgctl-dev-{}", crate::sys::euid()))
+}
+
+/// The file `dev up` writes next to the data directory. `dev down` stops and deletes only a
+/// directory whose marker names the data directory's own system identifier (from
+/// `pg_controldata`), so it can never take a directory that merely looks like one.
+pub const MARKER: &str = "orgctl-dev.marker";
+const MARKER_HEAD: &str = "orgctl dev up";
+
+fn marker_text(system_id: &str, port: u16) -> String {
+    format!("{MARKER_HEAD}\nsystem_identifier={system_id}\nport={port}\n")
+}
+
+/// The system identifier a marker records, if the file is an orgctl marker.
+fn read_marker(dir: &Path) -> Option<(String, u16)> {
+    let text = std::fs::read_to_string(dir.join(MARKER)).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != MARKER_HEAD {
+        return None;
+    }
+    let mut id = None;
+    let mut port = None;
+    for l in lines {
+        if let Some(v) = l.strip_prefix("system_identifier=") {
+            id = Some(v.to_string());
+        } else if let Some(v) = l.strip_prefix("port=") {
+            port = v.parse().ok();
+        }
+    }
+    Some((id?, port?))
+}
+
+/// The data directory's own identity: "Database system identifier" from `pg_controldata`.
+fn system_identifier(bindir: &Path, run_as: RunAs, data: &Path) -> Option<String> {
+    let out = run_as
+        .command(&bindir.join("pg_controldata"))
+        .arg("-D")
+        .arg(data)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        l.strip_prefix("Database system identifier:")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
 /// When the server runs as `postgres`, every directory above its data must be searchable.
 fn ensure_reachable(run_as: RunAs, dir: &Path) -> Result<()> {
     if !crate::sys::is_root() {
@@ -61,12 +126,6 @@ fn url_for(port: u16, db: &str) -> String {
     format!("postgres://postgres@127.0.0.1:{port}/{db}")
 }
 
-fn read_port(dir: &Path) -> Option<u16> {
-    std::fs::read_to_string(dir.join("port"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-}
-
 fn running(bindir: &Path, run_as: RunAs, data: &Path) -> bool {
     run_as
         .command(&bindir.join("pg_ctl"))
@@ -80,17 +139,121 @@ fn running(bindir: &Path, run_as: RunAs, data: &Path) -> bool {
         .unwrap_or(false)
 }
 
+fn stop(bindir: &Path, run_as: RunAs, data: &Path) -> Result<()> {
+    let st = run_as
+        .command(&bindir.join("pg_ctl"))
+        .arg("stop")
+        .arg("-D")
+        .arg(data)
+        .args(["-m", "fast", "-w", "-s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| Error::failed(format!("could not run pg_ctl: {e}")))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(Error::failed(format!(
+            "could not stop the dev server in {}",
+            data.display()
+        )))
+    }
+}
+
+/// What this `dev up` created, so a failure removes exactly that and nothing else.
+#[derive(Default)]
+struct Created {
+    dir: Option<PathBuf>,
+    cluster: Option<PathBuf>,
+    started: bool,
+}
+
+impl Created {
+    fn undo(&self, bindir: &Path, run_as: RunAs) {
+        let Some(parent) = self.cluster.as_ref().and_then(|d| d.parent()) else {
+            if let Some(dir) = &self.dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return;
+        };
+        let data = parent.join("data");
+        if self.started {
+            let _ = stop(bindir, run_as, &data);
+        }
+        let _ = std::fs::remove_dir_all(&data);
+        let _ = std::fs::remove_file(parent.join(MARKER));
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 async fn up(ctx: &Context, a: &DevUpArgs) -> Result<Exit> {
-    let out = &ctx.out;
-    let dir = absolute(&a.dir.dir)?;
-    let data = dir.join("data");
+    let dir = dev_dir(&a.dir)?;
     let bindir = pgserver::bindir()?;
     let run_as = RunAs::detect()?;
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::failed(format!("could not create {}: {e}", dir.display())))?;
+    let mut created = Created::default();
+    match up_in(ctx, a, &dir, &bindir, run_as, &mut created).await {
+        Ok(exit) => Ok(exit),
+        Err(e) => {
+            // Leave nothing behind: a half-made cluster would make the next `dev up` reuse
+            // it, and a started server would keep running with no marker to stop it by.
+            created.undo(&bindir, run_as);
+            Err(e)
+        }
+    }
+}
+
+async fn up_in(
+    ctx: &Context,
+    a: &DevUpArgs,
+    dir: &Path,
+    bindir: &Path,
+    run_as: RunAs,
+    created: &mut Created,
+) -> Result<Exit> {
+    let out = &ctx.out;
+    let data = dir.join("data");
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::failed(format!("could not create {}: {e}", dir.display())))?;
+        created.dir = Some(dir.to_path_buf());
+        use std::os::unix::fs::PermissionsExt;
+        // Others (the postgres user) may pass through to data/, not list or write.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+    } else if !crate::sys::owned_by_me(dir) {
+        return Err(Error::refused(format!(
+            "{} exists and belongs to another user; not using it (pass --dir)",
+            dir.display()
+        )));
+    }
     ensure_reachable(run_as, &data)?;
 
-    if !data.join("PG_VERSION").exists() {
+    let marker = read_marker(dir);
+    let port = if let Some((id, port)) = &marker {
+        if system_identifier(bindir, run_as, &data).as_deref() != Some(id.as_str()) {
+            return Err(Error::refused(format!(
+                "{} has an orgctl marker that does not match its data directory; not using it (remove it yourself, or pass another --dir)",
+                dir.display()
+            )));
+        }
+        if let Some(p) = a.port {
+            if p != *port {
+                out.warn(&format!(
+                    "the dev server in {} already uses port {port}; ignoring --port {p}",
+                    dir.display()
+                ));
+            }
+        }
+        *port
+    } else {
+        if data.exists() {
+            return Err(Error::refused(format!(
+                "{} already holds {} that `orgctl dev up` did not create; not using it (pass another --dir)",
+                dir.display(),
+                data.display()
+            )));
+        }
         out.info(&format!(
             "initialising a PostgreSQL cluster in {}",
             data.display()
@@ -99,27 +262,20 @@ async fn up(ctx: &Context, a: &DevUpArgs) -> Result<Exit> {
             Some(p) => p,
             None => pgserver::free_port()?,
         };
-        pgserver::initdb(&bindir, &data, run_as, None)?;
+        created.cluster = Some(data.clone());
+        pgserver::initdb(bindir, &data, run_as, None)?;
         pgserver::configure(&data, port, true)?;
-        std::fs::write(dir.join("port"), port.to_string())?;
-    }
-    let port = read_port(&dir).ok_or_else(|| {
-        Error::failed(format!(
-            "{} has a cluster but no port file; run `orgctl dev down --dir {}` and start over",
-            dir.display(),
-            dir.display()
-        ))
-    })?;
-    if let Some(p) = a.port {
-        if p != port {
-            out.warn(&format!(
-                "the dev server in {} already uses port {port}; ignoring --port {p}",
-                dir.display()
-            ));
-        }
-    }
+        let id = system_identifier(bindir, run_as, &data).ok_or_else(|| {
+            Error::failed(format!(
+                "could not read the system identifier of {} (pg_controldata)",
+                data.display()
+            ))
+        })?;
+        std::fs::write(dir.join(MARKER), marker_text(&id, port))?;
+        port
+    };
 
-    let reused = running(&bindir, run_as, &data);
+    let reused = running(bindir, run_as, &data);
     if !reused {
         let log = data.join("server.log");
         let status = run_as
@@ -143,6 +299,7 @@ async fn up(ctx: &Context, a: &DevUpArgs) -> Result<Exit> {
                 String::from_utf8_lossy(&status.stderr).trim()
             )));
         }
+        created.started = true;
     }
 
     let admin = DbUrl::parse(&url_for(port, "postgres"))?;
@@ -165,22 +322,23 @@ async fn up(ctx: &Context, a: &DevUpArgs) -> Result<Exit> {
         tx.commit().await?;
         out.info("seeded the sample org: 3 roots (one removed), a deep chain, 8 tokens, 5 allowlist rows, secrets");
     }
-    let down = if a.dir.dir == Path::new(".orgctl-dev") {
+    let down = if a.dir.dir.is_none() {
         "orgctl dev down".to_string()
     } else {
         format!("orgctl dev down --dir {}", dir.display())
     };
     out.info(&format!(
-        "dev database {} on 127.0.0.1:{port} ({}); stop it with `{down}`",
+        "dev database {} on 127.0.0.1:{port} ({}, data in {}); stop it with `{down}`",
         DEV_DATABASE,
-        if reused { "reused" } else { "started" }
+        if reused { "reused" } else { "started" },
+        dir.display()
     ));
     out.stdout(&format!("{}\n", url_for(port, DEV_DATABASE)))?;
     Ok(Exit::Ok)
 }
 
 fn down(ctx: &Context, a: &DevDirArgs) -> Result<Exit> {
-    let dir = absolute(&a.dir)?;
+    let dir = dev_dir(a)?;
     let data = dir.join("data");
     if !dir.exists() {
         ctx.out.info(&format!(
@@ -189,36 +347,44 @@ fn down(ctx: &Context, a: &DevDirArgs) -> Result<Exit> {
         ));
         return Ok(Exit::Ok);
     }
-    if !dir.join("port").exists() && !data.join("PG_VERSION").exists() {
+    // Only what `dev up` made: its marker, matched against the data directory's identity.
+    let Some((id, _port)) = read_marker(&dir) else {
         return Err(Error::refused(format!(
-            "{} does not look like an orgctl dev directory; not deleting it",
+            "{} was not created by `orgctl dev up` (no {MARKER}); not stopping or deleting anything",
             dir.display()
         )));
-    }
+    };
     let bindir = pgserver::bindir()?;
     let run_as = RunAs::detect()?;
-    if running(&bindir, run_as, &data) {
-        let st = run_as
-            .command(&bindir.join("pg_ctl"))
-            .arg("stop")
-            .arg("-D")
-            .arg(&data)
-            .args(["-m", "fast", "-w", "-s"])
-            .stdout(Stdio::null())
-            .status()
-            .map_err(|e| Error::failed(format!("could not run pg_ctl: {e}")))?;
-        if !st.success() {
-            return Err(Error::failed(format!(
-                "could not stop the dev server in {}",
-                data.display()
-            )));
+    if data.exists() {
+        match system_identifier(&bindir, run_as, &data) {
+            Some(actual) if actual == id => {}
+            _ => {
+                return Err(Error::refused(format!(
+                    "{} does not hold the cluster its {MARKER} names; not stopping or deleting anything",
+                    dir.display()
+                )))
+            }
         }
+        if running(&bindir, run_as, &data) {
+            stop(&bindir, run_as, &data)?;
+        }
+        std::fs::remove_dir_all(&data)
+            .map_err(|e| Error::failed(format!("could not delete {}: {e}", data.display())))?;
     }
-    std::fs::remove_dir_all(&dir)
-        .map_err(|e| Error::failed(format!("could not delete {}: {e}", dir.display())))?;
+    std::fs::remove_file(dir.join(MARKER))
+        .map_err(|e| Error::failed(format!("could not delete {MARKER}: {e}")))?;
+    // The directory itself only when nothing else is in it (dev up may have been pointed at
+    // a directory that holds other things).
+    let kept = std::fs::remove_dir(&dir).is_err();
     ctx.out.info(&format!(
-        "stopped the dev server and deleted {}",
-        dir.display()
+        "stopped the dev server and deleted {}{}",
+        if kept { data.display() } else { dir.display() },
+        if kept {
+            " (the directory holds other files: kept)"
+        } else {
+            ""
+        }
     ));
     Ok(Exit::Ok)
 }

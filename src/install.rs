@@ -47,9 +47,6 @@ pub struct InstallInput {
     pub name: Option<String>,
     pub model: Option<Zeroizing<String>>,
     pub allow_missing_model: bool,
-    /// The id a new agent gets when neither --id nor an existing agent decides it. Generated
-    /// once per command, so the dry-run part and the apply part agree.
-    pub proposed_id: Uuid,
 }
 
 impl std::fmt::Debug for InstallInput {
@@ -100,7 +97,6 @@ impl InstallInput {
             name,
             model,
             allow_missing_model,
-            proposed_id: Uuid::new_v4(),
         })
     }
 
@@ -261,9 +257,13 @@ impl Plan {
     /// The refusal apply would meet (a dry run reports it too).
     pub fn refusal(&self) -> Option<Error> {
         if self.model == ModelAction::Missing && !self.allow_missing_model {
+            let which = if self.agent.action == AgentAction::Create {
+                format!("the platform agent to be created ({})", self.agent.id)
+            } else {
+                format!("the platform agent {}", self.agent.id)
+            };
             return Some(Error::refused(format!(
-                "the platform agent {} has no MODEL secret and the platform would mark it failed: pass --model MODEL, or --allow-missing-model to install without it",
-                self.agent.id
+                "{which} would have no MODEL secret and the platform would mark it failed: pass --model MODEL, or --allow-missing-model to install without it"
             )));
         }
         None
@@ -517,6 +517,47 @@ const ALLOWLIST_SCOPE: &str = "WITH scope AS (
     WINDOW w AS (PARTITION BY plugin_name
                  ORDER BY enabled_at ASC NULLS LAST, (org_id = $2) DESC, id ASC))";
 
+/// The id of an agent orgctl creates itself: derived from the tenant's identity (the cluster's
+/// system identifier, the database's oid and name) and the ids of the roots it adopts, so a dry
+/// run shows exactly the id apply will create (SPEC §4: what the dry run shows is what apply
+/// does), and a different org — or the same org after its roots changed — gets another.
+/// A random id would differ between the dry run and the apply that follows it.
+async fn derived_agent_id(conn: &mut PgConnection) -> Result<Uuid> {
+    let row = db::query(
+        "SELECT (SELECT system_identifier::text FROM pg_control_system()),
+                (SELECT oid::text FROM pg_database WHERE datname = current_database()),
+                current_database(),
+                (SELECT COALESCE(string_agg(id::text, ',' ORDER BY id), '')
+                   FROM workspaces WHERE parent_id IS NULL)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut h = sha2::Sha256::new();
+    for i in 0..4 {
+        let part: Option<String> = row.try_get(i)?;
+        h.update(b"\0");
+        h.update(part.unwrap_or_default().as_bytes());
+    }
+    h.update(b"\0orgctl platform agent");
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    let id = uuid::Builder::from_bytes(bytes)
+        .with_variant(uuid::Variant::RFC4122)
+        .with_version(uuid::Version::Sha1)
+        .into_uuid();
+    let taken: bool = db::query_scalar("SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1)")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if taken {
+        return Err(Error::refused(format!(
+            "the id orgctl derives for a new platform agent ({id}) is taken by an existing workspace; pass --id with a fresh UUID"
+        )));
+    }
+    Ok(id)
+}
+
 async fn resolve_agent(conn: &mut PgConnection, input: &InstallInput) -> Result<AgentPlan> {
     let platforms = fetch_agents(conn, "WHERE kind = 'platform' ORDER BY id", None).await?;
     if platforms.len() > 1 {
@@ -565,7 +606,7 @@ async fn resolve_agent(conn: &mut PgConnection, input: &InstallInput) -> Result<
                 let id = row.id;
                 (Some(row), id, false)
             }
-            None => (None, input.proposed_id, true),
+            None => (None, derived_agent_id(conn).await?, true),
         },
     };
 
@@ -728,7 +769,7 @@ pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<
           ORDER BY id FOR UPDATE"
     );
     db::query(&sql)
-        .bind(input.id.unwrap_or(input.proposed_id))
+        .bind(input.id)
         .execute(&mut *conn)
         .await
         .map_err(|e| {
@@ -1066,7 +1107,11 @@ fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Strin
     let detail = match agent.action {
         AgentAction::Create => format!(
             " (kind platform, tier 0, root{})",
-            if agent.generated_id { ", new id" } else { "" }
+            if agent.generated_id {
+                ", new id derived from the tenant and its roots"
+            } else {
+                ""
+            }
         ),
         AgentAction::Update => format!(
             " ({})",
@@ -1210,11 +1255,10 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         tx.rollback().await?;
         p
     };
-    // SPEC §1: without a key a value is written as version 0, with a warning that says so.
-    if reviewed.model.writes() && matches!(sb.write_version(), Ok(0)) {
-        out.warn(
-            "SECRETS_ENCRYPTION_KEY is not set: the MODEL secret is stored in plaintext (encryption_version 0)",
-        );
+    if reviewed.model.writes() {
+        if let Some(w) = sb.plaintext_warning("the agent's MODEL secret") {
+            out.warn(&w);
+        }
     }
 
     if args.dry_run {

@@ -68,6 +68,10 @@ pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            if let Some(msg) = secret_argv_error(&e) {
+                print_error(&Error::usage(msg));
+                return Exit::Usage.code();
+            }
             // --help and --version go to stdout with 0; usage errors to stderr with 2.
             let _ = e.print();
             return if e.use_stderr() {
@@ -108,16 +112,73 @@ pub fn run() -> i32 {
 
 async fn run_interruptible(cli: Cli) -> Result<Exit> {
     let ctx = Context::new(&cli);
+    // Install the SIGINT/SIGTERM handlers before any work starts.
+    drop(interrupt::level());
+    let verbose = if cli.global.quiet {
+        0
+    } else {
+        cli.global.verbose
+    };
+    output::verbose::install(verbose);
+    let started = std::time::Instant::now();
+    if verbose > 0 {
+        let target = ctx
+            .url()
+            .map(|u| u.target().to_string())
+            .unwrap_or_else(|_| "no database".into());
+        output::verbose::say(
+            verbose,
+            &format!(
+                "orgctl {}: {} on {target}",
+                env!("CARGO_PKG_VERSION"),
+                command_name(&cli.command)
+            ),
+        );
+    }
+    let r = run_command(&ctx, &cli).await;
+    if verbose > 0 {
+        output::verbose::say(
+            verbose,
+            &format!(
+                "{} after {} ms, {} SQL statement(s)",
+                match &r {
+                    Ok(_) => "done".to_string(),
+                    Err(e) => format!("exit {}", e.exit.code()),
+                },
+                started.elapsed().as_millis(),
+                output::verbose::statements()
+            ),
+        );
+    }
+    r
+}
+
+/// The command path for -v ("token list", "backfill run").
+fn command_name(_c: &Command) -> String {
+    use clap::CommandFactory;
+    let args: Vec<String> = std::env::args().collect();
+    let mut cmd = Cli::command();
+    let mut path = Vec::new();
+    for a in args.iter().skip(1) {
+        if let Some(sub) = cmd.find_subcommand(a) {
+            path.push(a.clone());
+            cmd = sub.clone();
+        }
+    }
+    path.join(" ")
+}
+
+async fn run_command(ctx: &Context, cli: &Cli) -> Result<Exit> {
     if let Command::Backfill(_) = cli.command {
         // Backfill handles Ctrl-C itself (backfill::Cancel): it starts no new tenant, lets
         // in-flight ones finish or roll back and prints the summary, so it is never dropped.
-        return dispatch(&ctx, &cli.command).await;
+        return dispatch(ctx, &cli.command).await;
     }
-    let work = dispatch(&ctx, &cli.command);
+    let work = dispatch(ctx, &cli.command);
     tokio::pin!(work);
     tokio::select! {
         r = &mut work => r,
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupt::reached(1) => {
             if interrupt::committing() {
                 // A COMMIT (or post-commit work) is under way: let it finish so what we report
                 // is true, then exit 130 whatever it returned.
@@ -161,6 +222,32 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
         Command::Backfill(cmd) => backfill::run(ctx, cmd).await,
         Command::Status(args) => status::run(ctx, args).await,
     }
+}
+
+/// clap quotes the argument it did not expect. Under `orgctl secret` that argument may be the
+/// secret value someone typed on the command line (`secret set WS KEY hunter2`,
+/// `--value=hunter2`), so it must not be echoed: say what went wrong without it.
+fn secret_argv_error(e: &clap::Error) -> Option<String> {
+    use clap::error::ErrorKind;
+    if !matches!(
+        e.kind(),
+        ErrorKind::UnknownArgument
+            | ErrorKind::TooManyValues
+            | ErrorKind::WrongNumberOfValues
+            | ErrorKind::NoEquals
+            | ErrorKind::InvalidValue
+            | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let mut args = std::env::args_os().skip(1);
+    if !args.any(|a| a == "secret") {
+        return None;
+    }
+    Some(
+        "unexpected argument to `orgctl secret` (not shown: it may be a secret value); secret values are never read from the command line: pipe the value on stdin, pass --value-file PATH, or type it at the hidden prompt; if you typed a real secret, it is in your shell history: rotate it"
+            .to_string(),
+    )
 }
 
 /// Print an error once, on stderr: one line, control characters stripped, passwords masked.

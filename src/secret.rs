@@ -127,6 +127,11 @@ pub fn check_key(key: &str) -> Result<()> {
     };
     if ok {
         Ok(())
+    } else if key.contains('=') {
+        // KEY=value: the part after '=' is likely the secret itself; never echo it.
+        Err(Error::usage(
+            "the secret key contains '=' (not shown: it may carry the value); give KEY alone: secret values are never read from the command line, pipe the value on stdin or pass --value-file PATH",
+        ))
     } else {
         Err(Error::usage(format!(
             "'{}' is not a valid secret key: use letters, digits and '_', not starting with a digit (^[A-Za-z_][A-Za-z0-9_]*$)",
@@ -237,9 +242,14 @@ async fn read_value(
         return Ok(None);
     }
     if !out.interactive() {
-        return Err(Error::usage(
-            "no value: stderr is not a terminal to prompt on; pipe the value on stdin or pass --value-file PATH",
-        ));
+        return Err(Error::usage(format!(
+            "no value and no prompt: {}; pipe the value on stdin or pass --value-file PATH",
+            if crate::output::in_ci() {
+                "CI is set (orgctl never prompts in CI)"
+            } else {
+                "stderr is not a terminal to prompt on"
+            }
+        )));
     }
     let prompt = format!("Value for {key} (hidden)");
     let typed = blocking(move || {
@@ -631,11 +641,8 @@ async fn set(ctx: &Context, args: &SecretSetArgs) -> Result<Exit> {
     let sb = SecretBox::from_env();
     // Refusals of the key (bad key: 2; production without a key: 3) before reading a value.
     let version = sb.write_version()?;
-    // SPEC §1: without a key a value is written as version 0, with a warning that says so.
-    if version == 0 {
-        ctx.out.warn(&format!(
-            "SECRETS_ENCRYPTION_KEY is not set: {key} is stored in plaintext (encryption_version 0)"
-        ));
+    if let Some(w) = sb.plaintext_warning(&format!("the value of {key}")) {
+        ctx.out.warn(&w);
     }
     let value = read_value(&ctx.out, args.value_file.as_deref(), &key, args.dry_run).await?;
     let req = Request {

@@ -387,7 +387,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
             "every anchored live token is on a root, none on a former root".to_string()
         } else {
             format!(
-                "{} live token(s) anchored to a non-root, {} token(s) on a former root; re-anchor them to the root with `orgctl token anchor ID --force` (install-platform-agent sweeps former roots)",
+                "{} live token(s) anchored to a non-root, {} token(s) on a former root; move them all to the root with `orgctl token anchor --stale` (review with --dry-run first)",
                 tokens.on_non_root.live,
                 tokens.on_former_root.live + tokens.on_former_root.revoked
             )

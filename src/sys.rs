@@ -32,6 +32,21 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The effective uid (names the per-user default dev directory).
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether a path is owned by the effective user (a predictable path under /tmp may have been
+/// made by someone else).
+pub fn owned_by_me(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .map(|m| m.uid() == euid() && m.is_dir())
+        .unwrap_or(false)
+}
+
 /// uid and gid of a named OS user.
 pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
     let cname = std::ffi::CString::new(name).ok()?;

@@ -354,16 +354,22 @@ pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<
         }
     }
 
+    // Live roots first (oldest first), `removed` tombstones last: the operator picks from the
+    // top of the list.
     let roots = db::query(
-        "SELECT id, name, status::text, count(*) OVER () FROM workspaces
-          WHERE parent_id IS NULL ORDER BY created_at NULLS LAST, id LIMIT $1",
+        "SELECT id, name, status::text, count(*) OVER (),
+                count(*) FILTER (WHERE COALESCE(status::text, '') <> 'removed') OVER ()
+           FROM workspaces
+          WHERE parent_id IS NULL
+          ORDER BY COALESCE(status::text, '') = 'removed', created_at NULLS LAST, id
+          LIMIT $1",
     )
     .bind(SHOWN as i64)
     .fetch_all(&mut *conn)
     .await?;
-    let total: i64 = match roots.first() {
-        Some(r) => r.try_get(3)?,
-        None => 0,
+    let (total, live): (i64, i64) = match roots.first() {
+        Some(r) => (r.try_get(3)?, r.try_get(4)?),
+        None => (0, 0),
     };
     match total {
         0 => Err(Error::refused(
@@ -379,12 +385,19 @@ pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<
             })
         }
         n => {
+            let mut first_live = None;
             let listed: Vec<String> = roots
                 .iter()
                 .map(|r| {
                     let id: Uuid = r.try_get(0).unwrap_or_default();
                     let name: String = r.try_get(1).unwrap_or_default();
-                    format!("{id} '{}'", sanitize(&name))
+                    let status: Option<String> = r.try_get(2).unwrap_or_default();
+                    if status.as_deref() == Some("removed") {
+                        format!("{id} '{}' (removed)", sanitize(&name))
+                    } else {
+                        first_live.get_or_insert(id);
+                        format!("{id} '{}'", sanitize(&name))
+                    }
                 })
                 .collect();
             let more = n - roots.len() as i64;
@@ -393,8 +406,14 @@ pub async fn resolve_root(conn: &mut PgConnection, org: Option<Uuid>) -> Result<
             } else {
                 String::new()
             };
+            let how = match first_live {
+                Some(id) => format!(
+                    "choose the root of the org the token is for (live roots are listed first, oldest first) and run again with --org, e.g. --org {id}"
+                ),
+                None => "every root is removed; choose one with --org if you must".to_string(),
+            };
             Err(Error::usage(format!(
-                "--org is required: this tenant has {n} roots and no platform agent ({}{more}); pass --org with one of them, or install the platform agent first",
+                "--org is required: this tenant has {n} roots ({live} live) and no platform agent: {}{more}; {how}, or install the platform agent first",
                 listed.join(", ")
             )))
         }
@@ -409,7 +428,8 @@ fn ensure_confirmed(ctx: &Context, what: &str, question: &str) -> Result<()> {
     }
     if !ctx.out.interactive() {
         return Err(Error::refused(format!(
-            "confirmation needed: this {what} and there is no terminal to ask on; nothing was changed: rerun with --yes"
+            "confirmation needed: this {what} and {}; nothing was changed: rerun with --yes",
+            ctx.out.no_prompt_reason()
         )));
     }
     ctx.out.confirm(question, false)
@@ -634,6 +654,60 @@ const LIST_HEADER: [&str; 7] = [
     "last_used_at",
 ];
 
+/// The default table: fits the terminal (80 columns when unknown), the prefix is the handle
+/// (`revoke`/`anchor` take it), org ids are shortened to 8 characters, times to dates. Full
+/// ids and times with `--wide`.
+const COMPACT_HEADER: [&str; 6] = [
+    "PREFIX",
+    "NAME",
+    "ORG",
+    "CREATED_BY",
+    "CREATED",
+    "LAST_USED",
+];
+/// NAME and CREATED_BY give way; handles and dates never do.
+const COMPACT_FLEX: [usize; 2] = [1, 3];
+
+fn short_uuid(u: &Option<Uuid>) -> String {
+    u.map(|u| u.to_string()[..8].to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn date(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d").to_string()
+}
+
+fn compact_cells(t: &TokenRow, all: bool) -> Vec<String> {
+    let mut v = vec![
+        sanitize(&t.prefix),
+        fmt_opt_text(&t.name),
+        short_uuid(&t.org_id),
+        fmt_opt_text(&t.created_by),
+        date(&t.created_at),
+        t.last_used_at
+            .as_ref()
+            .map(date)
+            .unwrap_or_else(|| "never".into()),
+    ];
+    if all {
+        v.push(
+            t.revoked_at
+                .as_ref()
+                .map(date)
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    v
+}
+
+fn compact_list(ctx: &Context, rows: &[Vec<String>], all: bool) -> String {
+    let mut h: Vec<&str> = COMPACT_HEADER.to_vec();
+    if all {
+        h.push("REVOKED");
+    }
+    crate::output::compact_table(&h, rows, &COMPACT_FLEX, ctx.out.compact_width())
+}
+
 fn list_cells(t: &TokenRow, all: bool) -> Vec<String> {
     let mut v = vec![
         t.id.to_string(),
@@ -723,7 +797,9 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     let json = ctx.out.json_mode();
     let stream_text = !json && limit.map_or(true, |l| l as u64 > MAX_TABLE_ROWS);
     let mut sink = Sink::new();
-    let mut table = (!json && !stream_text).then(|| {
+    let mut compact: Option<Vec<Vec<String>>> =
+        (!json && !stream_text && !args.wide).then(Vec::new);
+    let mut table = (!json && !stream_text && args.wide).then(|| {
         let mut h: Vec<&str> = LIST_HEADER.to_vec();
         if args.all {
             h.push("revoked_at");
@@ -768,6 +844,8 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
                     .map_err(|e| Error::failed(format!("could not render JSON: {e}")))?;
                 sink.write(if shown == 0 { "\n  " } else { ",\n  " })?;
                 sink.write(&text)?;
+            } else if let Some(rows) = compact.as_mut() {
+                rows.push(compact_cells(t, args.all));
             } else if let Some(table) = table.as_mut() {
                 table.add_row(list_cells(t, args.all));
             } else {
@@ -787,6 +865,8 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     if json {
         // A bare array of tokens; whether more rows match is said on stderr.
         sink.write(if shown > 0 { "\n]\n" } else { "]\n" })?;
+    } else if let Some(rows) = compact {
+        sink.write(&compact_list(ctx, &rows, args.all))?;
     } else if let Some(table) = table {
         sink.write(&format!("{table}\n"))?;
     }
@@ -995,25 +1075,9 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
     }
 
     if ctx.out.interactive() && !ctx.yes {
-        let mut t = ctx.out.new_table([
-            "id",
-            "prefix",
-            "name",
-            "org_id",
-            "created_at",
-            "last_used_at",
-        ]);
-        for s in &sample {
-            t.add_row(vec![
-                s.id.to_string(),
-                sanitize(&s.prefix),
-                fmt_opt_text(&s.name),
-                fmt_opt_uuid(&s.org_id),
-                fmt_time(&s.created_at),
-                fmt_opt_time(&s.last_used_at),
-            ]);
-        }
-        let mut text = format!("Live tokens with created_by '{shown_label}' ({live}):\n{t}\n");
+        let rows: Vec<Vec<String>> = sample.iter().map(|s| compact_cells(s, false)).collect();
+        let t = compact_list(ctx, &rows, false);
+        let mut text = format!("Live tokens with created_by '{shown_label}' ({live}):\n{t}");
         if live > sample.len() as i64 {
             let _ = writeln!(
                 text,
@@ -1226,7 +1290,16 @@ fn render_anchor(ctx: &Context, t: &TokenRow, root: &Root, changed: bool) -> Res
 }
 
 async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
-    let r = TokenRef::parse(&args.token)?;
+    let Some(raw) = args.token.as_deref() else {
+        return anchor_stale(ctx, args).await;
+    };
+    if args.dry_run {
+        // clap's `requires` is not enforced here (the token/--stale group is satisfied).
+        return Err(Error::usage(
+            "--dry-run goes with --stale; for one token, `orgctl token list` shows where it is anchored",
+        ));
+    }
+    let r = TokenRef::parse(raw)?;
     let url = ctx.url()?;
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
@@ -1323,6 +1396,206 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
         token.label()
     ));
     render_anchor(ctx, &token, &root, true)?;
+    Ok(Exit::Ok)
+}
+
+// ---------------------------------------------------------------------------------------------
+// anchor --stale
+
+/// Stale anchors moving from one workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StaleMove {
+    pub from: Uuid,
+    pub live: i64,
+    pub revoked: i64,
+}
+
+#[derive(Serialize)]
+struct StaleJson<'a> {
+    dry_run: bool,
+    changed: bool,
+    to: Uuid,
+    tokens: i64,
+    moves: &'a [StaleMove],
+}
+
+/// The tokens `status` counts against tokens_on_root: anchored (not to `$1`, the root) to a
+/// workspace that is not a root (or no longer exists), live — or on a former root, revoked or
+/// not. `{join}`/`{is_former}` are fixed strings, chosen by whether orgctl's schema exists.
+fn stale_sql(former: bool) -> String {
+    let (join, is_former) = if former {
+        (
+            "LEFT JOIN orgctl.former_roots f ON f.workspace_id = t.org_id",
+            "f.workspace_id IS NOT NULL",
+        )
+    } else {
+        ("", "false")
+    };
+    format!(
+        "SELECT t.id, t.org_id, t.revoked_at IS NULL AS live
+           FROM org_api_tokens t
+           LEFT JOIN workspaces w ON w.id = t.org_id
+           {join}
+          WHERE t.org_id IS NOT NULL AND t.org_id <> $1
+            AND (w.id IS NULL OR w.parent_id IS NOT NULL)
+            AND (t.revoked_at IS NULL OR {is_former})"
+    )
+}
+
+async fn has_former_roots(conn: &mut PgConnection) -> Result<bool> {
+    Ok(
+        db::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// The plan of `anchor --stale`: per source workspace, how many live and revoked tokens move.
+async fn plan_stale(conn: &mut PgConnection, root: Uuid) -> Result<Vec<StaleMove>> {
+    let former = has_former_roots(conn).await?;
+    let sql = format!(
+        "WITH s AS ({})
+         SELECT org_id, count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live)
+           FROM s GROUP BY org_id ORDER BY count(*) DESC, org_id",
+        stale_sql(former)
+    );
+    db::query(&sql)
+        .bind(root)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StaleMove {
+                from: r.try_get(0)?,
+                live: r.try_get(1)?,
+                revoked: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+fn render_stale(
+    ctx: &Context,
+    root: &Root,
+    moves: &[StaleMove],
+    dry_run: bool,
+    changed: bool,
+) -> Result<()> {
+    let total: i64 = moves.iter().map(|m| m.live + m.revoked).sum();
+    if ctx.out.json_mode() {
+        return ctx.out.json(&StaleJson {
+            dry_run,
+            changed,
+            to: root.id,
+            tokens: total,
+            moves,
+        });
+    }
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let mut t = ctx.out.new_table(["from", "live", "revoked", "to"]);
+    let (shown, rest) = crate::output::truncated(moves, SHOWN);
+    for m in shown {
+        t.add_row(vec![
+            m.from.to_string(),
+            m.live.to_string(),
+            m.revoked.to_string(),
+            root.id.to_string(),
+        ]);
+    }
+    let mut text = format!("{t}\n");
+    if rest > 0 {
+        let _ = writeln!(text, "… and {rest} more source workspaces (see -o json)");
+    }
+    ctx.out.stdout(&text)
+}
+
+async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
+    let url = ctx.url()?;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    db::ensure_compatible(&mut conn).await?;
+    // 1. Plan read-only.
+    let (root, reviewed) = {
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
+        let root = resolve_root(&mut tx, args.org).await?;
+        let moves = plan_stale(&mut tx, root.id).await?;
+        tx.rollback().await?;
+        (root, moves)
+    };
+    let root_label = format!("{} ('{}')", root.id, sanitize(&root.name));
+    let total: i64 = reviewed.iter().map(|m| m.live + m.revoked).sum();
+    let live: i64 = reviewed.iter().map(|m| m.live).sum();
+    if total == 0 {
+        ctx.out
+            .info("No stale anchors: every anchored live token is on a root; nothing to do.");
+        render_stale(ctx, &root, &reviewed, args.dry_run, false)?;
+        return Ok(Exit::Ok);
+    }
+    let desc = format!(
+        "{total} token(s) ({live} live, {} revoked on former roots) from {} workspace(s) to the root {root_label}",
+        total - live,
+        reviewed.len()
+    );
+    if args.dry_run {
+        ctx.out
+            .info(&format!("Would move {desc} (dry run: nothing changed)."));
+        render_stale(ctx, &root, &reviewed, true, false)?;
+        return Ok(Exit::Ok);
+    }
+    if !ctx.out.json_mode() && ctx.out.interactive() && !ctx.yes {
+        render_stale(ctx, &root, &reviewed, true, false)?;
+    }
+    ensure_confirmed(
+        ctx,
+        &format!("moves {desc}"),
+        &format!("Move {desc} on {}?", url.target()),
+    )?;
+
+    // 2. Apply exactly the reviewed plan under the tenant lock.
+    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
+    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    let now_root = resolve_root(&mut tx, args.org).await?;
+    let now = plan_stale(&mut tx, now_root.id).await?;
+    if now_root.id != root.id || now != reviewed {
+        return Err(Error::refused(
+            "the stale anchors changed while you confirmed; nothing was changed: rerun to see the new plan",
+        ));
+    }
+    let former = has_former_roots(&mut tx).await?;
+    // Join on the primary key only, so a stale planner estimate cannot pick a bad plan.
+    let done = db::query(&format!(
+        "UPDATE org_api_tokens u SET org_id = $1
+           FROM ({}) s
+          WHERE u.id = s.id",
+        stale_sql(former)
+    ))
+    .bind(root.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    db::ensure_rows("moving stale token anchors", done, total)?;
+    db::audit(
+        &mut tx,
+        "token anchor",
+        &serde_json::json!({
+            "by": "stale",
+            "to": root.id,
+            "org_given": args.org.is_some(),
+            "tokens": total,
+            "live": live,
+            "moves": reviewed,
+        }),
+        "anchored",
+    )
+    .await?;
+    {
+        let _guard = crate::interrupt::CommitGuard::enter();
+        tx.commit().await?;
+    }
+    ctx.out.info(&format!("Moved {desc}."));
+    render_stale(ctx, &root, &reviewed, false, true)?;
     Ok(Exit::Ok)
 }
 

@@ -307,8 +307,17 @@ fn rollback_restores_every_tenant_byte_for_byte_and_twice_is_a_no_op() {
         ("partial", &partial.url),
         ("empty", &empty.url),
     ]);
+    // The partial tenant's agent has another MODEL: replacing it needs --replace-model.
     let r = fleet
-        .cmd(&["run", "--model", "new-model", "--yes", "-o", "json"])
+        .cmd(&[
+            "run",
+            "--model",
+            "new-model",
+            "--replace-model",
+            "--yes",
+            "-o",
+            "json",
+        ])
         .run();
     r.code(0);
     let doc = r.json();
@@ -372,8 +381,11 @@ fn rollback_restores_every_tenant_byte_for_byte_and_twice_is_a_no_op() {
     for (_, s) in statuses(&st.json()) {
         assert_eq!(s, "rolled_back");
     }
-    // A new run installs again.
-    fleet.cmd(&["run", "--model", "m", "--yes"]).run().code(0);
+    // A new run installs again (the partial tenant's agent has its old MODEL back).
+    fleet
+        .cmd(&["run", "--model", "m", "--replace-model", "--yes"])
+        .run()
+        .code(0);
     assert!(installed(&plain));
 }
 
@@ -799,6 +811,33 @@ fn kill_9_leaves_every_tenant_untouched_or_installed_and_a_rerun_finishes() {
 /// Ctrl-C: no new tenant starts, the in-flight one finishes, the summary prints, exit 130.
 #[tokio::test]
 async fn ctrl_c_finishes_in_flight_tenants_prints_the_summary_and_exits_130() {
+    interrupted_backfill_finishes_in_flight(&[libc::SIGINT]).await;
+}
+
+/// Issue 14 item 4: SIGTERM (systemd, Kubernetes) is the first Ctrl-C, not a kill.
+#[tokio::test]
+async fn sigterm_behaves_as_the_first_ctrl_c() {
+    interrupted_backfill_finishes_in_flight(&[libc::SIGTERM]).await;
+}
+
+/// Issue 14 item 4: `timeout -s INT` or a process-group signal delivers SIGINT twice at once;
+/// that is one interrupt, so in-flight tenants still finish.
+#[tokio::test]
+async fn two_signals_within_a_second_count_as_one() {
+    interrupted_backfill_finishes_in_flight(&[libc::SIGINT, libc::SIGINT]).await;
+}
+
+/// A second Ctrl-C well after the first abandons the in-flight tenant (rolled back).
+#[tokio::test]
+async fn a_second_ctrl_c_after_the_window_abandons_in_flight_tenants() {
+    interrupted_backfill(&[libc::SIGINT, libc::SIGINT], 1300, false).await;
+}
+
+async fn interrupted_backfill_finishes_in_flight(signals: &[i32]) {
+    interrupted_backfill(signals, 100, true).await;
+}
+
+async fn interrupted_backfill(signals: &[i32], gap_ms: u64, finishes: bool) {
     let locked = TestDb::sample();
     let a = TestDb::sample();
     let b = TestDb::sample();
@@ -849,7 +888,10 @@ async fn ctrl_c_finishes_in_flight_tenants_prints_the_summary_and_exits_130() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    orgctl::sys::kill(child.id() as i32, libc::SIGINT);
+    for sig in signals {
+        orgctl::sys::kill(child.id() as i32, *sig);
+        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Let the in-flight tenant go on.
     let _ = holder.close().await;
@@ -864,12 +906,160 @@ async fn ctrl_c_finishes_in_flight_tenants_prints_the_summary_and_exits_130() {
         stderr: String::from_utf8_lossy(&out.stderr).to_string(),
     };
     r.code(130).one_line_error("interrupted");
+    // The first signal says what is happening, once.
+    assert_eq!(
+        r.stderr
+            .matches("finishing 1 in-flight tenant (Ctrl-C again to abandon it")
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
     let doc = r.json();
     assert_eq!(doc["interrupted"], true);
-    assert_eq!(tenant(&doc, "locked")["status"], "applied");
     assert_eq!(tenant(&doc, "a")["status"], "not_started");
     assert_eq!(tenant(&doc, "b")["status"], "not_started");
-    assert!(installed(&locked));
+    if finishes {
+        assert_eq!(tenant(&doc, "locked")["status"], "applied");
+        assert!(installed(&locked));
+    } else {
+        assert_eq!(tenant(&doc, "locked")["status"], "failed");
+        assert!(!installed(&locked));
+    }
     assert_eq!(platform(&a), a_before, "no new tenant started after Ctrl-C");
     let _ = server();
+}
+
+/// Issue 14 item 9: status and rollback take the shard options of run (a shard worker no
+/// longer sees other shards' tenants, nor fails on an unreachable one elsewhere); status JSON
+/// has totals and RFC 3339 times.
+#[test]
+fn status_and_rollback_take_the_shard_options_and_status_has_totals() {
+    use orgctl::backfill::Shard;
+    let a = TestDb::sample();
+    let gone = unreachable_url();
+    // A name for the unreachable tenant that lands in another of 3 shards than "a".
+    let shard_of = |n: &str| {
+        (1..=3)
+            .find(|i| {
+                Shard {
+                    index: *i,
+                    count: 3,
+                }
+                .contains(n)
+            })
+            .unwrap_or(0)
+    };
+    let mine = shard_of("a");
+    let gone_name = (0..100)
+        .map(|i| format!("gone-{i}"))
+        .find(|n| shard_of(n) != mine)
+        .unwrap_or_default();
+    let fleet = Fleet::new(&[("a", &a.url), (&gone_name, &gone)]);
+    let shard = format!("{mine}/3");
+    let run = fleet
+        .cmd(&["run", "--model", "m", "--yes", "--shard", &shard])
+        .run();
+    run.code(0);
+    let id = run_id_of(&run);
+
+    let st = fleet
+        .cmd(&["status", "--run-id", &id, "--shard", &shard, "-o", "json"])
+        .run();
+    st.code(0);
+    let doc = st.json();
+    assert_eq!(doc["shard"], shard.as_str());
+    assert_eq!(doc["totals"]["tenants"], 1, "{doc}");
+    assert_eq!(doc["totals"]["applied"], 1, "{doc}");
+    assert_eq!(doc["totals"]["unknown"], 0, "{doc}");
+    assert_eq!(statuses(&doc).len(), 1, "only this shard's tenants");
+    let at = doc["tenants"][0]["at"].as_str().unwrap_or_default();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(at).is_ok(),
+        "RFC 3339: {at}"
+    );
+    // --shards N with JOB_COMPLETION_INDEX (0-based) is the same shard.
+    let idx = (mine - 1).to_string();
+    let k8s = fleet
+        .cmd(&["status", "--run-id", &id, "--shards", "3", "-o", "json"])
+        .env("JOB_COMPLETION_INDEX", &idx)
+        .run();
+    k8s.code(0);
+    assert_eq!(k8s.json()["totals"]["applied"], 1);
+    // Without the shard the unreachable tenant of another shard fails the status.
+    fleet
+        .cmd(&["status", "--run-id", &id, "-o", "json"])
+        .run()
+        .code(1);
+    // --shards without JOB_COMPLETION_INDEX, or out of range: usage errors.
+    fleet
+        .cmd(&["status", "--run-id", &id, "--shards", "3"])
+        .run()
+        .code(2)
+        .one_line_error("JOB_COMPLETION_INDEX");
+    fleet
+        .cmd(&["status", "--run-id", &id, "--shards", "3"])
+        .env("JOB_COMPLETION_INDEX", "3")
+        .run()
+        .code(2)
+        .one_line_error("out of range");
+
+    // Rollback with the shard: only this shard's tenant, and it succeeds.
+    let rb = fleet
+        .cmd(&[
+            "rollback", "--run-id", &id, "--shard", &shard, "--yes", "-o", "json",
+        ])
+        .run();
+    rb.code(0);
+    assert_eq!(statuses(&rb.json()).len(), 1, "{}", rb.stdout);
+    assert!(!installed(&a));
+}
+
+/// Issue 14 item 9: a rerun with a different --model does not silently replace MODEL on a
+/// tenant whose agent already exists; --replace-model does.
+#[test]
+fn a_rerun_with_another_model_needs_replace_model() {
+    let a = TestDb::sample();
+    let fleet = Fleet::new(&[("a", &a.url)]);
+    fleet.cmd(&["run", "--model", "m1", "--yes"]).run().code(0);
+    let model = || {
+        a.scalar(
+            "SELECT convert_from(s.encrypted_value, 'UTF8') FROM workspace_secrets s
+               JOIN workspaces w ON w.id = s.workspace_id
+              WHERE w.kind = 'platform' AND s.key = 'MODEL'",
+        )
+    };
+    assert_eq!(model(), "m1");
+    let before = a.snapshot();
+    for extra in [&["--dry-run"][..], &[][..]] {
+        let mut args = vec!["run", "--model", "m2", "--yes", "-o", "json"];
+        args.extend_from_slice(extra);
+        let r = fleet.cmd(&args).run();
+        r.code(1);
+        let err = tenant(&r.json(), "a")["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(err.contains("--replace-model"), "{err}");
+    }
+    assert_eq!(model(), "m1");
+    assert_eq!(platform(&a), platform_of(&before));
+    // The same model again is fine (nothing to do), and --replace-model replaces.
+    fleet.cmd(&["run", "--model", "m1", "--yes"]).run().code(0);
+    fleet
+        .cmd(&["run", "--model", "m2", "--replace-model", "--yes"])
+        .run()
+        .code(0);
+    assert_eq!(model(), "m2");
+    fleet
+        .cmd(&["run", "--replace-model", "--yes"])
+        .run()
+        .code(2);
+}
+
+fn platform_of(snapshot: &str) -> String {
+    match snapshot.find("== orgctl") {
+        Some(i) => snapshot[..i].to_string(),
+        None => snapshot.to_string(),
+    }
 }

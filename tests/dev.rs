@@ -47,9 +47,109 @@ fn dev_down_refuses_a_foreign_directory() {
     std::fs::write(dir.join("precious.txt"), "keep").ok();
     let r = Cmd::new(&["dev", "down", "--dir", &dir.to_string_lossy()]).run();
     r.code(3)
-        .one_line_error("does not look like an orgctl dev directory");
+        .one_line_error("was not created by `orgctl dev up`");
     assert!(dir.join("precious.txt").exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 14 item 1: a `port` file or a `data/PG_VERSION` is not enough to be deleted.
+#[test]
+fn dev_down_refuses_lookalikes_and_a_mismatched_marker() {
+    let base = std::env::temp_dir().join(format!("orgctl-lookalike-{}", std::process::id()));
+    // The issue's reproduction: a port file and something precious.
+    let d = base.join("d");
+    std::fs::create_dir_all(d.join("sub")).ok();
+    std::fs::write(d.join("port"), "5432").ok();
+    std::fs::write(d.join("sub/precious"), "x").ok();
+    let r = Cmd::new(&["dev", "down", "--dir", &d.to_string_lossy()]).run();
+    r.code(3)
+        .one_line_error("not stopping or deleting anything");
+    assert!(d.join("sub/precious").exists() && d.join("port").exists());
+
+    // Something that looks like a cluster (data/PG_VERSION) but has no marker.
+    let pg = base.join("pgsql");
+    std::fs::create_dir_all(pg.join("data")).ok();
+    std::fs::write(pg.join("data/PG_VERSION"), "15").ok();
+    let r = Cmd::new(&["dev", "down", "--dir", &pg.to_string_lossy()]).run();
+    r.code(3)
+        .one_line_error("was not created by `orgctl dev up`");
+    assert!(pg.join("data/PG_VERSION").exists());
+    // dev up does not adopt it either.
+    let r = Cmd::new(&["dev", "up", "--dir", &pg.to_string_lossy()]).run();
+    r.code(3).one_line_error("did not create");
+    assert!(pg.join("data/PG_VERSION").exists());
+
+    // A marker copied next to a data directory it does not describe.
+    std::fs::write(
+        pg.join(orgctl::dev::MARKER),
+        "orgctl dev up\nsystem_identifier=7000000000000000001\nport=5432\n",
+    )
+    .ok();
+    let r = Cmd::new(&["dev", "down", "--dir", &pg.to_string_lossy()]).run();
+    r.code(3)
+        .one_line_error("does not hold the cluster its orgctl-dev.marker names");
+    assert!(pg.join("data/PG_VERSION").exists());
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// Issue 14 item 10: one default place whatever the current directory, and a failed `dev up`
+/// leaves nothing behind.
+#[test]
+fn dev_default_dir_is_independent_of_cwd_and_failure_leaves_nothing() {
+    let tmp = std::env::temp_dir().join(format!("orgctl-devtmp-{}", std::process::id()));
+    let a = tmp.join("a");
+    let b = tmp.join("b");
+    std::fs::create_dir_all(&a).ok();
+    std::fs::create_dir_all(&b).ok();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755));
+    }
+    let tmpdir = tmp.to_string_lossy().to_string();
+    let up = Cmd::new(&["dev", "up"])
+        .env("TMPDIR", &tmpdir)
+        .cwd(&a)
+        .run();
+    up.code(0);
+    assert_eq!(std::fs::read_dir(&a).map(|d| d.count()).unwrap_or(9), 0);
+    let dirs: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        dirs.iter()
+            .any(|n| n.to_string_lossy().starts_with("orgctl-dev-")),
+        "{dirs:?}"
+    );
+    // From elsewhere: the same server is found and stopped.
+    let down = Cmd::new(&["dev", "down"])
+        .env("TMPDIR", &tmpdir)
+        .cwd(&b)
+        .run();
+    down.code(0);
+    assert!(
+        down.stderr.contains("stopped the dev server"),
+        "{}",
+        down.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert_eq!(left.len(), 2, "only a/ and b/ remain: {left:?}");
+
+    // A port that is taken: dev up fails, and neither its directory nor a server remain.
+    let busy = match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => panic!("bind: {e}"),
+    };
+    let port = match busy.local_addr() {
+        Ok(a) => a.port().to_string(),
+        Err(e) => panic!("addr: {e}"),
+    };
+    let d = tmp.join("failing");
+    let r = Cmd::new(&["dev", "up", "--dir", &d.to_string_lossy(), "--port", &port]).run();
+    r.code(1).one_line_error("did not start");
+    assert!(!d.exists(), "a failed dev up leaves nothing behind");
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 #[test]

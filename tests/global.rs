@@ -243,3 +243,151 @@ fn unimplemented_help_and_version() {
     r.code(0);
     assert!(r.stdout.contains("Exit codes"));
 }
+
+/// Issue 14 item 11: messages that pointed the wrong way.
+#[tokio::test]
+async fn messages_point_the_right_way() {
+    // A database with none of the platform's tables is not "an old tenant to upgrade".
+    let not_tenant = server().url("postgres");
+    let r = Cmd::new(&["status"]).env("DATABASE_URL", &not_tenant).run();
+    r.code(3).one_line_error("it is not a tenant database");
+    assert!(!r.stderr.contains("upgrade"), "{}", r.stderr);
+
+    // TLS asked of a server without it: not "is the server running and reachable?".
+    let tls = format!("{}?sslmode=require", server().url("postgres"));
+    let r = Cmd::new(&["status"]).env("DATABASE_URL", &tls).run();
+    r.code(1).one_line_error("asks for TLS");
+    assert!(!r.stderr.contains("reachable"), "{}", r.stderr);
+
+    // The tenant lock held by psql (not orgctl) is named for what it is.
+    let db = TestDb::sample();
+    let mut psql = db.connect().await;
+    for q in [
+        "SET application_name = 'psql'",
+        "SELECT pg_advisory_lock(1869768547, 1)",
+    ] {
+        if let Err(e) = sqlx::query(q).execute(&mut psql).await {
+            panic!("{e}");
+        }
+    }
+    assert_eq!(orgctl::db::TENANT_LOCK, (1_869_768_547, 1));
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "--lock-timeout",
+            "200ms",
+        ])
+        .run_async()
+        .await;
+    r.code(3)
+        .one_line_error("a session that is not orgctl holds this tenant's lock");
+    assert!(r.stderr.contains("application 'psql'"), "{}", r.stderr);
+    assert!(!r.stderr.contains("another orgctl"), "{}", r.stderr);
+    drop(psql);
+
+    // A dry run that could not plan a tenant never says anything was rolled back.
+    let gone = format!(
+        "postgres://postgres:{}@127.0.0.1:{}/nowhere",
+        urlencode(PASSWORD),
+        orgctl::pgserver::free_port().unwrap_or(1)
+    );
+    let path = std::env::temp_dir().join(format!("orgctl-msg-{}.txt", std::process::id()));
+    std::fs::write(&path, format!("gone {gone}\n")).ok();
+    let p = path.to_string_lossy().to_string();
+    let r = Cmd::new(&["backfill", "run", "--dry-run", "--tenants", &p]).run();
+    r.code(1).one_line_error("dry run: nothing was changed");
+    assert!(!r.stderr.contains("rolled back"), "{}", r.stderr);
+    let r = Cmd::new(&[
+        "backfill",
+        "rollback",
+        "--dry-run",
+        "--run-id",
+        "bf-x",
+        "--tenants",
+        &p,
+    ])
+    .run();
+    r.code(1).one_line_error("dry run: nothing was changed");
+    assert!(!r.stderr.contains("rolled back"), "{}", r.stderr);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Issue 14 item 12: -v says where and how long and how many statements; -vv each statement
+/// (never a bound value); CI never prompts, even on a terminal; libpq variables are honoured.
+#[test]
+fn verbose_ci_and_libpq_variables() {
+    let db = TestDb::sample();
+    let v = db.orgctl(&["-v", "token", "list", "--limit", "1"]).run();
+    v.code(0);
+    assert!(
+        v.stderr.contains("token list on 127.0.0.1:"),
+        "{}",
+        v.stderr
+    );
+    assert!(v.stderr.contains("SQL statement(s)"), "{}", v.stderr);
+    assert!(!v.stderr.contains("sql: "), "{}", v.stderr);
+    let vv = db
+        .orgctl(&[
+            "-vv",
+            "secret",
+            "set",
+            "--global",
+            "LOG_LEVEL",
+            "--yes",
+            "--no-restart",
+        ])
+        .stdin(b"very-secret-value-42")
+        .run();
+    vv.code(0);
+    assert!(vv.stderr.contains("sql: "), "{}", vv.stderr);
+    assert!(vv.stderr.contains("rows "), "{}", vv.stderr);
+    assert!(!vv.stderr.contains("very-secret-value-42"), "{}", vv.stderr);
+    assert!(!vv.stderr.contains(PASSWORD), "{}", vv.stderr);
+    let q = db.orgctl(&["-q", "token", "list", "--limit", "1"]).run();
+    assert!(q.stderr.is_empty(), "{}", q.stderr);
+
+    // CI set: a terminal is attached, but orgctl refuses instead of prompting.
+    let before = db.snapshot();
+    let ci = db
+        .orgctl(&["token", "revoke", "--created-by", "session"])
+        .env("CI", "true")
+        .run_in_pty("y");
+    ci.code(3);
+    assert!(ci.stdout.contains("CI is set"), "{}", ci.stdout);
+    assert!(!ci.stdout.contains("[y/N]"), "{}", ci.stdout);
+    assert_eq!(db.snapshot(), before);
+    // CI=false is not CI.
+    let not_ci = db
+        .orgctl(&["token", "revoke", "--created-by", "session"])
+        .env("CI", "false")
+        .run_in_pty("n");
+    assert!(not_ci.stdout.contains("[y/N]"), "{}", not_ci.stdout);
+
+    // PGPASSWORD (and PGHOST, PGPORT, PGUSER, PGDATABASE) fill what the URL leaves out.
+    let Some((_, rest)) = db.url.split_once('@') else {
+        panic!("{}", db.url)
+    };
+    let (hostport, dbname) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "5432"));
+    let r = Cmd::new(&["token", "list", "--limit", "1"])
+        .env(
+            "DATABASE_URL",
+            &format!("postgres://postgres@{hostport}/{dbname}"),
+        )
+        .env("PGPASSWORD", PASSWORD)
+        .run();
+    r.code(0);
+    let r = Cmd::new(&["token", "list", "--limit", "1"])
+        .env("DATABASE_URL", "postgres://")
+        .env("PGHOST", host)
+        .env("PGPORT", port)
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", dbname)
+        .env("PGPASSWORD", PASSWORD)
+        .run();
+    r.code(0);
+    assert!(r.stdout.contains("sampl008"), "{}", r.stdout);
+}

@@ -341,6 +341,7 @@ pub struct Cmd {
     args: Vec<String>,
     env: Vec<(String, String)>,
     stdin: Option<Vec<u8>>,
+    cwd: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -397,7 +398,14 @@ impl Cmd {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
             stdin: None,
+            cwd: None,
         }
+    }
+
+    /// Run from this working directory.
+    pub fn cwd(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_path_buf());
+        self
     }
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
@@ -419,6 +427,9 @@ impl Cmd {
             .args(&self.args);
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
         }
         cmd
     }
@@ -448,6 +459,47 @@ impl Cmd {
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
+    /// Run on a pseudo-terminal (util-linux `script`), which reports a 0x0 size: stdin, stdout
+    /// and stderr are all the terminal, so both streams arrive merged in `stdout`. `input` is
+    /// typed on the terminal.
+    pub fn run_in_pty(&self, input: &str) -> Run {
+        let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_orgctl").to_string())
+            .chain(self.args.iter().cloned())
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
+        let mut inner = self.command();
+        let mut cmd = Command::new("script");
+        cmd.env_clear();
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        let _ = &mut inner;
+        cmd.args(["-qec", &quoted.join(" "), "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = cmd.spawn().and_then(|mut child| {
+            if let Some(mut si) = child.stdin.take() {
+                use std::io::Write;
+                std::thread::sleep(Duration::from_millis(300));
+                // The command may be done before anything is typed (a refusal): not an error.
+                let _ = si.write_all(input.as_bytes());
+            }
+            child.wait_with_output()
+        });
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => panic!("could not run script: {e}"),
+        };
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).replace('\r', ""),
             stderr: String::from_utf8_lossy(&out.stderr).to_string(),
         }
     }

@@ -574,6 +574,13 @@ async fn refuses_when_another_orgctl_holds_the_lock() {
     let db = TestDb::sample();
     let before = db.snapshot();
     let mut holder = db.connect().await;
+    // Another orgctl: its connections say application_name=orgctl.
+    if let Err(e) = sqlx::query("SET application_name = 'orgctl'")
+        .execute(&mut holder)
+        .await
+    {
+        panic!("{e}");
+    }
     let (k1, k2) = orgctl::db::TENANT_LOCK;
     if let Err(e) = sqlx::query("SELECT pg_advisory_lock($1, $2)")
         .bind(k1)
@@ -594,7 +601,8 @@ async fn refuses_when_another_orgctl_holds_the_lock() {
         ])
         .run_async()
         .await;
-    r.code(3).one_line_error("holds this tenant's lock");
+    r.code(3)
+        .one_line_error("another orgctl holds this tenant's lock");
     assert!(
         r.stderr.contains("backend pid"),
         "names the holder: {}",
@@ -939,4 +947,61 @@ fn broken_parent_chains_are_reported_never_walked() {
         db.scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL"),
         "1"
     );
+}
+
+/// Issue 14 item 8: the id a dry run shows for a created agent is the id apply creates (it was
+/// a fresh random id on every run), and the MODEL refusal names that same id.
+#[test]
+fn dry_run_shows_the_agent_id_apply_creates() {
+    let db = TestDb::sample();
+    let dry = |extra: &[&str]| {
+        let mut args = vec!["install-platform-agent", "--dry-run", "-o", "json"];
+        args.extend_from_slice(extra);
+        db.orgctl(&args).run()
+    };
+    let first = dry(&["--model", "m"]);
+    first.code(0);
+    let id = first.json()["platform_agent"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(id.len(), 36, "{}", first.stdout);
+    let second = dry(&["--model", "m"]);
+    assert_eq!(second.json()["platform_agent"]["id"], id.as_str());
+    assert_eq!(second.json()["reparented"][0]["new_parent_id"], id.as_str());
+
+    let refused = dry(&[]);
+    refused
+        .code(3)
+        .one_line_error(&format!("to be created ({id})"));
+
+    let applied = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .run();
+    applied.code(0);
+    assert_eq!(applied.json()["platform_agent"]["id"], id.as_str());
+    assert_eq!(
+        db.scalar("SELECT id FROM workspaces WHERE kind = 'platform'"),
+        id
+    );
+    // Another tenant with the same roots (a copy) on the same server: a different id.
+    let other = TestDb::sample();
+    let o = other
+        .orgctl(&[
+            "install-platform-agent",
+            "--dry-run",
+            "--model",
+            "m",
+            "-o",
+            "json",
+        ])
+        .run();
+    assert_ne!(o.json()["platform_agent"]["id"], id.as_str());
 }

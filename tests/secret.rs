@@ -1261,3 +1261,101 @@ fn ctrl_c_during_restarts_exits_130_saying_the_change_was_committed() {
     }
     assert!(!stderr.contains(TOKEN));
 }
+
+/// Issue 14 item 5: a value typed on argv is refused without being echoed, whatever shape.
+#[test]
+fn a_value_on_the_command_line_is_refused_without_echoing_it() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    let value = "hunter2-TOPSECRET";
+    for args in [
+        vec!["secret", "set", ids::HQ, "API_KEY", value],
+        vec!["secret", "set", ids::HQ, "API_KEY", value, "--yes"],
+        vec![
+            "secret",
+            "set",
+            "--global",
+            "API_KEY",
+            "--value=hunter2-TOPSECRET",
+        ],
+        vec![
+            "secret",
+            "set",
+            "--global",
+            "API_KEY=hunter2-TOPSECRET",
+            "--yes",
+        ],
+        vec![
+            "secret",
+            "set",
+            ids::HQ,
+            "API_KEY=hunter2-TOPSECRET",
+            "--yes",
+        ],
+        vec!["secret", "delete", ids::HQ, "API_KEY", value],
+    ] {
+        let r = db.orgctl(&args).stdin(b"").run();
+        r.code(2).one_line_error("secret");
+        assert!(
+            !r.stderr.contains("TOPSECRET") && !r.stdout.contains("TOPSECRET"),
+            "{args:?} echoed the value: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(db.snapshot(), before);
+}
+
+/// Issue 14 item 6: without a key (outside production) the write happens, in plaintext, and
+/// stderr says so; with a key, no such warning.
+#[test]
+fn a_plaintext_write_warns_on_stderr() {
+    let db = TestDb::sample();
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "LOG_LEVEL",
+            "--yes",
+            "--no-restart",
+        ])
+        .stdin(b"debug")
+        .run();
+    r.code(0);
+    assert!(
+        r.stderr
+            .contains("warning: SECRETS_ENCRYPTION_KEY is not set")
+            && r.stderr.contains("stored in plaintext"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        db.scalar("SELECT encryption_version FROM global_secrets WHERE key = 'LOG_LEVEL'"),
+        "0"
+    );
+    let keyed = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "LOG_LEVEL",
+            "--yes",
+            "--no-restart",
+        ])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(&[7u8; 32]))
+        .stdin(b"info")
+        .run();
+    keyed.code(0);
+    assert!(!keyed.stderr.contains("plaintext"), "{}", keyed.stderr);
+
+    // install --model without a key warns as well.
+    let i = db
+        .orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run();
+    i.code(0);
+    assert!(
+        i.stderr.contains("MODEL secret is stored in plaintext"),
+        "{}",
+        i.stderr
+    );
+}

@@ -343,6 +343,26 @@ fn mint_with_several_roots_and_no_agent_needs_org_which_must_be_a_root() {
     for root in [ids::HQ, ids::LABS, ids::LEGACY] {
         assert!(r.stderr.contains(root), "lists the roots: {}", r.stderr);
     }
+    // Issue 14 item 2: live roots first (the removed tombstone is older but comes last and is
+    // marked), and the message says how to choose.
+    let at = |id: &str| r.stderr.find(id).unwrap_or(usize::MAX);
+    assert!(
+        at(ids::HQ) < at(ids::LABS) && at(ids::LABS) < at(ids::LEGACY),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("{} 'Acme Legacy' (removed)", ids::LEGACY)),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("2 live"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("--org {}", ids::HQ)),
+        "says how to choose: {}",
+        r.stderr
+    );
     // A non-root, an unknown workspace, a malformed UUID.
     db.orgctl(&["token", "mint", "--org", ids::RESEARCH])
         .run()
@@ -1275,4 +1295,173 @@ fn bulk_revoke_reports_already_revoked_tokens_and_writes_nothing_when_none_is_li
             && !lines[0].contains("already")
     );
     assert!(lines[1].contains("dddd0002") && lines[1].contains("already revoked"));
+}
+
+/// Issue 14 item 3: the default table fits 80 columns with whole, copyable handles — on a
+/// pipe, and on a terminal that reports 0x0 — full ids with --wide; the revoke --created-by
+/// confirmation too.
+#[test]
+fn list_table_fits_80_columns_and_wide_shows_full_ids() {
+    let db = TestDb::sample();
+    let fits = |text: &str| {
+        for l in text.lines() {
+            assert!(l.chars().count() <= 80, "wider than 80: {l:?}\n{text}");
+        }
+    };
+    let r = db
+        .orgctl(&["token", "list", "--all", "--limit", "50"])
+        .run();
+    r.code(0);
+    fits(&r.stdout);
+    assert!(r.stdout.starts_with("PREFIX"), "{}", r.stdout);
+    for p in ["sampl001", "sampl004", "sampl007"] {
+        assert!(
+            r.stdout.contains(&format!("{p}  ")),
+            "{p} whole: {}",
+            r.stdout
+        );
+    }
+    assert!(!r.stdout.contains("70000000-0000-4000-8000-000000000004"));
+
+    let wide = db
+        .orgctl(&["token", "list", "--all", "--limit", "50", "--wide"])
+        .run();
+    wide.code(0);
+    assert!(wide.stdout.contains("70000000-0000-4000-8000-000000000004"));
+    assert!(wide.stdout.contains(ids::LABS), "{}", wide.stdout);
+
+    // A terminal that reports 0x0 (script's pty): 80 columns, never 1-character columns.
+    let tty = db.orgctl(&["token", "list"]).run_in_pty("");
+    tty.code(0);
+    fits(&tty.stdout);
+    assert!(tty.stdout.contains("sampl004"), "{}", tty.stdout);
+    let tty_wide = db.orgctl(&["token", "list", "--wide"]).run_in_pty("");
+    tty_wide.code(0);
+    assert!(
+        tty_wide
+            .stdout
+            .contains("70000000-0000-4000-8000-000000000004"),
+        "{}",
+        tty_wide.stdout
+    );
+
+    // The revoke --created-by confirmation, answered no: compact, and nothing changes.
+    let before = db.snapshot();
+    let c = db
+        .orgctl(&["token", "revoke", "--created-by", "session"])
+        .run_in_pty("n");
+    c.code(3);
+    assert!(c.stdout.contains("PREFIX"), "{}", c.stdout);
+    assert!(c.stdout.contains("sampl001  "), "{}", c.stdout);
+    let table: String = c
+        .stdout
+        .lines()
+        .filter(|l| !l.contains("[y/N]") && !l.starts_with("error"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fits(&table);
+    assert_eq!(db.snapshot(), before);
+}
+
+/// Issue 14 item 7: `token anchor --stale` moves every stale anchor to the root in one planned,
+/// confirmed, audited transaction, and `status` names it.
+#[test]
+fn anchor_stale_moves_every_stale_anchor_to_the_root() {
+    let db = TestDb::sample();
+    // Several roots and no agent: the root is ambiguous.
+    let before = db.snapshot();
+    db.orgctl(&["token", "anchor", "--stale", "--yes"])
+        .run()
+        .code(2)
+        .one_line_error("--org is required");
+    assert_eq!(db.snapshot(), before);
+
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run()
+        .code(0);
+    let agent = db.scalar("SELECT id FROM workspaces WHERE kind = 'platform'");
+    // Written after the install: a revoked token on a former root (stale: status counts it),
+    // and a revoked token on an ordinary non-root (not stale: left alone).
+    db.exec(&format!(
+        "INSERT INTO org_api_tokens (token_hash, prefix, name, created_by, revoked_at, org_id) VALUES
+           (sha256('late-1'::bytea), 'late0001', 'late', 'session', now(), '{}'),
+           (sha256('late-2'::bytea), 'late0002', 'late', 'session', now(), '{}')",
+        ids::LABS,
+        ids::RESEARCH
+    ));
+    let st = db.orgctl(&["status"]).run();
+    st.code(1);
+    assert!(
+        st.stdout.contains("orgctl token anchor --stale"),
+        "status names the fix: {}",
+        st.stdout
+    );
+
+    // Dry run: the plan, nothing changed, no audit row.
+    let before = db.snapshot();
+    let audits = db.audit_rows();
+    let dry = db
+        .orgctl(&["token", "anchor", "--stale", "--dry-run", "-o", "json"])
+        .run();
+    dry.code(0);
+    let j = dry.json();
+    assert_eq!(j["dry_run"], true);
+    assert_eq!(j["changed"], false);
+    assert_eq!(j["to"], agent.as_str());
+    assert_eq!(j["tokens"], 2, "{j}");
+    assert_eq!(db.snapshot(), before);
+    assert_eq!(db.audit_rows(), audits);
+
+    // No terminal, no --yes: refused, nothing changed.
+    db.orgctl(&["token", "anchor", "--stale"])
+        .run()
+        .code(3)
+        .one_line_error("confirmation needed");
+    assert_eq!(db.snapshot(), before);
+
+    let r = db
+        .orgctl(&["token", "anchor", "--stale", "--yes", "-o", "json"])
+        .run();
+    r.code(0);
+    assert_eq!(r.json()["changed"], true);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM org_api_tokens WHERE org_id = '{agent}'
+               AND prefix IN ('sampl008', 'late0001')"
+        )),
+        "2"
+    );
+    assert_eq!(
+        db.scalar("SELECT org_id FROM org_api_tokens WHERE prefix = 'late0002'"),
+        ids::RESEARCH,
+        "a revoked token on an ordinary non-root is not stale"
+    );
+    assert_eq!(db.audit_rows(), audits + 1);
+    assert_eq!(
+        db.scalar("SELECT args->>'tokens' FROM orgctl.audit_log ORDER BY id DESC LIMIT 1"),
+        "2"
+    );
+    let (_, sj) = crate::status::status_json(&db, &[]);
+    let check = sj
+        .checks
+        .iter()
+        .find(|c| c.name == "tokens_on_root")
+        .map(|c| c.ok);
+    assert_eq!(check, Some(true));
+
+    // Again: nothing to do, nothing written.
+    let again = db.orgctl(&["token", "anchor", "--stale", "--yes"]).run();
+    again.code(0);
+    assert!(again.stderr.contains("nothing to do"), "{}", again.stderr);
+    assert_eq!(db.audit_rows(), audits + 1);
+
+    // Bad input: a token and --stale, --dry-run without --stale, --stale --force.
+    for bad in [
+        &["token", "anchor", "sampl006", "--stale"][..],
+        &["token", "anchor", "sampl006", "--dry-run"][..],
+        &["token", "anchor", "--stale", "--force"][..],
+        &["token", "anchor"][..],
+    ] {
+        db.orgctl(bad).run().code(2);
+    }
 }

@@ -117,8 +117,24 @@ pub struct Job {
     pub settings: Settings,
     pub model: Option<Zeroizing<String>>,
     pub allow_missing_model: bool,
+    pub replace_model: bool,
     pub sb: SecretBox,
     pub dry_run: bool,
+}
+
+/// A rerun with another --model must not silently change the model of an agent that already
+/// exists: without --replace-model that tenant is refused (the dry run reports it the same).
+fn ensure_model_kept(plan: &Plan, replace_model: bool) -> Result<()> {
+    if plan.model == ModelAction::Replaced
+        && plan.agent.action != AgentAction::Create
+        && !replace_model
+    {
+        return Err(Error::refused(format!(
+            "the platform agent {} already has a different MODEL; a backfill does not replace it silently: pass --replace-model to replace it, or rerun without --model",
+            plan.agent.id
+        )));
+    }
+    Ok(())
 }
 
 impl Job {
@@ -198,6 +214,7 @@ async fn apply_inner(
         if let Some(e) = plan.refusal() {
             return Err(e);
         }
+        ensure_model_kept(&plan, job.replace_model)?;
         let status = if plan.changed() {
             Status::Pending
         } else {
@@ -227,6 +244,7 @@ async fn apply_inner(
     if let Some(e) = plan.refusal() {
         return Err(e);
     }
+    ensure_model_kept(&plan, job.replace_model)?;
     if !plan.changed() {
         record_run(&mut tx, &job.run_id, &t.name, "skipped", &plan).await?;
         commit(tx, committing).await?;
@@ -535,7 +553,7 @@ fn totals(results: &[TenantResult]) -> Totals {
 
 pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Result<Exit> {
     let out = &ctx.out;
-    let shard = args.shard.as_deref().map(Shard::parse).transpose()?;
+    let shard = Shard::from_args(&args.shard)?;
     let run_id = match &args.run_id {
         Some(id) => {
             super::check_run_id(id)?;
@@ -546,10 +564,7 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     // Checked once up front, so a bad --model is a usage error and not N failed tenants.
     let _ = InstallInput::new(None, None, args.model.as_deref(), args.allow_missing_model)?;
     let all = super::tenants::read(&args.tenants)?;
-    let selected: Vec<Tenant> = match shard {
-        Some(s) => all.into_iter().filter(|t| s.contains(&t.name)).collect(),
-        None => all,
-    };
+    let selected: Vec<Tenant> = Shard::select(shard, all);
     // The run id comes first, so an operator can resume or roll back whatever happens next.
     eprintln!("run id: {run_id}");
     let what = format!(
@@ -584,12 +599,19 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         ));
     }
 
+    let sb = SecretBox::from_env();
+    if args.model.is_some() {
+        if let Some(w) = sb.plaintext_warning("the agents' MODEL secret") {
+            out.warn(&w);
+        }
+    }
     let job = Arc::new(Job {
         run_id: run_id.clone(),
         settings: ctx.settings.clone(),
         model: args.model.as_deref().map(|m| Zeroizing::new(m.to_string())),
         allow_missing_model: args.allow_missing_model,
-        sb: SecretBox::from_env(),
+        replace_model: args.replace_model,
+        sb,
         dry_run: args.dry_run,
     });
     let started_at = Utc::now();
@@ -704,15 +726,29 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     if interrupted {
         return Err(Error::new(
             Exit::Interrupted,
-            format!(
-                "interrupted: {} tenant(s) were not started; in-flight tenants finished or rolled back; resume with --run-id {run_id}",
-                t.not_started
-            ),
+            if args.dry_run {
+                format!(
+                    "interrupted: {} tenant(s) were not planned (dry run: nothing was changed)",
+                    t.not_started
+                )
+            } else {
+                format!(
+                    "interrupted: {} tenant(s) were not started; in-flight tenants finished or rolled back; resume with --run-id {run_id}",
+                    t.not_started
+                )
+            },
         ));
+    }
+    if args.dry_run && t.failed > 0 {
+        // Nothing ran, so nothing "rolled back".
+        return Err(Error::failed(format!(
+            "{} of {} tenant(s) could not be planned (see the summary); dry run: nothing was changed",
+            t.failed, t.tenants
+        )));
     }
     if t.failed > 0 || t.not_started > 0 {
         return Err(Error::failed(format!(
-            "{} of {} tenant(s) failed{}; each rolled back alone: fix and rerun with --run-id {run_id} to resume",
+            "{} of {} tenant(s) failed{}; a failed tenant is left as it was: fix and rerun with --run-id {run_id} to resume",
             t.failed,
             t.tenants,
             if canary_stopped {

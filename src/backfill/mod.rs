@@ -8,7 +8,7 @@
 //! - [`verify`]: rollback's plan-proof joins and its check of every restored row.
 //! - [`status`]: each tenant's state under a run, read-only.
 //!
-//! Ctrl-C: backfill handles it itself (see [`Cancel`]) instead of having its future dropped:
+//! Ctrl-C (and SIGTERM, the same as the first Ctrl-C): backfill handles it itself (see [`Cancel`]) instead of having its future dropped:
 //! the first Ctrl-C starts no new tenant and lets in-flight ones finish or roll back, then the
 //! summary prints and the exit code is 130; a second Ctrl-C abandons the in-flight tenants
 //! (closing their connections rolls their transactions back), except one whose COMMIT is on the
@@ -50,19 +50,12 @@ pub struct Cancel {
 }
 
 impl Cancel {
-    /// Listen for Ctrl-C for the rest of the command.
+    /// Listen for Ctrl-C and SIGTERM for the rest of the command (two signals within about
+    /// a second count as one: see [`crate::interrupt::SAME_SIGNAL_WINDOW`]).
     pub fn listen() -> Self {
-        let (tx, rx) = watch::channel(0u8);
-        tokio::spawn(async move {
-            let mut n = 0u8;
-            while tokio::signal::ctrl_c().await.is_ok() {
-                n = n.saturating_add(1);
-                if tx.send(n).is_err() {
-                    break;
-                }
-            }
-        });
-        Cancel { rx }
+        Cancel {
+            rx: crate::interrupt::level(),
+        }
     }
 
     /// A Cancel that never fires (tests of the modules).
@@ -191,8 +184,16 @@ where
                     None => break,
                 }
             }
-            // Wake up to stop starting tenants as soon as Ctrl-C arrives.
-            _ = cancel_rx.reached(1), if !cancel.stopping() => {}
+            // Wake up to stop starting tenants as soon as Ctrl-C arrives, and say what happens
+            // now, so a waiting operator does not press it again.
+            _ = cancel_rx.reached(1), if !cancel.stopping() => {
+                let n = set.len();
+                crate::interrupt::say(&format!(
+                    "interrupted: starting no new tenant; finishing {n} in-flight tenant{} (Ctrl-C again to abandon {})",
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { "it: its transaction rolls back" } else { "them: their transactions roll back" }
+                ));
+            }
         }
     }
     slots

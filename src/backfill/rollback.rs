@@ -873,7 +873,8 @@ struct Report {
 pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) -> Result<Exit> {
     let out = &ctx.out;
     super::check_run_id(&args.run_id)?;
-    let all = super::tenants::read(&args.tenants)?;
+    let shard = super::Shard::from_args(&args.shard)?;
+    let all = super::Shard::select(shard, super::tenants::read(&args.tenants)?);
     let selected: Vec<Tenant> = if args.tenant.is_empty() {
         all
     } else {
@@ -883,8 +884,11 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
                 Some(t) => v.push(t.clone()),
                 None => {
                     return Err(Error::usage(format!(
-                        "--tenant '{}' is not in the tenants file",
-                        crate::error::sanitize(name)
+                        "--tenant '{}' is not in the tenants file{}",
+                        crate::error::sanitize(name),
+                        shard
+                            .map(|s| format!(" (or not in shard {s})"))
+                            .unwrap_or_default()
                     )))
                 }
             }
@@ -1012,21 +1016,38 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
     if report.interrupted {
         return Err(Error::new(
             Exit::Interrupted,
-            format!(
-                "interrupted: {} tenant(s) were not started; in-flight tenants finished or rolled back",
-                count(Status::NotStarted)
-            ),
+            if args.dry_run {
+                format!(
+                    "interrupted: {} tenant(s) were not checked (dry run: nothing was changed)",
+                    count(Status::NotStarted)
+                )
+            } else {
+                format!(
+                    "interrupted: {} tenant(s) were not started; in-flight tenants finished or rolled back",
+                    count(Status::NotStarted)
+                )
+            },
         ));
     }
     let failed = count(Status::Failed);
     let refused = count(Status::Refused);
     if failed > 0 {
         return Err(Error::failed(format!(
-            "{failed} tenant(s) failed to roll back{}; each rolled back alone: see the summary and rerun",
+            "{failed} tenant(s) {}{}; {}: see the summary and rerun",
+            if args.dry_run {
+                "could not be checked"
+            } else {
+                "failed to roll back"
+            },
             if refused > 0 {
                 format!(" and {refused} refused because of drift")
             } else {
                 String::new()
+            },
+            if args.dry_run {
+                "dry run: nothing was changed"
+            } else {
+                "a failed tenant is left as it was"
             }
         )));
     }

@@ -87,13 +87,27 @@ async fn read(run_id: &str, settings: &Settings, t: &Tenant) -> Result<TenantSta
 #[derive(Serialize)]
 struct Report {
     run_id: String,
+    shard: Option<String>,
+    /// Tenants per status (applied, skipped, failed, rolled_back, never_reached, unknown),
+    /// every status present with 0 when none, and `tenants`: how many were read.
+    totals: std::collections::BTreeMap<&'static str, usize>,
     tenants: Vec<TenantStatus>,
 }
+
+const STATUSES: [&str; 6] = [
+    "applied",
+    "skipped",
+    "failed",
+    "rolled_back",
+    "never_reached",
+    "unknown",
+];
 
 pub async fn run(ctx: &Context, args: &BackfillStatusArgs, cancel: &Cancel) -> Result<Exit> {
     let out = &ctx.out;
     super::check_run_id(&args.run_id)?;
-    let tenants = super::tenants::read(&args.tenants)?;
+    let shard = super::Shard::from_args(&args.shard)?;
+    let tenants = super::Shard::select(shard, super::tenants::read(&args.tenants)?);
     let run_id = Arc::new(args.run_id.clone());
     let settings = Arc::new(ctx.settings.clone());
     let work = |t: Tenant, _c: Committing| tenant(run_id.clone(), settings.clone(), t);
@@ -109,8 +123,18 @@ pub async fn run(ctx: &Context, args: &BackfillStatusArgs, cancel: &Cancel) -> R
             _ => TenantStatus::new(t, "unknown"),
         })
         .collect();
+    let mut totals: std::collections::BTreeMap<&'static str, usize> =
+        STATUSES.iter().map(|s| (*s, 0)).collect();
+    totals.insert("tenants", statuses.len());
+    for s in &statuses {
+        if let Some(k) = STATUSES.iter().find(|k| **k == s.status) {
+            *totals.entry(k).or_default() += 1;
+        }
+    }
     let report = Report {
         run_id: args.run_id.clone(),
+        shard: shard.map(|s| s.to_string()),
+        totals,
         tenants: statuses,
     };
     if out.json_mode() {
@@ -129,7 +153,7 @@ pub async fn run(ctx: &Context, args: &BackfillStatusArgs, cancel: &Cancel) -> R
             table.add_row(vec![
                 crate::error::sanitize(&s.tenant),
                 s.status.clone(),
-                s.at.map(|a| a.format("%Y-%m-%d %H:%M:%SZ").to_string())
+                s.at.map(|a| a.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                     .unwrap_or_else(|| "-".into()),
                 s.reparented.to_string(),
                 s.tokens_moved.to_string(),

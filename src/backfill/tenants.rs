@@ -151,6 +151,51 @@ impl std::fmt::Display for Shard {
     }
 }
 
+impl Shard {
+    /// The shard options of run, status and rollback: `--shard I/N`, or `--shards N` with I from
+    /// `JOB_COMPLETION_INDEX` (0-based), or none (every tenant).
+    pub fn from_args(a: &crate::cli::ShardArgs) -> Result<Option<Shard>> {
+        if let Some(s) = &a.shard {
+            return Shard::parse(s).map(Some);
+        }
+        let Some(n) = a.shards else {
+            return Ok(None);
+        };
+        if n == 0 {
+            return Err(Error::usage("--shards must be at least 1"));
+        }
+        let raw = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+            Error::usage(
+                "--shards N takes this worker's shard from JOB_COMPLETION_INDEX, which is not set; pass --shard I/N instead",
+            )
+        })?;
+        let index: u64 = raw.trim().parse().map_err(|_| {
+            Error::usage(format!(
+                "JOB_COMPLETION_INDEX '{}' is not a number (0-based shard index)",
+                crate::error::sanitize(&raw)
+            ))
+        })?;
+        if index >= n {
+            return Err(Error::usage(format!(
+                "JOB_COMPLETION_INDEX {index} is out of range for --shards {n} (0 to {})",
+                n - 1
+            )));
+        }
+        Ok(Some(Shard {
+            index: index + 1,
+            count: n,
+        }))
+    }
+
+    /// The tenants of this shard (all without one).
+    pub fn select(shard: Option<Shard>, all: Vec<Tenant>) -> Vec<Tenant> {
+        match shard {
+            Some(s) => all.into_iter().filter(|t| s.contains(&t.name)).collect(),
+            None => all,
+        }
+    }
+}
+
 /// The stable shard hash: the first 8 bytes of sha256(name) as a big-endian u64.
 pub fn shard_hash(name: &str) -> u64 {
     let d = sha2::Sha256::digest(name.as_bytes());

@@ -88,6 +88,17 @@ impl SecretBox {
         }
     }
 
+    /// The stderr warning for a write that will be stored in plaintext (no key, outside
+    /// production: SPEC §1), or None when the write is encrypted or refused anyway.
+    pub fn plaintext_warning(&self, what: &str) -> Option<String> {
+        match self.write_version() {
+            Ok(0) => Some(format!(
+                "SECRETS_ENCRYPTION_KEY is not set: {what} is stored in plaintext (encryption_version 0); set the platform's key in SECRETS_ENCRYPTION_KEY to encrypt it"
+            )),
+            _ => None,
+        }
+    }
+
     /// Encrypt (or, without a key outside production, pass through) a value for storage.
     /// Returns `(encrypted_value, encryption_version)`.
     pub fn seal(&self, plaintext: &[u8]) -> Result<(Vec<u8>, i32)> {
