@@ -11,6 +11,7 @@ mod docs;
 mod global;
 mod install;
 mod interactive;
+mod kubernetes;
 mod pooler;
 mod rekey;
 mod reliability;
