@@ -758,6 +758,7 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         totals: totals(&results),
         tenants: results,
     };
+    render(ctx, &report)?;
     if let Some(mut j) = jsonl {
         // The tenants that never finished (not started, abandoned, panicked), then the summary.
         for r in report
@@ -770,7 +771,6 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         j.line("summary", &report.run_id, &Summary::of(&report));
         j.finish()?;
     }
-    render(ctx, &report)?;
     if let Some(path) = args.report.as_ref().filter(|p| !super::jsonl::wanted(p)) {
         super::write_report(path, &report)?;
     }
