@@ -1286,13 +1286,17 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__delete)
-            opts="-o -y -q -v -h -V --global --no-restart --force --platform-url --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --no-restart --force --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --platform-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --restart-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1510,7 +1514,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__set)
-            opts="-o -y -q -v -h -V --global --value-file --no-restart --platform-url --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --value-file --no-restart --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1521,6 +1525,10 @@ _orgctl() {
                     return 0
                     ;;
                 --platform-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --restart-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -372,13 +372,15 @@ pub enum SecretCommand {
     /// Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv
     ///
     /// Encrypts the value as the platform reads it (AES-256-GCM with SECRETS_ENCRYPTION_KEY,
+    /// untrimmed: base64 of exactly 32 bytes, or 32 raw bytes that are not base64;
     /// encryption_version 1; without a key the plain bytes, version 0, refused in production),
     /// upserts it, then restarts the workspaces the change affects:
     ///   WORKSPACE_ID  the workspace itself, only when a lookup proves it is not the platform
     ///                 agent (kind='platform'); an unprovable kind is not restarted either;
-    ///                 removed, paused and external workspaces are not restarted
-    ///   --global      every workspace that inherits the key: not removed or paused, not
-    ///                 external, not the platform agent, no workspace-level override
+    ///                 like the platform's own restart, removed, paused, hibernated and
+    ///                 external workspaces and those under a paused ancestor are skipped
+    ///   --global      every workspace that inherits the key (no workspace-level override),
+    ///                 under the same rules, never the platform agent; each skip has a reason
     /// Restarts are POST {URL}/workspaces/{id}/restart with MOLECULE_ADMIN_TOKEN as bearer,
     /// after the commit. Without a platform URL the restart plan is printed instead; a failed
     /// restart is exit 1 (the secret stays committed), naming each workspace.
@@ -517,6 +519,10 @@ pub struct SecretSetArgs {
     /// Show the write and the restart plan; change nothing, restart nothing, never ask.
     #[arg(long)]
     pub dry_run: bool,
+    /// Deadline for all the restart calls together (e.g. 90s, 10m): calls not started by
+    /// then are reported as not attempted (the secret stays committed; exit 1).
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
+    pub restart_timeout: Duration,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -543,6 +549,10 @@ pub struct SecretDeleteArgs {
     /// Show the delete and the restart plan; change nothing, restart nothing, never ask.
     #[arg(long)]
     pub dry_run: bool,
+    /// Deadline for all the restart calls together (e.g. 90s, 10m): calls not started by
+    /// then are reported as not attempted (the secret stays committed; exit 1).
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
+    pub restart_timeout: Duration,
 }
 
 #[derive(Debug, Args, Clone)]

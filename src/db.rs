@@ -19,9 +19,20 @@ use crate::redact;
 /// there, so it never meets a platform's table of the same name).
 pub static ORGCTL_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/orgctl");
 
-/// The platform tables orgctl touches, as the platform defines them. Applied only to databases
-/// orgctl creates itself (`dev up`, tests), never to a real tenant.
-pub const PLATFORM_SCHEMA_SQL: &str = include_str!("../migrations/platform/0001_platform.sql");
+/// The platform tables orgctl touches, as the platform defines them, plus the shape of the
+/// real schema around them (more workspaces columns, tables referencing workspaces in each
+/// way). Applied only to databases orgctl creates itself (`dev up`, tests), never to a real
+/// tenant.
+pub const PLATFORM_SCHEMA_SQL: &str = concat!(
+    include_str!("../migrations/platform/0001_platform.sql"),
+    "\n",
+    include_str!("../migrations/platform/0002_real_shape.sql"),
+);
+
+/// An older tenant's variant, applied after [`PLATFORM_SCHEMA_SQL`]: `workspaces.status` as
+/// TEXT instead of the enum (dev/test only).
+pub const PLATFORM_LEGACY_TEXT_STATUS_SQL: &str =
+    include_str!("../migrations/platform/legacy_text_status.sql");
 
 /// The advisory lock every mutation of a tenant takes (two int4 keys: "orgc", 1). Advisory
 /// locks are per database, so this is per tenant.
@@ -86,7 +97,7 @@ impl DbUrl {
         let opts = PgConnectOptions::from_str(raw).map_err(|e| {
             Error::usage(format!(
                 "invalid database URL {redacted}: {}",
-                redact::mask(&e.to_string())
+                redact::mask(&crate::error::driver_text(&e))
             ))
         })?;
         let host = format!(
@@ -240,6 +251,7 @@ pub async fn connect(url: &DbUrl, _settings: &Settings) -> Result<PgConnection> 
     }
 
     let mut last: Option<Error> = None;
+    let started = std::time::Instant::now();
     for attempt in 0..CONNECT_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
@@ -266,7 +278,22 @@ pub async fn connect(url: &DbUrl, _settings: &Settings) -> Result<PgConnection> 
             }
         }
     }
-    Err(last.unwrap_or_else(|| Error::failed(format!("could not connect to {}", url.target()))))
+    let last =
+        last.unwrap_or_else(|| Error::failed(format!("could not connect to {}", url.target())));
+    Err(after_attempts(last, started.elapsed()))
+}
+
+/// The last connection error, saying how long connecting took in all: "no answer within 10s"
+/// alone, after three attempts and 31 s, undersold the wait.
+fn after_attempts(last: Error, total: Duration) -> Error {
+    Error::new(
+        last.exit,
+        format!(
+            "{} ({CONNECT_ATTEMPTS} attempts, {:.1}s in all)",
+            last.message,
+            total.as_secs_f64()
+        ),
+    )
 }
 
 /// A TLS failure the driver reports as I/O (rustls errors surface as `io::Error`).
@@ -652,13 +679,48 @@ pub async fn ensure_compatible(conn: &mut PgConnection) -> Result<()> {
     }
 }
 
-/// Whether orgctl's own schema exists (read-only commands must not create it).
+/// Whether orgctl's own schema exists (read-only commands must not create it), whether or not
+/// this role may read it.
 pub async fn orgctl_schema_exists(conn: &mut PgConnection) -> Result<bool> {
-    Ok(
-        query_scalar("SELECT to_regclass('orgctl.audit_log') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?,
+    Ok(!matches!(
+        orgctl_table(conn, "audit_log").await?,
+        Access::Absent
+    ))
+}
+
+/// Whether a table of orgctl's own schema exists, and whether this role may read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Absent,
+    Readable,
+    /// It exists, but the role lacks USAGE on schema orgctl or SELECT on the table (a
+    /// read-only CI role, after another role created the schema).
+    NotReadable,
+}
+
+/// Look an orgctl table up through the catalog by name: `to_regclass('orgctl.x')` raises
+/// "permission denied for schema orgctl" for a role without USAGE on it, where a read-only
+/// command should carry on and report orgctl's own state as not readable.
+pub async fn orgctl_table(conn: &mut PgConnection, table: &str) -> Result<Access> {
+    let readable: Option<bool> = query_scalar(
+        "SELECT has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT')
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'orgctl' AND c.relname = $1",
     )
+    .bind(table)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match readable {
+        None => Access::Absent,
+        Some(true) => Access::Readable,
+        Some(false) => Access::NotReadable,
+    })
+}
+
+/// Whether an orgctl table can be read now: absent and unreadable both read as "no state".
+pub async fn orgctl_table_readable(conn: &mut PgConnection, table: &str) -> Result<bool> {
+    Ok(orgctl_table(conn, table).await? == Access::Readable)
 }
 
 /// sqlx's own version table, qualified: the same columns sqlx's migrator uses, so sqlx tooling
@@ -709,10 +771,15 @@ pub async fn ensure_orgctl_schema(
     sqlx::Executor::execute(&mut *tx, MIGRATIONS_TABLE_SQL)
         .await
         .map_err(|e| {
+            let classified = crate::error::classify_sqlx(&e);
+            if is_read_only(&e) {
+                // A standby or default_transaction_read_only: no grant helps.
+                return classified;
+            }
             Error::refused(format!(
                 "could not create orgctl's own schema on {}: {}; ask a DBA to run CREATE SCHEMA orgctl AUTHORIZATION {}",
                 url.target(),
-                crate::error::classify_sqlx(&e).message,
+                classified.message,
                 url.opts.get_username()
             ))
         })?;
@@ -768,17 +835,41 @@ pub async fn ensure_orgctl_schema(
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
+    // Not through commit_or_resolve: nothing of the tenant changes here, and a rerun finishes
+    // whatever this did or did not commit. But a lost answer is not "rolled back".
+    tx.commit().await.map_err(|e| match e {
+        sqlx::Error::Database(_) => Error::from(e),
+        other => Error::failed(format!(
+            "the connection to {} was lost while committing orgctl's own schema ({}); it may or may not have been created, and nothing else was changed: rerun",
+            url.target(),
+            lost_cause(&other)
+        )),
+    })?;
     Ok(())
+}
+
+fn is_read_only(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(sqlstate::READ_ONLY_TXN))
+}
+
+async fn current_role(conn: &mut PgConnection) -> String {
+    query_scalar("SELECT current_user::text")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or_else(|_| "?".to_string())
 }
 
 /// The highest successfully applied orgctl migration, or None before orgctl's first write.
 async fn applied_version(conn: &mut PgConnection) -> Result<Option<i64>> {
-    let has_table: bool = query_scalar("SELECT to_regclass('orgctl._sqlx_migrations') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await?;
-    if !has_table {
-        return Ok(None);
+    match orgctl_table(conn, "_sqlx_migrations").await? {
+        Access::Absent => return Ok(None),
+        Access::Readable => {}
+        Access::NotReadable => {
+            return Err(Error::refused(format!(
+                "role '{}' may not use orgctl's own schema (another role created it): nothing was changed; ask a DBA to GRANT USAGE ON SCHEMA orgctl and SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA orgctl to it, or run as the role that owns it",
+                current_role(conn).await
+            )))
+        }
     }
     Ok(
         query_scalar("SELECT max(version) FROM orgctl._sqlx_migrations WHERE success")
@@ -806,30 +897,287 @@ pub fn ensure_rows(what: &str, touched: u64, planned: i64) -> Result<()> {
 }
 
 /// Append an audit row in the caller's transaction. `args` must already be free of secret
-/// values.
+/// values. Returns the row's `txid`, a fresh id that names this write transaction: pass it to
+/// [`commit_or_resolve`] as [`Evidence::Audit`], so a COMMIT whose answer is lost can be
+/// checked afterwards.
 pub async fn audit(
     conn: &mut PgConnection,
     command: &str,
     args: &serde_json::Value,
     outcome: &str,
-) -> Result<()> {
+) -> Result<uuid::Uuid> {
+    let txid = uuid::Uuid::new_v4();
     query(
-        "INSERT INTO orgctl.audit_log (os_user, command, args, outcome, orgctl_version)
-         VALUES ($1, $2, $3::jsonb, $4, $5)",
+        "INSERT INTO orgctl.audit_log (os_user, command, args, outcome, orgctl_version, txid)
+         VALUES ($1, $2, $3::jsonb, $4, $5, $6)",
     )
     .bind(crate::sys::os_user())
     .bind(command)
     .bind(args.to_string())
     .bind(outcome)
     .bind(env!("CARGO_PKG_VERSION"))
+    .bind(txid)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(txid)
+}
+
+// ---------------------------------------------------------------------------------------------
+// COMMIT, and finding out what happened when its answer is lost
+
+/// How long the check after a lost COMMIT waits for the lost transaction to end (it holds the
+/// tenant lock until its COMMIT or rollback has finished on the server).
+const RESOLVE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// What a write transaction left behind that proves it committed, looked for after a lost
+/// COMMIT.
+#[derive(Clone, Debug)]
+pub enum Evidence {
+    /// The audit row written in the transaction, by its `txid` (from [`audit`]).
+    Audit(uuid::Uuid),
+    /// The token `token mint` inserted, by its hash; the prefix is for messages.
+    Token { hash: Vec<u8>, prefix: String },
+    /// The backfill run-state row, at the status the transaction set (a `skipped` tenant
+    /// writes no audit row). Before the transaction the row was absent or `failed`.
+    RunRow {
+        run_id: String,
+        status: &'static str,
+    },
+}
+
+impl Evidence {
+    /// What an operator checks when orgctl could not.
+    pub fn check(&self) -> String {
+        match self {
+            Evidence::Audit(id) => format!(
+                "whether orgctl.audit_log has a row with txid {id} (SELECT * FROM orgctl.audit_log WHERE txid = '{id}'): if it has, the change was committed"
+            ),
+            Evidence::Token { prefix, .. } => format!(
+                "whether a token with prefix {prefix} exists (`orgctl token list --all`): if it does, it is live; revoke it with `orgctl token revoke -- {prefix}`"
+            ),
+            Evidence::RunRow { run_id, status } => format!(
+                "`orgctl backfill status --run-id {run_id}`: the tenant's run row says '{status}' if the change was committed"
+            ),
+        }
+    }
+
+    async fn present(&self, conn: &mut PgConnection) -> Result<bool> {
+        let found: bool = match self {
+            Evidence::Audit(id) => {
+                query_scalar("SELECT EXISTS (SELECT 1 FROM orgctl.audit_log WHERE txid = $1)")
+                    .bind(id)
+                    .fetch_one(&mut *conn)
+                    .await?
+            }
+            Evidence::Token { hash, .. } => {
+                query_scalar("SELECT EXISTS (SELECT 1 FROM org_api_tokens WHERE token_hash = $1)")
+                    .bind(hash)
+                    .fetch_one(&mut *conn)
+                    .await?
+            }
+            Evidence::RunRow { run_id, status } => {
+                query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM orgctl.backfill_runs
+                                     WHERE run_id = $1 AND status = $2)",
+                )
+                .bind(run_id)
+                .bind(*status)
+                .fetch_one(&mut *conn)
+                .await?
+            }
+        };
+        Ok(found)
+    }
+}
+
+/// A COMMIT that went through.
+pub enum Committed {
+    /// The server answered.
+    Answered,
+    /// The answer was lost, and orgctl verified on a new connection that the change is
+    /// committed. The new connection is here for the work that follows the commit (the old one
+    /// is gone).
+    Verified(PgConnection),
+}
+
+impl Committed {
+    /// Replace a connection that died with the COMMIT's answer by the verified one.
+    pub fn reconnected(self, conn: &mut PgConnection) {
+        if let Committed::Verified(c) = self {
+            *conn = c;
+        }
+    }
+
+    /// A line for stderr when the commit had to be verified.
+    pub fn note(&self) -> Option<&'static str> {
+        match self {
+            Committed::Answered => None,
+            Committed::Verified(_) => Some(
+                "The connection was lost during COMMIT; orgctl reconnected and verified that the change was committed.",
+            ),
+        }
+    }
+}
+
+/// A COMMIT that did not go through, or whose outcome is unknown.
+#[derive(Debug)]
+pub enum CommitError {
+    /// The server refused the COMMIT (it answered with an error): rolled back.
+    Refused { cause: String },
+    /// The connection was lost; orgctl reconnected and found no trace of the transaction.
+    NotCommitted { target: String, cause: String },
+    /// The connection was lost and orgctl could not find out. The change may be committed.
+    InDoubt {
+        target: String,
+        cause: String,
+        why: String,
+        check: String,
+    },
+}
+
+impl CommitError {
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, CommitError::InDoubt { .. })
+    }
+}
+
+impl From<CommitError> for Error {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Refused { cause } => Error::failed(format!(
+                "the database refused the COMMIT ({cause}); the transaction was rolled back, nothing was changed"
+            )),
+            CommitError::NotCommitted { target, cause } => Error::failed(format!(
+                "the connection to {target} was lost during COMMIT ({cause}); orgctl reconnected and verified that the change was NOT committed: nothing was changed, rerun"
+            )),
+            CommitError::InDoubt {
+                target,
+                cause,
+                why,
+                check,
+            } => {
+                let mut e = Error::failed(format!(
+                    "the connection to {target} was lost during COMMIT ({cause}) and orgctl could not find out whether the change was committed ({why}): it may have been committed; check {check}"
+                ));
+                e.in_doubt = true;
+                e
+            }
+        }
+    }
+}
+
+/// COMMIT a write transaction, and tell the truth about it. An error the server answers the
+/// COMMIT with means rolled back. Any other failure (the connection dropped, the server went
+/// away) leaves the COMMIT *in doubt*: it may have reached the server and committed. Then
+/// orgctl reconnects (the bounded retry of [`connect`]), waits for the tenant lock (the lost
+/// transaction holds it until its COMMIT or rollback has finished, so the check cannot run
+/// before the outcome is settled), and looks for `evidence`: found is committed, not found is
+/// not committed; when it cannot look, the answer is "may have been committed", naming what to
+/// check. Every mutating command commits through here.
+pub async fn commit_or_resolve(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    url: &DbUrl,
+    settings: &Settings,
+    evidence: &Evidence,
+) -> std::result::Result<Committed, CommitError> {
+    let err = match tx.commit().await {
+        Ok(()) => return Ok(Committed::Answered),
+        Err(e) => e,
+    };
+    if let sqlx::Error::Database(db) = &err {
+        let fatal = db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .map(|pg| {
+                matches!(
+                    pg.severity(),
+                    sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
+                )
+            })
+            .unwrap_or(true);
+        if !fatal {
+            // An ordinary ERROR answer: the server is there and rolled the transaction back.
+            return Err(CommitError::Refused {
+                cause: db.message().to_string(),
+            });
+        }
+    }
+    let cause = lost_cause(&err);
+    let target = url.target().to_string();
+    match resolve(url, settings, evidence).await {
+        Ok((true, conn)) => Ok(Committed::Verified(conn)),
+        Ok((false, _)) => Err(CommitError::NotCommitted { target, cause }),
+        Err(why) => Err(CommitError::InDoubt {
+            target,
+            cause,
+            why,
+            check: evidence.check(),
+        }),
+    }
+}
+
+/// The driver error of a lost COMMIT, short and without "rolled back" (which it may not be).
+fn lost_cause(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(db) => db.message().to_string(),
+        sqlx::Error::Protocol(p) => p.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Reconnect, wait until the lost transaction has ended, and look for its evidence.
+async fn resolve(
+    url: &DbUrl,
+    settings: &Settings,
+    evidence: &Evidence,
+) -> std::result::Result<(bool, PgConnection), String> {
+    let mut conn = connect(url, settings)
+        .await
+        .map_err(|e| format!("reconnecting failed: {}", e.message))?;
+    let found = async {
+        let mut tx = begin_write(&mut conn, settings).await?;
+        query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(format!("{}ms", RESOLVE_LOCK_WAIT.as_millis()))
+            .execute(&mut *tx)
+            .await?;
+        query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(TENANT_LOCK.0)
+            .bind(TENANT_LOCK.1)
+            .execute(&mut *tx)
+            .await?;
+        let found = evidence.present(&mut tx).await?;
+        tx.rollback().await?;
+        Ok::<bool, Error>(found)
+    }
+    .await
+    .map_err(|e| {
+        if e.exit == crate::error::Exit::Refused {
+            format!(
+                "the lost transaction still held the tenant lock after {}",
+                humanize(RESOLVE_LOCK_WAIT)
+            )
+        } else {
+            format!("the check failed: {}", e.message)
+        }
+    })?;
+    Ok((found, conn))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connect_failure_says_how_long_it_took_in_all() {
+        let e = after_attempts(
+            Error::failed("could not connect to h:5432/db: no answer within 10s"),
+            Duration::from_millis(31_300),
+        );
+        assert_eq!(
+            e.message,
+            "could not connect to h:5432/db: no answer within 10s (3 attempts, 31.3s in all)"
+        );
+    }
 
     #[test]
     fn transaction_settings_are_local_values_and_0_is_no_statement_limit() {

@@ -55,11 +55,16 @@ fn man_pages(
 }
 
 /// Write the completion script for one shell to stdout.
-pub fn print_completions(shell: crate::cli::Shell) {
+pub fn print_completions(shell: crate::cli::Shell) -> std::io::Result<()> {
     let shell = match shell {
         crate::cli::Shell::Bash => clap_complete::Shell::Bash,
         crate::cli::Shell::Zsh => clap_complete::Shell::Zsh,
         crate::cli::Shell::Fish => clap_complete::Shell::Fish,
     };
-    clap_complete::generate(shell, &mut Cli::command(), "orgctl", &mut std::io::stdout());
+    // Into memory first: generate() panics when its writer fails (`>/dev/full`).
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "orgctl", &mut buf);
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    out.write_all(&buf).and_then(|_| out.flush())
 }

@@ -34,6 +34,8 @@ impl Exit {
 pub struct Error {
     pub exit: Exit,
     pub message: String,
+    /// A COMMIT whose outcome orgctl could not learn: the change may have been committed.
+    pub in_doubt: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -43,6 +45,7 @@ impl Error {
         Error {
             exit,
             message: message.into(),
+            in_doubt: false,
         }
     }
     /// Exit 2: the input is wrong.
@@ -146,8 +149,11 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
                 sqlstate::UNDEFINED_DATABASE => Error::failed(format!(
                     "{msg}; check the database name in --database-url"
                 )),
+                sqlstate::READ_ONLY_TXN => Error::failed(format!(
+                    "the database is read-only ({msg}): it is a standby, or default_transaction_read_only is on; nothing was changed: point --database-url at the primary"
+                )),
                 sqlstate::ADMIN_SHUTDOWN => Error::failed(format!(
-                    "the database server shut down during the command ({msg}); the open transaction was rolled back"
+                    "the database ended this session during the command ({msg}): an administrator terminated it, or the server is shutting down; the open transaction was rolled back"
                 )),
                 _ if code.is_empty() => Error::failed(format!("database error: {msg}")),
                 _ => Error::failed(format!("database error {code}: {msg}")),
@@ -163,8 +169,22 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
         sqlx::Error::ColumnDecode { index, source } => Error::failed(format!(
             "could not read column {index} from the database: {source}"
         )),
+        sqlx::Error::Configuration(_) => {
+            Error::failed(format!("invalid connection settings: {}", driver_text(e)))
+        }
         other => Error::failed(format!("database error: {other}")),
     }
+}
+
+/// A driver error's text without sqlx's "error with configuration: " prefix, which it repeats
+/// once per level of nesting.
+pub fn driver_text(e: &sqlx::Error) -> String {
+    let text = e.to_string();
+    let mut rest = text.as_str();
+    while let Some(r) = rest.strip_prefix("error with configuration: ") {
+        rest = r;
+    }
+    rest.to_string()
 }
 
 /// Make a database value safe to print: control characters (terminal escape sequences,
@@ -184,12 +204,26 @@ fn is_bidi_control(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::str::FromStr;
 
     #[test]
     fn sanitize_strips_escapes() {
         assert_eq!(sanitize("a\x1b[31mb\nc"), "a [31mb c");
         assert_eq!(sanitize("evil\u{202E}gpj.exe"), "evilgpj.exe");
         assert_eq!(sanitize("naïve 🚀"), "naïve 🚀");
+    }
+
+    #[test]
+    fn configuration_errors_are_prefixed_once() {
+        let e = match sqlx::postgres::PgConnectOptions::from_str("postgres://h/db?sslmode=bogus") {
+            Ok(_) => panic!("accepted a bogus sslmode"),
+            Err(e) => e,
+        };
+        let text = driver_text(&e);
+        assert!(!text.contains("error with configuration"), "{text}");
+        assert!(text.contains("bogus"), "{text}");
+        let m = classify_sqlx(&e).message;
+        assert_eq!(m.matches("configuration").count(), 0, "{m}");
     }
 
     #[test]

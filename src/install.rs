@@ -695,10 +695,9 @@ async fn fetch_agents(
 
 /// Roots an earlier install re-parented under this agent (empty before orgctl's schema exists).
 async fn former_roots(conn: &mut PgConnection, agent: Uuid) -> Result<Vec<Uuid>> {
-    let exists: bool = db::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await?;
-    if !exists {
+    // Not readable (a read-only role on a tenant another role installed): a dry run plans
+    // without them; an apply could not write orgctl's state anyway and is refused earlier.
+    if !db::orgctl_table_readable(conn, "former_roots").await? {
         return Ok(Vec::new());
     }
     Ok(db::query_scalar(
@@ -754,10 +753,7 @@ async fn model_action(
 /// Lock, in a fixed order, the workspace rows the install changes or hangs rows off: the agent
 /// (or the --id row), every root, every former root.
 pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<()> {
-    let former_exists: bool =
-        db::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?;
+    let former_exists = db::orgctl_table_readable(conn, "former_roots").await?;
     let former_clause = if former_exists {
         "OR id IN (SELECT workspace_id FROM orgctl.former_roots)"
     } else {
@@ -957,9 +953,14 @@ pub async fn verify(conn: &mut PgConnection, plan: &Plan) -> Result<()> {
 /// Workspaces in a parent cycle or deeper than 32 below a root are outside every org: the
 /// install cannot re-parent them (they are not roots) and never walks them, but it says so
 /// (SPEC §1: corrupt chains are reported, never looped on). `orgctl status` names them all.
-async fn warn_broken_chains(out: &Output, conn: &mut PgConnection) -> Result<()> {
-    let (count, rows) = crate::org::broken_chains(conn, 3).await?;
-    if count > 0 {
+/// And re-parenting puts every old root one level lower: a workspace exactly 32 steps below
+/// a root it re-parents would end up 33 steps below the agent, past the bound, so the dry run
+/// and apply warn about that too (one walk for both checks).
+async fn warn_chains(out: &Output, conn: &mut PgConnection, plan: &Plan) -> Result<()> {
+    let roots: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
+    let check = crate::org::chain_check(conn, &roots).await?;
+    if check.broken > 0 {
+        let (count, rows) = crate::org::broken_chains(conn, 3).await?;
         let named: Vec<String> = rows
             .iter()
             .map(|b| {
@@ -975,6 +976,25 @@ async fn warn_broken_chains(out: &Output, conn: &mut PgConnection) -> Result<()>
             "{count} workspace(s) have a broken parent chain (a cycle, or deeper than 32) and stay outside the org: {}{}; see `orgctl status`",
             named.join("; "),
             if count > rows.len() as i64 { "; …" } else { "" }
+        ));
+    }
+    if check.too_deep_after > 0 {
+        let rows = crate::org::at_max_depth_under(conn, &roots, 3).await?;
+        let named: Vec<String> = rows
+            .iter()
+            .map(|(id, name, root)| {
+                format!(
+                    "{id} \"{}\" (under root {root})",
+                    crate::error::sanitize(name)
+                )
+            })
+            .collect();
+        out.warn(&format!(
+            "re-parenting makes {} parent chain(s) longer than {} steps: {}{}; `orgctl status` will report them as broken until the org is made shallower",
+            check.too_deep_after,
+            crate::org::MAX_DEPTH,
+            named.join("; "),
+            if check.too_deep_after > rows.len() as i64 { "; …" } else { "" }
         ));
     }
     Ok(())
@@ -1140,7 +1160,8 @@ fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Strin
             t.add_row(vec![
                 r.id.to_string(),
                 crate::error::sanitize(&r.name),
-                r.status.clone().unwrap_or_else(|| "-".into()),
+                // status may be TEXT on older tenants: any value, escape sequences included.
+                crate::error::sanitize(r.status.as_deref().unwrap_or("-")),
                 "none (root)".into(),
                 agent.id.to_string(),
             ]);
@@ -1244,6 +1265,10 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     let url = ctx.url()?;
     let sb = SecretBox::from_env();
     let out = &ctx.out;
+    if input.model.is_some() {
+        // An invalid key is exit 2 (production without a key exit 3) before connecting.
+        sb.write_version()?;
+    }
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
 
@@ -1251,7 +1276,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     let reviewed = {
         let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let p = plan(&mut tx, &input, &sb).await?;
-        warn_broken_chains(out, &mut tx).await?;
+        warn_chains(out, &mut tx, &p).await?;
         tx.rollback().await?;
         p
     };
@@ -1302,7 +1327,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     // 2. Show and confirm. The locks are not held while a human reads.
     let asked = !ctx.yes;
     if asked && out.interactive() {
-        eprint!("{}", render_text(out, &reviewed, true, false));
+        crate::output::stderr(&render_text(out, &reviewed, true, false));
     }
     out.confirm(&format!("Apply this plan to {}?", url.target()), ctx.yes)?;
 
@@ -1335,16 +1360,21 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         )));
     }
     execute(&mut tx, &current, &input, &sb).await?;
-    db::audit(
+    let txid = db::audit(
         &mut tx,
         "install-platform-agent",
         &audit_args(&input, &current),
         "applied",
     )
     .await?;
-    {
-        let _guard = crate::interrupt::CommitGuard::enter();
-        tx.commit().await?;
+    let committed = {
+        let guard = crate::interrupt::CommitGuard::enter();
+        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+        guard.done();
+        c
+    };
+    if let Some(note) = committed.note() {
+        out.info(note);
     }
     render(out, &current, false, true)?;
     Ok(Exit::Ok)

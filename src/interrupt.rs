@@ -17,13 +17,18 @@ impl CommitGuard {
         COMMITTING.fetch_add(1, Ordering::SeqCst);
         CommitGuard(())
     }
+
+    /// The COMMIT went through (answered, or verified after a lost answer): from now on no
+    /// message may claim that nothing changed.
+    pub fn done(self) {
+        COMMITTED.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Drop for CommitGuard {
     fn drop(&mut self) {
-        // Leaving the guarded section: the commit went through (a failed commit returns its
-        // error straight away, so an interrupt cannot land in between in practice).
-        COMMITTED.store(true, Ordering::SeqCst);
+        // Leaving the guarded section. Without `done` the commit failed or is in doubt, and
+        // the error says which.
         COMMITTING.fetch_sub(1, Ordering::SeqCst);
     }
 }

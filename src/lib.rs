@@ -97,7 +97,7 @@ pub fn run() -> i32 {
     if matches!(&outcome, Err(e) if e.exit == Exit::Interrupted) {
         // A prompt may have been cut off with echo disabled or the cursor hidden.
         terminal.restore();
-        eprintln!();
+        output::stderr("\n");
     }
     // Do not wait for stray blocking tasks (a prompt thread) on the way out.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -195,8 +195,15 @@ async fn run_command(ctx: &Context, cli: &Cli) -> Result<Exit> {
     }
 }
 
-/// The report of a command interrupted after its commit: exit 130, saying what was committed.
+/// The report of a command interrupted during its commit: exit 130, saying what was committed.
 fn after_commit(r: Result<Exit>) -> Error {
+    if !interrupt::committed() {
+        // The COMMIT failed or is in doubt: its own message says which.
+        return match r {
+            Err(e) => Error::new(Exit::Interrupted, e.message),
+            Ok(_) => Error::interrupted(),
+        };
+    }
     match r {
         Ok(_) => Error::new(
             Exit::Interrupted,
@@ -213,10 +220,12 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
     match command {
         Command::InstallPlatformAgent(args) => install::run(ctx, args).await,
         Command::Dev(cmd) => dev::run(ctx, cmd).await,
-        Command::Completions { shell } => {
-            docs::print_completions(*shell);
-            Ok(Exit::Ok)
-        }
+        Command::Completions { shell } => match docs::print_completions(*shell) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::failed(format!(
+                "could not write the completions to stdout: {e}"
+            ))),
+            _ => Ok(Exit::Ok),
+        },
         Command::Token(cmd) => token::run(ctx, cmd).await,
         Command::Secret(cmd) => secret::run(ctx, cmd).await,
         Command::Backfill(cmd) => backfill::run(ctx, cmd).await,
@@ -253,5 +262,5 @@ fn secret_argv_error(e: &clap::Error) -> Option<String> {
 /// Print an error once, on stderr: one line, control characters stripped, passwords masked.
 pub fn print_error(e: &Error) {
     let msg = redact::mask(&error::sanitize(&e.message));
-    eprintln!("error: {msg}");
+    output::stderr(&format!("error: {msg}\n"));
 }

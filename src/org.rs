@@ -112,3 +112,199 @@ pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, 
     }
     Ok((total, findings))
 }
+
+/// One walk down the org for install: how many workspaces reach no root within
+/// [`MAX_DEPTH`] steps now, and how many under the roots about to be re-parented sit exactly
+/// [`MAX_DEPTH`] steps below their root — one more level (the new root above them) takes their
+/// chain past the bound, and `status` would call them broken afterwards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChainCheck {
+    pub broken: i64,
+    pub too_deep_after: i64,
+}
+
+/// [`ChainCheck`] in ONE statement (the same walk as [`broken_chains`]' fast path, so a plan
+/// pays for it once).
+pub async fn chain_check(conn: &mut PgConnection, reparented: &[Uuid]) -> Result<ChainCheck> {
+    let r = crate::db::query(
+        "WITH RECURSIVE down(id, depth, moved) AS (
+              SELECT id, 0, id = ANY($2) FROM workspaces WHERE parent_id IS NULL
+            UNION ALL
+              SELECT w.id, d.depth + 1, d.moved
+                FROM workspaces w JOIN down d ON w.parent_id = d.id
+               WHERE d.depth < $1
+         )
+         SELECT (SELECT count(*) FROM workspaces) - (SELECT count(*) FROM down),
+                (SELECT count(*) FROM down WHERE moved AND depth >= $1)",
+    )
+    .bind(MAX_DEPTH)
+    .bind(reparented)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(ChainCheck {
+        broken: r.try_get(0)?,
+        too_deep_after: r.try_get(1)?,
+    })
+}
+
+/// Up to `limit` workspaces exactly [`MAX_DEPTH`] steps below one of `roots` (see
+/// [`ChainCheck::too_deep_after`]), with the root's id. Only called when there are some.
+pub async fn at_max_depth_under(
+    conn: &mut PgConnection,
+    roots: &[Uuid],
+    limit: i64,
+) -> Result<Vec<(Uuid, String, Uuid)>> {
+    let rows = crate::db::query(
+        "WITH RECURSIVE down(id, depth, root) AS (
+              SELECT id, 0, id FROM workspaces WHERE id = ANY($2) AND parent_id IS NULL
+            UNION ALL
+              SELECT w.id, d.depth + 1, d.root
+                FROM workspaces w JOIN down d ON w.parent_id = d.id
+               WHERE d.depth < $1
+         )
+         SELECT d.id, w.name, d.root FROM down d JOIN workspaces w ON w.id = d.id
+          WHERE d.depth >= $1 ORDER BY d.id LIMIT $3",
+    )
+    .bind(MAX_DEPTH)
+    .bind(roots)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+}
+
+/// A column that references `workspaces(id)`, found in the catalog (`pg_constraint`) at the
+/// moment of asking — never from a list: the platform adds tables, and a tenant may have more.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reference {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+    /// `pg_constraint.confdeltype`: `c` cascade, `n` set null, `d` set default, `r` restrict,
+    /// `a` no action.
+    pub on_delete: String,
+}
+
+impl Reference {
+    /// `table.column`, schema-qualified outside `public`.
+    pub fn label(&self) -> String {
+        if self.schema == "public" {
+            format!("{}.{}", self.table, self.column)
+        } else {
+            format!("{}.{}.{}", self.schema, self.table, self.column)
+        }
+    }
+
+    fn sql_name(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+}
+
+/// Which rows of a referencing column count (see [`rows_referencing`]).
+pub enum Count {
+    /// Every row whose column is the workspace.
+    All,
+    /// Only rows that also match this predicate on alias `x` (a constant from the code, never
+    /// user input; `$1` is the workspace id).
+    Where(&'static str),
+    /// Not this column (the caller accounts for it another way).
+    Skip,
+}
+
+/// How many rows of one referencing column point at the workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Referencing {
+    pub reference: Reference,
+    pub rows: i64,
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Every single-column foreign key onto `workspaces(id)`, in a stable order. Partition children
+/// of a partitioned table's key are left out (the parent's constraint counts their rows).
+pub async fn references_to_workspaces(conn: &mut PgConnection) -> Result<Vec<Reference>> {
+    let rows = crate::db::query(
+        "SELECT n.nspname::text, t.relname::text, a.attname::text, c.confdeltype::text
+           FROM pg_constraint c
+           JOIN pg_class t ON t.oid = c.conrelid
+           JOIN pg_namespace n ON n.oid = t.relnamespace
+           JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+           JOIN pg_attribute r ON r.attrelid = c.confrelid AND r.attnum = c.confkey[1]
+          WHERE c.contype = 'f' AND c.confrelid = to_regclass('workspaces')
+            AND cardinality(c.conkey) = 1 AND r.attname = 'id' AND c.conparentid = 0
+          ORDER BY 1, 2, 3",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Reference {
+                schema: r.try_get(0)?,
+                table: r.try_get(1)?,
+                column: r.try_get(2)?,
+                on_delete: r.try_get(3)?,
+            })
+        })
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+}
+
+/// Rows of any table that reference workspace `id`, per referencing column with at least one
+/// row, as the catalog has them now. `which` decides per column what counts. A workspace's
+/// self-reference on its own row (`forwarded_to = id` on row `id`) never counts: it goes with
+/// the row. One count per referencing column (about twenty on a real tenant).
+pub async fn rows_referencing(
+    conn: &mut PgConnection,
+    id: Uuid,
+    which: impl Fn(&Reference) -> Count,
+) -> Result<Vec<Referencing>> {
+    let mut found = Vec::new();
+    for reference in references_to_workspaces(conn).await? {
+        let extra = match which(&reference) {
+            Count::Skip => continue,
+            Count::All => String::new(),
+            Count::Where(p) => format!(" AND ({p})"),
+        };
+        let own_row = if reference.table == "workspaces" {
+            " AND x.id <> $1"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT count(*) FROM {} x WHERE x.{} = $1{own_row}{extra}",
+            reference.sql_name(),
+            quote_ident(&reference.column)
+        );
+        let rows: i64 = crate::db::query_scalar(&sql)
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+        if rows > 0 {
+            found.push(Referencing { reference, rows });
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        let r = Reference {
+            schema: "audit".into(),
+            table: "Log".into(),
+            column: "ws".into(),
+            on_delete: "c".into(),
+        };
+        assert_eq!(r.label(), "audit.Log.ws");
+        assert_eq!(r.sql_name(), "\"audit\".\"Log\"");
+    }
+}

@@ -72,15 +72,13 @@ impl Output {
         self.stdin_tty
     }
 
-    /// Write the command's result to stdout. A broken pipe ends output quietly.
+    /// Write the command's result to stdout. A broken pipe ends output quietly, unless this
+    /// process committed a change: then the result was not delivered, and that is an error
+    /// saying the change was committed.
     pub fn stdout(&self, text: &str) -> Result<()> {
         let mut out = std::io::stdout().lock();
         let r = out.write_all(text.as_bytes()).and_then(|_| out.flush());
-        match r {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            Err(e) => Err(Error::failed(format!("could not write to stdout: {e}"))),
-            Ok(()) => Ok(()),
-        }
+        stdout_result(r)
     }
 
     /// Exactly one JSON document on stdout.
@@ -92,13 +90,7 @@ impl Output {
             .map_err(std::io::Error::from)
             .and_then(|_| w.write_all(b"\n"))
             .and_then(|_| w.flush());
-        match r {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            Err(e) => Err(Error::failed(format!(
-                "could not write JSON to stdout: {e}"
-            ))),
-            Ok(()) => Ok(()),
-        }
+        stdout_result(r)
     }
 
     pub fn table(&self, table: &Table) -> Result<()> {
@@ -162,20 +154,23 @@ impl Output {
     /// A human message on stderr (suppressed by --quiet).
     pub fn info(&self, msg: &str) {
         if !self.quiet {
-            eprintln!("{}", crate::redact::mask(msg));
+            stderr(&format!("{}\n", crate::redact::mask(msg)));
         }
     }
 
     /// Detail shown with -v.
     pub fn detail(&self, msg: &str) {
         if self.verbose > 0 && !self.quiet {
-            eprintln!("{}", crate::redact::mask(msg));
+            stderr(&format!("{}\n", crate::redact::mask(msg)));
         }
     }
 
     pub fn warn(&self, msg: &str) {
         if !self.quiet {
-            eprintln!("warning: {}", crate::redact::mask(&sanitize(msg)));
+            stderr(&format!(
+                "warning: {}\n",
+                crate::redact::mask(&sanitize(msg))
+            ));
         }
     }
 
@@ -336,6 +331,31 @@ pub fn rate(per_sec: f64) -> String {
     } else {
         format!("{per_sec:.2}/s")
     }
+}
+
+/// Write to stderr, never panicking: a full disk (`2>/dev/full`) or a closed pipe loses the
+/// message, never the command's outcome or exit code. Every human message goes through here
+/// (`eprintln!` panics when the write fails).
+pub fn stderr(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes()).and_then(|_| err.flush());
+}
+
+/// The outcome of a stdout write (see [`Output::stdout`]).
+fn stdout_result(r: std::io::Result<()>) -> Result<()> {
+    let e = match r {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if crate::interrupt::committed() {
+        return Err(Error::failed(format!(
+            "the change was committed, but its result could not be written to stdout ({e}); see orgctl.audit_log for what was done"
+        )));
+    }
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return Ok(());
+    }
+    Err(Error::failed(format!("could not write to stdout: {e}")))
 }
 
 /// Shorten a list for a table: the first `limit` items, and how many were left out.

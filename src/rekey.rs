@@ -1057,7 +1057,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     // 2. Show and confirm; no locks held while a human reads.
     let asked = !ctx.yes;
     if asked && out.interactive() {
-        eprint!("{}", rekey_text(out, &reviewed, &none, true, false));
+        crate::output::stderr(&rekey_text(out, &reviewed, &none, true, false));
     }
     out.confirm(
         &format!(
@@ -1138,10 +1138,15 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
             "verification failed before commit: {left} plaintext row(s) remain; rolled back, nothing changed; rerun"
         )));
     }
-    db::audit(&mut tx, "secret rekey", &audit_args(&plan, args), "applied").await?;
-    {
-        let _guard = crate::interrupt::CommitGuard::enter();
-        tx.commit().await?;
+    let txid = db::audit(&mut tx, "secret rekey", &audit_args(&plan, args), "applied").await?;
+    let committed = {
+        let guard = crate::interrupt::CommitGuard::enter();
+        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+        guard.done();
+        c
+    };
+    if let Some(note) = committed.note() {
+        out.info(note);
     }
     render_rekey(out, &plan, &none, false, true)?;
     if mode == Mode::Rotate {

@@ -225,21 +225,19 @@ async fn read_value(
         .await?;
         return Ok(Some((finish_value(raw, &what)?, ValueSource::File)));
     }
+    if dry_run {
+        // A dry run needs no value, so it never reads stdin (an open pipe that is never closed
+        // would block it forever) and never prompts.
+        return Ok(None);
+    }
     if !out.stdin_is_terminal() {
         let raw = blocking(|| read_value_from(std::io::stdin().lock(), "stdin")).await?;
         if raw.is_empty() {
-            if dry_run {
-                return Ok(None);
-            }
             return Err(Error::usage(
                 "no value: stdin is empty and not a terminal; pipe the value on stdin, pass --value-file PATH, or run on a terminal to be prompted",
             ));
         }
         return Ok(Some((finish_value(raw, "stdin")?, ValueSource::Stdin)));
-    }
-    if dry_run {
-        // A dry run does not ask for a secret it would not write.
-        return Ok(None);
     }
     if !out.interactive() {
         return Err(Error::usage(format!(
@@ -637,7 +635,8 @@ async fn set(ctx: &Context, args: &SecretSetArgs) -> Result<Exit> {
     let platform = Platform::resolve(
         args.platform_url.as_deref(),
         !(args.no_restart || args.dry_run),
-    )?;
+    )?
+    .map(|p| p.with_total_timeout(args.restart_timeout));
     let sb = SecretBox::from_env();
     // Refusals of the key (bad key: 2; production without a key: 3) before reading a value.
     let version = sb.write_version()?;
@@ -662,7 +661,8 @@ async fn delete(ctx: &Context, args: &SecretDeleteArgs) -> Result<Exit> {
     let platform = Platform::resolve(
         args.platform_url.as_deref(),
         !(args.no_restart || args.dry_run),
-    )?;
+    )?
+    .map(|p| p.with_total_timeout(args.restart_timeout));
     let req = Request {
         scope,
         key: &key,
@@ -737,7 +737,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     // 2. Show and confirm (no locks held while a human reads).
     let asked = !ctx.yes;
     if asked && out.interactive() {
-        eprint!("{}", outcome.text(out, true));
+        crate::output::stderr(&outcome.text(out, true));
         outcome.notes(out, true);
     }
     let question = match action {
@@ -835,11 +835,18 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
         Op::Set { .. } => "secret set",
         Op::Delete { .. } => "secret delete",
     };
-    db::audit(&mut tx, command, &audit, "applied").await?;
-    {
-        let _guard = crate::interrupt::CommitGuard::enter();
-        tx.commit().await?;
+    let txid = db::audit(&mut tx, command, &audit, "applied").await?;
+    let committed = {
+        let guard = crate::interrupt::CommitGuard::enter();
+        let c = db::commit_or_resolve(tx, url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+        guard.done();
+        c
+    };
+    if let Some(note) = committed.note() {
+        out.info(note);
     }
+    // After a verified lost COMMIT the old connection is gone: carry on with the new one.
+    committed.reconnected(&mut conn);
     drop(req.op);
 
     // 4. After the commit: the restart plan from the committed state, then dispatch.
@@ -878,8 +885,23 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     if rest > 0 {
         names.push(format!("and {rest} more"));
     }
+    // Calls never made (deadline, repeated failures, Ctrl-C) are named apart from failed ones.
+    let not_attempted = outcome
+        .dispatched
+        .iter()
+        .filter(|d| {
+            d.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("not attempted"))
+        })
+        .count();
+    let never = if not_attempted > 0 {
+        format!(" ({not_attempted} of them not attempted)")
+    } else {
+        String::new()
+    };
     Err(Error::failed(format!(
-        "{committed}, but {} workspace(s) were not restarted: {}; restart them by hand (the output lists each error)",
+        "{committed}, but {} workspace(s) were not restarted{never}: {}; restart them by hand (the output lists each error)",
         failed.len(),
         names.join(", ")
     )))

@@ -131,6 +131,9 @@ pub struct Report {
     pub tenant: String,
     /// Whether orgctl's own schema exists (some install has run here).
     pub orgctl_schema: bool,
+    /// False when orgctl's schema exists but this role may not read it (no USAGE): its state
+    /// (former roots) is then left out of the checks.
+    pub orgctl_readable: bool,
     pub roots: Roots,
     /// The platform agent when there is exactly one `kind='platform'` row.
     pub platform_agent: Option<AgentInfo>,
@@ -167,6 +170,11 @@ pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Exit> {
         tx.rollback().await?;
         r
     };
+    if !report.orgctl_readable {
+        ctx.out.warn(
+            "orgctl's own state (schema orgctl) is not readable by this role: the checks leave out the former roots it records; grant USAGE ON SCHEMA orgctl and SELECT on its tables for a complete report",
+        );
+    }
     render(&ctx.out, &report, args.limit as usize)?;
     let failed = report.failed();
     if failed.is_empty() {
@@ -183,10 +191,12 @@ pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Exit> {
 
 /// Read the whole report. Read-only: call it inside [`db::begin_read_only`].
 pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Result<Report> {
-    let former: bool = db::query_scalar("SELECT to_regclass('orgctl.former_roots') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await?;
+    let former_access = db::orgctl_table(conn, "former_roots").await?;
+    let former = former_access == db::Access::Readable;
     let orgctl_schema = db::orgctl_schema_exists(conn).await?;
+    let orgctl_readable = !orgctl_schema
+        || (former_access == db::Access::Readable
+            && db::orgctl_table_readable(conn, "audit_log").await?);
 
     // Roots.
     let root_count: i64 =
@@ -458,6 +468,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
         ok,
         tenant: tenant.to_string(),
         orgctl_schema,
+        orgctl_readable,
         roots: Roots {
             count: root_count,
             rows: root_rows,
@@ -477,7 +488,7 @@ fn root_finding(r: &RootRow) -> Finding {
         detail: format!(
             "\"{}\": root, status {}, kind {}",
             sanitize(&r.name),
-            r.status.as_deref().unwrap_or("null"),
+            sanitize(r.status.as_deref().unwrap_or("null")),
             sanitize(r.kind.as_deref().unwrap_or("workspace"))
         ),
     }
@@ -748,7 +759,7 @@ fn render_text(out: &Output, r: &Report, limit: usize) -> String {
             t.add_row(vec![
                 root.id.to_string(),
                 sanitize(&root.name),
-                root.status.clone().unwrap_or_else(|| "-".into()),
+                sanitize(root.status.as_deref().unwrap_or("-")),
                 sanitize(root.kind.as_deref().unwrap_or("workspace")),
                 root.tier
                     .map(|t| t.to_string())
@@ -769,7 +780,7 @@ fn render_text(out: &Output, r: &Report, limit: usize) -> String {
                 "\nPlatform agent: {} \"{}\" — status {}, tier {}, {}, MODEL {}",
                 a.id,
                 sanitize(&a.name),
-                a.status.as_deref().unwrap_or("-"),
+                sanitize(a.status.as_deref().unwrap_or("-")),
                 a.tier.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
                 match a.parent_id {
                     None => "root".to_string(),

@@ -115,8 +115,27 @@ impl SavedTerminal {
             }
             use std::io::IsTerminal;
             if std::io::stderr().is_terminal() {
-                eprint!("\x1b[?25h");
+                crate::output::stderr("\x1b[?25h");
             }
         }
+    }
+}
+
+/// Why stdout cannot deliver anything to anyone: closed (the Rust runtime reopens a closed
+/// fd 1 as /dev/null, so this sees /dev/null) or /dev/null. None when it looks deliverable.
+pub fn stdout_undeliverable() -> Option<&'static str> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let fd = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(_) => return Some("closed"),
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return Some("closed");
+    };
+    match std::fs::metadata("/dev/null") {
+        Ok(null) if meta.dev() == null.dev() && meta.ino() == null.ino() => Some("/dev/null"),
+        Ok(null) if meta.rdev() != 0 && meta.rdev() == null.rdev() => Some("/dev/null"),
+        _ => None,
     }
 }

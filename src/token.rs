@@ -478,9 +478,41 @@ fn deliver(text: &str) -> Result<()> {
         })
 }
 
+/// A failed mint COMMIT, for the operator holding a printed token: "NOT minted" only when the
+/// server said so or orgctl verified it; otherwise the token may be live.
+fn mint_commit_error(e: db::CommitError) -> Error {
+    let in_doubt = e.in_doubt();
+    let msg = match e {
+        db::CommitError::Refused { cause } => format!(
+            "the database refused the COMMIT ({cause}); the token printed above was NOT minted and will not work: rerun"
+        ),
+        db::CommitError::NotCommitted { target, cause } => format!(
+            "the connection to {target} was lost during COMMIT ({cause}); orgctl reconnected and verified that the token printed above was NOT minted and will not work: rerun"
+        ),
+        db::CommitError::InDoubt {
+            target,
+            cause,
+            why,
+            check,
+        } => format!(
+            "the connection to {target} was lost during COMMIT ({cause}) and orgctl could not find out whether it was committed ({why}): it may have been committed, so the token printed above may be live; check {check}"
+        ),
+    };
+    let mut err = Error::failed(msg);
+    err.in_doubt = in_doubt;
+    err
+}
+
 async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
     let name = check_name(args.name.as_deref())?;
     let created_by = check_mint_label(args.created_by.as_deref())?;
+    // The plaintext goes to stdout once; a stdout nobody reads would leave a live full-admin
+    // token that nobody received.
+    if let Some(why) = crate::sys::stdout_undeliverable() {
+        return Err(Error::refused(format!(
+            "refusing to mint: stdout is {why}, so the token would be shown to no one; nothing was changed: redirect stdout to a file or a terminal"
+        )));
+    }
     let url = ctx.url()?;
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
@@ -500,11 +532,12 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
 
     let plaintext = crypto::new_token()?;
     let prefix: String = plaintext.chars().take(PREFIX_LEN).collect();
+    let hash = crypto::token_hash(&plaintext);
     let row = db::query(
         "INSERT INTO org_api_tokens (token_hash, prefix, name, created_by, org_id)
          VALUES ($1, $2, $3, $4, $5) RETURNING id",
     )
-    .bind(crypto::token_hash(&plaintext))
+    .bind(&hash)
     .bind(&prefix)
     .bind(name.as_deref())
     .bind(&created_by)
@@ -550,14 +583,20 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
         text
     };
     deliver(&doc)?;
-    {
-        let _guard = crate::interrupt::CommitGuard::enter();
-        tx.commit().await.map_err(|e| {
-            Error::failed(format!(
-                "the commit failed ({}); the token printed above was NOT minted and will not work: rerun",
-                crate::error::classify_sqlx(&e).message
-            ))
-        })?;
+    let evidence = db::Evidence::Token {
+        hash: hash.clone(),
+        prefix: prefix.clone(),
+    };
+    let committed = {
+        let guard = crate::interrupt::CommitGuard::enter();
+        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &evidence)
+            .await
+            .map_err(mint_commit_error)?;
+        guard.done();
+        c
+    };
+    if let Some(note) = committed.note() {
+        ctx.out.info(note);
     }
 
     let org = if root.is_agent {
@@ -1006,7 +1045,7 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
             token.id
         )));
     }
-    db::audit(
+    let txid = db::audit(
         &mut tx,
         "token revoke",
         &serde_json::json!({
@@ -1018,9 +1057,14 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
         "revoked",
     )
     .await?;
-    {
-        let _guard = crate::interrupt::CommitGuard::enter();
-        tx.commit().await?;
+    let committed = {
+        let guard = crate::interrupt::CommitGuard::enter();
+        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+        guard.done();
+        c
+    };
+    if let Some(note) = committed.note() {
+        ctx.out.info(note);
     }
     ctx.out.info(&format!(
         "Revoked token {}; it no longer authenticates.",
@@ -1085,7 +1129,7 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
                 live - sample.len() as i64
             );
         }
-        eprint!("{text}");
+        crate::output::stderr(&text);
     }
     ensure_confirmed(
         ctx,
@@ -1111,7 +1155,21 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
     .await?
     .rows_affected() as i64;
     let at: DateTime<Utc> = db::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
-    db::audit(
+    if done == 0 {
+        // Revoked by someone else between the plan and the lock: nothing to write, not even an
+        // audit row.
+        tx.rollback().await?;
+        ctx.out.info(&format!(
+            "Every token with created_by '{shown_label}' was revoked concurrently; nothing to do."
+        ));
+        render_revoke_label(ctx, &mut conn, label, None)
+            .await
+            .map_err(|e| {
+                e.context("nothing was revoked by this run, but reading the tokens back failed")
+            })?;
+        return Ok(Exit::Ok);
+    }
+    let txid = db::audit(
         &mut tx,
         "token revoke",
         &serde_json::json!({
@@ -1123,10 +1181,16 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         "revoked",
     )
     .await?;
-    {
-        let _guard = crate::interrupt::CommitGuard::enter();
-        tx.commit().await?;
+    let committed = {
+        let guard = crate::interrupt::CommitGuard::enter();
+        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+        guard.done();
+        c
+    };
+    if let Some(note) = committed.note() {
+        ctx.out.info(note);
     }
+    committed.reconnected(&mut conn);
     if done != live {
         ctx.out.warn(&format!(
             "{live} live token(s) were confirmed but {done} were revoked: tokens with this label were minted or revoked in between"
@@ -1135,7 +1199,16 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
     ctx.out.info(&format!(
         "Revoked {done} token(s) with created_by '{shown_label}'; they no longer authenticate."
     ));
-    let already = render_revoke_label(ctx, &mut conn, label, Some((at, done))).await?;
+    // Committed: a failing read-back must not read as "nothing changed".
+    let already = render_revoke_label(ctx, &mut conn, label, Some((at, done)))
+        .await
+        .map_err(|e| {
+            Error::failed(format!(
+                "{done} token(s) with created_by '{shown_label}' were revoked and committed, but reading them back failed ({}); the output above is incomplete: see them with `orgctl token list --all --created-by '{shown_label}'`",
+                // The read-back's own (read-only) transaction is what ended, not the revoke.
+                e.message.replace("; the open transaction was rolled back", "")
+            ))
+        })?;
     if already > 0 {
         ctx.out.info(&format!(
             "{already} other token(s) with this label were already revoked (listed as already revoked)."
@@ -1372,7 +1445,7 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
             token.id
         )));
     }
-    db::audit(
+    let txid = db::audit(
         &mut tx,
         "token anchor",
         &serde_json::json!({
@@ -1387,9 +1460,14 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
         "anchored",
     )
     .await?;
-    {
-        let _guard = crate::interrupt::CommitGuard::enter();
-        tx.commit().await?;
+    let committed = {
+        let guard = crate::interrupt::CommitGuard::enter();
+        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+        guard.done();
+        c
+    };
+    if let Some(note) = committed.note() {
+        ctx.out.info(note);
     }
     ctx.out.info(&format!(
         "Anchored token {} to {root_label}.",

@@ -468,22 +468,23 @@ fn drift_refuses_naming_the_rows_and_force_moves_them_to_the_oldest_former_root(
         t.to_string().contains("moved to the oldest former root"),
         "{t}"
     );
-    // Acme Legacy is the oldest former root (created 2023-06-01).
+    // Acme HQ is the oldest LIVE former root (created 2024-01-01); Acme Legacy, older, is a
+    // removed tombstone and never receives them while a live root exists.
     assert_eq!(
         db.scalar(
             "SELECT parent_id FROM workspaces WHERE id = 'd0000000-0000-4000-8000-000000000001'"
         ),
-        ids::LEGACY
+        ids::HQ
     );
     assert_eq!(
         db.scalar(
             "SELECT org_id FROM org_api_tokens WHERE id = 'd0000000-0000-4000-8000-000000000002'"
         ),
-        ids::LEGACY
+        ids::HQ
     );
     assert_eq!(
         db.scalar("SELECT org_id FROM org_plugin_allowlist WHERE id = 'd0000000-0000-4000-8000-000000000003'"),
-        ids::LEGACY
+        ids::HQ
     );
     assert_eq!(
         db.scalar("SELECT count(*) FROM workspaces WHERE kind = 'platform'"),
@@ -494,9 +495,9 @@ fn drift_refuses_naming_the_rows_and_force_moves_them_to_the_oldest_former_root(
         "3",
         "the three roots are roots again"
     );
-    // The sample's own rows are back exactly where they were.
+    // The sample's own rows are back exactly where they were (HQ's 3, plus the new one).
     assert_eq!(
-        db.scalar("SELECT count(*) FROM org_api_tokens WHERE org_id = 'a0000000-0000-4000-8000-000000000001'"),
+        db.scalar("SELECT count(*) FROM org_api_tokens WHERE org_id = 'a0000000-0000-4000-8000-000000000001' AND id <> 'd0000000-0000-4000-8000-000000000002'"),
         "3"
     );
     assert_eq!(

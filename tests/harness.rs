@@ -19,6 +19,7 @@ use sqlx::Connection;
 pub const PASSWORD: &str = "t3st-Pa55w0rd!";
 pub const TEMPLATE_EMPTY: &str = "orgctl_tmpl_empty";
 pub const TEMPLATE_SAMPLE: &str = "orgctl_tmpl_sample";
+pub const TEMPLATE_SAMPLE_TEXT_STATUS: &str = "orgctl_tmpl_sample_text";
 
 pub struct Server {
     pub port: u16,
@@ -146,9 +147,11 @@ fn start() -> Result<Server, String> {
     }
     let schema = orgctl::db::PLATFORM_SCHEMA_SQL;
     let sample = orgctl::dev::SAMPLE_ORG_SQL;
+    let legacy = orgctl::db::PLATFORM_LEGACY_TEXT_STATUS_SQL;
     for (tmpl, sqls) in [
         (TEMPLATE_EMPTY, vec![schema]),
         (TEMPLATE_SAMPLE, vec![schema, sample]),
+        (TEMPLATE_SAMPLE_TEXT_STATUS, vec![schema, legacy, sample]),
     ] {
         server.psql("postgres", &format!("CREATE DATABASE {tmpl}"))?;
         server.psql(
@@ -241,6 +244,11 @@ impl TestDb {
         Self::from_template(TEMPLATE_SAMPLE)
     }
 
+    /// The sample org on an older tenant's schema: `workspaces.status` is TEXT.
+    pub fn sample_text_status() -> Self {
+        Self::from_template(TEMPLATE_SAMPLE_TEXT_STATUS)
+    }
+
     fn from_template(tmpl: &str) -> Self {
         let s = server();
         let name = format!(
@@ -289,26 +297,36 @@ impl TestDb {
     /// Every platform table's full contents, sorted, plus whether orgctl's schema exists: equal
     /// snapshots mean nothing changed.
     pub fn snapshot(&self) -> String {
-        let mut s = String::new();
-        for t in [
+        let tables = [
             "workspaces",
             "workspace_secrets",
             "global_secrets",
             "org_api_tokens",
             "org_plugin_allowlist",
             "rescue_bundles",
-        ] {
-            s.push_str(&format!("== {t}\n"));
-            s.push_str(&self.exec(&format!(
-                "SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') FROM {t} x"
-            )));
-        }
-        s.push_str("== orgctl\n");
-        s.push_str(&self.exec(
-            "SELECT CASE WHEN to_regclass('orgctl.audit_log') IS NULL THEN 'absent'
-                    ELSE 'present' END",
-        ));
-        s
+            "canvas_layouts",
+            "activity_logs",
+            "workspace_auth_tokens",
+            "agent_memories",
+            "agents",
+            "approval_requests",
+            "delegations",
+        ];
+        // One psql call: every table's rows sorted, then whether orgctl's schema exists.
+        let parts: Vec<String> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                format!(
+                    "SELECT {i}, '== {t}' || E'\\n' || coalesce((SELECT string_agg(x::text, E'\\n' ORDER BY x::text) FROM {t} x), '')"
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT string_agg(s, E'\\n' ORDER BY n) FROM ({} UNION ALL SELECT 999, '== orgctl' || E'\\n' || CASE WHEN to_regclass('orgctl.audit_log') IS NULL THEN 'absent' ELSE 'present' END) q(n, s)",
+            parts.join(" UNION ALL ")
+        );
+        self.exec(&sql)
     }
 
     pub fn audit_rows(&self) -> i64 {
@@ -777,4 +795,179 @@ impl Drop for Bouncer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// How [`CutProxy`] cuts the connection at the first COMMIT it sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Forward the COMMIT to the server, then drop both sides: the change commits, the client
+    /// never hears so (in doubt, really committed).
+    AfterCommit,
+    /// Drop both sides instead of forwarding the COMMIT: the server rolls back.
+    BeforeCommit,
+    /// As `AfterCommit`, and refuse every later connection: the client cannot find out.
+    AfterCommitThenRefuse,
+    /// Not at a COMMIT: drop both sides instead of forwarding the first statement (simple
+    /// query or Parse) whose text contains this.
+    BeforeStatement(&'static str),
+}
+
+/// A loopback TCP proxy (127.0.0.1 only) in front of the harness's server that forwards the
+/// PostgreSQL protocol and cuts the connection at the first COMMIT (a simple-query 'Q' message
+/// whose text contains COMMIT, as sqlx sends it) after a write transaction asked for the tenant
+/// lock (`pg_try_advisory_xact_lock`). Later connections pass through, unless
+/// [`Cut::AfterCommitThenRefuse`]. Threads end with the test process.
+pub struct CutProxy {
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+}
+
+struct ProxyState {
+    mode: Cut,
+    target: u16,
+    armed: std::sync::atomic::AtomicBool,
+    /// A write transaction has started (its tenant lock was asked for): the COMMITs before it
+    /// (orgctl's own catalog checks and read-only transactions) pass.
+    writing: std::sync::atomic::AtomicBool,
+    cut: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl CutProxy {
+    pub fn start(mode: Cut) -> Self {
+        use std::sync::atomic::AtomicBool;
+        let listener = match std::net::TcpListener::bind("127.0.0.1:0") {
+            Ok(l) => l,
+            Err(e) => panic!("proxy bind: {e}"),
+        };
+        let port = match listener.local_addr() {
+            Ok(a) => a.port(),
+            Err(e) => panic!("proxy addr: {e}"),
+        };
+        let state = std::sync::Arc::new(ProxyState {
+            mode,
+            target: server().port,
+            armed: AtomicBool::new(true),
+            writing: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                if st.mode == Cut::AfterCommitThenRefuse && st.cut.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let st = st.clone();
+                std::thread::spawn(move || proxy_conn(client, &st));
+            }
+        });
+        CutProxy { port, state }
+    }
+
+    /// The URL of a database of the harness's server, through this proxy.
+    pub fn url(&self, db: &str) -> String {
+        url_at(self.port, db)
+    }
+
+    /// Whether the proxy has cut a connection at a COMMIT.
+    pub fn did_cut(&self) -> bool {
+        self.state.cut.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees `stop`.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn proxy_conn(client: std::net::TcpStream, st: &ProxyState) {
+    use std::io::{Read, Write};
+    use std::net::Shutdown;
+    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", st.target)) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    let (Ok(mut from_server), Ok(mut to_client)) = (server.try_clone(), client.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_server, &mut to_client);
+        let _ = to_client.shutdown(Shutdown::Both);
+    });
+    let (mut from_client, mut to_server) = (client, server);
+    let mut started = false;
+    loop {
+        let mut msg = Vec::new();
+        let mut tag = [0u8; 1];
+        if started {
+            if from_client.read_exact(&mut tag).is_err() {
+                break;
+            }
+            msg.push(tag[0]);
+        }
+        let mut len = [0u8; 4];
+        if from_client.read_exact(&mut len).is_err() {
+            break;
+        }
+        msg.extend_from_slice(&len);
+        let n = u32::from_be_bytes(len) as usize;
+        let mut body = vec![0u8; n.saturating_sub(4)];
+        if from_client.read_exact(&mut body).is_err() {
+            break;
+        }
+        msg.extend_from_slice(&body);
+        if !started {
+            // SSLRequest / GSSENCRequest come before the startup message, untyped too.
+            let code = body
+                .get(..4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(0);
+            started = !matches!(code, 80_877_103 | 80_877_104);
+        } else if matches!(tag[0], b'Q' | b'P')
+            && String::from_utf8_lossy(&body).contains("pg_try_advisory_xact_lock")
+        {
+            st.writing.store(true, Ordering::SeqCst);
+        } else if let Cut::BeforeStatement(needle) = st.mode {
+            if matches!(tag[0], b'Q' | b'P')
+                && String::from_utf8_lossy(&body).contains(needle)
+                && st.armed.swap(false, Ordering::SeqCst)
+            {
+                st.cut.store(true, Ordering::SeqCst);
+                let _ = from_client.shutdown(Shutdown::Both);
+                let _ = to_server.shutdown(Shutdown::Both);
+                return;
+            }
+        } else if tag[0] == b'Q'
+            && String::from_utf8_lossy(&body)
+                .to_ascii_uppercase()
+                .contains("COMMIT")
+            && st.writing.load(Ordering::SeqCst)
+            && st.armed.swap(false, Ordering::SeqCst)
+        {
+            // Marked before the client can notice and reconnect (AfterCommitThenRefuse).
+            st.cut.store(true, Ordering::SeqCst);
+            // The client must not see the answer: cut it off first.
+            let _ = from_client.shutdown(Shutdown::Both);
+            if st.mode != Cut::BeforeCommit {
+                let _ = to_server.write_all(&msg);
+                let _ = to_server.flush();
+            }
+            let _ = to_server.shutdown(Shutdown::Both);
+            return;
+        }
+        if to_server.write_all(&msg).is_err() {
+            break;
+        }
+    }
+    let _ = to_server.shutdown(Shutdown::Both);
+    let _ = from_client.shutdown(Shutdown::Both);
 }

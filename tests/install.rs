@@ -346,10 +346,10 @@ fn model_without_key_is_version_0_and_refused_in_production() {
         db.scalar("SELECT encryption_version || ':' || convert_from(encrypted_value, 'UTF8') FROM workspace_secrets WHERE key = 'MODEL'"),
         "0:plain-model"
     );
-    // A raw 32-byte key works too, and replaces the value (no plaintext warning then).
+    // A raw 32-byte key (not base64) works too, and replaces the value (no plaintext warning then).
     let r = db
         .orgctl(&["install-platform-agent", "--model", "other", "--yes"])
-        .env("SECRETS_ENCRYPTION_KEY", "0123456789abcdef0123456789abcdef")
+        .env("SECRETS_ENCRYPTION_KEY", "0123456789abcdef-123456789abcdef")
         .run();
     r.code(0);
     assert!(!r.stderr.contains("plaintext"), "{}", r.stderr);

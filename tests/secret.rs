@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::harness::{ids, Run, TestDb};
 
-const TOKEN: &str = "adm-T0ken-for-tests-9f8e7d";
+pub(crate) const TOKEN: &str = "adm-T0ken-for-tests-9f8e7d";
 const VALUE: &str = "s3cret-Value-never-printed";
 
 // ---------------------------------------------------------------------------------------------
@@ -115,13 +115,13 @@ fn assert_nothing_leaked(db: &TestDb, r: &Run) {
 // the tests prove orgctl masks it).
 
 #[derive(Clone, Debug)]
-struct Call {
+pub(crate) struct Call {
     method: String,
     path: String,
     auth: Option<String>,
 }
 
-struct FakePlatform {
+pub(crate) struct FakePlatform {
     addr: SocketAddr,
     calls: Arc<Mutex<Vec<Call>>>,
     stop: Arc<AtomicBool>,
@@ -129,12 +129,12 @@ struct FakePlatform {
 }
 
 impl FakePlatform {
-    fn start(fail: &[&str]) -> Self {
+    pub(crate) fn start(fail: &[&str]) -> Self {
         Self::start_with(fail, Duration::ZERO)
     }
 
     /// A platform that answers each call after `delay` (for interrupting a fan-out).
-    fn start_with(fail: &[&str], delay: Duration) -> Self {
+    pub(crate) fn start_with(fail: &[&str], delay: Duration) -> Self {
         let listener = match TcpListener::bind("127.0.0.1:0") {
             Ok(l) => l,
             Err(e) => panic!("bind: {e}"),
@@ -165,11 +165,11 @@ impl FakePlatform {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn calls(&self) -> Vec<Call> {
+    pub(crate) fn calls(&self) -> Vec<Call> {
         match self.calls.lock() {
             Ok(c) => c.clone(),
             Err(e) => panic!("{e}"),
@@ -177,7 +177,7 @@ impl FakePlatform {
     }
 
     /// The workspace ids restart calls were made for, checking each call's shape.
-    fn restarted(&self) -> BTreeSet<String> {
+    pub(crate) fn restarted(&self) -> BTreeSet<String> {
         let mut ids = BTreeSet::new();
         for c in self.calls() {
             assert_eq!(c.method, "POST", "{c:?}");
@@ -368,7 +368,7 @@ async fn set_encrypts_restarts_the_target_with_the_bearer_and_leaks_nothing() {
 
     // Again, with a raw 32-byte key: an update that bumps updated_at.
     db.exec("UPDATE workspace_secrets SET updated_at = '2020-01-01' WHERE key = 'NEW_KEY'");
-    let raw = "0123456789abcdef0123456789abcdef";
+    let raw = "0123456789abcdef-123456789abcdef";
     let r = db
         .orgctl(&[
             "secret",
@@ -422,14 +422,15 @@ async fn global_set_without_key_is_version_0_and_refused_in_production() {
         r.code(3).one_line_error("SECRETS_ENCRYPTION_KEY");
         assert_eq!(db.snapshot(), before);
     }
-    // A bad key in production is a refusal too, and the key itself is never echoed.
+    // A bad key in production is a usage error like everywhere (SPEC §1: an invalid key is
+    // always exit 2), and the key itself is never echoed.
     let r = db
         .orgctl(&["secret", "set", "--global", "NEW_GLOBAL", "--yes"])
         .env("MOLECULE_ENV", "prod")
         .env("SECRETS_ENCRYPTION_KEY", "not-a-key")
         .stdin(VALUE.as_bytes())
         .run();
-    r.code(3).one_line_error("SECRETS_ENCRYPTION_KEY");
+    r.code(2).one_line_error("SECRETS_ENCRYPTION_KEY");
     assert!(!r.stderr.contains("not-a-key"));
     assert_eq!(db.snapshot(), before);
 
@@ -578,8 +579,12 @@ fn global_fan_out_is_exactly_the_inheriting_set() {
     assert_eq!(dispatched, expected);
     assert_eq!(
         skipped(&j),
-        BTreeSet::from([(agent, "platform-root".to_string())]),
-        "the platform agent inherits the key and is reported, not restarted"
+        BTreeSet::from([
+            (agent, "platform-root".to_string()),
+            (ids::LEGACY.to_string(), "removed".to_string()),
+            (ids::LABS_ARCHIVE.to_string(), "paused".to_string()),
+        ]),
+        "the platform agent and the workspaces the platform's restart skips are reported, not restarted"
     );
     assert_eq!(
         db.scalar("SELECT convert_from(encrypted_value, 'UTF8') FROM global_secrets WHERE key = 'LOG_LEVEL'"),
@@ -747,8 +752,19 @@ fn no_restart_skips_every_restart() {
     r.code(0);
     let j: SecretJson = parse(&r);
     assert_eq!(j.action, "deleted");
-    assert_eq!(j.restart.skipped.len(), 7);
-    assert!(j.restart.skipped.iter().all(|s| s.reason == "no-restart"));
+    // The 7 that would be restarted are skipped for --no-restart; the ones the platform's
+    // restart skips anyway keep their own reason.
+    let no_restart = j
+        .restart
+        .skipped
+        .iter()
+        .filter(|s| s.reason == "no-restart");
+    assert_eq!(no_restart.count(), 7);
+    assert!(j
+        .restart
+        .skipped
+        .iter()
+        .all(|s| ["no-restart", "removed", "paused", "external"].contains(&s.reason.as_str())));
     assert!(platform.calls().is_empty());
 }
 

@@ -15,6 +15,7 @@ pub struct StatusJson {
     pub ok: bool,
     pub tenant: String,
     pub orgctl_schema: bool,
+    pub orgctl_readable: bool,
     pub roots: RootsJson,
     pub platform_agent: Option<AgentJson>,
     pub tokens: TokensJson,

@@ -70,6 +70,10 @@ pub struct TenantResult {
     pub plan_hash: Option<String>,
     pub duration_ms: u64,
     pub error: Option<String>,
+    /// The COMMIT's answer was lost and orgctl could not check it: the change may have been
+    /// committed (see `error`). Only present when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub in_doubt: bool,
     pub note: Option<String>,
 }
 
@@ -89,6 +93,7 @@ impl TenantResult {
             plan_hash: None,
             duration_ms: 0,
             error: None,
+            in_doubt: false,
             note: None,
         }
     }
@@ -161,7 +166,7 @@ pub fn tenant(
         let mut result = match r {
             Ok(res) => res,
             Err(e) => {
-                if !job.dry_run {
+                if !job.dry_run && !e.in_doubt {
                     if let Some(c) = conn.as_mut() {
                         // Best effort: the change rolled back; remember why, for `backfill status`.
                         let _ = record_failure(c, &job.settings, &job.run_id, &t.name, &clean(&e))
@@ -170,6 +175,7 @@ pub fn tenant(
                 }
                 let mut f = TenantResult::new(&t, Status::Failed);
                 f.error = Some(clean(&e));
+                f.in_doubt = e.in_doubt;
                 f
             }
         };
@@ -247,10 +253,14 @@ async fn apply_inner(
     ensure_model_kept(&plan, job.replace_model)?;
     if !plan.changed() {
         record_run(&mut tx, &job.run_id, &t.name, "skipped", &plan).await?;
-        commit(tx, committing).await?;
+        let evidence = db::Evidence::RunRow {
+            run_id: job.run_id.clone(),
+            status: "skipped",
+        };
+        let note = commit(tx, job, t, committing, &evidence).await?;
         return Ok(TenantResult::new(t, Status::Skipped)
             .with_plan(&plan)
-            .note("already installed"));
+            .note(with_note("already installed", note)));
     }
     snapshot(&mut tx, &job.run_id, &t.name, &plan).await?;
     install::execute(&mut tx, &plan, &input, &job.sb).await?;
@@ -260,14 +270,37 @@ async fn apply_inner(
         o.insert("tenant".into(), t.name.clone().into());
     }
     db::audit(&mut tx, "backfill run", &args, "applied").await?;
-    commit(tx, committing).await?;
-    Ok(TenantResult::new(t, Status::Applied).with_plan(&plan))
+    let evidence = db::Evidence::RunRow {
+        run_id: job.run_id.clone(),
+        status: "applied",
+    };
+    let note = commit(tx, job, t, committing, &evidence).await?;
+    let r = TenantResult::new(t, Status::Applied).with_plan(&plan);
+    Ok(match note {
+        Some(n) => r.note(n),
+        None => r,
+    })
 }
 
-async fn commit(tx: sqlx::Transaction<'_, sqlx::Postgres>, committing: &Committing) -> Result<()> {
+/// COMMIT through [`db::commit_or_resolve`]; a commit verified after a lost connection is
+/// committed, with a note for the summary.
+async fn commit(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    job: &Job,
+    t: &Tenant,
+    committing: &Committing,
+    evidence: &db::Evidence,
+) -> Result<Option<&'static str>> {
     let _guard = committing.enter();
-    tx.commit().await?;
-    Ok(())
+    let committed = db::commit_or_resolve(tx, &t.url, &job.settings, evidence).await?;
+    Ok(committed.note())
+}
+
+fn with_note(base: &str, note: Option<&str>) -> String {
+    match note {
+        Some(n) => format!("{base}; {n}"),
+        None => base.to_string(),
+    }
 }
 
 /// The tenant's row for this run, if any.
@@ -593,10 +626,21 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     };
     // Checked once up front, so a bad --model is a usage error and not N failed tenants.
     let _ = InstallInput::new(None, None, args.model.as_deref(), args.allow_missing_model)?;
+    let sb = SecretBox::from_env();
+    if args.model.is_some() {
+        // The key too: an invalid key (exit 2) or production without one (exit 3) refuses the
+        // run before any tenant, and plaintext is said once, not per tenant.
+        sb.write_version()?;
+    }
     let all = super::tenants::read(&args.tenants)?;
     let selected: Vec<Tenant> = Shard::select(shard, all);
     // The run id comes first, so an operator can resume or roll back whatever happens next.
-    eprintln!("run id: {run_id}");
+    crate::output::stderr(&format!("run id: {run_id}\n"));
+    if args.model.is_some() {
+        if let Some(w) = sb.plaintext_warning("the agents' MODEL secret") {
+            out.warn(&w);
+        }
+    }
     let what = format!(
         "{} tenant(s){}, concurrency {}{}",
         selected.len(),
@@ -629,12 +673,6 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         ));
     }
 
-    let sb = SecretBox::from_env();
-    if args.model.is_some() {
-        if let Some(w) = sb.plaintext_warning("the agents' MODEL secret") {
-            out.warn(&w);
-        }
-    }
     let job = Arc::new(Job {
         run_id: run_id.clone(),
         settings: ctx.settings.clone(),
@@ -758,7 +796,8 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         totals: totals(&results),
         tenants: results,
     };
-    render(ctx, &report)?;
+    // The report is written even when stdout fails: it is the record of what was committed.
+    let rendered = render(ctx, &report);
     if let Some(mut j) = jsonl {
         // The tenants that never finished (not started, abandoned, panicked), then the summary.
         for r in report
@@ -774,7 +813,9 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     if let Some(path) = args.report.as_ref().filter(|p| !super::jsonl::wanted(p)) {
         super::write_report(path, &report)?;
     }
+    rendered.map_err(|e| after_commits(e, report.totals.applied + report.totals.skipped))?;
     let t = &report.totals;
+    let in_doubt = report.tenants.iter().filter(|r| r.in_doubt).count();
     if interrupted {
         return Err(Error::new(
             Exit::Interrupted,
@@ -800,17 +841,33 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     }
     if t.failed > 0 || t.not_started > 0 {
         return Err(Error::failed(format!(
-            "{} of {} tenant(s) failed{}; a failed tenant is left as it was: fix and rerun with --run-id {run_id} to resume",
+            "{} of {} tenant(s) failed{}; {}: fix and rerun with --run-id {run_id} to resume",
             t.failed,
             t.tenants,
             if canary_stopped {
                 format!(" (canary: {} not started)", t.not_started)
             } else {
                 String::new()
+            },
+            if in_doubt > 0 {
+                format!("{in_doubt} of them may have been committed (their COMMIT's answer was lost: check them with `orgctl backfill status --run-id {run_id}`), the others changed nothing")
+            } else {
+                "each rolled back alone".to_string()
             }
         )));
     }
     Ok(Exit::Ok)
+}
+
+/// A failure to print the summary after tenants committed: say so (exit 1).
+fn after_commits(e: Error, committed: usize) -> Error {
+    if committed == 0 {
+        return e;
+    }
+    Error::failed(format!(
+        "{committed} tenant(s) were committed (applied or recorded skipped), but the summary could not be printed: {}",
+        e.message
+    ))
 }
 
 fn render(ctx: &Context, report: &Report) -> Result<()> {

@@ -24,6 +24,7 @@ use super::{clean, fmt_duration, millis, Cancel, Committing, Slot, Tenant};
 use crate::cli::BackfillRollbackArgs;
 use crate::db::{self, Settings};
 use crate::error::{Error, Exit, Result};
+use crate::org::{self, Count, Referencing};
 use crate::platform::MODEL_KEY;
 use crate::Context;
 
@@ -92,13 +93,44 @@ impl Drift {
     }
 }
 
+/// A table whose rows reference the created agent, and how many.
+#[derive(Clone, Debug, Serialize)]
+pub struct Referenced {
+    pub table: String,
+    pub column: String,
+    pub rows: i64,
+}
+
+impl Referenced {
+    fn from(r: &Referencing) -> Self {
+        Referenced {
+            table: if r.reference.schema == "public" {
+                r.reference.table.clone()
+            } else {
+                format!("{}.{}", r.reference.schema, r.reference.table)
+            },
+            column: r.reference.column.clone(),
+            rows: r.rows,
+        }
+    }
+
+    fn line(list: &[Referenced]) -> String {
+        list.iter()
+            .map(|r| format!("{} ({} row(s) by {})", r.table, r.rows, r.column))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct TenantResult {
     pub tenant: String,
     pub database: String,
     pub status: Status,
     pub agent_id: Option<Uuid>,
-    /// deleted (the run created it), restored (its prior fields), unchanged.
+    /// deleted (the run created it and nothing else references it), soft_deleted (the run
+    /// created it and rows of other tables reference it: --force marks it removed instead),
+    /// restored (its prior fields), unchanged.
     pub agent: Option<&'static str>,
     /// deleted (the run seeded it), restored (the prior row), unchanged.
     pub model_secret: Option<&'static str>,
@@ -107,11 +139,21 @@ pub struct TenantResult {
     pub allowlist_restored: i64,
     pub merged_restored: i64,
     pub drift: Vec<Drift>,
+    /// Rows of other tables that reference the agent the run created (found through the
+    /// catalog's foreign keys), apart from the rows the run wrote or moved itself.
+    pub referenced_by: Vec<Referenced>,
     /// After the restore: every restored row compared with its snapshot (None when nothing was
     /// restored: dry run, refusal, failure).
     pub verification: Option<Verification>,
     pub duration_ms: u64,
     pub error: Option<String>,
+    /// The COMMIT's answer was lost and orgctl could not check it: the change may have been
+    /// committed (see `error`). Only present when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub in_doubt: bool,
+    /// Set when the COMMIT's answer was lost and the commit was verified afterwards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl TenantResult {
@@ -128,9 +170,12 @@ impl TenantResult {
             allowlist_restored: 0,
             merged_restored: 0,
             drift: Vec::new(),
+            referenced_by: Vec::new(),
             verification: None,
             duration_ms: 0,
             error: None,
+            in_doubt: false,
+            note: None,
         }
     }
 }
@@ -163,6 +208,7 @@ fn tenant(
             Err(e) => {
                 let mut f = TenantResult::new(&t, Status::Failed);
                 f.error = Some(clean(&e));
+                f.in_doubt = e.in_doubt;
                 f
             }
         };
@@ -259,10 +305,14 @@ async fn rollback_on(
     result.merged_restored = counts.merged;
     result.drift = drift;
 
-    // New rows can only go to the oldest former root; without one there is nowhere to put them.
+    // New rows can only go to the oldest former root that is live (a `removed` tombstone only
+    // when every former root is one); without a former root there is nowhere to put them.
+    // `status::text`: older tenants have a TEXT status.
     let oldest: Option<Uuid> = db::query_scalar(
         "SELECT w.id FROM orgctl.backfill_rows s JOIN workspaces w ON w.id = s.row_id
-          WHERE s.run_id = $1 AND s.kind = 'root' ORDER BY w.created_at NULLS LAST, w.id LIMIT 1",
+          WHERE s.run_id = $1 AND s.kind = 'root'
+          ORDER BY w.status::text IS NOT DISTINCT FROM 'removed', w.created_at NULLS LAST, w.id
+          LIMIT 1",
     )
     .bind(&job.run_id)
     .fetch_optional(&mut *tx)
@@ -271,11 +321,18 @@ async fn rollback_on(
     let blocking = result
         .drift
         .iter()
-        .filter(|d| {
-            d.table == "workspace_secrets" && d.reason.starts_with("set")
-                || (d.reason.starts_with("added") && oldest.is_none())
-        })
+        .filter(|d| d.reason.starts_with("added") && oldest.is_none())
         .count();
+    // A created agent that other tables' rows reference has lived: deleting it would fail
+    // (plain keys) or take the platform's rows with it (CASCADE) or leave them dangling (SET
+    // NULL). Refuse; with --force restore the rest and soft-delete it instead.
+    if run.agent_action == "create" {
+        let refs = other_references(&mut tx, agent, &run).await?;
+        result.referenced_by = refs.iter().map(Referenced::from).collect();
+        if !refs.is_empty() && job.force {
+            result.agent = Some("soft_deleted");
+        }
+    }
     if job.force {
         let to = oldest.map(|o| o.to_string()).unwrap_or_default();
         for d in result.drift.iter_mut() {
@@ -289,14 +346,28 @@ async fn rollback_on(
         }
     }
 
+    if !result.referenced_by.is_empty() && !job.force {
+        let mut why = format!(
+            "the platform agent {agent} the run created has lived: rows of other tables reference it: {}",
+            Referenced::line(&result.referenced_by)
+        );
+        if !result.drift.is_empty() {
+            let lines: Vec<String> = result.drift.iter().map(Drift::line).collect();
+            why.push_str(&format!("; and drift since the run: {}", lines.join("; ")));
+        }
+        result.status = Status::Refused;
+        result.error = Some(format!(
+            "{why}; nothing was changed; rerun with --force to restore everything else and soft-delete the agent (status 'removed', kind 'workspace'), leaving those rows in place"
+        ));
+        return Ok(result);
+    }
     if !result.drift.is_empty() && (!job.force || blocking > 0) {
         let lines: Vec<String> = result.drift.iter().map(Drift::line).collect();
         let hint = if !job.force {
-            "rerun with --force to restore anyway and move new rows to the oldest former root"
-        } else if has_new && oldest.is_none() {
-            "the run re-parented no root, so new rows have nowhere to go: move or delete them first"
+            "rerun with --force to restore anyway and move new rows to the oldest live former root"
         } else {
-            "delete or move the agent's other secrets first"
+            debug_assert!(has_new && oldest.is_none());
+            "the run re-parented no root, so new rows have nowhere to go: move or delete them first"
         };
         result.status = Status::Refused;
         result.error = Some(format!("drift since the run: {}; {hint}", lines.join("; ")));
@@ -306,9 +377,12 @@ async fn rollback_on(
         return Ok(result);
     }
 
-    restore(&mut tx, job, agent, &run, &counts, oldest).await?;
+    let agent_outcome = restore(&mut tx, job, agent, &run, &counts, oldest).await?;
+    if let Some(a) = agent_outcome {
+        result.agent = Some(a);
+    }
     let verification = verify_restore(&mut tx, job, agent, &run).await?;
-    db::audit(
+    let txid = db::audit(
         &mut tx,
         "backfill rollback",
         &serde_json::json!({
@@ -331,7 +405,10 @@ async fn rollback_on(
     db::query(
         "UPDATE orgctl.backfill_runs
             SET status = 'rolled_back', rolled_back_at = now(), rollback_forced = $2,
-                rollback_notes = $3::jsonb
+                rollback_notes = $3::jsonb,
+                -- The prior MODEL value (ciphertext, or plaintext for a version-0 row) is back
+                -- in workspace_secrets now: keep no second copy of a secret.
+                model_prior = NULL
           WHERE run_id = $1",
     )
     .bind(&job.run_id)
@@ -339,9 +416,12 @@ async fn rollback_on(
     .bind(serde_json::to_string(&result.drift).unwrap_or_else(|_| "[]".into()))
     .execute(&mut *tx)
     .await?;
-    {
+    let committed = {
         let _guard = committing.enter();
-        tx.commit().await?;
+        db::commit_or_resolve(tx, &t.url, &job.settings, &db::Evidence::Audit(txid)).await?
+    };
+    if let Some(note) = committed.note() {
+        result.note = Some(note.to_string());
     }
     result.status = Status::RolledBack;
     result.verification = Some(verification);
@@ -545,14 +625,20 @@ async fn find_drift(
         }
     }
 
-    // The agent and its MODEL secret, when the run wrote them.
+    // The agent and its MODEL secret, when the run wrote them. Only the agent's columns orgctl
+    // set count (it is a root, kind 'platform', tier 0, and the name a created agent got): the
+    // platform maintains the rest once the agent lives (status, URL, heartbeats, updated_at,
+    // every column orgctl did not set), and a change there is not drift.
     if run.agent_action != "unchanged" {
         let state: Option<bool> = db::query_scalar(
-            "SELECT parent_id IS NULL AND kind = 'platform' AND updated_at = $2
+            "SELECT parent_id IS NULL AND kind IS NOT DISTINCT FROM 'platform'
+                    AND tier IS NOT DISTINCT FROM 0
+                    AND ($2 = 'update' OR name IS NOT DISTINCT FROM $3)
                FROM workspaces WHERE id = $1",
         )
         .bind(agent)
-        .bind(run.at)
+        .bind(&run.agent_action)
+        .bind(crate::install::DEFAULT_AGENT_NAME)
         .fetch_optional(&mut *conn)
         .await?;
         let reason = match state {
@@ -592,28 +678,46 @@ async fn find_drift(
             });
         }
     }
-    if run.agent_action == "create" {
-        // Other secrets on an agent the rollback must delete would block (or lose) them.
-        let keys: Vec<String> = db::query_scalar(
-            "SELECT key FROM workspace_secrets WHERE workspace_id = $1 AND key <> $2
-              ORDER BY key LIMIT $3",
-        )
-        .bind(agent)
-        .bind(MODEL_KEY)
-        .bind(LIST)
-        .fetch_all(&mut *conn)
-        .await?;
-        if !keys.is_empty() {
-            found.push(Drift {
-                table: "workspace_secrets",
-                reason: "set on the agent since the run (the agent the run created cannot be deleted with its secrets)".into(),
-                rows: keys.len() as i64,
-                ids: keys.iter().map(|k| format!("{agent}/{k}")).collect(),
-                action: None,
-            });
-        }
-    }
     Ok(found)
+}
+
+/// Rows of other tables that reference the created agent, before the restore: every
+/// referencing column the catalog has, apart from the rows the run wrote or moved (which the
+/// restore puts back first) and the rows the drift check already names (children, tokens and
+/// allowlist rows on the agent).
+async fn other_references(
+    conn: &mut PgConnection,
+    agent: Uuid,
+    run: &RunRow,
+) -> Result<Vec<Referencing>> {
+    let model_seeded = run.model_action == "seeded";
+    org::rows_referencing(conn, agent, |r| {
+        match (r.table.as_str(), r.column.as_str()) {
+            ("workspaces", "parent_id")
+            | ("org_api_tokens", "org_id")
+            | ("org_plugin_allowlist", "org_id") => Count::Skip,
+            // The MODEL row the run seeded is deleted by the restore.
+            ("workspace_secrets", "workspace_id") if model_seeded => {
+                Count::Where("x.key <> 'MODEL'")
+            }
+            _ => Count::All,
+        }
+    })
+    .await
+}
+
+/// Delete the agent the way the platform deletes a workspace: `status = 'removed'`, and
+/// `kind = 'workspace'` so a later install creates a fresh agent. The literal takes the
+/// column's type, so it works for the enum and for older tenants' TEXT `status`.
+async fn soft_delete_agent(conn: &mut PgConnection, agent: Uuid) -> Result<()> {
+    let r = db::query(
+        "UPDATE workspaces SET status = 'removed', kind = 'workspace', updated_at = now()
+          WHERE id = $1",
+    )
+    .bind(agent)
+    .execute(&mut *conn)
+    .await?;
+    db::ensure_rows("soft-deleting the platform agent", r.rows_affected(), 1)
 }
 
 fn check(what: &str, got: u64, want: i64, force: bool) -> Result<()> {
@@ -628,6 +732,7 @@ fn check(what: &str, got: u64, want: i64, force: bool) -> Result<()> {
 
 /// Restore the snapshot: one statement per kind of row. Without --force every statement must
 /// touch exactly the snapshot's rows (there is no drift, so anything else is a bug or a race).
+/// Returns what happened to a created agent (`deleted` or `soft_deleted`).
 async fn restore(
     conn: &mut PgConnection,
     job: &Job,
@@ -635,10 +740,11 @@ async fn restore(
     run: &RunRow,
     counts: &Counts,
     oldest: Option<Uuid>,
-) -> Result<()> {
+) -> Result<Option<&'static str>> {
     let id = &job.run_id;
     let force = job.force;
-    // --force: rows added off the agent since the run go to the oldest former root.
+    let mut outcome = None;
+    // --force: rows added off the agent since the run go to the oldest live former root.
     if let (true, Some(to)) = (force, oldest) {
         db::query(
             "UPDATE workspaces x SET parent_id = $3, updated_at = now()
@@ -809,25 +915,27 @@ async fn restore(
     // The agent: deleted if the run created it, else its prior fields.
     match run.agent_action.as_str() {
         "create" => {
-            let refs: i64 = db::query_scalar(
-                "SELECT (SELECT count(*) FROM workspaces WHERE parent_id = $1)
-                      + (SELECT count(*) FROM org_api_tokens WHERE org_id = $1)
-                      + (SELECT count(*) FROM org_plugin_allowlist WHERE org_id = $1)
-                      + (SELECT count(*) FROM workspace_secrets WHERE workspace_id = $1)",
-            )
-            .bind(agent)
-            .fetch_one(&mut *conn)
-            .await?;
-            if refs != 0 {
+            // Everything the run wrote or moved is restored by now, so any row of any table
+            // that still references the agent (the catalog's foreign keys, now) is the
+            // platform's: never delete, cascade or orphan it.
+            let refs = org::rows_referencing(conn, agent, |_| Count::All).await?;
+            if refs.is_empty() {
+                let r = db::query("DELETE FROM workspaces WHERE id = $1")
+                    .bind(agent)
+                    .execute(&mut *conn)
+                    .await?;
+                check("the platform agent", r.rows_affected(), 1, force)?;
+                outcome = Some("deleted");
+            } else if force {
+                soft_delete_agent(conn, agent).await?;
+                outcome = Some("soft_deleted");
+            } else {
+                let list: Vec<Referenced> = refs.iter().map(Referenced::from).collect();
                 return Err(Error::failed(format!(
-                    "{refs} row(s) still reference the platform agent {agent} after the restore; rolled back, nothing changed"
+                    "rows of other tables reference the platform agent {agent} after the restore: {}; rolled back, nothing changed; rerun (the dry run names them)",
+                    Referenced::line(&list)
                 )));
             }
-            let r = db::query("DELETE FROM workspaces WHERE id = $1")
-                .bind(agent)
-                .execute(&mut *conn)
-                .await?;
-            check("the platform agent", r.rows_affected(), 1, force)?;
         }
         "update" => {
             let r = db::query(
@@ -855,7 +963,7 @@ async fn restore(
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(outcome)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -962,8 +1070,23 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
         interrupted: cancel.stopping(),
         tenants,
     };
+    let rolled_back = report
+        .tenants
+        .iter()
+        .filter(|r| r.status == Status::RolledBack)
+        .count();
+    // After commits, a summary that cannot be printed must not read as "nothing changed".
+    let committed = |e: Error| {
+        if rolled_back == 0 {
+            return e;
+        }
+        Error::failed(format!(
+            "{rolled_back} tenant(s) were rolled back (committed), but the summary could not be printed: {}; see `orgctl backfill status --run-id {}`",
+            e.message, args.run_id
+        ))
+    };
     if out.json_mode() {
-        out.json(&report)?;
+        out.json(&report).map_err(committed)?;
     } else {
         let mut table = out.new_table([
             "tenant",
@@ -989,17 +1112,21 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
                 r.agent.unwrap_or("-").to_string(),
                 fmt_duration(r.duration_ms),
                 r.error.clone().unwrap_or_else(|| {
-                    r.drift
-                        .iter()
-                        .map(Drift::line)
-                        .chain(
-                            r.verification
-                                .iter()
-                                .filter(|v| !v.exact)
-                                .map(|v| crate::error::sanitize(&v.summary())),
-                        )
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    let mut lines: Vec<String> = r.drift.iter().map(Drift::line).collect();
+                    if !r.referenced_by.is_empty() {
+                        lines.push(format!(
+                            "agent kept as removed: referenced by {}",
+                            Referenced::line(&r.referenced_by)
+                        ));
+                    }
+                    lines.extend(
+                        r.verification
+                            .iter()
+                            .filter(|v| !v.exact)
+                            .map(|v| crate::error::sanitize(&v.summary())),
+                    );
+                    lines.extend(r.note.clone());
+                    lines.join("; ")
                 }),
             ]);
         }
@@ -1010,7 +1137,8 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
             } else {
                 "Counts are the snapshot's rows restored per tenant."
             }
-        ))?;
+        ))
+        .map_err(committed)?;
     }
     let count = |s: Status| report.tenants.iter().filter(|r| r.status == s).count();
     if report.interrupted {
@@ -1045,9 +1173,12 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
                 String::new()
             },
             if args.dry_run {
-                "dry run: nothing was changed"
+                "dry run: nothing was changed".to_string()
             } else {
-                "a failed tenant is left as it was"
+                match report.tenants.iter().filter(|r| r.in_doubt).count() {
+                    0 => "each rolled back alone".to_string(),
+                    n => format!("the rollback of {n} of them may have been committed (their COMMIT's answer was lost: check them with `orgctl backfill status`), the others left their tenant unchanged"),
+                }
             }
         )));
     }

@@ -68,6 +68,11 @@ pub fn read(path: &Path) -> Result<Vec<Tenant>> {
 pub fn parse(text: &str, source: &str) -> Result<Vec<Tenant>> {
     let mut tenants: Vec<Tenant> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
+    // host:port/dbname → (line, name): two names for one database would install and report
+    // it twice, each run under its own name.
+    let mut databases: HashMap<String, (usize, String)> = HashMap::new();
+    // Editors on Windows save UTF-8 with a byte order mark; it is not part of the first name.
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         let trimmed = raw.trim();
@@ -100,6 +105,14 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Tenant>> {
             )));
         }
         seen.insert(name.to_string(), line);
+        let database = database_key(&url);
+        if let Some((first, other)) = databases.get(&database) {
+            return Err(Error::usage(format!(
+                "{source} line {line}: tenant '{name}' has the same database ({}) as tenant '{other}' on line {first}; each tenant needs its own database: remove one of the two lines",
+                crate::redact::mask(url.target())
+            )));
+        }
+        databases.insert(database, (line, name.to_string()));
         tenants.push(Tenant {
             name: name.to_string(),
             url,
@@ -107,6 +120,17 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Tenant>> {
         });
     }
     Ok(tenants)
+}
+
+/// The database a URL names, for duplicate detection: host (case-insensitive), port, name.
+fn database_key(url: &DbUrl) -> String {
+    let o = url.options();
+    format!(
+        "{}:{}/{}",
+        o.get_host().to_ascii_lowercase(),
+        o.get_port(),
+        o.get_database().unwrap_or("")
+    )
 }
 
 fn valid_name(name: &str) -> bool {
@@ -220,6 +244,35 @@ mod tests {
             Ok(t) => panic!("accepted: {t:?}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_name() {
+        let t = ok("\u{FEFF}acme postgres://h/acme\n");
+        assert_eq!(t[0].name, "acme");
+        // Anywhere else it is still an invalid name.
+        let e = err("acme postgres://h/acme\n\u{FEFF}globex postgres://h/globex\n");
+        assert!(e.message.contains("line 2"), "{}", e.message);
+    }
+
+    #[test]
+    fn one_database_under_two_names_is_refused_naming_both_lines() {
+        let e = err(
+            "acme postgres://u:pw1@DB.example:5432/t1\n\nglobex postgres://v:pw2@db.example/t1\n",
+        );
+        assert_eq!(e.exit, crate::error::Exit::Usage);
+        assert!(e.message.contains("line 3"), "{}", e.message);
+        assert!(e.message.contains("'acme' on line 1"), "{}", e.message);
+        assert!(
+            !e.message.contains("pw2") && !e.message.contains("pw1"),
+            "{}",
+            e.message
+        );
+        // Another database on the same server is fine.
+        assert_eq!(
+            ok("a postgres://h/t1\nb postgres://h/t2\nc postgres://h:5433/t1\n").len(),
+            3
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! target only when a successful lookup proves it is not `kind='platform'`) and in
 //! [`FANOUT_SQL`] (a global secret: one set-based query for every workspace that inherits the
 //! key). Restarting the platform agent mid-turn once cost an org 14 hours; nothing here can.
+//! Both also apply the rules of the platform's automatic restart, which the manual endpoint
+//! does not: skip `removed`, `paused` and `hibernated` workspaces, external runtimes
+//! (`COALESCE(runtime,'langgraph')`), and anything under a `paused` ancestor.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,9 +26,15 @@ use crate::output::Output;
 /// Restart calls in flight at once. The platform re-provisions each restarted workspace, so a
 /// global change in a large org must not stampede it.
 pub const RESTART_CONCURRENCY: usize = 8;
-/// Connecting to the platform API, and one whole restart call.
-pub const RESTART_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connecting to the platform API (a platform that is up accepts at once; an unreachable one
+/// must not cost 8 workers x N calls x a long wait), and one whole restart call.
+pub const RESTART_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const RESTART_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// The default deadline of a whole dispatch (`--restart-timeout`).
+pub const RESTART_TOTAL_TIMEOUT: Duration = Duration::from_secs(300);
+/// After this many failed calls in a row, start no more: the platform is down or refusing,
+/// and every further call would only fail the same way (the rest is reported not attempted).
+pub const RESTART_GIVE_UP_AFTER: usize = 10;
 /// Fan-outs at least this large get a progress bar (on a terminal).
 const PROGRESS_MIN: usize = 10;
 
@@ -34,6 +43,8 @@ const PROGRESS_MIN: usize = 10;
 pub struct Platform {
     base: String,
     token: Option<Zeroizing<String>>,
+    /// The whole dispatch's deadline ([`Platform::with_total_timeout`]).
+    total_timeout: Duration,
 }
 
 impl std::fmt::Debug for Platform {
@@ -110,7 +121,14 @@ impl Platform {
         Ok(Some(Platform {
             base: raw.trim_end_matches('/').to_string(),
             token,
+            total_timeout: RESTART_TOTAL_TIMEOUT,
         }))
+    }
+
+    /// Bound the whole dispatch: calls not started by then are reported as not attempted.
+    pub fn with_total_timeout(mut self, total: Duration) -> Self {
+        self.total_timeout = total;
+        self
     }
 
     pub fn restart_url(&self, id: Uuid) -> String {
@@ -131,11 +149,15 @@ pub enum SkipReason {
     KindUnknown,
     /// `--no-restart`.
     NoRestart,
-    /// The target is `removed` or `paused`, or runs outside the platform (`runtime='external'`):
-    /// the same workspaces a global change never restarts.
+    /// The platform's own automatic restart skips these, and so does orgctl (the manual
+    /// endpoint it calls would not): status `removed`, `paused` or `hibernated` (a restart
+    /// would wake it), `COALESCE(runtime,'langgraph') = 'external'` (the platform does not run
+    /// it), or a `paused` ancestor within the 32-step chain bound (the endpoint answers 409).
     Removed,
     Paused,
+    Hibernated,
     External,
+    PausedAncestor,
 }
 
 impl SkipReason {
@@ -146,8 +168,23 @@ impl SkipReason {
             SkipReason::NoRestart => "no-restart",
             SkipReason::Removed => "removed",
             SkipReason::Paused => "paused",
+            SkipReason::Hibernated => "hibernated",
             SkipReason::External => "external",
+            SkipReason::PausedAncestor => "paused-ancestor",
         }
+    }
+
+    /// The reason for a value of the fan-out query's `skip` column.
+    fn from_sql(s: &str) -> Option<Self> {
+        Some(match s {
+            "platform-root" => SkipReason::PlatformRoot,
+            "removed" => SkipReason::Removed,
+            "paused" => SkipReason::Paused,
+            "hibernated" => SkipReason::Hibernated,
+            "external" => SkipReason::External,
+            "paused-ancestor" => SkipReason::PausedAncestor,
+            _ => return None,
+        })
     }
 }
 
@@ -179,7 +216,10 @@ pub struct TargetRow {
     pub name: String,
     pub is_platform: bool,
     pub status: Option<String>,
+    /// `COALESCE(runtime, 'langgraph')`.
     pub runtime: String,
+    /// A `paused` workspace among its ancestors (at most [`crate::org::MAX_DEPTH`] steps up).
+    pub paused_ancestor: bool,
 }
 
 /// The guard for a workspace-secret change: restart the target only when a successful lookup
@@ -217,10 +257,14 @@ pub fn target_decision(
     match row.status.as_deref() {
         Some("removed") => return skip(name, SkipReason::Removed, None),
         Some("paused") => return skip(name, SkipReason::Paused, None),
+        Some("hibernated") => return skip(name, SkipReason::Hibernated, None),
         _ => {}
     }
     if row.runtime == "external" {
         return skip(name, SkipReason::External, None);
+    }
+    if row.paused_ancestor {
+        return skip(name, SkipReason::PausedAncestor, None);
     }
     if no_restart {
         return skip(name, SkipReason::NoRestart, None);
@@ -231,17 +275,49 @@ pub fn target_decision(
     }
 }
 
-const TARGET_SQL: &str = "SELECT name, COALESCE(kind, 'workspace') = 'platform', status::text,
-                                 COALESCE(runtime, '')
+/// The target and its ancestors: the walk up stops at a root, a missing parent, or
+/// [`crate::org::MAX_DEPTH`] steps (a cycle or a corrupt chain can never make it loop).
+/// `status` is compared as text: older tenants have a TEXT column, or an enum without every
+/// label (a literal the enum lacks would be an error, not a mismatch).
+const TARGET_SQL: &str = "WITH RECURSIVE up(id, steps) AS (
+                               SELECT parent_id, 1 FROM workspaces WHERE id = $1 AND parent_id IS NOT NULL
+                             UNION ALL
+                               SELECT w.parent_id, u.steps + 1
+                                 FROM up u JOIN workspaces w ON w.id = u.id
+                                WHERE w.parent_id IS NOT NULL AND u.steps < $2
+                          )
+                          SELECT name, COALESCE(kind, 'workspace') = 'platform', status::text,
+                                 COALESCE(runtime, 'langgraph'),
+                                 EXISTS (SELECT 1 FROM up JOIN workspaces a ON a.id = up.id
+                                          WHERE a.status::text = 'paused')
                             FROM workspaces WHERE id = $1";
 
-/// The global fan-out, one set-based query: every workspace that inherits key $1 — status not
-/// in (removed, paused), not external, no workspace-level override — flagged when it is the
-/// platform agent (reported as skipped, never restarted).
-pub const FANOUT_SQL: &str = "SELECT w.id, w.name, COALESCE(w.kind, 'workspace') = 'platform'
+/// The global fan-out, ONE set-based statement: every workspace that inherits key $1 (no
+/// workspace-level override; a NULL status is left out, as the platform's own query does),
+/// each with the reason it is skipped, or NULL when it is restarted. The reasons in order: the
+/// platform agent (the guard), `removed`/`paused`/`hibernated`, external runtime, a paused
+/// ancestor — found by walking DOWN from every paused workspace at most
+/// [`crate::org::MAX_DEPTH`] levels (the same bound as walking up from each row, in one pass;
+/// the walk starts at the paused workspaces themselves, which the CASE already reports as
+/// `paused`, so no join is needed to seed it) and hash-joined, so the plan stays linear even
+/// with stale statistics. Without a paused workspace the walk is one scan.
+pub const FANOUT_SQL: &str = "WITH RECURSIVE below_paused(id, depth) AS (
+                                   SELECT p.id, 0 FROM workspaces p WHERE p.status::text = 'paused'
+                                 UNION ALL
+                                   SELECT w.id, b.depth + 1
+                                     FROM below_paused b JOIN workspaces w ON w.parent_id = b.id
+                                    WHERE b.depth < $2
+                              ),
+                              under AS (SELECT DISTINCT id FROM below_paused)
+                              SELECT w.id, w.name,
+                                     CASE WHEN COALESCE(w.kind, 'workspace') = 'platform' THEN 'platform-root'
+                                          WHEN w.status::text IN ('removed', 'paused', 'hibernated') THEN w.status::text
+                                          WHEN COALESCE(w.runtime, 'langgraph') = 'external' THEN 'external'
+                                          WHEN u.id IS NOT NULL THEN 'paused-ancestor'
+                                     END
                                 FROM workspaces w
-                               WHERE w.status NOT IN ('removed', 'paused')
-                                 AND COALESCE(w.runtime, '') <> 'external'
+                                LEFT JOIN under u ON u.id = w.id
+                               WHERE w.status IS NOT NULL
                                  AND NOT EXISTS (SELECT 1 FROM workspace_secrets s
                                                   WHERE s.workspace_id = w.id AND s.key = $1)
                                ORDER BY w.id";
@@ -252,6 +328,7 @@ pub async fn lookup_target(
 ) -> std::result::Result<Option<TargetRow>, String> {
     let row = crate::db::query(TARGET_SQL)
         .bind(id)
+        .bind(crate::org::MAX_DEPTH)
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| crate::error::classify_sqlx(&e).message)?;
@@ -262,6 +339,7 @@ pub async fn lookup_target(
             is_platform: r.try_get(1)?,
             status: r.try_get(2)?,
             runtime: r.try_get(3)?,
+            paused_ancestor: r.try_get(4)?,
         })
     };
     decode()
@@ -283,32 +361,32 @@ pub async fn plan_global(
 ) -> Result<RestartPlan> {
     let rows = crate::db::query(FANOUT_SQL)
         .bind(key)
+        .bind(crate::org::MAX_DEPTH)
         .fetch_all(&mut *conn)
         .await?;
     let mut plan = RestartPlan::default();
     for r in rows {
         let id: Uuid = r.try_get(0)?;
         let name: String = r.try_get(1)?;
-        let is_platform: bool = r.try_get(2)?;
-        if is_platform {
-            plan.skipped.push(Skip {
+        let skip: Option<String> = r.try_get(2)?;
+        let reason = match skip.as_deref() {
+            None if no_restart => Some(SkipReason::NoRestart),
+            None => None,
+            Some(s) => Some(SkipReason::from_sql(s).ok_or_else(|| {
+                Error::failed(format!("internal: unknown restart skip reason '{s}'"))
+            })?),
+        };
+        match reason {
+            Some(reason) => plan.skipped.push(Skip {
                 id,
                 name: Some(name),
-                reason: SkipReason::PlatformRoot,
+                reason,
                 detail: None,
-            });
-        } else if no_restart {
-            plan.skipped.push(Skip {
+            }),
+            None => plan.planned.push(Target {
                 id,
                 name: Some(name),
-                reason: SkipReason::NoRestart,
-                detail: None,
-            });
-        } else {
-            plan.planned.push(Target {
-                id,
-                name: Some(name),
-            });
+            }),
         }
     }
     Ok(plan)
@@ -360,8 +438,15 @@ pub async fn dispatch(out: &Output, platform: &Platform, ids: &[Uuid]) -> Vec<Di
         .map(|t| Zeroizing::new(format!("Bearer {}", t.as_str())));
     let pb2 = pb.clone();
     let stop2 = stop.clone();
+    let total = platform.total_timeout;
     let job = tokio::task::spawn_blocking(move || {
-        dispatch_blocking(&urls, bearer.as_ref().map(|b| b.as_str()), &pb2, &stop2)
+        dispatch_blocking(
+            &urls,
+            bearer.as_ref().map(|b| b.as_str()),
+            &pb2,
+            &stop2,
+            total,
+        )
     });
     let results = job.await;
     watcher.abort();
@@ -384,13 +469,26 @@ fn dispatch_blocking(
     bearer: Option<&str>,
     pb: &indicatif::ProgressBar,
     stop: &AtomicBool,
+    total: Duration,
 ) -> Vec<Dispatched> {
+    let deadline = std::time::Instant::now() + total;
+    // Failed calls in a row (any success resets it).
+    let failures_in_a_row = AtomicUsize::new(0);
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(RESTART_CONNECT_TIMEOUT)
         .timeout(RESTART_CALL_TIMEOUT)
         // A restart is not followed anywhere else: no bearer token travels to a redirect target.
         .redirects(0)
         .max_idle_connections_per_host(RESTART_CONCURRENCY)
+        .user_agent(concat!("orgctl/", env!("CARGO_PKG_VERSION")))
+        .build();
+    // For the one retry of a call that met a stale keep-alive connection: never pooled, so the
+    // retry always opens a new connection.
+    let fresh = ureq::AgentBuilder::new()
+        .timeout_connect(RESTART_CONNECT_TIMEOUT)
+        .timeout(RESTART_CALL_TIMEOUT)
+        .redirects(0)
+        .max_idle_connections(0)
         .user_agent(concat!("orgctl/", env!("CARGO_PKG_VERSION")))
         .build();
     let next = AtomicUsize::new(0);
@@ -404,14 +502,32 @@ fn dispatch_blocking(
                     loop {
                         let i = next.fetch_add(1, Ordering::SeqCst);
                         let Some((id, url)) = urls.get(i) else { break };
+                        let not_attempted = |why: String| Dispatched {
+                            id: *id,
+                            ok: false,
+                            error: Some(format!("not attempted: {why}")),
+                        };
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
                         let result = if stop.load(Ordering::SeqCst) {
-                            Dispatched {
-                                id: *id,
-                                ok: false,
-                                error: Some("not attempted: interrupted".into()),
-                            }
+                            not_attempted("interrupted".into())
+                        } else if failures_in_a_row.load(Ordering::SeqCst) >= RESTART_GIVE_UP_AFTER
+                        {
+                            not_attempted(format!(
+                                "stopped after {RESTART_GIVE_UP_AFTER} failed restarts in a row"
+                            ))
+                        } else if left.is_zero() {
+                            not_attempted(format!(
+                                "the restart deadline ({}) passed",
+                                crate::db::humanize(total)
+                            ))
                         } else {
-                            restart_one(&agent, *id, url, bearer)
+                            let r = restart_one(&agent, &fresh, *id, url, bearer, left);
+                            if r.ok {
+                                failures_in_a_row.store(0, Ordering::SeqCst);
+                            } else {
+                                failures_in_a_row.fetch_add(1, Ordering::SeqCst);
+                            }
+                            r
                         };
                         pb.inc(1);
                         mine.push((i, result));
@@ -443,44 +559,110 @@ fn dispatch_blocking(
         .collect()
 }
 
-fn restart_one(agent: &ureq::Agent, id: Uuid, url: &str, bearer: Option<&str>) -> Dispatched {
-    let mut req = agent.post(url);
-    if let Some(b) = bearer {
-        req = req.set("Authorization", b);
+/// One restart call, bounded by the call timeout and by what is `left` of the deadline. A
+/// call whose connection closed before any status line came back (the platform dropped an idle
+/// keep-alive connection just as orgctl reused it: reset, or EOF before the status line) is
+/// retried once on a new connection from `fresh`, within the same deadline. Nothing else is
+/// retried: a restart is not idempotent, and any response means the platform saw the call.
+fn restart_one(
+    agent: &ureq::Agent,
+    fresh: &ureq::Agent,
+    id: Uuid,
+    url: &str,
+    bearer: Option<&str>,
+    left: Duration,
+) -> Dispatched {
+    let started = std::time::Instant::now();
+    let call = |agent: &ureq::Agent, budget: Duration| {
+        let mut req = agent.post(url).timeout(RESTART_CALL_TIMEOUT.min(budget));
+        if let Some(b) = bearer {
+            req = req.set("Authorization", b);
+        }
+        // Boxed: ureq's error carries a whole response.
+        req.send_bytes(&[]).map_err(Box::new)
+    };
+    let mut result = call(agent, left);
+    if let Err(e) = &result {
+        let ureq::Error::Transport(t) = e.as_ref() else {
+            return status_result(id, url, result);
+        };
+        let budget = left.saturating_sub(started.elapsed());
+        if closed_before_response(t) && !budget.is_zero() {
+            result = call(fresh, budget);
+        }
     }
+    status_result(id, url, result)
+}
+
+/// The [`Dispatched`] of a call's outcome.
+fn status_result(
+    id: Uuid,
+    url: &str,
+    result: std::result::Result<ureq::Response, Box<ureq::Error>>,
+) -> Dispatched {
     let fail = |msg: String| Dispatched {
         id,
         ok: false,
         error: Some(crate::redact::mask(&sanitize(&msg))),
     };
-    match req.send_bytes(&[]) {
-        Ok(resp) if (200..300).contains(&resp.status()) => Dispatched {
-            id,
-            ok: true,
-            error: None,
-        },
+    match result {
+        Ok(resp) if (200..300).contains(&resp.status()) => {
+            // Read the (small) body to its end so the connection goes back to the pool.
+            let _ = std::io::copy(
+                &mut std::io::Read::take(resp.into_reader(), 64 * 1024),
+                &mut std::io::sink(),
+            );
+            Dispatched {
+                id,
+                ok: true,
+                error: None,
+            }
+        }
         Ok(resp) => fail(format!(
             "HTTP {} {} (a redirect is not followed)",
             resp.status(),
             resp.status_text()
         )),
-        Err(ureq::Error::Status(code, resp)) => {
-            let status_text = resp.status_text().to_string();
-            let body = resp.into_string().unwrap_or_default();
-            let body: String = body.trim().chars().take(200).collect();
-            if body.is_empty() {
-                fail(format!("HTTP {code} {status_text}"))
-            } else {
-                fail(format!("HTTP {code} {status_text}: {body}"))
+        Err(e) => match *e {
+            ureq::Error::Status(code, resp) => {
+                let status_text = resp.status_text().to_string();
+                let body = resp.into_string().unwrap_or_default();
+                let body: String = body.trim().chars().take(200).collect();
+                if body.is_empty() {
+                    fail(format!("HTTP {code} {status_text}"))
+                } else {
+                    fail(format!("HTTP {code} {status_text}: {body}"))
+                }
             }
-        }
-        Err(ureq::Error::Transport(t)) => {
-            // ureq prefixes the URL, which the result already names by id.
-            let msg = t.to_string();
-            let prefix = format!("{url}: ");
-            fail(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string())
-        }
+            ureq::Error::Transport(t) => {
+                // ureq prefixes the URL, which the result already names by id.
+                let msg = t.to_string();
+                let prefix = format!("{url}: ");
+                fail(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string())
+            }
+        },
     }
+}
+
+/// The connection was closed (reset, or EOF before a status line) with no response: the
+/// signature of a stale keep-alive connection.
+fn closed_before_response(t: &ureq::Transport) -> bool {
+    if t.kind() != ureq::ErrorKind::Io {
+        return false;
+    }
+    let mut source = std::error::Error::source(t);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -494,6 +676,7 @@ mod tests {
 
     fn row(is_platform: bool, status: &str, runtime: &str) -> TargetRow {
         TargetRow {
+            paused_ancestor: false,
             name: "w".into(),
             is_platform,
             status: Some(status.into()),
@@ -535,12 +718,17 @@ mod tests {
         for (status, runtime, reason) in [
             ("removed", "langgraph", SkipReason::Removed),
             ("paused", "langgraph", SkipReason::Paused),
+            ("hibernated", "langgraph", SkipReason::Hibernated),
             ("online", "external", SkipReason::External),
         ] {
             let p = target_decision(id(), Ok(Some(row(false, status, runtime))), false);
             assert!(p.planned.is_empty());
             assert_eq!(reasons(&p), [reason]);
         }
+        let mut under = row(false, "online", "langgraph");
+        under.paused_ancestor = true;
+        let p = target_decision(id(), Ok(Some(under)), false);
+        assert_eq!(reasons(&p), [SkipReason::PausedAncestor]);
         let p = target_decision(id(), Ok(Some(row(false, "online", ""))), true);
         assert_eq!(reasons(&p), [SkipReason::NoRestart]);
     }

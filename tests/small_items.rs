@@ -1,0 +1,297 @@
+//! The small items of issue 15 (item 8), each from the built binary where it is about the
+//! binary: a TEXT status column's values sanitised, `secret set --dry-run` never reading stdin,
+//! duplicate databases and a BOM in a tenants file, a revoke that revoked nothing writing no
+//! audit row, the prior MODEL value dropped by rollback, a dry run refused for several agents
+//! (no plan, as the README says), and configuration errors with one prefix.
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+
+use crate::harness::{ids, Cmd, TestDb};
+
+fn tenants_file(tag: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("orgctl-small-{}-{tag}.txt", std::process::id()));
+    if let Err(e) = std::fs::write(&p, text) {
+        panic!("{e}");
+    }
+    p
+}
+
+#[test]
+fn a_text_status_column_is_printed_sanitised() {
+    let db = TestDb::sample();
+    db.exec(
+        "ALTER TABLE workspaces ALTER COLUMN status DROP DEFAULT;
+         ALTER TABLE workspaces ALTER COLUMN status TYPE text USING status::text;
+         UPDATE workspaces SET status = E'on\\x1b[2J\\x1b]0;pwned\\x07line' WHERE id = 'b0000000-0000-4000-8000-000000000001';",
+    );
+    for args in [
+        &["status"][..],
+        &["install-platform-agent", "--dry-run", "--model", "m"][..],
+    ] {
+        let r = db.orgctl(args).run();
+        assert!(r.code == 0 || r.code == 1, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stdout.contains("on [2J ]0;pwned line"),
+            "{args:?}: {}",
+            r.stdout
+        );
+        for text in [&r.stdout, &r.stderr] {
+            assert!(
+                !text.contains('\x1b') && !text.contains('\x07'),
+                "{args:?}: a control character reached the terminal: {text:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn secret_set_dry_run_never_reads_stdin() {
+    let db = TestDb::sample();
+    let mut c = db
+        .orgctl(&["secret", "set", ids::HQ, "NEWKEY", "--dry-run"])
+        .command();
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match c.spawn() {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    // stdin stays open and empty: a dry run that reads it never ends.
+    let _stdin = child.stdin.take();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                panic!("secret set --dry-run blocked on an open stdin");
+            }
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("would be created"), "{out}");
+}
+
+#[test]
+fn a_tenants_file_with_one_database_twice_is_refused_naming_both_lines() {
+    let db = TestDb::sample();
+    let f = tenants_file(
+        "dup",
+        &format!(
+            "acme {}\n# same database, other name\nglobex {}\n",
+            db.url, db.url
+        ),
+    );
+    let before = db.snapshot();
+    let r = Cmd::new(&[
+        "backfill",
+        "run",
+        "--yes",
+        "--model",
+        "m",
+        "--tenants",
+        f.to_str().unwrap_or_default(),
+    ])
+    .run();
+    r.code(2).one_line_error("line 3");
+    assert!(r.stderr.contains("'acme' on line 1"), "{}", r.stderr);
+    assert!(!r.stderr.contains(crate::harness::PASSWORD), "{}", r.stderr);
+    assert_eq!(db.snapshot(), before);
+    let _ = std::fs::remove_file(&f);
+
+    // A byte order mark (a file saved by a Windows editor) is not part of the first name.
+    let f = tenants_file("bom", &format!("\u{FEFF}acme {}\n", db.url));
+    let r = Cmd::new(&[
+        "backfill",
+        "run",
+        "--dry-run",
+        "--model",
+        "m",
+        "--tenants",
+        f.to_str().unwrap_or_default(),
+    ])
+    .run();
+    r.code(0);
+    assert!(r.stdout.contains("acme"), "{}", r.stdout);
+    let _ = std::fs::remove_file(&f);
+}
+
+#[tokio::test]
+async fn a_revoke_that_revoked_nothing_writes_no_audit_row() {
+    let db = TestDb::sample();
+    // orgctl's schema first, so the audit table exists and the count is meaningful.
+    db.orgctl(&["token", "revoke", "--yes", "--", "sampl002"])
+        .run()
+        .code(0);
+    let audited = db.audit_rows();
+    // Hold the tenant lock while orgctl plans (it sees live tokens) and waits for the lock;
+    // revoke them meanwhile, then let it go.
+    let mut holder = db.connect().await;
+    let mut tx = match holder.begin().await {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    };
+    if let Err(e) = sqlx::query("SELECT pg_advisory_xact_lock(1869768547, 1)")
+        .execute(&mut *tx)
+        .await
+    {
+        panic!("{e}");
+    }
+    let run = db
+        .orgctl(&[
+            "--lock-timeout",
+            "30s",
+            "token",
+            "revoke",
+            "--created-by",
+            "session",
+            "--yes",
+        ])
+        .run_async();
+    let waiter = tokio::spawn(run);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting = db.scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE a.application_name = 'orgctl' AND l.locktype = 'advisory' AND NOT l.granted",
+        );
+        if waiting == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orgctl never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Err(e) = sqlx::query(
+        "UPDATE org_api_tokens SET revoked_at = now() WHERE created_by = 'session' AND revoked_at IS NULL",
+    )
+    .execute(&mut *tx)
+    .await
+    {
+        panic!("{e}");
+    }
+    if let Err(e) = tx.commit().await {
+        panic!("{e}");
+    }
+    let r = match waiter.await {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    r.code(0);
+    assert!(r.stderr.contains("revoked concurrently"), "{}", r.stderr);
+    assert_eq!(db.audit_rows(), audited, "a revoke of nothing was audited");
+}
+
+#[test]
+fn rollback_drops_the_prior_model_value_it_kept() {
+    let db = TestDb::sample();
+    db.orgctl(&["install-platform-agent", "--model", "old-model", "--yes"])
+        .run()
+        .code(0);
+    let f = tenants_file("model", &format!("acme {}\n", db.url));
+    let t = f.to_str().unwrap_or_default();
+    Cmd::new(&[
+        "backfill",
+        "run",
+        "--run-id",
+        "m1",
+        "--model",
+        "new-model",
+        "--yes",
+        "--tenants",
+        t,
+    ])
+    .run()
+    .code(0);
+    assert_eq!(
+        db.scalar("SELECT model_prior IS NOT NULL FROM orgctl.backfill_runs WHERE run_id = 'm1'"),
+        "t"
+    );
+    Cmd::new(&[
+        "backfill",
+        "rollback",
+        "--run-id",
+        "m1",
+        "--yes",
+        "--tenants",
+        t,
+    ])
+    .run()
+    .code(0);
+    assert_eq!(
+        db.scalar("SELECT model_prior IS NULL FROM orgctl.backfill_runs WHERE run_id = 'm1'"),
+        "t"
+    );
+    assert_eq!(
+        db.scalar("SELECT convert_from(encrypted_value, 'UTF8') FROM workspace_secrets WHERE key = 'MODEL'"),
+        "old-model"
+    );
+    let _ = std::fs::remove_file(&f);
+}
+
+/// The README's rule: a dry run that apply would refuse prints its plan and exits 3 — except
+/// with several agents, where there is no plan to print (which agent?): exit 3 naming them,
+/// and nothing on stdout, not even in JSON mode.
+#[test]
+fn a_dry_run_refused_for_several_agents_names_them_and_prints_no_plan() {
+    let db = TestDb::sample();
+    db.exec(&format!(
+        "UPDATE workspaces SET kind = 'platform' WHERE id IN ('{}', '{}')",
+        ids::HQ,
+        ids::LABS
+    ));
+    let r = db
+        .orgctl(&["install-platform-agent", "--dry-run", "--model", "m"])
+        .run();
+    r.code(3).one_line_error(ids::LABS);
+    assert!(r.stderr.contains(ids::HQ), "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    let r = db
+        .orgctl(&[
+            "-o",
+            "json",
+            "install-platform-agent",
+            "--dry-run",
+            "--model",
+            "m",
+        ])
+        .run();
+    r.code(3);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    // A refusal that has a plan (missing MODEL) does print it.
+    let db = TestDb::sample();
+    let r = db
+        .orgctl(&["-o", "json", "install-platform-agent", "--dry-run"])
+        .run();
+    r.code(3);
+    assert_eq!(r.json()["model_secret"], "missing", "{}", r.stdout);
+}
+
+#[test]
+fn a_configuration_error_is_prefixed_once() {
+    let r = Cmd::new(&["status"])
+        .env(
+            "DATABASE_URL",
+            "postgres://u:p4ssw0rd@127.0.0.1:1/db?sslmode=bogus",
+        )
+        .run();
+    r.code(2).one_line_error("bogus");
+    assert_eq!(
+        r.stderr.matches("error with configuration").count(),
+        0,
+        "{}",
+        r.stderr
+    );
+}
