@@ -95,7 +95,9 @@ fn rollback_without_triggers_is_verified_byte_exact() {
     autovacuum_off(&db);
     let before = platform(&db);
     let fleet = OneTenant::new(&db);
-    fleet.run(&["run", "--model", "new-model"]).code(0);
+    fleet
+        .run(&["run", "--model", "new-model", "--replace-model"])
+        .code(0);
 
     let r = fleet.run(&["rollback"]);
     r.code(0);
@@ -131,7 +133,9 @@ fn a_trigger_that_stamps_updated_at_is_reported_not_claimed_exact() {
     let tree = db.scalar(parents);
     let anchored = db.scalar(anchors);
     let fleet = OneTenant::new(&db);
-    fleet.run(&["run", "--model", "new-model"]).code(0);
+    fleet
+        .run(&["run", "--model", "new-model", "--replace-model"])
+        .code(0);
 
     let r = fleet.run(&["rollback"]);
     r.code(0);
@@ -191,7 +195,9 @@ fn a_column_the_restore_cannot_put_back_fails_the_tenant_and_changes_nothing() {
              FOR EACH ROW EXECUTE FUNCTION keep_parent();",
     );
     let fleet = OneTenant::new(&db);
-    fleet.run(&["run", "--model", "new-model"]).code(0);
+    fleet
+        .run(&["run", "--model", "new-model", "--replace-model"])
+        .code(0);
     let after_run = platform(&db);
     let audits = db.audit_rows();
 
@@ -238,7 +244,9 @@ fn every_rollback_write_runs_with_nested_loops_off() {
              FOR EACH STATEMENT EXECUTE FUNCTION record_setting();",
     );
     let fleet = OneTenant::new(&db);
-    fleet.run(&["run", "--model", "new-model"]).code(0);
+    fleet
+        .run(&["run", "--model", "new-model", "--replace-model"])
+        .code(0);
     db.exec("TRUNCATE seen");
 
     let r = fleet.run(&["rollback"]);
