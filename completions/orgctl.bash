@@ -16,6 +16,9 @@ _orgctl() {
             ",$1")
                 cmd="orgctl"
                 ;;
+            orgctl,audit)
+                cmd="orgctl__subcmd__audit"
+                ;;
             orgctl,backfill)
                 cmd="orgctl__subcmd__backfill"
                 ;;
@@ -39,6 +42,18 @@ _orgctl() {
                 ;;
             orgctl,token)
                 cmd="orgctl__subcmd__token"
+                ;;
+            orgctl__subcmd__audit,help)
+                cmd="orgctl__subcmd__audit__subcmd__help"
+                ;;
+            orgctl__subcmd__audit,verify)
+                cmd="orgctl__subcmd__audit__subcmd__verify"
+                ;;
+            orgctl__subcmd__audit__subcmd__help,help)
+                cmd="orgctl__subcmd__audit__subcmd__help__subcmd__help"
+                ;;
+            orgctl__subcmd__audit__subcmd__help,verify)
+                cmd="orgctl__subcmd__audit__subcmd__help__subcmd__verify"
                 ;;
             orgctl__subcmd__backfill,help)
                 cmd="orgctl__subcmd__backfill__subcmd__help"
@@ -88,6 +103,9 @@ _orgctl() {
             orgctl__subcmd__dev__subcmd__help,up)
                 cmd="orgctl__subcmd__dev__subcmd__help__subcmd__up"
                 ;;
+            orgctl__subcmd__help,audit)
+                cmd="orgctl__subcmd__help__subcmd__audit"
+                ;;
             orgctl__subcmd__help,backfill)
                 cmd="orgctl__subcmd__help__subcmd__backfill"
                 ;;
@@ -111,6 +129,9 @@ _orgctl() {
                 ;;
             orgctl__subcmd__help,token)
                 cmd="orgctl__subcmd__help__subcmd__token"
+                ;;
+            orgctl__subcmd__help__subcmd__audit,verify)
+                cmd="orgctl__subcmd__help__subcmd__audit__subcmd__verify"
                 ;;
             orgctl__subcmd__help__subcmd__backfill,rollback)
                 cmd="orgctl__subcmd__help__subcmd__backfill__subcmd__rollback"
@@ -138,6 +159,9 @@ _orgctl() {
                 ;;
             orgctl__subcmd__help__subcmd__secret,rekey)
                 cmd="orgctl__subcmd__help__subcmd__secret__subcmd__rekey"
+                ;;
+            orgctl__subcmd__help__subcmd__secret,restart)
+                cmd="orgctl__subcmd__help__subcmd__secret__subcmd__restart"
                 ;;
             orgctl__subcmd__help__subcmd__secret,set)
                 cmd="orgctl__subcmd__help__subcmd__secret__subcmd__set"
@@ -169,6 +193,9 @@ _orgctl() {
             orgctl__subcmd__secret,rekey)
                 cmd="orgctl__subcmd__secret__subcmd__rekey"
                 ;;
+            orgctl__subcmd__secret,restart)
+                cmd="orgctl__subcmd__secret__subcmd__restart"
+                ;;
             orgctl__subcmd__secret,set)
                 cmd="orgctl__subcmd__secret__subcmd__set"
                 ;;
@@ -186,6 +213,9 @@ _orgctl() {
                 ;;
             orgctl__subcmd__secret__subcmd__help,rekey)
                 cmd="orgctl__subcmd__secret__subcmd__help__subcmd__rekey"
+                ;;
+            orgctl__subcmd__secret__subcmd__help,restart)
+                cmd="orgctl__subcmd__secret__subcmd__help__subcmd__restart"
                 ;;
             orgctl__subcmd__secret__subcmd__help,set)
                 cmd="orgctl__subcmd__secret__subcmd__help__subcmd__set"
@@ -230,7 +260,7 @@ _orgctl() {
 
     case "${cmd}" in
         orgctl)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version install-platform-agent token secret backfill status dev completions help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version install-platform-agent token secret backfill status audit dev completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -260,6 +290,148 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__audit)
+            opts="-o -y -q -v -h -V --since --command --limit --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version verify help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --command)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --statement-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__audit__subcmd__help)
+            opts="verify help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__audit__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__audit__subcmd__help__subcmd__verify)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__audit__subcmd__verify)
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --statement-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -268,7 +440,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version run rollback status help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version run rollback status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -296,6 +468,10 @@ _orgctl() {
                     ;;
                 --pooler)
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -376,7 +552,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__rollback)
-            opts="-o -y -q -v -h -V --run-id --tenants --shard --shards --tenant --force --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --run-id --tenants --shard --shards --tenant --force --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -426,6 +602,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -434,7 +614,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__run)
-            opts="-o -y -q -v -h -V --tenants --concurrency --shard --shards --canary --run-id --model --allow-missing-model --replace-model --dry-run --report --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --tenants --concurrency --shard --shards --canary --run-id --model --allow-missing-model --replace-model --dry-run --report --provision --wait --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -472,6 +652,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -496,6 +680,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -504,7 +692,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__status)
-            opts="-o -y -q -v -h -V --run-id --tenants --shard --shards --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --run-id --tenants --shard --shards --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -550,6 +738,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -558,7 +750,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__completions)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version bash zsh fish"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version bash zsh fish"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -586,6 +778,10 @@ _orgctl() {
                     ;;
                 --pooler)
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -596,7 +792,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version up down seed help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version up down seed help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -626,6 +822,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -634,7 +834,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev__subcmd__down)
-            opts="-o -y -q -v -h -V --dir --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --dir --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -666,6 +866,10 @@ _orgctl() {
                     ;;
                 --pooler)
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -746,7 +950,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev__subcmd__seed)
-            opts="-o -y -q -v -h -V --roots --workspaces --tokens --tokens-on-roots --revoked-pct --allowlist --plugins --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --roots --workspaces --tokens --tokens-on-roots --revoked-pct --allowlist --plugins --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -804,6 +1008,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -812,7 +1020,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev__subcmd__up)
-            opts="-o -y -q -v -h -V --dir --port --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --dir --port --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -850,6 +1058,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -858,8 +1070,36 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__help)
-            opts="install-platform-agent token secret backfill status dev completions help"
+            opts="install-platform-agent token secret backfill status audit dev completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__help__subcmd__audit)
+            opts="verify"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__help__subcmd__audit__subcmd__verify)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1026,7 +1266,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__help__subcmd__secret)
-            opts="set delete list verify rekey"
+            opts="set delete list restart verify rekey"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1068,6 +1308,20 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__help__subcmd__secret__subcmd__rekey)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__help__subcmd__secret__subcmd__restart)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1194,7 +1448,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__install__subcmd__platform__subcmd__agent)
-            opts="-o -y -q -v -h -V --id --name --model --allow-missing-model --dry-run --detailed-exitcode --expect-plan --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --id --name --model --allow-missing-model --dry-run --detailed-exitcode --expect-plan --provision --wait --platform-url --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1216,6 +1470,14 @@ _orgctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --platform-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1240,6 +1502,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1248,7 +1514,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version set delete list verify rekey help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version set delete list restart verify rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1278,6 +1544,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1286,7 +1556,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__delete)
-            opts="-o -y -q -v -h -V --global --no-restart --force --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --no-restart --force --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1324,6 +1594,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1332,7 +1606,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__help)
-            opts="set delete list verify rekey help"
+            opts="set delete list restart verify rekey help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1401,6 +1675,20 @@ _orgctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        orgctl__subcmd__secret__subcmd__help__subcmd__restart)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         orgctl__subcmd__secret__subcmd__help__subcmd__set)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -1430,7 +1718,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__list)
-            opts="-o -y -q -v -h -V --global --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1460,6 +1748,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1468,7 +1760,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__rekey)
-            opts="-o -y -q -v -h -V --new-key-file --plaintext-only --dry-run --expect-plan --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --new-key-file --plaintext-only --dry-run --expect-plan --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1506,6 +1798,56 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        orgctl__subcmd__secret__subcmd__restart)
+            opts="-o -y -q -v -h -V --global --all --platform-url --dry-run --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --platform-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --statement-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pooler)
+                    COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1514,7 +1856,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__set)
-            opts="-o -y -q -v -h -V --global --value-file --no-restart --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --global --value-file --no-restart --platform-url --dry-run --restart-timeout --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1556,6 +1898,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1564,7 +1910,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__verify)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1594,6 +1940,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1602,7 +1952,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__status)
-            opts="-o -y -q -v -h -V --limit --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --limit --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1636,6 +1986,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1644,7 +1998,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version mint list revoke anchor help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version mint list revoke anchor help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1674,6 +2028,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1682,7 +2040,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__anchor)
-            opts="-o -y -q -v -h -V --stale --dry-run --org --force --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --stale --dry-run --org --force --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1714,6 +2072,10 @@ _orgctl() {
                     ;;
                 --pooler)
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1808,7 +2170,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__list)
-            opts="-o -y -q -v -h -V --all --org --unanchored --created-by --wide --limit --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --all --org --unanchored --created-by --wide --limit --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1850,6 +2212,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1858,7 +2224,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__mint)
-            opts="-o -y -q -v -h -V --name --org --created-by --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --name --org --created-by --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1900,6 +2266,10 @@ _orgctl() {
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
                     return 0
                     ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1908,7 +2278,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__token__subcmd__revoke)
-            opts="-o -y -q -v -h -V --created-by --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --help --version"
+            opts="-o -y -q -v -h -V --created-by --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1940,6 +2310,10 @@ _orgctl() {
                     ;;
                 --pooler)
                     COMPREPLY=($(compgen -W "transaction session none" -- "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -125,6 +125,11 @@ pub struct GlobalArgs {
     /// each statement (time, rows, start of its text; never a bound value).
     #[arg(long, short = 'v', action = ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// Why this change is made (an incident or change number), stored on every audit row the
+    /// command writes. Required for changes when ORGCTL_REQUIRE_REASON=1.
+    #[arg(long, value_name = "TEXT", env = "ORGCTL_REASON", global = true)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -159,6 +164,11 @@ pub enum Command {
     ///   orgctl install-platform-agent --dry-run --model claude-sonnet-4-5
     ///   orgctl install-platform-agent --dry-run --model claude-sonnet-4-5 -o json --detailed-exitcode
     ///   orgctl install-platform-agent --model claude-sonnet-4-5 --expect-plan sha256:… --yes
+    ///   orgctl install-platform-agent --model claude-sonnet-4-5 --yes --provision --wait 3m
+    ///
+    /// Environment (for --provision):
+    ///   MOLECULE_PLATFORM_URL  as --platform-url
+    ///   MOLECULE_ADMIN_TOKEN   bearer token for the provision request (never printed)
     #[command(
         name = "install-platform-agent",
         after_long_help = AFTER_HELP,
@@ -182,6 +192,25 @@ pub enum Command {
     #[command(after_long_help = AFTER_HELP)]
     Status(StatusArgs),
 
+    /// Who changed this tenant, when, why and how it ended; `audit verify` checks the chain.
+    ///
+    /// Lists orgctl.audit_log newest first: id, time (RFC 3339, UTC), OS user, database user,
+    /// command, reason, outcome and arguments (never a secret value). Read-only; a tenant orgctl
+    /// never changed has an empty log (exit 0) and nothing is created. A table on a terminal
+    /// shows the newest 50 rows; JSON and a stdout that is not a terminal get every match,
+    /// streamed (tab-separated lines past 10,000 rows).
+    ///
+    /// Examples:
+    ///   orgctl audit --since 24h
+    ///   orgctl audit --command secret --since 2026-12-01 --output json
+    ///   orgctl audit verify
+    #[command(
+        after_long_help = AFTER_HELP,
+        verbatim_doc_comment,
+        args_conflicts_with_subcommands = true
+    )]
+    Audit(AuditArgs),
+
     /// A throwaway local PostgreSQL with a sample org, for trying orgctl out.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -194,6 +223,33 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+}
+
+impl Command {
+    /// Whether the command (as given) can change the tenant, so it writes audit rows and needs
+    /// a reason under ORGCTL_REQUIRE_REASON=1. Dry runs, listings and checks change nothing.
+    pub fn mutating(&self) -> bool {
+        match self {
+            Command::InstallPlatformAgent(a) => !a.dry_run,
+            Command::Token(t) => !matches!(t, TokenCommand::List(_)),
+            Command::Secret(s) => match s {
+                SecretCommand::Set(a) => !a.dry_run,
+                SecretCommand::Delete(a) => !a.dry_run,
+                SecretCommand::Restart(a) => !a.dry_run,
+                SecretCommand::Rekey(a) => !a.dry_run,
+                SecretCommand::List(_) | SecretCommand::Verify => false,
+            },
+            Command::Backfill(b) => match b {
+                BackfillCommand::Run(a) => !a.dry_run,
+                BackfillCommand::Rollback(a) => !a.dry_run,
+                BackfillCommand::Status(_) => false,
+            },
+            Command::Status(_)
+            | Command::Audit(_)
+            | Command::Dev(_)
+            | Command::Completions { .. } => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -233,6 +289,27 @@ pub struct InstallArgs {
     /// Refuse (exit 3) unless the plan computed now has this plan_hash (from a reviewed dry run).
     #[arg(long, value_name = "HASH")]
     pub expect_plan: Option<String>,
+    /// After the commit, ask the platform to provision the agent when it is not running
+    /// (POST {URL}/workspaces/{id}/restart with MOLECULE_ADMIN_TOKEN): an agent this run
+    /// created, or one that is offline, failed, or provisioning with no URL. Never when it is
+    /// online or degraded: a running root is never restarted.
+    #[arg(long)]
+    pub provision: bool,
+
+    /// With --provision: watch the agent's status (read-only, about once a second) for up to
+    /// DUR; exit 0 when it is online, 1 when the platform marks it failed (an agent without
+    /// MODEL fails at registration) or DUR passes. The change stays committed either way.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "provision")]
+    pub wait: Option<Duration>,
+
+    /// Base URL of the platform API, for --provision (needs MOLECULE_ADMIN_TOKEN).
+    #[arg(
+        long,
+        env = "MOLECULE_PLATFORM_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub platform_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -419,6 +496,25 @@ pub enum SecretCommand {
     /// secret. Read-only.
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     List(SecretListArgs),
+    /// Replay the restarts of a secret without touching its value
+    ///
+    /// Plans the restarts exactly as set and delete do (the platform agent is never restarted;
+    /// removed, paused and external workspaces are skipped), then calls only the workspaces that
+    /// orgctl.audit_log does not record as restarted since orgctl last changed the key: the ones
+    /// a failed, interrupted or never-sent restart left behind (reported as skipped:
+    /// already-restarted otherwise). --all restarts every eligible workspace. Each call becomes
+    /// an audit row (command restart). Exit 1 names the workspaces still not restarted. Asks
+    /// for confirmation on a terminal; needs --yes without one.
+    ///
+    /// Examples:
+    ///   orgctl secret restart --global OPENAI_API_KEY --yes
+    ///   orgctl secret restart 6f1c… OPENAI_API_KEY --dry-run
+    ///
+    /// Environment:
+    ///   MOLECULE_PLATFORM_URL  as --platform-url
+    ///   MOLECULE_ADMIN_TOKEN   bearer token for restarts (never printed)
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
+    Restart(SecretRestartArgs),
     /// Check that every encrypted secret decrypts with SECRETS_ENCRYPTION_KEY (read-only)
     ///
     /// Reads every row of workspace_secrets and global_secrets in one read-only snapshot and
@@ -556,6 +652,30 @@ pub struct SecretDeleteArgs {
 }
 
 #[derive(Debug, Args, Clone)]
+pub struct SecretRestartArgs {
+    #[command(flatten)]
+    pub scope: SecretScopeArgs,
+    /// WORKSPACE_ID KEY, or KEY with --global.
+    #[arg(value_name = "WORKSPACE_ID|KEY", num_args = 1..=2, required = true)]
+    pub positional: Vec<String>,
+    /// Restart every eligible workspace, also those already recorded as restarted.
+    #[arg(long)]
+    pub all: bool,
+    /// Base URL of the platform API (needs MOLECULE_ADMIN_TOKEN). Without it the restart plan
+    /// is printed instead.
+    #[arg(
+        long,
+        env = "MOLECULE_PLATFORM_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub platform_url: Option<String>,
+    /// Show which workspaces would be restarted; restart nothing, never ask.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args, Clone)]
 pub struct SecretListArgs {
     #[command(flatten)]
     pub scope: SecretScopeArgs,
@@ -578,6 +698,11 @@ pub enum BackfillCommand {
     /// Ctrl-C (no new tenant starts; in-flight ones finish or roll back; the summary prints).
     ///
     /// Example: orgctl backfill run --tenants fleet.txt --shard 2/8 --model claude-sonnet-4-5 --yes
+    ///
+    /// With --provision, each tenant whose line carries a platform URL (third field) gets its
+    /// agent provisioned after its commit (MOLECULE_ADMIN_TOKEN is the bearer), and with --wait
+    /// watched until online; the summary and report show each tenant's provision result, and a
+    /// provision that fails or times out makes the exit 1 (the tenant stays committed).
     #[command(after_long_help = AFTER_HELP)]
     Run(BackfillRunArgs),
     /// Restore tenants to the state snapshotted by a run.
@@ -604,8 +729,9 @@ pub enum BackfillCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct BackfillRunArgs {
-    /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin); blank lines and '#'
-    /// comments are ignored. Names are letters, digits, '.', '_' or '-'.
+    /// Tenants file: one "NAME DATABASE_URL [PLATFORM_URL]" per line ('-' for stdin); blank
+    /// lines and '#' comments are ignored. Names are letters, digits, '.', '_' or '-'. The
+    /// platform URL is used by --provision.
     #[arg(long, value_name = "FILE")]
     pub tenants: PathBuf,
     /// Tenants in flight at once (one connection each).
@@ -638,6 +764,16 @@ pub struct BackfillRunArgs {
     /// as it finishes, then a summary line, so a killed run leaves a usable partial report.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// After each tenant's commit, ask that tenant's platform (the third field of its line) to
+    /// provision its agent when it is not running, with MOLECULE_ADMIN_TOKEN; never when it is
+    /// online or degraded. A tenant without a platform URL is reported skipped, not failed.
+    #[arg(long)]
+    pub provision: bool,
+
+    /// With --provision: per tenant, watch the agent for up to DUR until it is online (the
+    /// tenant's provision result says online, failed or the status at the deadline).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "provision")]
+    pub wait: Option<Duration>,
 }
 
 /// Which part of the fleet this worker takes (run, status and rollback alike).
@@ -697,6 +833,37 @@ pub struct StatusArgs {
         value_parser = clap::value_parser!(u32).range(0..=10_000)
     )]
     pub limit: u32,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// Only rows since then: a duration back from now (30m, 12h, 7d, 2w), an RFC 3339
+    /// timestamp (2026-12-01T07:00:00Z) or a date (2026-12-01, midnight UTC).
+    #[arg(long, value_name = "DUR|TIMESTAMP")]
+    pub since: Option<String>,
+    /// Only rows of this command ('secret set'); a name without a space also matches its
+    /// family (secret: secret set, secret delete, secret restart).
+    #[arg(long = "command", value_name = "NAME")]
+    pub command_name: Option<String>,
+    /// Show at most N rows (0: all). Default: 50 in a table on a terminal, else all.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain: exit 0 when intact, 1 naming the first row that was
+    /// altered, removed or inserted out of order.
+    ///
+    /// Every row orgctl appends carries seq, prev_hash and row_hash = sha256(prev_hash ||
+    /// canonical content); the last link is recorded in orgctl.audit_head. Rows written before
+    /// the chain existed are counted as unchained, not as broken. Read-only.
+    ///
+    /// Example: orgctl audit verify --output json
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -829,6 +996,45 @@ mod tests {
             Cli::try_parse_from(["orgctl", "install-platform-agent", "--detailed-exitcode"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn which_commands_need_a_reason() {
+        let mutating = |args: &[&str]| {
+            let mut v = vec!["orgctl"];
+            v.extend_from_slice(args);
+            Cli::try_parse_from(v)
+                .map(|c| c.command.mutating())
+                .map_err(|e| e.to_string())
+        };
+        for args in [
+            &["install-platform-agent"][..],
+            &["token", "mint"],
+            &["token", "revoke", "abcd"],
+            &["token", "anchor", "abcd"],
+            &["secret", "set", "--global", "K"],
+            &["secret", "delete", "--global", "K"],
+            &["secret", "restart", "--global", "K"],
+            &["backfill", "run", "--tenants", "f"],
+            &["backfill", "rollback", "--run-id", "r", "--tenants", "f"],
+        ] {
+            assert_eq!(mutating(args), Ok(true), "{args:?}");
+        }
+        for args in [
+            &["install-platform-agent", "--dry-run"][..],
+            &["token", "list"],
+            &["secret", "set", "--global", "K", "--dry-run"],
+            &["secret", "restart", "--global", "K", "--dry-run"],
+            &["secret", "list", "--global"],
+            &["backfill", "run", "--tenants", "f", "--dry-run"],
+            &["backfill", "status", "--run-id", "r", "--tenants", "f"],
+            &["status"],
+            &["audit"],
+            &["audit", "verify"],
+            &["dev", "down"],
+        ] {
+            assert_eq!(mutating(args), Ok(false), "{args:?}");
+        }
     }
 
     #[test]

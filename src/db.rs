@@ -897,9 +897,10 @@ pub fn ensure_rows(what: &str, touched: u64, planned: i64) -> Result<()> {
 }
 
 /// Append an audit row in the caller's transaction. `args` must already be free of secret
-/// values. Returns the row's `txid`, a fresh id that names this write transaction: pass it to
-/// [`commit_or_resolve`] as [`Evidence::Audit`], so a COMMIT whose answer is lost can be
-/// checked afterwards.
+/// values. The row carries the run's `--reason` and is a link of the audit hash chain (see
+/// [`append_audit`]). Returns the row's `txid`, a fresh id that names this write transaction:
+/// pass it to [`commit_or_resolve`] as [`Evidence::Audit`], so a COMMIT whose answer is lost
+/// can be checked afterwards.
 pub async fn audit(
     conn: &mut PgConnection,
     command: &str,
@@ -907,19 +908,159 @@ pub async fn audit(
     outcome: &str,
 ) -> Result<uuid::Uuid> {
     let txid = uuid::Uuid::new_v4();
-    query(
-        "INSERT INTO orgctl.audit_log (os_user, command, args, outcome, orgctl_version, txid)
-         VALUES ($1, $2, $3::jsonb, $4, $5, $6)",
+    append_audit(
+        conn,
+        &[AuditEntry {
+            command: command.to_string(),
+            args: args.clone(),
+            outcome: outcome.to_string(),
+            txid: Some(txid),
+        }],
     )
-    .bind(crate::sys::os_user())
-    .bind(command)
-    .bind(args.to_string())
-    .bind(outcome)
-    .bind(env!("CARGO_PKG_VERSION"))
-    .bind(txid)
-    .execute(&mut *conn)
     .await?;
     Ok(txid)
+}
+
+/// One audit row to append: what was done (`command`), with which arguments (never a secret
+/// value), and how it ended.
+#[derive(Clone, Debug)]
+pub struct AuditEntry {
+    pub command: String,
+    pub args: serde_json::Value,
+    pub outcome: String,
+    /// The write transaction's id (issue: in-doubt COMMITs), on the change's own row; None on
+    /// after-commit rows. Not part of the hashed content.
+    pub txid: Option<uuid::Uuid>,
+}
+
+/// Rows appended per INSERT statement.
+const AUDIT_BATCH: usize = 1000;
+
+/// Append audit rows, in order, in the caller's transaction, as links of the hash chain
+/// (`seq`, `prev_hash`, `row_hash`; README "Incident review"). The chain's head row is locked
+/// `FOR UPDATE` first, which serialises every append of the tenant whatever other lock the
+/// caller holds (the tenant lock for a change; nothing for the after-commit outcome rows of
+/// [`audit_after_commit`]); row locks wait at most `--lock-timeout`. Each row records the
+/// run's `--reason` ([`crate::audit::reason`]).
+pub async fn append_audit(conn: &mut PgConnection, entries: &[AuditEntry]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let head: Option<(i64, Vec<u8>, chrono::DateTime<chrono::Utc>, String)> = query_as(
+        "SELECT seq, row_hash, now(), current_user::text FROM orgctl.audit_head WHERE one FOR UPDATE",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((mut seq, prev, at, db_user)) = head else {
+        return Err(Error::failed(
+            "orgctl.audit_head has no row: the audit chain's head was deleted by hand, so orgctl cannot append to the audit log; nothing was changed: run `orgctl audit verify` and restore the head from the last intact row",
+        ));
+    };
+    let mut prev: [u8; 32] = prev.as_slice().try_into().map_err(|_| {
+        Error::failed(
+            "orgctl.audit_head holds a malformed hash: the audit chain's head was altered by hand; nothing was changed: run `orgctl audit verify`",
+        )
+    })?;
+    let os_user = crate::sys::os_user();
+    let reason = crate::audit::reason();
+    let version = env!("CARGO_PKG_VERSION");
+    for chunk in entries.chunks(AUDIT_BATCH) {
+        let raw: Vec<String> = chunk.iter().map(|e| e.args.to_string()).collect();
+        // Ids from the table's own sequence, and the arguments as PostgreSQL will store and
+        // return them (jsonb normalises), so the hash covers exactly what `audit verify` reads.
+        let rows: Vec<(i64, String)> = query_as(
+            "SELECT nextval(pg_get_serial_sequence('orgctl.audit_log', 'id')), a::jsonb::text
+               FROM unnest($1::text[]) WITH ORDINALITY AS t(a, n) ORDER BY n",
+        )
+        .bind(&raw)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        let n = chunk.len();
+        let (mut seqs, mut prevs, mut hashes, mut args) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut commands, mut outcomes) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut txids: Vec<Option<uuid::Uuid>> = Vec::with_capacity(n);
+        for ((e, (_, stored_args)), id) in chunk.iter().zip(&rows).zip(&ids) {
+            seq += 1;
+            let link = crate::audit::Link {
+                seq,
+                id: *id,
+                at,
+                os_user: &os_user,
+                db_user: &db_user,
+                command: &e.command,
+                args: stored_args,
+                reason: reason.as_deref(),
+                outcome: &e.outcome,
+                orgctl_version: version,
+            };
+            let hash = link.hash(&prev)?;
+            seqs.push(seq);
+            prevs.push(prev.to_vec());
+            hashes.push(hash.to_vec());
+            args.push(stored_args.clone());
+            commands.push(e.command.clone());
+            outcomes.push(e.outcome.clone());
+            txids.push(e.txid);
+            prev = hash;
+        }
+        let inserted = query(
+            "INSERT INTO orgctl.audit_log
+                    (id, at, os_user, db_user, command, args, reason, outcome, orgctl_version,
+                     seq, prev_hash, row_hash, txid)
+             SELECT id, $2, $3, $4, c, a::jsonb, $5, o, $6, s, p, h, x
+               FROM unnest($1::bigint[], $7::text[], $8::text[], $9::text[], $10::bigint[],
+                           $11::bytea[], $12::bytea[], $13::uuid[]) AS t(id, c, a, o, s, p, h, x)",
+        )
+        .bind(&ids)
+        .bind(at)
+        .bind(&os_user)
+        .bind(&db_user)
+        .bind(reason.as_deref())
+        .bind(version)
+        .bind(&commands)
+        .bind(&args)
+        .bind(&outcomes)
+        .bind(&seqs)
+        .bind(&prevs)
+        .bind(&hashes)
+        .bind(&txids)
+        .execute(&mut *conn)
+        .await?;
+        ensure_rows("the audit append", inserted.rows_affected(), n as i64)?;
+    }
+    let moved = query("UPDATE orgctl.audit_head SET seq = $1, row_hash = $2 WHERE one")
+        .bind(seq)
+        .bind(prev.to_vec())
+        .execute(&mut *conn)
+        .await?;
+    ensure_rows("the audit head update", moved.rows_affected(), 1)
+}
+
+/// Record what happened after a commit (a restart dispatch, a provision request: one row per
+/// workspace with its HTTP outcome) in a transaction of its own, creating orgctl's schema when
+/// needed. The change itself is committed already, so a failure here is reported by the caller
+/// as a warning, never as "nothing changed".
+pub async fn audit_after_commit(
+    conn: &mut PgConnection,
+    url: &DbUrl,
+    settings: &Settings,
+    entries: &[AuditEntry],
+) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    ensure_orgctl_schema(conn, url, settings).await?;
+    let mut tx = begin_write(conn, settings).await?;
+    append_audit(&mut tx, entries).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ use crate::db;
 use crate::error::{Error, Exit, Result};
 use crate::output::{truncated, Output};
 use crate::platform::keys::SecretBox;
+use crate::platform::provision::{self, ProvisionResult};
+use crate::platform::restart::Platform;
 use crate::Context;
 
 pub const DEFAULT_AGENT_NAME: &str = "Platform Agent";
@@ -1031,6 +1033,9 @@ struct JsonPlan<'a> {
     allowlist_merged: Vec<JsonMerged<'a>>,
     model_secret: ModelAction,
     plan_hash: String,
+    /// Only with --provision (SPEC §9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provision: Option<&'a ProvisionResult>,
 }
 
 #[derive(Serialize)]
@@ -1063,8 +1068,15 @@ struct JsonMerged<'a> {
     from: Uuid,
 }
 
-/// Render the plan (or the applied result) on stdout.
-pub fn render(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Result<()> {
+/// Render the plan (or the applied result) on stdout, with the provision result when
+/// --provision was given.
+pub fn render(
+    out: &Output,
+    plan: &Plan,
+    dry_run: bool,
+    applied: bool,
+    provision: Option<(&ProvisionResult, Option<&Error>)>,
+) -> Result<()> {
     // In a dry run, whether apply would change anything.
     let changed = (dry_run || applied) && plan.changed();
     if out.json_mode() {
@@ -1115,10 +1127,15 @@ pub fn render(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Result
                 .collect(),
             model_secret: plan.model,
             plan_hash: plan.hash(),
+            provision: provision.map(|(p, _)| p),
         };
         return out.json(&doc);
     }
-    out.stdout(&render_text(out, plan, dry_run, applied))
+    let mut text = render_text(out, plan, dry_run, applied);
+    if let Some((p, problem)) = provision {
+        let _ = writeln!(text, "Provision: {}", p.short(problem));
+    }
+    out.stdout(&text)
 }
 
 fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> String {
@@ -1262,6 +1279,12 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
             )));
         }
     }
+    // --provision needs the platform and its token before anything is changed.
+    let platform = if args.provision {
+        Some(provision::platform_for(args.platform_url.as_deref())?)
+    } else {
+        None
+    };
     let url = ctx.url()?;
     let sb = SecretBox::from_env();
     let out = &ctx.out;
@@ -1277,9 +1300,19 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let p = plan(&mut tx, &input, &sb).await?;
         warn_chains(out, &mut tx, &p).await?;
+        let dry = if args.dry_run && args.provision {
+            let state = provision::agent_state(&mut tx, p.agent.id).await?;
+            Some(provision::ProvisionResult {
+                final_status: state.and_then(|s| s.status),
+                ..provision::ProvisionResult::skipped("dry-run")
+            })
+        } else {
+            None
+        };
         tx.rollback().await?;
-        p
+        (p, dry)
     };
+    let (reviewed, dry_provision) = reviewed;
     if reviewed.model.writes() {
         if let Some(w) = sb.plaintext_warning("the agent's MODEL secret") {
             out.warn(&w);
@@ -1287,7 +1320,13 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     }
 
     if args.dry_run {
-        render(out, &reviewed, true, false)?;
+        render(
+            out,
+            &reviewed,
+            true,
+            false,
+            dry_provision.as_ref().map(|p| (p, None)),
+        )?;
         if let Some(e) = reviewed.refusal() {
             return Err(e);
         }
@@ -1309,7 +1348,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     if let Some(h) = &args.expect_plan {
         if *h != reviewed.hash() {
             // Not a dry run and nothing applied: "dry_run": false, "changed": false, exit 3.
-            render(out, &reviewed, false, false)?;
+            render(out, &reviewed, false, false, None)?;
             return Err(Error::refused(format!(
                 "the plan differs from the reviewed one ({h} expected, {} now); nothing was changed: review the diff above and rerun",
                 reviewed.hash()
@@ -1320,8 +1359,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         return Err(e);
     }
     if !reviewed.changed() {
-        render(out, &reviewed, false, false)?;
-        return Ok(Exit::Ok);
+        return finish(ctx, args, &mut conn, &reviewed, false, platform.as_ref()).await;
     }
 
     // 2. Show and confirm. The locks are not held while a human reads.
@@ -1346,14 +1384,13 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     if !current.changed() {
         tx.rollback().await?;
         out.info("Another run installed the platform agent in the meantime.");
-        render(out, &current, false, false)?;
-        return Ok(Exit::Ok);
+        return finish(ctx, args, &mut conn, &current, false, platform.as_ref()).await;
     }
     // What a human confirmed or change control approved is exactly what gets applied.
     let strict = args.expect_plan.is_some() || asked;
     if strict && current.hash() != reviewed_hash {
         tx.rollback().await?;
-        render(out, &current, false, false)?;
+        render(out, &current, false, false, None)?;
         return Err(Error::refused(format!(
             "the tenant changed after the plan was reviewed ({reviewed_hash} reviewed, {} now); nothing was changed: review the new diff and rerun",
             current.hash()
@@ -1376,6 +1413,52 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     if let Some(note) = committed.note() {
         out.info(note);
     }
-    render(out, &current, false, true)?;
-    Ok(Exit::Ok)
+    finish(ctx, args, &mut conn, &current, true, platform.as_ref()).await
+}
+
+/// After the commit (or when there was nothing to change): with --provision, bring the agent to
+/// life (SPEC §9), then render the result with the provision outcome.
+async fn finish(
+    ctx: &Context,
+    args: &InstallArgs,
+    conn: &mut PgConnection,
+    plan: &Plan,
+    applied: bool,
+    platform: Option<&Platform>,
+) -> Result<Exit> {
+    let out = &ctx.out;
+    let Some(platform) = platform else {
+        render(out, plan, false, applied, None)?;
+        return Ok(Exit::Ok);
+    };
+    // Post-commit work: a Ctrl-C lets it report what it did (exit 130) instead of cutting it.
+    let _guard = crate::interrupt::CommitGuard::enter();
+    let created = applied && plan.agent.action == AgentAction::Create;
+    let p = provision::provision(
+        out,
+        conn,
+        &ctx.settings,
+        platform,
+        plan.agent.id,
+        created,
+        args.wait,
+        provision::ctrl_c(),
+        if applied {
+            "the install"
+        } else {
+            "the install (already in place, nothing changed)"
+        },
+    )
+    .await;
+    render(
+        out,
+        plan,
+        false,
+        applied,
+        Some((&p.result, p.problem.as_ref())),
+    )?;
+    match p.problem {
+        Some(e) => Err(e),
+        None => Ok(Exit::Ok),
+    }
 }

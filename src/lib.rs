@@ -4,6 +4,7 @@
 //! raced against Ctrl-C, print an error once on stderr, and return the exit code. `main.rs`
 //! only calls it. Tests call the modules directly as well as the binary.
 
+pub mod audit;
 pub mod backfill;
 pub mod cli;
 pub mod crypto;
@@ -111,6 +112,13 @@ pub fn run() -> i32 {
 }
 
 async fn run_interruptible(cli: Cli) -> Result<Exit> {
+    // Before anything connects: a reason required and missing is a refusal (exit 2).
+    let reason = audit::check_reason(
+        cli.global.reason.as_deref(),
+        std::env::var("ORGCTL_REQUIRE_REASON").ok().as_deref(),
+        cli.command.mutating(),
+    )?;
+    audit::set_reason(reason);
     let ctx = Context::new(&cli);
     // Install the SIGINT/SIGTERM handlers before any work starts.
     drop(interrupt::level());
@@ -230,6 +238,7 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
         Command::Secret(cmd) => secret::run(ctx, cmd).await,
         Command::Backfill(cmd) => backfill::run(ctx, cmd).await,
         Command::Status(args) => status::run(ctx, args).await,
+        Command::Audit(args) => audit::run(ctx, args).await,
     }
 }
 

@@ -229,6 +229,47 @@ impl Output {
         pb.set_message(what.to_string());
         pb
     }
+
+    /// A spinner on stderr, drawn only when stderr is a terminal and not --quiet (waiting for
+    /// something with no known length, such as an agent coming online).
+    pub fn spinner(&self, what: &str) -> indicatif::ProgressBar {
+        if !self.stderr_tty || self.quiet {
+            return indicatif::ProgressBar::hidden();
+        }
+        let pb =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            pb.set_style(style);
+        }
+        pb.set_message(what.to_string());
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        pb
+    }
+}
+
+/// Write to stderr, never panicking: a full disk (`2>/dev/full`) or a closed pipe loses the
+/// message, never the command's outcome or exit code. Every human message goes through here
+/// (`eprintln!` panics when the write fails).
+pub fn stderr(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes()).and_then(|_| err.flush());
+}
+
+/// The outcome of a stdout write (see [`Output::stdout`]).
+fn stdout_result(r: std::io::Result<()>) -> Result<()> {
+    let e = match r {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if crate::interrupt::committed() {
+        return Err(Error::failed(format!(
+            "the change was committed, but its result could not be written to stdout ({e}); see orgctl.audit_log for what was done"
+        )));
+    }
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return Ok(());
+    }
+    Err(Error::failed(format!("could not write to stdout: {e}")))
 }
 
 /// `-v` / `-vv`: what an operator debugging a tenant wants on stderr. sqlx reports every
@@ -333,29 +374,52 @@ pub fn rate(per_sec: f64) -> String {
     }
 }
 
-/// Write to stderr, never panicking: a full disk (`2>/dev/full`) or a closed pipe loses the
-/// message, never the command's outcome or exit code. Every human message goes through here
-/// (`eprintln!` panics when the write fails).
-pub fn stderr(text: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(text.as_bytes()).and_then(|_| err.flush());
+/// stdout for streamed output: buffered, and a closed pipe just ends the output.
+pub struct Sink {
+    out: std::io::BufWriter<std::io::Stdout>,
+    pub closed: bool,
 }
 
-/// The outcome of a stdout write (see [`Output::stdout`]).
-fn stdout_result(r: std::io::Result<()>) -> Result<()> {
-    let e = match r {
-        Ok(()) => return Ok(()),
-        Err(e) => e,
-    };
-    if crate::interrupt::committed() {
-        return Err(Error::failed(format!(
-            "the change was committed, but its result could not be written to stdout ({e}); see orgctl.audit_log for what was done"
-        )));
+impl Default for Sink {
+    fn default() -> Self {
+        Self::new()
     }
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        return Ok(());
+}
+
+impl Sink {
+    pub fn new() -> Self {
+        Sink {
+            out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+            closed: false,
+        }
     }
-    Err(Error::failed(format!("could not write to stdout: {e}")))
+
+    fn check(&mut self, r: std::io::Result<()>) -> Result<()> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            Err(e) => Err(Error::failed(format!("could not write to stdout: {e}"))),
+        }
+    }
+
+    pub fn write(&mut self, s: &str) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let r = self.out.write_all(s.as_bytes());
+        self.check(r)
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let r = self.out.flush();
+        self.check(r)
+    }
 }
 
 /// Shorten a list for a table: the first `limit` items, and how many were left out.

@@ -27,7 +27,9 @@ use sqlx::Row;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::cli::{SecretCommand, SecretDeleteArgs, SecretListArgs, SecretSetArgs};
+use crate::cli::{
+    SecretCommand, SecretDeleteArgs, SecretListArgs, SecretRestartArgs, SecretSetArgs,
+};
 use crate::db;
 use crate::error::{sanitize, Error, Exit, Result};
 use crate::output::{truncated, Output};
@@ -48,6 +50,7 @@ pub async fn run(ctx: &Context, cmd: &SecretCommand) -> Result<Exit> {
         SecretCommand::Set(args) => set(ctx, args).await,
         SecretCommand::Delete(args) => delete(ctx, args).await,
         SecretCommand::List(args) => list(ctx, args).await,
+        SecretCommand::Restart(args) => restart(ctx, args).await,
         SecretCommand::Verify => crate::rekey::verify(ctx).await,
         SecretCommand::Rekey(args) => crate::rekey::rekey(ctx, args).await,
     }
@@ -299,6 +302,8 @@ pub enum Action {
     Deleted,
     /// `delete` of a key that does not exist: nothing to do.
     NotFound,
+    /// `secret restart`: the value is left alone, the restarts are replayed.
+    Restart,
 }
 
 impl Action {
@@ -308,6 +313,7 @@ impl Action {
             Action::Updated => "updated",
             Action::Deleted => "deleted",
             Action::NotFound => "not-found",
+            Action::Restart => "restart",
         }
     }
     fn changes(self) -> bool {
@@ -526,6 +532,8 @@ impl Outcome<'_> {
             (Action::Updated, false) => "updated",
             (Action::Deleted, false) => "deleted",
             (Action::NotFound, _) => "does not exist: nothing to do",
+            (Action::Restart, true) => "restarts would be replayed (the value is left alone)",
+            (Action::Restart, false) => "restarts replayed (the value was left alone)",
         };
         format!("{what}: {verb}{version}.")
     }
@@ -874,8 +882,15 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
         let ids: Vec<Uuid> = outcome.restart.planned.iter().map(|t| t.id).collect();
         outcome.dispatched = restart::dispatch(out, platform, &ids).await;
     }
+    let recorded = record_restarts(&mut conn, url, &ctx.settings, command, &outcome).await;
     outcome.render(out)?;
     outcome.notes(out, false);
+    recorded.map_err(|e| {
+        Error::failed(format!(
+            "{committed} and its restarts are reported above, but they could not be recorded in orgctl.audit_log: {}",
+            e.message
+        ))
+    })?;
     let failed = outcome.failed();
     if failed.is_empty() {
         return Ok(Exit::Ok);
@@ -973,6 +988,256 @@ async fn delete_row(conn: &mut PgConnection, scope: Scope, key: &str) -> Result<
             .await?
         }
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart outcomes in the audit log, and `secret restart`
+
+/// The audit command of a per-workspace restart row.
+pub const RESTART_COMMAND: &str = "restart";
+
+/// One audit row per workspace of a restart phase (SPEC §11): each dispatch with the platform's
+/// answer (`restarted` / `failed`), each planned workspace that was not called (`not-sent`: no
+/// platform URL) and each workspace the guard or `--no-restart` skipped (`skipped`), so
+/// "which workspaces were never restarted" can be answered from the log later. `trigger` is the
+/// command that caused the phase.
+pub fn restart_entries(
+    trigger: &str,
+    scope: Scope,
+    key: &str,
+    plan: &RestartPlan,
+    dispatched: &[Dispatched],
+) -> Vec<db::AuditEntry> {
+    let results: std::collections::HashMap<Uuid, &Dispatched> =
+        dispatched.iter().map(|d| (d.id, d)).collect();
+    let entry = |id: Uuid,
+                 outcome: &str,
+                 http: Option<u16>,
+                 error: Option<&str>,
+                 skip: Option<SkipReason>| {
+        db::AuditEntry {
+            command: RESTART_COMMAND.to_string(),
+            args: serde_json::json!({
+                "workspace_id": id,
+                "trigger": trigger,
+                "scope": scope.as_str(),
+                "secret_workspace_id": scope.workspace_id(),
+                "key": key,
+                "http_status": http,
+                "error": error,
+                "skip_reason": skip.map(SkipReason::as_str),
+            }),
+            outcome: outcome.to_string(),
+            txid: None,
+        }
+    };
+    let mut rows = Vec::with_capacity(plan.planned.len() + plan.skipped.len());
+    for t in &plan.planned {
+        rows.push(match results.get(&t.id) {
+            Some(d) if d.ok => entry(t.id, "restarted", d.http_status, None, None),
+            Some(d) => entry(t.id, "failed", d.http_status, d.error.as_deref(), None),
+            None => entry(t.id, "not-sent", None, Some("no platform URL"), None),
+        });
+    }
+    // An already-restarted workspace has its row from the restart that succeeded.
+    for k in plan
+        .skipped
+        .iter()
+        .filter(|k| k.reason != SkipReason::AlreadyRestarted)
+    {
+        rows.push(entry(
+            k.id,
+            "skipped",
+            None,
+            k.detail.as_deref(),
+            Some(k.reason),
+        ));
+    }
+    rows
+}
+
+/// Append the restart rows of a finished restart phase after the commit. Marked like a
+/// COMMIT, so a Ctrl-C waits for it (it is short) instead of losing the record.
+async fn record_restarts(
+    conn: &mut PgConnection,
+    url: &db::DbUrl,
+    settings: &db::Settings,
+    trigger: &str,
+    outcome: &Outcome<'_>,
+) -> Result<()> {
+    let entries = restart_entries(
+        trigger,
+        outcome.scope,
+        outcome.key,
+        &outcome.restart,
+        &outcome.dispatched,
+    );
+    let _guard = crate::interrupt::CommitGuard::enter();
+    db::audit_after_commit(conn, url, settings, &entries).await
+}
+
+/// The workspaces whose restart for this secret the audit log records as successful since
+/// orgctl last changed it, and whether orgctl changed it at all. Read in the caller's
+/// (read-only) transaction; empty when orgctl's log does not exist.
+async fn restarted_since_change(
+    conn: &mut PgConnection,
+    scope: Scope,
+    key: &str,
+) -> Result<(std::collections::HashSet<Uuid>, bool)> {
+    let log: bool = db::query_scalar("SELECT to_regclass('orgctl.audit_log') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !log {
+        return Ok((Default::default(), false));
+    }
+    let scope_ws = scope.workspace_id().map(|u| u.to_string());
+    let changed: Option<i64> = db::query_scalar(
+        "SELECT max(id) FROM orgctl.audit_log
+          WHERE command IN ('secret set', 'secret delete') AND outcome = 'applied'
+            AND args->>'scope' = $1 AND args->>'key' = $2
+            AND (args->>'workspace_id') IS NOT DISTINCT FROM $3",
+    )
+    .bind(scope.as_str())
+    .bind(key)
+    .bind(&scope_ws)
+    .fetch_one(&mut *conn)
+    .await?;
+    let done: Vec<String> = db::query_scalar(
+        "SELECT DISTINCT args->>'workspace_id' FROM orgctl.audit_log
+          WHERE command = $1 AND outcome = 'restarted'
+            AND args->>'scope' = $2 AND args->>'key' = $3
+            AND (args->>'secret_workspace_id') IS NOT DISTINCT FROM $4
+            AND id > $5",
+    )
+    .bind(RESTART_COMMAND)
+    .bind(scope.as_str())
+    .bind(key)
+    .bind(&scope_ws)
+    .bind(changed.unwrap_or(0))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok((
+        done.iter()
+            .filter_map(|s| Uuid::parse_str(s).ok())
+            .collect(),
+        changed.is_some(),
+    ))
+}
+
+/// `orgctl secret restart (WORKSPACE_ID | --global) KEY`: replay the restart phase of a change
+/// without touching the value. The plan comes from the current state under the same guard and
+/// rules as `set`; by default only the workspaces the audit log does not record as restarted
+/// since orgctl last changed the key are called (a failed, interrupted or never-sent restart),
+/// `--all` calls every eligible one. No tenant lock: nothing of the tenant is written, and the
+/// outcome rows are serialised by the audit chain's head.
+async fn restart(ctx: &Context, args: &SecretRestartArgs) -> Result<Exit> {
+    let out = &ctx.out;
+    let (scope, key) = parse_scope(args.scope.global, &args.positional)?;
+    let url = ctx.url()?;
+    let platform = Platform::resolve(args.platform_url.as_deref(), !args.dry_run)?;
+    let mut conn = db::connect(&url, &ctx.settings).await?;
+    db::ensure_compatible(&mut conn).await?;
+
+    let (target, existing, mut plan, done, changed) = {
+        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
+        let target = match scope {
+            Scope::Workspace(id) => Some(
+                restart::lookup_target(&mut tx, id)
+                    .await
+                    .map_err(Error::failed)?
+                    .ok_or_else(|| unknown_workspace(id))?,
+            ),
+            Scope::Global => None,
+        };
+        let existing = existing_row(&mut tx, scope, &key).await?;
+        let plan = restart_plan(&mut tx, scope, &key, false).await?;
+        let (done, changed) = restarted_since_change(&mut tx, scope, &key).await?;
+        tx.rollback().await?;
+        (target, existing, plan, done, changed)
+    };
+    if existing.is_none() && !changed {
+        return Err(Error::failed(format!(
+            "the {} does not exist and orgctl has no record of changing it, so there are no restarts to replay: check the key and the scope",
+            scope.describe(&key)
+        )));
+    }
+    if !args.all {
+        let (owed, already): (Vec<restart::Target>, Vec<restart::Target>) = plan
+            .planned
+            .into_iter()
+            .partition(|t| !done.contains(&t.id));
+        plan.planned = owed;
+        plan.skipped
+            .extend(already.into_iter().map(|t| restart::Skip {
+                id: t.id,
+                name: t.name,
+                reason: SkipReason::AlreadyRestarted,
+                detail: None,
+            }));
+    }
+    let mut outcome = Outcome {
+        scope,
+        key: &key,
+        target_name: target.as_ref().map(|t| t.name.as_str()),
+        action: Action::Restart,
+        encryption_version: existing.as_ref().map(|e| e.version),
+        restart: plan,
+        dispatched: Vec::new(),
+        dry_run: args.dry_run,
+        no_restart: false,
+        plan_only: platform.is_none(),
+    };
+    let Some(platform) = platform.filter(|_| !args.dry_run) else {
+        // A dry run, or no platform URL: the plan is the report (as for set).
+        outcome.render(out)?;
+        outcome.notes(out, args.dry_run);
+        return Ok(Exit::Ok);
+    };
+    if outcome.restart.planned.is_empty() {
+        outcome.render(out)?;
+        outcome.notes(out, false);
+        out.info("Nothing to restart: every eligible workspace is recorded as restarted since the last change (--all restarts them again).");
+        return Ok(Exit::Ok);
+    }
+    if !ctx.yes && out.interactive() {
+        eprint!("{}", outcome.text(out, true));
+        outcome.notes(out, true);
+    }
+    out.confirm(
+        &format!(
+            "Restart {} workspace(s) for the {} ({})?",
+            outcome.restart.planned.len(),
+            scope.describe(&key),
+            url.target()
+        ),
+        ctx.yes,
+    )?;
+    let ids: Vec<Uuid> = outcome.restart.planned.iter().map(|t| t.id).collect();
+    outcome.dispatched = restart::dispatch(out, &platform, &ids).await;
+    let recorded =
+        record_restarts(&mut conn, &url, &ctx.settings, "secret restart", &outcome).await;
+    outcome.render(out)?;
+    outcome.notes(out, false);
+    recorded.map_err(|e| {
+        Error::failed(format!(
+            "the restarts are reported above, but they could not be recorded in orgctl.audit_log: {}",
+            e.message
+        ))
+    })?;
+    let failed = outcome.failed();
+    if failed.is_empty() {
+        return Ok(Exit::Ok);
+    }
+    let (shown, rest) = truncated(&failed, ERROR_IDS);
+    let mut names: Vec<String> = shown.iter().map(Uuid::to_string).collect();
+    if rest > 0 {
+        names.push(format!("and {rest} more"));
+    }
+    Err(Error::failed(format!(
+        "{} workspace(s) were not restarted: {}; rerun `orgctl secret restart` to retry exactly those (the output lists each error)",
+        failed.len(),
+        names.join(", ")
+    )))
 }
 
 // ---------------------------------------------------------------------------------------------

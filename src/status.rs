@@ -40,6 +40,7 @@ pub const CHECK_NAMES: &[&str] = &[
     "allowlist_on_root",
     "parent_chains",
     "unanchored_tokens",
+    "platform_agent_running",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -448,6 +449,37 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
                 "{} live token(s) with no org: the platform denies them on org-scoped routes (orgctl token anchor)",
                 tokens.unanchored.live
             )
+        },
+    });
+
+    // platform_agent_running (warning): a row is not a running agent (SPEC §9).
+    let running = |a: &AgentInfo| matches!(a.status.as_deref(), Some("online" | "degraded"));
+    let not_running: Vec<&AgentInfo> = agent_rows.iter().filter(|a| !running(a)).collect();
+    checks.push(Check {
+        name: "platform_agent_running",
+        severity: Severity::Warning,
+        ok: agents >= 1 && not_running.is_empty(),
+        count: not_running.len() as i64,
+        rows: not_running
+            .iter()
+            .take(lim)
+            .map(|a| Finding {
+                table: "workspaces",
+                id: a.id.to_string(),
+                detail: format!(
+                    "\"{}\": kind platform, status {}",
+                    sanitize(&a.name),
+                    a.status.as_deref().unwrap_or("null")
+                ),
+            })
+            .collect(),
+        message: match (agents, not_running.first()) {
+            (0, _) => "no platform agent: nothing is running as the org's root".to_string(),
+            (_, None) => "the platform agent is running (online or degraded)".to_string(),
+            (_, Some(a)) => format!(
+                "the platform agent is {}, not running: orgctl install-platform-agent --provision --wait 3m",
+                a.status.as_deref().unwrap_or("without a status")
+            ),
         },
     });
 

@@ -641,48 +641,6 @@ struct ListedJson<'a> {
     revoked_at: Option<Option<DateTime<Utc>>>,
 }
 
-/// stdout for streamed output: buffered, and a closed pipe just ends the output.
-struct Sink {
-    out: std::io::BufWriter<std::io::Stdout>,
-    closed: bool,
-}
-
-impl Sink {
-    fn new() -> Self {
-        Sink {
-            out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
-            closed: false,
-        }
-    }
-
-    fn check(&mut self, r: std::io::Result<()>) -> Result<()> {
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                self.closed = true;
-                Ok(())
-            }
-            Err(e) => Err(Error::failed(format!("could not write to stdout: {e}"))),
-        }
-    }
-
-    fn write(&mut self, s: &str) -> Result<()> {
-        if self.closed {
-            return Ok(());
-        }
-        let r = self.out.write_all(s.as_bytes());
-        self.check(r)
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if self.closed {
-            return Ok(());
-        }
-        let r = self.out.flush();
-        self.check(r)
-    }
-}
-
 const LIST_HEADER: [&str; 7] = [
     "id",
     "prefix",
@@ -835,7 +793,7 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
 
     let json = ctx.out.json_mode();
     let stream_text = !json && limit.map_or(true, |l| l as u64 > MAX_TABLE_ROWS);
-    let mut sink = Sink::new();
+    let mut sink = crate::output::Sink::new();
     let mut compact: Option<Vec<Vec<String>>> =
         (!json && !stream_text && !args.wide).then(Vec::new);
     let mut table = (!json && !stream_text && args.wide).then(|| {
@@ -1247,7 +1205,7 @@ async fn render_revoke_label(
     .execute(&mut *tx)
     .await?;
     let fetch = format!("FETCH {FETCH_BATCH} FROM {CURSOR}");
-    let mut sink = Sink::new();
+    let mut sink = crate::output::Sink::new();
     let mut table = ctx.out.new_table(["id", "prefix", "name", "result"]);
     let mut shown: usize = 0;
     let (mut n_revoked, mut n_already): (i64, i64) = (0, 0);

@@ -5,6 +5,7 @@ mod harness;
 mod pty;
 mod stand_in;
 
+mod audit;
 mod backfill;
 mod dev;
 mod docs;
@@ -17,6 +18,7 @@ mod kubernetes;
 mod output_failures;
 mod platform;
 mod pooler;
+mod provision;
 mod readonly;
 mod rekey;
 mod reliability;

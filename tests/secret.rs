@@ -858,7 +858,8 @@ fn delete_restarts_the_target_and_a_second_delete_does_nothing() {
         db.scalar("SELECT count(*) FROM workspace_secrets WHERE key = 'OPENAI_API_KEY'"),
         "0"
     );
-    assert_eq!(db.audit_rows(), 1);
+    // The delete, and its restart (SPEC §11).
+    assert_eq!(db.audit_rows(), 2);
     // Again: nothing to do, no restart, no audit row, no --yes needed.
     let snap = db.snapshot();
     let r = db
@@ -879,7 +880,7 @@ fn delete_restarts_the_target_and_a_second_delete_does_nothing() {
     assert!(j.restart.planned.is_empty() && j.restart.skipped.is_empty());
     assert_eq!(platform.calls().len(), 1);
     assert_eq!(db.snapshot(), snap);
-    assert_eq!(db.audit_rows(), 1);
+    assert_eq!(db.audit_rows(), 2);
 
     // Deleting the external workspace's override: the target is not restarted (external).
     let r = db
@@ -945,7 +946,8 @@ fn model_delete_on_the_platform_agent_needs_force_and_never_restarts_it() {
         )),
         "0"
     );
-    assert_eq!(db.audit_rows(), audits + 1);
+    // The delete, and the agent's restart row: skipped by the guard.
+    assert_eq!(db.audit_rows(), audits + 2);
     assert_eq!(
         db.scalar("SELECT args->>'force' FROM orgctl.audit_log WHERE command = 'secret delete'"),
         "true"
@@ -957,8 +959,10 @@ fn model_delete_on_the_platform_agent_needs_force_and_never_restarts_it() {
          INSERT INTO global_secrets (key, encrypted_value) VALUES ('MODEL', 'g')",
         ids::RESEARCH
     ));
+    // The change rows (restart rows, SPEC §11, come on top: one per workspace of the phase).
+    let changes = || db.scalar("SELECT count(*) FROM orgctl.audit_log WHERE command <> 'restart'");
     for scope in [ids::RESEARCH, "--global"] {
-        let audits = db.audit_rows();
+        let audits: i64 = changes().parse().unwrap_or(-1);
         let r = db
             .orgctl(&[
                 "secret",
@@ -974,7 +978,7 @@ fn model_delete_on_the_platform_agent_needs_force_and_never_restarts_it() {
         r.code(0);
         assert_eq!(parse::<SecretJson>(&r).action, "deleted", "{scope}");
         assert!(!r.stderr.contains("--force"), "{scope}: {}", r.stderr);
-        assert_eq!(db.audit_rows(), audits + 1, "{scope}");
+        assert_eq!(changes(), (audits + 1).to_string(), "{scope}");
     }
     assert_eq!(
         db.scalar(&format!(
@@ -1374,4 +1378,257 @@ fn a_plaintext_write_warns_on_stderr() {
         "{}",
         i.stderr
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart outcomes in the audit log (SPEC §11), and `secret restart`
+
+/// The restart rows of the audit log: (workspace, outcome, http_status, skip_reason, trigger).
+fn restart_rows(db: &TestDb) -> BTreeSet<(String, String, String, String, String)> {
+    db.exec(
+        "SELECT args->>'workspace_id', outcome, coalesce(args->>'http_status', '-'),
+                coalesce(args->>'skip_reason', '-'), args->>'trigger'
+           FROM orgctl.audit_log WHERE command = 'restart' ORDER BY id",
+    )
+    .lines()
+    .filter_map(|l| {
+        let f: Vec<&str> = l.split('|').collect();
+        (f.len() == 5).then(|| {
+            (
+                f[0].to_string(),
+                f[1].to_string(),
+                f[2].to_string(),
+                f[3].to_string(),
+                f[4].to_string(),
+            )
+        })
+    })
+    .collect()
+}
+
+fn restart_cmd(db: &TestDb, platform: &FakePlatform, args: &[&str]) -> Run {
+    let mut a = vec!["secret", "restart"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["--yes", "-o", "json"]);
+    db.orgctl(&a)
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .run()
+}
+
+const INHERITING: [&str; 7] = [
+    ids::HQ,
+    ids::RESEARCH,
+    "a0000000-0000-4000-8000-000000000003",
+    "a0000000-0000-4000-8000-000000000004",
+    "a0000000-0000-4000-8000-000000000005",
+    "a0000000-0000-4000-8000-000000000006",
+    ids::LABS,
+];
+
+#[test]
+fn restart_outcomes_are_audit_rows_that_match_what_the_platform_saw_and_restart_replays_the_missed()
+{
+    let db = TestDb::sample();
+    let agent = install_agent(&db);
+    let platform = FakePlatform::start(&[ids::RESEARCH]);
+    let r = db
+        .orgctl(&["secret", "set", "--global", "REGION", "--yes", "-o", "json"])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .env("ORGCTL_REASON", "INC-77")
+        .stdin(VALUE.as_bytes())
+        .run();
+    r.code(1).one_line_error(ids::RESEARCH);
+    assert_nothing_leaked(&db, &r);
+    // One row per workspace the platform saw, with its answer; one for the guarded agent.
+    let seen = platform.restarted();
+    assert_eq!(seen, set_of(&INHERITING));
+    let rows = restart_rows(&db);
+    let called: BTreeSet<String> = rows
+        .iter()
+        .filter(|r| r.1 == "restarted" || r.1 == "failed")
+        .map(|r| r.0.clone())
+        .collect();
+    assert_eq!(called, seen);
+    for id in INHERITING {
+        let (outcome, status) = if id == ids::RESEARCH {
+            ("failed", "500")
+        } else {
+            ("restarted", "200")
+        };
+        let row = (
+            id.to_string(),
+            outcome.to_string(),
+            status.to_string(),
+            "-".to_string(),
+            "secret set".to_string(),
+        );
+        assert!(rows.contains(&row), "{row:?} not in {rows:?}");
+    }
+    assert!(rows.contains(&(
+        agent.clone(),
+        "skipped".into(),
+        "-".into(),
+        "platform-root".into(),
+        "secret set".into()
+    )));
+    // Every other row is a guard skip (the fan-out reports removed, paused, external ones too).
+    assert_eq!(
+        rows.iter().filter(|r| r.1 != "skipped").count(),
+        INHERITING.len(),
+        "{rows:?}"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM orgctl.audit_log WHERE reason IS DISTINCT FROM 'INC-77' AND command <> 'install-platform-agent'"),
+        "0"
+    );
+    let error = db.scalar(&format!(
+        "SELECT args->>'error' FROM orgctl.audit_log WHERE command = 'restart' AND args->>'workspace_id' = '{}'",
+        ids::RESEARCH
+    ));
+    assert!(error.contains("500") && !error.contains(TOKEN), "{error}");
+
+    // secret restart: exactly the missed workspace, nothing for the guarded agent.
+    let before = db.snapshot();
+    let value =
+        db.exec("SELECT encrypted_value, updated_at FROM global_secrets WHERE key = 'REGION'");
+    let retry = FakePlatform::start(&[]);
+    let r = restart_cmd(&db, &retry, &["--global", "REGION"]);
+    r.code(0);
+    assert_eq!(retry.restarted(), set_of(&[ids::RESEARCH]));
+    let j: SecretJson = parse(&r);
+    assert_eq!(j.action, "restart");
+    assert_eq!(j.restart.planned, vec![ids::RESEARCH.to_string()]);
+    assert_eq!(j.restart.dispatched.len(), 1);
+    let mut want: BTreeSet<(String, String)> = INHERITING
+        .iter()
+        .filter(|id| **id != ids::RESEARCH)
+        .map(|id| (id.to_string(), "already-restarted".to_string()))
+        .collect();
+    want.insert((agent.clone(), "platform-root".into()));
+    for (id, why) in [
+        ("b0000000-0000-4000-8000-000000000002", "external"),
+        ("b0000000-0000-4000-8000-000000000003", "paused"),
+        ("c0000000-0000-4000-8000-000000000001", "removed"),
+    ] {
+        want.insert((id.to_string(), why.to_string()));
+    }
+    assert_eq!(skipped(&j), want);
+    assert_eq!(db.snapshot(), before, "secret restart rewrote the tenant");
+    assert_eq!(
+        db.exec("SELECT encrypted_value, updated_at FROM global_secrets WHERE key = 'REGION'"),
+        value
+    );
+    assert_eq!(
+        db.scalar(
+            "SELECT string_agg((args->>'workspace_id') || ' ' || outcome, ',' ORDER BY id)
+               FROM orgctl.audit_log
+              WHERE command = 'restart' AND args->>'trigger' = 'secret restart'
+                AND outcome <> 'skipped'"
+        ),
+        format!("{} restarted", ids::RESEARCH)
+    );
+    // Again: nothing is owed any more.
+    let again = FakePlatform::start(&[]);
+    let r = restart_cmd(&db, &again, &["--global", "REGION"]);
+    r.code(0);
+    assert!(again.calls().is_empty(), "{:?}", again.calls());
+    // --all: every eligible workspace, never the agent.
+    let all = FakePlatform::start(&[]);
+    restart_cmd(&db, &all, &["--global", "REGION", "--all"]).code(0);
+    assert_eq!(all.restarted(), set_of(&INHERITING));
+    // The agent's own secret: the guard skips it, nothing is called.
+    let none = FakePlatform::start(&[]);
+    let r = restart_cmd(&db, &none, &[&agent, "MODEL"]);
+    r.code(0);
+    assert!(none.calls().is_empty());
+    assert_eq!(
+        skipped(&parse(&r)),
+        BTreeSet::from([(agent.clone(), "platform-root".to_string())])
+    );
+    // A failing replay exits 1 naming the workspace, and is owed again afterwards.
+    let failing = FakePlatform::start(&[ids::HQ]);
+    db.orgctl(&[
+        "secret",
+        "set",
+        "--global",
+        "REGION",
+        "--no-restart",
+        "--yes",
+    ])
+    .stdin(b"v2")
+    .run()
+    .code(0);
+    let r = restart_cmd(&db, &failing, &["--global", "REGION"]);
+    r.code(1).one_line_error(ids::HQ);
+    assert_eq!(
+        failing.restarted(),
+        set_of(&INHERITING),
+        "--no-restart owed them all"
+    );
+    let last = FakePlatform::start(&[]);
+    restart_cmd(&db, &last, &["--global", "REGION"]).code(0);
+    assert_eq!(last.restarted(), set_of(&[ids::HQ]));
+    // The chain stays intact through all of it.
+    db.orgctl(&["audit", "verify"]).run().code(0);
+}
+
+#[test]
+fn secret_restart_bad_input_and_no_platform_url_change_nothing() {
+    let db = TestDb::sample();
+    db.orgctl(&["secret", "set", ids::RESEARCH, "API_KEY", "--yes"])
+        .stdin(b"v")
+        .run()
+        .code(0);
+    let before = db.snapshot();
+    let rows = db.audit_rows();
+    let platform = FakePlatform::start(&[]);
+    for (args, code, needle) in [
+        (vec!["--global", "1BAD"], 2, "not a valid secret key"),
+        (vec!["not-a-uuid", "API_KEY"], 2, "not a workspace id"),
+        (vec!["--global"], 2, ""),
+        (
+            vec![ids::RESEARCH, "NO_SUCH_KEY"],
+            1,
+            "no record of changing it",
+        ),
+        (
+            vec!["b9999999-0000-4000-8000-000000000009", "API_KEY"],
+            1,
+            "does not exist",
+        ),
+    ] {
+        let r = restart_cmd(&db, &platform, &args);
+        r.code(code).one_line_error(needle);
+    }
+    // A platform URL without the admin token is refused before anything happens.
+    let r = db
+        .orgctl(&["secret", "restart", ids::RESEARCH, "API_KEY", "--yes"])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .run();
+    r.code(2).one_line_error("MOLECULE_ADMIN_TOKEN");
+    // Without --yes and without a terminal: refused.
+    let r = db
+        .orgctl(&["secret", "restart", ids::RESEARCH, "API_KEY"])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .run();
+    r.code(3).one_line_error("confirmation");
+    // No platform URL, or a dry run: the plan, exit 0, nothing called or written.
+    let r = db
+        .orgctl(&["secret", "restart", ids::RESEARCH, "API_KEY", "--yes"])
+        .run();
+    r.code(0);
+    assert!(r.stdout.contains(ids::RESEARCH), "{}", r.stdout);
+    let r = db
+        .orgctl(&["secret", "restart", ids::RESEARCH, "API_KEY", "--dry-run"])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .run();
+    r.code(0);
+    assert!(r.stdout.contains("would"), "{}", r.stdout);
+    assert!(platform.calls().is_empty(), "{:?}", platform.calls());
+    assert_eq!(db.snapshot(), before);
+    assert_eq!(db.audit_rows(), rows);
 }

@@ -118,6 +118,7 @@ pub const CHECKS: &[&str] = &[
     "allowlist_on_root",
     "parent_chains",
     "unanchored_tokens",
+    "platform_agent_running",
 ];
 
 impl StatusJson {

@@ -24,6 +24,7 @@ use crate::db::{self, Settings};
 use crate::error::{Error, Exit, Result};
 use crate::install::{self, AgentAction, InstallInput, ModelAction, Plan};
 use crate::platform::keys::SecretBox;
+use crate::platform::provision::{self, ProvisionResult};
 use crate::Context;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -75,6 +76,12 @@ pub struct TenantResult {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub in_doubt: bool,
     pub note: Option<String>,
+    /// Only with --provision: what became of the agent after the commit (SPEC §9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provision: Option<ProvisionResult>,
+    /// Why the provision did not bring the agent online (the tenant stays committed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provision_error: Option<String>,
 }
 
 impl TenantResult {
@@ -95,6 +102,8 @@ impl TenantResult {
             error: None,
             in_doubt: false,
             note: None,
+            provision: None,
+            provision_error: None,
         }
     }
 
@@ -125,6 +134,15 @@ pub struct Job {
     pub replace_model: bool,
     pub sb: SecretBox,
     pub dry_run: bool,
+    /// `--provision` (and `--wait`): bring each tenant's agent to life after its commit.
+    pub provision: Option<ProvisionJob>,
+}
+
+pub struct ProvisionJob {
+    pub wait: Option<std::time::Duration>,
+    /// The first Ctrl-C stops waiting (the tenant is committed; the wait is reported).
+    pub cancel: Cancel,
+    pub out: crate::output::Output,
 }
 
 /// A rerun with another --model must not silently change the model of an agent that already
@@ -179,12 +197,69 @@ pub fn tenant(
                 f
             }
         };
+        if let Some(pj) = &job.provision {
+            provision_tenant(&job, pj, &t, conn.as_mut(), &committing, &mut result).await;
+        }
         if let Some(c) = conn {
             let _ = c.close().await;
         }
         result.duration_ms = millis(start.elapsed());
         result
     })
+}
+
+/// With --provision: after the tenant's commit, provision its agent (never a running one), and
+/// record the result on the tenant's line. Not a failure of the tenant: its change is committed.
+async fn provision_tenant(
+    job: &Job,
+    pj: &ProvisionJob,
+    t: &Tenant,
+    conn: Option<&mut PgConnection>,
+    committing: &Committing,
+    result: &mut TenantResult,
+) {
+    let skip = |r: &mut TenantResult, why: &str| r.provision = Some(ProvisionResult::skipped(why));
+    if job.dry_run {
+        return skip(result, "dry-run");
+    }
+    if !matches!(result.status, Status::Applied | Status::Skipped) {
+        return skip(result, "not installed");
+    }
+    let Some(url) = t.platform_url.as_deref() else {
+        return skip(result, "no platform URL");
+    };
+    let (Some(conn), Some(agent)) = (conn, result.agent_id) else {
+        return skip(result, "agent unknown");
+    };
+    let platform = match provision::platform_for(Some(url)) {
+        Ok(p) => p,
+        Err(e) => {
+            skip(result, "bad platform URL");
+            result.provision_error = Some(clean(&e));
+            return;
+        }
+    };
+    // After the commit: a second Ctrl-C waits for this (bounded) work instead of abandoning
+    // the tenant and calling it rolled back.
+    let _guard = committing.enter();
+    let mut cancel = pj.cancel.clone();
+    let stop: provision::Stop = Box::pin(async move { cancel.reached(1).await });
+    let created =
+        result.status == Status::Applied && result.agent_action == Some(AgentAction::Create);
+    let p = provision::provision(
+        &pj.out,
+        conn,
+        &job.settings,
+        &platform,
+        agent,
+        created,
+        pj.wait,
+        stop,
+        &format!("tenant {}: the install", t.name),
+    )
+    .await;
+    result.provision_error = p.problem.as_ref().map(clean);
+    result.provision = Some(p.result);
 }
 
 /// Boxed with its lifetime spelled out: rustc cannot otherwise prove this future `Send` for the
@@ -241,8 +316,11 @@ async fn apply_inner(
     if let Some(p) = prior_run(&mut tx, &job.run_id, true).await? {
         if p.done() {
             tx.rollback().await?;
-            return Ok(TenantResult::new(t, Status::Skipped)
-                .note(format!("{} under this run already", p.status)));
+            let mut r = TenantResult::new(t, Status::Skipped)
+                .note(format!("{} under this run already", p.status));
+            // For --provision on a resumed run.
+            r.agent_id = p.agent_id;
+            return Ok(r);
         }
     }
     install::lock_rows(&mut tx, &input).await?;
@@ -306,6 +384,7 @@ fn with_note(base: &str, note: Option<&str>) -> String {
 /// The tenant's row for this run, if any.
 pub struct PriorRun {
     pub status: String,
+    pub agent_id: Option<Uuid>,
 }
 
 impl PriorRun {
@@ -325,12 +404,17 @@ async fn prior_run(
     if !schema_ensured && !super::backfill_tables_exist(conn).await? {
         return Ok(None);
     }
-    let status: Option<String> =
-        db::query_scalar("SELECT status FROM orgctl.backfill_runs WHERE run_id = $1")
-            .bind(run_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(status.map(|status| PriorRun { status }))
+    let row = db::query("SELECT status, agent_id FROM orgctl.backfill_runs WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        None => Ok(None),
+        Some(r) => Ok(Some(PriorRun {
+            status: r.try_get(0)?,
+            agent_id: r.try_get(1)?,
+        })),
+    }
 }
 
 /// The run-state row: binds $1 run id, $2 tenant, $3 status, $4 agent id, $5 agent action,
@@ -544,6 +628,8 @@ pub struct Totals {
     pub tokens_moved: i64,
     pub allowlist_moved: i64,
     pub allowlist_merged: i64,
+    /// Tenants whose agent --provision did not bring to life (request refused, failed, deadline).
+    pub provision_failed: usize,
 }
 
 /// The run's report (`--report FILE`, and stdout with `--output json`).
@@ -611,6 +697,10 @@ fn totals(results: &[TenantResult]) -> Totals {
         tokens_moved: applied.iter().map(|r| r.tokens_moved).sum(),
         allowlist_moved: applied.iter().map(|r| r.allowlist_moved).sum(),
         allowlist_merged: applied.iter().map(|r| r.allowlist_merged).sum(),
+        provision_failed: results
+            .iter()
+            .filter(|r| r.provision_error.is_some())
+            .count(),
     }
 }
 
@@ -634,13 +724,20 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     }
     let all = super::tenants::read(&args.tenants)?;
     let selected: Vec<Tenant> = Shard::select(shard, all);
-    // The run id comes first, so an operator can resume or roll back whatever happens next.
-    crate::output::stderr(&format!("run id: {run_id}\n"));
-    if args.model.is_some() {
-        if let Some(w) = sb.plaintext_warning("the agents' MODEL secret") {
-            out.warn(&w);
+    // --provision: the admin token is needed before anything changes, when any selected tenant
+    // has a platform URL to call (a tenant without one is reported skipped, not failed).
+    if args.provision && !args.dry_run {
+        match selected.iter().find_map(|t| t.platform_url.as_deref()) {
+            Some(url) => {
+                provision::platform_for(Some(url))?;
+            }
+            None => out.warn(
+                "--provision: no selected tenant line has a platform URL (third field); every provision will be skipped",
+            ),
         }
     }
+    // The run id comes first, so an operator can resume or roll back whatever happens next.
+    crate::output::stderr(&format!("run id: {run_id}\n"));
     let what = format!(
         "{} tenant(s){}, concurrency {}{}",
         selected.len(),
@@ -673,6 +770,11 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         ));
     }
 
+    if args.model.is_some() {
+        if let Some(w) = sb.plaintext_warning("the agents' MODEL secret") {
+            out.warn(&w);
+        }
+    }
     let job = Arc::new(Job {
         run_id: run_id.clone(),
         settings: ctx.settings.clone(),
@@ -681,6 +783,13 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         replace_model: args.replace_model,
         sb,
         dry_run: args.dry_run,
+        provision: args.provision.then(|| ProvisionJob {
+            wait: args.wait,
+            cancel: cancel.clone(),
+            // Per-tenant messages and spinners would fight the progress bar: the summary and
+            // the report carry each tenant's provision result instead.
+            out: crate::output::Output::new(out.format, true, 0),
+        }),
     });
     let started_at = Utc::now();
     let pb = out.progress(selected.len() as u64, "tenants");
@@ -840,6 +949,12 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         )));
     }
     if t.failed > 0 || t.not_started > 0 {
+        if t.provision_failed > 0 {
+            out.warn(&format!(
+                "{} committed tenant(s) did not get a running agent (see the provision column)",
+                t.provision_failed
+            ));
+        }
         return Err(Error::failed(format!(
             "{} of {} tenant(s) failed{}; {}: fix and rerun with --run-id {run_id} to resume",
             t.failed,
@@ -852,8 +967,21 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
             if in_doubt > 0 {
                 format!("{in_doubt} of them may have been committed (their COMMIT's answer was lost: check them with `orgctl backfill status --run-id {run_id}`), the others changed nothing")
             } else {
-                "each rolled back alone".to_string()
+                "a failed tenant is left as it was".to_string()
             }
+        )));
+    }
+    if t.provision_failed > 0 {
+        let names: Vec<&str> = report
+            .tenants
+            .iter()
+            .filter(|r| r.provision_error.is_some())
+            .map(|r| r.tenant.as_str())
+            .collect();
+        return Err(Error::failed(format!(
+            "{} tenant(s) are installed and committed, but their agent did not come to life ({}): see the provision column, fix, and rerun with --run-id {run_id} --provision",
+            t.provision_failed,
+            names.join(", ")
         )));
     }
     Ok(Exit::Ok)
@@ -875,7 +1003,8 @@ fn render(ctx: &Context, report: &Report) -> Result<()> {
     if out.json_mode() {
         return out.json(report);
     }
-    let mut table = out.new_table([
+    let provisioning = report.tenants.iter().any(|r| r.provision.is_some());
+    let mut header = vec![
         "tenant",
         "status",
         "re-parented",
@@ -883,14 +1012,18 @@ fn render(ctx: &Context, report: &Report) -> Result<()> {
         "allowlist moved",
         "duration",
         "error",
-    ]);
+    ];
+    if provisioning {
+        header.push("provision");
+    }
+    let mut table = out.new_table(header);
     for r in &report.tenants {
         let detail = r
             .error
             .clone()
             .or_else(|| r.note.clone())
             .unwrap_or_default();
-        table.add_row(vec![
+        let mut row = vec![
             crate::error::sanitize(&r.tenant),
             r.status.as_str().to_string(),
             r.reparented.to_string(),
@@ -902,7 +1035,15 @@ fn render(ctx: &Context, report: &Report) -> Result<()> {
                 fmt_duration(r.duration_ms)
             },
             detail,
-        ]);
+        ];
+        if provisioning {
+            row.push(match (&r.provision, &r.provision_error) {
+                (Some(p), Some(e)) => format!("{}: {e}", p.short(Some(&Error::failed(e.as_str())))),
+                (Some(p), None) => p.short(None),
+                (None, _) => "-".into(),
+            });
+        }
+        table.add_row(row);
     }
     let t = &report.totals;
     let mut s = format!("{table}\n");

@@ -1172,13 +1172,10 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
             } else {
                 String::new()
             },
-            if args.dry_run {
-                "dry run: nothing was changed".to_string()
-            } else {
-                match report.tenants.iter().filter(|r| r.in_doubt).count() {
-                    0 => "each rolled back alone".to_string(),
-                    n => format!("the rollback of {n} of them may have been committed (their COMMIT's answer was lost: check them with `orgctl backfill status`), the others left their tenant unchanged"),
-                }
+            match report.tenants.iter().filter(|r| r.in_doubt).count() {
+                _ if args.dry_run => "dry run: nothing was changed".to_string(),
+                0 => "a failed tenant is left as it was".to_string(),
+                n => format!("the rollback of {n} of them may have been committed (their COMMIT's answer was lost: check them with `orgctl backfill status`), the others left their tenant unchanged"),
             }
         )));
     }

@@ -1,6 +1,7 @@
 //! The tenants file and the shard hash.
 //!
-//! One tenant per line, `NAME DATABASE_URL`, separated by spaces or tabs; blank lines and lines
+//! One tenant per line, `NAME DATABASE_URL [PLATFORM_URL]`, separated by spaces or tabs (the
+//! platform URL is what `backfill run --provision` asks to provision the tenant's agent); blank lines and lines
 //! starting with `#` are ignored. A malformed line or a duplicate name is a usage error (exit 2)
 //! naming the line. Messages never quote a line: a URL (or a URL pasted where the name goes)
 //! carries a password. Every URL goes through [`DbUrl::parse`], which registers its password
@@ -28,6 +29,9 @@ pub struct Tenant {
     pub url: DbUrl,
     /// 1-based line in the tenants file.
     pub line: usize,
+    /// The tenant's platform API (the optional third field), for `--provision`. Checked when
+    /// the file is read; its password, if any, is registered for masking.
+    pub platform_url: Option<String>,
 }
 
 impl Tenant {
@@ -80,9 +84,9 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Tenant>> {
             continue;
         }
         let fields: Vec<&str> = trimmed.split_whitespace().collect();
-        if fields.len() != 2 {
+        if !(2..=3).contains(&fields.len()) {
             return Err(Error::usage(format!(
-                "{source} line {line}: expected `NAME DATABASE_URL`, found {} field(s)",
+                "{source} line {line}: expected `NAME DATABASE_URL [PLATFORM_URL]`, found {} field(s)",
                 fields.len()
             )));
         }
@@ -104,6 +108,19 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Tenant>> {
                 "{source} line {line}: duplicate tenant name '{name}' (first on line {first})"
             )));
         }
+        let platform_url = match fields.get(2) {
+            None => None,
+            Some(raw) => {
+                // Validated (and its password registered for masking) as --platform-url is.
+                crate::platform::restart::Platform::new(Some(raw), None, false).map_err(|e| {
+                    Error::usage(format!(
+                        "{source} line {line}: the third field is not a platform URL: {}",
+                        crate::redact::mask(&e.message)
+                    ))
+                })?;
+                Some(raw.to_string())
+            }
+        };
         seen.insert(name.to_string(), line);
         let database = database_key(&url);
         if let Some((first, other)) = databases.get(&database) {
@@ -117,6 +134,7 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Tenant>> {
             name: name.to_string(),
             url,
             line,
+            platform_url,
         });
     }
     Ok(tenants)
@@ -284,16 +302,51 @@ mod tests {
         assert_eq!(t[1].name, "globex");
         assert_eq!(t[1].line, 5);
         assert!(!format!("{:?}", t[0]).contains("pw1234"));
+        assert_eq!(t[0].platform_url, None);
+    }
+
+    #[test]
+    fn a_third_field_is_the_platform_url() {
+        let t = ok("acme postgres://h/acme https://acme.example.com/api
+globex postgres://h/g
+");
+        assert_eq!(
+            t[0].platform_url.as_deref(),
+            Some("https://acme.example.com/api")
+        );
+        assert_eq!(t[1].platform_url, None);
+        for (text, needle) in [
+            (
+                "a postgres://h/a ftp://x
+",
+                "third field",
+            ),
+            (
+                "a postgres://h/a not-a-url
+",
+                "third field",
+            ),
+            (
+                "a postgres://h/a https://h/?q=1
+",
+                "third field",
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(e.exit, crate::error::Exit::Usage);
+            assert!(e.message.contains("line 1:"), "{}", e.message);
+            assert!(e.message.contains(needle), "{}", e.message);
+        }
     }
 
     #[test]
     fn malformed_lines_name_the_line_and_not_the_password() {
         for (text, line, needle) in [
-            ("acme\n", 1, "expected `NAME DATABASE_URL`"),
+            ("acme\n", 1, "expected `NAME DATABASE_URL [PLATFORM_URL]`"),
             (
-                "a postgres://h/a\nb postgres://u:hunter22@h/b extra\n",
+                "a postgres://h/a\nb postgres://u:hunter22@h/b http://x extra\n",
                 2,
-                "3 field(s)",
+                "4 field(s)",
             ),
             ("\n\nacme mysql://u:hunter22@h/db\n", 3, "scheme"),
             (

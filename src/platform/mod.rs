@@ -4,6 +4,7 @@
 //! nothing here renders or prompts.
 
 pub mod keys;
+pub mod provision;
 pub mod restart;
 
 /// The workspace secret a platform agent needs: the platform marks an agent without it failed

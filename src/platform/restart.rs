@@ -40,6 +40,7 @@ const PROGRESS_MIN: usize = 10;
 
 /// The platform API restarts go to, with the admin token. The token is registered for masking
 /// the moment it is read and is never printed.
+#[derive(Clone)]
 pub struct Platform {
     base: String,
     token: Option<Zeroizing<String>>,
@@ -134,6 +135,11 @@ impl Platform {
     pub fn restart_url(&self, id: Uuid) -> String {
         format!("{}/workspaces/{id}/restart", self.base)
     }
+
+    /// Whether the admin token is set (provisioning needs it; see `platform::provision`).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -158,6 +164,9 @@ pub enum SkipReason {
     Hibernated,
     External,
     PausedAncestor,
+    /// `secret restart`: the audit log records a successful restart of it since the key last
+    /// changed (pass --all to restart it again).
+    AlreadyRestarted,
 }
 
 impl SkipReason {
@@ -171,6 +180,7 @@ impl SkipReason {
             SkipReason::Hibernated => "hibernated",
             SkipReason::External => "external",
             SkipReason::PausedAncestor => "paused-ancestor",
+            SkipReason::AlreadyRestarted => "already-restarted",
         }
     }
 
@@ -401,6 +411,9 @@ pub struct Dispatched {
     pub id: Uuid,
     pub ok: bool,
     pub error: Option<String>,
+    /// The platform's HTTP status, when it answered (for the audit row; not in SPEC §6's JSON).
+    #[serde(skip)]
+    pub http_status: Option<u16>,
 }
 
 /// POST a restart for each id, at most [`RESTART_CONCURRENCY`] at once, each bounded by
@@ -459,6 +472,7 @@ pub async fn dispatch(out: &Output, platform: &Platform, ids: &[Uuid]) -> Vec<Di
                 id: *id,
                 ok: false,
                 error: Some(format!("internal: the restart task failed: {e}")),
+                http_status: None,
             })
             .collect(),
     }
@@ -506,6 +520,7 @@ fn dispatch_blocking(
                             id: *id,
                             ok: false,
                             error: Some(format!("not attempted: {why}")),
+                            http_status: None,
                         };
                         let left = deadline.saturating_duration_since(std::time::Instant::now());
                         let result = if stop.load(Ordering::SeqCst) {
@@ -553,6 +568,7 @@ fn dispatch_blocking(
                     id: *id,
                     ok: false,
                     error: Some("internal: the restart worker failed".into()),
+                    http_status: None,
                 },
             },
         )
@@ -600,13 +616,15 @@ fn status_result(
     url: &str,
     result: std::result::Result<ureq::Response, Box<ureq::Error>>,
 ) -> Dispatched {
-    let fail = |msg: String| Dispatched {
+    let fail = |msg: String, http_status: Option<u16>| Dispatched {
         id,
         ok: false,
         error: Some(crate::redact::mask(&sanitize(&msg))),
+        http_status,
     };
     match result {
         Ok(resp) if (200..300).contains(&resp.status()) => {
+            let status = resp.status();
             // Read the (small) body to its end so the connection goes back to the pool.
             let _ = std::io::copy(
                 &mut std::io::Read::take(resp.into_reader(), 64 * 1024),
@@ -616,31 +634,95 @@ fn status_result(
                 id,
                 ok: true,
                 error: None,
+                http_status: Some(status),
             }
         }
-        Ok(resp) => fail(format!(
-            "HTTP {} {} (a redirect is not followed)",
-            resp.status(),
-            resp.status_text()
-        )),
+        Ok(resp) => {
+            let status = resp.status();
+            fail(
+                format!(
+                    "HTTP {status} {} (a redirect is not followed)",
+                    resp.status_text()
+                ),
+                Some(status),
+            )
+        }
         Err(e) => match *e {
             ureq::Error::Status(code, resp) => {
                 let status_text = resp.status_text().to_string();
                 let body = resp.into_string().unwrap_or_default();
                 let body: String = body.trim().chars().take(200).collect();
                 if body.is_empty() {
-                    fail(format!("HTTP {code} {status_text}"))
+                    fail(format!("HTTP {code} {status_text}"), Some(code))
                 } else {
-                    fail(format!("HTTP {code} {status_text}: {body}"))
+                    fail(format!("HTTP {code} {status_text}: {body}"), Some(code))
                 }
             }
             ureq::Error::Transport(t) => {
                 // ureq prefixes the URL, which the result already names by id.
                 let msg = t.to_string();
                 let prefix = format!("{url}: ");
-                fail(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string())
+                fail(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string(), None)
             }
         },
+    }
+}
+
+/// The outcome of one `POST /workspaces/{id}/restart`: the HTTP status when the platform
+/// answered, and an error (masked, one line) unless it answered 2xx.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostOutcome {
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+}
+
+/// One restart call for `id` with the same client settings as [`dispatch`] (timeouts, no
+/// redirects, the bearer), blocking: call it from `spawn_blocking`. Provisioning the platform
+/// agent uses it (SPEC §9).
+pub fn post_restart(platform: &Platform, id: Uuid) -> PostOutcome {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(RESTART_CONNECT_TIMEOUT)
+        .timeout(RESTART_CALL_TIMEOUT)
+        .redirects(0)
+        .user_agent(concat!("orgctl/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let url = platform.restart_url(id);
+    let bearer = platform
+        .token
+        .as_ref()
+        .map(|t| Zeroizing::new(format!("Bearer {}", t.as_str())));
+    let mut req = agent.post(&url);
+    if let Some(b) = &bearer {
+        req = req.set("Authorization", b.as_str());
+    }
+    let (http_status, error) = match req.send_bytes(&[]) {
+        Ok(resp) if (200..300).contains(&resp.status()) => (Some(resp.status()), None),
+        Ok(resp) => (
+            Some(resp.status()),
+            Some(format!(
+                "HTTP {} {} (a redirect is not followed)",
+                resp.status(),
+                resp.status_text()
+            )),
+        ),
+        // The body is not read: a platform may echo the request, bearer included.
+        Err(ureq::Error::Status(code, resp)) => (
+            Some(code),
+            Some(format!("HTTP {code} {}", resp.status_text())),
+        ),
+        Err(ureq::Error::Transport(t)) => {
+            // ureq prefixes the URL, which the caller already names.
+            let msg = t.to_string();
+            let prefix = format!("{url}: ");
+            (
+                None,
+                Some(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string()),
+            )
+        }
+    };
+    PostOutcome {
+        http_status,
+        error: error.map(|e| crate::redact::mask(&sanitize(&e))),
     }
 }
 
