@@ -760,6 +760,8 @@ pub struct BackfillRunArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Write the summary as JSON to this file (run id, start and end, totals, every tenant).
+    /// A FILE ending in .jsonl is written as JSON Lines as the run goes: one tenant per line
+    /// as it finishes, then a summary line, so a killed run leaves a usable partial report.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// After each tenant's commit, ask that tenant's platform (the third field of its line) to

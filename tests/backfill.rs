@@ -1064,3 +1064,118 @@ fn platform_of(snapshot: &str) -> String {
         None => snapshot.to_string(),
     }
 }
+
+/// `--report FILE.jsonl` is written as tenants finish: a run killed mid-way (SIGKILL, as a
+/// pod's hard kill) leaves one parseable line per finished tenant; a full run ends with the
+/// summary line; an unwritable path fails up front with nothing changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jsonl_report_is_written_as_tenants_finish_and_survives_a_kill() {
+    let dbs: Vec<TestDb> = (0..4).map(|_| TestDb::empty()).collect();
+    let names: Vec<String> = (0..4).map(|i| format!("j{i}")).collect();
+    let lines: Vec<(&str, &str)> = names
+        .iter()
+        .zip(&dbs)
+        .map(|(n, d)| (n.as_str(), d.url.as_str()))
+        .collect();
+    let fleet = Fleet::new(&lines);
+    let report = std::env::temp_dir().join(format!("orgctl-report-{}.jsonl", std::process::id()));
+    let rep = report.to_string_lossy().to_string();
+    let parse = |text: &str| -> Vec<Value> {
+        text.lines()
+            .map(|l| match serde_json::from_str::<Value>(l) {
+                Ok(v) => v,
+                Err(e) => panic!("not a JSON line: {e}: {l}"),
+            })
+            .collect()
+    };
+    // The third tenant waits on a held lock, so the kill lands after exactly two finished.
+    let lock = hold_lock(&dbs[2]).await;
+    let mut child = match fleet
+        .cmd(&[
+            "--lock-timeout",
+            "60s",
+            "run",
+            "--model",
+            "m",
+            "--yes",
+            "--run-id",
+            "jsonl-1",
+            "--concurrency",
+            "1",
+            "--report",
+            &rep,
+        ])
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&report)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no two report lines in time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(lock);
+    let partial = parse(&std::fs::read_to_string(&report).unwrap_or_default());
+    assert_eq!(partial.len(), 2, "{partial:?}");
+    for (v, n) in partial.iter().zip(["j0", "j1"]) {
+        assert_eq!(v["kind"], "tenant");
+        assert_eq!(v["run_id"], "jsonl-1");
+        assert_eq!(v["tenant"], n);
+        assert_eq!(v["status"], "applied", "{v}");
+    }
+    // The rerun finishes: every tenant once (done ones skipped), then the summary, last.
+    let r = fleet
+        .cmd(&[
+            "run", "--model", "m", "--yes", "--run-id", "jsonl-1", "--report", &rep,
+        ])
+        .run();
+    r.code(0);
+    no_password(&r);
+    let full = parse(&std::fs::read_to_string(&report).unwrap_or_default());
+    assert_eq!(full.len(), 5, "{full:?}");
+    let tenants: BTreeMap<String, String> = full[..4]
+        .iter()
+        .map(|v| {
+            assert_eq!(v["kind"], "tenant");
+            (
+                v["tenant"].as_str().unwrap_or("?").to_string(),
+                v["status"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(tenants["j0"], "skipped");
+    assert_eq!(tenants["j2"], "applied");
+    assert_eq!(tenants.len(), 4);
+    assert_eq!(full[4]["kind"], "summary");
+    assert_eq!(full[4]["totals"]["tenants"], 4);
+    assert!(!std::fs::read_to_string(&report)
+        .unwrap_or_default()
+        .contains(PASSWORD));
+    let _ = std::fs::remove_file(&report);
+    // An unwritable report path: exit 1 before any tenant, nothing changed.
+    let fresh = TestDb::empty();
+    let one = Fleet::new(&[("fresh", &fresh.url)]);
+    one.cmd(&[
+        "run",
+        "--model",
+        "m",
+        "--yes",
+        "--report",
+        "/nonexistent-dir/r.jsonl",
+    ])
+    .run()
+    .code(1)
+    .one_line_error("report");
+    assert!(fresh.snapshot().contains("== orgctl\nabsent"));
+}

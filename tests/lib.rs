@@ -14,6 +14,7 @@ mod indoubt;
 mod install;
 mod interactive;
 mod json_doc;
+mod kubernetes;
 mod output_failures;
 mod platform;
 mod pooler;

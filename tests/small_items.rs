@@ -209,6 +209,7 @@ fn rollback_drops_the_prior_model_value_it_kept() {
         "m1",
         "--model",
         "new-model",
+        "--replace-model",
         "--yes",
         "--tenants",
         t,

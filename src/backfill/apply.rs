@@ -650,6 +650,36 @@ pub struct Report {
     pub tenants: Vec<TenantResult>,
 }
 
+/// The last line of a JSON Lines report: the report without its tenants.
+#[derive(Serialize)]
+struct Summary<'a> {
+    dry_run: bool,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+    shard: &'a Option<String>,
+    concurrency: u32,
+    canary: Option<u32>,
+    canary_stopped: bool,
+    interrupted: bool,
+    totals: &'a Totals,
+}
+
+impl<'a> Summary<'a> {
+    fn of(r: &'a Report) -> Self {
+        Summary {
+            dry_run: r.dry_run,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            shard: &r.shard,
+            concurrency: r.concurrency,
+            canary: r.canary,
+            canary_stopped: r.canary_stopped,
+            interrupted: r.interrupted,
+            totals: &r.totals,
+        }
+    }
+}
+
 fn totals(results: &[TenantResult]) -> Totals {
     let count = |s: Status| results.iter().filter(|r| r.status == s).count();
     let applied: Vec<&TenantResult> = results
@@ -764,7 +794,17 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     let started_at = Utc::now();
     let pb = out.progress(selected.len() as u64, "tenants");
     let (mut ok, mut failed) = (0usize, 0usize);
+    // --report FILE.jsonl: one line per tenant as it finishes (see backfill::jsonl).
+    let mut jsonl = match &args.report {
+        Some(p) if super::jsonl::wanted(p) => Some(super::jsonl::Jsonl::create(p)?),
+        _ => None,
+    };
+    let mut written = std::collections::HashSet::new();
     let mut on_done = |r: &TenantResult, in_flight: usize| {
+        if let Some(j) = jsonl.as_mut() {
+            j.line("tenant", &run_id, r);
+            written.insert(r.tenant.clone());
+        }
         if r.status == Status::Failed {
             failed += 1;
             if !pb.is_hidden() {
@@ -867,7 +907,19 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     };
     // The report is written even when stdout fails: it is the record of what was committed.
     let rendered = render(ctx, &report);
-    if let Some(path) = &args.report {
+    if let Some(mut j) = jsonl {
+        // The tenants that never finished (not started, abandoned, panicked), then the summary.
+        for r in report
+            .tenants
+            .iter()
+            .filter(|r| !written.contains(&r.tenant))
+        {
+            j.line("tenant", &report.run_id, r);
+        }
+        j.line("summary", &report.run_id, &Summary::of(&report));
+        j.finish()?;
+    }
+    if let Some(path) = args.report.as_ref().filter(|p| !super::jsonl::wanted(p)) {
         super::write_report(path, &report)?;
     }
     rendered.map_err(|e| after_commits(e, report.totals.applied + report.totals.skipped))?;

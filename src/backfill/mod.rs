@@ -15,6 +15,7 @@
 //! wire, which is waited for.
 
 pub mod apply;
+pub mod jsonl;
 pub mod rollback;
 pub mod status;
 pub mod tenants;
