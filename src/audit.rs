@@ -241,20 +241,34 @@ struct Columns {
 }
 
 async fn columns(conn: &mut PgConnection) -> Result<Columns> {
+    // Through the catalog by name, never `to_regclass('orgctl.…')`, which raises "permission
+    // denied for schema orgctl" for a role without USAGE on it.
     let row = db::query(
-        "SELECT to_regclass('orgctl.audit_log') IS NOT NULL,
-                EXISTS (SELECT 1 FROM pg_attribute
-                         WHERE attrelid = to_regclass('orgctl.audit_log')
-                           AND attname = 'row_hash' AND NOT attisdropped),
-                to_regclass('orgctl.audit_head') IS NOT NULL",
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = 'orgctl' AND c.relname = 'audit_log'),
+                EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                          JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = 'orgctl' AND c.relname = 'audit_log'
+                           AND a.attname = 'row_hash' AND NOT a.attisdropped),
+                EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = 'orgctl' AND c.relname = 'audit_head')",
     )
     .fetch_one(&mut *conn)
     .await?;
-    Ok(Columns {
+    let cols = Columns {
         log: row.try_get(0)?,
         chain: row.try_get(1)?,
         head: row.try_get(2)?,
-    })
+    };
+    if cols.log && db::orgctl_table(conn, "audit_log").await? == db::Access::NotReadable {
+        return Err(Error::refused(
+            "orgctl.audit_log exists but this role cannot read it: GRANT USAGE ON SCHEMA orgctl and SELECT ON orgctl.audit_log (and orgctl.audit_head for `audit verify`) to it, or run as a role that can",
+        ));
+    }
+    Ok(cols)
 }
 
 /// `--since`: a duration back from now (`90m`, `36h`, `7d`, `2w`), an RFC 3339 timestamp, or

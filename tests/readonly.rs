@@ -62,6 +62,15 @@ fn a_role_without_usage_on_orgctl_can_run_status_and_dry_runs() {
     let r = ro(&["token", "list"]);
     r.code(0);
 
+    // The audit log it cannot read: one clear line naming the grants, never "permission
+    // denied for schema orgctl", for the list and for verify.
+    for args in [&["audit"][..], &["audit", "verify"][..]] {
+        let r = ro(args);
+        r.code(3)
+            .one_line_error("cannot read it: GRANT USAGE ON SCHEMA orgctl");
+        assert!(!r.stderr.contains("permission denied"), "{}", r.stderr);
+    }
+
     // A write by that role: refused with what to grant, nothing changed.
     let before = db.snapshot();
     let r = ro(&["token", "revoke", "--yes", "--", "sampl001"]);
