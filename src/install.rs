@@ -377,9 +377,23 @@ impl std::fmt::Write for HashWriter {
     }
 }
 
+/// Whether orgctl's schema is known to be present and usable in the planning transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Orgctl {
+    /// Inside a transaction of [`db::begin_change`]: present and usable, no probe needed.
+    Ready,
+    /// A read-only plan (dry run, status): it may be absent or not readable by this role.
+    Probe,
+}
+
 /// Compute the plan. Read-only: runs unchanged inside a dry run's read-only transaction and
 /// inside apply's write transaction (after [`lock_rows`]).
-pub async fn plan(conn: &mut PgConnection, input: &InstallInput, sb: &SecretBox) -> Result<Plan> {
+pub async fn plan(
+    conn: &mut PgConnection,
+    input: &InstallInput,
+    sb: &SecretBox,
+    orgctl: Orgctl,
+) -> Result<Plan> {
     let agent = resolve_agent(conn, input).await?;
 
     let roots = db::query(
@@ -401,7 +415,7 @@ pub async fn plan(conn: &mut PgConnection, input: &InstallInput, sb: &SecretBox)
         })
         .collect::<std::result::Result<_, sqlx::Error>>()?;
 
-    let former = former_roots(conn, agent.id).await?;
+    let former = former_roots(conn, agent.id, orgctl).await?;
     let mut old: Vec<Uuid> = reparented.iter().map(|r| r.id).collect();
     for f in &former {
         if !old.contains(f) {
@@ -696,10 +710,10 @@ async fn fetch_agents(
 }
 
 /// Roots an earlier install re-parented under this agent (empty before orgctl's schema exists).
-async fn former_roots(conn: &mut PgConnection, agent: Uuid) -> Result<Vec<Uuid>> {
+async fn former_roots(conn: &mut PgConnection, agent: Uuid, orgctl: Orgctl) -> Result<Vec<Uuid>> {
     // Not readable (a read-only role on a tenant another role installed): a dry run plans
     // without them; an apply could not write orgctl's state anyway and is refused earlier.
-    if !db::orgctl_table_readable(conn, "former_roots").await? {
+    if orgctl == Orgctl::Probe && !db::orgctl_table_readable(conn, "former_roots").await? {
         return Ok(Vec::new());
     }
     Ok(db::query_scalar(
@@ -754,19 +768,16 @@ async fn model_action(
 
 /// Lock, in a fixed order, the workspace rows the install changes or hangs rows off: the agent
 /// (or the --id row), every root, every former root.
+///
+/// Only inside a transaction of [`db::begin_change`], which has made orgctl's schema (and so
+/// `orgctl.former_roots`) present and usable: no probe for it here.
 pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<()> {
-    let former_exists = db::orgctl_table_readable(conn, "former_roots").await?;
-    let former_clause = if former_exists {
-        "OR id IN (SELECT workspace_id FROM orgctl.former_roots)"
-    } else {
-        ""
-    };
-    let sql = format!(
+    db::query(
         "SELECT id FROM workspaces
-          WHERE parent_id IS NULL OR kind = 'platform' OR id = $1 {former_clause}
-          ORDER BY id FOR UPDATE"
-    );
-    db::query(&sql)
+          WHERE parent_id IS NULL OR kind = 'platform' OR id = $1
+             OR id IN (SELECT workspace_id FROM orgctl.former_roots)
+          ORDER BY id FOR UPDATE",
+    )
         .bind(input.id)
         .execute(&mut *conn)
         .await
@@ -1298,7 +1309,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     // 1. Plan read-only: a consistent snapshot, no locks, no writes.
     let reviewed = {
         let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
-        let p = plan(&mut tx, &input, &sb).await?;
+        let p = plan(&mut tx, &input, &sb, Orgctl::Probe).await?;
         warn_chains(out, &mut tx, &p).await?;
         let dry = if args.dry_run && args.provision {
             let state = provision::agent_state(&mut tx, p.agent.id).await?;
@@ -1373,11 +1384,9 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     // Only the reviewed plan's hash is needed from here on; free the plan itself.
     let reviewed_hash = reviewed.hash();
     drop(reviewed);
-    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
-    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
-    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
     lock_rows(&mut tx, &input).await?;
-    let current = plan(&mut tx, &input, &sb).await?;
+    let current = plan(&mut tx, &input, &sb, Orgctl::Ready).await?;
     if let Some(e) = current.refusal() {
         return Err(e);
     }

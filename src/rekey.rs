@@ -1073,9 +1073,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     )?;
 
     // 3. Apply: one transaction, tenant lock, writers of the secret tables held off.
-    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
-    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
-    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
     db::query("LOCK TABLE workspace_secrets, global_secrets IN SHARE ROW EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await?;

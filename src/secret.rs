@@ -760,9 +760,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     out.confirm(&format!("{question} ({})", url.target()), ctx.yes)?;
 
     // 3. Apply in one transaction under the tenant lock: re-check, write, audit, commit.
-    db::ensure_orgctl_schema(&mut conn, url, &ctx.settings).await?;
-    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
-    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    let mut tx = db::begin_change(&mut conn, url, &ctx.settings).await?;
     if let Scope::Workspace(id) = scope {
         // FOR SHARE: the target cannot become (or stop being) the platform agent, nor vanish,
         // before we commit.

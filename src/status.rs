@@ -736,7 +736,7 @@ pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, 
 async fn install_would(conn: &mut PgConnection) -> Result<InstallWould> {
     let input = InstallInput::new(None, None, None, true)?;
     let sb = SecretBox::from_env();
-    match install::plan(conn, &input, &sb).await {
+    match install::plan(conn, &input, &sb, install::Orgctl::Probe).await {
         Ok(p) => {
             let mut summary = p.summary();
             if p.model == install::ModelAction::Missing {

@@ -524,9 +524,7 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
         tx.rollback().await?;
     }
 
-    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
-    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
-    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
     // Again under the lock: an install may have made the agent the root meanwhile.
     let root = resolve_root(&mut tx, args.org).await?;
 
@@ -962,9 +960,7 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
         &format!("Revoke {desc} on {}?", url.target()),
     )?;
 
-    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
-    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
-    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
     let done = db::query(
         "UPDATE org_api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
     )
@@ -1098,9 +1094,7 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         ),
     )?;
 
-    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
-    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
-    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
     // Every live token with the label at this moment: in incident response a token minted
     // after the confirmation must die too. One statement; `now()` is the transaction's start,
     // so every row revoked here carries the same revoked_at, which identifies them afterwards.
@@ -1376,9 +1370,7 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
         &format!("Anchor {desc} on {}?", url.target()),
     )?;
 
-    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
-    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
-    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
     // What was confirmed is what is applied: the same root, and the token where it was.
     let now_root = resolve_root(&mut tx, args.org).await?;
     if now_root.id != root.id {
@@ -1589,9 +1581,7 @@ async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
     )?;
 
     // 2. Apply exactly the reviewed plan under the tenant lock.
-    db::ensure_orgctl_schema(&mut conn, &url, &ctx.settings).await?;
-    let mut tx = db::begin_write(&mut conn, &ctx.settings).await?;
-    db::lock_tenant(&mut tx, &ctx.settings).await?;
+    let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
     let now_root = resolve_root(&mut tx, args.org).await?;
     let now = plan_stale(&mut tx, now_root.id).await?;
     if now_root.id != root.id || now != reviewed {

@@ -933,7 +933,7 @@ fn proxy_conn(client: std::net::TcpStream, st: &ProxyState) {
                 .unwrap_or(0);
             started = !matches!(code, 80_877_103 | 80_877_104);
         } else if matches!(tag[0], b'Q' | b'P')
-            && String::from_utf8_lossy(&body).contains("pg_try_advisory_xact_lock")
+            && String::from_utf8_lossy(&body).contains("advisory_xact_lock")
         {
             st.writing.store(true, Ordering::SeqCst);
         } else if let Cut::BeforeStatement(needle) = st.mode {

@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use super::{clean, fmt_duration, millis, Cancel, Committing, Shard, Slot, Tenant};
 use crate::cli::BackfillRunArgs;
-use crate::db::{self, Settings};
+use crate::db::{self, DbUrl, Settings};
 use crate::error::{Error, Exit, Result};
 use crate::install::{self, AgentAction, InstallInput, ModelAction, Plan};
 use crate::platform::keys::SecretBox;
@@ -187,8 +187,15 @@ pub fn tenant(
                 if !job.dry_run && !e.in_doubt {
                     if let Some(c) = conn.as_mut() {
                         // Best effort: the change rolled back; remember why, for `backfill status`.
-                        let _ = record_failure(c, &job.settings, &job.run_id, &t.name, &clean(&e))
-                            .await;
+                        let _ = record_failure(
+                            c,
+                            &t.url,
+                            &job.settings,
+                            &job.run_id,
+                            &t.name,
+                            &clean(&e),
+                        )
+                        .await;
                     }
                 }
                 let mut f = TenantResult::new(&t, Status::Failed);
@@ -281,12 +288,12 @@ async fn apply_inner(
 ) -> Result<TenantResult> {
     let input = job.input()?;
     let conn = slot.insert(db::connect(&t.url, &job.settings).await?);
-    db::ensure_compatible(conn).await?;
 
     if job.dry_run {
+        db::ensure_compatible(conn).await?;
         let mut tx = db::begin_read_only(conn, &job.settings).await?;
         let prior = prior_run(&mut tx, &job.run_id, false).await?;
-        let plan = install::plan(&mut tx, &input, &job.sb).await?;
+        let plan = install::plan(&mut tx, &input, &job.sb, install::Orgctl::Probe).await?;
         tx.rollback().await?;
         if let Some(p) = prior.filter(|p| p.done()) {
             return Ok(TenantResult::new(t, Status::Skipped)
@@ -309,10 +316,9 @@ async fn apply_inner(
         });
     }
 
-    // orgctl's own schema first, so the snapshot has somewhere to go before anything changes.
-    db::ensure_orgctl_schema(conn, &t.url, &job.settings).await?;
-    let mut tx = db::begin_write(conn, &job.settings).await?;
-    db::lock_tenant(&mut tx, &job.settings).await?;
+    // The platform's schema checked and orgctl's own created or checked in the transaction of
+    // the change, so the snapshot has somewhere to go before anything changes.
+    let mut tx = db::begin_change(conn, &t.url, &job.settings).await?;
     if let Some(p) = prior_run(&mut tx, &job.run_id, true).await? {
         if p.done() {
             tx.rollback().await?;
@@ -324,7 +330,7 @@ async fn apply_inner(
         }
     }
     install::lock_rows(&mut tx, &input).await?;
-    let plan = install::plan(&mut tx, &input, &job.sb).await?;
+    let plan = install::plan(&mut tx, &input, &job.sb, install::Orgctl::Ready).await?;
     if let Some(e) = plan.refusal() {
         return Err(e);
     }
@@ -582,19 +588,22 @@ async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Pl
     Ok(())
 }
 
-/// Remember a failure in the tenant's own tables (never over a row that is not `failed`), when
-/// orgctl's schema is already there. Its own transaction: the change itself rolled back.
+/// Remember a failure in the tenant's own tables (never over a row that is not `failed`). Its
+/// own transaction: the change itself rolled back, and with it orgctl's schema when the change
+/// was to create it, so the schema is created here for the row — on a tenant whose schema is
+/// compatible only (an incompatible tenant is left untouched: `backfill status` says
+/// `never_reached`).
 async fn record_failure(
     conn: &mut PgConnection,
+    url: &DbUrl,
     settings: &Settings,
     run_id: &str,
     tenant: &str,
     error: &str,
 ) -> Result<()> {
+    db::ensure_compatible(conn).await?;
+    db::ensure_orgctl_schema(conn, url, settings).await?;
     let mut tx = db::begin_write(conn, settings).await?;
-    if !super::backfill_tables_exist(&mut tx).await? {
-        return Ok(());
-    }
     db::query(
         "INSERT INTO orgctl.backfill_runs AS b (run_id, tenant, status, error, os_user, orgctl_version)
          VALUES ($1, $2, 'failed', $3, $4, $5)
