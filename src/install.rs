@@ -394,17 +394,22 @@ pub async fn plan(
     sb: &SecretBox,
     orgctl: Orgctl,
 ) -> Result<Plan> {
-    let agent = resolve_agent(conn, input).await?;
-
-    let roots = db::query(
-        "SELECT id, name, status::text FROM workspaces
-          WHERE parent_id IS NULL AND id <> $1
-          ORDER BY created_at NULLS LAST, id",
-    )
-    .bind(agent.id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let reparented: Vec<RootMove> = roots
+    // One message, constant SQL: the platform agents, the tenant's identity (for a derived
+    // agent id) and the roots.
+    let reads = db::simple_batch(conn, PLAN_READS).await?;
+    let (platform_rows, ident, root_rows) = match reads.as_slice() {
+        [p, i, r] if i.len() == 1 => (p, &i[0], r),
+        _ => {
+            return Err(Error::failed(
+                "internal: the plan's first read returned no rows",
+            ))
+        }
+    };
+    let platforms = platform_rows
+        .iter()
+        .map(agent_row)
+        .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+    let roots = root_rows
         .iter()
         .map(|r| {
             Ok(RootMove {
@@ -413,9 +418,19 @@ pub async fn plan(
                 status: r.try_get(2)?,
             })
         })
-        .collect::<std::result::Result<_, sqlx::Error>>()?;
+        .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+    let derive = || derived_agent_id(ident, &roots);
+    let agent = resolve_agent(conn, input, platforms, derive).await?;
+    let reparented: Vec<RootMove> = roots.into_iter().filter(|r| r.id != agent.id).collect();
 
-    let former = former_roots(conn, agent.id, orgctl).await?;
+    // One statement: whether a derived id is taken, and the former roots.
+    let (taken, former) = taken_and_former(conn, agent.id, orgctl).await?;
+    if taken && agent.generated_id {
+        return Err(Error::refused(format!(
+            "the id orgctl derives for a new platform agent ({}) is taken by an existing workspace; pass --id with a fresh UUID",
+            agent.id
+        )));
+    }
     let mut old: Vec<Uuid> = reparented.iter().map(|r| r.id).collect();
     for f in &former {
         if !old.contains(f) {
@@ -423,79 +438,55 @@ pub async fn plan(
         }
     }
 
-    let token_moves: Vec<TokenMove> = db::query(
-        "SELECT org_id,
-                count(*) FILTER (WHERE revoked_at IS NULL),
-                count(*) FILTER (WHERE revoked_at IS NOT NULL)
-           FROM org_api_tokens
-          WHERE org_id = ANY($1)
-          GROUP BY org_id
-          ORDER BY org_id",
-    )
-    .bind(&old)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(TokenMove {
-            from: r.try_get(0)?,
-            live: r.try_get(1)?,
-            revoked: r.try_get(2)?,
-        })
-    })
-    .collect::<std::result::Result<_, sqlx::Error>>()?;
-
-    let allowlist_moves: Vec<AllowlistMove> = db::query(&format!(
-        "{ALLOWLIST_SCOPE}
-         SELECT org_id, count(*) FROM scope
-          WHERE rn = 1 AND org_id <> $2
-          GROUP BY org_id ORDER BY org_id"
-    ))
-    .bind(&old)
-    .bind(agent.id)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(AllowlistMove {
-            from: r.try_get(0)?,
-            rows: r.try_get(1)?,
-        })
-    })
-    .collect::<std::result::Result<_, sqlx::Error>>()?;
-
-    // Streamed, not fetched whole: only the compact rows stay in memory.
+    // One statement for the anchors: token counts per old root, allowlist rows moving per old
+    // root, the allowlist rows merged away (streamed: tens of thousands on a large org) and the
+    // row that stays for each merged plugin. `k` tells the parts apart; each part keeps the
+    // order it had as a query of its own.
+    let mut token_moves: Vec<TokenMove> = Vec::new();
+    let mut allowlist_moves: Vec<AllowlistMove> = Vec::new();
     let mut merged: Vec<MergedRow> = Vec::new();
+    let mut kept: BTreeMap<String, String> = BTreeMap::new();
     {
         let sql = format!(
             "{ALLOWLIST_SCOPE}
-             SELECT id::text, plugin_name, org_id FROM scope
-              WHERE rn > 1 ORDER BY plugin_name, id"
+             SELECT 1 AS k, org_id AS sort_org,
+                    count(*) FILTER (WHERE revoked_at IS NULL) AS a,
+                    count(*) FILTER (WHERE revoked_at IS NOT NULL) AS b,
+                    NULL::text AS plugin, NULL::text AS id, org_id AS from_org
+               FROM org_api_tokens WHERE org_id = ANY($1) GROUP BY org_id
+             UNION ALL
+             SELECT 2, org_id, count(*), NULL, NULL, NULL, org_id
+               FROM scope WHERE rn = 1 AND org_id <> $2 GROUP BY org_id
+             UNION ALL
+             SELECT 3, NULL, NULL, NULL, plugin_name, id::text, org_id FROM scope WHERE rn > 1
+             UNION ALL
+             SELECT 4, NULL, NULL, NULL, plugin_name, id::text, NULL FROM scope
+              WHERE rn = 1 AND plugin_name IN (SELECT plugin_name FROM scope WHERE rn > 1)
+             ORDER BY k, sort_org, plugin, id"
         );
         let mut rows = db::query(&sql).bind(&old).bind(agent.id).fetch(&mut *conn);
         while let Some(r) = rows.try_next().await? {
-            merged.push(MergedRow {
-                id: r.try_get(0)?,
-                plugin_name: r.try_get(1)?,
-                from: r.try_get(2)?,
-            });
+            match r.try_get::<i32, _>(0)? {
+                1 => token_moves.push(TokenMove {
+                    from: r.try_get(6)?,
+                    live: r.try_get(2)?,
+                    revoked: r.try_get(3)?,
+                }),
+                2 => allowlist_moves.push(AllowlistMove {
+                    from: r.try_get(6)?,
+                    rows: r.try_get(2)?,
+                }),
+                3 => merged.push(MergedRow {
+                    id: r.try_get(5)?,
+                    plugin_name: r.try_get(4)?,
+                    from: r.try_get(6)?,
+                }),
+                _ => {
+                    kept.insert(r.try_get(4)?, r.try_get(5)?);
+                }
+            }
         }
     }
-    let kept: BTreeMap<String, String> = if merged.is_empty() {
-        BTreeMap::new()
-    } else {
-        db::query_as(&format!(
-            "{ALLOWLIST_SCOPE}
-             SELECT plugin_name, id::text FROM scope
-              WHERE rn = 1 AND plugin_name IN (SELECT plugin_name FROM scope WHERE rn > 1)"
-        ))
-        .bind(&old)
-        .bind(agent.id)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect()
-    };
 
     let swept_former_roots: Vec<Uuid> = former
         .into_iter()
@@ -533,49 +524,65 @@ const ALLOWLIST_SCOPE: &str = "WITH scope AS (
     WINDOW w AS (PARTITION BY plugin_name
                  ORDER BY enabled_at ASC NULLS LAST, (org_id = $2) DESC, id ASC))";
 
+/// The plan's first read ([`plan`]), one simple-query message of constant SQL: the platform
+/// agents, the tenant's identity, the roots (oldest first).
+const PLAN_READS: &str = "SELECT id, name, parent_id, tier, status::text FROM workspaces
+  WHERE kind = 'platform' ORDER BY id;
+SELECT (SELECT system_identifier::text FROM pg_control_system()),
+       (SELECT oid::text FROM pg_database WHERE datname = current_database()),
+       current_database();
+SELECT id, name, status::text FROM workspaces WHERE parent_id IS NULL
+  ORDER BY created_at NULLS LAST, id";
+
 /// The id of an agent orgctl creates itself: derived from the tenant's identity (the cluster's
 /// system identifier, the database's oid and name) and the ids of the roots it adopts, so a dry
 /// run shows exactly the id apply will create (SPEC §4: what the dry run shows is what apply
 /// does), and a different org — or the same org after its roots changed — gets another.
-/// A random id would differ between the dry run and the apply that follows it.
-async fn derived_agent_id(conn: &mut PgConnection) -> Result<Uuid> {
-    let row = db::query(
-        "SELECT (SELECT system_identifier::text FROM pg_control_system()),
-                (SELECT oid::text FROM pg_database WHERE datname = current_database()),
-                current_database(),
-                (SELECT COALESCE(string_agg(id::text, ',' ORDER BY id), '')
-                   FROM workspaces WHERE parent_id IS NULL)",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+/// A random id would differ between the dry run and the apply that follows it. (Whether it is
+/// taken is checked by [`plan`] with its next statement.)
+fn derived_agent_id(ident: &sqlx::postgres::PgRow, roots: &[RootMove]) -> Result<Uuid> {
+    let mut ids: Vec<Uuid> = roots.iter().map(|r| r.id).collect();
+    // PostgreSQL's uuid order is the order of its 16 bytes, as Uuid's.
+    ids.sort_unstable();
+    let joined = ids
+        .iter()
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let mut h = sha2::Sha256::new();
-    for i in 0..4 {
-        let part: Option<String> = row.try_get(i)?;
+    for i in 0..3 {
+        let part: Option<String> = ident.try_get(i)?;
         h.update(b"\0");
         h.update(part.unwrap_or_default().as_bytes());
     }
+    h.update(b"\0");
+    h.update(joined.as_bytes());
     h.update(b"\0orgctl platform agent");
     let digest = h.finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
-    let id = uuid::Builder::from_bytes(bytes)
+    Ok(uuid::Builder::from_bytes(bytes)
         .with_variant(uuid::Variant::RFC4122)
         .with_version(uuid::Version::Sha1)
-        .into_uuid();
-    let taken: bool = db::query_scalar("SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1)")
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await?;
-    if taken {
-        return Err(Error::refused(format!(
-            "the id orgctl derives for a new platform agent ({id}) is taken by an existing workspace; pass --id with a fresh UUID"
-        )));
-    }
-    Ok(id)
+        .into_uuid())
 }
 
-async fn resolve_agent(conn: &mut PgConnection, input: &InstallInput) -> Result<AgentPlan> {
-    let platforms = fetch_agents(conn, "WHERE kind = 'platform' ORDER BY id", None).await?;
+fn agent_row(r: &sqlx::postgres::PgRow) -> std::result::Result<AgentRow, sqlx::Error> {
+    Ok(AgentRow {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        parent_id: r.try_get(2)?,
+        tier: r.try_get(3)?,
+        status: r.try_get(4)?,
+    })
+}
+
+async fn resolve_agent(
+    conn: &mut PgConnection,
+    input: &InstallInput,
+    platforms: Vec<AgentRow>,
+    derive: impl FnOnce() -> Result<Uuid>,
+) -> Result<AgentPlan> {
     if platforms.len() > 1 {
         let ids: Vec<String> = platforms.iter().map(|p| p.id.to_string()).collect();
         return Err(Error::refused(format!(
@@ -622,7 +629,7 @@ async fn resolve_agent(conn: &mut PgConnection, input: &InstallInput) -> Result<
                 let id = row.id;
                 (Some(row), id, false)
             }
-            None => (None, derived_agent_id(conn).await?, true),
+            None => (None, derive()?, true),
         },
     };
 
@@ -696,34 +703,33 @@ async fn fetch_agents(
     }
     let rows = q.fetch_all(&mut *conn).await?;
     rows.iter()
-        .map(|r| {
-            Ok(AgentRow {
-                id: r.try_get(0)?,
-                name: r.try_get(1)?,
-                parent_id: r.try_get(2)?,
-                tier: r.try_get(3)?,
-                status: r.try_get(4)?,
-            })
-        })
+        .map(agent_row)
         .collect::<std::result::Result<_, sqlx::Error>>()
         .map_err(Error::from)
 }
 
-/// Roots an earlier install re-parented under this agent (empty before orgctl's schema exists).
-async fn former_roots(conn: &mut PgConnection, agent: Uuid, orgctl: Orgctl) -> Result<Vec<Uuid>> {
+/// Whether a workspace with the agent's id exists (it matters for a derived id), and the roots
+/// an earlier install re-parented under this agent (none before orgctl's schema exists), in one
+/// statement.
+async fn taken_and_former(
+    conn: &mut PgConnection,
+    agent: Uuid,
+    orgctl: Orgctl,
+) -> Result<(bool, Vec<Uuid>)> {
     // Not readable (a read-only role on a tenant another role installed): a dry run plans
     // without them; an apply could not write orgctl's state anyway and is refused earlier.
-    if orgctl == Orgctl::Probe && !db::orgctl_table_readable(conn, "former_roots").await? {
-        return Ok(Vec::new());
-    }
-    Ok(db::query_scalar(
-        "SELECT f.workspace_id FROM orgctl.former_roots f
-          WHERE f.agent_id = $1 AND f.workspace_id <> $1
-          ORDER BY f.workspace_id",
-    )
-    .bind(agent)
-    .fetch_all(&mut *conn)
-    .await?)
+    let former = orgctl == Orgctl::Ready || db::orgctl_table_readable(conn, "former_roots").await?;
+    let sql = if former {
+        "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1),
+                ARRAY(SELECT f.workspace_id FROM orgctl.former_roots f
+                       WHERE f.agent_id = $1 AND f.workspace_id <> $1
+                       ORDER BY f.workspace_id)"
+    } else {
+        "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1), ARRAY[]::uuid[]"
+    };
+    let (taken, former): (bool, Vec<Uuid>) =
+        db::query_as(sql).bind(agent).fetch_one(&mut *conn).await?;
+    Ok((taken, former))
 }
 
 async fn model_action(
@@ -772,31 +778,49 @@ async fn model_action(
 /// Only inside a transaction of [`db::begin_change`], which has made orgctl's schema (and so
 /// `orgctl.former_roots`) present and usable: no probe for it here.
 pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<()> {
-    db::query(
-        "SELECT id FROM workspaces
-          WHERE parent_id IS NULL OR kind = 'platform' OR id = $1
-             OR id IN (SELECT workspace_id FROM orgctl.former_roots)
-          ORDER BY id FOR UPDATE",
-    )
-        .bind(input.id)
+    // Counted, not fetched: the locked ids are not needed here.
+    const LOCK: &str = "SELECT count(*) FROM (
+        SELECT id FROM workspaces
+         WHERE parent_id IS NULL OR kind = 'platform'
+            OR id IN (SELECT workspace_id FROM orgctl.former_roots)
+         ORDER BY id FOR UPDATE) l";
+    let locked = match input.id {
+        // Constant SQL: one simple-query message.
+        None => db::simple_batch(conn, LOCK).await.map(|_| ()),
+        Some(id) => db::query(
+            "SELECT count(*) FROM (
+                SELECT id FROM workspaces
+                 WHERE parent_id IS NULL OR kind = 'platform' OR id = $1
+                    OR id IN (SELECT workspace_id FROM orgctl.former_roots)
+                 ORDER BY id FOR UPDATE) l",
+        )
+        .bind(id)
         .execute(&mut *conn)
         .await
-        .map_err(|e| {
-            let err = Error::from(e);
-            if err.exit == Exit::Refused {
-                Error::refused(format!(
-                    "could not lock the org's root workspaces within --lock-timeout (a platform transaction holds them): {}",
-                    err.message
-                ))
-            } else {
-                err
-            }
-        })?;
-    Ok(())
+        .map(|_| ())
+        .map_err(Error::from),
+    };
+    locked.map_err(|err| {
+        if err.exit == Exit::Refused {
+            Error::refused(format!(
+                "could not lock the org's root workspaces within --lock-timeout (a platform transaction holds them): {}",
+                err.message
+            ))
+        } else {
+            err
+        }
+    })
 }
 
-/// Execute exactly `plan` in the caller's transaction, checking every statement's row count,
+/// Execute exactly `plan` in the caller's transaction, checking every change's row count,
 /// then verify the result. The caller commits.
+///
+/// Every kind of change is one data-modifying CTE, and the kinds go to the server in as few
+/// statements as the constraints allow (a fleet pays each round trip once per tenant): one
+/// statement in all, or two when allowlist rows merge — the merged rows must be gone before
+/// the others move, or the move would meet `UNIQUE (org_id, plugin_name)` mid-statement. A
+/// foreign key to the new agent is checked at the end of its statement, after the agent row
+/// is in. Each CTE's row count is checked against the plan, as separate statements were.
 pub async fn execute(
     conn: &mut PgConnection,
     plan: &Plan,
@@ -804,109 +828,186 @@ pub async fn execute(
     sb: &SecretBox,
 ) -> Result<()> {
     let agent = &plan.agent;
-    if agent.action != AgentAction::Unchanged {
-        let r = db::query(
-            "INSERT INTO workspaces (id, name, kind, parent_id, tier)
-             VALUES ($1, $2, 'platform', NULL, 0)
-             ON CONFLICT (id) DO UPDATE
-                SET kind = 'platform', parent_id = NULL, tier = 0, name = EXCLUDED.name,
-                    updated_at = now()",
-        )
-        .bind(agent.id)
-        .bind(&agent.name)
-        .execute(&mut *conn)
-        .await?;
-        db::ensure_rows("the agent upsert", r.rows_affected(), 1)?;
-    }
-
-    if plan.model.writes() {
+    let old = plan.old_roots();
+    let reparented: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
+    let sealed = if plan.model.writes() {
         let value = input
             .model
             .as_ref()
             .ok_or_else(|| Error::failed("internal: MODEL planned without a value"))?;
         let (sealed, version) = sb.seal(value.as_bytes())?;
-        let sealed = Zeroizing::new(sealed);
-        let r = db::query(
-            "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value, encryption_version)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (workspace_id, key) DO UPDATE
-                SET encrypted_value = EXCLUDED.encrypted_value,
-                    encryption_version = EXCLUDED.encryption_version,
-                    updated_at = now()",
-        )
-        .bind(agent.id)
-        .bind(MODEL_KEY)
-        .bind(sealed.as_slice())
-        .bind(version)
-        .execute(&mut *conn)
-        .await?;
-        db::ensure_rows("the MODEL secret upsert", r.rows_affected(), 1)?;
-    }
+        Some((Zeroizing::new(sealed), version))
+    } else {
+        None
+    };
 
-    let old = plan.old_roots();
-    if !plan.merged.is_empty() {
-        let r = db::query(&format!(
-            "{ALLOWLIST_SCOPE}
-             DELETE FROM org_plugin_allowlist a USING scope s WHERE a.id = s.id AND s.rn > 1"
-        ))
-        .bind(&old)
-        .bind(agent.id)
-        .execute(&mut *conn)
-        .await?;
-        db::ensure_rows(
-            "merging allowlist rows",
-            r.rows_affected(),
-            plan.merged.len() as i64,
-        )?;
+    let mut first = Changes::default();
+    if agent.action != AgentAction::Unchanged {
+        let (id, name) = (
+            first.arg(Arg::Uuid(agent.id)),
+            first.arg(Arg::Text(&agent.name)),
+        );
+        first.add(
+            "the agent upsert",
+            format!(
+                "INSERT INTO workspaces (id, name, kind, parent_id, tier)
+                 VALUES ({id}, {name}, 'platform', NULL, 0)
+                 ON CONFLICT (id) DO UPDATE
+                    SET kind = 'platform', parent_id = NULL, tier = 0, name = EXCLUDED.name,
+                        updated_at = now()"
+            ),
+            Some(1),
+        );
     }
+    if let Some((sealed, version)) = &sealed {
+        let id = first.arg(Arg::Uuid(agent.id));
+        let key = first.arg(Arg::Text(MODEL_KEY));
+        let value = first.arg(Arg::Bytes(sealed.as_slice()));
+        let version = first.arg(Arg::I32(*version));
+        first.add(
+            "the MODEL secret upsert",
+            format!(
+                "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value, encryption_version)
+                 VALUES ({id}, {key}, {value}, {version})
+                 ON CONFLICT (workspace_id, key) DO UPDATE
+                    SET encrypted_value = EXCLUDED.encrypted_value,
+                        encryption_version = EXCLUDED.encryption_version,
+                        updated_at = now()"
+            ),
+            Some(1),
+        );
+    }
+    if !plan.merged.is_empty() {
+        let (o, a) = (first.arg(Arg::Uuids(&old)), first.arg(Arg::Uuid(agent.id)));
+        first.scope = Some(scope_cte(&o, &a));
+        first.add(
+            "merging allowlist rows",
+            "DELETE FROM org_plugin_allowlist a USING scope s WHERE a.id = s.id AND s.rn > 1"
+                .to_string(),
+            Some(plan.merged.len() as i64),
+        );
+    }
+    let mut second = Changes::default();
+    let moves = if plan.merged.is_empty() {
+        &mut first
+    } else {
+        &mut second
+    };
     if !plan.allowlist_moves.is_empty() {
-        let r = db::query("UPDATE org_plugin_allowlist SET org_id = $1 WHERE org_id = ANY($2)")
-            .bind(agent.id)
-            .bind(&old)
-            .execute(&mut *conn)
-            .await?;
-        db::ensure_rows(
+        let (a, o) = (moves.arg(Arg::Uuid(agent.id)), moves.arg(Arg::Uuids(&old)));
+        moves.add(
             "moving allowlist rows",
-            r.rows_affected(),
-            plan.allowlist_moved(),
-        )?;
+            format!("UPDATE org_plugin_allowlist SET org_id = {a} WHERE org_id = ANY({o})"),
+            Some(plan.allowlist_moved()),
+        );
     }
     if !plan.token_moves.is_empty() {
-        let r = db::query("UPDATE org_api_tokens SET org_id = $1 WHERE org_id = ANY($2)")
-            .bind(agent.id)
-            .bind(&old)
-            .execute(&mut *conn)
-            .await?;
-        db::ensure_rows("moving tokens", r.rows_affected(), plan.tokens_moved())?;
+        let (a, o) = (moves.arg(Arg::Uuid(agent.id)), moves.arg(Arg::Uuids(&old)));
+        moves.add(
+            "moving tokens",
+            format!("UPDATE org_api_tokens SET org_id = {a} WHERE org_id = ANY({o})"),
+            Some(plan.tokens_moved()),
+        );
     }
-    if !plan.reparented.is_empty() {
-        let ids: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
-        let r = db::query(
-            "UPDATE workspaces SET parent_id = $1, updated_at = now()
-              WHERE id = ANY($2) AND parent_id IS NULL",
-        )
-        .bind(agent.id)
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
-        db::ensure_rows(
+    if !reparented.is_empty() {
+        let (a, ids) = (
+            moves.arg(Arg::Uuid(agent.id)),
+            moves.arg(Arg::Uuids(&reparented)),
+        );
+        moves.add(
             "re-parenting roots",
-            r.rows_affected(),
-            plan.reparented.len() as i64,
-        )?;
-        db::query(
-            "INSERT INTO orgctl.former_roots (workspace_id, agent_id)
-             SELECT unnest($1::uuid[]), $2
-             ON CONFLICT (workspace_id) DO UPDATE SET agent_id = EXCLUDED.agent_id,
-                 reparented_at = now()",
-        )
-        .bind(&ids)
-        .bind(agent.id)
-        .execute(&mut *conn)
-        .await?;
+            format!(
+                "UPDATE workspaces SET parent_id = {a}, updated_at = now()
+                  WHERE id = ANY({ids}) AND parent_id IS NULL"
+            ),
+            Some(reparented.len() as i64),
+        );
+        moves.add(
+            "recording the former roots",
+            format!(
+                "INSERT INTO orgctl.former_roots (workspace_id, agent_id)
+                 SELECT unnest({ids}::uuid[]), {a}
+                 ON CONFLICT (workspace_id) DO UPDATE SET agent_id = EXCLUDED.agent_id,
+                     reparented_at = now()"
+            ),
+            None,
+        );
+    }
+    first.run(conn).await?;
+    second.run(conn).await?;
+    verify(conn, plan).await
+}
+
+/// [`ALLOWLIST_SCOPE`] as a CTE of a larger statement, with its parameters renumbered.
+fn scope_cte(old: &str, agent: &str) -> String {
+    ALLOWLIST_SCOPE
+        .trim_start()
+        .trim_start_matches("WITH ")
+        .replace("$1", "\u{0}old")
+        .replace("$2", "\u{0}agent")
+        .replace("\u{0}old", old)
+        .replace("\u{0}agent", agent)
+}
+
+/// A value bound to one of [`Changes`]' parameters.
+enum Arg<'a> {
+    Uuid(Uuid),
+    Uuids(&'a [Uuid]),
+    Text(&'a str),
+    Bytes(&'a [u8]),
+    I32(i32),
+}
+
+/// Changes sent as one statement: each a data-modifying CTE, with the rows the plan counted
+/// for it (None: not checked), and the parameters they bind.
+#[derive(Default)]
+struct Changes<'a> {
+    scope: Option<String>,
+    ctes: Vec<(&'static str, String, Option<i64>)>,
+    args: Vec<Arg<'a>>,
+}
+
+impl<'a> Changes<'a> {
+    /// Bind a value; returns its placeholder.
+    fn arg(&mut self, a: Arg<'a>) -> String {
+        self.args.push(a);
+        format!("${}", self.args.len())
     }
 
-    verify(conn, plan).await
+    fn add(&mut self, what: &'static str, sql: String, planned: Option<i64>) {
+        self.ctes.push((what, sql, planned));
+    }
+
+    async fn run(self, conn: &mut PgConnection) -> Result<()> {
+        if self.ctes.is_empty() {
+            return Ok(());
+        }
+        let mut parts: Vec<String> = self.scope.into_iter().collect();
+        let mut counts = Vec::new();
+        for (i, (_, sql, _)) in self.ctes.iter().enumerate() {
+            parts.push(format!("c{i} AS ({sql} RETURNING 1)"));
+            counts.push(format!("(SELECT count(*) FROM c{i})"));
+        }
+        let sql = format!("WITH {} SELECT {}", parts.join(",\n"), counts.join(", "));
+        let mut q = db::query(&sql);
+        for a in &self.args {
+            q = match a {
+                Arg::Uuid(u) => q.bind(*u),
+                Arg::Uuids(v) => q.bind(*v),
+                Arg::Text(t) => q.bind(*t),
+                Arg::Bytes(b) => q.bind(*b),
+                Arg::I32(n) => q.bind(*n),
+            };
+        }
+        let row = q.fetch_one(&mut *conn).await?;
+        for (i, (what, _, planned)) in self.ctes.iter().enumerate() {
+            if let Some(planned) = planned {
+                let touched: i64 = row.try_get(i)?;
+                db::ensure_rows(what, u64::try_from(touched).unwrap_or(0), *planned)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The invariants that must hold before commit: exactly one root and it is the agent, one
