@@ -1011,6 +1011,31 @@ async fn ensure_orgctl_schema_in(
         }
     }
     if !versions.is_empty() {
+        // The bookkeeping rows go in the script's own message (one round trip on a tenant's
+        // first touch) when they are plain: the versions, checksums and descriptions are this
+        // orgctl's own constants (its migrations' file names), never user input.
+        let plain = descriptions.iter().all(|d: &String| {
+            d.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b'_' | b'-' | b'.'))
+        });
+        if plain {
+            let elapsed = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
+            let rows: Vec<String> = versions
+                .iter()
+                .zip(&descriptions)
+                .zip(&checksums)
+                .map(|((v, d), c)| {
+                    let hex: String = c.iter().map(|b| format!("{b:02x}")).collect();
+                    format!("({v}, '{d}', true, decode('{hex}', 'hex'), {elapsed})")
+                })
+                .collect();
+            script.push_str(&format!(
+                "INSERT INTO orgctl._sqlx_migrations
+                        (version, description, success, checksum, execution_time)
+                 VALUES {};",
+                rows.join(", ")
+            ));
+        }
         sqlx::Executor::execute(&mut *conn, script.as_str())
             .await
             .map_err(|e| {
@@ -1020,18 +1045,20 @@ async fn ensure_orgctl_schema_in(
                     crate::error::classify_sqlx(&e).message
                 ))
             })?;
-        query(
-            "INSERT INTO orgctl._sqlx_migrations
-                    (version, description, success, checksum, execution_time)
-             SELECT v, d, true, c, $4
-               FROM unnest($1::bigint[], $2::text[], $3::bytea[]) AS m(v, d, c)",
-        )
-        .bind(&versions)
-        .bind(&descriptions)
-        .bind(&checksums)
-        .bind(i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX))
-        .execute(&mut *conn)
-        .await?;
+        if !plain {
+            query(
+                "INSERT INTO orgctl._sqlx_migrations
+                        (version, description, success, checksum, execution_time)
+                 SELECT v, d, true, c, $4
+                   FROM unnest($1::bigint[], $2::text[], $3::bytea[]) AS m(v, d, c)",
+            )
+            .bind(&versions)
+            .bind(&descriptions)
+            .bind(&checksums)
+            .bind(i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await?;
+        }
     }
     Ok(())
 }
@@ -1111,12 +1138,36 @@ pub async fn append_audit(conn: &mut PgConnection, entries: &[AuditEntry]) -> Re
     if entries.is_empty() {
         return Ok(());
     }
-    let head: Option<(i64, Vec<u8>, chrono::DateTime<chrono::Utc>, String)> = query_as(
-        "SELECT seq, row_hash, now(), current_user::text FROM orgctl.audit_head WHERE one FOR UPDATE",
+    // The head, locked, and — only once it is locked (the arrays are correlated with the
+    // locked row, so they are computed after the row lock is had) — the first chunk's ids and
+    // normalised arguments: one statement, so ids still grow in chain order.
+    let first_raw: Vec<String> = entries
+        .iter()
+        .take(AUDIT_BATCH)
+        .map(|e| e.args.to_string())
+        .collect();
+    type Head = (
+        i64,
+        Vec<u8>,
+        chrono::DateTime<chrono::Utc>,
+        String,
+        Vec<i64>,
+        Vec<String>,
+    );
+    let head: Option<Head> = query_as(
+        "WITH h AS (SELECT seq, row_hash FROM orgctl.audit_head WHERE one FOR UPDATE)
+         SELECT h.seq, h.row_hash, now(), current_user::text,
+                ARRAY(SELECT nextval(pg_get_serial_sequence('orgctl.audit_log', 'id'))
+                        FROM unnest($1::text[]) WITH ORDINALITY AS t(a, n)
+                       WHERE h.seq IS NOT NULL ORDER BY n),
+                ARRAY(SELECT a::jsonb::text FROM unnest($1::text[]) WITH ORDINALITY AS t(a, n)
+                       WHERE h.seq IS NOT NULL ORDER BY n)
+           FROM h",
     )
+    .bind(&first_raw)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((mut seq, prev, at, db_user)) = head else {
+    let Some((mut seq, prev, at, db_user, first_ids, first_args)) = head else {
         return Err(Error::failed(
             "orgctl.audit_head has no row: the audit chain's head was deleted by hand, so orgctl cannot append to the audit log; nothing was changed: run `orgctl audit verify` and restore the head from the last intact row",
         ));
@@ -1134,13 +1185,21 @@ pub async fn append_audit(conn: &mut PgConnection, entries: &[AuditEntry]) -> Re
         let raw: Vec<String> = chunk.iter().map(|e| e.args.to_string()).collect();
         // Ids from the table's own sequence, and the arguments as PostgreSQL will store and
         // return them (jsonb normalises), so the hash covers exactly what `audit verify` reads.
-        let rows: Vec<(i64, String)> = query_as(
-            "SELECT nextval(pg_get_serial_sequence('orgctl.audit_log', 'id')), a::jsonb::text
-               FROM unnest($1::text[]) WITH ORDINALITY AS t(a, n) ORDER BY n",
-        )
-        .bind(&raw)
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows: Vec<(i64, String)> = if i == 0 {
+            first_ids
+                .iter()
+                .copied()
+                .zip(first_args.iter().cloned())
+                .collect()
+        } else {
+            query_as(
+                "SELECT nextval(pg_get_serial_sequence('orgctl.audit_log', 'id')), a::jsonb::text
+                   FROM unnest($1::text[]) WITH ORDINALITY AS t(a, n) ORDER BY n",
+            )
+            .bind(&raw)
+            .fetch_all(&mut *conn)
+            .await?
+        };
         let mut ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
         let n = chunk.len();

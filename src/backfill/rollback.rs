@@ -527,20 +527,24 @@ async fn find_drift(
         (
             "org_api_tokens",
             "(moved to the agent) deleted or moved since the run".into(),
+            // An anti-join against the agent's rows (an index range), not a join with the
+            // whole table: the run just put every one of them on the agent.
             "SELECT s.row_id::text, count(*) OVER () FROM orgctl.backfill_rows s
-               LEFT JOIN org_api_tokens x ON x.id = s.row_id
               WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_api_tokens'
-                AND x.org_id IS DISTINCT FROM $2 AND $3::timestamptz IS NOT NULL
+                AND $3::timestamptz IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM org_api_tokens x WHERE x.id = s.row_id AND x.org_id = $2)
               ORDER BY 1 LIMIT $4"
                 .into(),
         ),
         (
             "org_plugin_allowlist",
             "(moved to the agent) deleted or moved since the run".into(),
+            // An anti-join against the agent's rows (an index range), not a join with the
+            // whole table: the run just put every one of them on the agent.
             "SELECT s.row_id::text, count(*) OVER () FROM orgctl.backfill_rows s
-               LEFT JOIN org_plugin_allowlist x ON x.id = s.row_id
               WHERE s.run_id = $1 AND s.kind = 'anchor' AND s.tbl = 'org_plugin_allowlist'
-                AND x.org_id IS DISTINCT FROM $2 AND $3::timestamptz IS NOT NULL
+                AND $3::timestamptz IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM org_plugin_allowlist x WHERE x.id = s.row_id AND x.org_id = $2)
               ORDER BY 1 LIMIT $4"
                 .into(),
         ),
