@@ -461,4 +461,4 @@ for shape in "${SHAPES[@]}"; do
   printf '%-44s %10s %16s %8s %5s\n' "$shape: statements per fresh tenant (orgctl)" "${STMTS[$shape/orgctl]}" "(psql ${STMTS[$shape/psql]})" "<= 12" "$(met "${STMTS[$shape/orgctl]}" 12 '<=')"
   printf '%-44s %10s %16s %8s %5s\n' "$shape: round trips per fresh tenant (orgctl)" "${TURNS[$shape/orgctl]}" "(psql ${TURNS[$shape/psql]})" "-" "-"
 done
-echo "(run took $(printf '%.0f' "$(calc "$EPOCHREALTIME - $START")") s)"
+echo "(run took $(printf '%.0f' "$(calc "$EPOCHREALTIME - $START")") s; load at the end $(cut -d' ' -f1-3 /proc/loadavg))"
