@@ -243,7 +243,7 @@ async fn rollback_on(
         return Ok(TenantResult::new(t, Status::NothingToRollBack));
     }
     // Statistics are stale right after a run: keep every join of this transaction linear.
-    verify::plan_proof(&mut tx).await?;
+    verify::plan_proof(&mut tx, !job.dry_run).await?;
     let lock = if job.dry_run { "" } else { " FOR UPDATE" };
     let row = db::query(&format!(
         "SELECT status, agent_id, coalesce(agent_action, ''), coalesce(model_action, ''),
