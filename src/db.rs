@@ -505,6 +505,16 @@ pub async fn begin_change<'c>(
     url: &DbUrl,
     settings: &Settings,
 ) -> Result<sqlx::Transaction<'c, sqlx::Postgres>> {
+    Ok(begin_change_on(conn, url, settings).await?.0)
+}
+
+/// [`begin_change`], and whether this transaction has just created orgctl's schema (first
+/// touch: none of orgctl's own rows exist yet, a caller can skip reading them).
+pub async fn begin_change_on<'c>(
+    conn: &'c mut PgConnection,
+    url: &DbUrl,
+    settings: &Settings,
+) -> Result<(sqlx::Transaction<'c, sqlx::Postgres>, bool)> {
     let version = server_version(conn).await?;
     let mut tx = begin_batch(
         conn,
@@ -539,8 +549,8 @@ pub async fn begin_change<'c>(
         Some(true) => Access::Readable,
         Some(false) => Access::NotReadable,
     };
-    ensure_orgctl_schema_in(&mut tx, url, access).await?;
-    Ok(tx)
+    let created = ensure_orgctl_schema_in(&mut tx, url, access).await?;
+    Ok((tx, created))
 }
 
 /// Run constant SQL — no values, no user input: orgctl's own text only — as ONE simple-query
@@ -907,7 +917,7 @@ pub async fn ensure_orgctl_schema(
         },
         None => Access::Absent,
     };
-    ensure_orgctl_schema_in(&mut tx, url, access).await?;
+    let _ = ensure_orgctl_schema_in(&mut tx, url, access).await?;
     // Not through commit_or_resolve: nothing of the tenant changes here, and a rerun finishes
     // whatever this did or did not commit. But a lost answer is not "rolled back".
     tx.commit().await.map_err(|e| match e {
@@ -930,17 +940,26 @@ const MIGRATIONS_ACCESS: &str =
 
 /// Create or upgrade orgctl's schema in the caller's write transaction, given what
 /// [`MIGRATIONS_ACCESS`] found. Steady state (schema at this orgctl's version) costs one
-/// statement; first use: the schema lock, the DDL and the version table in one message, then
-/// the migrations' script and their bookkeeping rows.
+/// statement; a tenant without the schema, one message ([`create_fresh_schema`]); an upgrade:
+/// the schema lock, the DDL and the version table in one message, then the pending migrations'
+/// script and their bookkeeping rows.
+///
+/// Returns true when the schema was absent and this transaction created it whole (so it holds
+/// no row of any earlier command: a caller can skip reading its own state back).
 async fn ensure_orgctl_schema_in(
     conn: &mut PgConnection,
     url: &DbUrl,
     access: Access,
-) -> Result<()> {
+) -> Result<bool> {
     let latest = ORGCTL_MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let started = std::time::Instant::now();
     match access {
-        Access::Absent => {}
+        Access::Absent => {
+            if let Some(script) = fresh_schema_script(started) {
+                create_fresh_schema(conn, url, &script, latest).await?;
+                return Ok(true);
+            }
+        }
         Access::NotReadable => {
             return Err(Error::refused(format!(
                 "role '{}' may not use orgctl's own schema (another role created it): nothing was changed; ask a DBA to GRANT USAGE ON SCHEMA orgctl and SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA orgctl to it, or run as the role that owns it",
@@ -953,7 +972,7 @@ async fn ensure_orgctl_schema_in(
                     .fetch_one(&mut *conn)
                     .await?;
             match current {
-                Some(c) if c == latest => return Ok(()),
+                Some(c) if c == latest => return Ok(false),
                 Some(c) if c > latest => return Err(newer_schema(url, c, latest)),
                 _ => {}
             }
@@ -967,21 +986,10 @@ async fn ensure_orgctl_schema_in(
          SELECT version, checksum, success FROM orgctl._sqlx_migrations",
         SCHEMA_LOCK.0, SCHEMA_LOCK.1
     );
-    let results = match simple_batch(conn, &batch).await {
-        Ok(r) => r,
-        Err(e) if e.exit == crate::error::Exit::Refused || e.message.starts_with("the database is read-only") => {
-            // A lock timeout, a standby or default_transaction_read_only: no grant helps.
-            return Err(e);
-        }
-        Err(e) => {
-            return Err(Error::refused(format!(
-                "could not create orgctl's own schema on {}: {}; ask a DBA to run CREATE SCHEMA orgctl AUTHORIZATION {}",
-                url.target(),
-                e.message,
-                url.opts.get_username()
-            )))
-        }
-    };
+    // A lock timeout, a standby or default_transaction_read_only: no grant helps (schema_error).
+    let results = simple_batch(conn, &batch)
+        .await
+        .map_err(|e| schema_error(url, e))?;
     let mut applied: Vec<(i64, Vec<u8>, bool)> = Vec::new();
     for r in results.last().map(Vec::as_slice).unwrap_or_default() {
         applied.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
@@ -1014,10 +1022,7 @@ async fn ensure_orgctl_schema_in(
         // The bookkeeping rows go in the script's own message (one round trip on a tenant's
         // first touch) when they are plain: the versions, checksums and descriptions are this
         // orgctl's own constants (its migrations' file names), never user input.
-        let plain = descriptions.iter().all(|d: &String| {
-            d.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b'_' | b'-' | b'.'))
-        });
+        let plain = descriptions.iter().all(|d| plain_description(d));
         if plain {
             let elapsed = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
             let rows: Vec<String> = versions
@@ -1060,7 +1065,100 @@ async fn ensure_orgctl_schema_in(
             .await?;
         }
     }
+    Ok(false)
+}
+
+/// Whether every migration's description can go into a literal (they are this orgctl's own
+/// constants, its migrations' file names, never user input).
+fn plain_description(d: &str) -> bool {
+    d.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b'_' | b'-' | b'.'))
+}
+
+/// Every migration of [`ORGCTL_MIGRATOR`] and their bookkeeping rows as one script (constant
+/// SQL: this orgctl's own text and numbers), for a tenant without orgctl's schema; None when a
+/// description is not plain (then the general path binds them).
+fn fresh_schema_script(started: std::time::Instant) -> Option<String> {
+    if !ORGCTL_MIGRATOR
+        .iter()
+        .all(|m| plain_description(&m.description))
+    {
+        return None;
+    }
+    let mut script = String::new();
+    let mut rows = Vec::new();
+    let elapsed = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
+    for m in ORGCTL_MIGRATOR.iter() {
+        script.push_str(&m.sql);
+        script.push_str(";\n");
+        let hex: String = m.checksum.iter().map(|b| format!("{b:02x}")).collect();
+        rows.push(format!(
+            "({}, '{}', true, decode('{hex}', 'hex'), {elapsed})",
+            m.version, m.description
+        ));
+    }
+    script.push_str(&format!(
+        "INSERT INTO orgctl._sqlx_migrations
+                (version, description, success, checksum, execution_time)
+         VALUES {}
+         ON CONFLICT (version) DO NOTHING;",
+        rows.join(", ")
+    ));
+    Some(script)
+}
+
+/// First touch of a tenant: the schema lock, the schema, sqlx's version table, every migration
+/// and its bookkeeping row, and the version table read back — ONE message. The schema was
+/// absent when [`begin_change`] looked, under the tenant lock every orgctl change takes; should
+/// another orgctl (one without that lock) have created it meanwhile, the migrations are written
+/// to be rerun (`IF NOT EXISTS`, `ON CONFLICT DO NOTHING`: a test runs them twice) and the
+/// rows read back are checked as on the general path: a newer or different migration refuses,
+/// and the transaction, with everything it created, rolls back.
+async fn create_fresh_schema(
+    conn: &mut PgConnection,
+    url: &DbUrl,
+    script: &str,
+    latest: i64,
+) -> Result<()> {
+    let batch = format!(
+        "SELECT pg_advisory_xact_lock({}, {});
+         {MIGRATIONS_TABLE_SQL}
+         {script}
+         SELECT version, checksum, success FROM orgctl._sqlx_migrations",
+        SCHEMA_LOCK.0, SCHEMA_LOCK.1
+    );
+    let results = simple_batch(conn, &batch)
+        .await
+        .map_err(|e| schema_error(url, e))?;
+    for r in results.last().map(Vec::as_slice).unwrap_or_default() {
+        let (version, checksum, success): (i64, Vec<u8>, bool) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        if version > latest {
+            return Err(newer_schema(url, version, latest));
+        }
+        let ours = ORGCTL_MIGRATOR.iter().find(|m| m.version == version);
+        if !success || ours.is_some_and(|m| checksum.as_slice() != &*m.checksum) {
+            return Err(Error::failed(format!(
+                "orgctl's schema on {} has migration {version} recorded as failed or with another checksum than this orgctl's; repair orgctl._sqlx_migrations by hand",
+                url.target()
+            )));
+        }
+    }
     Ok(())
+}
+
+/// A failure to create orgctl's schema: a lock timeout or a read-only server as it is, anything
+/// else (usually no CREATE privilege on the database) with what a DBA can do.
+fn schema_error(url: &DbUrl, e: Error) -> Error {
+    if e.exit == crate::error::Exit::Refused || e.message.starts_with("the database is read-only") {
+        return e;
+    }
+    Error::refused(format!(
+        "could not create orgctl's own schema on {}: {}; ask a DBA to run CREATE SCHEMA orgctl AUTHORIZATION {}",
+        url.target(),
+        e.message,
+        url.opts.get_username()
+    ))
 }
 
 async fn current_role(conn: &mut PgConnection) -> String {

@@ -387,16 +387,52 @@ pub enum Orgctl {
 }
 
 /// Compute the plan. Read-only: runs unchanged inside a dry run's read-only transaction and
-/// inside apply's write transaction (after [`lock_rows`]).
+/// inside apply's write transaction (after [`lock_rows`]; or use [`lock_and_plan`]).
 pub async fn plan(
     conn: &mut PgConnection,
     input: &InstallInput,
     sb: &SecretBox,
     orgctl: Orgctl,
 ) -> Result<Plan> {
+    plan_after(conn, input, sb, orgctl, "").await
+}
+
+/// [`lock_rows`] then [`plan`], inside a transaction of [`db::begin_change`]: without `--id`
+/// the lock statement (constant SQL) leads the plan's first message, one round trip and one
+/// statement fewer per tenant.
+pub async fn lock_and_plan(
+    conn: &mut PgConnection,
+    input: &InstallInput,
+    sb: &SecretBox,
+) -> Result<Plan> {
+    if input.id.is_some() {
+        lock_rows(conn, input).await?;
+        return plan(conn, input, sb, Orgctl::Ready).await;
+    }
+    plan_after(conn, input, sb, Orgctl::Ready, LOCK_ROWS)
+        .await
+        .map_err(lock_error)
+}
+
+/// `lead`: constant SQL sent ahead of the plan's first read in the same message (its one
+/// statement's rows are ignored), or "".
+async fn plan_after(
+    conn: &mut PgConnection,
+    input: &InstallInput,
+    sb: &SecretBox,
+    orgctl: Orgctl,
+    lead: &str,
+) -> Result<Plan> {
     // One message, constant SQL: the platform agents, the tenant's identity (for a derived
-    // agent id) and the roots.
-    let reads = db::simple_batch(conn, PLAN_READS).await?;
+    // agent id) and the roots (after `lead`, the row locks, when given).
+    let mut reads = if lead.is_empty() {
+        db::simple_batch(conn, PLAN_READS).await?
+    } else {
+        db::simple_batch(conn, &format!("{lead};\n{PLAN_READS}")).await?
+    };
+    if !lead.is_empty() && !reads.is_empty() {
+        reads.remove(0);
+    }
     let (platform_rows, ident, root_rows) = match reads.as_slice() {
         [p, i, r] if i.len() == 1 => (p, &i[0], r),
         _ => {
@@ -423,37 +459,46 @@ pub async fn plan(
     let agent = resolve_agent(conn, input, platforms, derive).await?;
     let reparented: Vec<RootMove> = roots.into_iter().filter(|r| r.id != agent.id).collect();
 
-    // One statement: whether a derived id is taken, and the former roots.
-    let (taken, former) = taken_and_former(conn, agent.id, orgctl).await?;
-    if taken && agent.generated_id {
-        return Err(Error::refused(format!(
-            "the id orgctl derives for a new platform agent ({}) is taken by an existing workspace; pass --id with a fresh UUID",
-            agent.id
-        )));
-    }
-    let mut old: Vec<Uuid> = reparented.iter().map(|r| r.id).collect();
-    for f in &former {
-        if !old.contains(f) {
-            old.push(*f);
-        }
-    }
-
-    // One statement for the anchors: token counts per old root, allowlist rows moving per old
-    // root, the allowlist rows merged away (streamed: tens of thousands on a large org) and the
-    // row that stays for each merged plugin. `k` tells the parts apart; each part keeps the
-    // order it had as a query of its own.
+    // One statement for the rest of the plan: whether a derived id is taken (k 0), the roots
+    // an earlier install re-parented under this agent (k 5, none before orgctl's schema
+    // exists), and the anchors of every old root (re-parented now, or former): token counts
+    // per old root (k 1), allowlist rows moving per old root (k 2), the allowlist rows merged
+    // away (k 3, streamed: tens of thousands on a large org) and the row that stays for each
+    // merged plugin (k 4). Each part keeps the order it had as a query of its own. The old
+    // roots are one array (an InitPlan), so every part still reads `org_id = ANY(array)`.
+    let reparented_ids: Vec<Uuid> = reparented.iter().map(|r| r.id).collect();
+    let former_sql = if with_former_roots(conn, orgctl).await? {
+        "SELECT f.workspace_id AS id FROM orgctl.former_roots f
+          WHERE f.agent_id = $2 AND f.workspace_id <> $2"
+    } else {
+        "SELECT NULL::uuid AS id WHERE false"
+    };
+    let mut taken = false;
+    let mut former: Vec<Uuid> = Vec::new();
     let mut token_moves: Vec<TokenMove> = Vec::new();
     let mut allowlist_moves: Vec<AllowlistMove> = Vec::new();
     let mut merged: Vec<MergedRow> = Vec::new();
     let mut kept: BTreeMap<String, String> = BTreeMap::new();
     {
+        let old = "(SELECT ids FROM old)::uuid[]";
+        let scope = scope_cte(old, "$2");
         let sql = format!(
-            "{ALLOWLIST_SCOPE}
-             SELECT 1 AS k, org_id AS sort_org,
-                    count(*) FILTER (WHERE revoked_at IS NULL) AS a,
-                    count(*) FILTER (WHERE revoked_at IS NOT NULL) AS b,
-                    NULL::text AS plugin, NULL::text AS id, org_id AS from_org
-               FROM org_api_tokens WHERE org_id = ANY($1) GROUP BY org_id
+            "WITH former AS MATERIALIZED ({former_sql}),
+                  old AS MATERIALIZED (
+                    SELECT ARRAY(SELECT unnest($1::uuid[]) UNION SELECT id FROM former) AS ids),
+                  {scope}
+             SELECT 0 AS k, NULL::uuid AS sort_org,
+                    (EXISTS (SELECT 1 FROM workspaces WHERE id = $2))::int::bigint AS a,
+                    NULL::bigint AS b, NULL::text AS plugin, NULL::text AS id,
+                    NULL::uuid AS from_org
+             UNION ALL
+             SELECT 5, id, NULL, NULL, NULL, NULL, id FROM former
+             UNION ALL
+             SELECT 1, org_id,
+                    count(*) FILTER (WHERE revoked_at IS NULL),
+                    count(*) FILTER (WHERE revoked_at IS NOT NULL),
+                    NULL, NULL, org_id
+               FROM org_api_tokens WHERE org_id = ANY({old}) GROUP BY org_id
              UNION ALL
              SELECT 2, org_id, count(*), NULL, NULL, NULL, org_id
                FROM scope WHERE rn = 1 AND org_id <> $2 GROUP BY org_id
@@ -464,9 +509,14 @@ pub async fn plan(
               WHERE rn = 1 AND plugin_name IN (SELECT plugin_name FROM scope WHERE rn > 1)
              ORDER BY k, sort_org, plugin, id"
         );
-        let mut rows = db::query(&sql).bind(&old).bind(agent.id).fetch(&mut *conn);
+        let mut rows = db::query(&sql)
+            .bind(&reparented_ids)
+            .bind(agent.id)
+            .fetch(&mut *conn);
         while let Some(r) = rows.try_next().await? {
             match r.try_get::<i32, _>(0)? {
+                0 => taken = r.try_get::<i64, _>(2)? != 0,
+                5 => former.push(r.try_get(6)?),
                 1 => token_moves.push(TokenMove {
                     from: r.try_get(6)?,
                     live: r.try_get(2)?,
@@ -486,6 +536,12 @@ pub async fn plan(
                 }
             }
         }
+    }
+    if taken && agent.generated_id {
+        return Err(Error::refused(format!(
+            "the id orgctl derives for a new platform agent ({}) is taken by an existing workspace; pass --id with a fresh UUID",
+            agent.id
+        )));
     }
 
     let swept_former_roots: Vec<Uuid> = former
@@ -708,28 +764,12 @@ async fn fetch_agents(
         .map_err(Error::from)
 }
 
-/// Whether a workspace with the agent's id exists (it matters for a derived id), and the roots
-/// an earlier install re-parented under this agent (none before orgctl's schema exists), in one
-/// statement.
-async fn taken_and_former(
-    conn: &mut PgConnection,
-    agent: Uuid,
-    orgctl: Orgctl,
-) -> Result<(bool, Vec<Uuid>)> {
-    // Not readable (a read-only role on a tenant another role installed): a dry run plans
-    // without them; an apply could not write orgctl's state anyway and is refused earlier.
-    let former = orgctl == Orgctl::Ready || db::orgctl_table_readable(conn, "former_roots").await?;
-    let sql = if former {
-        "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1),
-                ARRAY(SELECT f.workspace_id FROM orgctl.former_roots f
-                       WHERE f.agent_id = $1 AND f.workspace_id <> $1
-                       ORDER BY f.workspace_id)"
-    } else {
-        "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1), ARRAY[]::uuid[]"
-    };
-    let (taken, former): (bool, Vec<Uuid>) =
-        db::query_as(sql).bind(agent).fetch_one(&mut *conn).await?;
-    Ok((taken, former))
+/// Whether the plan reads `orgctl.former_roots` (the roots an earlier install re-parented):
+/// always inside a transaction of [`db::begin_change`]; for a read-only plan only when the
+/// table is there and readable (a read-only role on a tenant another role installed plans
+/// without them; an apply could not write orgctl's state anyway and is refused earlier).
+async fn with_former_roots(conn: &mut PgConnection, orgctl: Orgctl) -> Result<bool> {
+    Ok(orgctl == Orgctl::Ready || db::orgctl_table_readable(conn, "former_roots").await?)
 }
 
 async fn model_action(
@@ -778,15 +818,9 @@ async fn model_action(
 /// Only inside a transaction of [`db::begin_change`], which has made orgctl's schema (and so
 /// `orgctl.former_roots`) present and usable: no probe for it here.
 pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<()> {
-    // Counted, not fetched: the locked ids are not needed here.
-    const LOCK: &str = "SELECT count(*) FROM (
-        SELECT id FROM workspaces
-         WHERE parent_id IS NULL OR kind = 'platform'
-            OR id IN (SELECT workspace_id FROM orgctl.former_roots)
-         ORDER BY id FOR UPDATE) l";
     let locked = match input.id {
         // Constant SQL: one simple-query message.
-        None => db::simple_batch(conn, LOCK).await.map(|_| ()),
+        None => db::simple_batch(conn, LOCK_ROWS).await.map(|_| ()),
         Some(id) => db::query(
             "SELECT count(*) FROM (
                 SELECT id FROM workspaces
@@ -800,16 +834,26 @@ pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<
         .map(|_| ())
         .map_err(Error::from),
     };
-    locked.map_err(|err| {
-        if err.exit == Exit::Refused {
-            Error::refused(format!(
-                "could not lock the org's root workspaces within --lock-timeout (a platform transaction holds them): {}",
-                err.message
-            ))
-        } else {
-            err
-        }
-    })
+    locked.map_err(lock_error)
+}
+
+/// [`lock_rows`] without `--id`: counted, not fetched (the locked ids are not needed).
+const LOCK_ROWS: &str = "SELECT count(*) FROM (
+        SELECT id FROM workspaces
+         WHERE parent_id IS NULL OR kind = 'platform'
+            OR id IN (SELECT workspace_id FROM orgctl.former_roots)
+         ORDER BY id FOR UPDATE) l";
+
+/// A lock timeout on the org's rows, said as such.
+fn lock_error(err: Error) -> Error {
+    if err.exit == Exit::Refused {
+        Error::refused(format!(
+            "could not lock the org's root workspaces within --lock-timeout (a platform transaction holds them): {}",
+            err.message
+        ))
+    } else {
+        err
+    }
 }
 
 /// Execute exactly `plan` in the caller's transaction, checking every change's row count,
@@ -1486,8 +1530,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     let reviewed_hash = reviewed.hash();
     drop(reviewed);
     let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
-    lock_rows(&mut tx, &input).await?;
-    let current = plan(&mut tx, &input, &sb, Orgctl::Ready).await?;
+    let current = lock_and_plan(&mut tx, &input, &sb).await?;
     if let Some(e) = current.refusal() {
         return Err(e);
     }

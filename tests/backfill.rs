@@ -1179,3 +1179,49 @@ async fn a_jsonl_report_is_written_as_tenants_finish_and_survives_a_kill() {
     .one_line_error("report");
     assert!(fresh.snapshot().contains("== orgctl\nabsent"));
 }
+
+#[test]
+fn a_fresh_tenant_costs_at_most_twelve_statements() {
+    // Issue 16: a fleet pays every statement once per tenant (and twice its round trip behind
+    // latency). Counted by a proxy in front of the server, independently of orgctl: simple
+    // queries and extended-protocol executions, as the server's log_statement counts them. A
+    // fresh tenant of the sample org (orgctl's schema absent, merged allowlist rows: the most
+    // statements a tenant without --id needs).
+    let db = TestDb::sample();
+    let proxy = crate::harness::CutProxy::start(crate::harness::Cut::Never);
+    let tenants = std::env::temp_dir().join(format!("orgctl-count-{}.txt", db.name));
+    if let Err(e) = std::fs::write(&tenants, format!("acme {}\n", proxy.url(&db.name))) {
+        panic!("{e}");
+    }
+    let path = tenants.to_str().unwrap_or_default();
+    let r = Cmd::new(&[
+        "backfill",
+        "run",
+        "--tenants",
+        path,
+        "--model",
+        "m",
+        "--yes",
+        "-q",
+    ])
+    .run();
+    r.code(0);
+    let fresh = proxy.statements();
+    assert!(
+        fresh <= 12,
+        "a fresh tenant cost {fresh} statements (target: at most 12)\n{}",
+        r.stderr
+    );
+    assert!(fresh >= 8, "the proxy counted too few statements: {fresh}");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL"),
+        "1"
+    );
+    assert_eq!(
+        db.scalar(
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM orgctl._sqlx_migrations"
+        ),
+        "1,2,3,4"
+    );
+    let _ = std::fs::remove_file(&tenants);
+}

@@ -810,6 +810,8 @@ pub enum Cut {
     /// Not at a COMMIT: drop both sides instead of forwarding the first statement (simple
     /// query or Parse) whose text contains this.
     BeforeStatement(&'static str),
+    /// Never cut: forward everything, counting the statements ([`CutProxy::statements`]).
+    Never,
 }
 
 /// A loopback TCP proxy (127.0.0.1 only) in front of the harness's server that forwards the
@@ -831,6 +833,9 @@ struct ProxyState {
     writing: std::sync::atomic::AtomicBool,
     cut: std::sync::atomic::AtomicBool,
     stop: std::sync::atomic::AtomicBool,
+    /// Statements the clients sent: simple-query messages ('Q') and extended-protocol
+    /// executions ('E'), as the server's log_statement counts them.
+    statements: std::sync::atomic::AtomicUsize,
 }
 
 impl CutProxy {
@@ -851,6 +856,7 @@ impl CutProxy {
             writing: AtomicBool::new(false),
             cut: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            statements: std::sync::atomic::AtomicUsize::new(0),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -873,6 +879,11 @@ impl CutProxy {
     /// The URL of a database of the harness's server, through this proxy.
     pub fn url(&self, db: &str) -> String {
         url_at(self.port, db)
+    }
+
+    /// Statements forwarded so far, over every connection (see [`Cut::Never`]).
+    pub fn statements(&self) -> usize {
+        self.state.statements.load(Ordering::SeqCst)
     }
 
     /// Whether the proxy has cut a connection at a COMMIT.
@@ -932,6 +943,10 @@ fn proxy_conn(client: std::net::TcpStream, st: &ProxyState) {
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                 .unwrap_or(0);
             started = !matches!(code, 80_877_103 | 80_877_104);
+        } else if st.mode == Cut::Never {
+            if matches!(tag[0], b'Q' | b'E') {
+                st.statements.fetch_add(1, Ordering::SeqCst);
+            }
         } else if matches!(tag[0], b'Q' | b'P')
             && String::from_utf8_lossy(&body).contains("advisory_xact_lock")
         {

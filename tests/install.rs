@@ -1005,3 +1005,43 @@ fn dry_run_shows_the_agent_id_apply_creates() {
         .run();
     assert_ne!(o.json()["platform_agent"]["id"], id.as_str());
 }
+
+#[test]
+fn a_schema_created_by_hand_from_the_migrations_is_adopted() {
+    // A tenant's first touch runs every migration in one message (after seeing no orgctl
+    // schema under the tenant lock); should the schema appear meanwhile — here a DBA ran the
+    // migration files by hand, twice, without sqlx's version table — every migration must be
+    // safe to run again, and orgctl records the versions and carries on.
+    let db = TestDb::sample();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/orgctl");
+    let mut files: Vec<_> = match std::fs::read_dir(&dir) {
+        Ok(d) => d.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) => panic!("{e}"),
+    };
+    files.sort();
+    assert_eq!(files.len(), 4, "{files:?}");
+    db.exec("CREATE SCHEMA orgctl");
+    for _ in 0..2 {
+        for f in &files {
+            match std::fs::read_to_string(f) {
+                Ok(sql) => {
+                    db.exec(&sql);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run()
+        .code(0);
+    assert_eq!(
+        db.scalar("SELECT string_agg(version::text, ',' ORDER BY version) FROM orgctl._sqlx_migrations WHERE success"),
+        "1,2,3,4"
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM orgctl.audit_head"), "1");
+    assert_eq!(db.audit_rows(), 1);
+    // And the next command finds it at its version.
+    db.orgctl(&["token", "mint", "--name", "after", "--created-by", "t"])
+        .run()
+        .code(0);
+}

@@ -318,8 +318,15 @@ async fn apply_inner(
 
     // The platform's schema checked and orgctl's own created or checked in the transaction of
     // the change, so the snapshot has somewhere to go before anything changes.
-    let mut tx = db::begin_change(conn, &t.url, &job.settings).await?;
-    if let Some(p) = prior_run(&mut tx, &job.run_id, true).await? {
+    let (mut tx, created) = db::begin_change_on(conn, &t.url, &job.settings).await?;
+    // A schema this transaction has just created holds no run row (one statement fewer on a
+    // tenant's first touch).
+    let prior = if created {
+        None
+    } else {
+        prior_run(&mut tx, &job.run_id, true).await?
+    };
+    if let Some(p) = prior {
         if p.done() {
             tx.rollback().await?;
             let mut r = TenantResult::new(t, Status::Skipped)
@@ -329,8 +336,7 @@ async fn apply_inner(
             return Ok(r);
         }
     }
-    install::lock_rows(&mut tx, &input).await?;
-    let plan = install::plan(&mut tx, &input, &job.sb, install::Orgctl::Ready).await?;
+    let plan = install::lock_and_plan(&mut tx, &input, &job.sb).await?;
     if let Some(e) = plan.refusal() {
         return Err(e);
     }
