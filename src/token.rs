@@ -1602,7 +1602,7 @@ async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
     .await?
     .rows_affected();
     db::ensure_rows("moving stale token anchors", done, total)?;
-    db::audit(
+    let txid = db::audit(
         &mut tx,
         "token anchor",
         &serde_json::json!({
@@ -1616,9 +1616,15 @@ async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
         "anchored",
     )
     .await?;
-    {
-        let _guard = crate::interrupt::CommitGuard::enter();
-        tx.commit().await?;
+    // A lost answer to COMMIT is in doubt, never "rolled back": look for the audit row.
+    let committed = {
+        let guard = crate::interrupt::CommitGuard::enter();
+        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+        guard.done();
+        c
+    };
+    if let Some(note) = committed.note() {
+        ctx.out.info(note);
     }
     ctx.out.info(&format!("Moved {desc}."));
     render_stale(ctx, &root, &reviewed, false, true)?;

@@ -18,6 +18,8 @@ struct Case {
     name: &'static str,
     args: Vec<String>,
     stdin: Option<&'static [u8]>,
+    /// An environment variable the command needs (the secrets key of `secret rekey`).
+    env: Option<(&'static str, &'static str)>,
     /// SQL returning 't' once the command's change is committed.
     done: &'static str,
     /// Exit code when the commit is verified.
@@ -32,6 +34,7 @@ fn case(name: &'static str, args: &[&str], done: &'static str) -> Case {
         name,
         args: args.iter().map(|s| s.to_string()).collect(),
         stdin: None,
+        env: None,
         done,
         ok_code: 0,
         check: "orgctl.audit_log has a row with txid",
@@ -74,6 +77,20 @@ fn cases() -> Vec<Case> {
             &["secret", "delete", "--global", "SHARED_KEY", "--yes"],
             "SELECT count(*) = 0 FROM global_secrets WHERE key = 'SHARED_KEY'",
         ),
+        case(
+            "token anchor --stale",
+            &["token", "anchor", "--stale", "--org", ids::HQ, "--yes"],
+            "SELECT org_id = 'a0000000-0000-4000-8000-000000000001' FROM org_api_tokens WHERE name = 'stale'",
+        ),
+        Case {
+            // 32 bytes of 0x01, base64.
+            env: Some(("SECRETS_ENCRYPTION_KEY", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=")),
+            ..case(
+                "secret rekey --plaintext-only",
+                &["secret", "rekey", "--plaintext-only", "--yes"],
+                "SELECT count(*) = 0 FROM global_secrets WHERE encryption_version = 0",
+            )
+        },
         Case {
             check: "a token with prefix",
             ..case(
@@ -123,6 +140,9 @@ fn run_through(c: &Case, db: &TestDb, proxy: &CutProxy) -> Run {
     if let Some(s) = c.stdin {
         cmd = cmd.stdin(s);
     }
+    if let Some((k, v)) = c.env {
+        cmd = cmd.env(k, v);
+    }
     cmd.run()
 }
 
@@ -130,6 +150,12 @@ fn setup(c: &Case) -> TestDb {
     let db = TestDb::sample();
     with_schema(&db);
     db.exec("INSERT INTO global_secrets (key, encrypted_value) VALUES ('SHARED_KEY', 'x'::bytea)");
+    // A live token anchored to a child workspace: a stale anchor for `token anchor --stale`.
+    db.exec(&format!(
+        "INSERT INTO org_api_tokens (token_hash, prefix, name, org_id)
+         VALUES ('\\x5717e0'::bytea, 'stale001', 'stale', '{}')",
+        ids::LABS_BRIDGE
+    ));
     if c.name == "backfill rollback" {
         let tenants = std::env::temp_dir().join(format!("orgctl-indoubt-pre-{}.txt", db.name));
         if let Err(e) = std::fs::write(&tenants, format!("acme {}\n", db.url)) {
