@@ -296,3 +296,54 @@ fn a_configuration_error_is_prefixed_once() {
         r.stderr
     );
 }
+
+#[test]
+fn a_jsonl_report_is_created_0600_and_never_through_a_symbolic_link() {
+    // Item 8's rule for `--report`, for the JSON Lines report of issue 16 too: a link at the
+    // path is refused before any tenant starts (nothing changed, the link's target untouched),
+    // and a new report is readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::sample();
+    let t = tenants_file("jsonl-link", &format!("acme {}\n", db.url));
+    let dir = std::env::temp_dir().join(format!("orgctl-jsonl-{}", db.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("{e}");
+    }
+    let victim = dir.join("victim.txt");
+    let link = dir.join("report.jsonl");
+    if let Err(e) = std::fs::write(&victim, "keep me\n") {
+        panic!("{e}");
+    }
+    if let Err(e) = std::os::unix::fs::symlink(&victim, &link) {
+        panic!("{e}");
+    }
+    let before = db.snapshot();
+    let run = |report: &std::path::Path| {
+        Cmd::new(&[
+            "backfill",
+            "run",
+            "--tenants",
+            t.to_str().unwrap_or_default(),
+            "--model",
+            "m",
+            "--yes",
+            "--report",
+            report.to_str().unwrap_or_default(),
+        ])
+        .run()
+    };
+    let r = run(&link);
+    r.code(1).one_line_error("symbolic link");
+    assert_eq!(std::fs::read_to_string(&victim).ok().as_deref(), Some("keep me\n"));
+    assert_eq!(db.snapshot(), before, "nothing changed");
+
+    let fresh = dir.join("fresh.jsonl");
+    run(&fresh).code(0);
+    let mode = std::fs::metadata(&fresh).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode.ok(), Some(0o600));
+    let text = std::fs::read_to_string(&fresh).unwrap_or_default();
+    assert!(text.contains("\"kind\":\"summary\""), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&t);
+}

@@ -32,14 +32,29 @@ struct Line<'a, T: Serialize> {
 
 impl Jsonl {
     /// Create (or truncate) the file before any tenant starts, so a bad path fails the run
-    /// up front rather than after the work.
+    /// up front rather than after the work. Like the JSON report's temporary file: a new file
+    /// gets mode 0600 (a report names databases and errors), and a symbolic link at the path
+    /// is refused (O_NOFOLLOW), never followed to whatever it points at.
     pub fn create(path: &Path) -> Result<Self> {
-        let file = std::fs::File::create(path).map_err(|e| {
-            Error::failed(format!(
-                "could not write the report {}: {e}",
-                path.display()
-            ))
-        })?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| {
+                let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                    "it is a symbolic link; give the real path".to_string()
+                } else {
+                    e.to_string()
+                };
+                Error::failed(format!(
+                    "could not write the report {}: {why}",
+                    path.display()
+                ))
+            })?;
         Ok(Jsonl {
             path: path.to_path_buf(),
             file: Some(file),
