@@ -247,6 +247,12 @@ impl Output {
     }
 }
 
+/// The progress bar's message over a fleet (backfill run and rollback): tenants finished
+/// without an error, with one, and still running.
+pub fn fleet_progress(done: usize, failed: usize, in_flight: usize) -> String {
+    format!("done {done} · failed {failed} · in flight {in_flight}")
+}
+
 /// Write to stderr, never panicking: a full disk (`2>/dev/full`) or a closed pipe loses the
 /// message, never the command's outcome or exit code. Every human message goes through here
 /// (`eprintln!` panics when the write fails).

@@ -1225,3 +1225,94 @@ fn a_fresh_tenant_costs_at_most_twelve_statements() {
     );
     let _ = std::fs::remove_file(&tenants);
 }
+
+#[test]
+fn the_progress_bar_shows_done_failed_and_in_flight_with_a_rounded_rate() {
+    // Issue 16 part 3, on a terminal: two tenants, one of them locked by another session, so
+    // the last frame the bar draws (when the locked one gives up, a second later) counts one
+    // of each. The same message for rollback.
+    let ok = TestDb::sample();
+    let locked = TestDb::sample();
+    let tenants = std::env::temp_dir().join(format!("orgctl-progress-{}.txt", ok.name));
+    if let Err(e) = std::fs::write(&tenants, format!("ok {}\nlocked {}\n", ok.url, locked.url)) {
+        panic!("{e}");
+    }
+    let path = tenants.to_str().unwrap_or_default().to_string();
+    let hold = |db: &TestDb| {
+        let name = db.name.clone();
+        let holder = std::thread::spawn(move || {
+            let _ = server().psql(
+                &name,
+                "BEGIN; SELECT pg_advisory_xact_lock(1869768547, 1); SELECT pg_sleep(3); COMMIT;",
+            );
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while db.scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                AND classid = 1869768547 AND objid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        ) != "1"
+        {
+            assert!(Instant::now() < deadline, "the lock holder never got the lock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        holder
+    };
+    let rate_ok = |out: &str| {
+        // No rate with more than two decimals (indicatif's own "51.3538/s").
+        out.match_indices("/s").all(|(i, _)| {
+            let digits = out[..i]
+                .chars()
+                .rev()
+                .take_while(char::is_ascii_digit)
+                .count();
+            !(digits > 2 && out[..i - digits].ends_with('.'))
+        })
+    };
+
+    let holder = hold(&locked);
+    let r = Cmd::new(&[
+        "--lock-timeout",
+        "1s",
+        "backfill",
+        "run",
+        "--tenants",
+        &path,
+        "--run-id",
+        "pb-1",
+        "--model",
+        "m",
+        "--yes",
+        "--concurrency",
+        "2",
+    ])
+    .run_in_pty("");
+    let _ = holder.join();
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains("done 1 · failed 1 · in flight 0"),
+        "no fleet progress on the terminal:\n{}",
+        r.stdout
+    );
+    assert!(rate_ok(&r.stdout), "{}", r.stdout);
+
+    let holder = hold(&ok);
+    let r = Cmd::new(&[
+        "--lock-timeout",
+        "1s",
+        "backfill",
+        "rollback",
+        "--tenants",
+        &path,
+        "--run-id",
+        "pb-1",
+        "--yes",
+    ])
+    .run_in_pty("");
+    let _ = holder.join();
+    assert!(
+        r.stdout.contains("done 1 · failed 1 · in flight 0"),
+        "no fleet progress on the terminal for rollback:\n{}",
+        r.stdout
+    );
+    let _ = std::fs::remove_file(&tenants);
+}

@@ -1,12 +1,13 @@
 //! deploy/kubernetes/: the manifests say what the code relies on, and a simulated Indexed Job
-//! (N processes with JOB_COMPLETION_INDEX 0..N-1) applies every tenant exactly once.
+//! (N processes with JOB_COMPLETION_INDEX 0..N-1) applies every tenant exactly once, over
+//! tenants spread across three local servers.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::harness::{server, Cmd, TestDb, PASSWORD};
+use crate::harness::{server, Cmd, PrivateServer, TestDb, PASSWORD};
 
 /// The budget one tenant's apply must fit in (README "Kubernetes"): the pod's grace period
 /// must be longer, so SIGTERM lets in-flight tenants finish.
@@ -144,16 +145,55 @@ fn statuses(doc: &Value) -> BTreeMap<String, String> {
 #[test]
 fn a_simulated_indexed_job_applies_every_tenant_once_and_status_agrees() {
     const N: u32 = 3;
-    let dbs: Vec<TestDb> = (0..8).map(|_| TestDb::empty()).collect();
-    // URLs without a password, as in the ConfigMap; the password comes from PGPASSFILE.
-    let port = server().port;
-    let names: Vec<String> = (0..dbs.len()).map(|i| format!("k8s-{i:02}")).collect();
-    let text: String = names
+    // Tenants spread over three servers, as a fleet is: three databases on the harness's
+    // server and five on two private servers of their own (the same password, from one pgpass
+    // file with a line per server).
+    let shared: Vec<TestDb> = (0..3).map(|_| TestDb::empty()).collect();
+    let platform = match std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations/platform/0001_platform.sql"),
+    ) {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    let privates: Vec<PrivateServer> = (0..2)
+        .map(|_| PrivateServer::start().unwrap_or_else(|e| panic!("private server: {e}")))
+        .collect();
+    // (name, port, database)
+    let mut fleet: Vec<(String, u16, String)> = shared
         .iter()
-        .zip(&dbs)
-        .map(|(n, d)| format!("{n} postgres://postgres@127.0.0.1:{port}/{}\n", d.name))
+        .map(|d| (String::new(), server().port, d.name.clone()))
+        .collect();
+    for (srv, count) in privates.iter().zip([3, 2]) {
+        let ok = |r: Result<String, String>| {
+            if let Err(e) = r {
+                panic!("private server set-up: {e}");
+            }
+        };
+        ok(srv.psql("postgres", "CREATE DATABASE k8s_tmpl"));
+        ok(srv.psql("k8s_tmpl", &platform));
+        for j in 0..count {
+            ok(srv.psql(
+                "postgres",
+                &format!("CREATE DATABASE k8s_{j} TEMPLATE k8s_tmpl"),
+            ));
+            fleet.push((String::new(), srv.port, format!("k8s_{j}")));
+        }
+    }
+    for (i, t) in fleet.iter_mut().enumerate() {
+        t.0 = format!("k8s-{i:02}");
+    }
+    let names: Vec<String> = fleet.iter().map(|t| t.0.clone()).collect();
+    // URLs without a password, as in the ConfigMap; the password comes from PGPASSFILE.
+    let text: String = fleet
+        .iter()
+        .map(|(n, port, db)| format!("{n} postgres://postgres@127.0.0.1:{port}/{db}\n"))
         .collect();
     assert!(!text.contains(PASSWORD));
+    let pgpass_lines: String = std::iter::once(server().port)
+        .chain(privates.iter().map(|p| p.port))
+        .map(|port| format!("127.0.0.1:{port}:*:postgres:{PASSWORD}\n"))
+        .collect();
     let dir = std::env::temp_dir().join(format!("orgctl-k8s-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let tenants = dir.join("tenants.txt");
@@ -164,10 +204,7 @@ fn a_simulated_indexed_job_applies_every_tenant_once_and_status_agrees() {
         }
     };
     write(&tenants, &text);
-    write(
-        &pgpass,
-        &format!("127.0.0.1:{port}:*:postgres:{PASSWORD}\n"),
-    );
+    write(&pgpass, &pgpass_lines);
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600));
@@ -247,12 +284,20 @@ fn a_simulated_indexed_job_applies_every_tenant_once_and_status_agrees() {
     }
     let want: BTreeMap<String, u32> = names.iter().map(|n| (n.clone(), 1)).collect();
     assert_eq!(applied, want, "every tenant applied exactly once");
-    for d in &dbs {
-        assert!(
-            !d.snapshot().contains("== orgctl\nabsent"),
-            "{} installed",
-            d.name
-        );
+    // Each tenant's own record, on its own server: one run row, applied.
+    let run_row = format!("SELECT status FROM orgctl.backfill_runs WHERE run_id = '{run_id}'");
+    for d in &shared {
+        assert_eq!(d.scalar(&run_row), "applied", "{}", d.name);
+    }
+    for srv in &privates {
+        for db in fleet.iter().filter(|t| t.1 == srv.port).map(|t| &t.2) {
+            assert_eq!(
+                srv.psql(db, &run_row).map(|s| s.trim().to_string()),
+                Ok("applied".to_string()),
+                "{db} on port {}",
+                srv.port
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

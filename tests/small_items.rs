@@ -335,7 +335,10 @@ fn a_jsonl_report_is_created_0600_and_never_through_a_symbolic_link() {
     };
     let r = run(&link);
     r.code(1).one_line_error("symbolic link");
-    assert_eq!(std::fs::read_to_string(&victim).ok().as_deref(), Some("keep me\n"));
+    assert_eq!(
+        std::fs::read_to_string(&victim).ok().as_deref(),
+        Some("keep me\n")
+    );
     assert_eq!(db.snapshot(), before, "nothing changed");
 
     let fresh = dir.join("fresh.jsonl");

@@ -847,9 +847,7 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
             ));
         }
         pb.inc(1);
-        pb.set_message(format!(
-            "done {ok} · failed {failed} · in flight {in_flight}"
-        ));
+        pb.set_message(crate::output::fleet_progress(ok, failed, in_flight));
     };
     let concurrency = args.concurrency as usize;
     let work = |t: Tenant, c: Committing| tenant(job.clone(), t, c);

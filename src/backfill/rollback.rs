@@ -1031,9 +1031,13 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
     });
     let pb = out.progress(selected.len() as u64, "tenants");
     let work = |t: Tenant, c: Committing| tenant(job.clone(), t, c);
-    let slots = super::for_each(&selected, 4, cancel, work, |r: &TenantResult, _| {
+    let (mut done, mut failed) = (0usize, 0usize);
+    let slots = super::for_each(&selected, 4, cancel, work, |r: &TenantResult, in_flight| {
         if let Some(e) = &r.error {
+            failed += 1;
             pb.suspend(|| out.warn(&format!("{}: {e}", r.tenant)));
+        } else {
+            done += 1;
         }
         if let Some(v) = r.verification.as_ref().filter(|v| !v.exact) {
             pb.suspend(|| {
@@ -1045,6 +1049,7 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
             });
         }
         pb.inc(1);
+        pb.set_message(crate::output::fleet_progress(done, failed, in_flight));
     })
     .await;
     pb.finish_and_clear();
