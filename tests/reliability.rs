@@ -1433,3 +1433,47 @@ fn generated_passwords_never_appear_in_any_message() {
         }
     });
 }
+
+#[test]
+fn a_server_that_never_answers_is_reported_with_the_time_it_took_in_all() {
+    // Issue 15 item 8: "no answer within 10s" used to arrive after 31 s without saying why.
+    // A loopback listener that accepts and never speaks: every attempt times out, and the one
+    // line says how many attempts and how long in all — which must match the clock.
+    let listener = match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => panic!("bind: {e}"),
+    };
+    let port = match listener.local_addr() {
+        Ok(a) => a.port(),
+        Err(e) => panic!("addr: {e}"),
+    };
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in listener.incoming().take(3).flatten() {
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+        drop(conns);
+    });
+    let url = format!("postgres://postgres:secret-pw@127.0.0.1:{port}/tenant");
+    let t0 = Instant::now();
+    let r = Cmd::new(&["status", "--database-url", &url]).run();
+    let took = t0.elapsed().as_secs_f64();
+    r.code(1).one_line_error("no answer within 10s");
+    assert!(!r.stderr.contains("secret-pw"), "{}", r.stderr);
+    let said = r
+        .stderr
+        .split("attempts, ")
+        .nth(1)
+        .and_then(|s| s.split("s in all").next())
+        .and_then(|s| s.parse::<f64>().ok());
+    let Some(said) = said else {
+        panic!("no total time in: {}", r.stderr)
+    };
+    assert!(r.stderr.contains("(3 attempts, "), "{}", r.stderr);
+    assert!(
+        said >= 30.0 && said <= took + 0.2,
+        "said {said}s, took {took:.1}s"
+    );
+    drop(held);
+}
