@@ -980,16 +980,7 @@ async fn ensure_orgctl_schema_in(
     }
     // The schema lock, the schema and sqlx's version table, and — under the lock — what
     // another orgctl may have applied meanwhile: one message (constant SQL).
-    let batch = format!(
-        "SELECT pg_advisory_xact_lock({}, {});
-         {MIGRATIONS_TABLE_SQL}
-         SELECT version, checksum, success FROM orgctl._sqlx_migrations",
-        SCHEMA_LOCK.0, SCHEMA_LOCK.1
-    );
-    // A lock timeout, a standby or default_transaction_read_only: no grant helps (schema_error).
-    let results = simple_batch(conn, &batch)
-        .await
-        .map_err(|e| schema_error(url, e))?;
+    let results = schema_batch(conn, url, "").await?;
     let mut applied: Vec<(i64, Vec<u8>, bool)> = Vec::new();
     for r in results.last().map(Vec::as_slice).unwrap_or_default() {
         applied.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
@@ -1120,16 +1111,7 @@ async fn create_fresh_schema(
     script: &str,
     latest: i64,
 ) -> Result<()> {
-    let batch = format!(
-        "SELECT pg_advisory_xact_lock({}, {});
-         {MIGRATIONS_TABLE_SQL}
-         {script}
-         SELECT version, checksum, success FROM orgctl._sqlx_migrations",
-        SCHEMA_LOCK.0, SCHEMA_LOCK.1
-    );
-    let results = simple_batch(conn, &batch)
-        .await
-        .map_err(|e| schema_error(url, e))?;
+    let results = schema_batch(conn, url, script).await?;
     for r in results.last().map(Vec::as_slice).unwrap_or_default() {
         let (version, checksum, success): (i64, Vec<u8>, bool) =
             (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
@@ -1145,6 +1127,26 @@ async fn create_fresh_schema(
         }
     }
     Ok(())
+}
+
+/// One message: the schema lock, the schema and sqlx's version table, `script` (constant SQL:
+/// orgctl's migrations, or nothing), and — under the lock — the version table read back.
+async fn schema_batch(
+    conn: &mut PgConnection,
+    url: &DbUrl,
+    script: &str,
+) -> Result<Vec<Vec<PgRow>>> {
+    let batch = format!(
+        "SELECT pg_advisory_xact_lock({}, {});
+         {MIGRATIONS_TABLE_SQL}
+         {script}
+         SELECT version, checksum, success FROM orgctl._sqlx_migrations",
+        SCHEMA_LOCK.0, SCHEMA_LOCK.1
+    );
+    // A lock timeout, a standby or default_transaction_read_only: no grant helps (schema_error).
+    simple_batch(conn, &batch)
+        .await
+        .map_err(|e| schema_error(url, e))
 }
 
 /// A failure to create orgctl's schema: a lock timeout or a read-only server as it is, anything
@@ -1551,6 +1553,21 @@ impl From<CommitError> for Error {
             }
         }
     }
+}
+
+/// [`commit_or_resolve`] inside the process's commit guard (a Ctrl-C that arrives meanwhile
+/// waits for it), the guard marked done once the commit is known: how a single-tenant command
+/// commits its change.
+pub async fn commit_guarded(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    url: &DbUrl,
+    settings: &Settings,
+    evidence: &Evidence,
+) -> std::result::Result<Committed, CommitError> {
+    let guard = crate::interrupt::CommitGuard::enter();
+    let c = commit_or_resolve(tx, url, settings, evidence).await?;
+    guard.done();
+    Ok(c)
 }
 
 /// COMMIT a write transaction, and tell the truth about it. An error the server answers the

@@ -1557,12 +1557,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         "applied",
     )
     .await?;
-    let committed = {
-        let guard = crate::interrupt::CommitGuard::enter();
-        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
-        guard.done();
-        c
-    };
+    let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
     if let Some(note) = committed.note() {
         out.info(note);
     }

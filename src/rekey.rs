@@ -1137,12 +1137,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
         )));
     }
     let txid = db::audit(&mut tx, "secret rekey", &audit_args(&plan, args), "applied").await?;
-    let committed = {
-        let guard = crate::interrupt::CommitGuard::enter();
-        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
-        guard.done();
-        c
-    };
+    let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
     if let Some(note) = committed.note() {
         out.info(note);
     }

@@ -842,12 +842,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
         Op::Delete { .. } => "secret delete",
     };
     let txid = db::audit(&mut tx, command, &audit, "applied").await?;
-    let committed = {
-        let guard = crate::interrupt::CommitGuard::enter();
-        let c = db::commit_or_resolve(tx, url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
-        guard.done();
-        c
-    };
+    let committed = db::commit_guarded(tx, url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
     if let Some(note) = committed.note() {
         out.info(note);
     }

@@ -585,14 +585,9 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
         hash: hash.clone(),
         prefix: prefix.clone(),
     };
-    let committed = {
-        let guard = crate::interrupt::CommitGuard::enter();
-        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &evidence)
-            .await
-            .map_err(mint_commit_error)?;
-        guard.done();
-        c
-    };
+    let committed = db::commit_guarded(tx, &url, &ctx.settings, &evidence)
+        .await
+        .map_err(mint_commit_error)?;
     if let Some(note) = committed.note() {
         ctx.out.info(note);
     }
@@ -1011,12 +1006,7 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
         "revoked",
     )
     .await?;
-    let committed = {
-        let guard = crate::interrupt::CommitGuard::enter();
-        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
-        guard.done();
-        c
-    };
+    let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
     if let Some(note) = committed.note() {
         ctx.out.info(note);
     }
@@ -1133,12 +1123,7 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         "revoked",
     )
     .await?;
-    let committed = {
-        let guard = crate::interrupt::CommitGuard::enter();
-        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
-        guard.done();
-        c
-    };
+    let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
     if let Some(note) = committed.note() {
         ctx.out.info(note);
     }
@@ -1410,12 +1395,7 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
         "anchored",
     )
     .await?;
-    let committed = {
-        let guard = crate::interrupt::CommitGuard::enter();
-        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
-        guard.done();
-        c
-    };
+    let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
     if let Some(note) = committed.note() {
         ctx.out.info(note);
     }
@@ -1617,12 +1597,7 @@ async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
     )
     .await?;
     // A lost answer to COMMIT is in doubt, never "rolled back": look for the audit row.
-    let committed = {
-        let guard = crate::interrupt::CommitGuard::enter();
-        let c = db::commit_or_resolve(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
-        guard.done();
-        c
-    };
+    let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
     if let Some(note) = committed.note() {
         ctx.out.info(note);
     }
