@@ -409,13 +409,12 @@ pub async fn lock_and_plan(
         lock_rows(conn, input).await?;
         return plan(conn, input, sb, Orgctl::Ready).await;
     }
-    plan_after(conn, input, sb, Orgctl::Ready, LOCK_ROWS)
-        .await
-        .map_err(lock_error)
+    plan_after(conn, input, sb, Orgctl::Ready, LOCK_ROWS).await
 }
 
-/// `lead`: constant SQL sent ahead of the plan's first read in the same message (its one
-/// statement's rows are ignored), or "".
+/// `lead`: the row locks ([`LOCK_ROWS`], constant SQL) sent ahead of the plan's first read in
+/// the same message (its rows are ignored; a lock timeout there is said as in [`lock_rows`]),
+/// or "".
 async fn plan_after(
     conn: &mut PgConnection,
     input: &InstallInput,
@@ -428,7 +427,9 @@ async fn plan_after(
     let mut reads = if lead.is_empty() {
         db::simple_batch(conn, PLAN_READS).await?
     } else {
-        db::simple_batch(conn, &format!("{lead};\n{PLAN_READS}")).await?
+        db::simple_batch(conn, &format!("{lead};\n{PLAN_READS}"))
+            .await
+            .map_err(lock_error)?
     };
     if !lead.is_empty() && !reads.is_empty() {
         reads.remove(0);

@@ -1316,3 +1316,47 @@ fn the_progress_bar_shows_done_failed_and_in_flight_with_a_rounded_rate() {
     );
     let _ = std::fs::remove_file(&tenants);
 }
+
+#[test]
+fn a_refused_plan_is_reported_as_itself_not_as_a_lock_timeout() {
+    // The row locks travel in the plan's first message; only their own timeout is said as
+    // "could not lock": a plan refusal (here several platform agents) keeps its own words.
+    let db = TestDb::sample();
+    db.exec(
+        "INSERT INTO workspaces (id, name, kind) VALUES
+           ('11111111-0000-4000-8000-000000000001', 'P1', 'platform'),
+           ('11111111-0000-4000-8000-000000000002', 'P2', 'platform')",
+    );
+    let tenants = std::env::temp_dir().join(format!("orgctl-refused-{}.txt", db.name));
+    if let Err(e) = std::fs::write(&tenants, format!("acme {}\n", db.url)) {
+        panic!("{e}");
+    }
+    let path = tenants.to_str().unwrap_or_default();
+    let r = Cmd::new(&[
+        "-o",
+        "json",
+        "backfill",
+        "run",
+        "--tenants",
+        path,
+        "--model",
+        "m",
+        "--yes",
+    ])
+    .run();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let error = r.json()["tenants"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("11111111-0000-4000-8000-000000000002"),
+        "{error}"
+    );
+    assert!(!error.contains("could not lock"), "{error}");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE kind = 'platform'"),
+        "2"
+    );
+    let _ = std::fs::remove_file(&tenants);
+}
