@@ -1045,3 +1045,43 @@ fn a_schema_created_by_hand_from_the_migrations_is_adopted() {
         .run()
         .code(0);
 }
+
+#[test]
+fn a_root_locked_by_the_platform_is_a_lock_timeout_naming_the_roots() {
+    // The row locks go in the same message as the plan's first reads; their timeout is still
+    // said as such (exit 3), and nothing changes.
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    let name = db.name.clone();
+    let holder = std::thread::spawn(move || {
+        let _ = crate::harness::server().psql(
+            &name,
+            &format!(
+                "BEGIN; SELECT 1 FROM workspaces WHERE id = '{}' FOR UPDATE; SELECT pg_sleep(4); COMMIT;",
+                ids::HQ
+            ),
+        );
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(4)%' AND wait_event = 'PgSleep' AND pid <> pg_backend_pid() AND datname = current_database()",
+    ) != "1"
+    {
+        assert!(std::time::Instant::now() < deadline, "the holder never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let r = db
+        .orgctl(&[
+            "--lock-timeout",
+            "1s",
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+        ])
+        .run();
+    let _ = holder.join();
+    r.code(3)
+        .one_line_error("could not lock the org's root workspaces within --lock-timeout");
+    assert_eq!(db.snapshot(), before);
+}
