@@ -1189,10 +1189,10 @@ fn a_fresh_tenant_costs_at_most_twelve_statements() {
     // statements a tenant without --id needs).
     let db = TestDb::sample();
     let proxy = crate::harness::CutProxy::start(crate::harness::Cut::Never);
-    let tenants = std::env::temp_dir().join(format!("orgctl-count-{}.txt", db.name));
-    if let Err(e) = std::fs::write(&tenants, format!("acme {}\n", proxy.url(&db.name))) {
-        panic!("{e}");
-    }
+    let tenants = crate::harness::tenants_file(
+        &format!("count-{}", db.name),
+        &format!("acme {}\n", proxy.url(&db.name)),
+    );
     let path = tenants.to_str().unwrap_or_default();
     let r = Cmd::new(&[
         "backfill",
@@ -1233,10 +1233,10 @@ fn the_progress_bar_shows_done_failed_and_in_flight_with_a_rounded_rate() {
     // of each. The same message for rollback.
     let ok = TestDb::sample();
     let locked = TestDb::sample();
-    let tenants = std::env::temp_dir().join(format!("orgctl-progress-{}.txt", ok.name));
-    if let Err(e) = std::fs::write(&tenants, format!("ok {}\nlocked {}\n", ok.url, locked.url)) {
-        panic!("{e}");
-    }
+    let tenants = crate::harness::tenants_file(
+        &format!("progress-{}", ok.name),
+        &format!("ok {}\nlocked {}\n", ok.url, locked.url),
+    );
     let path = tenants.to_str().unwrap_or_default().to_string();
     let hold = |db: &TestDb| {
         let name = db.name.clone();
@@ -1327,10 +1327,10 @@ fn a_refused_plan_is_reported_as_itself_not_as_a_lock_timeout() {
            ('11111111-0000-4000-8000-000000000001', 'P1', 'platform'),
            ('11111111-0000-4000-8000-000000000002', 'P2', 'platform')",
     );
-    let tenants = std::env::temp_dir().join(format!("orgctl-refused-{}.txt", db.name));
-    if let Err(e) = std::fs::write(&tenants, format!("acme {}\n", db.url)) {
-        panic!("{e}");
-    }
+    let tenants = crate::harness::tenants_file(
+        &format!("refused-{}", db.name),
+        &format!("acme {}\n", db.url),
+    );
     let path = tenants.to_str().unwrap_or_default();
     let r = Cmd::new(&[
         "-o",

@@ -986,3 +986,12 @@ fn proxy_conn(client: std::net::TcpStream, st: &ProxyState) {
     let _ = to_server.shutdown(Shutdown::Both);
     let _ = from_client.shutdown(Shutdown::Both);
 }
+
+/// A tenants file in the temp directory (named by the process and `tag`), with `text`.
+pub fn tenants_file(tag: &str, text: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("orgctl-{}-{tag}.txt", std::process::id()));
+    if let Err(e) = std::fs::write(&p, text) {
+        panic!("{e}");
+    }
+    p
+}

@@ -10,15 +10,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
-use crate::harness::{ids, Cmd, TestDb};
-
-fn tenants_file(tag: &str, text: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("orgctl-small-{}-{tag}.txt", std::process::id()));
-    if let Err(e) = std::fs::write(&p, text) {
-        panic!("{e}");
-    }
-    p
-}
+use crate::harness::{ids, tenants_file, Cmd, TestDb};
 
 #[test]
 fn a_text_status_column_is_printed_sanitised() {
