@@ -28,7 +28,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::cli::InstallArgs;
-use crate::db;
+use crate::db::{self, Arg};
 use crate::error::{Error, Exit, Result};
 use crate::output::{truncated, Output};
 use crate::platform::keys::SecretBox;
@@ -857,8 +857,10 @@ fn lock_error(err: Error) -> Error {
     }
 }
 
-/// Execute exactly `plan` in the caller's transaction, checking every change's row count,
-/// then verify the result. The caller commits.
+/// Execute exactly `plan` in the caller's transaction, checking every change's row count. The
+/// caller verifies the result with [`verification`] in its audit statement, then commits.
+/// `first`: the caller's own changes to send ahead of the plan's, in its first statement (the
+/// backfill's snapshot, which so reads every row before the change), or `Changes::default()`.
 ///
 /// Every kind of change is one data-modifying CTE, and the kinds go to the server in as few
 /// statements as the constraints allow (a fleet pays each round trip once per tenant): one
@@ -871,6 +873,7 @@ pub async fn execute(
     plan: &Plan,
     input: &InstallInput,
     sb: &SecretBox,
+    first: Changes<'_>,
 ) -> Result<()> {
     let agent = &plan.agent;
     let old = plan.old_roots();
@@ -886,7 +889,7 @@ pub async fn execute(
         None
     };
 
-    let mut first = Changes::default();
+    let mut first = first;
     if agent.action != AgentAction::Unchanged {
         let (id, name) = (
             first.arg(Arg::Uuid(agent.id)),
@@ -979,8 +982,7 @@ pub async fn execute(
         );
     }
     first.run(conn).await?;
-    second.run(conn).await?;
-    verify(conn, plan).await
+    second.run(conn).await
 }
 
 /// [`ALLOWLIST_SCOPE`] as a CTE of a larger statement, with its parameters renumbered.
@@ -994,32 +996,29 @@ fn scope_cte(old: &str, agent: &str) -> String {
         .replace("\u{0}agent", agent)
 }
 
-/// A value bound to one of [`Changes`]' parameters.
-enum Arg<'a> {
-    Uuid(Uuid),
-    Uuids(&'a [Uuid]),
-    Text(&'a str),
-    Bytes(&'a [u8]),
-    I32(i32),
-}
-
 /// Changes sent as one statement: each a data-modifying CTE, with the rows the plan counted
 /// for it (None: not checked), and the parameters they bind.
 #[derive(Default)]
-struct Changes<'a> {
+pub struct Changes<'a> {
     scope: Option<String>,
     ctes: Vec<(&'static str, String, Option<i64>)>,
-    args: Vec<Arg<'a>>,
+    args: db::Binds<'a>,
 }
 
 impl<'a> Changes<'a> {
     /// Bind a value; returns its placeholder.
-    fn arg(&mut self, a: Arg<'a>) -> String {
-        self.args.push(a);
-        format!("${}", self.args.len())
+    pub fn arg(&mut self, a: Arg<'a>) -> String {
+        self.args.arg(a)
     }
 
-    fn add(&mut self, what: &'static str, sql: String, planned: Option<i64>) {
+    /// How many values are bound so far.
+    pub fn bound(&self) -> usize {
+        self.args.len()
+    }
+
+    /// One change: `sql` a data-modifying statement (without RETURNING), `planned` the rows
+    /// it must touch (None: not checked), `what` how an error names it.
+    pub fn add(&mut self, what: &'static str, sql: String, planned: Option<i64>) {
         self.ctes.push((what, sql, planned));
     }
 
@@ -1034,17 +1033,11 @@ impl<'a> Changes<'a> {
             counts.push(format!("(SELECT count(*) FROM c{i})"));
         }
         let sql = format!("WITH {} SELECT {}", parts.join(",\n"), counts.join(", "));
-        let mut q = db::query(&sql);
-        for a in &self.args {
-            q = match a {
-                Arg::Uuid(u) => q.bind(*u),
-                Arg::Uuids(v) => q.bind(*v),
-                Arg::Text(t) => q.bind(*t),
-                Arg::Bytes(b) => q.bind(*b),
-                Arg::I32(n) => q.bind(*n),
-            };
-        }
-        let row = q.fetch_one(&mut *conn).await?;
+        let row = self
+            .args
+            .bind_to(db::query(&sql))
+            .fetch_one(&mut *conn)
+            .await?;
         for (i, (what, _, planned)) in self.ctes.iter().enumerate() {
             if let Some(planned) = planned {
                 let touched: i64 = row.try_get(i)?;
@@ -1056,56 +1049,66 @@ impl<'a> Changes<'a> {
 }
 
 /// The invariants that must hold before commit: exactly one root and it is the agent, one
-/// platform agent, no anchor row on an old root, and MODEL present unless allowed missing.
-pub async fn verify(conn: &mut PgConnection, plan: &Plan) -> Result<()> {
-    let old = plan.old_roots();
-    let row = db::query(
-        "SELECT (SELECT count(*) FROM workspaces WHERE parent_id IS NULL),
-                (SELECT count(*) FROM workspaces WHERE parent_id IS NULL AND id = $1
-                                                   AND kind = 'platform' AND tier = 0),
-                (SELECT count(*) FROM workspaces WHERE kind = 'platform'),
-                (SELECT count(*) FROM org_api_tokens WHERE org_id = ANY($2)),
-                (SELECT count(*) FROM org_plugin_allowlist WHERE org_id = ANY($2)),
-                (SELECT count(*) FROM workspace_secrets WHERE workspace_id = $1 AND key = $3)",
-    )
-    .bind(plan.agent.id)
-    .bind(&old)
-    .bind(MODEL_KEY)
-    .fetch_one(&mut *conn)
-    .await?;
-    let roots: i64 = row.try_get(0)?;
-    let agent_root: i64 = row.try_get(1)?;
-    let agents: i64 = row.try_get(2)?;
-    let tokens_left: i64 = row.try_get(3)?;
-    let allow_left: i64 = row.try_get(4)?;
-    let model: i64 = row.try_get(5)?;
-    let mut broken = Vec::new();
-    if roots != 1 || agent_root != 1 {
-        broken.push(format!(
-            "{roots} root(s) where there must be exactly one, the agent (a workspace created concurrently?)"
-        ));
-    }
-    if agents != 1 {
-        broken.push(format!("{agents} platform agents"));
-    }
-    if tokens_left != 0 {
-        broken.push(format!("{tokens_left} token(s) still on an old root"));
-    }
-    if allow_left != 0 {
-        broken.push(format!(
-            "{allow_left} allowlist row(s) still on an old root"
-        ));
-    }
-    if model == 0 && !plan.allow_missing_model {
-        broken.push("no MODEL secret on the agent".to_string());
-    }
-    if broken.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::failed(format!(
-            "verification failed before commit ({}); rolled back, nothing changed; rerun",
-            broken.join("; ")
-        )))
+/// platform agent, no anchor row on an old root, and MODEL present unless allowed missing. A
+/// [`db::Check`] for the audit statement that follows [`execute`].
+pub fn verification(plan: &Plan) -> db::Check<'static> {
+    let mut b = db::Binds::after(1);
+    let (agent, old, key) = (
+        b.arg(Arg::Uuid(plan.agent.id)),
+        b.arg(Arg::UuidList(plan.old_roots())),
+        b.arg(Arg::Text(MODEL_KEY)),
+    );
+    let columns = vec![
+        "(SELECT count(*) FROM workspaces WHERE parent_id IS NULL)".to_string(),
+        format!(
+            "(SELECT count(*) FROM workspaces WHERE parent_id IS NULL AND id = {agent}
+                                              AND kind = 'platform' AND tier = 0)"
+        ),
+        "(SELECT count(*) FROM workspaces WHERE kind = 'platform')".to_string(),
+        format!("(SELECT count(*) FROM org_api_tokens WHERE org_id = ANY({old}))"),
+        format!("(SELECT count(*) FROM org_plugin_allowlist WHERE org_id = ANY({old}))"),
+        format!(
+            "(SELECT count(*) FROM workspace_secrets WHERE workspace_id = {agent} AND key = {key})"
+        ),
+    ];
+    let allow_missing_model = plan.allow_missing_model;
+    let judge = move |v: &[i64]| -> Result<()> {
+        let [roots, agent_root, agents, tokens_left, allow_left, model] = v else {
+            return Err(Error::failed("internal: the verification read no row"));
+        };
+        let mut broken = Vec::new();
+        if *roots != 1 || *agent_root != 1 {
+            broken.push(format!(
+                "{roots} root(s) where there must be exactly one, the agent (a workspace created concurrently?)"
+            ));
+        }
+        if *agents != 1 {
+            broken.push(format!("{agents} platform agents"));
+        }
+        if *tokens_left != 0 {
+            broken.push(format!("{tokens_left} token(s) still on an old root"));
+        }
+        if *allow_left != 0 {
+            broken.push(format!(
+                "{allow_left} allowlist row(s) still on an old root"
+            ));
+        }
+        if *model == 0 && !allow_missing_model {
+            broken.push("no MODEL secret on the agent".to_string());
+        }
+        if broken.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::failed(format!(
+                "verification failed before commit ({}); rolled back, nothing changed; rerun",
+                broken.join("; ")
+            )))
+        }
+    };
+    db::Check {
+        columns,
+        binds: b,
+        judge: Box::new(judge),
     }
 }
 
@@ -1550,12 +1553,13 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
             current.hash()
         )));
     }
-    execute(&mut tx, &current, &input, &sb).await?;
-    let txid = db::audit(
+    execute(&mut tx, &current, &input, &sb, Changes::default()).await?;
+    let txid = db::audit_checked(
         &mut tx,
         "install-platform-agent",
         &audit_args(&input, &current),
         "applied",
+        Some(verification(&current)),
     )
     .await?;
     let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;

@@ -1360,3 +1360,51 @@ fn a_refused_plan_is_reported_as_itself_not_as_a_lock_timeout() {
     );
     let _ = std::fs::remove_file(&tenants);
 }
+
+#[test]
+fn a_tenant_whose_result_breaks_an_invariant_fails_with_nothing_changed_and_no_snapshot() {
+    // The snapshot travels in the change's first statement and the verification in its audit
+    // statement: a failed verification must take the snapshot and the change back together.
+    let db = TestDb::sample();
+    db.exec(crate::install::SNEAKY_ROOT);
+    let before = db.snapshot();
+    let tenants = crate::harness::tenants_file(
+        &format!("sneaky-{}", db.name),
+        &format!("acme {}\n", db.url),
+    );
+    let path = tenants.to_str().unwrap_or_default();
+    let r = Cmd::new(&[
+        "-o",
+        "json",
+        "backfill",
+        "run",
+        "--tenants",
+        path,
+        "--model",
+        "m",
+        "--yes",
+    ])
+    .run();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let t = &r.json()["tenants"][0];
+    assert_eq!(t["status"], "failed", "{t}");
+    assert!(
+        t["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("verification failed before commit (2 root(s)"),
+        "{t}"
+    );
+    assert_eq!(db.snapshot().replace("present", "absent"), before);
+    // Only the failure's own row: no snapshot row, no audit row of an apply.
+    assert_eq!(db.scalar("SELECT count(*) FROM orgctl.backfill_rows"), "0");
+    assert_eq!(
+        db.scalar("SELECT string_agg(status, ',') FROM orgctl.backfill_runs"),
+        "failed"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM orgctl.audit_log WHERE outcome = 'applied'"),
+        "0"
+    );
+    let _ = std::fs::remove_file(&tenants);
+}

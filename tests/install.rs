@@ -1085,3 +1085,39 @@ fn a_root_locked_by_the_platform_is_a_lock_timeout_naming_the_roots() {
         .one_line_error("could not lock the org's root workspaces within --lock-timeout");
     assert_eq!(db.snapshot(), before);
 }
+
+/// A platform trigger that adds a root (a workspace without a parent) whenever the platform
+/// agent's row goes in: every change orgctl makes still matches its plan, but the result breaks
+/// the invariant "exactly one root, the agent".
+pub const SNEAKY_ROOT: &str = "CREATE FUNCTION sneaky_root() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN INSERT INTO workspaces (id, name) VALUES (gen_random_uuid(), 'Sneaky'); RETURN NULL; END $$;
+     CREATE TRIGGER sneaky_root AFTER INSERT ON workspaces
+         FOR EACH ROW WHEN (NEW.kind = 'platform') EXECUTE FUNCTION sneaky_root();";
+
+#[test]
+fn a_result_that_breaks_an_invariant_is_caught_before_commit_and_nothing_changes() {
+    // The verification is read in the audit statement, after every change of the plan: it
+    // must see the trigger's extra root and roll the whole change back.
+    let db = TestDb::sample();
+    db.exec(SNEAKY_ROOT);
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run();
+    r.code(1);
+    assert!(
+        r.stderr.contains(
+            "verification failed before commit (2 root(s) where there must be exactly one"
+        ),
+        "{}",
+        r.stderr
+    );
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert_eq!(db.snapshot(), before);
+    assert_eq!(db.audit_rows(), 0);
+}

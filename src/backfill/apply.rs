@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use super::{clean, fmt_duration, millis, Cancel, Committing, Shard, Slot, Tenant};
 use crate::cli::BackfillRunArgs;
-use crate::db::{self, DbUrl, Settings};
+use crate::db::{self, Arg, DbUrl, Settings};
 use crate::error::{Error, Exit, Result};
 use crate::install::{self, AgentAction, InstallInput, ModelAction, Plan};
 use crate::platform::keys::SecretBox;
@@ -352,14 +352,21 @@ async fn apply_inner(
             .with_plan(&plan)
             .note(with_note("already installed", note)));
     }
-    snapshot(&mut tx, &job.run_id, &t.name, &plan).await?;
-    install::execute(&mut tx, &plan, &input, &job.sb).await?;
+    let first = snapshot(&job.run_id, &t.name, &plan)?;
+    install::execute(&mut tx, &plan, &input, &job.sb, first).await?;
     let mut args = install::audit_args(&input, &plan);
     if let Some(o) = args.as_object_mut() {
         o.insert("run_id".into(), job.run_id.clone().into());
         o.insert("tenant".into(), t.name.clone().into());
     }
-    db::audit(&mut tx, "backfill run", &args, "applied").await?;
+    db::audit_checked(
+        &mut tx,
+        "backfill run",
+        &args,
+        "applied",
+        Some(install::verification(&plan)),
+    )
+    .await?;
     let evidence = db::Evidence::RunRow {
         run_id: job.run_id.clone(),
         status: "applied",
@@ -454,29 +461,29 @@ const RUN_ROW_SQL: &str = "INSERT INTO orgctl.backfill_runs AS b
                 orgctl_version = EXCLUDED.orgctl_version
           WHERE b.status = 'failed'";
 
-/// `sql` (a statement with [`RUN_ROW_SQL`]'s parameters) with the run-state row's values bound.
-fn bind_run_row<'q>(
-    sql: &'q str,
-    run_id: &'q str,
-    tenant: &'q str,
-    status: &'q str,
+/// The values of [`RUN_ROW_SQL`]'s $1–$14, in order.
+fn run_row_args<'a>(
+    run_id: &'a str,
+    tenant: &'a str,
+    status: &'a str,
     plan: &Plan,
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    db::query(sql)
-        .bind(run_id)
-        .bind(tenant)
-        .bind(status)
-        .bind(plan.agent.id)
-        .bind(plan.agent.action.as_str())
-        .bind(plan.model.as_str())
-        .bind(crate::platform::MODEL_KEY)
-        .bind(i32::try_from(plan.reparented.len()).unwrap_or(i32::MAX))
-        .bind(plan.tokens_moved())
-        .bind(plan.allowlist_moved())
-        .bind(i32::try_from(plan.merged.len()).unwrap_or(i32::MAX))
-        .bind(plan.hash())
-        .bind(crate::sys::os_user())
-        .bind(env!("CARGO_PKG_VERSION"))
+) -> Vec<Arg<'a>> {
+    vec![
+        Arg::Text(run_id),
+        Arg::Text(tenant),
+        Arg::Text(status),
+        Arg::Uuid(plan.agent.id),
+        Arg::Text(plan.agent.action.as_str()),
+        Arg::Text(plan.model.as_str()),
+        Arg::Text(crate::platform::MODEL_KEY),
+        Arg::I32(i32::try_from(plan.reparented.len()).unwrap_or(i32::MAX)),
+        Arg::I64(plan.tokens_moved()),
+        Arg::I64(plan.allowlist_moved()),
+        Arg::I32(i32::try_from(plan.merged.len()).unwrap_or(i32::MAX)),
+        Arg::TextOwned(plan.hash()),
+        Arg::TextOwned(crate::sys::os_user()),
+        Arg::Text(env!("CARGO_PKG_VERSION")),
+    ]
 }
 
 /// The run-state row alone (a tenant with nothing to do).
@@ -487,81 +494,25 @@ async fn record_run(
     status: &str,
     plan: &Plan,
 ) -> Result<()> {
-    let r = bind_run_row(RUN_ROW_SQL, run_id, tenant, status, plan)
+    let mut b = db::Binds::default();
+    for a in run_row_args(run_id, tenant, status, plan) {
+        b.arg(a);
+    }
+    let r = b
+        .bind_to(db::query(RUN_ROW_SQL))
         .execute(&mut *conn)
         .await?;
     db::ensure_rows("the run-state row", r.rows_affected(), 1)
 }
 
-/// The snapshot: the run row and every snapshot row, one data-modifying CTE per kind of row the
-/// plan has, in ONE statement (a fresh tenant pays for every statement it sends). Binds
-/// [`RUN_ROW_SQL`]'s $1–$14, then $15 the re-parented roots, $16 the old roots (re-parented and
-/// swept), $17 the merged allowlist rows, $18 the agent. Returns each kind's count (0 for a
-/// kind the plan does not have), checked against the plan.
-fn snapshot_sql(plan: &Plan) -> String {
-    let mut ctes = vec![format!("run AS ({RUN_ROW_SQL} RETURNING 1)")];
-    let mut counts = vec!["(SELECT count(*) FROM run)"];
-    let mut kind = |on: bool, name: &'static str, cte: &str| {
-        if on {
-            ctes.push(format!("{name} AS ({cte} RETURNING 1)"));
-            counts.push(match name {
-                "roots" => "(SELECT count(*) FROM roots)",
-                "tokens" => "(SELECT count(*) FROM tokens)",
-                "merged" => "(SELECT count(*) FROM merged)",
-                "allowlist" => "(SELECT count(*) FROM allowlist)",
-                _ => "(SELECT count(*) FROM kept)",
-            });
-        } else {
-            counts.push("0::bigint");
-        }
-    };
-    kind(
-        !plan.reparented.is_empty(),
-        "roots",
-        "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, old_parent_id, old_updated_at)
-         SELECT $1, 'root', 'workspaces', id, parent_id, updated_at FROM workspaces WHERE id = ANY($15)",
-    );
-    kind(
-        plan.tokens_moved() > 0,
-        "tokens",
-        "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, old_org_id)
-         SELECT $1, 'anchor', 'org_api_tokens', id, org_id FROM org_api_tokens WHERE org_id = ANY($16)",
-    );
-    kind(
-        !plan.merged.is_empty(),
-        "merged",
-        "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, row)
-         SELECT $1, 'merged', 'org_plugin_allowlist', a.id, to_jsonb(a)
-           FROM org_plugin_allowlist a WHERE a.id = ANY($17)",
-    );
-    kind(
-        plan.allowlist_moved() > 0,
-        "allowlist",
-        "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, old_org_id)
-         SELECT $1, 'anchor', 'org_plugin_allowlist', id, org_id FROM org_plugin_allowlist
-          WHERE org_id = ANY($16) AND NOT (id = ANY($17))",
-    );
-    // Rows that already hung off an existing agent stay there on rollback; only rows added
-    // after the run count as new.
-    kind(
-        plan.agent.action != AgentAction::Create,
-        "kept",
-        "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id)
-         SELECT $1, 'kept', 'workspaces', id FROM workspaces WHERE parent_id = $18
-         UNION ALL
-         SELECT $1, 'kept', 'org_api_tokens', id FROM org_api_tokens WHERE org_id = $18
-         UNION ALL
-         SELECT $1, 'kept', 'org_plugin_allowlist', id FROM org_plugin_allowlist WHERE org_id = $18",
-    );
-    format!("WITH {} SELECT {}", ctes.join(",\n"), counts.join(", "))
-}
-
-/// Write the snapshot of every row `plan` changes, in the caller's transaction, before the
-/// change, each kind of row checked against the plan's counts. The run row holds the agent's
-/// prior row (NULL when the run creates it) and the prior MODEL secret row (NULL when none).
-async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Plan) -> Result<()> {
+/// The snapshot of every row `plan` changes, as the first changes of the change's first
+/// statement ([`install::execute`]): data-modifying CTEs read the rows as they were before the
+/// statement, so the snapshot is of the rows before the change, and a fresh tenant pays no
+/// round trip for it. The run row ([`RUN_ROW_SQL`], so its values are $1–$14) holds the agent's
+/// prior row (NULL when the run creates it) and the prior MODEL secret row (NULL when none);
+/// one CTE per kind of row the plan has, each checked against the plan's count.
+fn snapshot<'a>(run_id: &'a str, tenant: &'a str, plan: &Plan) -> Result<install::Changes<'a>> {
     let ids: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
-    let old = plan.old_roots();
     let merged: Vec<Uuid> = plan
         .merged
         .iter()
@@ -574,24 +525,80 @@ async fn snapshot(conn: &mut PgConnection, run_id: &str, tenant: &str, plan: &Pl
             })
         })
         .collect::<Result<_>>()?;
-    let sql = snapshot_sql(plan);
-    let row = bind_run_row(&sql, run_id, tenant, "applied", plan)
-        .bind(&ids)
-        .bind(&old)
-        .bind(&merged)
-        .bind(plan.agent.id)
-        .fetch_one(&mut *conn)
-        .await?;
-    let n = |i: usize| -> Result<u64> {
-        let v: i64 = row.try_get(i)?;
-        Ok(u64::try_from(v).unwrap_or(0))
-    };
-    db::ensure_rows("the run-state row", n(0)?, 1)?;
-    db::ensure_rows("the roots snapshot", n(1)?, ids.len() as i64)?;
-    db::ensure_rows("the tokens snapshot", n(2)?, plan.tokens_moved())?;
-    db::ensure_rows("the merged allowlist snapshot", n(3)?, merged.len() as i64)?;
-    db::ensure_rows("the allowlist snapshot", n(4)?, plan.allowlist_moved())?;
-    Ok(())
+    let mut c = install::Changes::default();
+    for a in run_row_args(run_id, tenant, "applied", plan) {
+        c.arg(a);
+    }
+    if c.bound() != 14 {
+        return Err(Error::failed("internal: the run row binds 14 values"));
+    }
+    c.add("the run-state row", RUN_ROW_SQL.to_string(), Some(1));
+    let run = "$1";
+    if !ids.is_empty() {
+        let n = ids.len() as i64;
+        let ids = c.arg(Arg::UuidList(ids));
+        c.add(
+            "the roots snapshot",
+            format!(
+                "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, old_parent_id, old_updated_at)
+                 SELECT {run}, 'root', 'workspaces', id, parent_id, updated_at FROM workspaces WHERE id = ANY({ids})"
+            ),
+            Some(n),
+        );
+    }
+    let old = c.arg(Arg::UuidList(plan.old_roots()));
+    if plan.tokens_moved() > 0 {
+        c.add(
+            "the tokens snapshot",
+            format!(
+                "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, old_org_id)
+                 SELECT {run}, 'anchor', 'org_api_tokens', id, org_id FROM org_api_tokens WHERE org_id = ANY({old})"
+            ),
+            Some(plan.tokens_moved()),
+        );
+    }
+    let n_merged = merged.len() as i64;
+    let merged = c.arg(Arg::UuidList(merged));
+    if n_merged > 0 {
+        c.add(
+            "the merged allowlist snapshot",
+            format!(
+                "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, row)
+                 SELECT {run}, 'merged', 'org_plugin_allowlist', a.id, to_jsonb(a)
+                   FROM org_plugin_allowlist a WHERE a.id = ANY({merged})"
+            ),
+            Some(n_merged),
+        );
+    }
+    if plan.allowlist_moved() > 0 {
+        c.add(
+            "the allowlist snapshot",
+            format!(
+                "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, old_org_id)
+                 SELECT {run}, 'anchor', 'org_plugin_allowlist', id, org_id FROM org_plugin_allowlist
+                  WHERE org_id = ANY({old}) AND NOT (id = ANY({merged}))"
+            ),
+            Some(plan.allowlist_moved()),
+        );
+    }
+    // Rows that already hung off an existing agent stay there on rollback; only rows added
+    // after the run count as new.
+    if plan.agent.action != AgentAction::Create {
+        let agent = c.arg(Arg::Uuid(plan.agent.id));
+        c.add(
+            "the kept rows snapshot",
+            format!(
+                "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id)
+                 SELECT {run}, 'kept', 'workspaces', id FROM workspaces WHERE parent_id = {agent}
+                 UNION ALL
+                 SELECT {run}, 'kept', 'org_api_tokens', id FROM org_api_tokens WHERE org_id = {agent}
+                 UNION ALL
+                 SELECT {run}, 'kept', 'org_plugin_allowlist', id FROM org_plugin_allowlist WHERE org_id = {agent}"
+            ),
+            None,
+        );
+    }
+    Ok(c)
 }
 
 /// Remember a failure in the tenant's own tables (never over a row that is not `failed`). Its
