@@ -228,6 +228,7 @@ pub enum Arg<'a> {
     UuidList(Vec<uuid::Uuid>),
     Text(&'a str),
     TextOwned(String),
+    TextList(Vec<String>),
     Bytes(&'a [u8]),
     I32(i32),
     I64(i64),
@@ -277,6 +278,7 @@ impl<'a> Binds<'a> {
                 Arg::UuidList(v) => q.bind(v.as_slice()),
                 Arg::Text(t) => q.bind(*t),
                 Arg::TextOwned(t) => q.bind(t.as_str()),
+                Arg::TextList(v) => q.bind(v.as_slice()),
                 Arg::Bytes(b) => q.bind(*b),
                 Arg::I32(n) => q.bind(*n),
                 Arg::I64(n) => q.bind(*n),
@@ -286,13 +288,15 @@ impl<'a> Binds<'a> {
     }
 }
 
-/// A caller's last check before its audit rows, read in the statement that locks the audit
-/// chain's head (one round trip less for every change: a fleet pays each once per tenant).
-/// `columns` are bigint expressions whose placeholders come from `binds` (made with
-/// `Binds::after(1)`); `judge` gets their values and fails the change when they are wrong.
+/// A caller's last check before its audit rows are in, read in the statement that writes them
+/// (one round trip less for every change: a fleet pays each once per tenant). `columns` gets the
+/// placeholders `args` were bound to, in order, and returns bigint expressions; `judge` gets
+/// their values and fails the change when they are wrong (the caller's transaction then rolls
+/// back, the audit rows with it).
 pub struct Check<'a> {
-    pub columns: Vec<String>,
-    pub binds: Binds<'a>,
+    pub args: Vec<Arg<'a>>,
+    #[allow(clippy::type_complexity)]
+    pub columns: Box<dyn FnOnce(&[String]) -> Vec<String> + Send + 'a>,
     #[allow(clippy::type_complexity)]
     pub judge: Box<dyn FnOnce(&[i64]) -> Result<()> + Send + 'a>,
 }
@@ -1326,8 +1330,7 @@ pub async fn append_audit(conn: &mut PgConnection, entries: &[AuditEntry]) -> Re
     append_audit_checked(conn, entries, None).await
 }
 
-/// [`append_audit`], with `check`'s columns read in the head's statement and judged before any
-/// row is written.
+/// [`append_audit`], with `check` read and judged in the statement that writes the rows.
 async fn append_audit_checked(
     conn: &mut PgConnection,
     entries: &[AuditEntry],
@@ -1336,63 +1339,113 @@ async fn append_audit_checked(
     if entries.is_empty() {
         return Ok(());
     }
-    // The head, locked, and — only once it is locked (the arrays are correlated with the
-    // locked row, so they are computed after the row lock is had) — the first chunk's ids and
-    // normalised arguments: one statement, so ids still grow in chain order.
-    let first_raw: Vec<String> = entries
+    let mut b = Binds::default();
+    let raw = b.arg(Arg::TextList(audit_head_args(entries)));
+    let sql = format!(
+        "WITH {AUDIT_HEAD_CTE} SELECT {}",
+        audit_head_columns(&raw).join(", ")
+    );
+    let row = b.bind_to(query(&sql)).fetch_one(&mut *conn).await?;
+    let head = AuditHead::decode(&row, 0)?;
+    append_after_head(conn, head, entries, check).await
+}
+
+/// The audit chain's head locked `FOR UPDATE`, as a CTE (`h`) of a statement that reads
+/// [`audit_head_columns`]: alone before the rows are written, or in a change's first statement
+/// (one round trip less per change).
+pub const AUDIT_HEAD_CTE: &str =
+    "h AS (SELECT seq, row_hash FROM orgctl.audit_head WHERE one FOR UPDATE)";
+
+/// The first chunk's arguments as sent, to bind for [`audit_head_columns`].
+pub fn audit_head_args(entries: &[AuditEntry]) -> Vec<String> {
+    entries
         .iter()
         .take(AUDIT_BATCH)
         .map(|e| e.args.to_string())
-        .collect();
-    let extra: String = check
-        .as_ref()
-        .map(|c| c.columns.iter().map(|e| format!(", {e}")).collect())
-        .unwrap_or_default();
-    let sql = format!(
-        "WITH h AS (SELECT seq, row_hash FROM orgctl.audit_head WHERE one FOR UPDATE)
-         SELECT h.seq, h.row_hash, now(), current_user::text,
-                ARRAY(SELECT nextval(pg_get_serial_sequence('orgctl.audit_log', 'id'))
-                        FROM unnest($1::text[]) WITH ORDINALITY AS t(a, n)
-                       WHERE h.seq IS NOT NULL ORDER BY n),
-                ARRAY(SELECT a::jsonb::text FROM unnest($1::text[]) WITH ORDINALITY AS t(a, n)
-                       WHERE h.seq IS NOT NULL ORDER BY n){extra}
-           FROM h"
-    );
-    let mut q = query(&sql).bind(&first_raw);
-    if let Some(c) = &check {
-        q = c.binds.bind_to(q);
+        .collect()
+}
+
+/// What the first rows of an append need, read with the head locked ([`AUDIT_HEAD_CTE`]):
+/// the head (NULL when its row is gone), the transaction's time and role, and — only once the
+/// head is locked (the arrays are correlated with the locked row, so they are computed after the
+/// row lock is had) — the first chunk's ids and normalised arguments (`raw`: the placeholder of
+/// [`audit_head_args`]), so ids still grow in chain order.
+pub fn audit_head_columns(raw: &str) -> Vec<String> {
+    vec![
+        "(SELECT seq FROM h)".to_string(),
+        "(SELECT row_hash FROM h)".to_string(),
+        "now()".to_string(),
+        "current_user::text".to_string(),
+        format!(
+            "ARRAY(SELECT nextval(pg_get_serial_sequence('orgctl.audit_log', 'id'))
+                     FROM h, unnest({raw}::text[]) WITH ORDINALITY AS t(a, n)
+                    WHERE h.seq IS NOT NULL ORDER BY n)"
+        ),
+        format!(
+            "ARRAY(SELECT a::jsonb::text FROM h, unnest({raw}::text[]) WITH ORDINALITY AS t(a, n)
+                    WHERE h.seq IS NOT NULL ORDER BY n)"
+        ),
+    ]
+}
+
+/// The values of [`audit_head_columns`], read.
+pub struct AuditHead {
+    seq: i64,
+    prev: [u8; 32],
+    at: chrono::DateTime<chrono::Utc>,
+    db_user: String,
+    ids: Vec<i64>,
+    args: Vec<String>,
+}
+
+impl AuditHead {
+    /// From `row`, whose [`audit_head_columns`] start at column `at`.
+    pub fn decode(row: &PgRow, at: usize) -> Result<Self> {
+        let seq: Option<i64> = row.try_get(at)?;
+        let prev: Option<Vec<u8>> = row.try_get(at + 1)?;
+        let (Some(seq), Some(prev)) = (seq, prev) else {
+            return Err(Error::failed(
+                "orgctl.audit_head has no row: the audit chain's head was deleted by hand, so orgctl cannot append to the audit log; nothing was changed: run `orgctl audit verify` and restore the head from the last intact row",
+            ));
+        };
+        let prev: [u8; 32] = prev.as_slice().try_into().map_err(|_| {
+            Error::failed(
+                "orgctl.audit_head holds a malformed hash: the audit chain's head was altered by hand; nothing was changed: run `orgctl audit verify`",
+            )
+        })?;
+        Ok(AuditHead {
+            seq,
+            prev,
+            at: row.try_get(at + 2)?,
+            db_user: row.try_get(at + 3)?,
+            ids: row.try_get(at + 4)?,
+            args: row.try_get(at + 5)?,
+        })
     }
-    let Some(head) = q.fetch_optional(&mut *conn).await? else {
+}
+
+/// Append `entries` after `head` (read, locked, in this transaction with
+/// [`audit_head_args`] of these same entries), with `check` read and judged in the statement
+/// that writes the last rows and moves the head.
+pub async fn append_after_head(
+    conn: &mut PgConnection,
+    head: AuditHead,
+    entries: &[AuditEntry],
+    mut check: Option<Check<'_>>,
+) -> Result<()> {
+    let AuditHead {
+        mut seq,
+        mut prev,
+        at,
+        db_user,
+        ids: first_ids,
+        args: first_args,
+    } = head;
+    if first_ids.len() != entries.len().min(AUDIT_BATCH) || first_args.len() != first_ids.len() {
         return Err(Error::failed(
-            "orgctl.audit_head has no row: the audit chain's head was deleted by hand, so orgctl cannot append to the audit log; nothing was changed: run `orgctl audit verify` and restore the head from the last intact row",
+            "internal: the audit head was read for other rows than these",
         ));
-    };
-    let (mut seq, prev, at, db_user, first_ids, first_args): (
-        i64,
-        Vec<u8>,
-        chrono::DateTime<chrono::Utc>,
-        String,
-        Vec<i64>,
-        Vec<String>,
-    ) = (
-        head.try_get(0)?,
-        head.try_get(1)?,
-        head.try_get(2)?,
-        head.try_get(3)?,
-        head.try_get(4)?,
-        head.try_get(5)?,
-    );
-    if let Some(c) = check {
-        let values = (0..c.columns.len())
-            .map(|i| head.try_get::<i64, _>(6 + i))
-            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
-        (c.judge)(&values)?;
     }
-    let mut prev: [u8; 32] = prev.as_slice().try_into().map_err(|_| {
-        Error::failed(
-            "orgctl.audit_head holds a malformed hash: the audit chain's head was altered by hand; nothing was changed: run `orgctl audit verify`",
-        )
-    })?;
     let os_user = crate::sys::os_user();
     let reason = crate::audit::reason();
     let version = env!("CARGO_PKG_VERSION");
@@ -1475,7 +1528,20 @@ async fn append_audit_checked(
                 "1::bigint"
             }
         );
-        let mut q = query_as::<(i64, i64)>(&sql)
+        let mut extra = Binds::after(if last { 15 } else { 13 });
+        let mut judge = None;
+        let mut sql = sql;
+        if last {
+            if let Some(c) = check.take() {
+                let ph: Vec<String> = c.args.into_iter().map(|a| extra.arg(a)).collect();
+                for col in (c.columns)(&ph) {
+                    sql.push_str(", ");
+                    sql.push_str(&col);
+                }
+                judge = Some(c.judge);
+            }
+        }
+        let mut q = query(&sql)
             .bind(&ids)
             .bind(at)
             .bind(&os_user)
@@ -1492,7 +1558,14 @@ async fn append_audit_checked(
         if last {
             q = q.bind(seq).bind(prev.to_vec());
         }
-        let (inserted, moved) = q.fetch_one(&mut *conn).await?;
+        let row = extra.bind_to(q).fetch_one(&mut *conn).await?;
+        let (inserted, moved): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if let Some(judge) = judge {
+            let values = (2..row.len())
+                .map(|i| row.try_get::<i64, _>(i))
+                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+            judge(&values)?;
+        }
         ensure_rows(
             "the audit append",
             u64::try_from(inserted).unwrap_or(0),

@@ -859,8 +859,9 @@ fn lock_error(err: Error) -> Error {
 
 /// Execute exactly `plan` in the caller's transaction, checking every change's row count. The
 /// caller verifies the result with [`verification`] in its audit statement, then commits.
-/// `first`: the caller's own changes to send ahead of the plan's, in its first statement (the
-/// backfill's snapshot, which so reads every row before the change), or `Changes::default()`.
+/// `first`: the caller's own changes and reads to send ahead of the plan's, in its first
+/// statement (the backfill's snapshot, which so reads every row before the change, and the
+/// audit chain's head), or `Changes::default()`; returns that statement's row when it had reads.
 ///
 /// Every kind of change is one data-modifying CTE, and the kinds go to the server in as few
 /// statements as the constraints allow (a fleet pays each round trip once per tenant): one
@@ -874,7 +875,7 @@ pub async fn execute(
     input: &InstallInput,
     sb: &SecretBox,
     first: Changes<'_>,
-) -> Result<()> {
+) -> Result<Option<sqlx::postgres::PgRow>> {
     let agent = &plan.agent;
     let old = plan.old_roots();
     let reparented: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
@@ -981,8 +982,9 @@ pub async fn execute(
             None,
         );
     }
-    first.run(conn).await?;
-    second.run(conn).await
+    let read = first.run(conn).await?;
+    second.run(conn).await?;
+    Ok(read)
 }
 
 /// [`ALLOWLIST_SCOPE`] as a CTE of a larger statement, with its parameters renumbered.
@@ -1003,6 +1005,10 @@ pub struct Changes<'a> {
     scope: Option<String>,
     ctes: Vec<(&'static str, String, Option<i64>)>,
     args: db::Binds<'a>,
+    /// A caller's reads in the same statement: CTEs ahead of the changes, and columns that
+    /// come first in the statement's row (see [`Changes::read`]).
+    lead: Vec<String>,
+    reads: Vec<String>,
 }
 
 impl<'a> Changes<'a> {
@@ -1022,12 +1028,23 @@ impl<'a> Changes<'a> {
         self.ctes.push((what, sql, planned));
     }
 
-    async fn run(self, conn: &mut PgConnection) -> Result<()> {
-        if self.ctes.is_empty() {
-            return Ok(());
+    /// Read `columns` in the same statement (after a non-modifying `cte` of the caller's, put
+    /// first): they read the rows as they were before the statement, and come back as the first
+    /// columns of the row [`execute`] returns.
+    pub fn read(&mut self, cte: &str, columns: Vec<String>) {
+        self.lead.push(cte.to_string());
+        self.reads.extend(columns);
+    }
+
+    /// Send the changes (nothing when there are none); the row when there were reads.
+    async fn run(self, conn: &mut PgConnection) -> Result<Option<sqlx::postgres::PgRow>> {
+        if self.ctes.is_empty() && self.reads.is_empty() {
+            return Ok(None);
         }
-        let mut parts: Vec<String> = self.scope.into_iter().collect();
-        let mut counts = Vec::new();
+        let mut parts: Vec<String> = self.lead;
+        parts.extend(self.scope);
+        let first = self.reads.len();
+        let mut counts = self.reads;
         for (i, (_, sql, _)) in self.ctes.iter().enumerate() {
             parts.push(format!("c{i} AS ({sql} RETURNING 1)"));
             counts.push(format!("(SELECT count(*) FROM c{i})"));
@@ -1040,11 +1057,11 @@ impl<'a> Changes<'a> {
             .await?;
         for (i, (what, _, planned)) in self.ctes.iter().enumerate() {
             if let Some(planned) = planned {
-                let touched: i64 = row.try_get(i)?;
+                let touched: i64 = row.try_get(first + i)?;
                 db::ensure_rows(what, u64::try_from(touched).unwrap_or(0), *planned)?;
             }
         }
-        Ok(())
+        Ok((first > 0).then_some(row))
     }
 }
 
@@ -1052,25 +1069,29 @@ impl<'a> Changes<'a> {
 /// platform agent, no anchor row on an old root, and MODEL present unless allowed missing. A
 /// [`db::Check`] for the audit statement that follows [`execute`].
 pub fn verification(plan: &Plan) -> db::Check<'static> {
-    let mut b = db::Binds::after(1);
-    let (agent, old, key) = (
-        b.arg(Arg::Uuid(plan.agent.id)),
-        b.arg(Arg::UuidList(plan.old_roots())),
-        b.arg(Arg::Text(MODEL_KEY)),
-    );
-    let columns = vec![
-        "(SELECT count(*) FROM workspaces WHERE parent_id IS NULL)".to_string(),
-        format!(
-            "(SELECT count(*) FROM workspaces WHERE parent_id IS NULL AND id = {agent}
-                                              AND kind = 'platform' AND tier = 0)"
-        ),
-        "(SELECT count(*) FROM workspaces WHERE kind = 'platform')".to_string(),
-        format!("(SELECT count(*) FROM org_api_tokens WHERE org_id = ANY({old}))"),
-        format!("(SELECT count(*) FROM org_plugin_allowlist WHERE org_id = ANY({old}))"),
-        format!(
-            "(SELECT count(*) FROM workspace_secrets WHERE workspace_id = {agent} AND key = {key})"
-        ),
+    let args = vec![
+        Arg::Uuid(plan.agent.id),
+        Arg::UuidList(plan.old_roots()),
+        Arg::Text(MODEL_KEY),
     ];
+    let columns = |ph: &[String]| -> Vec<String> {
+        let [agent, old, key] = ph else {
+            return Vec::new();
+        };
+        vec![
+            "(SELECT count(*) FROM workspaces WHERE parent_id IS NULL)".to_string(),
+            format!(
+                "(SELECT count(*) FROM workspaces WHERE parent_id IS NULL AND id = {agent}
+                                                  AND kind = 'platform' AND tier = 0)"
+            ),
+            "(SELECT count(*) FROM workspaces WHERE kind = 'platform')".to_string(),
+            format!("(SELECT count(*) FROM org_api_tokens WHERE org_id = ANY({old}))"),
+            format!("(SELECT count(*) FROM org_plugin_allowlist WHERE org_id = ANY({old}))"),
+            format!(
+                "(SELECT count(*) FROM workspace_secrets WHERE workspace_id = {agent} AND key = {key})"
+            ),
+        ]
+    };
     let allow_missing_model = plan.allow_missing_model;
     let judge = move |v: &[i64]| -> Result<()> {
         let [roots, agent_root, agents, tokens_left, allow_left, model] = v else {
@@ -1106,8 +1127,8 @@ pub fn verification(plan: &Plan) -> db::Check<'static> {
         }
     };
     db::Check {
-        columns,
-        binds: b,
+        args,
+        columns: Box::new(columns),
         judge: Box::new(judge),
     }
 }

@@ -836,6 +836,9 @@ struct ProxyState {
     /// Statements the clients sent: simple-query messages ('Q') and extended-protocol
     /// executions ('E'), as the server's log_statement counts them.
     statements: std::sync::atomic::AtomicUsize,
+    /// Times a client waited for the server after the startup: simple-query messages ('Q') and
+    /// Syncs ('S'), each answered by one ReadyForQuery — the round trips behind latency.
+    waits: std::sync::atomic::AtomicUsize,
 }
 
 impl CutProxy {
@@ -857,6 +860,7 @@ impl CutProxy {
             cut: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             statements: std::sync::atomic::AtomicUsize::new(0),
+            waits: std::sync::atomic::AtomicUsize::new(0),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -884,6 +888,11 @@ impl CutProxy {
     /// Statements forwarded so far, over every connection (see [`Cut::Never`]).
     pub fn statements(&self) -> usize {
         self.state.statements.load(Ordering::SeqCst)
+    }
+
+    /// Round trips after the startup so far, over every connection (see [`Cut::Never`]).
+    pub fn waits(&self) -> usize {
+        self.state.waits.load(Ordering::SeqCst)
     }
 
     /// Whether the proxy has cut a connection at a COMMIT.
@@ -946,6 +955,9 @@ fn proxy_conn(client: std::net::TcpStream, st: &ProxyState) {
         } else if st.mode == Cut::Never {
             if matches!(tag[0], b'Q' | b'E') {
                 st.statements.fetch_add(1, Ordering::SeqCst);
+            }
+            if matches!(tag[0], b'Q' | b'S') {
+                st.waits.fetch_add(1, Ordering::SeqCst);
             }
         } else if matches!(tag[0], b'Q' | b'P')
             && String::from_utf8_lossy(&body).contains("advisory_xact_lock")
