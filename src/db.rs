@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow};
 use sqlx::query::{Query, QueryAs, QueryScalar};
-use sqlx::{Connection, Postgres, Row};
+use sqlx::{Column, Connection, Postgres, Row};
 
 use crate::error::{sqlstate, Error, Result};
 use crate::redact;
@@ -585,16 +585,31 @@ pub async fn begin_change<'c>(
     url: &DbUrl,
     settings: &Settings,
 ) -> Result<sqlx::Transaction<'c, sqlx::Postgres>> {
-    Ok(begin_change_on(conn, url, settings).await?.0)
+    Ok(begin_change_on(conn, url, settings, "").await?.tx)
 }
 
-/// [`begin_change`], and whether this transaction has just created orgctl's schema (first
-/// touch: none of orgctl's own rows exist yet, a caller can skip reading them).
+/// A change's transaction as [`begin_change_on`] opened it.
+pub struct Begun<'c> {
+    pub tx: sqlx::Transaction<'c, sqlx::Postgres>,
+    /// This transaction has just created orgctl's schema (first touch: none of orgctl's own
+    /// rows exist yet, a caller can skip reading them).
+    pub created: bool,
+    /// The rows of the caller's `tail` statements, one list per statement, when they rode in
+    /// the message that created orgctl's schema; their failure as it is (the transaction is
+    /// then aborted: roll it back). None when they were not sent: the caller sends them.
+    pub tail: Option<Result<Vec<Vec<PgRow>>>>,
+}
+
+/// [`begin_change`], and whether this transaction has just created orgctl's schema. `tail`:
+/// constant SQL (no values: orgctl's own text) the caller would send next, or "". On a
+/// tenant's first touch it rides at the end of the message that creates orgctl's schema (one
+/// round trip fewer), and its rows or its failure come back in [`Begun::tail`].
 pub async fn begin_change_on<'c>(
     conn: &'c mut PgConnection,
     url: &DbUrl,
     settings: &Settings,
-) -> Result<(sqlx::Transaction<'c, sqlx::Postgres>, bool)> {
+    tail: &str,
+) -> Result<Begun<'c>> {
     let version = server_version(conn).await?;
     let mut tx = begin_batch(
         conn,
@@ -629,30 +644,45 @@ pub async fn begin_change_on<'c>(
         Some(true) => Access::Readable,
         Some(false) => Access::NotReadable,
     };
-    let created = ensure_orgctl_schema_in(&mut tx, url, access).await?;
-    Ok((tx, created))
+    let (created, tail) = ensure_orgctl_schema_in(&mut tx, url, access, tail).await?;
+    Ok(Begun { tx, created, tail })
 }
 
 /// Run constant SQL — no values, no user input: orgctl's own text only — as ONE simple-query
 /// message (one round trip for all its statements) and return each statement's rows. Rows
 /// come in text format (every type orgctl reads this way decodes from text).
 pub async fn simple_batch(conn: &mut PgConnection, sql: &str) -> Result<Vec<Vec<PgRow>>> {
+    let (out, failed) = simple_batch_partial(conn, sql).await;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// [`simple_batch`], keeping on a failure the rows of the statements before it: the lists of
+/// the statements that completed, then the failed statement's own (usually empty) list.
+async fn simple_batch_partial(
+    conn: &mut PgConnection,
+    sql: &str,
+) -> (Vec<Vec<PgRow>>, Option<Error>) {
     use futures_util::TryStreamExt;
     let mut out = vec![Vec::new()];
     let mut stream = sqlx::Executor::fetch_many(&mut *conn, sql);
-    while let Some(item) = stream.try_next().await? {
-        match item {
-            sqlx::Either::Left(_) => out.push(Vec::new()),
-            sqlx::Either::Right(row) => {
+    loop {
+        match stream.try_next().await {
+            Ok(Some(sqlx::Either::Left(_))) => out.push(Vec::new()),
+            Ok(Some(sqlx::Either::Right(row))) => {
                 if let Some(last) = out.last_mut() {
                     last.push(row);
                 }
             }
+            Ok(None) => break,
+            Err(e) => return (out, Some(e.into())),
         }
     }
     // Each statement's end opened the next one's list: drop the last, empty one.
     out.pop();
-    Ok(out)
+    (out, None)
 }
 
 /// A quoted literal of a setting's name or value (see [`begin_with_settings`]); None for
@@ -997,7 +1027,7 @@ pub async fn ensure_orgctl_schema(
         },
         None => Access::Absent,
     };
-    let _ = ensure_orgctl_schema_in(&mut tx, url, access).await?;
+    let _ = ensure_orgctl_schema_in(&mut tx, url, access, "").await?;
     // Not through commit_or_resolve: nothing of the tenant changes here, and a rerun finishes
     // whatever this did or did not commit. But a lost answer is not "rolled back".
     tx.commit().await.map_err(|e| match e {
@@ -1030,14 +1060,15 @@ async fn ensure_orgctl_schema_in(
     conn: &mut PgConnection,
     url: &DbUrl,
     access: Access,
-) -> Result<bool> {
+    tail: &str,
+) -> Result<(bool, Option<Result<Vec<Vec<PgRow>>>>)> {
     let latest = ORGCTL_MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let started = std::time::Instant::now();
     match access {
         Access::Absent => {
             if let Some(script) = fresh_schema_script(started) {
-                create_fresh_schema(conn, url, &script, latest).await?;
-                return Ok(true);
+                let tail = create_fresh_schema(conn, url, &script, latest, tail).await?;
+                return Ok((true, tail));
             }
         }
         Access::NotReadable => {
@@ -1047,12 +1078,16 @@ async fn ensure_orgctl_schema_in(
             )))
         }
         Access::Readable => {
-            let current: Option<i64> =
-                query_scalar("SELECT max(version) FROM orgctl._sqlx_migrations WHERE success")
-                    .fetch_one(&mut *conn)
+            // Constant SQL: one simple-query message, one round trip.
+            let rows =
+                simple_batch(conn, "SELECT max(version) FROM orgctl._sqlx_migrations WHERE success")
                     .await?;
+            let current: Option<i64> = match rows.first().and_then(|r| r.first()) {
+                Some(row) => row.try_get(0)?,
+                None => None,
+            };
             match current {
-                Some(c) if c == latest => return Ok(false),
+                Some(c) if c == latest => return Ok((false, None)),
                 Some(c) if c > latest => return Err(newer_schema(url, c, latest)),
                 _ => {}
             }
@@ -1060,7 +1095,7 @@ async fn ensure_orgctl_schema_in(
     }
     // The schema lock, the schema and sqlx's version table, and — under the lock — what
     // another orgctl may have applied meanwhile: one message (constant SQL).
-    let results = schema_batch(conn, url, "").await?;
+    let (results, _) = schema_batch(conn, url, "", "").await?;
     let mut applied: Vec<(i64, Vec<u8>, bool)> = Vec::new();
     for r in results.last().map(Vec::as_slice).unwrap_or_default() {
         applied.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
@@ -1136,7 +1171,7 @@ async fn ensure_orgctl_schema_in(
             .await?;
         }
     }
-    Ok(false)
+    Ok((false, None))
 }
 
 /// Whether every migration's description can go into a literal (they are this orgctl's own
@@ -1190,8 +1225,9 @@ async fn create_fresh_schema(
     url: &DbUrl,
     script: &str,
     latest: i64,
-) -> Result<()> {
-    let results = schema_batch(conn, url, script).await?;
+    tail: &str,
+) -> Result<Option<Result<Vec<Vec<PgRow>>>>> {
+    let (results, tail) = schema_batch(conn, url, script, tail).await?;
     for r in results.last().map(Vec::as_slice).unwrap_or_default() {
         let (version, checksum, success): (i64, Vec<u8>, bool) =
             (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
@@ -1206,28 +1242,60 @@ async fn create_fresh_schema(
             )));
         }
     }
-    Ok(())
+    Ok(tail)
 }
 
 /// One message: the schema lock, the schema and sqlx's version table, `script` (constant SQL:
-/// orgctl's migrations, or nothing), and — under the lock — the version table read back.
+/// orgctl's migrations, or nothing), and — under the lock — the version table read back; then,
+/// when `tail` (constant SQL) is not empty, a marker statement and the tail. Returns the
+/// schema part's rows (the version table's last) and, with a tail, the tail's rows or its
+/// failure as it is: the marker's row tells a failure of the tail from one of the schema.
 async fn schema_batch(
     conn: &mut PgConnection,
     url: &DbUrl,
     script: &str,
-) -> Result<Vec<Vec<PgRow>>> {
-    let batch = format!(
+    tail: &str,
+) -> Result<(Vec<Vec<PgRow>>, Option<Result<Vec<Vec<PgRow>>>>)> {
+    let mut batch = format!(
         "SELECT pg_advisory_xact_lock({}, {});
          {MIGRATIONS_TABLE_SQL}
          {script}
          SELECT version, checksum, success FROM orgctl._sqlx_migrations",
         SCHEMA_LOCK.0, SCHEMA_LOCK.1
     );
-    // A lock timeout, a standby or default_transaction_read_only: no grant helps (schema_error).
-    simple_batch(conn, &batch)
-        .await
-        .map_err(|e| schema_error(url, e))
+    if !tail.is_empty() {
+        batch.push_str(&format!(";\n SELECT true AS {TAIL_MARK};\n{tail}"));
+    }
+    let (mut out, failed) = simple_batch_partial(conn, &batch).await;
+    let mark = (!tail.is_empty())
+        .then(|| {
+            out.iter().position(|rows| {
+                rows.len() == 1 && rows[0].columns().first().map(|c| c.name()) == Some(TAIL_MARK)
+            })
+        })
+        .flatten();
+    match (mark, failed) {
+        // A lock timeout, a standby or default_transaction_read_only: no grant helps
+        // (schema_error).
+        (None, Some(e)) => Err(schema_error(url, e)),
+        (None, None) if !tail.is_empty() => Err(Error::failed(
+            "internal: the message that creates orgctl's schema did not reach its tail",
+        )),
+        (None, None) => Ok((out, None)),
+        (Some(m), failed) => {
+            let tail_rows = out.split_off(m + 1);
+            out.truncate(m);
+            let tail = match failed {
+                Some(e) => Err(e),
+                None => Ok(tail_rows),
+            };
+            Ok((out, Some(tail)))
+        }
+    }
 }
+
+/// The column name of [`schema_batch`]'s marker statement.
+const TAIL_MARK: &str = "orgctl_schema_done";
 
 /// A failure to create orgctl's schema: a lock timeout or a read-only server as it is, anything
 /// else (usually no CREATE privilege on the database) with what a DBA can do.

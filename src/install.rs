@@ -399,17 +399,36 @@ pub async fn plan(
 
 /// [`lock_rows`] then [`plan`], inside a transaction of [`db::begin_change`]: without `--id`
 /// the lock statement (constant SQL) leads the plan's first message, one round trip and one
-/// statement fewer per tenant.
+/// statement fewer per tenant. `tail`: [`db::Begun::tail`] of a transaction begun with
+/// [`plan_tail`] — when that message already rode with the creation of orgctl's schema, its
+/// rows (or its failure, a lock timeout said as in [`lock_rows`]).
 pub async fn lock_and_plan(
     conn: &mut PgConnection,
     input: &InstallInput,
     sb: &SecretBox,
+    tail: Option<Result<Vec<Vec<sqlx::postgres::PgRow>>>>,
 ) -> Result<Plan> {
+    if let Some(reads) = tail {
+        let reads = reads.map_err(lock_error)?;
+        return plan_from_reads(conn, input, sb, Orgctl::Ready, reads, true).await;
+    }
     if input.id.is_some() {
         lock_rows(conn, input).await?;
         return plan(conn, input, sb, Orgctl::Ready).await;
     }
     plan_after(conn, input, sb, Orgctl::Ready, LOCK_ROWS).await
+}
+
+/// [`lock_and_plan`]'s first message as [`db::begin_change_on`]'s `tail` (constant SQL: the
+/// row locks, then the plan's first reads), so that on a tenant's first touch it rides in the
+/// message that creates orgctl's schema: one round trip fewer. "" with `--id`, whose lock
+/// binds a value.
+pub fn plan_tail(input: &InstallInput) -> String {
+    if input.id.is_some() {
+        String::new()
+    } else {
+        format!("{LOCK_ROWS};\n{PLAN_READS}")
+    }
 }
 
 /// `lead`: the row locks ([`LOCK_ROWS`], constant SQL) sent ahead of the plan's first read in
@@ -424,14 +443,27 @@ async fn plan_after(
 ) -> Result<Plan> {
     // One message, constant SQL: the platform agents, the tenant's identity (for a derived
     // agent id) and the roots (after `lead`, the row locks, when given).
-    let mut reads = if lead.is_empty() {
+    let reads = if lead.is_empty() {
         db::simple_batch(conn, PLAN_READS).await?
     } else {
         db::simple_batch(conn, &format!("{lead};\n{PLAN_READS}"))
             .await
             .map_err(lock_error)?
     };
-    if !lead.is_empty() && !reads.is_empty() {
+    plan_from_reads(conn, input, sb, orgctl, reads, !lead.is_empty()).await
+}
+
+/// The plan from the rows of its first message ([`PLAN_READS`], after the row locks' count
+/// when `locked`).
+async fn plan_from_reads(
+    conn: &mut PgConnection,
+    input: &InstallInput,
+    sb: &SecretBox,
+    orgctl: Orgctl,
+    mut reads: Vec<Vec<sqlx::postgres::PgRow>>,
+    locked: bool,
+) -> Result<Plan> {
+    if locked && !reads.is_empty() {
         reads.remove(0);
     }
     let (platform_rows, ident, root_rows) = match reads.as_slice() {
@@ -1554,8 +1586,9 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     // Only the reviewed plan's hash is needed from here on; free the plan itself.
     let reviewed_hash = reviewed.hash();
     drop(reviewed);
-    let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
-    let current = lock_and_plan(&mut tx, &input, &sb).await?;
+    let db::Begun { mut tx, tail, .. } =
+        db::begin_change_on(&mut conn, &url, &ctx.settings, &plan_tail(&input)).await?;
+    let current = lock_and_plan(&mut tx, &input, &sb, tail).await?;
     if let Some(e) = current.refusal() {
         return Err(e);
     }

@@ -1048,9 +1048,31 @@ fn a_schema_created_by_hand_from_the_migrations_is_adopted() {
 
 #[test]
 fn a_root_locked_by_the_platform_is_a_lock_timeout_naming_the_roots() {
-    // The row locks go in the same message as the plan's first reads; their timeout is still
-    // said as such (exit 3), and nothing changes.
-    let db = TestDb::sample();
+    // The row locks go in the same message as the plan's first reads — on a tenant's first
+    // touch, at the end of the message that creates orgctl's schema; their timeout is still
+    // said as such (exit 3), and nothing changes. Both paths: orgctl's schema absent, and
+    // present (another command created it before).
+    let fresh = TestDb::sample();
+    assert!(fresh.snapshot().contains("== orgctl\nabsent"));
+    root_locked_is_a_lock_timeout(&fresh);
+    let present = TestDb::sample();
+    present
+        .orgctl(&[
+            "token",
+            "mint",
+            "--name",
+            "first",
+            "--created-by",
+            "t",
+            "--org",
+            ids::HQ,
+        ])
+        .run()
+        .code(0);
+    root_locked_is_a_lock_timeout(&present);
+}
+
+fn root_locked_is_a_lock_timeout(db: &TestDb) {
     let before = db.snapshot();
     let name = db.name.clone();
     let holder = std::thread::spawn(move || {

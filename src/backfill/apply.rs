@@ -318,7 +318,13 @@ async fn apply_inner(
 
     // The platform's schema checked and orgctl's own created or checked in the transaction of
     // the change, so the snapshot has somewhere to go before anything changes.
-    let (mut tx, created) = db::begin_change_on(conn, &t.url, &job.settings).await?;
+    // On a tenant's first touch the row locks and the plan's first reads ride in the message
+    // that creates orgctl's schema.
+    let db::Begun {
+        mut tx,
+        created,
+        tail,
+    } = db::begin_change_on(conn, &t.url, &job.settings, &install::plan_tail(&input)).await?;
     // A schema this transaction has just created holds no run row (one statement fewer on a
     // tenant's first touch).
     let prior = if created {
@@ -336,7 +342,7 @@ async fn apply_inner(
             return Ok(r);
         }
     }
-    let plan = install::lock_and_plan(&mut tx, &input, &job.sb).await?;
+    let plan = install::lock_and_plan(&mut tx, &input, &job.sb, tail).await?;
     if let Some(e) = plan.refusal() {
         return Err(e);
     }
