@@ -3,7 +3,7 @@
 # hand-written install run by the real psql binary, side by side in one run, on one throwaway
 # local server (`orgctl dev up`), for two org shapes and two latencies.
 #
-#   ORGCTL=target/release/orgctl bench/backfill.sh          # the defaults below; ~10-20 min
+#   ORGCTL=target/release/orgctl bench/backfill.sh          # the defaults below; ~3 min
 #   ROUNDS=1 N=20 N_PROXY=8 bench/backfill.sh               # a quick look
 #
 # Environment (defaults): ROUNDS (3) rounds, N (60) tenants per variant on loopback, N_PROXY
