@@ -538,9 +538,10 @@ async fn begin_with_settings<'c>(
 /// succeeded): the next BEGIN on this connection would then fail too. Nothing in the message
 /// is expected to fail (the tenant lock's timeout is caught inside it, see
 /// [`TAKE_TENANT_LOCK`]); when something does (a lost connection, a cancelled statement), the
-/// caller's command fails and its connection is not used for another transaction — except by
-/// [`begin_batch`] itself, which opens every message with a ROLLBACK of any such leftover (a
-/// no-op, with a warning the driver ignores, when none is open).
+/// caller's command — or the backfill's tenant — fails, and a transaction begun on that
+/// connection afterwards (the backfill's failure record) fails too, with the original error
+/// already reported. (A ROLLBACK first in every message would clean such a leftover up, at
+/// the price of a warning from the server on every change; not done.)
 async fn begin_batch<'c>(
     conn: &'c mut PgConnection,
     begin: &'static str,
