@@ -536,8 +536,7 @@ async fn begin_with_settings<'c>(
 /// A statement of the message that fails leaves the server in an aborted transaction the
 /// driver does not know it began (sqlx counts a transaction only once its BEGIN message
 /// succeeded): the next BEGIN on this connection would then fail too. Nothing in the message
-/// is expected to fail (the tenant lock's timeout is caught inside it, see
-/// [`TAKE_TENANT_LOCK`]); when something does (a lost connection, a cancelled statement), the
+/// is expected to fail (the tenant lock is only tried there, see [`TAKE_TENANT_LOCK`]); when something does (a lost connection, a cancelled statement), the
 /// caller's command — or the backfill's tenant — fails, and a transaction begun on that
 /// connection afterwards (the backfill's failure record) fails too, with the original error
 /// already reported. (A ROLLBACK first in every message would clean such a leftover up, at
@@ -564,15 +563,19 @@ async fn begin_batch<'c>(
     Ok(conn.begin_with(sql).await?)
 }
 
-/// Take the tenant's advisory lock, waiting at most `lock_timeout`, inside the BEGIN message
-/// of [`begin_change`]: a timeout is caught (a PL/pgSQL block's subtransaction, so the
-/// transaction stays usable) and noted in a transaction-local setting that [`begin_change`]
-/// reads back with its next statement. The constants are [`TENANT_LOCK`].
-const TAKE_TENANT_LOCK: &str = "DO $orgctl$ BEGIN
-    PERFORM pg_advisory_xact_lock(1869768547, 1);
-EXCEPTION WHEN lock_not_available THEN
-    PERFORM set_config('orgctl.tenant_lock', 'busy', true);
-END $orgctl$";
+/// Try the tenant's advisory lock inside the BEGIN message of [`begin_change`], without
+/// waiting: when it is free (the usual case) the change has it; when it is held, a
+/// transaction-local setting says so, [`begin_change`] reads it back with its next statement
+/// and only then waits, at most `lock_timeout`, in a statement of its own (so a timeout there
+/// can name the holder, read before the wait). Plain SQL: no PL/pgSQL block, whose language a
+/// new connection would load (~0.7 ms of server time per tenant) and a DBA may have dropped.
+/// The constants are [`TENANT_LOCK`].
+const TAKE_TENANT_LOCK: &str = "SELECT set_config('orgctl.tenant_lock', 'busy', true)
+  WHERE NOT pg_try_advisory_xact_lock(1869768547, 1)";
+
+/// The wait for the tenant's lock after [`TAKE_TENANT_LOCK`] found it held; clears the note.
+const WAIT_TENANT_LOCK: &str =
+    "SELECT pg_advisory_xact_lock($1, $2), set_config('orgctl.tenant_lock', '', true)";
 
 /// Open the write transaction of a change: BEGIN, orgctl's settings and the tenant's
 /// advisory lock in ONE round trip; then one more message that reads whether the lock was
@@ -625,25 +628,38 @@ pub async fn begin_change_on<'c>(
          {}",
         compatibility_sql()
     );
-    let results = simple_batch(&mut tx, &sql).await?;
-    let (probe, columns) = match results.as_slice() {
-        [p, c] if p.len() == 1 => (&p[0], c),
-        _ => {
-            return Err(Error::failed(
-                "internal: orgctl's first check returned no row",
-            ))
+    let mut waited = false;
+    let access = loop {
+        let results = simple_batch(&mut tx, &sql).await?;
+        let (probe, columns) = match results.as_slice() {
+            [p, c] if p.len() == 1 => (&p[0], c),
+            _ => {
+                return Err(Error::failed(
+                    "internal: orgctl's first check returned no row",
+                ))
+            }
+        };
+        check_compatible(columns)?;
+        if probe.try_get::<bool, _>(0)? {
+            if waited {
+                return Err(Error::failed(
+                    "internal: the tenant lock is still noted busy after the wait for it",
+                ));
+            }
+            // Held by another session: wait for it as --lock-timeout allows; once had, read
+            // the checks again (the holder may have changed orgctl's schema meanwhile).
+            if let Err(e) = wait_for_tenant_lock(&mut tx, settings).await {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+            waited = true;
+            continue;
         }
-    };
-    check_compatible(columns)?;
-    if probe.try_get::<bool, _>(0)? {
-        let (holder, by_orgctl) = lock_holder(&mut tx).await.unwrap_or_default();
-        let _ = tx.rollback().await;
-        return Err(lock_refusal(&holder, by_orgctl, settings));
-    }
-    let access = match probe.try_get::<Option<bool>, _>(1)? {
-        None => Access::Absent,
-        Some(true) => Access::Readable,
-        Some(false) => Access::NotReadable,
+        break match probe.try_get::<Option<bool>, _>(1)? {
+            None => Access::Absent,
+            Some(true) => Access::Readable,
+            Some(false) => Access::NotReadable,
+        };
     };
     let (created, tail) = ensure_orgctl_schema_in(&mut tx, url, access, tail).await?;
     Ok(Begun { tx, created, tail })
@@ -740,8 +756,15 @@ pub async fn lock_tenant(conn: &mut PgConnection, settings: &Settings) -> Result
     if got {
         return Ok(());
     }
+    wait_for_tenant_lock(conn, settings).await
+}
+
+/// The tenant lock was found held: name the holder, then wait for the lock at most
+/// `--lock-timeout`. A timeout is the refusal naming the holder (the transaction is then
+/// aborted: roll it back).
+async fn wait_for_tenant_lock(conn: &mut PgConnection, settings: &Settings) -> Result<()> {
     let (holder, by_orgctl) = lock_holder(conn).await.unwrap_or_default();
-    match query("SELECT pg_advisory_xact_lock($1, $2)")
+    match query(WAIT_TENANT_LOCK)
         .bind(TENANT_LOCK.0)
         .bind(TENANT_LOCK.1)
         .execute(&mut *conn)

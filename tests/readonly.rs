@@ -106,3 +106,145 @@ fn a_read_only_server_is_named_exit_1() {
         assert!(r.code == 0 || r.code == 1, "{}", r.stderr);
     }
 }
+
+/// The tenant lock held while orgctl starts: orgctl waits for it, and what the holder did
+/// meanwhile is what orgctl sees once it has the lock — its checks are read again after the
+/// wait. Here the holder (another role) creates orgctl's schema, which orgctl's role may not
+/// use: the refusal says so ("may not use orgctl's own schema"), not the CREATE SCHEMA hint of
+/// a schema still thought absent. Nothing changes.
+#[tokio::test]
+async fn what_the_lock_holder_did_is_seen_after_the_wait() {
+    let db = TestDb::sample();
+    assert!(db.snapshot().contains("== orgctl\nabsent"));
+    let url = read_only_role(&db);
+    let mut holder = db.connect().await;
+    for q in [
+        "BEGIN",
+        "SELECT pg_advisory_xact_lock(1869768547, 1)",
+        "CREATE SCHEMA orgctl",
+        "CREATE TABLE orgctl._sqlx_migrations (version BIGINT PRIMARY KEY)",
+    ] {
+        if let Err(e) = sqlx::query(q).execute(&mut holder).await {
+            panic!("{q}: {e}");
+        }
+    }
+    let run = tokio::spawn(
+        Cmd::new(&[
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "--lock-timeout",
+            "30s",
+        ])
+        .env("DATABASE_URL", &url)
+        .run_async(),
+    );
+    orgctl_waits_for_the_tenant_lock(&db).await;
+    if let Err(e) = sqlx::query("COMMIT").execute(&mut holder).await {
+        panic!("{e}");
+    }
+    let before = db.snapshot();
+    let r = match run.await {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    r.code(3).one_line_error("may not use orgctl's own schema");
+    assert_eq!(db.snapshot(), before);
+}
+
+/// A tenant whose database has no PL/pgSQL (a DBA dropped the language): every change is
+/// plain SQL, so install, the backfill and a wait for the tenant lock work there.
+#[tokio::test]
+async fn a_database_without_plpgsql_is_changed_as_any_other() {
+    let db = TestDb::sample();
+    db.exec("DROP EXTENSION plpgsql");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pg_language WHERE lanname = 'plpgsql'"),
+        "0"
+    );
+    // The tenant lock held for a moment: orgctl waits for it, then installs.
+    let mut holder = db.connect().await;
+    if let Err(e) = sqlx::query("SELECT pg_advisory_lock(1869768547, 1)")
+        .execute(&mut holder)
+        .await
+    {
+        panic!("{e}");
+    }
+    let run = tokio::spawn(
+        db.orgctl(&[
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "--lock-timeout",
+            "30s",
+        ])
+        .run_async(),
+    );
+    orgctl_waits_for_the_tenant_lock(&db).await;
+    drop(holder);
+    let r = match run.await {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    r.code(0);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL"),
+        "1"
+    );
+    // And a fleet tenant without it, on its first touch.
+    let fresh = TestDb::sample();
+    fresh.exec("DROP EXTENSION plpgsql");
+    let tenants = crate::harness::tenants_file(
+        &format!("noplpgsql-{}", fresh.name),
+        &format!("acme {}\n", fresh.url),
+    );
+    let path = tenants.to_str().unwrap_or_default();
+    Cmd::new(&[
+        "backfill",
+        "run",
+        "--tenants",
+        path,
+        "--model",
+        "m",
+        "--yes",
+        "-q",
+    ])
+    .run_async()
+    .await
+    .code(0);
+    assert_eq!(
+        fresh.scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL"),
+        "1"
+    );
+    let _ = std::fs::remove_file(&tenants);
+}
+
+/// Polls (with a deadline) until an orgctl session waits on the tenant's advisory lock.
+async fn orgctl_waits_for_the_tenant_lock(db: &TestDb) {
+    let mut admin = db.connect().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = match sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = $1 AND application_name = 'orgctl'
+                AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+        )
+        .bind(&db.name)
+        .fetch_one(&mut admin)
+        .await
+        {
+            Ok(n) => n,
+            Err(e) => panic!("{e}"),
+        };
+        if waiting == 1 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orgctl never waited on the tenant lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
