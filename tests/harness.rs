@@ -465,7 +465,12 @@ impl Cmd {
             if let Some(data) = &self.stdin {
                 use std::io::Write;
                 if let Some(mut si) = child.stdin.take() {
-                    si.write_all(data)?;
+                    // A command that refuses before reading its stdin may exit first: the
+                    // write then meets a closed pipe, which is its answer, not a harness error.
+                    match si.write_all(data) {
+                        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e),
+                        _ => {}
+                    }
                 }
             }
             child.wait_with_output()
