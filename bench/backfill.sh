@@ -146,6 +146,9 @@ wait_idle() { # until no client backend is left (the variant's connections have 
 # --- The delay proxy -------------------------------------------------------------------------
 start_proxy() { # name delay_ms [--stats FILE] -> sets PROXY_PORT
   local name=$1 delay=$2 i; shift 2
+  # Emptied here, not only by the redirection below: that runs in the background child, and
+  # the loop could still read a stopped proxy's "port" line from the file before it does.
+  : >"$WORK/$name.out"
   python3 bench/delay_proxy.py --target-port "$PORT" --delay-ms "$delay" "$@" \
     >"$WORK/$name.out" 2>"$WORK/$name.err" &
   PROXY_PID=$!
