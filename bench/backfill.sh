@@ -102,9 +102,15 @@ say() { echo "$*" >&2; }
 machine_header "$ORGCTL"
 src=$(cd "$(dirname "$ORGCTL")" && git rev-parse --show-toplevel 2>/dev/null || true)
 if [ -n "$src" ]; then
-  src="$src at $(git -C "$src" rev-parse --short HEAD)$( [ -z "$(git -C "$src" status --porcelain --untracked-files=no 2>/dev/null)" ] || echo ' + uncommitted changes')"
+  # What the binary is built from: the last commit that changed what goes into it (a commit
+  # of the README or of this script since does not change the binary), and whether the
+  # binary is older than that commit (a stale build).
+  read -r last_src last_time <<<"$(git -C "$src" log -1 --format='%h %ct' -- src Cargo.toml Cargo.lock migrations build.rs)"
+  stale=""
+  [ -n "$last_time" ] && [ "$(date -r "$ORGCTL" +%s)" -lt "$last_time" ] && stale=' (the binary is OLDER than that commit: rebuild)'
+  src="$src, whose sources were last changed by $last_src$stale$( [ -z "$(git -C "$src" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock migrations 2>/dev/null)" ] || echo ' + uncommitted changes to them')"
 fi
-echo "binary:  sha256 $(sha256sum "$BIN" | cut -c1-12), modified $(date -u -r "$ORGCTL" '+%Y-%m-%d %H:%M:%S UTC'), copied at the start${src:+; built from $src}"
+echo "binary:  sha256 $(sha256sum "$BIN" | cut -c1-12), modified $(date -u -r "$ORGCTL" '+%Y-%m-%d %H:%M:%S UTC'), copied at the start${src:+; checkout $src}"
 echo "psql:    $PSQL ($("$PSQL" --version))"
 echo "run:     ROUNDS=$ROUNDS N=$N N_PROXY=$N_PROXY RTT_MS=$RTT_MS variants: ${VARIANTS[*]} (order rotated per round)"
 echo "server:  ${BASE#*@}, dev up settings (fsync off), autovacuum off for the run"

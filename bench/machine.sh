@@ -11,5 +11,5 @@ machine_header() {
   echo "machine: $(uname -srm), $(nproc) CPU(s)${cpu:+ ($cpu)}, $(awk '{printf "%.1f GiB", $2/1048576}' <(grep MemTotal /proc/meminfo))"
   echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min, at start)"
   echo "server:  $pg"
-  echo "orgctl:  $bin ($profile build, $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+  echo "orgctl:  $bin ($profile build; checkout at $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 }
