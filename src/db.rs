@@ -536,10 +536,10 @@ async fn begin_with_settings<'c>(
 /// A statement of the message that fails leaves the server in an aborted transaction the
 /// driver does not know it began (sqlx counts a transaction only once its BEGIN message
 /// succeeded): the next BEGIN on this connection would then fail too. Nothing in the message
-/// is expected to fail (the tenant lock is only tried there, see [`TAKE_TENANT_LOCK`]); when something does (a lost connection, a cancelled statement), the
-/// caller's command — or the backfill's tenant — fails, and a transaction begun on that
-/// connection afterwards (the backfill's failure record) fails too, with the original error
-/// already reported. (A ROLLBACK first in every message would clean such a leftover up, at
+/// is expected to fail (the tenant lock is only tried there, see [`TAKE_TENANT_LOCK`]); when
+/// something does (a lost connection, a cancelled statement), the caller's command — or the
+/// backfill's tenant — fails, and a transaction begun on that connection afterwards (the
+/// backfill's failure record) fails too, with the original error already reported. (A ROLLBACK first in every message would clean such a leftover up, at
 /// the price of a warning from the server on every change; not done.)
 async fn begin_batch<'c>(
     conn: &'c mut PgConnection,
