@@ -1012,3 +1012,44 @@ pub fn tenants_file(tag: &str, text: &str) -> PathBuf {
     }
     p
 }
+
+/// A transaction on the server itself (not through orgctl or a pooler), as a platform
+/// transaction would hold: BEGIN, then `sqls`; it lasts until the connection is dropped or
+/// ends it.
+pub async fn hold(db: &TestDb, sqls: &[&str]) -> PgConnection {
+    let mut c = db.connect().await;
+    for sql in std::iter::once(&"BEGIN").chain(sqls) {
+        if let Err(e) = sqlx::query(sql).execute(&mut c).await {
+            panic!("{sql}: {e}");
+        }
+    }
+    c
+}
+
+/// The pid of orgctl's backend in database `datname` once it waits on a lock (a row, the
+/// tenant's advisory lock), polled from pg_stat_activity with a deadline.
+pub async fn orgctl_waiting(admin: &mut PgConnection, datname: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pid: Option<i32> = match sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = $1 AND application_name = 'orgctl' AND wait_event_type = 'Lock'
+              LIMIT 1",
+        )
+        .bind(datname)
+        .fetch_optional(&mut *admin)
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        };
+        if let Some(pid) = pid {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orgctl never waited on the held lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

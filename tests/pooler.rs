@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
-use crate::harness::{ids, server, Bouncer, Cmd, PoolMode, Run, TestDb};
+use crate::harness::{hold, ids, orgctl_waiting, server, Bouncer, Cmd, PoolMode, Run, TestDb};
 
 /// The platform tables of a snapshot (orgctl's own schema appears with the first apply,
 /// before its transaction, and stays).
@@ -339,46 +339,6 @@ fn a_bad_pooler_mode_is_a_usage_error() {
     assert_eq!(db.snapshot(), before);
 }
 
-/// A transaction on the server itself (not through the pooler), as a platform transaction.
-async fn hold(db: &TestDb, sqls: &[&str]) -> sqlx::PgConnection {
-    let mut c = db.connect().await;
-    for sql in std::iter::once(&"BEGIN").chain(sqls) {
-        if let Err(e) = sqlx::query(sql).execute(&mut c).await {
-            panic!("{e}");
-        }
-    }
-    c
-}
-
-/// The pid of orgctl's backend once it waits on a lock (application_name set through the
-/// pooler), polled from pg_stat_activity.
-async fn orgctl_waiting(db: &TestDb) -> i32 {
-    let mut admin = db.connect().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let pid: Option<i32> = match sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity
-              WHERE datname = $1 AND application_name = 'orgctl' AND wait_event_type = 'Lock'
-              LIMIT 1",
-        )
-        .bind(&db.name)
-        .fetch_optional(&mut admin)
-        .await
-        {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
-        };
-        if let Some(pid) = pid {
-            return pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "orgctl never waited on the held lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Run orgctl; if it has not finished 20s later (a timeout not in force), release the holder
 /// so it cannot hang the suite, and return what it then did.
 async fn run_with_watchdog(cmd: Cmd, holder: sqlx::PgConnection) -> (Run, Duration) {
@@ -471,7 +431,7 @@ async fn statement_timeout_holds_inside_the_pooled_transaction_and_0_means_no_li
     .env("DATABASE_URL", &url);
     let started = Instant::now();
     let run = tokio::spawn(cmd.run_async());
-    orgctl_waiting(&db).await;
+    orgctl_waiting(&mut db.connect().await, &db.name).await;
     let r = match tokio::time::timeout(Duration::from_secs(20), run).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => panic!("{e}"),
@@ -499,7 +459,7 @@ async fn statement_timeout_holds_inside_the_pooled_transaction_and_0_means_no_li
         .env("DATABASE_URL", &url)
         .run_async(),
     );
-    orgctl_waiting(&db).await;
+    orgctl_waiting(&mut db.connect().await, &db.name).await;
     if let Err(e) = sqlx::query("ROLLBACK").execute(&mut holder).await {
         panic!("{e}");
     }

@@ -2,7 +2,7 @@
 //! orgctl can run `status` and every dry run (orgctl's own state reported as not readable);
 //! a read-only server is named as such, exit 1, not a CREATE SCHEMA hint.
 
-use crate::harness::{ids, server, urlencode, Cmd, TestDb, PASSWORD};
+use crate::harness::{hold, ids, orgctl_waiting, server, urlencode, Cmd, TestDb, PASSWORD};
 
 /// A login role that can read the platform tables but not orgctl's schema.
 fn read_only_role(db: &TestDb) -> String {
@@ -117,17 +117,15 @@ async fn what_the_lock_holder_did_is_seen_after_the_wait() {
     let db = TestDb::sample();
     assert!(db.snapshot().contains("== orgctl\nabsent"));
     let url = read_only_role(&db);
-    let mut holder = db.connect().await;
-    for q in [
-        "BEGIN",
-        "SELECT pg_advisory_xact_lock(1869768547, 1)",
-        "CREATE SCHEMA orgctl",
-        "CREATE TABLE orgctl._sqlx_migrations (version BIGINT PRIMARY KEY)",
-    ] {
-        if let Err(e) = sqlx::query(q).execute(&mut holder).await {
-            panic!("{q}: {e}");
-        }
-    }
+    let mut holder = hold(
+        &db,
+        &[
+            "SELECT pg_advisory_xact_lock(1869768547, 1)",
+            "CREATE SCHEMA orgctl",
+            "CREATE TABLE orgctl._sqlx_migrations (version BIGINT PRIMARY KEY)",
+        ],
+    )
+    .await;
     let run = tokio::spawn(
         Cmd::new(&[
             "install-platform-agent",
@@ -140,7 +138,7 @@ async fn what_the_lock_holder_did_is_seen_after_the_wait() {
         .env("DATABASE_URL", &url)
         .run_async(),
     );
-    orgctl_waits_for_the_tenant_lock(&db).await;
+    orgctl_waiting(&mut db.connect().await, &db.name).await;
     if let Err(e) = sqlx::query("COMMIT").execute(&mut holder).await {
         panic!("{e}");
     }
@@ -164,13 +162,7 @@ async fn a_database_without_plpgsql_is_changed_as_any_other() {
         "0"
     );
     // The tenant lock held for a moment: orgctl waits for it, then installs.
-    let mut holder = db.connect().await;
-    if let Err(e) = sqlx::query("SELECT pg_advisory_lock(1869768547, 1)")
-        .execute(&mut holder)
-        .await
-    {
-        panic!("{e}");
-    }
+    let holder = hold(&db, &["SELECT pg_advisory_xact_lock(1869768547, 1)"]).await;
     let run = tokio::spawn(
         db.orgctl(&[
             "install-platform-agent",
@@ -182,7 +174,7 @@ async fn a_database_without_plpgsql_is_changed_as_any_other() {
         ])
         .run_async(),
     );
-    orgctl_waits_for_the_tenant_lock(&db).await;
+    orgctl_waiting(&mut db.connect().await, &db.name).await;
     drop(holder);
     let r = match run.await {
         Ok(r) => r,
@@ -219,32 +211,4 @@ async fn a_database_without_plpgsql_is_changed_as_any_other() {
         "1"
     );
     let _ = std::fs::remove_file(&tenants);
-}
-
-/// Polls (with a deadline) until an orgctl session waits on the tenant's advisory lock.
-async fn orgctl_waits_for_the_tenant_lock(db: &TestDb) {
-    let mut admin = db.connect().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let waiting: i64 = match sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = $1 AND application_name = 'orgctl'
-                AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-        )
-        .bind(&db.name)
-        .fetch_one(&mut admin)
-        .await
-        {
-            Ok(n) => n,
-            Err(e) => panic!("{e}"),
-        };
-        if waiting == 1 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "orgctl never waited on the tenant lock"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }

@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::harness::{ids, Cmd, PrivateServer, Run, TestDb};
+use crate::harness::{ids, orgctl_waiting, Cmd, PrivateServer, Run, TestDb};
 use crate::status::{parse as parse_status, status_json};
 
 /// Opt-in for the larger sizes of the suite (never for whether a scenario runs).
@@ -603,32 +603,6 @@ async fn hold_token_row(db_url: &str) -> sqlx::PgConnection {
         }
     }
     c
-}
-
-/// The pid of orgctl's backend once it waits on a lock.
-async fn orgctl_waiting(admin: &mut sqlx::PgConnection, datname: &str) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let pid: Option<i32> = match sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity
-              WHERE datname = $1 AND application_name = 'orgctl' AND wait_event_type = 'Lock'
-              LIMIT 1",
-        )
-        .bind(datname)
-        .fetch_optional(&mut *admin)
-        .await
-        {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
-        };
-        if let Some(pid) = pid {
-            return pid;
-        }
-        if Instant::now() > deadline {
-            panic!("orgctl never waited on the held row");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
