@@ -26,7 +26,7 @@
 # failing variant cannot look fast.
 #
 # Shapes: `tiny`, 15 rows (3 roots one removed, 4 children, 4 tokens, 3 allowlist rows with a
-# collision, 1 secret) on migrations/platform/0001_platform.sql; `sample`, the `dev up` sample
+# collision, 1 secret) on migrations/platform/schema-2026-08.sql; `sample`, the `dev up` sample
 # org (template orgctl_dev: the real schema's shape, 0001 + 0002).
 # Latencies: `direct` (loopback) and `proxy`: tenant URLs point at bench/delay_proxy.py, which
 # delays every chunk about RTT_MS/2 each way, in order (127.0.0.1 only). The round trip it adds
@@ -179,7 +179,7 @@ url_for() { # lat db
 
 # --- The two shapes ----------------------------------------------------------------------------
 psql_db postgres -c "CREATE DATABASE tmpl_tiny" >/dev/null
-psql_db tmpl_tiny -f migrations/platform/0001_platform.sql >/dev/null
+psql_db tmpl_tiny -f migrations/platform/schema-2026-08.sql >/dev/null
 psql_db tmpl_tiny >/dev/null <<'SQL'
 INSERT INTO workspaces (id, name, role, tier, status, parent_id, kind, created_at) VALUES
  ('11000000-0000-4000-8000-000000000001', 'Tiny HQ',   'org', 1, 'online',  NULL, NULL,        '2024-01-01T00:00:00Z'),

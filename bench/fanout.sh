@@ -25,7 +25,7 @@ psql_() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 machine_header "$ORGCTL"
 psql_ "$base/postgres" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS bench_f" -c "CREATE DATABASE bench_f" \
       -c "COMMENT ON DATABASE bench_f IS 'orgctl dev database'" >/dev/null
-psql_ "$base/bench_f" -f migrations/platform/0001_platform.sql >/dev/null
+psql_ "$base/bench_f" -f migrations/platform/schema-2026-08.sql >/dev/null
 "$ORGCTL" dev seed -q --database-url "$base/bench_f" --roots "$ROOTS" --workspaces "$WORKSPACES" \
   --tokens 1000 --tokens-on-roots 100 --allowlist 100
 psql_ "$base/bench_f" -c "VACUUM ANALYZE" >/dev/null

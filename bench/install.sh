@@ -29,7 +29,7 @@ calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
 echo "seeding the template (SPEC §4 sizes unless SEED_ARGS is set)…" >&2
 psql_ "$base/postgres" -c "DROP DATABASE IF EXISTS bench_tmpl" -c "CREATE DATABASE bench_tmpl" \
       -c "COMMENT ON DATABASE bench_tmpl IS 'orgctl dev database'"
-psql_ "$base/bench_tmpl" -f migrations/platform/0001_platform.sql
+psql_ "$base/bench_tmpl" -f migrations/platform/schema-2026-08.sql
 # shellcheck disable=SC2086
 "$ORGCTL" dev seed -q --database-url "$base/bench_tmpl" ${SEED_ARGS:-}
 psql_ "$base/bench_tmpl" -c "VACUUM ANALYZE"

@@ -25,7 +25,7 @@ machine_header "$ORGCTL"
 echo "seeding (SPEC §4 sizes unless SEED_ARGS is set)…" >&2
 psql_ "$base/postgres" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS bench_tmpl" -c "CREATE DATABASE bench_tmpl" \
       -c "COMMENT ON DATABASE bench_tmpl IS 'orgctl dev database'" >/dev/null
-psql_ "$base/bench_tmpl" -f migrations/platform/0001_platform.sql >/dev/null
+psql_ "$base/bench_tmpl" -f migrations/platform/schema-2026-08.sql >/dev/null
 # shellcheck disable=SC2086
 "$ORGCTL" dev seed -q --database-url "$base/bench_tmpl" ${SEED_ARGS:-}
 psql_ "$base/bench_tmpl" -c "VACUUM ANALYZE" >/dev/null

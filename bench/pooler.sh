@@ -47,7 +47,7 @@ if [ -n "$BASE" ]; then VARIANTS+=("base"); CMD["base"]="$BASE"; fi
 echo "server ${SRV#*@}; binary $ORGCTL; base ${BASE:-none}; $ROUNDS rounds, K=$K, N=$N; $(nproc) CPU(s), load $(cut -d' ' -f1 /proc/loadavg)" >&2
 psql_ "$SRV/postgres" -c "CREATE DATABASE bench_sample TEMPLATE orgctl_dev" >/dev/null
 psql_ "$SRV/postgres" -c "CREATE DATABASE bench_big" -c "COMMENT ON DATABASE bench_big IS 'orgctl dev database'" >/dev/null
-psql_ "$SRV/bench_big" -f migrations/platform/0001_platform.sql >/dev/null
+psql_ "$SRV/bench_big" -f migrations/platform/schema-2026-08.sql >/dev/null
 # shellcheck disable=SC2086
 "$ORGCTL" dev seed -q --database-url "$SRV/bench_big" ${SEED_ARGS:---roots 50 --workspaces 5000 --tokens 20000 --tokens-on-roots 10000 --allowlist 5000}
 psql_ "$SRV/bench_big" -c "VACUUM ANALYZE" >/dev/null

@@ -32,7 +32,7 @@ NEW_KEY=$(head -c 32 /dev/urandom | base64)
 echo "seeding the template ($WORKSPACES workspaces x 8 secrets + $GLOBALS global secrets)…" >&2
 psql_ "$base/postgres" -c "DROP DATABASE IF EXISTS rekey_tmpl" -c "CREATE DATABASE rekey_tmpl" \
       -c "COMMENT ON DATABASE rekey_tmpl IS 'orgctl dev database'"
-psql_ "$base/rekey_tmpl" -f migrations/platform/0001_platform.sql
+psql_ "$base/rekey_tmpl" -f migrations/platform/schema-2026-08.sql
 # Half of the rows first, as plaintext; orgctl encrypts them (version 1 under OLD_KEY); then the
 # other half as plaintext (version 0). Values are 64-byte strings, like API keys.
 seed() { # $1 = workspace key numbers, $2 = global range

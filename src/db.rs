@@ -19,15 +19,10 @@ use crate::redact;
 /// there, so it never meets a platform's table of the same name).
 pub static ORGCTL_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/orgctl");
 
-/// The platform tables orgctl touches, as the platform defines them, plus the shape of the
-/// real schema around them (more workspaces columns, tables referencing workspaces in each
-/// way). Applied only to databases orgctl creates itself (`dev up`, tests), never to a real
-/// tenant.
-pub const PLATFORM_SCHEMA_SQL: &str = concat!(
-    include_str!("../migrations/platform/0001_platform.sql"),
-    "\n",
-    include_str!("../migrations/platform/0002_real_shape.sql"),
-);
+/// The platform's schema as it ships (a schema-only dump of a database built from its
+/// migrations through 2026-08, kept verbatim as a fixture). Applied only to databases orgctl
+/// creates itself (`dev up`, tests), never to a real tenant.
+pub const PLATFORM_SCHEMA_SQL: &str = include_str!("../migrations/platform/schema-2026-08.sql");
 
 /// An older tenant's variant, applied after [`PLATFORM_SCHEMA_SQL`]: `workspaces.status` as
 /// TEXT instead of the enum (dev/test only).

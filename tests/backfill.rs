@@ -287,7 +287,7 @@ fn rollback_restores_every_tenant_byte_for_byte_and_twice_is_a_no_op() {
     let plain = TestDb::sample();
     // A partly installed tenant: an agent under HQ with its own token, a later 'github' row
     // (merged away by the install) and an old MODEL (replaced).
-    let partial = TestDb::sample();
+    let partial = TestDb::sample().before_platform_constraints();
     partial.exec(&format!(
         "INSERT INTO workspaces (id, name, kind, tier, parent_id, updated_at)
               VALUES ('f0000000-0000-4000-8000-000000000001', 'Old Agent', 'platform', 2, '{}', '2024-05-05T05:05:05.123456Z');
@@ -1340,7 +1340,7 @@ fn the_progress_bar_shows_done_failed_and_in_flight_with_a_rounded_rate() {
 fn a_refused_plan_is_reported_as_itself_not_as_a_lock_timeout() {
     // The row locks travel in the plan's first message; only their own timeout is said as
     // "could not lock": a plan refusal (here several platform agents) keeps its own words.
-    let db = TestDb::sample();
+    let db = TestDb::sample().before_platform_constraints();
     db.exec(
         "INSERT INTO workspaces (id, name, kind) VALUES
            ('11111111-0000-4000-8000-000000000001', 'P1', 'platform'),

@@ -268,6 +268,18 @@ impl TestDb {
         }
     }
 
+    /// This database as an older tenant, before the platform kept its agent at the root, allowed
+    /// only one per database and made `kind` NOT NULL: orgctl's own guards for such tenants are
+    /// tested on it.
+    pub fn before_platform_constraints(self) -> Self {
+        self.exec(
+            "DROP INDEX uniq_workspaces_one_platform_root;
+             ALTER TABLE workspaces DROP CONSTRAINT workspaces_platform_root_check;
+             ALTER TABLE workspaces ALTER COLUMN kind DROP NOT NULL;",
+        );
+        self
+    }
+
     /// A fresh database copied from this one (which must have no open connections): build an
     /// expensive fixture once, then give each test its own copy.
     pub fn copy_of(&self) -> Self {
@@ -297,24 +309,15 @@ impl TestDb {
     /// Every platform table's full contents, sorted, plus whether orgctl's schema exists: equal
     /// snapshots mean nothing changed.
     pub fn snapshot(&self) -> String {
-        let tables = [
-            "workspaces",
-            "workspace_secrets",
-            "global_secrets",
-            "org_api_tokens",
-            "org_plugin_allowlist",
-            "rescue_bundles",
-            "canvas_layouts",
-            "activity_logs",
-            "workspace_auth_tokens",
-            "agent_memories",
-            "agents",
-            "approval_requests",
-            "delegations",
-        ];
+        // Every table of the platform's schema, found in the catalog (the real schema has ~40),
+        // so a write to any of them shows.
+        let tables = self.exec(
+            "SELECT string_agg(quote_ident(relname), ' ' ORDER BY relname) FROM pg_class \
+             WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'",
+        );
         // One psql call: every table's rows sorted, then whether orgctl's schema exists.
         let parts: Vec<String> = tables
-            .iter()
+            .split_whitespace()
             .enumerate()
             .map(|(i, t)| {
                 format!(

@@ -400,7 +400,7 @@ fn second_run_changes_nothing_and_writes_nothing() {
 
 #[test]
 fn refuses_several_agents_listing_them() {
-    let db = TestDb::sample();
+    let db = TestDb::sample().before_platform_constraints();
     db.exec(
         "INSERT INTO workspaces (id, name, kind) VALUES
            ('11111111-0000-4000-8000-000000000001', 'P1', 'platform'),
@@ -494,7 +494,7 @@ fn refuses_id_of_an_ordinary_workspace_or_a_different_agent() {
 
 #[test]
 fn existing_agent_under_a_root_is_promoted() {
-    let db = TestDb::sample();
+    let db = TestDb::sample().before_platform_constraints();
     let agent = "44444444-0000-4000-8000-000000000001";
     db.exec(&format!(
         "INSERT INTO workspaces (id, name, kind, tier, parent_id) VALUES ('{agent}', 'Old concierge', 'platform', 2, '{}');

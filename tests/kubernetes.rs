@@ -151,7 +151,7 @@ fn a_simulated_indexed_job_applies_every_tenant_once_and_status_agrees() {
     let shared: Vec<TestDb> = (0..3).map(|_| TestDb::empty()).collect();
     let platform = match std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("migrations/platform/0001_platform.sql"),
+            .join("migrations/platform/schema-2026-08.sql"),
     ) {
         Ok(s) => s,
         Err(e) => panic!("{e}"),

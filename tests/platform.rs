@@ -160,17 +160,17 @@ fn restart_tenant(text_status: bool) -> TestDb {
     }
     db.exec(&format!(
         "INSERT INTO workspaces (id, name, status, parent_id, runtime, kind) VALUES
-           ('{root}', 'root', 'online', NULL, 'langgraph', NULL),
+           ('{root}', 'root', 'online', NULL, 'langgraph', 'workspace'),
            ('{agent}', 'agent', 'online', NULL, 'langgraph', 'platform'),
-           ('{paused}', 'paused', 'paused', '{root}', 'langgraph', NULL),
-           ('{child}', 'child', 'online', '{paused}', 'langgraph', NULL),
+           ('{paused}', 'paused', 'paused', '{root}', 'langgraph', 'workspace'),
+           ('{child}', 'child', 'online', '{paused}', 'langgraph', 'workspace'),
            ('{grand}', 'grandchild', 'online', '{child}', NULL, 'workspace'),
-           ('{hib}', 'hibernated', 'hibernated', '{root}', 'langgraph', NULL),
-           ('{rem}', 'removed', 'removed', '{root}', 'langgraph', NULL),
-           ('{ext}', 'external', 'online', '{root}', 'external', NULL),
-           ('{nullrt}', 'null runtime', 'online', '{root}', NULL, NULL),
+           ('{hib}', 'hibernated', 'hibernated', '{root}', 'langgraph', 'workspace'),
+           ('{rem}', 'removed', 'removed', '{root}', 'langgraph', 'workspace'),
+           ('{ext}', 'external', 'online', '{root}', 'external', 'workspace'),
+           ('{nullrt}', 'null runtime', 'online', '{root}', NULL, 'workspace'),
            ('{online}', 'online', 'degraded', '{root}', 'langgraph', 'workspace'),
-           ('{underhib}', 'under hibernated', 'online', '{hib}', 'langgraph', NULL)",
+           ('{underhib}', 'under hibernated', 'online', '{hib}', 'langgraph', 'workspace')",
         root = w::ROOT,
         agent = w::AGENT,
         paused = w::PAUSED,
@@ -443,9 +443,9 @@ fn run_backfill(fleet: &OneTenant, run_id: &str) {
 fn live(db: &TestDb, agent: &str) {
     db.exec(&format!(
         "UPDATE workspaces SET status = 'online', url = 'http://agent.internal:8000',
-                last_heartbeat_at = now(), restart_count = 2, updated_at = now() + interval '1 minute'
+                last_heartbeat_at = now(), uptime_seconds = 120, updated_at = now() + interval '1 minute'
           WHERE id = '{agent}';
-         INSERT INTO activity_logs (workspace_id, event) VALUES ('{agent}', 'registered'), ('{agent}', 'turn');
+         INSERT INTO activity_logs (workspace_id, activity_type) VALUES ('{agent}', 'registered'), ('{agent}', 'turn');
          INSERT INTO agents (id, workspace_id, model) VALUES ('ab000000-0000-4000-8000-000000000001', '{agent}', 'm');"
     ));
 }
@@ -620,8 +620,8 @@ fn an_agent_whose_only_change_is_its_status_rolls_back_without_force() {
 }
 
 /// Every kind of reference the catalog has, found at the moment of the rollback: a second
-/// self-reference (`forwarded_to`), ON DELETE SET NULL, a table with two references, and a
-/// table created after the run.
+/// self-reference (`forwarded_to`), ON DELETE SET NULL (the platform's own token audit log), a
+/// plain reference (approval requests), and a table created after the run.
 #[test]
 fn references_are_found_through_the_catalog_at_rollback_time() {
     let db = TestDb::sample();
@@ -630,12 +630,11 @@ fn references_are_found_through_the_catalog_at_rollback_time() {
     let agent = db.scalar(AGENT_NAME_CHECK);
     db.exec(&format!(
         "UPDATE workspaces SET forwarded_to = '{agent}' WHERE id = '{research}';
-         INSERT INTO delegations (from_workspace_id, task) VALUES ('{agent}', 'triage');
-         INSERT INTO approval_requests (workspace_id, approver_workspace_id) VALUES ('{hq}', '{agent}');
+         INSERT INTO org_token_audit_logs (action, actor, org_id) VALUES ('mint', 'session', '{agent}');
+         INSERT INTO approval_requests (workspace_id, action) VALUES ('{agent}', 'deploy');
          CREATE TABLE late_refs (id SERIAL PRIMARY KEY, ws UUID REFERENCES workspaces(id) ON DELETE CASCADE);
          INSERT INTO late_refs (ws) VALUES ('{agent}'), ('{agent}'), ('{agent}');",
         research = ids::RESEARCH,
-        hq = ids::HQ,
     ));
     let r = fleet
         .cmd(&["rollback", "--run-id", "catalog", "--yes", "-o", "json"])
@@ -657,8 +656,8 @@ fn references_are_found_through_the_catalog_at_rollback_time() {
         })
         .unwrap_or_default();
     let want: BTreeSet<(String, String, i64)> = [
-        ("approval_requests", "approver_workspace_id", 1),
-        ("delegations", "from_workspace_id", 1),
+        ("approval_requests", "workspace_id", 1),
+        ("org_token_audit_logs", "org_id", 1),
         ("late_refs", "ws", 3),
         ("workspaces", "forwarded_to", 1),
     ]
@@ -678,8 +677,8 @@ fn references_are_found_through_the_catalog_at_rollback_time() {
     assert_eq!(
         db.scalar(&format!(
             "SELECT (SELECT count(*) FROM late_refs WHERE ws = '{agent}') || ' ' ||
-                    (SELECT count(*) FROM delegations WHERE from_workspace_id = '{agent}') || ' ' ||
-                    (SELECT count(*) FROM approval_requests WHERE approver_workspace_id = '{agent}') || ' ' ||
+                    (SELECT count(*) FROM org_token_audit_logs WHERE org_id = '{agent}') || ' ' ||
+                    (SELECT count(*) FROM approval_requests WHERE workspace_id = '{agent}') || ' ' ||
                     (SELECT count(*) FROM workspaces WHERE forwarded_to = '{agent}') || ' ' ||
                     (SELECT status::text FROM workspaces WHERE id = '{agent}')"
         )),

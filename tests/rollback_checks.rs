@@ -67,7 +67,7 @@ fn autovacuum_off(db: &TestDb) {
 /// A partly installed tenant: an existing agent (updated by the run), a later allowlist row the
 /// run merges away, an old MODEL the run replaces — so every kind of restore is verified.
 fn partly_installed() -> TestDb {
-    let db = TestDb::sample();
+    let db = TestDb::sample().before_platform_constraints();
     db.exec(&format!(
         "INSERT INTO workspaces (id, name, kind, tier, parent_id, updated_at)
               VALUES ('f0000000-0000-4000-8000-000000000001', 'Old Agent', 'platform', 2, '{}', '2024-05-05T05:05:05.123456Z');

@@ -14,11 +14,9 @@ use crate::harness::{ids, tenants_file, Cmd, TestDb};
 
 #[test]
 fn a_text_status_column_is_printed_sanitised() {
-    let db = TestDb::sample();
+    let db = TestDb::sample_text_status();
     db.exec(
-        "ALTER TABLE workspaces ALTER COLUMN status DROP DEFAULT;
-         ALTER TABLE workspaces ALTER COLUMN status TYPE text USING status::text;
-         UPDATE workspaces SET status = E'on\\x1b[2J\\x1b]0;pwned\\x07line' WHERE id = 'b0000000-0000-4000-8000-000000000001';",
+        "UPDATE workspaces SET status = E'on\\x1b[2J\\x1b]0;pwned\\x07line' WHERE id = 'b0000000-0000-4000-8000-000000000001';",
     );
     for args in [
         &["status"][..],
@@ -239,7 +237,7 @@ fn rollback_drops_the_prior_model_value_it_kept() {
 /// and nothing on stdout, not even in JSON mode.
 #[test]
 fn a_dry_run_refused_for_several_agents_names_them_and_prints_no_plan() {
-    let db = TestDb::sample();
+    let db = TestDb::sample().before_platform_constraints();
     db.exec(&format!(
         "UPDATE workspaces SET kind = 'platform' WHERE id IN ('{}', '{}')",
         ids::HQ,

@@ -421,7 +421,7 @@ fn cycles_and_a_40_deep_chain_are_found_by_one_bounded_query() {
 
 #[test]
 fn several_agents_and_a_misplaced_agent_without_model() {
-    let db = TestDb::sample();
+    let db = TestDb::sample().before_platform_constraints();
     db.exec(&format!(
         "INSERT INTO workspaces (id, name, kind, tier, parent_id) VALUES
            ('11111111-0000-4000-8000-000000000001', 'P1', 'platform', 2, '{hq}'),

@@ -8,17 +8,17 @@
 --   secrets:   a workspace secret, a workspace override of a global key, global secrets
 
 INSERT INTO workspaces (id, name, role, tier, status, parent_id, runtime, kind, created_at) VALUES
- ('a0000000-0000-4000-8000-000000000001', 'Acme HQ',      'org',      1, 'online',  NULL, 'langgraph', NULL,        '2024-01-01T00:00:00Z'),
+ ('a0000000-0000-4000-8000-000000000001', 'Acme HQ',      'org',      1, 'online',  NULL, 'langgraph', 'workspace', '2024-01-01T00:00:00Z'),
  ('b0000000-0000-4000-8000-000000000001', 'Acme Labs',    'org',      1, 'online',  NULL, 'langgraph', 'workspace', '2024-02-01T00:00:00Z'),
- ('c0000000-0000-4000-8000-000000000001', 'Acme Legacy',  'org',      1, 'removed', NULL, 'langgraph', NULL,        '2023-06-01T00:00:00Z');
+ ('c0000000-0000-4000-8000-000000000001', 'Acme Legacy',  'org',      1, 'removed', NULL, 'langgraph', 'workspace', '2023-06-01T00:00:00Z');
 INSERT INTO workspaces (id, name, role, tier, status, parent_id, runtime, kind, created_at) VALUES
- ('a0000000-0000-4000-8000-000000000002', 'Research',      'team',  2, 'online',  'a0000000-0000-4000-8000-000000000001', 'langgraph', NULL, '2024-01-02T00:00:00Z'),
- ('a0000000-0000-4000-8000-000000000003', 'Research Ops',  'team',  3, 'online',  'a0000000-0000-4000-8000-000000000002', 'langgraph', NULL, '2024-01-03T00:00:00Z'),
- ('a0000000-0000-4000-8000-000000000004', 'Eval Runner',   'agent', 4, 'offline', 'a0000000-0000-4000-8000-000000000003', 'langgraph', NULL, '2024-01-04T00:00:00Z'),
- ('a0000000-0000-4000-8000-000000000005', 'Eval Worker',   'agent', 5, 'online',  'a0000000-0000-4000-8000-000000000004', 'langgraph', NULL, '2024-01-05T00:00:00Z'),
- ('a0000000-0000-4000-8000-000000000006', 'Eval Sandbox',  'agent', 6, 'degraded','a0000000-0000-4000-8000-000000000005', 'langgraph', NULL, '2024-01-06T00:00:00Z'),
- ('b0000000-0000-4000-8000-000000000002', 'Labs Bridge',   'agent', 2, 'online',  'b0000000-0000-4000-8000-000000000001', 'external',  NULL, '2024-02-02T00:00:00Z'),
- ('b0000000-0000-4000-8000-000000000003', 'Labs Archive',  'agent', 2, 'paused',  'b0000000-0000-4000-8000-000000000001', 'langgraph', NULL, '2024-02-03T00:00:00Z');
+ ('a0000000-0000-4000-8000-000000000002', 'Research',      'team',  2, 'online',  'a0000000-0000-4000-8000-000000000001', 'langgraph', 'workspace', '2024-01-02T00:00:00Z'),
+ ('a0000000-0000-4000-8000-000000000003', 'Research Ops',  'team',  3, 'online',  'a0000000-0000-4000-8000-000000000002', 'langgraph', 'workspace', '2024-01-03T00:00:00Z'),
+ ('a0000000-0000-4000-8000-000000000004', 'Eval Runner',   'agent', 4, 'offline', 'a0000000-0000-4000-8000-000000000003', 'langgraph', 'workspace', '2024-01-04T00:00:00Z'),
+ ('a0000000-0000-4000-8000-000000000005', 'Eval Worker',   'agent', 5, 'online',  'a0000000-0000-4000-8000-000000000004', 'langgraph', 'workspace', '2024-01-05T00:00:00Z'),
+ ('a0000000-0000-4000-8000-000000000006', 'Eval Sandbox',  'agent', 6, 'degraded','a0000000-0000-4000-8000-000000000005', 'langgraph', 'workspace', '2024-01-06T00:00:00Z'),
+ ('b0000000-0000-4000-8000-000000000002', 'Labs Bridge',   'agent', 2, 'online',  'b0000000-0000-4000-8000-000000000001', 'external',  'workspace', '2024-02-02T00:00:00Z'),
+ ('b0000000-0000-4000-8000-000000000003', 'Labs Archive',  'agent', 2, 'paused',  'b0000000-0000-4000-8000-000000000001', 'langgraph', 'workspace', '2024-02-03T00:00:00Z');
 
 -- Token hashes are sha256 of fixed strings; these tokens are samples, not credentials.
 INSERT INTO org_api_tokens (id, token_hash, prefix, name, created_by, created_at, revoked_at, org_id) VALUES
@@ -45,5 +45,5 @@ INSERT INTO global_secrets (key, encrypted_value, encryption_version) VALUES
  ('LOG_LEVEL',      'info'::bytea, 0),
  ('DEFAULT_REGION', 'eu-west-1'::bytea, 0);
 
-INSERT INTO rescue_bundles (id, org_id, payload) VALUES
- ('90000000-0000-4000-8000-000000000001', '5e5e5e5e-0000-4000-8000-000000000001', 'bundle'::bytea);
+INSERT INTO rescue_bundles (id, workspace_id, org_id, reason) VALUES
+ (1, 'a0000000-0000-4000-8000-000000000002', '5e5e5e5e-0000-4000-8000-000000000001', 'sample');
