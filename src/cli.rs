@@ -92,8 +92,8 @@ pub struct GlobalArgs {
     )]
     pub lock_timeout: Duration,
 
-    /// Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0:
-    /// no limit.
+    /// Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit.
+    /// Not given: the statement_timeout the server, database or role sets stays in force.
     #[arg(
         long,
         value_name = "DUR",

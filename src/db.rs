@@ -153,7 +153,8 @@ fn register_intended_password(raw: &str) {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub lock_timeout: Duration,
-    /// `None` (or `--statement-timeout 0`): no limit, as PostgreSQL's own 0.
+    /// `None`: the server's, database's or role's own `statement_timeout` stays in force (a
+    /// DBA's limit is respected); `Some(0)`: no limit, as PostgreSQL's own 0; `Some(d)`: `d`.
     pub statement_timeout: Option<Duration>,
 }
 
@@ -711,19 +712,18 @@ fn transaction_settings(
     write: bool,
 ) -> Vec<(&'static str, String)> {
     let ms = |d: Duration| d.as_millis().max(1).to_string();
-    let mut v = vec![
-        ("lock_timeout", ms(settings.lock_timeout)),
-        (
-            "statement_timeout",
-            match settings.statement_timeout {
-                Some(d) if !d.is_zero() => ms(d),
-                _ => "0".to_string(),
-            },
-        ),
+    let mut v = vec![("lock_timeout", ms(settings.lock_timeout))];
+    // Only when asked: otherwise the limit the server, database or role sets stays in force.
+    match settings.statement_timeout {
+        Some(d) if d.is_zero() => v.push(("statement_timeout", "0".to_string())),
+        Some(d) => v.push(("statement_timeout", ms(d))),
+        None => {}
+    }
+    v.extend([
         // Who holds the tenant lock is told by application_name (lock_holder); a pooler may
         // not pass the startup parameter on, so say it here too.
         ("application_name", "orgctl".to_string()),
-    ];
+    ]);
     if write {
         // Read-only: left as the server or role has it (a DBA's limit stays in force).
         v.push((
@@ -1994,11 +1994,12 @@ mod tests {
             .any(|(n, _)| *n == "idle_in_transaction_session_timeout"));
         // PostgreSQL 13 does not know client_connection_check_interval.
         assert_eq!(get(&s, 130_000, "client_connection_check_interval"), None);
-        // 0 and none mean no limit, as PostgreSQL's own 0 (never a 1 ms limit).
-        for none in [Some(Duration::ZERO), None] {
-            s.statement_timeout = none;
-            assert_eq!(get(&s, 150_000, "statement_timeout").as_deref(), Some("0"));
-        }
+        // 0 means no limit, as PostgreSQL's own 0 (never a 1 ms limit).
+        s.statement_timeout = Some(Duration::ZERO);
+        assert_eq!(get(&s, 150_000, "statement_timeout").as_deref(), Some("0"));
+        // Not given: not set at all, so the database's or role's own limit stays in force.
+        s.statement_timeout = None;
+        assert_eq!(get(&s, 150_000, "statement_timeout"), None);
     }
 
     #[test]

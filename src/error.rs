@@ -135,7 +135,7 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
                     "timed out waiting for a lock ({msg}); another orgctl or a long platform transaction holds it: retry later or raise --lock-timeout"
                 )),
                 sqlstate::QUERY_CANCELED => Error::failed(format!(
-                    "a statement was cancelled ({msg}); it may have hit --statement-timeout: raise it and retry"
+                    "a statement was cancelled ({msg}); it may have hit --statement-timeout or the statement_timeout the database or role sets: raise it (--statement-timeout DUR, 0 for no limit) and retry"
                 )),
                 sqlstate::DEADLOCK => Error::failed(format!(
                     "the database detected a deadlock with a concurrent writer and rolled back ({msg}); retry"

@@ -50,8 +50,8 @@ impl Context {
             out: Output::new(cli.global.output, cli.global.quiet, cli.global.verbose),
             settings: Settings {
                 lock_timeout: cli.global.lock_timeout,
-                // 0 means no limit, as PostgreSQL's own statement_timeout = 0.
-                statement_timeout: cli.global.statement_timeout.filter(|d| !d.is_zero()),
+                // Not given: the server's own limit stays in force; 0 means no limit.
+                statement_timeout: cli.global.statement_timeout,
             },
             yes: cli.global.yes,
             database_url: cli.global.database_url.clone(),

@@ -760,6 +760,52 @@ async fn statement_timeout_is_exit_1_and_changes_nothing() {
     assert_eq!(db.audit_rows(), 0);
 }
 
+/// A DBA's statement_timeout on the database stays in force when --statement-timeout is not
+/// given: the apply waiting on a held row is cancelled by it (not left waiting until the lock
+/// timeout), and the message names both limits.
+#[tokio::test]
+async fn the_databases_own_statement_timeout_stays_in_force_without_the_flag() {
+    let db = TestDb::sample();
+    db.exec(&format!(
+        "ALTER DATABASE {} SET statement_timeout = '400ms'",
+        db.name
+    ));
+    let before = db.snapshot();
+    let holder = crate::harness::hold(
+        &db,
+        &["SELECT 1 FROM org_api_tokens WHERE id = '70000000-0000-4000-8000-000000000001' FOR UPDATE"],
+    )
+    .await;
+    let started = Instant::now();
+    let run = tokio::spawn(
+        db.orgctl(&[
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "--lock-timeout",
+            "60s",
+        ])
+        .run_async(),
+    );
+    let r = match tokio::time::timeout(Duration::from_secs(20), run).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => panic!("{e}"),
+        Err(_) => panic!("the database's statement_timeout was overridden"),
+    };
+    drop(holder);
+    r.code(1)
+        .one_line_error("statement_timeout the database or role sets");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    wait_for_orgctl_sessions_to_end(&db);
+    assert_eq!(db.snapshot(), before);
+    // A dry run and status run under the same limit and finish well within it.
+    db.orgctl(&["status"]).run().code(1);
+    db.orgctl(&["install-platform-agent", "--model", "m", "--dry-run"])
+        .run()
+        .code(0);
+}
+
 #[tokio::test]
 async fn lock_timeout_is_exit_3_and_changes_nothing() {
     let db = big();
