@@ -1727,6 +1727,22 @@ impl Evidence {
     }
 
     async fn present(&self, conn: &mut PgConnection) -> Result<bool> {
+        // On a tenant's first touch the transaction also created orgctl's schema: when its
+        // table is not there, the transaction that would have written into it did not commit.
+        let own_table = match self {
+            Evidence::Audit(_) => Some("orgctl.audit_log"),
+            Evidence::RunRow { .. } => Some("orgctl.backfill_runs"),
+            Evidence::Token { .. } => None,
+        };
+        if let Some(table) = own_table {
+            let exists: bool = query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(table)
+                .fetch_one(&mut *conn)
+                .await?;
+            if !exists {
+                return Ok(false);
+            }
+        }
         let found: bool = match self {
             Evidence::Audit(id) => {
                 query_scalar("SELECT EXISTS (SELECT 1 FROM orgctl.audit_log WHERE txid = $1)")

@@ -354,3 +354,29 @@ fn a_failed_read_back_after_a_bulk_revoke_says_it_was_committed() {
         "0"
     );
 }
+
+/// On a tenant's first touch the lost transaction was also creating orgctl's schema: its absence
+/// after reconnecting proves nothing was committed ("NOT committed", not "may have been").
+#[test]
+fn a_lost_first_touch_is_verified_as_not_committed() {
+    for c in cases()
+        .into_iter()
+        .filter(|c| matches!(c.name, "install-platform-agent" | "backfill run"))
+    {
+        let db = TestDb::sample();
+        let before = db.snapshot();
+        let proxy = CutProxy::start(Cut::BeforeCommit);
+        let r = run_through(&c, &db, &proxy);
+        assert!(proxy.did_cut(), "{}: no COMMIT seen\n{}", c.name, r.stderr);
+        assert_eq!(r.code, 1, "{}:\n{}\n{}", c.name, r.stdout, r.stderr);
+        assert_eq!(db.snapshot(), before, "{}: something changed", c.name);
+        assert_eq!(
+            db.scalar("SELECT to_regclass('orgctl.audit_log') IS NULL"),
+            "t"
+        );
+        let said = format!("{}\n{}", r.stdout, r.stderr);
+        assert!(said.contains("NOT committed"), "{}: {said}", c.name);
+        assert!(!said.contains("may have been committed"), "{said}");
+        assert!(!said.contains("42P01"), "{said}");
+    }
+}
