@@ -398,12 +398,16 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__audit__subcmd__verify)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            opts="-o -y -q -v -h -V --head --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --head)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -28,7 +28,7 @@ complete -c orgctl -n "__fish_orgctl_needs_command" -l database-url -d 'PostgreS
 complete -c orgctl -n "__fish_orgctl_needs_command" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_needs_command" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_needs_command" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_needs_command" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_needs_command" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -57,7 +57,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand install-platform-agent" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -75,7 +75,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -97,7 +97,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -114,7 +114,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -132,7 +132,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -147,7 +147,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -169,7 +169,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_see
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list restart verify rekey help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list restart verify rekey help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list restart verify rekey help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list restart verify rekey help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and not __fish_seen_subcommand_from set delete list restart verify rekey help" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -193,7 +193,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from set" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -212,7 +212,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from delete" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -230,7 +230,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from list" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -246,7 +246,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from restart" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from restart" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from restart" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from restart" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from restart" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -263,7 +263,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from verify" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -279,7 +279,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -302,7 +302,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -329,7 +329,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -352,7 +352,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -372,7 +372,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -391,7 +391,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l database-url -d
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -408,7 +408,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen
 complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -420,11 +420,12 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen
 complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -f -a "verify" -d 'Check the audit log\'s hash chain: exit 0 when intact, 1 naming the first row that was altered, removed or inserted out of order.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and not __fish_seen_subcommand_from verify help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -l head -d 'A head recorded outside the database earlier, as SEQ:ROW_HASH (the `audit_head` a change prints in its JSON, or `audit verify` prints): the chain must still hold that link unchanged, so rows deleted after it with the head moved back are found' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand audit; and __fish_seen_subcommand_from verify" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -440,7 +441,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -460,7 +461,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -475,7 +476,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from down" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -496,7 +497,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subco
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from seed" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
@@ -514,7 +515,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l database-u
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l lock-timeout -d 'How long to wait for the tenant\'s advisory lock and for row locks (e.g. 500ms, 5s, 2m)' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m). Default, or 0: no limit' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l statement-timeout -d 'Abort any single statement that runs longer than this (e.g. 30s, 10m); 0: no limit. Not given: the statement_timeout the server, database or role sets stays in force' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand completions" -l pooler -d 'What sits between orgctl and PostgreSQL. `transaction` (the default) is correct through any pooler and on a direct connection: statements are prepared unnamed, so nothing outlives a transaction on a pooled server connection. `session` or `none` (a session pooler, or a direct connection) lets orgctl cache named prepared statements instead' -r -f -a "transaction\t'A transaction pooler (PgBouncer pool_mode=transaction, managed proxies), or unknown'
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"

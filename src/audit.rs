@@ -16,7 +16,8 @@
 
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -24,7 +25,7 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
-use crate::cli::{AuditArgs, AuditCommand};
+use crate::cli::{AuditArgs, AuditCommand, AuditVerifyArgs};
 use crate::error::{sanitize, Error, Exit, Result};
 use crate::output::Sink;
 use crate::{db, Context};
@@ -46,6 +47,70 @@ pub const CONTENT_TAG: &str = "orgctl-audit-v1";
 const CURSOR: &str = "orgctl_audit_cursor";
 
 static REASON: OnceLock<Option<String>> = OnceLock::new();
+
+/// The chain's head after this process's last append, and after its last COMMIT: what a
+/// change prints as `audit_head`, for an operator to keep outside the database.
+static PENDING_HEAD: Mutex<Option<(i64, [u8; 32])>> = Mutex::new(None);
+static COMMITTED_HEAD: Mutex<Option<(i64, [u8; 32])>> = Mutex::new(None);
+/// Several tenants in one run: one process-wide head would name none of them.
+static FLEET: AtomicBool = AtomicBool::new(false);
+
+/// The head an append moved the chain to, in a transaction not yet committed.
+pub fn note_appended(seq: i64, row_hash: [u8; 32]) {
+    if let Ok(mut h) = PENDING_HEAD.lock() {
+        *h = Some((seq, row_hash));
+    }
+}
+
+/// The transaction that appended committed (answered or verified).
+pub fn note_committed() {
+    let pending = PENDING_HEAD.lock().ok().and_then(|mut h| h.take());
+    if let (Some(p), Ok(mut c)) = (pending, COMMITTED_HEAD.lock()) {
+        *c = Some(p);
+    }
+}
+
+/// This run changes several tenants: no single head is printed.
+pub fn fleet_mode() {
+    FLEET.store(true, Ordering::SeqCst);
+}
+
+/// The head this process committed last, as a change's JSON shows it; before its COMMIT, the
+/// head it is about to commit (`token mint` delivers its token first, then commits: a failed
+/// commit is then its own error).
+pub fn committed_head() -> Option<HeadJson> {
+    if FLEET.load(Ordering::SeqCst) {
+        return None;
+    }
+    let pending = PENDING_HEAD.lock().ok().and_then(|h| *h);
+    let head = pending.or_else(|| COMMITTED_HEAD.lock().ok().and_then(|h| *h))?;
+    Some(HeadJson {
+        seq: head.0,
+        row_hash: hex(&head.1),
+    })
+}
+
+/// `--head SEQ:ROW_HASH` (hex, 64 digits; a `sha256:` before the hash is accepted).
+pub fn parse_anchor(raw: &str) -> Result<(i64, [u8; 32])> {
+    let bad = || {
+        Error::usage(format!(
+            "--head '{}' is not SEQ:ROW_HASH (e.g. 41:9f2c…, 64 hex digits), as a change's audit_head or `audit verify` prints it",
+            sanitize(raw)
+        ))
+    };
+    let (seq, hash) = raw.trim().split_once(':').ok_or_else(bad)?;
+    let seq: i64 = seq.trim().parse().map_err(|_| bad())?;
+    let hash = hash.trim();
+    let hash = hash.strip_prefix("sha256:").unwrap_or(hash);
+    if seq < 1 || hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hash[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok((seq, out))
+}
 
 /// Keep the run's checked `--reason` for every audit row it writes. Only the first call counts.
 pub fn set_reason(reason: Option<String>) {
@@ -228,7 +293,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 pub async fn run(ctx: &Context, args: &AuditArgs) -> Result<Exit> {
     match &args.command {
-        Some(AuditCommand::Verify) => verify(ctx).await,
+        Some(AuditCommand::Verify(v)) => verify(ctx, v).await,
         None => list(ctx, args).await,
     }
 }
@@ -238,6 +303,8 @@ struct Columns {
     log: bool,
     chain: bool,
     head: bool,
+    /// The head records the rows written before the chain began.
+    pre_chain: bool,
 }
 
 async fn columns(conn: &mut PgConnection) -> Result<Columns> {
@@ -254,7 +321,12 @@ async fn columns(conn: &mut PgConnection) -> Result<Columns> {
                            AND a.attname = 'row_hash' AND NOT a.attisdropped),
                 EXISTS (SELECT 1 FROM pg_catalog.pg_class c
                           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                         WHERE n.nspname = 'orgctl' AND c.relname = 'audit_head')",
+                         WHERE n.nspname = 'orgctl' AND c.relname = 'audit_head'),
+                EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                          JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = 'orgctl' AND c.relname = 'audit_head'
+                           AND a.attname = 'pre_chain_rows' AND NOT a.attisdropped)",
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -262,6 +334,7 @@ async fn columns(conn: &mut PgConnection) -> Result<Columns> {
         log: row.try_get(0)?,
         chain: row.try_get(1)?,
         head: row.try_get(2)?,
+        pre_chain: row.try_get(3)?,
     };
     if cols.log && db::orgctl_table(conn, "audit_log").await? == db::Access::NotReadable {
         return Err(Error::refused(
@@ -574,6 +647,12 @@ pub struct StoredRow {
 pub struct Verifier {
     pub rows: u64,
     pub unchained: u64,
+    /// What the chain recorded when it began: the number of rows written before it and their
+    /// highest id. `None` on a tenant whose chain predates that record.
+    pub pre_chain: Option<(i64, Option<i64>)>,
+    /// A head recorded outside the database (`--head`), and whether its link was found intact.
+    pub anchor: Option<(i64, [u8; 32])>,
+    anchor_seen: bool,
     pub chained: u64,
     /// id, seq and hash of the last chained row.
     last: Option<(i64, i64, [u8; 32])>,
@@ -610,6 +689,19 @@ impl Verifier {
             (None, None, None)
                 if r.prev_hash.is_none() && r.row_hash.is_none() && self.chained == 0 =>
             {
+                if let Some((n, max_id)) = self.pre_chain {
+                    // Beyond the recorded highest id: this row is the forgery. Too many at or
+                    // below it: which one is not known, [`Verifier::finish`] says how many.
+                    if !max_id.is_some_and(|m| id <= m) {
+                        self.problem(
+                            ProblemKind::Inserted,
+                            Some(id),
+                            None,
+                            format!("row id {id} has no hash and is not one of the {n} row(s) written before the chain began{}: it was inserted outside orgctl", max_id.map(|m| format!(" (ids up to {m})")).unwrap_or_default()),
+                        );
+                        return;
+                    }
+                }
                 self.unchained += 1;
                 return;
             }
@@ -649,6 +741,11 @@ impl Verifier {
             orgctl_version: &r.orgctl_version,
         };
         let recomputed = link.hash(&prev).ok();
+        if let Some((anchor_seq, anchor_hash)) = self.anchor {
+            if anchor_seq == seq && anchor_hash == stored && recomputed == Some(stored) {
+                self.anchor_seen = true;
+            }
+        }
         let previous = self.last.replace((id, seq, stored));
         if recomputed != Some(stored) {
             self.problem(
@@ -702,6 +799,43 @@ impl Verifier {
 
     /// Compare the last link with the recorded head (`None`: no head table, before the chain).
     pub fn finish(&mut self, head: Option<(i64, Vec<u8>)>) {
+        if let Some((n, max_id)) = self.pre_chain {
+            if self.unchained as i64 > n {
+                self.problem(
+                    ProblemKind::Inserted,
+                    None,
+                    None,
+                    format!(
+                        "{} row(s) without a hash are more than the {n} written before the chain began{}: rows were inserted outside orgctl",
+                        self.unchained,
+                        max_id.map(|m| format!(" (ids up to {m})")).unwrap_or_default()
+                    ),
+                );
+            } else if (self.unchained as i64) < n {
+                self.problem(
+                    ProblemKind::Removed,
+                    None,
+                    None,
+                    format!(
+                        "{} of the {n} row(s) written before the chain began were removed",
+                        n - self.unchained as i64
+                    ),
+                );
+            }
+        }
+        if let Some((anchor_seq, anchor_hash)) = self.anchor {
+            if !self.anchor_seen {
+                self.problem(
+                    ProblemKind::Removed,
+                    None,
+                    Some(anchor_seq),
+                    format!(
+                        "the head recorded outside the database (seq {anchor_seq}, row_hash {}) is not in the chain: rows up to it were removed or rewritten and the head moved back",
+                        hex(&anchor_hash)
+                    ),
+                );
+            }
+        }
         let Some((head_seq, head_hash)) = head else {
             if self.chained > 0 {
                 self.problem(
@@ -762,18 +896,23 @@ struct VerifyJson {
     first_problem: Option<Problem>,
 }
 
-#[derive(Serialize)]
-struct HeadJson {
-    seq: i64,
-    row_hash: String,
+/// The chain's head as JSON shows it (`audit_head` of a change, `head` of `audit verify`).
+#[derive(Clone, Debug, Serialize)]
+pub struct HeadJson {
+    pub seq: i64,
+    pub row_hash: String,
 }
 
-async fn verify(ctx: &Context) -> Result<Exit> {
+async fn verify(ctx: &Context, args: &AuditVerifyArgs) -> Result<Exit> {
+    let anchor = args.head.as_deref().map(parse_anchor).transpose()?;
     let url = ctx.url()?;
     let mut conn = db::connect(&url, &ctx.settings).await?;
     let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
     let cols = columns(&mut tx).await?;
-    let mut v = Verifier::default();
+    let mut v = Verifier {
+        anchor,
+        ..Verifier::default()
+    };
     let mut head = None;
     if cols.log {
         if cols.head {
@@ -782,6 +921,14 @@ async fn verify(ctx: &Context) -> Result<Exit> {
             )
             .fetch_optional(&mut *tx)
             .await?;
+        }
+        if cols.pre_chain {
+            v.pre_chain = db::query_as::<(Option<i64>, Option<i64>)>(
+                "SELECT pre_chain_rows, pre_chain_max_id FROM orgctl.audit_head WHERE one",
+            )
+            .fetch_optional(&mut *tx)
+            .await?
+            .and_then(|(n, max_id)| n.map(|n| (n, max_id)));
         }
         let chain = if cols.chain {
             "seq, prev_hash, row_hash, reason"
@@ -806,9 +953,14 @@ async fn verify(ctx: &Context) -> Result<Exit> {
                 v.row(r);
             }
         }
-        if cols.head || v.chained > 0 {
+        if cols.head || v.chained > 0 || v.anchor.is_some() {
             v.finish(head.clone());
         }
+    } else if let Some((seq, _)) = anchor {
+        return Err(Error::failed(format!(
+            "--head names seq {seq}, but {} has no audit log at all: it was removed",
+            url.target()
+        )));
     }
     tx.rollback().await?;
 
@@ -838,7 +990,12 @@ async fn verify(ctx: &Context) -> Result<Exit> {
                 v.rows, v.chained, v.unchained
             );
             if let Some((seq, hash)) = &head {
-                let _ = writeln!(s, "Head: seq {seq}, row_hash {}", hex(hash));
+                let _ = writeln!(
+                    s,
+                    "Head: seq {seq}, row_hash {} (keep {seq}:{} outside the database; a later `audit verify --head` checks it is still there)",
+                    hex(hash),
+                    hex(hash)
+                );
             }
             match &v.first {
                 None => s.push_str(

@@ -861,9 +861,25 @@ pub enum AuditCommand {
     /// canonical content); the last link is recorded in orgctl.audit_head. Rows written before
     /// the chain existed are counted as unchained, not as broken. Read-only.
     ///
+    /// The chain began with a record of the rows written before it (their count and highest
+    /// id): any other row without a hash breaks verification. A writer of the orgctl schema
+    /// can still delete the newest rows and move the head back; to catch that, keep the head
+    /// every change prints (`audit_head` in its JSON) outside the database and pass it to
+    /// --head.
+    ///
     /// Example: orgctl audit verify --output json
+    ///          orgctl audit verify --head 41:9f2c…   (seq:row_hash recorded earlier)
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
-    Verify,
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AuditVerifyArgs {
+    /// A head recorded outside the database earlier, as SEQ:ROW_HASH (the `audit_head` a change
+    /// prints in its JSON, or `audit verify` prints): the chain must still hold that link
+    /// unchanged, so rows deleted after it with the head moved back are found.
+    #[arg(long, value_name = "SEQ:HASH")]
+    pub head: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

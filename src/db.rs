@@ -1664,6 +1664,7 @@ pub async fn append_after_head(
             1,
         )?;
     }
+    crate::audit::note_appended(seq, prev);
     Ok(())
 }
 
@@ -1684,6 +1685,7 @@ pub async fn audit_after_commit(
     let mut tx = begin_write(conn, settings).await?;
     append_audit(&mut tx, entries).await?;
     tx.commit().await?;
+    crate::audit::note_committed();
     Ok(())
 }
 
@@ -1877,7 +1879,10 @@ pub async fn commit_or_resolve(
     evidence: &Evidence,
 ) -> std::result::Result<Committed, CommitError> {
     let err = match tx.commit().await {
-        Ok(()) => return Ok(Committed::Answered),
+        Ok(()) => {
+            crate::audit::note_committed();
+            return Ok(Committed::Answered);
+        }
         Err(e) => e,
     };
     if let sqlx::Error::Database(db) = &err {
@@ -1900,7 +1905,10 @@ pub async fn commit_or_resolve(
     let cause = lost_cause(&err);
     let target = url.target().to_string();
     match resolve(url, settings, evidence).await {
-        Ok((true, conn)) => Ok(Committed::Verified(conn)),
+        Ok((true, conn)) => {
+            crate::audit::note_committed();
+            Ok(Committed::Verified(conn))
+        }
         Ok((false, _)) => Err(CommitError::NotCommitted { target, cause }),
         Err(why) => Err(CommitError::InDoubt {
             target,

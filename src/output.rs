@@ -83,13 +83,31 @@ impl Output {
 
     /// Exactly one JSON document on stdout.
     /// Streamed to stdout: a large plan's document is never built in memory whole.
+    ///
+    /// After a committed change the document also carries `audit_head` (the chain's head the
+    /// change moved it to), for the operator to keep outside the database.
     pub fn json<T: Serialize>(&self, value: &T) -> Result<()> {
+        #[derive(Serialize)]
+        struct WithHead<'a, T> {
+            #[serde(flatten)]
+            inner: &'a T,
+            audit_head: crate::audit::HeadJson,
+        }
         let stdout = std::io::stdout();
         let mut w = std::io::BufWriter::new(stdout.lock());
-        let r = serde_json::to_writer_pretty(&mut w, value)
-            .map_err(std::io::Error::from)
-            .and_then(|_| w.write_all(b"\n"))
-            .and_then(|_| w.flush());
+        let r = match crate::audit::committed_head() {
+            Some(audit_head) => serde_json::to_writer_pretty(
+                &mut w,
+                &WithHead {
+                    inner: value,
+                    audit_head,
+                },
+            ),
+            None => serde_json::to_writer_pretty(&mut w, value),
+        }
+        .map_err(std::io::Error::from)
+        .and_then(|_| w.write_all(b"\n"))
+        .and_then(|_| w.flush());
         stdout_result(r)
     }
 

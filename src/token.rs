@@ -462,6 +462,9 @@ struct MintJson<'a> {
     org_id: Uuid,
     created_by: &'a str,
     auth_token: &'a str,
+    /// The audit chain's head this mint moves it to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_head: Option<crate::audit::HeadJson>,
 }
 
 /// Write the plaintext's document to stdout. Unlike other output, a closed or failing stdout
@@ -567,6 +570,7 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
             org_id: root.id,
             created_by: &created_by,
             auth_token: &plaintext,
+            audit_head: crate::audit::committed_head(),
         };
         let mut text = Zeroizing::new(
             serde_json::to_string_pretty(&doc)

@@ -592,9 +592,11 @@ fn rows_from_before_the_chain_are_unchained_not_broken() {
     mint(&db, "a");
     mint(&db, "b");
     // What a log written before migration 4 looks like once migrated.
+    // (and the record the chain's start keeps of them).
     db.exec(
         "UPDATE orgctl.audit_log SET seq = NULL, prev_hash = NULL, row_hash = NULL, reason = NULL;
-         UPDATE orgctl.audit_head SET seq = 0, row_hash = decode(repeat('00', 32), 'hex');",
+         UPDATE orgctl.audit_head SET seq = 0, row_hash = decode(repeat('00', 32), 'hex'),
+                pre_chain_rows = 2, pre_chain_max_id = (SELECT max(id) FROM orgctl.audit_log);",
     );
     let v = assert_intact(&db);
     assert_eq!((v.rows, v.chained, v.unchained), (2, 0, 2));
@@ -645,7 +647,7 @@ fn a_log_from_before_migration_4_is_listed_verified_and_then_upgraded() {
         "ALTER TABLE orgctl.audit_log DROP COLUMN reason, DROP COLUMN seq, DROP COLUMN prev_hash,
                                       DROP COLUMN row_hash;
          DROP TABLE orgctl.audit_head;
-         DELETE FROM orgctl._sqlx_migrations WHERE version = 4;",
+         DELETE FROM orgctl._sqlx_migrations WHERE version >= 4;",
     );
     let before = db.snapshot();
     let all = entries(&db, &[]);
@@ -679,4 +681,129 @@ fn a_log_from_before_migration_4_is_listed_verified_and_then_upgraded() {
     let v = assert_intact(&db);
     assert_eq!((v.rows, v.chained, v.unchained), (2, 1, 1));
     assert_eq!(entries(&db, &[])[0].reason.as_deref(), Some("CHG-1"));
+}
+
+/// The chain records, when it begins, how many rows were written before it: on a tenant whose
+/// log was chained from its first row, a row without a hash is a forgery wherever its id is
+/// (below the first chained row too), and a removed pre-chain row is found.
+#[test]
+fn a_row_without_a_hash_is_unchained_only_if_the_chain_start_recorded_it() {
+    let db = TestDb::sample();
+    mint(&db, "a");
+    mint(&db, "b");
+    assert_eq!(
+        db.scalar("SELECT pre_chain_rows || ' ' || coalesce(pre_chain_max_id::text, '-') FROM orgctl.audit_head"),
+        "0 -"
+    );
+    db.exec(
+        "INSERT INTO orgctl.audit_log (id, os_user, command, args, outcome, orgctl_version)
+         VALUES (-1, 'alice', 'token revoke', '{}', 'applied', '0.1.0')",
+    );
+    let p = assert_broken(&db, "inserted", Some(-1));
+    assert!(
+        p.message
+            .contains("not one of the 0 row(s) written before the chain began"),
+        "{p:?}"
+    );
+
+    // A log from before the chain: the next change's migration records its one old row; a
+    // second unchained row, and the old row's removal, both break verification.
+    let db = TestDb::sample();
+    mint(&db, "old");
+    db.exec(
+        "ALTER TABLE orgctl.audit_log DROP COLUMN reason, DROP COLUMN seq, DROP COLUMN prev_hash,
+                                      DROP COLUMN row_hash;
+         DROP TABLE orgctl.audit_head;
+         DELETE FROM orgctl._sqlx_migrations WHERE version >= 4;",
+    );
+    let old_id = db.scalar("SELECT max(id) FROM orgctl.audit_log");
+    mint(&db, "new");
+    assert_eq!(
+        db.scalar("SELECT pre_chain_rows || ' ' || pre_chain_max_id FROM orgctl.audit_head"),
+        format!("1 {old_id}")
+    );
+    let v = assert_intact(&db);
+    assert_eq!((v.rows, v.chained, v.unchained), (2, 1, 1));
+    let copy = db.copy_of();
+    db.exec(&format!(
+        "INSERT INTO orgctl.audit_log (id, os_user, command, args, outcome, orgctl_version)
+         VALUES ({old_id} - 1, 'alice', 'token revoke', '{{}}', 'applied', '0.1.0')"
+    ));
+    let p = assert_broken(&db, "inserted", None);
+    assert!(
+        p.message.contains("more than the 1 written before"),
+        "{p:?}"
+    );
+    copy.exec("DELETE FROM orgctl.audit_log WHERE seq IS NULL");
+    let p = assert_broken(&copy, "removed", None);
+    assert!(
+        p.message
+            .contains("written before the chain began were removed"),
+        "{p:?}"
+    );
+}
+
+/// Deleting the newest rows and moving the head back leaves a chain that is intact in itself;
+/// a head the operator kept from a change's JSON (`audit_head`) catches it.
+#[test]
+fn a_head_kept_outside_the_database_catches_the_newest_rows_removed() {
+    let db = TestDb::sample();
+    let mut heads = Vec::new();
+    for name in ["a", "b", "c"] {
+        let r = db
+            .orgctl(&[
+                "-o",
+                "json",
+                "token",
+                "mint",
+                "--name",
+                name,
+                "--org",
+                ids::HQ,
+            ])
+            .run();
+        r.code(0);
+        let j = r.json();
+        let head = format!(
+            "{}:{}",
+            j["audit_head"]["seq"],
+            j["audit_head"]["row_hash"].as_str().unwrap_or_default()
+        );
+        // What the change printed is the head it committed.
+        assert_eq!(
+            head,
+            db.scalar("SELECT seq || ':' || encode(row_hash, 'hex') FROM orgctl.audit_head")
+        );
+        heads.push(head);
+    }
+    for h in &heads {
+        db.orgctl(&["audit", "verify", "--head", h]).run().code(0);
+    }
+    db.exec(
+        "DELETE FROM orgctl.audit_log WHERE seq = 3;
+         UPDATE orgctl.audit_head SET seq = 2,
+                row_hash = (SELECT row_hash FROM orgctl.audit_log WHERE seq = 2);",
+    );
+    assert_intact(&db);
+    let r = db.orgctl(&["audit", "verify", "--head", &heads[2]]).run();
+    r.code(1).one_line_error("recorded outside the database");
+    db.orgctl(&["audit", "verify", "--head", &heads[1]])
+        .run()
+        .code(0);
+
+    let before = db.snapshot();
+    let zeros = "0".repeat(64);
+    for bad in [
+        "".to_string(),
+        "abc".to_string(),
+        "2".to_string(),
+        format!("0:{zeros}"),
+        format!("x:{zeros}"),
+        format!("2:{}", &zeros[1..]),
+        format!("2:{}g", &zeros[1..]),
+    ] {
+        let r = db.orgctl(&["audit", "verify", "--head", &bad]).run();
+        r.code(2).one_line_error("--head");
+    }
+    assert_eq!(db.snapshot(), before);
 }

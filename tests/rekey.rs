@@ -21,6 +21,10 @@ const THIRD: [u8; 32] = [0x33; 32];
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RekeyJson {
+    /// The audit chain's head a committed change prints (not on a dry run).
+    #[allow(dead_code)]
+    #[serde(default)]
+    audit_head: Option<serde_json::Value>,
     dry_run: bool,
     changed: bool,
     mode: String,

@@ -24,6 +24,10 @@ const VALUE: &str = "s3cret-Value-never-printed";
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SecretJson {
+    /// The audit chain's head a committed change prints (not on a dry run).
+    #[allow(dead_code)]
+    #[serde(default)]
+    audit_head: Option<serde_json::Value>,
     scope: String,
     workspace_id: Option<String>,
     key: String,

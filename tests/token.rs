@@ -25,6 +25,10 @@ const T8: &str = "70000000-0000-4000-8000-000000000008";
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MintJson {
+    /// The audit chain's head a committed change prints (not on a dry run).
+    #[allow(dead_code)]
+    #[serde(default)]
+    audit_head: Option<serde_json::Value>,
     id: String,
     prefix: String,
     name: Option<String>,
@@ -36,6 +40,10 @@ struct MintJson {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RevokeJson {
+    /// The audit chain's head a committed change prints (not on a dry run).
+    #[allow(dead_code)]
+    #[serde(default)]
+    audit_head: Option<serde_json::Value>,
     revoked: Vec<String>,
     already_revoked: Vec<String>,
 }
@@ -43,6 +51,10 @@ struct RevokeJson {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AnchorJson {
+    /// The audit chain's head a committed change prints (not on a dry run).
+    #[allow(dead_code)]
+    #[serde(default)]
+    audit_head: Option<serde_json::Value>,
     id: String,
     prefix: String,
     org_id: String,

@@ -36,6 +36,8 @@ use crate::Context;
 pub use tenants::{Shard, Tenant};
 
 pub async fn run(ctx: &Context, cmd: &BackfillCommand) -> Result<Exit> {
+    // Each tenant has its own audit chain: no single head to print.
+    crate::audit::fleet_mode();
     let cancel = Cancel::listen();
     match cmd {
         BackfillCommand::Run(args) => apply::run(ctx, args, &cancel).await,
