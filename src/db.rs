@@ -390,10 +390,12 @@ fn connect_error(url: &DbUrl, e: &sqlx::Error) -> Error {
     let target = url.target();
     match e {
         sqlx::Error::Io(io) if is_tls_failure(&io.to_string()) => Error::failed(format!(
-            "could not connect to {target}: the TLS handshake failed ({io}); check sslmode and sslrootcert in the URL"
+            "could not connect to {target}: the TLS handshake failed ({}); check sslmode and sslrootcert in the URL",
+            crate::error::without_source_locations(&io.to_string())
         )),
         sqlx::Error::Io(io) => Error::failed(format!(
-            "could not connect to {target}: {io}; is the server running and reachable?"
+            "could not connect to {target}: {}; is the server running and reachable?",
+            crate::error::without_source_locations(&io.to_string())
         )),
         sqlx::Error::Tls(t) if t.to_string().contains("does not support TLS") => {
             Error::failed(format!(
@@ -401,7 +403,8 @@ fn connect_error(url: &DbUrl, e: &sqlx::Error) -> Error {
             ))
         }
         sqlx::Error::Tls(t) => Error::failed(format!(
-            "could not connect to {target}: the TLS handshake failed ({t}); check sslmode and sslrootcert in the URL (the server's certificate must be trusted and match the host)"
+            "could not connect to {target}: the TLS handshake failed ({}); check sslmode and sslrootcert in the URL (the server's certificate must be trusted and match the host)",
+            crate::error::without_source_locations(&t.to_string())
         )),
         sqlx::Error::Database(db)
             if db.code().as_deref() == Some(sqlstate::INVALID_AUTH)

@@ -121,6 +121,7 @@ pub mod sqlstate {
     pub const UNDEFINED_DATABASE: &str = "3D000";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const READ_ONLY_TXN: &str = "25006";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 }
 
 /// Turn a driver error into one sentence and an exit code. Raw driver dumps never reach
@@ -155,6 +156,10 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
                 sqlstate::ADMIN_SHUTDOWN => Error::failed(format!(
                     "the database ended this session during the command ({msg}): an administrator terminated it, or the server is shutting down; the open transaction was rolled back"
                 )),
+                sqlstate::INSUFFICIENT_PRIVILEGE => Error::refused(format!(
+                    "the database role lacks a privilege this command needs ({msg}){}; nothing was changed: grant it, or run as a role that has it",
+                    privilege_hint(&msg)
+                )),
                 _ if code.is_empty() => Error::failed(format!("database error: {msg}")),
                 _ => Error::failed(format!("database error {code}: {msg}")),
             }
@@ -162,9 +167,15 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
         sqlx::Error::Io(io) => Error::failed(format!(
             "lost the connection to the database ({io}); the open transaction was rolled back"
         )),
-        sqlx::Error::Tls(t) => Error::failed(format!("TLS error talking to the database: {t}")),
+        sqlx::Error::Tls(t) => Error::failed(format!(
+            "TLS error talking to the database: {}",
+            without_source_locations(&t.to_string())
+        )),
         sqlx::Error::PoolTimedOut => Error::failed("timed out waiting for a database connection"),
-        sqlx::Error::Protocol(p) => Error::failed(format!("database protocol error: {p}")),
+        sqlx::Error::Protocol(p) => Error::failed(format!(
+            "database protocol error: {}",
+            without_source_locations(p)
+        )),
         sqlx::Error::RowNotFound => Error::failed("an expected row was not found"),
         sqlx::Error::ColumnDecode { index, source } => Error::failed(format!(
             "could not read column {index} from the database: {source}"
@@ -172,8 +183,69 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
         sqlx::Error::Configuration(_) => {
             Error::failed(format!("invalid connection settings: {}", driver_text(e)))
         }
-        other => Error::failed(format!("database error: {other}")),
+        other => Error::failed(format!(
+            "database error: {}",
+            without_source_locations(&other.to_string())
+        )),
     }
+}
+
+/// What to grant, when PostgreSQL's message names the object: orgctl reads and writes the
+/// platform's tables it changes (SELECT, INSERT, UPDATE; DELETE for a rollback) and its own
+/// schema `orgctl` (USAGE, CREATE on first use, and the same on its tables).
+fn privilege_hint(msg: &str) -> String {
+    let object = [
+        "permission denied for table ",
+        "permission denied for relation ",
+    ]
+    .iter()
+    .find_map(|p| msg.strip_prefix(p));
+    if let Some(table) = object {
+        let table = sanitize(table.trim());
+        return format!(
+            ": GRANT SELECT, INSERT, UPDATE, DELETE ON {table} (and the other tables this command changes) to this role"
+        );
+    }
+    if let Some(schema) = msg.strip_prefix("permission denied for schema ") {
+        let schema = sanitize(schema.trim());
+        return format!(
+            ": GRANT USAGE, CREATE ON SCHEMA {schema}, and SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema}, to this role"
+        );
+    }
+    String::new()
+}
+
+/// A driver message without the source locations sqlx appends to some of its own errors
+/// (`… (sqlx_postgres::connection::tls:95)`): they mean nothing to an operator.
+pub fn without_source_locations(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(" (sqlx") {
+        let tail = &rest[start + 2..];
+        let end = tail.find(')');
+        let is_location = end.is_some_and(|e| {
+            let inner = &tail[..e];
+            inner.contains("::")
+                && inner.rsplit_once(':').is_some_and(|(_, line)| {
+                    !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit())
+                })
+                && inner
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+        });
+        match (is_location, end) {
+            (true, Some(e)) => {
+                out.push_str(&rest[..start]);
+                rest = &tail[e + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..start + 2]);
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A driver error's text without sqlx's "error with configuration: " prefix, which it repeats
@@ -224,6 +296,24 @@ mod tests {
         assert!(text.contains("bogus"), "{text}");
         let m = classify_sqlx(&e).message;
         assert_eq!(m.matches("configuration").count(), 0, "{m}");
+    }
+
+    #[test]
+    fn source_locations_are_dropped_from_driver_text() {
+        assert_eq!(
+            without_source_locations(
+                "server does not support TLS (sqlx_postgres::connection::tls:95)"
+            ),
+            "server does not support TLS"
+        );
+        assert_eq!(
+            without_source_locations("a (sqlx_core::x:1) b (sqlx note) (sqlx_a::b:)"),
+            "a b (sqlx note) (sqlx_a::b:)"
+        );
+        let e = classify_sqlx(&sqlx::Error::Protocol(
+            "expected X (sqlx_postgres::connection::stream:12)".into(),
+        ));
+        assert_eq!(e.message, "database protocol error: expected X");
     }
 
     #[test]

@@ -212,3 +212,29 @@ async fn a_database_without_plpgsql_is_changed_as_any_other() {
     );
     let _ = std::fs::remove_file(&tenants);
 }
+
+/// A role that may use orgctl's schema but not write the platform's tables: a refusal (exit 3)
+/// naming the table and the grant, not "database error 42501"; nothing changed.
+#[test]
+fn a_role_without_write_grants_is_refused_naming_the_grant() {
+    let db = TestDb::sample();
+    // orgctl's schema exists (created by the superuser) and the role may use all of it.
+    db.orgctl(&["token", "mint", "--name", "setup", "--org", ids::LEGACY])
+        .run()
+        .code(0);
+    let url = read_only_role(&db);
+    let role = format!("ro_{}", db.name);
+    db.exec(&format!(
+        "GRANT USAGE, CREATE ON SCHEMA orgctl TO {role};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA orgctl TO {role};
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA orgctl TO {role};"
+    ));
+    let before = db.snapshot();
+    let r = Cmd::new(&["install-platform-agent", "--model", "m", "--yes"])
+        .env("DATABASE_URL", &url)
+        .run();
+    r.code(3)
+        .one_line_error("GRANT SELECT, INSERT, UPDATE, DELETE ON");
+    assert!(!r.stderr.contains("database error 42501"), "{}", r.stderr);
+    assert_eq!(db.snapshot(), before);
+}
