@@ -1552,11 +1552,12 @@ async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
     if args.dry_run {
         ctx.out
             .info(&format!("Would move {desc} (dry run: nothing changed)."));
-        render_stale(ctx, &root, &reviewed, true, false)?;
+        // A dry run's `changed` says whether applying would change something, as install's.
+        render_stale(ctx, &root, &reviewed, true, true)?;
         return Ok(Exit::Ok);
     }
     if !ctx.out.json_mode() && ctx.out.interactive() && !ctx.yes {
-        render_stale(ctx, &root, &reviewed, true, false)?;
+        render_stale(ctx, &root, &reviewed, true, true)?;
     }
     ensure_confirmed(
         ctx,

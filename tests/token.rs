@@ -1418,7 +1418,8 @@ fn anchor_stale_moves_every_stale_anchor_to_the_root() {
     dry.code(0);
     let j = dry.json();
     assert_eq!(j["dry_run"], true);
-    assert_eq!(j["changed"], false);
+    // A dry run's `changed`: applying would change something.
+    assert_eq!(j["changed"], true);
     assert_eq!(j["to"], agent.as_str());
     assert_eq!(j["tokens"], 2, "{j}");
     assert_eq!(db.snapshot(), before);
