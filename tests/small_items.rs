@@ -340,3 +340,54 @@ fn a_jsonl_report_is_created_0600_and_never_through_a_symbolic_link() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&t);
 }
+
+/// The tenants file is read with a bound and can be interrupted: `/dev/zero` is a clear
+/// refusal (exit 2) after 16 MiB, not gigabytes of memory; a pipe that never closes gives way
+/// to SIGTERM and to Ctrl-C (exit 130).
+#[test]
+fn the_tenants_file_is_bounded_and_its_read_interruptible() {
+    let started = Instant::now();
+    let r = Cmd::new(&["backfill", "run", "--dry-run", "--tenants", "/dev/zero"]).run();
+    r.code(2).one_line_error("larger than 16 MiB");
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut child = match std::process::Command::new(env!("CARGO_BIN_EXE_orgctl"))
+            .args(["backfill", "status", "--run-id", "r1", "--tenants", "-"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        // Something arrives, then the writer goes quiet without closing the pipe.
+        let mut stdin = child.stdin.take();
+        if let Some(w) = stdin.as_mut() {
+            use std::io::Write;
+            let _ = w.write_all(b"acme postgres://u@127.0.0.1:1/db\n");
+            let _ = w.flush();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        orgctl::sys::kill(child.id() as i32, signal);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    panic!("signal {signal}: orgctl kept reading the open pipe");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        drop(stdin);
+        assert_eq!(status.code(), Some(130), "signal {signal}");
+    }
+}

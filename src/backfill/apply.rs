@@ -756,7 +756,7 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         // run before any tenant, and plaintext is said once, not per tenant.
         sb.write_version()?;
     }
-    let all = super::tenants::read(&args.tenants)?;
+    let all = super::tenants::read(&args.tenants).await?;
     let selected: Vec<Tenant> = Shard::select(shard, all);
     // --provision: the admin token is needed before anything changes, when any selected tenant
     // has a platform URL to call (a tenant without one is reported skipped, not failed).

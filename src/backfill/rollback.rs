@@ -986,7 +986,7 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
     let out = &ctx.out;
     super::check_run_id(&args.run_id)?;
     let shard = super::Shard::from_args(&args.shard)?;
-    let all = super::Shard::select(shard, super::tenants::read(&args.tenants)?);
+    let all = super::Shard::select(shard, super::tenants::read(&args.tenants).await?);
     let selected: Vec<Tenant> = if args.tenant.is_empty() {
         all
     } else {

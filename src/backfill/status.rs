@@ -107,7 +107,7 @@ pub async fn run(ctx: &Context, args: &BackfillStatusArgs, cancel: &Cancel) -> R
     let out = &ctx.out;
     super::check_run_id(&args.run_id)?;
     let shard = super::Shard::from_args(&args.shard)?;
-    let tenants = super::Shard::select(shard, super::tenants::read(&args.tenants)?);
+    let tenants = super::Shard::select(shard, super::tenants::read(&args.tenants).await?);
     let run_id = Arc::new(args.run_id.clone());
     let settings = Arc::new(ctx.settings.clone());
     let work = |t: Tenant, _c: Committing| tenant(run_id.clone(), settings.clone(), t);

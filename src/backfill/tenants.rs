@@ -42,22 +42,23 @@ impl Tenant {
     }
 }
 
-/// Read the tenants file (`-` is stdin) and parse it.
-pub fn read(path: &Path) -> Result<Vec<Tenant>> {
-    let (text, source) = if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| Error::usage(format!("could not read the tenants from stdin: {e}")))?;
-        (s, "stdin".to_string())
-    } else {
-        let s = std::fs::read_to_string(path).map_err(|e| {
-            Error::usage(format!(
-                "could not read the tenants file {}: {e}",
-                path.display()
-            ))
-        })?;
-        (s, path.display().to_string())
+/// The largest tenants file orgctl reads (a line is a name and a URL: this is far beyond any
+/// fleet), so `/dev/zero` or a runaway pipe is a clear refusal, not unbounded memory.
+pub const MAX_TENANTS_FILE: u64 = 16 * 1024 * 1024;
+
+/// Read the tenants file (`-` is stdin) and parse it. The read runs on a thread of its own, so
+/// Ctrl-C or SIGTERM still ends the command while it waits on a pipe that never closes.
+pub async fn read(path: &Path) -> Result<Vec<Tenant>> {
+    let owned = path.to_path_buf();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A plain thread (not the runtime's blocking pool, which would be waited for at exit).
+    std::thread::spawn(move || {
+        let _ = tx.send(read_text(&owned));
+    });
+    // Nothing has started yet: an interrupt while reading simply ends the command.
+    let (text, source) = tokio::select! {
+        r = rx => r.map_err(|_| Error::failed("reading the tenants file stopped unexpectedly"))??,
+        _ = crate::interrupt::reached(1) => return Err(Error::interrupted()),
     };
     let tenants = parse(&text, &source)?;
     if tenants.is_empty() {
@@ -66,6 +67,40 @@ pub fn read(path: &Path) -> Result<Vec<Tenant>> {
         )));
     }
     Ok(tenants)
+}
+
+/// The file's text, at most [`MAX_TENANTS_FILE`] bytes, and how messages name it.
+fn read_text(path: &Path) -> Result<(String, String)> {
+    let stdin = path.as_os_str() == "-";
+    let source = if stdin {
+        "stdin".to_string()
+    } else {
+        path.display().to_string()
+    };
+    let cannot = |e: std::io::Error| {
+        if stdin {
+            Error::usage(format!("could not read the tenants from stdin: {e}"))
+        } else {
+            Error::usage(format!("could not read the tenants file {source}: {e}"))
+        }
+    };
+    let reader: Box<dyn Read> = if stdin {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(path).map_err(cannot)?)
+    };
+    let mut s = String::new();
+    reader
+        .take(MAX_TENANTS_FILE + 1)
+        .read_to_string(&mut s)
+        .map_err(cannot)?;
+    if s.len() as u64 > MAX_TENANTS_FILE {
+        return Err(Error::usage(format!(
+            "the tenants file {source} is larger than {} MiB: that is not a list of tenants (one `NAME DATABASE_URL` per line); split the fleet, or check the path",
+            MAX_TENANTS_FILE / (1024 * 1024)
+        )));
+    }
+    Ok((s, source))
 }
 
 /// Parse the tenants file's text. `source` names it in messages.
