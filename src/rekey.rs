@@ -1444,7 +1444,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     render_rekey(out, &plan, &none, false, true)?;
     if mode == Mode::Rotate {
         out.info(
-            "Next: set the platform's SECRETS_ENCRYPTION_KEY to the new key, restart the platform process, then run `orgctl secret verify` with the new key.",
+            "Next: set the platform's SECRETS_ENCRYPTION_KEY to the new key and restart the platform process now (until then what it writes itself, such as its CODEX_AUTH_JSON refresh, is under the old key), then run `orgctl secret verify` with the new key: it names any row or channel field written under the old one.",
         );
     }
     Ok(Exit::Ok)

@@ -1055,6 +1055,11 @@ async fn rekey_moves_channel_fields_to_the_new_key_and_leaves_the_rest_of_the_ob
     let a: RekeyJson = parse(&r);
     assert_eq!(a.plan_hash, d.plan_hash);
     assert_nothing_leaked(&db, &r, &values);
+    assert!(
+        r.stderr.contains("CODEX_AUTH_JSON") && r.stderr.contains("verify"),
+        "the next steps name the platform's own writes: {}",
+        r.stderr
+    );
 
     let after = channel_rows(&db);
     assert_eq!(after.len(), 3);
