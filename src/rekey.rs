@@ -211,10 +211,11 @@ fn warn_if_readable_by_others(out: &Output, path: &Path) {
 }
 
 /// Refuse (exit 3) to write a version-1 secret with a key that decrypts none of the tenant's
-/// existing version-1 rows (a sample of up to three per table, leaving out the row the write
-/// replaces): the tenant's key was rotated, or this is the wrong key, and the platform could
-/// not read the value. A tenant without other encrypted rows passes. Call it after taking the
-/// tenant lock, so a `secret set` that waited for a `rekey` sees the re-encrypted rows.
+/// existing encrypted values (a sample of up to three version-1 rows per secret table, leaving
+/// out the row the write replaces, and up to three `ec1:` channel fields): the tenant's key was
+/// rotated, or this is the wrong key, and the platform could not read the value. A tenant
+/// without other encrypted values passes. Call it after taking the tenant lock, so a `secret
+/// set` that waited for a `rekey` sees the re-encrypted values.
 pub async fn ensure_key_matches_tenant(
     conn: &mut PgConnection,
     sb: &SecretBox,
@@ -235,12 +236,36 @@ pub async fn ensure_key_matches_tenant(
     .bind(key)
     .fetch_all(&mut *conn)
     .await?;
-    if sample.is_empty() || sample.iter().any(|v| sb.open(v, 1).is_some()) {
+    if sample.iter().any(|v| sb.open(v, 1).is_some()) {
+        return Ok(());
+    }
+    let fields: Vec<String> = if channel_table(conn).await? == ChannelTable::Present {
+        let sql = format!(
+            "SELECT c.{col} ->> f FROM {t} c CROSS JOIN unnest($1::text[]) AS f
+              WHERE jsonb_typeof(c.{col} -> f) = 'string' AND left(c.{col} ->> f, $2) = $3
+              LIMIT 3",
+            t = channels::TABLE,
+            col = channels::COLUMN,
+        );
+        db::query_scalar(&sql)
+            .bind(channels::SECRET_FIELDS.to_vec())
+            .bind(channels::SEALED_PREFIX.len() as i32)
+            .bind(channels::SEALED_PREFIX)
+            .fetch_all(&mut *conn)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let sampled = sample.len() + fields.len();
+    if sampled == 0
+        || fields.iter().any(|f| {
+            channels::sealed_payload(f.as_bytes()).is_some_and(|p| sb.open(&p, 1).is_some())
+        })
+    {
         return Ok(());
     }
     Err(Error::refused(format!(
-        "{ENV_KEY} decrypts none of the tenant's existing encrypted secrets ({} sampled): the tenant's key was rotated or this is the wrong key, and the platform could not read a value written with it; nothing was changed (check the key with `orgctl secret verify`)",
-        sample.len()
+        "{ENV_KEY} decrypts none of the tenant's existing encrypted secrets or channel fields ({sampled} sampled): the tenant's key was rotated or this is the wrong key, and the platform could not read a value written with it; nothing was changed (check the key with `orgctl secret verify`)",
     )))
 }
 

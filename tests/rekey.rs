@@ -1434,3 +1434,42 @@ async fn keys_with_line_breaks_work_for_set_verify_and_rekey() {
         .code(2)
         .one_line_error("not a usable key");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secret_set_with_a_key_no_channel_field_opens_is_refused_when_fields_are_all_that_is_encrypted(
+) {
+    // No encrypted secret row at all: the channel field is the only witness of the tenant's key.
+    let db = TestDb::sample();
+    db.exec(&format!(
+        "INSERT INTO workspace_channels (workspace_id, channel_type, channel_config)
+         VALUES ('{}', 'telegram', jsonb_build_object('bot_token', '{}'))",
+        ids::HQ,
+        ec1(&OLD, "123456:AA-telegram-bot")
+    ));
+    let set = |key: &[u8; 32]| {
+        db.orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "NEW_ONE",
+            "--no-restart",
+            "--yes",
+        ])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(key))
+        .stdin(b"a-value")
+        .run()
+    };
+    let before = platform_dump(&db);
+    let r = set(&THIRD);
+    r.code(3).one_line_error(
+        "decrypts none of the tenant's existing encrypted secrets or channel fields",
+    );
+    assert_eq!(platform_dump(&db), before, "nothing written");
+    set(&OLD).code(0);
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM global_secrets WHERE key = 'NEW_ONE' AND encryption_version = 1"
+        ),
+        "1"
+    );
+}
