@@ -284,8 +284,8 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_su
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l plaintext-only -d 'Only encrypt the plaintext (version 0) rows, with the current key; leave the rest'
-complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l dry-run -d 'Show the rows per table and version that would be re-encrypted, and check that every encrypted row decrypts; change nothing (read-only, no locks)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l plaintext-only -d 'Only encrypt the plaintext (version 0) rows and plaintext channel fields, with the current key; leave the rest'
+complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -l dry-run -d 'Show the rows (channel fields) per table and version that would be re-encrypted, and check that every encrypted one decrypts; change nothing (read-only, no locks)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand secret; and __fish_seen_subcommand_from rekey" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'

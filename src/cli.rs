@@ -449,8 +449,9 @@ pub enum SecretCommand {
     /// Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv
     ///
     /// Encrypts the value as the platform reads it (AES-256-GCM with SECRETS_ENCRYPTION_KEY,
-    /// untrimmed: base64 of exactly 32 bytes, or 32 raw bytes that are not base64;
-    /// encryption_version 1; without a key the plain bytes, version 0, refused in production),
+    /// untrimmed: base64 of exactly 32 bytes — line breaks anywhere are skipped, spaces are
+    /// not — or 32 raw bytes that are not base64; encryption_version 1; without a key the plain
+    /// bytes, version 0, refused in production),
     /// upserts it, then restarts the workspaces the change affects:
     ///   WORKSPACE_ID  the workspace itself, only when a lookup proves it is not the platform
     ///                 agent (kind='platform'); an unprovable kind is not restarted either;
@@ -517,12 +518,14 @@ pub enum SecretCommand {
     Restart(SecretRestartArgs),
     /// Check that every encrypted secret decrypts with SECRETS_ENCRYPTION_KEY (read-only)
     ///
-    /// Reads every row of workspace_secrets and global_secrets in one read-only snapshot and
-    /// decrypts each version-1 row with SECRETS_ENCRYPTION_KEY. Prints the rows per table and
-    /// encryption_version, and names each row that does not decrypt (table, id, workspace,
-    /// key — never a value). Version-0 (plaintext) rows are a warning, not a failure.
-    /// Exit 0 when every encrypted row decrypts, 1 otherwise; 2 when the key is missing or
-    /// invalid (checked before connecting).
+    /// Reads every row of workspace_secrets and global_secrets, and the encrypted fields of
+    /// workspace_channels.channel_config (bot_token, webhook_secret, webhook_url, verify_token,
+    /// signing_secret), in one read-only snapshot and decrypts each version-1 row and each
+    /// "ec1:" field with SECRETS_ENCRYPTION_KEY. Prints the rows (fields) per table and
+    /// version, and names each one that does not decrypt (table, id, workspace, key or field —
+    /// never a value). Version-0 (plaintext) rows and plaintext channel fields are a warning,
+    /// not a failure. Exit 0 when every encrypted value decrypts, 1 otherwise; 2 when the key
+    /// is missing or invalid (checked before connecting).
     ///
     /// Examples:
     ///   orgctl secret verify
@@ -531,28 +534,34 @@ pub enum SecretCommand {
     Verify,
     /// Re-encrypt every secret under a new key, or encrypt the plaintext ones
     ///
-    /// In ONE transaction under the tenant lock (writers of the two secret tables wait until
-    /// the commit): every row of workspace_secrets and global_secrets is decrypted with
-    /// SECRETS_ENCRYPTION_KEY (version 1) or taken as is (version 0), encrypted with the new
-    /// key under a fresh nonce, and written as version 1; updated_at is left alone. Pages of
-    /// at most 1000 rows / 4 MiB, one UPDATE each, so memory stays bounded.
-    /// If any version-1 row does not decrypt with the current key, nothing is written (exit 3,
-    /// naming the rows).
+    /// In ONE transaction under the tenant lock (writers of the two secret tables and of
+    /// workspace_channels wait until the commit): every row of workspace_secrets and
+    /// global_secrets is decrypted with SECRETS_ENCRYPTION_KEY (version 1) or taken as is
+    /// (version 0), encrypted with the new key under a fresh nonce, and written as version 1;
+    /// likewise every encrypted field of workspace_channels.channel_config (bot_token,
+    /// webhook_secret, webhook_url, verify_token, signing_secret: "ec1:" + base64, or legacy
+    /// plaintext) is written back as "ec1:" under the new key, every other key of the object
+    /// untouched. updated_at is left alone. Pages of at most 1000 rows / 4 MiB, one UPDATE
+    /// each, so memory stays bounded. If any encrypted row or field does not decrypt with the
+    /// current key, nothing is written (exit 3, naming them).
     ///
     /// Keys never come from the command line:
     ///   SECRETS_ENCRYPTION_KEY      the current key (required)
     ///   SECRETS_ENCRYPTION_KEY_NEW  the new key, or --new-key-file (not both)
-    /// Both follow the platform's rules (standard base64 of 32 bytes, or a non-base64 raw
-    /// string of exactly 32 bytes). A missing, invalid or unchanged key is exit 2, before any
-    /// connection is made.
+    /// Both follow the platform's rules (standard base64 of 32 bytes, line breaks skipped, or a
+    /// non-base64 raw string of exactly 32 bytes). A missing, invalid or unchanged key is
+    /// exit 2, before any connection is made.
     ///
-    /// --plaintext-only encrypts the version-0 rows with the current key and leaves encrypted
-    /// rows alone (turning encryption on for a tenant that ran without a key); it refuses when
-    /// the tenant's encrypted rows do not decrypt with that key.
+    /// --plaintext-only encrypts the version-0 rows and plaintext channel fields with the
+    /// current key and leaves encrypted ones alone (turning encryption on for a tenant that ran
+    /// without a key); it refuses when the tenant's encrypted values do not decrypt with that
+    /// key.
     ///
-    /// Then swap the platform's SECRETS_ENCRYPTION_KEY, restart the platform process, and run
-    /// `orgctl secret verify` with the new key. Asks for confirmation on a terminal; --yes
-    /// without one.
+    /// The platform rewrites the CODEX_AUTH_JSON global secret by itself every few minutes:
+    /// stop its writers, or rekey, swap the platform's SECRETS_ENCRYPTION_KEY and restart the
+    /// platform inside one maintenance window; then run `orgctl secret verify` with the new
+    /// key (it names anything written under the old one). Asks for confirmation on a
+    /// terminal; --yes without one.
     ///
     /// Examples:
     ///   orgctl secret verify
@@ -569,11 +578,12 @@ pub struct SecretRekeyArgs {
     /// SECRETS_ENCRYPTION_KEY_NEW). Keep it at mode 0600.
     #[arg(long, value_name = "PATH", conflicts_with = "plaintext_only")]
     pub new_key_file: Option<PathBuf>,
-    /// Only encrypt the plaintext (version 0) rows, with the current key; leave the rest.
+    /// Only encrypt the plaintext (version 0) rows and plaintext channel fields, with the
+    /// current key; leave the rest.
     #[arg(long)]
     pub plaintext_only: bool,
-    /// Show the rows per table and version that would be re-encrypted, and check that every
-    /// encrypted row decrypts; change nothing (read-only, no locks).
+    /// Show the rows (channel fields) per table and version that would be re-encrypted, and
+    /// check that every encrypted one decrypts; change nothing (read-only, no locks).
     #[arg(long)]
     pub dry_run: bool,
     /// Refuse (exit 3) unless the plan computed now has this plan_hash (from a reviewed dry run).

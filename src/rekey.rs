@@ -1,20 +1,28 @@
 //! Key custody (SPEC §10; issue 12): `secret verify` and `secret rekey`.
 //!
-//! `verify` reads every secret row of both tables in a read-only REPEATABLE READ transaction and
-//! checks that each version-1 row decrypts with `SECRETS_ENCRYPTION_KEY`; it names the rows that
-//! do not (table, id, workspace, key — never a value).
+//! Everything the key protects is covered: the rows of both secret tables, and the encrypted
+//! fields of `workspace_channels.channel_config` ([`crate::platform::channels`]). A channel
+//! field counts like a row: `ec1:` is version 1, a string without the prefix is version 0
+//! (legacy plaintext).
 //!
-//! `rekey` re-encrypts every row under a new key (or, with `--plaintext-only`, encrypts the
-//! version-0 rows with the current key), in ONE transaction under the tenant lock. The plan is
-//! the row count per table and version (one aggregate); the work is a keyset-paginated scan by
-//! primary key, each page bounded in rows and bytes, written back with one set-based
+//! `verify` reads every secret row and channel field in a read-only REPEATABLE READ transaction
+//! and checks that each version-1 value decrypts with `SECRETS_ENCRYPTION_KEY`; it names the
+//! ones that do not (table, id, workspace, key or field — never a value).
+//!
+//! `rekey` re-encrypts every value under a new key (or, with `--plaintext-only`, encrypts the
+//! version-0 values with the current key), in ONE transaction under the tenant lock. The plan
+//! is the count per table and version (one aggregate per table); the work is a keyset-paginated
+//! scan by primary key, each page bounded in rows and bytes, written back with one set-based
 //! `UPDATE … FROM unnest(…)` per page, so memory stays bounded on a tenant of any size. Any
-//! version-1 row that does not decrypt with the current key stops the writes; the scan goes on
-//! only to name every such row, and the transaction is rolled back (exit 3, nothing written).
+//! version-1 value that does not decrypt with the current key stops the writes; the scan goes
+//! on only to name every such value, and the transaction is rolled back (exit 3, nothing
+//! written). A channel page's UPDATE merges only the rewritten fields into the object
+//! (`channel_config || patch`): every other key stays as it is.
 //!
-//! Concurrency: the tenant advisory lock keeps other orgctl runs out; the two secret tables are
-//! locked `SHARE ROW EXCLUSIVE` (readers go on, writers wait until the commit), so the pages see
-//! a table nobody changes, and the counts the plan promised are what the scan finds. A
+//! Concurrency: the tenant advisory lock keeps other orgctl runs out; the secret tables and the
+//! channel table are locked `SHARE ROW EXCLUSIVE` (readers go on, writers wait until the
+//! commit), so the pages see tables nobody changes, and the counts the plan promised are what
+//! the scan finds. A
 //! `secret set` that waited for the lock meets [`ensure_key_matches_tenant`]: with the old key
 //! it is refused, so nothing is written under the old key after the commit.
 //!
@@ -38,6 +46,7 @@ use crate::cli::SecretRekeyArgs;
 use crate::db;
 use crate::error::{sanitize, Error, Exit, Result};
 use crate::output::{truncated, Output};
+use crate::platform::channels;
 use crate::platform::keys::SecretBox;
 use crate::Context;
 
@@ -202,10 +211,11 @@ fn warn_if_readable_by_others(out: &Output, path: &Path) {
 }
 
 /// Refuse (exit 3) to write a version-1 secret with a key that decrypts none of the tenant's
-/// existing version-1 rows (a sample of up to three per table, leaving out the row the write
-/// replaces): the tenant's key was rotated, or this is the wrong key, and the platform could
-/// not read the value. A tenant without other encrypted rows passes. Call it after taking the
-/// tenant lock, so a `secret set` that waited for a `rekey` sees the re-encrypted rows.
+/// existing encrypted values (a sample of up to three version-1 rows per secret table, leaving
+/// out the row the write replaces, and up to three `ec1:` channel fields): the tenant's key was
+/// rotated, or this is the wrong key, and the platform could not read the value. A tenant
+/// without other encrypted values passes. Call it after taking the tenant lock, so a `secret
+/// set` that waited for a `rekey` sees the re-encrypted values.
 pub async fn ensure_key_matches_tenant(
     conn: &mut PgConnection,
     sb: &SecretBox,
@@ -226,38 +236,75 @@ pub async fn ensure_key_matches_tenant(
     .bind(key)
     .fetch_all(&mut *conn)
     .await?;
-    if sample.is_empty() || sample.iter().any(|v| sb.open(v, 1).is_some()) {
+    if sample.iter().any(|v| sb.open(v, 1).is_some()) {
+        return Ok(());
+    }
+    let fields: Vec<String> = if channel_table(conn).await? == ChannelTable::Present {
+        let sql = format!(
+            "SELECT c.{col} ->> f FROM {t} c CROSS JOIN unnest($1::text[]) AS f
+              WHERE jsonb_typeof(c.{col} -> f) = 'string' AND left(c.{col} ->> f, $2) = $3
+              LIMIT 3",
+            t = channels::TABLE,
+            col = channels::COLUMN,
+        );
+        db::query_scalar(&sql)
+            .bind(channels::SECRET_FIELDS.to_vec())
+            .bind(channels::SEALED_PREFIX.len() as i32)
+            .bind(channels::SEALED_PREFIX)
+            .fetch_all(&mut *conn)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let sampled = sample.len() + fields.len();
+    if sampled == 0
+        || fields.iter().any(|f| {
+            channels::sealed_payload(f.as_bytes()).is_some_and(|p| sb.open(&p, 1).is_some())
+        })
+    {
         return Ok(());
     }
     Err(Error::refused(format!(
-        "{ENV_KEY} decrypts none of the tenant's existing encrypted secrets ({} sampled): the tenant's key was rotated or this is the wrong key, and the platform could not read a value written with it; nothing was changed (check the key with `orgctl secret verify`)",
-        sample.len()
+        "{ENV_KEY} decrypts none of the tenant's existing encrypted secrets or channel fields ({sampled} sampled): the tenant's key was rotated or this is the wrong key, and the platform could not read a value written with it; nothing was changed (check the key with `orgctl secret verify`)",
     )))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Tables, counts, findings
 
+/// Where the key protects values. The channel "table" is the encrypted fields of
+/// `workspace_channels.channel_config`: its counts are fields (a channel row holds up to five),
+/// its ids are channel ids and its keys are field names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
 pub enum Table {
+    #[serde(rename = "workspace_secrets")]
     WorkspaceSecrets,
+    #[serde(rename = "global_secrets")]
     GlobalSecrets,
+    #[serde(rename = "workspace_channels.channel_config")]
+    ChannelFields,
 }
 
 impl Table {
-    pub const ALL: [Table; 2] = [Table::WorkspaceSecrets, Table::GlobalSecrets];
+    pub const ALL: [Table; 3] = [
+        Table::WorkspaceSecrets,
+        Table::GlobalSecrets,
+        Table::ChannelFields,
+    ];
+    /// The two secret tables (rows of `encrypted_value` and `encryption_version`).
+    pub const SECRETS: [Table; 2] = [Table::WorkspaceSecrets, Table::GlobalSecrets];
 
     pub fn name(self) -> &'static str {
         match self {
             Table::WorkspaceSecrets => "workspace_secrets",
             Table::GlobalSecrets => "global_secrets",
+            Table::ChannelFields => "workspace_channels.channel_config",
         }
     }
 
     fn workspace_col(self) -> &'static str {
         match self {
-            Table::WorkspaceSecrets => "workspace_id",
+            Table::WorkspaceSecrets | Table::ChannelFields => "workspace_id",
             Table::GlobalSecrets => "NULL::uuid",
         }
     }
@@ -326,11 +373,36 @@ impl Counts {
             .sum()
     }
 
-    /// Rows the mode rewrites.
+    /// Secret rows (both secret tables) of one version.
+    pub fn rows_of_version(&self, version: i32) -> i64 {
+        Table::SECRETS
+            .iter()
+            .map(|t| self.0.get(&(*t, version)).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// Channel fields of one version (1: `ec1:`, 0: legacy plaintext).
+    pub fn fields_of_version(&self, version: i32) -> i64 {
+        self.0
+            .get(&(Table::ChannelFields, version))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Rows and fields the mode rewrites.
     pub fn rewritten(&self, mode: Mode) -> i64 {
         self.0
             .iter()
             .filter(|((_, v), _)| mode.rewrites(*v))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Channel fields the mode rewrites.
+    pub fn fields_rewritten(&self, mode: Mode) -> i64 {
+        self.0
+            .iter()
+            .filter(|((t, v), _)| *t == Table::ChannelFields && mode.rewrites(*v))
             .map(|(_, n)| n)
             .sum()
     }
@@ -361,6 +433,13 @@ impl BadRow {
             Some(w) => format!("workspace {w}"),
             None => "global".to_string(),
         };
+        if self.table == Table::ChannelFields {
+            return format!(
+                "channel {} ({place}, field {} of channel_config)",
+                self.id,
+                sanitize(&self.key),
+            );
+        }
         format!(
             "{} {} ({place}, key {}, version {})",
             self.table.name(),
@@ -402,7 +481,9 @@ impl BadRows {
     }
 }
 
-/// One row of a page. The value is zeroed when dropped (a version-0 value is plaintext).
+/// One row of a page (for the channel fields: one field of a channel row, `key` its name and
+/// `value` the JSON string's bytes). The value is zeroed when dropped (a version-0 value is
+/// plaintext).
 struct Stored {
     id: Uuid,
     workspace_id: Option<Uuid>,
@@ -414,9 +495,21 @@ struct Stored {
 // ---------------------------------------------------------------------------------------------
 // The scan
 
-/// The state of one scan over both tables.
+/// What one page writes back: ids and new values, and for the channel fields the field names
+/// (one entry per field, in page order).
+#[derive(Default)]
+struct Writes {
+    ids: Vec<Uuid>,
+    fields: Vec<String>,
+    values: Vec<Vec<u8>>,
+}
+
+/// The state of one scan over both secret tables and, when the tenant has them, the channel
+/// fields.
 pub struct Scan<'a> {
     mode: Mode,
+    /// Whether the tenant has the channel table ([`channel_table`]).
+    channels: bool,
     current: Option<&'a Key>,
     /// The key rows are sealed with (new for a rotation, current for --plaintext-only).
     target: Option<&'a Key>,
@@ -432,6 +525,7 @@ impl<'a> Scan<'a> {
     pub fn new(mode: Mode, current: Option<&'a Key>, target: Option<&'a Key>, write: bool) -> Self {
         Scan {
             mode,
+            channels: false,
             current,
             target,
             write,
@@ -442,16 +536,27 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// Scan the channel fields too (the tenant has the channel table).
+    pub fn with_channels(mut self, present: bool) -> Self {
+        self.channels = present;
+        self
+    }
+
     /// Check one page, and seal what it rewrites (while nothing has failed and this scan
-    /// writes). Returns the ids and new values to write.
-    fn process(&mut self, table: Table, page: Vec<Stored>) -> Result<(Vec<Uuid>, Vec<Vec<u8>>)> {
-        let mut ids = Vec::new();
-        let mut values = Vec::new();
+    /// writes). Returns what to write.
+    fn process(&mut self, table: Table, page: Vec<Stored>) -> Result<Writes> {
+        let mut w = Writes::default();
         for row in page {
             self.counts.add(table, row.version, 1);
+            let opened = |k: &Key| match table {
+                Table::ChannelFields => {
+                    channels::sealed_payload(&row.value).and_then(|p| k.open(&p))
+                }
+                _ => k.open(&row.value),
+            };
             let plaintext: Option<Zeroizing<Vec<u8>>> = match row.version {
                 0 => None,
-                1 => match self.current.and_then(|k| k.open(&row.value)) {
+                1 => match self.current.and_then(opened) {
                     Some(p) => Some(p),
                     None => {
                         self.bad_counts.add(table, row.version, 1);
@@ -475,18 +580,22 @@ impl<'a> Scan<'a> {
                 Some(p) => target.seal(p)?,
                 None => target.seal(&row.value)?,
             };
-            ids.push(row.id);
-            values.push(sealed);
+            if table == Table::ChannelFields {
+                w.values.push(channels::sealed_value(&sealed));
+                w.fields.push(row.key);
+            } else {
+                w.values.push(sealed);
+            }
+            w.ids.push(row.id);
         }
         if self.bad.count > 0 {
             // Nothing more is written once a row failed; the scan only counts and names.
-            ids.clear();
-            values.clear();
+            w = Writes::default();
         }
-        Ok((ids, values))
+        Ok(w)
     }
 
-    /// Scan both tables in primary-key order, page by page; write each page's new values with
+    /// Scan every table in primary-key order, page by page; write each page's new values with
     /// one UPDATE when this scan writes.
     pub async fn run(
         &mut self,
@@ -494,21 +603,37 @@ impl<'a> Scan<'a> {
         pb: &indicatif::ProgressBar,
     ) -> Result<()> {
         for table in Table::ALL {
+            if table == Table::ChannelFields && !self.channels {
+                continue;
+            }
             let mut after: Option<Uuid> = None;
             loop {
-                let page = fetch_page(conn, table, after).await?;
+                let page = match table {
+                    Table::ChannelFields => fetch_channel_page(conn, after).await?,
+                    _ => fetch_page(conn, table, after).await?,
+                };
                 let Some(last) = page.last() else { break };
                 after = Some(last.id);
                 let n = page.len() as u64;
-                let (ids, values) = self.process(table, page)?;
-                if !ids.is_empty() {
-                    let touched = update_page(conn, table, &ids, &values).await?;
+                let w = self.process(table, page)?;
+                if !w.ids.is_empty() {
+                    let (touched, want) = match table {
+                        Table::ChannelFields => {
+                            let mut rows = w.ids.clone();
+                            rows.dedup();
+                            (update_channel_page(conn, &w).await?, rows.len())
+                        }
+                        _ => (
+                            update_page(conn, table, &w.ids, &w.values).await?,
+                            w.ids.len(),
+                        ),
+                    };
                     db::ensure_rows(
                         &format!("the re-encryption of a page of {}", table.name()),
                         touched,
-                        ids.len() as i64,
+                        want as i64,
                     )?;
-                    self.written += ids.len() as i64;
+                    self.written += w.ids.len() as i64;
                 }
                 pb.inc(n);
             }
@@ -603,10 +728,94 @@ async fn update_page(
     Ok(done.rows_affected())
 }
 
-/// Rows per table and version: one aggregate per table, no values read.
+/// The channel fields of the page: the next channel rows after `after` in primary-key order
+/// that hold at least one encrypted field as a non-empty string (the platform's rule), at most
+/// [`PAGE_ROWS`] rows and [`PAGE_BYTES`] of field values (but at least one row); one result row
+/// per field, in (id, field) order. Only the five fields leave the server, never the rest of
+/// the object.
+async fn fetch_channel_page(conn: &mut PgConnection, after: Option<Uuid>) -> Result<Vec<Stored>> {
+    let cond = if after.is_some() { "c.id > $4" } else { "true" };
+    let sql = format!(
+        "SELECT w.id, w.workspace_id, f.name, w.cfg ->> f.name
+           FROM (
+             SELECT id, workspace_id, cfg,
+                    row_number() OVER (ORDER BY id) AS rn,
+                    sum(bytes) OVER (ORDER BY id) AS total
+               FROM (SELECT c.id, c.workspace_id, c.{col} AS cfg,
+                            (SELECT sum(octet_length(c.{col} ->> n)) FROM unnest($3::text[]) AS n
+                              WHERE jsonb_typeof(c.{col} -> n) = 'string') AS bytes
+                       FROM {t} c
+                      WHERE {cond}
+                        AND EXISTS (SELECT 1 FROM unnest($3::text[]) AS n
+                                     WHERE jsonb_typeof(c.{col} -> n) = 'string'
+                                       AND c.{col} ->> n <> '')
+                      ORDER BY c.id LIMIT $1) s
+           ) w
+           CROSS JOIN unnest($3::text[]) WITH ORDINALITY AS f(name, i)
+          WHERE (w.rn = 1 OR w.total <= $2)
+            AND jsonb_typeof(w.cfg -> f.name) = 'string' AND w.cfg ->> f.name <> ''
+          ORDER BY w.id, f.i",
+        t = channels::TABLE,
+        col = channels::COLUMN,
+    );
+    let mut q = db::query(&sql)
+        // Always unnamed (even with --pooler session): planned with this page's bounds.
+        .persistent(false)
+        .bind(PAGE_ROWS)
+        .bind(PAGE_BYTES)
+        .bind(channels::SECRET_FIELDS.to_vec());
+    if let Some(a) = after {
+        q = q.bind(a);
+    }
+    let rows = q.fetch_all(&mut *conn).await?;
+    let mut page = Vec::with_capacity(rows.len());
+    for r in rows {
+        let value = Zeroizing::new(r.try_get::<String, _>(3)?.into_bytes());
+        page.push(Stored {
+            id: r.try_get(0)?,
+            workspace_id: r.try_get(1)?,
+            key: r.try_get(2)?,
+            version: i32::from(channels::is_sealed(&value)),
+            value,
+        });
+    }
+    Ok(page)
+}
+
+/// Write one page of channel fields: one set-based UPDATE that merges each row's rewritten
+/// fields into its object (`||` replaces those keys and keeps every other one). Returns the
+/// rows touched. `updated_at` is left alone.
+async fn update_channel_page(conn: &mut PgConnection, w: &Writes) -> Result<u64> {
+    let (Some(lo), Some(hi)) = (w.ids.first(), w.ids.last()) else {
+        return Ok(0);
+    };
+    let sql = format!(
+        "UPDATE {t} AS t SET {col} = t.{col} || p.patch
+           FROM (SELECT id, jsonb_object_agg(f, convert_from(v, 'UTF8')) AS patch
+                   FROM unnest($1::uuid[], $2::text[], $3::bytea[]) AS u(id, f, v)
+                  GROUP BY id) p
+          WHERE t.id = p.id AND t.id >= $4 AND t.id <= $5",
+        t = channels::TABLE,
+        col = channels::COLUMN,
+    );
+    let done = db::query(&sql)
+        // Always unnamed (even with --pooler session): planned with this page's bounds.
+        .persistent(false)
+        .bind(&w.ids)
+        .bind(&w.fields)
+        .bind(&w.values)
+        .bind(lo)
+        .bind(hi)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Rows per table and version, and the channel fields per version when the tenant has the
+/// channel table in the shape the platform gives it: one aggregate per table, no values read.
 pub async fn count_rows(conn: &mut PgConnection) -> Result<Counts> {
     let mut counts = Counts::default();
-    for table in Table::ALL {
+    for table in Table::SECRETS {
         let sql = format!(
             "SELECT encryption_version, count(*) FROM {} GROUP BY 1",
             table.name()
@@ -615,19 +824,78 @@ pub async fn count_rows(conn: &mut PgConnection) -> Result<Counts> {
             counts.add(table, r.try_get(0)?, r.try_get(1)?);
         }
     }
+    if channel_table(conn).await? == ChannelTable::Present {
+        count_channel_fields(conn, &mut counts).await?;
+    }
     Ok(counts)
 }
 
+/// The channel fields per version (1: `ec1:`, 0: plaintext), added to `counts`: one aggregate.
+async fn count_channel_fields(conn: &mut PgConnection, counts: &mut Counts) -> Result<()> {
+    {
+        let sql = format!(
+            "SELECT (left(c.{col} ->> f, $2) = $3)::int, count(*)
+               FROM {t} c CROSS JOIN unnest($1::text[]) AS f
+              WHERE jsonb_typeof(c.{col} -> f) = 'string' AND c.{col} ->> f <> ''
+              GROUP BY 1",
+            t = channels::TABLE,
+            col = channels::COLUMN,
+        );
+        let rows = db::query(&sql)
+            .bind(channels::SECRET_FIELDS.to_vec())
+            .bind(channels::SEALED_PREFIX.len() as i32)
+            .bind(channels::SEALED_PREFIX)
+            .fetch_all(&mut *conn)
+            .await?;
+        for r in rows {
+            counts.add(Table::ChannelFields, r.try_get(0)?, r.try_get(1)?);
+        }
+    }
+    Ok(())
+}
+
+/// Whether the tenant has the channel table, and in which shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelTable {
+    /// No such table (an older tenant): nothing there to protect.
+    Absent,
+    /// UUID `id` and `workspace_id`, `jsonb` config: scanned like the secret tables.
+    Present,
+    /// The table is there in a shape orgctl does not know: `verify`/`rekey` refuse.
+    Unknown,
+}
+
+/// The channel table as the catalog has it.
+pub async fn channel_table(conn: &mut PgConnection) -> Result<ChannelTable> {
+    let r = db::query(
+        "SELECT to_regclass($1) IS NOT NULL,
+                (SELECT count(*) FROM pg_attribute a
+                  WHERE a.attrelid = to_regclass($1) AND NOT a.attisdropped
+                    AND ((a.attname IN ('id', 'workspace_id') AND a.atttypid = 'uuid'::regtype)
+                      OR (a.attname = $2 AND a.atttypid = 'jsonb'::regtype)))",
+    )
+    .bind(channels::TABLE)
+    .bind(channels::COLUMN)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(match (r.try_get::<bool, _>(0)?, r.try_get::<i64, _>(1)?) {
+        (false, _) => ChannelTable::Absent,
+        (true, 3) => ChannelTable::Present,
+        (true, _) => ChannelTable::Unknown,
+    })
+}
+
 /// The secret tables need a UUID `id` primary key for the keyset scan (the platform's schema
-/// has one); refuse, naming the table, otherwise.
-async fn ensure_uuid_ids(conn: &mut PgConnection) -> Result<()> {
+/// has one), and the channel table, when there is one, the platform's shape; refuse, naming
+/// the table, otherwise. Returns whether the channel fields are to be scanned.
+async fn ensure_scannable(conn: &mut PgConnection) -> Result<bool> {
     let rows = db::query(
         "SELECT t.name, a.atttypid = 'uuid'::regtype
            FROM unnest($1::text[]) AS t(name)
            LEFT JOIN pg_attribute a
              ON a.attrelid = to_regclass(t.name) AND a.attname = 'id' AND NOT a.attisdropped",
     )
-    .bind(Table::ALL.map(Table::name).to_vec())
+    .bind(Table::SECRETS.map(Table::name).to_vec())
     .fetch_all(&mut *conn)
     .await?;
     let mut bad = Vec::new();
@@ -637,13 +905,20 @@ async fn ensure_uuid_ids(conn: &mut PgConnection) -> Result<()> {
             bad.push(name);
         }
     }
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::refused(format!(
+    if !bad.is_empty() {
+        return Err(Error::refused(format!(
             "the tenant's schema is incompatible with secret verify/rekey: {} has no UUID id column to page through",
             bad.join(" and ")
-        )))
+        )));
+    }
+    match channel_table(conn).await? {
+        ChannelTable::Absent => Ok(false),
+        ChannelTable::Present => Ok(true),
+        ChannelTable::Unknown => Err(Error::refused(format!(
+            "the tenant's schema is incompatible with secret verify/rekey: {t} is not the platform's (UUID id and workspace_id, jsonb {c}), so its encrypted fields cannot be checked or re-encrypted; nothing was changed",
+            t = channels::TABLE,
+            c = channels::COLUMN,
+        ))),
     }
 }
 
@@ -655,6 +930,7 @@ struct VerifyJson<'a> {
     ok: bool,
     tables: Vec<VerifyCount>,
     plaintext_rows: i64,
+    plaintext_channel_fields: i64,
     undecryptable: &'a BadRows,
 }
 
@@ -674,17 +950,18 @@ pub async fn verify(ctx: &Context) -> Result<Exit> {
     let out = &ctx.out;
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
-    ensure_uuid_ids(&mut conn).await?;
+    let channels = ensure_scannable(&mut conn).await?;
 
     let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
     let total = count_rows(&mut tx).await?.total();
     let pb = out.progress(u64::try_from(total).unwrap_or(0), "verifying");
-    let mut scan = Scan::new(Mode::Verify, Some(&key), None, false);
+    let mut scan = Scan::new(Mode::Verify, Some(&key), None, false).with_channels(channels);
     scan.run(&mut tx, &pb).await?;
     pb.finish_and_clear();
     tx.rollback().await?;
 
-    let plaintext = scan.counts.of_version(0);
+    let plaintext = scan.counts.rows_of_version(0);
+    let plaintext_fields = scan.counts.fields_of_version(0);
     let ok = scan.bad.count == 0;
     if out.json_mode() {
         out.json(&VerifyJson {
@@ -701,6 +978,7 @@ pub async fn verify(ctx: &Context) -> Result<Exit> {
                 })
                 .collect(),
             plaintext_rows: plaintext,
+            plaintext_channel_fields: plaintext_fields,
             undecryptable: &scan.bad,
         })?;
     } else {
@@ -719,17 +997,19 @@ pub async fn verify(ctx: &Context) -> Result<Exit> {
             ]);
         }
         let _ = writeln!(s, "{t}");
+        channel_note(&mut s, &scan.counts);
         render_bad(
             out,
             &mut s,
             &scan.bad,
-            "Rows that do not decrypt with SECRETS_ENCRYPTION_KEY",
+            "Values that do not decrypt with SECRETS_ENCRYPTION_KEY",
         );
         if ok {
             let _ = writeln!(
                 s,
-                "\nEvery encrypted row ({}) decrypts with SECRETS_ENCRYPTION_KEY.",
-                scan.counts.of_version(1)
+                "\nEvery encrypted value ({} secret row(s), {} channel field(s)) decrypts with SECRETS_ENCRYPTION_KEY.",
+                scan.counts.rows_of_version(1),
+                scan.counts.fields_of_version(1)
             );
         }
         out.stdout(&s)?;
@@ -739,11 +1019,18 @@ pub async fn verify(ctx: &Context) -> Result<Exit> {
             "{plaintext} secret row(s) are stored in plaintext (encryption_version 0); encrypt them with `orgctl secret rekey --plaintext-only`"
         ));
     }
+    if plaintext_fields > 0 {
+        out.warn(&format!(
+            "{plaintext_fields} channel field(s) of {} are stored in plaintext (no {} prefix); encrypt them with `orgctl secret rekey --plaintext-only`",
+            Table::ChannelFields.name(),
+            channels::SEALED_PREFIX
+        ));
+    }
     if ok {
         Ok(Exit::Ok)
     } else {
         out.info(&format!(
-            "verify: {} row(s) do not decrypt with SECRETS_ENCRYPTION_KEY: {}",
+            "verify: {} value(s) do not decrypt with SECRETS_ENCRYPTION_KEY: {}",
             scan.bad.count,
             scan.bad.named()
         ));
@@ -762,12 +1049,26 @@ impl Scan<'_> {
     }
 }
 
+/// Under a table of counts that has channel fields: what their counts mean.
+fn channel_note(s: &mut String, counts: &Counts) {
+    if counts.fields_of_version(0) + counts.fields_of_version(1) == 0 {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "({} counts fields ({}): version 1 is {}…, version 0 legacy plaintext.)",
+        Table::ChannelFields.name(),
+        channels::SECRET_FIELDS.join(", "),
+        channels::SEALED_PREFIX
+    );
+}
+
 fn render_bad(out: &Output, s: &mut String, bad: &BadRows, title: &str) {
     if bad.count == 0 {
         return;
     }
     let _ = writeln!(s, "\n{title} ({}):", bad.count);
-    let mut t = out.new_table(["table", "id", "workspace", "key", "version"]);
+    let mut t = out.new_table(["table", "id", "workspace", "key / field", "version"]);
     let (shown, _) = truncated(&bad.rows, TABLE_ROWS);
     for b in shown {
         t.add_row(vec![
@@ -813,7 +1114,7 @@ impl Plan {
     pub fn hash(&self) -> String {
         let mut h = sha2::Sha256::new();
         h.update(format!(
-            "orgctl-rekey-plan v1\nmode {}\n",
+            "orgctl-rekey-plan v2\nmode {}\n",
             self.mode.as_str()
         ));
         for (t, v, n) in self.counts.rows() {
@@ -837,19 +1138,29 @@ impl Plan {
         if n == 0 {
             return match self.mode {
                 Mode::PlaintextOnly => {
-                    "Nothing to do: no secret row is stored in plaintext.".to_string()
+                    "Nothing to do: no secret row or channel field is stored in plaintext."
+                        .to_string()
                 }
-                _ => "Nothing to do: the tenant has no secret rows.".to_string(),
+                _ => "Nothing to do: the tenant has no secret rows or encrypted channel fields."
+                    .to_string(),
             };
         }
+        let c = &self.counts;
         match self.mode {
             Mode::PlaintextOnly => format!(
-                "Plan: encrypt {n} plaintext row(s) with the current key, as version 1; encrypted rows are left alone."
+                "Plan: encrypt {} plaintext row(s) and {} plaintext channel field(s) with the current key (rows as version 1, fields as {}…); encrypted values are left alone.",
+                c.rows_of_version(0),
+                c.fields_of_version(0),
+                channels::SEALED_PREFIX
             ),
             _ => format!(
-                "Plan: re-encrypt {n} row(s) ({} version 1, {} version 0) under the new key, as version 1.",
-                self.counts.of_version(1),
-                self.counts.of_version(0)
+                "Plan: re-encrypt {} row(s) ({} version 1, {} version 0) and {} channel field(s) ({} encrypted, {} plaintext) under the new key; every one is left encrypted.",
+                c.rows_of_version(1) + c.rows_of_version(0),
+                c.rows_of_version(1),
+                c.rows_of_version(0),
+                c.fields_of_version(1) + c.fields_of_version(0),
+                c.fields_of_version(1),
+                c.fields_of_version(0)
             ),
         }
     }
@@ -926,11 +1237,12 @@ fn rekey_text(out: &Output, plan: &Plan, bad: &BadRows, dry_run: bool, applied: 
         ]);
     }
     let _ = writeln!(s, "{t}");
+    channel_note(&mut s, &plan.counts);
     render_bad(
         out,
         &mut s,
         bad,
-        "Rows that do not decrypt with SECRETS_ENCRYPTION_KEY (nothing is written while any remain)",
+        "Values that do not decrypt with SECRETS_ENCRYPTION_KEY (nothing is written while any remain)",
     );
     let _ = writeln!(s, "\n{}", plan.summary());
     if plan.changed() && bad.count == 0 {
@@ -946,11 +1258,11 @@ fn rekey_text(out: &Output, plan: &Plan, bad: &BadRows, dry_run: bool, applied: 
 
 fn undecryptable_error(bad: &BadRows, mode: Mode) -> Error {
     let why = match mode {
-        Mode::PlaintextOnly => "it is not the key the tenant's encrypted rows use, so the platform could not read rows encrypted with it",
+        Mode::PlaintextOnly => "it is not the key the tenant's encrypted values use, so the platform could not read values encrypted with it",
         _ => "re-encrypting would need them",
     };
     Error::refused(format!(
-        "{} secret row(s) do not decrypt with SECRETS_ENCRYPTION_KEY ({why}): {}; nothing was changed",
+        "{} encrypted secret row(s) or channel field(s) do not decrypt with SECRETS_ENCRYPTION_KEY ({why}): {}; nothing was changed",
         bad.count,
         bad.named()
     ))
@@ -1000,7 +1312,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     let url = ctx.url()?;
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
-    ensure_uuid_ids(&mut conn).await?;
+    let channels = ensure_scannable(&mut conn).await?;
 
     // 1. Plan read-only: counts per table and version.
     if args.dry_run {
@@ -1011,7 +1323,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
             counts: count_rows(&mut tx).await?,
         };
         let pb = out.progress(u64::try_from(plan.counts.total()).unwrap_or(0), "checking");
-        let mut scan = Scan::new(mode, Some(&current), target, false);
+        let mut scan = Scan::new(mode, Some(&current), target, false).with_channels(channels);
         scan.run(&mut tx, &pb).await?;
         pb.finish_and_clear();
         tx.rollback().await?;
@@ -1061,7 +1373,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     }
     out.confirm(
         &format!(
-            "{} {} secret row(s) on {}?",
+            "{} {} secret row(s) and channel field(s) on {}?",
             match mode {
                 Mode::PlaintextOnly => "Encrypt",
                 _ => "Re-encrypt",
@@ -1074,9 +1386,15 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
 
     // 3. Apply: one transaction, tenant lock, writers of the secret tables held off.
     let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
-    db::query("LOCK TABLE workspace_secrets, global_secrets IN SHARE ROW EXCLUSIVE MODE")
-        .execute(&mut *tx)
-        .await?;
+    let lock = if channels {
+        format!(
+            "LOCK TABLE workspace_secrets, global_secrets, {} IN SHARE ROW EXCLUSIVE MODE",
+            channels::TABLE
+        )
+    } else {
+        "LOCK TABLE workspace_secrets, global_secrets IN SHARE ROW EXCLUSIVE MODE".to_string()
+    };
+    db::query(&lock).execute(&mut *tx).await?;
     let plan = Plan {
         mode,
         counts: count_rows(&mut tx).await?,
@@ -1106,7 +1424,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
             _ => "re-encrypting",
         },
     );
-    let mut scan = Scan::new(mode, Some(&current), target, true);
+    let mut scan = Scan::new(mode, Some(&current), target, true).with_channels(channels);
     let scanned = scan.run(&mut tx, &pb).await;
     pb.finish_and_clear();
     scanned?;
@@ -1123,7 +1441,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
         ));
     }
     db::ensure_rows("the re-encryption", scan.written as u64, plan.rewritten())?;
-    // Verify before commit: no row is left in a version the mode rewrites.
+    // Verify before commit: no row (or channel field) is left in a version the mode rewrites.
     let left: i64 = db::query_scalar(
         "SELECT (SELECT count(*) FROM workspace_secrets WHERE encryption_version = ANY($1))
               + (SELECT count(*) FROM global_secrets WHERE encryption_version = ANY($1))",
@@ -1131,9 +1449,16 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     .bind(vec![0i32])
     .fetch_one(&mut *tx)
     .await?;
-    if left != 0 {
+    let left_fields = if channels {
+        let mut c = Counts::default();
+        count_channel_fields(&mut tx, &mut c).await?;
+        c.fields_of_version(0)
+    } else {
+        0
+    };
+    if left != 0 || left_fields != 0 {
         return Err(Error::failed(format!(
-            "verification failed before commit: {left} plaintext row(s) remain; rolled back, nothing changed; rerun"
+            "verification failed before commit: {left} plaintext row(s) and {left_fields} plaintext channel field(s) remain; rolled back, nothing changed; rerun"
         )));
     }
     let txid = db::audit(&mut tx, "secret rekey", &audit_args(&plan, args), "applied").await?;
@@ -1144,7 +1469,7 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     render_rekey(out, &plan, &none, false, true)?;
     if mode == Mode::Rotate {
         out.info(
-            "Next: set the platform's SECRETS_ENCRYPTION_KEY to the new key, restart the platform process, then run `orgctl secret verify` with the new key.",
+            "Next: set the platform's SECRETS_ENCRYPTION_KEY to the new key and restart the platform process now (until then what it writes itself, such as its CODEX_AUTH_JSON refresh, is under the old key), then run `orgctl secret verify` with the new key: it names any row or channel field written under the old one.",
         );
     }
     Ok(Exit::Ok)
@@ -1231,7 +1556,7 @@ mod tests {
         let v1 = old.seal(b"one").unwrap_or_default();
         let mut scan = Scan::new(Mode::Rotate, Some(&old), Some(&new), true);
         let page = vec![stored(1, v1.clone()), stored(0, b"zero".to_vec())];
-        let (ids, values) = match scan.process(Table::GlobalSecrets, page) {
+        let Writes { ids, values, .. } = match scan.process(Table::GlobalSecrets, page) {
             Ok(x) => x,
             Err(e) => panic!("{e}"),
         };
@@ -1253,17 +1578,18 @@ mod tests {
             stored(1, foreign),
             stored(7, vec![1]),
         ];
-        let (ids, _) = match scan.process(Table::WorkspaceSecrets, page) {
+        let Writes { ids, .. } = match scan.process(Table::WorkspaceSecrets, page) {
             Ok(x) => x,
             Err(e) => panic!("{e}"),
         };
         assert!(ids.is_empty(), "nothing is written once a row fails");
         assert_eq!(scan.bad.count, 2);
         // And nothing after it either.
-        let (ids, _) = match scan.process(Table::GlobalSecrets, vec![stored(0, b"z".to_vec())]) {
-            Ok(x) => x,
-            Err(e) => panic!("{e}"),
-        };
+        let Writes { ids, .. } =
+            match scan.process(Table::GlobalSecrets, vec![stored(0, b"z".to_vec())]) {
+                Ok(x) => x,
+                Err(e) => panic!("{e}"),
+            };
         assert!(ids.is_empty());
     }
 
@@ -1273,7 +1599,7 @@ mod tests {
         let v1 = cur.seal(b"one").unwrap_or_default();
         let mut scan = Scan::new(Mode::PlaintextOnly, Some(&cur), Some(&cur), true);
         let page = vec![stored(1, v1), stored(0, b"zero".to_vec())];
-        let (ids, values) = match scan.process(Table::GlobalSecrets, page) {
+        let Writes { ids, values, .. } = match scan.process(Table::GlobalSecrets, page) {
             Ok(x) => x,
             Err(e) => panic!("{e}"),
         };
@@ -1281,6 +1607,66 @@ mod tests {
         assert_eq!(
             cur.open(&values[0]).as_deref().map(|v| v.as_slice()),
             Some(&b"zero"[..])
+        );
+    }
+
+    #[test]
+    fn channel_fields_are_resealed_as_ec1_strings_and_a_bad_one_stops_the_writes() {
+        let (old, new) = (key(1), key(2));
+        let sealed = channels::sealed_value(&old.seal(b"bot-123").unwrap_or_default());
+        let mut scan = Scan::new(Mode::Rotate, Some(&old), Some(&new), true);
+        let page = vec![
+            Stored {
+                key: "bot_token".into(),
+                ..stored(1, sealed.clone())
+            },
+            Stored {
+                key: "webhook_url".into(),
+                ..stored(0, b"https://hooks.example/x".to_vec())
+            },
+        ];
+        let w = match scan.process(Table::ChannelFields, page) {
+            Ok(x) => x,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(w.fields, vec!["bot_token", "webhook_url"]);
+        let opened: Vec<Option<Vec<u8>>> = w
+            .values
+            .iter()
+            .map(|v| {
+                channels::sealed_payload(v)
+                    .and_then(|p| new.open(&p))
+                    .map(|p| p.to_vec())
+            })
+            .collect();
+        assert_eq!(
+            opened,
+            vec![
+                Some(b"bot-123".to_vec()),
+                Some(b"https://hooks.example/x".to_vec())
+            ]
+        );
+        assert_eq!(scan.counts.fields_of_version(1), 1);
+        assert_eq!(scan.counts.fields_of_version(0), 1);
+
+        // Plaintext-only leaves an encrypted field alone; an ec1: value that is not base64
+        // under the key does not decrypt and nothing is written.
+        let mut scan = Scan::new(Mode::PlaintextOnly, Some(&old), Some(&old), true);
+        let page = vec![
+            stored(1, sealed.clone()),
+            stored(1, b"ec1:not-base64".to_vec()),
+            stored(0, b"plain".to_vec()),
+        ];
+        let w = match scan.process(Table::ChannelFields, page) {
+            Ok(x) => x,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(w.ids.is_empty() && w.values.is_empty() && w.fields.is_empty());
+        assert_eq!(scan.bad.count, 1);
+        assert!(
+            scan.bad.named().starts_with("channel "),
+            "{}",
+            scan.bad.named()
         );
     }
 

@@ -30,7 +30,21 @@ enum Want {
     Missing,
 }
 
-/// SPEC §1's key table, each under MOLECULE_ENV unset, `production` and ` Prod `.
+/// base64 of 32 bytes with the last character before `=` changed so its two unused bits are
+/// not zero: the same 32 bytes to a decoder that is not strict (the platform's).
+fn non_canonical(b64_32: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let c = b64_32.as_bytes()[42];
+    let i = match ALPHABET.iter().position(|&a| a == c) {
+        Some(i) => i,
+        None => panic!("not base64"),
+    };
+    assert_eq!(i & 3, 0, "canonical: the two unused bits are zero");
+    format!("{}{}=", &b64_32[..42], ALPHABET[i | 1] as char)
+}
+
+/// The key table (every form the platform accepts or refuses), each under MOLECULE_ENV unset,
+/// `production` and ` Prod `.
 #[tokio::test]
 async fn key_table_behaves_as_the_platform_reads_keys() {
     let k32: [u8; 32] = *b"K3y-material-for-tests-32-bytes!";
@@ -52,8 +66,34 @@ async fn key_table_behaves_as_the_platform_reads_keys() {
             Want::Invalid,
         ),
         (
+            "trailing space",
+            Some(format!("{} ", b64(&k32))),
+            Want::Invalid,
+        ),
+        // The platform's decoder skips line breaks anywhere and accepts non-zero trailing bits.
+        (
             "trailing newline",
             Some(format!("{}\n", b64(&k32))),
+            Want::Key(k32),
+        ),
+        (
+            "trailing CRLF",
+            Some(format!("{}\r\n", b64(&k32))),
+            Want::Key(k32),
+        ),
+        (
+            "newline in the middle",
+            Some(format!("{}\n{}", &b64(&k32)[..22], &b64(&k32)[22..])),
+            Want::Key(k32),
+        ),
+        (
+            "non-canonical last character",
+            Some(non_canonical(&b64(&k32))),
+            Want::Key(k32),
+        ),
+        (
+            "44 characters of base64 of 31 bytes",
+            Some(b64(&[7u8; 31])),
             Want::Invalid,
         ),
         ("raw 32 bytes", Some(raw.into()), Want::Key(raw_bytes)),

@@ -14,6 +14,8 @@ use crate::secret::{decrypt, key_b64};
 const OLD: [u8; 32] = [0x11; 32];
 const NEW: [u8; 32] = [0x22; 32];
 const THIRD: [u8; 32] = [0x33; 32];
+/// The name the encrypted channel fields are counted and named under.
+const CHANNELS: &str = "workspace_channels.channel_config";
 
 // ---------------------------------------------------------------------------------------------
 // The JSON contract, rejecting unknown fields.
@@ -66,6 +68,7 @@ struct VerifyJson {
     ok: bool,
     tables: Vec<VerifyCount>,
     plaintext_rows: i64,
+    plaintext_channel_fields: i64,
     undecryptable: BadJson,
 }
 
@@ -289,6 +292,8 @@ async fn rekey_moves_every_row_to_the_new_key_and_changes_nothing_else() {
             want("workspace_secrets", 1, 3),
             want("global_secrets", 0, 2),
             want("global_secrets", 1, 3),
+            want(CHANNELS, 0, 0),
+            want(CHANNELS, 1, 0),
         ]
     );
     assert!(d.plan_hash.starts_with("sha256:"));
@@ -771,7 +776,18 @@ async fn kill_9_during_rekey_leaves_every_row_under_the_old_key() {
     let before = rows(&db).await;
     let dump = platform_dump(&db);
     let mut child = spawn(&rekey(&db, &["--yes"]));
-    let _pid = wait_for_rekey_update(&db, &mut child).await;
+    let pid = wait_for_rekey_update(&db, &mut child).await;
+    // Writers of every table the key protects wait for the commit, the channels included.
+    let locked = db.scalar(&format!(
+        "SELECT string_agg(c.relname, ',' ORDER BY c.relname)
+           FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+          WHERE l.pid = {pid} AND l.mode = 'ShareRowExclusiveLock'
+            AND c.relnamespace = 'public'::regnamespace"
+    ));
+    assert_eq!(
+        locked, "global_secrets,workspace_channels,workspace_secrets",
+        "{locked}"
+    );
     // Pages are written but not committed: kill the client outright.
     orgctl::sys::kill(child.id() as i32, libc::SIGKILL);
     let st = child.wait();
@@ -862,6 +878,8 @@ async fn status_counts_secret_rows_per_version_without_a_key() {
             ("workspace_secrets".to_string(), 1, 3),
             ("global_secrets".to_string(), 0, 2),
             ("global_secrets".to_string(), 1, 3),
+            (CHANNELS.to_string(), 0, 0),
+            (CHANNELS.to_string(), 1, 0),
         ]
     );
     let r = db.orgctl(&["status"]).run();
@@ -869,5 +887,593 @@ async fn status_counts_secret_rows_per_version_without_a_key() {
         r.stdout.contains("Secrets by encryption version"),
         "{}",
         r.stdout
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channel secrets: the five encrypted fields of workspace_channels.channel_config, each the JSON
+// string "ec1:" + standard base64(nonce ‖ AES-256-GCM ciphertext-and-tag), or legacy plaintext.
+
+mod ch {
+    pub const TELEGRAM: &str = "d0000000-0000-4000-8000-000000000001";
+    pub const SLACK: &str = "d0000000-0000-4000-8000-000000000002";
+    pub const LARK: &str = "d0000000-0000-4000-8000-000000000003";
+}
+
+/// An encrypted channel field, made here (the platform's format).
+fn ec1(key: &[u8; 32], plaintext: &str) -> String {
+    use base64::Engine;
+    format!(
+        "ec1:{}",
+        base64::engine::general_purpose::STANDARD.encode(encrypt(key, plaintext.as_bytes()))
+    )
+}
+
+/// An encrypted channel field opened here, independently of orgctl.
+fn open_ec1(key: &[u8; 32], value: &serde_json::Value) -> Option<String> {
+    use base64::Engine;
+    let b64 = value.as_str()?.strip_prefix("ec1:")?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    decrypt(key, &bytes).and_then(|p| String::from_utf8(p).ok())
+}
+
+/// Every channel's (channel_config, updated_at), by id.
+fn channel_rows(db: &TestDb) -> BTreeMap<String, (serde_json::Value, String)> {
+    let out = db.exec(
+        "SELECT id || E'\\t' || channel_config::text || E'\\t' || updated_at::text
+           FROM workspace_channels ORDER BY id",
+    );
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut parts = l.splitn(3, '\t');
+            let (id, cfg, at) = (
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            );
+            let cfg: serde_json::Value = match serde_json::from_str(cfg) {
+                Ok(v) => v,
+                Err(e) => panic!("{e}: {cfg}"),
+            };
+            (id.to_string(), (cfg, at.to_string()))
+        })
+        .collect()
+}
+
+/// The seeded secrets plus three channels: Telegram (an encrypted bot token, a legacy plaintext
+/// webhook secret, other keys — one of them a nested `bot_token` that is not a field), Slack (two
+/// encrypted fields, a non-string and an empty field the platform leaves alone), Lark (no
+/// secret field). Every updated_at in the past. Returns the plaintexts by "channel/field".
+async fn seeded_with_channels() -> (TestDb, BTreeMap<String, String>) {
+    let db = seeded().await;
+    let telegram = serde_json::json!({
+        "bot_token": ec1(&OLD, "123456:AA-telegram-bot"),
+        "webhook_secret": "legacy-webhook-secret",
+        "chat_id": "-100123",
+        "enable_polling": true,
+        "nested": {"bot_token": "not a field"},
+    });
+    let slack = serde_json::json!({
+        "signing_secret": ec1(&OLD, "slack-signing-secret"),
+        "webhook_url": ec1(&OLD, "https://hooks.slack.example/T1/B2"),
+        "verify_token": 42,
+        "bot_token": "",
+        "channel_name": "ops",
+    });
+    let lark = serde_json::json!({"app_id": "cli_lark", "webhook_secret": null});
+    for (id, ws, ty, cfg) in [
+        (ch::TELEGRAM, ids::HQ, "telegram", telegram),
+        (ch::SLACK, ids::LABS, "slack", slack),
+        (ch::LARK, ids::LEGACY, "lark", lark),
+    ] {
+        db.exec(&format!(
+            "INSERT INTO workspace_channels (id, workspace_id, channel_type, channel_config, updated_at)
+             VALUES ('{id}', '{ws}', '{ty}', '{}'::jsonb, '2021-02-03 04:05:06+00')",
+            cfg.to_string().replace('\'', "''")
+        ));
+    }
+    let plain = [
+        ("telegram/bot_token", "123456:AA-telegram-bot"),
+        ("telegram/webhook_secret", "legacy-webhook-secret"),
+        ("slack/signing_secret", "slack-signing-secret"),
+        ("slack/webhook_url", "https://hooks.slack.example/T1/B2"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    (db, plain)
+}
+
+/// The object without the five encrypted fields: what must never change.
+fn without_fields(cfg: &serde_json::Value) -> serde_json::Value {
+    let mut c = cfg.clone();
+    if let Some(o) = c.as_object_mut() {
+        for f in [
+            "bot_token",
+            "webhook_secret",
+            "webhook_url",
+            "verify_token",
+            "signing_secret",
+        ] {
+            if o.get(f)
+                .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+            {
+                o.remove(f);
+            }
+        }
+    }
+    c
+}
+
+fn values_with(plain: &BTreeMap<String, String>) -> BTreeMap<String, Vec<u8>> {
+    plain
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rekey_moves_channel_fields_to_the_new_key_and_leaves_the_rest_of_the_object() {
+    let (db, plain) = seeded_with_channels().await;
+    let before = channel_rows(&db);
+    let secrets_before = rows(&db).await;
+    let mut values = plaintexts(&secrets_before, &OLD);
+    values.extend(values_with(&plain));
+
+    // Dry run: the channel fields counted with the rows, in the plan and its hash.
+    let dry = rekey(&db, &["--dry-run", "-o", "json"]).run();
+    dry.code(0);
+    let d: RekeyJson = parse(&dry);
+    assert_eq!(d.reencrypt_total, 10 + 4, "6 + 4 secret rows, 3 + 1 fields");
+    let ch: Vec<&RekeyCount> = d.tables.iter().filter(|c| c.table == CHANNELS).collect();
+    assert_eq!(
+        ch,
+        vec![
+            &RekeyCount {
+                table: CHANNELS.into(),
+                encryption_version: 0,
+                rows: 1,
+                reencrypt: 1
+            },
+            &RekeyCount {
+                table: CHANNELS.into(),
+                encryption_version: 1,
+                rows: 3,
+                reencrypt: 3
+            },
+        ]
+    );
+    assert_eq!(channel_rows(&db), before, "a dry run changes nothing");
+    // The same secret rows without the channel fields: another plan hash.
+    let other = seeded().await;
+    let o: RekeyJson = parse(&rekey(&other, &["--dry-run", "-o", "json"]).run());
+    assert_ne!(
+        o.plan_hash, d.plan_hash,
+        "the plan hash covers the channel fields"
+    );
+    drop(other);
+
+    let r = rekey(&db, &["--expect-plan", &d.plan_hash, "--yes", "-o", "json"]).run();
+    r.code(0);
+    let a: RekeyJson = parse(&r);
+    assert_eq!(a.plan_hash, d.plan_hash);
+    assert_nothing_leaked(&db, &r, &values);
+    assert!(
+        r.stderr.contains("CODEX_AUTH_JSON") && r.stderr.contains("verify"),
+        "the next steps name the platform's own writes: {}",
+        r.stderr
+    );
+
+    let after = channel_rows(&db);
+    assert_eq!(after.len(), 3);
+    for (id, (cfg, at)) in &after {
+        let (old_cfg, old_at) = &before[id];
+        assert_eq!(at, old_at, "{id}: updated_at untouched");
+        assert_eq!(
+            without_fields(cfg),
+            without_fields(old_cfg),
+            "{id}: other keys untouched"
+        );
+    }
+    let tg = &after[ch::TELEGRAM].0;
+    assert_eq!(
+        open_ec1(&NEW, &tg["bot_token"]).as_deref(),
+        Some("123456:AA-telegram-bot")
+    );
+    assert_eq!(
+        open_ec1(&OLD, &tg["bot_token"]),
+        None,
+        "not under the old key"
+    );
+    assert_ne!(
+        tg["bot_token"],
+        before[ch::TELEGRAM].0["bot_token"],
+        "fresh nonce"
+    );
+    assert_eq!(
+        open_ec1(&NEW, &tg["webhook_secret"]).as_deref(),
+        Some("legacy-webhook-secret"),
+        "a full rekey encrypts legacy plaintext fields too, under the new key"
+    );
+    assert_eq!(tg["nested"]["bot_token"], "not a field");
+    let sl = &after[ch::SLACK].0;
+    assert_eq!(
+        open_ec1(&NEW, &sl["signing_secret"]).as_deref(),
+        Some("slack-signing-secret")
+    );
+    assert_eq!(
+        open_ec1(&NEW, &sl["webhook_url"]).as_deref(),
+        Some("https://hooks.slack.example/T1/B2")
+    );
+    assert_eq!(sl["verify_token"], 42, "a non-string field is left alone");
+    assert_eq!(sl["bot_token"], "", "an empty field is left alone");
+    assert_eq!(after[ch::LARK], before[ch::LARK]);
+
+    // The audit row carries the channel counts.
+    let audit = db.exec(
+        "SELECT (args->>'reencrypted') || ' ' || (
+                  SELECT string_agg((c->>'encryption_version') || ':' || (c->>'reencrypted'), ',')
+                    FROM jsonb_array_elements(args->'counts') c
+                   WHERE c->>'table' = 'workspace_channels.channel_config')
+           FROM orgctl.audit_log WHERE command = 'secret rekey'",
+    );
+    assert_eq!(audit.trim(), "14 0:1,1:3");
+
+    // verify: the new key reads every field; the old key names each (channel, workspace, field).
+    let v = verify(&db, &NEW);
+    v.code(0);
+    let vj: VerifyJson = parse(&v);
+    assert_eq!(vj.plaintext_channel_fields, 0);
+    assert!(vj.tables.contains(&VerifyCount {
+        table: CHANNELS.into(),
+        encryption_version: 1,
+        rows: 4,
+        undecryptable: 0
+    }));
+    let v = verify(&db, &OLD);
+    v.code(1);
+    let vj: VerifyJson = parse(&v);
+    let mut named: Vec<String> = vj
+        .undecryptable
+        .rows
+        .iter()
+        .filter(|b| b.table == CHANNELS)
+        .map(|b| {
+            format!(
+                "{} {} {} {}",
+                b.id,
+                b.workspace_id.as_deref().unwrap_or("-"),
+                b.key,
+                b.encryption_version
+            )
+        })
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        vec![
+            format!("{} {} bot_token 1", ch::TELEGRAM, ids::HQ),
+            format!("{} {} webhook_secret 1", ch::TELEGRAM, ids::HQ),
+            format!("{} {} signing_secret 1", ch::SLACK, ids::LABS),
+            format!("{} {} webhook_url 1", ch::SLACK, ids::LABS),
+        ]
+    );
+    assert_nothing_leaked(&db, &v, &values);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_field_that_does_not_decrypt_refuses_with_the_tenant_unchanged() {
+    for (label, bad_value) in [
+        ("under a third key", ec1(&THIRD, "foreign-bot-token")),
+        ("not base64", "ec1:@@not-base64@@".to_string()),
+    ] {
+        let (db, plain) = seeded_with_channels().await;
+        db.exec(&format!(
+            "UPDATE workspace_channels
+                SET channel_config = channel_config || jsonb_build_object('verify_token', '{bad_value}')
+              WHERE id = '{}'",
+            ch::LARK
+        ));
+        let before = platform_dump(&db);
+        let mut values = values_with(&plain);
+        values.insert("foreign".into(), b"foreign-bot-token".to_vec());
+
+        let dry = rekey(&db, &["--dry-run", "-o", "json"]).run();
+        dry.code(3).one_line_error(ch::LARK);
+        let d: RekeyJson = parse(&dry);
+        assert_eq!(d.undecryptable.count, 1, "{label}");
+        let b = &d.undecryptable.rows[0];
+        assert_eq!(
+            (
+                b.table.as_str(),
+                b.id.as_str(),
+                b.workspace_id.as_deref(),
+                b.key.as_str()
+            ),
+            (CHANNELS, ch::LARK, Some(ids::LEGACY), "verify_token"),
+            "{label}"
+        );
+
+        let r = rekey(&db, &["--yes"]).run();
+        r.code(3).one_line_error(ch::LARK);
+        assert!(r.stderr.contains("verify_token"), "{label}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("nothing was changed"),
+            "{label}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            platform_dump(&db),
+            before,
+            "{label}: the tenant is unchanged"
+        );
+        assert_eq!(db.audit_rows(), 0, "{label}");
+        // --plaintext-only refuses on it too: the key would not be the platform's.
+        let r = db
+            .orgctl(&["secret", "rekey", "--plaintext-only", "--yes"])
+            .env("SECRETS_ENCRYPTION_KEY", &key_b64(&OLD))
+            .run();
+        r.code(3).one_line_error(ch::LARK);
+        assert_eq!(platform_dump(&db), before, "{label}");
+
+        let v = verify(&db, &OLD);
+        v.code(1);
+        let vj: VerifyJson = parse(&v);
+        assert_eq!(vj.undecryptable.count, 1, "{label}");
+        assert_eq!(vj.undecryptable.rows[0].id, ch::LARK, "{label}");
+        assert_eq!(vj.plaintext_channel_fields, 1, "{label}");
+        assert!(
+            v.stderr.contains("channel field(s)"),
+            "{label}: {}",
+            v.stderr
+        );
+        assert_nothing_leaked(&db, &v, &values);
+        assert_nothing_leaked(&db, &r, &values);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plaintext_only_encrypts_legacy_channel_fields_with_the_current_key_over_many_pages() {
+    let (db, plain) = seeded_with_channels().await;
+    // 2500 channels with a plaintext bot token: more than two pages of 1000.
+    db.exec(&format!(
+        "INSERT INTO workspace_channels (workspace_id, channel_type, channel_config, updated_at)
+         SELECT '{}', 'bulk-' || g,
+                jsonb_build_object('bot_token', 'bulk-token-' || g, 'chat_id', g),
+                '2021-02-03 04:05:06+00'
+           FROM generate_series(1, 2500) g",
+        ids::RESEARCH
+    ));
+    let before = channel_rows(&db);
+    let v = verify(&db, &OLD);
+    v.code(0);
+    let vj: VerifyJson = parse(&v);
+    assert_eq!(vj.plaintext_channel_fields, 2501);
+    assert!(
+        v.stderr.contains("2501 channel field(s)") && v.stderr.contains("plaintext"),
+        "{}",
+        v.stderr
+    );
+
+    let dry = db
+        .orgctl(&[
+            "secret",
+            "rekey",
+            "--plaintext-only",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(&OLD))
+        .run();
+    dry.code(0);
+    let d: RekeyJson = parse(&dry);
+    assert_eq!(d.reencrypt_total, 4 + 2501);
+    let r = db
+        .orgctl(&[
+            "secret",
+            "rekey",
+            "--plaintext-only",
+            "--expect-plan",
+            &d.plan_hash,
+            "--yes",
+        ])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(&OLD))
+        .run();
+    r.code(0);
+    assert_nothing_leaked(&db, &r, &values_with(&plain));
+
+    let after = channel_rows(&db);
+    assert_eq!(after.len(), before.len());
+    for (id, (cfg, at)) in &after {
+        let (old_cfg, old_at) = &before[id];
+        assert_eq!(at, old_at, "{id}: updated_at untouched");
+        assert_eq!(without_fields(cfg), without_fields(old_cfg), "{id}");
+        for f in [
+            "bot_token",
+            "webhook_secret",
+            "signing_secret",
+            "webhook_url",
+        ] {
+            let (new, old) = (&cfg[f], &old_cfg[f]);
+            match old.as_str() {
+                Some(s) if s.starts_with("ec1:") => {
+                    assert_eq!(
+                        new, old,
+                        "{id}/{f}: an encrypted field stays byte-identical"
+                    )
+                }
+                Some(s) if !s.is_empty() => assert_eq!(
+                    open_ec1(&OLD, new).as_deref(),
+                    Some(s),
+                    "{id}/{f}: encrypted with the current key"
+                ),
+                _ => assert_eq!(new, old, "{id}/{f}"),
+            }
+        }
+    }
+    let v = verify(&db, &OLD);
+    v.code(0);
+    let vj: VerifyJson = parse(&v);
+    assert_eq!(vj.plaintext_channel_fields, 0);
+    assert!(!v.stderr.contains("plaintext"), "{}", v.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_without_the_channel_table_is_rekeyed_and_one_in_another_shape_is_refused() {
+    // An older tenant: no channel table at all. Nothing there to protect.
+    let db = seeded().await;
+    db.exec("DROP TABLE workspace_channels");
+    verify(&db, &OLD).code(0);
+    let r = rekey(&db, &["--yes", "-o", "json"]).run();
+    r.code(0);
+    let j: RekeyJson = parse(&r);
+    assert_eq!(j.reencrypt_total, 10);
+    verify(&db, &NEW).code(0);
+
+    // A channel table orgctl does not know the shape of: refused, nothing written.
+    let (db, _) = seeded_with_channels().await;
+    db.exec("ALTER TABLE workspace_channels ALTER COLUMN channel_config DROP DEFAULT, ALTER COLUMN channel_config TYPE text");
+    let before = platform_dump(&db);
+    let r = rekey(&db, &["--yes"]).run();
+    r.code(3).one_line_error("workspace_channels");
+    assert_eq!(platform_dump(&db), before);
+    verify(&db, &OLD)
+        .code(3)
+        .one_line_error("workspace_channels");
+    assert_eq!(db.audit_rows(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys as the platform reads them: line breaks are skipped.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_with_line_breaks_work_for_set_verify_and_rekey() {
+    let db = TestDb::sample();
+    let old_nl = format!("{}\n", key_b64(&OLD));
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "NL_KEY",
+            "--no-restart",
+            "--yes",
+        ])
+        .env("SECRETS_ENCRYPTION_KEY", &old_nl)
+        .stdin(b"value-under-a-newline-key")
+        .run();
+    r.code(0);
+    assert!(!r.stderr.contains("plaintext"), "{}", r.stderr);
+    let mut conn = db.connect().await;
+    let (stored, version): (Vec<u8>, i32) = match sqlx::query_as(
+        "SELECT encrypted_value, encryption_version FROM global_secrets WHERE key = 'NL_KEY'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(version, 1);
+    assert_eq!(
+        decrypt(&OLD, &stored).as_deref(),
+        Some(&b"value-under-a-newline-key"[..]),
+        "encrypted with exactly the 32 bytes the base64 encodes"
+    );
+    db.orgctl(&["secret", "verify"])
+        .env("SECRETS_ENCRYPTION_KEY", &old_nl)
+        .run()
+        .code(0);
+
+    // The new key with CRLF, then verify with it wrapped over two lines.
+    let new_b64 = key_b64(&NEW);
+    db.orgctl(&["secret", "rekey", "--yes"])
+        .env("SECRETS_ENCRYPTION_KEY", &old_nl)
+        .env("SECRETS_ENCRYPTION_KEY_NEW", &format!("{new_b64}\r\n"))
+        .run()
+        .code(0);
+    let stored: Vec<u8> =
+        match sqlx::query_scalar("SELECT encrypted_value FROM global_secrets WHERE key = 'NL_KEY'")
+            .fetch_one(&mut conn)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        };
+    assert_eq!(
+        decrypt(&NEW, &stored).as_deref(),
+        Some(&b"value-under-a-newline-key"[..])
+    );
+    db.orgctl(&["secret", "verify"])
+        .env(
+            "SECRETS_ENCRYPTION_KEY",
+            &format!("{}\n{}", &new_b64[..20], &new_b64[20..]),
+        )
+        .run()
+        .code(0);
+
+    // A trailing space is still no key: exit 2, nothing written.
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "SP_KEY",
+            "--no-restart",
+            "--yes",
+        ])
+        .env("SECRETS_ENCRYPTION_KEY", &format!("{new_b64} "))
+        .stdin(b"x")
+        .run();
+    r.code(2)
+        .one_line_error("SECRETS_ENCRYPTION_KEY is invalid");
+    assert!(!r.stderr.contains(&new_b64), "{}", r.stderr);
+    assert_eq!(db.snapshot(), before);
+    db.orgctl(&["secret", "verify"])
+        .env("SECRETS_ENCRYPTION_KEY", &format!("{new_b64} "))
+        .run()
+        .code(2)
+        .one_line_error("not a usable key");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secret_set_with_a_key_no_channel_field_opens_is_refused_when_fields_are_all_that_is_encrypted(
+) {
+    // No encrypted secret row at all: the channel field is the only witness of the tenant's key.
+    let db = TestDb::sample();
+    db.exec(&format!(
+        "INSERT INTO workspace_channels (workspace_id, channel_type, channel_config)
+         VALUES ('{}', 'telegram', jsonb_build_object('bot_token', '{}'))",
+        ids::HQ,
+        ec1(&OLD, "123456:AA-telegram-bot")
+    ));
+    let set = |key: &[u8; 32]| {
+        db.orgctl(&[
+            "secret",
+            "set",
+            "--global",
+            "NEW_ONE",
+            "--no-restart",
+            "--yes",
+        ])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(key))
+        .stdin(b"a-value")
+        .run()
+    };
+    let before = platform_dump(&db);
+    let r = set(&THIRD);
+    r.code(3).one_line_error(
+        "decrypts none of the tenant's existing encrypted secrets or channel fields",
+    );
+    assert_eq!(platform_dump(&db), before, "nothing written");
+    set(&OLD).code(0);
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM global_secrets WHERE key = 'NEW_ONE' AND encryption_version = 1"
+        ),
+        "1"
     );
 }

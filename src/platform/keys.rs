@@ -1,18 +1,24 @@
-//! Secret values exactly as the platform reads them (SPEC §1): the key and the encryption.
+//! Secret values exactly as the platform reads them: the key and the encryption.
 //!
 //! `encryption_version` 0 is the plain bytes; 1 is AES-256-GCM with a random 12-byte nonce
 //! prepended to ciphertext-and-tag. The key comes from `SECRETS_ENCRYPTION_KEY`, read the way
-//! the platform reads it ([`parse_key`]): the value as it is, never trimmed; if it decodes as
-//! strict standard base64 it must decode to exactly 32 bytes, else it is invalid; only a value
-//! that is not base64 and is exactly 32 bytes long is a raw key. An invalid key is always an
-//! error (exit 2): the platform could not read what orgctl wrote with it. With no key values are
+//! the platform reads it ([`parse_key`]): the value as it is, never trimmed, decoded by the
+//! platform's base64 decoder ([`platform_base64_decode`]: standard alphabet, `=` padding
+//! required, `\r` and `\n` skipped anywhere, non-zero trailing bits accepted); a value that
+//! decodes must decode to exactly 32 bytes, else it is invalid; only a value that does not
+//! decode and is exactly 32 bytes long is a raw key. An invalid key is always an error
+//! (exit 2): the platform could not read what orgctl wrote with it. With no key values are
 //! written as version 0 with a warning, except in production (`MOLECULE_ENV`, trimmed and
 //! case-insensitive, `prod`/`production`), where a missing key is a refusal (exit 3). This is
 //! the one module that owns these rules; `secret verify/rekey` load keys through
-//! [`SecretBox::from_env`] / [`SecretBox::from_key_bytes`] too.
+//! [`SecretBox::from_env`] / [`SecretBox::from_key_bytes`] too, and the channel fields
+//! ([`crate::platform::channels`]) decode their base64 with the same decoder.
 
 use aes_gcm::aead::Aead;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use zeroize::Zeroizing;
 
@@ -189,13 +195,38 @@ fn invalid_key(why: &str) -> Error {
     ))
 }
 
-/// The platform's key rule, on the value exactly as set: strict standard base64 (canonical
-/// padding, no whitespace) must decode to exactly 32 bytes; a value that is not base64 is a raw
-/// key only when it is exactly 32 bytes long. The reason it is invalid never contains the key.
+/// The platform's base64 decoder (a standard decoder that is not strict): the standard
+/// alphabet, `=` padding required and canonical, non-zero trailing bits accepted.
+const PLATFORM_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+);
+
+/// Decode base64 as the platform does: `\r` and `\n` are skipped wherever they are (a key with a
+/// trailing newline, or wrapped over lines, decodes), then [`PLATFORM_BASE64`]. Any other
+/// whitespace is an error, as it is to the platform. The result is zeroed when dropped.
+pub fn platform_base64_decode(
+    encoded: &[u8],
+) -> std::result::Result<Zeroizing<Vec<u8>>, base64::DecodeError> {
+    let kept: Zeroizing<Vec<u8>> = Zeroizing::new(
+        encoded
+            .iter()
+            .copied()
+            .filter(|&c| c != b'\r' && c != b'\n')
+            .collect(),
+    );
+    PLATFORM_BASE64.decode(kept.as_slice()).map(Zeroizing::new)
+}
+
+/// The platform's key rule, on the value exactly as set: when it decodes as base64 (the
+/// platform's decoder, [`platform_base64_decode`]) it must decode to exactly 32 bytes; when it
+/// does not decode, it is a raw key only when it is exactly 32 bytes long (its bytes as they
+/// are, line breaks included). The reason it is invalid never contains the key.
 pub fn parse_key(raw: &[u8]) -> std::result::Result<Zeroizing<[u8; 32]>, String> {
     let mut k = Zeroizing::new([0u8; 32]);
-    if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(raw) {
-        let bytes = Zeroizing::new(bytes);
+    if let Ok(bytes) = platform_base64_decode(raw) {
         if bytes.len() == 32 {
             k.copy_from_slice(&bytes);
             return Ok(k);
@@ -218,14 +249,14 @@ pub fn parse_key(raw: &[u8]) -> std::result::Result<Zeroizing<[u8; 32]>, String>
         .first()
         .into_iter()
         .chain(raw.last())
-        .any(|c| c.is_ascii_whitespace())
+        .any(|&c| c.is_ascii_whitespace() && c != b'\r' && c != b'\n')
     {
-        " (it starts or ends with whitespace, which the platform does not trim)"
+        " (it starts or ends with a space or tab, which the platform does not skip)"
     } else {
         ""
     };
     Err(format!(
-        "it is neither standard base64 of 32 bytes nor a raw value of exactly 32 bytes (it is {} bytes{ws}); use `openssl rand -base64 32`",
+        "it is neither base64 of 32 bytes nor a raw value of exactly 32 bytes (it is {} bytes{ws}); use `openssl rand -base64 32`",
         raw.len()
     ))
 }
@@ -252,27 +283,106 @@ mod tests {
         }
     }
 
+    /// Every form of key the platform accepts or refuses, with the 32 bytes it uses (None:
+    /// invalid, the platform would disable encryption or refuse to boot).
     #[test]
     fn key_rule_is_the_platforms() {
-        let b = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
-        let ok = |k: &str| parse_key(k.as_bytes()).is_ok();
-        assert!(ok(&b(32)));
-        assert!(ok("0123456789abcdef-123456789abcdef"));
-        assert!(
-            !ok("0123456789abcdef0123456789abcdef"),
-            "hex is base64 of 24 bytes"
-        );
-        assert!(!ok(&b(24)));
-        assert!(!ok(&b(33)));
-        assert!(!ok(&format!(" {} ", b(32))), "never trimmed");
-        assert!(!ok(&format!("{}\n", b(32))), "never trimmed");
-        assert!(!ok(b(32).trim_end_matches('=')), "padding is required");
-        assert!(!ok("short"));
+        let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+        let seven = [7u8; 32];
+        let k = b64(&seven);
+        assert!(k.ends_with("Bwc="), "{k}");
+        let raw = "0123456789abcdef-123456789abcdef"; // '-' is not standard base64
+        let raw31 = "0123456789abcdef-123456789abcde";
+        let as32 = |s: &str| -> [u8; 32] {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(s.as_bytes());
+            a
+        };
+        let cases: Vec<(&str, String, Option<[u8; 32]>)> = vec![
+            ("base64 of 32 bytes", k.clone(), Some(seven)),
+            ("trailing \\n", format!("{k}\n"), Some(seven)),
+            ("trailing \\r\\n", format!("{k}\r\n"), Some(seven)),
+            ("leading \\n", format!("\n{k}"), Some(seven)),
+            (
+                "\\n in the middle",
+                format!("{}\n{}", &k[..20], &k[20..]),
+                Some(seven),
+            ),
+            (
+                "\\r\\n inside the padding",
+                format!("{}\r\n=", &k[..43]),
+                Some(seven),
+            ),
+            (
+                "non-canonical last character (non-zero trailing bits)",
+                format!("{}d=", &k[..42]),
+                Some(seven),
+            ),
+            ("raw 32 bytes", raw.to_string(), Some(as32(raw))),
+            (
+                "raw 31 bytes and a space: 32 raw bytes",
+                format!("{raw31} "),
+                Some(as32(&format!("{raw31} "))),
+            ),
+            (
+                "raw 31 bytes and \\n: 32 raw bytes",
+                format!("{raw31}\n"),
+                Some(as32(&format!("{raw31}\n"))),
+            ),
+            ("trailing space", format!("{k} "), None),
+            ("leading space", format!(" {k}"), None),
+            ("a tab inside", format!("{}\t{}", &k[..20], &k[20..]), None),
+            ("padding missing", k.trim_end_matches('=').to_string(), None),
+            ("padding doubled", format!("{k}="), None),
+            ("44 characters of base64 of 31 bytes", b64(&[7u8; 31]), None),
+            ("44 characters of base64 of 33 bytes", b64(&[7u8; 33]), None),
+            ("base64 of 24 bytes", b64(&[7u8; 24]), None),
+            (
+                "32 hex characters (base64 of 24 bytes)",
+                "0123456789abcdef0123456789abcdef".into(),
+                None,
+            ),
+            (
+                "32 base64 characters without a line break are never raw",
+                "abcdefghijklmnopqrstuvwxyzABCDEF".into(),
+                None,
+            ),
+            ("a line break only", "\n".into(), None),
+            ("short", "short".into(), None),
+        ];
+        for (label, key, want) in &cases {
+            let got = parse_key(key.as_bytes());
+            match (want, &got) {
+                (Some(w), Ok(g)) => assert_eq!(&**g, w, "{label}: another key"),
+                (None, Err(why)) => assert!(
+                    key.trim().len() < 5 || !why.contains(key.trim()),
+                    "{label}: the key in the reason: {why}"
+                ),
+                _ => panic!(
+                    "{label}: want {}, got {:?}",
+                    if want.is_some() { "valid" } else { "invalid" },
+                    got.as_ref().err()
+                ),
+            }
+        }
         let sb = SecretBox::new(None, "");
         assert!(sb.plaintext_warning("x").is_some());
-        assert!(SecretBox::new(Some(&b(32)), "")
+        assert!(SecretBox::new(Some(&k), "")
             .plaintext_warning("x")
             .is_none());
+    }
+
+    #[test]
+    fn platform_base64_skips_line_breaks_only() {
+        let dec = |s: &str| {
+            platform_base64_decode(s.as_bytes())
+                .map(|v| v.to_vec())
+                .ok()
+        };
+        assert_eq!(dec("QUJD\r\nRA==\n"), Some(b"ABCD".to_vec()));
+        assert_eq!(dec("QR=="), Some(b"A".to_vec()), "trailing bits");
+        assert_eq!(dec("QUJD RA=="), None);
+        assert_eq!(dec("QUJDRA"), None, "padding is required");
     }
 
     #[test]
