@@ -39,6 +39,8 @@ use crate::Context;
 pub const DEFAULT_AGENT_NAME: &str = "Platform Agent";
 pub use crate::platform::MODEL_KEY;
 const MAX_NAME_LEN: usize = 200;
+/// A model name (`--model`), as long as any the platform registers and then some.
+const MAX_MODEL_LEN: usize = 200;
 /// Rows a table section lists before it summarises the rest (JSON always lists all).
 const TABLE_ROWS: usize = 50;
 
@@ -90,6 +92,14 @@ impl InstallInput {
         let model = match model {
             Some(m) if m.trim().is_empty() => {
                 return Err(Error::usage("--model must not be empty"));
+            }
+            Some(m) if m.chars().count() > MAX_MODEL_LEN => {
+                return Err(Error::usage(format!(
+                    "--model is longer than {MAX_MODEL_LEN} characters: give a model name"
+                )));
+            }
+            Some(m) if m.chars().any(|c| c.is_control()) => {
+                return Err(Error::usage("--model must not contain control characters"));
             }
             Some(m) => Some(Zeroizing::new(m.to_string())),
             None => None,

@@ -119,8 +119,19 @@ pub fn parse_workspace_id(raw: &str) -> Result<Uuid> {
     })
 }
 
-/// Keys are environment variable names: `^[A-Za-z_][A-Za-z0-9_]*$`.
+/// The longest secret key (an environment variable name) orgctl writes.
+pub const MAX_KEY_CHARS: usize = 256;
+
+/// Keys are environment variable names: `^[A-Za-z_][A-Za-z0-9_]*$`, at most
+/// [`MAX_KEY_CHARS`] characters.
 pub fn check_key(key: &str) -> Result<()> {
+    if key.chars().count() > MAX_KEY_CHARS {
+        // Never echoed whole: it may be a value pasted in the wrong place.
+        return Err(Error::usage(format!(
+            "the secret key is longer than {MAX_KEY_CHARS} characters ({} given; not shown): a key is an environment variable name",
+            key.chars().count()
+        )));
+    }
     let mut chars = key.chars();
     let ok = match chars.next() {
         Some(c) if c.is_ascii_alphabetic() || c == '_' => {
@@ -168,7 +179,8 @@ pub fn read_value_from(mut r: impl Read, what: &str) -> Result<Zeroizing<Vec<u8>
                 )))
             }
         };
-        if buf.len() + n > MAX_VALUE_BYTES {
+        // Room for the one trailing newline `finish_value` strips: the limit is on the value.
+        if buf.len() + n > MAX_VALUE_BYTES + 2 {
             return Err(Error::usage(format!(
                 "the value from {what} is larger than {} KiB; secrets are environment values",
                 MAX_VALUE_BYTES / 1024
@@ -197,6 +209,12 @@ pub fn finish_value(mut value: Zeroizing<Vec<u8>>, what: &str) -> Result<Zeroizi
     if value.is_empty() {
         return Err(Error::usage(format!(
             "the value from {what} is empty; empty secrets are refused (use `orgctl secret delete` to remove one)"
+        )));
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::usage(format!(
+            "the value from {what} is larger than {} KiB; secrets are environment values",
+            MAX_VALUE_BYTES / 1024
         )));
     }
     if value.contains(&0) {

@@ -391,3 +391,50 @@ fn the_tenants_file_is_bounded_and_its_read_interruptible() {
         assert_eq!(status.code(), Some(130), "signal {signal}");
     }
 }
+
+/// Input bounds: a secret key is at most 256 characters and a longer one is never echoed; a
+/// value of exactly 1 MiB is accepted with its trailing newline (the size is checked after the
+/// newline is stripped) and one byte more is refused; `--model` refuses control characters and
+/// overlong values as `--name` does. Every refusal is exit 2 and changes nothing.
+#[test]
+fn secret_keys_values_and_models_are_bounded() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    let long_key = "K".repeat(257);
+    let r = db
+        .orgctl(&["secret", "set", "--global", &long_key])
+        .stdin(b"v\n")
+        .run();
+    r.code(2).one_line_error("longer than 256 characters");
+    assert!(!r.stderr.contains(&"K".repeat(40)), "{}", r.stderr);
+    let mut big = vec![b'x'; 1 << 20];
+    big.push(b'x');
+    let r = db
+        .orgctl(&["secret", "set", "--global", "BIG"])
+        .stdin(&big)
+        .run();
+    r.code(2).one_line_error("larger than 1024 KiB");
+    for model in ["m\u{1b}[2J", "m\nx", &"m".repeat(201)] {
+        let r = db
+            .orgctl(&["install-platform-agent", "--model", model, "--yes"])
+            .run();
+        r.code(2).one_line_error("--model");
+    }
+    assert_eq!(db.snapshot(), before);
+
+    let key = "K".repeat(256);
+    db.orgctl(&["secret", "set", "--global", &key, "--yes"])
+        .stdin(b"v\n")
+        .run()
+        .code(0);
+    let mut exact = vec![b'y'; 1 << 20];
+    exact.push(b'\n');
+    db.orgctl(&["secret", "set", "--global", "EXACT", "--yes"])
+        .stdin(&exact)
+        .run()
+        .code(0);
+    assert_eq!(
+        db.scalar("SELECT length(encrypted_value) FROM global_secrets WHERE key = 'EXACT'"),
+        (1 << 20).to_string()
+    );
+}
