@@ -852,7 +852,8 @@ fn restarts_respect_the_total_deadline() {
     assert_eq!(db.snapshot(), before);
 }
 
-/// A platform stand-in that answers each request `200` as HTTP/1.1 keep-alive and then closes
+/// A platform stand-in that answers each request `202 {"status":"restart_dispatched"}` (the
+/// admin restart route's answer) as HTTP/1.1 keep-alive and then closes
 /// the connection anyway (as a platform or proxy does with idle connections): a client that
 /// reuses it meets a stale connection. Counts the requests it answered.
 struct DroppingPlatform {
@@ -887,7 +888,9 @@ impl DroppingPlatform {
                         }
                     }
                     a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 202 Accepted\r\nContent-Length: 31\r\n\r\n{\"status\":\"restart_dispatched\"}",
+                    );
                     // Dropped here: closed although the response said keep-alive.
                 });
             }

@@ -52,6 +52,7 @@ struct SkipJson {
 struct DispatchedJson {
     id: String,
     ok: bool,
+    outcome: String,
     error: Option<String>,
 }
 
@@ -110,8 +111,9 @@ fn assert_nothing_leaked(db: &TestDb, r: &Run) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The platform stand-in: a TcpListener thread that records each request and answers 200, or
-// 500 for the workspaces it is told to fail (echoing the Authorization header in the body, so
+// The platform stand-in: a TcpListener thread that records each request and answers as the
+// platform's admin restart route does when it restarts (202 restart_dispatched), or 500 for the
+// workspaces it is told to fail (echoing the Authorization header in the body, so
 // the tests prove orgctl masks it).
 
 #[derive(Clone, Debug)]
@@ -176,7 +178,8 @@ impl FakePlatform {
         }
     }
 
-    /// The workspace ids restart calls were made for, checking each call's shape.
+    /// The workspace ids restart calls were made for, checking each call's shape (the admin
+    /// restart route, the bearer).
     pub(crate) fn restarted(&self) -> BTreeSet<String> {
         let mut ids = BTreeSet::new();
         for c in self.calls() {
@@ -186,11 +189,7 @@ impl FakePlatform {
                 Some(format!("Bearer {TOKEN}").as_str()),
                 "{c:?}"
             );
-            let id = c
-                .path
-                .strip_prefix("/workspaces/")
-                .and_then(|p| p.strip_suffix("/restart"));
-            match id {
+            match crate::stand_in::admin_restart_path_id(&c.path) {
                 Some(id) => assert!(ids.insert(id.to_string()), "restarted twice: {id}"),
                 None => panic!("unexpected path {}", c.path),
             }
@@ -264,7 +263,10 @@ fn serve(mut stream: TcpStream, calls: &Mutex<Vec<Call>>, fail: &[String], delay
             ),
         )
     } else {
-        ("200 OK", "{\"status\":\"restarting\"}".to_string())
+        (
+            "202 Accepted",
+            "{\"status\":\"restart_dispatched\"}".to_string(),
+        )
     };
     let resp = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -344,6 +346,7 @@ async fn set_encrypts_restarts_the_target_with_the_bearer_and_leaks_nothing() {
     assert_eq!(j.restart.dispatched.len(), 1);
     assert_eq!(j.restart.dispatched[0].id, ids::RESEARCH);
     assert!(j.restart.dispatched[0].ok);
+    assert_eq!(j.restart.dispatched[0].outcome, "restarted");
     assert_eq!(j.restart.dispatched[0].error, None);
     assert_eq!(platform.restarted(), set_of(&[ids::RESEARCH]));
 
@@ -1212,7 +1215,7 @@ fn ctrl_c_during_restarts_exits_130_saying_the_change_was_committed() {
     ));
     let platform = StandIn::start(Reply::Delay(
         Duration::from_millis(1500),
-        Box::new(Reply::Status(200)),
+        Box::new(Reply::dispatched()),
     ));
     let mut cmd = db
         .orgctl(&[
@@ -1277,7 +1280,7 @@ fn ctrl_c_during_restarts_exits_130_saying_the_change_was_committed() {
             Some(t) => assert!(t <= exited, "{c:?}"),
             None => panic!("a call in flight was abandoned: {c:?}"),
         }
-        crate::stand_in::StandIn::restart_id(c, TOKEN);
+        crate::stand_in::StandIn::admin_restart_id(c, TOKEN);
     }
     assert!(!stderr.contains(TOKEN));
 }
@@ -1455,7 +1458,7 @@ fn restart_outcomes_are_audit_rows_that_match_what_the_platform_saw_and_restart_
         let (outcome, status) = if id == ids::RESEARCH {
             ("failed", "500")
         } else {
-            ("restarted", "200")
+            ("restarted", "202")
         };
         let row = (
             id.to_string(),
