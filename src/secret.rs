@@ -676,6 +676,9 @@ async fn set(ctx: &Context, args: &SecretSetArgs) -> Result<Exit> {
     if let Some(w) = sb.plaintext_warning(&format!("the value of {key}")) {
         ctx.out.warn(&w);
     }
+    if let Some(w) = crate::platform::vendor_keys::vendor_key_warning(&key, scope.workspace_id()) {
+        ctx.out.warn(&w);
+    }
     let value = read_value(&ctx.out, args.value_file.as_deref(), &key, args.dry_run).await?;
     let req = Request {
         scope,

@@ -1383,6 +1383,83 @@ fn a_plaintext_write_warns_on_stderr() {
     );
 }
 
+/// The platform refuses its vendor keys (ANTHROPIC_API_KEY, OPENAI_API_KEY, CODEX_AUTH_JSON, …,
+/// compared upper-cased) on a workspace whose model is platform-managed. Nothing in the tenant
+/// database says which workspaces those are, so orgctl warns on every write of such a key
+/// (workspace: naming it; global: saying it reaches platform-managed workspaces too), in dry
+/// runs as well, and writes it; other keys get no such warning; bad input is still refused
+/// first with nothing written.
+#[test]
+fn a_vendor_key_write_warns_that_the_platform_refuses_it_on_platform_managed_models() {
+    let db = TestDb::sample();
+    let key = key_b64(&[9u8; 32]);
+    let run = |args: &[&str]| {
+        let mut a = vec!["secret", "set"];
+        a.extend_from_slice(args);
+        db.orgctl(&a)
+            .env("SECRETS_ENCRYPTION_KEY", &key)
+            .stdin(VALUE.as_bytes())
+            .run()
+    };
+    for k in ["OPENAI_API_KEY", "codex_auth_json", "Hf_Token"] {
+        let r = run(&[ids::RESEARCH, k, "--yes", "--no-restart"]);
+        r.code(0);
+        assert_nothing_leaked(&db, &r);
+        let w = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("warning: {k} is a vendor key")))
+            .unwrap_or_default();
+        assert!(
+            w.contains("platform-managed")
+                && w.contains("cannot tell")
+                && w.contains(ids::RESEARCH),
+            "{k}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            db.scalar(&format!(
+                "SELECT count(*) FROM workspace_secrets WHERE workspace_id = '{}' AND key = '{k}'",
+                ids::RESEARCH
+            )),
+            "1",
+            "{k} is written all the same"
+        );
+    }
+    let r = run(&["--global", "ANTHROPIC_API_KEY", "--yes", "--no-restart"]);
+    r.code(0);
+    assert!(
+        r.stderr
+            .contains("warning: ANTHROPIC_API_KEY is a vendor key")
+            && r.stderr.contains("every inheriting workspace")
+            && r.stderr.contains("platform-managed"),
+        "{}",
+        r.stderr
+    );
+    // A dry run warns too and writes nothing.
+    let before = db.snapshot();
+    let r = run(&["--global", "XAI_API_KEY", "--dry-run"]);
+    r.code(0);
+    assert!(
+        r.stderr.contains("XAI_API_KEY is a vendor key"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(db.snapshot(), before);
+    // Not a vendor key: no warning.
+    let r = run(&["--global", "LOG_LEVEL", "--yes", "--no-restart"]);
+    r.code(0);
+    assert!(!r.stderr.contains("vendor key"), "{}", r.stderr);
+    // Bad input is refused before any warning, nothing written.
+    let before = db.snapshot();
+    let r = run(&["not-a-uuid", "OPENAI_API_KEY", "--yes"]);
+    r.code(2).one_line_error("not a workspace id");
+    assert!(!r.stderr.contains("vendor key"), "{}", r.stderr);
+    let r = run(&["--global", "OPENAI_API_KEY=sk-1", "--yes"]);
+    r.code(2);
+    assert_eq!(db.snapshot(), before);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Restart outcomes in the audit log (SPEC §11), and `secret restart`
 
