@@ -551,12 +551,9 @@ impl Outcome<'_> {
             let status = match results.get(&t.id).map(|d| (d.outcome, d)) {
                 Some((DispatchOutcome::Restarted, _)) => "restarted".to_string(),
                 Some((DispatchOutcome::Noop, _)) => {
-                    "no-op: the platform did not restart it (debounced or not eligible on its side)"
-                        .to_string()
+                    "no-op (the platform did not restart it)".to_string()
                 }
-                Some((DispatchOutcome::Gone, _)) => {
-                    "gone: the platform no longer has it (404; removed in the tenant)".to_string()
-                }
+                Some((DispatchOutcome::Gone, _)) => "gone (404; removed)".to_string(),
                 Some((_, d)) => {
                     format!("FAILED: {}", d.error.as_deref().unwrap_or("unknown error"))
                 }
