@@ -1023,7 +1023,10 @@ async fn dispatch(
 ) -> Vec<Dispatched> {
     let mut results = restart::dispatch(out, platform, ids).await;
     if results.iter().any(|d| d.outcome == DispatchOutcome::Gone) {
-        // A read-only transaction of its own (a transaction pooler needs one per statement).
+        // Short and after the commit, like the calls: a Ctrl-C waits for it, so the outcomes
+        // are still reported and recorded. A read-only transaction of its own (a transaction
+        // pooler needs one per statement).
+        let _guard = crate::interrupt::CommitGuard::enter();
         let checked = async {
             let mut tx = db::begin_read_only(conn, settings).await?;
             restart::confirm_gone(&mut tx, &mut results).await?;

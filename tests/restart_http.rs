@@ -582,7 +582,7 @@ fn the_admin_route_restarts_noops_and_forgets_and_each_is_reported_as_such() {
 /// A 404 for a workspace the tenant still has (not removed) is not "gone": the call reached
 /// something that is not the platform's admin route (here a platform URL with a wrong prefix,
 /// so every call is answered by a router without the route). Each is a failure naming the
-/// reason, exit 1 after the commit, and recorded as failed.
+/// reason, exit 1 after the commit, and recorded as failed; a fan-out gives up after 10.
 #[test]
 fn a_404_for_a_workspace_the_tenant_still_has_is_a_failure() {
     let db = tenant(2);
@@ -621,4 +621,26 @@ fn a_404_for_a_workspace_the_tenant_still_has_is_a_failure() {
         Some("restarted")
     );
     assert_eq!(sim.restarted(), [wid(1)]);
+
+    // A fan-out to the wrong URL stops like any refused one: 404s count towards the give-up
+    // after 10 in a row, the rest is not attempted.
+    let db = tenant(40);
+    let sim = PlatformSim::new(&db.name, TOKEN);
+    let platform = StandIn::start(Reply::Platform(sim.clone()));
+    let r = db
+        .orgctl(&["secret", "set", "--global", "G", "--yes", "-o", "json"])
+        .env("MOLECULE_PLATFORM_URL", &format!("{}/api", platform.url()))
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"v")
+        .run();
+    r.code(1).one_line_error("not attempted");
+    let calls = platform.calls().len();
+    assert!((10..=18).contains(&calls), "{calls} calls");
+    let o = outcomes(&r);
+    assert_eq!(o.values().filter(|v| *v == "failed").count(), calls);
+    assert_eq!(
+        o.values().filter(|v| *v == "not-attempted").count(),
+        41 - calls
+    );
+    assert!(sim.restarted().is_empty());
 }

@@ -596,7 +596,9 @@ fn dispatch_blocking(
     total: Duration,
 ) -> Vec<Dispatched> {
     let deadline = std::time::Instant::now() + total;
-    // Failed calls in a row (any success resets it).
+    // Failed calls in a row (a restart or a no-op resets it). A 404 counts: it is "gone" only
+    // once the tenant agrees (`confirm_gone`), and a wrong platform URL answers 404 for every
+    // workspace, so a run of them must stop the fan-out like any other refusal.
     let failures_in_a_row = AtomicUsize::new(0);
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(RESTART_CONNECT_TIMEOUT)
@@ -649,7 +651,7 @@ fn dispatch_blocking(
                             ))
                         } else {
                             let r = restart_one(&agent, &fresh, *id, url, bearer, left);
-                            if r.ok {
+                            if r.ok && r.outcome != DispatchOutcome::Gone {
                                 failures_in_a_row.store(0, Ordering::SeqCst);
                             } else {
                                 failures_in_a_row.fetch_add(1, Ordering::SeqCst);
