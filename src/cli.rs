@@ -509,9 +509,10 @@ pub enum SecretCommand {
     /// removed, paused and external workspaces are skipped), then calls only the workspaces that
     /// orgctl.audit_log does not record as restarted since orgctl last changed the key: the ones
     /// a failed, no-op, interrupted or never-sent restart left behind (reported as skipped:
-    /// already-restarted otherwise). Calls go to POST {URL}/admin/workspaces/{id}/restart. --all restarts every eligible workspace. Each call becomes
-    /// an audit row (command restart). Exit 1 names the workspaces still not restarted. Asks
-    /// for confirmation on a terminal; needs --yes without one.
+    /// already-restarted otherwise). --all restarts every eligible workspace. Calls go to
+    /// POST {URL}/admin/workspaces/{id}/restart; each becomes an audit row (command restart).
+    /// Exit 1 names the workspaces still not restarted. Asks for confirmation on a terminal;
+    /// needs --yes without one.
     ///
     /// Examples:
     ///   orgctl secret restart --global OPENAI_API_KEY --yes

@@ -4,6 +4,9 @@
 //! arrived and when it was answered) and how many were in flight at once, so tests can check
 //! the concurrency cap, the timeouts and that a Ctrl-C starts no new call.
 //!
+//! [`PlatformSim`] answers the platform's admin restart route as the platform does, from the
+//! tenant's own rows (eligibility, debounce, 404).
+//!
 //! Shared by the test modules that talk to a platform (keep new behaviours here, not in a
 //! module's private stand-in).
 
