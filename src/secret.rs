@@ -1044,9 +1044,10 @@ async fn dispatch(
 pub const RESTART_COMMAND: &str = "restart";
 
 /// One audit row per workspace of a restart phase: each dispatch with the platform's answer
-/// (`restarted`, `noop`, `gone` or `failed`; a call never made is `failed` with its reason), each planned workspace that was not called (`not-sent`: no
-/// platform URL) and each workspace the guard or `--no-restart` skipped (`skipped`), so
-/// "which workspaces were never restarted" can be answered from the log later. `trigger` is the
+/// (`restarted`, `noop`, `gone` or `failed`; a call never made is `failed` with its reason),
+/// each planned workspace that was not called (`not-sent`: no platform URL) and each workspace
+/// the guard or `--no-restart` skipped (`skipped`), so "which workspaces were never restarted"
+/// can be answered from the log later. `trigger` is the
 /// command that caused the phase.
 pub fn restart_entries(
     trigger: &str,

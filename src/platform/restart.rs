@@ -529,8 +529,8 @@ impl Dispatched {
     }
 }
 
-/// POST the platform's admin restart for each id, at most [`RESTART_CONCURRENCY`] at once, each bounded by
-/// [`RESTART_CALL_TIMEOUT`]; one result per id, in order. A Ctrl-C starts no new call, lets the
+/// POST the platform's admin restart for each id, at most [`RESTART_CONCURRENCY`] at once, each
+/// bounded by [`RESTART_CALL_TIMEOUT`]; one result per id, in order. A Ctrl-C starts no new call, lets the
 /// calls in flight finish (they are bounded), and reports the rest as not attempted.
 pub async fn dispatch(out: &Output, platform: &Platform, ids: &[Uuid]) -> Vec<Dispatched> {
     if ids.is_empty() {
