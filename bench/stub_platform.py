@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The platform stand-in for bench/fanout.sh: answers every POST /workspaces/{id}/restart with
-200 and counts the calls (printed to stderr at exit). Listens on 127.0.0.1 only; prints its
-port on stdout once it listens.  Usage: stub_platform.py"""
+"""The platform stand-in for bench/fanout.sh: answers every POST (orgctl's restarts go to
+/admin/workspaces/{id}/restart) as the platform's admin restart route does when it restarts,
+202 {"status":"restart_dispatched"}, and counts the calls (printed to stderr at exit). Listens
+on 127.0.0.1 only; prints its port on stdout once it listens.  Usage: stub_platform.py"""
 import http.server, sys, threading, signal
 
 calls = 0
@@ -16,8 +17,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.rfile.read(n)
         with lock:
             calls += 1
-        body = b'{"status":"restarting"}'
-        self.send_response(200)
+        body = b'{"status":"restart_dispatched"}'
+        self.send_response(202)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -455,13 +455,20 @@ pub enum SecretCommand {
     /// upserts it, then restarts the workspaces the change affects:
     ///   WORKSPACE_ID  the workspace itself, only when a lookup proves it is not the platform
     ///                 agent (kind='platform'); an unprovable kind is not restarted either;
-    ///                 like the platform's own restart, removed, paused, hibernated and
-    ///                 external workspaces and those under a paused ancestor are skipped
+    ///                 like the platform's own restart, a NULL status, removed, paused and
+    ///                 hibernated workspaces, runtimes external, kimi, kimi-cli and mock, and
+    ///                 those under a paused ancestor are skipped
     ///   --global      every workspace that inherits the key (no workspace-level override),
     ///                 under the same rules, never the platform agent; each skip has a reason
-    /// Restarts are POST {URL}/workspaces/{id}/restart with MOLECULE_ADMIN_TOKEN as bearer,
-    /// after the commit. Without a platform URL the restart plan is printed instead; a failed
-    /// restart is exit 1 (the secret stays committed), naming each workspace.
+    /// Restarts are POST {URL}/admin/workspaces/{id}/restart (the platform's admin route, with
+    /// its own eligibility, 60 s debounce and coalescing) with MOLECULE_ADMIN_TOKEN as bearer,
+    /// after the commit. Each answer is reported: restarted (202), noop (the platform did not
+    /// restart it: debounced or ineligible; not a failure), gone (404 for a workspace the
+    /// tenant has removed) or failed. Without a platform URL the restart plan is printed
+    /// instead; a failed restart is exit 1 (the secret stays committed), naming each workspace.
+    /// A vendor key (OPENAI_API_KEY, ANTHROPIC_API_KEY, CODEX_AUTH_JSON, ...) warns: the
+    /// platform refuses it on workspaces whose model is platform-managed, which orgctl cannot
+    /// tell from the tenant.
     /// Asks for confirmation on a terminal; needs --yes without one.
     ///
     /// Examples:
@@ -502,10 +509,11 @@ pub enum SecretCommand {
     /// Plans the restarts exactly as set and delete do (the platform agent is never restarted;
     /// removed, paused and external workspaces are skipped), then calls only the workspaces that
     /// orgctl.audit_log does not record as restarted since orgctl last changed the key: the ones
-    /// a failed, interrupted or never-sent restart left behind (reported as skipped:
-    /// already-restarted otherwise). --all restarts every eligible workspace. Each call becomes
-    /// an audit row (command restart). Exit 1 names the workspaces still not restarted. Asks
-    /// for confirmation on a terminal; needs --yes without one.
+    /// a failed, no-op, interrupted or never-sent restart left behind (reported as skipped:
+    /// already-restarted otherwise). --all restarts every eligible workspace. Calls go to
+    /// POST {URL}/admin/workspaces/{id}/restart; each becomes an audit row (command restart).
+    /// Exit 1 names the workspaces still not restarted. Asks for confirmation on a terminal;
+    /// needs --yes without one.
     ///
     /// Examples:
     ///   orgctl secret restart --global OPENAI_API_KEY --yes

@@ -1685,11 +1685,35 @@ pub async fn audit_after_commit(
         return Ok(());
     }
     ensure_orgctl_schema(conn, url, settings).await?;
+    // The first row carries a transaction id: a COMMIT whose answer is lost is resolved by
+    // looking for it, as the change's own commit is (never said to be rolled back).
+    let txid = uuid::Uuid::new_v4();
+    let mut entries = entries.to_vec();
+    entries[0].txid = Some(txid);
     let mut tx = begin_write(conn, settings).await?;
-    append_audit(&mut tx, entries).await?;
-    tx.commit().await?;
-    crate::audit::note_committed();
+    append_audit(&mut tx, &entries).await?;
+    match commit_or_resolve(tx, url, settings, &Evidence::Audit(txid)).await? {
+        Committed::Answered => {}
+        Committed::Verified(fresh) => *conn = fresh,
+    }
     Ok(())
+}
+
+/// COMMIT a transaction whose outcome needs no resolving (a best-effort record a rerun
+/// rewrites), without ever saying "rolled back" for a COMMIT that may have reached the server:
+/// an error the server answers with is a rollback; a lost connection is "may have been
+/// committed", naming `what`.
+pub async fn commit_best_effort(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    what: &str,
+) -> Result<()> {
+    tx.commit().await.map_err(|e| match e {
+        sqlx::Error::Database(_) => Error::from(e),
+        other => Error::failed(format!(
+            "the connection was lost while committing {what} ({}); it may or may not have been recorded",
+            lost_cause(&other)
+        )),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ use crate::db;
 use crate::error::{sanitize, Error, Exit, Result};
 use crate::output::{truncated, Output};
 use crate::platform::keys::SecretBox;
-use crate::platform::restart::{self, Dispatched, Platform, RestartPlan, SkipReason, TargetRow};
+use crate::platform::restart::{
+    self, DispatchOutcome, Dispatched, Platform, RestartPlan, SkipReason, TargetRow,
+};
 use crate::platform::MODEL_KEY;
 use crate::Context;
 
@@ -564,9 +566,15 @@ impl Outcome<'_> {
         let results: std::collections::HashMap<Uuid, &Dispatched> =
             self.dispatched.iter().map(|d| (d.id, d)).collect();
         for t in &self.restart.planned {
-            let status = match results.get(&t.id) {
-                Some(d) if d.ok => "restarted".to_string(),
-                Some(d) => format!("FAILED: {}", d.error.as_deref().unwrap_or("unknown error")),
+            let status = match results.get(&t.id).map(|d| (d.outcome, d)) {
+                Some((DispatchOutcome::Restarted, _)) => "restarted".to_string(),
+                Some((DispatchOutcome::Noop, _)) => {
+                    "no-op (the platform did not restart it)".to_string()
+                }
+                Some((DispatchOutcome::Gone, _)) => "gone (404; removed)".to_string(),
+                Some((_, d)) => {
+                    format!("FAILED: {}", d.error.as_deref().unwrap_or("unknown error"))
+                }
                 None if preview => "would restart".to_string(),
                 None => "planned, not restarted (no platform URL)".to_string(),
             };
@@ -615,6 +623,20 @@ impl Outcome<'_> {
                 )),
                 _ => {}
             }
+        }
+        let count = |o: DispatchOutcome| self.dispatched.iter().filter(|d| d.outcome == o).count();
+        let noop = count(DispatchOutcome::Noop);
+        if noop > 0 {
+            out.info(&format!(
+                "{noop} workspace(s) were not restarted: the platform answered no-op (it restarted them less than {}s ago, coalesced the call into a restart in flight, or its own rules exclude them). `orgctl secret restart` calls them again; after the debounce that restarts them if they are eligible.",
+                restart::RESTART_DEBOUNCE.as_secs()
+            ));
+        }
+        let gone = count(DispatchOutcome::Gone);
+        if gone > 0 {
+            out.info(&format!(
+                "{gone} workspace(s) are gone: the platform has no such workspace (404) and the tenant has it removed or no longer has it; nothing to restart."
+            ));
         }
         if self.plan_only && preview && !self.restart.planned.is_empty() {
             out.info(
@@ -667,6 +689,9 @@ async fn set(ctx: &Context, args: &SecretSetArgs) -> Result<Exit> {
     // Refusals of the key (bad key: 2; production without a key: 3) before reading a value.
     let version = sb.write_version()?;
     if let Some(w) = sb.plaintext_warning(&format!("the value of {key}")) {
+        ctx.out.warn(&w);
+    }
+    if let Some(w) = crate::platform::vendor_keys::vendor_key_warning(&key, scope.workspace_id()) {
         ctx.out.warn(&w);
     }
     let value = read_value(&ctx.out, args.value_file.as_deref(), &key, args.dry_run).await?;
@@ -891,7 +916,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     };
     if let Some(platform) = &req.platform {
         let ids: Vec<Uuid> = outcome.restart.planned.iter().map(|t| t.id).collect();
-        outcome.dispatched = restart::dispatch(out, platform, &ids).await;
+        outcome.dispatched = dispatch(out, &mut conn, &ctx.settings, platform, &ids).await;
     }
     let recorded = record_restarts(&mut conn, url, &ctx.settings, command, &outcome).await;
     outcome.render(out)?;
@@ -1004,13 +1029,43 @@ async fn delete_row(conn: &mut PgConnection, scope: Scope, key: &str) -> Result<
 // ---------------------------------------------------------------------------------------------
 // Restart outcomes in the audit log, and `secret restart`
 
+/// The restart calls, then the 404s checked against the tenant: "gone" only when the tenant
+/// has the workspace removed or no longer has it; else the 404 is a failure (a wrong platform
+/// URL answers 404 for every workspace).
+async fn dispatch(
+    out: &Output,
+    conn: &mut PgConnection,
+    settings: &db::Settings,
+    platform: &Platform,
+    ids: &[Uuid],
+) -> Vec<Dispatched> {
+    let mut results = restart::dispatch(out, platform, ids).await;
+    if results.iter().any(|d| d.outcome == DispatchOutcome::Gone) {
+        // Short and after the commit, like the calls: a Ctrl-C waits for it, so the outcomes
+        // are still reported and recorded. A read-only transaction of its own (a transaction
+        // pooler needs one per statement).
+        let _guard = crate::interrupt::CommitGuard::enter();
+        let checked = async {
+            let mut tx = db::begin_read_only(conn, settings).await?;
+            restart::confirm_gone(&mut tx, &mut results).await?;
+            tx.rollback().await?;
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = checked.await {
+            restart::unconfirmed_gone(&mut results, &e.message);
+        }
+    }
+    results
+}
+
 /// The audit command of a per-workspace restart row.
 pub const RESTART_COMMAND: &str = "restart";
 
-/// One audit row per workspace of a restart phase (SPEC §11): each dispatch with the platform's
-/// answer (`restarted` / `failed`), each planned workspace that was not called (`not-sent`: no
-/// platform URL) and each workspace the guard or `--no-restart` skipped (`skipped`), so
-/// "which workspaces were never restarted" can be answered from the log later. `trigger` is the
+/// One audit row per workspace of a restart phase: each dispatch with the platform's answer
+/// (`restarted`, `noop`, `gone` or `failed`; a call never made is `failed` with its reason),
+/// each planned workspace that was not called (`not-sent`: no platform URL) and each workspace
+/// the guard or `--no-restart` skipped (`skipped`), so "which workspaces were never restarted"
+/// can be answered from the log later. `trigger` is the
 /// command that caused the phase.
 pub fn restart_entries(
     trigger: &str,
@@ -1045,8 +1100,19 @@ pub fn restart_entries(
     let mut rows = Vec::with_capacity(plan.planned.len() + plan.skipped.len());
     for t in &plan.planned {
         rows.push(match results.get(&t.id) {
-            Some(d) if d.ok => entry(t.id, "restarted", d.http_status, None, None),
-            Some(d) => entry(t.id, "failed", d.http_status, d.error.as_deref(), None),
+            Some(d) => {
+                let outcome = match d.outcome {
+                    DispatchOutcome::NotAttempted => DispatchOutcome::Failed,
+                    o => o,
+                };
+                entry(
+                    t.id,
+                    outcome.as_str(),
+                    d.http_status,
+                    d.error.as_deref(),
+                    None,
+                )
+            }
             None => entry(t.id, "not-sent", None, Some("no platform URL"), None),
         });
     }
@@ -1224,7 +1290,7 @@ async fn restart(ctx: &Context, args: &SecretRestartArgs) -> Result<Exit> {
         ctx.yes,
     )?;
     let ids: Vec<Uuid> = outcome.restart.planned.iter().map(|t| t.id).collect();
-    outcome.dispatched = restart::dispatch(out, &platform, &ids).await;
+    outcome.dispatched = dispatch(out, &mut conn, &ctx.settings, &platform, &ids).await;
     let recorded =
         record_restarts(&mut conn, &url, &ctx.settings, "secret restart", &outcome).await;
     outcome.render(out)?;

@@ -176,8 +176,8 @@ async fn key_table_behaves_as_the_platform_reads_keys() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Restart eligibility (SPEC §1): the platform's automatic-restart rules, applied before orgctl
-// calls the manual endpoint, for workspace and global secrets.
+// Restart eligibility: the platform's restart rules, applied by orgctl before it calls the
+// platform's admin restart route (so each skip has a reason), for workspace and global secrets.
 
 mod w {
     pub const ROOT: &str = "10000000-0000-4000-8000-000000000001";
@@ -191,6 +191,14 @@ mod w {
     pub const NULL_RUNTIME: &str = "10000000-0000-4000-8000-000000000009";
     pub const ONLINE: &str = "10000000-0000-4000-8000-00000000000a";
     pub const UNDER_HIBERNATED: &str = "10000000-0000-4000-8000-00000000000b";
+    pub const KIMI: &str = "10000000-0000-4000-8000-00000000000c";
+    pub const KIMI_CLI: &str = "10000000-0000-4000-8000-00000000000d";
+    pub const MOCK: &str = "10000000-0000-4000-8000-00000000000e";
+    pub const NO_STATUS: &str = "10000000-0000-4000-8000-00000000000f";
+    /// Runtime `hermes` (the platform's default) and a runtime whose name only starts like a
+    /// skipped one: restarted.
+    pub const HERMES: &str = "10000000-0000-4000-8000-000000000010";
+    pub const KIMI_LIKE: &str = "10000000-0000-4000-8000-000000000011";
 }
 
 fn restart_tenant(text_status: bool) -> TestDb {
@@ -210,7 +218,13 @@ fn restart_tenant(text_status: bool) -> TestDb {
            ('{ext}', 'external', 'online', '{root}', 'external', 'workspace'),
            ('{nullrt}', 'null runtime', 'online', '{root}', NULL, 'workspace'),
            ('{online}', 'online', 'degraded', '{root}', 'langgraph', 'workspace'),
-           ('{underhib}', 'under hibernated', 'online', '{hib}', 'langgraph', 'workspace')",
+           ('{underhib}', 'under hibernated', 'online', '{hib}', 'langgraph', 'workspace'),
+           ('{kimi}', 'kimi', 'online', '{root}', 'kimi', 'workspace'),
+           ('{kimicli}', 'kimi cli', 'offline', '{root}', 'kimi-cli', 'workspace'),
+           ('{mock}', 'mock', 'online', '{root}', 'mock', 'workspace'),
+           ('{nostatus}', 'no status', NULL, '{root}', 'langgraph', 'workspace'),
+           ('{hermes}', 'hermes', 'online', '{root}', 'hermes', 'workspace'),
+           ('{kimilike}', 'kimi like', 'online', '{root}', 'kimi-2', 'workspace')",
         root = w::ROOT,
         agent = w::AGENT,
         paused = w::PAUSED,
@@ -222,6 +236,12 @@ fn restart_tenant(text_status: bool) -> TestDb {
         nullrt = w::NULL_RUNTIME,
         online = w::ONLINE,
         underhib = w::UNDER_HIBERNATED,
+        kimi = w::KIMI,
+        kimicli = w::KIMI_CLI,
+        mock = w::MOCK,
+        nostatus = w::NO_STATUS,
+        hermes = w::HERMES,
+        kimilike = w::KIMI_LIKE,
     ));
     db
 }
@@ -290,8 +310,14 @@ fn restart_rules_on(text_status: bool) {
         (w::HIBERNATED, Some("hibernated")),
         (w::REMOVED, Some("removed")),
         (w::EXTERNAL, Some("external")),
+        (w::KIMI, Some("runtime-kimi")),
+        (w::KIMI_CLI, Some("runtime-kimi-cli")),
+        (w::MOCK, Some("runtime-mock")),
+        (w::NO_STATUS, Some("no-status")),
         (w::NULL_RUNTIME, None),
         (w::UNDER_HIBERNATED, None),
+        (w::HERMES, None),
+        (w::KIMI_LIKE, None),
     ] {
         let platform = FakePlatform::start(&[]);
         let r = db
@@ -340,10 +366,20 @@ fn restart_rules_on(text_status: bool) {
             (w::HIBERNATED, "hibernated"),
             (w::REMOVED, "removed"),
             (w::EXTERNAL, "external"),
+            (w::KIMI, "runtime-kimi"),
+            (w::KIMI_CLI, "runtime-kimi-cli"),
+            (w::MOCK, "runtime-mock"),
+            (w::NO_STATUS, "no-status"),
         ])
     );
     // ONLINE overrides the key; the others are restarted (a NULL runtime is langgraph).
-    let want = strs(&[w::ROOT, w::NULL_RUNTIME, w::UNDER_HIBERNATED]);
+    let want = strs(&[
+        w::ROOT,
+        w::NULL_RUNTIME,
+        w::UNDER_HIBERNATED,
+        w::HERMES,
+        w::KIMI_LIKE,
+    ]);
     assert_eq!(planned(&j), want);
     assert_eq!(platform.restarted(), want);
 
@@ -363,7 +399,7 @@ fn restart_rules_on(text_status: bool) {
         .env("MOLECULE_ADMIN_TOKEN", TOKEN)
         .run();
     r.code(0);
-    assert_eq!(reasons(&r.json()).len(), 7);
+    assert_eq!(reasons(&r.json()).len(), 11);
     assert!(platform.calls().is_empty());
 }
 
@@ -892,7 +928,8 @@ fn restarts_respect_the_total_deadline() {
     assert_eq!(db.snapshot(), before);
 }
 
-/// A platform stand-in that answers each request `200` as HTTP/1.1 keep-alive and then closes
+/// A platform stand-in that answers each request `202 {"status":"restart_dispatched"}` (the
+/// admin restart route's answer) as HTTP/1.1 keep-alive and then closes
 /// the connection anyway (as a platform or proxy does with idle connections): a client that
 /// reuses it meets a stale connection. Counts the requests it answered.
 struct DroppingPlatform {
@@ -927,7 +964,9 @@ impl DroppingPlatform {
                         }
                     }
                     a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 202 Accepted\r\nContent-Length: 31\r\n\r\n{\"status\":\"restart_dispatched\"}",
+                    );
                     // Dropped here: closed although the response said keep-alive.
                 });
             }

@@ -1,8 +1,11 @@
 //! Restarts against the platform's real range of HTTP answers (issue 18, item 7), end to end
-//! through the binary and the shared stand-in (tests/stand_in.rs): 2xx other than 200,
-//! redirects (the bearer must not follow one), 401/404/409, slow and hung answers, keep-alive
-//! connections the server closes, the concurrency cap, the call timeout, and targets whose
-//! kind is unknown, removed, paused or with a NULL status.
+//! through the binary and the shared stand-in (tests/stand_in.rs): the admin restart route's
+//! 202 restart_dispatched and 200 noop, 2xx answers it never gives, redirects (the bearer must
+//! not follow one), 401/404/409, slow and hung answers, keep-alive connections the server
+//! closes, the concurrency cap, the call timeout, and targets whose kind is unknown, removed,
+//! paused, on a runtime the platform never restarts or with a NULL status. The stand-in's
+//! `PlatformSim` answers as the platform does, from the tenant's own rows (eligibility,
+//! debounce, 404).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{Run, TestDb};
-use crate::stand_in::{Reply, StandIn, RESTART_CAP};
+use crate::stand_in::{PlatformSim, Reply, StandIn, RESTART_CAP};
 
 const TOKEN: &str = "adm-T0ken-for-http-tests-5c4b3a";
 const ROOT: &str = "f0000000-0000-4000-8000-000000000000";
@@ -39,6 +42,43 @@ fn set(db: &TestDb, platform: &StandIn, scope: &str, key: &str) -> Run {
         .env("MOLECULE_ADMIN_TOKEN", TOKEN)
         .stdin(b"value-1")
         .run()
+}
+
+/// id → outcome from the JSON report.
+fn outcomes(r: &Run) -> BTreeMap<String, String> {
+    let doc: Value = r.json();
+    doc["restart"]["dispatched"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            (
+                d["id"].as_str().unwrap_or_default().to_string(),
+                d["outcome"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// (workspace, outcome, http_status) of every audit row of the restart phase(s), sorted.
+fn audit_outcomes(db: &TestDb) -> Vec<(String, String, String)> {
+    let mut v: Vec<(String, String, String)> = db
+        .exec(
+            "SELECT args->>'workspace_id' || ' ' || outcome || ' ' || COALESCE(args->>'http_status', '-')
+               FROM orgctl.audit_log WHERE command = 'restart' AND outcome <> 'skipped'",
+        )
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split(' ');
+            Some((
+                p.next()?.to_string(),
+                p.next()?.to_string(),
+                p.next()?.to_string(),
+            ))
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// id → (ok, error) from the JSON report.
@@ -79,19 +119,22 @@ fn no_token(r: &Run) {
     assert!(!r.stderr.contains(TOKEN), "the bearer on stderr");
 }
 
-/// Every answer class in one fan-out: 2xx is a restart (200, 201, 202, 204, and a slow 200);
-/// a redirect is a failure that is never followed (so the bearer never reaches its target);
-/// 401/404/409 are failures naming their status, with the echoed bearer masked. Exit 1 after
-/// the commit, naming exactly the failed workspaces.
+/// Every answer class in one fan-out: 202 restart_dispatched (also slow) and a 202 with another
+/// body are restarts; 200 noop is a no-op (ok, not restarted); a 2xx the admin route never
+/// gives (200 with another body, 201, 204) is a failure whose restart is unknown, never a
+/// restart; a redirect is a failure that is never followed (so the bearer never reaches its
+/// target); 401/409, and a 404 for a workspace the tenant still has, are failures naming their
+/// status, with the echoed bearer masked. Exit 1 after the commit, naming exactly the failed
+/// workspaces.
 #[test]
 fn every_answer_class_is_classified_and_a_redirect_is_never_followed() {
-    let db = tenant(12);
-    let elsewhere = StandIn::start(Reply::Status(200));
+    let db = tenant(13);
+    let elsewhere = StandIn::start(Reply::dispatched());
     let rules: Vec<(u32, Reply, bool)> = vec![
-        (1, Reply::Status(200), true),
-        (2, Reply::Status(201), true),
+        (1, Reply::Status(200), false),
+        (2, Reply::Status(201), false),
         (3, Reply::Status(202), true),
-        (4, Reply::Status(204), true),
+        (4, Reply::Status(204), false),
         (5, Reply::Redirect(301, elsewhere.url()), false),
         (6, Reply::Redirect(302, elsewhere.url()), false),
         (7, Reply::Redirect(307, elsewhere.url()), false),
@@ -101,20 +144,33 @@ fn every_answer_class_is_classified_and_a_redirect_is_never_followed() {
         (11, Reply::Status(409), false),
         (
             12,
-            Reply::Delay(Duration::from_millis(1500), Box::new(Reply::Status(200))),
+            Reply::Delay(Duration::from_millis(1500), Box::new(Reply::dispatched())),
             true,
         ),
+        (13, Reply::noop(), true),
     ];
     let platform = StandIn::with(
         rules.iter().map(|(n, r, _)| (wid(*n), r.clone())).collect(),
-        Reply::Status(200),
+        Reply::dispatched(),
         None,
     );
     let r = set(&db, &platform, "--global", "REGION");
     r.code(1).one_line_error("not restarted");
     no_token(&r);
     let d = dispatched(&r);
-    assert_eq!(d.len(), 13, "the root and 12 children: {d:?}");
+    assert_eq!(d.len(), 14, "the root and 13 children: {d:?}");
+    let o = outcomes(&r);
+    for (n, want) in [
+        (1, "failed"),
+        (3, "restarted"),
+        (4, "failed"),
+        (10, "failed"),
+        (12, "restarted"),
+        (13, "noop"),
+    ] {
+        assert_eq!(o.get(&wid(n)).map(String::as_str), Some(want), "{n}: {o:?}");
+    }
+    assert_eq!(o.get(ROOT).map(String::as_str), Some("restarted"));
     assert_eq!(d.get(ROOT).map(|x| x.0), Some(true));
     let err_line = r
         .stderr
@@ -130,8 +186,8 @@ fn every_answer_class_is_classified_and_a_redirect_is_never_followed() {
         assert_eq!(got_ok, ok, "{reply:?}: {err:?}");
         assert_eq!(err_line.contains(&id), !ok, "{reply:?}: {err_line}");
         let code = match reply {
-            Reply::Status(c) | Reply::Redirect(c, _) => *c,
-            _ => 200,
+            Reply::Status(c) | Reply::Redirect(c, _) | Reply::Json(c, _) => *c,
+            _ => 202,
         };
         if !ok {
             let e = err.clone().unwrap_or_default();
@@ -150,12 +206,21 @@ fn every_answer_class_is_classified_and_a_redirect_is_never_followed() {
     let mut ids: Vec<String> = platform
         .calls()
         .iter()
-        .map(|c| StandIn::restart_id(c, TOKEN))
+        .map(|c| StandIn::admin_restart_id(c, TOKEN))
         .collect();
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 13);
-    assert_eq!(platform.calls().len(), 13, "a call was retried or repeated");
+    assert_eq!(ids.len(), 14);
+    assert_eq!(platform.calls().len(), 14, "a call was retried or repeated");
+    // The 404 is a failure: the tenant still has that workspace, so the call went astray.
+    let e404 = d
+        .get(&wid(10))
+        .and_then(|x| x.1.clone())
+        .unwrap_or_default();
+    assert!(e404.contains("exists in this tenant"), "{e404}");
+    // An unknown 2xx says so.
+    let e200 = d.get(&wid(1)).and_then(|x| x.1.clone()).unwrap_or_default();
+    assert!(e200.contains("unknown"), "{e200}");
     assert!(
         elsewhere.calls().is_empty(),
         "a redirect was followed: {:?}",
@@ -169,7 +234,7 @@ fn the_fan_out_keeps_to_the_concurrency_cap() {
     let db = tenant(30);
     let platform = StandIn::start(Reply::Delay(
         Duration::from_millis(300),
-        Box::new(Reply::Status(200)),
+        Box::new(Reply::dispatched()),
     ));
     let started = Instant::now();
     let r = set(&db, &platform, "--global", "REGION");
@@ -193,10 +258,10 @@ fn a_hung_platform_times_out_and_names_the_workspace() {
             (wid(1), Reply::Hang),
             (
                 wid(2),
-                Reply::Delay(Duration::from_secs(2), Box::new(Reply::Status(200))),
+                Reply::Delay(Duration::from_secs(2), Box::new(Reply::dispatched())),
             ),
         ],
-        Reply::Status(200),
+        Reply::dispatched(),
         None,
     );
     let started = Instant::now();
@@ -231,11 +296,11 @@ fn keep_alive_connections_closed_by_the_server_lose_no_restart() {
                 .map(|n| {
                     (
                         wid(n),
-                        Reply::Delay(Duration::from_millis(40), Box::new(Reply::Status(200))),
+                        Reply::Delay(Duration::from_millis(40), Box::new(Reply::dispatched())),
                     )
                 })
                 .collect(),
-            Reply::Status(200),
+            Reply::dispatched(),
             Some(idle),
         );
         let r = set(&db, &platform, "--global", "REGION");
@@ -255,9 +320,10 @@ fn keep_alive_connections_closed_by_the_server_lose_no_restart() {
     }
 }
 
-/// The restart guard at the integration level: a removed or paused target is skipped with its
-/// reason and never called; a target with a NULL status is restarted; a target whose kind
-/// cannot be proven (its lookup fails) is not restarted, fails closed, and the exit says so.
+/// The restart guard at the integration level: a removed or paused target, and one with a
+/// NULL status (the platform's eligibility never restarts it), is skipped with its reason and
+/// never called; a target whose kind cannot be proven (its lookup fails) is not restarted,
+/// fails closed, and the exit says so.
 #[test]
 fn removed_paused_null_status_and_unknown_kind_targets() {
     let db = tenant(4);
@@ -269,8 +335,8 @@ fn removed_paused_null_status_and_unknown_kind_targets() {
         wid(2),
         wid(3)
     ));
-    let platform = StandIn::start(Reply::Status(200));
-    for (n, reason) in [(1, "removed"), (2, "paused")] {
+    let platform = StandIn::start(Reply::dispatched());
+    for (n, reason) in [(1, "removed"), (2, "paused"), (3, "no-status")] {
         let r = set(&db, &platform, &wid(n), "K");
         r.code(0);
         assert_eq!(
@@ -282,12 +348,6 @@ fn removed_paused_null_status_and_unknown_kind_targets() {
         assert!(dispatched(&r).is_empty());
     }
     assert!(platform.calls().is_empty(), "{:?}", platform.calls());
-    // NULL status is not a skip reason.
-    let r = set(&db, &platform, &wid(3), "K");
-    r.code(0);
-    assert_eq!(dispatched(&r).get(&wid(3)).map(|x| x.0), Some(true));
-    assert!(skipped(&r).is_empty(), "{}", r.stdout);
-    assert_eq!(platform.calls().len(), 1);
 
     // The guard's lookup after the commit fails: a trigger (standing in for a concurrent
     // writer) leaves the target's row unreadable in the committed state. The kind is unknown,
@@ -307,9 +367,8 @@ fn removed_paused_null_status_and_unknown_kind_targets() {
         "{}",
         r.stdout
     );
-    assert_eq!(
-        platform.calls().len(),
-        1,
+    assert!(
+        platform.calls().is_empty(),
         "a target of unknown kind was called"
     );
     assert_eq!(
@@ -320,23 +379,268 @@ fn removed_paused_null_status_and_unknown_kind_targets() {
         "1"
     );
 
-    // The global fan-out follows the platform's own query (README, secret, Decisions): a NULL
-    // status does not match `status NOT IN ('removed','paused')`, so that workspace is not
-    // restarted by a global change; the removed and paused ones are never called either; the
-    // online ones are.
+    // The global fan-out: the NULL-status workspace is listed as skipped (no-status), as are
+    // the removed and paused ones; none of them is called; the online ones are.
     db.exec(&format!(
         "UPDATE workspaces SET name = 'w4' WHERE id = '{}'",
         wid(4)
     ));
-    let platform = StandIn::start(Reply::Status(200));
+    let platform = StandIn::start(Reply::dispatched());
     let r = set(&db, &platform, "--global", "G");
     let called: Vec<String> = platform
         .calls()
         .iter()
-        .map(|c| StandIn::restart_id(c, TOKEN))
+        .map(|c| StandIn::admin_restart_id(c, TOKEN))
         .collect();
     r.code(0);
     let mut called = called;
     called.sort();
     assert_eq!(called, [ROOT.to_string(), wid(4)], "{}", r.stdout);
+    let want: BTreeMap<String, String> = [(1, "removed"), (2, "paused"), (3, "no-status")]
+        .into_iter()
+        .map(|(n, reason)| (wid(n), reason.to_string()))
+        .collect();
+    assert_eq!(skipped(&r), want, "{}", r.stdout);
+}
+
+/// A tenant for the admin route: the root and `f1…01..09` online, then 02 on runtime `kimi`,
+/// 03 `kimi-cli`, 04 `mock`, 05 with a NULL status.
+fn eligibility_tenant() -> TestDb {
+    let db = tenant(9);
+    db.exec(&format!(
+        "UPDATE workspaces SET runtime = 'kimi' WHERE id = '{}';
+         UPDATE workspaces SET runtime = 'kimi-cli' WHERE id = '{}';
+         UPDATE workspaces SET runtime = 'mock' WHERE id = '{}';
+         UPDATE workspaces SET status = NULL WHERE id = '{}';",
+        wid(2),
+        wid(3),
+        wid(4),
+        wid(5)
+    ));
+    db
+}
+
+/// Restarts go to the platform's admin route and each answer is reported as what it is: 202
+/// restart_dispatched is `restarted`; 200 noop (the platform restarted it within its 60 s
+/// debounce) is `noop` — ok, never restarted, not a failure; a 404 for a workspace removed
+/// meanwhile is `gone`; a 500 is `failed` and the only one exit 1 names. orgctl skips the
+/// runtimes the platform never restarts and a NULL status itself, with their reasons, and calls
+/// none of them. Every outcome is an audit row of its own. A second change within the debounce
+/// is all no-ops (exit 0, the table never says restarted), and `secret restart` replays the
+/// no-ops: a no-op is not a restart.
+#[test]
+fn the_admin_route_restarts_noops_and_forgets_and_each_is_reported_as_such() {
+    let db = eligibility_tenant();
+    let sim = PlatformSim::new(&db.name, TOKEN);
+    sim.mark_restarted(&wid(6));
+    sim.remove_on_call(&wid(7));
+    let platform = StandIn::with(
+        vec![(wid(8), Reply::Status(500))],
+        Reply::Platform(sim.clone()),
+        None,
+    );
+    let r = set(&db, &platform, "--global", "REGION");
+    r.code(1).one_line_error(&wid(8));
+    no_token(&r);
+    let err_line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err_line.contains("1 workspace(s) were not restarted"),
+        "{err_line}"
+    );
+    let want: BTreeMap<String, String> = [
+        (ROOT.to_string(), "restarted"),
+        (wid(1), "restarted"),
+        (wid(6), "noop"),
+        (wid(7), "gone"),
+        (wid(8), "failed"),
+        (wid(9), "restarted"),
+    ]
+    .into_iter()
+    .map(|(id, o)| (id, o.to_string()))
+    .collect();
+    assert_eq!(outcomes(&r), want, "{}", r.stdout);
+    // ok is false exactly for the failure.
+    let d = dispatched(&r);
+    assert!(
+        d.iter().all(|(id, (ok, _))| *ok == (*id != wid(8))),
+        "{d:?}"
+    );
+    assert_eq!(d.get(&wid(6)).map(|x| x.1.clone()), Some(None));
+    let skips: BTreeMap<String, String> = [
+        (2, "runtime-kimi"),
+        (3, "runtime-kimi-cli"),
+        (4, "runtime-mock"),
+        (5, "no-status"),
+    ]
+    .into_iter()
+    .map(|(n, reason)| (wid(n), reason.to_string()))
+    .collect();
+    assert_eq!(skipped(&r), skips, "{}", r.stdout);
+    // Only the admin route, with the bearer, never a skipped workspace.
+    let mut called: Vec<String> = platform
+        .calls()
+        .iter()
+        .map(|c| StandIn::admin_restart_id(c, TOKEN))
+        .collect();
+    called.sort();
+    assert_eq!(called, want.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(
+        sim.restarted(),
+        [ROOT.to_string(), wid(1), wid(6), wid(9)],
+        "what the platform restarted (06 before the run)"
+    );
+    assert!(
+        r.stderr
+            .contains("1 workspace(s) were not restarted: the platform answered no-op"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("1 workspace(s) are gone"), "{}", r.stderr);
+    assert_eq!(
+        audit_outcomes(&db),
+        [
+            (ROOT.to_string(), "restarted", "202"),
+            (wid(1), "restarted", "202"),
+            (wid(6), "noop", "200"),
+            (wid(7), "gone", "404"),
+            (wid(8), "failed", "500"),
+            (wid(9), "restarted", "202"),
+        ]
+        .into_iter()
+        .map(|(a, b, c)| (a, b.to_string(), c.to_string()))
+        .collect::<Vec<_>>()
+    );
+
+    // The same change again within the debounce (the same platform, no 500 this time): the
+    // platform restarts only 08, everything else is a no-op; the removed 07 is skipped now.
+    let platform = StandIn::start(Reply::Platform(sim.clone()));
+    let r = db
+        .orgctl(&["secret", "set", "--global", "REGION", "--yes"])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"value-2")
+        .run();
+    r.code(0);
+    no_token(&r);
+    for id in [ROOT.to_string(), wid(1), wid(6), wid(9)] {
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.contains(&id))
+            .unwrap_or_default();
+        assert!(line.contains("no-op"), "{id}: {}", r.stdout);
+        assert!(!line.contains("restarted"), "{id}: {}", r.stdout);
+    }
+    let line8 = r
+        .stdout
+        .lines()
+        .find(|l| l.contains(&wid(8)))
+        .unwrap_or_default();
+    assert!(line8.contains("restarted"), "{}", r.stdout);
+    let line7 = r
+        .stdout
+        .lines()
+        .find(|l| l.contains(&wid(7)))
+        .unwrap_or_default();
+    assert!(line7.contains("skipped: removed"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("4 workspace(s) were not restarted: the platform answered no-op"),
+        "{}",
+        r.stderr
+    );
+
+    // secret restart: the no-ops are still owed a restart (08 is recorded restarted).
+    let platform = StandIn::start(Reply::Platform(sim.clone()));
+    let r = db
+        .orgctl(&[
+            "secret", "restart", "--global", "REGION", "--yes", "-o", "json",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .run();
+    r.code(0);
+    let o = outcomes(&r);
+    assert_eq!(
+        o.keys().cloned().collect::<Vec<_>>(),
+        [ROOT.to_string(), wid(1), wid(6), wid(9)],
+        "{}",
+        r.stdout
+    );
+    assert!(o.values().all(|v| v == "noop"), "{o:?}");
+    assert_eq!(
+        skipped(&r).get(&wid(8)).map(String::as_str),
+        Some("already-restarted")
+    );
+}
+
+/// A 404 for a workspace the tenant still has (not removed) is not "gone": the call reached
+/// something that is not the platform's admin route (here a platform URL with a wrong prefix,
+/// so every call is answered by a router without the route). Each is a failure naming the
+/// reason, exit 1 after the commit, and recorded as failed; a fan-out gives up after 10.
+#[test]
+fn a_404_for_a_workspace_the_tenant_still_has_is_a_failure() {
+    let db = tenant(2);
+    let sim = PlatformSim::new(&db.name, TOKEN);
+    let platform = StandIn::start(Reply::Platform(sim.clone()));
+    let r = db
+        .orgctl(&["secret", "set", &wid(1), "K", "--yes", "-o", "json"])
+        .env("MOLECULE_PLATFORM_URL", &format!("{}/api", platform.url()))
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"v")
+        .run();
+    r.code(1).one_line_error(&wid(1));
+    assert_eq!(
+        outcomes(&r).get(&wid(1)).map(String::as_str),
+        Some("failed")
+    );
+    let e = dispatched(&r)
+        .get(&wid(1))
+        .and_then(|x| x.1.clone())
+        .unwrap_or_default();
+    assert!(e.contains("404") && e.contains("platform URL"), "{e}");
+    assert_eq!(
+        audit_outcomes(&db),
+        [(wid(1), "failed".to_string(), "404".to_string())]
+    );
+    assert!(sim.restarted().is_empty());
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspace_secrets WHERE key = 'K'"),
+        "1"
+    );
+    // The same platform at the right URL restarts it.
+    let r = set(&db, &platform, &wid(1), "K");
+    r.code(0);
+    assert_eq!(
+        outcomes(&r).get(&wid(1)).map(String::as_str),
+        Some("restarted")
+    );
+    assert_eq!(sim.restarted(), [wid(1)]);
+
+    // A fan-out to the wrong URL stops like any refused one: 404s count towards the give-up
+    // after 10 in a row, the rest is not attempted.
+    let db = tenant(40);
+    let sim = PlatformSim::new(&db.name, TOKEN);
+    let platform = StandIn::start(Reply::Platform(sim.clone()));
+    let r = db
+        .orgctl(&["secret", "set", "--global", "G", "--yes", "-o", "json"])
+        .env("MOLECULE_PLATFORM_URL", &format!("{}/api", platform.url()))
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .stdin(b"v")
+        .run();
+    r.code(1).one_line_error("not attempted");
+    let calls = platform.calls().len();
+    assert!((10..=18).contains(&calls), "{calls} calls");
+    let o = outcomes(&r);
+    assert_eq!(o.values().filter(|v| *v == "failed").count(), calls);
+    assert_eq!(
+        o.values().filter(|v| *v == "not-attempted").count(),
+        41 - calls
+    );
+    assert!(sim.restarted().is_empty());
 }

@@ -56,6 +56,7 @@ struct SkipJson {
 struct DispatchedJson {
     id: String,
     ok: bool,
+    outcome: String,
     error: Option<String>,
 }
 
@@ -114,8 +115,9 @@ fn assert_nothing_leaked(db: &TestDb, r: &Run) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The platform stand-in: a TcpListener thread that records each request and answers 200, or
-// 500 for the workspaces it is told to fail (echoing the Authorization header in the body, so
+// The platform stand-in: a TcpListener thread that records each request and answers as the
+// platform's admin restart route does when it restarts (202 restart_dispatched), or 500 for the
+// workspaces it is told to fail (echoing the Authorization header in the body, so
 // the tests prove orgctl masks it).
 
 #[derive(Clone, Debug)]
@@ -180,7 +182,8 @@ impl FakePlatform {
         }
     }
 
-    /// The workspace ids restart calls were made for, checking each call's shape.
+    /// The workspace ids restart calls were made for, checking each call's shape (the admin
+    /// restart route, the bearer).
     pub(crate) fn restarted(&self) -> BTreeSet<String> {
         let mut ids = BTreeSet::new();
         for c in self.calls() {
@@ -190,11 +193,7 @@ impl FakePlatform {
                 Some(format!("Bearer {TOKEN}").as_str()),
                 "{c:?}"
             );
-            let id = c
-                .path
-                .strip_prefix("/workspaces/")
-                .and_then(|p| p.strip_suffix("/restart"));
-            match id {
+            match crate::stand_in::admin_restart_path_id(&c.path) {
                 Some(id) => assert!(ids.insert(id.to_string()), "restarted twice: {id}"),
                 None => panic!("unexpected path {}", c.path),
             }
@@ -268,7 +267,10 @@ fn serve(mut stream: TcpStream, calls: &Mutex<Vec<Call>>, fail: &[String], delay
             ),
         )
     } else {
-        ("200 OK", "{\"status\":\"restarting\"}".to_string())
+        (
+            "202 Accepted",
+            "{\"status\":\"restart_dispatched\"}".to_string(),
+        )
     };
     let resp = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -348,6 +350,7 @@ async fn set_encrypts_restarts_the_target_with_the_bearer_and_leaks_nothing() {
     assert_eq!(j.restart.dispatched.len(), 1);
     assert_eq!(j.restart.dispatched[0].id, ids::RESEARCH);
     assert!(j.restart.dispatched[0].ok);
+    assert_eq!(j.restart.dispatched[0].outcome, "restarted");
     assert_eq!(j.restart.dispatched[0].error, None);
     assert_eq!(platform.restarted(), set_of(&[ids::RESEARCH]));
 
@@ -1216,7 +1219,7 @@ fn ctrl_c_during_restarts_exits_130_saying_the_change_was_committed() {
     ));
     let platform = StandIn::start(Reply::Delay(
         Duration::from_millis(1500),
-        Box::new(Reply::Status(200)),
+        Box::new(Reply::dispatched()),
     ));
     let mut cmd = db
         .orgctl(&[
@@ -1281,7 +1284,7 @@ fn ctrl_c_during_restarts_exits_130_saying_the_change_was_committed() {
             Some(t) => assert!(t <= exited, "{c:?}"),
             None => panic!("a call in flight was abandoned: {c:?}"),
         }
-        crate::stand_in::StandIn::restart_id(c, TOKEN);
+        crate::stand_in::StandIn::admin_restart_id(c, TOKEN);
     }
     assert!(!stderr.contains(TOKEN));
 }
@@ -1384,6 +1387,83 @@ fn a_plaintext_write_warns_on_stderr() {
     );
 }
 
+/// The platform refuses its vendor keys (ANTHROPIC_API_KEY, OPENAI_API_KEY, CODEX_AUTH_JSON, …,
+/// compared upper-cased) on a workspace whose model is platform-managed. Nothing in the tenant
+/// database says which workspaces those are, so orgctl warns on every write of such a key
+/// (workspace: naming it; global: saying it reaches platform-managed workspaces too), in dry
+/// runs as well, and writes it; other keys get no such warning; bad input is still refused
+/// first with nothing written.
+#[test]
+fn a_vendor_key_write_warns_that_the_platform_refuses_it_on_platform_managed_models() {
+    let db = TestDb::sample();
+    let key = key_b64(&[9u8; 32]);
+    let run = |args: &[&str]| {
+        let mut a = vec!["secret", "set"];
+        a.extend_from_slice(args);
+        db.orgctl(&a)
+            .env("SECRETS_ENCRYPTION_KEY", &key)
+            .stdin(VALUE.as_bytes())
+            .run()
+    };
+    for k in ["OPENAI_API_KEY", "codex_auth_json", "Hf_Token"] {
+        let r = run(&[ids::RESEARCH, k, "--yes", "--no-restart"]);
+        r.code(0);
+        assert_nothing_leaked(&db, &r);
+        let w = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("warning: {k} is a vendor key")))
+            .unwrap_or_default();
+        assert!(
+            w.contains("platform-managed")
+                && w.contains("cannot tell")
+                && w.contains(ids::RESEARCH),
+            "{k}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            db.scalar(&format!(
+                "SELECT count(*) FROM workspace_secrets WHERE workspace_id = '{}' AND key = '{k}'",
+                ids::RESEARCH
+            )),
+            "1",
+            "{k} is written all the same"
+        );
+    }
+    let r = run(&["--global", "ANTHROPIC_API_KEY", "--yes", "--no-restart"]);
+    r.code(0);
+    assert!(
+        r.stderr
+            .contains("warning: ANTHROPIC_API_KEY is a vendor key")
+            && r.stderr.contains("every inheriting workspace")
+            && r.stderr.contains("platform-managed"),
+        "{}",
+        r.stderr
+    );
+    // A dry run warns too and writes nothing.
+    let before = db.snapshot();
+    let r = run(&["--global", "XAI_API_KEY", "--dry-run"]);
+    r.code(0);
+    assert!(
+        r.stderr.contains("XAI_API_KEY is a vendor key"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(db.snapshot(), before);
+    // Not a vendor key: no warning.
+    let r = run(&["--global", "LOG_LEVEL", "--yes", "--no-restart"]);
+    r.code(0);
+    assert!(!r.stderr.contains("vendor key"), "{}", r.stderr);
+    // Bad input is refused before any warning, nothing written.
+    let before = db.snapshot();
+    let r = run(&["not-a-uuid", "OPENAI_API_KEY", "--yes"]);
+    r.code(2).one_line_error("not a workspace id");
+    assert!(!r.stderr.contains("vendor key"), "{}", r.stderr);
+    let r = run(&["--global", "OPENAI_API_KEY=sk-1", "--yes"]);
+    r.code(2);
+    assert_eq!(db.snapshot(), before);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Restart outcomes in the audit log (SPEC §11), and `secret restart`
 
@@ -1459,7 +1539,7 @@ fn restart_outcomes_are_audit_rows_that_match_what_the_platform_saw_and_restart_
         let (outcome, status) = if id == ids::RESEARCH {
             ("failed", "500")
         } else {
-            ("restarted", "200")
+            ("restarted", "202")
         };
         let row = (
             id.to_string(),

@@ -4,6 +4,9 @@
 //! arrived and when it was answered) and how many were in flight at once, so tests can check
 //! the concurrency cap, the timeouts and that a Ctrl-C starts no new call.
 //!
+//! [`PlatformSim`] answers the platform's admin restart route as the platform does, from the
+//! tenant's own rows (eligibility, debounce, 404).
+//!
 //! Shared by the test modules that talk to a platform (keep new behaviours here, not in a
 //! module's private stand-in).
 
@@ -32,6 +35,22 @@ pub enum Reply {
     Delay(Duration, Box<Reply>),
     /// Read the request and never answer (until the stand-in is dropped).
     Hang,
+    /// This status with this body (the platform's JSON answers).
+    Json(u16, String),
+    /// Answer as the platform's admin restart route does ([`PlatformSim`]).
+    Platform(Arc<PlatformSim>),
+}
+
+impl Reply {
+    /// The admin restart route's answer when it restarts: 202 `{"status":"restart_dispatched"}`.
+    pub fn dispatched() -> Reply {
+        Reply::Json(202, r#"{"status":"restart_dispatched"}"#.to_string())
+    }
+
+    /// The admin restart route's answer when it does nothing: 200 `{"status":"noop"}`.
+    pub fn noop() -> Reply {
+        Reply::Json(200, r#"{"status":"noop"}"#.to_string())
+    }
 }
 
 /// One request as the stand-in saw it.
@@ -152,6 +171,22 @@ impl StandIn {
         self.state.conns.load(Ordering::SeqCst)
     }
 
+    /// The workspace id of a `POST /admin/workspaces/{id}/restart` call (the platform's admin
+    /// restart route), checking its shape and bearer.
+    #[track_caller]
+    pub fn admin_restart_id(c: &Call, bearer: &str) -> String {
+        assert_eq!(c.method, "POST", "{c:?}");
+        assert_eq!(
+            c.auth.as_deref(),
+            Some(format!("Bearer {bearer}").as_str()),
+            "{c:?}"
+        );
+        match admin_restart_path_id(&c.path) {
+            Some(id) => id.to_string(),
+            None => panic!("not the admin restart route: {}", c.path),
+        }
+    }
+
     /// The workspace id of a `POST /workspaces/{id}/restart` call, checking its shape and
     /// bearer.
     #[track_caller]
@@ -262,6 +297,9 @@ fn serve(mut stream: TcpStream, conn: usize, st: &State) {
                     std::thread::sleep(d);
                     reply = *next;
                 }
+                Reply::Platform(sim) => {
+                    reply = sim.answer(&method_of(&st.calls, index), &path, auth.as_deref());
+                }
                 Reply::Hang => {
                     while !st.stop.load(Ordering::SeqCst) {
                         std::thread::sleep(Duration::from_millis(20));
@@ -293,7 +331,10 @@ fn serve(mut stream: TcpStream, conn: usize, st: &State) {
                 format!("Location: {location}{path}\r\n"),
                 String::new(),
             ),
-            Reply::Delay(..) | Reply::Hang => unreachable!("resolved above"),
+            Reply::Json(code, body) => (code, String::new(), body),
+            Reply::Delay(..) | Reply::Hang | Reply::Platform(_) => {
+                unreachable!("resolved above")
+            }
         };
         let connection = if st.keep_alive.is_some() {
             "keep-alive"
@@ -315,5 +356,152 @@ fn serve(mut stream: TcpStream, conn: usize, st: &State) {
         if st.keep_alive.is_none() {
             return;
         }
+    }
+}
+
+/// The method of the recorded call at `index`.
+fn method_of(calls: &Mutex<Vec<Call>>, index: usize) -> String {
+    match calls.lock() {
+        Ok(c) => c.get(index).map(|c| c.method.clone()).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// `{id}` of `/admin/workspaces/{id}/restart`.
+pub fn admin_restart_path_id(path: &str) -> Option<&str> {
+    path.strip_prefix("/admin/workspaces/")
+        .and_then(|p| p.strip_suffix("/restart"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The platform's admin restart route, as the platform answers it
+
+/// `POST /admin/workspaces/{id}/restart` as the platform answers it, reading the tenant's
+/// database: 401 without the admin bearer; 404 for a workspace it does not have (no row, or
+/// `removed`); 200 `{"status":"noop"}` for one its eligibility excludes (NULL status, `paused`,
+/// `hibernated`, runtime `external`/`kimi`/`kimi-cli`/`mock` with NULL read as `langgraph`, a
+/// `paused` ancestor) and for one it restarted within its debounce (which also coalesces
+/// concurrent calls); else 202 `{"status":"restart_dispatched"}`. Any other path is 404 (a
+/// router without the route), so a call to the manual route shows.
+pub struct PlatformSim {
+    db: String,
+    token: String,
+    debounce: Duration,
+    /// When each workspace was last restarted (by id).
+    restarted: Mutex<std::collections::HashMap<String, Instant>>,
+    /// Workspaces removed just before their call is answered (a concurrent removal).
+    remove_on_call: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for PlatformSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PlatformSim({})", self.db)
+    }
+}
+
+impl PlatformSim {
+    /// The platform of test database `db` (its name), accepting `token` as the admin bearer,
+    /// with the platform's 60 s debounce.
+    pub fn new(db: &str, token: &str) -> Arc<Self> {
+        Arc::new(PlatformSim {
+            db: db.to_string(),
+            token: token.to_string(),
+            debounce: Duration::from_secs(60),
+            restarted: Mutex::new(Default::default()),
+            remove_on_call: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Record `id` as restarted just now (its next call within the debounce is a no-op).
+    pub fn mark_restarted(&self, id: &str) {
+        if let Ok(mut r) = self.restarted.lock() {
+            r.insert(id.to_string(), Instant::now());
+        }
+    }
+
+    /// Mark `id` removed in the tenant when its call arrives, then answer as the platform does.
+    pub fn remove_on_call(&self, id: &str) {
+        if let Ok(mut r) = self.remove_on_call.lock() {
+            r.push(id.to_string());
+        }
+    }
+
+    /// The workspaces the platform restarted (answered 202), sorted.
+    pub fn restarted(&self) -> Vec<String> {
+        let mut v: Vec<String> = match self.restarted.lock() {
+            Ok(r) => r.keys().cloned().collect(),
+            Err(e) => panic!("{e}"),
+        };
+        v.sort();
+        v
+    }
+
+    fn answer(&self, method: &str, path: &str, auth: Option<&str>) -> Reply {
+        let json = |code: u16, body: &str| Reply::Json(code, body.to_string());
+        let Some(id) = admin_restart_path_id(path) else {
+            return Reply::Json(404, "404 page not found".to_string());
+        };
+        if method != "POST" {
+            return json(405, r#"{"error":"method not allowed"}"#);
+        }
+        if auth != Some(format!("Bearer {}", self.token).as_str()) {
+            return json(401, r#"{"error":"admin token required"}"#);
+        }
+        if uuid::Uuid::parse_str(id).is_err() {
+            return json(400, r#"{"error":"invalid workspace id"}"#);
+        }
+        let remove = self
+            .remove_on_call
+            .lock()
+            .map(|r| r.iter().any(|x| x == id))
+            .unwrap_or(false);
+        if remove {
+            if let Err(e) = crate::harness::server().psql(
+                &self.db,
+                &format!("UPDATE workspaces SET status = 'removed' WHERE id = '{id}'"),
+            ) {
+                return json(500, &format!("{{\"error\":\"{}\"}}", e.trim()));
+            }
+        }
+        let sql = format!(
+            "WITH RECURSIVE up(id, steps) AS (
+                 SELECT parent_id, 1 FROM workspaces WHERE id = '{id}' AND parent_id IS NOT NULL
+               UNION ALL
+                 SELECT w.parent_id, u.steps + 1 FROM up u JOIN workspaces w ON w.id = u.id
+                  WHERE w.parent_id IS NOT NULL AND u.steps < 64)
+             SELECT COALESCE(status::text, '<null>') || '|' || COALESCE(runtime, 'langgraph')
+                    || '|' || EXISTS (SELECT 1 FROM up JOIN workspaces a ON a.id = up.id
+                                       WHERE a.status::text = 'paused')
+               FROM workspaces WHERE id = '{id}'"
+        );
+        let row = match crate::harness::server().psql(&self.db, &sql) {
+            Ok(r) => r.trim().to_string(),
+            Err(_) => return json(500, r#"{"error":"lookup failed"}"#),
+        };
+        let parts: Vec<&str> = row.split('|').collect();
+        let [status, runtime, paused_above] = parts[..] else {
+            return json(404, r#"{"error":"workspace not found"}"#);
+        };
+        if status == "removed" {
+            return json(404, r#"{"error":"workspace not found"}"#);
+        }
+        let ineligible = matches!(status, "<null>" | "paused" | "hibernated")
+            || matches!(runtime, "external" | "kimi" | "kimi-cli" | "mock")
+            || paused_above == "t";
+        if ineligible {
+            return Reply::noop();
+        }
+        let mut restarted = match self.restarted.lock() {
+            Ok(r) => r,
+            Err(_) => return json(500, r#"{"error":"internal"}"#),
+        };
+        if restarted
+            .get(id)
+            .is_some_and(|at| at.elapsed() < self.debounce)
+        {
+            return Reply::noop();
+        }
+        restarted.insert(id.to_string(), Instant::now());
+        Reply::dispatched()
     }
 }

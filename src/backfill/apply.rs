@@ -643,8 +643,7 @@ async fn record_failure(
     .bind(env!("CARGO_PKG_VERSION"))
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok(())
+    db::commit_best_effort(tx, "the tenant's failure record").await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,14 +1,18 @@
-//! Restarts as the platform does them (SPEC §1, §6): which workspaces a secret change restarts
-//! (the platform-root guard, and the rules of the platform's own automatic restart), and the
-//! HTTP client for the platform's manual endpoint `POST /workspaces/{id}/restart`.
+//! Restarts as the platform does them: which workspaces a secret change restarts (the
+//! platform-root guard, and the platform's own restart eligibility), and the HTTP client for
+//! the platform's admin restart route `POST /admin/workspaces/{id}/restart` — the route that
+//! applies the platform's eligibility rules, a 60 s debounce and coalescing, and answers
+//! 202 `{"status":"restart_dispatched"}` when it restarts, 200 `{"status":"noop"}` when it does
+//! not (debounced, coalesced or ineligible on its side), 404 when it has no such workspace.
 //!
 //! The platform-root restart guard lives in [`target_decision`] (a workspace secret: restart the
 //! target only when a successful lookup proves it is not `kind='platform'`) and in
 //! [`FANOUT_SQL`] (a global secret: one set-based query for every workspace that inherits the
 //! key). Restarting the platform agent mid-turn once cost an org 14 hours; nothing here can.
-//! Both also apply the rules of the platform's automatic restart, which the manual endpoint
-//! does not: skip `removed`, `paused` and `hibernated` workspaces, external runtimes
-//! (`COALESCE(runtime,'langgraph')`), and anything under a `paused` ancestor.
+//! Both also apply the platform's eligibility before any call, so each skip is reported with its
+//! reason instead of as a silent no-op: skip a NULL status, `removed`, `paused` and `hibernated`
+//! workspaces, external runtimes (`COALESCE(runtime,'langgraph')`), the runtimes in
+//! [`SKIPPED_RUNTIMES`], and anything under a `paused` ancestor.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,6 +41,16 @@ pub const RESTART_TOTAL_TIMEOUT: Duration = Duration::from_secs(300);
 pub const RESTART_GIVE_UP_AFTER: usize = 10;
 /// Fan-outs at least this large get a progress bar (on a terminal).
 const PROGRESS_MIN: usize = 10;
+/// Runtimes the platform's restart never restarts (it does not run them in a container it can
+/// re-provision), each with its skip reason. `external` predates these and keeps its own name.
+pub const SKIPPED_RUNTIMES: [(&str, SkipReason); 3] = [
+    ("kimi", SkipReason::RuntimeKimi),
+    ("kimi-cli", SkipReason::RuntimeKimiCli),
+    ("mock", SkipReason::RuntimeMock),
+];
+/// The platform's debounce of its admin restart: a second restart of a workspace within this
+/// time answers `noop` (said in the report, so an operator knows when a replay can help).
+pub const RESTART_DEBOUNCE: Duration = Duration::from_secs(60);
 
 /// The platform API restarts go to, with the admin token. The token is registered for masking
 /// the moment it is read and is never printed.
@@ -104,7 +118,7 @@ impl Platform {
         }
         if parsed.query().is_some() || parsed.fragment().is_some() {
             return Err(Error::usage(
-                "invalid platform URL: it must not carry a query or fragment (restarts go to {URL}/workspaces/{id}/restart)",
+                "invalid platform URL: it must not carry a query or fragment (restarts go to {URL}/admin/workspaces/{id}/restart)",
             ));
         }
         if let Some(t) = &token {
@@ -132,8 +146,16 @@ impl Platform {
         self
     }
 
+    /// The platform's manual restart route (no eligibility rules, no debounce): provisioning
+    /// only. Secret-change restarts go to [`Platform::admin_restart_url`].
     pub fn restart_url(&self, id: Uuid) -> String {
         format!("{}/workspaces/{id}/restart", self.base)
+    }
+
+    /// The platform's admin restart route, with its own eligibility, debounce and coalescing:
+    /// every secret-change restart goes here.
+    pub fn admin_restart_url(&self, id: Uuid) -> String {
+        format!("{}/admin/workspaces/{id}/restart", self.base)
     }
 
     /// Whether the admin token is set (provisioning needs it; see `platform::provision`).
@@ -155,15 +177,21 @@ pub enum SkipReason {
     KindUnknown,
     /// `--no-restart`.
     NoRestart,
-    /// The platform's own automatic restart skips these, and so does orgctl (the manual
-    /// endpoint it calls would not): status `removed`, `paused` or `hibernated` (a restart
-    /// would wake it), `COALESCE(runtime,'langgraph') = 'external'` (the platform does not run
-    /// it), or a `paused` ancestor within the 32-step chain bound (the endpoint answers 409).
+    /// The platform's restart eligibility skips these, and orgctl skips them before calling, so
+    /// each is reported with its reason rather than as the platform's bare no-op: status
+    /// `removed`, `paused` or `hibernated`, `COALESCE(runtime,'langgraph') = 'external'` (the
+    /// platform does not run it), or a `paused` ancestor within the 32-step chain bound.
     Removed,
     Paused,
     Hibernated,
     External,
     PausedAncestor,
+    /// The workspace has no status (NULL): the platform's eligibility never restarts it.
+    NoStatus,
+    /// Runtimes the platform's restart skips ([`SKIPPED_RUNTIMES`]).
+    RuntimeKimi,
+    RuntimeKimiCli,
+    RuntimeMock,
     /// `secret restart`: the audit log records a successful restart of it since the key last
     /// changed (pass --all to restart it again).
     AlreadyRestarted,
@@ -180,8 +208,23 @@ impl SkipReason {
             SkipReason::Hibernated => "hibernated",
             SkipReason::External => "external",
             SkipReason::PausedAncestor => "paused-ancestor",
+            SkipReason::NoStatus => "no-status",
+            SkipReason::RuntimeKimi => "runtime-kimi",
+            SkipReason::RuntimeKimiCli => "runtime-kimi-cli",
+            SkipReason::RuntimeMock => "runtime-mock",
             SkipReason::AlreadyRestarted => "already-restarted",
         }
+    }
+
+    /// The skip reason of a runtime the platform's restart never restarts.
+    pub fn of_runtime(runtime: &str) -> Option<Self> {
+        if runtime == "external" {
+            return Some(SkipReason::External);
+        }
+        SKIPPED_RUNTIMES
+            .iter()
+            .find(|(r, _)| *r == runtime)
+            .map(|(_, reason)| *reason)
     }
 
     /// The reason for a value of the fan-out query's `skip` column.
@@ -193,6 +236,10 @@ impl SkipReason {
             "hibernated" => SkipReason::Hibernated,
             "external" => SkipReason::External,
             "paused-ancestor" => SkipReason::PausedAncestor,
+            "no-status" => SkipReason::NoStatus,
+            "runtime-kimi" => SkipReason::RuntimeKimi,
+            "runtime-kimi-cli" => SkipReason::RuntimeKimiCli,
+            "runtime-mock" => SkipReason::RuntimeMock,
             _ => return None,
         })
     }
@@ -265,13 +312,14 @@ pub fn target_decision(
         return skip(name, SkipReason::PlatformRoot, None);
     }
     match row.status.as_deref() {
+        None => return skip(name, SkipReason::NoStatus, None),
         Some("removed") => return skip(name, SkipReason::Removed, None),
         Some("paused") => return skip(name, SkipReason::Paused, None),
         Some("hibernated") => return skip(name, SkipReason::Hibernated, None),
         _ => {}
     }
-    if row.runtime == "external" {
-        return skip(name, SkipReason::External, None);
+    if let Some(reason) = SkipReason::of_runtime(&row.runtime) {
+        return skip(name, reason, None);
     }
     if row.paused_ancestor {
         return skip(name, SkipReason::PausedAncestor, None);
@@ -303,10 +351,10 @@ const TARGET_SQL: &str = "WITH RECURSIVE up(id, steps) AS (
                             FROM workspaces WHERE id = $1";
 
 /// The global fan-out, ONE set-based statement: every workspace that inherits key $1 (no
-/// workspace-level override; a NULL status is left out, as the platform's own query does),
-/// each with the reason it is skipped, or NULL when it is restarted. The reasons in order: the
-/// platform agent (the guard), `removed`/`paused`/`hibernated`, external runtime, a paused
-/// ancestor — found by walking DOWN from every paused workspace at most
+/// workspace-level override), each with the reason it is skipped, or NULL when it is
+/// restarted. The reasons in order: the platform agent (the guard), a NULL status,
+/// `removed`/`paused`/`hibernated`, external runtime, a runtime of $3 (`runtime-<name>`), a
+/// paused ancestor — found by walking DOWN from every paused workspace at most
 /// [`crate::org::MAX_DEPTH`] levels (the same bound as walking up from each row, in one pass;
 /// the walk starts at the paused workspaces themselves, which the CASE already reports as
 /// `paused`, so no join is needed to seed it) and hash-joined, so the plan stays linear even
@@ -321,14 +369,16 @@ pub const FANOUT_SQL: &str = "WITH RECURSIVE below_paused(id, depth) AS (
                               under AS (SELECT DISTINCT id FROM below_paused)
                               SELECT w.id, w.name,
                                      CASE WHEN COALESCE(w.kind, 'workspace') = 'platform' THEN 'platform-root'
+                                          WHEN w.status IS NULL THEN 'no-status'
                                           WHEN w.status::text IN ('removed', 'paused', 'hibernated') THEN w.status::text
                                           WHEN COALESCE(w.runtime, 'langgraph') = 'external' THEN 'external'
+                                          WHEN COALESCE(w.runtime, 'langgraph') = ANY($3::text[])
+                                               THEN 'runtime-' || COALESCE(w.runtime, 'langgraph')
                                           WHEN u.id IS NOT NULL THEN 'paused-ancestor'
                                      END
                                 FROM workspaces w
                                 LEFT JOIN under u ON u.id = w.id
-                               WHERE w.status IS NOT NULL
-                                 AND NOT EXISTS (SELECT 1 FROM workspace_secrets s
+                               WHERE NOT EXISTS (SELECT 1 FROM workspace_secrets s
                                                   WHERE s.workspace_id = w.id AND s.key = $1)
                                ORDER BY w.id";
 
@@ -369,9 +419,11 @@ pub async fn plan_global(
     key: &str,
     no_restart: bool,
 ) -> Result<RestartPlan> {
+    let runtimes: Vec<&str> = SKIPPED_RUNTIMES.iter().map(|(r, _)| *r).collect();
     let rows = crate::db::query(FANOUT_SQL)
         .bind(key)
         .bind(crate::org::MAX_DEPTH)
+        .bind(&runtimes)
         .fetch_all(&mut *conn)
         .await?;
     let mut plan = RestartPlan::default();
@@ -405,19 +457,80 @@ pub async fn plan_global(
 // ---------------------------------------------------------------------------------------------
 // Restart dispatch
 
-/// The result of one restart call.
+/// What one restart call came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DispatchOutcome {
+    /// 202 `{"status":"restart_dispatched"}`: the platform restarts it.
+    Restarted,
+    /// 200 `{"status":"noop"}`: the platform did nothing — it restarted the workspace within
+    /// its debounce, coalesced the call into a restart in flight, or its own eligibility
+    /// excludes it. Not restarted, and not a failure.
+    Noop,
+    /// 404, and the tenant confirms the workspace is removed or gone ([`confirm_gone`]).
+    Gone,
+    /// Any other answer, a timeout, an unreachable platform: not restarted.
+    Failed,
+    /// The call was never made (the deadline, repeated failures, Ctrl-C).
+    NotAttempted,
+}
+
+impl DispatchOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DispatchOutcome::Restarted => "restarted",
+            DispatchOutcome::Noop => "noop",
+            DispatchOutcome::Gone => "gone",
+            DispatchOutcome::Failed => "failed",
+            DispatchOutcome::NotAttempted => "not-attempted",
+        }
+    }
+
+    /// Not a failure: the call did what the platform's rules allow.
+    pub fn ok(self) -> bool {
+        matches!(
+            self,
+            DispatchOutcome::Restarted | DispatchOutcome::Noop | DispatchOutcome::Gone
+        )
+    }
+}
+
+/// The result of one restart call. `ok` is false exactly for a failure (what exit 1 names);
+/// `outcome` tells a restart from a no-op and from a workspace the platform no longer has.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Dispatched {
     pub id: Uuid,
     pub ok: bool,
+    pub outcome: DispatchOutcome,
     pub error: Option<String>,
-    /// The platform's HTTP status, when it answered (for the audit row; not in SPEC §6's JSON).
+    /// The platform's HTTP status, when it answered (for the audit row; not in the JSON).
     #[serde(skip)]
     pub http_status: Option<u16>,
 }
 
-/// POST a restart for each id, at most [`RESTART_CONCURRENCY`] at once, each bounded by
-/// [`RESTART_CALL_TIMEOUT`]; one result per id, in order. A Ctrl-C starts no new call, lets the
+impl Dispatched {
+    pub fn new(
+        id: Uuid,
+        outcome: DispatchOutcome,
+        error: Option<String>,
+        http_status: Option<u16>,
+    ) -> Self {
+        Dispatched {
+            id,
+            ok: outcome.ok(),
+            outcome,
+            error,
+            http_status,
+        }
+    }
+
+    fn failed(id: Uuid, error: String, http_status: Option<u16>) -> Self {
+        Self::new(id, DispatchOutcome::Failed, Some(error), http_status)
+    }
+}
+
+/// POST the platform's admin restart for each id, at most [`RESTART_CONCURRENCY`] at once, each
+/// bounded by [`RESTART_CALL_TIMEOUT`]; one result per id, in order. A Ctrl-C starts no new call, lets the
 /// calls in flight finish (they are bounded), and reports the rest as not attempted.
 pub async fn dispatch(out: &Output, platform: &Platform, ids: &[Uuid]) -> Vec<Dispatched> {
     if ids.is_empty() {
@@ -443,7 +556,7 @@ pub async fn dispatch(out: &Output, platform: &Platform, ids: &[Uuid]) -> Vec<Di
     };
     let urls: Vec<(Uuid, String)> = ids
         .iter()
-        .map(|id| (*id, platform.restart_url(*id)))
+        .map(|id| (*id, platform.admin_restart_url(*id)))
         .collect();
     let bearer = platform
         .token
@@ -468,11 +581,8 @@ pub async fn dispatch(out: &Output, platform: &Platform, ids: &[Uuid]) -> Vec<Di
         Ok(r) => r,
         Err(e) => ids
             .iter()
-            .map(|id| Dispatched {
-                id: *id,
-                ok: false,
-                error: Some(format!("internal: the restart task failed: {e}")),
-                http_status: None,
+            .map(|id| {
+                Dispatched::failed(*id, format!("internal: the restart task failed: {e}"), None)
             })
             .collect(),
     }
@@ -486,7 +596,9 @@ fn dispatch_blocking(
     total: Duration,
 ) -> Vec<Dispatched> {
     let deadline = std::time::Instant::now() + total;
-    // Failed calls in a row (any success resets it).
+    // Failed calls in a row (a restart or a no-op resets it). A 404 counts: it is "gone" only
+    // once the tenant agrees (`confirm_gone`), and a wrong platform URL answers 404 for every
+    // workspace, so a run of them must stop the fan-out like any other refusal.
     let failures_in_a_row = AtomicUsize::new(0);
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(RESTART_CONNECT_TIMEOUT)
@@ -516,11 +628,13 @@ fn dispatch_blocking(
                     loop {
                         let i = next.fetch_add(1, Ordering::SeqCst);
                         let Some((id, url)) = urls.get(i) else { break };
-                        let not_attempted = |why: String| Dispatched {
-                            id: *id,
-                            ok: false,
-                            error: Some(format!("not attempted: {why}")),
-                            http_status: None,
+                        let not_attempted = |why: String| {
+                            Dispatched::new(
+                                *id,
+                                DispatchOutcome::NotAttempted,
+                                Some(format!("not attempted: {why}")),
+                                None,
+                            )
                         };
                         let left = deadline.saturating_duration_since(std::time::Instant::now());
                         let result = if stop.load(Ordering::SeqCst) {
@@ -537,7 +651,7 @@ fn dispatch_blocking(
                             ))
                         } else {
                             let r = restart_one(&agent, &fresh, *id, url, bearer, left);
-                            if r.ok {
+                            if r.ok && r.outcome != DispatchOutcome::Gone {
                                 failures_in_a_row.store(0, Ordering::SeqCst);
                             } else {
                                 failures_in_a_row.fetch_add(1, Ordering::SeqCst);
@@ -564,12 +678,9 @@ fn dispatch_blocking(
         .map(
             |(i, (id, _))| match indexed.binary_search_by_key(&i, |(j, _)| *j) {
                 Ok(pos) => indexed[pos].1.clone(),
-                Err(_) => Dispatched {
-                    id: *id,
-                    ok: false,
-                    error: Some("internal: the restart worker failed".into()),
-                    http_status: None,
-                },
+                Err(_) => {
+                    Dispatched::failed(*id, "internal: the restart worker failed".into(), None)
+                }
             },
         )
         .collect()
@@ -616,55 +727,144 @@ fn status_result(
     url: &str,
     result: std::result::Result<ureq::Response, Box<ureq::Error>>,
 ) -> Dispatched {
-    let fail = |msg: String, http_status: Option<u16>| Dispatched {
-        id,
-        ok: false,
-        error: Some(crate::redact::mask(&sanitize(&msg))),
-        http_status,
-    };
+    let clean = |msg: String| crate::redact::mask(&sanitize(&msg));
     match result {
         Ok(resp) if (200..300).contains(&resp.status()) => {
             let status = resp.status();
+            let status_text = resp.status_text().to_string();
             // Read the (small) body to its end so the connection goes back to the pool.
+            let mut body = Vec::new();
             let _ = std::io::copy(
                 &mut std::io::Read::take(resp.into_reader(), 64 * 1024),
-                &mut std::io::sink(),
+                &mut body,
             );
-            Dispatched {
-                id,
-                ok: true,
-                error: None,
-                http_status: Some(status),
-            }
+            let (outcome, error) = classify_answer(status, &status_text, &body);
+            Dispatched::new(id, outcome, error.map(clean), Some(status))
         }
         Ok(resp) => {
             let status = resp.status();
-            fail(
-                format!(
+            Dispatched::failed(
+                id,
+                clean(format!(
                     "HTTP {status} {} (a redirect is not followed)",
                     resp.status_text()
-                ),
+                )),
                 Some(status),
             )
         }
         Err(e) => match *e {
+            // The platform has no such workspace; [`confirm_gone`] checks the tenant agrees
+            // before it is reported as gone rather than failed.
+            ureq::Error::Status(404, _) => {
+                Dispatched::new(id, DispatchOutcome::Gone, None, Some(404))
+            }
             ureq::Error::Status(code, resp) => {
                 let status_text = resp.status_text().to_string();
                 let body = resp.into_string().unwrap_or_default();
                 let body: String = body.trim().chars().take(200).collect();
-                if body.is_empty() {
-                    fail(format!("HTTP {code} {status_text}"), Some(code))
+                let msg = if body.is_empty() {
+                    format!("HTTP {code} {status_text}")
                 } else {
-                    fail(format!("HTTP {code} {status_text}: {body}"), Some(code))
-                }
+                    format!("HTTP {code} {status_text}: {body}")
+                };
+                Dispatched::failed(id, clean(msg), Some(code))
             }
             ureq::Error::Transport(t) => {
                 // ureq prefixes the URL, which the result already names by id.
                 let msg = t.to_string();
                 let prefix = format!("{url}: ");
-                fail(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string(), None)
+                Dispatched::failed(
+                    id,
+                    clean(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string()),
+                    None,
+                )
             }
         },
+    }
+}
+
+/// What a 2xx answer of the admin restart route means, from its body's `status`:
+/// `restart_dispatched` is a restart, `noop` is a no-op (whatever the 2xx code); a 202 whose
+/// body says neither is still a restart (202 is the route's dispatch answer). Any other 2xx
+/// is not a known answer of the route, so whether anything was restarted is unknown: a failure
+/// (never reported as restarted), with the answer in the error.
+pub fn classify_answer(
+    status: u16,
+    status_text: &str,
+    body: &[u8],
+) -> (DispatchOutcome, Option<String>) {
+    let said = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned));
+    match said.as_deref() {
+        Some("restart_dispatched") => (DispatchOutcome::Restarted, None),
+        Some("noop") => (DispatchOutcome::Noop, None),
+        _ if status == 202 => (DispatchOutcome::Restarted, None),
+        _ => {
+            let shown: String = String::from_utf8_lossy(body)
+                .trim()
+                .chars()
+                .take(200)
+                .collect();
+            let shown = if shown.is_empty() {
+                "an empty body".to_string()
+            } else {
+                shown
+            };
+            (
+                DispatchOutcome::Failed,
+                Some(format!(
+                    "HTTP {status} {status_text} with {shown}: not an answer of the admin restart route (202 restart_dispatched or 200 noop), so whether it restarted is unknown"
+                )),
+            )
+        }
+    }
+}
+
+/// Workspaces the platform answered 404 for that are NOT gone from this tenant: a row that
+/// exists and is not `removed`. The platform answering 404 for a live workspace means the call
+/// went somewhere else (a platform URL without its API prefix, another tenant's platform), so
+/// those are failures, not "gone". One set-based query, in the caller's (read-only)
+/// transaction.
+pub async fn confirm_gone(conn: &mut PgConnection, results: &mut [Dispatched]) -> Result<()> {
+    let gone: Vec<Uuid> = results
+        .iter()
+        .filter(|d| d.outcome == DispatchOutcome::Gone)
+        .map(|d| d.id)
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let live: Vec<Uuid> = crate::db::query_scalar(
+        "SELECT id FROM workspaces WHERE id = ANY($1) AND status::text IS DISTINCT FROM 'removed'",
+    )
+    .bind(&gone)
+    .fetch_all(&mut *conn)
+    .await?;
+    let live: std::collections::HashSet<Uuid> = live.into_iter().collect();
+    for d in results.iter_mut() {
+        if d.outcome == DispatchOutcome::Gone && live.contains(&d.id) {
+            *d = Dispatched::failed(
+                d.id,
+                "HTTP 404 Not Found, but the workspace exists in this tenant and is not removed: check that the platform URL is the API base that serves /admin/workspaces/{id}/restart".into(),
+                d.http_status,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// When the tenant could not be read to confirm them ([`confirm_gone`] failed), the 404s are
+/// failures: "gone" is only said when the tenant agrees.
+pub fn unconfirmed_gone(results: &mut [Dispatched], why: &str) {
+    for d in results.iter_mut() {
+        if d.outcome == DispatchOutcome::Gone {
+            *d = Dispatched::failed(
+                d.id,
+                format!("HTTP 404 Not Found, and the tenant could not be read to confirm the workspace is gone ({why})"),
+                d.http_status,
+            );
+        }
     }
 }
 
@@ -802,10 +1002,32 @@ mod tests {
             ("paused", "langgraph", SkipReason::Paused),
             ("hibernated", "langgraph", SkipReason::Hibernated),
             ("online", "external", SkipReason::External),
+            ("online", "kimi", SkipReason::RuntimeKimi),
+            ("offline", "kimi-cli", SkipReason::RuntimeKimiCli),
+            ("failed", "mock", SkipReason::RuntimeMock),
         ] {
             let p = target_decision(id(), Ok(Some(row(false, status, runtime))), false);
             assert!(p.planned.is_empty());
             assert_eq!(reasons(&p), [reason]);
+            // A rule's reason wins over --no-restart.
+            let p = target_decision(id(), Ok(Some(row(false, status, runtime))), true);
+            assert_eq!(reasons(&p), [reason]);
+        }
+        // A NULL status: the platform's eligibility never restarts it.
+        let mut no_status = row(false, "online", "langgraph");
+        no_status.status = None;
+        let p = target_decision(id(), Ok(Some(no_status)), false);
+        assert!(p.planned.is_empty());
+        assert_eq!(reasons(&p), [SkipReason::NoStatus]);
+        assert_eq!(SkipReason::NoStatus.as_str(), "no-status");
+        // Runtimes are compared exactly, as the platform does; others are restarted.
+        for runtime in ["hermes", "langgraph", "Kimi", "kimi-cli2", "claude-code"] {
+            let p = target_decision(id(), Ok(Some(row(false, "online", runtime))), false);
+            assert_eq!(p.planned.len(), 1, "{runtime}");
+        }
+        for (runtime, reason) in SKIPPED_RUNTIMES {
+            assert_eq!(reason.as_str(), format!("runtime-{runtime}"));
+            assert_eq!(SkipReason::from_sql(reason.as_str()), Some(reason));
         }
         let mut under = row(false, "online", "langgraph");
         under.paused_ancestor = true;
@@ -816,14 +1038,63 @@ mod tests {
     }
 
     #[test]
+    fn admin_restart_answers_are_classified() {
+        let c = |status, body: &str| classify_answer(status, "X", body.as_bytes());
+        assert_eq!(
+            c(202, r#"{"status":"restart_dispatched"}"#),
+            (DispatchOutcome::Restarted, None)
+        );
+        assert_eq!(
+            c(200, r#"{"status":"noop"}"#),
+            (DispatchOutcome::Noop, None)
+        );
+        // A noop is a noop whatever the 2xx code, and a reason beside it changes nothing.
+        assert_eq!(
+            c(202, r#"{"status":"noop","reason":"debounced"}"#).0,
+            DispatchOutcome::Noop
+        );
+        // 202 is the dispatch answer even without the expected body.
+        assert_eq!(c(202, "").0, DispatchOutcome::Restarted);
+        // Any other 2xx is unknown: never reported as restarted.
+        for (status, body) in [
+            (200, r#"{"status":"restarting"}"#),
+            (200, ""),
+            (201, "created"),
+            (204, ""),
+            (200, "not json"),
+        ] {
+            let (o, e) = c(status, body);
+            assert_eq!(o, DispatchOutcome::Failed, "{status} {body}");
+            let e = e.unwrap_or_default();
+            assert!(
+                e.contains(&status.to_string()) && e.contains("unknown"),
+                "{e}"
+            );
+        }
+        assert!(DispatchOutcome::Noop.ok() && DispatchOutcome::Gone.ok());
+        assert!(!DispatchOutcome::Failed.ok() && !DispatchOutcome::NotAttempted.ok());
+        let d = Dispatched::new(id(), DispatchOutcome::Noop, None, Some(200));
+        assert_eq!(
+            serde_json::to_value(&d).ok(),
+            Some(serde_json::json!({"id": id(), "ok": true, "outcome": "noop", "error": null}))
+        );
+    }
+
+    #[test]
     fn platform_urls() {
         let tok = || Some(Zeroizing::new("tok-123".to_string()));
         let p = |u: &str, t| Platform::new(Some(u), t, true).map_err(|e| e.exit);
         match p("http://127.0.0.1:8080/api/", tok()) {
-            Ok(Some(pl)) => assert_eq!(
-                pl.restart_url(id()),
-                "http://127.0.0.1:8080/api/workspaces/a0000000-0000-4000-8000-000000000001/restart"
-            ),
+            Ok(Some(pl)) => {
+                assert_eq!(
+                    pl.restart_url(id()),
+                    "http://127.0.0.1:8080/api/workspaces/a0000000-0000-4000-8000-000000000001/restart"
+                );
+                assert_eq!(
+                    pl.admin_restart_url(id()),
+                    "http://127.0.0.1:8080/api/admin/workspaces/a0000000-0000-4000-8000-000000000001/restart"
+                );
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(Platform::new(None, None, true), Ok(None)));
