@@ -6,6 +6,7 @@
 pub mod keys;
 pub mod provision;
 pub mod restart;
+pub mod tokens;
 
 /// The workspace secret a platform agent needs: the platform marks an agent without it failed
 /// at registration (SPEC §1, the MODEL gate).
