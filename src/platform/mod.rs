@@ -1,6 +1,7 @@
 //! The platform's own rules, in one place (STYLE.md "the shape to grow into"): how it reads the
 //! encryption key and secret values ([`keys`]), which workspaces its restart skips and its HTTP
-//! API ([`restart`]), and its registration gate ([`MODEL_KEY`]). Command modules call these;
+//! API ([`restart`]), how it counts, caps and audits org API tokens ([`tokens`]), and its
+//! registration gate ([`MODEL_KEY`]). Command modules call these;
 //! nothing here renders or prompts.
 
 pub mod keys;

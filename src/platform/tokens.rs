@@ -144,9 +144,10 @@ pub async fn audit_mint(
     db::ensure_rows("writing the platform's mint audit row", n, 1)
 }
 
-/// The tail of a revoke: `{revoked}` is a data-modifying CTE returning the `id` of every
-/// token it revoked; this writes the platform's revoke row for each (actor `$ACTOR`, the
-/// placeholder the caller binds) in the same statement, and returns how many it wrote.
+/// A revoke with the platform's audit rows, as one statement: `revoked_cte` is an `UPDATE`
+/// returning the `id` of every token it revoked; the statement writes one platform revoke row
+/// per such token, with the actor bound at `actor_param`. Its row count is the number of
+/// tokens revoked.
 pub fn revoke_with_audit(revoked_cte: &str, actor_param: &str) -> String {
     format!(
         "WITH r AS ({revoked_cte})
