@@ -1509,6 +1509,12 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
             "token {} is revoked; anchoring it does not revive it",
             token.id
         ));
+    } else if token.expired {
+        ctx.out.warn(&format!(
+            "token {} expired at {}; anchoring it does not revive it",
+            token.id,
+            fmt_opt_time(&token.expires_at)
+        ));
     }
     let from = match token.org_id {
         Some(o) => format!("from {o} "),
@@ -1839,7 +1845,20 @@ mod tests {
             check_name(Some("  ")).map_err(|e| e.exit).err(),
             Some(Exit::Usage)
         );
+        // Bytes, not characters: 34 three-byte characters are 102 bytes.
+        assert_eq!(
+            check_name(Some(&"€".repeat(34))).map_err(|e| e.exit).err(),
+            Some(Exit::Usage)
+        );
+        assert!(check_name(Some(&"€".repeat(33))).is_ok());
         assert!(matches!(check_mint_label(None), Ok(l) if l.starts_with("orgctl:")));
+        for reserved in ["session", " admin-token ", "system:concierge:x"] {
+            assert_eq!(
+                check_mint_label(Some(reserved)).map_err(|e| e.exit).err(),
+                Some(Exit::Usage),
+                "{reserved}"
+            );
+        }
         assert_eq!(
             check_mint_label(Some("a\nb")).map_err(|e| e.exit).err(),
             Some(Exit::Usage)

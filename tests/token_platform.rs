@@ -484,6 +484,22 @@ fn expired_tokens_are_dead_in_list_status_stale_anchors_and_the_install_plan() {
         r.stdout
     );
 
+    // A prefix shared by expired tokens is ambiguous, each candidate marked; anchoring an
+    // expired token says it stays dead.
+    db.orgctl(&["token", "revoke", "expir"])
+        .run()
+        .code(2)
+        .one_line_error(&format!("{X1} expir001, expired"));
+    let r = db
+        .orgctl(&["token", "anchor", "expir004", "--org", ids::HQ, "--yes"])
+        .run();
+    r.code(0);
+    assert!(
+        r.stderr.contains("expired at") && r.stderr.contains("does not revive it"),
+        "{}",
+        r.stderr
+    );
+
     // revoke --created-by: every unrevoked token of the label, the expired one too.
     let r = db
         .orgctl(&[
