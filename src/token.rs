@@ -14,6 +14,10 @@
 //!   the plan and confirm (on a terminal; `--yes` without one), then lock the tenant, re-check
 //!   and change the rows in one statement, with the audit row in the same transaction.
 //!
+//! What the platform decides — which tokens are live (expiry included), its mint ceiling,
+//! its own audit rows for mint and revoke, the name limit in bytes, the labels it reserves —
+//! lives in [`crate::platform::tokens`]; this module applies it.
+//!
 //! Nothing here ever prints, logs or audits a plaintext token or a hash. Arguments that could
 //! be a pasted plaintext (anything longer than a prefix that is not a UUID) are never echoed.
 
@@ -752,8 +756,6 @@ const COMPACT_HEADER: [&str; 6] = [
     "CREATED",
     "LAST_USED",
 ];
-/// The last compact column: the expiry date (or `never`) of live tokens; with `--all`, the
-/// state with its date (`live`, `live to D`, `expired D`, `revoked D`), so it still fits.
 /// NAME and CREATED_BY give way; handles and dates never do.
 const COMPACT_FLEX: [usize; 2] = [1, 3];
 
@@ -766,6 +768,9 @@ fn date(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d").to_string()
 }
 
+/// The compact row. The last column is the expiry date (or `never`) of a live token; with
+/// `--all`, the state with its date (`live`, `live to D`, `expired D`, `revoked D`), so the
+/// table still fits 80 columns.
 fn compact_cells(t: &TokenRow, all: bool) -> Vec<String> {
     let mut v = vec![
         sanitize(&t.prefix),

@@ -80,7 +80,7 @@ fn with_expiring_tokens() -> TestDb {
     db
 }
 
-/// Issue 25 item 8: the platform's ceiling, 100 live tokens by default, counted as the
+/// The platform's ceiling, 100 live tokens by default, counted as the
 /// platform counts (expired and revoked tokens do not count); 0 or less turns it off; a value
 /// that is not an integer is bad input; `--over-ceiling` passes it and both audit trails say so.
 #[test]
