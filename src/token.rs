@@ -1246,7 +1246,7 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
     )?;
 
     let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
-    // Every live token with the label at this moment: in incident response a token minted
+    // Every unrevoked token with the label at this moment: in incident response a token minted
     // after the confirmation must die too. One statement; `now()` is the transaction's start,
     // so every row revoked here carries the same revoked_at, which identifies them afterwards.
     // The platform's own audit rows, one per token, come in the same statement.
