@@ -64,7 +64,9 @@ printf '\n%-58s %9s %9s\n' "command ($ROUNDS rounds; median s, max peak RSS MiB)
 measure "token list --limit 100" -- token list --limit 100
 measure "token list --limit 0 -o json (every live token)" -- token list --limit 0 -o json
 measure_head "token list --limit 0 | head -2"
-measure "token mint --org ROOT" -- token mint --org "$root"
+# A root of this org holds far more live tokens than the platform's mint ceiling allows:
+# --over-ceiling mints past it, so the measured mint still pays for counting them.
+measure "token mint --org ROOT" -- token mint --org "$root" --over-ceiling
 measure "token revoke PREFIX --yes" -- token revoke "$prefix" --yes
 measure "token revoke --created-by session --yes -o json" -- token revoke --created-by session --yes -o json
 measure "status" -- status

@@ -24,6 +24,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-7}
 K=${K:-10}
+# Every round mints K more tokens into one org: turn the platform's mint ceiling off (an older
+# orgctl given as BASE ignores it) so a long run never reaches it.
+export ORG_TOKEN_MINT_CEILING=0
 N=${N:-20}
 ORGCTL=${ORGCTL:-$( [ -x target/release/orgctl ] && echo target/release/orgctl || echo target/debug/orgctl)}
 [ -x "$ORGCTL" ] || { echo "build first: cargo build --release" >&2; exit 1; }

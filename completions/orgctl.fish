@@ -86,13 +86,13 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -f -a "mint" -d 'Mint a full-admin org API token; the plaintext is printed once, alone, on stdout.'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -f -a "list" -d 'List live tokens, newest first (never a hash or plaintext).'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -f -a "list" -d 'List live tokens (not revoked, not expired), newest first (never a hash or plaintext).'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -f -a "revoke" -d 'Revoke a token by id or unique prefix, or every live token with a provenance label.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -f -a "anchor" -d 'Anchor a token to the org root (or --org); moving an anchored token needs --force.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and not __fish_seen_subcommand_from mint list revoke anchor help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l name -d 'A name for the token (at most 100 characters)' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l name -d 'A name for the token (at most 100 bytes in UTF-8, as the platform counts)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l org -d 'Anchor to this org root (a workspace with no parent). Default: the platform agent, else the only root' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l created-by -d 'Provenance label (at most 200 characters). Default: orgctl:<OS user>' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l created-by -d 'Provenance label (at most 200 characters). Default: orgctl:<OS user>. The platform\'s own labels are refused: admin-token, session, session:*, org-token:*, system:*' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
@@ -102,6 +102,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -l over-ceiling -d 'Break glass: mint even when the org already has ORG_TOKEN_MINT_CEILING live tokens. Both audit trails record that the ceiling was passed'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s q -l quiet -d 'Only print errors on stderr'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from mint" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
@@ -119,7 +120,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l all -d 'Include revoked tokens (and the revoked_at column)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l all -d 'Include revoked and expired tokens (and the revoked_at and state columns)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l unanchored -d 'Only tokens with no org_id'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -l wide -d 'Full ids and timestamps in the table (wide). The default table fits the terminal (80 columns when its width is unknown): the prefix is the handle `revoke` and `anchor` take, org ids are cut to 8 characters, times to dates, long names end in \'…\'. JSON always has everything'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
@@ -127,7 +128,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail on stderr: -v the target, timings and the SQL statement count; -vv also each statement (time, rows, start of its text; never a bound value)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l created-by -d 'Revoke every live token with exactly this created_by label (incident response); the label\'s tokens revoked earlier are reported as already revoked' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l created-by -d 'Revoke every token with exactly this created_by label that is not revoked yet, live or expired (incident response); the label\'s tokens revoked earlier are reported as already revoked' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from revoke" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
@@ -161,7 +162,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_sub
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from anchor" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "mint" -d 'Mint a full-admin org API token; the plaintext is printed once, alone, on stdout.'
-complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "list" -d 'List live tokens, newest first (never a hash or plaintext).'
+complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "list" -d 'List live tokens (not revoked, not expired), newest first (never a hash or plaintext).'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "revoke" -d 'Revoke a token by id or unique prefix, or every live token with a provenance label.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "anchor" -d 'Anchor a token to the org root (or --org); moving an anchored token needs --force.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -535,7 +536,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "completions" -d 'Print a shell completion script to stdout'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from token" -f -a "mint" -d 'Mint a full-admin org API token; the plaintext is printed once, alone, on stdout.'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from token" -f -a "list" -d 'List live tokens, newest first (never a hash or plaintext).'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from token" -f -a "list" -d 'List live tokens (not revoked, not expired), newest first (never a hash or plaintext).'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from token" -f -a "revoke" -d 'Revoke a token by id or unique prefix, or every live token with a provenance label.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from token" -f -a "anchor" -d 'Anchor a token to the org root (or --org); moving an anchored token needs --force.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from secret" -f -a "set" -d 'Set a secret; the value comes from stdin, --value-file, or a hidden prompt. Never argv'

@@ -320,12 +320,18 @@ pub enum TokenCommand {
     /// root (with several roots and no agent, --org is required). Metadata and a copy-now
     /// warning go to stderr. Minting only adds a row, so it never asks for confirmation.
     ///
+    /// Like the platform, it refuses (exit 3) when the org already has ORG_TOKEN_MINT_CEILING
+    /// live tokens (not revoked, not expired; default 100, 0 or less turns it off), counted
+    /// under the tenant lock; --over-ceiling mints past it anyway. Each mint also writes the
+    /// platform's own org_token_audit_logs row ('mint', actor = created_by).
+    ///
     /// Examples:
     ///   TOKEN=$(orgctl token mint --name ci)
     ///   orgctl token mint --name break-glass --output json
+    ///   TOKEN=$(orgctl token mint --name "incident-1234" --created-by incident-1234 --over-ceiling)
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     Mint(TokenMintArgs),
-    /// List live tokens, newest first (never a hash or plaintext).
+    /// List live tokens (not revoked, not expired), newest first (never a hash or plaintext).
     ///
     /// Examples:
     ///   orgctl token list
@@ -337,7 +343,10 @@ pub enum TokenCommand {
     /// Revoke a token by id or unique prefix, or every live token with a provenance label.
     ///
     /// Revocation sets revoked_at = now(); the platform rejects the token at once. Asks for
-    /// confirmation on a terminal; --yes without one.
+    /// confirmation on a terminal; --yes without one. An expired token is revoked too
+    /// (harmless: it is dead already, and now for good). Each revoked token gets the
+    /// platform's own org_token_audit_logs row ('revoke', actor orgctl:<OS user>). Revoking
+    /// the platform agent's own credential (created_by system:concierge:…) warns first.
     ///
     /// Examples:
     ///   orgctl token revoke 3f9c2a1b --yes
@@ -362,21 +371,26 @@ pub enum TokenCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct TokenMintArgs {
-    /// A name for the token (at most 100 characters).
+    /// A name for the token (at most 100 bytes in UTF-8, as the platform counts).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Anchor to this org root (a workspace with no parent). Default: the platform agent,
     /// else the only root.
     #[arg(long, value_name = "UUID")]
     pub org: Option<Uuid>,
-    /// Provenance label (at most 200 characters). Default: orgctl:<OS user>.
+    /// Provenance label (at most 200 characters). Default: orgctl:<OS user>. The platform's
+    /// own labels are refused: admin-token, session, session:*, org-token:*, system:*.
     #[arg(long, value_name = "LABEL")]
     pub created_by: Option<String>,
+    /// Break glass: mint even when the org already has ORG_TOKEN_MINT_CEILING live tokens.
+    /// Both audit trails record that the ceiling was passed.
+    #[arg(long)]
+    pub over_ceiling: bool,
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct TokenListArgs {
-    /// Include revoked tokens (and the revoked_at column).
+    /// Include revoked and expired tokens (and the revoked_at and state columns).
     #[arg(long)]
     pub all: bool,
     /// Only tokens anchored to this workspace.
@@ -413,8 +427,9 @@ pub struct TokenRevokeArgs {
     /// prefix (`revoke --yes -- "$PREFIX"`), so no prefix can ever read as flags.
     #[arg(value_name = "ID|PREFIX", allow_hyphen_values = true)]
     pub token: Option<String>,
-    /// Revoke every live token with exactly this created_by label (incident response); the
-    /// label's tokens revoked earlier are reported as already revoked.
+    /// Revoke every token with exactly this created_by label that is not revoked yet, live or
+    /// expired (incident response); the label's tokens revoked earlier are reported as
+    /// already revoked.
     #[arg(long, value_name = "LABEL")]
     pub created_by: Option<String>,
 }

@@ -886,7 +886,12 @@ pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
             "last_used_at",
             "revoked_at",
             "org_id",
+            "expires_at",
         ],
+    ),
+    (
+        "org_token_audit_logs",
+        &["token_id", "action", "actor", "org_id", "metadata"],
     ),
     (
         "org_plugin_allowlist",

@@ -357,7 +357,7 @@ impl Plan {
         let t = self.tokens_moved();
         if t > 0 {
             parts.push(format!(
-                "move {t} token(s) ({} live, {} revoked)",
+                "move {t} token(s) ({} live, {} revoked or expired)",
                 self.live_tokens_moved(),
                 t - self.live_tokens_moved()
             ));
@@ -525,6 +525,8 @@ async fn plan_from_reads(
     {
         let old = "(SELECT ids FROM old)::uuid[]";
         let scope = scope_cte(old, "$2");
+        // Live as the platform counts it; the rest (revoked or expired) is the plan's "revoked".
+        let live = crate::platform::tokens::live("");
         let sql = format!(
             "WITH former AS MATERIALIZED ({former_sql}),
                   old AS MATERIALIZED (
@@ -538,8 +540,8 @@ async fn plan_from_reads(
              SELECT 5, id, NULL, NULL, NULL, NULL, id FROM former
              UNION ALL
              SELECT 1, org_id,
-                    count(*) FILTER (WHERE revoked_at IS NULL),
-                    count(*) FILTER (WHERE revoked_at IS NOT NULL),
+                    count(*) FILTER (WHERE {live}),
+                    count(*) FILTER (WHERE NOT {live}),
                     NULL, NULL, org_id
                FROM org_api_tokens WHERE org_id = ANY({old}) GROUP BY org_id
              UNION ALL
@@ -1225,6 +1227,43 @@ async fn warn_chains(out: &Output, conn: &mut PgConnection, plan: &Plan) -> Resu
     Ok(())
 }
 
+/// The platform refuses new tokens for an org that already has its ceiling of live tokens
+/// (`ORG_TOKEN_MINT_CEILING`): when the live tokens an install moves onto the agent bring the
+/// agent's org to it, the plan says so (a warning, never a refusal: the tokens exist either
+/// way). Read-only; `None` when there is nothing to say. The backfill reports it per tenant.
+pub async fn token_ceiling_warning(conn: &mut PgConnection, plan: &Plan) -> Result<Option<String>> {
+    use crate::platform::tokens;
+    let moved = plan.live_tokens_moved();
+    if moved == 0 {
+        return Ok(None);
+    }
+    let ceiling = match tokens::ceiling_from_env() {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Ok(Some(format!(
+                "{}; the mint-ceiling check of this install was skipped",
+                e.message
+            )))
+        }
+    };
+    // A new agent has no tokens yet (a token's org_id references an existing workspace), so
+    // a fresh install pays no statement for the check.
+    let on_agent = if plan.agent.action == AgentAction::Create {
+        0
+    } else {
+        tokens::live_count(conn, plan.agent.id).await?
+    };
+    let after = on_agent + moved;
+    if after < ceiling {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "after this install the platform agent's org has {after} live token(s) ({moved} moved from the old roots, {on_agent} already on it), at or past the platform's mint ceiling ({}) of {ceiling}: the platform and `orgctl token mint` refuse new tokens for the org until live ones are revoked below it",
+        tokens::CEILING_ENV
+    )))
+}
+
 /// The audit arguments of an install: no secret values.
 pub fn audit_args(input: &InstallInput, plan: &Plan) -> serde_json::Value {
     serde_json::json!({
@@ -1523,6 +1562,9 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let p = plan(&mut tx, &input, &sb, Orgctl::Probe).await?;
         warn_chains(out, &mut tx, &p).await?;
+        if let Some(w) = token_ceiling_warning(&mut tx, &p).await? {
+            out.warn(&w);
+        }
         let dry = if args.dry_run && args.provision {
             let state = provision::agent_state(&mut tx, p.agent.id).await?;
             Some(provision::ProvisionResult {

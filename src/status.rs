@@ -98,8 +98,11 @@ pub struct AgentInfo {
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Counts {
+    /// Live as the platform counts it: not revoked and not expired.
     pub live: i64,
     pub revoked: i64,
+    /// Expired but not revoked (the platform rejects them as it rejects revoked ones).
+    pub expired: i64,
 }
 
 /// Tokens by anchor state (live and revoked apart).
@@ -386,8 +389,9 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
     });
 
     // tokens_on_root
-    let bad_tokens =
-        tokens.on_non_root.live + tokens.on_former_root.live + tokens.on_former_root.revoked;
+    let on_former =
+        tokens.on_former_root.live + tokens.on_former_root.revoked + tokens.on_former_root.expired;
+    let bad_tokens = tokens.on_non_root.live + on_former;
     checks.push(Check {
         name: "tokens_on_root",
         severity: Severity::Error,
@@ -399,8 +403,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
         } else {
             format!(
                 "{} live token(s) anchored to a non-root, {} token(s) on a former root; move them all to the root with `orgctl token anchor --stale` (review with --dry-run first)",
-                tokens.on_non_root.live,
-                tokens.on_former_root.live + tokens.on_former_root.revoked
+                tokens.on_non_root.live, on_former
             )
         },
     });
@@ -566,14 +569,21 @@ fn anchor_sql(table: &str, extra_cols: &str, former: bool) -> String {
     )
 }
 
-const TOKEN_COLS: &str = "t.prefix, t.name, t.revoked_at IS NULL AS live, t.created_at";
+/// A token's columns for [`anchor_sql`]: `live` as the platform counts it, `revoked` set.
+fn token_cols() -> String {
+    format!(
+        "t.prefix, t.name, {} AS live, t.revoked_at IS NOT NULL AS revoked, t.created_at",
+        crate::platform::tokens::live("t")
+    )
+}
 
 async fn token_states(conn: &mut PgConnection, former: bool) -> Result<TokenStates> {
     let sql = format!(
         "WITH s AS ({})
-         SELECT state, count(*) FILTER (WHERE live), count(*) FILTER (WHERE NOT live)
+         SELECT state, count(*) FILTER (WHERE live), count(*) FILTER (WHERE revoked),
+                count(*) FILTER (WHERE NOT live AND NOT revoked)
            FROM s GROUP BY state",
-        anchor_sql("org_api_tokens", TOKEN_COLS, former)
+        anchor_sql("org_api_tokens", &token_cols(), former)
     );
     let mut states = TokenStates::default();
     for r in db::query(&sql).fetch_all(&mut *conn).await? {
@@ -581,6 +591,7 @@ async fn token_states(conn: &mut PgConnection, former: bool) -> Result<TokenStat
         let c = Counts {
             live: r.try_get(1)?,
             revoked: r.try_get(2)?,
+            expired: r.try_get(3)?,
         };
         let slot = match state.as_str() {
             "on_root" => &mut states.on_root,
@@ -591,6 +602,7 @@ async fn token_states(conn: &mut PgConnection, former: bool) -> Result<TokenStat
         };
         slot.live += c.live;
         slot.revoked += c.revoked;
+        slot.expired += c.expired;
     }
     Ok(states)
 }
@@ -609,11 +621,11 @@ fn state_label(state: &str) -> &'static str {
 async fn token_rows(conn: &mut PgConnection, former: bool, limit: i64) -> Result<Vec<Finding>> {
     let sql = format!(
         "WITH s AS ({})
-         SELECT id, org_id, prefix, name, live, state FROM s
+         SELECT id, org_id, prefix, name, live, state, revoked FROM s
           WHERE (state IN ('on_non_root', 'on_missing') AND live) OR state = 'on_former_root'
           ORDER BY created_at NULLS LAST, id
           LIMIT $1",
-        anchor_sql("org_api_tokens", TOKEN_COLS, former)
+        anchor_sql("org_api_tokens", &token_cols(), former)
     );
     db::query(&sql)
         .bind(limit)
@@ -626,12 +638,17 @@ async fn token_rows(conn: &mut PgConnection, former: bool, limit: i64) -> Result
             let name: Option<String> = r.try_get(3)?;
             let live: bool = r.try_get(4)?;
             let state: String = r.try_get(5)?;
+            let revoked: bool = r.try_get(6)?;
             Ok(Finding {
                 table: "org_api_tokens",
                 id: r.try_get(0)?,
                 detail: format!(
                     "{} token {} \"{}\" on {} {}",
-                    if live { "live" } else { "revoked" },
+                    match (live, revoked) {
+                        (true, _) => "live",
+                        (false, true) => "revoked",
+                        (false, false) => "expired",
+                    },
                     sanitize(&prefix),
                     sanitize(name.as_deref().unwrap_or("")),
                     state_label(&state),
@@ -644,12 +661,13 @@ async fn token_rows(conn: &mut PgConnection, former: bool, limit: i64) -> Result
 }
 
 async fn unanchored_rows(conn: &mut PgConnection, limit: i64) -> Result<Vec<Finding>> {
-    db::query(
+    db::query(&format!(
         "SELECT id::text, prefix, name, created_by FROM org_api_tokens
-          WHERE org_id IS NULL AND revoked_at IS NULL
-          ORDER BY created_at NULLS LAST, id
-          LIMIT $1",
-    )
+              WHERE org_id IS NULL AND {}
+              ORDER BY created_at NULLS LAST, id
+              LIMIT $1",
+        crate::platform::tokens::live("")
+    ))
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?
@@ -837,7 +855,7 @@ fn render_text(out: &Output, r: &Report, limit: usize) -> String {
     }
 
     let _ = writeln!(s, "\nTokens by anchor:");
-    let mut t = out.new_table(["anchor", "live", "revoked"]);
+    let mut t = out.new_table(["anchor", "live", "expired", "revoked"]);
     for (label, c) in [
         ("on a root", r.tokens.on_root),
         ("unanchored", r.tokens.unanchored),
@@ -847,6 +865,7 @@ fn render_text(out: &Output, r: &Report, limit: usize) -> String {
         t.add_row(vec![
             label.to_string(),
             c.live.to_string(),
+            c.expired.to_string(),
             c.revoked.to_string(),
         ]);
     }

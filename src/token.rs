@@ -14,6 +14,10 @@
 //!   the plan and confirm (on a terminal; `--yes` without one), then lock the tenant, re-check
 //!   and change the rows in one statement, with the audit row in the same transaction.
 //!
+//! What the platform decides — which tokens are live (expiry included), its mint ceiling,
+//! its own audit rows for mint and revoke, the name limit in bytes, the labels it reserves —
+//! lives in [`crate::platform::tokens`]; this module applies it.
+//!
 //! Nothing here ever prints, logs or audits a plaintext token or a hash. Arguments that could
 //! be a pasted plaintext (anything longer than a prefix that is not a UUID) are never echoed.
 
@@ -29,10 +33,9 @@ use zeroize::Zeroizing;
 
 use crate::cli::{TokenAnchorArgs, TokenCommand, TokenListArgs, TokenMintArgs, TokenRevokeArgs};
 use crate::error::{sanitize, Error, Exit, Result};
+use crate::platform::tokens as platform;
 use crate::{crypto, db, Context};
 
-/// `--name` is at most this many characters (SPEC §5).
-pub const MAX_NAME_CHARS: usize = 100;
 /// `--created-by` on mint is at most this many characters (the spec sets no bound).
 pub const MAX_LABEL_CHARS: usize = 200;
 /// The stored prefix is the first 8 plaintext characters; a reference may be 4 to 8 of them.
@@ -124,10 +127,13 @@ fn check_name(name: Option<&str>) -> Result<Option<String>> {
             "--name must not be empty (omit it for no name)",
         ));
     }
-    let len = n.chars().count();
-    if len > MAX_NAME_CHARS {
+    // The platform counts bytes: 40 characters of 3 bytes each are 120.
+    let bytes = n.len();
+    if bytes > platform::MAX_NAME_BYTES {
         return Err(Error::usage(format!(
-            "--name is {len} characters long; at most {MAX_NAME_CHARS} are allowed"
+            "--name is {bytes} bytes long in UTF-8 ({} characters); the platform allows at most {} bytes",
+            n.chars().count(),
+            platform::MAX_NAME_BYTES
         )));
     }
     if n.chars().any(|c| c.is_control()) {
@@ -157,6 +163,14 @@ fn check_mint_label(label: Option<&str>) -> Result<String> {
             "--created-by must not contain control characters",
         ));
     }
+    // A token minted under the platform's own provenance would pass for one the platform
+    // minted (or for the agent's own credential) in every audit and every bulk revoke.
+    if let Some(why) = platform::reserved_label(l) {
+        return Err(Error::usage(format!(
+            "--created-by '{}' is reserved by the platform ({why}); choose a label of your own, e.g. the incident or change number",
+            sanitize(l)
+        )));
+    }
     Ok(l.to_string())
 }
 
@@ -181,12 +195,26 @@ pub struct TokenRow {
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Past its `expires_at` (by the database's clock), revoked or not.
+    pub expired: bool,
 }
 
-const TOKEN_COLUMNS: &str =
-    "id, prefix, name, org_id, created_by, created_at, last_used_at, revoked_at";
+/// The columns of a [`TokenRow`]; `expired` is judged by the database's clock, as the
+/// platform judges it.
+const TOKEN_COLUMNS: &str = "id, prefix, name, org_id, created_by, created_at, last_used_at, revoked_at, expires_at, COALESCE(expires_at <= now(), false) AS expired";
 
 impl TokenRow {
+    /// Whether the platform still accepts it ([`platform::live`]).
+    pub fn live(&self) -> bool {
+        self.revoked_at.is_none() && !self.expired
+    }
+
+    /// Expired and not revoked: dead to the platform, though `revoke` still marks it revoked.
+    pub fn expired_unrevoked(&self) -> bool {
+        self.revoked_at.is_none() && self.expired
+    }
+
     /// "id (prefix p, 'name')" for messages.
     fn label(&self) -> String {
         match &self.name {
@@ -254,6 +282,8 @@ pub async fn find_token(conn: &mut PgConnection, r: &TokenRef) -> Result<TokenRo
                         .map(|t| {
                             let state = if t.revoked_at.is_some() {
                                 ", revoked"
+                            } else if t.expired {
+                                ", expired"
                             } else {
                                 ""
                             };
@@ -461,10 +491,41 @@ struct MintJson<'a> {
     name: Option<&'a str>,
     org_id: Uuid,
     created_by: &'a str,
+    /// True when this mint went past the platform's ceiling with `--over-ceiling`.
+    over_ceiling: bool,
     auth_token: &'a str,
     /// The audit chain's head this mint moves it to.
     #[serde(skip_serializing_if = "Option::is_none")]
     audit_head: Option<crate::audit::HeadJson>,
+}
+
+/// The platform's mint ceiling for `root`: refuse (exit 3) when the org already has `ceiling`
+/// live tokens, unless `break_glass`. Returns `(live, ceiling)` when a break-glass mint goes
+/// past it. Only the caller's transaction sees the count; under the tenant lock no other
+/// orgctl mint can pass the same count.
+async fn ceiling_gate(
+    conn: &mut PgConnection,
+    root: &Root,
+    ceiling: Option<i64>,
+    break_glass: bool,
+) -> Result<Option<(i64, i64)>> {
+    let Some(ceiling) = ceiling else {
+        return Ok(None);
+    };
+    let live = platform::live_count(conn, root.id).await?;
+    if live < ceiling {
+        return Ok(None);
+    }
+    if !break_glass {
+        return Err(Error::refused(format!(
+            "refusing to mint: the org {} ('{}') already has {live} live token(s) and the platform's ceiling ({}) is {ceiling}, so the platform itself would refuse this mint; nothing was changed: revoke tokens it no longer needs (`orgctl token list --org {}`), or pass --over-ceiling for a break-glass mint past it (recorded in both audit trails)",
+            root.id,
+            sanitize(&root.name),
+            platform::CEILING_ENV,
+            root.id
+        )));
+    }
+    Ok(Some((live, ceiling)))
 }
 
 /// Write the plaintext's document to stdout. Unlike other output, a closed or failing stdout
@@ -509,6 +570,7 @@ fn mint_commit_error(e: db::CommitError) -> Error {
 async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
     let name = check_name(args.name.as_deref())?;
     let created_by = check_mint_label(args.created_by.as_deref())?;
+    let ceiling = platform::ceiling_from_env()?;
     // The plaintext goes to stdout once; a stdout nobody reads would leave a live full-admin
     // token that nobody received.
     if let Some(why) = crate::sys::stdout_undeliverable() {
@@ -520,16 +582,25 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
 
-    // Check the anchor before creating anything (orgctl's schema included).
+    // Check the anchor and the ceiling before creating anything (orgctl's schema included).
     {
         let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
-        resolve_root(&mut tx, args.org).await?;
+        let root = resolve_root(&mut tx, args.org).await?;
+        ceiling_gate(&mut tx, &root, ceiling, args.over_ceiling).await?;
         tx.rollback().await?;
     }
 
     let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
-    // Again under the lock: an install may have made the agent the root meanwhile.
+    // Again under the lock: an install may have made the agent the root meanwhile, and a
+    // concurrent mint may have reached the ceiling.
     let root = resolve_root(&mut tx, args.org).await?;
+    let over = ceiling_gate(&mut tx, &root, ceiling, args.over_ceiling).await?;
+    if let Some((live, c)) = over {
+        ctx.out.warn(&format!(
+            "--over-ceiling: minting past the platform's ceiling: the org already has {live} live token(s) and {} is {c}; both audit trails record it",
+            platform::CEILING_ENV
+        ));
+    }
 
     let plaintext = crypto::new_token()?;
     let prefix: String = plaintext.chars().take(PREFIX_LEN).collect();
@@ -546,6 +617,16 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
     .fetch_one(&mut *tx)
     .await?;
     let id: Uuid = row.try_get(0)?;
+    platform::audit_mint(
+        &mut tx,
+        id,
+        &created_by,
+        root.id,
+        name.as_deref(),
+        &prefix,
+        over,
+    )
+    .await?;
     db::audit(
         &mut tx,
         "token mint",
@@ -556,6 +637,9 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
             "org_id": root.id,
             "org_given": args.org.is_some(),
             "created_by": created_by,
+            "over_ceiling": over.is_some(),
+            "live_tokens": over.map(|o| o.0),
+            "ceiling": ceiling,
         }),
         "minted",
     )
@@ -569,6 +653,7 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
             name: name.as_deref(),
             org_id: root.id,
             created_by: &created_by,
+            over_ceiling: over.is_some(),
             auth_token: &plaintext,
             audit_head: crate::audit::committed_head(),
         };
@@ -633,12 +718,16 @@ struct ListedJson<'a> {
     created_by: Option<&'a str>,
     created_at: DateTime<Utc>,
     last_used_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
     /// Present (possibly null) only with --all.
     #[serde(skip_serializing_if = "Option::is_none")]
     revoked_at: Option<Option<DateTime<Utc>>>,
+    /// `live`, `expired` or `revoked`; only with --all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
 }
 
-const LIST_HEADER: [&str; 7] = [
+const LIST_HEADER: [&str; 8] = [
     "id",
     "prefix",
     "name",
@@ -646,7 +735,19 @@ const LIST_HEADER: [&str; 7] = [
     "created_by",
     "created_at",
     "last_used_at",
+    "expires_at",
 ];
+
+/// A token as the platform sees it: `revoked` wins over `expired`.
+fn state(t: &TokenRow) -> &'static str {
+    if t.revoked_at.is_some() {
+        "revoked"
+    } else if t.expired {
+        "expired"
+    } else {
+        "live"
+    }
+}
 
 /// The default table: fits the terminal (80 columns when unknown), the prefix is the handle
 /// (`revoke`/`anchor` take it), org ids are shortened to 8 characters, times to dates. Full
@@ -671,6 +772,9 @@ fn date(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d").to_string()
 }
 
+/// The compact row. The last column is the expiry date (or `never`) of a live token; with
+/// `--all`, the state with its date (`live`, `live to D`, `expired D`, `revoked D`), so the
+/// table still fits 80 columns.
 fn compact_cells(t: &TokenRow, all: bool) -> Vec<String> {
     let mut v = vec![
         sanitize(&t.prefix),
@@ -683,22 +787,22 @@ fn compact_cells(t: &TokenRow, all: bool) -> Vec<String> {
             .map(date)
             .unwrap_or_else(|| "never".into()),
     ];
-    if all {
-        v.push(
-            t.revoked_at
-                .as_ref()
-                .map(date)
-                .unwrap_or_else(|| "-".into()),
-        );
-    }
+    let expires = t.expires_at.as_ref().map(date);
+    v.push(match (all, state(t), t.revoked_at.as_ref()) {
+        (false, _, _) => expires.unwrap_or_else(|| "never".into()),
+        (true, "revoked", Some(at)) => format!("revoked {}", date(at)),
+        (true, "expired", _) => format!("expired {}", expires.unwrap_or_default()),
+        (true, _, _) => match expires {
+            Some(d) => format!("live to {d}"),
+            None => "live".into(),
+        },
+    });
     v
 }
 
 fn compact_list(ctx: &Context, rows: &[Vec<String>], all: bool) -> String {
     let mut h: Vec<&str> = COMPACT_HEADER.to_vec();
-    if all {
-        h.push("REVOKED");
-    }
+    h.push(if all { "STATE" } else { "EXPIRES" });
     crate::output::compact_table(&h, rows, &COMPACT_FLEX, ctx.out.compact_width())
 }
 
@@ -711,9 +815,11 @@ fn list_cells(t: &TokenRow, all: bool) -> Vec<String> {
         fmt_opt_text(&t.created_by),
         fmt_time(&t.created_at),
         fmt_opt_time(&t.last_used_at),
+        fmt_opt_time(&t.expires_at),
     ];
     if all {
         v.push(fmt_opt_time(&t.revoked_at));
+        v.push(state(t).to_string());
     }
     v
 }
@@ -747,7 +853,7 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     let mut conds: Vec<String> = Vec::new();
     let mut n = 0;
     if !args.all {
-        conds.push("revoked_at IS NULL".into());
+        conds.push(platform::live(""));
     }
     if args.org.is_some() {
         n += 1;
@@ -796,7 +902,7 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     let mut table = (!json && !stream_text && args.wide).then(|| {
         let mut h: Vec<&str> = LIST_HEADER.to_vec();
         if args.all {
-            h.push("revoked_at");
+            h.extend(["revoked_at", "state"]);
         }
         ctx.out.new_table(h)
     });
@@ -805,7 +911,7 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
     } else if stream_text {
         let mut h = LIST_HEADER.join("\t");
         if args.all {
-            h.push_str("\trevoked_at");
+            h.push_str("\trevoked_at\tstate");
         }
         h.push('\n');
         sink.write(&h)?;
@@ -832,7 +938,9 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
                     created_by: t.created_by.as_deref(),
                     created_at: t.created_at,
                     last_used_at: t.last_used_at,
+                    expires_at: t.expires_at,
                     revoked_at: args.all.then_some(t.revoked_at),
+                    state: args.all.then(|| state(t)),
                 };
                 let text = serde_json::to_string(&item)
                     .map_err(|e| Error::failed(format!("could not render JSON: {e}")))?;
@@ -886,6 +994,22 @@ async fn list(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
 struct RevokeJson {
     revoked: Vec<Uuid>,
     already_revoked: Vec<Uuid>,
+}
+
+/// Who revokes, as the platform's audit row names it: the same `created_by`-style label a
+/// mint defaults to.
+fn revoke_actor() -> String {
+    format!("orgctl:{}", crate::sys::os_user())
+}
+
+/// The warning before revoking the platform agent's own auto-rotated credential.
+fn concierge_warning(label: &str) -> Option<String> {
+    platform::is_concierge_label(label).then(|| {
+        format!(
+            "created_by '{}' is the platform agent's own auto-rotated credential: once it is revoked the agent cannot call the platform's API until the platform issues it a new one",
+            sanitize(label)
+        )
+    })
 }
 
 async fn revoke(ctx: &Context, args: &TokenRevokeArgs) -> Result<Exit> {
@@ -944,15 +1068,28 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
 
+    if token.expired_unrevoked() {
+        // Harmless and final: an expired token is dead to the platform already, and a revoked
+        // one stays dead whatever happens to its expiry.
+        ctx.out.info(&format!(
+            "Token {} expired at {}: the platform already rejects it; revoking it marks it revoked for good.",
+            token.label(),
+            fmt_opt_time(&token.expires_at)
+        ));
+    }
     let anchored = match token.org_id {
         Some(o) => format!("anchored to {o}"),
         None => "unanchored".to_string(),
     };
-    let desc = format!(
+    let mut desc = format!(
         "token {}, created_by '{}', {anchored}",
         token.label(),
         fmt_opt_text(&token.created_by)
     );
+    if let Some(w) = token.created_by.as_deref().and_then(concierge_warning) {
+        ctx.out.warn(&w);
+        let _ = write!(desc, " — the platform agent's own credential");
+    }
     ensure_confirmed(
         ctx,
         &format!("revokes {desc}"),
@@ -960,10 +1097,13 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
     )?;
 
     let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
-    let done = db::query(
-        "UPDATE org_api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-    )
+    // The revoke and the platform's own audit row for it, in one statement.
+    let done = db::query(&platform::revoke_with_audit(
+        "UPDATE org_api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id",
+        "$2",
+    ))
     .bind(token.id)
+    .bind(revoke_actor())
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -1005,6 +1145,7 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
             "by": r.kind(),
             "id": token.id,
             "prefix": token.prefix,
+            "expired": token.expired_unrevoked(),
             "revoked": 1,
         }),
         "revoked",
@@ -1029,17 +1170,22 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
     let shown_label = sanitize(label);
 
     // Plan: how many and which (a bounded sample; the count is exact).
-    let (live, total, sample) = {
+    // Every token of the label that is not revoked yet: the live ones, and the expired ones
+    // too (dead to the platform already; revoking them is harmless and final).
+    let (live, expired, total, sample) = {
         let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
-        let counts = db::query(
-            "SELECT count(*) FILTER (WHERE revoked_at IS NULL), count(*)
+        let counts = db::query(&format!(
+            "SELECT count(*) FILTER (WHERE {}), count(*) FILTER (WHERE {}), count(*)
                FROM org_api_tokens WHERE created_by = $1",
-        )
+            platform::live(""),
+            platform::expired("")
+        ))
         .bind(label)
         .fetch_one(&mut *tx)
         .await?;
         let live: i64 = counts.try_get(0)?;
-        let total: i64 = counts.try_get(1)?;
+        let expired: i64 = counts.try_get(1)?;
+        let total: i64 = counts.try_get(2)?;
         let sample: Vec<TokenRow> = db::query_as(&format!(
             "SELECT {TOKEN_COLUMNS} FROM org_api_tokens
               WHERE created_by = $1 AND revoked_at IS NULL
@@ -1050,14 +1196,15 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         .fetch_all(&mut *tx)
         .await?;
         tx.rollback().await?;
-        (live, total, sample)
+        (live, expired, total, sample)
     };
+    let unrevoked = live + expired;
     if total == 0 {
         return Err(Error::failed(format!(
             "no token has created_by '{shown_label}' (the match is exact); check the label with `orgctl token list --all`"
         )));
     }
-    if live == 0 {
+    if unrevoked == 0 {
         // Nothing to write (not even an audit row); the result lists them as already revoked.
         ctx.out.info(&format!(
             "Every token with created_by '{shown_label}' ({total}) is already revoked; nothing to do."
@@ -1066,37 +1213,54 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
 
+    let what = if expired > 0 {
+        format!("{unrevoked} token(s) ({live} live, {expired} expired)")
+    } else {
+        format!("{live} live token(s)")
+    };
+    let concierge = concierge_warning(label);
+    if let Some(w) = &concierge {
+        ctx.out.warn(w);
+    }
     if ctx.out.interactive() && !ctx.yes {
-        let rows: Vec<Vec<String>> = sample.iter().map(|s| compact_cells(s, false)).collect();
-        let t = compact_list(ctx, &rows, false);
-        let mut text = format!("Live tokens with created_by '{shown_label}' ({live}):\n{t}");
-        if live > sample.len() as i64 {
+        let rows: Vec<Vec<String>> = sample.iter().map(|s| compact_cells(s, true)).collect();
+        let t = compact_list(ctx, &rows, true);
+        let mut text = format!("Tokens with created_by '{shown_label}' to revoke: {what}:\n{t}");
+        if unrevoked > sample.len() as i64 {
             let _ = writeln!(
                 text,
-                "… and {} more (see `orgctl token list --created-by '{shown_label}' --limit 0`)",
-                live - sample.len() as i64
+                "… and {} more (see `orgctl token list --all --created-by '{shown_label}' --limit 0`)",
+                unrevoked - sample.len() as i64
             );
         }
         crate::output::stderr(&text);
     }
+    let own = if concierge.is_some() {
+        " — the platform agent's own credential"
+    } else {
+        ""
+    };
     ensure_confirmed(
         ctx,
-        &format!("revokes {live} live token(s) with created_by '{shown_label}' (check them with `orgctl token list --created-by '{shown_label}'`)"),
+        &format!("revokes {what} with created_by '{shown_label}'{own} (check them with `orgctl token list --all --created-by '{shown_label}'`)"),
         &format!(
-            "Revoke {live} live token(s) with created_by '{shown_label}' on {}?",
+            "Revoke {what} with created_by '{shown_label}'{own} on {}?",
             url.target()
         ),
     )?;
 
     let mut tx = db::begin_change(&mut conn, &url, &ctx.settings).await?;
-    // Every live token with the label at this moment: in incident response a token minted
+    // Every unrevoked token with the label at this moment: in incident response a token minted
     // after the confirmation must die too. One statement; `now()` is the transaction's start,
     // so every row revoked here carries the same revoked_at, which identifies them afterwards.
-    let done = db::query(
+    // The platform's own audit rows, one per token, come in the same statement.
+    let done = db::query(&platform::revoke_with_audit(
         "UPDATE org_api_tokens SET revoked_at = now()
-          WHERE created_by = $1 AND revoked_at IS NULL",
-    )
+          WHERE created_by = $1 AND revoked_at IS NULL RETURNING id",
+        "$2",
+    ))
     .bind(label)
+    .bind(revoke_actor())
     .execute(&mut *tx)
     .await?
     .rows_affected() as i64;
@@ -1121,7 +1285,9 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         &serde_json::json!({
             "by": "created_by",
             "created_by": label,
-            "confirmed": live,
+            "confirmed": unrevoked,
+            "confirmed_live": live,
+            "confirmed_expired": expired,
             "revoked": done,
         }),
         "revoked",
@@ -1132,13 +1298,18 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         ctx.out.info(note);
     }
     committed.reconnected(&mut conn);
-    if done != live {
+    if done != unrevoked {
         ctx.out.warn(&format!(
-            "{live} live token(s) were confirmed but {done} were revoked: tokens with this label were minted or revoked in between"
+            "{unrevoked} token(s) were confirmed but {done} were revoked: tokens with this label were minted or revoked in between"
         ));
     }
+    let split = if expired > 0 {
+        format!(" ({live} live and {expired} expired when confirmed)")
+    } else {
+        String::new()
+    };
     ctx.out.info(&format!(
-        "Revoked {done} token(s) with created_by '{shown_label}'; they no longer authenticate."
+        "Revoked {done} token(s) with created_by '{shown_label}'{split}; they no longer authenticate."
     ));
     // Committed: a failing read-back must not read as "nothing changed".
     let already = render_revoke_label(ctx, &mut conn, label, Some((at, done)))
@@ -1347,6 +1518,12 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
             "token {} is revoked; anchoring it does not revive it",
             token.id
         ));
+    } else if token.expired {
+        ctx.out.warn(&format!(
+            "token {} expired at {}; anchoring it does not revive it",
+            token.id,
+            fmt_opt_time(&token.expires_at)
+        ));
     }
     let from = match token.org_id {
         Some(o) => format!("from {o} "),
@@ -1443,14 +1620,15 @@ fn stale_sql(former: bool) -> String {
     } else {
         ("", "false")
     };
+    let live = platform::live("t");
     format!(
-        "SELECT t.id, t.org_id, t.revoked_at IS NULL AS live
+        "SELECT t.id, t.org_id, {live} AS live
            FROM org_api_tokens t
            LEFT JOIN workspaces w ON w.id = t.org_id
            {join}
           WHERE t.org_id IS NOT NULL AND t.org_id <> $1
             AND (w.id IS NULL OR w.parent_id IS NOT NULL)
-            AND (t.revoked_at IS NULL OR {is_former})"
+            AND ({live} OR {is_former})"
     )
 }
 
@@ -1677,7 +1855,20 @@ mod tests {
             check_name(Some("  ")).map_err(|e| e.exit).err(),
             Some(Exit::Usage)
         );
+        // Bytes, not characters: 34 three-byte characters are 102 bytes.
+        assert_eq!(
+            check_name(Some(&"€".repeat(34))).map_err(|e| e.exit).err(),
+            Some(Exit::Usage)
+        );
+        assert!(check_name(Some(&"€".repeat(33))).is_ok());
         assert!(matches!(check_mint_label(None), Ok(l) if l.starts_with("orgctl:")));
+        for reserved in ["session", " admin-token ", "system:concierge:x"] {
+            assert_eq!(
+                check_mint_label(Some(reserved)).map_err(|e| e.exit).err(),
+                Some(Exit::Usage),
+                "{reserved}"
+            );
+        }
         assert_eq!(
             check_mint_label(Some("a\nb")).map_err(|e| e.exit).err(),
             Some(Exit::Usage)

@@ -65,6 +65,7 @@ pub struct AgentJson {
 pub struct CountsJson {
     pub live: i64,
     pub revoked: i64,
+    pub expired: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,19 +201,23 @@ fn before_install_names_every_finding_and_what_install_would_fix() {
         (
             CountsJson {
                 live: 4,
-                revoked: 1
+                revoked: 1,
+                expired: 0
             },
             CountsJson {
                 live: 1,
-                revoked: 1
+                revoked: 1,
+                expired: 0
             },
             CountsJson {
                 live: 1,
-                revoked: 0
+                revoked: 0,
+                expired: 0
             },
             CountsJson {
                 live: 0,
-                revoked: 0
+                revoked: 0,
+                expired: 0
             }
         )
     );
@@ -328,7 +333,8 @@ fn stragglers_on_former_roots_are_reported_and_install_would_sweep_them() {
         s.tokens.on_former_root,
         CountsJson {
             live: 1,
-            revoked: 1
+            revoked: 1,
+            expired: 0
         }
     );
     // A revoked token on a non-root (not a former root) is counted, but does not fail.
@@ -336,7 +342,8 @@ fn stragglers_on_former_roots_are_reported_and_install_would_sweep_them() {
         s.tokens.on_non_root,
         CountsJson {
             live: 0,
-            revoked: 1
+            revoked: 1,
+            expired: 0
         }
     );
     let allow = s.check("allowlist_on_root");

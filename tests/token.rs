@@ -34,6 +34,7 @@ struct MintJson {
     name: Option<String>,
     org_id: String,
     created_by: String,
+    over_ceiling: bool,
     auth_token: String,
 }
 
@@ -80,6 +81,7 @@ struct ListedJson {
     created_by: Option<String>,
     created_at: String,
     last_used_at: Option<String>,
+    expires_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,7 +100,9 @@ struct ListedAllJson {
     created_by: Option<String>,
     created_at: String,
     last_used_at: Option<String>,
+    expires_at: Option<String>,
     revoked_at: Option<String>,
+    state: String,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(stdout: &str) -> T {
@@ -300,6 +304,7 @@ async fn mint_json_contract_and_provenance() {
     assert_eq!(j.name, None);
     assert_eq!(j.org_id, agent);
     assert_eq!(j.created_by, "incident-42");
+    assert!(!j.over_ceiling);
     assert!(
         !r.stderr.contains(&j.auth_token),
         "the plaintext leaked to stderr"
@@ -414,7 +419,7 @@ fn mint_rejects_bad_names_and_labels() {
     let before = db.snapshot();
     let long = "n".repeat(101);
     let cases: [(&[&str], &str); 5] = [
-        (&["--name", &long], "at most 100"),
+        (&["--name", &long], "at most 100 bytes"),
         (&["--name", "   "], "must not be empty"),
         (&["--name", "a\u{1b}[31mb"], "control characters"),
         (&["--created-by", ""], "must not be empty"),
@@ -428,16 +433,24 @@ fn mint_rejects_bad_names_and_labels() {
         assert!(r.stdout.is_empty(), "{extra:?}");
     }
     assert_eq!(db.snapshot(), before);
-    // Exactly 100 characters is fine, in any script.
-    let hundred = "é".repeat(100);
-    let r = db
-        .orgctl(&["token", "mint", "--name", &hundred, "-o", "json"])
-        .run();
-    r.code(0);
-    assert_eq!(
-        parse::<MintJson>(&r.stdout).name.as_deref(),
-        Some(hundred.as_str())
-    );
+    // Exactly 100 bytes is fine, in any script (the platform counts bytes, not characters:
+    // 50 two-byte characters are 100 bytes, 100 of them are 200).
+    for hundred in ["n".repeat(100), "é".repeat(50)] {
+        let r = db
+            .orgctl(&["token", "mint", "--name", &hundred, "-o", "json"])
+            .run();
+        r.code(0);
+        assert_eq!(
+            parse::<MintJson>(&r.stdout).name.as_deref(),
+            Some(hundred.as_str())
+        );
+    }
+    let before = db.snapshot();
+    db.orgctl(&["token", "mint", "--name", &"é".repeat(100)])
+        .run()
+        .code(2)
+        .one_line_error("200 bytes");
+    assert_eq!(db.snapshot(), before);
 }
 
 #[test]
@@ -522,6 +535,7 @@ fn list_is_newest_first_filtered_and_never_shows_hashes() {
         t.created_at
     );
     assert_eq!(t.last_used_at, None);
+    assert_eq!(t.expires_at, None);
     let r = db
         .orgctl(&["token", "list", "-o", "json", "--all", "--unanchored"])
         .run();
@@ -532,6 +546,11 @@ fn list_is_newest_first_filtered_and_never_shows_hashes() {
         .as_deref()
         .is_some_and(|s| s.starts_with("2024-05-01")));
     assert_eq!(j.tokens[1].revoked_at, None);
+    assert_eq!(
+        (j.tokens[0].state.as_str(), j.tokens[1].state.as_str()),
+        ("revoked", "live")
+    );
+    assert_eq!(j.tokens[0].expires_at, None);
     // The revoked row, whole: every field is the stored one.
     assert_eq!(
         db.scalar(&format!(

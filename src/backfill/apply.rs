@@ -294,6 +294,7 @@ async fn apply_inner(
         let mut tx = db::begin_read_only(conn, &job.settings).await?;
         let prior = prior_run(&mut tx, &job.run_id, false).await?;
         let plan = install::plan(&mut tx, &input, &job.sb, install::Orgctl::Probe).await?;
+        let ceiling = install::token_ceiling_warning(&mut tx, &plan).await?;
         tx.rollback().await?;
         if let Some(p) = prior.filter(|p| p.done()) {
             return Ok(TenantResult::new(t, Status::Skipped)
@@ -309,10 +310,10 @@ async fn apply_inner(
             Status::Skipped
         };
         let r = TenantResult::new(t, status).with_plan(&plan);
-        return Ok(if plan.changed() {
-            r
-        } else {
-            r.note("already installed")
+        return Ok(match (plan.changed(), ceiling) {
+            (true, Some(w)) => r.note(w),
+            (true, None) => r,
+            (false, _) => r.note("already installed"),
         });
     }
 
@@ -347,6 +348,7 @@ async fn apply_inner(
         return Err(e);
     }
     ensure_model_kept(&plan, job.replace_model)?;
+    let ceiling = install::token_ceiling_warning(&mut tx, &plan).await?;
     if !plan.changed() {
         record_run(&mut tx, &job.run_id, &t.name, "skipped", &plan).await?;
         let evidence = db::Evidence::RunRow {
@@ -385,9 +387,11 @@ async fn apply_inner(
     };
     let note = commit(tx, job, t, committing, &evidence).await?;
     let r = TenantResult::new(t, Status::Applied).with_plan(&plan);
-    Ok(match note {
-        Some(n) => r.note(n),
-        None => r,
+    Ok(match (note, ceiling) {
+        (Some(n), Some(w)) => r.note(format!("{w}; {n}")),
+        (Some(n), None) => r.note(n),
+        (None, Some(w)) => r.note(w),
+        (None, None) => r,
     })
 }
 
