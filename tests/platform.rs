@@ -553,12 +553,14 @@ fn rollback_of_a_lived_in_agent_refuses_then_force_soft_deletes_it_and_keeps_eve
             workspaces_before,
             "{label}: every workspace but the agent"
         );
-        // The agent soft-deleted the platform's way; the platform's rows all still there.
+        // The agent soft-deleted the platform's way: a tombstone that is still the org's
+        // platform row (so the platform's boot does not create a new agent and re-merge every
+        // root); the platform's rows all still there.
         assert_eq!(
             db.scalar(&format!(
                 "SELECT status::text || ' ' || kind || ' ' || (parent_id IS NULL) FROM workspaces WHERE id = '{agent}'"
             )),
-            "removed workspace true",
+            "removed platform true",
             "{label}"
         );
         assert_eq!(
@@ -571,10 +573,15 @@ fn rollback_of_a_lived_in_agent_refuses_then_force_soft_deletes_it_and_keeps_eve
         );
         assert_eq!(
             db.scalar("SELECT count(*) FROM workspaces WHERE kind = 'platform'"),
-            "0"
+            "1",
+            "{label}: the tombstone is the one platform row"
+        );
+        assert_eq!(
+            t["verification"]["exact"], true,
+            "{label}: a removed platform row is what the rollback is for: {t}"
         );
 
-        // Twice changes nothing; a later install creates a fresh agent.
+        // Twice changes nothing.
         let after = platform_rows(&db);
         let r = fleet
             .cmd(&[
@@ -584,11 +591,6 @@ fn rollback_of_a_lived_in_agent_refuses_then_force_soft_deletes_it_and_keeps_eve
         r.code(0);
         assert_eq!(tenant0(&r.json())["status"], "already_rolled_back");
         assert_eq!(platform_rows(&db), after);
-        db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
-            .run()
-            .code(0);
-        let fresh = db.scalar(AGENT_NAME_CHECK);
-        assert_ne!(fresh, agent, "{label}");
     }
 }
 

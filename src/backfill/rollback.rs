@@ -357,7 +357,7 @@ async fn rollback_on(
         }
         result.status = Status::Refused;
         result.error = Some(format!(
-            "{why}; nothing was changed; rerun with --force to restore everything else and soft-delete the agent (status 'removed', kind 'workspace'), leaving those rows in place"
+            "{why}; nothing was changed; rerun with --force to restore everything else and soft-delete the agent (status 'removed', kept as the org's platform row), leaving those rows in place"
         ));
         return Ok(result);
     }
@@ -710,17 +710,19 @@ async fn other_references(
     .await
 }
 
-/// Delete the agent the way the platform deletes a workspace: `status = 'removed'`, and
-/// `kind = 'workspace'` so a later install creates a fresh agent. The literal takes the
-/// column's type, so it works for the enum and for older tenants' TEXT `status`.
+/// Delete the agent the way the platform deletes its agent: `status = 'removed'`, `kind` left
+/// `'platform'`. The tombstone is still the org's platform row, so the platform's boot and its
+/// ensure find it and leave it alone instead of creating a new agent and re-merging every root
+/// (the row is at the top level, and it is the only platform row: the platform's checks hold).
+/// The literal takes the column's type, so it works for the enum and for older tenants' TEXT
+/// `status`.
 async fn soft_delete_agent(conn: &mut PgConnection, agent: Uuid) -> Result<()> {
-    let r = db::query(
-        "UPDATE workspaces SET status = 'removed', kind = 'workspace', updated_at = now()
-          WHERE id = $1",
-    )
-    .bind(agent)
-    .execute(&mut *conn)
-    .await?;
+    let sql = format!(
+        "UPDATE workspaces SET status = '{}', updated_at = now()
+          WHERE id = $1 AND kind = 'platform' AND parent_id IS NULL",
+        crate::platform::tree::TOMBSTONE_STATUS
+    );
+    let r = db::query(&sql).bind(agent).execute(&mut *conn).await?;
     db::ensure_rows("soft-deleting the platform agent", r.rows_affected(), 1)
 }
 
