@@ -121,6 +121,7 @@ pub mod sqlstate {
     pub const UNDEFINED_DATABASE: &str = "3D000";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const READ_ONLY_TXN: &str = "25006";
+    pub const UNIQUE_VIOLATION: &str = "23505";
 }
 
 /// Turn a driver error into one sentence and an exit code. Raw driver dumps never reach
@@ -155,6 +156,16 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
                 sqlstate::ADMIN_SHUTDOWN => Error::failed(format!(
                     "the database ended this session during the command ({msg}): an administrator terminated it, or the server is shutting down; the open transaction was rolled back"
                 )),
+                // The platform's sibling-name rule met by a write the plan did not foresee (a
+                // workspace created or renamed concurrently): a refusal, said as such.
+                sqlstate::UNIQUE_VIOLATION
+                    if db.constraint() == Some(crate::platform::tree::SIBLING_NAME_INDEX) =>
+                {
+                    let detail = db
+                        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                        .and_then(|p| p.detail());
+                    Error::refused(crate::platform::tree::sibling_name_violation(detail))
+                }
                 _ if code.is_empty() => Error::failed(format!("database error: {msg}")),
                 _ => Error::failed(format!("database error {code}: {msg}")),
             }

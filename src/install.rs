@@ -34,6 +34,7 @@ use crate::output::{truncated, Output};
 use crate::platform::keys::SecretBox;
 use crate::platform::provision::{self, ProvisionResult};
 use crate::platform::restart::Platform;
+use crate::platform::tree::{self, NameClash};
 use crate::Context;
 
 pub const DEFAULT_AGENT_NAME: &str = "Platform Agent";
@@ -225,6 +226,8 @@ pub struct Plan {
     pub kept: BTreeMap<String, String>,
     pub model: ModelAction,
     pub allow_missing_model: bool,
+    /// Live workspaces the install would put beside a live namesake (see [`name_clashes`]).
+    pub name_clashes: Vec<NameClash>,
 }
 
 impl Plan {
@@ -258,6 +261,9 @@ impl Plan {
 
     /// The refusal apply would meet (a dry run reports it too).
     pub fn refusal(&self) -> Option<Error> {
+        if let Some(e) = clash_refusal(self) {
+            return Some(e);
+        }
         if self.model == ModelAction::Missing && !self.allow_missing_model {
             let which = if self.agent.action == AgentAction::Create {
                 format!("the platform agent to be created ({})", self.agent.id)
@@ -588,6 +594,7 @@ async fn plan_from_reads(
         .collect();
 
     let model = model_action(conn, &agent, input, sb).await?;
+    let name_clashes = name_clashes(conn, &agent, &reparented).await?;
 
     Ok(Plan {
         agent,
@@ -599,7 +606,102 @@ async fn plan_from_reads(
         kept,
         model,
         allow_missing_model: input.allow_missing_model,
+        name_clashes,
     })
+}
+
+/// The pairs of live workspaces the install would give the same name under one parent, which
+/// the platform's sibling-name rule forbids ([`tree::SIBLING_NAME_INDEX`]), in the order the
+/// install writes: first the agent's upsert puts it at the top level beside the roots (a new
+/// or renamed agent, or one moved up, named like a live root); then the roots move under the
+/// agent, beside its existing children (a live root named like a live child of the agent).
+/// The roots are distinct among themselves already (they share the top level), and `removed`
+/// rows never count. The agent counts as live: an install leaves no removed agent in place.
+/// One statement, only when an existing agent may already have children.
+async fn name_clashes(
+    conn: &mut PgConnection,
+    agent: &AgentPlan,
+    reparented: &[RootMove],
+) -> Result<Vec<NameClash>> {
+    let live: Vec<&RootMove> = reparented
+        .iter()
+        .filter(|r| tree::name_counts(r.status.as_deref()))
+        .collect();
+    let mut clashes = Vec::new();
+    if agent.action != AgentAction::Unchanged {
+        clashes.extend(
+            live.iter()
+                .filter(|r| r.name == agent.name)
+                .map(|r| NameClash {
+                    name: r.name.clone(),
+                    parent: None,
+                    moving: agent.id,
+                    existing: r.id,
+                }),
+        );
+    }
+    if agent.action == AgentAction::Create || live.is_empty() {
+        return Ok(clashes);
+    }
+    let names: Vec<&str> = live.iter().map(|r| r.name.as_str()).collect();
+    let sql = format!(
+        "SELECT w.id, w.name FROM workspaces w
+          WHERE w.parent_id = $1 AND w.name = ANY($2) AND {}
+          ORDER BY w.name, w.id",
+        tree::name_counts_sql("w")
+    );
+    let children = db::query(&sql)
+        .bind(agent.id)
+        .bind(&names)
+        .fetch_all(&mut *conn)
+        .await?;
+    for c in children {
+        let (child, name): (Uuid, String) = (c.try_get(0)?, c.try_get(1)?);
+        clashes.extend(live.iter().filter(|r| r.name == name).map(|r| NameClash {
+            name: name.clone(),
+            parent: Some(agent.id),
+            moving: r.id,
+            existing: child,
+        }));
+    }
+    Ok(clashes)
+}
+
+/// The refusal for [`Plan::name_clashes`]: every pair, named.
+fn clash_refusal(plan: &Plan) -> Option<Error> {
+    if plan.name_clashes.is_empty() {
+        return None;
+    }
+    let agent = plan.agent.id;
+    let pairs: Vec<String> = plan
+        .name_clashes
+        .iter()
+        .map(|c| {
+            let name = crate::error::sanitize(&c.name);
+            match c.parent {
+                None => format!(
+                    "the platform agent {agent} and the root {} \"{name}\" at the top level (the agent is written before the roots move under it)",
+                    c.existing
+                ),
+                Some(_) => format!(
+                    "the root {} and the agent's child {} \"{name}\" under the agent {agent}",
+                    c.moving, c.existing
+                ),
+            }
+        })
+        .collect();
+    let agent_named = plan.name_clashes.iter().any(|c| c.parent.is_none());
+    Some(Error::refused(format!(
+        "the install would give {} pair(s) of live workspaces the same name under one parent, which the platform does not allow ({}): {}; nothing was changed: rename one workspace of each pair{}, then rerun",
+        plan.name_clashes.len(),
+        tree::SIBLING_NAME_INDEX,
+        pairs.join("; "),
+        if agent_named {
+            " (or give the agent another name with --name)"
+        } else {
+            ""
+        }
+    )))
 }
 
 /// The allowlist rows on the old roots ($1) and the agent ($2), ranked per plugin: rank 1 is

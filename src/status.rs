@@ -736,7 +736,14 @@ pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, 
 async fn install_would(conn: &mut PgConnection) -> Result<InstallWould> {
     let input = InstallInput::new(None, None, None, true)?;
     let sb = SecretBox::from_env();
-    match install::plan(conn, &input, &sb, install::Orgctl::Probe).await {
+    // A plan apply would refuse (two live namesakes under one parent) is reported as refused.
+    let planned = install::plan(conn, &input, &sb, install::Orgctl::Probe)
+        .await
+        .and_then(|p| match p.refusal() {
+            Some(e) => Err(e),
+            None => Ok(p),
+        });
+    match planned {
         Ok(p) => {
             let mut summary = p.summary();
             if p.model == install::ModelAction::Missing {
@@ -753,7 +760,7 @@ async fn install_would(conn: &mut PgConnection) -> Result<InstallWould> {
                 model_secret: Some(p.model),
             })
         }
-        // A refusal (several agents) is a finding, not a failure of status itself.
+        // A refusal (several agents, a name clash) is a finding, not a failure of status itself.
         Err(e) if e.exit == Exit::Refused => Ok(InstallWould {
             action: "refused",
             summary: e.message,

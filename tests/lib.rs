@@ -28,3 +28,4 @@ mod secret;
 mod small_items;
 mod status;
 mod token;
+mod tree;

@@ -1,0 +1,324 @@
+//! The org tree as the platform has it: one live name per parent (install and rollback plan it
+//! instead of meeting the unique index mid-transaction), how deep its lookups reach (install
+//! warns at each of the platform's limits, status calls a chain past the org-root lookup
+//! broken), and the tombstone a forced rollback leaves (still the org's platform row).
+
+use crate::harness::{ids, Cmd, Run, TestDb};
+
+const AGENT: &str = "f1000000-0000-4000-8000-000000000001";
+const CHILD: &str = "f1000000-0000-4000-8000-000000000002";
+const NEW_ROOT: &str = "f1000000-0000-4000-8000-000000000003";
+
+/// The platform tables only (orgctl's own schema left out).
+fn platform(db: &TestDb) -> String {
+    let s = db.snapshot();
+    match s.find("== orgctl") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn install(db: &TestDb, extra: &[&str]) -> Run {
+    let mut args = vec!["install-platform-agent", "--model", "m"];
+    args.extend_from_slice(extra);
+    db.orgctl(&args).run()
+}
+
+/// A one-tenant fleet file, removed on drop.
+struct Fleet(std::path::PathBuf);
+
+impl Fleet {
+    fn new(db: &TestDb) -> Self {
+        Fleet(crate::harness::tenants_file(
+            &format!("tree-{}", db.name),
+            &format!("acme {}\n", db.url),
+        ))
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let mut v = vec!["-o", "json", "backfill"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&["--tenants", self.0.to_str().unwrap_or_default(), "--yes"]);
+        Cmd::new(&v).run()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn tenant(r: &Run) -> serde_json::Value {
+    r.json()["tenants"][0].clone()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sibling names
+
+#[test]
+fn install_refuses_an_agent_named_like_a_live_root_in_dry_run_and_apply_alike() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    // The agent is written at the top level before the roots move under it.
+    for extra in [
+        vec!["--name", "Acme Labs", "--dry-run", "--detailed-exitcode"],
+        vec!["--name", "Acme Labs", "--dry-run", "-o", "json"],
+        vec!["--name", "Acme Labs", "--yes"],
+    ] {
+        let r = install(&db, &extra);
+        r.code(3);
+        r.one_line_error("the same name under one parent");
+        let line = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_default();
+        assert!(
+            line.contains(ids::LABS)
+                && line.contains("\"Acme Labs\"")
+                && line.contains("workspaces_parent_name_uniq")
+                && line.contains("--name"),
+            "{extra:?}: {line}"
+        );
+        assert!(!r.stderr.contains("23505"), "{}", r.stderr);
+        assert_eq!(db.snapshot(), before, "{extra:?}: nothing changed");
+    }
+    // The agent's id in the message is the one apply would create (the dry run's).
+    let dry = install(&db, &["--name", "Acme Labs", "--dry-run", "-o", "json"]);
+    let id = dry.json()["platform_agent"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(dry.stderr.contains(&id), "{}", dry.stderr);
+
+    // A removed tombstone of that name does not count, as in the platform's index.
+    let r = install(
+        &db,
+        &["--name", "Acme Legacy", "--dry-run", "--detailed-exitcode"],
+    );
+    r.code(4);
+    install(&db, &["--name", "Acme Legacy", "--yes"]).code(0);
+    assert_eq!(
+        db.scalar("SELECT name FROM workspaces WHERE kind = 'platform'"),
+        "Acme Legacy"
+    );
+}
+
+/// An existing agent (a root, as the platform keeps it) with live children named like roots.
+fn agent_with_children(db: &TestDb) {
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, kind, tier, status, parent_id)
+              VALUES ('{AGENT}', 'Concierge', 'platform', 0, 'online', NULL);
+         INSERT INTO workspaces (id, name, status, parent_id)
+              VALUES ('{CHILD}', 'Acme Labs', 'online', '{AGENT}'),
+                     ('f1000000-0000-4000-8000-000000000004', 'Acme HQ', 'removed', '{AGENT}');
+         INSERT INTO workspace_secrets (workspace_id, key, encrypted_value, encryption_version)
+              VALUES ('{AGENT}', 'MODEL', 'm'::bytea, 0);"
+    ));
+}
+
+#[test]
+fn install_refuses_a_root_named_like_a_live_child_of_the_existing_agent() {
+    let db = TestDb::sample();
+    agent_with_children(&db);
+    let before = db.snapshot();
+    for extra in [
+        vec!["--dry-run", "--detailed-exitcode"],
+        vec!["--dry-run", "-o", "json"],
+        vec!["--yes"],
+    ] {
+        let r = install(&db, &extra);
+        r.code(3);
+        r.one_line_error("1 pair(s) of live workspaces the same name under one parent");
+        let line = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_default();
+        // Labs against the child; HQ's namesake is removed and does not count.
+        assert!(
+            line.contains(&format!(
+                "the root {} and the agent's child {CHILD} \"Acme Labs\" under the agent {AGENT}",
+                ids::LABS
+            )),
+            "{extra:?}: {line}"
+        );
+        assert!(!line.contains(ids::HQ), "{line}");
+        assert!(!line.contains("--name"), "{line}");
+        assert_eq!(db.snapshot(), before, "{extra:?}: nothing changed");
+    }
+    // status reports the install as refused rather than promising it.
+    let s = db.orgctl(&["status", "-o", "json"]).run();
+    assert_eq!(
+        s.json()["install_would"]["action"],
+        "refused",
+        "{}",
+        s.stdout
+    );
+
+    // The backfill's per-tenant install refuses the tenant with the same words.
+    let fleet = Fleet::new(&db);
+    for args in [
+        vec!["run", "--model", "m", "--run-id", "names", "--dry-run"],
+        vec!["run", "--model", "m", "--run-id", "names"],
+    ] {
+        let r = fleet.run(&args);
+        r.code(1);
+        let err = tenant(&r)["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            err.contains(ids::LABS)
+                && err.contains(CHILD)
+                && err.contains("workspaces_parent_name_uniq"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("23505"), "{err}");
+        assert_eq!(platform(&db), platform_of(&before), "{args:?}");
+    }
+
+    // Once the child is gone (removed), the install goes through.
+    db.exec(&format!(
+        "UPDATE workspaces SET status = 'removed' WHERE id = '{CHILD}'"
+    ));
+    install(&db, &["--dry-run", "--detailed-exitcode"]).code(4);
+    install(&db, &["--yes"]).code(0);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT parent_id FROM workspaces WHERE id = '{}'",
+            ids::LABS
+        )),
+        AGENT
+    );
+}
+
+fn platform_of(snapshot: &str) -> String {
+    match snapshot.find("== orgctl") {
+        Some(i) => snapshot[..i].to_string(),
+        None => snapshot.to_string(),
+    }
+}
+
+#[test]
+fn a_namesake_created_during_the_apply_is_a_clear_refusal_not_a_raw_23505() {
+    let db = TestDb::sample();
+    // A root of the agent's name appears just before the agent is written (what a platform
+    // write racing the plan would do): the plan did not see it.
+    db.exec(
+        "CREATE FUNCTION namesake() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.kind = 'platform' THEN
+                 INSERT INTO workspaces (name, status) VALUES (NEW.name, 'online');
+               END IF;
+               RETURN NEW; END $$;
+         CREATE TRIGGER namesake BEFORE INSERT ON workspaces
+             FOR EACH ROW EXECUTE FUNCTION namesake();",
+    );
+    let before = db.snapshot();
+    install(
+        &db,
+        &["--name", "Concierge", "--dry-run", "--detailed-exitcode"],
+    )
+    .code(4);
+    let r = install(&db, &["--name", "Concierge", "--yes"]);
+    r.code(3);
+    r.one_line_error("two live workspaces would have the same name under one parent");
+    assert!(r.stderr.contains("Concierge"), "{}", r.stderr);
+    assert!(!r.stderr.contains("23505"), "{}", r.stderr);
+    assert_eq!(db.snapshot(), before, "rolled back");
+}
+
+#[test]
+fn rollback_refuses_to_restore_a_root_beside_a_live_namesake_even_with_force() {
+    let db = TestDb::sample();
+    let before = platform(&db);
+    let fleet = Fleet::new(&db);
+    fleet
+        .run(&["run", "--model", "m", "--run-id", "names"])
+        .code(0);
+    // Since the run, the top level has a new live root named like a re-parented one.
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, status) VALUES ('{NEW_ROOT}', 'Acme Labs', 'online')"
+    ));
+    let after = platform(&db);
+    for args in [
+        vec!["rollback", "--run-id", "names", "--dry-run"],
+        vec!["rollback", "--run-id", "names"],
+        vec!["rollback", "--run-id", "names", "--force", "--dry-run"],
+        vec!["rollback", "--run-id", "names", "--force"],
+    ] {
+        let r = fleet.run(&args);
+        r.code(3);
+        let t = tenant(&r);
+        assert_eq!(t["status"], "refused", "{args:?}: {t}");
+        let err = t["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            err.contains(&format!("{} \"Acme Labs\" and {NEW_ROOT}", ids::LABS))
+                && err.contains("workspaces_parent_name_uniq")
+                && err.contains("not even --force"),
+            "{args:?}: {err}"
+        );
+        assert!(!r.stderr.contains("23505"), "{}", r.stderr);
+        r.one_line_error("drift since the run");
+        assert_eq!(platform(&db), after, "{args:?}: nothing changed");
+    }
+    // Renamed, the new root no longer collides: the rollback restores the run exactly (the new
+    // root stays, a root of its own).
+    db.exec(&format!(
+        "UPDATE workspaces SET name = 'Acme Labs 2' WHERE id = '{NEW_ROOT}'"
+    ));
+    let r = fleet.run(&["rollback", "--run-id", "names"]);
+    r.code(0);
+    assert_eq!(tenant(&r)["status"], "rolled_back");
+    db.exec(&format!("DELETE FROM workspaces WHERE id = '{NEW_ROOT}'"));
+    assert_eq!(platform(&db), before);
+}
+
+#[test]
+fn force_refuses_to_move_a_new_child_beside_a_namesake_under_the_oldest_former_root() {
+    let db = TestDb::sample();
+    let fleet = Fleet::new(&db);
+    fleet
+        .run(&["run", "--model", "m", "--run-id", "kids"])
+        .code(0);
+    let agent = db.scalar("SELECT id FROM workspaces WHERE kind = 'platform'");
+    // A child added under the agent since the run, named like a live child of Acme HQ (the
+    // oldest live former root, where --force moves new children).
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, status, parent_id) VALUES ('{CHILD}', 'Research', 'online', '{agent}')"
+    ));
+    let after = platform(&db);
+    // Without --force it is drift (a new child); with --force, a clash --force cannot settle.
+    let r = fleet.run(&["rollback", "--run-id", "kids"]);
+    r.code(3);
+    let err = tenant(&r)["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("added under the agent"), "{err}");
+    for args in [
+        vec!["rollback", "--run-id", "kids", "--force", "--dry-run"],
+        vec!["rollback", "--run-id", "kids", "--force"],
+    ] {
+        let r = fleet.run(&args);
+        r.code(3);
+        let t = tenant(&r);
+        assert_eq!(t["status"], "refused", "{args:?}: {t}");
+        let err = t["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            err.contains(&format!("{CHILD} \"Research\" and {}", ids::RESEARCH))
+                && err.contains(&format!("oldest former root {}", ids::HQ)),
+            "{args:?}: {err}"
+        );
+        assert!(!r.stderr.contains("23505"), "{}", r.stderr);
+        assert_eq!(platform(&db), after, "{args:?}: nothing changed");
+    }
+    // Renamed, --force moves it under Acme HQ.
+    db.exec(&format!(
+        "UPDATE workspaces SET name = 'Research 2' WHERE id = '{CHILD}'"
+    ));
+    fleet
+        .run(&["rollback", "--run-id", "kids", "--force"])
+        .code(0);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT parent_id FROM workspaces WHERE id = '{CHILD}'"
+        )),
+        ids::HQ
+    );
+}
