@@ -1267,12 +1267,12 @@ pub fn verification(plan: &Plan) -> db::Check<'static> {
     }
 }
 
-/// Workspaces in a parent cycle or deeper than 32 below a root are outside every org: the
-/// install cannot re-parent them (they are not roots) and never walks them, but it says so
-/// (SPEC §1: corrupt chains are reported, never looped on). `orgctl status` names them all.
-/// And re-parenting puts every old root one level lower: a workspace exactly 32 steps below
-/// a root it re-parents would end up 33 steps below the agent, past the bound, so the dry run
-/// and apply warn about that too (one walk for both checks).
+/// Workspaces in a parent cycle or deeper than the platform's org-root lookup below a root are
+/// outside every org: the install cannot re-parent them (they are not roots) and never walks
+/// them, but it says so (`orgctl status` names them all). And re-parenting puts every old root
+/// one level lower, so the dry run and apply warn, per depth limit of the platform, how many
+/// workspaces will sit deeper below the agent than that limit after the install and what stops
+/// working for them (one walk for all the checks; up to three rows named per warning).
 async fn warn_chains(out: &Output, conn: &mut PgConnection, plan: &Plan) -> Result<()> {
     let roots: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
     let check = crate::org::chain_check(conn, &roots).await?;
@@ -1290,28 +1290,34 @@ async fn warn_chains(out: &Output, conn: &mut PgConnection, plan: &Plan) -> Resu
             })
             .collect();
         out.warn(&format!(
-            "{count} workspace(s) have a broken parent chain (a cycle, or deeper than 32) and stay outside the org: {}{}; see `orgctl status`",
+            "{count} workspace(s) have a broken parent chain (a cycle, or deeper than {}) and stay outside the org: {}{}; see `orgctl status`",
+            crate::org::MAX_DEPTH,
             named.join("; "),
             if count > rows.len() as i64 { "; …" } else { "" }
         ));
     }
-    if check.too_deep_after > 0 {
-        let rows = crate::org::at_max_depth_under(conn, &roots, 3).await?;
+    for (limit, beyond) in tree::DEPTH_LIMITS.iter().zip(check.beyond_after) {
+        if beyond == 0 {
+            continue;
+        }
+        let rows = crate::org::deeper_after(conn, &roots, *limit, 3).await?;
         let named: Vec<String> = rows
             .iter()
-            .map(|(id, name, root)| {
-                format!(
-                    "{id} \"{}\" (under root {root})",
-                    crate::error::sanitize(name)
-                )
+            .map(|(id, name, depth)| {
+                format!("{id} \"{}\" ({depth} hops)", crate::error::sanitize(name))
             })
             .collect();
+        let status = if limit.hops == crate::org::MAX_DEPTH {
+            "; `orgctl status` will report them as broken"
+        } else {
+            ""
+        };
         out.warn(&format!(
-            "re-parenting makes {} parent chain(s) longer than {} steps: {}{}; `orgctl status` will report them as broken until the org is made shallower",
-            check.too_deep_after,
-            crate::org::MAX_DEPTH,
+            "after the install, {beyond} workspace(s) sit deeper than {} hops below the agent: {}: {}{}{status}; make the org shallower (or move the deep branch up) to fix it",
+            limit.hops,
+            limit.beyond,
             named.join("; "),
-            if check.too_deep_after > rows.len() as i64 { "; …" } else { "" }
+            if beyond > rows.len() as i64 { "; …" } else { "" }
         ));
     }
     Ok(())
@@ -1344,6 +1350,8 @@ struct JsonPlan<'a> {
     changed: bool,
     platform_agent: JsonAgent<'a>,
     reparented: Vec<JsonReparent<'a>>,
+    /// What the re-parented roots lose on the platform; null when no root is re-parented.
+    root_behaviour_lost: Option<JsonRootLoss>,
     anchor_moves: Vec<JsonMove>,
     allowlist_merged: Vec<JsonMerged<'a>>,
     model_secret: ModelAction,
@@ -1366,6 +1374,21 @@ struct JsonReparent<'a> {
     name: &'a str,
     old_parent_id: Option<Uuid>,
     new_parent_id: Uuid,
+}
+
+#[derive(Serialize)]
+struct JsonRootLoss {
+    roots: usize,
+    effect: &'static str,
+}
+
+/// What the re-parented roots lose (None when there are none): said in the plan, since the
+/// platform's own installer does it without a word.
+fn root_loss(plan: &Plan) -> Option<JsonRootLoss> {
+    (!plan.reparented.is_empty()).then_some(JsonRootLoss {
+        roots: plan.reparented.len(),
+        effect: tree::FORMER_ROOT_LOSES,
+    })
 }
 
 #[derive(Serialize)]
@@ -1430,6 +1453,7 @@ pub fn render(
                     new_parent_id: to,
                 })
                 .collect(),
+            root_behaviour_lost: root_loss(plan),
             anchor_moves,
             allowlist_merged: plan
                 .merged
@@ -1501,6 +1525,13 @@ fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Strin
         let _ = writeln!(s, "{t}");
         if rest > 0 {
             let _ = writeln!(s, "… and {rest} more (use --output json for all)");
+        }
+        if let Some(loss) = root_loss(plan) {
+            let _ = writeln!(
+                s,
+                "Note: {} ({} root(s) here; the platform's own installer does the same without saying so).",
+                loss.effect, loss.roots
+            );
         }
     }
 

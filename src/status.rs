@@ -4,8 +4,8 @@
 //! consistent snapshot and takes no row locks; orgctl's own schema is read when it exists and
 //! never created. Every check is an aggregate plus at most `--limit` named rows: nothing
 //! transfers a whole table, so status stays fast on a large org. Parent chains are checked with
-//! one recursive query bounded by depth (a cycle or a chain deeper than 32 can never make it
-//! loop). Before an install, the same `install::plan` a dry run uses says what
+//! one recursive query bounded by depth (a cycle or a chain deeper than the platform's org-root
+//! lookup, 64 steps, can never make it loop). Before an install, the same `install::plan` a dry run uses says what
 //! install-platform-agent would fix.
 //!
 //! Exit 0 when every invariant (every check of severity `error`) holds, 1 otherwise; warnings
@@ -430,7 +430,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
             format!("every workspace reaches a root within {MAX_DEPTH} steps")
         } else {
             format!(
-                "{broken_count} workspace(s) reach no root within {MAX_DEPTH} steps (a cycle, or a chain too deep)"
+                "{broken_count} workspace(s) reach no root within {MAX_DEPTH} steps (a cycle, or a chain so deep that the platform's org-root lookup gives up: isolation checks fail closed and the plugin allowlist fails open)"
             )
         },
     });

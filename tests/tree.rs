@@ -322,3 +322,163 @@ fn force_refuses_to_move_a_new_child_beside_a_namesake_under_the_oldest_former_r
         ids::HQ
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Depth limits
+
+/// A root `tag` with a chain `depth` levels below it; returns the deepest id.
+fn chain(db: &TestDb, tag: u32, depth: i32) -> String {
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, parent_id, status)
+         SELECT ('3{tag:07}-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, 'chain {tag} level ' || g,
+                CASE WHEN g = 0 THEN NULL ELSE ('3{tag:07}-0000-4000-8000-' || lpad((g - 1)::text, 12, '0'))::uuid END,
+                'online'
+           FROM generate_series(0, {depth}) g"
+    ));
+    format!("3{tag:07}-0000-4000-8000-{depth:012}")
+}
+
+fn warnings<'a>(r: &'a Run, needle: &str) -> Vec<&'a str> {
+    r.stderr.lines().filter(|l| l.contains(needle)).collect()
+}
+
+fn chains_ok(db: &TestDb) -> bool {
+    let r = db.orgctl(&["status", "-o", "json"]).run();
+    r.json()["checks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "parent_chains"))
+        .map(|c| c["ok"] == true)
+        .unwrap_or(false)
+}
+
+/// For a depth limit: one root whose deepest workspace ends up exactly at the limit below the
+/// agent (no warning for it) and one whose deepest ends up one past it (named, alone).
+fn warns_past(limit: i32, needle: &str, reason: &str) -> TestDb {
+    let db = TestDb::empty();
+    let at = chain(&db, 1, limit - 1);
+    let past = chain(&db, 2, limit);
+    let before = db.snapshot();
+    for args in [vec!["--dry-run"], vec!["--yes"]] {
+        let r = install(&db, &args);
+        r.code(0);
+        let w = warnings(&r, needle);
+        assert_eq!(w.len(), 1, "{args:?}: {}", r.stderr);
+        assert!(
+            w[0].contains("after the install, 1 workspace(s) sit deeper than")
+                && w[0].contains(reason)
+                && w[0].contains(&format!(
+                    "{past} \"chain 2 level {limit}\" ({} hops)",
+                    limit + 1
+                )),
+            "{args:?}: {}",
+            w[0]
+        );
+        assert!(!w[0].contains(&at), "{}", w[0]);
+        if args == ["--dry-run"] {
+            assert_eq!(db.snapshot(), before, "the dry run changes nothing");
+        }
+    }
+    // The oracle: the depths below the agent, walked independently.
+    let depth = |id: &str| {
+        db.scalar(&format!(
+            "WITH RECURSIVE up(id, n) AS (SELECT parent_id, 1 FROM workspaces WHERE id = '{id}'
+               UNION ALL SELECT w.parent_id, u.n + 1 FROM up u JOIN workspaces w ON w.id = u.id WHERE w.parent_id IS NOT NULL)
+             SELECT max(n) FROM up"
+        ))
+    };
+    assert_eq!(depth(&at), limit.to_string());
+    assert_eq!(depth(&past), (limit + 1).to_string());
+    db
+}
+
+#[test]
+fn install_warns_past_the_agents_reach_of_33_hops_not_at_32() {
+    let db = warns_past(
+        33,
+        "hops below the agent: the agent cannot reach",
+        "the agent cannot reach them",
+    );
+    // Nothing past the memory or org-root limits, and status stays clean.
+    assert!(chains_ok(&db));
+    let r = install(&db, &["--dry-run"]);
+    assert!(!r.stderr.contains("deeper than 50"), "{}", r.stderr);
+    assert!(!r.stderr.contains("deeper than 64"), "{}", r.stderr);
+}
+
+#[test]
+fn install_warns_past_the_memory_namespaces_50_levels() {
+    let db = warns_past(
+        50,
+        "deeper than 50 hops",
+        "memory namespaces no longer resolve",
+    );
+    assert!(chains_ok(&db), "51 is within the org-root lookup");
+}
+
+#[test]
+fn install_warns_past_the_org_root_lookup_of_64_and_status_then_calls_the_chain_broken() {
+    let db = warns_past(
+        64,
+        "deeper than 64 hops",
+        "isolation checks fail closed and the plugin allowlist fails open",
+    );
+    // What the warning said: status reports the chain past 64 as broken (and only it).
+    let r = db.orgctl(&["status", "-o", "json"]).run();
+    r.code(1);
+    let j = r.json();
+    let c = j["checks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "parent_chains"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(c["ok"], false, "{c}");
+    assert_eq!(c["count"], 1, "{c}");
+    assert!(
+        c["rows"][0]["id"] == "30000002-0000-4000-8000-000000000064",
+        "{c}"
+    );
+    assert!(
+        c["rows"][0]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("65 steps from its root"),
+        "{c}"
+    );
+    // A rerun has nothing to do and warns about the broken chain, named.
+    let r = install(&db, &["--dry-run"]);
+    r.code(0);
+    assert!(
+        r.stderr
+            .contains("1 workspace(s) have a broken parent chain (a cycle, or deeper than 64)"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn the_plan_says_what_former_roots_lose() {
+    let db = TestDb::sample();
+    let r = install(&db, &["--dry-run", "-o", "json"]);
+    r.code(0);
+    let loss = &r.json()["root_behaviour_lost"];
+    assert_eq!(loss["roots"], 3, "{loss}");
+    let effect = loss["effect"].as_str().unwrap_or_default();
+    assert!(
+        effect.contains("org-wide memories become unreachable")
+            && effect.contains("team namespaces merge"),
+        "{effect}"
+    );
+    let r = install(&db, &["--dry-run"]);
+    assert!(
+        r.stdout.contains("former roots lose root-only behaviour")
+            && r.stdout.contains("3 root(s) here"),
+        "{}",
+        r.stdout
+    );
+    install(&db, &["--yes"]).code(0);
+    // Nothing re-parented: null, and no note.
+    let r = install(&db, &["--dry-run", "-o", "json"]);
+    assert!(r.json()["root_behaviour_lost"].is_null(), "{}", r.stdout);
+    let r = install(&db, &["--dry-run"]);
+    assert!(!r.stdout.contains("root-only"), "{}", r.stdout);
+}
