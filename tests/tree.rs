@@ -258,6 +258,16 @@ fn rollback_refuses_to_restore_a_root_beside_a_live_namesake_even_with_force() {
         );
         assert!(!r.stderr.contains("23505"), "{}", r.stderr);
         r.one_line_error("drift since the run");
+        let last = r
+            .stderr
+            .lines()
+            .rfind(|l| l.starts_with("error:"))
+            .unwrap_or_default();
+        assert_eq!(
+            last.contains("rerun with --force"),
+            !args.contains(&"--force"),
+            "--force is not offered to a --force run: {last}"
+        );
         assert_eq!(platform(&db), after, "{args:?}: nothing changed");
     }
     // Renamed, the new root no longer collides: the rollback restores the run exactly (the new

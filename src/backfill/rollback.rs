@@ -1308,9 +1308,14 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
             .map(|r| r.tenant.as_str())
             .collect();
         return Err(Error::refused(format!(
-            "drift since the run on {} ({}): nothing was changed there; review the rows named above, then rerun with --force to restore anyway",
+            "drift since the run on {} ({}): nothing was changed there; review the rows named above, then {}",
             if refused == 1 { "1 tenant".to_string() } else { format!("{refused} tenants") },
-            names.join(", ")
+            names.join(", "),
+            if args.force {
+                "rename one workspace of each clashing pair, or move or delete new rows that have nowhere to go, and rerun (--force does not settle those)"
+            } else {
+                "rerun with --force to restore anyway (name clashes are refused even then)"
+            }
         )));
     }
     Ok(Exit::Ok)
