@@ -60,6 +60,7 @@ fn tenant(r: &Run) -> serde_json::Value {
 fn install_refuses_an_agent_named_like_a_live_root_in_dry_run_and_apply_alike() {
     let db = TestDb::sample();
     let before = db.snapshot();
+    let mut said = std::collections::BTreeSet::new();
     // The agent is written at the top level before the roots move under it.
     for extra in [
         vec!["--name", "Acme Labs", "--dry-run", "--detailed-exitcode"],
@@ -83,7 +84,9 @@ fn install_refuses_an_agent_named_like_a_live_root_in_dry_run_and_apply_alike() 
         );
         assert!(!r.stderr.contains("23505"), "{}", r.stderr);
         assert_eq!(db.snapshot(), before, "{extra:?}: nothing changed");
+        said.insert(line.to_string());
     }
+    assert_eq!(said.len(), 1, "dry run and apply say the same: {said:#?}");
     // The agent's id in the message is the one apply would create (the dry run's).
     let dry = install(&db, &["--name", "Acme Labs", "--dry-run", "-o", "json"]);
     let id = dry.json()["platform_agent"]["id"]
@@ -123,6 +126,7 @@ fn install_refuses_a_root_named_like_a_live_child_of_the_existing_agent() {
     let db = TestDb::sample();
     agent_with_children(&db);
     let before = db.snapshot();
+    let mut said = std::collections::BTreeSet::new();
     for extra in [
         vec!["--dry-run", "--detailed-exitcode"],
         vec!["--dry-run", "-o", "json"],
@@ -147,7 +151,9 @@ fn install_refuses_a_root_named_like_a_live_child_of_the_existing_agent() {
         assert!(!line.contains(ids::HQ), "{line}");
         assert!(!line.contains("--name"), "{line}");
         assert_eq!(db.snapshot(), before, "{extra:?}: nothing changed");
+        said.insert(line.to_string());
     }
+    assert_eq!(said.len(), 1, "dry run and apply say the same: {said:#?}");
     // status reports the install as refused rather than promising it.
     let s = db.orgctl(&["status", "-o", "json"]).run();
     assert_eq!(
@@ -196,6 +202,26 @@ fn platform_of(snapshot: &str) -> String {
         Some(i) => snapshot[..i].to_string(),
         None => snapshot.to_string(),
     }
+}
+
+#[test]
+fn name_clashes_are_found_on_a_text_status_tenant_too() {
+    let db = TestDb::sample_text_status();
+    let before = db.snapshot();
+    for extra in [
+        vec!["--name", "Acme HQ", "--dry-run"],
+        vec!["--name", "Acme HQ", "--yes"],
+    ] {
+        let r = install(&db, &extra);
+        r.code(3);
+        r.one_line_error(&format!(
+            "the root {} \"Acme HQ\" at the top level",
+            ids::HQ
+        ));
+        assert_eq!(db.snapshot(), before, "{extra:?}");
+    }
+    // The removed tombstone's name is free, as in the index's `status <> 'removed'`.
+    install(&db, &["--name", "Acme Legacy", "--yes"]).code(0);
 }
 
 #[test]
