@@ -358,7 +358,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 session\t'A session pooler (PgBouncer pool_mode=session)'
 none\t'A direct connection to PostgreSQL'"
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l reason -d 'Why this change is made (an incident or change number), stored on every audit row the command writes. Required for changes when ORGCTL_REQUIRE_REASON=1' -r
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l force -d 'Roll back despite drift; new rows go to the oldest former root'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l force -d 'Roll back despite drift; new rows go to the oldest former root (name clashes are still refused)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -l dry-run -d 'Show what would be restored and the drift; change nothing'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s y -l yes -d 'Answer yes to confirmations. Required for changes when stdin/stderr is not a terminal'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from rollback" -s q -l quiet -d 'Only print errors on stderr'

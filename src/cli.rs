@@ -160,6 +160,13 @@ pub enum Command {
     /// keeping the earliest enabled_at), seed its MODEL secret, and verify before commit.
     /// A second run changes nothing.
     ///
+    /// The platform allows one live name per parent: an install that would put two live
+    /// workspaces of the same name under one parent (the agent beside a root of its name, a
+    /// root beside a child of the agent) is refused (exit 3), in a dry run too, naming the
+    /// pairs. It warns when workspaces would sit deeper below the agent than the platform
+    /// reaches (33 hops: the agent; 50: memory namespaces; 64: the org-root lookup), and the
+    /// plan says that former roots lose root-only behaviour (org-wide memories, team namespaces).
+    ///
     /// Examples:
     ///   orgctl install-platform-agent --dry-run --model claude-sonnet-4-5
     ///   orgctl install-platform-agent --dry-run --model claude-sonnet-4-5 -o json --detailed-exitcode
@@ -743,7 +750,13 @@ pub enum BackfillCommand {
     /// Per tenant in one transaction: re-parented roots, moved anchors, merged allowlist rows,
     /// the MODEL secret and the agent go back exactly as they were. Rows changed since the run,
     /// or new rows hanging off the agent, are drift: that tenant is refused (exit 3) with the
-    /// rows named, unless --force. A second rollback changes nothing.
+    /// rows named, unless --force. A second rollback changes nothing. A root that would go back
+    /// beside a live root of its name is refused even with --force (rename one first).
+    ///
+    /// A created agent that has lived is never deleted: with --force it is soft-deleted as the
+    /// platform deletes its agent (status 'removed', kind still 'platform'). The platform's own
+    /// installer (its boot, the control plane's ensure) can redo the install afterwards: see
+    /// the README's "Durable rollback".
     ///
     /// Before commit every restored row is compared with its snapshot: a column a platform
     /// trigger rewrote (such as updated_at) is reported as not restored (warning, exit 0);
@@ -835,7 +848,8 @@ pub struct BackfillRollbackArgs {
     /// Only these tenants (repeatable).
     #[arg(long, value_name = "NAME")]
     pub tenant: Vec<String>,
-    /// Roll back despite drift; new rows go to the oldest former root.
+    /// Roll back despite drift; new rows go to the oldest former root (name clashes are still
+    /// refused).
     #[arg(long)]
     pub force: bool,
     /// Show what would be restored and the drift; change nothing.

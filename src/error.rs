@@ -122,6 +122,7 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const READ_ONLY_TXN: &str = "25006";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const UNIQUE_VIOLATION: &str = "23505";
 }
 
 /// Turn a driver error into one sentence and an exit code. Raw driver dumps never reach
@@ -160,6 +161,16 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
                     "the database role lacks a privilege this command needs ({msg}){}; nothing was changed: grant it, or run as a role that has it",
                     privilege_hint(&msg)
                 )),
+                // The platform's sibling-name rule met by a write the plan did not foresee (a
+                // workspace created or renamed concurrently): a refusal, said as such.
+                sqlstate::UNIQUE_VIOLATION
+                    if db.constraint() == Some(crate::platform::tree::SIBLING_NAME_INDEX) =>
+                {
+                    let detail = db
+                        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                        .and_then(|p| p.detail());
+                    Error::refused(crate::platform::tree::sibling_name_violation(detail))
+                }
                 _ if code.is_empty() => Error::failed(format!("database error: {msg}")),
                 _ => Error::failed(format!("database error {code}: {msg}")),
             }

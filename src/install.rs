@@ -34,6 +34,7 @@ use crate::output::{truncated, Output};
 use crate::platform::keys::SecretBox;
 use crate::platform::provision::{self, ProvisionResult};
 use crate::platform::restart::Platform;
+use crate::platform::tree::{self, NameClash};
 use crate::Context;
 
 pub const DEFAULT_AGENT_NAME: &str = "Platform Agent";
@@ -235,6 +236,8 @@ pub struct Plan {
     pub kept: BTreeMap<String, String>,
     pub model: ModelAction,
     pub allow_missing_model: bool,
+    /// Live workspaces the install would put beside a live namesake (see [`name_clashes`]).
+    pub name_clashes: Vec<NameClash>,
 }
 
 impl Plan {
@@ -268,6 +271,9 @@ impl Plan {
 
     /// The refusal apply would meet (a dry run reports it too).
     pub fn refusal(&self) -> Option<Error> {
+        if let Some(e) = clash_refusal(self) {
+            return Some(e);
+        }
         if self.model == ModelAction::Missing && !self.allow_missing_model {
             let which = if self.agent.action == AgentAction::Create {
                 format!("the platform agent to be created ({})", self.agent.id)
@@ -600,6 +606,7 @@ async fn plan_from_reads(
         .collect();
 
     let model = model_action(conn, &agent, input, sb).await?;
+    let name_clashes = name_clashes(conn, &agent, &reparented).await?;
 
     Ok(Plan {
         agent,
@@ -611,7 +618,102 @@ async fn plan_from_reads(
         kept,
         model,
         allow_missing_model: input.allow_missing_model,
+        name_clashes,
     })
+}
+
+/// The pairs of live workspaces the install would give the same name under one parent, which
+/// the platform's sibling-name rule forbids ([`tree::SIBLING_NAME_INDEX`]), in the order the
+/// install writes: first the agent's upsert puts it at the top level beside the roots (a new
+/// or renamed agent, or one moved up, named like a live root); then the roots move under the
+/// agent, beside its existing children (a live root named like a live child of the agent).
+/// The roots are distinct among themselves already (they share the top level), and `removed`
+/// rows never count. The agent counts as live: an install leaves no removed agent in place.
+/// One statement, only when an existing agent may already have children.
+async fn name_clashes(
+    conn: &mut PgConnection,
+    agent: &AgentPlan,
+    reparented: &[RootMove],
+) -> Result<Vec<NameClash>> {
+    let live: Vec<&RootMove> = reparented
+        .iter()
+        .filter(|r| tree::name_counts(r.status.as_deref()))
+        .collect();
+    let mut clashes = Vec::new();
+    if agent.action != AgentAction::Unchanged {
+        clashes.extend(
+            live.iter()
+                .filter(|r| r.name == agent.name)
+                .map(|r| NameClash {
+                    name: r.name.clone(),
+                    parent: None,
+                    moving: agent.id,
+                    existing: r.id,
+                }),
+        );
+    }
+    if agent.action == AgentAction::Create || live.is_empty() {
+        return Ok(clashes);
+    }
+    let names: Vec<&str> = live.iter().map(|r| r.name.as_str()).collect();
+    let sql = format!(
+        "SELECT w.id, w.name FROM workspaces w
+          WHERE w.parent_id = $1 AND w.name = ANY($2) AND {}
+          ORDER BY w.name, w.id",
+        tree::name_counts_sql("w")
+    );
+    let children = db::query(&sql)
+        .bind(agent.id)
+        .bind(&names)
+        .fetch_all(&mut *conn)
+        .await?;
+    for c in children {
+        let (child, name): (Uuid, String) = (c.try_get(0)?, c.try_get(1)?);
+        clashes.extend(live.iter().filter(|r| r.name == name).map(|r| NameClash {
+            name: name.clone(),
+            parent: Some(agent.id),
+            moving: r.id,
+            existing: child,
+        }));
+    }
+    Ok(clashes)
+}
+
+/// The refusal for [`Plan::name_clashes`]: every pair, named.
+fn clash_refusal(plan: &Plan) -> Option<Error> {
+    if plan.name_clashes.is_empty() {
+        return None;
+    }
+    let agent = plan.agent.id;
+    let pairs: Vec<String> = plan
+        .name_clashes
+        .iter()
+        .map(|c| {
+            let name = crate::error::sanitize(&c.name);
+            match c.parent {
+                None => format!(
+                    "the platform agent {agent} and the root {} \"{name}\" at the top level (the agent is written before the roots move under it)",
+                    c.existing
+                ),
+                Some(_) => format!(
+                    "the root {} and the agent's child {} \"{name}\" under the agent {agent}",
+                    c.moving, c.existing
+                ),
+            }
+        })
+        .collect();
+    let agent_named = plan.name_clashes.iter().any(|c| c.parent.is_none());
+    Some(Error::refused(format!(
+        "the install would give {} pair(s) of live workspaces the same name under one parent, which the platform does not allow ({}): {}; nothing was changed: rename one workspace of each pair{}, then rerun",
+        plan.name_clashes.len(),
+        tree::SIBLING_NAME_INDEX,
+        pairs.join("; "),
+        if agent_named {
+            " (or give the agent another name with --name)"
+        } else {
+            ""
+        }
+    )))
 }
 
 /// The allowlist rows on the old roots ($1) and the agent ($2), ranked per plugin: rank 1 is
@@ -1177,12 +1279,12 @@ pub fn verification(plan: &Plan) -> db::Check<'static> {
     }
 }
 
-/// Workspaces in a parent cycle or deeper than 32 below a root are outside every org: the
-/// install cannot re-parent them (they are not roots) and never walks them, but it says so
-/// (SPEC §1: corrupt chains are reported, never looped on). `orgctl status` names them all.
-/// And re-parenting puts every old root one level lower: a workspace exactly 32 steps below
-/// a root it re-parents would end up 33 steps below the agent, past the bound, so the dry run
-/// and apply warn about that too (one walk for both checks).
+/// Workspaces in a parent cycle or deeper than the platform's org-root lookup below a root are
+/// outside every org: the install cannot re-parent them (they are not roots) and never walks
+/// them, but it says so (`orgctl status` names them all). And re-parenting puts every old root
+/// one level lower, so the dry run and apply warn, per depth limit of the platform, how many
+/// workspaces will sit deeper below the agent than that limit after the install and what stops
+/// working for them (one walk for all the checks; up to three rows named per warning).
 async fn warn_chains(out: &Output, conn: &mut PgConnection, plan: &Plan) -> Result<()> {
     let roots: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
     let check = crate::org::chain_check(conn, &roots).await?;
@@ -1200,28 +1302,34 @@ async fn warn_chains(out: &Output, conn: &mut PgConnection, plan: &Plan) -> Resu
             })
             .collect();
         out.warn(&format!(
-            "{count} workspace(s) have a broken parent chain (a cycle, or deeper than 32) and stay outside the org: {}{}; see `orgctl status`",
+            "{count} workspace(s) have a broken parent chain (a cycle, or deeper than {}) and stay outside the org: {}{}; see `orgctl status`",
+            crate::org::MAX_DEPTH,
             named.join("; "),
             if count > rows.len() as i64 { "; …" } else { "" }
         ));
     }
-    if check.too_deep_after > 0 {
-        let rows = crate::org::at_max_depth_under(conn, &roots, 3).await?;
+    for (limit, beyond) in tree::DEPTH_LIMITS.iter().zip(check.beyond_after) {
+        if beyond == 0 {
+            continue;
+        }
+        let rows = crate::org::deeper_after(conn, &roots, *limit, 3).await?;
         let named: Vec<String> = rows
             .iter()
-            .map(|(id, name, root)| {
-                format!(
-                    "{id} \"{}\" (under root {root})",
-                    crate::error::sanitize(name)
-                )
+            .map(|(id, name, depth)| {
+                format!("{id} \"{}\" ({depth} hops)", crate::error::sanitize(name))
             })
             .collect();
+        let status = if limit.hops == crate::org::MAX_DEPTH {
+            "; `orgctl status` will report them as broken"
+        } else {
+            ""
+        };
         out.warn(&format!(
-            "re-parenting makes {} parent chain(s) longer than {} steps: {}{}; `orgctl status` will report them as broken until the org is made shallower",
-            check.too_deep_after,
-            crate::org::MAX_DEPTH,
+            "after the install, {beyond} workspace(s) sit deeper than {} hops below the agent: {}: {}{}{status}; make the org shallower (or move the deep branch up) to fix it",
+            limit.hops,
+            limit.beyond,
             named.join("; "),
-            if check.too_deep_after > rows.len() as i64 { "; …" } else { "" }
+            if beyond > rows.len() as i64 { "; …" } else { "" }
         ));
     }
     Ok(())
@@ -1291,6 +1399,8 @@ struct JsonPlan<'a> {
     changed: bool,
     platform_agent: JsonAgent<'a>,
     reparented: Vec<JsonReparent<'a>>,
+    /// What the re-parented roots lose on the platform; null when no root is re-parented.
+    root_behaviour_lost: Option<JsonRootLoss>,
     anchor_moves: Vec<JsonMove>,
     allowlist_merged: Vec<JsonMerged<'a>>,
     model_secret: ModelAction,
@@ -1313,6 +1423,21 @@ struct JsonReparent<'a> {
     name: &'a str,
     old_parent_id: Option<Uuid>,
     new_parent_id: Uuid,
+}
+
+#[derive(Serialize)]
+struct JsonRootLoss {
+    roots: usize,
+    effect: &'static str,
+}
+
+/// What the re-parented roots lose (None when there are none): said in the plan, since the
+/// platform's own installer does it without a word.
+fn root_loss(plan: &Plan) -> Option<JsonRootLoss> {
+    (!plan.reparented.is_empty()).then_some(JsonRootLoss {
+        roots: plan.reparented.len(),
+        effect: tree::FORMER_ROOT_LOSES,
+    })
 }
 
 #[derive(Serialize)]
@@ -1377,6 +1502,7 @@ pub fn render(
                     new_parent_id: to,
                 })
                 .collect(),
+            root_behaviour_lost: root_loss(plan),
             anchor_moves,
             allowlist_merged: plan
                 .merged
@@ -1448,6 +1574,13 @@ fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Strin
         let _ = writeln!(s, "{t}");
         if rest > 0 {
             let _ = writeln!(s, "… and {rest} more (use --output json for all)");
+        }
+        if let Some(loss) = root_loss(plan) {
+            let _ = writeln!(
+                s,
+                "Note: {} ({} root(s) here; the platform's own installer does the same without saying so).",
+                loss.effect, loss.roots
+            );
         }
     }
 

@@ -1,16 +1,18 @@
-//! The org tree (SPEC §1): roots, parent chains and their 32-step bound. Commands (install,
-//! status, backfill) ask it; it renders nothing.
+//! The org tree: roots, parent chains and how deep the platform's lookups reach down them
+//! ([`crate::platform::tree`]). Commands (install, status, backfill) ask it; it renders nothing.
 
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::error::Result;
+use crate::platform::tree::{self, DepthLimit, DEPTH_LIMITS};
 
-/// A chain longer than this (or a cycle) is corrupt data (SPEC §1).
-pub const MAX_DEPTH: i32 = 32;
+/// A chain longer than this (or a cycle) is outside every org: the platform's org-root lookup
+/// gives up on it, so orgctl reports it as broken and never walks further.
+pub const MAX_DEPTH: i32 = tree::ORG_ROOT_LOOKUP.hops;
 /// How far up the named broken rows are walked to tell a cycle from a long chain.
-const CLASSIFY_STEPS: i32 = 64;
+const CLASSIFY_STEPS: i32 = 2 * MAX_DEPTH;
 
 /// A workspace that reaches no root within [`MAX_DEPTH`] steps, and why (unsanitised name).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,7 +23,7 @@ pub struct BrokenChain {
 }
 
 /// Workspaces that reach no root within [`MAX_DEPTH`] steps, in ONE statement: walk down from
-/// the roots at most 32 levels (each workspace has one parent, so every row is visited at most
+/// the roots at most [`MAX_DEPTH`] levels (each workspace has one parent, so every row is visited at most
 /// once, and rows in a cycle are never reached); whatever was not reached is broken. The named
 /// rows (at most `limit`) are then walked up at most [`CLASSIFY_STEPS`] steps to say why: back
 /// at the start means a cycle; a root reached means a chain too deep; neither means the row
@@ -98,7 +100,9 @@ pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, 
         let why = if cycle == Some(true) {
             "in a parent cycle".to_string()
         } else if let Some(n) = to_root {
-            format!("{n} steps from its root (more than {MAX_DEPTH})")
+            format!(
+                "{n} steps from its root (more than {MAX_DEPTH}: the platform's org-root lookup gives up)"
+            )
         } else {
             format!(
                 "no root within {CLASSIFY_STEPS} steps (below a cycle, a missing parent, or a very deep chain)"
@@ -113,60 +117,69 @@ pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, 
     Ok((total, findings))
 }
 
-/// One walk down the org for install: how many workspaces reach no root within
-/// [`MAX_DEPTH`] steps now, and how many under the roots about to be re-parented sit exactly
-/// [`MAX_DEPTH`] steps below their root — one more level (the new root above them) takes their
-/// chain past the bound, and `status` would call them broken afterwards.
+/// One walk down the org for install: how many workspaces reach no root within [`MAX_DEPTH`]
+/// steps now, and how many will sit deeper below the agent than each of the platform's depth
+/// limits ([`DEPTH_LIMITS`], in that order) once the install is done: a workspace under a root
+/// the install re-parents goes one level down; one already under the agent stays where it is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChainCheck {
     pub broken: i64,
-    pub too_deep_after: i64,
+    pub beyond_after: [i64; DEPTH_LIMITS.len()],
 }
+
+/// The walk of [`chain_check`] and [`deeper_after`]: every workspace reached from a root within
+/// [`MAX_DEPTH`] levels ($1), with its depth below the agent after the install (`after`: one
+/// more under a root in $2, the roots the install re-parents).
+const DOWN_AFTER: &str = "WITH RECURSIVE down(id, depth, after) AS (
+      SELECT id, 0, CASE WHEN id = ANY($2) THEN 1 ELSE 0 END FROM workspaces WHERE parent_id IS NULL
+    UNION ALL
+      SELECT w.id, d.depth + 1, d.after + 1
+        FROM workspaces w JOIN down d ON w.parent_id = d.id
+       WHERE d.depth < $1
+ )";
 
 /// [`ChainCheck`] in ONE statement (the same walk as [`broken_chains`]' fast path, so a plan
 /// pays for it once).
 pub async fn chain_check(conn: &mut PgConnection, reparented: &[Uuid]) -> Result<ChainCheck> {
-    let r = crate::db::query(
-        "WITH RECURSIVE down(id, depth, moved) AS (
-              SELECT id, 0, id = ANY($2) FROM workspaces WHERE parent_id IS NULL
-            UNION ALL
-              SELECT w.id, d.depth + 1, d.moved
-                FROM workspaces w JOIN down d ON w.parent_id = d.id
-               WHERE d.depth < $1
-         )
+    let [reach, memory, lookup] = DEPTH_LIMITS.map(|l| l.hops);
+    let r = crate::db::query(&format!(
+        "{DOWN_AFTER}
          SELECT (SELECT count(*) FROM workspaces) - (SELECT count(*) FROM down),
-                (SELECT count(*) FROM down WHERE moved AND depth >= $1)",
-    )
+                count(*) FILTER (WHERE after > $3),
+                count(*) FILTER (WHERE after > $4),
+                count(*) FILTER (WHERE after > $5)
+           FROM down"
+    ))
     .bind(MAX_DEPTH)
     .bind(reparented)
+    .bind(reach)
+    .bind(memory)
+    .bind(lookup)
     .fetch_one(&mut *conn)
     .await?;
     Ok(ChainCheck {
         broken: r.try_get(0)?,
-        too_deep_after: r.try_get(1)?,
+        beyond_after: [r.try_get(1)?, r.try_get(2)?, r.try_get(3)?],
     })
 }
 
-/// Up to `limit` workspaces exactly [`MAX_DEPTH`] steps below one of `roots` (see
-/// [`ChainCheck::too_deep_after`]), with the root's id. Only called when there are some.
-pub async fn at_max_depth_under(
+/// Up to `limit` workspaces deeper than `limit_of.hops` below the agent after the install (see
+/// [`ChainCheck`]), deepest first, with that depth. Only called when there are some.
+pub async fn deeper_after(
     conn: &mut PgConnection,
-    roots: &[Uuid],
+    reparented: &[Uuid],
+    limit_of: DepthLimit,
     limit: i64,
-) -> Result<Vec<(Uuid, String, Uuid)>> {
-    let rows = crate::db::query(
-        "WITH RECURSIVE down(id, depth, root) AS (
-              SELECT id, 0, id FROM workspaces WHERE id = ANY($2) AND parent_id IS NULL
-            UNION ALL
-              SELECT w.id, d.depth + 1, d.root
-                FROM workspaces w JOIN down d ON w.parent_id = d.id
-               WHERE d.depth < $1
-         )
-         SELECT d.id, w.name, d.root FROM down d JOIN workspaces w ON w.id = d.id
-          WHERE d.depth >= $1 ORDER BY d.id LIMIT $3",
-    )
+) -> Result<Vec<(Uuid, String, i32)>> {
+    let rows = crate::db::query(&format!(
+        "{DOWN_AFTER},
+         deep AS (SELECT id, after FROM down WHERE after > $3 ORDER BY after DESC, id LIMIT $4)
+         SELECT d.id, w.name, d.after FROM deep d JOIN workspaces w ON w.id = d.id
+          ORDER BY d.after DESC, d.id"
+    ))
     .bind(MAX_DEPTH)
-    .bind(roots)
+    .bind(reparented)
+    .bind(limit_of.hops)
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;

@@ -4,8 +4,8 @@
 //! consistent snapshot and takes no row locks; orgctl's own schema is read when it exists and
 //! never created. Every check is an aggregate plus at most `--limit` named rows: nothing
 //! transfers a whole table, so status stays fast on a large org. Parent chains are checked with
-//! one recursive query bounded by depth (a cycle or a chain deeper than 32 can never make it
-//! loop). Before an install, the same `install::plan` a dry run uses says what
+//! one recursive query bounded by depth (a cycle or a chain deeper than the platform's org-root
+//! lookup, 64 steps, can never make it loop). Before an install, the same `install::plan` a dry run uses says what
 //! install-platform-agent would fix.
 //!
 //! Exit 0 when every invariant (every check of severity `error`) holds, 1 otherwise; warnings
@@ -433,7 +433,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
             format!("every workspace reaches a root within {MAX_DEPTH} steps")
         } else {
             format!(
-                "{broken_count} workspace(s) reach no root within {MAX_DEPTH} steps (a cycle, or a chain too deep)"
+                "{broken_count} workspace(s) reach no root within {MAX_DEPTH} steps (a cycle, or a chain so deep that the platform's org-root lookup gives up: isolation checks fail closed and the plugin allowlist fails open)"
             )
         },
     });
@@ -754,7 +754,14 @@ pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, 
 async fn install_would(conn: &mut PgConnection) -> Result<InstallWould> {
     let input = InstallInput::new(None, None, None, true)?;
     let sb = SecretBox::from_env();
-    match install::plan(conn, &input, &sb, install::Orgctl::Probe).await {
+    // A plan apply would refuse (two live namesakes under one parent) is reported as refused.
+    let planned = install::plan(conn, &input, &sb, install::Orgctl::Probe)
+        .await
+        .and_then(|p| match p.refusal() {
+            Some(e) => Err(e),
+            None => Ok(p),
+        });
+    match planned {
         Ok(p) => {
             let mut summary = p.summary();
             if p.model == install::ModelAction::Missing {
@@ -771,7 +778,7 @@ async fn install_would(conn: &mut PgConnection) -> Result<InstallWould> {
                 model_secret: Some(p.model),
             })
         }
-        // A refusal (several agents) is a finding, not a failure of status itself.
+        // A refusal (several agents, a name clash) is a finding, not a failure of status itself.
         Err(e) if e.exit == Exit::Refused => Ok(InstallWould {
             action: "refused",
             summary: e.message,

@@ -19,6 +19,7 @@ struct PlanJson {
     changed: bool,
     platform_agent: AgentJson,
     reparented: Vec<ReparentJson>,
+    root_behaviour_lost: Option<RootLossJson>,
     anchor_moves: Vec<MoveJson>,
     allowlist_merged: Vec<MergedJson>,
     model_secret: String,
@@ -40,6 +41,13 @@ struct ReparentJson {
     name: String,
     old_parent_id: Option<String>,
     new_parent_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RootLossJson {
+    roots: usize,
+    effect: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +114,13 @@ fn dry_run_diff_on_the_awkward_fixture_is_exact_and_read_only() {
         assert_eq!(r.new_parent_id, agent);
         assert!(!r.name.is_empty());
     }
+    // What the re-parented roots lose on the platform is said, not done silently.
+    let loss = p.root_behaviour_lost.as_ref();
+    assert_eq!(loss.map(|l| l.roots), Some(3));
+    assert!(
+        loss.is_some_and(|l| l.effect.contains("org-wide memories become unreachable")),
+        "{loss:?}"
+    );
     assert_eq!(
         moves(&p, "org_api_tokens"),
         BTreeSet::from([

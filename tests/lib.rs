@@ -29,3 +29,4 @@ mod small_items;
 mod status;
 mod token;
 mod token_platform;
+mod tree;

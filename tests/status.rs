@@ -1,5 +1,5 @@
 //! `orgctl status` against real PostgreSQL (issue 7): every check on the awkward fixture before
-//! and after an install, former-root stragglers, cycles and a 40-deep chain, several agents,
+//! and after an install, former-root stragglers, cycles and a 72-deep chain, several agents,
 //! --limit, read-only (no schema created, no locks waited on), the JSON contract.
 // The mirror structs exist to reject unknown fields; not every field is asserted on.
 #![allow(dead_code)]
@@ -366,9 +366,9 @@ fn stragglers_on_former_roots_are_reported_and_install_would_sweep_them() {
 }
 
 #[test]
-fn cycles_and_a_40_deep_chain_are_found_by_one_bounded_query() {
+fn cycles_and_a_72_deep_chain_are_found_by_one_bounded_query() {
     let db = TestDb::sample();
-    // A two-workspace cycle with a child below it, a self-loop, and a chain 40 deep under HQ.
+    // A two-workspace cycle with a child below it, a self-loop, and a chain 72 deep under HQ.
     db.exec(&format!(
         "INSERT INTO workspaces (id, name) VALUES
            ('dd000000-0000-4000-8000-000000000001', 'cycle a'),
@@ -384,7 +384,7 @@ fn cycles_and_a_40_deep_chain_are_found_by_one_bounded_query() {
          SELECT ('ee000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid, 'deep ' || i,
                 CASE WHEN i = 1 THEN '{hq}'::uuid
                      ELSE ('ee000000-0000-4000-8000-' || lpad((i - 1)::text, 12, '0'))::uuid END
-           FROM generate_series(1, 40) i;",
+           FROM generate_series(1, 72) i;",
         hq = ids::HQ
     ));
     let started = std::time::Instant::now();
@@ -392,7 +392,8 @@ fn cycles_and_a_40_deep_chain_are_found_by_one_bounded_query() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     r.code(1);
     let chains = s.check("parent_chains");
-    // deep 33..40 are 33..40 steps from HQ: 8 rows; plus the 4 in or below a cycle.
+    // deep 65..72 are 65..72 steps from HQ, past the platform's org-root lookup: 8 rows;
+    // plus the 4 in or below a cycle.
     assert_eq!(chains.count, 12, "{chains:#?}");
     assert_eq!(chains.rows.len(), 12);
     let detail = |id: &str| -> String {
@@ -407,14 +408,14 @@ fn cycles_and_a_40_deep_chain_are_found_by_one_bounded_query() {
     assert!(detail("dd000000-0000-4000-8000-000000000002").contains("in a parent cycle"));
     assert!(detail("dd000000-0000-4000-8000-000000000004").contains("in a parent cycle"));
     assert!(detail("dd000000-0000-4000-8000-000000000003").contains("below a cycle"));
-    assert!(detail("ee000000-0000-4000-8000-000000000033").contains("33 steps from its root"));
-    assert!(detail("ee000000-0000-4000-8000-000000000040").contains("40 steps from its root"));
+    assert!(detail("ee000000-0000-4000-8000-000000000065").contains("65 steps from its root"));
+    assert!(detail("ee000000-0000-4000-8000-000000000072").contains("72 steps from its root"));
     assert!(
         !chains
             .rows
             .iter()
-            .any(|f| f.id == "ee000000-0000-4000-8000-000000000032"),
-        "32 steps is allowed"
+            .any(|f| f.id == "ee000000-0000-4000-8000-000000000064"),
+        "64 steps is within the org-root lookup"
     );
 
     // --limit names that many, then counts.

@@ -25,7 +25,7 @@ use crate::cli::BackfillRollbackArgs;
 use crate::db::{self, Settings};
 use crate::error::{Error, Exit, Result};
 use crate::org::{self, Count, Referencing};
-use crate::platform::MODEL_KEY;
+use crate::platform::{tree, MODEL_KEY};
 use crate::Context;
 
 /// Rows named per drift finding before it is summarised as a count.
@@ -317,6 +317,10 @@ async fn rollback_on(
     .bind(&job.run_id)
     .fetch_optional(&mut *tx)
     .await?;
+    // Names the restore (or --force's move of new children) would duplicate under one parent:
+    // not even --force goes on, since orgctl cannot choose which workspace to rename.
+    let clashes = name_clashes(&mut tx, &job.run_id, agent, oldest.filter(|_| job.force)).await?;
+    let unresolvable = clashes.len();
     let has_new = result.drift.iter().any(|d| d.reason.starts_with("added"));
     let blocking = result
         .drift
@@ -345,6 +349,12 @@ async fn rollback_on(
             });
         }
     }
+    for mut c in clashes {
+        if job.force {
+            c.action = Some("not restored: rename one of each pair first".to_string());
+        }
+        result.drift.push(c);
+    }
 
     if !result.referenced_by.is_empty() && !job.force {
         let mut why = format!(
@@ -357,13 +367,15 @@ async fn rollback_on(
         }
         result.status = Status::Refused;
         result.error = Some(format!(
-            "{why}; nothing was changed; rerun with --force to restore everything else and soft-delete the agent (status 'removed', kind 'workspace'), leaving those rows in place"
+            "{why}; nothing was changed; rerun with --force to restore everything else and soft-delete the agent (status 'removed', kept as the org's platform row), leaving those rows in place"
         ));
         return Ok(result);
     }
-    if !result.drift.is_empty() && (!job.force || blocking > 0) {
+    if !result.drift.is_empty() && (!job.force || blocking > 0 || unresolvable > 0) {
         let lines: Vec<String> = result.drift.iter().map(Drift::line).collect();
-        let hint = if !job.force {
+        let hint = if unresolvable > 0 {
+            "the platform allows one live workspace per name under a parent and orgctl cannot choose which to rename, so not even --force restores this tenant: rename one workspace of each pair named, then rerun"
+        } else if !job.force {
             "rerun with --force to restore anyway and move new rows to the oldest live former root"
         } else {
             debug_assert!(has_new && oldest.is_none());
@@ -685,6 +697,104 @@ async fn find_drift(
     Ok(found)
 }
 
+/// Live workspaces the rollback would put beside a live namesake under one parent, which the
+/// platform's sibling-name rule forbids, as drift (each id listed as `ID "NAME" and OTHER`):
+/// the re-parented roots go back to the top level, beside every live root that stays there (one
+/// created since, or the agent, which leaves only after the roots are back) and beside each
+/// other; with `--force` (`forced_to`: the oldest former root) children added under the agent
+/// since the run move under that root, beside its own children. Two statements at most.
+async fn name_clashes(
+    conn: &mut PgConnection,
+    run_id: &str,
+    agent: Uuid,
+    forced_to: Option<Uuid>,
+) -> Result<Vec<Drift>> {
+    let (b, o) = (tree::name_counts_sql("w"), tree::name_counts_sql("o"));
+    let restore = format!(
+        "WITH back AS MATERIALIZED (
+              SELECT w.id, w.name FROM orgctl.backfill_rows s JOIN workspaces w ON w.id = s.row_id
+               WHERE s.run_id = $1 AND s.kind = 'root' AND {b}
+         ),
+         stay AS MATERIALIZED (
+              SELECT o.id, o.name FROM workspaces o
+               WHERE o.parent_id IS NULL AND {o}
+                 AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows s
+                                  WHERE s.run_id = $1 AND s.kind = 'root' AND s.row_id = o.id)
+         ),
+         pairs AS (
+              SELECT b.id, b.name, x.id AS other FROM back b JOIN stay x ON x.name = b.name
+            UNION ALL
+              SELECT b.id, b.name, x.id FROM back b JOIN back x ON x.name = b.name AND x.id > b.id
+         )
+         SELECT id, name, other, count(*) OVER () FROM pairs
+          WHERE $2::uuid IS NOT NULL ORDER BY name, id, other LIMIT $3"
+    );
+    let mut found = Vec::new();
+    let rows = db::query(&restore)
+        .bind(run_id)
+        .bind(agent)
+        .bind(LIST)
+        .fetch_all(&mut *conn)
+        .await?;
+    found.extend(clash_drift(
+        &rows,
+        format!(
+            "(a re-parented root) would share its name with another live workspace at the top level once restored there ({})",
+            tree::SIBLING_NAME_INDEX
+        ),
+    )?);
+    if let Some(to) = forced_to {
+        let moved = format!(
+            "SELECT w.id, w.name, o.id, count(*) OVER ()
+               FROM workspaces w JOIN workspaces o ON o.name = w.name AND o.parent_id = $3
+              WHERE w.parent_id = $2 AND {b} AND {o}
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows s WHERE s.run_id = $1 AND s.kind = 'root' AND s.row_id = w.id)
+                AND NOT EXISTS (SELECT 1 FROM orgctl.backfill_rows k WHERE k.run_id = $1 AND k.kind = 'kept' AND k.tbl = 'workspaces' AND k.row_id = w.id)
+              ORDER BY w.name, w.id, o.id LIMIT $4"
+        );
+        let rows = db::query(&moved)
+            .bind(run_id)
+            .bind(agent)
+            .bind(to)
+            .bind(LIST)
+            .fetch_all(&mut *conn)
+            .await?;
+        found.extend(clash_drift(
+            &rows,
+            format!(
+                "(a child added under the agent since the run) would share its name with a live child of the oldest former root {to} once moved there ({})",
+                tree::SIBLING_NAME_INDEX
+            ),
+        )?);
+    }
+    Ok(found)
+}
+
+/// Rows of (id, name, other id, total) as one drift finding, or none.
+fn clash_drift(rows: &[sqlx::postgres::PgRow], reason: String) -> Result<Option<Drift>> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let ids = rows
+        .iter()
+        .map(|r| {
+            let (id, name, other): (Uuid, String, Uuid) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            Ok(format!(
+                "{id} \"{}\" and {other}",
+                crate::error::sanitize(&name)
+            ))
+        })
+        .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Some(Drift {
+        table: "workspaces",
+        reason,
+        rows: first.try_get(3)?,
+        ids,
+        action: None,
+    }))
+}
+
 /// Rows of other tables that reference the created agent, before the restore: every
 /// referencing column the catalog has, apart from the rows the run wrote or moved (which the
 /// restore puts back first) and the rows the drift check already names (children, tokens and
@@ -710,17 +820,19 @@ async fn other_references(
     .await
 }
 
-/// Delete the agent the way the platform deletes a workspace: `status = 'removed'`, and
-/// `kind = 'workspace'` so a later install creates a fresh agent. The literal takes the
-/// column's type, so it works for the enum and for older tenants' TEXT `status`.
+/// Delete the agent the way the platform deletes its agent: `status = 'removed'`, `kind` left
+/// `'platform'`. The tombstone is still the org's platform row, so the platform's boot and its
+/// ensure find it and leave it alone instead of creating a new agent and re-merging every root
+/// (the row is at the top level, and it is the only platform row: the platform's checks hold).
+/// The literal takes the column's type, so it works for the enum and for older tenants' TEXT
+/// `status`.
 async fn soft_delete_agent(conn: &mut PgConnection, agent: Uuid) -> Result<()> {
-    let r = db::query(
-        "UPDATE workspaces SET status = 'removed', kind = 'workspace', updated_at = now()
-          WHERE id = $1",
-    )
-    .bind(agent)
-    .execute(&mut *conn)
-    .await?;
+    let sql = format!(
+        "UPDATE workspaces SET status = '{}', updated_at = now()
+          WHERE id = $1 AND kind = 'platform' AND parent_id IS NULL",
+        crate::platform::tree::TOMBSTONE_STATUS
+    );
+    let r = db::query(&sql).bind(agent).execute(&mut *conn).await?;
     db::ensure_rows("soft-deleting the platform agent", r.rows_affected(), 1)
 }
 
@@ -1196,9 +1308,14 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
             .map(|r| r.tenant.as_str())
             .collect();
         return Err(Error::refused(format!(
-            "drift since the run on {} ({}): nothing was changed there; review the rows named above, then rerun with --force to restore anyway",
+            "drift since the run on {} ({}): nothing was changed there; review the rows named above, then {}",
             if refused == 1 { "1 tenant".to_string() } else { format!("{refused} tenants") },
-            names.join(", ")
+            names.join(", "),
+            if args.force {
+                "rename one workspace of each clashing pair, or move or delete new rows that have nowhere to go, and rerun (--force does not settle those)"
+            } else {
+                "rerun with --force to restore anyway (name clashes are refused even then)"
+            }
         )));
     }
     Ok(Exit::Ok)

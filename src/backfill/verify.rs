@@ -368,9 +368,11 @@ pub async fn restored(conn: &mut PgConnection, run: &RunActions<'_>) -> Result<V
     if run.agent_action == "create" {
         v.rows_checked += 1;
         let left: bool = db::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1 AND kind = 'platform')",
+            "SELECT EXISTS (SELECT 1 FROM workspaces
+                             WHERE id = $1 AND kind = 'platform' AND status::text IS DISTINCT FROM $2)",
         )
         .bind(run.agent)
+        .bind(crate::platform::tree::TOMBSTONE_STATUS)
         .fetch_one(&mut *conn)
         .await?;
         if left {
@@ -379,7 +381,7 @@ pub async fn restored(conn: &mut PgConnection, run: &RunActions<'_>) -> Result<V
                 column: "(row)".into(),
                 rows: 1,
                 example: run.agent.to_string(),
-                reason: "the platform agent the run created is still a platform agent".into(),
+                reason: "the platform agent the run created is still a live platform agent".into(),
                 fatal: true,
             });
         }

@@ -3,14 +3,16 @@
 //! encryption key and secret values ([`keys`]) and the channel fields that key also protects
 //! ([`channels`]); which workspaces its restart skips and its HTTP API ([`restart`]); the vendor
 //! keys it refuses on platform-managed models ([`vendor_keys`]); how it counts, caps and audits
-//! org API tokens ([`tokens`]); and its registration gate ([`MODEL_KEY`]). Command modules call
-//! these; nothing here renders or prompts.
+//! org API tokens ([`tokens`]); the org tree's depth limits, sibling-name rule and tombstone
+//! ([`tree`]); and its registration gate ([`MODEL_KEY`]). Command modules call these; nothing
+//! here renders or prompts.
 
 pub mod channels;
 pub mod keys;
 pub mod provision;
 pub mod restart;
 pub mod tokens;
+pub mod tree;
 pub mod vendor_keys;
 
 /// The workspace secret a platform agent needs: the platform marks an agent without it failed

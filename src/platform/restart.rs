@@ -180,7 +180,7 @@ pub enum SkipReason {
     /// The platform's restart eligibility skips these, and orgctl skips them before calling, so
     /// each is reported with its reason rather than as the platform's bare no-op: status
     /// `removed`, `paused` or `hibernated`, `COALESCE(runtime,'langgraph') = 'external'` (the
-    /// platform does not run it), or a `paused` ancestor within the 32-step chain bound.
+    /// platform does not run it), or a `paused` ancestor within the chain bound (64 steps).
     Removed,
     Paused,
     Hibernated,
