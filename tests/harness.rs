@@ -820,6 +820,9 @@ pub enum Cut {
     BeforeStatement(&'static str),
     /// Never cut: forward everything, counting the statements ([`CutProxy::statements`]).
     Never,
+    /// As `AfterCommit`, at the n-th COMMIT of a write (1-based; the earlier ones pass): for
+    /// what a command commits after its change, such as its restart outcome rows.
+    AfterNthCommit(usize),
 }
 
 /// A loopback TCP proxy (127.0.0.1 only) in front of the harness's server that forwards the
@@ -840,6 +843,8 @@ struct ProxyState {
     /// (orgctl's own catalog checks and read-only transactions) pass.
     writing: std::sync::atomic::AtomicBool,
     cut: std::sync::atomic::AtomicBool,
+    /// COMMITs of writes seen so far (for [`Cut::AfterNthCommit`]).
+    commits: std::sync::atomic::AtomicUsize,
     stop: std::sync::atomic::AtomicBool,
     /// Statements the clients sent: simple-query messages ('Q') and extended-protocol
     /// executions ('E'), as the server's log_statement counts them.
@@ -866,6 +871,7 @@ impl CutProxy {
             armed: AtomicBool::new(true),
             writing: AtomicBool::new(false),
             cut: AtomicBool::new(false),
+            commits: std::sync::atomic::AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             statements: std::sync::atomic::AtomicUsize::new(0),
             waits: std::sync::atomic::AtomicUsize::new(0),
@@ -986,6 +992,10 @@ fn proxy_conn(client: std::net::TcpStream, st: &ProxyState) {
                 .to_ascii_uppercase()
                 .contains("COMMIT")
             && st.writing.load(Ordering::SeqCst)
+            && match st.mode {
+                Cut::AfterNthCommit(n) => st.commits.fetch_add(1, Ordering::SeqCst) + 1 == n,
+                _ => true,
+            }
             && st.armed.swap(false, Ordering::SeqCst)
         {
             // Marked before the client can notice and reconnect (AfterCommitThenRefuse).

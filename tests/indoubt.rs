@@ -380,3 +380,33 @@ fn a_lost_first_touch_is_verified_as_not_committed() {
         assert!(!said.contains("42P01"), "{said}");
     }
 }
+
+/// What a command commits after its change (here `secret set`'s restart outcome rows) is
+/// resolved like the change itself when the COMMIT's answer is lost: the rows were written, and
+/// orgctl says neither "rolled back" nor "could not be recorded".
+#[test]
+fn a_lost_commit_of_the_restart_records_is_resolved_not_called_rolled_back() {
+    use crate::stand_in::{Reply, StandIn};
+    let db = TestDb::sample();
+    with_schema(&db);
+    let platform = StandIn::start(Reply::Status(202));
+    // The change, then the schema check before the outcome rows, then the rows themselves.
+    let proxy = CutProxy::start(Cut::AfterNthCommit(3));
+    let r = Cmd::new(&["secret", "set", ids::RESEARCH, "LOG_LEVEL", "--yes"])
+        .env("DATABASE_URL", &proxy.url(&db.name))
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", "t0k3n-for-the-test")
+        .stdin(b"debug\n")
+        .run();
+    assert!(proxy.did_cut(), "no second COMMIT was cut:\n{}", r.stderr);
+    assert!(!r.stderr.contains("rolled back"), "{}", r.stderr);
+    assert!(!r.stderr.contains("could not be recorded"), "{}", r.stderr);
+    assert!(!platform.calls().is_empty(), "no restart was dispatched");
+    // The outcome rows are there, once.
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM orgctl.audit_log WHERE command = 'restart'"),
+        "1",
+        "{}",
+        db.exec("SELECT command, outcome FROM orgctl.audit_log ORDER BY id")
+    );
+}
