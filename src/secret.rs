@@ -914,11 +914,16 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
             )));
         }
     };
-    if let Some(platform) = &req.platform {
-        let ids: Vec<Uuid> = outcome.restart.planned.iter().map(|t| t.id).collect();
-        outcome.dispatched = dispatch(out, &mut conn, &ctx.settings, platform, &ids).await;
-    }
-    let recorded = record_restarts(&mut conn, url, &ctx.settings, command, &outcome).await;
+    let recorded = dispatch_and_record(
+        out,
+        &mut conn,
+        url,
+        &ctx.settings,
+        req.platform.as_ref(),
+        command,
+        &mut outcome,
+    )
+    .await;
     outcome.render(out)?;
     outcome.notes(out, false);
     recorded.map_err(|e| {
@@ -1135,20 +1140,97 @@ pub fn restart_entries(
 
 /// Append the restart rows of a finished restart phase after the commit. Marked like a
 /// COMMIT, so a Ctrl-C waits for it (it is short) instead of losing the record.
+/// Restart calls per recorded batch: each batch's outcomes are committed to the audit log
+/// before the next batch is called, so a run killed mid-phase leaves a record of every restart
+/// it finished, and `secret restart` replays only what is still owed (at most one batch is
+/// restarted twice). Four waves of the call concurrency.
+pub const RESTART_RECORD_BATCH: usize = 32;
+
+/// Dispatch the planned restarts (with `platform`; none without one) in batches of
+/// [`RESTART_RECORD_BATCH`], recording each batch's outcomes as it completes, then the skipped
+/// and unsent workspaces. The outcomes land in `outcome.dispatched`; the result says whether
+/// everything could be recorded (the first failure stops further records, never the calls).
+async fn dispatch_and_record(
+    out: &Output,
+    conn: &mut PgConnection,
+    url: &db::DbUrl,
+    settings: &db::Settings,
+    platform: Option<&Platform>,
+    trigger: &str,
+    outcome: &mut Outcome<'_>,
+) -> Result<()> {
+    let (scope, key) = (outcome.scope, outcome.key);
+    let mut recorded: Result<()> = Ok(());
+    let mut dispatched = Vec::new();
+    let planned = outcome.restart.planned.clone();
+    if let Some(platform) = platform {
+        // Why the calls stopped (interrupted, or the platform refused too many in a row): the
+        // later batches are not called either, and say so.
+        let mut stopped: Option<String> = None;
+        for batch in planned.chunks(RESTART_RECORD_BATCH) {
+            let ids: Vec<Uuid> = batch.iter().map(|t| t.id).collect();
+            if stopped.is_none() && *crate::interrupt::level().borrow() > 0 {
+                stopped = Some("not called: interrupted".into());
+            }
+            let results: Vec<Dispatched> = match &stopped {
+                Some(why) => ids
+                    .iter()
+                    .map(|id| {
+                        Dispatched::new(*id, DispatchOutcome::NotAttempted, Some(why.clone()), None)
+                    })
+                    .collect(),
+                None => dispatch(out, conn, settings, platform, &ids).await,
+            };
+            if stopped.is_none() {
+                stopped = results
+                    .iter()
+                    .find(|d| d.outcome == DispatchOutcome::NotAttempted)
+                    .map(|d| d.error.clone().unwrap_or_else(|| "not called".into()));
+            }
+            let plan = RestartPlan {
+                planned: batch.to_vec(),
+                skipped: Vec::new(),
+            };
+            if recorded.is_ok() {
+                recorded =
+                    record_restarts(conn, url, settings, trigger, scope, key, &plan, &results)
+                        .await;
+            }
+            dispatched.extend(results);
+        }
+    }
+    // The workspaces not called (the guard's skips; without a platform, the whole plan).
+    let rest = RestartPlan {
+        planned: if platform.is_some() {
+            Vec::new()
+        } else {
+            planned
+        },
+        skipped: outcome.restart.skipped.clone(),
+    };
+    if recorded.is_ok() {
+        recorded = record_restarts(conn, url, settings, trigger, scope, key, &rest, &[]).await;
+    }
+    outcome.dispatched = dispatched;
+    recorded
+}
+
+/// One committed batch of restart rows ([`restart_entries`]); nothing to write is no write.
+#[allow(clippy::too_many_arguments)]
 async fn record_restarts(
     conn: &mut PgConnection,
     url: &db::DbUrl,
     settings: &db::Settings,
     trigger: &str,
-    outcome: &Outcome<'_>,
+    scope: Scope,
+    key: &str,
+    plan: &RestartPlan,
+    dispatched: &[Dispatched],
 ) -> Result<()> {
-    let entries = restart_entries(
-        trigger,
-        outcome.scope,
-        outcome.key,
-        &outcome.restart,
-        &outcome.dispatched,
-    );
+    let entries = restart_entries(trigger, scope, key, plan, dispatched);
+    if entries.is_empty() {
+        return Ok(());
+    }
     let _guard = crate::interrupt::CommitGuard::enter();
     db::audit_after_commit(conn, url, settings, &entries).await
 }
@@ -1289,10 +1371,16 @@ async fn restart(ctx: &Context, args: &SecretRestartArgs) -> Result<Exit> {
         ),
         ctx.yes,
     )?;
-    let ids: Vec<Uuid> = outcome.restart.planned.iter().map(|t| t.id).collect();
-    outcome.dispatched = dispatch(out, &mut conn, &ctx.settings, &platform, &ids).await;
-    let recorded =
-        record_restarts(&mut conn, &url, &ctx.settings, "secret restart", &outcome).await;
+    let recorded = dispatch_and_record(
+        out,
+        &mut conn,
+        &url,
+        &ctx.settings,
+        Some(&platform),
+        "secret restart",
+        &mut outcome,
+    )
+    .await;
     outcome.render(out)?;
     outcome.notes(out, false);
     recorded.map_err(|e| {

@@ -1240,7 +1240,7 @@ fn a_fresh_tenant_costs_at_most_eight_statements_and_twelve_round_trips() {
         db.scalar(
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM orgctl._sqlx_migrations"
         ),
-        "1,2,3,4"
+        "1,2,3,4,5"
     );
     let _ = std::fs::remove_file(&tenants);
 }

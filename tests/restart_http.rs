@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Run, TestDb};
+use crate::harness::{ids, Run, TestDb};
 use crate::stand_in::{PlatformSim, Reply, StandIn, RESTART_CAP};
 
 const TOKEN: &str = "adm-T0ken-for-http-tests-5c4b3a";
@@ -643,4 +643,52 @@ fn a_404_for_a_workspace_the_tenant_still_has_is_a_failure() {
         41 - calls
     );
     assert!(sim.restarted().is_empty());
+}
+
+/// A platform (or a proxy in front of it) that echoes the request — here the bearer cut short
+/// and upper-cased, where masking cannot find it — never gets its answer into the output or
+/// into the chained audit log: a failed call is said by its status code and fixed words.
+#[test]
+fn an_answer_that_echoes_the_bearer_is_never_shown_or_stored() {
+    let token = "echo-me-s3cret-admin-bearer-0123456789";
+    let db = TestDb::sample();
+    for reply in [
+        Reply::Json(
+            500,
+            format!("upstream said: Bearer {}", token[..20].to_uppercase()),
+        ),
+        Reply::Json(200, format!("{{\"status\":\"{}\"}}", &token[3..25])),
+    ] {
+        let platform = StandIn::start(reply);
+        let r = db
+            .orgctl(&[
+                "secret",
+                "set",
+                ids::RESEARCH,
+                "LOG_LEVEL",
+                "--yes",
+                "-o",
+                "json",
+            ])
+            .env("MOLECULE_PLATFORM_URL", &platform.url())
+            .env("MOLECULE_ADMIN_TOKEN", token)
+            .stdin(b"debug\n")
+            .run();
+        r.code(1);
+        let audit = db.exec("SELECT args::text FROM orgctl.audit_log");
+        for (what, text) in [
+            ("stdout", &r.stdout),
+            ("stderr", &r.stderr),
+            ("audit", &audit),
+        ] {
+            let upper = text.to_uppercase();
+            for piece in [&token[..12], &token[3..15], &token[20..32]] {
+                assert!(
+                    !upper.contains(&piece.to_uppercase()),
+                    "{what} holds part of the bearer ({piece}):\n{text}"
+                );
+            }
+        }
+        assert!(r.stdout.contains("HTTP"), "{}", r.stdout);
+    }
 }

@@ -758,16 +758,11 @@ fn status_result(
             ureq::Error::Status(404, _) => {
                 Dispatched::new(id, DispatchOutcome::Gone, None, Some(404))
             }
-            ureq::Error::Status(code, resp) => {
-                let status_text = resp.status_text().to_string();
-                let body = resp.into_string().unwrap_or_default();
-                let body: String = body.trim().chars().take(200).collect();
-                let msg = if body.is_empty() {
-                    format!("HTTP {code} {status_text}")
-                } else {
-                    format!("HTTP {code} {status_text}: {body}")
-                };
-                Dispatched::failed(id, clean(msg), Some(code))
+            ureq::Error::Status(code, _) => {
+                // Neither the body nor the reason phrase is shown or stored: a platform or a
+                // proxy may echo the request, bearer included (truncated or re-cased, where
+                // masking cannot find it). The code and a fixed description say enough.
+                Dispatched::failed(id, http_failure(code), Some(code))
             }
             ureq::Error::Transport(t) => {
                 // ureq prefixes the URL, which the result already names by id.
@@ -801,24 +796,42 @@ pub fn classify_answer(
         Some("noop") => (DispatchOutcome::Noop, None),
         _ if status == 202 => (DispatchOutcome::Restarted, None),
         _ => {
-            let shown: String = String::from_utf8_lossy(body)
-                .trim()
-                .chars()
-                .take(200)
-                .collect();
-            let shown = if shown.is_empty() {
-                "an empty body".to_string()
+            // The body is never shown (it may echo the request); only whether it said anything.
+            let _ = status_text;
+            let shown = if body.iter().all(u8::is_ascii_whitespace) {
+                "an empty body"
             } else {
-                shown
+                "a body that says neither"
             };
             (
                 DispatchOutcome::Failed,
                 Some(format!(
-                    "HTTP {status} {status_text} with {shown}: not an answer of the admin restart route (202 restart_dispatched or 200 noop), so whether it restarted is unknown"
+                    "HTTP {status} with {shown}: not an answer of the admin restart route (202 restart_dispatched or 200 noop), so whether it restarted is unknown"
                 )),
             )
         }
     }
+}
+
+/// A failed HTTP answer in fixed words: the status code and what it means for a call of the
+/// platform's API, never the answer's own text.
+pub fn http_failure(code: u16) -> String {
+    let what = match code {
+        400 => "the platform refused the request as malformed",
+        401 => "the platform refused the admin token (MOLECULE_ADMIN_TOKEN)",
+        403 => "the admin token may not do this",
+        404 => "not found",
+        405 => "the route does not take this method: check the platform URL",
+        408 | 504 => "the platform or a proxy in front of it timed out",
+        409 => "the platform refused: it conflicts with the workspace's state",
+        422 => "the platform refused the request's content",
+        429 => "the platform is rate-limiting: retry later",
+        500 => "the platform failed",
+        502 | 503 => "the platform is unavailable (or a proxy in front of it)",
+        400..=499 => "the platform refused the request",
+        _ => "the platform failed",
+    };
+    format!("HTTP {code}: {what}")
 }
 
 /// Workspaces the platform answered 404 for that are NOT gone from this tenant: a row that
