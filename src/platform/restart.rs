@@ -828,7 +828,7 @@ pub fn http_failure(code: u16) -> String {
         429 => "the platform is rate-limiting: retry later",
         500 => "the platform failed",
         502 | 503 => "the platform is unavailable (or a proxy in front of it)",
-        400..=499 => "the platform refused the request",
+        c if (400..500).contains(&c) => "the platform refused the request",
         _ => "the platform failed",
     };
     format!("HTTP {code}: {what}")
