@@ -1,8 +1,9 @@
-//! The platform's own rules, in one place (STYLE.md "the shape to grow into"): how it reads the
-//! encryption key and secret values ([`keys`]), which workspaces its restart skips and its HTTP
+//! The platform's own rules, in one place (STYLE.md "the shape to grow into"): its agent's id,
+//! row and declared plugin ([`agent`]), how it reads the encryption key and secret values ([`keys`]), which workspaces its restart skips and its HTTP
 //! API ([`restart`]), and its registration gate ([`MODEL_KEY`]). Command modules call these;
 //! nothing here renders or prompts.
 
+pub mod agent;
 pub mod keys;
 pub mod provision;
 pub mod restart;
