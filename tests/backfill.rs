@@ -1621,3 +1621,32 @@ fn rollback_restores_the_declared_plugin_exactly() {
         .code(0);
     assert_eq!(platform(&db), before);
 }
+
+#[test]
+fn a_tenant_whose_agent_is_removed_fails_refused_and_is_left_alone() {
+    let db = TestDb::sample();
+    let agent = "44444444-0000-4000-8000-00000000000a";
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, kind, tier, status)
+         VALUES ('{agent}', 'Deleted concierge', 'platform', 0, 'removed');"
+    ));
+    let before = platform(&db);
+    let fleet = Fleet::new(&[("acme", &db.url)]);
+    for extra in [&["--dry-run"][..], &["--yes"][..]] {
+        let mut args = vec!["run", "--model", "m", "-o", "json"];
+        args.extend_from_slice(extra);
+        let r = fleet.cmd(&args).run();
+        r.code(1);
+        let t = report_tenants(&r);
+        assert_eq!(t["acme"]["status"], "failed");
+        assert!(
+            t["acme"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&format!("the platform agent {agent}"))
+                    && e.contains("--revive")),
+            "{}",
+            t["acme"]
+        );
+    }
+    assert_eq!(platform(&db), before);
+}
