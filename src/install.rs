@@ -124,9 +124,8 @@ impl InstallInput {
         })
     }
 
-    /// The tenant's identity (`--org-id` and `--self-hosted` are one or the other), and the
-    /// platform's defaults for a new agent from the environment it reads
-    /// (`MOLECULE_ORG_NAME`, `MOLECULE_DEFAULT_RUNTIME`).
+    /// The tenant's identity (`--org-id` and `--self-hosted` are one or the other), and a new
+    /// agent's runtime from the environment the platform reads (`MOLECULE_DEFAULT_RUNTIME`).
     pub fn with_identity(
         mut self,
         org_id: Option<&str>,
@@ -140,6 +139,15 @@ impl InstallInput {
         platform_agent::identity(org_id.clone(), self_hosted, what)?;
         self.org_id = org_id;
         self.self_hosted = self_hosted;
+        self.runtime = platform_agent::runtime(
+            platform_agent::env(platform_agent::DEFAULT_RUNTIME_ENV).as_deref(),
+        );
+        Ok(self)
+    }
+
+    /// The org's name from the environment the platform reads (`MOLECULE_ORG_NAME`): a new
+    /// agent is named "<it> Agent", checked as `--name` is.
+    pub fn with_org_name_from_env(mut self) -> Result<Self> {
         self.org_name = platform_agent::env(platform_agent::ORG_NAME_ENV);
         if let Some(n) = &self.org_name {
             let name = platform_agent::default_name(Some(n));
@@ -150,9 +158,6 @@ impl InstallInput {
                 )));
             }
         }
-        self.runtime = platform_agent::runtime(
-            platform_agent::env(platform_agent::DEFAULT_RUNTIME_ENV).as_deref(),
-        );
         Ok(self)
     }
 
@@ -173,7 +178,8 @@ impl InstallInput {
             args.org_id.as_deref(),
             args.self_hosted,
             "--org-id (or MOLECULE_ORG_ID)",
-        )?;
+        )?
+        .with_org_name_from_env()?;
         input.revive = args.revive;
         Ok(input)
     }

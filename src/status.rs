@@ -769,7 +769,10 @@ async fn install_would(conn: &mut PgConnection) -> Result<InstallWould> {
         false,
         "MOLECULE_ORG_ID",
     ) {
-        Ok(i) => i,
+        Ok(i) => match i.with_org_name_from_env() {
+            Ok(i) => i,
+            Err(e) => return Ok(InstallWould::refused(e.message)),
+        },
         Err(e) => return Ok(InstallWould::refused(e.message)),
     };
     let sb = SecretBox::from_env();

@@ -1501,13 +1501,15 @@ fn each_tenant_gets_the_platforms_id_from_its_line() {
     // A line's own id wins over --org-id; lines without one take it.
     let (d, e) = (TestDb::sample(), TestDb::sample());
     let fleet = Fleet::raw(&format!("d {} org_id=org-b\ne {}\n", d.url, e.url));
+    // One MOLECULE_ORG_NAME cannot name a fleet's orgs: the backfill ignores it.
     fleet
         .cmd(&["run", "--model", "m", "--yes", "--org-id", "test-org-0001"])
+        .env("MOLECULE_ORG_NAME", "Acme\u{1b}[31m")
         .run()
         .code(0);
     assert_eq!(
-        d.scalar("SELECT id FROM workspaces WHERE kind = 'platform'"),
-        "ff506107-d497-59e7-a384-56bfab91789d"
+        d.scalar("SELECT id || ' ' || name FROM workspaces WHERE kind = 'platform'"),
+        "ff506107-d497-59e7-a384-56bfab91789d Org Concierge"
     );
     assert_eq!(
         e.scalar("SELECT id FROM workspaces WHERE kind = 'platform'"),

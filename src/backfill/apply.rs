@@ -173,16 +173,15 @@ impl Job {
         } else {
             (self.org_id.as_deref(), self.self_hosted)
         };
-        let mut input = InstallInput::new(
+        let input = InstallInput::new(
             None,
             None,
             self.model.as_ref().map(|m| m.as_str()),
             self.allow_missing_model,
         )?
         .with_identity(org_id, self_hosted, "the org id")?;
-        // One MOLECULE_ORG_NAME cannot name every org of a fleet: a new agent gets the
-        // platform's name for an org whose name it does not know.
-        input.org_name = None;
+        // No MOLECULE_ORG_NAME: one name cannot name every org of a fleet, so a new agent gets
+        // the platform's name for an org whose name it does not know.
         Ok(input)
     }
 }
