@@ -11,6 +11,8 @@
 # Environment: BENCH_DIR (server data, default /tmp/orgctl-bench), ORGCTL (binary, default the
 # release build), SEED_ARGS (override `orgctl dev seed` sizes for a quick run).
 set -euo pipefail
+# A new agent's id is the platform's for the org id (exit 2 without one): a fixed bench org.
+export MOLECULE_ORG_ID="${MOLECULE_ORG_ID:-bench-org}"
 cd "$(dirname "$0")/.."
 . bench/machine.sh
 ROUNDS=${1:-3}

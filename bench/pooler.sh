@@ -21,6 +21,8 @@
 # Environment: ORGCTL (binary, default target/release/orgctl, else target/debug/orgctl), BASE,
 # K (runs per round, default 10), N (tenants per backfill round, default 20), SEED_ARGS.
 set -euo pipefail
+# A new agent's id is the platform's for the org id (exit 2 without one): a fixed bench org.
+export MOLECULE_ORG_ID="${MOLECULE_ORG_ID:-bench-org}"
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-7}
 K=${K:-10}

@@ -16,6 +16,8 @@
 # The figures are wall-clock tenants/second, and for `wait` the median waited_ms of the
 # tenants (commit → online as orgctl sees it: DELAY plus up to one poll interval, 1s).
 set -euo pipefail
+# A new agent's id is the platform's for the org id (exit 2 without one): a fixed bench org.
+export MOLECULE_ORG_ID="${MOLECULE_ORG_ID:-bench-org}"
 cd "$(dirname "$0")/.."
 . bench/machine.sh
 

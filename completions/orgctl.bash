@@ -618,13 +618,17 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__run)
-            opts="-o -y -q -v -h -V --tenants --concurrency --shard --shards --canary --run-id --model --allow-missing-model --replace-model --dry-run --report --provision --wait --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            opts="-o -y -q -v -h -V --tenants --org-id --self-hosted --concurrency --shard --shards --canary --run-id --model --allow-missing-model --replace-model --dry-run --report --provision --wait --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --tenants)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --org-id)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1452,7 +1456,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__install__subcmd__platform__subcmd__agent)
-            opts="-o -y -q -v -h -V --id --name --model --allow-missing-model --dry-run --detailed-exitcode --expect-plan --provision --wait --platform-url --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            opts="-o -y -q -v -h -V --id --name --org-id --self-hosted --revive --model --allow-missing-model --dry-run --detailed-exitcode --expect-plan --provision --wait --platform-url --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1463,6 +1467,10 @@ _orgctl() {
                     return 0
                     ;;
                 --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --org-id)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

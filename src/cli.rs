@@ -154,8 +154,11 @@ pub enum OutputFormat {
 pub enum Command {
     /// Make the platform agent the single root of the org, moving every anchor to it.
     ///
-    /// In one transaction: resolve or create the platform agent (kind='platform', parent_id
-    /// NULL, tier 0), re-parent every other root under it, move org_api_tokens.org_id and
+    /// In one transaction: resolve or create the platform agent as the platform installs it
+    /// (an existing kind='platform' row whatever its id; else a new row with the platform's
+    /// id for --org-id, or its self-hosted id with --self-hosted: kind 'platform', parent_id
+    /// NULL, tier 0, status offline, template platform-agent, broadcast on), declare its
+    /// platform MCP plugin, re-parent every other root under it, move org_api_tokens.org_id and
     /// org_plugin_allowlist.org_id from every old root to it (merging allowlist collisions,
     /// keeping the earliest enabled_at), seed its MODEL secret, and verify before commit.
     /// A second run changes nothing.
@@ -173,9 +176,12 @@ pub enum Command {
     ///   orgctl install-platform-agent --model claude-sonnet-4-5 --expect-plan sha256:… --yes
     ///   orgctl install-platform-agent --model claude-sonnet-4-5 --yes --provision --wait 3m
     ///
-    /// Environment (for --provision):
-    ///   MOLECULE_PLATFORM_URL  as --platform-url
-    ///   MOLECULE_ADMIN_TOKEN   bearer token for the provision request (never printed)
+    /// Environment:
+    ///   MOLECULE_ORG_ID           as --org-id
+    ///   MOLECULE_ORG_NAME         a new agent is named "<MOLECULE_ORG_NAME> Agent"
+    ///   MOLECULE_DEFAULT_RUNTIME  a new agent's runtime (default hermes)
+    ///   MOLECULE_PLATFORM_URL     as --platform-url (for --provision)
+    ///   MOLECULE_ADMIN_TOKEN      bearer token for the provision request (never printed)
     #[command(
         name = "install-platform-agent",
         after_long_help = AFTER_HELP,
@@ -268,14 +274,33 @@ pub enum Shell {
 
 #[derive(Debug, Args, Clone)]
 pub struct InstallArgs {
-    /// Id of the platform agent. Default: the existing kind='platform' row, else a new id.
+    /// Id of the platform agent, overriding the platform's own (a warning says so when it
+    /// differs). Default: the existing kind='platform' row whatever its id, else the id the
+    /// platform derives from --org-id (or the self-hosted id with --self-hosted).
     #[arg(long, value_name = "UUID")]
     pub id: Option<Uuid>,
 
-    /// Name of the platform agent. Default on create: "Platform Agent"; an existing agent
+    /// Name of the platform agent. Default on create: "<MOLECULE_ORG_NAME> Agent" when that
+    /// variable is set, else "Org Concierge" (as the platform names it); an existing agent
     /// keeps its name unless this is given.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+
+    /// The org id the control plane knows this tenant by: a new agent gets the platform's id
+    /// for it, uuidv5(URL namespace, "molecule-platform-agent:" + ID). Needed only when the
+    /// tenant has no kind='platform' row yet.
+    #[arg(long, env = "MOLECULE_ORG_ID", value_name = "ID")]
+    pub org_id: Option<String>,
+
+    /// The tenant is self-hosted (no org id): a new agent gets the platform's self-hosted id,
+    /// ea3cfcf1-cb9c-53b4-90fd-c53123569c4a.
+    #[arg(long)]
+    pub self_hosted: bool,
+
+    /// Bring back a removed (deleted) platform agent: status offline, root, kind platform.
+    /// Without it a removed agent is refused (exit 3), as the platform leaves it alone.
+    #[arg(long)]
+    pub revive: bool,
 
     /// Seed (or replace) the agent's MODEL secret with this value.
     #[arg(long, value_name = "MODEL")]
@@ -739,6 +764,11 @@ pub enum BackfillCommand {
     ///
     /// Example: orgctl backfill run --tenants fleet.txt --shard 2/8 --model claude-sonnet-4-5 --yes
     ///
+    /// A tenant with no kind='platform' row gets the platform's id for its agent: from the
+    /// org_id=ID field of its line, or the self-hosted id for a line marked self-hosted (else
+    /// from --org-id / --self-hosted); a tenant with neither fails
+    /// rather than get an invented id. A removed agent fails the tenant (refused).
+    ///
     /// With --provision, each tenant whose line carries a platform URL (third field) gets its
     /// agent provisioned after its commit (MOLECULE_ADMIN_TOKEN is the bearer), and with --wait
     /// watched until online; the summary and report show each tenant's provision result, and a
@@ -775,11 +805,19 @@ pub enum BackfillCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct BackfillRunArgs {
-    /// Tenants file: one "NAME DATABASE_URL [PLATFORM_URL]" per line ('-' for stdin); blank
-    /// lines and '#' comments are ignored. Names are letters, digits, '.', '_' or '-'. The
-    /// platform URL is used by --provision.
+    /// Tenants file: one "NAME DATABASE_URL [PLATFORM_URL] [org_id=ID | self-hosted]" per
+    /// line ('-' for stdin); blank lines and '#' comments are ignored. Names are letters,
+    /// digits, '.', '_' or '-'. The platform URL is used by --provision; org_id=ID or
+    /// self-hosted says which id a new agent gets on that tenant.
     #[arg(long, value_name = "FILE")]
     pub tenants: PathBuf,
+    /// The org id for tenant lines that have neither org_id= nor self-hosted (meant for a
+    /// single tenant: every org has its own id, so a warning names each extra tenant).
+    #[arg(long, env = "MOLECULE_ORG_ID", value_name = "ID")]
+    pub org_id: Option<String>,
+    /// Tenant lines that have neither org_id= nor self-hosted are self-hosted.
+    #[arg(long)]
+    pub self_hosted: bool,
     /// Tenants in flight at once (one connection each).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,

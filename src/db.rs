@@ -849,9 +849,15 @@ pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
             "parent_id",
             "runtime",
             "kind",
+            "template",
+            "broadcast_enabled",
             "created_at",
             "updated_at",
         ],
+    ),
+    (
+        "workspace_declared_plugins",
+        &["workspace_id", "plugin_name", "source_raw", "updated_at"],
     ),
     (
         "workspace_secrets",

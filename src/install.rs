@@ -37,7 +37,8 @@ use crate::platform::restart::Platform;
 use crate::platform::tree::{self, NameClash};
 use crate::Context;
 
-pub const DEFAULT_AGENT_NAME: &str = "Platform Agent";
+pub use crate::platform::agent::DEFAULT_NAME as DEFAULT_AGENT_NAME;
+use crate::platform::agent::{self as platform_agent, Identity};
 pub use crate::platform::MODEL_KEY;
 const MAX_NAME_LEN: usize = 200;
 /// A model name (`--model`), as long as any the platform registers and then some.
@@ -52,6 +53,17 @@ pub struct InstallInput {
     pub name: Option<String>,
     pub model: Option<Zeroizing<String>>,
     pub allow_missing_model: bool,
+    /// The org id the control plane knows the tenant by (trimmed): a new agent gets the
+    /// platform's id for it.
+    pub org_id: Option<String>,
+    /// Declared self-hosted: a new agent gets the platform's self-hosted id.
+    pub self_hosted: bool,
+    /// Bring back a removed agent instead of refusing it.
+    pub revive: bool,
+    /// The org's name (`MOLECULE_ORG_NAME`): a new agent is named "<it> Agent".
+    pub org_name: Option<String>,
+    /// A new agent's runtime (`MOLECULE_DEFAULT_RUNTIME`, else the platform's default).
+    pub runtime: String,
 }
 
 impl std::fmt::Debug for InstallInput {
@@ -61,6 +73,11 @@ impl std::fmt::Debug for InstallInput {
             .field("name", &self.name)
             .field("model", &self.model.as_ref().map(|_| "<set>"))
             .field("allow_missing_model", &self.allow_missing_model)
+            .field("org_id", &self.org_id)
+            .field("self_hosted", &self.self_hosted)
+            .field("revive", &self.revive)
+            .field("org_name", &self.org_name)
+            .field("runtime", &self.runtime)
             .finish()
     }
 }
@@ -110,16 +127,72 @@ impl InstallInput {
             name,
             model,
             allow_missing_model,
+            org_id: None,
+            self_hosted: false,
+            revive: false,
+            org_name: None,
+            runtime: platform_agent::runtime(None),
         })
     }
 
+    /// The tenant's identity (`--org-id` and `--self-hosted` are one or the other), and a new
+    /// agent's runtime from the environment the platform reads (`MOLECULE_DEFAULT_RUNTIME`).
+    pub fn with_identity(
+        mut self,
+        org_id: Option<&str>,
+        self_hosted: bool,
+        what: &str,
+    ) -> Result<Self> {
+        let org_id = org_id
+            .map(|o| platform_agent::check_org_id(o, what))
+            .transpose()?;
+        // Checked now: both together is a usage error.
+        platform_agent::identity(org_id.clone(), self_hosted, what)?;
+        self.org_id = org_id;
+        self.self_hosted = self_hosted;
+        self.runtime = platform_agent::runtime(
+            platform_agent::env(platform_agent::DEFAULT_RUNTIME_ENV).as_deref(),
+        );
+        Ok(self)
+    }
+
+    /// The org's name from the environment the platform reads (`MOLECULE_ORG_NAME`): a new
+    /// agent is named "<it> Agent", checked as `--name` is.
+    pub fn with_org_name_from_env(mut self) -> Result<Self> {
+        self.org_name = platform_agent::env(platform_agent::ORG_NAME_ENV);
+        if let Some(n) = &self.org_name {
+            let name = platform_agent::default_name(Some(n));
+            if name.chars().count() > MAX_NAME_LEN || name.chars().any(|c| c.is_control()) {
+                return Err(Error::usage(format!(
+                    "{} gives an agent name longer than {MAX_NAME_LEN} characters or with control characters",
+                    platform_agent::ORG_NAME_ENV
+                )));
+            }
+        }
+        Ok(self)
+    }
+
+    /// How a new agent's id is derived.
+    pub fn identity(&self) -> Identity {
+        platform_agent::identity(self.org_id.clone(), self.self_hosted, "the tenant")
+            .unwrap_or(Identity::Unknown)
+    }
+
     pub fn from_args(args: &InstallArgs) -> Result<Self> {
-        Self::new(
+        let mut input = Self::new(
             args.id,
             args.name.as_deref(),
             args.model.as_deref(),
             args.allow_missing_model,
-        )
+        )?
+        .with_identity(
+            args.org_id.as_deref(),
+            args.self_hosted,
+            "--org-id (or MOLECULE_ORG_ID)",
+        )?
+        .with_org_name_from_env()?;
+        input.revive = args.revive;
+        Ok(input)
     }
 }
 
@@ -149,6 +222,7 @@ pub struct AgentRow {
     pub parent_id: Option<Uuid>,
     pub tier: Option<i32>,
     pub status: Option<String>,
+    pub template: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -164,9 +238,37 @@ pub struct AgentPlan {
     pub name: String,
     pub action: AgentAction,
     pub changes: Vec<FieldChange>,
-    /// orgctl generated the id itself (it is then not part of the plan hash).
+    /// The id is the platform's, derived from the tenant's identity (not --id, not an
+    /// existing row).
     pub generated_id: bool,
+    /// How the id of a new agent was found, for the plan ("" for an existing row).
+    pub id_source: String,
+    /// A new agent's runtime (what the platform inserts).
+    pub runtime: String,
+    /// The existing agent is removed and this install brings it back (`--revive`).
+    pub revive: bool,
     pub prior: Option<AgentRow>,
+}
+
+/// What the install does to the platform MCP plugin declared on the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginAction {
+    /// No row yet: insert it.
+    Create,
+    /// A row with another source: refresh its source.
+    Update,
+    Unchanged,
+}
+
+impl PluginAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginAction::Create => "create",
+            PluginAction::Update => "update",
+            PluginAction::Unchanged => "unchanged",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -238,6 +340,8 @@ pub struct Plan {
     pub allow_missing_model: bool,
     /// Live workspaces the install would put beside a live namesake (see [`name_clashes`]).
     pub name_clashes: Vec<NameClash>,
+    /// The declared plugin row the platform keeps on its agent.
+    pub plugin: PluginAction,
 }
 
 impl Plan {
@@ -248,6 +352,7 @@ impl Plan {
             || !self.allowlist_moves.is_empty()
             || !self.merged.is_empty()
             || self.model.writes()
+            || self.plugin != PluginAction::Unchanged
     }
 
     /// The roots whose anchors move: the re-parented ones and swept former roots.
@@ -292,15 +397,11 @@ impl Plan {
     pub fn hash(&self) -> String {
         // Hash as we go: the merged list of a large org is tens of thousands of lines.
         let mut s = HashWriter(sha2::Sha256::new());
-        let _ = writeln!(s, "orgctl-install-plan v1");
-        let agent_id = if self.agent.generated_id {
-            "new".to_string()
-        } else {
-            self.agent.id.to_string()
-        };
-        let _ = writeln!(s, "agent {} {}", self.agent.action.as_str(), agent_id);
+        let _ = writeln!(s, "orgctl-install-plan v2");
+        let _ = writeln!(s, "agent {} {}", self.agent.action.as_str(), self.agent.id);
         if self.agent.action == AgentAction::Create {
             let _ = writeln!(s, "agent.name {}", self.agent.name);
+            let _ = writeln!(s, "agent.runtime {}", self.agent.runtime);
         }
         for c in &self.agent.changes {
             let _ = writeln!(s, "agent.{} {} -> {}", c.field, c.old, c.new);
@@ -333,6 +434,12 @@ impl Plan {
             let _ = writeln!(s, "keep {plugin} {kept}");
         }
         let _ = writeln!(s, "model {}", self.model.as_str());
+        let _ = writeln!(
+            s,
+            "plugin {} {}",
+            self.plugin.as_str(),
+            platform_agent::MCP_PLUGIN
+        );
         format!("sha256:{:x}", s.0.finalize())
     }
 
@@ -379,6 +486,13 @@ impl Plan {
             ModelAction::Seeded => parts.push("seed MODEL".to_string()),
             ModelAction::Replaced => parts.push("replace MODEL".to_string()),
             ModelAction::Present | ModelAction::Missing => {}
+        }
+        match self.plugin {
+            PluginAction::Create => parts.push("declare the platform MCP plugin".to_string()),
+            PluginAction::Update => {
+                parts.push("refresh the platform MCP plugin's source".to_string())
+            }
+            PluginAction::Unchanged => {}
         }
         format!("Plan: {}.", parts.join(", "))
     }
@@ -457,8 +571,8 @@ async fn plan_after(
     orgctl: Orgctl,
     lead: &str,
 ) -> Result<Plan> {
-    // One message, constant SQL: the platform agents, the tenant's identity (for a derived
-    // agent id) and the roots (after `lead`, the row locks, when given).
+    // One message, constant SQL: the platform agents and the roots (after `lead`, the row
+    // locks, when given).
     let reads = if lead.is_empty() {
         db::simple_batch(conn, PLAN_READS).await?
     } else {
@@ -482,8 +596,8 @@ async fn plan_from_reads(
     if locked && !reads.is_empty() {
         reads.remove(0);
     }
-    let (platform_rows, ident, root_rows) = match reads.as_slice() {
-        [p, i, r] if i.len() == 1 => (p, &i[0], r),
+    let (platform_rows, root_rows) = match reads.as_slice() {
+        [p, r] => (p, r),
         _ => {
             return Err(Error::failed(
                 "internal: the plan's first read returned no rows",
@@ -504,11 +618,11 @@ async fn plan_from_reads(
             })
         })
         .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
-    let derive = || derived_agent_id(ident, &roots);
-    let agent = resolve_agent(conn, input, platforms, derive).await?;
+    let agent = resolve_agent(conn, input, platforms).await?;
     let reparented: Vec<RootMove> = roots.into_iter().filter(|r| r.id != agent.id).collect();
 
-    // One statement for the rest of the plan: whether a derived id is taken (k 0), the roots
+    // One statement for the rest of the plan: whether a derived id is taken (k 0), the
+    // platform MCP plugin declared on the agent (k 6, its source), the roots
     // an earlier install re-parented under this agent (k 5, none before orgctl's schema
     // exists), and the anchors of every old root (re-parented now, or former): token counts
     // per old root (k 1), allowlist rows moving per old root (k 2), the allowlist rows merged
@@ -523,6 +637,7 @@ async fn plan_from_reads(
         "SELECT NULL::uuid AS id WHERE false"
     };
     let mut taken = false;
+    let mut plugin_source: Option<String> = None;
     let mut former: Vec<Uuid> = Vec::new();
     let mut token_moves: Vec<TokenMove> = Vec::new();
     let mut allowlist_moves: Vec<AllowlistMove> = Vec::new();
@@ -545,6 +660,9 @@ async fn plan_from_reads(
              UNION ALL
              SELECT 5, id, NULL, NULL, NULL, NULL, id FROM former
              UNION ALL
+             SELECT 6, NULL, NULL, NULL, source_raw, NULL, NULL
+               FROM workspace_declared_plugins WHERE workspace_id = $2 AND plugin_name = $3
+             UNION ALL
              SELECT 1, org_id,
                     count(*) FILTER (WHERE {live}),
                     count(*) FILTER (WHERE NOT {live}),
@@ -563,11 +681,13 @@ async fn plan_from_reads(
         let mut rows = db::query(&sql)
             .bind(&reparented_ids)
             .bind(agent.id)
+            .bind(platform_agent::MCP_PLUGIN)
             .fetch(&mut *conn);
         while let Some(r) = rows.try_next().await? {
             match r.try_get::<i32, _>(0)? {
                 0 => taken = r.try_get::<i64, _>(2)? != 0,
                 5 => former.push(r.try_get(6)?),
+                6 => plugin_source = Some(r.try_get::<String, _>(4)?),
                 1 => token_moves.push(TokenMove {
                     from: r.try_get(6)?,
                     live: r.try_get(2)?,
@@ -590,10 +710,15 @@ async fn plan_from_reads(
     }
     if taken && agent.generated_id {
         return Err(Error::refused(format!(
-            "the id orgctl derives for a new platform agent ({}) is taken by an existing workspace; pass --id with a fresh UUID",
-            agent.id
+            "the platform's id for a new platform agent ({}, {}) is already an ordinary workspace's; nothing was changed: check the org id, or pass --id",
+            agent.id, agent.id_source
         )));
     }
+    let plugin = match plugin_source.as_deref() {
+        None => PluginAction::Create,
+        Some(s) if s == platform_agent::MCP_PLUGIN_SOURCE => PluginAction::Unchanged,
+        Some(_) => PluginAction::Update,
+    };
 
     let swept_former_roots: Vec<Uuid> = former
         .into_iter()
@@ -619,6 +744,7 @@ async fn plan_from_reads(
         model,
         allow_missing_model: input.allow_missing_model,
         name_clashes,
+        plugin,
     })
 }
 
@@ -728,47 +854,11 @@ const ALLOWLIST_SCOPE: &str = "WITH scope AS (
                  ORDER BY enabled_at ASC NULLS LAST, (org_id = $2) DESC, id ASC))";
 
 /// The plan's first read ([`plan`]), one simple-query message of constant SQL: the platform
-/// agents, the tenant's identity, the roots (oldest first).
-const PLAN_READS: &str = "SELECT id, name, parent_id, tier, status::text FROM workspaces
+/// agents, the roots (oldest first).
+const PLAN_READS: &str = "SELECT id, name, parent_id, tier, status::text, template FROM workspaces
   WHERE kind = 'platform' ORDER BY id;
-SELECT (SELECT system_identifier::text FROM pg_control_system()),
-       (SELECT oid::text FROM pg_database WHERE datname = current_database()),
-       current_database();
 SELECT id, name, status::text FROM workspaces WHERE parent_id IS NULL
   ORDER BY created_at NULLS LAST, id";
-
-/// The id of an agent orgctl creates itself: derived from the tenant's identity (the cluster's
-/// system identifier, the database's oid and name) and the ids of the roots it adopts, so a dry
-/// run shows exactly the id apply will create (SPEC §4: what the dry run shows is what apply
-/// does), and a different org — or the same org after its roots changed — gets another.
-/// A random id would differ between the dry run and the apply that follows it. (Whether it is
-/// taken is checked by [`plan`] with its next statement.)
-fn derived_agent_id(ident: &sqlx::postgres::PgRow, roots: &[RootMove]) -> Result<Uuid> {
-    let mut ids: Vec<Uuid> = roots.iter().map(|r| r.id).collect();
-    // PostgreSQL's uuid order is the order of its 16 bytes, as Uuid's.
-    ids.sort_unstable();
-    let joined = ids
-        .iter()
-        .map(Uuid::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut h = sha2::Sha256::new();
-    for i in 0..3 {
-        let part: Option<String> = ident.try_get(i)?;
-        h.update(b"\0");
-        h.update(part.unwrap_or_default().as_bytes());
-    }
-    h.update(b"\0");
-    h.update(joined.as_bytes());
-    h.update(b"\0orgctl platform agent");
-    let digest = h.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    Ok(uuid::Builder::from_bytes(bytes)
-        .with_variant(uuid::Variant::RFC4122)
-        .with_version(uuid::Version::Sha1)
-        .into_uuid())
-}
 
 fn agent_row(r: &sqlx::postgres::PgRow) -> std::result::Result<AgentRow, sqlx::Error> {
     Ok(AgentRow {
@@ -777,6 +867,7 @@ fn agent_row(r: &sqlx::postgres::PgRow) -> std::result::Result<AgentRow, sqlx::E
         parent_id: r.try_get(2)?,
         tier: r.try_get(3)?,
         status: r.try_get(4)?,
+        template: r.try_get(5)?,
     })
 }
 
@@ -784,7 +875,6 @@ async fn resolve_agent(
     conn: &mut PgConnection,
     input: &InstallInput,
     platforms: Vec<AgentRow>,
-    derive: impl FnOnce() -> Result<Uuid>,
 ) -> Result<AgentPlan> {
     if platforms.len() > 1 {
         let ids: Vec<String> = platforms.iter().map(|p| p.id.to_string()).collect();
@@ -795,6 +885,7 @@ async fn resolve_agent(
         )));
     }
     let existing = platforms.into_iter().next();
+    let identity = input.identity();
     let (row, id, generated) = match input.id {
         Some(id) => {
             let named = fetch_agents(conn, "WHERE id = $1", Some(id))
@@ -827,12 +918,20 @@ async fn resolve_agent(
                 (None, None) => (None, id, false),
             }
         }
+        // The existing agent is adopted whatever its id, as the platform adopts it.
         None => match existing {
             Some(row) => {
                 let id = row.id;
                 (Some(row), id, false)
             }
-            None => (None, derive()?, true),
+            None => match identity.agent_id() {
+                Some(id) => (None, id, true),
+                None => {
+                    return Err(Error::usage(
+                        "the tenant has no platform agent yet, and its id is the platform's own: pass --org-id ID (or set MOLECULE_ORG_ID) with the org id the control plane knows this tenant by, or --self-hosted for a self-hosted tenant",
+                    ))
+                }
+            },
         },
     };
 
@@ -842,13 +941,31 @@ async fn resolve_agent(
             name: input
                 .name
                 .clone()
-                .unwrap_or_else(|| DEFAULT_AGENT_NAME.to_string()),
+                .unwrap_or_else(|| platform_agent::default_name(input.org_name.as_deref())),
             action: AgentAction::Create,
             changes: Vec::new(),
             generated_id: generated,
+            id_source: if generated {
+                identity.describe()
+            } else {
+                "--id".to_string()
+            },
+            runtime: input.runtime.clone(),
+            revive: false,
             prior: None,
         },
         Some(row) => {
+            let removed = row.status.as_deref() == Some(platform_agent::REMOVED_STATUS);
+            if removed && !input.revive {
+                return Err(Error::refused(format!(
+                    "the platform agent {} ('{}') is removed (a deleted agent, which the platform leaves alone); nothing was changed: pass --revive to bring it back (status offline, at the root), or leave it deleted",
+                    row.id,
+                    crate::error::sanitize(&row.name)
+                )));
+            }
+            // What the platform's own re-install sets (kind, parent, template), what orgctl
+            // sets on request (--name, --revive), and nothing else: status, runtime, tier,
+            // broadcast and the name are the platform's once the agent exists.
             let mut changes = Vec::new();
             if let Some(p) = row.parent_id {
                 changes.push(FieldChange {
@@ -857,14 +974,18 @@ async fn resolve_agent(
                     new: "null".into(),
                 });
             }
-            if row.tier != Some(0) {
+            if row.template.as_deref() != Some(platform_agent::TEMPLATE) {
                 changes.push(FieldChange {
-                    field: "tier",
-                    old: row
-                        .tier
-                        .map(|t| t.to_string())
-                        .unwrap_or_else(|| "null".into()),
-                    new: "0".into(),
+                    field: "template",
+                    old: row.template.clone().unwrap_or_else(|| "null".into()),
+                    new: platform_agent::TEMPLATE.into(),
+                });
+            }
+            if removed {
+                changes.push(FieldChange {
+                    field: "status",
+                    old: platform_agent::REMOVED_STATUS.into(),
+                    new: platform_agent::INITIAL_STATUS.into(),
                 });
             }
             let mut name = row.name.clone();
@@ -888,6 +1009,9 @@ async fn resolve_agent(
                 },
                 changes,
                 generated_id: false,
+                id_source: String::new(),
+                runtime: input.runtime.clone(),
+                revive: removed,
                 prior: Some(row),
             }
         }
@@ -899,7 +1023,9 @@ async fn fetch_agents(
     filter: &str,
     id: Option<Uuid>,
 ) -> Result<Vec<AgentRow>> {
-    let sql = format!("SELECT id, name, parent_id, tier, status::text FROM workspaces {filter}");
+    let sql = format!(
+        "SELECT id, name, parent_id, tier, status::text, template FROM workspaces {filter}"
+    );
     let mut q = db::query(&sql);
     if let Some(id) = id {
         q = q.bind(id);
@@ -1038,18 +1164,55 @@ pub async fn execute(
 
     let mut first = first;
     if agent.action != AgentAction::Unchanged {
-        let (id, name) = (
+        // The row the platform inserts; on conflict what its re-install sets (kind, parent,
+        // template), plus the name on --name and the status on --revive. Status, runtime,
+        // tier and broadcast of an existing agent are left as they are.
+        let (id, name, runtime, template) = (
             first.arg(Arg::Uuid(agent.id)),
             first.arg(Arg::Text(&agent.name)),
+            first.arg(Arg::Text(&agent.runtime)),
+            first.arg(Arg::Text(platform_agent::TEMPLATE)),
         );
+        // A literal (orgctl's own constant), so it takes the column's type: the enum, or TEXT
+        // on older tenants.
+        let status = format!("'{}'", platform_agent::INITIAL_STATUS);
+        let mut set = vec![
+            "kind = 'platform'".to_string(),
+            "parent_id = NULL".to_string(),
+            "template = EXCLUDED.template".to_string(),
+        ];
+        if input.name.is_some() {
+            set.push("name = EXCLUDED.name".to_string());
+        }
+        if agent.revive {
+            set.push("status = EXCLUDED.status".to_string());
+        }
+        set.push("updated_at = now()".to_string());
         first.add(
             "the agent upsert",
             format!(
-                "INSERT INTO workspaces (id, name, kind, parent_id, tier)
-                 VALUES ({id}, {name}, 'platform', NULL, 0)
-                 ON CONFLICT (id) DO UPDATE
-                    SET kind = 'platform', parent_id = NULL, tier = 0, name = EXCLUDED.name,
-                        updated_at = now()"
+                "INSERT INTO workspaces (id, name, kind, parent_id, tier, status, runtime, template,
+                                         broadcast_enabled)
+                 VALUES ({id}, {name}, 'platform', NULL, 0, {status}, {runtime}, {template}, TRUE)
+                 ON CONFLICT (id) DO UPDATE SET {}",
+                set.join(", ")
+            ),
+            Some(1),
+        );
+    }
+    if plan.plugin != PluginAction::Unchanged {
+        let (id, plugin, source) = (
+            first.arg(Arg::Uuid(agent.id)),
+            first.arg(Arg::Text(platform_agent::MCP_PLUGIN)),
+            first.arg(Arg::Text(platform_agent::MCP_PLUGIN_SOURCE)),
+        );
+        first.add(
+            "the declared plugin upsert",
+            format!(
+                "INSERT INTO workspace_declared_plugins (workspace_id, plugin_name, source_raw)
+                 VALUES ({id}, {plugin}, {source})
+                 ON CONFLICT (workspace_id, plugin_name) DO UPDATE
+                    SET source_raw = EXCLUDED.source_raw, updated_at = now()"
             ),
             Some(1),
         );
@@ -1211,7 +1374,8 @@ impl<'a> Changes<'a> {
     }
 }
 
-/// The invariants that must hold before commit: exactly one root and it is the agent, one
+/// The invariants that must hold before commit: exactly one root and it is the agent (its
+/// tier is the platform's once it exists: a re-install preserves it), one
 /// platform agent, no anchor row on an old root, and MODEL present unless allowed missing. A
 /// [`db::Check`] for the audit statement that follows [`execute`].
 pub fn verification(plan: &Plan) -> db::Check<'static> {
@@ -1228,7 +1392,7 @@ pub fn verification(plan: &Plan) -> db::Check<'static> {
             "(SELECT count(*) FROM workspaces WHERE parent_id IS NULL)".to_string(),
             format!(
                 "(SELECT count(*) FROM workspaces WHERE parent_id IS NULL AND id = {agent}
-                                                  AND kind = 'platform' AND tier = 0)"
+                                                  AND kind = 'platform')"
             ),
             "(SELECT count(*) FROM workspaces WHERE kind = 'platform')".to_string(),
             format!("(SELECT count(*) FROM org_api_tokens WHERE org_id = ANY({old}))"),
@@ -1379,6 +1543,9 @@ pub fn audit_args(input: &InstallInput, plan: &Plan) -> serde_json::Value {
         "name": input.name,
         "model_given": input.model.is_some(),
         "allow_missing_model": input.allow_missing_model,
+        "org_id": input.org_id,
+        "self_hosted": input.self_hosted,
+        "revive": input.revive,
         "agent_id": plan.agent.id,
         "agent_action": plan.agent.action,
         "reparented": plan.reparented.len(),
@@ -1386,6 +1553,7 @@ pub fn audit_args(input: &InstallInput, plan: &Plan) -> serde_json::Value {
         "allowlist_moved": plan.allowlist_moved(),
         "allowlist_merged": plan.merged.len(),
         "model_secret": plan.model,
+        "declared_plugin": plan.plugin,
         "plan_hash": plan.hash(),
     })
 }
@@ -1404,6 +1572,7 @@ struct JsonPlan<'a> {
     anchor_moves: Vec<JsonMove>,
     allowlist_merged: Vec<JsonMerged<'a>>,
     model_secret: ModelAction,
+    declared_plugin: JsonPlugin,
     plan_hash: String,
     /// Only with --provision (SPEC §9).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1415,6 +1584,39 @@ struct JsonAgent<'a> {
     id: Uuid,
     name: &'a str,
     action: AgentAction,
+    /// The fields an update changes, old and new.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    changes: Vec<JsonChange<'a>>,
+    /// On create: the row the platform inserts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    row: Option<JsonNewAgent<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonChange<'a> {
+    field: &'a str,
+    old: &'a str,
+    new: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonNewAgent<'a> {
+    /// How the id was found: the platform's id for the org id, its self-hosted id, or --id.
+    id_source: &'a str,
+    kind: &'static str,
+    tier: i32,
+    status: &'static str,
+    runtime: &'a str,
+    template: &'static str,
+    broadcast_enabled: bool,
+}
+
+#[derive(Serialize)]
+struct JsonPlugin {
+    workspace_id: Uuid,
+    plugin_name: &'static str,
+    source_raw: &'static str,
+    action: PluginAction,
 }
 
 #[derive(Serialize)]
@@ -1491,6 +1693,25 @@ pub fn render(
                 id: plan.agent.id,
                 name: &plan.agent.name,
                 action: plan.agent.action,
+                changes: plan
+                    .agent
+                    .changes
+                    .iter()
+                    .map(|c| JsonChange {
+                        field: c.field,
+                        old: &c.old,
+                        new: &c.new,
+                    })
+                    .collect(),
+                row: (plan.agent.action == AgentAction::Create).then(|| JsonNewAgent {
+                    id_source: &plan.agent.id_source,
+                    kind: "platform",
+                    tier: 0,
+                    status: platform_agent::INITIAL_STATUS,
+                    runtime: &plan.agent.runtime,
+                    template: platform_agent::TEMPLATE,
+                    broadcast_enabled: true,
+                }),
             },
             reparented: plan
                 .reparented
@@ -1514,6 +1735,12 @@ pub fn render(
                 })
                 .collect(),
             model_secret: plan.model,
+            declared_plugin: JsonPlugin {
+                workspace_id: plan.agent.id,
+                plugin_name: platform_agent::MCP_PLUGIN,
+                source_raw: platform_agent::MCP_PLUGIN_SOURCE,
+                action: plan.plugin,
+            },
             plan_hash: plan.hash(),
             provision: provision.map(|(p, _)| p),
         };
@@ -1531,12 +1758,11 @@ fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Strin
     let agent = &plan.agent;
     let detail = match agent.action {
         AgentAction::Create => format!(
-            " (kind platform, tier 0, root{})",
-            if agent.generated_id {
-                ", new id derived from the tenant and its roots"
-            } else {
-                ""
-            }
+            " (kind platform, tier 0, root, status {}, runtime {}, template {}, broadcast on; id: {})",
+            platform_agent::INITIAL_STATUS,
+            crate::error::sanitize(&agent.runtime),
+            platform_agent::TEMPLATE,
+            crate::error::sanitize(&agent.id_source),
         ),
         AgentAction::Update => format!(
             " ({})",
@@ -1642,6 +1868,13 @@ fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Strin
     }
 
     let _ = writeln!(s, "\nMODEL secret: {}", plan.model.as_str());
+    let _ = writeln!(
+        s,
+        "Declared plugin: {} ({}) — {}",
+        platform_agent::MCP_PLUGIN,
+        platform_agent::MCP_PLUGIN_SOURCE,
+        plan.plugin.as_str()
+    );
     let _ = writeln!(s, "\n{}", plan.summary());
     if plan.changed() {
         if dry_run {
@@ -1683,6 +1916,14 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     let url = ctx.url()?;
     let sb = SecretBox::from_env();
     let out = &ctx.out;
+    if let (Some(given), Some(derived)) = (input.id, input.identity().agent_id()) {
+        if given != derived {
+            out.warn(&format!(
+                "--id {given} differs from the platform's id for this tenant ({derived}, {}): the platform adopts an existing agent whatever its id, but a control plane that installs or ensures with its own id expects {derived}",
+                input.identity().describe()
+            ));
+        }
+    }
     if input.model.is_some() {
         // An invalid key is exit 2 (production without a key exit 3) before connecting.
         sb.write_version()?;

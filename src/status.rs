@@ -24,6 +24,7 @@ use crate::error::{sanitize, Exit, Result};
 use crate::install::{self, InstallInput};
 use crate::org;
 use crate::output::Output;
+use crate::platform::agent::REMOVED_STATUS;
 use crate::platform::keys::SecretBox;
 use crate::platform::MODEL_KEY;
 use crate::Context;
@@ -41,6 +42,7 @@ pub const CHECK_NAMES: &[&str] = &[
     "parent_chains",
     "unanchored_tokens",
     "platform_agent_running",
+    "platform_agent_not_removed",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -231,23 +233,26 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
     // Platform agents: how many, how many misplaced, how many without MODEL.
     let agg = db::query(
         "SELECT count(*),
-                count(*) FILTER (WHERE parent_id IS NOT NULL OR tier IS DISTINCT FROM 0),
+                count(*) FILTER (WHERE parent_id IS NOT NULL),
                 count(*) FILTER (WHERE NOT EXISTS (
-                    SELECT 1 FROM workspace_secrets s WHERE s.workspace_id = w.id AND s.key = $1))
+                    SELECT 1 FROM workspace_secrets s WHERE s.workspace_id = w.id AND s.key = $1)),
+                count(*) FILTER (WHERE status::text = $2)
            FROM workspaces w WHERE kind = 'platform'",
     )
     .bind(MODEL_KEY)
+    .bind(REMOVED_STATUS)
     .fetch_one(&mut *conn)
     .await?;
     let agents: i64 = agg.try_get(0)?;
     let misplaced: i64 = agg.try_get(1)?;
     let without_model: i64 = agg.try_get(2)?;
+    let removed: i64 = agg.try_get(3)?;
     // Enough rows to name every kind of offender up to the limit (and the agent itself).
     let agent_rows: Vec<AgentInfo> = db::query(
         "SELECT id, name, status::text, tier, parent_id,
                 EXISTS (SELECT 1 FROM workspace_secrets s WHERE s.workspace_id = w.id AND s.key = $1)
            FROM workspaces w WHERE kind = 'platform'
-          ORDER BY (parent_id IS NOT NULL OR tier IS DISTINCT FROM 0) DESC,
+          ORDER BY (parent_id IS NOT NULL) DESC,
                    EXISTS (SELECT 1 FROM workspace_secrets s WHERE s.workspace_id = w.id AND s.key = $1),
                    id
           LIMIT $2",
@@ -307,28 +312,23 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
     });
 
     // platform_agent_is_root
-    // Some agent sits at the root with tier 0, and it is the only root.
+    // Some agent sits at the root, and it is the only root. (Its tier is the platform's: the
+    // platform inserts 0 and a re-install preserves whatever it is.)
     let agent_ok = agents >= 1 && misplaced == 0 && root_count == 1;
     let lim = usize::try_from(limit).unwrap_or(usize::MAX);
     let misplaced_rows: Vec<Finding> = agent_rows
         .iter()
-        .filter(|a| a.parent_id.is_some() || a.tier != Some(0))
-        .take(lim)
-        .map(|a| Finding {
-            table: "workspaces",
-            id: a.id.to_string(),
-            detail: format!(
-                "\"{}\": kind platform but {}",
-                sanitize(&a.name),
-                match (a.parent_id, a.tier) {
-                    (Some(p), _) => format!("under {p}, not a root"),
-                    (None, t) => format!(
-                        "tier {}, not 0",
-                        t.map(|t| t.to_string()).unwrap_or_else(|| "null".into())
-                    ),
-                }
-            ),
+        .filter_map(|a| {
+            a.parent_id.map(|p| Finding {
+                table: "workspaces",
+                id: a.id.to_string(),
+                detail: format!(
+                    "\"{}\": kind platform but under {p}, not a root",
+                    sanitize(&a.name)
+                ),
+            })
         })
+        .take(lim)
         .collect();
     checks.push(Check {
         name: "platform_agent_is_root",
@@ -339,11 +339,11 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
         message: if agents == 0 {
             "no platform agent: no workspace has kind='platform'".to_string()
         } else if misplaced > 0 {
-            format!("{misplaced} platform agent(s) not at the root with tier 0")
+            format!("{misplaced} platform agent(s) not at the root")
         } else if !agent_ok {
             "the platform agent is a root, but not the only one".to_string()
         } else {
-            "the platform agent is the root (tier 0)".to_string()
+            "the platform agent is the root".to_string()
         },
     });
 
@@ -483,6 +483,32 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
                 "the platform agent is {}, not running: orgctl install-platform-agent --provision --wait 3m",
                 a.status.as_deref().unwrap_or("without a status")
             ),
+        },
+    });
+
+    // platform_agent_not_removed: a removed agent is a deleted one; the platform's boot leaves
+    // it alone, so nothing serves as the org's concierge.
+    checks.push(Check {
+        name: "platform_agent_not_removed",
+        severity: Severity::Error,
+        ok: removed == 0,
+        count: removed,
+        rows: agent_rows
+            .iter()
+            .filter(|a| a.status.as_deref() == Some(REMOVED_STATUS))
+            .take(lim)
+            .map(|a| Finding {
+                table: "workspaces",
+                id: a.id.to_string(),
+                detail: format!("\"{}\": kind platform, status removed", sanitize(&a.name)),
+            })
+            .collect(),
+        message: if removed == 0 {
+            "no platform agent is removed".to_string()
+        } else {
+            format!(
+                "{removed} platform agent(s) removed (deleted): the platform leaves a removed agent alone; bring it back with `orgctl install-platform-agent --revive`"
+            )
         },
     });
 
@@ -751,8 +777,22 @@ pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, 
 
 /// What install-platform-agent would do, computed by the very code a dry run uses (read-only).
 /// No --model: MODEL is reported as present or missing, never written.
+///
+/// A new agent's id comes from `MOLECULE_ORG_ID` when it is set (as the platform reads it); a
+/// tenant with no agent and no org id reports the refusal install would meet.
 async fn install_would(conn: &mut PgConnection) -> Result<InstallWould> {
-    let input = InstallInput::new(None, None, None, true)?;
+    let org_id = crate::platform::agent::env("MOLECULE_ORG_ID");
+    let input = match InstallInput::new(None, None, None, true)?.with_identity(
+        org_id.as_deref(),
+        false,
+        "MOLECULE_ORG_ID",
+    ) {
+        Ok(i) => match i.with_org_name_from_env() {
+            Ok(i) => i,
+            Err(e) => return Ok(InstallWould::refused(e.message)),
+        },
+        Err(e) => return Ok(InstallWould::refused(e.message)),
+    };
     let sb = SecretBox::from_env();
     // A plan apply would refuse (two live namesakes under one parent) is reported as refused.
     let planned = install::plan(conn, &input, &sb, install::Orgctl::Probe)
@@ -778,18 +818,27 @@ async fn install_would(conn: &mut PgConnection) -> Result<InstallWould> {
                 model_secret: Some(p.model),
             })
         }
-        // A refusal (several agents, a name clash) is a finding, not a failure of status itself.
-        Err(e) if e.exit == Exit::Refused => Ok(InstallWould {
+        // A refusal (several agents, a removed agent, a name clash, no org id for a new
+        // agent) is a finding, not a failure of status itself.
+        Err(e) if matches!(e.exit, Exit::Refused | Exit::Usage) => {
+            Ok(InstallWould::refused(e.message))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl InstallWould {
+    fn refused(summary: String) -> Self {
+        InstallWould {
             action: "refused",
-            summary: e.message,
+            summary,
             agent: None,
             reparented: 0,
             tokens_moved: 0,
             allowlist_moved: 0,
             allowlist_merged: 0,
             model_secret: None,
-        }),
-        Err(e) => Err(e),
+        }
     }
 }
 

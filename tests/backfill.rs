@@ -1240,7 +1240,7 @@ fn a_fresh_tenant_costs_at_most_eight_statements_and_twelve_round_trips() {
         db.scalar(
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM orgctl._sqlx_migrations"
         ),
-        "1,2,3,4,5"
+        "1,2,3,4,5,6"
     );
     let _ = std::fs::remove_file(&tenants);
 }
@@ -1426,4 +1426,229 @@ fn a_tenant_whose_result_breaks_an_invariant_fails_with_nothing_changed_and_no_s
         "0"
     );
     let _ = std::fs::remove_file(&tenants);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent's identity from the tenants file, and its declared plugin through run and rollback.
+
+const MCP: &str = "molecule-ai-plugin-molecule-platform-mcp";
+
+fn report_tenants(r: &Run) -> BTreeMap<String, Value> {
+    let doc: Value = match serde_json::from_str(&r.stdout) {
+        Ok(v) => v,
+        Err(e) => panic!("{e}: {}", r.stdout),
+    };
+    doc["tenants"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (t["tenant"].as_str().unwrap_or_default().to_string(), t))
+        .collect()
+}
+
+#[test]
+fn each_tenant_gets_the_platforms_id_from_its_line() {
+    let (a, b, c) = (TestDb::sample(), TestDb::sample(), TestDb::sample());
+    let fleet = Fleet::raw(&format!(
+        "# org ids from the control plane\nacme {} org_id=org-b\nhomelab {} self-hosted\nnoid {}\n",
+        a.url, b.url, c.url
+    ));
+    let c_before = c.snapshot();
+    let r = fleet
+        .cmd(&["run", "--model", "m", "--yes", "-o", "json"])
+        .env_remove("MOLECULE_ORG_ID")
+        .run();
+    r.code(1);
+    let t = report_tenants(&r);
+    // uuid5(NAMESPACE_URL, "molecule-platform-agent:org-b") and the self-hosted id, both
+    // computed with python3.
+    assert_eq!(t["acme"]["status"], "applied");
+    assert_eq!(
+        t["acme"]["agent_id"],
+        "ff506107-d497-59e7-a384-56bfab91789d"
+    );
+    assert_eq!(
+        a.scalar("SELECT id FROM workspaces WHERE kind = 'platform'"),
+        "ff506107-d497-59e7-a384-56bfab91789d"
+    );
+    assert_eq!(t["homelab"]["status"], "applied");
+    assert_eq!(
+        b.scalar("SELECT id FROM workspaces WHERE kind = 'platform'"),
+        "ea3cfcf1-cb9c-53b4-90fd-c53123569c4a"
+    );
+    // No id and no agent: that tenant fails, nothing invented, nothing changed there.
+    assert_eq!(t["noid"]["status"], "failed");
+    assert!(
+        t["noid"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--org-id")),
+        "{}",
+        t["noid"]
+    );
+    assert_eq!(platform(&c), {
+        let s = c_before;
+        match s.find("== orgctl") {
+            Some(i) => s[..i].to_string(),
+            None => s,
+        }
+    });
+    assert_eq!(
+        c.scalar("SELECT count(*) FROM workspaces WHERE kind = 'platform'"),
+        "0"
+    );
+
+    // A line's own id wins over --org-id; lines without one take it.
+    let (d, e) = (TestDb::sample(), TestDb::sample());
+    let fleet = Fleet::raw(&format!("d {} org_id=org-b\ne {}\n", d.url, e.url));
+    // One MOLECULE_ORG_NAME cannot name a fleet's orgs: the backfill ignores it.
+    fleet
+        .cmd(&["run", "--model", "m", "--yes", "--org-id", "test-org-0001"])
+        .env("MOLECULE_ORG_NAME", "Acme\u{1b}[31m")
+        .run()
+        .code(0);
+    assert_eq!(
+        d.scalar("SELECT id || ' ' || name FROM workspaces WHERE kind = 'platform'"),
+        "ff506107-d497-59e7-a384-56bfab91789d Org Concierge"
+    );
+    assert_eq!(
+        e.scalar("SELECT id FROM workspaces WHERE kind = 'platform'"),
+        crate::harness::TEST_AGENT_ID
+    );
+}
+
+#[test]
+fn a_fleet_wide_org_id_on_several_tenants_warns_and_bad_identities_are_usage_errors() {
+    let (a, b) = (TestDb::sample(), TestDb::sample());
+    let fleet = Fleet::new(&[("a", &a.url), ("b", &b.url)]);
+    let r = fleet.cmd(&["run", "--model", "m", "--dry-run"]).run();
+    r.code(0);
+    assert!(
+        r.stderr
+            .contains("2 tenants take the org id of --org-id (or MOLECULE_ORG_ID)"),
+        "{}",
+        r.stderr
+    );
+    let (a0, b0) = (a.snapshot(), b.snapshot());
+    for (text, flags, needle) in [
+        (
+            format!("a {} org_id=o self-hosted\n", a.url),
+            vec![],
+            "both given",
+        ),
+        (
+            format!("a {} org_id=\n", a.url),
+            vec![],
+            "must not be empty",
+        ),
+        (
+            format!("a {} tenant_id=o\n", a.url),
+            vec![],
+            "unknown field `tenant_id=`",
+        ),
+        (
+            format!("a {}\n", a.url),
+            vec!["--self-hosted"],
+            "both given",
+        ),
+        (
+            format!("a {}\n", a.url),
+            vec!["--org-id", " "],
+            "must not be empty",
+        ),
+    ] {
+        let f = Fleet::raw(&text);
+        let mut args = vec!["run", "--model", "m", "--yes"];
+        args.extend(flags);
+        f.cmd(&args).run().code(2).one_line_error(needle);
+    }
+    assert_eq!(a.snapshot(), a0);
+    assert_eq!(b.snapshot(), b0);
+}
+
+#[test]
+fn rollback_restores_the_declared_plugin_exactly() {
+    // Created by the run: the rollback deletes it (with the agent), byte-exact.
+    let db = TestDb::sample();
+    let before = platform(&db);
+    let fleet = Fleet::new(&[("acme", &db.url)]);
+    fleet
+        .cmd(&["run", "--model", "m", "--yes", "--run-id", "plug-1"])
+        .run()
+        .code(0);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM workspace_declared_plugins WHERE plugin_name = '{MCP}'"
+        )),
+        "1"
+    );
+    assert_eq!(
+        db.scalar("SELECT plugin_action FROM orgctl.backfill_runs WHERE run_id = 'plug-1'"),
+        "create"
+    );
+    let r = fleet
+        .cmd(&["rollback", "--run-id", "plug-1", "--yes", "-o", "json"])
+        .run();
+    r.code(0);
+    assert_eq!(report_tenants(&r)["acme"]["agent"], "deleted");
+    assert_eq!(platform(&db), before);
+
+    // An existing agent whose declared plugin had another source: the run refreshes it, the
+    // rollback puts the prior row back whole.
+    let db = TestDb::sample();
+    let agent = "44444444-0000-4000-8000-000000000009";
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, kind, tier, status, template)
+         VALUES ('{agent}', 'Concierge', 'platform', 0, 'online', 'platform-agent');
+         INSERT INTO workspace_secrets (workspace_id, key, encrypted_value) VALUES ('{agent}', 'MODEL', 'x'::bytea);
+         INSERT INTO workspace_declared_plugins (workspace_id, plugin_name, source_raw, created_at, updated_at)
+         VALUES ('{agent}', '{MCP}', 'gitea://old#v1', '2026-01-01T00:00:00Z', '2026-01-02T00:00:00Z');"
+    ));
+    let before = platform(&db);
+    let fleet = Fleet::new(&[("acme", &db.url)]);
+    fleet
+        .cmd(&["run", "--yes", "--run-id", "plug-2"])
+        .env_remove("MOLECULE_ORG_ID")
+        .run()
+        .code(0);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT source_raw FROM workspace_declared_plugins WHERE workspace_id = '{agent}'"
+        )),
+        "gitea://molecule-ai/molecule-ai-plugin-molecule-platform-mcp#main"
+    );
+    fleet
+        .cmd(&["rollback", "--run-id", "plug-2", "--yes"])
+        .run()
+        .code(0);
+    assert_eq!(platform(&db), before);
+}
+
+#[test]
+fn a_tenant_whose_agent_is_removed_fails_refused_and_is_left_alone() {
+    let db = TestDb::sample();
+    let agent = "44444444-0000-4000-8000-00000000000a";
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, kind, tier, status)
+         VALUES ('{agent}', 'Deleted concierge', 'platform', 0, 'removed');"
+    ));
+    let before = platform(&db);
+    let fleet = Fleet::new(&[("acme", &db.url)]);
+    for extra in [&["--dry-run"][..], &["--yes"][..]] {
+        let mut args = vec!["run", "--model", "m", "-o", "json"];
+        args.extend_from_slice(extra);
+        let r = fleet.cmd(&args).run();
+        r.code(1);
+        let t = report_tenants(&r);
+        assert_eq!(t["acme"]["status"], "failed");
+        assert!(
+            t["acme"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&format!("the platform agent {agent}"))
+                    && e.contains("--revive")),
+            "{}",
+            t["acme"]
+        );
+    }
+    assert_eq!(platform(&db), before);
 }

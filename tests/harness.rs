@@ -357,6 +357,12 @@ impl Drop for TestDb {
     }
 }
 
+/// The org id every command of the harness has by default (`MOLECULE_ORG_ID`).
+pub const TEST_ORG_ID: &str = "test-org-0001";
+/// The platform's agent id for [`TEST_ORG_ID`], computed independently with python3:
+/// `uuid.uuid5(uuid.NAMESPACE_URL, "molecule-platform-agent:test-org-0001")`.
+pub const TEST_AGENT_ID: &str = "cd9f70ff-2c3d-5f8b-b64c-96bb7a68a687";
+
 /// The orgctl binary in a cleaned environment.
 pub struct Cmd {
     args: Vec<String>,
@@ -414,13 +420,22 @@ impl Run {
 }
 
 impl Cmd {
+    /// Every command runs with `MOLECULE_ORG_ID` = [`TEST_ORG_ID`], as on a tenant of the
+    /// control plane, so an install creates the platform's id for it ([`TEST_AGENT_ID`]);
+    /// [`Cmd::env_remove`] takes it away.
     pub fn new(args: &[&str]) -> Self {
         Cmd {
             args: args.iter().map(|s| s.to_string()).collect(),
-            env: Vec::new(),
+            env: vec![("MOLECULE_ORG_ID".into(), TEST_ORG_ID.into())],
             stdin: None,
             cwd: None,
         }
+    }
+
+    /// Run without this variable (one the harness sets by default, or one set before).
+    pub fn env_remove(mut self, k: &str) -> Self {
+        self.env.retain(|(key, _)| key != k);
+        self
     }
 
     /// Run from this working directory.

@@ -23,6 +23,7 @@ struct PlanJson {
     anchor_moves: Vec<MoveJson>,
     allowlist_merged: Vec<MergedJson>,
     model_secret: String,
+    declared_plugin: PluginJson,
     plan_hash: String,
 }
 
@@ -31,6 +32,43 @@ struct PlanJson {
 struct AgentJson {
     id: String,
     name: String,
+    action: String,
+    /// An update's changed fields (absent otherwise).
+    #[serde(default)]
+    changes: Vec<ChangeJson>,
+    /// A create's row, as the platform inserts it (absent otherwise).
+    row: Option<NewAgentJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ChangeJson {
+    field: String,
+    old: String,
+    new: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct NewAgentJson {
+    id_source: String,
+    kind: String,
+    tier: i32,
+    status: String,
+    runtime: String,
+    template: String,
+    broadcast_enabled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct PluginJson {
+    workspace_id: String,
+    plugin_name: String,
+    source_raw: String,
     action: String,
 }
 
@@ -101,7 +139,8 @@ fn dry_run_diff_on_the_awkward_fixture_is_exact_and_read_only() {
     assert!(p.dry_run);
     assert!(p.changed, "a dry run with pending changes says so");
     assert_eq!(p.platform_agent.action, "create");
-    assert_eq!(p.platform_agent.name, "Platform Agent");
+    // The platform's name for an org whose name is not known.
+    assert_eq!(p.platform_agent.name, "Org Concierge");
     let agent = p.platform_agent.id.clone();
     let roots: BTreeSet<&str> = p.reparented.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(
@@ -532,9 +571,10 @@ fn existing_agent_under_a_root_is_promoted() {
         "an existing agent keeps its name"
     );
     assert_eq!(p.model_secret, "present");
+    // At the root; its tier is the platform's (a re-install preserves it), its template set.
     assert_eq!(
-        db.scalar(&format!("SELECT coalesce(parent_id::text, 'null') || ' ' || tier FROM workspaces WHERE id = '{agent}'")),
-        "null 0"
+        db.scalar(&format!("SELECT coalesce(parent_id::text, 'null') || ' ' || tier || ' ' || template FROM workspaces WHERE id = '{agent}'")),
+        "null 2 platform-agent"
     );
     assert_eq!(
         db.scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL"),
@@ -1010,7 +1050,10 @@ fn dry_run_shows_the_agent_id_apply_creates() {
         db.scalar("SELECT id FROM workspaces WHERE kind = 'platform'"),
         id
     );
-    // Another tenant with the same roots (a copy) on the same server: a different id.
+    // It is the platform's id for the org id: another org (a copy of the same roots) gets
+    // the platform's id for its own org id. (Expected id computed with python3:
+    // uuid.uuid5(uuid.NAMESPACE_URL, "molecule-platform-agent:org-b").)
+    assert_eq!(id, crate::harness::TEST_AGENT_ID);
     let other = TestDb::sample();
     let o = other
         .orgctl(&[
@@ -1021,8 +1064,12 @@ fn dry_run_shows_the_agent_id_apply_creates() {
             "-o",
             "json",
         ])
+        .env("MOLECULE_ORG_ID", " org-b\n")
         .run();
-    assert_ne!(o.json()["platform_agent"]["id"], id.as_str());
+    assert_eq!(
+        o.json()["platform_agent"]["id"],
+        "ff506107-d497-59e7-a384-56bfab91789d"
+    );
 }
 
 #[test]
@@ -1038,7 +1085,7 @@ fn a_schema_created_by_hand_from_the_migrations_is_adopted() {
         Err(e) => panic!("{e}"),
     };
     files.sort();
-    assert_eq!(files.len(), 5, "{files:?}");
+    assert_eq!(files.len(), 6, "{files:?}");
     db.exec("CREATE SCHEMA orgctl");
     for _ in 0..2 {
         for f in &files {
@@ -1055,7 +1102,7 @@ fn a_schema_created_by_hand_from_the_migrations_is_adopted() {
         .code(0);
     assert_eq!(
         db.scalar("SELECT string_agg(version::text, ',' ORDER BY version) FROM orgctl._sqlx_migrations WHERE success"),
-        "1,2,3,4,5"
+        "1,2,3,4,5,6"
     );
     assert_eq!(db.scalar("SELECT count(*) FROM orgctl.audit_head"), "1");
     assert_eq!(db.audit_rows(), 1);
@@ -1161,4 +1208,336 @@ fn a_result_that_breaks_an_invariant_is_caught_before_commit_and_nothing_changes
     assert_eq!(errors.len(), 1, "{}", r.stderr);
     assert_eq!(db.snapshot(), before);
     assert_eq!(db.audit_rows(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent's identity and row are the platform's.
+
+/// The agent row as text, for comparisons: the columns the platform's install writes.
+fn agent_row(db: &TestDb, id: &str) -> String {
+    db.scalar(&format!(
+        "SELECT concat_ws('|', kind, tier, status, runtime, coalesce(parent_id::text, 'null'),
+                          template, broadcast_enabled, name)
+           FROM workspaces WHERE id = '{id}'"
+    ))
+}
+
+fn declared_plugins(db: &TestDb) -> String {
+    db.scalar(
+        "SELECT coalesce(string_agg(workspace_id || ' ' || plugin_name || ' ' || source_raw, E'\\n'
+                                    ORDER BY workspace_id, plugin_name), '')
+           FROM workspace_declared_plugins",
+    )
+}
+
+const MCP: &str = "molecule-ai-plugin-molecule-platform-mcp";
+const MCP_SOURCE: &str = "gitea://molecule-ai/molecule-ai-plugin-molecule-platform-mcp#main";
+/// uuid.uuid5(uuid.NAMESPACE_URL, "molecule:self-hosted:platform-agent"), computed with python3.
+const SELF_HOSTED_ID: &str = "ea3cfcf1-cb9c-53b4-90fd-c53123569c4a";
+
+#[test]
+fn a_new_agent_is_the_row_the_platform_inserts_with_its_declared_plugin() {
+    let db = TestDb::sample();
+    let id = crate::harness::TEST_AGENT_ID;
+    let dry = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--dry-run",
+            "--model",
+            "m",
+            "-o",
+            "json",
+        ])
+        .run();
+    dry.code(0);
+    let p = parse(&dry.stdout);
+    assert_eq!(p.platform_agent.id, id);
+    let row = p.platform_agent.row.as_ref().map(|r| {
+        (
+            r.status.as_str(),
+            r.runtime.as_str(),
+            r.template.as_str(),
+            r.broadcast_enabled,
+            r.tier,
+        )
+    });
+    assert_eq!(row, Some(("offline", "hermes", "platform-agent", true, 0)));
+    assert_eq!(
+        (
+            p.declared_plugin.plugin_name.as_str(),
+            p.declared_plugin.source_raw.as_str(),
+            p.declared_plugin.action.as_str()
+        ),
+        (MCP, MCP_SOURCE, "create")
+    );
+    let text = db
+        .orgctl(&["install-platform-agent", "--dry-run", "--model", "m"])
+        .run();
+    assert!(
+        text.stdout
+            .contains(&format!("Declared plugin: {MCP} ({MCP_SOURCE}) — create")),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("declare the platform MCP plugin"),
+        "{}",
+        text.stdout
+    );
+
+    let applied = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "-o",
+            "json",
+        ])
+        .run();
+    applied.code(0);
+    assert_eq!(parse(&applied.stdout).plan_hash, p.plan_hash);
+    assert_eq!(
+        agent_row(&db, id),
+        "platform|0|offline|hermes|null|platform-agent|t|Org Concierge"
+    );
+    assert_eq!(declared_plugins(&db), format!("{id} {MCP} {MCP_SOURCE}"));
+    // A second run changes nothing.
+    let again = db
+        .orgctl(&["install-platform-agent", "--yes", "-o", "json"])
+        .run();
+    again.code(0);
+    let q = parse(&again.stdout);
+    assert!(!q.changed);
+    assert_eq!(q.declared_plugin.action, "unchanged");
+}
+
+#[test]
+fn a_new_agent_takes_the_org_name_and_default_runtime_from_the_platforms_environment() {
+    let db = TestDb::sample();
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .env("MOLECULE_ORG_NAME", "  Acme Corp ")
+        .env("MOLECULE_DEFAULT_RUNTIME", "claude-code")
+        .run()
+        .code(0);
+    assert_eq!(
+        agent_row(&db, crate::harness::TEST_AGENT_ID),
+        "platform|0|offline|claude-code|null|platform-agent|t|Acme Corp Agent"
+    );
+    // --name still overrides the org's name.
+    let db = TestDb::sample();
+    db.orgctl(&[
+        "install-platform-agent",
+        "--model",
+        "m",
+        "--yes",
+        "--name",
+        "Concierge",
+    ])
+    .env("MOLECULE_ORG_NAME", "Acme Corp")
+    .run()
+    .code(0);
+    assert_eq!(
+        db.scalar("SELECT name FROM workspaces WHERE kind = 'platform'"),
+        "Concierge"
+    );
+    // An org name with a control character is refused before anything is read.
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .env("MOLECULE_ORG_NAME", "Acme\u{1b}[31m")
+        .run()
+        .code(2)
+        .one_line_error("MOLECULE_ORG_NAME");
+    assert_eq!(db.snapshot(), before);
+}
+
+#[test]
+fn a_self_hosted_tenant_gets_the_platforms_self_hosted_id() {
+    let db = TestDb::sample();
+    db.orgctl(&[
+        "install-platform-agent",
+        "--self-hosted",
+        "--model",
+        "m",
+        "--yes",
+    ])
+    .env_remove("MOLECULE_ORG_ID")
+    .run()
+    .code(0);
+    assert_eq!(
+        db.scalar("SELECT id FROM workspaces WHERE kind = 'platform'"),
+        SELF_HOSTED_ID
+    );
+}
+
+#[test]
+fn without_an_org_id_or_self_hosted_a_new_agent_is_refused_rather_than_invented() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    for extra in [&["--dry-run"][..], &["--yes"][..]] {
+        let mut args = vec!["install-platform-agent", "--model", "m"];
+        args.extend_from_slice(extra);
+        db.orgctl(&args)
+            .env_remove("MOLECULE_ORG_ID")
+            .run()
+            .code(2)
+            .one_line_error("--org-id");
+    }
+    // Both an org id and self-hosted: one or the other.
+    db.orgctl(&[
+        "install-platform-agent",
+        "--self-hosted",
+        "--model",
+        "m",
+        "--yes",
+    ])
+    .run()
+    .code(2)
+    .one_line_error("self-hosted are both given");
+    // A blank or spaced org id is not an org id.
+    for bad in ["   ", "acme corp"] {
+        db.orgctl(&[
+            "install-platform-agent",
+            "--model",
+            "m",
+            "--yes",
+            "--org-id",
+            bad,
+        ])
+        .run()
+        .code(2)
+        .one_line_error("--org-id");
+    }
+    assert_eq!(db.snapshot(), before);
+    assert_eq!(db.audit_rows(), 0);
+}
+
+#[test]
+fn an_existing_agent_is_adopted_whatever_its_id_and_keeps_what_the_platform_keeps() {
+    let db = TestDb::sample();
+    let agent = "44444444-0000-4000-8000-000000000002";
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, kind, tier, status, runtime, broadcast_enabled, template)
+         VALUES ('{agent}', 'Their concierge', 'platform', 3, 'online', 'claude-code', false, 'custom');
+         INSERT INTO workspace_secrets (workspace_id, key, encrypted_value) VALUES ('{agent}', 'MODEL', 'x'::bytea);
+         INSERT INTO workspace_declared_plugins (workspace_id, plugin_name, source_raw)
+         VALUES ('{agent}', '{MCP}', 'gitea://old#v1');"
+    ));
+    // No org id needed to adopt it.
+    let r = db
+        .orgctl(&["install-platform-agent", "--yes", "-o", "json"])
+        .env_remove("MOLECULE_ORG_ID")
+        .run();
+    r.code(0);
+    let p = parse(&r.stdout);
+    assert_eq!(p.platform_agent.id, agent);
+    assert_eq!(p.platform_agent.action, "update");
+    let fields: Vec<&str> = p
+        .platform_agent
+        .changes
+        .iter()
+        .map(|c| c.field.as_str())
+        .collect();
+    assert_eq!(fields, ["template"]);
+    assert_eq!(p.declared_plugin.action, "update");
+    // Only kind, parent and template are the install's; status, tier, runtime, broadcast and
+    // name stay as they were.
+    assert_eq!(
+        agent_row(&db, agent),
+        "platform|3|online|claude-code|null|platform-agent|f|Their concierge"
+    );
+    assert_eq!(declared_plugins(&db), format!("{agent} {MCP} {MCP_SOURCE}"));
+}
+
+#[test]
+fn an_id_override_that_differs_from_the_platforms_warns() {
+    let db = TestDb::sample();
+    let mine = "55555555-0000-4000-8000-000000000001";
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--id",
+            mine,
+            "--model",
+            "m",
+            "--yes",
+        ])
+        .run();
+    r.code(0);
+    assert!(
+        r.stderr
+            .contains(&format!("--id {mine} differs from the platform's id"))
+            && r.stderr.contains(crate::harness::TEST_AGENT_ID),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        db.scalar("SELECT id FROM workspaces WHERE kind = 'platform'"),
+        mine
+    );
+    // The platform's own id: no warning.
+    let db = TestDb::sample();
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--id",
+            crate::harness::TEST_AGENT_ID,
+            "--model",
+            "m",
+            "--yes",
+        ])
+        .run();
+    r.code(0);
+    assert!(!r.stderr.contains("differs"), "{}", r.stderr);
+}
+
+#[test]
+fn a_removed_agent_is_refused_unless_revived() {
+    let db = TestDb::sample();
+    let agent = "44444444-0000-4000-8000-000000000003";
+    db.exec(&format!(
+        "INSERT INTO workspaces (id, name, kind, tier, status, runtime)
+         VALUES ('{agent}', 'Deleted concierge', 'platform', 0, 'removed', 'hermes');
+         INSERT INTO workspace_secrets (workspace_id, key, encrypted_value) VALUES ('{agent}', 'MODEL', 'x'::bytea);"
+    ));
+    let before = db.snapshot();
+    for extra in [&["--dry-run"][..], &["--yes"][..]] {
+        let mut args = vec!["install-platform-agent"];
+        args.extend_from_slice(extra);
+        db.orgctl(&args).run().code(3).one_line_error(&format!(
+            "the platform agent {agent} ('Deleted concierge') is removed"
+        ));
+    }
+    assert_eq!(db.snapshot(), before);
+
+    let dry = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--revive",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .run();
+    dry.code(0);
+    let p = parse(&dry.stdout);
+    let status = p
+        .platform_agent
+        .changes
+        .iter()
+        .find(|c| c.field == "status")
+        .map(|c| (c.old.as_str(), c.new.as_str()));
+    assert_eq!(status, Some(("removed", "offline")));
+    db.orgctl(&["install-platform-agent", "--revive", "--yes"])
+        .run()
+        .code(0);
+    assert_eq!(
+        agent_row(&db, agent),
+        "platform|0|offline|hermes|null|platform-agent|f|Deleted concierge"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE parent_id IS NULL"),
+        "1"
+    );
 }

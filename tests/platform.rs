@@ -667,6 +667,13 @@ fn rollback_of_a_lived_in_agent_refuses_then_force_soft_deletes_it_and_keeps_eve
         r.code(0);
         assert_eq!(tenant0(&r.json())["status"], "already_rolled_back");
         assert_eq!(platform_rows(&db), after);
+        // The tombstone keeps kind 'platform': a later install finds it removed and refuses
+        // to bring it back unless told to (--revive), as the platform's boot leaves it alone.
+        let r = db
+            .orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+            .run();
+        r.code(3).one_line_error("--revive");
+        assert!(r.stderr.contains(&agent), "{}", r.stderr);
     }
 }
 
@@ -936,4 +943,56 @@ fn a_stale_keep_alive_connection_is_retried_once_on_a_new_one() {
         platform.answered.load(std::sync::atomic::Ordering::SeqCst),
         41
     );
+}
+
+/// The platform's own install, as it performs it (one transaction): its agent row, on conflict
+/// only kind, parent and template; its declared plugin, on conflict a refreshed source.
+fn platform_install_sql(agent: &str) -> String {
+    format!(
+        "BEGIN;
+         INSERT INTO workspaces (id, name, kind, tier, status, runtime, parent_id, template,
+                                 broadcast_enabled)
+         VALUES ('{agent}', 'Org Concierge', 'platform', 0, 'offline', 'hermes', NULL,
+                 'platform-agent', TRUE)
+         ON CONFLICT (id) DO UPDATE SET kind = 'platform', parent_id = NULL,
+                                        template = 'platform-agent';
+         INSERT INTO workspace_declared_plugins (workspace_id, plugin_name, source_raw)
+         VALUES ('{agent}', 'molecule-ai-plugin-molecule-platform-mcp',
+                 'gitea://molecule-ai/molecule-ai-plugin-molecule-platform-mcp#main')
+         ON CONFLICT (workspace_id, plugin_name) DO UPDATE SET source_raw = EXCLUDED.source_raw;
+         COMMIT;"
+    )
+}
+
+#[test]
+fn the_platforms_own_install_after_orgctls_changes_nothing_orgctl_wrote() {
+    for (label, env) in [
+        ("defaults", vec![]),
+        (
+            "org name and runtime",
+            vec![
+                ("MOLECULE_ORG_NAME", "Acme"),
+                ("MOLECULE_DEFAULT_RUNTIME", "claude-code"),
+            ],
+        ),
+    ] {
+        let db = TestDb::sample();
+        let mut cmd = db.orgctl(&["install-platform-agent", "--model", "m", "--yes"]);
+        for (k, v) in &env {
+            cmd = cmd.env(k, v);
+        }
+        cmd.run().code(0);
+        let agent = crate::harness::TEST_AGENT_ID;
+        assert_eq!(db.scalar(AGENT_NAME_CHECK), agent, "{label}");
+        // The platform knows the same id for the same org: it finds orgctl's row and installs
+        // over it.
+        let before = db.snapshot();
+        db.exec(&platform_install_sql(agent));
+        assert_eq!(db.snapshot(), before, "{label}: the platform changed a row");
+        assert_eq!(
+            db.scalar("SELECT count(*) FROM workspaces WHERE kind = 'platform'"),
+            "1",
+            "{label}"
+        );
+    }
 }

@@ -662,7 +662,8 @@ fn backfill_provisions_tenants_with_a_platform_url_and_skips_the_others() {
     pa.assert_one_request_for(&agent_id(&a));
     pc.assert_one_request_for(&agent_id(&c));
     assert_eq!(agent_status(&a), "online");
-    assert_eq!(agent_status(&b), "provisioning");
+    // Installed without a platform URL: offline, as the platform inserts it.
+    assert_eq!(agent_status(&b), "offline");
     assert_eq!(agent_status(&c), "online");
     for db in [&a, &b, &c] {
         assert_installed(db);
@@ -829,7 +830,7 @@ fn status_warns_while_the_agent_is_not_running_without_failing_the_gate() {
     assert_eq!(code, 0, "a warning never fails the gate");
     assert_eq!(c["severity"], "warning");
     assert_eq!(c["ok"], false);
-    assert_eq!(status, "provisioning");
+    assert_eq!(status, "offline");
     let table = db.orgctl(&["status"]).run();
     table.code(0);
     assert!(
@@ -837,11 +838,7 @@ fn status_warns_while_the_agent_is_not_running_without_failing_the_gate() {
         "{}",
         table.stdout
     );
-    assert!(
-        table.stdout.contains("status provisioning"),
-        "{}",
-        table.stdout
-    );
+    assert!(table.stdout.contains("status offline"), "{}", table.stdout);
     for s in ["online", "degraded"] {
         db.exec(&format!(
             "UPDATE workspaces SET status = '{s}' WHERE kind = 'platform'"
@@ -939,7 +936,7 @@ fn resuming_a_run_with_provision_brings_its_agents_to_life() {
     ];
     Cmd::new(&base).run().code(0);
     assert!(pa.calls().is_empty());
-    assert_eq!(agent_status(&a), "provisioning");
+    assert_eq!(agent_status(&a), "offline");
     let mut args = base.to_vec();
     args.extend_from_slice(&["-o", "json", "--provision", "--wait", "20s"]);
     let r = Cmd::new(&args).env("MOLECULE_ADMIN_TOKEN", TOKEN).run();

@@ -120,6 +120,7 @@ pub const CHECKS: &[&str] = &[
     "parent_chains",
     "unanchored_tokens",
     "platform_agent_running",
+    "platform_agent_not_removed",
 ];
 
 impl StatusJson {
@@ -255,7 +256,7 @@ fn before_install_names_every_finding_and_what_install_would_fix() {
         "Roots (3):",
         "Platform agent: none",
         "install-platform-agent would fix: Plan: create the platform agent, re-parent 3 root(s)",
-        "4 of 7 invariants broken",
+        "4 of 8 invariants broken",
         "70000000-0000-4000-8000-000000000008",
     ] {
         assert!(t.stdout.contains(needle), "{needle}:\n{}", t.stdout);
@@ -577,4 +578,49 @@ async fn status_answers_while_the_tenant_is_locked() {
     r.code(1);
     assert!(r.stdout.contains("Roots (3):"));
     drop(holder);
+}
+
+#[test]
+fn a_removed_agent_is_a_broken_invariant() {
+    let db = TestDb::sample();
+    // The token on a non-root is a finding of its own.
+    db.exec(
+        "UPDATE org_api_tokens SET org_id = NULL WHERE id = '70000000-0000-4000-8000-000000000008'",
+    );
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run()
+        .code(0);
+    let (r, s) = status_json(&db, &[]);
+    r.code(0);
+    assert!(s.check("platform_agent_not_removed").ok);
+    // The platform deletes its agent: a tombstone that keeps kind 'platform'.
+    let agent = crate::harness::TEST_AGENT_ID;
+    db.exec(&format!(
+        "UPDATE workspaces SET status = 'removed' WHERE id = '{agent}'"
+    ));
+    let before = db.snapshot();
+    let (r, s) = status_json(&db, &[]);
+    r.code(1);
+    assert!(!s.ok);
+    let c = s.check("platform_agent_not_removed");
+    assert!(!c.ok);
+    assert_eq!(c.count, 1);
+    assert_eq!(row_ids(c), [agent]);
+    assert!(c.message.contains("--revive"), "{}", c.message);
+    assert_eq!(s.failing(), ["platform_agent_not_removed"]);
+    // And install says it would refuse, as it does.
+    assert_eq!(s.install_would.action, "refused");
+    assert!(
+        s.install_would.summary.contains("is removed"),
+        "{}",
+        s.install_would.summary
+    );
+    let t = db.orgctl(&["status"]).run();
+    t.code(1);
+    assert!(
+        t.stdout.contains("platform_agent_not_removed"),
+        "{}",
+        t.stdout
+    );
+    assert_eq!(db.snapshot(), before);
 }

@@ -136,6 +136,10 @@ pub struct Job {
     pub dry_run: bool,
     /// `--provision` (and `--wait`): bring each tenant's agent to life after its commit.
     pub provision: Option<ProvisionJob>,
+    /// `--org-id` / `MOLECULE_ORG_ID` (checked) and `--self-hosted`: for tenant lines that say
+    /// neither.
+    pub org_id: Option<String>,
+    pub self_hosted: bool,
 }
 
 pub struct ProvisionJob {
@@ -161,14 +165,35 @@ fn ensure_model_kept(plan: &Plan, replace_model: bool) -> Result<()> {
 }
 
 impl Job {
-    fn input(&self) -> Result<InstallInput> {
-        InstallInput::new(
+    /// The install's input for tenant `t`: its line's org id or self-hosted mark, else the
+    /// run's.
+    fn input(&self, t: &Tenant) -> Result<InstallInput> {
+        let (org_id, self_hosted) = if t.org_id.is_some() || t.self_hosted {
+            (t.org_id.as_deref(), t.self_hosted)
+        } else {
+            (self.org_id.as_deref(), self.self_hosted)
+        };
+        let input = InstallInput::new(
             None,
             None,
             self.model.as_ref().map(|m| m.as_str()),
             self.allow_missing_model,
-        )
+        )?
+        .with_identity(org_id, self_hosted, "the org id")?;
+        // No MOLECULE_ORG_NAME: one name cannot name every org of a fleet, so a new agent gets
+        // the platform's name for an org whose name it does not know.
+        Ok(input)
     }
+}
+
+/// How many selected tenants take the run's org id (their line says neither `org_id=` nor
+/// `self-hosted`).
+pub fn taking_run_org_id(tenants: &[Tenant]) -> Vec<&str> {
+    tenants
+        .iter()
+        .filter(|t| t.org_id.is_none() && !t.self_hosted)
+        .map(|t| t.name.as_str())
+        .collect()
 }
 
 /// Install on one tenant. Never returns an error: a failure is a `failed` result.
@@ -286,7 +311,7 @@ async fn apply_inner(
     slot: &mut Option<PgConnection>,
     committing: &Committing,
 ) -> Result<TenantResult> {
-    let input = job.input()?;
+    let input = job.input(t)?;
     let conn = slot.insert(db::connect(&t.url, &job.settings).await?);
 
     if job.dry_run {
@@ -454,17 +479,20 @@ async fn prior_run(
 
 /// The run-state row: binds $1 run id, $2 tenant, $3 status, $4 agent id, $5 agent action,
 /// $6 model action, $7 the MODEL key, $8–$11 the counts, $12 plan hash, $13 OS user, $14 orgctl
-/// version. Only a `failed` row of an earlier attempt is overwritten.
+/// version, $15 the declared plugin's action, $16 its name. Only a `failed` row of an earlier
+/// attempt is overwritten.
 const RUN_ROW_SQL: &str = "INSERT INTO orgctl.backfill_runs AS b
                 (run_id, tenant, status, agent_id, agent_action, agent_prior, model_action,
                  model_prior, reparented, tokens_moved, allowlist_moved, allowlist_merged,
-                 plan_hash, os_user, orgctl_version)
+                 plan_hash, os_user, orgctl_version, plugin_action, plugin_prior)
          SELECT $1, $2, $3, $4, $5,
                 (SELECT to_jsonb(w) FROM workspaces w WHERE w.id = $4),
                 $6,
                 (SELECT to_jsonb(s) FROM workspace_secrets s
                   WHERE s.workspace_id = $4 AND s.key = $7),
-                $8, $9, $10, $11, $12, $13, $14
+                $8, $9, $10, $11, $12, $13, $14, $15,
+                (SELECT to_jsonb(p) FROM workspace_declared_plugins p
+                  WHERE p.workspace_id = $4 AND p.plugin_name = $16)
          ON CONFLICT (run_id) DO UPDATE
             SET tenant = EXCLUDED.tenant, status = EXCLUDED.status,
                 agent_id = EXCLUDED.agent_id, agent_action = EXCLUDED.agent_action,
@@ -474,10 +502,11 @@ const RUN_ROW_SQL: &str = "INSERT INTO orgctl.backfill_runs AS b
                 allowlist_moved = EXCLUDED.allowlist_moved,
                 allowlist_merged = EXCLUDED.allowlist_merged, plan_hash = EXCLUDED.plan_hash,
                 error = NULL, recorded_at = now(), os_user = EXCLUDED.os_user,
-                orgctl_version = EXCLUDED.orgctl_version
+                orgctl_version = EXCLUDED.orgctl_version,
+                plugin_action = EXCLUDED.plugin_action, plugin_prior = EXCLUDED.plugin_prior
           WHERE b.status = 'failed'";
 
-/// The values of [`RUN_ROW_SQL`]'s $1–$14, in order.
+/// The values of [`RUN_ROW_SQL`]'s $1–$16, in order.
 fn run_row_args<'a>(
     run_id: &'a str,
     tenant: &'a str,
@@ -499,6 +528,8 @@ fn run_row_args<'a>(
         Arg::TextOwned(plan.hash()),
         Arg::TextOwned(crate::sys::os_user()),
         Arg::Text(env!("CARGO_PKG_VERSION")),
+        Arg::Text(plan.plugin.as_str()),
+        Arg::Text(crate::platform::agent::MCP_PLUGIN),
     ]
 }
 
@@ -524,8 +555,9 @@ async fn record_run(
 /// The snapshot of every row `plan` changes, as the first changes of the change's first
 /// statement ([`install::execute`]): data-modifying CTEs read the rows as they were before the
 /// statement, so the snapshot is of the rows before the change, and a fresh tenant pays no
-/// round trip for it. The run row ([`RUN_ROW_SQL`], so its values are $1–$14) holds the agent's
-/// prior row (NULL when the run creates it) and the prior MODEL secret row (NULL when none);
+/// round trip for it. The run row ([`RUN_ROW_SQL`], so its values are $1–$16) holds the agent's
+/// prior row (NULL when the run creates it), the prior MODEL secret row (NULL when none) and
+/// the prior declared plugin row (NULL when none);
 /// one CTE per kind of row the plan has, each checked against the plan's count.
 fn snapshot<'a>(run_id: &'a str, tenant: &'a str, plan: &Plan) -> Result<install::Changes<'a>> {
     let ids: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
@@ -545,8 +577,8 @@ fn snapshot<'a>(run_id: &'a str, tenant: &'a str, plan: &Plan) -> Result<install
     for a in run_row_args(run_id, tenant, "applied", plan) {
         c.arg(a);
     }
-    if c.bound() != 14 {
-        return Err(Error::failed("internal: the run row binds 14 values"));
+    if c.bound() != 16 {
+        return Err(Error::failed("internal: the run row binds 16 values"));
     }
     c.add("the run-state row", RUN_ROW_SQL.to_string(), Some(1));
     let run = "$1";
@@ -761,6 +793,17 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     }
     let all = super::tenants::read(&args.tenants).await?;
     let selected: Vec<Tenant> = Shard::select(shard, all);
+    // The run's identity, checked once (a bad --org-id is a usage error, not N failures).
+    let org_id = args
+        .org_id
+        .as_deref()
+        .map(|o| crate::platform::agent::check_org_id(o, "--org-id (or MOLECULE_ORG_ID)"))
+        .transpose()?;
+    crate::platform::agent::identity(
+        org_id.clone(),
+        args.self_hosted,
+        "--org-id (or MOLECULE_ORG_ID)",
+    )?;
     // --provision: the admin token is needed before anything changes, when any selected tenant
     // has a platform URL to call (a tenant without one is reported skipped, not failed).
     if args.provision && !args.dry_run {
@@ -775,6 +818,17 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     }
     // The run id comes first, so an operator can resume or roll back whatever happens next.
     crate::output::stderr(&format!("run id: {run_id}\n"));
+    if org_id.is_some() {
+        let taking = taking_run_org_id(&selected);
+        if taking.len() > 1 {
+            out.warn(&format!(
+                "{} tenants take the org id of --org-id (or MOLECULE_ORG_ID), but every org has its own: a tenant without a platform agent gets an agent id meant for another org; give each line its org_id=ID ({}{})",
+                taking.len(),
+                taking.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+                if taking.len() > 5 { ", …" } else { "" }
+            ));
+        }
+    }
     let what = format!(
         "{} tenant(s){}, concurrency {}{}",
         selected.len(),
@@ -820,6 +874,8 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         replace_model: args.replace_model,
         sb,
         dry_run: args.dry_run,
+        org_id,
+        self_hosted: args.self_hosted,
         provision: args.provision.then(|| ProvisionJob {
             wait: args.wait,
             cancel: cancel.clone(),

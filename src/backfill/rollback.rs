@@ -193,6 +193,8 @@ struct RunRow {
     agent_id: Option<Uuid>,
     agent_action: String,
     model_action: String,
+    /// What the run did to the declared plugin row ("" for runs that did not declare it).
+    plugin_action: String,
     at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -247,7 +249,7 @@ async fn rollback_on(
     let lock = if job.dry_run { "" } else { " FOR UPDATE" };
     let row = db::query(&format!(
         "SELECT status, agent_id, coalesce(agent_action, ''), coalesce(model_action, ''),
-                recorded_at
+                recorded_at, coalesce(plugin_action, '')
            FROM orgctl.backfill_runs WHERE run_id = $1{lock}"
     ))
     .bind(&job.run_id)
@@ -262,6 +264,7 @@ async fn rollback_on(
         agent_action: row.try_get(2)?,
         model_action: row.try_get(3)?,
         at: row.try_get(4)?,
+        plugin_action: row.try_get(5)?,
     };
     match run.status.as_str() {
         "applied" => {}
@@ -648,8 +651,8 @@ async fn find_drift(
     if run.agent_action != "unchanged" {
         let state: Option<bool> = db::query_scalar(
             "SELECT parent_id IS NULL AND kind IS NOT DISTINCT FROM 'platform'
-                    AND tier IS NOT DISTINCT FROM 0
-                    AND ($2 = 'update' OR name IS NOT DISTINCT FROM $3)
+                    AND ($2 = 'update' OR (tier IS NOT DISTINCT FROM 0
+                                           AND name IS NOT DISTINCT FROM $3))
                FROM workspaces WHERE id = $1",
         )
         .bind(agent)
@@ -805,6 +808,7 @@ async fn other_references(
     run: &RunRow,
 ) -> Result<Vec<Referencing>> {
     let model_seeded = run.model_action == "seeded";
+    let plugin_created = run.plugin_action == "create";
     org::rows_referencing(conn, agent, |r| {
         match (r.table.as_str(), r.column.as_str()) {
             ("workspaces", "parent_id")
@@ -813,6 +817,10 @@ async fn other_references(
             // The MODEL row the run seeded is deleted by the restore.
             ("workspace_secrets", "workspace_id") if model_seeded => {
                 Count::Where("x.key <> 'MODEL'")
+            }
+            // The plugin row the run declared is deleted by the restore.
+            ("workspace_declared_plugins", "workspace_id") if plugin_created => {
+                Count::Where(crate::platform::agent::NOT_MCP_PLUGIN)
             }
             _ => Count::All,
         }
@@ -1028,6 +1036,28 @@ async fn restore(
         }
     }
 
+    // The declared plugin: deleted if the run declared it, else its prior row whole.
+    if matches!(run.plugin_action.as_str(), "create" | "update") {
+        db::query(
+            "DELETE FROM workspace_declared_plugins WHERE workspace_id = $1 AND plugin_name = $2",
+        )
+        .bind(agent)
+        .bind(crate::platform::agent::MCP_PLUGIN)
+        .execute(&mut *conn)
+        .await?;
+        if run.plugin_action == "update" {
+            let r = db::query(
+                "INSERT INTO workspace_declared_plugins
+                 SELECT (jsonb_populate_record(NULL::workspace_declared_plugins, b.plugin_prior)).*
+                   FROM orgctl.backfill_runs b WHERE b.run_id = $1 AND b.plugin_prior IS NOT NULL",
+            )
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            check("the prior declared plugin", r.rows_affected(), 1, force)?;
+        }
+    }
+
     // The agent: deleted if the run created it, else its prior fields.
     match run.agent_action.as_str() {
         "create" => {
@@ -1055,8 +1085,11 @@ async fn restore(
         }
         "update" => {
             let r = db::query(
+                // The status only when the run revived a removed agent.
                 "UPDATE workspaces w
                     SET name = p.name, kind = p.kind, parent_id = p.parent_id, tier = p.tier,
+                        template = p.template,
+                        status = CASE WHEN p.status::text = 'removed' THEN p.status ELSE w.status END,
                         updated_at = p.updated_at
                    FROM orgctl.backfill_runs b
                   CROSS JOIN LATERAL jsonb_populate_record(NULL::workspaces, b.agent_prior) p

@@ -1,7 +1,11 @@
 //! The tenants file and the shard hash.
 //!
-//! One tenant per line, `NAME DATABASE_URL [PLATFORM_URL]`, separated by spaces or tabs (the
-//! platform URL is what `backfill run --provision` asks to provision the tenant's agent); blank lines and lines
+//! One tenant per line, `NAME DATABASE_URL [PLATFORM_URL] [org_id=ID | self-hosted]`, separated
+//! by spaces or tabs (the platform URL is what `backfill run --provision` asks to provision the
+//! tenant's agent; `org_id=ID` is the org id the control plane knows the tenant by, and
+//! `self-hosted` marks a self-hosted tenant: either says which id a new agent gets). The fields
+//! after the database URL may come in any order: `org_id=` is a key (a URL has `://` first),
+//! `self-hosted` a word, anything else the platform URL. Blank lines and lines
 //! starting with `#` are ignored. A malformed line or a duplicate name is a usage error (exit 2)
 //! naming the line. Messages never quote a line: a URL (or a URL pasted where the name goes)
 //! carries a password. Every URL goes through [`DbUrl::parse`], which registers its password
@@ -32,7 +36,19 @@ pub struct Tenant {
     /// The tenant's platform API (the optional third field), for `--provision`. Checked when
     /// the file is read; its password, if any, is registered for masking.
     pub platform_url: Option<String>,
+    /// `org_id=ID` on the line (trimmed).
+    pub org_id: Option<String>,
+    /// `self-hosted` on the line.
+    pub self_hosted: bool,
 }
+
+/// The marker of a self-hosted tenant on its line.
+pub const SELF_HOSTED_FIELD: &str = "self-hosted";
+/// The key of the org id field on a tenant's line.
+pub const ORG_ID_KEY: &str = "org_id";
+
+/// The line's format, for messages.
+const FORMAT: &str = "NAME DATABASE_URL [PLATFORM_URL] [org_id=ID | self-hosted]";
 
 impl Tenant {
     /// `host:port/dbname` for summaries and reports: no user, no password, and masked, since a
@@ -119,9 +135,9 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Tenant>> {
             continue;
         }
         let fields: Vec<&str> = trimmed.split_whitespace().collect();
-        if !(2..=3).contains(&fields.len()) {
+        if !(2..=4).contains(&fields.len()) {
             return Err(Error::usage(format!(
-                "{source} line {line}: expected `NAME DATABASE_URL [PLATFORM_URL]`, found {} field(s)",
+                "{source} line {line}: expected `{FORMAT}`, found {} field(s)",
                 fields.len()
             )));
         }
@@ -143,13 +159,54 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Tenant>> {
                 "{source} line {line}: duplicate tenant name '{name}' (first on line {first})"
             )));
         }
-        let platform_url = match fields.get(2) {
+        let mut platform_field: Option<(usize, &str)> = None;
+        let mut org_id: Option<String> = None;
+        let mut self_hosted = false;
+        for (i, f) in fields.iter().enumerate().skip(2) {
+            if *f == SELF_HOSTED_FIELD {
+                if self_hosted {
+                    return Err(Error::usage(format!(
+                        "{source} line {line}: `{SELF_HOSTED_FIELD}` is given twice"
+                    )));
+                }
+                self_hosted = true;
+            } else if let Some((key, value)) = key_field(f) {
+                if key != ORG_ID_KEY {
+                    return Err(Error::usage(format!(
+                        "{source} line {line}: unknown field `{}=` (expected `{FORMAT}`)",
+                        crate::error::sanitize(key)
+                    )));
+                }
+                if org_id.is_some() {
+                    return Err(Error::usage(format!(
+                        "{source} line {line}: `{ORG_ID_KEY}=` is given twice"
+                    )));
+                }
+                org_id = Some(crate::platform::agent::check_org_id(
+                    value,
+                    &format!("{source} line {line}: `{ORG_ID_KEY}=`"),
+                )?);
+            } else if platform_field.is_some() {
+                return Err(Error::usage(format!(
+                    "{source} line {line}: more than one platform URL field (after the database URL come PLATFORM_URL, {ORG_ID_KEY}=ID and {SELF_HOSTED_FIELD}, each at most once)"
+                )));
+            } else {
+                platform_field = Some((i, *f));
+            }
+        }
+        crate::platform::agent::identity(
+            org_id.clone(),
+            self_hosted,
+            &format!("{source} line {line}: `{ORG_ID_KEY}=`"),
+        )?;
+        let platform_url = match platform_field {
             None => None,
-            Some(raw) => {
+            Some((i, raw)) => {
+                let which = if i == 2 { "third" } else { "fourth" };
                 // Validated (and its password registered for masking) as --platform-url is.
                 crate::platform::restart::Platform::new(Some(raw), None, false).map_err(|e| {
                     Error::usage(format!(
-                        "{source} line {line}: the third field is not a platform URL: {}",
+                        "{source} line {line}: the {which} field is not a platform URL: {}",
                         crate::redact::mask(&e.message)
                     ))
                 })?;
@@ -170,9 +227,22 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Tenant>> {
             url,
             line,
             platform_url,
+            org_id,
+            self_hosted,
         });
     }
     Ok(tenants)
+}
+
+/// `key=value` when the field starts with a key (letters, digits, `_`, `-`; a URL has `:` or
+/// `/` before any `=`).
+fn key_field(f: &str) -> Option<(&str, &str)> {
+    let (key, value) = f.split_once('=')?;
+    let is_key = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    is_key.then_some((key, value))
 }
 
 /// The database a URL names, for duplicate detection: host (case-insensitive), port, name.
@@ -377,11 +447,20 @@ globex postgres://h/g
     #[test]
     fn malformed_lines_name_the_line_and_not_the_password() {
         for (text, line, needle) in [
-            ("acme\n", 1, "expected `NAME DATABASE_URL [PLATFORM_URL]`"),
+            (
+                "acme\n",
+                1,
+                "expected `NAME DATABASE_URL [PLATFORM_URL] [org_id=ID | self-hosted]`",
+            ),
+            (
+                "a postgres://h/a\nb postgres://u:hunter22@h/b http://x extra self-hosted\n",
+                2,
+                "5 field(s)",
+            ),
             (
                 "a postgres://h/a\nb postgres://u:hunter22@h/b http://x extra\n",
                 2,
-                "4 field(s)",
+                "more than one platform URL field",
             ),
             ("\n\nacme mysql://u:hunter22@h/db\n", 3, "scheme"),
             (
@@ -405,6 +484,30 @@ globex postgres://h/g
             );
             assert!(e.message.contains(needle), "{text}: {}", e.message);
             assert!(!e.message.contains("hunter22"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn org_id_and_self_hosted_fields_in_any_order() {
+        let t = ok("a postgres://h/a org_id=o-1\nb postgres://h/b self-hosted https://b.example\nc postgres://h/c https://c.example org_id=o-3\nd postgres://h/d\n");
+        assert_eq!(t[0].org_id.as_deref(), Some("o-1"));
+        assert!(!t[0].self_hosted && t[0].platform_url.is_none());
+        assert!(t[1].self_hosted && t[1].org_id.is_none());
+        assert_eq!(t[1].platform_url.as_deref(), Some("https://b.example"));
+        assert_eq!(t[2].org_id.as_deref(), Some("o-3"));
+        assert_eq!(t[2].platform_url.as_deref(), Some("https://c.example"));
+        assert!(t[3].org_id.is_none() && !t[3].self_hosted);
+        for (text, needle) in [
+            ("a postgres://h/a org_id=o self-hosted\n", "both given"),
+            ("a postgres://h/a org_id=\n", "must not be empty"),
+            ("a postgres://h/a org_id=o org_id=p\n", "given twice"),
+            ("a postgres://h/a self-hosted self-hosted\n", "given twice"),
+            ("a postgres://h/a orgid=o\n", "unknown field `orgid=`"),
+        ] {
+            let e = err(text);
+            assert_eq!(e.exit, crate::error::Exit::Usage, "{text}");
+            assert!(e.message.contains("line 1:"), "{text}: {}", e.message);
+            assert!(e.message.contains(needle), "{text}: {}", e.message);
         }
     }
 

@@ -310,7 +310,14 @@ pub async fn restored(conn: &mut PgConnection, run: &RunActions<'_>) -> Result<V
                 "workspaces",
                 "p.snap",
                 // The fields the rollback restores; the rest of the agent is the platform's.
-                Some(&["name", "kind", "parent_id", "tier", "updated_at"]),
+                Some(&[
+                    "name",
+                    "kind",
+                    "parent_id",
+                    "tier",
+                    "template",
+                    "updated_at",
+                ]),
             ),
         ));
     }
