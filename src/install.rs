@@ -49,6 +49,12 @@ pub struct InstallInput {
     pub name: Option<String>,
     pub model: Option<Zeroizing<String>>,
     pub allow_missing_model: bool,
+    /// The org's id (the control plane's), sent to the platform as its org header.
+    pub org_id: Option<String>,
+    /// This run provisions the agent through the platform (`--provision` with a platform URL):
+    /// `--model` then goes to the platform, which validates it and writes MODEL, and a missing
+    /// MODEL is seeded by the platform (see [`crate::platform::missing_model_is_seeded`]).
+    pub provision: bool,
 }
 
 impl std::fmt::Debug for InstallInput {
@@ -58,6 +64,8 @@ impl std::fmt::Debug for InstallInput {
             .field("name", &self.name)
             .field("model", &self.model.as_ref().map(|_| "<set>"))
             .field("allow_missing_model", &self.allow_missing_model)
+            .field("org_id", &self.org_id)
+            .field("provision", &self.provision)
             .finish()
     }
 }
@@ -99,16 +107,20 @@ impl InstallInput {
             name,
             model,
             allow_missing_model,
+            org_id: provision::org_id_from_env()?,
+            provision: false,
         })
     }
 
     pub fn from_args(args: &InstallArgs) -> Result<Self> {
-        Self::new(
+        let mut input = Self::new(
             args.id,
             args.name.as_deref(),
             args.model.as_deref(),
             args.allow_missing_model,
-        )
+        )?;
+        input.provision = args.provision;
+        Ok(input)
     }
 }
 
@@ -225,6 +237,11 @@ pub struct Plan {
     pub kept: BTreeMap<String, String>,
     pub model: ModelAction,
     pub allow_missing_model: bool,
+    /// `--model` goes to the platform's ensure (not written by orgctl): [`InstallInput::provision`].
+    pub model_via_platform: bool,
+    /// `--provision` will ask the platform to provision this agent (it is new, or nothing runs
+    /// or starts it), so the platform seeds a missing MODEL.
+    pub ensure: bool,
 }
 
 impl Plan {
@@ -234,7 +251,31 @@ impl Plan {
             || !self.token_moves.is_empty()
             || !self.allowlist_moves.is_empty()
             || !self.merged.is_empty()
-            || self.model.writes()
+            || self.writes_model()
+    }
+
+    /// orgctl writes MODEL itself in the install's transaction.
+    pub fn writes_model(&self) -> bool {
+        self.model.writes() && !self.model_via_platform
+    }
+
+    /// The platform is asked to set `--model` (it validates it for the agent's runtime).
+    pub fn model_to_platform(&self) -> bool {
+        self.model_via_platform && (self.model.writes() || self.ensure)
+    }
+
+    /// What to report as the MODEL secret once the platform answered: the plan's action when
+    /// orgctl wrote it or the platform accepted it; else what is really there (nothing was set).
+    pub fn model_reported(&self, platform_accepted: bool) -> ModelAction {
+        match self.model {
+            ModelAction::Seeded if self.model_via_platform && !platform_accepted => {
+                ModelAction::Missing
+            }
+            ModelAction::Replaced if self.model_via_platform && !platform_accepted => {
+                ModelAction::Present
+            }
+            m => m,
+        }
     }
 
     /// The roots whose anchors move: the re-parented ones and swept former roots.
@@ -258,14 +299,28 @@ impl Plan {
 
     /// The refusal apply would meet (a dry run reports it too).
     pub fn refusal(&self) -> Option<Error> {
-        if self.model == ModelAction::Missing && !self.allow_missing_model {
-            let which = if self.agent.action == AgentAction::Create {
-                format!("the platform agent to be created ({})", self.agent.id)
-            } else {
-                format!("the platform agent {}", self.agent.id)
-            };
+        let which = if self.agent.action == AgentAction::Create {
+            format!("the platform agent to be created ({})", self.agent.id)
+        } else {
+            format!("the platform agent {}", self.agent.id)
+        };
+        if self.model_via_platform && self.model.writes() && !self.ensure {
+            let status = self
+                .agent
+                .prior
+                .as_ref()
+                .and_then(|p| p.status.as_deref())
+                .unwrap_or("without a status");
             return Some(Error::refused(format!(
-                "{which} would have no MODEL secret and the platform would mark it failed: pass --model MODEL, or --allow-missing-model to install without it"
+                "{which} is {status}: --provision does not ask the platform to provision it, so --model cannot be set through the platform (which validates it); nothing was changed: rerun without --provision to write MODEL directly (unvalidated, it applies at the next provision), or when the agent is offline or failed"
+            )));
+        }
+        if self.model == ModelAction::Missing
+            && !self.allow_missing_model
+            && !crate::platform::missing_model_is_seeded(self.ensure)
+        {
+            return Some(Error::refused(format!(
+                "{which} would have no MODEL secret and the platform would mark it failed when it registers: pass --model MODEL, or --provision (the platform seeds MODEL when it provisions the agent), or --allow-missing-model to install without it"
             )));
         }
         None
@@ -317,6 +372,9 @@ impl Plan {
             let _ = writeln!(s, "keep {plugin} {kept}");
         }
         let _ = writeln!(s, "model {}", self.model.as_str());
+        if self.model_via_platform {
+            let _ = writeln!(s, "model via platform ensure={}", self.ensure);
+        }
         format!("sha256:{:x}", s.0.finalize())
     }
 
@@ -359,10 +417,12 @@ impl Plan {
         if !self.merged.is_empty() {
             parts.push(format!("merge {} allowlist row(s)", self.merged.len()));
         }
-        match self.model {
-            ModelAction::Seeded => parts.push("seed MODEL".to_string()),
-            ModelAction::Replaced => parts.push("replace MODEL".to_string()),
-            ModelAction::Present | ModelAction::Missing => {}
+        if self.writes_model() {
+            match self.model {
+                ModelAction::Seeded => parts.push("seed MODEL".to_string()),
+                ModelAction::Replaced => parts.push("replace MODEL".to_string()),
+                ModelAction::Present | ModelAction::Missing => {}
+            }
         }
         format!("Plan: {}.", parts.join(", "))
     }
@@ -588,6 +648,11 @@ async fn plan_from_reads(
         .collect();
 
     let model = model_action(conn, &agent, input, sb).await?;
+    // Whether --provision will ask the platform for this agent: a new one always, an existing
+    // one by its state now (the same rule the provisioning applies after the commit).
+    let ensure = input.provision
+        && (agent.action == AgentAction::Create
+            || provision::acts_on(provision::agent_state(conn, agent.id).await?.as_ref()));
 
     Ok(Plan {
         agent,
@@ -599,6 +664,8 @@ async fn plan_from_reads(
         kept,
         model,
         allow_missing_model: input.allow_missing_model,
+        model_via_platform: input.provision && input.model.is_some(),
+        ensure,
     })
 }
 
@@ -838,8 +905,9 @@ async fn model_action(
             }
         }
     };
-    if action.writes() {
-        // A dry run meets the same key/production refusal apply would.
+    if action.writes() && !input.provision {
+        // A dry run meets the same key/production refusal apply would. (Through the platform,
+        // the platform encrypts MODEL with its own key.)
         sb.write_version()?;
     }
     Ok(action)
@@ -911,7 +979,7 @@ pub async fn execute(
     let agent = &plan.agent;
     let old = plan.old_roots();
     let reparented: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
-    let sealed = if plan.model.writes() {
+    let sealed = if plan.writes_model() {
         let value = input
             .model
             .as_ref()
@@ -1124,7 +1192,9 @@ pub fn verification(plan: &Plan) -> db::Check<'static> {
             ),
         ]
     };
-    let allow_missing_model = plan.allow_missing_model;
+    // The platform seeds (or sets) MODEL when --provision provisions the agent.
+    let allow_missing_model =
+        plan.allow_missing_model || crate::platform::missing_model_is_seeded(plan.ensure);
     let judge = move |v: &[i64]| -> Result<()> {
         let [roots, agent_root, agents, tokens_left, allow_left, model] = v else {
             return Err(Error::failed("internal: the verification read no row"));
@@ -1292,6 +1362,11 @@ pub fn render(
 ) -> Result<()> {
     // In a dry run, whether apply would change anything.
     let changed = (dry_run || applied) && plan.changed();
+    // After the platform answered, MODEL as it is: a model the platform refused is not claimed.
+    let model = match provision {
+        Some((p, _)) if !dry_run => plan.model_reported(p.accepted()),
+        _ => plan.model,
+    };
     if out.json_mode() {
         let to = plan.agent.id;
         let mut anchor_moves: Vec<JsonMove> = plan
@@ -1338,20 +1413,26 @@ pub fn render(
                     from: m.from,
                 })
                 .collect(),
-            model_secret: plan.model,
+            model_secret: model,
             plan_hash: plan.hash(),
             provision: provision.map(|(p, _)| p),
         };
         return out.json(&doc);
     }
-    let mut text = render_text(out, plan, dry_run, applied);
+    let mut text = render_text(out, plan, dry_run, applied, model);
     if let Some((p, problem)) = provision {
         let _ = writeln!(text, "Provision: {}", p.short(problem));
     }
     out.stdout(&text)
 }
 
-fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> String {
+fn render_text(
+    out: &Output,
+    plan: &Plan,
+    dry_run: bool,
+    applied: bool,
+    model: ModelAction,
+) -> String {
     let mut s = String::new();
     let agent = &plan.agent;
     let detail = match agent.action {
@@ -1459,7 +1540,18 @@ fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Strin
         }
     }
 
-    let _ = writeln!(s, "\nMODEL secret: {}", plan.model.as_str());
+    let _ = writeln!(
+        s,
+        "\nMODEL secret: {}{}",
+        model.as_str(),
+        if plan.model_to_platform() && model.writes() {
+            " (by the platform, with the provision request: it validates the model for the agent's runtime)"
+        } else if plan.model == ModelAction::Missing && plan.ensure {
+            " (the platform seeds it when it provisions the agent)"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(s, "\n{}", plan.summary());
     if plan.changed() {
         if dry_run {
@@ -1501,7 +1593,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     let url = ctx.url()?;
     let sb = SecretBox::from_env();
     let out = &ctx.out;
-    if input.model.is_some() {
+    if input.model.is_some() && !input.provision {
         // An invalid key is exit 2 (production without a key exit 3) before connecting.
         sb.write_version()?;
     }
@@ -1513,6 +1605,9 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let p = plan(&mut tx, &input, &sb, Orgctl::Probe).await?;
         warn_chains(out, &mut tx, &p).await?;
+        if p.writes_model() {
+            warn_direct_model(out, &mut tx, p.agent.id).await?;
+        }
         let dry = if args.dry_run && args.provision {
             let state = provision::agent_state(&mut tx, p.agent.id).await?;
             Some(provision::ProvisionResult {
@@ -1526,7 +1621,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         (p, dry)
     };
     let (reviewed, dry_provision) = reviewed;
-    if reviewed.model.writes() {
+    if reviewed.writes_model() {
         if let Some(w) = sb.plaintext_warning("the agent's MODEL secret") {
             out.warn(&w);
         }
@@ -1572,13 +1667,22 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         return Err(e);
     }
     if !reviewed.changed() {
-        return finish(ctx, args, &mut conn, &reviewed, false, platform.as_ref()).await;
+        return finish(
+            ctx,
+            args,
+            &input,
+            &mut conn,
+            &reviewed,
+            false,
+            platform.as_ref(),
+        )
+        .await;
     }
 
     // 2. Show and confirm. The locks are not held while a human reads.
     let asked = !ctx.yes;
     if asked && out.interactive() {
-        crate::output::stderr(&render_text(out, &reviewed, true, false));
+        crate::output::stderr(&render_text(out, &reviewed, true, false, reviewed.model));
     }
     out.confirm(&format!("Apply this plan to {}?", url.target()), ctx.yes)?;
 
@@ -1595,7 +1699,16 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     if !current.changed() {
         tx.rollback().await?;
         out.info("Another run installed the platform agent in the meantime.");
-        return finish(ctx, args, &mut conn, &current, false, platform.as_ref()).await;
+        return finish(
+            ctx,
+            args,
+            &input,
+            &mut conn,
+            &current,
+            false,
+            platform.as_ref(),
+        )
+        .await;
     }
     // What a human confirmed or change control approved is exactly what gets applied.
     let strict = args.expect_plan.is_some() || asked;
@@ -1620,7 +1733,16 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     if let Some(note) = committed.note() {
         out.info(note);
     }
-    finish(ctx, args, &mut conn, &current, true, platform.as_ref()).await
+    finish(
+        ctx,
+        args,
+        &input,
+        &mut conn,
+        &current,
+        true,
+        platform.as_ref(),
+    )
+    .await
 }
 
 /// After the commit (or when there was nothing to change): with --provision, bring the agent to
@@ -1628,6 +1750,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
 async fn finish(
     ctx: &Context,
     args: &InstallArgs,
+    input: &InstallInput,
     conn: &mut PgConnection,
     plan: &Plan,
     applied: bool,
@@ -1641,6 +1764,14 @@ async fn finish(
     // Post-commit work: a Ctrl-C lets it report what it did (exit 130) instead of cutting it.
     let _guard = crate::interrupt::CommitGuard::enter();
     let created = applied && plan.agent.action == AgentAction::Create;
+    let ask = provision::Ask {
+        org_id: input.org_id.as_deref(),
+        model: input
+            .model
+            .as_ref()
+            .filter(|_| plan.model_to_platform())
+            .map(|m| m.as_str()),
+    };
     let p = provision::provision(
         out,
         conn,
@@ -1648,7 +1779,8 @@ async fn finish(
         platform,
         plan.agent.id,
         created,
-        args.wait,
+        ask,
+        provision::Wait::from_arg(args.wait),
         provision::ctrl_c(),
         if applied {
             "the install"
@@ -1668,4 +1800,26 @@ async fn finish(
         Some(e) => Err(e),
         None => Ok(Exit::Ok),
     }
+}
+
+/// orgctl writes MODEL itself (no `--provision`): the platform has not validated the value for
+/// the agent's runtime, and the running agent picks it up only at its next provision; and a
+/// MOLECULE_MODEL secret, when set, outranks it. Said on stderr, before anything is changed.
+pub async fn warn_direct_model(out: &Output, conn: &mut PgConnection, agent: Uuid) -> Result<()> {
+    out.warn(
+        "MODEL is written straight to the database: the platform has not validated it for the agent's runtime, and it applies at the agent's next provision (pass --provision to have the platform validate and set it)",
+    );
+    let (on_agent, global) = crate::platform::model_overrides(conn, agent).await?;
+    if on_agent || global {
+        out.warn(&format!(
+            "a {} secret is set {}: it outranks MODEL, so the agent will not run the model given with --model",
+            crate::platform::MODEL_OVERRIDE_KEY,
+            match (on_agent, global) {
+                (true, true) => "on the agent and globally",
+                (true, false) => "on the agent",
+                _ => "globally",
+            }
+        ));
+    }
+    Ok(())
 }

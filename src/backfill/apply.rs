@@ -82,6 +82,12 @@ pub struct TenantResult {
     /// Why the provision did not bring the agent online (the tenant stays committed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provision_error: Option<String>,
+    /// --model goes to the platform with the provision request (not written by orgctl), and
+    /// the platform is asked to set it: [`Plan::model_via_platform`], [`Plan::model_to_platform`].
+    #[serde(skip)]
+    model_via_platform: bool,
+    #[serde(skip)]
+    model_to_platform: bool,
 }
 
 impl TenantResult {
@@ -104,6 +110,8 @@ impl TenantResult {
             note: None,
             provision: None,
             provision_error: None,
+            model_via_platform: false,
+            model_to_platform: false,
         }
     }
 
@@ -116,6 +124,8 @@ impl TenantResult {
         self.allowlist_merged = plan.merged.len() as i64;
         self.model_secret = Some(plan.model);
         self.plan_hash = Some(plan.hash());
+        self.model_via_platform = plan.model_via_platform;
+        self.model_to_platform = plan.model_to_platform();
         self
     }
 
@@ -139,7 +149,7 @@ pub struct Job {
 }
 
 pub struct ProvisionJob {
-    pub wait: Option<std::time::Duration>,
+    pub wait: Option<provision::Wait>,
     /// The first Ctrl-C stops waiting (the tenant is committed; the wait is reported).
     pub cancel: Cancel,
     pub out: crate::output::Output,
@@ -161,13 +171,17 @@ fn ensure_model_kept(plan: &Plan, replace_model: bool) -> Result<()> {
 }
 
 impl Job {
-    fn input(&self) -> Result<InstallInput> {
-        InstallInput::new(
+    /// The install's input on tenant `t`: provisioned through its platform when --provision is
+    /// given and its line carries a platform URL.
+    fn input(&self, t: &Tenant) -> Result<InstallInput> {
+        let mut input = InstallInput::new(
             None,
             None,
             self.model.as_ref().map(|m| m.as_str()),
             self.allow_missing_model,
-        )
+        )?;
+        input.provision = self.provision.is_some() && t.platform_url.is_some();
+        Ok(input)
     }
 }
 
@@ -253,6 +267,22 @@ async fn provision_tenant(
     let stop: provision::Stop = Box::pin(async move { cancel.reached(1).await });
     let created =
         result.status == Status::Applied && result.agent_action == Some(AgentAction::Create);
+    let org_id = match provision::org_id_from_env() {
+        Ok(o) => o,
+        Err(e) => {
+            skip(result, "bad org id");
+            result.provision_error = Some(clean(&e));
+            return;
+        }
+    };
+    let ask = provision::Ask {
+        org_id: org_id.as_deref(),
+        model: job
+            .model
+            .as_ref()
+            .filter(|_| result.model_to_platform)
+            .map(|m| m.as_str()),
+    };
     let p = provision::provision(
         &pj.out,
         conn,
@@ -260,11 +290,20 @@ async fn provision_tenant(
         &platform,
         agent,
         created,
+        ask,
         pj.wait,
         stop,
         &format!("tenant {}: the install", t.name),
     )
     .await;
+    // A model the platform refused (or never got) is not claimed as set.
+    if result.model_via_platform && !p.result.accepted() {
+        result.model_secret = result.model_secret.map(|m| match m {
+            ModelAction::Seeded => ModelAction::Missing,
+            ModelAction::Replaced => ModelAction::Present,
+            other => other,
+        });
+    }
     result.provision_error = p.problem.as_ref().map(clean);
     result.provision = Some(p.result);
 }
@@ -286,7 +325,7 @@ async fn apply_inner(
     slot: &mut Option<PgConnection>,
     committing: &Committing,
 ) -> Result<TenantResult> {
-    let input = job.input()?;
+    let input = job.input(t)?;
     let conn = slot.insert(db::connect(&t.url, &job.settings).await?);
 
     if job.dry_run {
@@ -751,13 +790,16 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     // Checked once up front, so a bad --model is a usage error and not N failed tenants.
     let _ = InstallInput::new(None, None, args.model.as_deref(), args.allow_missing_model)?;
     let sb = SecretBox::from_env();
-    if args.model.is_some() {
+    let all = super::tenants::read(&args.tenants)?;
+    let selected: Vec<Tenant> = Shard::select(shard, all);
+    // Tenants where orgctl writes MODEL itself: those not provisioned through their platform.
+    let direct_model = args.model.is_some()
+        && !(args.provision && selected.iter().all(|t| t.platform_url.is_some()));
+    if direct_model {
         // The key too: an invalid key (exit 2) or production without one (exit 3) refuses the
         // run before any tenant, and plaintext is said once, not per tenant.
         sb.write_version()?;
     }
-    let all = super::tenants::read(&args.tenants)?;
-    let selected: Vec<Tenant> = Shard::select(shard, all);
     // --provision: the admin token is needed before anything changes, when any selected tenant
     // has a platform URL to call (a tenant without one is reported skipped, not failed).
     if args.provision && !args.dry_run {
@@ -804,7 +846,10 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         ));
     }
 
-    if args.model.is_some() {
+    if direct_model {
+        out.warn(
+            "MODEL is written straight to the database on tenants not provisioned through their platform (no --provision, or no platform URL): the platform has not validated it for the agents' runtime, and it applies at each agent's next provision",
+        );
         if let Some(w) = sb.plaintext_warning("the agents' MODEL secret") {
             out.warn(&w);
         }
@@ -818,7 +863,7 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         sb,
         dry_run: args.dry_run,
         provision: args.provision.then(|| ProvisionJob {
-            wait: args.wait,
+            wait: provision::Wait::from_arg(args.wait),
             cancel: cancel.clone(),
             // Per-tenant messages and spinners would fight the progress bar: the summary and
             // the report carry each tenant's provision result instead.

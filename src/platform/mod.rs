@@ -1,6 +1,7 @@
 //! The platform's own rules, in one place (STYLE.md "the shape to grow into"): how it reads the
 //! encryption key and secret values ([`keys`]), which workspaces its restart skips and its HTTP
-//! API ([`restart`]), and its registration gate ([`MODEL_KEY`]). Command modules call these;
+//! API ([`restart`]), provisioning through its ensure route ([`provision`]), and its registration
+//! gate ([`MODEL_KEY`], [`missing_model_is_seeded`]). Command modules call these;
 //! nothing here renders or prompts.
 
 pub mod keys;
@@ -10,3 +11,36 @@ pub mod restart;
 /// The workspace secret a platform agent needs: the platform marks an agent without it failed
 /// at registration (SPEC §1, the MODEL gate).
 pub const MODEL_KEY: &str = "MODEL";
+
+/// A secret that outranks MODEL: when it is set (on the agent, or globally) the agent runs the
+/// model it names, whatever MODEL says.
+pub const MODEL_OVERRIDE_KEY: &str = "MOLECULE_MODEL";
+
+/// The MODEL rule, in one place. The platform's register gate marks an agent `failed` when it
+/// registers without a MODEL workspace secret; but when the platform provisions the agent
+/// through its ensure route (what `--provision` calls) it seeds MODEL itself when none is set.
+/// So an agent without MODEL is fine exactly when its next start goes through ensure: the
+/// current run provisions it (`--provision` on an agent it acts on), or, for `status`, the
+/// agent is in a state where `--provision` acts (nothing runs or starts it, so the operator's
+/// `--provision` is what starts it). Any other start (the platform's own restart of a running
+/// or booting agent, a wake) registers it without MODEL, and it fails.
+pub fn missing_model_is_seeded(next_start_through_ensure: bool) -> bool {
+    next_start_through_ensure
+}
+
+/// Where a [`MODEL_OVERRIDE_KEY`] secret is set: on workspace `agent`, and globally.
+pub async fn model_overrides(
+    conn: &mut sqlx::postgres::PgConnection,
+    agent: uuid::Uuid,
+) -> std::result::Result<(bool, bool), sqlx::Error> {
+    use sqlx::Row;
+    let r = crate::db::query(
+        "SELECT EXISTS (SELECT 1 FROM workspace_secrets WHERE workspace_id = $1 AND key = $2),
+                EXISTS (SELECT 1 FROM global_secrets WHERE key = $2)",
+    )
+    .bind(agent)
+    .bind(MODEL_OVERRIDE_KEY)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((r.try_get(0)?, r.try_get(1)?))
+}

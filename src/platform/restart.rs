@@ -140,6 +140,18 @@ impl Platform {
     pub fn has_token(&self) -> bool {
         self.token.is_some()
     }
+
+    /// `{URL}{path}` for another route of the platform API (`path` starts with `/`).
+    pub(crate) fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The `Authorization` header value, when the admin token is set (never printed).
+    pub(crate) fn bearer(&self) -> Option<Zeroizing<String>> {
+        self.token
+            .as_ref()
+            .map(|t| Zeroizing::new(format!("Bearer {}", t.as_str())))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
