@@ -242,6 +242,8 @@ pub struct Plan {
     /// `--provision` will ask the platform to provision this agent (it is new, or nothing runs
     /// or starts it), so the platform seeds a missing MODEL.
     pub ensure: bool,
+    /// Where a MOLECULE_MODEL secret, which outranks MODEL, is set: `on the agent`, `globally`.
+    pub model_outranked: Option<&'static str>,
 }
 
 impl Plan {
@@ -538,6 +540,16 @@ async fn plan_from_reads(
         .iter()
         .map(agent_row)
         .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+    // Where a MOLECULE_MODEL secret outranks MODEL: the platform agents that have one, and global.
+    let mut overridden: Vec<Uuid> = Vec::new();
+    let mut runtimes: Vec<(Uuid, Option<String>)> = Vec::new();
+    for r in platform_rows {
+        if r.try_get::<bool, _>(5)? {
+            overridden.push(r.try_get(0)?);
+        }
+        runtimes.push((r.try_get(0)?, r.try_get(6)?));
+    }
+    let global_override: bool = ident.try_get(3)?;
     let roots = root_rows
         .iter()
         .map(|r| {
@@ -648,11 +660,33 @@ async fn plan_from_reads(
         .collect();
 
     let model = model_action(conn, &agent, input, sb).await?;
+    let model_outranked = if overridden.contains(&agent.id) {
+        Some("on the agent")
+    } else if global_override {
+        Some("globally")
+    } else {
+        None
+    };
     // Whether --provision will ask the platform for this agent: a new one always, an existing
     // one by its state now (the same rule the provisioning applies after the commit).
     let ensure = input.provision
-        && (agent.action == AgentAction::Create
-            || provision::acts_on(provision::agent_state(conn, agent.id).await?.as_ref()));
+        && match (
+            &agent.prior,
+            runtimes.iter().find(|(id, _)| *id == agent.id),
+        ) {
+            (Some(prior), Some((_, runtime))) => provision::acts_on(Some(&provision::AgentState {
+                status: prior.status.clone(),
+                runtime: runtime.clone(),
+                url: None,
+                last_error: None,
+                updated_at: None,
+            })),
+            // A new agent; or --id naming a row that is not (yet) the platform's: read it.
+            (Some(_), None) => {
+                provision::acts_on(provision::agent_state(conn, agent.id).await?.as_ref())
+            }
+            (None, _) => true,
+        };
 
     Ok(Plan {
         agent,
@@ -666,6 +700,7 @@ async fn plan_from_reads(
         allow_missing_model: input.allow_missing_model,
         model_via_platform: input.provision && input.model.is_some(),
         ensure,
+        model_outranked,
     })
 }
 
@@ -681,12 +716,19 @@ const ALLOWLIST_SCOPE: &str = "WITH scope AS (
                  ORDER BY enabled_at ASC NULLS LAST, (org_id = $2) DESC, id ASC))";
 
 /// The plan's first read ([`plan`]), one simple-query message of constant SQL: the platform
-/// agents, the tenant's identity, the roots (oldest first).
-const PLAN_READS: &str = "SELECT id, name, parent_id, tier, status::text FROM workspaces
-  WHERE kind = 'platform' ORDER BY id;
+/// agents (and whether each has a MOLECULE_MODEL secret, [`crate::platform::MODEL_OVERRIDE_KEY`],
+/// and its runtime, for whether `--provision` acts on it),
+/// the tenant's identity (and whether a global MOLECULE_MODEL secret is set), the roots (oldest
+/// first).
+const PLAN_READS: &str = "SELECT id, name, parent_id, tier, status::text,
+       EXISTS (SELECT 1 FROM workspace_secrets s
+                WHERE s.workspace_id = workspaces.id AND s.key = 'MOLECULE_MODEL'),
+       runtime
+  FROM workspaces WHERE kind = 'platform' ORDER BY id;
 SELECT (SELECT system_identifier::text FROM pg_control_system()),
        (SELECT oid::text FROM pg_database WHERE datname = current_database()),
-       current_database();
+       current_database(),
+       EXISTS (SELECT 1 FROM global_secrets WHERE key = 'MOLECULE_MODEL');
 SELECT id, name, status::text FROM workspaces WHERE parent_id IS NULL
   ORDER BY created_at NULLS LAST, id";
 
@@ -1606,7 +1648,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         let p = plan(&mut tx, &input, &sb, Orgctl::Probe).await?;
         warn_chains(out, &mut tx, &p).await?;
         if p.writes_model() {
-            warn_direct_model(out, &mut tx, p.agent.id).await?;
+            warn_direct_model(out, &p);
         }
         let dry = if args.dry_run && args.provision {
             let state = provision::agent_state(&mut tx, p.agent.id).await?;
@@ -1805,21 +1847,14 @@ async fn finish(
 /// orgctl writes MODEL itself (no `--provision`): the platform has not validated the value for
 /// the agent's runtime, and the running agent picks it up only at its next provision; and a
 /// MOLECULE_MODEL secret, when set, outranks it. Said on stderr, before anything is changed.
-pub async fn warn_direct_model(out: &Output, conn: &mut PgConnection, agent: Uuid) -> Result<()> {
+pub fn warn_direct_model(out: &Output, plan: &Plan) {
     out.warn(
         "MODEL is written straight to the database: the platform has not validated it for the agent's runtime, and it applies at the agent's next provision (pass --provision to have the platform validate and set it)",
     );
-    let (on_agent, global) = crate::platform::model_overrides(conn, agent).await?;
-    if on_agent || global {
+    if let Some(place) = plan.model_outranked {
         out.warn(&format!(
-            "a {} secret is set {}: it outranks MODEL, so the agent will not run the model given with --model",
+            "a {} secret is set {place}: it outranks MODEL, so the agent will not run the model given with --model",
             crate::platform::MODEL_OVERRIDE_KEY,
-            match (on_agent, global) {
-                (true, true) => "on the agent and globally",
-                (true, false) => "on the agent",
-                _ => "globally",
-            }
         ));
     }
-    Ok(())
 }

@@ -773,7 +773,9 @@ async fn install_would(conn: &mut PgConnection) -> Result<InstallWould> {
         Ok(p) => {
             let mut summary = p.summary();
             if p.model == install::ModelAction::Missing {
-                summary.push_str(" The agent has no MODEL secret: pass --model MODEL.");
+                summary.push_str(
+                    " The agent has no MODEL secret: pass --provision (the platform seeds it as it provisions the agent) or --model MODEL.",
+                );
             }
             Ok(InstallWould {
                 action: if p.changed() { "install" } else { "none" },

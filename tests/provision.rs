@@ -877,6 +877,64 @@ fn backfill_reports_a_tenant_whose_agent_failed() {
     assert_installed(&b);
 }
 
+/// Per tenant: a model its platform refuses is that tenant's provision error and is not
+/// claimed in the report; where orgctl writes MODEL itself and a MOLECULE_MODEL secret
+/// outranks it, the tenant's note says so.
+#[test]
+fn backfill_a_refused_model_is_not_claimed_and_an_outranking_secret_is_noted() {
+    let a = TestDb::sample();
+    let b = TestDb::sample();
+    b.exec(
+        "INSERT INTO global_secrets (key, encrypted_value, encryption_version)
+         VALUES ('MOLECULE_MODEL', convert_to('other', 'UTF8'), 0)",
+    );
+    let pa = live(&a, 100);
+    let fleet = TenantsFile::new(&format!("acme {} {}\nbeta {}\n", a.url, pa.url(), b.url));
+    let r = Cmd::new(&[
+        "backfill",
+        "run",
+        "--tenants",
+        &fleet.arg(),
+        "--model",
+        "not-for-hermes",
+        "--yes",
+        "-o",
+        "json",
+        "--provision",
+    ])
+    .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+    .run();
+    r.code(1).one_line_error("acme");
+    assert_no_token(&r);
+    let v = r.json();
+    let acme = &v["tenants"][0];
+    assert_eq!(acme["status"], "applied", "{acme}");
+    assert_eq!(acme["model_secret"], "missing", "{acme}");
+    assert_eq!(acme["provision"]["http_status"], 422, "{acme}");
+    assert_eq!(
+        acme["provision"]["error_code"], "UNREGISTERED_MODEL_FOR_RUNTIME",
+        "{acme}"
+    );
+    assert!(
+        acme["provision_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not registered for runtime hermes"),
+        "{acme}"
+    );
+    assert_eq!(model_value(&a), "<none>");
+    let beta = &v["tenants"][1];
+    assert_eq!(beta["model_secret"], "seeded", "{beta}");
+    assert!(
+        beta["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("MOLECULE_MODEL secret is set globally"),
+        "{beta}"
+    );
+    assert_eq!(model_value(&b), "not-for-hermes");
+}
+
 #[test]
 fn backfill_bad_platform_urls_and_missing_token_change_nothing() {
     let a = TestDb::sample();

@@ -333,6 +333,7 @@ async fn apply_inner(
         let mut tx = db::begin_read_only(conn, &job.settings).await?;
         let prior = prior_run(&mut tx, &job.run_id, false).await?;
         let plan = install::plan(&mut tx, &input, &job.sb, install::Orgctl::Probe).await?;
+        let outranked = model_outranked(&plan);
         tx.rollback().await?;
         if let Some(p) = prior.filter(|p| p.done()) {
             return Ok(TenantResult::new(t, Status::Skipped)
@@ -348,10 +349,10 @@ async fn apply_inner(
             Status::Skipped
         };
         let r = TenantResult::new(t, status).with_plan(&plan);
-        return Ok(if plan.changed() {
-            r
-        } else {
-            r.note("already installed")
+        return Ok(match (plan.changed(), outranked) {
+            (true, Some(o)) => r.note(o),
+            (true, None) => r,
+            (false, _) => r.note("already installed"),
         });
     }
 
@@ -397,6 +398,7 @@ async fn apply_inner(
             .with_plan(&plan)
             .note(with_note("already installed", note)));
     }
+    let outranked = model_outranked(&plan);
     let mut args = install::audit_args(&input, &plan);
     if let Some(o) = args.as_object_mut() {
         o.insert("run_id".into(), job.run_id.clone().into());
@@ -424,10 +426,22 @@ async fn apply_inner(
     };
     let note = commit(tx, job, t, committing, &evidence).await?;
     let r = TenantResult::new(t, Status::Applied).with_plan(&plan);
-    Ok(match note {
-        Some(n) => r.note(n),
-        None => r,
+    Ok(match (note, outranked) {
+        (Some(n), Some(o)) => r.note(with_note(n, Some(&o))),
+        (Some(n), None) => r.note(n),
+        (None, Some(o)) => r.note(o),
+        (None, None) => r,
     })
+}
+
+/// When orgctl writes MODEL itself on this tenant and a MOLECULE_MODEL secret is set (on the
+/// agent or globally), the tenant's note says that it outranks the MODEL written.
+fn model_outranked(plan: &Plan) -> Option<String> {
+    let place = plan.model_outranked.filter(|_| plan.writes_model())?;
+    Some(format!(
+        "a {} secret is set {place}: it outranks the MODEL written",
+        crate::platform::MODEL_OVERRIDE_KEY
+    ))
 }
 
 /// COMMIT through [`db::commit_or_resolve`]; a commit verified after a lost connection is

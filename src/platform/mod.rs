@@ -27,20 +27,3 @@ pub const MODEL_OVERRIDE_KEY: &str = "MOLECULE_MODEL";
 pub fn missing_model_is_seeded(next_start_through_ensure: bool) -> bool {
     next_start_through_ensure
 }
-
-/// Where a [`MODEL_OVERRIDE_KEY`] secret is set: on workspace `agent`, and globally.
-pub async fn model_overrides(
-    conn: &mut sqlx::postgres::PgConnection,
-    agent: uuid::Uuid,
-) -> std::result::Result<(bool, bool), sqlx::Error> {
-    use sqlx::Row;
-    let r = crate::db::query(
-        "SELECT EXISTS (SELECT 1 FROM workspace_secrets WHERE workspace_id = $1 AND key = $2),
-                EXISTS (SELECT 1 FROM global_secrets WHERE key = $2)",
-    )
-    .bind(agent)
-    .bind(MODEL_OVERRIDE_KEY)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok((r.try_get(0)?, r.try_get(1)?))
-}
