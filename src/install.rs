@@ -107,7 +107,7 @@ impl InstallInput {
             name,
             model,
             allow_missing_model,
-            org_id: provision::org_id_from_env()?,
+            org_id: None,
             provision: false,
         })
     }
@@ -120,6 +120,10 @@ impl InstallInput {
             args.allow_missing_model,
         )?;
         input.provision = args.provision;
+        // Only a request to the platform carries the org id: read (and checked) only then.
+        if args.provision {
+            input.org_id = provision::org_id_from_env()?;
+        }
         Ok(input)
     }
 }

@@ -984,6 +984,26 @@ fn backfill_bad_platform_urls_and_missing_token_change_nothing() {
     ])
     .run()
     .code(2);
+    // An org id that cannot travel as a header.
+    Cmd::new(&[
+        "backfill",
+        "run",
+        "--tenants",
+        &fleet.arg(),
+        "--yes",
+        "--provision",
+    ])
+    .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+    .env("MOLECULE_ORG_ID", "org\u{1b}[2J")
+    .run()
+    .code(2)
+    .one_line_error("MOLECULE_ORG_ID");
+    // status sends nothing: the org id is not its business.
+    let r = a
+        .orgctl(&["status"])
+        .env("MOLECULE_ORG_ID", "org\u{1b}[2J")
+        .run();
+    assert_ne!(r.code, 2, "{}", r.stderr);
     assert_eq!(a.snapshot(), before);
     assert!(platform.calls().is_empty());
 }

@@ -814,6 +814,10 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         // run before any tenant, and plaintext is said once, not per tenant.
         sb.write_version()?;
     }
+    // --provision: the org id (sent as a header) is checked once, before anything changes.
+    if args.provision {
+        provision::org_id_from_env()?;
+    }
     // --provision: the admin token is needed before anything changes, when any selected tenant
     // has a platform URL to call (a tenant without one is reported skipped, not failed).
     if args.provision && !args.dry_run {
