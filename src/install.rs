@@ -1345,6 +1345,7 @@ pub fn audit_args(input: &InstallInput, plan: &Plan) -> serde_json::Value {
         "allowlist_moved": plan.allowlist_moved(),
         "allowlist_merged": plan.merged.len(),
         "model_secret": plan.model,
+        "model_via_platform": plan.model_via_platform,
         "plan_hash": plan.hash(),
     })
 }
