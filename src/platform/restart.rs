@@ -689,8 +689,8 @@ pub struct PostOutcome {
 }
 
 /// One restart call for `id` with the same client settings as [`dispatch`] (timeouts, no
-/// redirects, the bearer), blocking: call it from `spawn_blocking`. Provisioning the platform
-/// agent uses it (SPEC §9).
+/// redirects, the bearer), blocking: call it from `spawn_blocking`. Never for the platform
+/// agent: provisioning goes through the platform's ensure route (`platform::provision`).
 pub fn post_restart(platform: &Platform, id: Uuid) -> PostOutcome {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(RESTART_CONNECT_TIMEOUT)
