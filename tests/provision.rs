@@ -318,6 +318,13 @@ fn a_running_or_booting_agent_is_never_sent_a_request() {
     let r = install(&db, &platform.url(), &["--model", "m-1"]);
     r.code(3)
         .one_line_error("cannot be set through the platform");
+    let r = install(&db, &platform.url(), &["--model", "m-1", "--dry-run"]);
+    r.code(3)
+        .one_line_error("cannot be set through the platform");
+    // The model it already has: nothing to set, nothing refused, nothing sent.
+    let r = install(&db, &platform.url(), &["--model", "m"]);
+    r.code(0);
+    assert_eq!(provision_of(&r).skipped.as_deref(), Some("provisioning"));
     assert_eq!(db.snapshot(), before);
     assert!(platform.calls().is_empty());
 
