@@ -7,11 +7,12 @@
 #   ORGCTL=target/release/orgctl N=100 bench/provision.sh   # a release build
 #
 # The stand-in (python3, 127.0.0.1 only) serves every tenant from one port: a tenant's platform
-# URL is http://127.0.0.1:PORT/t/DBNAME. On POST …/workspaces/{id}/restart it answers 200 and,
-# after DELAY seconds (default 0.5), sets the workspace `online` (the tenants have MODEL), the
-# way the platform's registration does. Variants, each on its own N fresh copies of the sample org:
+# URL is http://127.0.0.1:PORT/t/DBNAME. On POST …/admin/org/platform-agent/ensure (the
+# platform's own provisioning route) it answers 200 `{"status":"repaired",…,"provisioning":true}`
+# and, after DELAY seconds (default 0.5), sets the tenant's platform agent `online`, the way the
+# platform's registration does. Variants, each on its own N fresh copies of the sample org:
 #   plain      backfill run                              (no platform call)
-#   provision  backfill run --provision                  (one POST per tenant after its commit)
+#   provision  backfill run --provision                  (one ensure POST per tenant after its commit)
 #   wait       backfill run --provision --wait 60s       (and watch each agent until online)
 # The figures are wall-clock tenants/second, and for `wait` the median waited_ms of the
 # tenants (commit → online as orgctl sees it: DELAY plus up to one poll interval, 1s).
@@ -44,19 +45,21 @@ psql_db() { psql -X -q -v ON_ERROR_STOP=1 -At -d "$BASE/$1"; }
 cat >"$WORK/standin.py" <<'PY'
 import http.server, re, subprocess, sys, threading, time
 base, delay = sys.argv[1], float(sys.argv[2])
-PATH = re.compile(r"^/t/([a-z0-9_]+)/workspaces/([0-9a-f-]{36})/restart$")
-def later(db, wid):
+PATH = re.compile(r"^/t/([a-z0-9_]+)/admin/org/platform-agent/ensure$")
+def later(db):
     time.sleep(delay)
     subprocess.run(["psql", "-X", "-q", "-d", f"{base}/{db}", "-c",
-        f"UPDATE workspaces SET status = 'online', updated_at = clock_timestamp() WHERE id = '{wid}'"],
+        "UPDATE workspaces SET status = 'online', updated_at = clock_timestamp() WHERE kind = 'platform'"],
         check=False, stdout=subprocess.DEVNULL)
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         m = PATH.match(self.path)
         if not m:
             self.send_response(404); self.end_headers(); return
-        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
-        self.wfile.write(b"{}")
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"status":"repaired","kind":"platform","agent_status":"offline","provisioning":true}'
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
         threading.Thread(target=later, args=m.groups(), daemon=True).start()
     def log_message(self, *a): pass
 s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)

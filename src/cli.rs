@@ -160,8 +160,13 @@ pub enum Command {
     /// NULL, tier 0, status offline, template platform-agent, broadcast on), declare its
     /// platform MCP plugin, re-parent every other root under it, move org_api_tokens.org_id and
     /// org_plugin_allowlist.org_id from every old root to it (merging allowlist collisions,
-    /// keeping the earliest enabled_at), seed its MODEL secret, and verify before commit.
-    /// A second run changes nothing.
+    /// keeping the earliest enabled_at), seed its MODEL secret (without --provision), and
+    /// verify before commit. A second run changes nothing.
+    ///
+    /// With --provision the platform provisions the agent through its own route, validates
+    /// --model for the agent's runtime and sets MODEL (seeding its default when no --model is
+    /// given), so --model is optional there. MODEL is a model registered for the agent's
+    /// runtime (the platform's default runtime is hermes); the platform refuses others (exit 3).
     ///
     /// The platform allows one live name per parent: an install that would put two live
     /// workspaces of the same name under one parent (the agent beside a root of its name, a
@@ -171,13 +176,14 @@ pub enum Command {
     /// plan says that former roots lose root-only behaviour (org-wide memories, team namespaces).
     ///
     /// Examples:
-    ///   orgctl install-platform-agent --dry-run --model claude-sonnet-4-5
-    ///   orgctl install-platform-agent --dry-run --model claude-sonnet-4-5 -o json --detailed-exitcode
-    ///   orgctl install-platform-agent --model claude-sonnet-4-5 --expect-plan sha256:… --yes
-    ///   orgctl install-platform-agent --model claude-sonnet-4-5 --yes --provision --wait 3m
+    ///   orgctl install-platform-agent --dry-run --provision
+    ///   orgctl install-platform-agent --dry-run --provision -o json --detailed-exitcode
+    ///   orgctl install-platform-agent --provision --expect-plan sha256:… --yes
+    ///   orgctl install-platform-agent --yes --provision --wait
+    ///   orgctl install-platform-agent --yes --provision --model '<a model registered for your runtime>'
     ///
     /// Environment:
-    ///   MOLECULE_ORG_ID           as --org-id
+    ///   MOLECULE_ORG_ID           as --org-id (also sent as the X-Molecule-Org-Id header)
     ///   MOLECULE_ORG_NAME         a new agent is named "<MOLECULE_ORG_NAME> Agent"
     ///   MOLECULE_DEFAULT_RUNTIME  a new agent's runtime (default hermes)
     ///   MOLECULE_PLATFORM_URL     as --platform-url (for --provision)
@@ -302,11 +308,16 @@ pub struct InstallArgs {
     #[arg(long)]
     pub revive: bool,
 
-    /// Seed (or replace) the agent's MODEL secret with this value.
+    /// The agent's model, a model registered for its runtime. With --provision it goes to the
+    /// platform, which validates it (a refusal is exit 3, MODEL unchanged) and sets MODEL;
+    /// without, orgctl writes the MODEL secret itself, unvalidated, and it applies at the next
+    /// provision (a MOLECULE_MODEL secret outranks it; orgctl warns about both).
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
 
-    /// Proceed even though the agent has no MODEL secret (the platform will mark it failed).
+    /// Proceed even though the agent has no MODEL secret and this run does not provision it
+    /// (the platform marks an agent that registers without MODEL failed). Not needed with
+    /// --provision: the platform seeds MODEL when it provisions the agent.
     #[arg(long)]
     pub allow_missing_model: bool,
 
@@ -321,18 +332,23 @@ pub struct InstallArgs {
     /// Refuse (exit 3) unless the plan computed now has this plan_hash (from a reviewed dry run).
     #[arg(long, value_name = "HASH")]
     pub expect_plan: Option<String>,
-    /// After the commit, ask the platform to provision the agent when it is not running
-    /// (POST {URL}/workspaces/{id}/restart with MOLECULE_ADMIN_TOKEN): an agent this run
-    /// created, or one that is offline, failed, or provisioning with no URL. Never when it is
-    /// online or degraded: a running root is never restarted.
+    /// After the commit, ask the platform to provision the agent through its own route
+    /// (POST {URL}/admin/org/platform-agent/ensure with MOLECULE_ADMIN_TOKEN) when nothing runs
+    /// or starts it: an agent this run created, or one that is offline, failed or has no
+    /// status. Never when it is online or degraded (a running root is never restarted), nor
+    /// provisioning or awaiting_agent (the platform is starting it), nor removed, paused,
+    /// hibernated, hibernating or on an external runtime.
     #[arg(long)]
     pub provision: bool,
 
     /// With --provision: watch the agent's status (read-only, about once a second) for up to
-    /// DUR; exit 0 when it is online, 1 when the platform marks it failed (an agent without
-    /// MODEL fails at registration) or DUR passes. The change stays committed either way.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "provision")]
-    pub wait: Option<Duration>,
+    /// DUR (default: the platform's provisioning deadline for the agent's runtime, 30m for
+    /// hermes, else 12m); exit 0 when it is online, 1 when the platform marks it failed (its
+    /// last error is shown), when it is hibernating or hibernated, or when DUR passes.
+    /// provisioning and awaiting_agent are waited through. The change stays committed.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "provision",
+          num_args = 0..=1)]
+    pub wait: Option<Option<Duration>>,
 
     /// Base URL of the platform API, for --provision (needs MOLECULE_ADMIN_TOKEN).
     #[arg(
@@ -762,7 +778,7 @@ pub enum BackfillCommand {
     /// tenant could be planned), 1 otherwise, 130 on
     /// Ctrl-C (no new tenant starts; in-flight ones finish or roll back; the summary prints).
     ///
-    /// Example: orgctl backfill run --tenants fleet.txt --shard 2/8 --model claude-sonnet-4-5 --yes
+    /// Example: orgctl backfill run --tenants fleet.txt --shard 2/8 --provision --yes
     ///
     /// A tenant with no kind='platform' row gets the platform's id for its agent: from the
     /// org_id=ID field of its line, or the self-hosted id for a line marked self-hosted (else
@@ -770,9 +786,11 @@ pub enum BackfillCommand {
     /// rather than get an invented id. A removed agent fails the tenant (refused).
     ///
     /// With --provision, each tenant whose line carries a platform URL (third field) gets its
-    /// agent provisioned after its commit (MOLECULE_ADMIN_TOKEN is the bearer), and with --wait
-    /// watched until online; the summary and report show each tenant's provision result, and a
-    /// provision that fails or times out makes the exit 1 (the tenant stays committed).
+    /// agent provisioned after its commit through the platform's own route (MOLECULE_ADMIN_TOKEN
+    /// is the bearer, MOLECULE_ORG_ID the org header), which validates and sets --model and
+    /// seeds MODEL when none is given, and with --wait watched until online; the summary and
+    /// report show each tenant's provision result, and a provision that fails or times out
+    /// makes the exit 1 (the tenant stays committed).
     #[command(after_long_help = AFTER_HELP)]
     Run(BackfillRunArgs),
     /// Restore tenants to the state snapshotted by a run.
@@ -829,10 +847,13 @@ pub struct BackfillRunArgs {
     /// Run id (resume a run by giving its id again). Default: a new one, printed first.
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
-    /// Seed the agent's MODEL secret with this value on every tenant.
+    /// The agent's model on every tenant (registered for the agents' runtime). On a tenant
+    /// provisioned through its platform (--provision and a platform URL) the platform validates
+    /// and sets it; elsewhere orgctl writes MODEL itself, unvalidated (orgctl warns).
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
-    /// Install even where the agent would have no MODEL secret.
+    /// Install even where the agent would have no MODEL secret and is not provisioned through
+    /// its platform (which seeds MODEL).
     #[arg(long)]
     pub allow_missing_model: bool,
     /// Replace a different MODEL on tenants whose agent already exists. Without it such a
@@ -849,15 +870,20 @@ pub struct BackfillRunArgs {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// After each tenant's commit, ask that tenant's platform (the third field of its line) to
-    /// provision its agent when it is not running, with MOLECULE_ADMIN_TOKEN; never when it is
-    /// online or degraded. A tenant without a platform URL is reported skipped, not failed.
+    /// provision its agent through the platform's own route when nothing runs or starts it,
+    /// as install-platform-agent --provision does; never when it is online, degraded,
+    /// provisioning or awaiting_agent. A tenant without a platform URL is reported skipped,
+    /// not failed.
     #[arg(long)]
     pub provision: bool,
 
-    /// With --provision: per tenant, watch the agent for up to DUR until it is online (the
-    /// tenant's provision result says online, failed or the status at the deadline).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "provision")]
-    pub wait: Option<Duration>,
+    /// With --provision: per tenant, watch the agent for up to DUR (default: the platform's
+    /// provisioning deadline for its runtime, 30m for hermes, else 12m) until it is online
+    /// (the tenant's provision result says online, failed with the platform's last error, or
+    /// the status at the deadline).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "provision",
+          num_args = 0..=1)]
+    pub wait: Option<Option<Duration>>,
 }
 
 /// Which part of the fleet this worker takes (run, status and rollback alike).

@@ -64,6 +64,10 @@ pub struct InstallInput {
     pub org_name: Option<String>,
     /// A new agent's runtime (`MOLECULE_DEFAULT_RUNTIME`, else the platform's default).
     pub runtime: String,
+    /// This run provisions the agent through the platform (`--provision` with a platform URL):
+    /// `--model` then goes to the platform, which validates it and writes MODEL, and a missing
+    /// MODEL is seeded by the platform (see [`crate::platform::missing_model_is_seeded`]).
+    pub provision: bool,
 }
 
 impl std::fmt::Debug for InstallInput {
@@ -78,6 +82,7 @@ impl std::fmt::Debug for InstallInput {
             .field("revive", &self.revive)
             .field("org_name", &self.org_name)
             .field("runtime", &self.runtime)
+            .field("provision", &self.provision)
             .finish()
     }
 }
@@ -132,6 +137,7 @@ impl InstallInput {
             revive: false,
             org_name: None,
             runtime: platform_agent::runtime(None),
+            provision: false,
         })
     }
 
@@ -192,6 +198,7 @@ impl InstallInput {
         )?
         .with_org_name_from_env()?;
         input.revive = args.revive;
+        input.provision = args.provision;
         Ok(input)
     }
 }
@@ -342,6 +349,13 @@ pub struct Plan {
     pub name_clashes: Vec<NameClash>,
     /// The declared plugin row the platform keeps on its agent.
     pub plugin: PluginAction,
+    /// `--model` goes to the platform's ensure (not written by orgctl): [`InstallInput::provision`].
+    pub model_via_platform: bool,
+    /// `--provision` will ask the platform to provision this agent (it is new, or nothing runs
+    /// or starts it), so the platform seeds a missing MODEL.
+    pub ensure: bool,
+    /// Where a MOLECULE_MODEL secret, which outranks MODEL, is set: `on the agent`, `globally`.
+    pub model_outranked: Option<&'static str>,
 }
 
 impl Plan {
@@ -351,8 +365,32 @@ impl Plan {
             || !self.token_moves.is_empty()
             || !self.allowlist_moves.is_empty()
             || !self.merged.is_empty()
-            || self.model.writes()
+            || self.writes_model()
             || self.plugin != PluginAction::Unchanged
+    }
+
+    /// orgctl writes MODEL itself in the install's transaction.
+    pub fn writes_model(&self) -> bool {
+        self.model.writes() && !self.model_via_platform
+    }
+
+    /// The platform is asked to set `--model` (it validates it for the agent's runtime).
+    pub fn model_to_platform(&self) -> bool {
+        self.model_via_platform && (self.model.writes() || self.ensure)
+    }
+
+    /// What to report as the MODEL secret once the platform answered: the plan's action when
+    /// orgctl wrote it or the platform accepted it; else what is really there (nothing was set).
+    pub fn model_reported(&self, platform_accepted: bool) -> ModelAction {
+        match self.model {
+            ModelAction::Seeded if self.model_via_platform && !platform_accepted => {
+                ModelAction::Missing
+            }
+            ModelAction::Replaced if self.model_via_platform && !platform_accepted => {
+                ModelAction::Present
+            }
+            m => m,
+        }
     }
 
     /// The roots whose anchors move: the re-parented ones and swept former roots.
@@ -379,14 +417,28 @@ impl Plan {
         if let Some(e) = clash_refusal(self) {
             return Some(e);
         }
-        if self.model == ModelAction::Missing && !self.allow_missing_model {
-            let which = if self.agent.action == AgentAction::Create {
-                format!("the platform agent to be created ({})", self.agent.id)
-            } else {
-                format!("the platform agent {}", self.agent.id)
-            };
+        let which = if self.agent.action == AgentAction::Create {
+            format!("the platform agent to be created ({})", self.agent.id)
+        } else {
+            format!("the platform agent {}", self.agent.id)
+        };
+        if self.model_via_platform && self.model.writes() && !self.ensure {
+            let status = self
+                .agent
+                .prior
+                .as_ref()
+                .and_then(|p| p.status.as_deref())
+                .unwrap_or("without a status");
             return Some(Error::refused(format!(
-                "{which} would have no MODEL secret and the platform would mark it failed: pass --model MODEL, or --allow-missing-model to install without it"
+                "{which} is {status}: --provision does not ask the platform to provision it, so --model cannot be set through the platform (which validates it); nothing was changed: rerun without --provision to write MODEL directly (unvalidated, it applies at the next provision), or when the agent is offline or failed"
+            )));
+        }
+        if self.model == ModelAction::Missing
+            && !self.allow_missing_model
+            && !crate::platform::missing_model_is_seeded(self.ensure)
+        {
+            return Some(Error::refused(format!(
+                "{which} would have no MODEL secret and the platform would mark it failed when it registers: pass --model MODEL, or --provision (the platform seeds MODEL when it provisions the agent), or --allow-missing-model to install without it"
             )));
         }
         None
@@ -440,6 +492,9 @@ impl Plan {
             self.plugin.as_str(),
             platform_agent::MCP_PLUGIN
         );
+        if self.model_via_platform {
+            let _ = writeln!(s, "model via platform ensure={}", self.ensure);
+        }
         format!("sha256:{:x}", s.0.finalize())
     }
 
@@ -482,10 +537,12 @@ impl Plan {
         if !self.merged.is_empty() {
             parts.push(format!("merge {} allowlist row(s)", self.merged.len()));
         }
-        match self.model {
-            ModelAction::Seeded => parts.push("seed MODEL".to_string()),
-            ModelAction::Replaced => parts.push("replace MODEL".to_string()),
-            ModelAction::Present | ModelAction::Missing => {}
+        if self.writes_model() {
+            match self.model {
+                ModelAction::Seeded => parts.push("seed MODEL".to_string()),
+                ModelAction::Replaced => parts.push("replace MODEL".to_string()),
+                ModelAction::Present | ModelAction::Missing => {}
+            }
         }
         match self.plugin {
             PluginAction::Create => parts.push("declare the platform MCP plugin".to_string()),
@@ -596,8 +653,8 @@ async fn plan_from_reads(
     if locked && !reads.is_empty() {
         reads.remove(0);
     }
-    let (platform_rows, root_rows) = match reads.as_slice() {
-        [p, r] => (p, r),
+    let (platform_rows, global_rows, root_rows) = match reads.as_slice() {
+        [p, g, r] => (p, g, r),
         _ => {
             return Err(Error::failed(
                 "internal: the plan's first read returned no rows",
@@ -608,6 +665,19 @@ async fn plan_from_reads(
         .iter()
         .map(agent_row)
         .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+    // Where a MOLECULE_MODEL secret outranks MODEL: the platform agents that have one, and global.
+    let mut overridden: Vec<Uuid> = Vec::new();
+    let mut runtimes: Vec<(Uuid, Option<String>)> = Vec::new();
+    for r in platform_rows {
+        if r.try_get::<bool, _>(6)? {
+            overridden.push(r.try_get(0)?);
+        }
+        runtimes.push((r.try_get(0)?, r.try_get(7)?));
+    }
+    let global_override: bool = match global_rows.first() {
+        Some(g) => g.try_get(0)?,
+        None => false,
+    };
     let roots = root_rows
         .iter()
         .map(|r| {
@@ -732,6 +802,33 @@ async fn plan_from_reads(
 
     let model = model_action(conn, &agent, input, sb).await?;
     let name_clashes = name_clashes(conn, &agent, &reparented).await?;
+    let model_outranked = if overridden.contains(&agent.id) {
+        Some("on the agent")
+    } else if global_override {
+        Some("globally")
+    } else {
+        None
+    };
+    // Whether --provision will ask the platform for this agent: a new one always, an existing
+    // one by its state now (the same rule the provisioning applies after the commit).
+    let ensure = input.provision
+        && match (
+            &agent.prior,
+            runtimes.iter().find(|(id, _)| *id == agent.id),
+        ) {
+            (Some(prior), Some((_, runtime))) => provision::acts_on(Some(&provision::AgentState {
+                status: prior.status.clone(),
+                runtime: runtime.clone(),
+                url: None,
+                last_error: None,
+                updated_at: None,
+            })),
+            // A new agent; or --id naming a row that is not (yet) the platform's: read it.
+            (Some(_), None) => {
+                provision::acts_on(provision::agent_state(conn, agent.id).await?.as_ref())
+            }
+            (None, _) => true,
+        };
 
     Ok(Plan {
         agent,
@@ -745,6 +842,9 @@ async fn plan_from_reads(
         allow_missing_model: input.allow_missing_model,
         name_clashes,
         plugin,
+        model_via_platform: input.provision && input.model.is_some(),
+        ensure,
+        model_outranked,
     })
 }
 
@@ -854,9 +954,15 @@ const ALLOWLIST_SCOPE: &str = "WITH scope AS (
                  ORDER BY enabled_at ASC NULLS LAST, (org_id = $2) DESC, id ASC))";
 
 /// The plan's first read ([`plan`]), one simple-query message of constant SQL: the platform
-/// agents, the roots (oldest first).
-const PLAN_READS: &str = "SELECT id, name, parent_id, tier, status::text, template FROM workspaces
-  WHERE kind = 'platform' ORDER BY id;
+/// agents (their template; whether each has a MOLECULE_MODEL secret,
+/// [`crate::platform::MODEL_OVERRIDE_KEY`]; and its runtime, for whether `--provision` acts on
+/// it), whether a global MOLECULE_MODEL secret is set, the roots (oldest first).
+const PLAN_READS: &str = "SELECT id, name, parent_id, tier, status::text, template,
+       EXISTS (SELECT 1 FROM workspace_secrets s
+                WHERE s.workspace_id = workspaces.id AND s.key = 'MOLECULE_MODEL'),
+       runtime
+  FROM workspaces WHERE kind = 'platform' ORDER BY id;
+SELECT EXISTS (SELECT 1 FROM global_secrets WHERE key = 'MOLECULE_MODEL');
 SELECT id, name, status::text FROM workspaces WHERE parent_id IS NULL
   ORDER BY created_at NULLS LAST, id";
 
@@ -1078,8 +1184,9 @@ async fn model_action(
             }
         }
     };
-    if action.writes() {
-        // A dry run meets the same key/production refusal apply would.
+    if action.writes() && !input.provision {
+        // A dry run meets the same key/production refusal apply would. (Through the platform,
+        // the platform encrypts MODEL with its own key.)
         sb.write_version()?;
     }
     Ok(action)
@@ -1151,7 +1258,7 @@ pub async fn execute(
     let agent = &plan.agent;
     let old = plan.old_roots();
     let reparented: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
-    let sealed = if plan.model.writes() {
+    let sealed = if plan.writes_model() {
         let value = input
             .model
             .as_ref()
@@ -1402,7 +1509,9 @@ pub fn verification(plan: &Plan) -> db::Check<'static> {
             ),
         ]
     };
-    let allow_missing_model = plan.allow_missing_model;
+    // The platform seeds (or sets) MODEL when --provision provisions the agent.
+    let allow_missing_model =
+        plan.allow_missing_model || crate::platform::missing_model_is_seeded(plan.ensure);
     let judge = move |v: &[i64]| -> Result<()> {
         let [roots, agent_root, agents, tokens_left, allow_left, model] = v else {
             return Err(Error::failed("internal: the verification read no row"));
@@ -1554,6 +1663,7 @@ pub fn audit_args(input: &InstallInput, plan: &Plan) -> serde_json::Value {
         "allowlist_merged": plan.merged.len(),
         "model_secret": plan.model,
         "declared_plugin": plan.plugin,
+        "model_via_platform": plan.model_via_platform,
         "plan_hash": plan.hash(),
     })
 }
@@ -1668,6 +1778,11 @@ pub fn render(
 ) -> Result<()> {
     // In a dry run, whether apply would change anything.
     let changed = (dry_run || applied) && plan.changed();
+    // After the platform answered, MODEL as it is: a model the platform refused is not claimed.
+    let model = match provision {
+        Some((p, _)) if !dry_run => plan.model_reported(p.accepted()),
+        _ => plan.model,
+    };
     if out.json_mode() {
         let to = plan.agent.id;
         let mut anchor_moves: Vec<JsonMove> = plan
@@ -1734,7 +1849,7 @@ pub fn render(
                     from: m.from,
                 })
                 .collect(),
-            model_secret: plan.model,
+            model_secret: model,
             declared_plugin: JsonPlugin {
                 workspace_id: plan.agent.id,
                 plugin_name: platform_agent::MCP_PLUGIN,
@@ -1746,14 +1861,20 @@ pub fn render(
         };
         return out.json(&doc);
     }
-    let mut text = render_text(out, plan, dry_run, applied);
+    let mut text = render_text(out, plan, dry_run, applied, model);
     if let Some((p, problem)) = provision {
         let _ = writeln!(text, "Provision: {}", p.short(problem));
     }
     out.stdout(&text)
 }
 
-fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> String {
+fn render_text(
+    out: &Output,
+    plan: &Plan,
+    dry_run: bool,
+    applied: bool,
+    model: ModelAction,
+) -> String {
     let mut s = String::new();
     let agent = &plan.agent;
     let detail = match agent.action {
@@ -1867,7 +1988,18 @@ fn render_text(out: &Output, plan: &Plan, dry_run: bool, applied: bool) -> Strin
         }
     }
 
-    let _ = writeln!(s, "\nMODEL secret: {}", plan.model.as_str());
+    let _ = writeln!(
+        s,
+        "\nMODEL secret: {}{}",
+        model.as_str(),
+        if plan.model_to_platform() && model.writes() {
+            " (by the platform, with the provision request: it validates the model for the agent's runtime)"
+        } else if plan.model == ModelAction::Missing && plan.ensure {
+            " (the platform seeds it when it provisions the agent)"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(
         s,
         "Declared plugin: {} ({}) — {}",
@@ -1924,7 +2056,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
             ));
         }
     }
-    if input.model.is_some() {
+    if input.model.is_some() && !input.provision {
         // An invalid key is exit 2 (production without a key exit 3) before connecting.
         sb.write_version()?;
     }
@@ -1939,6 +2071,9 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         if let Some(w) = token_ceiling_warning(&mut tx, &p).await? {
             out.warn(&w);
         }
+        if p.writes_model() {
+            warn_direct_model(out, &p);
+        }
         let dry = if args.dry_run && args.provision {
             let state = provision::agent_state(&mut tx, p.agent.id).await?;
             Some(provision::ProvisionResult {
@@ -1952,7 +2087,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         (p, dry)
     };
     let (reviewed, dry_provision) = reviewed;
-    if reviewed.model.writes() {
+    if reviewed.writes_model() {
         if let Some(w) = sb.plaintext_warning("the agent's MODEL secret") {
             out.warn(&w);
         }
@@ -1998,13 +2133,22 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         return Err(e);
     }
     if !reviewed.changed() {
-        return finish(ctx, args, &mut conn, &reviewed, false, platform.as_ref()).await;
+        return finish(
+            ctx,
+            args,
+            &input,
+            &mut conn,
+            &reviewed,
+            false,
+            platform.as_ref(),
+        )
+        .await;
     }
 
     // 2. Show and confirm. The locks are not held while a human reads.
     let asked = !ctx.yes;
     if asked && out.interactive() {
-        crate::output::stderr(&render_text(out, &reviewed, true, false));
+        crate::output::stderr(&render_text(out, &reviewed, true, false, reviewed.model));
     }
     out.confirm(&format!("Apply this plan to {}?", url.target()), ctx.yes)?;
 
@@ -2021,7 +2165,16 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     if !current.changed() {
         tx.rollback().await?;
         out.info("Another run installed the platform agent in the meantime.");
-        return finish(ctx, args, &mut conn, &current, false, platform.as_ref()).await;
+        return finish(
+            ctx,
+            args,
+            &input,
+            &mut conn,
+            &current,
+            false,
+            platform.as_ref(),
+        )
+        .await;
     }
     // What a human confirmed or change control approved is exactly what gets applied.
     let strict = args.expect_plan.is_some() || asked;
@@ -2046,7 +2199,16 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     if let Some(note) = committed.note() {
         out.info(note);
     }
-    finish(ctx, args, &mut conn, &current, true, platform.as_ref()).await
+    finish(
+        ctx,
+        args,
+        &input,
+        &mut conn,
+        &current,
+        true,
+        platform.as_ref(),
+    )
+    .await
 }
 
 /// After the commit (or when there was nothing to change): with --provision, bring the agent to
@@ -2054,6 +2216,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
 async fn finish(
     ctx: &Context,
     args: &InstallArgs,
+    input: &InstallInput,
     conn: &mut PgConnection,
     plan: &Plan,
     applied: bool,
@@ -2067,6 +2230,14 @@ async fn finish(
     // Post-commit work: a Ctrl-C lets it report what it did (exit 130) instead of cutting it.
     let _guard = crate::interrupt::CommitGuard::enter();
     let created = applied && plan.agent.action == AgentAction::Create;
+    let ask = provision::Ask {
+        org_id: input.org_id.as_deref(),
+        model: input
+            .model
+            .as_ref()
+            .filter(|_| plan.model_to_platform())
+            .map(|m| m.as_str()),
+    };
     let p = provision::provision(
         out,
         conn,
@@ -2074,7 +2245,8 @@ async fn finish(
         platform,
         plan.agent.id,
         created,
-        args.wait,
+        ask,
+        provision::Wait::from_arg(args.wait),
         provision::ctrl_c(),
         if applied {
             "the install"
@@ -2093,5 +2265,20 @@ async fn finish(
     match p.problem {
         Some(e) => Err(e),
         None => Ok(Exit::Ok),
+    }
+}
+
+/// orgctl writes MODEL itself (no `--provision`): the platform has not validated the value for
+/// the agent's runtime, and the running agent picks it up only at its next provision; and a
+/// MOLECULE_MODEL secret, when set, outranks it. Said on stderr, before anything is changed.
+pub fn warn_direct_model(out: &Output, plan: &Plan) {
+    out.warn(
+        "MODEL is written straight to the database: the platform has not validated it for the agent's runtime, and it applies at the agent's next provision (pass --provision to have the platform validate and set it)",
+    );
+    if let Some(place) = plan.model_outranked {
+        out.warn(&format!(
+            "a {} secret is set {place}: it outranks MODEL, so the agent will not run the model given with --model",
+            crate::platform::MODEL_OVERRIDE_KEY,
+        ));
     }
 }

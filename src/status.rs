@@ -26,6 +26,7 @@ use crate::org;
 use crate::output::Output;
 use crate::platform::agent::REMOVED_STATUS;
 use crate::platform::keys::SecretBox;
+use crate::platform::provision;
 use crate::platform::MODEL_KEY;
 use crate::Context;
 
@@ -365,10 +366,23 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
         },
     });
 
-    // model_secret
+    // model_secret: an agent without MODEL fails when it registers, unless its next start goes
+    // through the platform's ensure (`--provision` acts on it), which seeds MODEL.
+    let mut seeded_on_provision = 0i64;
+    for a in agent_rows.iter().filter(|a| !a.model) {
+        let state = provision::agent_state(conn, a.id).await?;
+        if crate::platform::missing_model_is_seeded(provision::acts_on(state.as_ref())) {
+            seeded_on_provision += 1;
+        }
+    }
+    let model_fails = without_model - seeded_on_provision;
     checks.push(Check {
         name: "model_secret",
-        severity: Severity::Error,
+        severity: if without_model > 0 && model_fails == 0 {
+            Severity::Warning
+        } else {
+            Severity::Error
+        },
         ok: agents >= 1 && without_model == 0,
         count: without_model,
         rows: agent_rows
@@ -379,9 +393,13 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
             .collect(),
         message: if agents == 0 {
             "no platform agent to hold a MODEL secret".to_string()
+        } else if without_model > 0 && model_fails == 0 {
+            format!(
+                "{without_model} platform agent(s) without a MODEL secret, and nothing runs or starts them: orgctl install-platform-agent --provision has the platform seed MODEL as it provisions them (any other start registers them without MODEL, and the platform marks them failed)"
+            )
         } else if without_model > 0 {
             format!(
-                "{without_model} platform agent(s) without a MODEL secret: the platform marks them failed"
+                "{without_model} platform agent(s) without a MODEL secret that would register without one (running or being started): the platform marks them failed; set MODEL (orgctl secret set <agent id> MODEL <a model registered for its runtime>)"
             )
         } else {
             "the platform agent has a MODEL secret".to_string()
@@ -479,10 +497,25 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
         message: match (agents, not_running.first()) {
             (0, _) => "no platform agent: nothing is running as the org's root".to_string(),
             (_, None) => "the platform agent is running (online or degraded)".to_string(),
-            (_, Some(a)) => format!(
-                "the platform agent is {}, not running: orgctl install-platform-agent --provision --wait 3m",
-                a.status.as_deref().unwrap_or("without a status")
-            ),
+            (_, Some(a)) => {
+                let status = a.status.as_deref().unwrap_or("without a status");
+                let state = provision::agent_state(conn, a.id).await?;
+                // --provision is recommended only where it acts.
+                match provision::decide(false, state.as_ref()) {
+                    None => format!(
+                        "the platform agent is {status}, not running: orgctl install-platform-agent --provision --wait"
+                    ),
+                    Some("provisioning" | "awaiting_agent") => format!(
+                        "the platform agent is {status}: the platform is starting it (or, left provisioning by an older install, its sweep marks it failed after its deadline); --provision does not act on it now: check again later"
+                    ),
+                    Some("external") => format!(
+                        "the platform agent is {status} on an external runtime: the platform does not provision it; start it where it runs"
+                    ),
+                    Some(_) => format!(
+                        "the platform agent is {status}: the platform does not run it in that state and --provision does not act on it"
+                    ),
+                }
+            }
         },
     });
 
@@ -805,7 +838,9 @@ async fn install_would(conn: &mut PgConnection) -> Result<InstallWould> {
         Ok(p) => {
             let mut summary = p.summary();
             if p.model == install::ModelAction::Missing {
-                summary.push_str(" The agent has no MODEL secret: pass --model MODEL.");
+                summary.push_str(
+                    " The agent has no MODEL secret: pass --provision (the platform seeds it as it provisions the agent) or --model MODEL.",
+                );
             }
             Ok(InstallWould {
                 action: if p.changed() { "install" } else { "none" },

@@ -2,17 +2,15 @@
 //! backfill run, the tenants file's platform URL, and status's `platform_agent_running`, against
 //! real PostgreSQL and a loopback stand-in of the platform API.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::harness::{server, Cmd, Run, TestDb};
+use crate::harness::{Cmd, Run, TestDb};
+use crate::stand_in::{EnsureMode, EnsureStandIn, ENSURE_DEFAULT_MODEL, ENSURE_FAIL_REASON};
 
 const TOKEN: &str = "adm-provision-Tok3n-5ecret";
 
@@ -25,6 +23,12 @@ struct ProvisionJson {
     http_status: Option<u16>,
     final_status: Option<String>,
     waited_ms: u64,
+    model_sent: bool,
+    platform_status: Option<String>,
+    agent_status: Option<String>,
+    provisioning: Option<bool>,
+    error_code: Option<String>,
+    last_error: Option<String>,
 }
 
 fn provision_of(r: &Run) -> ProvisionJson {
@@ -36,176 +40,11 @@ fn provision_of(r: &Run) -> ProvisionJson {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The platform stand-in (127.0.0.1 only). On POST /workspaces/{id}/restart it behaves as told:
-// `Live` sets the workspace `provisioning`, answers 200, and after `delay` sets it `online` when
-// it has a MODEL workspace secret and `failed` when it has none (the registration gate);
-// `Stuck` sets it `provisioning` and never moves it on; `Answer(code)` answers that code and
-// changes nothing; `Hang` never answers.
+// The platform: the shared stand-in of its ensure route (tests/stand_in.rs), which changes the
+// agent in the database as the platform does.
 
-#[derive(Clone, Copy, Debug)]
-enum Mode {
-    Live(Duration),
-    Stuck,
-    Answer(u16),
-    Hang,
-}
-
-struct StandIn {
-    addr: SocketAddr,
-    calls: Arc<Calls>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl StandIn {
-    fn start(db: &str, mode: Mode) -> Self {
-        let listener = match TcpListener::bind("127.0.0.1:0") {
-            Ok(l) => l,
-            Err(e) => panic!("bind: {e}"),
-        };
-        let addr = match listener.local_addr() {
-            Ok(a) => a,
-            Err(e) => panic!("{e}"),
-        };
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (c, s, db) = (calls.clone(), stop.clone(), db.to_string());
-        let handle = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = conn else { continue };
-                let (c, s, db) = (c.clone(), s.clone(), db.clone());
-                std::thread::spawn(move || serve(stream, &c, &s, &db, mode));
-            }
-        });
-        StandIn {
-            addr,
-            calls,
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// (method, path, Authorization) of every request.
-    fn calls(&self) -> Vec<(String, String, Option<String>)> {
-        match self.calls.lock() {
-            Ok(c) => c.clone(),
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// Exactly one well-formed provision request, for `id`.
-    #[track_caller]
-    fn assert_one_request_for(&self, id: &str) {
-        let calls = self.calls();
-        assert_eq!(calls.len(), 1, "{calls:?}");
-        assert_eq!(calls[0].0, "POST");
-        assert_eq!(calls[0].1, format!("/workspaces/{id}/restart"));
-        assert_eq!(
-            calls[0].2.as_deref(),
-            Some(format!("Bearer {TOKEN}").as_str())
-        );
-    }
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-type Calls = Mutex<Vec<(String, String, Option<String>)>>;
-
-fn serve(mut stream: TcpStream, calls: &Calls, stop: &AtomicBool, db: &str, mode: Mode) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split(' ');
-    let method = first.next().unwrap_or_default().to_string();
-    let path = first.next().unwrap_or_default().to_string();
-    let auth = lines.find_map(|l| {
-        l.split_once(':')
-            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-            .map(|(_, v)| v.trim().to_string())
-    });
-    if let Ok(mut c) = calls.lock() {
-        c.push((method, path.clone(), auth));
-    }
-    // Only a UUID ever reaches the SQL below.
-    let id = path
-        .strip_prefix("/workspaces/")
-        .and_then(|p| p.strip_suffix("/restart"))
-        .and_then(|p| uuid::Uuid::parse_str(p).ok());
-    let respond = |stream: &mut TcpStream, status: &str| {
-        let body = "{}";
-        let _ = stream.write_all(
-            format!(
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-    };
-    let Some(id) = id else {
-        return respond(&mut stream, "404 Not Found");
-    };
-    let set = |status: &str| {
-        let _ = server().psql(
-            db,
-            &format!(
-                "UPDATE workspaces SET status = {status}, updated_at = clock_timestamp() WHERE id = '{id}'"
-            ),
-        );
-    };
-    match mode {
-        Mode::Live(delay) => {
-            set("'provisioning'");
-            respond(&mut stream, "200 OK");
-            std::thread::sleep(delay);
-            set("CASE WHEN EXISTS (SELECT 1 FROM workspace_secrets s
-                                    WHERE s.workspace_id = workspaces.id AND s.key = 'MODEL')
-                      THEN 'online' ELSE 'failed' END::workspace_status");
-        }
-        Mode::Stuck => {
-            set("'provisioning'");
-            respond(&mut stream, "200 OK");
-        }
-        Mode::Answer(code) => {
-            let text = match code {
-                401 => "401 Unauthorized",
-                404 => "404 Not Found",
-                409 => "409 Conflict",
-                _ => "500 Internal Server Error",
-            };
-            respond(&mut stream, text);
-        }
-        Mode::Hang => {
-            while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
+fn live(db: &TestDb, ms: u64) -> EnsureStandIn {
+    EnsureStandIn::start(&db.name, EnsureMode::Live(Duration::from_millis(ms)), false)
 }
 
 /// A URL where nothing listens.
@@ -267,10 +106,19 @@ fn assert_no_token(r: &Run) {
 // ---------------------------------------------------------------------------------------------
 // install-platform-agent --provision
 
+/// The model of the agent's MODEL secret, as the platform stand-in writes it (plain).
+fn model_value(db: &TestDb) -> String {
+    db.scalar(
+        "SELECT COALESCE((SELECT convert_from(encrypted_value, 'UTF8') FROM workspace_secrets s
+                           JOIN workspaces w ON w.id = s.workspace_id
+                          WHERE w.kind = 'platform' AND s.key = 'MODEL'), '<none>')",
+    )
+}
+
 #[test]
-fn a_created_agent_is_provisioned_and_comes_online() {
+fn a_created_agent_is_provisioned_through_ensure_and_comes_online() {
     let db = TestDb::sample();
-    let platform = StandIn::start(&db.name, Mode::Live(Duration::from_millis(700)));
+    let platform = live(&db, 700);
     let r = install(&db, &platform.url(), &["--model", "m-1", "--wait", "30s"]);
     r.code(0);
     assert_no_token(&r);
@@ -279,18 +127,31 @@ fn a_created_agent_is_provisioned_and_comes_online() {
     assert_eq!(p.skipped, None);
     assert_eq!(p.http_status, Some(200));
     assert_eq!(p.final_status.as_deref(), Some("online"));
+    assert!(p.model_sent);
+    assert_eq!(p.platform_status.as_deref(), Some("repaired"));
+    assert_eq!(p.provisioning, Some(true));
     assert!(p.waited_ms >= 500, "{p:?}");
-    platform.assert_one_request_for(&agent_id(&db));
+    // The platform's own route, the model in the body, never the manual restart.
+    let call = platform.one_ensure(TOKEN);
+    assert_eq!(call.body, r#"{"model":"m-1"}"#);
+    assert_eq!(call.org_id, None, "no org id known, no header");
+    // The platform (not orgctl) wrote MODEL, and the JSON says it is seeded.
+    assert_eq!(model_value(&db), "m-1");
+    assert_eq!(r.json()["model_secret"], "seeded");
     assert_eq!(agent_status(&db), "online");
     assert_installed(&db);
     // SPEC §11: the request is an audit row of its own, with the HTTP outcome the stand-in gave.
     assert_eq!(
         db.exec(
-            "SELECT args->>'workspace_id', outcome, args->>'http_status' FROM orgctl.audit_log
+            "SELECT args->>'workspace_id', outcome, args->>'http_status', args->>'route',
+                    args->>'model_sent' FROM orgctl.audit_log
               WHERE command = 'provision' ORDER BY id"
         )
         .trim(),
-        format!("{}|requested|200", agent_id(&db))
+        format!(
+            "{}|requested|200|/admin/org/platform-agent/ensure|true",
+            agent_id(&db)
+        )
     );
     // The measurement the README quotes: time from commit to online against the stand-in
     // (whose own delay is 700ms).
@@ -317,21 +178,49 @@ fn a_created_agent_is_provisioned_and_comes_online() {
     assert_eq!(platform.calls().len(), 1, "the online agent got a request");
 }
 
+/// An install that provisions through ensure needs no --model: the platform seeds MODEL. And
+/// `--wait` without a value waits the runtime's deadline (here it ends at online).
 #[test]
-fn without_model_the_agent_fails_and_the_reason_is_given() {
+fn an_install_that_provisions_needs_no_model_and_the_platform_seeds_it() {
     let db = TestDb::sample();
-    let platform = StandIn::start(&db.name, Mode::Live(Duration::from_millis(300)));
-    let r = install(
-        &db,
-        &platform.url(),
-        &["--allow-missing-model", "--wait", "30s"],
+    let platform = live(&db, 300);
+    let r = install(&db, &platform.url(), &["--wait"]);
+    r.code(0);
+    let p = provision_of(&r);
+    assert!(p.requested);
+    assert!(!p.model_sent);
+    assert_eq!(p.final_status.as_deref(), Some("online"));
+    assert_eq!(platform.one_ensure(TOKEN).body, "{}");
+    assert_eq!(model_value(&db), ENSURE_DEFAULT_MODEL);
+    assert_eq!(r.json()["model_secret"], "missing");
+    assert_installed(&db);
+    // The dry run agrees (no refusal), and without --provision the refusal stands.
+    let fresh = TestDb::sample();
+    let before = fresh.snapshot();
+    let r = install(&fresh, &platform.url(), &["--dry-run"]);
+    r.code(0);
+    let r = fresh.orgctl(&["install-platform-agent", "--yes"]).run();
+    r.code(3).one_line_error("--provision");
+    assert_eq!(fresh.snapshot(), before);
+}
+
+/// The platform marks the agent failed: its recorded reason is shown, not a guess.
+#[test]
+fn a_failed_agent_shows_the_platforms_last_error() {
+    let db = TestDb::sample();
+    let platform = EnsureStandIn::start(
+        &db.name,
+        EnsureMode::Fail(Duration::from_millis(300)),
+        false,
     );
-    r.code(1)
-        .one_line_error("marks an agent without a MODEL secret failed at registration");
+    let r = install(&db, &platform.url(), &["--model", "m", "--wait", "30s"]);
+    r.code(1).one_line_error(ENSURE_FAIL_REASON);
     assert!(r.stderr.contains("committed"), "{}", r.stderr);
+    assert!(!r.stderr.contains("without a MODEL"), "{}", r.stderr);
     let p = provision_of(&r);
     assert!(p.requested);
     assert_eq!(p.final_status.as_deref(), Some("failed"));
+    assert_eq!(p.last_error.as_deref(), Some(ENSURE_FAIL_REASON));
     assert_installed(&db);
     assert_eq!(agent_status(&db), "failed");
 }
@@ -339,7 +228,7 @@ fn without_model_the_agent_fails_and_the_reason_is_given() {
 #[test]
 fn the_deadline_passes_and_the_change_stays_committed() {
     let db = TestDb::sample();
-    let platform = StandIn::start(&db.name, Mode::Stuck);
+    let platform = EnsureStandIn::start(&db.name, EnsureMode::Stuck, false);
     let start = Instant::now();
     let r = install(&db, &platform.url(), &["--model", "m", "--wait", "2s"]);
     r.code(1).one_line_error("stays committed");
@@ -350,49 +239,110 @@ fn the_deadline_passes_and_the_change_stays_committed() {
     assert_eq!(p.final_status.as_deref(), Some("provisioning"));
     assert!(p.waited_ms >= 2000, "{p:?}");
     assert_installed(&db);
-    platform.assert_one_request_for(&agent_id(&db));
+    platform.one_ensure(TOKEN);
 }
 
-/// The platform-root guard: an online or degraded agent is never sent a request, with or
-/// without --wait; offline and failed ones are.
+/// `awaiting_agent` is waited through; `hibernating` ends the wait (it will not come online).
 #[test]
-fn a_running_agent_is_never_sent_a_request() {
+fn awaiting_agent_is_waited_through_and_hibernating_ends_the_wait() {
+    let db = TestDb::sample();
+    let platform = EnsureStandIn::start(
+        &db.name,
+        EnsureMode::Awaiting(Duration::from_millis(300), Duration::from_millis(1500)),
+        false,
+    );
+    let r = install(&db, &platform.url(), &["--model", "m", "--wait", "30s"]);
+    r.code(0);
+    let p = provision_of(&r);
+    assert_eq!(p.final_status.as_deref(), Some("online"));
+    assert!(p.waited_ms >= 1500, "{p:?}");
+
+    let db = TestDb::sample();
+    let platform = EnsureStandIn::start(
+        &db.name,
+        EnsureMode::Hibernate(Duration::from_millis(300)),
+        false,
+    );
+    let start = Instant::now();
+    let r = install(&db, &platform.url(), &["--model", "m", "--wait", "60s"]);
+    r.code(1).one_line_error("hibernating");
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        provision_of(&r).final_status.as_deref(),
+        Some("hibernating")
+    );
+    assert_installed(&db);
+}
+
+/// Never a request for an agent that runs or that the platform is starting (online, degraded,
+/// provisioning — the platform's own restart, url '' — or awaiting_agent), nor one the platform
+/// does not run; offline and failed ones are asked for.
+#[test]
+fn a_running_or_booting_agent_is_never_sent_a_request() {
     let db = TestDb::sample();
     db.orgctl(&["install-platform-agent", "--yes", "--model", "m"])
         .run()
         .code(0);
-    let platform = StandIn::start(&db.name, Mode::Live(Duration::from_millis(200)));
-    for status in ["online", "degraded"] {
+    let platform = live(&db, 200);
+    for (status, url) in [
+        ("online", "'http://a'"),
+        ("degraded", "'http://a'"),
+        ("provisioning", "''"),
+        ("provisioning", "NULL"),
+        ("awaiting_agent", "''"),
+        ("hibernating", "NULL"),
+        ("hibernated", "NULL"),
+    ] {
         db.exec(&format!(
-            "UPDATE workspaces SET status = '{status}' WHERE kind = 'platform'"
+            "UPDATE workspaces SET status = '{status}', url = {url} WHERE kind = 'platform'"
         ));
-        for extra in [&[][..], &["--wait", "3s"][..]] {
-            let r = install(&db, &platform.url(), extra);
-            r.code(0);
-            let p = provision_of(&r);
-            assert!(!p.requested, "{status}");
-            assert_eq!(p.skipped.as_deref(), Some(status));
-            assert_eq!(p.http_status, None);
-            assert_eq!(p.final_status.as_deref(), Some(status));
-        }
+        let r = install(&db, &platform.url(), &[]);
+        r.code(0);
+        let p = provision_of(&r);
+        assert!(!p.requested, "{status}");
+        assert_eq!(p.skipped.as_deref(), Some(status));
+        assert_eq!(p.http_status, None);
+        assert_eq!(p.final_status.as_deref(), Some(status));
     }
+    // With --wait: running is fine; the platform starting it is watched (to the deadline here).
+    db.exec("UPDATE workspaces SET status = 'online' WHERE kind = 'platform'");
+    install(&db, &platform.url(), &["--wait", "3s"]).code(0);
+    db.exec("UPDATE workspaces SET status = 'provisioning', url = '' WHERE kind = 'platform'");
+    let r = install(&db, &platform.url(), &["--wait", "2s"]);
+    r.code(1).one_line_error("still provisioning");
+    assert!(!provision_of(&r).requested);
     assert!(platform.calls().is_empty(), "{:?}", platform.calls());
 
+    // A --model for an agent ensure is not called for is refused before anything changes.
+    let before = db.snapshot();
+    let r = install(&db, &platform.url(), &["--model", "m-1"]);
+    r.code(3)
+        .one_line_error("cannot be set through the platform");
+    let r = install(&db, &platform.url(), &["--model", "m-1", "--dry-run"]);
+    r.code(3)
+        .one_line_error("cannot be set through the platform");
+    // The model it already has: nothing to set, nothing refused, nothing sent.
+    let r = install(&db, &platform.url(), &["--model", "m"]);
+    r.code(0);
+    assert_eq!(provision_of(&r).skipped.as_deref(), Some("provisioning"));
+    assert_eq!(db.snapshot(), before);
+    assert!(platform.calls().is_empty());
+
     // An offline agent (already installed, nothing to change) is provisioned.
-    db.exec("UPDATE workspaces SET status = 'offline' WHERE kind = 'platform'");
+    db.exec("UPDATE workspaces SET status = 'offline', url = NULL WHERE kind = 'platform'");
     let r = install(&db, &platform.url(), &["--wait", "20s"]);
     r.code(0);
     let p = provision_of(&r);
     assert!(p.requested);
     assert_eq!(p.final_status.as_deref(), Some("online"));
-    platform.assert_one_request_for(&agent_id(&db));
+    platform.one_ensure(TOKEN);
 }
 
 /// Ctrl-C while waiting: exit 130, the committed change is reported (stdout and stderr).
 #[test]
 fn ctrl_c_while_waiting_exits_130_and_reports_the_committed_change() {
     let db = TestDb::sample();
-    let platform = StandIn::start(&db.name, Mode::Stuck);
+    let platform = EnsureStandIn::start(&db.name, EnsureMode::Stuck, false);
     let mut cmd = db
         .orgctl(&[
             "install-platform-agent",
@@ -447,29 +397,53 @@ fn ctrl_c_while_waiting_exits_130_and_reports_the_committed_change() {
     assert_installed(&db);
 }
 
-/// The platform refuses or is unreachable: exit 1 after the commit, naming the HTTP outcome.
+/// The platform refuses or is unreachable: exit 1 after the commit, naming the HTTP outcome;
+/// its response body (which echoes the bearer here) is never shown.
 #[test]
 fn a_refused_or_unreachable_platform_is_exit_1_after_the_commit() {
     let fixture = TestDb::sample();
-    let cases: Vec<(Option<Mode>, Option<u16>, &str)> = vec![
-        (Some(Mode::Answer(401)), Some(401), "HTTP 401"),
-        (Some(Mode::Answer(404)), Some(404), "HTTP 404"),
-        (Some(Mode::Answer(409)), Some(409), "HTTP 409"),
-        (Some(Mode::Answer(500)), Some(500), "HTTP 500"),
+    let cases: Vec<(Option<EnsureMode>, Option<u16>, &str)> = vec![
+        (
+            Some(EnsureMode::Answer(401, "UNAUTHORIZED")),
+            Some(401),
+            "HTTP 401",
+        ),
+        (
+            Some(EnsureMode::Answer(404, "NOT_FOUND")),
+            Some(404),
+            "HTTP 404",
+        ),
+        (
+            Some(EnsureMode::Answer(409, "CONFLICT")),
+            Some(409),
+            "conflict",
+        ),
+        (Some(EnsureMode::Answer(500, "X")), Some(500), "HTTP 500"),
+        (
+            Some(EnsureMode::Answer(503, "X")),
+            Some(503),
+            "failed the provision request",
+        ),
         (None, None, "did not accept"),
     ];
     for (mode, code, needle) in cases {
         let db = fixture.copy_of();
-        let standin = mode.map(|m| StandIn::start(&db.name, m));
+        let standin = mode
+            .clone()
+            .map(|m| EnsureStandIn::start(&db.name, m, false));
         let url = standin.as_ref().map(|s| s.url()).unwrap_or_else(absent_url);
         let r = install(&db, &url, &["--model", "m", "--wait", "10s"]);
         r.code(1).one_line_error(needle);
         assert!(r.stderr.contains("committed"), "{}", r.stderr);
+        assert!(!r.stderr.contains("ensure failed for"), "{}", r.stderr);
         assert_no_token(&r);
         let p = provision_of(&r);
         assert!(p.requested, "{mode:?}");
         assert_eq!(p.http_status, code, "{mode:?}");
         assert_eq!(p.waited_ms, 0, "no wait after a refused request");
+        // Nothing claimed: MODEL was to be set by the platform, which did not.
+        assert_eq!(r.json()["model_secret"], "missing", "{mode:?}");
+        assert_eq!(model_value(&db), "<none>");
         assert_installed(&db);
         // The failed request is audited too, with the status the platform answered.
         assert_eq!(
@@ -487,12 +461,127 @@ fn a_refused_or_unreachable_platform_is_exit_1_after_the_commit() {
     }
 }
 
+/// A model the platform does not accept for the agent's runtime: exit 3 with the platform's
+/// message (control characters made harmless), MODEL not set and not claimed.
+#[test]
+fn a_model_the_platform_refuses_is_exit_3_and_nothing_is_claimed() {
+    let db = TestDb::sample();
+    let platform = live(&db, 100);
+    let r = install(
+        &db,
+        &platform.url(),
+        &["--model", "claude-sonnet-4-5", "--wait", "10s"],
+    );
+    r.code(3)
+        .one_line_error("is not registered for runtime hermes");
+    assert!(!r.stderr.contains('\u{1b}'), "{:?}", r.stderr);
+    assert!(
+        r.stderr.contains("UNREGISTERED_MODEL_FOR_RUNTIME"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("MODEL was not set"), "{}", r.stderr);
+    let p = provision_of(&r);
+    assert_eq!(p.http_status, Some(422));
+    assert_eq!(
+        p.error_code.as_deref(),
+        Some("UNREGISTERED_MODEL_FOR_RUNTIME")
+    );
+    assert_eq!(r.json()["model_secret"], "missing");
+    assert_eq!(model_value(&db), "<none>");
+    assert_installed(&db);
+    // A runtime the platform gives no model.
+    db.exec(
+        "UPDATE workspaces SET runtime = 'claude-code', status = 'offline' WHERE kind = 'platform'",
+    );
+    let r = install(&db, &platform.url(), &["--model", "m"]);
+    r.code(3).one_line_error("RUNTIME_UNSUPPORTED");
+    assert_eq!(model_value(&db), "<none>");
+}
+
+/// A tenant server addressed directly needs the org header: without an org id the platform's
+/// 400 is explained; with MOLECULE_ORG_ID the header is sent and the provision goes through.
+#[test]
+fn the_org_id_header_is_sent_when_known() {
+    let db = TestDb::sample();
+    let platform =
+        EnsureStandIn::start(&db.name, EnsureMode::Live(Duration::from_millis(100)), true);
+    let r = install(&db, &platform.url(), &["--model", "m"]);
+    r.code(1).one_line_error("MOLECULE_ORG_ID");
+    assert!(
+        r.stderr.contains("TENANT_ORG_HEADER_REQUIRED"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(provision_of(&r).http_status, Some(400));
+    assert_installed(&db);
+    // Nothing started the agent: the platform's install leaves such a row offline (orgctl's
+    // row takes the column default until it inserts the same).
+    db.exec("UPDATE workspaces SET status = 'offline' WHERE kind = 'platform' AND status = 'provisioning'");
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--yes",
+            "-o",
+            "json",
+            "--provision",
+            "--model",
+            "m",
+            "--wait",
+            "20s",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .env("MOLECULE_ORG_ID", "  org-7f3a  ")
+        .run();
+    r.code(0);
+    assert_eq!(provision_of(&r).final_status.as_deref(), Some("online"));
+    let calls = platform.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].org_id.as_deref(), Some("org-7f3a"));
+    // An org id that cannot be a header is refused before anything changes.
+    let fresh = TestDb::sample();
+    let before = fresh.snapshot();
+    fresh
+        .orgctl(&[
+            "install-platform-agent",
+            "--yes",
+            "--provision",
+            "--model",
+            "m",
+        ])
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .env("MOLECULE_ORG_ID", "org\u{7}x")
+        .run()
+        .code(2)
+        .one_line_error("MOLECULE_ORG_ID");
+    assert_eq!(fresh.snapshot(), before);
+    assert_eq!(platform.calls().len(), 2);
+}
+
+/// 200 with `provisioning: false`: "the platform did not provision", and why.
+#[test]
+fn the_platform_not_provisioning_is_said_with_its_reason() {
+    let db = TestDb::sample();
+    let platform = EnsureStandIn::start(&db.name, EnsureMode::NotProvisioning, false);
+    let r = install(&db, &platform.url(), &["--model", "m", "--wait", "10s"]);
+    r.code(1).one_line_error("the platform did not provision");
+    assert!(r.stderr.contains("'exists'"), "{}", r.stderr);
+    let p = provision_of(&r);
+    assert_eq!(p.provisioning, Some(false));
+    assert_eq!(p.platform_status.as_deref(), Some("exists"));
+    assert!(p.agent_status.is_some(), "{p:?}");
+    assert_eq!(p.waited_ms, 0);
+    assert_installed(&db);
+}
+
 /// A platform that accepts the connection and never answers: the call's own timeout (20s)
 /// ends it, exit 1 after the commit, no wait.
 #[test]
 fn a_hanging_platform_times_out_after_the_commit() {
     let db = TestDb::sample();
-    let platform = StandIn::start(&db.name, Mode::Hang);
+    let platform = EnsureStandIn::start(&db.name, EnsureMode::Hang, false);
     let start = Instant::now();
     let r = install(&db, &platform.url(), &["--model", "m", "--wait", "60s"]);
     r.code(1).one_line_error("did not accept");
@@ -508,11 +597,50 @@ fn a_hanging_platform_times_out_after_the_commit() {
     assert_installed(&db);
 }
 
+/// Without --provision orgctl writes MODEL itself: it warns that the value is unvalidated and
+/// applies at the next provision, and when a MOLECULE_MODEL secret outranks it.
+#[test]
+fn writing_model_directly_warns() {
+    let db = TestDb::sample();
+    let r = db
+        .orgctl(&["install-platform-agent", "--yes", "--model", "m"])
+        .run();
+    r.code(0);
+    assert!(r.stderr.contains("has not validated"), "{}", r.stderr);
+    assert!(r.stderr.contains("next provision"), "{}", r.stderr);
+    assert!(!r.stderr.contains("MOLECULE_MODEL"), "{}", r.stderr);
+    db.exec(
+        "INSERT INTO global_secrets (key, encrypted_value, encryption_version)
+         VALUES ('MOLECULE_MODEL', convert_to('other', 'UTF8'), 0)",
+    );
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--yes",
+            "--model",
+            "m-1",
+            "--dry-run",
+        ])
+        .run();
+    r.code(0);
+    assert!(
+        r.stderr.contains("MOLECULE_MODEL secret is set globally"),
+        "{}",
+        r.stderr
+    );
+    // Through the platform, neither warning.
+    let platform = live(&db, 100);
+    db.exec("UPDATE workspaces SET status = 'offline' WHERE kind = 'platform'");
+    let r = install(&db, &platform.url(), &["--model", "m-1"]);
+    r.code(0);
+    assert!(!r.stderr.contains("has not validated"), "{}", r.stderr);
+}
+
 #[test]
 fn bad_provision_inputs_change_nothing() {
     let db = TestDb::sample();
     let before = db.snapshot();
-    let platform = StandIn::start(&db.name, Mode::Live(Duration::ZERO));
+    let platform = live(&db, 0);
     // --wait without --provision: a usage error.
     db.orgctl(&[
         "install-platform-agent",
@@ -622,8 +750,8 @@ fn backfill_provisions_tenants_with_a_platform_url_and_skips_the_others() {
     let a = TestDb::sample();
     let b = TestDb::sample();
     let c = TestDb::sample();
-    let pa = StandIn::start(&a.name, Mode::Live(Duration::from_millis(300)));
-    let pc = StandIn::start(&c.name, Mode::Live(Duration::from_millis(300)));
+    let pa = live(&a, 300);
+    let pc = live(&c, 300);
     let fleet = TenantsFile::new(&format!(
         "# a and c carry their platform URL\nacme {} {}\nbeta {}\ngamma\t{}\t{}/\n",
         a.url,
@@ -649,9 +777,12 @@ fn backfill_provisions_tenants_with_a_platform_url_and_skips_the_others() {
         &report.display().to_string(),
     ])
     .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+    .env("MOLECULE_ORG_ID", "org-fleet-1")
     .run();
     r.code(0);
     assert_no_token(&r);
+    // beta has no platform URL: orgctl writes its MODEL itself, and says it is unvalidated.
+    assert!(r.stderr.contains("has not validated"), "{}", r.stderr);
     assert!(r.stdout.contains("provision"), "{}", r.stdout);
     assert!(
         r.stdout.contains("skipped (no platform URL)"),
@@ -659,8 +790,15 @@ fn backfill_provisions_tenants_with_a_platform_url_and_skips_the_others() {
         r.stdout
     );
     assert!(r.stdout.contains("online after"), "{}", r.stdout);
-    pa.assert_one_request_for(&agent_id(&a));
-    pc.assert_one_request_for(&agent_id(&c));
+    // Each tenant's own platform got the model to validate and set, and the org header.
+    for p in [&pa, &pc] {
+        let call = p.one_ensure(TOKEN);
+        assert_eq!(call.body, r#"{"model":"m"}"#);
+        assert_eq!(call.org_id.as_deref(), Some("org-fleet-1"));
+    }
+    for db in [&a, &b, &c] {
+        assert_eq!(model_value(db), "m");
+    }
     assert_eq!(agent_status(&a), "online");
     // Installed without a platform URL: offline, as the platform inserts it.
     assert_eq!(agent_status(&b), "offline");
@@ -704,8 +842,8 @@ fn backfill_provisions_tenants_with_a_platform_url_and_skips_the_others() {
 fn backfill_reports_a_tenant_whose_agent_failed() {
     let a = TestDb::sample();
     let b = TestDb::sample();
-    let pa = StandIn::start(&a.name, Mode::Live(Duration::from_millis(200)));
-    let pb = StandIn::start(&b.name, Mode::Answer(500));
+    let pa = live(&a, 200);
+    let pb = EnsureStandIn::start(&b.name, EnsureMode::Answer(500, "X"), false);
     let fleet = TenantsFile::new(&format!(
         "acme {} {}\nbeta {} {}\n",
         a.url,
@@ -747,11 +885,69 @@ fn backfill_reports_a_tenant_whose_agent_failed() {
     assert_installed(&b);
 }
 
+/// Per tenant: a model its platform refuses is that tenant's provision error and is not
+/// claimed in the report; where orgctl writes MODEL itself and a MOLECULE_MODEL secret
+/// outranks it, the tenant's note says so.
+#[test]
+fn backfill_a_refused_model_is_not_claimed_and_an_outranking_secret_is_noted() {
+    let a = TestDb::sample();
+    let b = TestDb::sample();
+    b.exec(
+        "INSERT INTO global_secrets (key, encrypted_value, encryption_version)
+         VALUES ('MOLECULE_MODEL', convert_to('other', 'UTF8'), 0)",
+    );
+    let pa = live(&a, 100);
+    let fleet = TenantsFile::new(&format!("acme {} {}\nbeta {}\n", a.url, pa.url(), b.url));
+    let r = Cmd::new(&[
+        "backfill",
+        "run",
+        "--tenants",
+        &fleet.arg(),
+        "--model",
+        "not-for-hermes",
+        "--yes",
+        "-o",
+        "json",
+        "--provision",
+    ])
+    .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+    .run();
+    r.code(1).one_line_error("acme");
+    assert_no_token(&r);
+    let v = r.json();
+    let acme = &v["tenants"][0];
+    assert_eq!(acme["status"], "applied", "{acme}");
+    assert_eq!(acme["model_secret"], "missing", "{acme}");
+    assert_eq!(acme["provision"]["http_status"], 422, "{acme}");
+    assert_eq!(
+        acme["provision"]["error_code"], "UNREGISTERED_MODEL_FOR_RUNTIME",
+        "{acme}"
+    );
+    assert!(
+        acme["provision_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not registered for runtime hermes"),
+        "{acme}"
+    );
+    assert_eq!(model_value(&a), "<none>");
+    let beta = &v["tenants"][1];
+    assert_eq!(beta["model_secret"], "seeded", "{beta}");
+    assert!(
+        beta["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("MOLECULE_MODEL secret is set globally"),
+        "{beta}"
+    );
+    assert_eq!(model_value(&b), "not-for-hermes");
+}
+
 #[test]
 fn backfill_bad_platform_urls_and_missing_token_change_nothing() {
     let a = TestDb::sample();
     let before = a.snapshot();
-    let platform = StandIn::start(&a.name, Mode::Live(Duration::ZERO));
+    let platform = live(&a, 0);
     // A malformed third field: exit 2 naming the line.
     for third in ["ftp://h", "not-a-url", "http://h/?x=1"] {
         let fleet = TenantsFile::new(&format!("# fleet\nacme {} {third}\n", a.url));
@@ -796,6 +992,26 @@ fn backfill_bad_platform_urls_and_missing_token_change_nothing() {
     ])
     .run()
     .code(2);
+    // An org id that cannot travel as a header.
+    Cmd::new(&[
+        "backfill",
+        "run",
+        "--tenants",
+        &fleet.arg(),
+        "--yes",
+        "--provision",
+    ])
+    .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+    .env("MOLECULE_ORG_ID", "org\u{1b}[2J")
+    .run()
+    .code(2)
+    .one_line_error("MOLECULE_ORG_ID");
+    // status sends nothing: the org id is not its business.
+    let r = a
+        .orgctl(&["status"])
+        .env("MOLECULE_ORG_ID", "org\u{1b}[2J")
+        .run();
+    assert_ne!(r.code, 2, "{}", r.stderr);
     assert_eq!(a.snapshot(), before);
     assert!(platform.calls().is_empty());
 }
@@ -854,12 +1070,74 @@ fn status_warns_while_the_agent_is_not_running_without_failing_the_gate() {
     assert_eq!(c["ok"], false);
 }
 
+/// `status` recommends --provision only where it acts, and its model_secret check follows the
+/// platform: an agent without MODEL that nothing starts is a warning (--provision has the
+/// platform seed MODEL); one that would register without it (running or being started) fails.
+#[test]
+fn status_recommends_provision_only_where_it_acts_and_judges_model_as_the_platform() {
+    let db = TestDb::sample();
+    db.exec(
+        "UPDATE org_api_tokens SET org_id = NULL WHERE id = '70000000-0000-4000-8000-000000000008'",
+    );
+    db.orgctl(&["install-platform-agent", "--yes", "--model", "m"])
+        .run()
+        .code(0);
+    let check = |db: &TestDb, name: &str| -> (i32, serde_json::Value) {
+        let r = db.orgctl(&["status", "-o", "json"]).run();
+        let v = r.json();
+        let c = v["checks"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or_default();
+        (r.code, c)
+    };
+    for (status, url, recommends) in [
+        ("offline", "NULL", true),
+        ("failed", "NULL", true),
+        ("provisioning", "''", false),
+        ("provisioning", "NULL", false),
+        ("awaiting_agent", "''", false),
+        ("hibernating", "NULL", false),
+        ("paused", "NULL", false),
+    ] {
+        db.exec(&format!(
+            "UPDATE workspaces SET status = '{status}', url = {url} WHERE kind = 'platform'"
+        ));
+        let (code, c) = check(&db, "platform_agent_running");
+        assert_eq!(code, 0, "{status}");
+        let msg = c["message"].as_str().unwrap_or_default().to_string();
+        assert_eq!(
+            msg.contains("--provision --wait"),
+            recommends,
+            "{status}: {msg}"
+        );
+    }
+    db.exec(
+        "DELETE FROM workspace_secrets WHERE key = 'MODEL'
+            AND workspace_id = (SELECT id FROM workspaces WHERE kind = 'platform')",
+    );
+    for (status, code, severity) in [
+        ("offline", 0, "warning"),
+        ("failed", 0, "warning"),
+        ("online", 1, "error"),
+        ("provisioning", 1, "error"),
+    ] {
+        db.exec(&format!(
+            "UPDATE workspaces SET status = '{status}' WHERE kind = 'platform'"
+        ));
+        let (got, c) = check(&db, "model_secret");
+        assert_eq!(got, code, "{status}: {c}");
+        assert_eq!(c["ok"], false, "{status}");
+        assert_eq!(c["severity"], severity, "{status}: {c}");
+    }
+}
+
 /// Ctrl-C while a backfill waits for an agent: the wait stops, the tenant stays applied and
 /// its provision result (the status it was in) is in the summary; exit 130.
 #[test]
 fn ctrl_c_while_a_backfill_waits_reports_the_applied_tenant() {
     let a = TestDb::sample();
-    let pa = StandIn::start(&a.name, Mode::Stuck);
+    let pa = EnsureStandIn::start(&a.name, EnsureMode::Stuck, false);
     let fleet = TenantsFile::new(&format!("acme {} {}\n", a.url, pa.url()));
     let mut cmd = Cmd::new(&[
         "backfill",
@@ -921,7 +1199,7 @@ fn ctrl_c_while_a_backfill_waits_reports_the_applied_tenant() {
 #[test]
 fn resuming_a_run_with_provision_brings_its_agents_to_life() {
     let a = TestDb::sample();
-    let pa = StandIn::start(&a.name, Mode::Live(Duration::from_millis(200)));
+    let pa = live(&a, 200);
     let fleet = TenantsFile::new(&format!("acme {} {}\n", a.url, pa.url()));
     let base = [
         "backfill",
@@ -944,5 +1222,5 @@ fn resuming_a_run_with_provision_brings_its_agents_to_life() {
     let t = &r.json()["tenants"][0];
     assert_eq!(t["status"], "skipped", "{t}");
     assert_eq!(t["provision"]["final_status"], "online", "{t}");
-    pa.assert_one_request_for(&agent_id(&a));
+    pa.one_ensure(TOKEN);
 }

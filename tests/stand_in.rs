@@ -505,3 +505,327 @@ impl PlatformSim {
         Reply::dispatched()
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The platform's ensure route, as the platform answers it, against a tenant database.
+//
+// `POST /admin/org/platform-agent/ensure` (admin bearer; body `{}` or `{"model": M}`; header
+// `X-Molecule-Org-Id` required when the stand-in plays a tenant server addressed directly).
+// Like the platform it validates the model for the agent's runtime (422 with `error` and
+// `code`), writes MODEL (the given model, or seeds [`ENSURE_DEFAULT_MODEL`] when none is set),
+// and answers `exists` with `provisioning: false` for an online agent; otherwise it starts a
+// restart (`status 'provisioning'`, `url ''`), answers 200 `repaired`, and moves the agent on
+// as its mode says. Any other path answers 404. Every request is recorded with its headers and
+// body.
+
+/// The model the stand-in seeds when the agent has no MODEL (the platform's default).
+pub const ENSURE_DEFAULT_MODEL: &str = "platform-default-model";
+/// The models the stand-in accepts for the `hermes` runtime; every other is refused with 422
+/// `UNREGISTERED_MODEL_FOR_RUNTIME`. Any runtime other than `hermes` and `langgraph` is refused
+/// with 422 `RUNTIME_UNSUPPORTED`.
+pub const HERMES_MODELS: &[&str] = &["m", "m-1", "hermes-model-2"];
+/// The reason the stand-in records in `last_sample_error` in [`EnsureMode::Fail`].
+pub const ENSURE_FAIL_REASON: &str = "register: model provider rejected the API key";
+
+/// What the agent does after a 200 that started provisioning.
+#[derive(Clone, Debug)]
+pub enum EnsureMode {
+    /// Comes `online` after the delay.
+    Live(Duration),
+    /// Goes `awaiting_agent` after the first delay, `online` after the second.
+    Awaiting(Duration, Duration),
+    /// Is marked `failed` with [`ENSURE_FAIL_REASON`] after the delay.
+    Fail(Duration),
+    /// Stays `provisioning`.
+    Stuck,
+    /// Goes `hibernating` after the delay.
+    Hibernate(Duration),
+    /// Answers this status with a JSON `{"error","code"}` body (the error echoes the bearer, so
+    /// tests prove orgctl never shows it) and changes nothing.
+    Answer(u16, &'static str),
+    /// Answers 200 with `provisioning: false` (status `exists`) and changes nothing.
+    NotProvisioning,
+    /// Never answers.
+    Hang,
+}
+
+/// One ensure request as the stand-in saw it.
+#[derive(Clone, Debug)]
+pub struct EnsureCall {
+    pub method: String,
+    pub path: String,
+    pub auth: Option<String>,
+    pub org_id: Option<String>,
+    pub body: String,
+}
+
+pub struct EnsureStandIn {
+    addr: SocketAddr,
+    calls: Arc<Mutex<Vec<EnsureCall>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl EnsureStandIn {
+    /// A platform in front of database `db`; `require_org`: a tenant server addressed directly
+    /// (400 `TENANT_ORG_HEADER_REQUIRED` without the org header).
+    pub fn start(db: &str, mode: EnsureMode, require_org: bool) -> Self {
+        let listener = match TcpListener::bind("127.0.0.1:0") {
+            Ok(l) => l,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        };
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s, db) = (calls.clone(), stop.clone(), db.to_string());
+        let handle = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = conn else { continue };
+                let (c, s, db, mode) = (c.clone(), s.clone(), db.clone(), mode.clone());
+                std::thread::spawn(move || ensure_serve(stream, &c, &s, &db, mode, require_org));
+            }
+        });
+        EnsureStandIn {
+            addr,
+            calls,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn calls(&self) -> Vec<EnsureCall> {
+        match self.calls.lock() {
+            Ok(c) => c.clone(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Exactly one well-formed ensure request, with this bearer; returns it.
+    #[track_caller]
+    pub fn one_ensure(&self, bearer: &str) -> EnsureCall {
+        let calls = self.calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        let c = calls[0].clone();
+        assert_eq!(c.method, "POST", "{c:?}");
+        assert_eq!(c.path, "/admin/org/platform-agent/ensure", "{c:?}");
+        assert_eq!(
+            c.auth.as_deref(),
+            Some(format!("Bearer {bearer}").as_str()),
+            "{c:?}"
+        );
+        c
+    }
+}
+
+impl Drop for EnsureStandIn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn ensure_respond(stream: &mut TcpStream, code: u16, body: &str) {
+    let _ = stream.write_all(
+        format!(
+            "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            reason(code),
+            body.len()
+        )
+        .as_bytes(),
+    );
+}
+
+fn ensure_serve(
+    mut stream: TcpStream,
+    calls: &Mutex<Vec<EnsureCall>>,
+    stop: &AtomicBool,
+    db: &str,
+    mode: EnsureMode,
+    require_org: bool,
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_string();
+    let path = first.next().unwrap_or_default().to_string();
+    let (mut auth, mut org_id, mut length) = (None, None, 0usize);
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            let v = v.trim().to_string();
+            if k.eq_ignore_ascii_case("authorization") {
+                auth = Some(v);
+            } else if k.eq_ignore_ascii_case("x-molecule-org-id") {
+                org_id = Some(v);
+            } else if k.eq_ignore_ascii_case("content-length") {
+                length = v.parse().unwrap_or(0);
+            }
+        }
+    }
+    while buf.len() < head_end + 4 + length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = String::from_utf8_lossy(&buf[head_end + 4..head_end + 4 + length]).to_string();
+    if let Ok(mut c) = calls.lock() {
+        c.push(EnsureCall {
+            method: method.clone(),
+            path: path.clone(),
+            auth: auth.clone(),
+            org_id: org_id.clone(),
+            body: body.clone(),
+        });
+    }
+    if method != "POST" || path != "/admin/org/platform-agent/ensure" {
+        return ensure_respond(&mut stream, 404, r#"{"error":"not found"}"#);
+    }
+    if require_org && org_id.is_none() {
+        return ensure_respond(
+            &mut stream,
+            400,
+            r#"{"error":"tenant requests need the org header","code":"TENANT_ORG_HEADER_REQUIRED"}"#,
+        );
+    }
+    let parsed: serde_json::Value =
+        match serde_json::from_str(if body.is_empty() { "{}" } else { &body }) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            _ => return ensure_respond(&mut stream, 400, r#"{"error":"invalid body"}"#),
+        };
+    match mode {
+        EnsureMode::Hang => {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        }
+        EnsureMode::Answer(code, c) => {
+            let b = serde_json::json!({
+                "error": format!("ensure failed for {}", auth.unwrap_or_default()),
+                "code": c,
+            });
+            return ensure_respond(&mut stream, code, &b.to_string());
+        }
+        _ => {}
+    }
+    let sql = |q: &str| match crate::harness::server().psql(db, q) {
+        Ok(s) => s.trim().to_string(),
+        Err(e) => panic!("stand-in SQL failed: {e}\n{q}"),
+    };
+    let row = sql(
+        "SELECT id || '|' || COALESCE(status::text, '') || '|' || COALESCE(runtime, '')
+           FROM workspaces WHERE kind = 'platform'",
+    );
+    let mut parts = row.split('|');
+    let (Some(id), Some(prior), Some(runtime)) = (parts.next(), parts.next(), parts.next()) else {
+        return ensure_respond(&mut stream, 500, r#"{"error":"lookup failed"}"#);
+    };
+    // Only a UUID ever reaches the SQL below.
+    let Ok(id) = uuid::Uuid::parse_str(id) else {
+        return ensure_respond(&mut stream, 500, r#"{"error":"lookup failed"}"#);
+    };
+    let model = parsed
+        .get("model")
+        .and_then(|m| m.as_str())
+        .map(str::to_string);
+    if let Some(m) = &model {
+        let refusal = match runtime {
+            "hermes" if !HERMES_MODELS.contains(&m.as_str()) => Some((
+                "UNREGISTERED_MODEL_FOR_RUNTIME",
+                // Control characters in the message: orgctl must not pass them to a terminal.
+                format!("model \u{1b}[31m{m}\u{1b}[0m is not registered\nfor runtime hermes"),
+            )),
+            "hermes" | "langgraph" => None,
+            other => Some((
+                "RUNTIME_UNSUPPORTED",
+                format!("runtime {other} does not take a model"),
+            )),
+        };
+        if let Some((code, error)) = refusal {
+            let b = serde_json::json!({ "error": error, "code": code });
+            return ensure_respond(&mut stream, 422, &b.to_string());
+        }
+    }
+    let answer = |status: &str, provisioning: bool| {
+        serde_json::json!({
+            "status": status,
+            "platform_agent_id": id.to_string(),
+            "kind": "platform",
+            "agent_status": prior,
+            "provisioning": provisioning,
+        })
+        .to_string()
+    };
+    if prior == "online" || matches!(mode, EnsureMode::NotProvisioning) {
+        return ensure_respond(&mut stream, 200, &answer("exists", false));
+    }
+    // MODEL: the given model, else the platform's default when none is set (plain, version 0).
+    let value = model.unwrap_or_else(|| ENSURE_DEFAULT_MODEL.to_string());
+    let overwrite = if parsed.get("model").is_some() {
+        "DO UPDATE SET encrypted_value = EXCLUDED.encrypted_value, encryption_version = 0"
+    } else {
+        "DO NOTHING"
+    };
+    sql(&format!(
+        "INSERT INTO workspace_secrets (workspace_id, key, encrypted_value, encryption_version)
+         VALUES ('{id}', 'MODEL', convert_to($m${value}$m$, 'UTF8'), 0)
+         ON CONFLICT (workspace_id, key) {overwrite}"
+    ));
+    let set = |status: &str, extra: &str| {
+        sql(&format!(
+            "UPDATE workspaces SET status = '{status}', updated_at = clock_timestamp(){extra}
+              WHERE id = '{id}'"
+        ));
+    };
+    set("provisioning", ", url = ''");
+    ensure_respond(&mut stream, 200, &answer("repaired", true));
+    match mode {
+        EnsureMode::Live(d) => {
+            std::thread::sleep(d);
+            set("online", ", url = 'http://agent.internal:8000'");
+        }
+        EnsureMode::Awaiting(a, b) => {
+            std::thread::sleep(a);
+            set("awaiting_agent", "");
+            std::thread::sleep(b);
+            set("online", ", url = 'http://agent.internal:8000'");
+        }
+        EnsureMode::Fail(d) => {
+            std::thread::sleep(d);
+            set(
+                "failed",
+                &format!(", last_sample_error = '{ENSURE_FAIL_REASON}'"),
+            );
+        }
+        EnsureMode::Hibernate(d) => {
+            std::thread::sleep(d);
+            set("hibernating", "");
+        }
+        _ => {}
+    }
+}

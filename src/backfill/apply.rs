@@ -82,6 +82,12 @@ pub struct TenantResult {
     /// Why the provision did not bring the agent online (the tenant stays committed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provision_error: Option<String>,
+    /// --model goes to the platform with the provision request (not written by orgctl), and
+    /// the platform is asked to set it: [`Plan::model_via_platform`], [`Plan::model_to_platform`].
+    #[serde(skip)]
+    model_via_platform: bool,
+    #[serde(skip)]
+    model_to_platform: bool,
 }
 
 impl TenantResult {
@@ -104,6 +110,8 @@ impl TenantResult {
             note: None,
             provision: None,
             provision_error: None,
+            model_via_platform: false,
+            model_to_platform: false,
         }
     }
 
@@ -116,6 +124,8 @@ impl TenantResult {
         self.allowlist_merged = plan.merged.len() as i64;
         self.model_secret = Some(plan.model);
         self.plan_hash = Some(plan.hash());
+        self.model_via_platform = plan.model_via_platform;
+        self.model_to_platform = plan.model_to_platform();
         self
     }
 
@@ -143,7 +153,7 @@ pub struct Job {
 }
 
 pub struct ProvisionJob {
-    pub wait: Option<std::time::Duration>,
+    pub wait: Option<provision::Wait>,
     /// The first Ctrl-C stops waiting (the tenant is committed; the wait is reported).
     pub cancel: Cancel,
     pub out: crate::output::Output,
@@ -173,7 +183,7 @@ impl Job {
         } else {
             (self.org_id.as_deref(), self.self_hosted)
         };
-        let input = InstallInput::new(
+        let mut input = InstallInput::new(
             None,
             None,
             self.model.as_ref().map(|m| m.as_str()),
@@ -182,6 +192,7 @@ impl Job {
         .with_identity(org_id, self_hosted, "the org id")?;
         // No MOLECULE_ORG_NAME: one name cannot name every org of a fleet, so a new agent gets
         // the platform's name for an org whose name it does not know.
+        input.provision = self.provision.is_some() && t.platform_url.is_some();
         Ok(input)
     }
 }
@@ -278,6 +289,23 @@ async fn provision_tenant(
     let stop: provision::Stop = Box::pin(async move { cancel.reached(1).await });
     let created =
         result.status == Status::Applied && result.agent_action == Some(AgentAction::Create);
+    // The tenant's org id (its line's, else the run's; none for a self-hosted tenant), sent as
+    // the platform's org header.
+    let org_id = if t.org_id.is_some() || t.self_hosted {
+        t.org_id.as_deref()
+    } else if job.self_hosted {
+        None
+    } else {
+        job.org_id.as_deref()
+    };
+    let ask = provision::Ask {
+        org_id,
+        model: job
+            .model
+            .as_ref()
+            .filter(|_| result.model_to_platform)
+            .map(|m| m.as_str()),
+    };
     let p = provision::provision(
         &pj.out,
         conn,
@@ -285,11 +313,20 @@ async fn provision_tenant(
         &platform,
         agent,
         created,
+        ask,
         pj.wait,
         stop,
         &format!("tenant {}: the install", t.name),
     )
     .await;
+    // A model the platform refused (or never got) is not claimed as set.
+    if result.model_via_platform && !p.result.accepted() {
+        result.model_secret = result.model_secret.map(|m| match m {
+            ModelAction::Seeded => ModelAction::Missing,
+            ModelAction::Replaced => ModelAction::Present,
+            other => other,
+        });
+    }
     result.provision_error = p.problem.as_ref().map(clean);
     result.provision = Some(p.result);
 }
@@ -319,7 +356,10 @@ async fn apply_inner(
         let mut tx = db::begin_read_only(conn, &job.settings).await?;
         let prior = prior_run(&mut tx, &job.run_id, false).await?;
         let plan = install::plan(&mut tx, &input, &job.sb, install::Orgctl::Probe).await?;
-        let ceiling = install::token_ceiling_warning(&mut tx, &plan).await?;
+        let extra = join_notes(
+            install::token_ceiling_warning(&mut tx, &plan).await?,
+            model_outranked(&plan),
+        );
         tx.rollback().await?;
         if let Some(p) = prior.filter(|p| p.done()) {
             return Ok(TenantResult::new(t, Status::Skipped)
@@ -335,7 +375,7 @@ async fn apply_inner(
             Status::Skipped
         };
         let r = TenantResult::new(t, status).with_plan(&plan);
-        return Ok(match (plan.changed(), ceiling) {
+        return Ok(match (plan.changed(), extra) {
             (true, Some(w)) => r.note(w),
             (true, None) => r,
             (false, _) => r.note("already installed"),
@@ -385,6 +425,7 @@ async fn apply_inner(
             .with_plan(&plan)
             .note(with_note("already installed", note)));
     }
+    let outranked = model_outranked(&plan);
     let mut args = install::audit_args(&input, &plan);
     if let Some(o) = args.as_object_mut() {
         o.insert("run_id".into(), job.run_id.clone().into());
@@ -412,12 +453,23 @@ async fn apply_inner(
     };
     let note = commit(tx, job, t, committing, &evidence).await?;
     let r = TenantResult::new(t, Status::Applied).with_plan(&plan);
-    Ok(match (note, ceiling) {
+    let extra = join_notes(ceiling, outranked);
+    Ok(match (note, extra) {
         (Some(n), Some(w)) => r.note(format!("{w}; {n}")),
         (Some(n), None) => r.note(n),
         (None, Some(w)) => r.note(w),
         (None, None) => r,
     })
+}
+
+/// When orgctl writes MODEL itself on this tenant and a MOLECULE_MODEL secret is set (on the
+/// agent or globally), the tenant's note says that it outranks the MODEL written.
+fn model_outranked(plan: &Plan) -> Option<String> {
+    let place = plan.model_outranked.filter(|_| plan.writes_model())?;
+    Some(format!(
+        "a {} secret is set {place}: it outranks the MODEL written",
+        crate::platform::MODEL_OVERRIDE_KEY
+    ))
 }
 
 /// COMMIT through [`db::commit_or_resolve`]; a commit verified after a lost connection is
@@ -432,6 +484,14 @@ async fn commit(
     let _guard = committing.enter();
     let committed = db::commit_or_resolve(tx, &t.url, &job.settings, evidence).await?;
     Ok(committed.note())
+}
+
+/// Two optional notes as one (`a; b`).
+fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    }
 }
 
 fn with_note(base: &str, note: Option<&str>) -> String {
@@ -786,13 +846,16 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
     // Checked once up front, so a bad --model is a usage error and not N failed tenants.
     let _ = InstallInput::new(None, None, args.model.as_deref(), args.allow_missing_model)?;
     let sb = SecretBox::from_env();
-    if args.model.is_some() {
+    let all = super::tenants::read(&args.tenants).await?;
+    let selected: Vec<Tenant> = Shard::select(shard, all);
+    // Tenants where orgctl writes MODEL itself: those not provisioned through their platform.
+    let direct_model = args.model.is_some()
+        && !(args.provision && selected.iter().all(|t| t.platform_url.is_some()));
+    if direct_model {
         // The key too: an invalid key (exit 2) or production without one (exit 3) refuses the
         // run before any tenant, and plaintext is said once, not per tenant.
         sb.write_version()?;
     }
-    let all = super::tenants::read(&args.tenants).await?;
-    let selected: Vec<Tenant> = Shard::select(shard, all);
     // The run's identity, checked once (a bad --org-id is a usage error, not N failures).
     let org_id = args
         .org_id
@@ -861,7 +924,10 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         ));
     }
 
-    if args.model.is_some() {
+    if direct_model {
+        out.warn(
+            "MODEL is written straight to the database on tenants not provisioned through their platform (no --provision, or no platform URL): the platform has not validated it for the agents' runtime, and it applies at each agent's next provision",
+        );
         if let Some(w) = sb.plaintext_warning("the agents' MODEL secret") {
             out.warn(&w);
         }
@@ -877,7 +943,7 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         org_id,
         self_hosted: args.self_hosted,
         provision: args.provision.then(|| ProvisionJob {
-            wait: args.wait,
+            wait: provision::Wait::from_arg(args.wait),
             cancel: cancel.clone(),
             // Per-tenant messages and spinners would fight the progress bar: the summary and
             // the report carry each tenant's provision result instead.

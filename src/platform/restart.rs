@@ -162,6 +162,18 @@ impl Platform {
     pub fn has_token(&self) -> bool {
         self.token.is_some()
     }
+
+    /// `{URL}{path}` for another route of the platform API (`path` starts with `/`).
+    pub(crate) fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The `Authorization` header value, when the admin token is set (never printed).
+    pub(crate) fn bearer(&self) -> Option<Zeroizing<String>> {
+        self.token
+            .as_ref()
+            .map(|t| Zeroizing::new(format!("Bearer {}", t.as_str())))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -890,8 +902,8 @@ pub struct PostOutcome {
 }
 
 /// One restart call for `id` with the same client settings as [`dispatch`] (timeouts, no
-/// redirects, the bearer), blocking: call it from `spawn_blocking`. Provisioning the platform
-/// agent uses it (SPEC §9).
+/// redirects, the bearer), blocking: call it from `spawn_blocking`. Never for the platform
+/// agent: provisioning goes through the platform's ensure route (`platform::provision`).
 pub fn post_restart(platform: &Platform, id: Uuid) -> PostOutcome {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(RESTART_CONNECT_TIMEOUT)
