@@ -134,7 +134,8 @@ fn a_created_agent_is_provisioned_through_ensure_and_comes_online() {
     // The platform's own route, the model in the body, never the manual restart.
     let call = platform.one_ensure(TOKEN);
     assert_eq!(call.body, r#"{"model":"m-1"}"#);
-    assert_eq!(call.org_id, None, "no org id known, no header");
+    // The tenant's org id (the harness's MOLECULE_ORG_ID) goes as the platform's org header.
+    assert_eq!(call.org_id.as_deref(), Some(crate::harness::TEST_ORG_ID));
     // The platform (not orgctl) wrote MODEL, and the JSON says it is seeded.
     assert_eq!(model_value(&db), "m-1");
     assert_eq!(r.json()["model_secret"], "seeded");
@@ -506,7 +507,22 @@ fn the_org_id_header_is_sent_when_known() {
     let db = TestDb::sample();
     let platform =
         EnsureStandIn::start(&db.name, EnsureMode::Live(Duration::from_millis(100)), true);
-    let r = install(&db, &platform.url(), &["--model", "m"]);
+    // A self-hosted tenant has no org id: no header, and the tenant server's 400 is explained.
+    let r = db
+        .orgctl(&[
+            "install-platform-agent",
+            "--yes",
+            "-o",
+            "json",
+            "--provision",
+            "--self-hosted",
+            "--model",
+            "m",
+        ])
+        .env_remove("MOLECULE_ORG_ID")
+        .env("MOLECULE_PLATFORM_URL", &platform.url())
+        .env("MOLECULE_ADMIN_TOKEN", TOKEN)
+        .run();
     r.code(1).one_line_error("MOLECULE_ORG_ID");
     assert!(
         r.stderr.contains("TENANT_ORG_HEADER_REQUIRED"),
