@@ -1258,6 +1258,13 @@ pub async fn execute(
     let agent = &plan.agent;
     let old = plan.old_roots();
     let reparented: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
+    if plan.writes_model() && sb.key_set() {
+        // Every write of a secret value passes the guard `secret set` passes: the key must open
+        // the tenant's other encrypted values, or the platform could not read this one either
+        // (the old key after a rotation is the common case). Under the tenant lock, so a write
+        // that waited for a rekey sees the re-encrypted values.
+        crate::rekey::ensure_key_matches_tenant(conn, sb, Some(agent.id), MODEL_KEY).await?;
+    }
     let sealed = if plan.writes_model() {
         let value = input
             .model

@@ -376,23 +376,50 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
         }
     }
     let model_fails = without_model - seeded_on_provision;
+    // A MODEL the key at hand cannot open was written under another key (the old one after a
+    // rotation): the platform cannot read it either. Checked only with a valid key set.
+    let sb = SecretBox::from_env();
+    let mut unreadable: Vec<&AgentInfo> = Vec::new();
+    if sb.key_set() && sb.ensure_key_valid().is_ok() {
+        for a in agent_rows.iter().filter(|a| a.model) {
+            let stored: Option<(Vec<u8>, i32)> = db::query_as(
+                "SELECT encrypted_value, encryption_version FROM workspace_secrets
+                  WHERE workspace_id = $1 AND key = $2",
+            )
+            .bind(a.id)
+            .bind(crate::platform::MODEL_KEY)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((value, 1)) = stored {
+                if sb.open(&value, 1).is_none() {
+                    unreadable.push(a);
+                }
+            }
+        }
+    }
+    let unreadable_n = unreadable.len() as i64;
     checks.push(Check {
         name: "model_secret",
-        severity: if without_model > 0 && model_fails == 0 {
+        severity: if without_model > 0 && model_fails == 0 && unreadable_n == 0 {
             Severity::Warning
         } else {
             Severity::Error
         },
-        ok: agents >= 1 && without_model == 0,
-        count: without_model,
+        ok: agents >= 1 && without_model == 0 && unreadable_n == 0,
+        count: without_model + unreadable_n,
         rows: agent_rows
             .iter()
             .filter(|a| !a.model)
+            .chain(unreadable.iter().copied())
             .take(lim)
             .map(agent_finding)
             .collect(),
         message: if agents == 0 {
             "no platform agent to hold a MODEL secret".to_string()
+        } else if unreadable_n > 0 {
+            format!(
+                "{unreadable_n} platform agent(s) whose MODEL secret does not decrypt with SECRETS_ENCRYPTION_KEY: it was written under another key (the old one after a rotation?), and the platform cannot read it either; check the key with `orgctl secret verify`, then write MODEL again with the tenant's key"
+            )
         } else if without_model > 0 && model_fails == 0 {
             format!(
                 "{without_model} platform agent(s) without a MODEL secret, and nothing runs or starts them: orgctl install-platform-agent --provision has the platform seed MODEL as it provisions them (any other start registers them without MODEL, and the platform marks them failed)"
@@ -401,8 +428,11 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
             format!(
                 "{without_model} platform agent(s) without a MODEL secret that would register without one (running or being started): the platform marks them failed; set MODEL (orgctl secret set <agent id> MODEL <a model registered for its runtime>)"
             )
+        } else if sb.key_set() {
+            "the platform agent has a MODEL secret, and it decrypts with the key given".to_string()
         } else {
-            "the platform agent has a MODEL secret".to_string()
+            "the platform agent has a MODEL secret (not decrypted: no SECRETS_ENCRYPTION_KEY given)"
+                .to_string()
         },
     });
 

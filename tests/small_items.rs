@@ -438,3 +438,82 @@ fn secret_keys_values_and_models_are_bounded() {
         (1 << 20).to_string()
     );
 }
+
+/// Every write of a secret value passes the same key guard: with a key that opens none of the
+/// tenant's encrypted values (the old key after a rotation), install's and backfill's `--model`
+/// are refused (exit 3), nothing changed, as `secret set` is; and `status` says when the
+/// agent's MODEL does not decrypt with the key given, not only that a row exists.
+#[test]
+fn model_is_never_written_under_a_key_the_tenant_cannot_read() {
+    const KEY_A: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    const KEY_B: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+    let db = TestDb::sample();
+    // The tenant's values are encrypted under A.
+    db.orgctl(&["secret", "set", "--global", "REGION", "--yes"])
+        .env("SECRETS_ENCRYPTION_KEY", KEY_A)
+        .stdin(b"eu\n")
+        .run()
+        .code(0);
+    let before = db.snapshot();
+    let r = db
+        .orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .env("SECRETS_ENCRYPTION_KEY", KEY_B)
+        .run();
+    r.code(3)
+        .one_line_error("decrypts none of the tenant's existing encrypted");
+    assert_eq!(db.snapshot(), before);
+    let fleet = tenants_file("wrongkey", &format!("acme {}\n", db.url));
+    let fleet = fleet.to_string_lossy().to_string();
+    let r = Cmd::new(&[
+        "backfill",
+        "run",
+        "--model",
+        "m",
+        "--yes",
+        "--tenants",
+        &fleet,
+        "-o",
+        "json",
+    ])
+    .env("SECRETS_ENCRYPTION_KEY", KEY_B)
+    .run();
+    r.code(1);
+    assert!(r.stdout.contains("decrypts none"), "{}", r.stdout);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM workspaces WHERE kind = 'platform'"),
+        "0"
+    );
+
+    // With the tenant's key the install goes through; status then checks MODEL decrypts.
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .env("SECRETS_ENCRYPTION_KEY", KEY_A)
+        .run()
+        .code(0);
+    let model_check = |key: &str| {
+        let r = db
+            .orgctl(&["status", "-o", "json"])
+            .env("SECRETS_ENCRYPTION_KEY", key)
+            .run();
+        let j = r.json();
+        let checks = j["checks"].as_array().cloned().unwrap_or_default();
+        match checks.into_iter().find(|c| c["name"] == "model_secret") {
+            Some(c) => c,
+            None => panic!("no model_secret check: {}", r.stdout),
+        }
+    };
+    let good = model_check(KEY_A);
+    assert_eq!(good["ok"], true, "{good}");
+    let bad = model_check(KEY_B);
+    assert_eq!(
+        (bad["ok"].clone(), bad["severity"].clone()),
+        (false.into(), "error".into()),
+        "{bad}"
+    );
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not decrypt"),
+        "{bad}"
+    );
+}
