@@ -661,7 +661,13 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    fn problem(&mut self, kind: ProblemKind, id: Option<i64>, seq: Option<i64>, message: String) {
+    pub fn problem(
+        &mut self,
+        kind: ProblemKind,
+        id: Option<i64>,
+        seq: Option<i64>,
+        message: String,
+    ) {
         self.problems += 1;
         if self.first.is_none() {
             self.first = Some(Problem {
@@ -955,6 +961,21 @@ async fn verify(ctx: &Context, args: &AuditVerifyArgs) -> Result<Exit> {
         }
         if cols.head || v.chained > 0 || v.anchor.is_some() {
             v.finish(head.clone());
+        }
+        // The backfill snapshots still held for a rollback must be the ones their runs took.
+        if crate::backfill::backfill_tables_exist(&mut tx).await? {
+            let runs: Vec<String> = db::query_scalar(
+                "SELECT run_id FROM orgctl.backfill_runs WHERE status = 'applied' ORDER BY run_id",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            for run in runs {
+                if let Some(why) =
+                    crate::backfill::rollback::snapshot_tampered(&mut tx, &run).await?
+                {
+                    v.problem(ProblemKind::Altered, None, None, why);
+                }
+            }
         }
     } else if let Some((seq, _)) = anchor {
         return Err(Error::failed(format!(

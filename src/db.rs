@@ -1472,6 +1472,19 @@ pub fn audit_head_args(entries: &[AuditEntry]) -> Vec<String> {
 /// row lock is had) — the first chunk's ids and normalised arguments (`raw`: the placeholder of
 /// [`audit_head_args`]), so ids still grow in chain order.
 pub fn audit_head_columns(raw: &str) -> Vec<String> {
+    audit_head_columns_merging(raw, None)
+}
+
+/// [`audit_head_columns`], with `first_extra` (an SQL expression of a jsonb object, read in the
+/// same statement) merged into the first row's arguments: what the statement itself wrote (a
+/// backfill snapshot's digest) becomes part of the chained row.
+pub fn audit_head_columns_merging(raw: &str, first_extra: Option<&str>) -> Vec<String> {
+    let normalised = match first_extra {
+        Some(extra) => {
+            format!("CASE WHEN n = 1 THEN (a::jsonb || ({extra}))::text ELSE a::jsonb::text END")
+        }
+        None => "a::jsonb::text".to_string(),
+    };
     vec![
         "(SELECT seq FROM h)".to_string(),
         "(SELECT row_hash FROM h)".to_string(),
@@ -1483,7 +1496,7 @@ pub fn audit_head_columns(raw: &str) -> Vec<String> {
                     WHERE h.seq IS NOT NULL ORDER BY n)"
         ),
         format!(
-            "ARRAY(SELECT a::jsonb::text FROM h, unnest({raw}::text[]) WITH ORDINALITY AS t(a, n)
+            "ARRAY(SELECT {normalised} FROM h, unnest({raw}::text[]) WITH ORDINALITY AS t(a, n)
                     WHERE h.seq IS NOT NULL ORDER BY n)"
         ),
     ]

@@ -1426,7 +1426,9 @@ fn scope_cte(old: &str, agent: &str) -> String {
 #[derive(Default)]
 pub struct Changes<'a> {
     scope: Option<String>,
-    ctes: Vec<(&'static str, String, Option<i64>)>,
+    /// What each change is called, its SQL, the rows it must touch, and what it returns
+    /// (`None`: only a count).
+    ctes: Vec<(&'static str, String, Option<i64>, Option<String>)>,
     args: db::Binds<'a>,
     /// A caller's reads in the same statement: CTEs ahead of the changes, and columns that
     /// come first in the statement's row (see [`Changes::read`]).
@@ -1448,7 +1450,22 @@ impl<'a> Changes<'a> {
     /// One change: `sql` a data-modifying statement (without RETURNING), `planned` the rows
     /// it must touch (None: not checked), `what` how an error names it.
     pub fn add(&mut self, what: &'static str, sql: String, planned: Option<i64>) {
-        self.ctes.push((what, sql, planned));
+        self.ctes.push((what, sql, planned, None));
+    }
+
+    /// [`Changes::add`], returning `returning` (a RETURNING list) from a CTE whose name this
+    /// gives back, for a caller's read ([`Changes::read`]) of what the change wrote.
+    pub fn add_returning(
+        &mut self,
+        what: &'static str,
+        sql: String,
+        planned: Option<i64>,
+        returning: &str,
+    ) -> String {
+        let name = format!("c{}", self.ctes.len());
+        self.ctes
+            .push((what, sql, planned, Some(returning.to_string())));
+        name
     }
 
     /// Read `columns` in the same statement (after a non-modifying `cte` of the caller's, put
@@ -1468,8 +1485,9 @@ impl<'a> Changes<'a> {
         parts.extend(self.scope);
         let first = self.reads.len();
         let mut counts = self.reads;
-        for (i, (_, sql, _)) in self.ctes.iter().enumerate() {
-            parts.push(format!("c{i} AS ({sql} RETURNING 1)"));
+        for (i, (_, sql, _, returning)) in self.ctes.iter().enumerate() {
+            let returning = returning.as_deref().unwrap_or("1");
+            parts.push(format!("c{i} AS ({sql} RETURNING {returning})"));
             counts.push(format!("(SELECT count(*) FROM c{i})"));
         }
         let sql = format!("WITH {} SELECT {}", parts.join(",\n"), counts.join(", "));
@@ -1478,7 +1496,7 @@ impl<'a> Changes<'a> {
             .bind_to(db::query(&sql))
             .fetch_one(&mut *conn)
             .await?;
-        for (i, (what, _, planned)) in self.ctes.iter().enumerate() {
+        for (i, (what, _, planned, _)) in self.ctes.iter().enumerate() {
             if let Some(planned) = planned {
                 let touched: i64 = row.try_get(first + i)?;
                 db::ensure_rows(what, u64::try_from(touched).unwrap_or(0), *planned)?;

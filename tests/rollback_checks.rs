@@ -312,3 +312,69 @@ fn force_lists_the_rows_it_left_as_they_are() {
         "{v}"
     );
 }
+
+/// The run records a digest of each tenant's snapshot in its chained audit row when it takes
+/// the snapshot; rollback checks the snapshot against it before restoring anything. A snapshot
+/// edited since (a root's old parent, the tokens' old org) is refused (exit 3) naming what
+/// differs — with --force too — and nothing changes; an intact one rolls back as always.
+#[test]
+fn a_snapshot_edited_after_the_run_is_refused_naming_what_differs() {
+    let base = TestDb::sample();
+    let fleet = OneTenant::new(&base);
+    fleet.run(&["run", "--model", "m"]).code(0);
+    let digest = base.scalar(
+        "SELECT args->'snapshot_digest' FROM orgctl.audit_log WHERE command = 'backfill run'",
+    );
+    for part in ["run", "root:workspaces", "anchor:org_api_tokens"] {
+        assert!(digest.contains(&format!("\"{part}\"")), "{digest}");
+    }
+    drop(fleet);
+    let edits = [
+        (
+            "UPDATE orgctl.backfill_rows SET old_parent_id = 'a0000000-0000-4000-8000-000000000002'
+              WHERE kind = 'root' AND row_id = 'b0000000-0000-4000-8000-000000000001'",
+            "the re-parented roots' old parents",
+        ),
+        (
+            "UPDATE orgctl.backfill_rows SET old_org_id = 'c0000000-0000-4000-8000-000000000001'
+              WHERE kind = 'anchor' AND tbl = 'org_api_tokens'",
+            "the tokens' old org",
+        ),
+        (
+            "DELETE FROM orgctl.backfill_rows WHERE kind = 'anchor' AND tbl = 'org_plugin_allowlist'",
+            "the allowlist rows' old org",
+        ),
+    ];
+    for (edit, named) in edits {
+        let db = base.copy_of();
+        db.exec(edit);
+        let before = db.snapshot();
+        let fleet = OneTenant::new(&db);
+        for extra in [&[][..], &["--force"][..]] {
+            let mut args = vec!["rollback"];
+            args.extend_from_slice(extra);
+            let r = fleet.run(&args);
+            r.code(3);
+            let t = only_tenant(&r);
+            assert_eq!(t["status"], "refused", "{t}");
+            let error = t["error"].as_str().unwrap_or_default();
+            assert!(error.contains(named), "{edit}: {error}");
+            assert!(
+                error.contains("was changed after the run took it"),
+                "{error}"
+            );
+            assert_eq!(db.snapshot(), before, "{edit}: something changed");
+        }
+        // `audit verify` finds it too, though the chain itself is intact.
+        let r = db.orgctl(&["audit", "verify"]).run();
+        r.code(1)
+            .one_line_error("was changed after the run took it");
+    }
+    // Untouched, it rolls back.
+    let db = base.copy_of();
+    let fleet = OneTenant::new(&db);
+    db.orgctl(&["audit", "verify"]).run().code(0);
+    let r = fleet.run(&["rollback"]);
+    r.code(0);
+    assert_eq!(only_tenant(&r)["status"], "rolled_back");
+}

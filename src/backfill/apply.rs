@@ -439,9 +439,22 @@ async fn apply_inner(
     }];
     // The snapshot and the audit chain's head travel in the change's first statement, the
     // verification with the audit row: three statements fewer for every tenant.
-    let mut first = snapshot(&job.run_id, &t.name, &plan)?;
+    let (mut first, parts) = snapshot(&job.run_id, &t.name, &plan)?;
     let raw = first.arg(Arg::TextList(db::audit_head_args(&entry)));
-    first.read(db::AUDIT_HEAD_CTE, db::audit_head_columns(&raw));
+    // The snapshot's digest, from what its writes returned, merged into the audit row.
+    let lines: Vec<String> = parts
+        .iter()
+        .map(|c| format!("SELECT part, line FROM {c}"))
+        .collect();
+    let digest = format!(
+        "jsonb_build_object('{}', {})",
+        super::digest::ARG,
+        super::digest::digest_sql(&lines.join(" UNION ALL "))
+    );
+    first.read(
+        db::AUDIT_HEAD_CTE,
+        db::audit_head_columns_merging(&raw, Some(&digest)),
+    );
     let read = install::execute(&mut tx, &plan, &input, &job.sb, first)
         .await?
         .ok_or_else(|| Error::failed("internal: the change's first statement read nothing"))?;
@@ -619,7 +632,11 @@ async fn record_run(
 /// prior row (NULL when the run creates it), the prior MODEL secret row (NULL when none) and
 /// the prior declared plugin row (NULL when none);
 /// one CTE per kind of row the plan has, each checked against the plan's count.
-fn snapshot<'a>(run_id: &'a str, tenant: &'a str, plan: &Plan) -> Result<install::Changes<'a>> {
+fn snapshot<'a>(
+    run_id: &'a str,
+    tenant: &'a str,
+    plan: &Plan,
+) -> Result<(install::Changes<'a>, Vec<String>)> {
     let ids: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
     let merged: Vec<Uuid> = plan
         .merged
@@ -640,35 +657,44 @@ fn snapshot<'a>(run_id: &'a str, tenant: &'a str, plan: &Plan) -> Result<install
     if c.bound() != 16 {
         return Err(Error::failed("internal: the run row binds 16 values"));
     }
-    c.add("the run-state row", RUN_ROW_SQL.to_string(), Some(1));
+    // Every snapshot write returns its lines, for the digest the audit row records.
+    let mut parts = vec![c.add_returning(
+        "the run-state row",
+        RUN_ROW_SQL.to_string(),
+        Some(1),
+        &super::digest::returning_run(),
+    )];
+    let row_lines = super::digest::returning_row();
     let run = "$1";
     if !ids.is_empty() {
         let n = ids.len() as i64;
         let ids = c.arg(Arg::UuidList(ids));
-        c.add(
+        parts.push(c.add_returning(
             "the roots snapshot",
             format!(
                 "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, old_parent_id, old_updated_at)
                  SELECT {run}, 'root', 'workspaces', id, parent_id, updated_at FROM workspaces WHERE id = ANY({ids})"
             ),
             Some(n),
-        );
+            &row_lines,
+        ));
     }
     let old = c.arg(Arg::UuidList(plan.old_roots()));
     if plan.tokens_moved() > 0 {
-        c.add(
+        parts.push(c.add_returning(
             "the tokens snapshot",
             format!(
                 "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, old_org_id)
                  SELECT {run}, 'anchor', 'org_api_tokens', id, org_id FROM org_api_tokens WHERE org_id = ANY({old})"
             ),
             Some(plan.tokens_moved()),
-        );
+            &row_lines,
+        ));
     }
     let n_merged = merged.len() as i64;
     let merged = c.arg(Arg::UuidList(merged));
     if n_merged > 0 {
-        c.add(
+        parts.push(c.add_returning(
             "the merged allowlist snapshot",
             format!(
                 "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, row)
@@ -676,10 +702,11 @@ fn snapshot<'a>(run_id: &'a str, tenant: &'a str, plan: &Plan) -> Result<install
                    FROM org_plugin_allowlist a WHERE a.id = ANY({merged})"
             ),
             Some(n_merged),
-        );
+            &row_lines,
+        ));
     }
     if plan.allowlist_moved() > 0 {
-        c.add(
+        parts.push(c.add_returning(
             "the allowlist snapshot",
             format!(
                 "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id, old_org_id)
@@ -687,13 +714,14 @@ fn snapshot<'a>(run_id: &'a str, tenant: &'a str, plan: &Plan) -> Result<install
                   WHERE org_id = ANY({old}) AND NOT (id = ANY({merged}))"
             ),
             Some(plan.allowlist_moved()),
-        );
+            &row_lines,
+        ));
     }
     // Rows that already hung off an existing agent stay there on rollback; only rows added
     // after the run count as new.
     if plan.agent.action != AgentAction::Create {
         let agent = c.arg(Arg::Uuid(plan.agent.id));
-        c.add(
+        parts.push(c.add_returning(
             "the kept rows snapshot",
             format!(
                 "INSERT INTO orgctl.backfill_rows (run_id, kind, tbl, row_id)
@@ -704,9 +732,10 @@ fn snapshot<'a>(run_id: &'a str, tenant: &'a str, plan: &Plan) -> Result<install
                  SELECT {run}, 'kept', 'org_plugin_allowlist', id FROM org_plugin_allowlist WHERE org_id = {agent}"
             ),
             None,
-        );
+            &row_lines,
+        ));
     }
-    Ok(c)
+    Ok((c, parts))
 }
 
 /// Remember a failure in the tenant's own tables (never over a row that is not `failed`). Its

@@ -15,6 +15,7 @@
 //! wire, which is waited for.
 
 pub mod apply;
+pub mod digest;
 pub mod jsonl;
 pub mod rollback;
 pub mod status;

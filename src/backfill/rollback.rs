@@ -274,6 +274,16 @@ async fn rollback_on(
     let agent = run
         .agent_id
         .ok_or_else(|| Error::failed("the run row has no agent id; cannot roll back"))?;
+    // The snapshot must be the one the run took (its digest is in the run's chained audit
+    // row): a snapshot edited since would have rollback restore whatever was written into it.
+    // Not even --force restores from it.
+    if let Some(why) = snapshot_tampered(&mut tx, &job.run_id).await? {
+        let mut result = TenantResult::new(t, Status::Refused);
+        result.agent_id = Some(agent);
+        result.error = Some(why);
+        tx.rollback().await?;
+        return Ok(result);
+    }
 
     if !job.dry_run {
         // The same lock order as install: the agent and every snapshotted root, in id order.
@@ -478,6 +488,36 @@ struct Counts {
     tokens: i64,
     allowlist: i64,
     merged: i64,
+}
+
+/// Whether the stored snapshot of `run_id` differs from the digest its chained audit row
+/// recorded when it was taken: the refusal naming what differs, or None. A run whose audit row
+/// has no digest (written by an orgctl before the digest existed) is not checked.
+pub async fn snapshot_tampered(conn: &mut PgConnection, run_id: &str) -> Result<Option<String>> {
+    let sql = format!(
+        "SELECT (SELECT args -> '{arg}' FROM orgctl.audit_log
+                  WHERE command = 'backfill run' AND outcome = 'applied'
+                    AND args ->> 'run_id' = $1 AND args ? '{arg}'
+                  ORDER BY id DESC LIMIT 1),
+                {stored}",
+        arg = super::digest::ARG,
+        stored = super::digest::stored_digest_sql("$1"),
+    );
+    let row = db::query(&sql).bind(run_id).fetch_one(&mut *conn).await?;
+    let recorded: Option<serde_json::Value> = row.try_get(0)?;
+    let stored: serde_json::Value = row.try_get(1)?;
+    let Some(recorded) = recorded else {
+        return Ok(None);
+    };
+    let parts = super::digest::differing(&recorded, &stored);
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let named: Vec<String> = parts.iter().map(|p| super::digest::describe(p)).collect();
+    Ok(Some(format!(
+        "the snapshot of run {run_id} was changed after the run took it: {} no longer match the digest its audit row recorded; refusing to restore from it (not even --force): run `orgctl audit verify`, and restore by hand from a trusted copy",
+        named.join(", ")
+    )))
 }
 
 async fn snapshot_counts(conn: &mut PgConnection, run_id: &str) -> Result<Counts> {

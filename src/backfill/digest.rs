@@ -1,0 +1,100 @@
+//! The digest of a tenant's backfill snapshot, recorded in the run's chained audit row when the
+//! snapshot is taken (in the same statement that writes it), and checked by `backfill rollback`
+//! and `audit verify` before anything trusts the snapshot: a snapshot edited by hand (a root's
+//! old parent, the tokens' old org) would otherwise be restored as if it were the truth.
+//!
+//! The digest is a JSON object with one sha256 per part of the snapshot — `run` (the run row's
+//! prior agent, MODEL and plugin rows and actions) and `KIND:TABLE` for the snapshot rows — so
+//! a mismatch names what differs. Each part hashes its rows' lines, sorted bytewise, joined by
+//! newlines; a line is the row's fields as text (`quote_nullable`, so NULL and '' differ,
+//! timestamps in UTC with microseconds, jsonb in PostgreSQL's own canonical text).
+
+/// One snapshot row (`orgctl.backfill_rows`) as a line.
+const ROW_LINE: &str =
+    "concat_ws('|', kind, tbl, row_id::text, quote_nullable(old_parent_id::text),
+       quote_nullable(to_char(old_updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')),
+       quote_nullable(old_org_id::text), quote_nullable(row::text))";
+
+/// The run row's snapshot fields (`orgctl.backfill_runs`) as a line.
+const RUN_LINE: &str =
+    "concat_ws('|', quote_nullable(agent_id::text), quote_nullable(agent_action),
+       quote_nullable(agent_prior::text), quote_nullable(model_action),
+       quote_nullable(model_prior::text), quote_nullable(plugin_action),
+       quote_nullable(plugin_prior::text))";
+
+/// The audit argument the digest is recorded under.
+pub const ARG: &str = "snapshot_digest";
+
+/// RETURNING list of a snapshot row insert: its part and line.
+pub fn returning_row() -> String {
+    format!("kind::text || ':' || tbl::text AS part, {ROW_LINE} AS line")
+}
+
+/// RETURNING list of the run row's upsert: its part and line.
+pub fn returning_run() -> String {
+    format!("'run'::text AS part, {RUN_LINE} AS line")
+}
+
+/// A jsonb object `{part: sha256 hex}` over `lines`, a query yielding `(part, line)`.
+pub fn digest_sql(lines: &str) -> String {
+    format!(
+        "(SELECT coalesce(jsonb_object_agg(part, d), '{{}}'::jsonb)
+            FROM (SELECT part,
+                         encode(sha256(convert_to(string_agg(line, E'\\n' ORDER BY line COLLATE \"C\"),
+                                                  'UTF8')), 'hex') AS d
+                    FROM ({lines}) l GROUP BY part) g)"
+    )
+}
+
+/// The digest of the snapshot as stored now for run `run` (a placeholder bound to the run id).
+pub fn stored_digest_sql(run: &str) -> String {
+    digest_sql(&format!(
+        "SELECT 'run'::text AS part, {RUN_LINE} AS line FROM orgctl.backfill_runs WHERE run_id = {run}
+         UNION ALL
+         SELECT kind::text || ':' || tbl::text, {ROW_LINE} FROM orgctl.backfill_rows WHERE run_id = {run}"
+    ))
+}
+
+/// The parts of two digests that differ (present in one only, or with another hash), sorted.
+pub fn differing(recorded: &serde_json::Value, stored: &serde_json::Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        recorded.as_object().unwrap_or(&empty),
+        stored.as_object().unwrap_or(&empty),
+    );
+    let mut parts: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    parts.sort();
+    parts.dedup();
+    parts
+}
+
+/// How a part is said in messages.
+pub fn describe(part: &str) -> String {
+    match part {
+        "run" => "the run row (the agent's, MODEL's or plugin's prior state)".to_string(),
+        "root:workspaces" => "the re-parented roots' old parents".to_string(),
+        "anchor:org_api_tokens" => "the tokens' old org".to_string(),
+        "anchor:org_plugin_allowlist" => "the allowlist rows' old org".to_string(),
+        "merged:org_plugin_allowlist" => "the merged allowlist rows".to_string(),
+        p if p.starts_with("kept:") => format!("the rows kept on the agent ({})", &p[5..]),
+        p => p.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differing_parts_are_named_once_sorted() {
+        let a = serde_json::json!({"run": "1", "root:workspaces": "2"});
+        let b = serde_json::json!({"run": "1", "root:workspaces": "3", "kept:workspaces": "4"});
+        assert_eq!(differing(&a, &b), ["kept:workspaces", "root:workspaces"]);
+        assert!(differing(&a, &a).is_empty());
+    }
+}
