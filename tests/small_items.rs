@@ -517,3 +517,54 @@ fn model_is_never_written_under_a_key_the_tenant_cannot_read() {
         "{bad}"
     );
 }
+
+/// One database under two spellings of its host (`127.0.0.1` and `localhost`) is refused before
+/// anything starts (exit 2, naming both lines); two databases of one server are two tenants.
+#[test]
+fn one_database_reached_under_two_host_names_is_refused() {
+    let db = TestDb::sample();
+    let other = TestDb::sample();
+    let port = crate::harness::server().port;
+    let by_name = db.url.replace("127.0.0.1", "localhost");
+    let text = format!("a {}\nb {}\nc {}\n", db.url, other.url, by_name);
+    let fleet = tenants_file("two-names", &text);
+    let fleet = fleet.to_string_lossy().to_string();
+    let before = db.snapshot();
+    for args in [
+        &["backfill", "run", "--dry-run", "--tenants", &fleet][..],
+        &[
+            "backfill",
+            "run",
+            "--yes",
+            "--model",
+            "m",
+            "--tenants",
+            &fleet,
+        ][..],
+        &["backfill", "status", "--run-id", "x", "--tenants", &fleet][..],
+    ] {
+        let r = Cmd::new(args).run();
+        r.code(2).one_line_error("reaches the same database");
+        assert!(
+            r.stderr.contains("line 3") && r.stderr.contains("line 1"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains(&port.to_string()), "{}", r.stderr);
+    }
+    assert_eq!(db.snapshot(), before);
+    // Without the third line: two databases on one server, two tenants.
+    let fleet = tenants_file("two-dbs", &format!("a {}\nb {}\n", db.url, other.url));
+    let fleet = fleet.to_string_lossy().to_string();
+    Cmd::new(&[
+        "backfill",
+        "run",
+        "--dry-run",
+        "--model",
+        "m",
+        "--tenants",
+        &fleet,
+    ])
+    .run()
+    .code(0);
+}

@@ -82,7 +82,73 @@ pub async fn read(path: &Path) -> Result<Vec<Tenant>> {
             "the tenants file {source} lists no tenant (one `NAME DATABASE_URL` per line)"
         )));
     }
+    refuse_one_database_twice(&tenants, &source).await?;
     Ok(tenants)
+}
+
+/// How long resolving one host name may take; a host that does not resolve in time is left to
+/// the connection, which reports it.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Two lines that reach one database under different spellings of its host (`localhost` and
+/// `127.0.0.1`, a host name and its address) would install and report it twice: compare the
+/// resolved addresses (with the port and database name) before anything starts. Each distinct
+/// host is resolved once, a few at a time.
+async fn refuse_one_database_twice(tenants: &[Tenant], source: &str) -> Result<()> {
+    use futures_util::stream::{self, StreamExt};
+    let mut hosts: Vec<(String, u16)> = tenants
+        .iter()
+        .map(|t| {
+            let o = t.url.options();
+            (o.get_host().to_ascii_lowercase(), o.get_port())
+        })
+        .filter(|(h, _)| !h.starts_with('/'))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    let resolved: HashMap<(String, u16), Vec<std::net::IpAddr>> = stream::iter(hosts)
+        .map(|(host, port)| async move {
+            let addrs = tokio::time::timeout(
+                RESOLVE_TIMEOUT,
+                tokio::net::lookup_host((host.clone(), port)),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .map(|a| a.map(|s| s.ip()).collect::<Vec<_>>())
+            .unwrap_or_default();
+            ((host, port), addrs)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    // (address, port, database) → (line, name)
+    let mut seen: HashMap<(std::net::IpAddr, u16, String), (usize, &str)> = HashMap::new();
+    for t in tenants {
+        let o = t.url.options();
+        let key = (o.get_host().to_ascii_lowercase(), o.get_port());
+        let db = o.get_database().unwrap_or("").to_string();
+        let Some(addrs) = resolved.get(&key) else {
+            continue;
+        };
+        for ip in addrs {
+            let k = (*ip, key.1, db.clone());
+            if let Some((line, other)) = seen.get(&k) {
+                if *other == t.name {
+                    continue;
+                }
+                return Err(Error::usage(format!(
+                    "{source} line {}: tenant '{}' reaches the same database as tenant '{other}' on line {line} ({} resolves to {ip}, port {}, database {db}); each tenant needs its own database: remove one of the two lines",
+                    t.line,
+                    t.name,
+                    crate::redact::mask(t.url.target()),
+                    key.1
+                )));
+            }
+            seen.insert(k, (t.line, &t.name));
+        }
+    }
+    Ok(())
 }
 
 /// The file's text, at most [`MAX_TENANTS_FILE`] bytes, and how messages name it.
