@@ -1448,7 +1448,8 @@ async fn append_audit_checked(
     );
     let row = b.bind_to(query(&sql)).fetch_one(&mut *conn).await?;
     let head = AuditHead::decode(&row, 0)?;
-    append_after_head(conn, head, entries, check).await
+    append_after_head(conn, head, entries, check).await?;
+    Ok(())
 }
 
 /// The audit chain's head locked `FOR UPDATE`, as a CTE (`h`) of a statement that reads
@@ -1546,7 +1547,7 @@ pub async fn append_after_head(
     head: AuditHead,
     entries: &[AuditEntry],
     mut check: Option<Check<'_>>,
-) -> Result<()> {
+) -> Result<(i64, [u8; 32])> {
     let AuditHead {
         mut seq,
         mut prev,
@@ -1692,7 +1693,7 @@ pub async fn append_after_head(
         )?;
     }
     crate::audit::note_appended(seq, prev);
-    Ok(())
+    Ok((seq, prev))
 }
 
 /// Record what happened after a commit (a restart dispatch, a provision request: one row per

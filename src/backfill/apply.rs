@@ -82,6 +82,10 @@ pub struct TenantResult {
     /// Why the provision did not bring the agent online (the tenant stays committed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provision_error: Option<String>,
+    /// The tenant's audit chain head after this run's change (seq, row_hash): keep it outside
+    /// the database for `orgctl audit verify --head`. Only on a tenant the run changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<crate::audit::HeadJson>,
     /// --model goes to the platform with the provision request (not written by orgctl), and
     /// the platform is asked to set it: [`Plan::model_via_platform`], [`Plan::model_to_platform`].
     #[serde(skip)]
@@ -96,6 +100,7 @@ impl TenantResult {
             tenant: t.name.clone(),
             database: t.database(),
             status,
+            audit_head: None,
             agent_id: None,
             agent_action: None,
             reparented: 0,
@@ -459,13 +464,18 @@ async fn apply_inner(
         .await?
         .ok_or_else(|| Error::failed("internal: the change's first statement read nothing"))?;
     let head = db::AuditHead::decode(&read, 0)?;
-    db::append_after_head(&mut tx, head, &entry, Some(install::verification(&plan))).await?;
+    let (head_seq, head_hash) =
+        db::append_after_head(&mut tx, head, &entry, Some(install::verification(&plan))).await?;
     let evidence = db::Evidence::RunRow {
         run_id: job.run_id.clone(),
         status: "applied",
     };
     let note = commit(tx, job, t, committing, &evidence).await?;
-    let r = TenantResult::new(t, Status::Applied).with_plan(&plan);
+    let mut r = TenantResult::new(t, Status::Applied).with_plan(&plan);
+    r.audit_head = Some(crate::audit::HeadJson {
+        seq: head_seq,
+        row_hash: crate::audit::hex(&head_hash),
+    });
     let extra = join_notes(ceiling, outranked);
     Ok(match (note, extra) {
         (Some(n), Some(w)) => r.note(format!("{w}; {n}")),
