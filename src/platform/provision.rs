@@ -27,7 +27,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::restart::{Platform, RESTART_CALL_TIMEOUT, RESTART_CONNECT_TIMEOUT};
+use super::restart::Platform;
 use crate::db::{self, Settings};
 use crate::error::{sanitize, Error, Exit};
 use crate::output::Output;
@@ -352,12 +352,7 @@ fn read_body(resp: ureq::Response) -> EnsureBody {
 /// header when known, body `{}` or `{"model": M}`; 3s to connect, 20s in all, no redirects
 /// (the bearer never travels elsewhere). Never retried: a provision is not idempotent.
 pub fn post_ensure(platform: &Platform, ask: &Ask) -> EnsureOutcome {
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(RESTART_CONNECT_TIMEOUT)
-        .timeout(RESTART_CALL_TIMEOUT)
-        .redirects(0)
-        .user_agent(concat!("orgctl/", env!("CARGO_PKG_VERSION")))
-        .build();
+    let agent = super::restart::api_client().build();
     let url = platform.endpoint(ENSURE_PATH);
     let mut req = agent
         .post(&url)

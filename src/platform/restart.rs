@@ -146,12 +146,6 @@ impl Platform {
         self
     }
 
-    /// The platform's manual restart route (no eligibility rules, no debounce): provisioning
-    /// only. Secret-change restarts go to [`Platform::admin_restart_url`].
-    pub fn restart_url(&self, id: Uuid) -> String {
-        format!("{}/workspaces/{id}/restart", self.base)
-    }
-
     /// The platform's admin restart route, with its own eligibility, debounce and coalescing:
     /// every secret-change restart goes here.
     pub fn admin_restart_url(&self, id: Uuid) -> String {
@@ -600,6 +594,16 @@ pub async fn dispatch(out: &Output, platform: &Platform, ids: &[Uuid]) -> Vec<Di
     }
 }
 
+/// The HTTP client settings of every call to the platform's API: 3 s to connect, 20 s per
+/// call, and no redirects (the bearer token never travels to another target).
+pub fn api_client() -> ureq::AgentBuilder {
+    ureq::AgentBuilder::new()
+        .timeout_connect(RESTART_CONNECT_TIMEOUT)
+        .timeout(RESTART_CALL_TIMEOUT)
+        .redirects(0)
+        .user_agent(concat!("orgctl/", env!("CARGO_PKG_VERSION")))
+}
+
 fn dispatch_blocking(
     urls: &[(Uuid, String)],
     bearer: Option<&str>,
@@ -612,23 +616,12 @@ fn dispatch_blocking(
     // once the tenant agrees (`confirm_gone`), and a wrong platform URL answers 404 for every
     // workspace, so a run of them must stop the fan-out like any other refusal.
     let failures_in_a_row = AtomicUsize::new(0);
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(RESTART_CONNECT_TIMEOUT)
-        .timeout(RESTART_CALL_TIMEOUT)
-        // A restart is not followed anywhere else: no bearer token travels to a redirect target.
-        .redirects(0)
+    let agent = api_client()
         .max_idle_connections_per_host(RESTART_CONCURRENCY)
-        .user_agent(concat!("orgctl/", env!("CARGO_PKG_VERSION")))
         .build();
     // For the one retry of a call that met a stale keep-alive connection: never pooled, so the
     // retry always opens a new connection.
-    let fresh = ureq::AgentBuilder::new()
-        .timeout_connect(RESTART_CONNECT_TIMEOUT)
-        .timeout(RESTART_CALL_TIMEOUT)
-        .redirects(0)
-        .max_idle_connections(0)
-        .user_agent(concat!("orgctl/", env!("CARGO_PKG_VERSION")))
-        .build();
+    let fresh = api_client().max_idle_connections(0).build();
     let next = AtomicUsize::new(0);
     let workers = RESTART_CONCURRENCY.min(urls.len()).max(1);
     let mut indexed: Vec<(usize, Dispatched)> = Vec::with_capacity(urls.len());
@@ -893,64 +886,6 @@ pub fn unconfirmed_gone(results: &mut [Dispatched], why: &str) {
     }
 }
 
-/// The outcome of one `POST /workspaces/{id}/restart`: the HTTP status when the platform
-/// answered, and an error (masked, one line) unless it answered 2xx.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PostOutcome {
-    pub http_status: Option<u16>,
-    pub error: Option<String>,
-}
-
-/// One restart call for `id` with the same client settings as [`dispatch`] (timeouts, no
-/// redirects, the bearer), blocking: call it from `spawn_blocking`. Never for the platform
-/// agent: provisioning goes through the platform's ensure route (`platform::provision`).
-pub fn post_restart(platform: &Platform, id: Uuid) -> PostOutcome {
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(RESTART_CONNECT_TIMEOUT)
-        .timeout(RESTART_CALL_TIMEOUT)
-        .redirects(0)
-        .user_agent(concat!("orgctl/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let url = platform.restart_url(id);
-    let bearer = platform
-        .token
-        .as_ref()
-        .map(|t| Zeroizing::new(format!("Bearer {}", t.as_str())));
-    let mut req = agent.post(&url);
-    if let Some(b) = &bearer {
-        req = req.set("Authorization", b.as_str());
-    }
-    let (http_status, error) = match req.send_bytes(&[]) {
-        Ok(resp) if (200..300).contains(&resp.status()) => (Some(resp.status()), None),
-        Ok(resp) => (
-            Some(resp.status()),
-            Some(format!(
-                "HTTP {} {} (a redirect is not followed)",
-                resp.status(),
-                resp.status_text()
-            )),
-        ),
-        // The body is not read: a platform may echo the request, bearer included.
-        Err(ureq::Error::Status(code, resp)) => (
-            Some(code),
-            Some(format!("HTTP {code} {}", resp.status_text())),
-        ),
-        Err(ureq::Error::Transport(t)) => {
-            // ureq prefixes the URL, which the caller already names.
-            let msg = t.to_string();
-            let prefix = format!("{url}: ");
-            (
-                None,
-                Some(msg.strip_prefix(&prefix).unwrap_or(&msg).to_string()),
-            )
-        }
-    };
-    PostOutcome {
-        http_status,
-        error: error.map(|e| crate::redact::mask(&sanitize(&e))),
-    }
-}
-
 /// The connection was closed (reset, or EOF before a status line) with no response: the
 /// signature of a stale keep-alive connection.
 fn closed_before_response(t: &ureq::Transport) -> bool {
@@ -1111,10 +1046,6 @@ mod tests {
         let p = |u: &str, t| Platform::new(Some(u), t, true).map_err(|e| e.exit);
         match p("http://127.0.0.1:8080/api/", tok()) {
             Ok(Some(pl)) => {
-                assert_eq!(
-                    pl.restart_url(id()),
-                    "http://127.0.0.1:8080/api/workspaces/a0000000-0000-4000-8000-000000000001/restart"
-                );
                 assert_eq!(
                     pl.admin_restart_url(id()),
                     "http://127.0.0.1:8080/api/admin/workspaces/a0000000-0000-4000-8000-000000000001/restart"
