@@ -236,14 +236,12 @@ fn the_fan_out_keeps_to_the_concurrency_cap() {
         Duration::from_millis(300),
         Box::new(Reply::dispatched()),
     ));
-    let started = Instant::now();
     let r = set(&db, &platform, "--global", "REGION");
     r.code(0);
-    let elapsed = started.elapsed();
     assert_eq!(platform.calls().len(), 31);
+    // 31 calls of 300 ms, 8 at a time (what the stand-in saw in flight at once, not a wall
+    // clock, which a loaded machine stretches).
     assert_eq!(platform.max_in_flight(), RESTART_CAP, "in flight at once");
-    // 31 calls of 300 ms, 8 at a time: 4 waves, not 31 in a row.
-    assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
     assert!(dispatched(&r).values().all(|(ok, _)| *ok));
 }
 
