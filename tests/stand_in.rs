@@ -346,13 +346,15 @@ fn serve(mut stream: TcpStream, conn: usize, st: &State) {
             reason(code),
             body.len()
         );
-        let _ = stream.write_all(resp.as_bytes());
+        // Counted out before the answer is written: once the client has it, it may send its
+        // next call at once, and a thread descheduled after the write would count both.
         if let Ok(mut c) = st.calls.lock() {
             if let Some(call) = c.get_mut(index) {
                 call.answered = Some(Instant::now());
             }
         }
         st.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = stream.write_all(resp.as_bytes());
         if st.keep_alive.is_none() {
             return;
         }
