@@ -732,13 +732,46 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     db::ensure_compatible(&mut conn).await?;
 
     // 1. Plan read-only: one snapshot, no locks, no writes.
-    let reviewed = {
+    let model_on_agent = |is_platform: bool| {
+        matches!(req.op, Op::Set { .. }) && is_platform && key == crate::platform::MODEL_KEY
+    };
+    let (reviewed, outranked) = {
         let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let p = prior(&mut tx, scope, key, req.no_restart).await?;
+        // Where a MOLECULE_MODEL secret outranks the agent's MODEL (on the agent, or global).
+        let outranked: Option<String> = if model_on_agent(
+            p.target.as_ref().is_some_and(|t| t.is_platform),
+        ) {
+            db::query_scalar(
+                "SELECT CASE WHEN EXISTS (SELECT 1 FROM workspace_secrets
+                                           WHERE workspace_id = $1 AND key = $2) THEN 'on the agent'
+                             WHEN EXISTS (SELECT 1 FROM global_secrets WHERE key = $2) THEN 'globally'
+                        END",
+            )
+            .bind(scope.workspace_id())
+            .bind(crate::platform::MODEL_OVERRIDE_KEY)
+            .fetch_one(&mut *tx)
+            .await?
+        } else {
+            None
+        };
         tx.rollback().await?;
-        p
+        (p, outranked)
     };
     let target_is_platform = reviewed.target.as_ref().is_some_and(|t| t.is_platform);
+    if model_on_agent(target_is_platform) {
+        // The platform validates a model only when it sets it (install-platform-agent
+        // --provision --model); written here it is unchecked until the agent's next start.
+        out.warn(
+            "MODEL is written straight to the database: the platform has not validated it for the agent's runtime, and it applies at the agent's next provision (`orgctl install-platform-agent --provision --model …` has the platform validate and set it)",
+        );
+        if let Some(place) = &outranked {
+            out.warn(&format!(
+                "a {} secret is set {place}: it outranks MODEL, so the agent will not run this model",
+                crate::platform::MODEL_OVERRIDE_KEY
+            ));
+        }
+    }
     let action = match (&req.op, &reviewed.existing) {
         (Op::Set { .. }, None) => Action::Created,
         (Op::Set { .. }, Some(_)) => Action::Updated,

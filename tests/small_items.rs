@@ -568,3 +568,36 @@ fn one_database_reached_under_two_host_names_is_refused() {
     .run()
     .code(0);
 }
+
+/// `secret set <agent> MODEL` writes a model the platform has not validated: it says so, and
+/// says when a MOLECULE_MODEL secret outranks it; on an ordinary workspace it says nothing.
+#[test]
+fn setting_the_agents_model_directly_warns_that_it_is_unvalidated() {
+    let db = TestDb::sample();
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run()
+        .code(0);
+    let agent = db.scalar("SELECT id FROM workspaces WHERE kind = 'platform'");
+    let set = |ws: &str| {
+        db.orgctl(&["secret", "set", ws, "MODEL", "--yes"])
+            .stdin(b"m-2\n")
+            .run()
+    };
+    let r = set(&agent);
+    r.code(0);
+    assert!(r.stderr.contains("has not validated it"), "{}", r.stderr);
+    assert!(!r.stderr.contains("outranks"), "{}", r.stderr);
+    db.exec(
+        "INSERT INTO global_secrets (key, encrypted_value) VALUES ('MOLECULE_MODEL', 'x'::bytea)",
+    );
+    let r = set(&agent);
+    r.code(0);
+    assert!(
+        r.stderr.contains("MOLECULE_MODEL secret is set globally"),
+        "{}",
+        r.stderr
+    );
+    let r = set(ids::RESEARCH);
+    r.code(0);
+    assert!(!r.stderr.contains("has not validated"), "{}", r.stderr);
+}
