@@ -21,6 +21,7 @@ mod pooler;
 mod provision;
 mod readonly;
 mod rekey;
+mod release;
 mod reliability;
 mod restart_http;
 mod rollback_checks;
