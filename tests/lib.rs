@@ -10,6 +10,7 @@ mod backfill;
 mod dev;
 mod docs;
 mod global;
+mod image;
 mod indoubt;
 mod install;
 mod interactive;
