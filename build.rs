@@ -1,7 +1,8 @@
 //! The commit `orgctl --version` names, fixed at build time. In order: `ORGCTL_COMMIT` (set by
-//! the Dockerfile and the release workflow, whose build contexts carry no `.git`), the checkout's
-//! `git rev-parse HEAD`, the `.cargo_vcs_info.json` that `cargo package` writes (a crate
-//! installed from the registry), else "unknown". Never the network.
+//! the Dockerfile and the release workflow, whose build contexts carry no `.git`), the
+//! `.cargo_vcs_info.json` that `cargo package` writes (a crate installed from the registry: it
+//! may be unpacked inside some other repository, whose HEAD is not ours), the checkout's
+//! `git rev-parse HEAD`, else "unknown". Never the network.
 
 use std::path::Path;
 use std::process::Command;
@@ -37,6 +38,7 @@ fn main() {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty());
     let commit = from_env
+        .or_else(|| packaged_commit(dir).map(|s| s.chars().take(12).collect()))
         .or_else(|| {
             // Rebuild when HEAD moves: HEAD itself (a checkout, a worktree's own HEAD) and the
             // branch it points at (loose or packed).
@@ -52,7 +54,6 @@ fn main() {
             }
             git(&["rev-parse", "--short=12", "HEAD"])
         })
-        .or_else(|| packaged_commit(dir).map(|s| s.chars().take(12).collect()))
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=ORGCTL_COMMIT={commit}");
 }
