@@ -232,6 +232,12 @@ fn the_dockerfile_image_is_exactly_rootfs_sh_on_scratch() {
             .any(|l| *l == format!("ENTRYPOINT [\"{ENTRYPOINT}\"]")),
         "ENTRYPOINT {ENTRYPOINT}"
     );
+    // A build without --build-arg labels the version it builds.
+    assert!(
+        last.iter()
+            .any(|l| *l == format!("ARG ORGCTL_VERSION={}", env!("CARGO_PKG_VERSION"))),
+        "the Dockerfile's default ORGCTL_VERSION is Cargo.toml's version"
+    );
     for label in ["source", "version", "revision"] {
         assert!(
             df.contains(&format!("org.opencontainers.image.{label}=")),
