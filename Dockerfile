@@ -18,7 +18,11 @@ COPY . .
 # The build context has no .git (.dockerignore): the commit --version names comes from here.
 ARG ORGCTL_COMMIT=unknown
 ENV ORGCTL_COMMIT=${ORGCTL_COMMIT}
-RUN bin=$(deploy/image/build.sh) && deploy/image/rootfs.sh /rootfs "$bin"
+# The registry and target caches survive between builds on one builder (BuildKit); the binary
+# is copied out in the same step, so nothing in the image depends on them.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    bin=$(deploy/image/build.sh) && deploy/image/rootfs.sh /rootfs "$bin"
 
 FROM scratch
 ARG ORGCTL_COMMIT=unknown
