@@ -266,6 +266,10 @@ fn the_dockerfile_image_is_exactly_rootfs_sh_on_scratch() {
         "allowPrivilegeEscalation: false",
         "drop: [\"ALL\"]",
         "mountPath: /tmp",
+        // The pgpass file the run below uses: the init container's 0600 copy.
+        "value: /run/orgctl/pgpass",
+        "chmod 0600 /run/orgctl/pgpass",
+        "mountPath: /reports",
     ] {
         assert!(job.contains(want), "job.yaml: {want}");
     }
