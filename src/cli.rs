@@ -30,6 +30,16 @@ Environment:
   PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE PGSSLROOTCERT PGPASSFILE
                            fill what the URL leaves out (the URL wins)";
 
+/// `orgctl --version`: the version, the commit it was built from (build.rs) and the platform
+/// schema it is tested against (`migrations/platform/schema-<date>.sql`). `-V` and the man
+/// pages carry the version only, so they do not change with every commit.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("ORGCTL_COMMIT"),
+    "\nplatform schema: 2026-08 (tested), older tenants with TEXT workspaces.status"
+);
+
 /// Change the org hierarchy of an agent platform's tenant database, safely.
 ///
 /// orgctl talks straight to the tenant's PostgreSQL. Every mutating command plans first with
@@ -40,6 +50,7 @@ Environment:
 #[command(
     name = "orgctl",
     version,
+    long_version = LONG_VERSION,
     propagate_version = true,
     after_long_help = AFTER_HELP,
     infer_subcommands = false

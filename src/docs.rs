@@ -20,7 +20,9 @@ pub fn render_all() -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
         clap_complete::generate(shell, &mut Cli::command(), "orgctl", &mut buf);
         files.push((Path::new("completions").join(name), buf));
     }
-    let mut root = Cli::command();
+    // The pages carry the version alone: --version's commit line would make every page stale
+    // at every commit.
+    let mut root = Cli::command().long_version(None::<&str>);
     root.build();
     man_pages(&root, "orgctl", "orgctl", &mut files)?;
     Ok(files)
