@@ -59,30 +59,60 @@ fn newest_source() -> std::time::SystemTime {
     newest
 }
 
-/// The binary built as the Dockerfile builds it, fresh.
+/// The binary built as the Dockerfile builds it, fresh: `ORGCTL_IMAGE_BINARY` when set (a
+/// build made elsewhere, checked to be newer than the sources), else `deploy/image/build.sh`'s
+/// own build, run here (once per test process) when it is missing or older than the sources —
+/// so `cargo test` alone is the whole set-up. Cargo rebuilds only what changed.
 fn image_binary() -> PathBuf {
-    let how = "build it with `deploy/image/build.sh` (as the Dockerfile does; .ci/run does this \
-               before `cargo test`) or set ORGCTL_IMAGE_BINARY to such a build";
-    let bin = match std::env::var_os("ORGCTL_IMAGE_BINARY") {
-        Some(p) => PathBuf::from(p),
-        None => repo().join(format!(
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let how = "the image's binary is built by `deploy/image/build.sh` (as the Dockerfile does): it \
+               needs the musl target and linker (`rustup target add $(uname -m)-unknown-linux-musl`, \
+               `apt-get install musl-tools`; .ci/run installs both)";
+    let fresh = |bin: &Path| {
+        std::fs::metadata(bin)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= newest_source())
+    };
+    if let Some(p) = std::env::var_os("ORGCTL_IMAGE_BINARY") {
+        let bin = PathBuf::from(p);
+        assert!(
+            fresh(&bin),
+            "ORGCTL_IMAGE_BINARY={} is missing or older than the sources: {how}",
+            bin.display()
+        );
+        return bin;
+    }
+    let built = BUILT.get_or_init(|| {
+        let bin = repo().join(format!(
             "target/{}-unknown-linux-musl/release/orgctl",
             std::env::consts::ARCH
-        )),
-    };
-    let built = match std::fs::metadata(&bin).and_then(|m| m.modified()) {
-        Ok(t) => t,
-        Err(e) => panic!(
-            "the empty-root test needs the image's binary at {} ({e}): {how}",
-            bin.display()
-        ),
-    };
-    assert!(
-        built >= newest_source(),
-        "the image's binary {} is older than the sources: {how}",
-        bin.display()
-    );
-    bin
+        ));
+        if fresh(&bin) {
+            return Ok(bin);
+        }
+        eprintln!("image test: building the image's binary (deploy/image/build.sh) …");
+        let out = std::process::Command::new("sh")
+            .arg(repo().join("deploy/image/build.sh"))
+            .current_dir(repo())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("could not run deploy/image/build.sh: {e}"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(15).collect();
+            return Err(format!(
+                "deploy/image/build.sh failed ({}):\n{}",
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        let rel = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(repo().join(rel))
+    });
+    match built {
+        Ok(bin) => bin.clone(),
+        Err(e) => panic!("{e}\n{how}"),
+    }
 }
 
 /// A scratch directory that goes away with the test.
