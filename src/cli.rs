@@ -901,7 +901,8 @@ pub struct ShardArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct BackfillRollbackArgs {
-    /// The run to roll back.
+    /// The run to roll back (a run id no selected tenant knows is exit 1, listing the ones
+    /// they know).
     #[arg(long, value_name = "ID")]
     pub run_id: String,
     /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin).
@@ -923,7 +924,8 @@ pub struct BackfillRollbackArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct BackfillStatusArgs {
-    /// The run to report on.
+    /// The run to report on (a run id no selected tenant knows is exit 1, listing the ones
+    /// they know).
     #[arg(long, value_name = "ID")]
     pub run_id: String,
     /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin).

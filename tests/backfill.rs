@@ -1652,3 +1652,55 @@ fn a_tenant_whose_agent_is_removed_fails_refused_and_is_left_alone() {
     }
     assert_eq!(platform(&db), before);
 }
+
+/// A mistyped run id is not success: when no selected tenant knows the run, rollback and status
+/// exit 1 naming the runs the tenants do know, newest first, and nothing is changed.
+#[test]
+fn a_run_id_no_tenant_knows_fails_naming_the_known_runs_newest_first() {
+    let a = TestDb::sample();
+    let b = TestDb::sample();
+    let fleet = Fleet::new(&[("a", &a.url), ("b", &b.url)]);
+    for id in ["change-1234", "change-0001"] {
+        fleet
+            .cmd(&["run", "--model", "m", "--yes", "--run-id", id])
+            .run()
+            .code(0);
+    }
+    let before = (a.snapshot(), b.snapshot());
+    for args in [
+        vec!["rollback", "--run-id", "change-1243", "--yes"],
+        vec!["rollback", "--run-id", "change-1243", "--dry-run"],
+        vec!["status", "--run-id", "nope"],
+        vec!["status", "--run-id", "nope", "-o", "json"],
+    ] {
+        let r = fleet.cmd(&args).run();
+        r.code(1).one_line_error("no selected tenant knows run id");
+        no_password(&r);
+        let line = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or("");
+        let (newer, older) = (line.find("change-0001"), line.find("change-1234"));
+        assert!(
+            newer.is_some() && older.is_some() && newer < older,
+            "known runs newest first: {line}"
+        );
+        assert!(r.stdout.is_empty(), "{}", r.stdout);
+    }
+    assert_eq!((a.snapshot(), b.snapshot()), before, "nothing changed");
+    // One tenant knowing the run is enough: the others are reported as before.
+    let c = TestDb::sample();
+    let mixed = Fleet::new(&[("a", &a.url), ("c", &c.url)]);
+    mixed
+        .cmd(&["status", "--run-id", "change-1234"])
+        .run()
+        .code(0);
+    // A fleet where no tenant has ever run a backfill says so.
+    let fresh = Fleet::new(&[("c", &c.url)]);
+    fresh
+        .cmd(&["status", "--run-id", "change-1234"])
+        .run()
+        .code(1)
+        .one_line_error("no selected tenant has any backfill run");
+}

@@ -303,6 +303,67 @@ pub async fn backfill_tables_exist(conn: &mut sqlx::PgConnection) -> Result<bool
     crate::db::orgctl_table_readable(conn, "backfill_runs").await
 }
 
+/// A run a tenant has a row for: the answer to a run id that no selected tenant knows.
+#[derive(Clone, Debug)]
+pub struct KnownRun {
+    pub run_id: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The runs this tenant knows, newest first (a handful: they go into one message).
+pub async fn known_runs(conn: &mut sqlx::PgConnection) -> Result<Vec<KnownRun>> {
+    use sqlx::Row;
+    let rows = crate::db::query(
+        "SELECT run_id, recorded_at FROM orgctl.backfill_runs ORDER BY recorded_at DESC, run_id LIMIT 10",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(KnownRun {
+                run_id: r.try_get(0)?,
+                at: r.try_get(1)?,
+            })
+        })
+        .collect()
+}
+
+/// The error for a run id that none of the selected tenants has a row for: a mistyped id must
+/// not read as "nothing to do". Names the run ids the tenants do know, newest first.
+pub fn unknown_run<'a>(run_id: &str, known: impl Iterator<Item = &'a KnownRun>) -> Error {
+    let mut newest: std::collections::HashMap<&str, chrono::DateTime<chrono::Utc>> =
+        std::collections::HashMap::new();
+    for k in known {
+        let at = newest.entry(k.run_id.as_str()).or_insert(k.at);
+        *at = (*at).max(k.at);
+    }
+    let mut runs: Vec<(&str, chrono::DateTime<chrono::Utc>)> = newest.into_iter().collect();
+    runs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    const SHOWN: usize = 5;
+    let known = if runs.is_empty() {
+        "no selected tenant has any backfill run".to_string()
+    } else {
+        let mut list: Vec<String> = runs
+            .iter()
+            .take(SHOWN)
+            .map(|(id, at)| {
+                format!(
+                    "{} ({})",
+                    crate::error::sanitize(id),
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            })
+            .collect();
+        if runs.len() > SHOWN {
+            list.push(format!("and {} more", runs.len() - SHOWN));
+        }
+        format!("the runs they know, newest first: {}", list.join(", "))
+    };
+    Error::failed(format!(
+        "no selected tenant knows run id '{run_id}' (is it mistyped?); nothing was changed; {known}"
+    ))
+}
+
 pub fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
