@@ -639,7 +639,9 @@ pub enum SecretCommand {
     ///   SECRETS_ENCRYPTION_KEY_NEW="$NEW" orgctl secret rekey --dry-run
     ///   orgctl secret rekey --new-key-file ./new.key --expect-plan sha256:… --yes
     ///   orgctl secret rekey --plaintext-only --dry-run
-    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
+    ///
+    /// `orgctl secret rotate` is the same command (the word an operator reaches for).
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment, visible_alias = "rotate")]
     Rekey(SecretRekeyArgs),
 }
 

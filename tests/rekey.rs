@@ -1477,3 +1477,31 @@ async fn secret_set_with_a_key_no_channel_field_opens_is_refused_when_fields_are
         "1"
     );
 }
+
+/// `secret rotate` is `secret rekey` (clap used to suggest `restart`, which restarts
+/// workspaces): the same plan, the same hash.
+#[tokio::test]
+async fn secret_rotate_is_rekey() {
+    let db = seeded().await;
+    let before = platform_dump(&db);
+    let rotate = db
+        .orgctl(&["secret", "rotate", "--dry-run", "-o", "json"])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(&OLD))
+        .env("SECRETS_ENCRYPTION_KEY_NEW", &key_b64(&NEW))
+        .run();
+    rotate.code(0);
+    let r: RekeyJson = parse(&rotate);
+    let k: RekeyJson = parse(&rekey(&db, &["--dry-run", "-o", "json"]).run());
+    assert_eq!(r.plan_hash, k.plan_hash);
+    assert_eq!(r.reencrypt_total, 10);
+    assert_eq!(platform_dump(&db), before, "a dry run changes nothing");
+    // Its help names it, and a bad key is refused as rekey refuses it.
+    let help = crate::harness::Cmd::new(&["secret", "--help"]).run();
+    help.code(0);
+    assert!(help.stdout.contains("rotate"), "{}", help.stdout);
+    db.orgctl(&["secret", "rotate", "--dry-run"])
+        .env("SECRETS_ENCRYPTION_KEY", "short")
+        .run()
+        .code(2)
+        .one_line_error("SECRETS_ENCRYPTION_KEY");
+}
