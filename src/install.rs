@@ -505,6 +505,11 @@ impl Plan {
                 self.agent.id
             );
         }
+        format!("Plan: {}.", self.actions().join(", "))
+    }
+
+    /// What the plan changes, one phrase per kind of change.
+    fn actions(&self) -> Vec<String> {
         let mut parts = Vec::new();
         match self.agent.action {
             AgentAction::Create => parts.push("create the platform agent".to_string()),
@@ -551,7 +556,7 @@ impl Plan {
             }
             PluginAction::Unchanged => {}
         }
-        format!("Plan: {}.", parts.join(", "))
+        parts
     }
 }
 
@@ -1783,6 +1788,19 @@ pub fn render(
     applied: bool,
     provision: Option<(&ProvisionResult, Option<&Error>)>,
 ) -> Result<()> {
+    render_after(out, plan, dry_run, applied, false, provision)
+}
+
+/// [`render`], told whether the whole plan was shown on the terminal before a confirmation
+/// (`shown`): then an applied plan's text is one line of what was done, not the plan again.
+fn render_after(
+    out: &Output,
+    plan: &Plan,
+    dry_run: bool,
+    applied: bool,
+    shown: bool,
+    provision: Option<(&ProvisionResult, Option<&Error>)>,
+) -> Result<()> {
     // In a dry run, whether apply would change anything.
     let changed = (dry_run || applied) && plan.changed();
     // After the platform answered, MODEL as it is: a model the platform refused is not claimed.
@@ -1869,6 +1887,14 @@ pub fn render(
         return out.json(&doc);
     }
     let mut text = render_text(out, plan, dry_run, applied, model);
+    if shown && applied {
+        // The plan is on the terminal already (shown before the prompt): say what was done.
+        text = format!(
+            "Applied: {}.\nplan_hash: {}\n",
+            plan.actions().join(", "),
+            plan.hash()
+        );
+    }
     if let Some((p, problem)) = provision {
         let _ = writeln!(text, "Provision: {}", p.short(problem));
     }
@@ -2017,7 +2043,7 @@ fn render_text(
     let _ = writeln!(s, "\n{}", plan.summary());
     if plan.changed() {
         if dry_run {
-            let _ = writeln!(s, "Dry run: nothing was changed.");
+            let _ = writeln!(s, "{}", crate::output::DRY_RUN_LINE);
         } else if applied {
             let _ = writeln!(s, "Applied.");
         }
@@ -2146,7 +2172,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
             &input,
             &mut conn,
             &reviewed,
-            false,
+            Done::Nothing,
             platform.as_ref(),
         )
         .await;
@@ -2154,8 +2180,15 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
 
     // 2. Show and confirm. The locks are not held while a human reads.
     let asked = !ctx.yes;
-    if asked && out.interactive() {
-        crate::output::stderr(&render_text(out, &reviewed, true, false, reviewed.model));
+    let shown = asked && out.interactive();
+    if shown {
+        crate::output::stderr(&crate::output::review_text(&render_text(
+            out,
+            &reviewed,
+            true,
+            false,
+            reviewed.model,
+        )));
     }
     out.confirm(&format!("Apply this plan to {}?", url.target()), ctx.yes)?;
 
@@ -2178,7 +2211,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
             &input,
             &mut conn,
             &current,
-            false,
+            Done::Nothing,
             platform.as_ref(),
         )
         .await;
@@ -2212,10 +2245,23 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         &input,
         &mut conn,
         &current,
-        true,
+        if shown {
+            Done::AppliedAfterReview
+        } else {
+            Done::Applied
+        },
         platform.as_ref(),
     )
     .await
+}
+
+/// What the command did, for the text printed after it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Nothing,
+    Applied,
+    /// Applied after the whole plan was shown on the terminal for a confirmation.
+    AppliedAfterReview,
 }
 
 /// After the commit (or when there was nothing to change): with --provision, bring the agent to
@@ -2226,12 +2272,14 @@ async fn finish(
     input: &InstallInput,
     conn: &mut PgConnection,
     plan: &Plan,
-    applied: bool,
+    done: Done,
     platform: Option<&Platform>,
 ) -> Result<Exit> {
     let out = &ctx.out;
+    let applied = done != Done::Nothing;
+    let shown = done == Done::AppliedAfterReview;
     let Some(platform) = platform else {
-        render(out, plan, false, applied, None)?;
+        render_after(out, plan, false, applied, shown, None)?;
         return Ok(Exit::Ok);
     };
     // Post-commit work: a Ctrl-C lets it report what it did (exit 130) instead of cutting it.
@@ -2262,11 +2310,12 @@ async fn finish(
         },
     )
     .await;
-    render(
+    render_after(
         out,
         plan,
         false,
         applied,
+        shown,
         Some((&p.result, p.problem.as_ref())),
     )?;
     match p.problem {

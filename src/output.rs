@@ -271,6 +271,18 @@ pub fn fleet_progress(done: usize, failed: usize, in_flight: usize) -> String {
     format!("done {done} · failed {failed} · in flight {in_flight}")
 }
 
+/// The last line of a dry run's text.
+pub const DRY_RUN_LINE: &str = "Dry run: nothing was changed.";
+
+/// A plan's text as shown before a confirmation: it says what answering yes will do, not that
+/// a dry run changed nothing (the renderers share their text with the dry run).
+pub fn review_text(rendered: &str) -> String {
+    rendered.replace(
+        DRY_RUN_LINE,
+        "Nothing has been changed yet: answer y to apply the plan above, anything else to leave it as it is.",
+    )
+}
+
 /// Write to stderr, never panicking: a full disk (`2>/dev/full`) or a closed pipe loses the
 /// message, never the command's outcome or exit code. Every human message goes through here
 /// (`eprintln!` panics when the write fails).

@@ -1247,7 +1247,7 @@ fn rekey_text(out: &Output, plan: &Plan, bad: &BadRows, dry_run: bool, applied: 
     let _ = writeln!(s, "\n{}", plan.summary());
     if plan.changed() && bad.count == 0 {
         if dry_run {
-            let _ = writeln!(s, "Dry run: nothing was changed.");
+            let _ = writeln!(s, "{}", crate::output::DRY_RUN_LINE);
         } else if applied {
             let _ = writeln!(s, "Applied.");
         }
@@ -1369,7 +1369,9 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     // 2. Show and confirm; no locks held while a human reads.
     let asked = !ctx.yes;
     if asked && out.interactive() {
-        crate::output::stderr(&rekey_text(out, &reviewed, &none, true, false));
+        crate::output::stderr(&crate::output::review_text(&rekey_text(
+            out, &reviewed, &none, true, false,
+        )));
     }
     out.confirm(
         &format!(

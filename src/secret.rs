@@ -602,7 +602,7 @@ impl Outcome<'_> {
             let _ = writeln!(s, "No workspace to restart.");
         }
         if self.dry_run && self.action.changes() {
-            let _ = writeln!(s, "Dry run: nothing was changed.");
+            let _ = writeln!(s, "{}", crate::output::DRY_RUN_LINE);
         }
         s
     }
@@ -788,7 +788,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     // 2. Show and confirm (no locks held while a human reads).
     let asked = !ctx.yes;
     if asked && out.interactive() {
-        crate::output::stderr(&outcome.text(out, true));
+        crate::output::stderr(&crate::output::review_text(&outcome.text(out, true)));
         outcome.notes(out, true);
     }
     let question = match action {
@@ -1359,7 +1359,7 @@ async fn restart(ctx: &Context, args: &SecretRestartArgs) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     if !ctx.yes && out.interactive() {
-        eprint!("{}", outcome.text(out, true));
+        crate::output::stderr(&crate::output::review_text(&outcome.text(out, true)));
         outcome.notes(out, true);
     }
     out.confirm(

@@ -347,3 +347,33 @@ fn secret_declined_or_changed_before_the_answer_writes_nothing() {
     assert_eq!(platform_rows(&db), before);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Before the prompt the review says what answering yes does (never "Dry run: nothing was
+/// changed."); after `y` the terminal gets one line of what was done, not the plan again.
+#[test]
+fn install_confirmed_says_what_will_happen_then_what_happened_once() {
+    let db = TestDb::sample();
+    let mut p = on_pty(&db, &["install-platform-agent", "--model", "m"]);
+    p.expect("[y/N]", T);
+    let review = p.output();
+    assert!(!review.contains("Dry run"), "{review}");
+    assert!(
+        review.contains("Nothing has been changed yet: answer y to apply the plan above"),
+        "{review}"
+    );
+    p.send(b"y");
+    let (code, out) = p.wait(T);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.matches("Platform agent:").count(),
+        1,
+        "the plan once:\n{out}"
+    );
+    assert_eq!(
+        out.matches("Applied: create the platform agent").count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(out.matches("Plan: create").count(), 1, "{out}");
+    assert_eq!(db.audit_rows(), 1);
+}
