@@ -777,7 +777,7 @@ pub enum BackfillCommand {
     /// stderr); give it again with --run-id to resume. Statuses: applied, skipped (already
     /// installed, or done under this run id), failed, pending (dry run), not_started (Ctrl-C or
     /// a failed canary). Exit 0 when every tenant applied or was skipped (a dry run: when every
-    /// tenant could be planned), 1 otherwise, 130 on
+    /// tenant could be planned; with --detailed-exitcode 4 when any is pending), 1 otherwise, 130 on
     /// Ctrl-C (no new tenant starts; in-flight ones finish or roll back; the summary prints).
     ///
     /// Example: orgctl backfill run --tenants fleet.txt --shard 2/8 --provision --yes
@@ -818,7 +818,8 @@ pub enum BackfillCommand {
     /// Show each tenant's state under a run (read-only).
     ///
     /// applied, skipped, failed, rolled_back or never_reached, read from each tenant's own
-    /// `orgctl` tables; unknown (exit 1) when a tenant cannot be read.
+    /// `orgctl` tables; unknown (exit 1) when a tenant cannot be read. Exit 0 otherwise, unless
+    /// --check: then 1 unless every tenant is applied or skipped (a CI gate).
     #[command(after_long_help = AFTER_HELP)]
     Status(BackfillStatusArgs),
 }
@@ -866,6 +867,10 @@ pub struct BackfillRunArgs {
     /// Plan every tenant read-only and report; change and create nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --dry-run: exit 4 when any tenant has pending changes, 0 when every tenant is
+    /// already done (a tenant that could not be planned is still exit 1).
+    #[arg(long, requires = "dry_run")]
+    pub detailed_exitcode: bool,
     /// Write the summary as JSON to this file (run id, start and end, totals, every tenant).
     /// A FILE ending in .jsonl is written as JSON Lines as the run goes: one tenant per line
     /// as it finishes, then a summary line, so a killed run leaves a usable partial report.
@@ -935,6 +940,10 @@ pub struct BackfillStatusArgs {
     pub tenants: PathBuf,
     #[command(flatten)]
     pub shard: ShardArgs,
+    /// A gate for CI: exit 1 unless every selected tenant is applied or skipped under the run
+    /// (failed, rolled_back and never_reached tenants are named in the error).
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -1704,3 +1704,64 @@ fn a_run_id_no_tenant_knows_fails_naming_the_known_runs_newest_first() {
         .code(1)
         .one_line_error("no selected tenant has any backfill run");
 }
+
+/// Exit codes a CI pipeline can gate on: a fleet dry run with --detailed-exitcode is 4 while any
+/// tenant has pending changes and 0 once every tenant is done; `backfill status --check` is 1
+/// while any selected tenant is not applied or skipped, naming them.
+#[tokio::test]
+async fn fleet_exit_codes_for_ci_detailed_exitcode_and_status_check() {
+    let a = TestDb::sample();
+    let b = TestDb::sample();
+    let fleet = Fleet::new(&[("a", &a.url), ("b", &b.url)]);
+    let before = (platform(&a), platform(&b));
+    let dry = ["run", "--model", "m", "--dry-run", "--detailed-exitcode"];
+    fleet.cmd(&dry).run_async().await.code(4);
+    // Without the flag a pending dry run is still 0; the flag needs --dry-run.
+    fleet
+        .cmd(&["run", "--model", "m", "--dry-run"])
+        .run_async()
+        .await
+        .code(0);
+    let r = fleet
+        .cmd(&["run", "--model", "m", "--yes", "--detailed-exitcode"])
+        .run_async()
+        .await;
+    r.code(2);
+    assert!(r.stderr.contains("--dry-run"), "{}", r.stderr);
+    assert_eq!((platform(&a), platform(&b)), before, "nothing changed");
+
+    // b fails (its lock is held): status is informational (0), --check is a gate (1).
+    let holder = hold_lock(&b).await;
+    let run = [
+        "run",
+        "--model",
+        "m",
+        "--yes",
+        "--run-id",
+        "ci-1",
+        "--lock-timeout",
+        "200ms",
+    ];
+    fleet.cmd(&run).run_async().await.code(1);
+    drop(holder);
+    fleet
+        .cmd(&["status", "--run-id", "ci-1"])
+        .run_async()
+        .await
+        .code(0);
+    let r = fleet
+        .cmd(&["status", "--run-id", "ci-1", "--check"])
+        .run_async()
+        .await;
+    r.code(1).one_line_error("--check: 1 of 2 tenant(s)");
+    assert!(r.stderr.contains("1 failed (b)"), "{}", r.stderr);
+    // The dry run still sees b pending; after the resume everything is done.
+    fleet.cmd(&dry).run_async().await.code(4);
+    fleet.cmd(&run).run_async().await.code(0);
+    fleet
+        .cmd(&["status", "--run-id", "ci-1", "--check"])
+        .run_async()
+        .await
+        .code(0);
+    fleet.cmd(&dry).run_async().await.code(0);
+}

@@ -1141,6 +1141,9 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
             names.join(", ")
         )));
     }
+    if args.dry_run && args.detailed_exitcode && t.pending > 0 {
+        return Ok(Exit::Pending);
+    }
     Ok(Exit::Ok)
 }
 

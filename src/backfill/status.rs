@@ -208,5 +208,45 @@ pub async fn run(ctx: &Context, args: &BackfillStatusArgs, cancel: &Cancel) -> R
             "could not read {unknown} tenant(s); see the summary"
         )));
     }
+    if args.check {
+        check(&report)?;
+    }
     Ok(Exit::Ok)
+}
+
+/// `--check`: every selected tenant is applied or skipped under the run, else exit 1 naming the
+/// others by status (a few names each: the table has them all).
+fn check(report: &Report) -> Result<()> {
+    let mut not_done: std::collections::BTreeMap<&str, Vec<&str>> =
+        std::collections::BTreeMap::new();
+    for s in &report.tenants {
+        if s.status != "applied" && s.status != "skipped" {
+            not_done.entry(&s.status).or_default().push(&s.tenant);
+        }
+    }
+    if not_done.is_empty() {
+        return Ok(());
+    }
+    const NAMED: usize = 5;
+    let n: usize = not_done.values().map(Vec::len).sum();
+    let parts: Vec<String> = not_done
+        .iter()
+        .map(|(status, names)| {
+            let mut shown: Vec<String> = names
+                .iter()
+                .take(NAMED)
+                .map(|n| crate::error::sanitize(n))
+                .collect();
+            if names.len() > NAMED {
+                shown.push(format!("and {} more", names.len() - NAMED));
+            }
+            format!("{} {status} ({})", names.len(), shown.join(", "))
+        })
+        .collect();
+    Err(Error::failed(format!(
+        "--check: {n} of {} tenant(s) are not applied or skipped under run {}: {}",
+        report.tenants.len(),
+        report.run_id,
+        parts.join(", ")
+    )))
 }
