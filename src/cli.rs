@@ -256,7 +256,7 @@ impl Command {
                 SecretCommand::Delete(a) => !a.dry_run,
                 SecretCommand::Restart(a) => !a.dry_run,
                 SecretCommand::Rekey(a) => !a.dry_run,
-                SecretCommand::List(_) | SecretCommand::Verify => false,
+                SecretCommand::List(_) | SecretCommand::Verify(_) => false,
             },
             Command::Backfill(b) => match b {
                 BackfillCommand::Run(a) => !a.dry_run,
@@ -596,13 +596,15 @@ pub enum SecretCommand {
     /// version, and names each one that does not decrypt (table, id, workspace, key or field —
     /// never a value). Version-0 (plaintext) rows and plaintext channel fields are a warning,
     /// not a failure. Exit 0 when every encrypted value decrypts, 1 otherwise; 2 when the key
-    /// is missing or invalid (checked before connecting).
+    /// is missing or invalid (checked before connecting). A tenant with no encrypted value at
+    /// all proves nothing about the key: exit 1 ("nothing was verified") unless --allow-empty.
     ///
     /// Examples:
     ///   orgctl secret verify
     ///   SECRETS_ENCRYPTION_KEY="$NEW_KEY" orgctl secret verify -o json
+    ///   orgctl secret verify --allow-empty    # a tenant whose secrets are all plaintext
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
-    Verify,
+    Verify(SecretVerifyArgs),
     /// Re-encrypt every secret under a new key, or encrypt the plaintext ones
     ///
     /// In ONE transaction under the tenant lock (writers of the two secret tables and of
@@ -643,6 +645,14 @@ pub enum SecretCommand {
     /// `orgctl secret rotate` is the same command (the word an operator reaches for).
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment, visible_alias = "rotate")]
     Rekey(SecretRekeyArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SecretVerifyArgs {
+    /// Exit 0 even when the tenant has no encrypted value to check the key against (all its
+    /// secrets are plaintext, or it has none); without it that is exit 1.
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 #[derive(Debug, Args, Clone)]

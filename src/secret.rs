@@ -53,7 +53,7 @@ pub async fn run(ctx: &Context, cmd: &SecretCommand) -> Result<Exit> {
         SecretCommand::Delete(args) => delete(ctx, args).await,
         SecretCommand::List(args) => list(ctx, args).await,
         SecretCommand::Restart(args) => restart(ctx, args).await,
-        SecretCommand::Verify => crate::rekey::verify(ctx).await,
+        SecretCommand::Verify(args) => crate::rekey::verify(ctx, args).await,
         SecretCommand::Rekey(args) => crate::rekey::rekey(ctx, args).await,
     }
 }

@@ -66,6 +66,7 @@ struct BadRowJson {
 #[serde(deny_unknown_fields)]
 struct VerifyJson {
     ok: bool,
+    verified: i64,
     tables: Vec<VerifyCount>,
     plaintext_rows: i64,
     plaintext_channel_fields: i64,
@@ -1504,4 +1505,47 @@ async fn secret_rotate_is_rekey() {
         .run()
         .code(2)
         .one_line_error("SECRETS_ENCRYPTION_KEY");
+}
+
+/// A tenant with no encrypted value proves nothing about the key: verify says nothing was
+/// verified and exits 1, whatever the key, unless --allow-empty.
+#[tokio::test]
+async fn verify_with_no_encrypted_value_is_not_a_pass_without_allow_empty() {
+    let db = TestDb::sample();
+    add_plaintext_rows(&db, 3);
+    let before = platform_dump(&db);
+    for key in [&OLD, &NEW] {
+        let r = db
+            .orgctl(&["secret", "verify"])
+            .env("SECRETS_ENCRYPTION_KEY", &key_b64(key))
+            .run();
+        r.code(1).one_line_error("nothing was verified");
+        assert!(r.stdout.contains("Nothing was verified"), "{}", r.stdout);
+        assert!(!r.stdout.contains("Every encrypted value"), "{}", r.stdout);
+    }
+    let r = db
+        .orgctl(&["secret", "verify", "-o", "json"])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(&OLD))
+        .run();
+    r.code(1);
+    let v: VerifyJson = parse(&r);
+    assert!(!v.ok);
+    assert_eq!(v.verified, 0);
+    assert_eq!(
+        v.plaintext_rows,
+        4 + 3,
+        "the sample org's plaintext rows and ours"
+    );
+    let r = db
+        .orgctl(&["secret", "verify", "--allow-empty", "-o", "json"])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(&OLD))
+        .run();
+    r.code(0);
+    let v: VerifyJson = parse(&r);
+    assert!(v.ok && v.verified == 0);
+    // With encrypted values, the count says what was checked.
+    let seeded = seeded().await;
+    let v: VerifyJson = parse(verify(&seeded, &OLD).code(0));
+    assert_eq!(v.verified, 6);
+    assert_eq!(platform_dump(&db), before, "read-only");
 }
