@@ -333,7 +333,11 @@ async fn up_in(
         if reused { "reused" } else { "started" },
         dir.display()
     ));
-    out.stdout(&format!("{}\n", url_for(port, DEV_DATABASE)))?;
+    if out.json_mode() {
+        out.json(&serde_json::json!({ "database_url": url_for(port, DEV_DATABASE) }))?;
+    } else {
+        out.stdout(&format!("{}\n", url_for(port, DEV_DATABASE)))?;
+    }
     Ok(Exit::Ok)
 }
 

@@ -96,9 +96,12 @@ pub fn run() -> i32 {
     let terminal = sys::SavedTerminal::save();
     let outcome = runtime.block_on(run_interruptible(cli));
     if matches!(&outcome, Err(e) if e.exit == Exit::Interrupted) {
-        // A prompt may have been cut off with echo disabled or the cursor hidden.
+        // A prompt may have been cut off with echo disabled or the cursor hidden; its line
+        // is ended before the error line (no empty line when no prompt was open).
         terminal.restore();
-        output::stderr("\n");
+        if output::prompt_line_open() {
+            output::stderr("\n");
+        }
     }
     // Do not wait for stray blocking tasks (a prompt thread) on the way out.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));

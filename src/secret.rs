@@ -274,10 +274,12 @@ async fn read_value(
     }
     let prompt = format!("Value for {key} (hidden)");
     let typed = blocking(move || {
+        crate::output::set_prompt_line_open(true);
         dialoguer::Password::new()
             .with_prompt(prompt)
             .with_confirmation("Repeat the value", "the two values differ; try again")
             .interact_on(&dialoguer::console::Term::stderr())
+            .inspect(|_| crate::output::set_prompt_line_open(false))
             .map(Zeroizing::new)
             .map_err(|e| Error::failed(format!("could not read the value from the terminal: {e}")))
     })

@@ -926,7 +926,20 @@ async fn interrupted_backfill(signals: &[i32], gap_ms: u64, finishes: bool) {
     } else {
         assert_eq!(tenant(&doc, "locked")["status"], "failed");
         assert!(!installed(&locked));
+        // The second Ctrl-C is answered, and the abandoned tenant's time is what it ran.
+        assert_eq!(
+            r.stderr
+                .matches("interrupted again: abandoning 1 in-flight tenant")
+                .count(),
+            1,
+            "{}",
+            r.stderr
+        );
+        let ms = tenant(&doc, "locked")["duration_ms"].as_u64().unwrap_or(0);
+        assert!(ms >= 1000, "duration_ms {ms}");
     }
+    // No empty line before the error line (no prompt was cut off).
+    assert!(!r.stderr.contains("\n\nerror:"), "{:?}", r.stderr);
     assert_eq!(platform(&a), a_before, "no new tenant started after Ctrl-C");
     let _ = server();
 }

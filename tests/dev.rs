@@ -16,6 +16,10 @@ fn dev_up_twice_reuses_and_down_deletes() {
     second.code(0);
     assert_eq!(second.stdout.trim(), url);
     assert!(second.stderr.contains("reused"), "{}", second.stderr);
+    // -o json: a document, not a bare URL.
+    let json = Cmd::new(&["dev", "up", "--dir", &d, "-o", "json"]).run();
+    json.code(0);
+    assert_eq!(json.json(), serde_json::json!({ "database_url": url }));
 
     // The sample org is there and a dry run works against it.
     let plan = Cmd::new(&[

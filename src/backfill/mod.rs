@@ -89,8 +89,9 @@ pub enum Slot<T> {
     /// Never started (Ctrl-C, or a failed canary).
     NotStarted,
     Done(T),
-    /// Abandoned by a second Ctrl-C before its COMMIT: its transaction rolled back.
-    Abandoned,
+    /// Abandoned by a second Ctrl-C before its COMMIT: its transaction rolled back. How long
+    /// it had run, in milliseconds (the report's duration, not 0).
+    Abandoned(u64),
     /// Its task panicked (a bug): its connection dropped, so its transaction rolled back.
     Panicked(String),
 }
@@ -137,12 +138,14 @@ where
     Fut: Future<Output = T> + Send + 'static,
 {
     let mut slots: Vec<Slot<T>> = tenants.iter().map(|_| Slot::NotStarted).collect();
-    let mut set: JoinSet<(usize, Option<T>)> = JoinSet::new();
+    let mut set: JoinSet<(usize, Option<T>, u64)> = JoinSet::new();
     // Which tenant each task serves, so a panicking task is reported on its own tenant.
     let mut task_tenant: std::collections::HashMap<tokio::task::Id, usize> =
         std::collections::HashMap::new();
     let mut next = 0usize;
     let mut cancel_rx = cancel.clone();
+    let mut abandon_rx = cancel.clone();
+    let mut said_abandon = false;
     loop {
         while set.len() < concurrency.max(1) && next < tenants.len() && !cancel.stopping() {
             let committing = Committing::default();
@@ -150,15 +153,16 @@ where
             let mut abandon = cancel.clone();
             let idx = next;
             let handle = set.spawn(async move {
+                let started = std::time::Instant::now();
                 tokio::pin!(fut);
                 tokio::select! {
-                    r = &mut fut => (idx, Some(r)),
+                    r = &mut fut => (idx, Some(r), 0),
                     _ = abandon.reached(2) => {
                         if committing.get() {
                             // The COMMIT is on the wire: let it finish so the report is true.
-                            (idx, Some(fut.await))
+                            (idx, Some(fut.await), 0)
                         } else {
-                            (idx, None)
+                            (idx, None, millis(started.elapsed()))
                         }
                     }
                 }
@@ -172,11 +176,11 @@ where
         tokio::select! {
             joined = set.join_next() => {
                 match joined {
-                    Some(Ok((idx, Some(r)))) => {
+                    Some(Ok((idx, Some(r), _))) => {
                         done(&r, set.len());
                         slots[idx] = Slot::Done(r);
                     }
-                    Some(Ok((idx, None))) => slots[idx] = Slot::Abandoned,
+                    Some(Ok((idx, None, ms))) => slots[idx] = Slot::Abandoned(ms),
                     // A panicking task: reported as failed on its tenant; the transaction it
                     // had open was rolled back when its connection dropped.
                     Some(Err(e)) => {
@@ -195,6 +199,16 @@ where
                     "interrupted: starting no new tenant; finishing {n} in-flight tenant{} (Ctrl-C again to abandon {})",
                     if n == 1 { "" } else { "s" },
                     if n == 1 { "it: its transaction rolls back" } else { "them: their transactions roll back" }
+                ));
+            }
+            // The second Ctrl-C is answered too, so the operator knows it was heard.
+            _ = abandon_rx.reached(2), if cancel.stopping() && !said_abandon => {
+                said_abandon = true;
+                let n = set.len();
+                crate::interrupt::say(&format!(
+                    "interrupted again: abandoning {n} in-flight tenant{}: {} (a COMMIT already sent is waited for)",
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { "its transaction rolls back" } else { "their transactions roll back" }
                 ));
             }
         }
@@ -410,7 +424,7 @@ mod tests {
                 Slot::Done(n) => format!("done {n}"),
                 Slot::Panicked(d) => format!("panicked {}", d.contains("boom")),
                 Slot::NotStarted => "not started".into(),
-                Slot::Abandoned => "abandoned".into(),
+                Slot::Abandoned(_) => "abandoned".into(),
             })
             .collect();
         assert_eq!(seen, ["done a", "panicked true", "done c"]);

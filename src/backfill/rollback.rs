@@ -1223,10 +1223,11 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
         .map(|(s, t)| match s {
             Slot::Done(r) => r,
             Slot::NotStarted => TenantResult::new(t, Status::NotStarted),
-            Slot::Abandoned => {
+            Slot::Abandoned(ms) => {
                 let mut r = TenantResult::new(t, Status::Failed);
                 r.error =
                     Some("abandoned by a second Ctrl-C: its transaction was rolled back".into());
+                r.duration_ms = ms;
                 r
             }
             Slot::Panicked(detail) => {
