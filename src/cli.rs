@@ -1046,6 +1046,12 @@ pub struct DevUpArgs {
     /// Loopback port to listen on. Default: a free port.
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
+    /// Also make N sample tenants (databases orgctl_dev_t1 … orgctl_dev_tN, each with the
+    /// sample org; existing ones are kept as they are) and write a ready tenants file for
+    /// `backfill` into the dev directory (tenants.txt; its path is printed on stderr, and in
+    /// the JSON as tenants_file).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub tenants: Option<u32>,
 }
 
 #[derive(Debug, Args, Clone)]
