@@ -11,24 +11,26 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
-const AFTER_HELP: &str = "\
-Exit codes:
-  0    done, or nothing to do
-  1    failed (nothing changed unless the message says what did)
-  2    bad input or usage
-  3    refused by a guard or precondition (incompatible schema, lock held, missing MODEL,
-       drift on rollback, confirmation needed)
-  4    only with --detailed-exitcode on a dry run: changes are pending
-  130  interrupted
+/// The long help's tail: exit codes (`$four`: the line of exit 4, for the commands that accept
+/// --detailed-exitcode, else "") and the environment.
+macro_rules! after_help {
+    ($four:literal) => {
+        concat!(
+            "Exit codes:\n  0    done, or nothing to do\n  1    failed (nothing changed unless the message says what did)\n  2    bad input or usage\n  3    refused by a guard or precondition (incompatible schema, lock held, missing MODEL,\n       drift on rollback, confirmation needed)\n",
+            $four,
+            "  130  interrupted\n\nEnvironment:\n  DATABASE_URL             tenant database when --database-url is not given\n  SECRETS_ENCRYPTION_KEY   AES-256 key for secret values (base64 of 32 bytes, or 32 raw bytes)\n  MOLECULE_ENV             prod/production: refuse to write secrets without a usable key\n  NO_COLOR                 disable colour\n  CI                       set (not false/0): never prompt; changes need --yes\n  PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE PGSSLROOTCERT PGPASSFILE\n                           fill what the URL leaves out (the URL wins)"
+        )
+    };
+}
 
-Environment:
-  DATABASE_URL             tenant database when --database-url is not given
-  SECRETS_ENCRYPTION_KEY   AES-256 key for secret values (base64 of 32 bytes, or 32 raw bytes)
-  MOLECULE_ENV             prod/production: refuse to write secrets without a usable key
-  NO_COLOR                 disable colour
-  CI                       set (not false/0): never prompt; changes need --yes
-  PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE PGSSLROOTCERT PGPASSFILE
-                           fill what the URL leaves out (the URL wins)";
+const AFTER_HELP: &str = after_help!("");
+/// For install-platform-agent and backfill run, which take --detailed-exitcode.
+const AFTER_HELP_PENDING: &str =
+    after_help!("  4    with --dry-run --detailed-exitcode: changes are pending\n");
+/// For the top level: which commands exit 4.
+const AFTER_HELP_TOP: &str = after_help!(
+    "  4    with --dry-run --detailed-exitcode (install-platform-agent, backfill run): changes are pending\n"
+);
 
 /// Change the org hierarchy of an agent platform's tenant database, safely.
 ///
@@ -41,7 +43,7 @@ Environment:
     name = "orgctl",
     version,
     propagate_version = true,
-    after_long_help = AFTER_HELP,
+    after_long_help = AFTER_HELP_TOP,
     infer_subcommands = false
 )]
 pub struct Cli {
@@ -52,8 +54,10 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every command accepts, before or after the subcommand.
+/// Options every command accepts, before or after the subcommand (listed apart from each
+/// command's own options in its help).
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...).
     /// The password is never printed.
@@ -130,6 +134,11 @@ pub struct GlobalArgs {
     /// command writes. Required for changes when ORGCTL_REQUIRE_REASON=1.
     #[arg(long, value_name = "TEXT", env = "ORGCTL_REASON", global = true)]
     pub reason: Option<String>,
+
+    /// `--database-url` was given on the command line (not from `DATABASE_URL`): backfill,
+    /// which takes its databases from the tenants file, refuses it. Set after parsing.
+    #[arg(skip)]
+    pub database_url_on_command_line: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -190,7 +199,7 @@ pub enum Command {
     ///   MOLECULE_ADMIN_TOKEN      bearer token for the provision request (never printed)
     #[command(
         name = "install-platform-agent",
-        after_long_help = AFTER_HELP,
+        after_long_help = AFTER_HELP_PENDING,
         verbatim_doc_comment
     )]
     InstallPlatformAgent(InstallArgs),
@@ -208,7 +217,16 @@ pub enum Command {
     Backfill(BackfillCommand),
 
     /// The org's invariants at a glance; exit 1 when any is broken (a CI gate).
-    #[command(after_long_help = AFTER_HELP)]
+    ///
+    /// Read-only, one consistent snapshot, no locks. Shows the roots, the platform agent, tokens
+    /// by anchor, secrets by encryption version, every check with its result, the command that
+    /// fixes each broken one (To fix:), and what install-platform-agent would do now.
+    ///
+    /// Examples:
+    ///   orgctl status
+    ///   orgctl status -o json | jq '.checks[] | select(.ok | not) | {name, fix}'
+    ///   orgctl status --limit 0        # counts only, in a CI gate
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     Status(StatusArgs),
 
     /// Who changed this tenant, when, why and how it ended; `audit verify` checks the chain.
@@ -803,7 +821,7 @@ pub enum BackfillCommand {
     /// seeds MODEL when none is given, and with --wait watched until online; the summary and
     /// report show each tenant's provision result, and a provision that fails or times out
     /// makes the exit 1 (the tenant stays committed).
-    #[command(after_long_help = AFTER_HELP)]
+    #[command(after_long_help = AFTER_HELP_PENDING)]
     Run(BackfillRunArgs),
     /// Restore tenants to the state snapshotted by a run.
     ///
@@ -829,8 +847,14 @@ pub enum BackfillCommand {
     ///
     /// applied, skipped, failed, rolled_back or never_reached, read from each tenant's own
     /// `orgctl` tables; unknown (exit 1) when a tenant cannot be read. Exit 0 otherwise, unless
-    /// --check: then 1 unless every tenant is applied or skipped (a CI gate).
-    #[command(after_long_help = AFTER_HELP)]
+    /// --check: then 1 unless every tenant is applied or skipped (a CI gate). A run id that no
+    /// selected tenant knows is exit 1, listing the run ids they know, newest first.
+    ///
+    /// Examples:
+    ///   orgctl backfill status --run-id change-1234 --tenants fleet.txt
+    ///   orgctl backfill status --run-id change-1234 --tenants fleet.txt --check
+    ///   orgctl backfill status --run-id change-1234 --tenants fleet.txt -o json | jq .totals
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     Status(BackfillStatusArgs),
 }
 
