@@ -1031,7 +1031,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev__subcmd__up)
-            opts="-o -y -q -v -h -V --dir --port --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            opts="-o -y -q -v -h -V --dir --port --tenants --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1042,6 +1042,10 @@ _orgctl() {
                     return 0
                     ;;
                 --port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tenants)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

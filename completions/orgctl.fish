@@ -42,7 +42,7 @@ complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "install-platform-agen
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "token" -d 'Mint, list, revoke and anchor org API tokens'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "secret" -d 'Set, delete and list workspace and global secrets; verify and rotate their key'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "backfill" -d 'Install the platform agent across a fleet of tenant databases'
-complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "status" -d 'The org\'s invariants at a glance; exit 1 when any is broken (a CI gate)'
+complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "status" -d 'The org\'s invariants at a glance; exit 1 when any is broken (a CI gate).'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "audit" -d 'Who changed this tenant, when, why and how it ended; `audit verify` checks the chain.'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "dev" -d 'A throwaway local PostgreSQL with a sample org, for trying orgctl out'
 complete -c orgctl -n "__fish_orgctl_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
@@ -338,7 +338,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "run" -d 'Install the platform agent on every tenant in a tenants file'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "rollback" -d 'Restore tenants to the state snapshotted by a run'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "status" -d 'Show each tenant\'s state under a run (read-only)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "status" -d 'Show each tenant\'s state under a run (read-only).'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and not __fish_seen_subcommand_from run rollback status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l tenants -d 'Tenants file: one "NAME DATABASE_URL [PLATFORM_URL] [org_id=ID | self-hosted]" per line (\'-\' for stdin); blank lines and \'#\' comments are ignored. Names are letters, digits, \'.\', \'_\' or \'-\'. The platform URL is used by --provision; org_id=ID or self-hosted says which id a new agent gets on that tenant' -r -F
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from run" -l org-id -d 'The org id for tenant lines that have neither org_id= nor self-hosted (meant for a single tenant: every org has its own id, so a warning names each extra tenant)' -r
@@ -412,7 +412,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "run" -d 'Install the platform agent on every tenant in a tenants file'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "rollback" -d 'Restore tenants to the state snapshotted by a run'
-complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show each tenant\'s state under a run (read-only)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show each tenant\'s state under a run (read-only).'
 complete -c orgctl -n "__fish_orgctl_using_subcommand backfill; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l limit -d 'How many offending rows to name per finding (and roots to list) before summarising as a count; 0 shows counts only' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand status" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
@@ -485,6 +485,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_s
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and not __fish_seen_subcommand_from up down seed help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l dir -d 'Where the dev server keeps its data. Default: $TMPDIR/orgctl-dev-<uid> (/tmp unless TMPDIR is set), the same whatever the current directory. `dev down` only stops and deletes a directory that `dev up` created (its marker must name the data directory\'s system identifier); anything else is refused (exit 3) untouched' -r -F
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l port -d 'Loopback port to listen on. Default: a free port' -r
+complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l tenants -d 'Also make N sample tenants (databases orgctl_dev_t1 … orgctl_dev_tN, each with the sample org; existing ones are kept as they are) and write a ready tenants file for `backfill` into the dev directory (tenants.txt; its path is printed on stderr, and in the JSON as tenants_file)' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -l database-url -d 'PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...). The password is never printed' -r
 complete -c orgctl -n "__fish_orgctl_using_subcommand dev; and __fish_seen_subcommand_from up" -s o -l output -d 'Output format on stdout: a human table, or exactly one JSON document' -r -f -a "table\t'Human-readable tables'
 json\t'One JSON document on stdout'"
@@ -557,7 +558,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "token" -d 'Mint, list, revoke and anchor org API tokens'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "secret" -d 'Set, delete and list workspace and global secrets; verify and rotate their key'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "backfill" -d 'Install the platform agent across a fleet of tenant databases'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "status" -d 'The org\'s invariants at a glance; exit 1 when any is broken (a CI gate)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "status" -d 'The org\'s invariants at a glance; exit 1 when any is broken (a CI gate).'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "audit" -d 'Who changed this tenant, when, why and how it ended; `audit verify` checks the chain.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "dev" -d 'A throwaway local PostgreSQL with a sample org, for trying orgctl out'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and not __fish_seen_subcommand_from install-platform-agent token secret backfill status audit dev completions help" -f -a "completions" -d 'Print a shell completion script to stdout'
@@ -574,7 +575,7 @@ complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subc
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from secret" -f -a "rekey" -d 'Re-encrypt every secret under a new key, or encrypt the plaintext ones'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "run" -d 'Install the platform agent on every tenant in a tenants file'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "rollback" -d 'Restore tenants to the state snapshotted by a run'
-complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "status" -d 'Show each tenant\'s state under a run (read-only)'
+complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from backfill" -f -a "status" -d 'Show each tenant\'s state under a run (read-only).'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from audit" -f -a "verify" -d 'Check the audit log\'s hash chain: exit 0 when intact, 1 naming the first row that was altered, removed or inserted out of order.'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from dev" -f -a "up" -d 'Start (or reuse) a throwaway PostgreSQL with the platform schema and a sample org; prints the DATABASE_URL on stdout'
 complete -c orgctl -n "__fish_orgctl_using_subcommand help; and __fish_seen_subcommand_from dev" -f -a "down" -d 'Stop the throwaway PostgreSQL and delete its data'
