@@ -1278,7 +1278,7 @@ async fn row_lock_holders(conn: &mut PgConnection, id: Option<Uuid>) -> Result<V
     db::simple_batch(conn, "ROLLBACK").await?;
     let rows = db::query(
         "SELECT DISTINCT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''),
-                coalesce(a.client_addr::text, 'local')
+                coalesce(host(a.client_addr), 'local')
            FROM workspaces w
            JOIN pg_locks x ON x.locktype = 'transactionid' AND x.granted
                           AND x.mode = 'ExclusiveLock' AND x.transactionid = w.xmax

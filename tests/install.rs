@@ -1175,7 +1175,7 @@ fn root_locked_is_a_lock_timeout(db: &TestDb) {
     // The holder named as the advisory-lock refusal names it: pid, application, user, client;
     // no driver text, no guess.
     r.code(3).one_line_error(&format!(
-        "timed out waiting for a lock on the org's root workspaces (--lock-timeout): held by backend pid {pid} (application 'psql', user 'postgres', from "
+        "timed out waiting for a lock on the org's root workspaces (--lock-timeout): held by backend pid {pid} (application 'psql', user 'postgres', from 127.0.0.1); retry when it is done or raise --lock-timeout"
     ));
     assert!(!r.stderr.contains("canceling statement"), "{}", r.stderr);
     assert!(!r.stderr.contains("another orgctl"), "{}", r.stderr);
