@@ -377,3 +377,82 @@ fn install_confirmed_says_what_will_happen_then_what_happened_once() {
     assert_eq!(out.matches("Plan: create").count(), 1, "{out}");
     assert_eq!(db.audit_rows(), 1);
 }
+
+/// Every table fits the terminal it is printed on, at 80 and at 120 columns: status, a fleet
+/// run with a failed tenant's long error, a rollback dry run refused for drift (long drift
+/// rows), and backfill status. Prose lines (warnings) are the terminal's to wrap; table lines
+/// are checked.
+#[test]
+fn tables_fit_the_terminal_at_80_and_120_columns() {
+    let a = TestDb::sample();
+    let gone = format!(
+        "postgres://postgres@127.0.0.1:{}/nowhere",
+        orgctl::pgserver::free_port().unwrap_or(1)
+    );
+    let fleet = crate::harness::tenants_file(
+        "widths",
+        &format!("a-tenant-with-a-long-name {}\ngone {gone}\n", a.url),
+    );
+    let f = fleet.to_string_lossy().to_string();
+    let run = a
+        .orgctl(&[
+            "backfill",
+            "run",
+            "--tenants",
+            &f,
+            "--model",
+            "m",
+            "--yes",
+            "--run-id",
+            "w1",
+        ])
+        .run();
+    run.code(1);
+    // Drift: a new child under the agent.
+    a.exec(&format!(
+        "INSERT INTO workspaces (name, tier, status, parent_id) VALUES ('a child added after the run with a long name', 2, 'online', '{}')",
+        crate::harness::TEST_AGENT_ID
+    ));
+    let commands: [&[&str]; 4] = [
+        &["status"],
+        &[
+            "backfill",
+            "run",
+            "--tenants",
+            &f,
+            "--model",
+            "m",
+            "--dry-run",
+        ],
+        &[
+            "backfill",
+            "rollback",
+            "--tenants",
+            &f,
+            "--run-id",
+            "w1",
+            "--dry-run",
+        ],
+        &["backfill", "status", "--tenants", &f, "--run-id", "w1"],
+    ];
+    for cols in [80u16, 120] {
+        for args in commands {
+            let mut p = Pty::spawn_sized(a.orgctl(args).command(), cols);
+            let (_, out) = p.wait(T);
+            let table: Vec<&str> = out
+                .lines()
+                .map(|l| l.trim_end_matches('\r'))
+                .filter(|l| l.starts_with(['│', '┌', '╞', '└', '├', '╭', '╰']))
+                .collect();
+            assert!(!table.is_empty(), "{args:?}: no table:\n{out}");
+            for l in table {
+                assert!(
+                    l.chars().count() <= usize::from(cols),
+                    "{args:?} at {cols} columns: a line of {} characters:\n{out}",
+                    l.chars().count()
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&fleet);
+}
