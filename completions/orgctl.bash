@@ -196,6 +196,9 @@ _orgctl() {
             orgctl__subcmd__secret,restart)
                 cmd="orgctl__subcmd__secret__subcmd__restart"
                 ;;
+            orgctl__subcmd__secret,rotate)
+                cmd="orgctl__subcmd__secret__subcmd__rekey"
+                ;;
             orgctl__subcmd__secret,set)
                 cmd="orgctl__subcmd__secret__subcmd__set"
                 ;;
@@ -618,7 +621,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__run)
-            opts="-o -y -q -v -h -V --tenants --org-id --self-hosted --concurrency --shard --shards --canary --run-id --model --allow-missing-model --replace-model --dry-run --report --provision --wait --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            opts="-o -y -q -v -h -V --tenants --org-id --self-hosted --concurrency --shard --shards --canary --run-id --model --allow-missing-model --replace-model --dry-run --detailed-exitcode --report --provision --wait --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -700,7 +703,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__backfill__subcmd__status)
-            opts="-o -y -q -v -h -V --run-id --tenants --shard --shards --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            opts="-o -y -q -v -h -V --run-id --tenants --shard --shards --check --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1028,7 +1031,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__dev__subcmd__up)
-            opts="-o -y -q -v -h -V --dir --port --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            opts="-o -y -q -v -h -V --dir --port --tenants --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1039,6 +1042,10 @@ _orgctl() {
                     return 0
                     ;;
                 --port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tenants)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1526,7 +1533,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version set delete list restart verify rekey help"
+            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version set delete list restart verify rekey rotate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1922,7 +1929,7 @@ _orgctl() {
             return 0
             ;;
         orgctl__subcmd__secret__subcmd__verify)
-            opts="-o -y -q -v -h -V --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
+            opts="-o -y -q -v -h -V --allow-empty --database-url --output --yes --lock-timeout --statement-timeout --pooler --quiet --verbose --reason --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

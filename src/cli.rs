@@ -11,24 +11,26 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
-const AFTER_HELP: &str = "\
-Exit codes:
-  0    done, or nothing to do
-  1    failed (nothing changed unless the message says what did)
-  2    bad input or usage
-  3    refused by a guard or precondition (incompatible schema, lock held, missing MODEL,
-       drift on rollback, confirmation needed)
-  4    only with --detailed-exitcode on a dry run: changes are pending
-  130  interrupted
+/// The long help's tail: exit codes (`$four`: the line of exit 4, for the commands that accept
+/// --detailed-exitcode, else "") and the environment.
+macro_rules! after_help {
+    ($four:literal) => {
+        concat!(
+            "Exit codes:\n  0    done, or nothing to do\n  1    failed (nothing changed unless the message says what did)\n  2    bad input or usage\n  3    refused by a guard or precondition (incompatible schema, lock held, missing MODEL,\n       drift on rollback, confirmation needed)\n",
+            $four,
+            "  130  interrupted\n\nEnvironment:\n  DATABASE_URL             tenant database when --database-url is not given\n  SECRETS_ENCRYPTION_KEY   AES-256 key for secret values (base64 of 32 bytes, or 32 raw bytes)\n  MOLECULE_ENV             prod/production: refuse to write secrets without a usable key\n  NO_COLOR                 disable colour\n  CI                       set (not false/0): never prompt; changes need --yes\n  PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE PGSSLROOTCERT PGPASSFILE\n                           fill what the URL leaves out (the URL wins)"
+        )
+    };
+}
 
-Environment:
-  DATABASE_URL             tenant database when --database-url is not given
-  SECRETS_ENCRYPTION_KEY   AES-256 key for secret values (base64 of 32 bytes, or 32 raw bytes)
-  MOLECULE_ENV             prod/production: refuse to write secrets without a usable key
-  NO_COLOR                 disable colour
-  CI                       set (not false/0): never prompt; changes need --yes
-  PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE PGSSLROOTCERT PGPASSFILE
-                           fill what the URL leaves out (the URL wins)";
+const AFTER_HELP: &str = after_help!("");
+/// For install-platform-agent and backfill run, which take --detailed-exitcode.
+const AFTER_HELP_PENDING: &str =
+    after_help!("  4    with --dry-run --detailed-exitcode: changes are pending\n");
+/// For the top level: which commands exit 4.
+const AFTER_HELP_TOP: &str = after_help!(
+    "  4    with --dry-run --detailed-exitcode (install-platform-agent, backfill run): changes are pending\n"
+);
 
 /// `orgctl --version`: the version, the commit it was built from (build.rs) and the platform
 /// schema it is tested against (`migrations/platform/schema-<date>.sql`). `-V` and the man
@@ -52,7 +54,7 @@ pub const LONG_VERSION: &str = concat!(
     version,
     long_version = LONG_VERSION,
     propagate_version = true,
-    after_long_help = AFTER_HELP,
+    after_long_help = AFTER_HELP_TOP,
     infer_subcommands = false
 )]
 pub struct Cli {
@@ -63,8 +65,10 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every command accepts, before or after the subcommand.
+/// Options every command accepts, before or after the subcommand (listed apart from each
+/// command's own options in its help).
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// PostgreSQL URL of the tenant database (postgres://user:pass@host:port/db?sslmode=...).
     /// The password is never printed.
@@ -141,6 +145,11 @@ pub struct GlobalArgs {
     /// command writes. Required for changes when ORGCTL_REQUIRE_REASON=1.
     #[arg(long, value_name = "TEXT", env = "ORGCTL_REASON", global = true)]
     pub reason: Option<String>,
+
+    /// `--database-url` was given on the command line (not from `DATABASE_URL`): backfill,
+    /// which takes its databases from the tenants file, refuses it. Set after parsing.
+    #[arg(skip)]
+    pub database_url_on_command_line: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -201,7 +210,7 @@ pub enum Command {
     ///   MOLECULE_ADMIN_TOKEN      bearer token for the provision request (never printed)
     #[command(
         name = "install-platform-agent",
-        after_long_help = AFTER_HELP,
+        after_long_help = AFTER_HELP_PENDING,
         verbatim_doc_comment
     )]
     InstallPlatformAgent(InstallArgs),
@@ -219,7 +228,16 @@ pub enum Command {
     Backfill(BackfillCommand),
 
     /// The org's invariants at a glance; exit 1 when any is broken (a CI gate).
-    #[command(after_long_help = AFTER_HELP)]
+    ///
+    /// Read-only, one consistent snapshot, no locks. Shows the roots, the platform agent, tokens
+    /// by anchor, secrets by encryption version, every check with its result, the command that
+    /// fixes each broken one (To fix:), and what install-platform-agent would do now.
+    ///
+    /// Examples:
+    ///   orgctl status
+    ///   orgctl status -o json | jq '.checks[] | select(.ok | not) | {name, fix}'
+    ///   orgctl status --limit 0        # counts only, in a CI gate
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     Status(StatusArgs),
 
     /// Who changed this tenant, when, why and how it ended; `audit verify` checks the chain.
@@ -267,7 +285,7 @@ impl Command {
                 SecretCommand::Delete(a) => !a.dry_run,
                 SecretCommand::Restart(a) => !a.dry_run,
                 SecretCommand::Rekey(a) => !a.dry_run,
-                SecretCommand::List(_) | SecretCommand::Verify => false,
+                SecretCommand::List(_) | SecretCommand::Verify(_) => false,
             },
             Command::Backfill(b) => match b {
                 BackfillCommand::Run(a) => !a.dry_run,
@@ -607,13 +625,15 @@ pub enum SecretCommand {
     /// version, and names each one that does not decrypt (table, id, workspace, key or field —
     /// never a value). Version-0 (plaintext) rows and plaintext channel fields are a warning,
     /// not a failure. Exit 0 when every encrypted value decrypts, 1 otherwise; 2 when the key
-    /// is missing or invalid (checked before connecting).
+    /// is missing or invalid (checked before connecting). A tenant with no encrypted value at
+    /// all proves nothing about the key: exit 1 ("nothing was verified") unless --allow-empty.
     ///
     /// Examples:
     ///   orgctl secret verify
     ///   SECRETS_ENCRYPTION_KEY="$NEW_KEY" orgctl secret verify -o json
+    ///   orgctl secret verify --allow-empty    # a tenant whose secrets are all plaintext
     #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
-    Verify,
+    Verify(SecretVerifyArgs),
     /// Re-encrypt every secret under a new key, or encrypt the plaintext ones
     ///
     /// In ONE transaction under the tenant lock (writers of the two secret tables and of
@@ -650,8 +670,18 @@ pub enum SecretCommand {
     ///   SECRETS_ENCRYPTION_KEY_NEW="$NEW" orgctl secret rekey --dry-run
     ///   orgctl secret rekey --new-key-file ./new.key --expect-plan sha256:… --yes
     ///   orgctl secret rekey --plaintext-only --dry-run
-    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
+    ///
+    /// `orgctl secret rotate` is the same command (the word an operator reaches for).
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment, visible_alias = "rotate")]
     Rekey(SecretRekeyArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SecretVerifyArgs {
+    /// Exit 0 even when the tenant has no encrypted value to check the key against (all its
+    /// secrets are plaintext, or it has none); without it that is exit 1.
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -786,7 +816,7 @@ pub enum BackfillCommand {
     /// stderr); give it again with --run-id to resume. Statuses: applied, skipped (already
     /// installed, or done under this run id), failed, pending (dry run), not_started (Ctrl-C or
     /// a failed canary). Exit 0 when every tenant applied or was skipped (a dry run: when every
-    /// tenant could be planned), 1 otherwise, 130 on
+    /// tenant could be planned; with --detailed-exitcode 4 when any is pending), 1 otherwise, 130 on
     /// Ctrl-C (no new tenant starts; in-flight ones finish or roll back; the summary prints).
     ///
     /// Example: orgctl backfill run --tenants fleet.txt --shard 2/8 --provision --yes
@@ -802,7 +832,7 @@ pub enum BackfillCommand {
     /// seeds MODEL when none is given, and with --wait watched until online; the summary and
     /// report show each tenant's provision result, and a provision that fails or times out
     /// makes the exit 1 (the tenant stays committed).
-    #[command(after_long_help = AFTER_HELP)]
+    #[command(after_long_help = AFTER_HELP_PENDING)]
     Run(BackfillRunArgs),
     /// Restore tenants to the state snapshotted by a run.
     ///
@@ -827,8 +857,15 @@ pub enum BackfillCommand {
     /// Show each tenant's state under a run (read-only).
     ///
     /// applied, skipped, failed, rolled_back or never_reached, read from each tenant's own
-    /// `orgctl` tables; unknown (exit 1) when a tenant cannot be read.
-    #[command(after_long_help = AFTER_HELP)]
+    /// `orgctl` tables; unknown (exit 1) when a tenant cannot be read. Exit 0 otherwise, unless
+    /// --check: then 1 unless every tenant is applied or skipped (a CI gate). A run id that no
+    /// selected tenant knows is exit 1, listing the run ids they know, newest first.
+    ///
+    /// Examples:
+    ///   orgctl backfill status --run-id change-1234 --tenants fleet.txt
+    ///   orgctl backfill status --run-id change-1234 --tenants fleet.txt --check
+    ///   orgctl backfill status --run-id change-1234 --tenants fleet.txt -o json | jq .totals
+    #[command(after_long_help = AFTER_HELP, verbatim_doc_comment)]
     Status(BackfillStatusArgs),
 }
 
@@ -875,6 +912,10 @@ pub struct BackfillRunArgs {
     /// Plan every tenant read-only and report; change and create nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --dry-run: exit 4 when any tenant has pending changes, 0 when every tenant is
+    /// already done (a tenant that could not be planned is still exit 1).
+    #[arg(long, requires = "dry_run")]
+    pub detailed_exitcode: bool,
     /// Write the summary as JSON to this file (run id, start and end, totals, every tenant).
     /// A FILE ending in .jsonl is written as JSON Lines as the run goes: one tenant per line
     /// as it finishes, then a summary line, so a killed run leaves a usable partial report.
@@ -912,7 +953,8 @@ pub struct ShardArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct BackfillRollbackArgs {
-    /// The run to roll back.
+    /// The run to roll back (a run id no selected tenant knows is exit 1, listing the ones
+    /// they know).
     #[arg(long, value_name = "ID")]
     pub run_id: String,
     /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin).
@@ -934,7 +976,8 @@ pub struct BackfillRollbackArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct BackfillStatusArgs {
-    /// The run to report on.
+    /// The run to report on (a run id no selected tenant knows is exit 1, listing the ones
+    /// they know).
     #[arg(long, value_name = "ID")]
     pub run_id: String,
     /// Tenants file: one "NAME DATABASE_URL" per line ('-' for stdin).
@@ -942,6 +985,10 @@ pub struct BackfillStatusArgs {
     pub tenants: PathBuf,
     #[command(flatten)]
     pub shard: ShardArgs,
+    /// A gate for CI: exit 1 unless every selected tenant is applied or skipped under the run
+    /// (failed, rolled_back and never_reached tenants are named in the error).
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -1034,6 +1081,12 @@ pub struct DevUpArgs {
     /// Loopback port to listen on. Default: a free port.
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
+    /// Also make N sample tenants (databases orgctl_dev_t1 … orgctl_dev_tN, each with the
+    /// sample org; existing ones are kept as they are) and write a ready tenants file for
+    /// `backfill` into the dev directory (tenants.txt; its path is printed on stderr, and in
+    /// the JSON as tenants_file).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub tenants: Option<u32>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -798,7 +798,7 @@ fn lock_refusal(holder: &str, by_orgctl: bool, settings: &Settings) -> Error {
 async fn lock_holder(conn: &mut PgConnection) -> Result<(String, bool)> {
     let row = query(
         "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''),
-                coalesce(a.client_addr::text, 'local')
+                coalesce(host(a.client_addr), 'local')
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
           WHERE l.locktype = 'advisory' AND l.granted
             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())

@@ -304,24 +304,13 @@ async fn up_in(
 
     let admin = DbUrl::parse(&url_for(port, "postgres"))?;
     let mut conn = db::connect(&admin, &ctx.settings).await?;
-    let exists: bool =
-        db::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(DEV_DATABASE)
-            .fetch_one(&mut conn)
-            .await?;
-    if !exists {
-        conn.execute(format!("CREATE DATABASE {DEV_DATABASE}").as_str())
-            .await?;
-        conn.execute(format!("COMMENT ON DATABASE {DEV_DATABASE} IS '{DEV_COMMENT}'").as_str())
-            .await?;
-        let url = DbUrl::parse(&url_for(port, DEV_DATABASE))?;
-        let mut dev = db::connect(&url, &ctx.settings).await?;
-        let mut tx = db::begin_write(&mut dev, &ctx.settings).await?;
-        tx.execute(db::PLATFORM_SCHEMA_SQL).await?;
-        tx.execute(SAMPLE_ORG_SQL).await?;
-        tx.commit().await?;
+    if sample_database(ctx, &mut conn, port, DEV_DATABASE).await? {
         out.info("seeded the sample org: 3 roots (one removed), a deep chain, 8 tokens, 5 allowlist rows, secrets");
     }
+    let tenants_file = match a.tenants {
+        Some(n) => Some(sample_fleet(ctx, &mut conn, port, dir, n).await?),
+        None => None,
+    };
     let down = if a.dir.dir.is_none() {
         "orgctl dev down".to_string()
     } else {
@@ -333,8 +322,83 @@ async fn up_in(
         if reused { "reused" } else { "started" },
         dir.display()
     ));
-    out.stdout(&format!("{}\n", url_for(port, DEV_DATABASE)))?;
+    if out.json_mode() {
+        let mut doc = serde_json::json!({ "database_url": url_for(port, DEV_DATABASE) });
+        if let Some(f) = &tenants_file {
+            doc["tenants_file"] = serde_json::Value::from(f.display().to_string());
+        }
+        out.json(&doc)?;
+    } else {
+        out.stdout(&format!("{}\n", url_for(port, DEV_DATABASE)))?;
+    }
     Ok(Exit::Ok)
+}
+
+/// Create `name` with the platform schema and the sample org unless it exists; whether it was
+/// created. The name is orgctl's own (a constant or `orgctl_dev_tN`): it cannot be a bound
+/// value in CREATE DATABASE.
+async fn sample_database(
+    ctx: &Context,
+    admin: &mut sqlx::PgConnection,
+    port: u16,
+    name: &str,
+) -> Result<bool> {
+    let exists: bool =
+        db::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut *admin)
+            .await?;
+    if exists {
+        return Ok(false);
+    }
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await?;
+    admin
+        .execute(format!("COMMENT ON DATABASE {name} IS '{DEV_COMMENT}'").as_str())
+        .await?;
+    let url = DbUrl::parse(&url_for(port, name))?;
+    let mut dev = db::connect(&url, &ctx.settings).await?;
+    let mut tx = db::begin_write(&mut dev, &ctx.settings).await?;
+    tx.execute(db::PLATFORM_SCHEMA_SQL).await?;
+    tx.execute(SAMPLE_ORG_SQL).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The tenants file `dev up --tenants N` writes into the dev directory (`dev down` removes it).
+pub const TENANTS_FILE: &str = "tenants.txt";
+/// Its first line: `dev down` removes a tenants file only when it starts so.
+const TENANTS_HEAD: &str = "# Sample tenants of `orgctl dev up --tenants N`";
+
+/// `dev up --tenants N`: N sample tenants `dev-1` … `dev-N` (databases `orgctl_dev_t1` …, each
+/// with the sample org and its own org id `dev-org-I`) and the tenants file naming them.
+async fn sample_fleet(
+    ctx: &Context,
+    admin: &mut sqlx::PgConnection,
+    port: u16,
+    dir: &Path,
+    n: u32,
+) -> Result<PathBuf> {
+    let mut text = format!("{TENANTS_HEAD}: NAME DATABASE_URL org_id=ID\n");
+    let mut made = 0;
+    for i in 1..=n {
+        if sample_database(ctx, admin, port, &format!("{DEV_DATABASE}_t{i}")).await? {
+            made += 1;
+        }
+        text.push_str(&format!(
+            "dev-{i} {} org_id=dev-org-{i}\n",
+            url_for(port, &format!("{DEV_DATABASE}_t{i}"))
+        ));
+    }
+    let path = dir.join(TENANTS_FILE);
+    std::fs::write(&path, text)
+        .map_err(|e| Error::failed(format!("could not write {}: {e}", path.display())))?;
+    ctx.out.info(&format!(
+        "{n} sample tenant(s) ({made} new, each with the sample org); tenants file: {}",
+        path.display()
+    ));
+    Ok(path)
 }
 
 fn down(ctx: &Context, a: &DevDirArgs) -> Result<Exit> {
@@ -374,6 +438,11 @@ fn down(ctx: &Context, a: &DevDirArgs) -> Result<Exit> {
     }
     std::fs::remove_file(dir.join(MARKER))
         .map_err(|e| Error::failed(format!("could not delete {MARKER}: {e}")))?;
+    // The tenants file of `dev up --tenants`: it names databases that are gone now.
+    let tenants = dir.join(TENANTS_FILE);
+    if std::fs::read_to_string(&tenants).is_ok_and(|t| t.starts_with(TENANTS_HEAD)) {
+        let _ = std::fs::remove_file(&tenants);
+    }
     // The directory itself only when nothing else is in it (dev up may have been pointed at
     // a directory that holds other things).
     let kept = std::fs::remove_dir(&dir).is_err();

@@ -36,6 +36,9 @@ pub struct Error {
     pub message: String,
     /// A COMMIT whose outcome orgctl could not learn: the change may have been committed.
     pub in_doubt: bool,
+    /// A lock wait ran out (`--lock-timeout`): the caller that knows which rows it wanted can
+    /// name the sessions that hold them.
+    pub lock_timeout: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -46,6 +49,7 @@ impl Error {
             exit,
             message: message.into(),
             in_doubt: false,
+            lock_timeout: false,
         }
     }
     /// Exit 2: the input is wrong.
@@ -133,9 +137,14 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
             let msg = db.message().to_string();
             match code.as_str() {
-                sqlstate::LOCK_NOT_AVAILABLE => Error::refused(format!(
-                    "timed out waiting for a lock ({msg}); another orgctl or a long platform transaction holds it: retry later or raise --lock-timeout"
-                )),
+                // The driver's text says no more than this; who holds the lock is named by the
+                // callers that know which rows they wanted (see `lock_timeout`).
+                sqlstate::LOCK_NOT_AVAILABLE => Error {
+                    lock_timeout: true,
+                    ..Error::refused(
+                        "timed out waiting for a lock another session holds (--lock-timeout); retry when it is done or raise --lock-timeout",
+                    )
+                },
                 sqlstate::QUERY_CANCELED => Error::failed(format!(
                     "a statement was cancelled ({msg}); it may have hit --statement-timeout or the statement_timeout the database or role sets: raise it (--statement-timeout DUR, 0 for no limit) and retry"
                 )),

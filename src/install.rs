@@ -505,6 +505,11 @@ impl Plan {
                 self.agent.id
             );
         }
+        format!("Plan: {}.", self.actions().join(", "))
+    }
+
+    /// What the plan changes, one phrase per kind of change.
+    fn actions(&self) -> Vec<String> {
         let mut parts = Vec::new();
         match self.agent.action {
             AgentAction::Create => parts.push("create the platform agent".to_string()),
@@ -551,7 +556,7 @@ impl Plan {
             }
             PluginAction::Unchanged => {}
         }
-        format!("Plan: {}.", parts.join(", "))
+        parts
     }
 }
 
@@ -596,7 +601,10 @@ pub async fn lock_and_plan(
     tail: Option<Result<Vec<Vec<sqlx::postgres::PgRow>>>>,
 ) -> Result<Plan> {
     if let Some(reads) = tail {
-        let reads = reads.map_err(lock_error)?;
+        let reads = match reads {
+            Ok(r) => r,
+            Err(e) => return Err(lock_error(conn, input, e).await),
+        };
         return plan_from_reads(conn, input, sb, Orgctl::Ready, reads, true).await;
     }
     if input.id.is_some() {
@@ -633,9 +641,10 @@ async fn plan_after(
     let reads = if lead.is_empty() {
         db::simple_batch(conn, PLAN_READS).await?
     } else {
-        db::simple_batch(conn, &format!("{lead};\n{PLAN_READS}"))
-            .await
-            .map_err(lock_error)?
+        match db::simple_batch(conn, &format!("{lead};\n{PLAN_READS}")).await {
+            Ok(r) => r,
+            Err(e) => return Err(lock_error(conn, input, e).await),
+        }
     };
     plan_from_reads(conn, input, sb, orgctl, reads, !lead.is_empty()).await
 }
@@ -1214,7 +1223,10 @@ pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<
         .map(|_| ())
         .map_err(Error::from),
     };
-    locked.map_err(lock_error)
+    match locked {
+        Ok(()) => Ok(()),
+        Err(e) => Err(lock_error(conn, input, e).await),
+    }
 }
 
 /// [`lock_rows`] without `--id`: counted, not fetched (the locked ids are not needed).
@@ -1224,16 +1236,78 @@ const LOCK_ROWS: &str = "SELECT count(*) FROM (
             OR id IN (SELECT workspace_id FROM orgctl.former_roots)
          ORDER BY id FOR UPDATE) l";
 
-/// A lock timeout on the org's rows, said as such.
-fn lock_error(err: Error) -> Error {
-    if err.exit == Exit::Refused {
-        Error::refused(format!(
-            "could not lock the org's root workspaces within --lock-timeout (a platform transaction holds them): {}",
-            err.message
-        ))
-    } else {
-        err
+/// A lock timeout on the org's rows, said as such, naming the backends that hold them (the
+/// timeout aborted the transaction: see [`row_lock_holders`]). Any other error as it is.
+async fn lock_error(conn: &mut PgConnection, input: &InstallInput, err: Error) -> Error {
+    if !err.lock_timeout {
+        return err;
     }
+    let held = match row_lock_holders(conn, input.id).await {
+        Ok(h) if !h.is_empty() => format!(
+            "held by {}",
+            h.iter()
+                .map(|b| format!("backend pid {b}"))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ),
+        // Ended in the meantime, or several sessions sharing a row lock (a multixact, which
+        // names no single transaction): say so rather than guess.
+        _ => "the session that held them has ended or could not be identified".to_string(),
+    };
+    Error {
+        lock_timeout: true,
+        ..Error::refused(format!(
+            "timed out waiting for a lock on the org's root workspaces (--lock-timeout): {held}; retry when it is done or raise --lock-timeout"
+        ))
+    }
+}
+
+/// The backends whose open transactions hold (locked or changed) a workspace row that
+/// [`lock_rows`] wanted, each as "PID (application 'A', user 'U', from ADDR)".
+///
+/// After the lock timeout the transaction is aborted and accepts no statement, and
+/// `pg_blocking_pids` names blockers only while a wait lasts: so the transaction is rolled back
+/// here (it changed nothing yet, and the caller fails anyway), the rows' `xmax` — the
+/// transaction id of whoever locked or updated a row, while it runs — is matched to the live
+/// transactions in `pg_locks` (every transaction holds the lock on its own id), and a fresh
+/// empty transaction is begun so the caller's transaction handle rolls back as it expects. A
+/// holder must also hold a lock on `workspaces` itself, so an xmax that is a multixact id
+/// cannot be mistaken for an unrelated transaction. orgctl's own schema is not read: on a
+/// tenant's first touch the rollback has just removed it.
+async fn row_lock_holders(conn: &mut PgConnection, id: Option<Uuid>) -> Result<Vec<String>> {
+    db::simple_batch(conn, "ROLLBACK").await?;
+    let rows = db::query(
+        "SELECT DISTINCT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''),
+                coalesce(host(a.client_addr), 'local')
+           FROM workspaces w
+           JOIN pg_locks x ON x.locktype = 'transactionid' AND x.granted
+                          AND x.mode = 'ExclusiveLock' AND x.transactionid = w.xmax
+           JOIN pg_locks r ON r.pid = x.pid AND r.locktype = 'relation' AND r.granted
+                          AND r.relation = 'workspaces'::regclass
+           JOIN pg_stat_activity a ON a.pid = x.pid
+          WHERE (w.parent_id IS NULL OR w.kind = 'platform' OR w.id = $1)
+            AND x.pid <> pg_backend_pid()
+          ORDER BY a.pid
+          LIMIT 5",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await;
+    // Whatever the answer, leave a transaction open for the caller's handle to roll back.
+    let begun = db::simple_batch(conn, "BEGIN").await;
+    let rows = rows?;
+    begun?;
+    rows.iter()
+        .map(|r| {
+            Ok(format!(
+                "{} (application '{}', user '{}', from {})",
+                r.try_get::<i32, _>(0)?,
+                crate::error::sanitize(&r.try_get::<String, _>(1)?),
+                crate::error::sanitize(&r.try_get::<String, _>(2)?),
+                r.try_get::<String, _>(3)?
+            ))
+        })
+        .collect()
 }
 
 /// Execute exactly `plan` in the caller's transaction, checking every change's row count. The
@@ -1801,6 +1875,19 @@ pub fn render(
     applied: bool,
     provision: Option<(&ProvisionResult, Option<&Error>)>,
 ) -> Result<()> {
+    render_after(out, plan, dry_run, applied, false, provision)
+}
+
+/// [`render`], told whether the whole plan was shown on the terminal before a confirmation
+/// (`shown`): then an applied plan's text is one line of what was done, not the plan again.
+fn render_after(
+    out: &Output,
+    plan: &Plan,
+    dry_run: bool,
+    applied: bool,
+    shown: bool,
+    provision: Option<(&ProvisionResult, Option<&Error>)>,
+) -> Result<()> {
     // In a dry run, whether apply would change anything.
     let changed = (dry_run || applied) && plan.changed();
     // After the platform answered, MODEL as it is: a model the platform refused is not claimed.
@@ -1887,6 +1974,14 @@ pub fn render(
         return out.json(&doc);
     }
     let mut text = render_text(out, plan, dry_run, applied, model);
+    if shown && applied {
+        // The plan is on the terminal already (shown before the prompt): say what was done.
+        text = format!(
+            "Applied: {}.\nplan_hash: {}\n",
+            plan.actions().join(", "),
+            plan.hash()
+        );
+    }
     if let Some((p, problem)) = provision {
         let _ = writeln!(text, "Provision: {}", p.short(problem));
     }
@@ -2035,7 +2130,7 @@ fn render_text(
     let _ = writeln!(s, "\n{}", plan.summary());
     if plan.changed() {
         if dry_run {
-            let _ = writeln!(s, "Dry run: nothing was changed.");
+            let _ = writeln!(s, "{}", crate::output::DRY_RUN_LINE);
         } else if applied {
             let _ = writeln!(s, "Applied.");
         }
@@ -2164,7 +2259,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
             &input,
             &mut conn,
             &reviewed,
-            false,
+            Done::Nothing,
             platform.as_ref(),
         )
         .await;
@@ -2172,8 +2267,15 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
 
     // 2. Show and confirm. The locks are not held while a human reads.
     let asked = !ctx.yes;
-    if asked && out.interactive() {
-        crate::output::stderr(&render_text(out, &reviewed, true, false, reviewed.model));
+    let shown = asked && out.interactive();
+    if shown {
+        crate::output::stderr(&crate::output::review_text(&render_text(
+            out,
+            &reviewed,
+            true,
+            false,
+            reviewed.model,
+        )));
     }
     out.confirm(&format!("Apply this plan to {}?", url.target()), ctx.yes)?;
 
@@ -2196,7 +2298,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
             &input,
             &mut conn,
             &current,
-            false,
+            Done::Nothing,
             platform.as_ref(),
         )
         .await;
@@ -2230,10 +2332,23 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         &input,
         &mut conn,
         &current,
-        true,
+        if shown {
+            Done::AppliedAfterReview
+        } else {
+            Done::Applied
+        },
         platform.as_ref(),
     )
     .await
+}
+
+/// What the command did, for the text printed after it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Nothing,
+    Applied,
+    /// Applied after the whole plan was shown on the terminal for a confirmation.
+    AppliedAfterReview,
 }
 
 /// After the commit (or when there was nothing to change): with --provision, bring the agent to
@@ -2244,12 +2359,14 @@ async fn finish(
     input: &InstallInput,
     conn: &mut PgConnection,
     plan: &Plan,
-    applied: bool,
+    done: Done,
     platform: Option<&Platform>,
 ) -> Result<Exit> {
     let out = &ctx.out;
+    let applied = done != Done::Nothing;
+    let shown = done == Done::AppliedAfterReview;
     let Some(platform) = platform else {
-        render(out, plan, false, applied, None)?;
+        render_after(out, plan, false, applied, shown, None)?;
         return Ok(Exit::Ok);
     };
     // Post-commit work: a Ctrl-C lets it report what it did (exit 130) instead of cutting it.
@@ -2280,11 +2397,12 @@ async fn finish(
         },
     )
     .await;
-    render(
+    render_after(
         out,
         plan,
         false,
         applied,
+        shown,
         Some((&p.result, p.problem.as_ref())),
     )?;
     match p.problem {

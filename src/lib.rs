@@ -25,8 +25,6 @@ pub mod status;
 pub mod sys;
 pub mod token;
 
-use clap::Parser;
-
 use crate::cli::{Cli, Command};
 use crate::db::{DbUrl, Settings};
 use crate::error::{Error, Exit, Result};
@@ -66,7 +64,15 @@ impl Context {
 
 /// Run orgctl with the process's arguments; returns the exit code.
 pub fn run() -> i32 {
-    let cli = match Cli::try_parse() {
+    let parsed = {
+        use clap::{CommandFactory, FromArgMatches};
+        Cli::command().try_get_matches().and_then(|m| {
+            let mut cli = Cli::from_arg_matches(&m)?;
+            cli.global.database_url_on_command_line = database_url_on_command_line(&m);
+            Ok(cli)
+        })
+    };
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             if let Some(msg) = secret_argv_error(&e) {
@@ -96,9 +102,12 @@ pub fn run() -> i32 {
     let terminal = sys::SavedTerminal::save();
     let outcome = runtime.block_on(run_interruptible(cli));
     if matches!(&outcome, Err(e) if e.exit == Exit::Interrupted) {
-        // A prompt may have been cut off with echo disabled or the cursor hidden.
+        // A prompt may have been cut off with echo disabled or the cursor hidden; its line
+        // is ended before the error line (no empty line when no prompt was open).
         terminal.restore();
-        output::stderr("\n");
+        if output::prompt_line_open() {
+            output::stderr("\n");
+        }
     }
     // Do not wait for stray blocking tasks (a prompt thread) on the way out.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -161,6 +170,16 @@ async fn run_interruptible(cli: Cli) -> Result<Exit> {
     r
 }
 
+/// Whether `--database-url` was typed (not taken from `DATABASE_URL`): global options are
+/// recorded on the innermost subcommand's matches.
+fn database_url_on_command_line(m: &clap::ArgMatches) -> bool {
+    let mut m = m;
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+    }
+    m.value_source("database_url") == Some(clap::parser::ValueSource::CommandLine)
+}
+
 /// The command path for -v ("token list", "backfill run").
 fn command_name(_c: &Command) -> String {
     use clap::CommandFactory;
@@ -178,6 +197,12 @@ fn command_name(_c: &Command) -> String {
 
 async fn run_command(ctx: &Context, cli: &Cli) -> Result<Exit> {
     if let Command::Backfill(_) = cli.command {
+        if cli.global.database_url_on_command_line {
+            // Ignoring it would let an operator believe it picked the database.
+            return Err(Error::usage(
+                "backfill takes its databases from the tenants file (--tenants), not --database-url: remove --database-url",
+            ));
+        }
         // Backfill handles Ctrl-C itself (backfill::Cancel): it starts no new tenant, lets
         // in-flight ones finish or roll back and prints the summary, so it is never dropped.
         return dispatch(ctx, &cli.command).await;

@@ -49,6 +49,11 @@ impl Output {
         }
     }
 
+    /// Whether stdout is a terminal (a human reads it), not a pipe, file or `$(…)`.
+    pub fn stdout_is_terminal(&self) -> bool {
+        self.stdout_tty
+    }
+
     pub fn json_mode(&self) -> bool {
         self.format == OutputFormat::Json
     }
@@ -204,10 +209,12 @@ impl Output {
                 self.no_prompt_reason()
             )));
         }
+        set_prompt_line_open(true);
         let answer = dialoguer::Confirm::new()
             .with_prompt(question)
             .default(false)
             .interact_on_opt(&dialoguer::console::Term::stderr())
+            .inspect(|_| set_prompt_line_open(false))
             .map_err(|e| match e {
                 // Ctrl-C at the prompt: the read is interrupted by SIGINT (orgctl handles the
                 // signal, so it does not kill the process). That is an interrupt, exit 130
@@ -269,6 +276,32 @@ impl Output {
 /// without an error, with one, and still running.
 pub fn fleet_progress(done: usize, failed: usize, in_flight: usize) -> String {
     format!("done {done} · failed {failed} · in flight {in_flight}")
+}
+
+/// A prompt's line is on the terminal, not yet ended by an answer: an interrupt must end it
+/// before its error line (and only then: elsewhere that newline is a stray empty line).
+static PROMPT_LINE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Mark a prompt's line open (`true`, before asking) or ended by an answer (`false`).
+pub fn set_prompt_line_open(open: bool) {
+    PROMPT_LINE_OPEN.store(open, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether a prompt was cut off with its line still open.
+pub fn prompt_line_open() -> bool {
+    PROMPT_LINE_OPEN.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The last line of a dry run's text.
+pub const DRY_RUN_LINE: &str = "Dry run: nothing was changed.";
+
+/// A plan's text as shown before a confirmation: it says what answering yes will do, not that
+/// a dry run changed nothing (the renderers share their text with the dry run).
+pub fn review_text(rendered: &str) -> String {
+    rendered.replace(
+        DRY_RUN_LINE,
+        "Nothing has been changed yet: answer y to apply the plan above, anything else to leave it as it is.",
+    )
 }
 
 /// Write to stderr, never panicking: a full disk (`2>/dev/full`) or a closed pipe loses the

@@ -928,6 +928,9 @@ async fn ensure_scannable(conn: &mut PgConnection) -> Result<bool> {
 #[derive(Serialize)]
 struct VerifyJson<'a> {
     ok: bool,
+    /// Encrypted values checked against the key (secret rows and channel fields of version 1):
+    /// 0 proves nothing about the key.
+    verified: i64,
     tables: Vec<VerifyCount>,
     plaintext_rows: i64,
     plaintext_channel_fields: i64,
@@ -942,7 +945,7 @@ struct VerifyCount {
     undecryptable: i64,
 }
 
-pub async fn verify(ctx: &Context) -> Result<Exit> {
+pub async fn verify(ctx: &Context, args: &crate::cli::SecretVerifyArgs) -> Result<Exit> {
     let key = current_key_from_env(
         "verify checks the tenant's secrets against it; set it to the key the platform runs with",
     )?;
@@ -962,10 +965,14 @@ pub async fn verify(ctx: &Context) -> Result<Exit> {
 
     let plaintext = scan.counts.rows_of_version(0);
     let plaintext_fields = scan.counts.fields_of_version(0);
-    let ok = scan.bad.count == 0;
+    // Encrypted values checked: with none, every value "decrypts" and the key is unproven.
+    let verified = scan.counts.rows_of_version(1) + scan.counts.fields_of_version(1);
+    let empty = verified == 0;
+    let ok = scan.bad.count == 0 && (!empty || args.allow_empty);
     if out.json_mode() {
         out.json(&VerifyJson {
             ok,
+            verified,
             tables: scan
                 .counts
                 .rows()
@@ -1004,7 +1011,12 @@ pub async fn verify(ctx: &Context) -> Result<Exit> {
             &scan.bad,
             "Values that do not decrypt with SECRETS_ENCRYPTION_KEY",
         );
-        if ok {
+        if empty {
+            let _ = writeln!(
+                s,
+                "\nNothing was verified: the tenant has no encrypted value (0 secret rows, 0 channel fields) to check SECRETS_ENCRYPTION_KEY against."
+            );
+        } else if ok {
             let _ = writeln!(
                 s,
                 "\nEvery encrypted value ({} secret row(s), {} channel field(s)) decrypts with SECRETS_ENCRYPTION_KEY.",
@@ -1028,6 +1040,10 @@ pub async fn verify(ctx: &Context) -> Result<Exit> {
     }
     if ok {
         Ok(Exit::Ok)
+    } else if scan.bad.count == 0 {
+        Err(Error::failed(
+            "nothing was verified: the tenant has no encrypted secret or channel field, so SECRETS_ENCRYPTION_KEY was not checked against anything; pass --allow-empty to accept that (a tenant whose secrets are all plaintext: encrypt them with `orgctl secret rekey --plaintext-only`)",
+        ))
     } else {
         out.info(&format!(
             "verify: {} value(s) do not decrypt with SECRETS_ENCRYPTION_KEY: {}",
@@ -1247,7 +1263,7 @@ fn rekey_text(out: &Output, plan: &Plan, bad: &BadRows, dry_run: bool, applied: 
     let _ = writeln!(s, "\n{}", plan.summary());
     if plan.changed() && bad.count == 0 {
         if dry_run {
-            let _ = writeln!(s, "Dry run: nothing was changed.");
+            let _ = writeln!(s, "{}", crate::output::DRY_RUN_LINE);
         } else if applied {
             let _ = writeln!(s, "Applied.");
         }
@@ -1369,7 +1385,9 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     // 2. Show and confirm; no locks held while a human reads.
     let asked = !ctx.yes;
     if asked && out.interactive() {
-        crate::output::stderr(&rekey_text(out, &reviewed, &none, true, false));
+        crate::output::stderr(&crate::output::review_text(&rekey_text(
+            out, &reviewed, &none, true, false,
+        )));
     }
     out.confirm(
         &format!(

@@ -53,7 +53,7 @@ pub async fn run(ctx: &Context, cmd: &SecretCommand) -> Result<Exit> {
         SecretCommand::Delete(args) => delete(ctx, args).await,
         SecretCommand::List(args) => list(ctx, args).await,
         SecretCommand::Restart(args) => restart(ctx, args).await,
-        SecretCommand::Verify => crate::rekey::verify(ctx).await,
+        SecretCommand::Verify(args) => crate::rekey::verify(ctx, args).await,
         SecretCommand::Rekey(args) => crate::rekey::rekey(ctx, args).await,
     }
 }
@@ -274,10 +274,12 @@ async fn read_value(
     }
     let prompt = format!("Value for {key} (hidden)");
     let typed = blocking(move || {
+        crate::output::set_prompt_line_open(true);
         dialoguer::Password::new()
             .with_prompt(prompt)
             .with_confirmation("Repeat the value", "the two values differ; try again")
             .interact_on(&dialoguer::console::Term::stderr())
+            .inspect(|_| crate::output::set_prompt_line_open(false))
             .map(Zeroizing::new)
             .map_err(|e| Error::failed(format!("could not read the value from the terminal: {e}")))
     })
@@ -602,7 +604,7 @@ impl Outcome<'_> {
             let _ = writeln!(s, "No workspace to restart.");
         }
         if self.dry_run && self.action.changes() {
-            let _ = writeln!(s, "Dry run: nothing was changed.");
+            let _ = writeln!(s, "{}", crate::output::DRY_RUN_LINE);
         }
         s
     }
@@ -821,7 +823,7 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
     // 2. Show and confirm (no locks held while a human reads).
     let asked = !ctx.yes;
     if asked && out.interactive() {
-        crate::output::stderr(&outcome.text(out, true));
+        crate::output::stderr(&crate::output::review_text(&outcome.text(out, true)));
         outcome.notes(out, true);
     }
     let question = match action {
@@ -1392,7 +1394,7 @@ async fn restart(ctx: &Context, args: &SecretRestartArgs) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     if !ctx.yes && out.interactive() {
-        eprint!("{}", outcome.text(out, true));
+        crate::output::stderr(&crate::output::review_text(&outcome.text(out, true)));
         outcome.notes(out, true);
     }
     out.confirm(

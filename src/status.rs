@@ -72,7 +72,13 @@ pub struct Check {
     pub count: i64,
     pub rows: Vec<Finding>,
     pub message: String,
+    /// The command that fixes it, when it fails and orgctl has one (null otherwise: a fix by
+    /// hand, described in `message`).
+    pub fix: Option<String>,
 }
+
+/// The fix of the invariants install restores (one root, the agent at it).
+const INSTALL_FIX: &str = "orgctl install-platform-agent --dry-run, then without --dry-run";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RootRow {
@@ -310,6 +316,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
             1 => "exactly one root".to_string(),
             n => format!("{n} roots where the org must have exactly one (the platform agent)"),
         },
+        fix: (root_count != 1).then(|| INSTALL_FIX.to_string()),
     });
 
     // platform_agent_is_root
@@ -346,6 +353,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
         } else {
             "the platform agent is the root".to_string()
         },
+        fix: (!agent_ok && agents <= 1).then(|| INSTALL_FIX.to_string()),
     });
 
     // unique_platform_agent
@@ -364,6 +372,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
         } else {
             "at most one workspace has kind='platform'".to_string()
         },
+        fix: None,
     });
 
     // model_secret: an agent without MODEL fails when it registers, unless its next start goes
@@ -434,6 +443,15 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
             "the platform agent has a MODEL secret (not decrypted: no SECRETS_ENCRYPTION_KEY given)"
                 .to_string()
         },
+        fix: if agents == 0 {
+            Some(INSTALL_FIX.to_string())
+        } else if unreadable_n > 0 || (without_model > 0 && model_fails > 0) {
+            Some("orgctl secret set <agent id> MODEL (a model registered for its runtime)".to_string())
+        } else if without_model > 0 {
+            Some("orgctl install-platform-agent --provision".to_string())
+        } else {
+            None
+        },
     });
 
     // tokens_on_root
@@ -454,6 +472,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
                 tokens.on_non_root.live, on_former
             )
         },
+        fix: (bad_tokens > 0).then(|| "orgctl token anchor --stale --dry-run, then --stale --yes".to_string()),
     });
 
     // allowlist_on_root
@@ -468,6 +487,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
         } else {
             format!("{allow_count} allowlist row(s) anchored to a non-root or former root")
         },
+        fix: None,
     });
 
     // parent_chains
@@ -484,6 +504,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
                 "{broken_count} workspace(s) reach no root within {MAX_DEPTH} steps (a cycle, or a chain so deep that the platform's org-root lookup gives up: isolation checks fail closed and the plugin allowlist fails open)"
             )
         },
+        fix: None,
     });
 
     // unanchored_tokens (warning)
@@ -501,11 +522,22 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
                 tokens.unanchored.live
             )
         },
+        fix: (tokens.unanchored.live > 0).then(|| "orgctl token anchor <id or prefix> (each token named below)".to_string()),
     });
 
     // platform_agent_running (warning): a row is not a running agent (SPEC §9).
     let running = |a: &AgentInfo| matches!(a.status.as_deref(), Some("online" | "degraded"));
     let not_running: Vec<&AgentInfo> = agent_rows.iter().filter(|a| !running(a)).collect();
+    // --provision is named only where it acts.
+    let running_fix = match not_running.first() {
+        Some(a) if agents >= 1 => {
+            let state = provision::agent_state(conn, a.id).await?;
+            provision::decide(false, state.as_ref())
+                .is_none()
+                .then(|| "orgctl install-platform-agent --provision --wait".to_string())
+        }
+        _ => None,
+    };
     checks.push(Check {
         name: "platform_agent_running",
         severity: Severity::Warning,
@@ -547,6 +579,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
                 }
             }
         },
+        fix: running_fix,
     });
 
     // platform_agent_not_removed: a removed agent is a deleted one; the platform's boot leaves
@@ -573,6 +606,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
                 "{removed} platform agent(s) removed (deleted): the platform leaves a removed agent alone; bring it back with `orgctl install-platform-agent --revive`"
             )
         },
+        fix: (removed > 0).then(|| "orgctl install-platform-agent --revive".to_string()),
     });
 
     debug_assert_eq!(
@@ -1022,6 +1056,20 @@ fn render_text(out: &Output, r: &Report, limit: usize) -> String {
         ]);
     }
     let _ = writeln!(s, "{t}");
+    let fixes: Vec<(&str, &str)> = r
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .filter_map(|c| c.fix.as_deref().map(|f| (c.name, f)))
+        .collect();
+    if !fixes.is_empty() {
+        let _ = writeln!(s, "\nTo fix:");
+        let mut t = out.new_table(["check", "command"]);
+        for (name, fix) in fixes {
+            t.add_row(vec![name.to_string(), fix.to_string()]);
+        }
+        let _ = writeln!(s, "{t}");
+    }
 
     for c in r.checks.iter().filter(|c| !c.ok && !c.rows.is_empty()) {
         let _ = writeln!(s, "\n{} ({}):", c.name, c.count);

@@ -698,10 +698,19 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
     if root.status.as_deref() == Some("removed") {
         info.push_str("warning: that root's status is 'removed'\n");
     }
-    let _ = write!(
-        info,
-        "Copy the token now: it is shown only once and cannot be recovered (revoke it with `orgctl token revoke -- {prefix}`)."
-    );
+    // "Copy it now" only to a human looking at it: captured (`TOKEN=$(…)`, a pipe, a file),
+    // the token has already gone where it was sent.
+    let _ = if ctx.out.stdout_is_terminal() {
+        write!(
+            info,
+            "Copy the token now: it is shown only once and cannot be recovered (revoke it with `orgctl token revoke -- {prefix}`)."
+        )
+    } else {
+        write!(
+            info,
+            "The token was written to stdout, once: it cannot be shown again (revoke it with `orgctl token revoke -- {prefix}`)."
+        )
+    };
     ctx.out.info(&info);
     Ok(Exit::Ok)
 }

@@ -926,7 +926,20 @@ async fn interrupted_backfill(signals: &[i32], gap_ms: u64, finishes: bool) {
     } else {
         assert_eq!(tenant(&doc, "locked")["status"], "failed");
         assert!(!installed(&locked));
+        // The second Ctrl-C is answered, and the abandoned tenant's time is what it ran.
+        assert_eq!(
+            r.stderr
+                .matches("interrupted again: abandoning 1 in-flight tenant")
+                .count(),
+            1,
+            "{}",
+            r.stderr
+        );
+        let ms = tenant(&doc, "locked")["duration_ms"].as_u64().unwrap_or(0);
+        assert!(ms >= 1000, "duration_ms {ms}");
     }
+    // No empty line before the error line (no prompt was cut off).
+    assert!(!r.stderr.contains("\n\nerror:"), "{:?}", r.stderr);
     assert_eq!(platform(&a), a_before, "no new tenant started after Ctrl-C");
     let _ = server();
 }
@@ -1651,4 +1664,117 @@ fn a_tenant_whose_agent_is_removed_fails_refused_and_is_left_alone() {
         );
     }
     assert_eq!(platform(&db), before);
+}
+
+/// A mistyped run id is not success: when no selected tenant knows the run, rollback and status
+/// exit 1 naming the runs the tenants do know, newest first, and nothing is changed.
+#[test]
+fn a_run_id_no_tenant_knows_fails_naming_the_known_runs_newest_first() {
+    let a = TestDb::sample();
+    let b = TestDb::sample();
+    let fleet = Fleet::new(&[("a", &a.url), ("b", &b.url)]);
+    for id in ["change-1234", "change-0001"] {
+        fleet
+            .cmd(&["run", "--model", "m", "--yes", "--run-id", id])
+            .run()
+            .code(0);
+    }
+    let before = (a.snapshot(), b.snapshot());
+    for args in [
+        vec!["rollback", "--run-id", "change-1243", "--yes"],
+        vec!["rollback", "--run-id", "change-1243", "--dry-run"],
+        vec!["status", "--run-id", "nope"],
+        vec!["status", "--run-id", "nope", "-o", "json"],
+    ] {
+        let r = fleet.cmd(&args).run();
+        r.code(1).one_line_error("no selected tenant knows run id");
+        no_password(&r);
+        let line = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or("");
+        let (newer, older) = (line.find("change-0001"), line.find("change-1234"));
+        assert!(
+            newer.is_some() && older.is_some() && newer < older,
+            "known runs newest first: {line}"
+        );
+        assert!(r.stdout.is_empty(), "{}", r.stdout);
+    }
+    assert_eq!((a.snapshot(), b.snapshot()), before, "nothing changed");
+    // One tenant knowing the run is enough: the others are reported as before.
+    let c = TestDb::sample();
+    let mixed = Fleet::new(&[("a", &a.url), ("c", &c.url)]);
+    mixed
+        .cmd(&["status", "--run-id", "change-1234"])
+        .run()
+        .code(0);
+    // A fleet where no tenant has ever run a backfill says so.
+    let fresh = Fleet::new(&[("c", &c.url)]);
+    fresh
+        .cmd(&["status", "--run-id", "change-1234"])
+        .run()
+        .code(1)
+        .one_line_error("no selected tenant has any backfill run");
+}
+
+/// Exit codes a CI pipeline can gate on: a fleet dry run with --detailed-exitcode is 4 while any
+/// tenant has pending changes and 0 once every tenant is done; `backfill status --check` is 1
+/// while any selected tenant is not applied or skipped, naming them.
+#[tokio::test]
+async fn fleet_exit_codes_for_ci_detailed_exitcode_and_status_check() {
+    let a = TestDb::sample();
+    let b = TestDb::sample();
+    let fleet = Fleet::new(&[("a", &a.url), ("b", &b.url)]);
+    let before = (platform(&a), platform(&b));
+    let dry = ["run", "--model", "m", "--dry-run", "--detailed-exitcode"];
+    fleet.cmd(&dry).run_async().await.code(4);
+    // Without the flag a pending dry run is still 0; the flag needs --dry-run.
+    fleet
+        .cmd(&["run", "--model", "m", "--dry-run"])
+        .run_async()
+        .await
+        .code(0);
+    let r = fleet
+        .cmd(&["run", "--model", "m", "--yes", "--detailed-exitcode"])
+        .run_async()
+        .await;
+    r.code(2);
+    assert!(r.stderr.contains("--dry-run"), "{}", r.stderr);
+    assert_eq!((platform(&a), platform(&b)), before, "nothing changed");
+
+    // b fails (its lock is held): status is informational (0), --check is a gate (1).
+    let holder = hold_lock(&b).await;
+    let run = [
+        "run",
+        "--model",
+        "m",
+        "--yes",
+        "--run-id",
+        "ci-1",
+        "--lock-timeout",
+        "200ms",
+    ];
+    fleet.cmd(&run).run_async().await.code(1);
+    drop(holder);
+    fleet
+        .cmd(&["status", "--run-id", "ci-1"])
+        .run_async()
+        .await
+        .code(0);
+    let r = fleet
+        .cmd(&["status", "--run-id", "ci-1", "--check"])
+        .run_async()
+        .await;
+    r.code(1).one_line_error("--check: 1 of 2 tenant(s)");
+    assert!(r.stderr.contains("1 failed (b)"), "{}", r.stderr);
+    // The dry run still sees b pending; after the resume everything is done.
+    fleet.cmd(&dry).run_async().await.code(4);
+    fleet.cmd(&run).run_async().await.code(0);
+    fleet
+        .cmd(&["status", "--run-id", "ci-1", "--check"])
+        .run_async()
+        .await
+        .code(0);
+    fleet.cmd(&dry).run_async().await.code(0);
 }

@@ -16,6 +16,10 @@ fn dev_up_twice_reuses_and_down_deletes() {
     second.code(0);
     assert_eq!(second.stdout.trim(), url);
     assert!(second.stderr.contains("reused"), "{}", second.stderr);
+    // -o json: a document, not a bare URL.
+    let json = Cmd::new(&["dev", "up", "--dir", &d, "-o", "json"]).run();
+    json.code(0);
+    assert_eq!(json.json(), serde_json::json!({ "database_url": url }));
 
     // The sample org is there and a dry run works against it.
     let plan = Cmd::new(&[
@@ -204,4 +208,50 @@ fn dev_seed_generates_a_large_org_and_refuses_real_databases() {
 
     let bad = db.orgctl(&["dev", "seed", "--roots", "0"]).run();
     bad.code(2);
+}
+
+/// `dev up --tenants N`: N sample tenants on the dev server and a tenants file that a fleet
+/// backfill takes as it is; `dev down` removes them with the server.
+#[test]
+fn dev_up_tenants_makes_a_sample_fleet_that_backfill_runs_on() {
+    let dir = std::env::temp_dir().join(format!("orgctl-dev-fleet-{}", std::process::id()));
+    let d = dir.to_string_lossy().to_string();
+    // Out of range: a usage error, nothing started.
+    let r = Cmd::new(&["dev", "up", "--dir", &d, "--tenants", "0"]).run();
+    r.code(2);
+    assert!(!dir.exists());
+    let up = Cmd::new(&["dev", "up", "--dir", &d, "--tenants", "3", "-o", "json"]).run();
+    up.code(0);
+    let doc = up.json();
+    let file = doc["tenants_file"].as_str().unwrap_or_default().to_string();
+    assert_eq!(file, dir.join("tenants.txt").to_string_lossy());
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    let tenants = match orgctl::backfill::tenants::parse(&text, "tenants.txt") {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    };
+    let names: Vec<&str> = tenants.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["dev-1", "dev-2", "dev-3"]);
+    assert!(tenants.iter().all(|t| t.org_id.is_some()));
+    // The runbook's fleet: a backfill applies on every tenant.
+    let run = Cmd::new(&[
+        "backfill",
+        "run",
+        "--tenants",
+        &file,
+        "--model",
+        "m",
+        "--yes",
+        "-o",
+        "json",
+    ])
+    .run();
+    run.code(0);
+    assert_eq!(run.json()["totals"]["applied"], 3, "{}", run.stdout);
+    // Again: the tenants are kept as they are (installed), the file rewritten.
+    let again = Cmd::new(&["dev", "up", "--dir", &d, "--tenants", "3"]).run();
+    again.code(0);
+    assert!(again.stderr.contains("0 new"), "{}", again.stderr);
+    Cmd::new(&["dev", "down", "--dir", &d]).run().code(0);
+    assert!(!dir.exists(), "the tenants file went with the server");
 }

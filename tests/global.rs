@@ -391,3 +391,84 @@ fn verbose_ci_and_libpq_variables() {
     r.code(0);
     assert!(r.stdout.contains("sampl008"), "{}", r.stdout);
 }
+
+/// Help a new operator can scan: the global options under their own heading, exit code 4 only
+/// on the commands that accept --detailed-exitcode, examples for status and backfill status;
+/// and backfill refuses a typed --database-url instead of silently ignoring it.
+#[test]
+fn help_is_scannable_and_backfill_refuses_database_url() {
+    let help = |args: &[&str]| {
+        let r = Cmd::new(args).run();
+        r.code(0);
+        r.stdout
+    };
+    let seed = help(&["dev", "seed", "-h"]);
+    let (own, global) = match seed.split_once("Global options:") {
+        Some(p) => p,
+        None => panic!("no Global options heading:\n{seed}"),
+    };
+    assert!(
+        own.contains("--roots") && !own.contains("--database-url"),
+        "{seed}"
+    );
+    assert!(
+        global.contains("--database-url") && global.contains("--lock-timeout"),
+        "{seed}"
+    );
+    let four = "  4    ";
+    for args in [
+        &["install-platform-agent", "--help"][..],
+        &["backfill", "run", "--help"],
+    ] {
+        assert!(help(args).contains(four), "{args:?}");
+    }
+    for args in [
+        &["status", "--help"][..],
+        &["token", "mint", "--help"],
+        &["backfill", "status", "--help"],
+        &["backfill", "rollback", "--help"],
+    ] {
+        assert!(!help(args).contains(four), "{args:?}");
+    }
+    for args in [&["status", "--help"][..], &["backfill", "status", "--help"]] {
+        assert!(help(args).contains("Examples:"), "{args:?}");
+    }
+    // A typed --database-url (either side of the subcommand) is refused; DATABASE_URL in the
+    // environment is not (it is the usual shell setting), and reading the tenants goes on.
+    let db = TestDb::empty();
+    let tenants = crate::harness::tenants_file("dburl", &format!("t1 {}\n", db.url));
+    let t = tenants.to_string_lossy().to_string();
+    let before = db.snapshot();
+    for args in [
+        &[
+            "backfill",
+            "status",
+            "--run-id",
+            "x",
+            "--tenants",
+            &t,
+            "--database-url",
+            &db.url,
+        ][..],
+        &[
+            "--database-url",
+            &db.url,
+            "backfill",
+            "run",
+            "--tenants",
+            &t,
+            "--yes",
+        ],
+    ] {
+        Cmd::new(args)
+            .run()
+            .code(2)
+            .one_line_error("backfill takes its databases from the tenants file");
+    }
+    assert_eq!(db.snapshot(), before, "nothing touched");
+    let r = Cmd::new(&["backfill", "status", "--run-id", "x", "--tenants", &t])
+        .env("DATABASE_URL", &db.url)
+        .run();
+    r.code(1).one_line_error("no selected tenant");
+    let _ = std::fs::remove_file(&tenants);
+}

@@ -347,3 +347,112 @@ fn secret_declined_or_changed_before_the_answer_writes_nothing() {
     assert_eq!(platform_rows(&db), before);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Before the prompt the review says what answering yes does (never "Dry run: nothing was
+/// changed."); after `y` the terminal gets one line of what was done, not the plan again.
+#[test]
+fn install_confirmed_says_what_will_happen_then_what_happened_once() {
+    let db = TestDb::sample();
+    let mut p = on_pty(&db, &["install-platform-agent", "--model", "m"]);
+    p.expect("[y/N]", T);
+    let review = p.output();
+    assert!(!review.contains("Dry run"), "{review}");
+    assert!(
+        review.contains("Nothing has been changed yet: answer y to apply the plan above"),
+        "{review}"
+    );
+    p.send(b"y");
+    let (code, out) = p.wait(T);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.matches("Platform agent:").count(),
+        1,
+        "the plan once:\n{out}"
+    );
+    assert_eq!(
+        out.matches("Applied: create the platform agent").count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(out.matches("Plan: create").count(), 1, "{out}");
+    assert_eq!(db.audit_rows(), 1);
+}
+
+/// Every table fits the terminal it is printed on, at 80 and at 120 columns: status, a fleet
+/// run with a failed tenant's long error, a rollback dry run refused for drift (long drift
+/// rows), and backfill status. Prose lines (warnings) are the terminal's to wrap; table lines
+/// are checked.
+#[test]
+fn tables_fit_the_terminal_at_80_and_120_columns() {
+    let a = TestDb::sample();
+    let gone = format!(
+        "postgres://postgres@127.0.0.1:{}/nowhere",
+        orgctl::pgserver::free_port().unwrap_or(1)
+    );
+    let fleet = crate::harness::tenants_file(
+        "widths",
+        &format!("a-tenant-with-a-long-name {}\ngone {gone}\n", a.url),
+    );
+    let f = fleet.to_string_lossy().to_string();
+    let run = a
+        .orgctl(&[
+            "backfill",
+            "run",
+            "--tenants",
+            &f,
+            "--model",
+            "m",
+            "--yes",
+            "--run-id",
+            "w1",
+        ])
+        .run();
+    run.code(1);
+    // Drift: a new child under the agent.
+    a.exec(&format!(
+        "INSERT INTO workspaces (name, tier, status, parent_id) VALUES ('a child added after the run with a long name', 2, 'online', '{}')",
+        crate::harness::TEST_AGENT_ID
+    ));
+    let commands: [&[&str]; 4] = [
+        &["status"],
+        &[
+            "backfill",
+            "run",
+            "--tenants",
+            &f,
+            "--model",
+            "m",
+            "--dry-run",
+        ],
+        &[
+            "backfill",
+            "rollback",
+            "--tenants",
+            &f,
+            "--run-id",
+            "w1",
+            "--dry-run",
+        ],
+        &["backfill", "status", "--tenants", &f, "--run-id", "w1"],
+    ];
+    for cols in [80u16, 120] {
+        for args in commands {
+            let mut p = Pty::spawn_sized(a.orgctl(args).command(), cols);
+            let (_, out) = p.wait(T);
+            let table: Vec<&str> = out
+                .lines()
+                .map(|l| l.trim_end_matches('\r'))
+                .filter(|l| l.starts_with(['│', '┌', '╞', '└', '├', '╭', '╰']))
+                .collect();
+            assert!(!table.is_empty(), "{args:?}: no table:\n{out}");
+            for l in table {
+                assert!(
+                    l.chars().count() <= usize::from(cols),
+                    "{args:?} at {cols} columns: a line of {} characters:\n{out}",
+                    l.chars().count()
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&fleet);
+}

@@ -182,7 +182,13 @@ fn every_command(mode: PoolMode, pooler: &str) {
     let cur = "SECRETS_ENCRYPTION_KEY";
     let new = "SECRETS_ENCRYPTION_KEY_NEW";
     steps.extend([
-        step_env(&["secret", "verify"], &[(cur, k1)], 0, "global_secrets"),
+        // Every row is plaintext yet: nothing to verify the key against (--allow-empty).
+        step_env(
+            &["secret", "verify", "--allow-empty"],
+            &[(cur, k1)],
+            0,
+            "global_secrets",
+        ),
         step_env(
             &["secret", "rekey", "--plaintext-only", "--yes"],
             &[(cur, k1)],

@@ -24,12 +24,17 @@ pub const CTRL_C: &[u8] = b"\x03";
 
 impl Pty {
     /// Start `cmd` on a new pty (120x40).
-    pub fn spawn(mut cmd: Command) -> Pty {
+    pub fn spawn(cmd: Command) -> Pty {
+        Self::spawn_sized(cmd, 120)
+    }
+
+    /// Start `cmd` on a new pty `cols` columns wide (40 rows).
+    pub fn spawn_sized(mut cmd: Command, cols: u16) -> Pty {
         let mut master: libc::c_int = -1;
         let mut slave: libc::c_int = -1;
         let ws = libc::winsize {
             ws_row: 40,
-            ws_col: 120,
+            ws_col: cols,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };

@@ -66,6 +66,7 @@ struct BadRowJson {
 #[serde(deny_unknown_fields)]
 struct VerifyJson {
     ok: bool,
+    verified: i64,
     tables: Vec<VerifyCount>,
     plaintext_rows: i64,
     plaintext_channel_fields: i64,
@@ -1476,4 +1477,75 @@ async fn secret_set_with_a_key_no_channel_field_opens_is_refused_when_fields_are
         ),
         "1"
     );
+}
+
+/// `secret rotate` is `secret rekey` (clap used to suggest `restart`, which restarts
+/// workspaces): the same plan, the same hash.
+#[tokio::test]
+async fn secret_rotate_is_rekey() {
+    let db = seeded().await;
+    let before = platform_dump(&db);
+    let rotate = db
+        .orgctl(&["secret", "rotate", "--dry-run", "-o", "json"])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(&OLD))
+        .env("SECRETS_ENCRYPTION_KEY_NEW", &key_b64(&NEW))
+        .run();
+    rotate.code(0);
+    let r: RekeyJson = parse(&rotate);
+    let k: RekeyJson = parse(&rekey(&db, &["--dry-run", "-o", "json"]).run());
+    assert_eq!(r.plan_hash, k.plan_hash);
+    assert_eq!(r.reencrypt_total, 10);
+    assert_eq!(platform_dump(&db), before, "a dry run changes nothing");
+    // Its help names it, and a bad key is refused as rekey refuses it.
+    let help = crate::harness::Cmd::new(&["secret", "--help"]).run();
+    help.code(0);
+    assert!(help.stdout.contains("rotate"), "{}", help.stdout);
+    db.orgctl(&["secret", "rotate", "--dry-run"])
+        .env("SECRETS_ENCRYPTION_KEY", "short")
+        .run()
+        .code(2)
+        .one_line_error("SECRETS_ENCRYPTION_KEY");
+}
+
+/// A tenant with no encrypted value proves nothing about the key: verify says nothing was
+/// verified and exits 1, whatever the key, unless --allow-empty.
+#[tokio::test]
+async fn verify_with_no_encrypted_value_is_not_a_pass_without_allow_empty() {
+    let db = TestDb::sample();
+    add_plaintext_rows(&db, 3);
+    let before = platform_dump(&db);
+    for key in [&OLD, &NEW] {
+        let r = db
+            .orgctl(&["secret", "verify"])
+            .env("SECRETS_ENCRYPTION_KEY", &key_b64(key))
+            .run();
+        r.code(1).one_line_error("nothing was verified");
+        assert!(r.stdout.contains("Nothing was verified"), "{}", r.stdout);
+        assert!(!r.stdout.contains("Every encrypted value"), "{}", r.stdout);
+    }
+    let r = db
+        .orgctl(&["secret", "verify", "-o", "json"])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(&OLD))
+        .run();
+    r.code(1);
+    let v: VerifyJson = parse(&r);
+    assert!(!v.ok);
+    assert_eq!(v.verified, 0);
+    assert_eq!(
+        v.plaintext_rows,
+        4 + 3,
+        "the sample org's plaintext rows and ours"
+    );
+    let r = db
+        .orgctl(&["secret", "verify", "--allow-empty", "-o", "json"])
+        .env("SECRETS_ENCRYPTION_KEY", &key_b64(&OLD))
+        .run();
+    r.code(0);
+    let v: VerifyJson = parse(&r);
+    assert!(v.ok && v.verified == 0);
+    // With encrypted values, the count says what was checked.
+    let seeded = seeded().await;
+    let v: VerifyJson = parse(verify(&seeded, &OLD).code(0));
+    assert_eq!(v.verified, 6);
+    assert_eq!(platform_dump(&db), before, "read-only");
 }

@@ -86,6 +86,7 @@ pub struct CheckJson {
     pub count: i64,
     pub rows: Vec<FindingJson>,
     pub message: String,
+    pub fix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -623,4 +624,60 @@ fn a_removed_agent_is_a_broken_invariant() {
         t.stdout
     );
     assert_eq!(db.snapshot(), before);
+}
+
+/// After a clean install of the sample org, status fails only tokens_on_root (tokens on a
+/// non-root, which install does not move) and names the command that fixes it; after that
+/// command, every invariant holds. Every failing check with an orgctl fix names it.
+#[test]
+fn status_names_the_command_that_fixes_each_broken_invariant() {
+    let db = TestDb::sample();
+    // Before the install: the roots are fixed by install.
+    let (r, j) = status_json(&db, &[]);
+    r.code(1);
+    let fix = |j: &StatusJson, name: &str| {
+        j.checks
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.fix.clone())
+    };
+    assert_eq!(
+        fix(&j, "single_root").as_deref(),
+        Some("orgctl install-platform-agent --dry-run, then without --dry-run")
+    );
+    db.orgctl(&["install-platform-agent", "--model", "m", "--yes"])
+        .run()
+        .code(0);
+    let (r, j) = status_json(&db, &[]);
+    r.code(1);
+    let failing: Vec<&str> = j
+        .checks
+        .iter()
+        .filter(|c| !c.ok && c.severity == "error")
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(failing, ["tokens_on_root"]);
+    assert_eq!(
+        fix(&j, "tokens_on_root").as_deref(),
+        Some("orgctl token anchor --stale --dry-run, then --stale --yes")
+    );
+    // Passing checks name no fix.
+    assert!(j.checks.iter().filter(|c| c.ok).all(|c| c.fix.is_none()));
+    // The table says it too.
+    let text = db.orgctl(&["status"]).run();
+    text.code(1);
+    assert!(text.stdout.contains("To fix:"), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .contains("orgctl token anchor --stale --dry-run"),
+        "{}",
+        text.stdout
+    );
+    // The runbook's step: then every invariant holds.
+    db.orgctl(&["token", "anchor", "--stale", "--yes"])
+        .run()
+        .code(0);
+    let (r, j) = status_json(&db, &[]);
+    r.code(0);
+    assert!(j.ok);
 }

@@ -227,7 +227,13 @@ async fn minted_token_works_on_the_agent_is_stored_nowhere_and_dies_on_revoke() 
         "stdout is not a 43-character base64url token"
     );
     assert!(!r.stderr.contains(&token), "the plaintext leaked to stderr");
-    assert!(r.stderr.contains("Copy the token now"), "{}", r.stderr);
+    // Captured stdout: no "copy it now", the token went where it was sent.
+    assert!(!r.stderr.contains("Copy the token now"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("The token was written to stdout, once"),
+        "{}",
+        r.stderr
+    );
     // The revoke hint holds even for a prefix that starts with `-`.
     assert!(
         r.stderr

@@ -1050,7 +1050,7 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         slots = super::for_each(&selected[..canary], concurrency, cancel, work, &mut on_done).await;
         canary_stopped = slots.iter().any(|s| match s {
             Slot::Done(r) => r.status == Status::Failed,
-            Slot::Abandoned | Slot::Panicked(_) => true,
+            Slot::Abandoned(_) | Slot::Panicked(_) => true,
             Slot::NotStarted => false,
         });
         if canary_stopped {
@@ -1073,12 +1073,13 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
         .map(|(s, t)| match s {
             Slot::Done(r) => r,
             Slot::NotStarted => TenantResult::new(t, Status::NotStarted),
-            Slot::Abandoned => {
+            Slot::Abandoned(ms) => {
                 let mut r = TenantResult::new(t, Status::Failed);
                 r.error = Some(
                     "abandoned by a second Ctrl-C before its commit: its transaction was rolled back"
                         .into(),
                 );
+                r.duration_ms = ms;
                 r
             }
             Slot::Panicked(detail) => {
@@ -1180,6 +1181,9 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
             names.join(", ")
         )));
     }
+    if args.dry_run && args.detailed_exitcode && t.pending > 0 {
+        return Ok(Exit::Pending);
+    }
     Ok(Exit::Ok)
 }
 
@@ -1207,7 +1211,8 @@ fn render(ctx: &Context, report: &Report) -> Result<()> {
         "tokens moved",
         "allowlist moved",
         "duration",
-        "error",
+        // A failed tenant's error, or a skipped one's note ("applied under this run already").
+        "error / note",
     ];
     if provisioning {
         header.push("provision");

@@ -90,8 +90,9 @@ pub enum Slot<T> {
     /// Never started (Ctrl-C, or a failed canary).
     NotStarted,
     Done(T),
-    /// Abandoned by a second Ctrl-C before its COMMIT: its transaction rolled back.
-    Abandoned,
+    /// Abandoned by a second Ctrl-C before its COMMIT: its transaction rolled back. How long
+    /// it had run, in milliseconds (the report's duration, not 0).
+    Abandoned(u64),
     /// Its task panicked (a bug): its connection dropped, so its transaction rolled back.
     Panicked(String),
 }
@@ -138,12 +139,14 @@ where
     Fut: Future<Output = T> + Send + 'static,
 {
     let mut slots: Vec<Slot<T>> = tenants.iter().map(|_| Slot::NotStarted).collect();
-    let mut set: JoinSet<(usize, Option<T>)> = JoinSet::new();
+    let mut set: JoinSet<(usize, Option<T>, u64)> = JoinSet::new();
     // Which tenant each task serves, so a panicking task is reported on its own tenant.
     let mut task_tenant: std::collections::HashMap<tokio::task::Id, usize> =
         std::collections::HashMap::new();
     let mut next = 0usize;
     let mut cancel_rx = cancel.clone();
+    let mut abandon_rx = cancel.clone();
+    let mut said_abandon = false;
     loop {
         while set.len() < concurrency.max(1) && next < tenants.len() && !cancel.stopping() {
             let committing = Committing::default();
@@ -151,15 +154,16 @@ where
             let mut abandon = cancel.clone();
             let idx = next;
             let handle = set.spawn(async move {
+                let started = std::time::Instant::now();
                 tokio::pin!(fut);
                 tokio::select! {
-                    r = &mut fut => (idx, Some(r)),
+                    r = &mut fut => (idx, Some(r), 0),
                     _ = abandon.reached(2) => {
                         if committing.get() {
                             // The COMMIT is on the wire: let it finish so the report is true.
-                            (idx, Some(fut.await))
+                            (idx, Some(fut.await), 0)
                         } else {
-                            (idx, None)
+                            (idx, None, millis(started.elapsed()))
                         }
                     }
                 }
@@ -173,11 +177,11 @@ where
         tokio::select! {
             joined = set.join_next() => {
                 match joined {
-                    Some(Ok((idx, Some(r)))) => {
+                    Some(Ok((idx, Some(r), _))) => {
                         done(&r, set.len());
                         slots[idx] = Slot::Done(r);
                     }
-                    Some(Ok((idx, None))) => slots[idx] = Slot::Abandoned,
+                    Some(Ok((idx, None, ms))) => slots[idx] = Slot::Abandoned(ms),
                     // A panicking task: reported as failed on its tenant; the transaction it
                     // had open was rolled back when its connection dropped.
                     Some(Err(e)) => {
@@ -196,6 +200,16 @@ where
                     "interrupted: starting no new tenant; finishing {n} in-flight tenant{} (Ctrl-C again to abandon {})",
                     if n == 1 { "" } else { "s" },
                     if n == 1 { "it: its transaction rolls back" } else { "them: their transactions roll back" }
+                ));
+            }
+            // The second Ctrl-C is answered too, so the operator knows it was heard.
+            _ = abandon_rx.reached(2), if cancel.stopping() && !said_abandon => {
+                said_abandon = true;
+                let n = set.len();
+                crate::interrupt::say(&format!(
+                    "interrupted again: abandoning {n} in-flight tenant{}: {} (a COMMIT already sent is waited for)",
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { "its transaction rolls back" } else { "their transactions roll back" }
                 ));
             }
         }
@@ -304,6 +318,67 @@ pub async fn backfill_tables_exist(conn: &mut sqlx::PgConnection) -> Result<bool
     crate::db::orgctl_table_readable(conn, "backfill_runs").await
 }
 
+/// A run a tenant has a row for: the answer to a run id that no selected tenant knows.
+#[derive(Clone, Debug)]
+pub struct KnownRun {
+    pub run_id: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The runs this tenant knows, newest first (a handful: they go into one message).
+pub async fn known_runs(conn: &mut sqlx::PgConnection) -> Result<Vec<KnownRun>> {
+    use sqlx::Row;
+    let rows = crate::db::query(
+        "SELECT run_id, recorded_at FROM orgctl.backfill_runs ORDER BY recorded_at DESC, run_id LIMIT 10",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(KnownRun {
+                run_id: r.try_get(0)?,
+                at: r.try_get(1)?,
+            })
+        })
+        .collect()
+}
+
+/// The error for a run id that none of the selected tenants has a row for: a mistyped id must
+/// not read as "nothing to do". Names the run ids the tenants do know, newest first.
+pub fn unknown_run<'a>(run_id: &str, known: impl Iterator<Item = &'a KnownRun>) -> Error {
+    let mut newest: std::collections::HashMap<&str, chrono::DateTime<chrono::Utc>> =
+        std::collections::HashMap::new();
+    for k in known {
+        let at = newest.entry(k.run_id.as_str()).or_insert(k.at);
+        *at = (*at).max(k.at);
+    }
+    let mut runs: Vec<(&str, chrono::DateTime<chrono::Utc>)> = newest.into_iter().collect();
+    runs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    const SHOWN: usize = 5;
+    let known = if runs.is_empty() {
+        "no selected tenant has any backfill run".to_string()
+    } else {
+        let mut list: Vec<String> = runs
+            .iter()
+            .take(SHOWN)
+            .map(|(id, at)| {
+                format!(
+                    "{} ({})",
+                    crate::error::sanitize(id),
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            })
+            .collect();
+        if runs.len() > SHOWN {
+            list.push(format!("and {} more", runs.len() - SHOWN));
+        }
+        format!("the runs they know, newest first: {}", list.join(", "))
+    };
+    Error::failed(format!(
+        "no selected tenant knows run id '{run_id}' (is it mistyped?); nothing was changed; {known}"
+    ))
+}
+
 pub fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -350,7 +425,7 @@ mod tests {
                 Slot::Done(n) => format!("done {n}"),
                 Slot::Panicked(d) => format!("panicked {}", d.contains("boom")),
                 Slot::NotStarted => "not started".into(),
-                Slot::Abandoned => "abandoned".into(),
+                Slot::Abandoned(_) => "abandoned".into(),
             })
             .collect();
         assert_eq!(seen, ["done a", "panicked true", "done c"]);

@@ -154,6 +154,12 @@ pub struct TenantResult {
     /// Set when the COMMIT's answer was lost and the commit was verified afterwards.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Whether the tenant has a row for the run at all.
+    #[serde(skip)]
+    pub knows_run: bool,
+    /// The runs the tenant does know, when it does not know this one.
+    #[serde(skip)]
+    pub known_runs: Vec<super::KnownRun>,
 }
 
 impl TenantResult {
@@ -176,6 +182,8 @@ impl TenantResult {
             error: None,
             in_doubt: false,
             note: None,
+            knows_run: false,
+            known_runs: Vec::new(),
         }
     }
 }
@@ -256,7 +264,9 @@ async fn rollback_on(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
-        return Ok(TenantResult::new(t, Status::NothingToRollBack));
+        let mut r = TenantResult::new(t, Status::NothingToRollBack);
+        r.known_runs = super::known_runs(&mut tx).await?;
+        return Ok(r);
     };
     let run = RunRow {
         status: row.try_get(0)?,
@@ -268,8 +278,16 @@ async fn rollback_on(
     };
     match run.status.as_str() {
         "applied" => {}
-        "rolled_back" => return Ok(TenantResult::new(t, Status::AlreadyRolledBack)),
-        _ => return Ok(TenantResult::new(t, Status::NothingToRollBack)),
+        "rolled_back" => {
+            let mut r = TenantResult::new(t, Status::AlreadyRolledBack);
+            r.knows_run = true;
+            return Ok(r);
+        }
+        _ => {
+            let mut r = TenantResult::new(t, Status::NothingToRollBack);
+            r.knows_run = true;
+            return Ok(r);
+        }
     }
     let agent = run
         .agent_id
@@ -301,6 +319,7 @@ async fn rollback_on(
     let counts = snapshot_counts(&mut tx, &job.run_id).await?;
     let drift = find_drift(&mut tx, &job.run_id, agent, &run).await?;
     let mut result = TenantResult::new(t, Status::WouldRollBack);
+    result.knows_run = true;
     result.agent_id = Some(agent);
     result.agent = Some(match run.agent_action.as_str() {
         "create" => "deleted",
@@ -1244,10 +1263,11 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
         .map(|(s, t)| match s {
             Slot::Done(r) => r,
             Slot::NotStarted => TenantResult::new(t, Status::NotStarted),
-            Slot::Abandoned => {
+            Slot::Abandoned(ms) => {
                 let mut r = TenantResult::new(t, Status::Failed);
                 r.error =
                     Some("abandoned by a second Ctrl-C: its transaction was rolled back".into());
+                r.duration_ms = ms;
                 r
             }
             Slot::Panicked(detail) => {
@@ -1257,6 +1277,19 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
             }
         })
         .collect();
+    // Every tenant read and none has a row for the run: most likely a mistyped run id, which
+    // must not read as "nothing to roll back".
+    if !cancel.stopping()
+        && !tenants.is_empty()
+        && tenants
+            .iter()
+            .all(|r| r.status == Status::NothingToRollBack && !r.knows_run)
+    {
+        return Err(super::unknown_run(
+            &args.run_id,
+            tenants.iter().flat_map(|r| r.known_runs.iter()),
+        ));
+    }
     let report = Report {
         run_id: args.run_id.clone(),
         dry_run: args.dry_run,

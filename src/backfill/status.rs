@@ -25,6 +25,12 @@ pub struct TenantStatus {
     pub tokens_moved: i64,
     pub allowlist_moved: i64,
     pub error: Option<String>,
+    /// Whether the tenant has a row for the run (a tenant that never saw it is never_reached).
+    #[serde(skip)]
+    pub knows_run: bool,
+    /// The runs the tenant does know, when it does not know this one.
+    #[serde(skip)]
+    pub known_runs: Vec<super::KnownRun>,
 }
 
 impl TenantStatus {
@@ -39,6 +45,8 @@ impl TenantStatus {
             tokens_moved: 0,
             allowlist_moved: 0,
             error: None,
+            knows_run: false,
+            known_runs: Vec::new(),
         }
     }
 }
@@ -68,13 +76,18 @@ async fn read(run_id: &str, settings: &Settings, t: &Tenant) -> Result<TenantSta
     .bind(run_id)
     .fetch_optional(&mut *tx)
     .await?;
+    let Some(row) = row else {
+        let mut s = TenantStatus::new(t, "never_reached");
+        s.known_runs = super::known_runs(&mut tx).await?;
+        tx.rollback().await?;
+        let _ = conn.close().await;
+        return Ok(s);
+    };
     tx.rollback().await?;
     let _ = conn.close().await;
-    let Some(row) = row else {
-        return Ok(TenantStatus::new(t, "never_reached"));
-    };
     let status: String = row.try_get(0)?;
     let mut s = TenantStatus::new(t, &status);
+    s.knows_run = true;
     s.at = row.try_get(1)?;
     s.agent_id = row.try_get(2)?;
     s.reparented = i64::from(row.try_get::<i32, _>(3)?);
@@ -123,6 +136,16 @@ pub async fn run(ctx: &Context, args: &BackfillStatusArgs, cancel: &Cancel) -> R
             _ => TenantStatus::new(t, "unknown"),
         })
         .collect();
+    // Every tenant read and none has a row for the run: most likely a mistyped run id.
+    if !statuses.is_empty()
+        && statuses.iter().all(|s| s.status != "unknown")
+        && !statuses.iter().any(|s| s.knows_run)
+    {
+        return Err(super::unknown_run(
+            &args.run_id,
+            statuses.iter().flat_map(|s| s.known_runs.iter()),
+        ));
+    }
     let mut totals: std::collections::BTreeMap<&'static str, usize> =
         STATUSES.iter().map(|s| (*s, 0)).collect();
     totals.insert("tenants", statuses.len());
@@ -185,5 +208,45 @@ pub async fn run(ctx: &Context, args: &BackfillStatusArgs, cancel: &Cancel) -> R
             "could not read {unknown} tenant(s); see the summary"
         )));
     }
+    if args.check {
+        check(&report)?;
+    }
     Ok(Exit::Ok)
+}
+
+/// `--check`: every selected tenant is applied or skipped under the run, else exit 1 naming the
+/// others by status (a few names each: the table has them all).
+fn check(report: &Report) -> Result<()> {
+    let mut not_done: std::collections::BTreeMap<&str, Vec<&str>> =
+        std::collections::BTreeMap::new();
+    for s in &report.tenants {
+        if s.status != "applied" && s.status != "skipped" {
+            not_done.entry(&s.status).or_default().push(&s.tenant);
+        }
+    }
+    if not_done.is_empty() {
+        return Ok(());
+    }
+    const NAMED: usize = 5;
+    let n: usize = not_done.values().map(Vec::len).sum();
+    let parts: Vec<String> = not_done
+        .iter()
+        .map(|(status, names)| {
+            let mut shown: Vec<String> = names
+                .iter()
+                .take(NAMED)
+                .map(|n| crate::error::sanitize(n))
+                .collect();
+            if names.len() > NAMED {
+                shown.push(format!("and {} more", names.len() - NAMED));
+            }
+            format!("{} {status} ({})", names.len(), shown.join(", "))
+        })
+        .collect();
+    Err(Error::failed(format!(
+        "--check: {n} of {} tenant(s) are not applied or skipped under run {}: {}",
+        report.tenants.len(),
+        report.run_id,
+        parts.join(", ")
+    )))
 }

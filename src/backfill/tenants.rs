@@ -6,7 +6,8 @@
 //! `self-hosted` marks a self-hosted tenant: either says which id a new agent gets). The fields
 //! after the database URL may come in any order: `org_id=` is a key (a URL has `://` first),
 //! `self-hosted` a word, anything else the platform URL. Blank lines and lines
-//! starting with `#` are ignored. A malformed line or a duplicate name is a usage error (exit 2)
+//! starting with `#` are ignored, and so is a trailing comment: from a `#` that follows
+//! whitespace to the end of the line. A malformed line or a duplicate name is a usage error (exit 2)
 //! naming the line. Messages never quote a line: a URL (or a URL pasted where the name goes)
 //! carries a password. Every URL goes through [`DbUrl::parse`], which registers its password
 //! for masking before anything can print it.
@@ -200,7 +201,13 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Tenant>> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let fields: Vec<&str> = trimmed.split_whitespace().collect();
+        // A trailing comment starts at a `#` preceded by whitespace: a field of its own that
+        // starts with `#`. A `#` inside a field (a URL's fragment, or a password someone did
+        // not percent-encode) is part of that field.
+        let fields: Vec<&str> = trimmed
+            .split_whitespace()
+            .take_while(|f| !f.starts_with('#'))
+            .collect();
         if !(2..=4).contains(&fields.len()) {
             return Err(Error::usage(format!(
                 "{source} line {line}: expected `{FORMAT}`, found {} field(s)",
@@ -433,6 +440,33 @@ mod tests {
             Ok(t) => panic!("accepted: {t:?}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn a_trailing_comment_after_the_fields_is_ignored_but_a_hash_inside_a_url_is_not() {
+        let t = ok(
+            "acme postgres://u:p@h/acme https://acme.example # the EU one\n\
+                    globex postgres://u:p@h/globex\tself-hosted\t#tab before it\n\
+                    initech postgres://u:p@h/initech #\n",
+        );
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[0].platform_url.as_deref(), Some("https://acme.example"));
+        assert!(t[1].self_hosted);
+        assert_eq!(t[2].url.target(), "h:5432/initech");
+        // A `#` inside a field is not a comment: the URL is judged whole (and refused).
+        let e = err("acme postgres://u:pa#ss@h/acme\n");
+        assert!(
+            e.message.contains("invalid database URL") && !e.message.contains("pa#ss"),
+            "{}",
+            e.message
+        );
+        // A comment does not make up for a missing field.
+        let e = err("acme # postgres://h/acme\n");
+        assert!(
+            e.message.contains("line 1") && e.message.contains("found 1 field"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
