@@ -1,4 +1,4 @@
-//! `orgctl audit` (SPEC §11, issue 13): who did what to a tenant, when, why, and whether the
+//! `orgctl audit`: who did what to a tenant, when, why, and whether the
 //! record is intact.
 //!
 //! - **reason**: `--reason` / `ORGCTL_REASON` is checked once at start-up ([`check_reason`])

@@ -1,4 +1,4 @@
-//! Org API token material (SPEC §1): a fresh token and the hash the platform looks it up by.
+//! Org API token material: a fresh token and the hash the platform looks it up by.
 //! The secret-value encryption rules live in [`crate::platform::keys`].
 
 use base64::Engine;

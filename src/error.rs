@@ -1,4 +1,4 @@
-//! Typed errors and the exit codes of SPEC §3.
+//! Typed errors and the exit codes scripts rely on.
 //!
 //! Every failure a user or the database can cause ends up as an [`Error`]: a kind that decides
 //! the exit code, and one sentence saying what failed, where, and what to do. The sentence is
@@ -7,7 +7,8 @@
 
 use std::fmt;
 
-/// The process exit codes scripts rely on (SPEC §3).
+/// The process exit codes scripts rely on: 0 done, 1 failed, 2 usage, 3 refused, 4 changes
+/// pending (`--detailed-exitcode`), 130 interrupted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     /// Done, or nothing to do.

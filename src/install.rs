@@ -1,4 +1,4 @@
-//! install-platform-agent (SPEC §4): make the platform agent the single root of the org.
+//! install-platform-agent: make the platform agent the single root of the org.
 //!
 //! [`plan`] computes a [`Plan`] with read-only, set-based queries. A dry run calls it inside a
 //! read-only REPEATABLE READ transaction (no locks, no writes). Apply calls the very same
@@ -1783,7 +1783,7 @@ struct JsonPlan<'a> {
     model_secret: ModelAction,
     declared_plugin: JsonPlugin,
     plan_hash: String,
-    /// Only with --provision (SPEC §9).
+    /// Only with --provision.
     #[serde(skip_serializing_if = "Option::is_none")]
     provision: Option<&'a ProvisionResult>,
 }
@@ -2352,7 +2352,7 @@ enum Done {
 }
 
 /// After the commit (or when there was nothing to change): with --provision, bring the agent to
-/// life (SPEC §9), then render the result with the provision outcome.
+/// life, then render the result with the provision outcome.
 async fn finish(
     ctx: &Context,
     args: &InstallArgs,

@@ -1,4 +1,4 @@
-//! Key custody (SPEC §10; issue 12): `secret verify` and `secret rekey`.
+//! Key custody: `secret verify` and `secret rekey`.
 //!
 //! Everything the key protects is covered: the rows of both secret tables, and the encrypted
 //! fields of `workspace_channels.channel_config` ([`crate::platform::channels`]). A channel
@@ -67,7 +67,7 @@ pub const ENV_NEW_KEY: &str = "SECRETS_ENCRYPTION_KEY_NEW";
 // ---------------------------------------------------------------------------------------------
 // Keys
 
-/// A key that parsed as valid under the rules of SPEC §1.
+/// A key that parsed as valid under the platform's rules ([`crate::platform::keys::parse_key`]).
 pub struct Key(SecretBox);
 
 impl std::fmt::Debug for Key {
@@ -1548,7 +1548,7 @@ mod tests {
     #[test]
     fn key_rules() {
         assert!(Key::parse("", "k").is_err());
-        // 32 hex characters decode as base64 to 24 bytes: invalid under SPEC §1, never a raw
+        // 32 hex characters decode as base64 to 24 bytes: invalid under the platform's rules, never a raw
         // key. Whatever the shared parser (platform::keys) says, rekey follows it, never its own
         // rule: exit 2 exactly when SecretBox calls the key unusable.
         let hex = "00112233445566778899aabbccddeeff";

@@ -1,4 +1,4 @@
-//! `orgctl secret` (SPEC §1, §6; issue 5): set, delete and list workspace and global secrets
+//! `orgctl secret`: set, delete and list workspace and global secrets
 //! the way the platform reads them, then restart the workspaces the change affects — never the
 //! platform agent.
 //!
@@ -447,7 +447,7 @@ fn model_gate(
     }
 }
 
-/// The outcome of a set or delete, rendered as SPEC §6's JSON or a table.
+/// The outcome of a set or delete, rendered as its JSON document or a table.
 struct Outcome<'a> {
     scope: Scope,
     key: &'a str,

@@ -1,4 +1,4 @@
-//! `orgctl status` (SPEC §8; issue 7): the org's invariants at a glance, and a CI gate.
+//! `orgctl status`: the org's invariants at a glance, and a CI gate.
 //!
 //! Everything is read in ONE read-only REPEATABLE READ transaction, so the report is one
 //! consistent snapshot and takes no row locks; orgctl's own schema is read when it exists and
@@ -525,7 +525,7 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
         fix: (tokens.unanchored.live > 0).then(|| "orgctl token anchor <id or prefix> (each token named below)".to_string()),
     });
 
-    // platform_agent_running (warning): a row is not a running agent (SPEC §9).
+    // platform_agent_running (warning): a row is not a running agent.
     let running = |a: &AgentInfo| matches!(a.status.as_deref(), Some("online" | "degraded"));
     let not_running: Vec<&AgentInfo> = agent_rows.iter().filter(|a| !running(a)).collect();
     // --provision is named only where it acts.

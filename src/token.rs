@@ -1,4 +1,4 @@
-//! `orgctl token` (SPEC §1 token facts, §5): mint, list, revoke and anchor org API tokens.
+//! `orgctl token`: mint, list, revoke and anchor org API tokens.
 //!
 //! - **mint** adds one row: 32 CSPRNG bytes, base64url without padding, `sha256` of the
 //!   plaintext in `token_hash`, the first 8 characters in `prefix`, anchored to the org root.
@@ -36,7 +36,7 @@ use crate::error::{sanitize, Error, Exit, Result};
 use crate::platform::tokens as platform;
 use crate::{crypto, db, Context};
 
-/// `--created-by` on mint is at most this many characters (the spec sets no bound).
+/// `--created-by` on mint is at most this many characters (the platform sets no bound).
 pub const MAX_LABEL_CHARS: usize = 200;
 /// The stored prefix is the first 8 plaintext characters; a reference may be 4 to 8 of them.
 pub const PREFIX_LEN: usize = 8;

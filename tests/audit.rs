@@ -1,4 +1,4 @@
-//! The audit trail (SPEC §11, issue 13): `orgctl audit`, `--reason`, the hash chain and
+//! The audit trail: `orgctl audit`, `--reason`, the hash chain and
 //! `audit verify`, against the real PostgreSQL of the harness.
 
 use std::collections::BTreeSet;

@@ -815,13 +815,13 @@ async fn ctrl_c_finishes_in_flight_tenants_prints_the_summary_and_exits_130() {
     interrupted_backfill_finishes_in_flight(&[libc::SIGINT]).await;
 }
 
-/// Issue 14 item 4: SIGTERM (systemd, Kubernetes) is the first Ctrl-C, not a kill.
+/// SIGTERM (systemd, Kubernetes) is the first Ctrl-C, not a kill.
 #[tokio::test]
 async fn sigterm_behaves_as_the_first_ctrl_c() {
     interrupted_backfill_finishes_in_flight(&[libc::SIGTERM]).await;
 }
 
-/// Issue 14 item 4: `timeout -s INT` or a process-group signal delivers SIGINT twice at once;
+/// `timeout -s INT` or a process-group signal delivers SIGINT twice at once;
 /// that is one interrupt, so in-flight tenants still finish.
 #[tokio::test]
 async fn two_signals_within_a_second_count_as_one() {
@@ -944,7 +944,7 @@ async fn interrupted_backfill(signals: &[i32], gap_ms: u64, finishes: bool) {
     let _ = server();
 }
 
-/// Issue 14 item 9: status and rollback take the shard options of run (a shard worker no
+/// Status and rollback take the shard options of run (a shard worker no
 /// longer sees other shards' tenants, nor fails on an unreachable one elsewhere); status JSON
 /// has totals and RFC 3339 times.
 #[test]
@@ -1029,7 +1029,7 @@ fn status_and_rollback_take_the_shard_options_and_status_has_totals() {
     assert!(!installed(&a));
 }
 
-/// Issue 14 item 9: a rerun with a different --model does not silently replace MODEL on a
+/// A rerun with a different --model does not silently replace MODEL on a
 /// tenant whose agent already exists; --replace-model does.
 #[test]
 fn a_rerun_with_another_model_needs_replace_model() {
@@ -1195,7 +1195,7 @@ async fn a_jsonl_report_is_written_as_tenants_finish_and_survives_a_kill() {
 
 #[test]
 fn a_fresh_tenant_costs_at_most_eight_statements_and_twelve_round_trips() {
-    // Issue 16: a fleet pays every statement once per tenant (and twice its round trip behind
+    // A fleet pays every statement once per tenant (and twice its round trip behind
     // latency). Counted by a proxy in front of the server, independently of orgctl: simple
     // queries and extended-protocol executions, as the server's log_statement counts them. A
     // fresh tenant of the sample org (orgctl's schema absent, merged allowlist rows: the most
@@ -1260,7 +1260,7 @@ fn a_fresh_tenant_costs_at_most_eight_statements_and_twelve_round_trips() {
 
 #[test]
 fn the_progress_bar_shows_done_failed_and_in_flight_with_a_rounded_rate() {
-    // Issue 16 part 3, on a terminal: two tenants, one of them locked by another session, so
+    // Two tenants, one of them locked by another session, so
     // the last frame the bar draws (when the locked one gives up, a second later) counts one
     // of each. The same message for rollback.
     let ok = TestDb::sample();

@@ -56,7 +56,7 @@ fn dev_down_refuses_a_foreign_directory() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Issue 14 item 1: a `port` file or a `data/PG_VERSION` is not enough to be deleted.
+/// A `port` file or a `data/PG_VERSION` is not enough to be deleted.
 #[test]
 fn dev_down_refuses_lookalikes_and_a_mismatched_marker() {
     let base = std::env::temp_dir().join(format!("orgctl-lookalike-{}", std::process::id()));
@@ -96,7 +96,7 @@ fn dev_down_refuses_lookalikes_and_a_mismatched_marker() {
     let _ = std::fs::remove_dir_all(&base);
 }
 
-/// Issue 14 item 10: one default place whatever the current directory, and a failed `dev up`
+/// One default place whatever the current directory, and a failed `dev up`
 /// leaves nothing behind.
 #[test]
 fn dev_default_dir_is_independent_of_cwd_and_failure_leaves_nothing() {

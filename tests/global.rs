@@ -1,4 +1,4 @@
-//! Global behaviour (SPEC §3): connection errors, password masking, output streams.
+//! Global behaviour: connection errors, password masking, output streams.
 
 use crate::harness::{server, urlencode, Cmd, TestDb, PASSWORD};
 
@@ -244,7 +244,7 @@ fn unimplemented_help_and_version() {
     assert!(r.stdout.contains("Exit codes"));
 }
 
-/// Issue 14 item 11: messages that pointed the wrong way.
+/// Messages that pointed the wrong way.
 #[tokio::test]
 async fn messages_point_the_right_way() {
     // A database with none of the platform's tables is not "an old tenant to upgrade".
@@ -315,7 +315,7 @@ async fn messages_point_the_right_way() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// Issue 14 item 12: -v says where and how long and how many statements; -vv each statement
+/// -v says where and how long and how many statements; -vv each statement
 /// (never a bound value); CI never prompts, even on a terminal; libpq variables are honoured.
 #[test]
 fn verbose_ci_and_libpq_variables() {

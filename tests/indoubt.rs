@@ -1,4 +1,4 @@
-//! In-doubt commits (issue 15 item 1): every mutating command, run through a loopback proxy
+//! In-doubt commits: every mutating command, run through a loopback proxy
 //! that cuts the connection at its COMMIT, must tell the truth: committed (verified after
 //! reconnecting, and carry on), not committed (verified), or "may have been committed" with
 //! what to check and exit 1 when it cannot find out. Never "rolled back" for a commit.

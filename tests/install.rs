@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::harness::{ids, TestDb};
 
-/// The JSON contract (SPEC §4), rejecting unknown fields.
+/// The JSON contract, rejecting unknown fields.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlanJson {
@@ -1008,7 +1008,7 @@ fn broken_parent_chains_are_reported_never_walked() {
     );
 }
 
-/// Issue 14 item 8: the id a dry run shows for a created agent is the id apply creates (it was
+/// The id a dry run shows for a created agent is the id apply creates (it was
 /// a fresh random id on every run), and the MODEL refusal names that same id.
 #[test]
 fn dry_run_shows_the_agent_id_apply_creates() {

@@ -1,5 +1,4 @@
-//! `-o json` is one valid document or nothing a parser could take for a result (issue 15
-//! item 3): a `token list` whose backend is terminated mid-stream exits 1 and leaves stdout
+//! `-o json` is one valid document or nothing a parser could take for a result: a `token list` whose backend is terminated mid-stream exits 1 and leaves stdout
 //! that does not parse (the README documents: stdout is not a result when the exit code is
 //! not 0). And a terminated backend is not reported as a server shutdown.
 

@@ -1,4 +1,4 @@
-//! Output failures (issue 15 item 2), from the built binary: a failing stderr never panics
+//! Output failures, from the built binary: a failing stderr never panics
 //! (exit 101), `token mint` refuses a stdout nobody reads, a failing stdout after a commit
 //! exits 1 saying the change was committed, and `--report` is written even then.
 

@@ -1,6 +1,6 @@
-//! Fidelity to the real platform (issue 10), from the built binary: the encryption key read
-//! exactly as the platform reads it (SPEC §1 key table), and restart eligibility as the
-//! platform's own automatic restart decides it (SPEC §1 restart rules).
+//! Fidelity to the real platform, from the built binary: the encryption key read
+//! exactly as the platform reads it, and restart eligibility as the
+//! platform's own automatic restart decides it.
 
 use std::collections::BTreeSet;
 
@@ -450,7 +450,7 @@ fn paused_ancestor_walk_is_bounded() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rollback on a lived-in tenant (SPEC §7): the platform writes rows that reference the agent
+// Rollback on a lived-in tenant: the platform writes rows that reference the agent
 // the run created, in tables orgctl has never heard of.
 
 const AGENT_NAME_CHECK: &str = "SELECT id FROM workspaces WHERE kind = 'platform'";
@@ -772,7 +772,7 @@ fn references_are_found_through_the_catalog_at_rollback_time() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The restart client's bounds (issue 15 item 7): a total deadline and giving up after repeated
+// The restart client's bounds: a total deadline and giving up after repeated
 // failures, with the rest reported as not attempted.
 
 /// A root with `n` online children; returns nothing (the global fan-out finds them).

@@ -167,7 +167,7 @@ fn every_command(mode: PoolMode, pooler: &str) {
             0,
             "",
         ),
-        // The audit trail (issue 13): a replay without a platform URL (the plan), the log, and
+        // The audit trail: a replay without a platform URL (the plan), the log, and
         // the chain every step above appended to through the pooler.
         step(
             &["secret", "restart", "--global", "POOLED_G", "--yes"],

@@ -1,4 +1,4 @@
-//! Bringing the agent to life (SPEC §9): `--provision` / `--wait` on install-platform-agent and
+//! Bringing the agent to life: `--provision` / `--wait` on install-platform-agent and
 //! backfill run, the tenants file's platform URL, and status's `platform_agent_running`, against
 //! real PostgreSQL and a loopback stand-in of the platform API.
 
@@ -14,7 +14,7 @@ use crate::stand_in::{EnsureMode, EnsureStandIn, ENSURE_DEFAULT_MODEL, ENSURE_FA
 
 const TOKEN: &str = "adm-provision-Tok3n-5ecret";
 
-/// The `provision` object (SPEC §9), rejecting unknown fields.
+/// The `provision` object, rejecting unknown fields.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProvisionJson {
@@ -141,7 +141,7 @@ fn a_created_agent_is_provisioned_through_ensure_and_comes_online() {
     assert_eq!(r.json()["model_secret"], "seeded");
     assert_eq!(agent_status(&db), "online");
     assert_installed(&db);
-    // SPEC §11: the request is an audit row of its own, with the HTTP outcome the stand-in gave.
+    // the request is an audit row of its own, with the HTTP outcome the stand-in gave.
     assert_eq!(
         db.exec(
             "SELECT args->>'workspace_id', outcome, args->>'http_status', args->>'route',

@@ -1,4 +1,4 @@
-//! A pseudo-terminal driver for the interactive paths (issue 18, item 6): orgctl runs with
+//! A pseudo-terminal driver for the interactive paths: orgctl runs with
 //! stdin, stdout and stderr on the slave side of a pty, as its own session with the pty as its
 //! controlling terminal, so prompts, hidden input and Ctrl-C (the byte 0x03, turned into SIGINT
 //! by the terminal's line discipline, as when a human presses it) behave as on a real terminal.

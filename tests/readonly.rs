@@ -1,4 +1,4 @@
-//! Read-only roles and read-only servers (issue 15 item 6): a role without USAGE on schema
+//! Read-only roles and read-only servers: a role without USAGE on schema
 //! orgctl can run `status` and every dry run (orgctl's own state reported as not readable);
 //! a read-only server is named as such, exit 1, not a CREATE SCHEMA hint.
 

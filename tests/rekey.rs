@@ -1,4 +1,4 @@
-//! `orgctl secret verify` and `orgctl secret rekey` (SPEC §10; issue 12) against real
+//! `orgctl secret verify` and `orgctl secret rekey` against real
 //! PostgreSQL. Every check of a stored value is an independent AES-256-GCM decryption done here
 //! (tests/secret.rs `decrypt`), never orgctl's own code.
 
@@ -652,9 +652,8 @@ fn bad_key_inputs_are_exit_2_before_any_connection() {
             "not a plan hash",
         ),
     ];
-    // A 32-character hex key decodes as base64 to 24 bytes: invalid under SPEC §1. The key rule
-    // belongs to platform::keys (being brought to SPEC §1 by issue 10); these cases apply as
-    // soon as it calls such a key unusable.
+    // A 32-character hex key decodes as base64 to 24 bytes: invalid under the platform's key
+    // rule (platform::keys); these cases apply as soon as it calls such a key unusable.
     let hex_is_invalid = orgctl::platform::keys::SecretBox::new(Some(&hex32), "")
         .write_version()
         .is_err();

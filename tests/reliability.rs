@@ -1,4 +1,4 @@
-//! The reliability suite (issue 7): the whole tool under the conditions operators meet, against
+//! The reliability suite: the whole tool under the conditions operators meet, against
 //! real PostgreSQL, no mocks, with nothing lost:
 //! - `kill -9` at spread-out random moments during install-platform-agent;
 //! - a live platform writer on the old roots while installs and `status` run;
@@ -1461,7 +1461,7 @@ fn generated_passwords_never_appear_in_any_message() {
 
 #[test]
 fn a_server_that_never_answers_is_reported_with_the_time_it_took_in_all() {
-    // Issue 15 item 8: "no answer within 10s" used to arrive after 31 s without saying why.
+    // "no answer within 10s" used to arrive after 31 s without saying why.
     // A loopback listener that accepts and never speaks: every attempt times out, and the one
     // line says how many attempts and how long in all — which must match the clock.
     let listener = match std::net::TcpListener::bind("127.0.0.1:0") {

@@ -1,4 +1,4 @@
-//! Restarts against the platform's real range of HTTP answers (issue 18, item 7), end to end
+//! Restarts against the platform's real range of HTTP answers, end to end
 //! through the binary and the shared stand-in (tests/stand_in.rs): the admin restart route's
 //! 202 restart_dispatched and 200 noop, 2xx answers it never gives, redirects (the bearer must
 //! not follow one), 401/404/409, slow and hung answers, keep-alive connections the server

@@ -1,4 +1,4 @@
-//! `backfill rollback` right after a run (issue 15, items 4 and 5): every statement of the
+//! `backfill rollback` right after a run: every statement of the
 //! rollback runs with nested loops off (statistics are stale after a run), and every restored
 //! row is verified against its snapshot before commit — exact without platform triggers,
 //! honestly reported when a platform trigger rewrites `updated_at`, refused when a column the

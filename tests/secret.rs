@@ -1,5 +1,5 @@
 //! `orgctl secret` against real PostgreSQL and a real HTTP server on loopback standing in for
-//! the platform (issue 5): encryption checked with an independent AES-GCM computation, the
+//! the platform: encryption checked with an independent AES-GCM computation, the
 //! restart calls the server records (method, path, bearer), the platform-root guard, the global
 //! fan-out, the MODEL gate, and every bad input with its exit code and nothing written.
 
@@ -19,7 +19,7 @@ pub(crate) const TOKEN: &str = "adm-T0ken-for-tests-9f8e7d";
 const VALUE: &str = "s3cret-Value-never-printed";
 
 // ---------------------------------------------------------------------------------------------
-// The JSON contract (SPEC §6), rejecting unknown fields.
+// The JSON contract, rejecting unknown fields.
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -429,7 +429,7 @@ async fn global_set_without_key_is_version_0_and_refused_in_production() {
         r.code(3).one_line_error("SECRETS_ENCRYPTION_KEY");
         assert_eq!(db.snapshot(), before);
     }
-    // A bad key in production is a usage error like everywhere (SPEC §1: an invalid key is
+    // A bad key in production is a usage error like everywhere (an invalid key is
     // always exit 2), and the key itself is never echoed.
     let r = db
         .orgctl(&["secret", "set", "--global", "NEW_GLOBAL", "--yes"])
@@ -866,7 +866,7 @@ fn delete_restarts_the_target_and_a_second_delete_does_nothing() {
         db.scalar("SELECT count(*) FROM workspace_secrets WHERE key = 'OPENAI_API_KEY'"),
         "0"
     );
-    // The delete, and its restart (SPEC §11).
+    // The delete, and its restart.
     assert_eq!(db.audit_rows(), 2);
     // Again: nothing to do, no restart, no audit row, no --yes needed.
     let snap = db.snapshot();
@@ -967,7 +967,7 @@ fn model_delete_on_the_platform_agent_needs_force_and_never_restarts_it() {
          INSERT INTO global_secrets (key, encrypted_value) VALUES ('MODEL', 'g')",
         ids::RESEARCH
     ));
-    // The change rows (restart rows, SPEC §11, come on top: one per workspace of the phase).
+    // The change rows (restart rows come on top: one per workspace of the phase).
     let changes = || db.scalar("SELECT count(*) FROM orgctl.audit_log WHERE command <> 'restart'");
     for scope in [ids::RESEARCH, "--global"] {
         let audits: i64 = changes().parse().unwrap_or(-1);
@@ -1290,7 +1290,7 @@ fn ctrl_c_during_restarts_exits_130_saying_the_change_was_committed() {
     assert!(!stderr.contains(TOKEN));
 }
 
-/// Issue 14 item 5: a value typed on argv is refused without being echoed, whatever shape.
+/// A value typed on argv is refused without being echoed, whatever shape.
 #[test]
 fn a_value_on_the_command_line_is_refused_without_echoing_it() {
     let db = TestDb::sample();
@@ -1333,7 +1333,7 @@ fn a_value_on_the_command_line_is_refused_without_echoing_it() {
     assert_eq!(db.snapshot(), before);
 }
 
-/// Issue 14 item 6: without a key (outside production) the write happens, in plaintext, and
+/// Without a key (outside production) the write happens, in plaintext, and
 /// stderr says so; with a key, no such warning.
 #[test]
 fn a_plaintext_write_warns_on_stderr() {
@@ -1466,7 +1466,7 @@ fn a_vendor_key_write_warns_that_the_platform_refuses_it_on_platform_managed_mod
 }
 
 // ---------------------------------------------------------------------------------------------
-// Restart outcomes in the audit log (SPEC §11), and `secret restart`
+// Restart outcomes in the audit log, and `secret restart`
 
 /// The restart rows of the audit log: (workspace, outcome, http_status, skip_reason, trigger).
 fn restart_rows(db: &TestDb) -> BTreeSet<(String, String, String, String, String)> {

@@ -1,4 +1,4 @@
-//! The small items of issue 15 (item 8), each from the built binary where it is about the
+//! Small items, each from the built binary where it is about the
 //! binary: a TEXT status column's values sanitised, `secret set --dry-run` never reading stdin,
 //! duplicate databases and a BOM in a tenants file, a revoke that revoked nothing writing no
 //! audit row, the prior MODEL value dropped by rollback, a dry run refused for several agents
@@ -289,7 +289,7 @@ fn a_configuration_error_is_prefixed_once() {
 
 #[test]
 fn a_jsonl_report_is_created_0600_and_never_through_a_symbolic_link() {
-    // Item 8's rule for `--report`, for the JSON Lines report of issue 16 too: a link at the
+    // The `--report` rule, for the JSON Lines report too: a link at the
     // path is refused before any tenant starts (nothing changed, the link's target untouched),
     // and a new report is readable by its owner only.
     use std::os::unix::fs::PermissionsExt;

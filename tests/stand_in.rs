@@ -1,4 +1,4 @@
-//! A platform HTTP stand-in with the platform's real range of answers (issue 18), on 127.0.0.1
+//! A platform HTTP stand-in with the platform's real range of answers, on 127.0.0.1
 //! only: 2xx other than 200, redirects, 401/404/409/500, slow and hung answers, and keep-alive
 //! connections the server closes. It records every request (method, path, bearer, when it
 //! arrived and when it was answered) and how many were in flight at once, so tests can check

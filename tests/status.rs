@@ -1,4 +1,4 @@
-//! `orgctl status` against real PostgreSQL (issue 7): every check on the awkward fixture before
+//! `orgctl status` against real PostgreSQL: every check on the awkward fixture before
 //! and after an install, former-root stragglers, cycles and a 72-deep chain, several agents,
 //! --limit, read-only (no schema created, no locks waited on), the JSON contract.
 // The mirror structs exist to reject unknown fields; not every field is asserted on.

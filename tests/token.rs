@@ -21,7 +21,7 @@ const T6: &str = "70000000-0000-4000-8000-000000000006";
 const T7: &str = "70000000-0000-4000-8000-000000000007";
 const T8: &str = "70000000-0000-4000-8000-000000000008";
 
-/// `token mint -o json` (SPEC §5), rejecting unknown fields.
+/// `token mint -o json`, rejecting unknown fields.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MintJson {
@@ -112,7 +112,7 @@ fn parse<T: serde::de::DeserializeOwned>(stdout: &str) -> T {
     }
 }
 
-/// The platform's bearer lookup (SPEC §1), with the hash computed by PostgreSQL from the
+/// The platform's bearer lookup, with the hash computed by PostgreSQL from the
 /// plaintext's UTF-8 bytes — independently of `orgctl::crypto::token_hash`, the function under
 /// test: if orgctl stored another digest (hex text, another encoding, a salt) the lookup fails.
 async fn platform_lookup(db: &TestDb, plaintext: &str) -> Option<(String, String, Option<String>)> {
@@ -366,7 +366,7 @@ fn mint_with_several_roots_and_no_agent_needs_org_which_must_be_a_root() {
     for root in [ids::HQ, ids::LABS, ids::LEGACY] {
         assert!(r.stderr.contains(root), "lists the roots: {}", r.stderr);
     }
-    // Issue 14 item 2: live roots first (the removed tombstone is older but comes last and is
+    // Live roots first (the removed tombstone is older but comes last and is
     // marked), and the message says how to choose.
     let at = |id: &str| r.stderr.find(id).unwrap_or(usize::MAX);
     assert!(
@@ -1334,7 +1334,7 @@ fn bulk_revoke_reports_already_revoked_tokens_and_writes_nothing_when_none_is_li
     assert!(lines[1].contains("dddd0002") && lines[1].contains("already revoked"));
 }
 
-/// Issue 14 item 3: the default table fits 80 columns with whole, copyable handles — on a
+/// The default table fits 80 columns with whole, copyable handles — on a
 /// pipe, and on a terminal that reports 0x0 — full ids with --wide; the revoke --created-by
 /// confirmation too.
 #[test]
@@ -1400,7 +1400,7 @@ fn list_table_fits_80_columns_and_wide_shows_full_ids() {
     assert_eq!(db.snapshot(), before);
 }
 
-/// Issue 14 item 7: `token anchor --stale` moves every stale anchor to the root in one planned,
+/// `token anchor --stale` moves every stale anchor to the root in one planned,
 /// confirmed, audited transaction, and `status` names it.
 #[test]
 fn anchor_stale_moves_every_stale_anchor_to_the_root() {

@@ -76,7 +76,7 @@ pub struct TenantResult {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub in_doubt: bool,
     pub note: Option<String>,
-    /// Only with --provision: what became of the agent after the commit (SPEC §9).
+    /// Only with --provision: what became of the agent after the commit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provision: Option<ProvisionResult>,
     /// Why the provision did not bring the agent online (the tenant stays committed).

@@ -1,4 +1,4 @@
-//! `orgctl backfill run | rollback | status` (SPEC §7): install-platform-agent across a fleet
+//! `orgctl backfill run | rollback | status`: install-platform-agent across a fleet
 //! of tenant databases, each in its own transaction with a snapshot of every row it changes, and
 //! an exact rollback from that snapshot.
 //!

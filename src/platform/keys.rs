@@ -123,7 +123,7 @@ impl SecretBox {
     }
 
     /// The stderr warning for a write that will be stored in plaintext (no key, outside
-    /// production: SPEC §1), or None when the write is encrypted or refused anyway.
+    /// production), or None when the write is encrypted or refused anyway.
     pub fn plaintext_warning(&self, what: &str) -> Option<String> {
         match self.write_version() {
             Ok(0) => Some(format!(

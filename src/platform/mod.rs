@@ -18,7 +18,7 @@ pub mod tree;
 pub mod vendor_keys;
 
 /// The workspace secret a platform agent needs: the platform marks an agent without it failed
-/// at registration (SPEC §1, the MODEL gate).
+/// at registration (the MODEL gate).
 pub const MODEL_KEY: &str = "MODEL";
 
 /// A secret that outranks MODEL: when it is set (on the agent, or globally) the agent runs the

@@ -1,4 +1,4 @@
-//! Bringing the platform agent to life (SPEC §9): after an install commits, ask the platform to
+//! Bringing the platform agent to life: after an install commits, ask the platform to
 //! provision the agent when it is not running, and optionally watch its status until it is
 //! `online`, `failed`, or a deadline passes.
 //!
@@ -85,7 +85,8 @@ pub struct Ask<'a> {
     pub model: Option<&'a str>,
 }
 
-/// The `provision` object of the JSON output and the backfill report (SPEC §9).
+/// The `provision` object of the JSON output and the backfill report (its field names are a
+/// contract scripts rely on).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ProvisionResult {
     /// A provision request was sent (whatever the platform answered).
@@ -424,7 +425,8 @@ pub fn ctrl_c() -> Stop {
     })
 }
 
-/// The audit command of a provision request's own row (SPEC §11).
+/// The audit command of a provision request's own row (what happens after a commit is audited
+/// too).
 pub const PROVISION_COMMAND: &str = "provision";
 
 /// Record a provision request and its HTTP outcome as an audit row of its own, in a
