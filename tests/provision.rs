@@ -141,7 +141,7 @@ fn a_created_agent_is_provisioned_through_ensure_and_comes_online() {
     assert_eq!(r.json()["model_secret"], "seeded");
     assert_eq!(agent_status(&db), "online");
     assert_installed(&db);
-    // the request is an audit row of its own, with the HTTP outcome the stand-in gave.
+    // The request is an audit row of its own, with the HTTP outcome the stand-in gave.
     assert_eq!(
         db.exec(
             "SELECT args->>'workspace_id', outcome, args->>'http_status', args->>'route',
