@@ -539,6 +539,23 @@ pub async fn snapshot_tampered(conn: &mut PgConnection, run_id: &str) -> Result<
     )))
 }
 
+/// Re-insert a row the run replaced, whole, from its snapshot column of the run row
+/// (`table` and `column` are orgctl's own constants, never input). Returns the rows inserted.
+async fn reinsert_prior(
+    conn: &mut PgConnection,
+    run_id: &str,
+    table: &'static str,
+    column: &'static str,
+) -> Result<u64> {
+    let sql = format!(
+        "INSERT INTO {table}
+         SELECT (jsonb_populate_record(NULL::{table}, b.{column})).*
+           FROM orgctl.backfill_runs b WHERE b.run_id = $1 AND b.{column} IS NOT NULL"
+    );
+    let r = db::query(&sql).bind(run_id).execute(&mut *conn).await?;
+    Ok(r.rows_affected())
+}
+
 async fn snapshot_counts(conn: &mut PgConnection, run_id: &str) -> Result<Counts> {
     let r = db::query(
         "SELECT count(*) FILTER (WHERE kind = 'root'),
@@ -1083,15 +1100,8 @@ async fn restore(
         let r = q.execute(&mut *conn).await?;
         check("the MODEL secret", r.rows_affected(), 1, force)?;
         if run.model_action == "replaced" {
-            let r = db::query(
-                "INSERT INTO workspace_secrets
-                 SELECT (jsonb_populate_record(NULL::workspace_secrets, b.model_prior)).*
-                   FROM orgctl.backfill_runs b WHERE b.run_id = $1 AND b.model_prior IS NOT NULL",
-            )
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-            check("the prior MODEL secret", r.rows_affected(), 1, force)?;
+            let n = reinsert_prior(conn, id, "workspace_secrets", "model_prior").await?;
+            check("the prior MODEL secret", n, 1, force)?;
         }
     }
 
@@ -1105,15 +1115,8 @@ async fn restore(
         .execute(&mut *conn)
         .await?;
         if run.plugin_action == "update" {
-            let r = db::query(
-                "INSERT INTO workspace_declared_plugins
-                 SELECT (jsonb_populate_record(NULL::workspace_declared_plugins, b.plugin_prior)).*
-                   FROM orgctl.backfill_runs b WHERE b.run_id = $1 AND b.plugin_prior IS NOT NULL",
-            )
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-            check("the prior declared plugin", r.rows_affected(), 1, force)?;
+            let n = reinsert_prior(conn, id, "workspace_declared_plugins", "plugin_prior").await?;
+            check("the prior declared plugin", n, 1, force)?;
         }
     }
 
