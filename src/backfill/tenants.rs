@@ -87,9 +87,11 @@ pub async fn read(path: &Path) -> Result<Vec<Tenant>> {
     Ok(tenants)
 }
 
-/// How long resolving one host name may take; a host that does not resolve in time is left to
-/// the connection, which reports it.
+/// How long resolving one host name may take, and all of them together; a host that does not
+/// resolve in time is left to the connection, which reports it. A fleet of hosts that never
+/// answer costs the run at most the total before it starts.
 const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+const RESOLVE_TOTAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Two lines that reach one database under different spellings of its host (`localhost` and
 /// `127.0.0.1`, a host name and its address) would install and report it twice: compare the
@@ -107,17 +109,17 @@ async fn refuse_one_database_twice(tenants: &[Tenant], source: &str) -> Result<(
         .collect();
     hosts.sort();
     hosts.dedup();
+    let deadline = tokio::time::Instant::now() + RESOLVE_TOTAL;
     let resolved: HashMap<(String, u16), Vec<std::net::IpAddr>> = stream::iter(hosts)
         .map(|(host, port)| async move {
-            let addrs = tokio::time::timeout(
-                RESOLVE_TIMEOUT,
-                tokio::net::lookup_host((host.clone(), port)),
-            )
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .map(|a| a.map(|s| s.ip()).collect::<Vec<_>>())
-            .unwrap_or_default();
+            let until = deadline.min(tokio::time::Instant::now() + RESOLVE_TIMEOUT);
+            let addrs =
+                tokio::time::timeout_at(until, tokio::net::lookup_host((host.clone(), port)))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .map(|a| a.map(|s| s.ip()).collect::<Vec<_>>())
+                    .unwrap_or_default();
             ((host, port), addrs)
         })
         .buffer_unordered(16)
