@@ -4,7 +4,7 @@
 //! fan-out, the MODEL gate, and every bad input with its exit code and nothing written.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -215,40 +215,11 @@ impl Drop for FakePlatform {
 fn serve(mut stream: TcpStream, calls: &Mutex<Vec<Call>>, fail: &[String], delay: Duration) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+    let Some(req) = crate::stand_in::read_http_request(&mut stream, &mut buf) else {
+        return;
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split(' ');
-    let method = first.next().unwrap_or_default().to_string();
-    let path = first.next().unwrap_or_default().to_string();
-    let mut auth = None;
-    let mut length = 0usize;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            if k.eq_ignore_ascii_case("authorization") {
-                auth = Some(v.trim().to_string());
-            }
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut have = buf.len() - head_end - 4;
-    while have < length {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => have += n,
-        }
-    }
+    let auth = req.header("authorization");
+    let (method, path) = (req.method, req.path);
     std::thread::sleep(delay);
     let failing = fail.iter().any(|f| path.contains(f.as_str()));
     if let Ok(mut c) = calls.lock() {

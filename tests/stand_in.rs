@@ -218,11 +218,27 @@ impl Drop for StandIn {
     }
 }
 
-/// Read one request head and body; None when the peer closed or went quiet.
-fn read_request(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> Option<(String, String, Option<String>)> {
+/// One request as read off the wire.
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// Header names lower-cased, values trimmed.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// Read one request head and body (what `buf` holds first, then the stream), leaving in `buf`
+/// what follows it (keep-alive); None when the peer closed or went quiet.
+pub fn read_http_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
     let mut chunk = [0u8; 1024];
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -238,18 +254,15 @@ fn read_request(
     let mut first = lines.next().unwrap_or_default().split(' ');
     let method = first.next().unwrap_or_default().to_string();
     let path = first.next().unwrap_or_default().to_string();
-    let mut auth = None;
-    let mut length = 0usize;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            if k.eq_ignore_ascii_case("authorization") {
-                auth = Some(v.trim().to_string());
-            }
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
     let body_start = head_end + 4;
     while buf.len() < body_start + length {
         match stream.read(&mut chunk) {
@@ -257,8 +270,24 @@ fn read_request(
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+    let body = String::from_utf8_lossy(&buf[body_start..body_start + length]).to_string();
     buf.drain(..body_start + length);
-    Some((method, path, auth))
+    Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+/// Method, path and bearer of the next request ([`read_http_request`]).
+fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, String, Option<String>)> {
+    let r = read_http_request(stream, buf)?;
+    let auth = r.header("authorization");
+    Some((r.method, r.path, auth))
 }
 
 fn serve(mut stream: TcpStream, conn: usize, st: &State) {
@@ -660,41 +689,13 @@ fn ensure_serve(
 ) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+    let Some(req) = read_http_request(&mut stream, &mut buf) else {
+        return;
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split(' ');
-    let method = first.next().unwrap_or_default().to_string();
-    let path = first.next().unwrap_or_default().to_string();
-    let (mut auth, mut org_id, mut length) = (None, None, 0usize);
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            let v = v.trim().to_string();
-            if k.eq_ignore_ascii_case("authorization") {
-                auth = Some(v);
-            } else if k.eq_ignore_ascii_case("x-molecule-org-id") {
-                org_id = Some(v);
-            } else if k.eq_ignore_ascii_case("content-length") {
-                length = v.parse().unwrap_or(0);
-            }
-        }
-    }
-    while buf.len() < head_end + 4 + length {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let body = String::from_utf8_lossy(&buf[head_end + 4..head_end + 4 + length]).to_string();
+    let (auth, org_id) = (req.header("authorization"), req.header("x-molecule-org-id"));
+    let Request {
+        method, path, body, ..
+    } = req;
     if let Ok(mut c) = calls.lock() {
         c.push(EnsureCall {
             method: method.clone(),
