@@ -181,7 +181,15 @@ where
                         done(&r, set.len());
                         slots[idx] = Slot::Done(r);
                     }
-                    Some(Ok((idx, None, ms))) => slots[idx] = Slot::Abandoned(ms),
+                    Some(Ok((idx, None, ms))) => {
+                        // The abandoning task can end before the branch below is polled: the
+                        // second Ctrl-C is answered either way, once.
+                        if !said_abandon {
+                            said_abandon = true;
+                            say_abandoning(set.len() + 1);
+                        }
+                        slots[idx] = Slot::Abandoned(ms);
+                    }
                     // A panicking task: reported as failed on its tenant; the transaction it
                     // had open was rolled back when its connection dropped.
                     Some(Err(e)) => {
@@ -205,16 +213,20 @@ where
             // The second Ctrl-C is answered too, so the operator knows it was heard.
             _ = abandon_rx.reached(2), if cancel.stopping() && !said_abandon => {
                 said_abandon = true;
-                let n = set.len();
-                crate::interrupt::say(&format!(
-                    "interrupted again: abandoning {n} in-flight tenant{}: {} (a COMMIT already sent is waited for)",
-                    if n == 1 { "" } else { "s" },
-                    if n == 1 { "its transaction rolls back" } else { "their transactions roll back" }
-                ));
+                say_abandoning(set.len());
             }
         }
     }
     slots
+}
+
+/// The answer to the second Ctrl-C: `n` in-flight tenants are abandoned.
+fn say_abandoning(n: usize) {
+    crate::interrupt::say(&format!(
+        "interrupted again: abandoning {n} in-flight tenant{}: {} (a COMMIT already sent is waited for)",
+        if n == 1 { "" } else { "s" },
+        if n == 1 { "its transaction rolls back" } else { "their transactions roll back" }
+    ));
 }
 
 /// A new run id: `bf-` UTC timestamp and 8 random hex digits.
