@@ -16,8 +16,7 @@
 
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -48,47 +47,9 @@ const CURSOR: &str = "orgctl_audit_cursor";
 
 static REASON: OnceLock<Option<String>> = OnceLock::new();
 
-/// The chain's head after this process's last append, and after its last COMMIT: what a
-/// change prints as `audit_head`, for an operator to keep outside the database.
-static PENDING_HEAD: Mutex<Option<(i64, [u8; 32])>> = Mutex::new(None);
-static COMMITTED_HEAD: Mutex<Option<(i64, [u8; 32])>> = Mutex::new(None);
-/// Several tenants in one run: one process-wide head would name none of them.
-static FLEET: AtomicBool = AtomicBool::new(false);
-
-/// The head an append moved the chain to, in a transaction not yet committed.
-pub fn note_appended(seq: i64, row_hash: [u8; 32]) {
-    if let Ok(mut h) = PENDING_HEAD.lock() {
-        *h = Some((seq, row_hash));
-    }
-}
-
-/// The transaction that appended committed (answered or verified).
-pub fn note_committed() {
-    let pending = PENDING_HEAD.lock().ok().and_then(|mut h| h.take());
-    if let (Some(p), Ok(mut c)) = (pending, COMMITTED_HEAD.lock()) {
-        *c = Some(p);
-    }
-}
-
-/// This run changes several tenants: no single head is printed.
-pub fn fleet_mode() {
-    FLEET.store(true, Ordering::SeqCst);
-}
-
-/// The head this process committed last, as a change's JSON shows it; before its COMMIT, the
-/// head it is about to commit (`token mint` delivers its token first, then commits: a failed
-/// commit is then its own error).
-pub fn committed_head() -> Option<HeadJson> {
-    if FLEET.load(Ordering::SeqCst) {
-        return None;
-    }
-    let pending = PENDING_HEAD.lock().ok().and_then(|h| *h);
-    let head = pending.or_else(|| COMMITTED_HEAD.lock().ok().and_then(|h| *h))?;
-    Some(HeadJson {
-        seq: head.0,
-        row_hash: hex(&head.1),
-    })
-}
+pub use crate::output::head::{
+    committed_head, fleet_mode, hex, note_appended, note_committed, HeadJson,
+};
 
 /// `--head SEQ:ROW_HASH` (hex, 64 digits; a `sha256:` before the hash is accepted).
 pub fn parse_anchor(raw: &str) -> Result<(i64, [u8; 32])> {
@@ -278,14 +239,6 @@ pub fn canonical_json(v: &serde_json::Value, out: &mut String) {
         }
         other => out.push_str(&other.to_string()),
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -900,13 +853,6 @@ struct VerifyJson {
     head: Option<HeadJson>,
     problems: u64,
     first_problem: Option<Problem>,
-}
-
-/// The chain's head as JSON shows it (`audit_head` of a change, `head` of `audit verify`).
-#[derive(Clone, Debug, Serialize)]
-pub struct HeadJson {
-    pub seq: i64,
-    pub row_hash: String,
 }
 
 async fn verify(ctx: &Context, args: &AuditVerifyArgs) -> Result<Exit> {

@@ -162,13 +162,7 @@ pub enum PoolerMode {
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    /// Human-readable tables.
-    Table,
-    /// One JSON document on stdout.
-    Json,
-}
+pub use crate::output::OutputFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -790,7 +790,7 @@ fn lock_refusal(holder: &str, by_orgctl: bool, settings: &Settings) -> Error {
     };
     Error::refused(format!(
         "{who}{holder}; waited {}: retry when it is done or raise --lock-timeout",
-        humanize(settings.lock_timeout)
+        crate::output::duration::human(settings.lock_timeout)
     ))
 }
 
@@ -825,15 +825,6 @@ async fn lock_holder(conn: &mut PgConnection) -> Result<(String, bool)> {
         }
         None => (String::new(), false),
     })
-}
-
-pub fn humanize(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
 }
 
 /// The platform tables and columns orgctl reads or writes. A tenant missing any of them is
@@ -2010,7 +2001,7 @@ async fn resolve(
         if e.exit == crate::error::Exit::Refused {
             format!(
                 "the lost transaction still held the tenant lock after {}",
-                humanize(RESOLVE_LOCK_WAIT)
+                crate::output::duration::human(RESOLVE_LOCK_WAIT)
             )
         } else {
             format!("the check failed: {}", e.message)

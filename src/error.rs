@@ -174,12 +174,12 @@ pub fn classify_sqlx(e: &sqlx::Error) -> Error {
                 // The platform's sibling-name rule met by a write the plan did not foresee (a
                 // workspace created or renamed concurrently): a refusal, said as such.
                 sqlstate::UNIQUE_VIOLATION
-                    if db.constraint() == Some(crate::platform::tree::SIBLING_NAME_INDEX) =>
+                    if db.constraint() == Some(SIBLING_NAME_INDEX) =>
                 {
                     let detail = db
                         .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
                         .and_then(|p| p.detail());
-                    Error::refused(crate::platform::tree::sibling_name_violation(detail))
+                    Error::refused(sibling_name_violation(detail))
                 }
                 _ if code.is_empty() => Error::failed(format!("database error: {msg}")),
                 _ => Error::failed(format!("database error {code}: {msg}")),
@@ -292,6 +292,23 @@ pub fn sanitize(s: &str) -> String {
 
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The platform's unique index on sibling names: one name per parent (the top level counts as
+/// one parent) among workspaces that are not `removed`.
+pub const SIBLING_NAME_INDEX: &str = "workspaces_parent_name_uniq";
+
+/// A unique violation of [`SIBLING_NAME_INDEX`] (a write that raced the plan) as one sentence;
+/// `detail` is the server's "Key (…)=(…) already exists." line when it sent one.
+pub fn sibling_name_violation(detail: Option<&str>) -> String {
+    let key = detail
+        .and_then(|d| d.split_once(")=(").map(|(_, k)| k))
+        .map(|k| k.trim_end_matches(" already exists.").trim_end_matches(')'))
+        .map(|k| format!(" (parent, name: {})", crate::error::sanitize(k)))
+        .unwrap_or_default();
+    format!(
+        "two live workspaces would have the same name under one parent{key}, which the platform does not allow ({SIBLING_NAME_INDEX}); the transaction was rolled back, nothing was changed: rename one of them (a workspace was probably created or renamed during the run), then rerun"
+    )
 }
 
 #[cfg(test)]

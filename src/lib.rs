@@ -7,13 +7,15 @@
 pub mod audit;
 pub mod backfill;
 pub mod cli;
-pub mod crypto;
+pub mod commands;
+pub mod context;
 pub mod db;
 pub mod dev;
 pub mod docs;
 pub mod error;
 pub mod install;
 pub mod interrupt;
+pub mod ops;
 pub mod org;
 pub mod output;
 pub mod pgserver;
@@ -26,41 +28,9 @@ pub mod sys;
 pub mod token;
 
 use crate::cli::{Cli, Command};
-use crate::db::{DbUrl, Settings};
+pub use crate::context::Context;
 use crate::error::{Error, Exit, Result};
-use crate::output::Output;
-
-/// What every command gets: output, connection settings, `--yes`, and the database URL.
-pub struct Context {
-    pub out: Output,
-    pub settings: Settings,
-    pub yes: bool,
-    database_url: Option<String>,
-}
-
-impl Context {
-    pub fn new(cli: &Cli) -> Self {
-        db::set_pooler(match cli.global.pooler {
-            cli::PoolerMode::Transaction => db::Pooler::Transaction,
-            cli::PoolerMode::Session | cli::PoolerMode::None => db::Pooler::Session,
-        });
-        Context {
-            out: Output::new(cli.global.output, cli.global.quiet, cli.global.verbose),
-            settings: Settings {
-                lock_timeout: cli.global.lock_timeout,
-                // Not given: the server's own limit stays in force; 0 means no limit.
-                statement_timeout: cli.global.statement_timeout,
-            },
-            yes: cli.global.yes,
-            database_url: cli.global.database_url.clone(),
-        }
-    }
-
-    /// The tenant database from `--database-url` / `DATABASE_URL`.
-    pub fn url(&self) -> Result<DbUrl> {
-        db::url_from(self.database_url.as_deref())
-    }
-}
+pub use crate::platform::crypto;
 
 /// Run orgctl with the process's arguments; returns the exit code.
 pub fn run() -> i32 {

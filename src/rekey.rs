@@ -28,7 +28,7 @@
 //!
 //! Keys never come from argv: the current one from `SECRETS_ENCRYPTION_KEY`, the new one from
 //! `SECRETS_ENCRYPTION_KEY_NEW` or the first line of `--new-key-file`; both are parsed by
-//! [`crate::crypto::SecretBox`] (the one owner of the key rules) and checked before any
+//! [`crate::platform::crypto::SecretBox`] (the one owner of the key rules) and checked before any
 //! connection is made. Plaintext is held in [`Zeroizing`] buffers.
 
 use std::collections::BTreeMap;

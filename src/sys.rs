@@ -115,7 +115,8 @@ impl SavedTerminal {
             }
             use std::io::IsTerminal;
             if std::io::stderr().is_terminal() {
-                crate::output::stderr("\x1b[?25h");
+                use std::io::Write as _;
+                let _ = std::io::stderr().write_all(b"\x1b[?25h");
             }
         }
     }

@@ -33,8 +33,9 @@ use zeroize::Zeroizing;
 
 use crate::cli::{TokenAnchorArgs, TokenCommand, TokenListArgs, TokenMintArgs, TokenRevokeArgs};
 use crate::error::{sanitize, Error, Exit, Result};
+use crate::platform::crypto;
 use crate::platform::tokens as platform;
-use crate::{crypto, db, Context};
+use crate::{db, Context};
 
 /// `--created-by` on mint is at most this many characters (the platform sets no bound).
 pub const MAX_LABEL_CHARS: usize = 200;

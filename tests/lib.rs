@@ -16,6 +16,7 @@ mod install;
 mod interactive;
 mod json_doc;
 mod kubernetes;
+mod layout;
 mod output_failures;
 mod platform;
 mod pooler;

@@ -18,11 +18,12 @@ use sqlx::{Connection, Row};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use super::{clean, fmt_duration, millis, Cancel, Committing, Shard, Slot, Tenant};
+use super::{clean, Cancel, Committing, Shard, Slot, Tenant};
 use crate::cli::BackfillRunArgs;
 use crate::db::{self, Arg, DbUrl, Settings};
 use crate::error::{Error, Exit, Result};
 use crate::install::{self, AgentAction, InstallInput, ModelAction, Plan};
+use crate::output::duration::{human_ms, millis};
 use crate::platform::keys::SecretBox;
 use crate::platform::provision::{self, ProvisionResult};
 use crate::Context;
@@ -1026,7 +1027,7 @@ pub async fn run(ctx: &Context, args: &BackfillRunArgs, cancel: &Cancel) -> Resu
                 "{}: {} in {}",
                 r.tenant,
                 r.status.as_str(),
-                fmt_duration(r.duration_ms)
+                human_ms(r.duration_ms)
             ));
         }
         pb.inc(1);
@@ -1233,7 +1234,7 @@ fn render(ctx: &Context, report: &Report) -> Result<()> {
             if r.status == Status::NotStarted {
                 "-".into()
             } else {
-                fmt_duration(r.duration_ms)
+                human_ms(r.duration_ms)
             },
             detail,
         ];

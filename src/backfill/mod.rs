@@ -163,7 +163,7 @@ where
                             // The COMMIT is on the wire: let it finish so the report is true.
                             (idx, Some(fut.await), 0)
                         } else {
-                            (idx, None, millis(started.elapsed()))
+                            (idx, None, crate::output::duration::millis(started.elapsed()))
                         }
                     }
                 }
@@ -389,18 +389,6 @@ pub fn unknown_run<'a>(run_id: &str, known: impl Iterator<Item = &'a KnownRun>) 
     Error::failed(format!(
         "no selected tenant knows run id '{run_id}' (is it mistyped?); nothing was changed; {known}"
     ))
-}
-
-pub fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-pub fn fmt_duration(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    }
 }
 
 #[cfg(test)]

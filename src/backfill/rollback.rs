@@ -20,11 +20,12 @@ use sqlx::{Connection, Row};
 use uuid::Uuid;
 
 use super::verify::{self, Verification};
-use super::{clean, fmt_duration, millis, Cancel, Committing, Slot, Tenant};
+use super::{clean, Cancel, Committing, Slot, Tenant};
 use crate::cli::BackfillRollbackArgs;
 use crate::db::{self, Settings};
 use crate::error::{Error, Exit, Result};
 use crate::org::{self, Count, Referencing};
+use crate::output::duration::{human_ms, millis};
 use crate::platform::{tree, MODEL_KEY};
 use crate::Context;
 
@@ -1340,7 +1341,7 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
                 r.merged_restored.to_string(),
                 r.model_secret.unwrap_or("-").to_string(),
                 r.agent.unwrap_or("-").to_string(),
-                fmt_duration(r.duration_ms),
+                human_ms(r.duration_ms),
                 r.error.clone().unwrap_or_else(|| {
                     let mut lines: Vec<String> = r.drift.iter().map(Drift::line).collect();
                     if !r.referenced_by.is_empty() {

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod channels;
+pub mod crypto;
 pub mod keys;
 pub mod provision;
 pub mod restart;

@@ -160,7 +160,7 @@ impl ProvisionResult {
         } else {
             format!(
                 "{status} after {}",
-                crate::backfill::fmt_duration(self.waited_ms)
+                crate::output::duration::human_ms(self.waited_ms)
             )
         }
     }
@@ -729,7 +729,7 @@ pub async fn provision(
             break Err(Error::failed(format!(
                 "the platform agent {id} is still {} after waiting {}; {committed} and stays committed: check the platform, or wait longer with `orgctl status`",
                 result.final_status.as_deref().unwrap_or("without a status"),
-                crate::db::humanize(wait)
+                crate::output::duration::human(wait)
             )));
         }
         let nap = POLL_INTERVAL.min(deadline - now);
@@ -748,7 +748,7 @@ pub async fn provision(
         }
     };
     spinner.finish_and_clear();
-    result.waited_ms = crate::backfill::millis(start.elapsed());
+    result.waited_ms = crate::output::duration::millis(start.elapsed());
     Provisioned {
         result,
         problem: end.err(),

@@ -652,7 +652,7 @@ fn dispatch_blocking(
                         } else if left.is_zero() {
                             not_attempted(format!(
                                 "the restart deadline ({}) passed",
-                                crate::db::humanize(total)
+                                crate::output::duration::human(total)
                             ))
                         } else {
                             let r = restart_one(&agent, &fresh, *id, url, bearer, left);

@@ -40,9 +40,7 @@ pub const DEPTH_LIMITS: [DepthLimit; 3] = [AGENT_REACH, MEMORY_RESOLVE, ORG_ROOT
 /// own installer does the same without a word).
 pub const FORMER_ROOT_LOSES: &str = "former roots lose root-only behaviour on the platform: their org-wide memories become unreachable and their team namespaces merge";
 
-/// The platform's unique index on sibling names: one name per parent (the top level counts as
-/// one parent) among workspaces that are not `removed`.
-pub const SIBLING_NAME_INDEX: &str = "workspaces_parent_name_uniq";
+pub use crate::error::{sibling_name_violation, SIBLING_NAME_INDEX};
 
 /// SQL predicate on `alias` for a row the sibling-name rule counts, exactly as the index's own
 /// predicate (a NULL status is not counted; `::text` also fits an older tenant's TEXT status).
@@ -85,19 +83,6 @@ impl NameClash {
             }
         )
     }
-}
-
-/// A unique violation of [`SIBLING_NAME_INDEX`] (a write that raced the plan) as one sentence;
-/// `detail` is the server's "Key (…)=(…) already exists." line when it sent one.
-pub fn sibling_name_violation(detail: Option<&str>) -> String {
-    let key = detail
-        .and_then(|d| d.split_once(")=(").map(|(_, k)| k))
-        .map(|k| k.trim_end_matches(" already exists.").trim_end_matches(')'))
-        .map(|k| format!(" (parent, name: {})", crate::error::sanitize(k)))
-        .unwrap_or_default();
-    format!(
-        "two live workspaces would have the same name under one parent{key}, which the platform does not allow ({SIBLING_NAME_INDEX}); the transaction was rolled back, nothing was changed: rename one of them (a workspace was probably created or renamed during the run), then rerun"
-    )
 }
 
 #[cfg(test)]

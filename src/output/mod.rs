@@ -3,12 +3,23 @@
 //!
 //! stdout carries the result only. A closed stdout (`orgctl token list | head`) is not an error.
 
+pub mod duration;
+pub mod head;
+
+/// How a command's result is printed (`-o`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable tables.
+    Table,
+    /// One JSON document on stdout.
+    Json,
+}
+
 use std::io::{IsTerminal, Write};
 
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 
-use crate::cli::OutputFormat;
 use crate::error::{sanitize, Error, Result};
 
 #[derive(Clone, Debug)]
@@ -96,11 +107,11 @@ impl Output {
         struct WithHead<'a, T> {
             #[serde(flatten)]
             inner: &'a T,
-            audit_head: crate::audit::HeadJson,
+            audit_head: head::HeadJson,
         }
         let stdout = std::io::stdout();
         let mut w = std::io::BufWriter::new(stdout.lock());
-        let r = match crate::audit::committed_head() {
+        let r = match head::committed_head() {
             Some(audit_head) => serde_json::to_writer_pretty(
                 &mut w,
                 &WithHead {

@@ -1,0 +1,2 @@
+//! One file (or folder) per subcommand: arguments → checked input → an operation → rendering.
+//! The layer under [`crate::cli`]'s callers and over [`crate::ops`].
