@@ -101,12 +101,7 @@ fn describe_one(ctx: &Context, token: &TokenRow) -> String {
 
 async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
     let (url, mut conn) = super::connect(ctx).await?;
-    let token = {
-        let mut tx = crate::db::begin_read_only(&mut conn, &ctx.settings).await?;
-        let t = ops::find_token(&mut tx, r).await?;
-        tx.rollback().await?;
-        t
-    };
+    let token = ops::plan_revoke_one(&mut conn, &ctx.settings, r).await?;
     if token.revoked_at.is_some() {
         ctx.out.info(&format!(
             "Token {} was already revoked at {}; nothing to do.",

@@ -53,7 +53,8 @@ pub use mint::{
     MintPlan, Minted,
 };
 pub use revoke::{
-    plan_label, read_back_revoked, revoke_label, revoke_one, LabelPlan, LabelRevoked, OneRevoked,
+    plan_label, plan_one as plan_revoke_one, read_back_revoked, revoke_label, revoke_one,
+    LabelPlan, LabelRevoked, OneRevoked,
 };
 pub use row::{find_token, TokenRow};
 

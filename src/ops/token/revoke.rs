@@ -7,7 +7,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
 use super::row::{by_id, fetch_batch};
-use super::{TokenRef, TokenRow, SHOWN};
+use super::{find_token, TokenRef, TokenRow, SHOWN};
 use crate::db::{self, DbUrl, Settings};
 use crate::error::{Error, Result};
 use crate::platform::tokens as platform;
@@ -49,6 +49,18 @@ const REVOKE_LABEL: &str = "UPDATE org_api_tokens SET revoked_at = now()
 /// mint defaults to.
 fn revoke_actor() -> String {
     format!("orgctl:{}", crate::sys::os_user())
+}
+
+/// The token a single revoke names, read-only (live or revoked: the caller says which).
+pub async fn plan_one(
+    conn: &mut PgConnection,
+    settings: &Settings,
+    r: &TokenRef,
+) -> Result<TokenRow> {
+    let mut tx = db::begin_read_only(conn, settings).await?;
+    let t = find_token(&mut tx, r).await?;
+    tx.rollback().await?;
+    Ok(t)
 }
 
 /// How a single revoke ended.
