@@ -76,6 +76,8 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("token_anchor_one", anchor::ANCHOR_ONE),
     ("token_has_former_roots", anchor::HAS_FORMER_ROOTS),
     ("token_unrevoked_sample", revoke::UNREVOKED_SAMPLE),
+    ("token_revoke_one", revoke::REVOKE_ONE),
+    ("token_revoke_label", revoke::REVOKE_LABEL),
     ("token_transaction_now", revoke::TRANSACTION_NOW),
     ("token_revoked_cursor", revoke::DECLARE_REVOKED),
     ("token_fetch", row::FETCH),

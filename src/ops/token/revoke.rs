@@ -38,11 +38,11 @@ pub(super) const DECLARE_REVOKED: &str = concat!(
 );
 
 /// One token revoked, by id ($1), with the platform's revoke row (actor $2).
-const REVOKE_ONE: &str =
+pub(super) const REVOKE_ONE: &str =
     "UPDATE org_api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id";
 
 /// Every unrevoked token with the label $1, with the platform's revoke rows (actor $2).
-const REVOKE_LABEL: &str = "UPDATE org_api_tokens SET revoked_at = now()
+pub(super) const REVOKE_LABEL: &str = "UPDATE org_api_tokens SET revoked_at = now()
           WHERE created_by = $1 AND revoked_at IS NULL RETURNING id";
 
 /// Who revokes, as the platform's audit row names it: the same `created_by`-style label a
