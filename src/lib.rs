@@ -16,7 +16,7 @@ pub mod error;
 pub mod install;
 pub mod interrupt;
 pub mod ops;
-pub mod org;
+pub(crate) use crate::ops::org;
 pub mod output;
 pub mod pgserver;
 pub mod platform;
@@ -25,7 +25,6 @@ pub mod rekey;
 pub mod secret;
 pub mod status;
 pub mod sys;
-pub mod token;
 
 use crate::cli::{Cli, Command};
 pub use crate::context::Context;
@@ -229,7 +228,7 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
             ))),
             _ => Ok(Exit::Ok),
         },
-        Command::Token(cmd) => token::run(ctx, cmd).await,
+        Command::Token(cmd) => commands::token::run(ctx, cmd).await,
         Command::Secret(cmd) => secret::run(ctx, cmd).await,
         Command::Backfill(cmd) => backfill::run(ctx, cmd).await,
         Command::Status(args) => status::run(ctx, args).await,
