@@ -1,5 +1,5 @@
 //! `orgctl install-platform-agent`: the arguments checked into an [`InstallInput`], the change
-//! run by [`change::run`] (plan, show, confirm, lock, re-plan, apply, audit, commit), then with
+//! run by `change::run` (plan, show, confirm, lock, re-plan, apply, audit, commit), then with
 //! `--provision` the platform asked to provision the agent, and the result rendered.
 
 mod render;

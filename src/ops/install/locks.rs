@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 ///
 /// Only inside a transaction of [`db::begin_change`], which has made orgctl's schema (and so
 /// `orgctl.former_roots`) present and usable: no probe for it here.
-pub async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<()> {
+pub(super) async fn lock_rows(conn: &mut PgConnection, input: &InstallInput) -> Result<()> {
     let locked = match input.id {
         // Constant SQL: one simple-query message.
         None => db::simple_batch(conn, LOCK_ROWS).await.map(|_| ()),

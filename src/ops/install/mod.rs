@@ -40,7 +40,6 @@ pub use crate::platform::agent::DEFAULT_NAME as DEFAULT_AGENT_NAME;
 pub use crate::platform::MODEL_KEY;
 pub use apply::{audit_args, execute, verification, Changes};
 pub use checks::{chain_warnings, token_ceiling_warning};
-pub use locks::lock_rows;
 pub use model::direct_model_warnings;
 pub use plan::{lock_and_plan, plan, plan_tail, Orgctl};
 pub use planned::{

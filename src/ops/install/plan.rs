@@ -82,7 +82,7 @@ pub(super) fn scope_cte(old: &str, agent: &str) -> String {
 }
 
 /// Compute the plan. Read-only: runs unchanged inside a dry run's read-only transaction and
-/// inside apply's write transaction (after [`lock_rows`]; or use [`lock_and_plan`]).
+/// inside apply's write transaction (after `lock_rows`; or use [`lock_and_plan`]).
 pub async fn plan(
     conn: &mut PgConnection,
     input: &InstallInput,
@@ -92,11 +92,11 @@ pub async fn plan(
     plan_after(conn, input, sb, orgctl, "").await
 }
 
-/// [`lock_rows`] then [`plan`], inside a transaction of [`db::begin_change`]: without `--id`
+/// `lock_rows` then [`plan`], inside a transaction of [`db::begin_change`]: without `--id`
 /// the lock statement (constant SQL) leads the plan's first message, one round trip and one
 /// statement fewer per tenant. `tail`: [`db::Begun::tail`] of a transaction begun with
 /// [`plan_tail`] — when that message already rode with the creation of orgctl's schema, its
-/// rows (or its failure, a lock timeout said as in [`lock_rows`]).
+/// rows (or its failure, a lock timeout said as in `lock_rows`).
 pub async fn lock_and_plan(
     conn: &mut PgConnection,
     input: &InstallInput,
@@ -130,7 +130,7 @@ pub fn plan_tail(input: &InstallInput) -> String {
 }
 
 /// `lead`: the row locks ([`LOCK_ROWS`], constant SQL) sent ahead of the plan's first read in
-/// the same message (its rows are ignored; a lock timeout there is said as in [`lock_rows`]),
+/// the same message (its rows are ignored; a lock timeout there is said as in `lock_rows`),
 /// or "".
 async fn plan_after(
     conn: &mut PgConnection,

@@ -160,7 +160,7 @@ pub struct Plan {
     pub name_clashes: Vec<NameClash>,
     /// The declared plugin row the platform keeps on its agent.
     pub plugin: PluginAction,
-    /// `--model` goes to the platform's ensure (not written by orgctl): [`InstallInput::provision`].
+    /// `--model` goes to the platform's ensure (not written by orgctl): [`super::InstallInput::provision`].
     pub model_via_platform: bool,
     /// `--provision` will ask the platform to provision this agent (it is new, or nothing runs
     /// or starts it), so the platform seeds a missing MODEL.
