@@ -267,3 +267,15 @@ async fn apply<C: Change>(
     committed.reconnected(conn);
     change.finish(conn, &current, done).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_plan_hash;
+
+    #[test]
+    fn a_plan_hash_is_sha256_and_64_hex_digits_long() {
+        assert!(check_plan_hash(&format!("sha256:{}", "0".repeat(64))).is_ok());
+        assert!(check_plan_hash(&format!("sha256:{}", "0".repeat(63))).is_err());
+        assert!(check_plan_hash(&format!("md5:{}", "0".repeat(67))).is_err());
+    }
+}
