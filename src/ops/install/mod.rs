@@ -18,9 +18,10 @@
 //!
 //! The parts: [`InstallInput`] (here) is what an install is asked to do; `planned` holds the
 //! [`Plan`] and its parts; `plan` computes it (and owns its SQL), with the agent's row in
-//! `agent`, the row locks in `locks` and the MODEL secret's rule in `model`; `apply` executes a plan exactly and checks
-//! it before the commit; `checks` are the warnings a plan comes with. The command that runs
-//! it and renders it is `crate::commands::install`; the backfill runs it per tenant.
+//! `agent`, the row locks in `locks` and the MODEL secret's rule in `model`; `apply` executes
+//! a plan exactly and checks it before the commit; `checks` are the warnings a plan comes
+//! with. The command that runs it and renders it is `crate::commands::install`; the backfill
+//! runs it per tenant.
 
 mod agent;
 mod apply;
