@@ -13,7 +13,7 @@ pub mod db;
 pub mod dev;
 pub mod docs;
 pub mod error;
-pub mod install;
+pub(crate) use crate::ops::install;
 pub mod interrupt;
 pub mod ops;
 pub(crate) use crate::ops::org;
@@ -220,7 +220,7 @@ fn after_commit(r: Result<Exit>) -> Error {
 
 async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
     match command {
-        Command::InstallPlatformAgent(args) => install::run(ctx, args).await,
+        Command::InstallPlatformAgent(args) => commands::install::run(ctx, args).await,
         Command::Dev(cmd) => dev::run(ctx, cmd).await,
         Command::Completions { shell } => match docs::print_completions(*shell) {
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::failed(format!(

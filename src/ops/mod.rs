@@ -3,3 +3,4 @@
 //! input and renders its result.
 pub mod org;
 pub mod token;
+pub mod install;
