@@ -2314,7 +2314,7 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         )));
     }
     execute(&mut tx, &current, &input, &sb, Changes::default()).await?;
-    let txid = db::audit_checked(
+    let txid = crate::audit::record_checked(
         &mut tx,
         "install-platform-agent",
         &audit_args(&input, &current),
@@ -2322,7 +2322,8 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
         Some(verification(&current)),
     )
     .await?;
-    let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+    let committed =
+        db::commit_guarded(tx, &url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
     if let Some(note) = committed.note() {
         out.info(note);
     }

@@ -628,7 +628,7 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
         over,
     )
     .await?;
-    db::audit(
+    crate::audit::record(
         &mut tx,
         "token mint",
         &serde_json::json!({
@@ -671,7 +671,7 @@ async fn mint(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
         text
     };
     deliver(&doc)?;
-    let evidence = db::Evidence::Token {
+    let evidence = crate::ops::evidence::Token {
         hash: hash.clone(),
         prefix: prefix.clone(),
     };
@@ -1148,7 +1148,7 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
             token.id
         )));
     }
-    let txid = db::audit(
+    let txid = crate::audit::record(
         &mut tx,
         "token revoke",
         &serde_json::json!({
@@ -1161,7 +1161,8 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
         "revoked",
     )
     .await?;
-    let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+    let committed =
+        db::commit_guarded(tx, &url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
     if let Some(note) = committed.note() {
         ctx.out.info(note);
     }
@@ -1289,7 +1290,7 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
             })?;
         return Ok(Exit::Ok);
     }
-    let txid = db::audit(
+    let txid = crate::audit::record(
         &mut tx,
         "token revoke",
         &serde_json::json!({
@@ -1303,7 +1304,8 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         "revoked",
     )
     .await?;
-    let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+    let committed =
+        db::commit_guarded(tx, &url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
     if let Some(note) = committed.note() {
         ctx.out.info(note);
     }
@@ -1571,7 +1573,7 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
             token.id
         )));
     }
-    let txid = db::audit(
+    let txid = crate::audit::record(
         &mut tx,
         "token anchor",
         &serde_json::json!({
@@ -1586,7 +1588,8 @@ async fn anchor(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
         "anchored",
     )
     .await?;
-    let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+    let committed =
+        db::commit_guarded(tx, &url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
     if let Some(note) = committed.note() {
         ctx.out.info(note);
     }
@@ -1775,7 +1778,7 @@ async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
     .await?
     .rows_affected();
     db::ensure_rows("moving stale token anchors", done, total)?;
-    let txid = db::audit(
+    let txid = crate::audit::record(
         &mut tx,
         "token anchor",
         &serde_json::json!({
@@ -1790,7 +1793,8 @@ async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
     )
     .await?;
     // A lost answer to COMMIT is in doubt, never "rolled back": look for the audit row.
-    let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+    let committed =
+        db::commit_guarded(tx, &url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
     if let Some(note) = committed.note() {
         ctx.out.info(note);
     }
