@@ -30,9 +30,6 @@ pub async fn commit_best_effort(
     })
 }
 
-// ---------------------------------------------------------------------------------------------
-// COMMIT, and finding out what happened when its answer is lost
-
 /// How long the check after a lost COMMIT waits for the lost transaction to end (it holds the
 /// tenant lock until its COMMIT or rollback has finished on the server).
 const RESOLVE_LOCK_WAIT: Duration = Duration::from_secs(10);
