@@ -232,7 +232,7 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
         Command::Secret(cmd) => secret::run(ctx, cmd).await,
         Command::Backfill(cmd) => backfill::run(ctx, cmd).await,
         Command::Status(args) => status::run(ctx, args).await,
-        Command::Audit(args) => audit::run(ctx, args).await,
+        Command::Audit(args) => commands::audit::run(ctx, args).await,
     }
 }
 

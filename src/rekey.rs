@@ -1479,8 +1479,10 @@ pub async fn rekey(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
             "verification failed before commit: {left} plaintext row(s) and {left_fields} plaintext channel field(s) remain; rolled back, nothing changed; rerun"
         )));
     }
-    let txid = db::audit(&mut tx, "secret rekey", &audit_args(&plan, args), "applied").await?;
-    let committed = db::commit_guarded(tx, &url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+    let txid =
+        crate::audit::record(&mut tx, "secret rekey", &audit_args(&plan, args), "applied").await?;
+    let committed =
+        db::commit_guarded(tx, &url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
     if let Some(note) = committed.note() {
         out.info(note);
     }

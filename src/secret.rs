@@ -919,8 +919,9 @@ async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit
         Op::Set { .. } => "secret set",
         Op::Delete { .. } => "secret delete",
     };
-    let txid = db::audit(&mut tx, command, &audit, "applied").await?;
-    let committed = db::commit_guarded(tx, url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+    let txid = crate::audit::record(&mut tx, command, &audit, "applied").await?;
+    let committed =
+        db::commit_guarded(tx, url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
     if let Some(note) = committed.note() {
         out.info(note);
     }
@@ -1113,7 +1114,7 @@ pub fn restart_entries(
     key: &str,
     plan: &RestartPlan,
     dispatched: &[Dispatched],
-) -> Vec<db::AuditEntry> {
+) -> Vec<crate::audit::AuditEntry> {
     let results: std::collections::HashMap<Uuid, &Dispatched> =
         dispatched.iter().map(|d| (d.id, d)).collect();
     let entry = |id: Uuid,
@@ -1121,7 +1122,7 @@ pub fn restart_entries(
                  http: Option<u16>,
                  error: Option<&str>,
                  skip: Option<SkipReason>| {
-        db::AuditEntry {
+        crate::audit::AuditEntry {
             command: RESTART_COMMAND.to_string(),
             args: serde_json::json!({
                 "workspace_id": id,
@@ -1267,7 +1268,7 @@ async fn record_restarts(
         return Ok(());
     }
     let _guard = crate::interrupt::CommitGuard::enter();
-    db::audit_after_commit(conn, url, settings, &entries).await
+    crate::audit::record_after_commit(conn, url, settings, &entries).await
 }
 
 /// The workspaces whose restart for this secret the audit log records as successful since

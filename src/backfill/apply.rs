@@ -422,7 +422,7 @@ async fn apply_inner(
     let ceiling = install::token_ceiling_warning(&mut tx, &plan).await?;
     if !plan.changed() {
         record_run(&mut tx, &job.run_id, &t.name, "skipped", &plan).await?;
-        let evidence = db::Evidence::RunRow {
+        let evidence = crate::ops::evidence::RunRow {
             run_id: job.run_id.clone(),
             status: "skipped",
         };
@@ -437,7 +437,7 @@ async fn apply_inner(
         o.insert("run_id".into(), job.run_id.clone().into());
         o.insert("tenant".into(), t.name.clone().into());
     }
-    let entry = [db::AuditEntry {
+    let entry = [crate::audit::AuditEntry {
         command: "backfill run".to_string(),
         args,
         outcome: "applied".to_string(),
@@ -446,7 +446,7 @@ async fn apply_inner(
     // The snapshot and the audit chain's head travel in the change's first statement, the
     // verification with the audit row: three statements fewer for every tenant.
     let (mut first, parts) = snapshot(&job.run_id, &t.name, &plan)?;
-    let raw = first.arg(Arg::TextList(db::audit_head_args(&entry)));
+    let raw = first.arg(Arg::TextList(crate::audit::audit_head_args(&entry)));
     // The snapshot's digest, from what its writes returned, merged into the audit row.
     let lines: Vec<String> = parts
         .iter()
@@ -458,16 +458,17 @@ async fn apply_inner(
         super::digest::digest_sql(&lines.join(" UNION ALL "))
     );
     first.read(
-        db::AUDIT_HEAD_CTE,
-        db::audit_head_columns_merging(&raw, Some(&digest)),
+        crate::audit::AUDIT_HEAD_CTE,
+        crate::audit::audit_head_columns_merging(&raw, Some(&digest)),
     );
     let read = install::execute(&mut tx, &plan, &input, &job.sb, first)
         .await?
         .ok_or_else(|| Error::failed("internal: the change's first statement read nothing"))?;
-    let head = db::AuditHead::decode(&read, 0)?;
+    let head = crate::audit::AuditHead::decode(&read, 0)?;
     let (head_seq, head_hash) =
-        db::append_after_head(&mut tx, head, &entry, Some(install::verification(&plan))).await?;
-    let evidence = db::Evidence::RunRow {
+        crate::audit::append_after_head(&mut tx, head, &entry, Some(install::verification(&plan)))
+            .await?;
+    let evidence = crate::ops::evidence::RunRow {
         run_id: job.run_id.clone(),
         status: "applied",
     };
@@ -503,7 +504,7 @@ async fn commit(
     job: &Job,
     t: &Tenant,
     committing: &Committing,
-    evidence: &db::Evidence,
+    evidence: &dyn db::Evidence,
 ) -> Result<Option<&'static str>> {
     let _guard = committing.enter();
     let committed = db::commit_or_resolve(tx, &t.url, &job.settings, evidence).await?;

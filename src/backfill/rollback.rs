@@ -427,7 +427,7 @@ async fn rollback_on(
         result.agent = Some(a);
     }
     let verification = verify_restore(&mut tx, job, agent, &run).await?;
-    let txid = db::audit(
+    let txid = crate::audit::record(
         &mut tx,
         "backfill rollback",
         &serde_json::json!({
@@ -463,7 +463,7 @@ async fn rollback_on(
     .await?;
     let committed = {
         let _guard = committing.enter();
-        db::commit_or_resolve(tx, &t.url, &job.settings, &db::Evidence::Audit(txid)).await?
+        db::commit_or_resolve(tx, &t.url, &job.settings, &crate::audit::AuditRow(txid)).await?
     };
     if let Some(note) = committed.note() {
         result.note = Some(note.to_string());

@@ -258,8 +258,11 @@ async fn apply<C: Change>(
         )));
     }
     let audit = change.apply(&mut tx, &current).await?;
-    let txid = db::audit_checked(&mut tx, C::COMMAND, &audit.args, "applied", audit.check).await?;
-    let committed = db::commit_guarded(tx, url, &ctx.settings, &db::Evidence::Audit(txid)).await?;
+    let txid =
+        crate::audit::record_checked(&mut tx, C::COMMAND, &audit.args, "applied", audit.check)
+            .await?;
+    let committed =
+        db::commit_guarded(tx, url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
     if let Some(note) = committed.note() {
         ctx.out.info(note);
     }

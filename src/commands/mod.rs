@@ -1,5 +1,6 @@
 //! One file (or folder) per subcommand: arguments → checked input → an operation → rendering.
 //! The layer under [`crate::cli`]'s callers and over [`crate::ops`].
-pub mod token;
+pub mod audit;
 pub(crate) mod change;
 pub mod install;
+pub mod token;

@@ -15,12 +15,16 @@ pub fn piped(table: &Table, width: usize) -> String {
     if natural.lines().all(|l| l.chars().count() <= width) {
         return natural;
     }
-    let cells = |row: &comfy_table::Row| -> Vec<String> {
-        row.cell_iter().map(|c| c.content()).collect()
-    };
+    let cells =
+        |row: &comfy_table::Row| -> Vec<String> { row.cell_iter().map(|c| c.content()).collect() };
     let header: Vec<String> = table.header().map(cells).unwrap_or_default();
     let rows: Vec<Vec<String>> = table.row_iter().map(cells).collect();
-    let columns = rows.iter().map(Vec::len).chain([header.len()]).max().unwrap_or(0);
+    let columns = rows
+        .iter()
+        .map(Vec::len)
+        .chain([header.len()])
+        .max()
+        .unwrap_or(0);
     if columns < 2 {
         return natural;
     }
@@ -37,7 +41,7 @@ pub fn piped(table: &Table, width: usize) -> String {
         .collect();
     // Borders: "| " + " | " between columns + " |".
     let fits = |kept: &[usize]| -> bool {
-        kept.iter().map(|&i| widths[i]).sum::<usize>() + 3 * kept.len() + 1 <= width
+        kept.iter().map(|&i| widths[i]).sum::<usize>() + 3 * kept.len() < width
     };
     let mut kept: Vec<usize> = (0..columns).collect();
     let mut moved: Vec<usize> = Vec::new();

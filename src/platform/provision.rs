@@ -441,7 +441,7 @@ async fn audit_request(
     model_sent: bool,
     outcome: &EnsureOutcome,
 ) {
-    let entry = db::AuditEntry {
+    let entry = crate::audit::AuditEntry {
         command: PROVISION_COMMAND.to_string(),
         args: serde_json::json!({
             "workspace_id": id,
@@ -463,7 +463,7 @@ async fn audit_request(
     };
     let written = async {
         let mut tx = db::begin_write(conn, settings).await?;
-        db::append_audit(&mut tx, &[entry]).await?;
+        crate::audit::append_audit(&mut tx, &[entry]).await?;
         tx.commit().await?;
         Ok::<(), Error>(())
     }

@@ -78,7 +78,7 @@ pub async fn anchor_one(
             token.id
         )));
     }
-    let txid = db::audit(
+    let txid = crate::audit::record(
         &mut tx,
         "token anchor",
         &serde_json::json!({
@@ -93,7 +93,7 @@ pub async fn anchor_one(
         "anchored",
     )
     .await?;
-    Ok(db::commit_guarded(tx, url, settings, &db::Evidence::Audit(txid)).await?)
+    Ok(db::commit_guarded(tx, url, settings, &crate::audit::AuditRow(txid)).await?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ pub async fn anchor_stale(
     .await?
     .rows_affected();
     db::ensure_rows("moving stale token anchors", done, total)?;
-    let txid = db::audit(
+    let txid = crate::audit::record(
         &mut tx,
         "token anchor",
         &serde_json::json!({
@@ -240,5 +240,5 @@ pub async fn anchor_stale(
     )
     .await?;
     // A lost answer to COMMIT is in doubt, never "rolled back": look for the audit row.
-    Ok(db::commit_guarded(tx, url, settings, &db::Evidence::Audit(txid)).await?)
+    Ok(db::commit_guarded(tx, url, settings, &crate::audit::AuditRow(txid)).await?)
 }

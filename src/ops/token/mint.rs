@@ -128,7 +128,7 @@ pub async fn insert(conn: &mut PgConnection, input: &MintInput, plan: &MintPlan)
         plan.over,
     )
     .await?;
-    db::audit(
+    crate::audit::record(
         conn,
         "token mint",
         &serde_json::json!({
@@ -160,7 +160,7 @@ pub async fn commit(
     settings: &Settings,
     minted: &Minted,
 ) -> Result<db::Committed> {
-    let evidence = db::Evidence::Token {
+    let evidence = crate::ops::evidence::Token {
         hash: minted.hash.clone(),
         prefix: minted.prefix.clone(),
     };

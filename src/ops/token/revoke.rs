@@ -105,7 +105,7 @@ pub async fn revoke_one(
             token.id
         )));
     }
-    let txid = db::audit(
+    let txid = crate::audit::record(
         &mut tx,
         "token revoke",
         &serde_json::json!({
@@ -118,7 +118,7 @@ pub async fn revoke_one(
         "revoked",
     )
     .await?;
-    let committed = db::commit_guarded(tx, url, settings, &db::Evidence::Audit(txid)).await?;
+    let committed = db::commit_guarded(tx, url, settings, &crate::audit::AuditRow(txid)).await?;
     Ok(OneRevoked::Revoked(committed))
 }
 
@@ -208,7 +208,7 @@ pub async fn revoke_label(
         tx.rollback().await?;
         return Ok(LabelRevoked::Concurrently);
     }
-    let txid = db::audit(
+    let txid = crate::audit::record(
         &mut tx,
         "token revoke",
         &serde_json::json!({
@@ -222,7 +222,7 @@ pub async fn revoke_label(
         "revoked",
     )
     .await?;
-    let committed = db::commit_guarded(tx, url, settings, &db::Evidence::Audit(txid)).await?;
+    let committed = db::commit_guarded(tx, url, settings, &crate::audit::AuditRow(txid)).await?;
     Ok(LabelRevoked::Revoked {
         done,
         at,
