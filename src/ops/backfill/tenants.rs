@@ -374,13 +374,13 @@ impl std::fmt::Display for Shard {
 }
 
 impl Shard {
-    /// The shard options of run, status and rollback: `--shard I/N`, or `--shards N` with I from
-    /// `JOB_COMPLETION_INDEX` (0-based), or none (every tenant).
-    pub fn from_args(a: &crate::cli::ShardArgs) -> Result<Option<Shard>> {
-        if let Some(s) = &a.shard {
+    /// The shard options of run, status and rollback: `--shard I/N` (`shard`), or `--shards N`
+    /// (`shards`) with I from `JOB_COMPLETION_INDEX` (0-based), or none (every tenant).
+    pub fn from_options(shard: Option<&str>, shards: Option<u64>) -> Result<Option<Shard>> {
+        if let Some(s) = shard {
             return Shard::parse(s).map(Some);
         }
-        let Some(n) = a.shards else {
+        let Some(n) = shards else {
             return Ok(None);
         };
         if n == 0 {
