@@ -42,6 +42,7 @@ pub fn statements() -> Vec<(&'static str, &'static str)> {
         rollback::STATEMENTS,
         rollback::DRIFT_STATEMENTS,
         rollback::RESTORE_STATEMENTS,
+        verify::STATEMENTS,
     ]
     .concat()
 }
