@@ -18,14 +18,14 @@
 //! second Ctrl-C abandons the in-flight tenants (closing their connections rolls their
 //! transactions back), except one whose COMMIT is on the wire, which is waited for.
 
-pub mod apply;
-pub mod digest;
-pub mod fleet;
-pub mod records;
-pub mod rollback;
-pub mod status;
+pub(crate) mod apply;
+mod digest;
+mod fleet;
+mod records;
+pub(crate) mod rollback;
+pub(crate) mod status;
 pub mod tenants;
-pub mod verify;
+mod verify;
 
 use crate::error::{Error, Result};
 

@@ -31,7 +31,7 @@ use crate::platform::keys::SecretBox;
 use crate::platform::provision::ProvisionResult;
 
 pub use provision::ProvisionJob;
-pub use run::{run_fleet, totals, Report, Summary, Totals};
+pub use run::{run_fleet, totals, Report, Summary};
 use snapshot::snapshot;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
