@@ -4,13 +4,13 @@
 //! status`) turn arguments into a job and render the results.
 //!
 //! - [`tenants`]: the tenants file and the stable shard hash.
-//! - [`fleet`]: the runner: tenants at a bounded concurrency, Ctrl-C answered.
-//! - [`records`]: each tenant's run row, and the runs a tenant knows.
-//! - [`apply`]: one tenant of a run (and its dry run), and the run over the fleet.
-//! - [`digest`]: the snapshot's digest in the run's audit row.
-//! - [`rollback`]: one tenant of a rollback (drift check, restore).
-//! - [`verify`]: rollback's plan-proof joins and its check of every restored row.
-//! - [`status`]: each tenant's state under a run, read-only.
+//! - `fleet`: the runner: tenants at a bounded concurrency, Ctrl-C answered.
+//! - `records`: each tenant's run row, and the runs a tenant knows.
+//! - `apply`: one tenant of a run (and its dry run), and the run over the fleet.
+//! - `digest`: the snapshot's digest in the run's audit row.
+//! - `rollback`: one tenant of a rollback (drift check, restore).
+//! - `verify`: rollback's plan-proof joins and its check of every restored row.
+//! - `status`: each tenant's state under a run, read-only.
 //!
 //! Ctrl-C (and SIGTERM, the same as the first Ctrl-C): backfill handles it itself (see
 //! [`Cancel`]) instead of having its future dropped: the first Ctrl-C starts no new tenant and
