@@ -3,7 +3,8 @@
 //! snapshot. Plain data and the SQL it owns; the commands (`orgctl backfill run | rollback |
 //! status`) turn arguments into a job and render the results.
 //!
-//! - [`tenants`]: the tenants file and the stable shard hash.
+//! - [`tenants`]: the tenants file.
+//! - `shard`: this worker's part of the fleet, by the stable shard hash.
 //! - `fleet`: the runner: tenants at a bounded concurrency, Ctrl-C answered.
 //! - `records`: each tenant's run row, and the runs a tenant knows.
 //! - `apply`: one tenant of a run (and its dry run), and the run over the fleet.
@@ -23,6 +24,7 @@ mod digest;
 mod fleet;
 mod records;
 pub(crate) mod rollback;
+mod shard;
 pub(crate) mod status;
 pub mod tenants;
 mod verify;
@@ -31,7 +33,8 @@ use crate::error::{Error, Result};
 
 pub use fleet::{for_each, panicked_message, Cancel, Committing, CommittingGuard, Slot};
 pub use records::{backfill_tables_exist, known_runs, unknown_run, KnownRun};
-pub use tenants::{Shard, Tenant};
+pub use shard::Shard;
+pub use tenants::Tenant;
 
 /// Every static statement of the backfill, by name: each module's `STATEMENTS` (statements
 /// built at run time are not listed).

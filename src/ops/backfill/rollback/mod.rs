@@ -13,6 +13,7 @@
 
 mod drift;
 mod restore;
+mod run;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,15 +25,16 @@ use uuid::Uuid;
 
 use crate::db::{self, Settings};
 use crate::error::{Error, Result};
+pub use crate::ops::backfill::digest::snapshot_tampered;
 use crate::ops::backfill::verify::{self, Verification};
 use crate::ops::backfill::{
-    backfill_tables_exist, clean, digest, for_each, known_runs, panicked_message, unknown_run,
-    Cancel, Committing, KnownRun, Slot, Tenant,
+    backfill_tables_exist, clean, known_runs, Committing, KnownRun, Tenant,
 };
 use crate::org::Referencing;
 use crate::output::duration::millis;
 use drift::{find_drift, name_clashes, other_references};
 use restore::{restore, snapshot_counts, Counts};
+pub use run::{roll_back_fleet, Report};
 
 /// The static statements of a tenant's rollback (the drift checks and the restore list theirs).
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
@@ -586,100 +588,4 @@ async fn verify_restore(
         )));
     }
     Ok(v)
-}
-
-/// Whether the stored snapshot of `run_id` differs from the digest its chained audit row
-/// recorded when it was taken: the refusal naming what differs, or None. A run whose audit row
-/// has no digest (written by an orgctl before the digest existed) is not checked.
-pub async fn snapshot_tampered(conn: &mut PgConnection, run_id: &str) -> Result<Option<String>> {
-    let sql = format!(
-        "SELECT (SELECT args -> '{arg}' FROM orgctl.audit_log
-                  WHERE command = 'backfill run' AND outcome = 'applied'
-                    AND args ->> 'run_id' = $1 AND args ? '{arg}'
-                  ORDER BY id DESC LIMIT 1),
-                {stored}",
-        arg = digest::ARG,
-        stored = digest::stored_digest_sql("$1"),
-    );
-    let row = db::query(&sql).bind(run_id).fetch_one(&mut *conn).await?;
-    let recorded: Option<serde_json::Value> = row.try_get(0)?;
-    let stored: serde_json::Value = row.try_get(1)?;
-    let Some(recorded) = recorded else {
-        return Ok(None);
-    };
-    let parts = digest::differing(&recorded, &stored);
-    if parts.is_empty() {
-        return Ok(None);
-    }
-    let named: Vec<String> = parts.iter().map(|p| digest::describe(p)).collect();
-    Ok(Some(format!(
-        "the snapshot of run {run_id} was changed after the run took it: {} no longer match the digest its audit row recorded; refusing to restore from it (not even --force): run `orgctl audit verify`, and restore by hand from a trusted copy",
-        named.join(", ")
-    )))
-}
-
-/// The rollback's report (`--output json`).
-#[derive(Serialize)]
-pub struct Report {
-    pub run_id: String,
-    pub dry_run: bool,
-    pub force: bool,
-    pub interrupted: bool,
-    pub tenants: Vec<TenantResult>,
-}
-
-/// Roll back every selected tenant, four at once, in list order; `on_done` is called as each
-/// finishes (for progress). Every tenant read and none with a row for the run is an error
-/// naming the runs they know: most likely a mistyped run id, which must not read as "nothing
-/// to roll back".
-pub async fn roll_back_fleet(
-    job: Arc<Job>,
-    selected: &[Tenant],
-    cancel: &Cancel,
-    on_done: impl FnMut(&TenantResult, usize),
-) -> Result<Report> {
-    let work = |t: Tenant, c: Committing| tenant(job.clone(), t, c);
-    let slots = for_each(selected, 4, cancel, work, on_done).await;
-    let tenants: Vec<TenantResult> = slots
-        .into_iter()
-        .zip(selected.iter())
-        .map(|(s, t)| result_of(s, t))
-        .collect();
-    if !cancel.stopping()
-        && !tenants.is_empty()
-        && tenants
-            .iter()
-            .all(|r| r.status == Status::NothingToRollBack && !r.knows_run)
-    {
-        return Err(unknown_run(
-            &job.run_id,
-            tenants.iter().flat_map(|r| r.known_runs.iter()),
-        ));
-    }
-    Ok(Report {
-        run_id: job.run_id.clone(),
-        dry_run: job.dry_run,
-        force: job.force,
-        interrupted: cancel.stopping(),
-        tenants,
-    })
-}
-
-/// A tenant's result from what became of its task.
-fn result_of(slot: Slot<TenantResult>, t: &Tenant) -> TenantResult {
-    match slot {
-        Slot::Done(r) => r,
-        Slot::NotStarted => TenantResult::new(t, Status::NotStarted),
-        Slot::Abandoned(ms) => {
-            let mut r = TenantResult::new(t, Status::Failed);
-            r.error = Some("abandoned by a second Ctrl-C: its transaction was rolled back".into());
-            r.duration_ms = ms;
-            r
-        }
-        Slot::Panicked(detail) => {
-            let mut r = TenantResult::new(t, Status::Failed);
-            r.error = Some(panicked_message(&detail));
-            r
-        }
-    }
 }
