@@ -5,7 +5,7 @@
 //! only calls it. Tests call the modules directly as well as the binary.
 
 pub mod audit;
-pub mod backfill;
+pub use crate::ops::backfill;
 pub mod cli;
 pub mod commands;
 pub mod context;
@@ -230,7 +230,7 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
         },
         Command::Token(cmd) => commands::token::run(ctx, cmd).await,
         Command::Secret(cmd) => secret::run(ctx, cmd).await,
-        Command::Backfill(cmd) => backfill::run(ctx, cmd).await,
+        Command::Backfill(cmd) => commands::backfill::run(ctx, cmd).await,
         Command::Status(args) => status::run(ctx, args).await,
         Command::Audit(args) => commands::audit::run(ctx, args).await,
     }

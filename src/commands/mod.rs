@@ -1,6 +1,7 @@
 //! One file (or folder) per subcommand: arguments → checked input → an operation → rendering.
 //! The layer under [`crate::cli`]'s callers and over [`crate::ops`].
 pub mod audit;
+pub mod backfill;
 pub(crate) mod change;
 pub mod install;
 pub mod token;

@@ -1,17 +1,28 @@
 //! `backfill status`: each tenant's state under a run, from the tenant's own `orgctl` tables.
 //! Read-only: a read-only transaction, no lock, and orgctl's schema is never created.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Connection, Row};
 
-use super::{clean, Cancel, Committing, Slot, Tenant};
-use crate::cli::BackfillStatusArgs;
 use crate::db::{self, Settings};
-use crate::error::{Error, Exit, Result};
-use crate::Context;
+use crate::error::{Error, Result};
+use crate::ops::backfill::{
+    backfill_tables_exist, clean, for_each, known_runs, unknown_run, Cancel, Committing, KnownRun,
+    Shard, Slot, Tenant,
+};
+
+/// The static statements of the status.
+pub(crate) const STATEMENTS: &[(&str, &str)] = &[("run row status", STATUS_SQL)];
+
+/// A tenant's row for a run: what `backfill status` shows.
+const STATUS_SQL: &str =
+    "SELECT status, coalesce(rolled_back_at, recorded_at), agent_id, reparented,
+                tokens_moved, allowlist_moved, error
+           FROM orgctl.backfill_runs WHERE run_id = $1";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TenantStatus {
@@ -30,7 +41,7 @@ pub struct TenantStatus {
     pub knows_run: bool,
     /// The runs the tenant does know, when it does not know this one.
     #[serde(skip)]
-    pub known_runs: Vec<super::KnownRun>,
+    pub known_runs: Vec<KnownRun>,
 }
 
 impl TenantStatus {
@@ -65,20 +76,16 @@ async fn tenant(run_id: Arc<String>, settings: Arc<Settings>, t: Tenant) -> Tena
 async fn read(run_id: &str, settings: &Settings, t: &Tenant) -> Result<TenantStatus> {
     let mut conn = db::connect(&t.url, settings).await?;
     let mut tx = db::begin_read_only(&mut conn, settings).await?;
-    if !super::backfill_tables_exist(&mut tx).await? {
+    if !backfill_tables_exist(&mut tx).await? {
         return Ok(TenantStatus::new(t, "never_reached"));
     }
-    let row = db::query(
-        "SELECT status, coalesce(rolled_back_at, recorded_at), agent_id, reparented,
-                tokens_moved, allowlist_moved, error
-           FROM orgctl.backfill_runs WHERE run_id = $1",
-    )
-    .bind(run_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let row = db::query(STATUS_SQL)
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await?;
     let Some(row) = row else {
         let mut s = TenantStatus::new(t, "never_reached");
-        s.known_runs = super::known_runs(&mut tx).await?;
+        s.known_runs = known_runs(&mut tx).await?;
         tx.rollback().await?;
         let _ = conn.close().await;
         return Ok(s);
@@ -97,14 +104,15 @@ async fn read(run_id: &str, settings: &Settings, t: &Tenant) -> Result<TenantSta
     Ok(s)
 }
 
+/// Every selected tenant's state under a run (`--output json`).
 #[derive(Serialize)]
-struct Report {
-    run_id: String,
-    shard: Option<String>,
+pub struct Report {
+    pub run_id: String,
+    pub shard: Option<String>,
     /// Tenants per status (applied, skipped, failed, rolled_back, never_reached, unknown),
     /// every status present with 0 when none, and `tenants`: how many were read.
-    totals: std::collections::BTreeMap<&'static str, usize>,
-    tenants: Vec<TenantStatus>,
+    pub totals: BTreeMap<&'static str, usize>,
+    pub tenants: Vec<TenantStatus>,
 }
 
 const STATUSES: [&str; 6] = [
@@ -116,15 +124,20 @@ const STATUSES: [&str; 6] = [
     "unknown",
 ];
 
-pub async fn run(ctx: &Context, args: &BackfillStatusArgs, cancel: &Cancel) -> Result<Exit> {
-    let out = &ctx.out;
-    super::check_run_id(&args.run_id)?;
-    let shard = super::Shard::from_args(&args.shard)?;
-    let tenants = super::Shard::select(shard, super::tenants::read(&args.tenants).await?);
-    let run_id = Arc::new(args.run_id.clone());
-    let settings = Arc::new(ctx.settings.clone());
-    let work = |t: Tenant, _c: Committing| tenant(run_id.clone(), settings.clone(), t);
-    let slots = super::for_each(&tenants, 8, cancel, work, |_, _| {}).await;
+/// Read every tenant's state under `run_id`, eight at once. Ctrl-C is exit 130 (nothing is
+/// reported); a run id that no selected tenant knows (every tenant read) is an error naming the
+/// runs they know.
+pub async fn read_fleet(
+    run_id: &str,
+    settings: &Settings,
+    tenants: &[Tenant],
+    shard: Option<Shard>,
+    cancel: &Cancel,
+) -> Result<Report> {
+    let run = Arc::new(run_id.to_string());
+    let settings = Arc::new(settings.clone());
+    let work = |t: Tenant, _c: Committing| tenant(run.clone(), settings.clone(), t);
+    let slots = for_each(tenants, 8, cancel, work, |_, _| {}).await;
     if cancel.stopping() {
         return Err(Error::interrupted());
     }
@@ -141,82 +154,29 @@ pub async fn run(ctx: &Context, args: &BackfillStatusArgs, cancel: &Cancel) -> R
         && statuses.iter().all(|s| s.status != "unknown")
         && !statuses.iter().any(|s| s.knows_run)
     {
-        return Err(super::unknown_run(
-            &args.run_id,
+        return Err(unknown_run(
+            run_id,
             statuses.iter().flat_map(|s| s.known_runs.iter()),
         ));
     }
-    let mut totals: std::collections::BTreeMap<&'static str, usize> =
-        STATUSES.iter().map(|s| (*s, 0)).collect();
+    let mut totals: BTreeMap<&'static str, usize> = STATUSES.iter().map(|s| (*s, 0)).collect();
     totals.insert("tenants", statuses.len());
     for s in &statuses {
         if let Some(k) = STATUSES.iter().find(|k| **k == s.status) {
             *totals.entry(k).or_default() += 1;
         }
     }
-    let report = Report {
-        run_id: args.run_id.clone(),
+    Ok(Report {
+        run_id: run_id.to_string(),
         shard: shard.map(|s| s.to_string()),
         totals,
         tenants: statuses,
-    };
-    if out.json_mode() {
-        out.json(&report)?;
-    } else {
-        let mut table = out.new_table([
-            "tenant",
-            "status",
-            "at",
-            "re-parented",
-            "tokens moved",
-            "allowlist moved",
-            "error",
-        ]);
-        for s in &report.tenants {
-            table.add_row(vec![
-                crate::error::sanitize(&s.tenant),
-                s.status.clone(),
-                s.at.map(|a| a.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                    .unwrap_or_else(|| "-".into()),
-                s.reparented.to_string(),
-                s.tokens_moved.to_string(),
-                s.allowlist_moved.to_string(),
-                s.error
-                    .as_deref()
-                    .map(crate::error::sanitize)
-                    .unwrap_or_default(),
-            ]);
-        }
-        let mut summary = std::collections::BTreeMap::<&str, usize>::new();
-        for s in &report.tenants {
-            *summary.entry(s.status.as_str()).or_default() += 1;
-        }
-        let parts: Vec<String> = summary.iter().map(|(k, v)| format!("{v} {k}")).collect();
-        out.stdout(&format!(
-            "{table}\nRun {}: {}.\n",
-            report.run_id,
-            parts.join(", ")
-        ))?;
-    }
-    let unknown = report
-        .tenants
-        .iter()
-        .filter(|s| s.status == "unknown")
-        .count();
-    if unknown > 0 {
-        return Err(Error::failed(format!(
-            "could not read {unknown} tenant(s); see the summary"
-        )));
-    }
-    if args.check {
-        check(&report)?;
-    }
-    Ok(Exit::Ok)
+    })
 }
 
 /// `--check`: every selected tenant is applied or skipped under the run, else exit 1 naming the
 /// others by status (a few names each: the table has them all).
-fn check(report: &Report) -> Result<()> {
+pub fn check(report: &Report) -> Result<()> {
     let mut not_done: std::collections::BTreeMap<&str, Vec<&str>> =
         std::collections::BTreeMap::new();
     for s in &report.tenants {

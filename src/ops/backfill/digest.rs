@@ -9,6 +9,12 @@
 //! newlines; a line is the row's fields as text (`quote_nullable`, so NULL and '' differ,
 //! timestamps in UTC with microseconds, jsonb in PostgreSQL's own canonical text).
 
+use sqlx::postgres::PgConnection;
+use sqlx::Row;
+
+use crate::db;
+use crate::error::Result;
+
 /// One snapshot row (`orgctl.backfill_rows`) as a line.
 const ROW_LINE: &str =
     "concat_ws('|', kind, tbl, row_id::text, quote_nullable(old_parent_id::text),
@@ -84,6 +90,36 @@ pub fn describe(part: &str) -> String {
         p if p.starts_with("kept:") => format!("the rows kept on the agent ({})", &p[5..]),
         p => p.to_string(),
     }
+}
+
+/// Whether the stored snapshot of `run_id` differs from the digest its chained audit row
+/// recorded when it was taken: the refusal naming what differs, or None. A run whose audit row
+/// has no digest (written by an orgctl before the digest existed) is not checked.
+pub async fn snapshot_tampered(conn: &mut PgConnection, run_id: &str) -> Result<Option<String>> {
+    let sql = format!(
+        "SELECT (SELECT args -> '{arg}' FROM orgctl.audit_log
+                  WHERE command = 'backfill run' AND outcome = 'applied'
+                    AND args ->> 'run_id' = $1 AND args ? '{arg}'
+                  ORDER BY id DESC LIMIT 1),
+                {stored}",
+        arg = ARG,
+        stored = stored_digest_sql("$1"),
+    );
+    let row = db::query(&sql).bind(run_id).fetch_one(&mut *conn).await?;
+    let recorded: Option<serde_json::Value> = row.try_get(0)?;
+    let stored: serde_json::Value = row.try_get(1)?;
+    let Some(recorded) = recorded else {
+        return Ok(None);
+    };
+    let parts = differing(&recorded, &stored);
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let named: Vec<String> = parts.iter().map(|p| describe(p)).collect();
+    Ok(Some(format!(
+        "the snapshot of run {run_id} was changed after the run took it: {} no longer match the digest its audit row recorded; refusing to restore from it (not even --force): run `orgctl audit verify`, and restore by hand from a trusted copy",
+        named.join(", ")
+    )))
 }
 
 #[cfg(test)]

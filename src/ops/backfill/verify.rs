@@ -23,6 +23,29 @@ use crate::db;
 use crate::error::Result;
 use crate::install::MODEL_KEY;
 
+/// The static statements of the verification.
+pub(crate) const STATEMENTS: &[(&str, &str)] = &[
+    ("verify: MODEL left", MODEL_LEFT_SQL),
+    ("verify: agent left", AGENT_LEFT_SQL),
+    ("verify: before triggers", BEFORE_TRIGGERS_SQL),
+];
+
+/// Whether the agent ($1) still has a secret $2 (the MODEL the run seeded).
+const MODEL_LEFT_SQL: &str =
+    "SELECT EXISTS (SELECT 1 FROM workspace_secrets WHERE workspace_id = $1 AND key = $2)";
+
+/// Whether the agent ($1) the run created is still a live platform agent (not status $2, the
+/// tombstone).
+const AGENT_LEFT_SQL: &str = "SELECT EXISTS (SELECT 1 FROM workspaces
+                             WHERE id = $1 AND kind = 'platform' AND status::text IS DISTINCT FROM $2)";
+
+/// The enabled, user-defined BEFORE row triggers of table $1 for the events of bits $2, by name.
+/// pg_trigger.tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update.
+const BEFORE_TRIGGERS_SQL: &str =
+    "SELECT string_agg(t.tgname, ', ' ORDER BY t.tgname) FROM pg_trigger t
+          WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal AND t.tgenabled IN ('O', 'A')
+            AND t.tgtype & 3 = 3 AND t.tgtype & $2 <> 0";
+
 /// Turn nested-loop joins off for the rest of the caller's transaction (`SET LOCAL`: it ends
 /// with the transaction, so nothing leaks to a pooled connection's next client).
 ///
@@ -215,6 +238,21 @@ fn per_key(from: &str, table: &str, expected: &str, keys: Option<&[&str]>) -> St
 
 /// Compare every restored row with its snapshot, in the caller's transaction, after the restore.
 pub async fn restored(conn: &mut PgConnection, run: &RunActions<'_>) -> Result<Verification> {
+    let mut v = Verification::default();
+    typed_rows(conn, run, &mut v).await?;
+    whole_rows(conn, run, &mut v).await?;
+    deleted_rows(conn, run, &mut v).await?;
+    v.not_restored = merged(v.not_restored);
+    v.exact = v.not_restored.is_empty();
+    Ok(v)
+}
+
+/// The re-parented roots and the moved anchors, column by column.
+async fn typed_rows(
+    conn: &mut PgConnection,
+    run: &RunActions<'_>,
+    v: &mut Verification,
+) -> Result<()> {
     let mut checks = Vec::new();
     let (sql, cols) = typed(
         "workspaces",
@@ -240,7 +278,6 @@ pub async fn restored(conn: &mut PgConnection, run: &RunActions<'_>) -> Result<V
         });
     }
 
-    let mut v = Verification::default();
     for c in &checks {
         let row = db::query(&c.sql)
             .bind(run.run_id)
@@ -268,8 +305,16 @@ pub async fn restored(conn: &mut PgConnection, run: &RunActions<'_>) -> Result<V
         }
     }
 
-    // Whole rows: the merged allowlist rows (re-inserted), the prior MODEL secret (re-inserted),
-    // the agent's restored fields.
+    Ok(())
+}
+
+/// Whole rows: the merged allowlist rows (re-inserted), the prior MODEL secret (re-inserted),
+/// the agent's restored fields.
+async fn whole_rows(
+    conn: &mut PgConnection,
+    run: &RunActions<'_>,
+    v: &mut Verification,
+) -> Result<()> {
     let mut whole: Vec<(&'static str, &'static str, String)> = vec![(
         "org_plugin_allowlist",
         "INSERT",
@@ -350,17 +395,23 @@ pub async fn restored(conn: &mut PgConnection, run: &RunActions<'_>) -> Result<V
         }
     }
 
-    // Rows the rollback deletes: the MODEL secret the run seeded, the agent the run created
-    // (deleted, or no longer a platform agent).
+    Ok(())
+}
+
+/// Rows the rollback deletes: the MODEL secret the run seeded, the agent the run created
+/// (deleted, or no longer a platform agent).
+async fn deleted_rows(
+    conn: &mut PgConnection,
+    run: &RunActions<'_>,
+    v: &mut Verification,
+) -> Result<()> {
     if run.model_action == "seeded" {
         v.rows_checked += 1;
-        let left: bool = db::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM workspace_secrets WHERE workspace_id = $1 AND key = $2)",
-        )
-        .bind(run.agent)
-        .bind(MODEL_KEY)
-        .fetch_one(&mut *conn)
-        .await?;
+        let left: bool = db::query_scalar(MODEL_LEFT_SQL)
+            .bind(run.agent)
+            .bind(MODEL_KEY)
+            .fetch_one(&mut *conn)
+            .await?;
         if left {
             v.not_restored.push(NotRestored {
                 table: "workspace_secrets",
@@ -374,14 +425,11 @@ pub async fn restored(conn: &mut PgConnection, run: &RunActions<'_>) -> Result<V
     }
     if run.agent_action == "create" {
         v.rows_checked += 1;
-        let left: bool = db::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM workspaces
-                             WHERE id = $1 AND kind = 'platform' AND status::text IS DISTINCT FROM $2)",
-        )
-        .bind(run.agent)
-        .bind(crate::platform::tree::TOMBSTONE_STATUS)
-        .fetch_one(&mut *conn)
-        .await?;
+        let left: bool = db::query_scalar(AGENT_LEFT_SQL)
+            .bind(run.agent)
+            .bind(crate::platform::tree::TOMBSTONE_STATUS)
+            .fetch_one(&mut *conn)
+            .await?;
         if left {
             v.not_restored.push(NotRestored {
                 table: "workspaces",
@@ -393,9 +441,7 @@ pub async fn restored(conn: &mut PgConnection, run: &RunActions<'_>) -> Result<V
             });
         }
     }
-    v.not_restored = merged(v.not_restored);
-    v.exact = v.not_restored.is_empty();
-    Ok(v)
+    Ok(())
 }
 
 /// One entry per table, column and reason (the roots and the agent are both `workspaces`
@@ -483,14 +529,10 @@ async fn before_triggers(
         "DELETE" => 8,
         _ => 16,
     };
-    let names: Option<String> = db::query_scalar(
-        "SELECT string_agg(t.tgname, ', ' ORDER BY t.tgname) FROM pg_trigger t
-          WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal AND t.tgenabled IN ('O', 'A')
-            AND t.tgtype & 3 = 3 AND t.tgtype & $2 <> 0",
-    )
-    .bind(table)
-    .bind(bit)
-    .fetch_one(&mut *conn)
-    .await?;
+    let names: Option<String> = db::query_scalar(BEFORE_TRIGGERS_SQL)
+        .bind(table)
+        .bind(bit)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(names)
 }
