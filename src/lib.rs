@@ -8,10 +8,11 @@ pub mod audit;
 pub mod backfill;
 pub mod cli;
 pub mod commands;
+/// The man pages and completions, rendered from the clap definitions.
+pub use crate::cli::docs;
 pub mod context;
 pub mod db;
 pub mod dev;
-pub mod docs;
 pub mod error;
 pub mod install;
 pub mod interrupt;
@@ -223,12 +224,7 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
     match command {
         Command::InstallPlatformAgent(args) => install::run(ctx, args).await,
         Command::Dev(cmd) => dev::run(ctx, cmd).await,
-        Command::Completions { shell } => match docs::print_completions(*shell) {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::failed(format!(
-                "could not write the completions to stdout: {e}"
-            ))),
-            _ => Ok(Exit::Ok),
-        },
+        Command::Completions { shell } => commands::completions::run(*shell),
         Command::Token(cmd) => token::run(ctx, cmd).await,
         Command::Secret(cmd) => secret::run(ctx, cmd).await,
         Command::Backfill(cmd) => backfill::run(ctx, cmd).await,
