@@ -12,14 +12,16 @@ pub mod commands;
 pub use crate::cli::docs;
 pub mod context;
 pub mod db;
-pub mod dev;
+/// The dev server and its sample org (the tests use its constants).
+pub use crate::ops::dev;
 pub mod error;
 pub mod install;
 pub mod interrupt;
 pub mod ops;
 pub mod org;
 pub mod output;
-pub mod pgserver;
+/// Starting a local PostgreSQL (the test harness starts its own servers with it).
+pub use crate::ops::dev::server as pgserver;
 pub mod platform;
 pub mod redact;
 pub mod rekey;
@@ -223,7 +225,7 @@ fn after_commit(r: Result<Exit>) -> Error {
 async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
     match command {
         Command::InstallPlatformAgent(args) => install::run(ctx, args).await,
-        Command::Dev(cmd) => dev::run(ctx, cmd).await,
+        Command::Dev(cmd) => commands::dev::run(ctx, cmd).await,
         Command::Completions { shell } => commands::completions::run(*shell),
         Command::Token(cmd) => token::run(ctx, cmd).await,
         Command::Secret(cmd) => secret::run(ctx, cmd).await,
