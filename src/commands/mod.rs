@@ -2,3 +2,4 @@
 //! The layer under [`crate::cli`]'s callers and over [`crate::ops`].
 pub mod completions;
 pub mod dev;
+pub mod status;

@@ -2,3 +2,4 @@
 //! its SQL. No clap types, no tables: [`crate::commands`] turns arguments into an operation's
 //! input and renders its result.
 pub mod dev;
+pub mod status;
