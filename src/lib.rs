@@ -18,7 +18,7 @@ pub mod error;
 pub mod install;
 pub mod interrupt;
 pub mod ops;
-pub mod org;
+pub(crate) use crate::ops::org;
 pub mod output;
 /// Starting a local PostgreSQL (the test harness starts its own servers with it).
 pub use crate::ops::dev::server as pgserver;
@@ -27,7 +27,6 @@ pub mod redact;
 pub mod rekey;
 pub mod secret;
 pub mod sys;
-pub mod token;
 
 use crate::cli::{Cli, Command};
 pub use crate::context::Context;
@@ -226,7 +225,7 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
         Command::InstallPlatformAgent(args) => install::run(ctx, args).await,
         Command::Dev(cmd) => commands::dev::run(ctx, cmd).await,
         Command::Completions { shell } => commands::completions::run(*shell),
-        Command::Token(cmd) => token::run(ctx, cmd).await,
+        Command::Token(cmd) => commands::token::run(ctx, cmd).await,
         Command::Secret(cmd) => secret::run(ctx, cmd).await,
         Command::Backfill(cmd) => backfill::run(ctx, cmd).await,
         Command::Status(args) => commands::status::run(ctx, args).await,

@@ -3,3 +3,4 @@
 pub mod completions;
 pub mod dev;
 pub mod status;
+pub mod token;

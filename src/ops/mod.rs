@@ -2,4 +2,6 @@
 //! its SQL. No clap types, no tables: [`crate::commands`] turns arguments into an operation's
 //! input and renders its result.
 pub mod dev;
+pub mod org;
 pub mod status;
+pub mod token;

@@ -5,6 +5,7 @@
 
 pub mod duration;
 pub mod head;
+pub mod table;
 
 /// How a command's result is printed (`-o`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -127,8 +128,18 @@ impl Output {
         stdout_result(r)
     }
 
+    /// A table on stdout: wrapped to the terminal's width, or, piped, one line per row within
+    /// [`table::PIPED_WIDTH`] columns (`COLUMNS` when set), long columns following it.
     pub fn table(&self, table: &Table) -> Result<()> {
-        self.stdout(&format!("{table}\n"))
+        self.stdout(&format!("{}\n", self.render_table(table)))
+    }
+
+    /// A table's text as [`Output::table`] prints it (no final newline).
+    pub fn render_table(&self, table: &Table) -> String {
+        if self.stdout_tty {
+            return table.to_string();
+        }
+        table::piped(table, self.width().map_or(table::PIPED_WIDTH, usize::from))
     }
 
     /// A new table with a header, styled for the terminal or plain for pipes.

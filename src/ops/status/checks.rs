@@ -4,7 +4,7 @@
 use super::read::Facts;
 use super::{AgentInfo, Check, Finding, RootRow, Severity};
 use crate::error::sanitize;
-use crate::org::MAX_DEPTH;
+use crate::ops::org::MAX_DEPTH;
 use crate::platform::agent::REMOVED_STATUS;
 
 /// The names of the checks, in the order they are reported. Stable: scripts key on them.

@@ -461,9 +461,9 @@ async fn allowlist_off_root(
     Ok((count, rows))
 }
 
-/// [`crate::org::broken_chains`] as findings.
+/// [`crate::ops::org::broken_chains`] as findings.
 pub async fn broken_chains(conn: &mut PgConnection, limit: i64) -> Result<(i64, Vec<Finding>)> {
-    let (total, rows) = crate::org::broken_chains(conn, limit).await?;
+    let (total, rows) = crate::ops::org::broken_chains(conn, limit).await?;
     let findings = rows
         .into_iter()
         .map(|b| Finding {

@@ -1,0 +1,423 @@
+//! `orgctl token revoke`: one token by id or prefix, or every unrevoked token with a
+//! `created_by` label. Both show what they revoke and confirm first.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::PgConnection;
+use uuid::Uuid;
+
+use super::{compact_cells, compact_list, confirm, fmt_opt_text, fmt_opt_time, SHOWN};
+use crate::cli::TokenRevokeArgs;
+use crate::error::{sanitize, Error, Exit, Result};
+use crate::ops::token::{self as ops, LabelPlan, LabelRevoked, OneRevoked, TokenRef, TokenRow};
+use crate::output::Sink;
+use crate::platform::tokens as platform;
+use crate::Context;
+
+#[derive(Serialize)]
+struct RevokeJson {
+    revoked: Vec<Uuid>,
+    already_revoked: Vec<Uuid>,
+}
+
+pub(super) async fn run(ctx: &Context, args: &TokenRevokeArgs) -> Result<Exit> {
+    match (&args.token, &args.created_by) {
+        (Some(t), None) => revoke_one(ctx, &TokenRef::parse(t)?).await,
+        (None, Some(l)) => revoke_label(ctx, ops::check_match_label(l)?).await,
+        _ => Err(Error::usage(
+            "give either a token (ID or PREFIX) or --created-by LABEL, not both",
+        )),
+    }
+}
+
+/// The warning before revoking the platform agent's own auto-rotated credential.
+fn concierge_warning(label: &str) -> Option<String> {
+    platform::is_concierge_label(label).then(|| {
+        format!(
+            "created_by '{}' is the platform agent's own auto-rotated credential: once it is revoked the agent cannot call the platform's API until the platform issues it a new one",
+            sanitize(label)
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// One token
+
+fn render_revoke_one(ctx: &Context, t: &TokenRow, revoked: bool) -> Result<()> {
+    if ctx.out.json_mode() {
+        let (r, a) = if revoked {
+            (vec![t.id], vec![])
+        } else {
+            (vec![], vec![t.id])
+        };
+        return ctx.out.json(&RevokeJson {
+            revoked: r,
+            already_revoked: a,
+        });
+    }
+    let mut table = ctx.out.new_table(["id", "prefix", "name", "result"]);
+    table.add_row(vec![
+        t.id.to_string(),
+        sanitize(&t.prefix),
+        fmt_opt_text(&t.name),
+        if revoked {
+            "revoked".to_string()
+        } else {
+            format!("already revoked ({})", fmt_opt_time(&t.revoked_at))
+        },
+    ]);
+    ctx.out.table(&table)
+}
+
+/// What a single revoke changes, for the confirmation; warns first about the agent's own
+/// credential and says when the token has expired already.
+fn describe_one(ctx: &Context, token: &TokenRow) -> String {
+    if token.expired_unrevoked() {
+        // Harmless and final: an expired token is dead to the platform already, and a revoked
+        // one stays dead whatever happens to its expiry.
+        ctx.out.info(&format!(
+            "Token {} expired at {}: the platform already rejects it; revoking it marks it revoked for good.",
+            token.label(),
+            fmt_opt_time(&token.expires_at)
+        ));
+    }
+    let anchored = match token.org_id {
+        Some(o) => format!("anchored to {o}"),
+        None => "unanchored".to_string(),
+    };
+    let mut desc = format!(
+        "token {}, created_by '{}', {anchored}",
+        token.label(),
+        fmt_opt_text(&token.created_by)
+    );
+    if let Some(w) = token.created_by.as_deref().and_then(concierge_warning) {
+        ctx.out.warn(&w);
+        let _ = write!(desc, " — the platform agent's own credential");
+    }
+    desc
+}
+
+async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
+    let (url, mut conn) = super::connect(ctx).await?;
+    let token = ops::plan_revoke_one(&mut conn, &ctx.settings, r).await?;
+    if token.revoked_at.is_some() {
+        ctx.out.info(&format!(
+            "Token {} was already revoked at {}; nothing to do.",
+            token.label(),
+            fmt_opt_time(&token.revoked_at)
+        ));
+        render_revoke_one(ctx, &token, false)?;
+        return Ok(Exit::Ok);
+    }
+    let desc = describe_one(ctx, &token);
+    confirm(
+        ctx,
+        &format!("revokes {desc}"),
+        &format!("Revoke {desc} on {}?", url.target()),
+    )?;
+    match ops::revoke_one(&mut conn, &url, &ctx.settings, r, &token).await? {
+        OneRevoked::Concurrently(t) => {
+            ctx.out.info(&format!(
+                "Token {} was revoked concurrently at {}; nothing to do.",
+                t.label(),
+                fmt_opt_time(&t.revoked_at)
+            ));
+            render_revoke_one(ctx, &t, false)?;
+        }
+        OneRevoked::Revoked(committed) => {
+            super::note_commit(ctx, &committed);
+            ctx.out.info(&format!(
+                "Revoked token {}; it no longer authenticates.",
+                token.label()
+            ));
+            render_revoke_one(ctx, &token, true)?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+// ---------------------------------------------------------------------------------------------
+// By label
+
+/// "N live token(s)", or with expired ones "N token(s) (L live, E expired)".
+fn label_what(plan: &LabelPlan) -> String {
+    if plan.expired > 0 {
+        format!(
+            "{} token(s) ({} live, {} expired)",
+            plan.unrevoked(),
+            plan.live,
+            plan.expired
+        )
+    } else {
+        format!("{} live token(s)", plan.live)
+    }
+}
+
+/// The sample of a bulk revoke on stderr, before the question (a terminal only).
+fn show_sample(ctx: &Context, plan: &LabelPlan, shown_label: &str, what: &str) {
+    let rows: Vec<Vec<String>> = plan.sample.iter().map(|s| compact_cells(s, true)).collect();
+    let t = compact_list(ctx, &rows, true);
+    let mut text = format!("Tokens with created_by '{shown_label}' to revoke: {what}:\n{t}");
+    let unrevoked = plan.unrevoked();
+    if unrevoked > plan.sample.len() as i64 {
+        let _ = writeln!(
+            text,
+            "… and {} more (see `orgctl token list --all --created-by '{shown_label}' --limit 0`)",
+            unrevoked - plan.sample.len() as i64
+        );
+    }
+    crate::output::stderr(&text);
+}
+
+/// Show the plan and ask: the agent's own credential warned about, the sample on a terminal.
+fn confirm_label(ctx: &Context, plan: &LabelPlan, label: &str, target: &str) -> Result<()> {
+    let shown_label = sanitize(label);
+    let what = label_what(plan);
+    let concierge = concierge_warning(label);
+    if let Some(w) = &concierge {
+        ctx.out.warn(w);
+    }
+    if ctx.out.interactive() && !ctx.yes {
+        show_sample(ctx, plan, &shown_label, &what);
+    }
+    let own = if concierge.is_some() {
+        " — the platform agent's own credential"
+    } else {
+        ""
+    };
+    confirm(
+        ctx,
+        &format!("revokes {what} with created_by '{shown_label}'{own} (check them with `orgctl token list --all --created-by '{shown_label}'`)"),
+        &format!(
+            "Revoke {what} with created_by '{shown_label}'{own} on {target}?"
+        ),
+    )
+}
+
+async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
+    let (url, mut conn) = super::connect(ctx).await?;
+    let shown_label = sanitize(label);
+    // Plan: how many and which (a bounded sample; the count is exact).
+    let plan = ops::plan_label(&mut conn, &ctx.settings, label).await?;
+    if plan.total == 0 {
+        return Err(Error::failed(format!(
+            "no token has created_by '{shown_label}' (the match is exact); check the label with `orgctl token list --all`"
+        )));
+    }
+    if plan.unrevoked() == 0 {
+        // Nothing to write (not even an audit row); the result lists them as already revoked.
+        ctx.out.info(&format!(
+            "Every token with created_by '{shown_label}' ({}) is already revoked; nothing to do.",
+            plan.total
+        ));
+        render_revoke_label(ctx, &mut conn, label, None).await?;
+        return Ok(Exit::Ok);
+    }
+    confirm_label(ctx, &plan, label, url.target())?;
+    match ops::revoke_label(&mut conn, &url, &ctx.settings, label, &plan).await? {
+        LabelRevoked::Concurrently => {
+            ctx.out.info(&format!(
+                "Every token with created_by '{shown_label}' was revoked concurrently; nothing to do."
+            ));
+            render_revoke_label(ctx, &mut conn, label, None)
+                .await
+                .map_err(|e| {
+                    e.context("nothing was revoked by this run, but reading the tokens back failed")
+                })?;
+        }
+        LabelRevoked::Revoked {
+            done,
+            at,
+            committed,
+        } => {
+            super::note_commit(ctx, &committed);
+            committed.reconnected(&mut conn);
+            report_label(ctx, &mut conn, label, &plan, done, at).await?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// After a committed bulk revoke: what was revoked, then the tokens read back.
+async fn report_label(
+    ctx: &Context,
+    conn: &mut PgConnection,
+    label: &str,
+    plan: &LabelPlan,
+    done: i64,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    let shown_label = sanitize(label);
+    let (live, expired, unrevoked) = (plan.live, plan.expired, plan.unrevoked());
+    if done != unrevoked {
+        ctx.out.warn(&format!(
+            "{unrevoked} token(s) were confirmed but {done} were revoked: tokens with this label were minted or revoked in between"
+        ));
+    }
+    let split = if expired > 0 {
+        format!(" ({live} live and {expired} expired when confirmed)")
+    } else {
+        String::new()
+    };
+    ctx.out.info(&format!(
+        "Revoked {done} token(s) with created_by '{shown_label}'{split}; they no longer authenticate."
+    ));
+    // Committed: a failing read-back must not read as "nothing changed".
+    let already = render_revoke_label(ctx, conn, label, Some((at, done)))
+        .await
+        .map_err(|e| {
+            Error::failed(format!(
+                "{done} token(s) with created_by '{shown_label}' were revoked and committed, but reading them back failed ({}); the output above is incomplete: see them with `orgctl token list --all --created-by '{shown_label}'`",
+                // The read-back's own (read-only) transaction is what ended, not the revoke.
+                e.message.replace("; the open transaction was rolled back", "")
+            ))
+        })?;
+    if already > 0 {
+        ctx.out.info(&format!(
+            "{already} other token(s) with this label were already revoked (listed as already revoked)."
+        ));
+    }
+    Ok(())
+}
+
+/// The rendering of a bulk revoke's read-back as its rows arrive: JSON streamed, or a table
+/// of the first rows.
+struct ReadBack {
+    json: bool,
+    sink: Sink,
+    table: comfy_table::Table,
+    shown: usize,
+    revoked: i64,
+    already: i64,
+}
+
+impl ReadBack {
+    fn open(ctx: &Context, json: bool) -> Result<Self> {
+        let mut sink = Sink::new();
+        if json {
+            sink.write("{\"revoked\": [")?;
+        }
+        Ok(ReadBack {
+            json,
+            sink,
+            table: ctx.out.new_table(["id", "prefix", "name", "result"]),
+            shown: 0,
+            revoked: 0,
+            already: 0,
+        })
+    }
+
+    /// One batch; whether to read on.
+    fn batch(&mut self, rows: &[(TokenRow, bool)]) -> Result<bool> {
+        if self.sink.closed {
+            return Ok(false);
+        }
+        for (t, mine) in rows {
+            if self.json {
+                self.json_item(t, *mine)?;
+            } else if self.shown < SHOWN * 2 {
+                self.table.add_row(vec![
+                    t.id.to_string(),
+                    sanitize(&t.prefix),
+                    fmt_opt_text(&t.name),
+                    if *mine {
+                        "revoked".to_string()
+                    } else {
+                        format!("already revoked ({})", fmt_opt_time(&t.revoked_at))
+                    },
+                ]);
+                self.shown += 1;
+            }
+            if *mine {
+                self.revoked += 1;
+            } else {
+                self.already += 1;
+            }
+        }
+        Ok(true)
+    }
+
+    /// `{"revoked": [...], "already_revoked": [...]}`, this run's rows first.
+    fn json_item(&mut self, t: &TokenRow, mine: bool) -> Result<()> {
+        let sep = if mine {
+            if self.revoked == 0 {
+                "\n  "
+            } else {
+                ",\n  "
+            }
+        } else if self.already == 0 {
+            // The first already revoked token closes the revoked list.
+            if self.revoked > 0 {
+                "\n ],\n \"already_revoked\": [\n  "
+            } else {
+                "],\n \"already_revoked\": [\n  "
+            }
+        } else {
+            ",\n  "
+        };
+        self.sink.write(&format!("{sep}\"{}\"", t.id))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let n = self.revoked + self.already;
+        if self.json {
+            self.sink
+                .write(match (self.revoked > 0, self.already > 0) {
+                    (_, true) => "\n ]}\n",
+                    (true, false) => "\n ],\n \"already_revoked\": []}\n",
+                    (false, false) => "],\n \"already_revoked\": []}\n",
+                })?;
+        } else if self.shown > 0 {
+            self.sink.write(&format!("{}\n", self.table))?;
+            if n > self.shown as i64 {
+                self.sink.write(&format!(
+                    "… and {} more (use --output json for all)\n",
+                    n - self.shown as i64
+                ))?;
+            }
+        }
+        self.sink.flush()
+    }
+}
+
+/// The result of a bulk revoke, read back ([`ops::read_back_revoked`]) so a huge incident
+/// never sits in memory: `revoked` is this run's `revoked_at` and count; the label's other
+/// revoked tokens are `already_revoked`. Returns how many were already revoked.
+async fn render_revoke_label(
+    ctx: &Context,
+    conn: &mut PgConnection,
+    label: &str,
+    revoked: Option<(DateTime<Utc>, i64)>,
+) -> Result<i64> {
+    let json = ctx.out.json_mode();
+    let (at, count) = match revoked {
+        Some((at, count)) => (Some(at), count),
+        None => (None, 0),
+    };
+    // Opened once the cursor is: an error before it leaves stdout empty.
+    let mut out: Option<ReadBack> = None;
+    ops::read_back_revoked(conn, &ctx.settings, label, at, |rows| {
+        if out.is_none() {
+            out = Some(ReadBack::open(ctx, json)?);
+        }
+        match out.as_mut() {
+            Some(o) => o.batch(rows),
+            None => Ok(false),
+        }
+    })
+    .await?;
+    let mut out = match out {
+        Some(o) => o,
+        None => ReadBack::open(ctx, json)?,
+    };
+    out.finish()?;
+    if out.revoked != count && !out.sink.closed {
+        ctx.out.warn(&format!(
+            "read back {} revoked token(s) where {count} were revoked; a concurrent change touched them",
+            out.revoked
+        ));
+    }
+    Ok(out.already)
+}

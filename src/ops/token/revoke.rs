@@ -1,0 +1,269 @@
+//! Revoking: one token, or every unrevoked token with a `created_by` label, each with the
+//! platform's revoke rows and orgctl's audit row in the same transaction; and the read-back of
+//! a label's revoked tokens.
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgConnection;
+use sqlx::Row;
+
+use super::row::{by_id, fetch_batch};
+use super::{find_token, TokenRef, TokenRow, SHOWN};
+use crate::db::{self, DbUrl, Settings};
+use crate::error::{Error, Result};
+use crate::platform::tokens as platform;
+
+/// The newest $2 unrevoked tokens with the label $1: the sample a bulk revoke shows.
+pub(super) const UNREVOKED_SAMPLE: &str = concat!(
+    "SELECT ",
+    token_columns!(),
+    " FROM org_api_tokens
+              WHERE created_by = $1 AND revoked_at IS NULL
+              ORDER BY created_at DESC, id DESC LIMIT $2"
+);
+
+/// The transaction's start: the `revoked_at` of every row one statement revokes.
+pub(super) const TRANSACTION_NOW: &str = "SELECT now()";
+
+/// The revoked tokens of the label $1, those this run revoked (at $2) first.
+pub(super) const DECLARE_REVOKED: &str = concat!(
+    "DECLARE ",
+    cursor!(),
+    " NO SCROLL CURSOR FOR
+         SELECT ",
+    token_columns!(),
+    ", revoked_at IS NOT DISTINCT FROM $2 AS by_this_run
+           FROM org_api_tokens
+          WHERE created_by = $1 AND revoked_at IS NOT NULL
+          ORDER BY by_this_run DESC, created_at DESC, id DESC"
+);
+
+/// One token revoked, by id ($1), with the platform's revoke row (actor $2).
+pub(super) const REVOKE_ONE: &str =
+    "UPDATE org_api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id";
+
+/// Every unrevoked token with the label $1, with the platform's revoke rows (actor $2).
+pub(super) const REVOKE_LABEL: &str = "UPDATE org_api_tokens SET revoked_at = now()
+          WHERE created_by = $1 AND revoked_at IS NULL RETURNING id";
+
+/// Who revokes, as the platform's audit row names it: the same `created_by`-style label a
+/// mint defaults to.
+fn revoke_actor() -> String {
+    format!("orgctl:{}", crate::sys::os_user())
+}
+
+/// The token a single revoke names, read-only (live or revoked: the caller says which).
+pub async fn plan_one(
+    conn: &mut PgConnection,
+    settings: &Settings,
+    r: &TokenRef,
+) -> Result<TokenRow> {
+    let mut tx = db::begin_read_only(conn, settings).await?;
+    let t = find_token(&mut tx, r).await?;
+    tx.rollback().await?;
+    Ok(t)
+}
+
+/// How a single revoke ended.
+pub enum OneRevoked {
+    /// Revoked and committed.
+    Revoked(db::Committed),
+    /// Revoked by someone else between the read and the lock: the token as it is now.
+    Concurrently(TokenRow),
+}
+
+/// Revoke `token` (found by `r`) under the tenant lock, with the platform's audit row for it
+/// in the same statement and orgctl's in the same transaction.
+pub async fn revoke_one(
+    conn: &mut PgConnection,
+    url: &DbUrl,
+    settings: &Settings,
+    r: &TokenRef,
+    token: &TokenRow,
+) -> Result<OneRevoked> {
+    let mut tx = db::begin_change(conn, url, settings).await?;
+    let done = db::query(&platform::revoke_with_audit(REVOKE_ONE, "$2"))
+        .bind(token.id)
+        .bind(revoke_actor())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if done == 0 {
+        // Revoked (or deleted) between the read and the lock.
+        let now = by_id(&mut tx, token.id).await?;
+        tx.rollback().await?;
+        return match now {
+            Some(t) => Ok(OneRevoked::Concurrently(t)),
+            None => Err(Error::failed(format!(
+                "token {} was deleted while orgctl waited; nothing was changed",
+                token.id
+            ))),
+        };
+    }
+    if done != 1 {
+        return Err(Error::failed(format!(
+            "revoking token {} touched {done} rows instead of 1; rolled back, nothing changed",
+            token.id
+        )));
+    }
+    let txid = db::audit(
+        &mut tx,
+        "token revoke",
+        &serde_json::json!({
+            "by": r.kind(),
+            "id": token.id,
+            "prefix": token.prefix,
+            "expired": token.expired_unrevoked(),
+            "revoked": 1,
+        }),
+        "revoked",
+    )
+    .await?;
+    let committed = db::commit_guarded(tx, url, settings, &db::Evidence::Audit(txid)).await?;
+    Ok(OneRevoked::Revoked(committed))
+}
+
+/// What a revoke by label would do: every token of the label that is not revoked yet — the
+/// live ones, and the expired ones too (dead to the platform already; revoking them is
+/// harmless and final). The counts are exact; the sample is the newest [`SHOWN`].
+#[derive(Clone, Debug)]
+pub struct LabelPlan {
+    pub live: i64,
+    pub expired: i64,
+    /// Every token with the label, revoked ones included.
+    pub total: i64,
+    pub sample: Vec<TokenRow>,
+}
+
+impl LabelPlan {
+    pub fn unrevoked(&self) -> i64 {
+        self.live + self.expired
+    }
+}
+
+/// [`LabelPlan`], read-only.
+pub async fn plan_label(
+    conn: &mut PgConnection,
+    settings: &Settings,
+    label: &str,
+) -> Result<LabelPlan> {
+    let mut tx = db::begin_read_only(conn, settings).await?;
+    let counts = db::query(&format!(
+        "SELECT count(*) FILTER (WHERE {}), count(*) FILTER (WHERE {}), count(*)
+               FROM org_api_tokens WHERE created_by = $1",
+        platform::live(""),
+        platform::expired("")
+    ))
+    .bind(label)
+    .fetch_one(&mut *tx)
+    .await?;
+    let sample: Vec<TokenRow> = db::query_as(UNREVOKED_SAMPLE)
+        .bind(label)
+        .bind(SHOWN as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    Ok(LabelPlan {
+        live: counts.try_get(0)?,
+        expired: counts.try_get(1)?,
+        total: counts.try_get(2)?,
+        sample,
+    })
+}
+
+/// How a revoke by label ended.
+pub enum LabelRevoked {
+    /// `done` tokens revoked at `at` (every row carries it) and committed.
+    Revoked {
+        done: i64,
+        at: DateTime<Utc>,
+        committed: db::Committed,
+    },
+    /// Revoked by someone else between the plan and the lock: nothing written, not even an
+    /// audit row.
+    Concurrently,
+}
+
+/// Revoke every unrevoked token with `label` at this moment: in incident response a token
+/// minted after the confirmation must die too. One statement; `now()` is the transaction's
+/// start, so every row revoked here carries the same `revoked_at`, which identifies them
+/// afterwards. The platform's own audit rows, one per token, come in the same statement.
+pub async fn revoke_label(
+    conn: &mut PgConnection,
+    url: &DbUrl,
+    settings: &Settings,
+    label: &str,
+    plan: &LabelPlan,
+) -> Result<LabelRevoked> {
+    let mut tx = db::begin_change(conn, url, settings).await?;
+    let done = db::query(&platform::revoke_with_audit(REVOKE_LABEL, "$2"))
+        .bind(label)
+        .bind(revoke_actor())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
+    let at: DateTime<Utc> = db::query_scalar(TRANSACTION_NOW)
+        .fetch_one(&mut *tx)
+        .await?;
+    if done == 0 {
+        tx.rollback().await?;
+        return Ok(LabelRevoked::Concurrently);
+    }
+    let txid = db::audit(
+        &mut tx,
+        "token revoke",
+        &serde_json::json!({
+            "by": "created_by",
+            "created_by": label,
+            "confirmed": plan.unrevoked(),
+            "confirmed_live": plan.live,
+            "confirmed_expired": plan.expired,
+            "revoked": done,
+        }),
+        "revoked",
+    )
+    .await?;
+    let committed = db::commit_guarded(tx, url, settings, &db::Evidence::Audit(txid)).await?;
+    Ok(LabelRevoked::Revoked {
+        done,
+        at,
+        committed,
+    })
+}
+
+/// The revoked tokens of `label`, read back through the token cursor in a read-only
+/// REPEATABLE READ transaction, so a huge incident never sits in memory. `revoked_at` is this
+/// run's (one statement, so every row it revoked carries it): those rows come first and are
+/// marked `true`; the label's other revoked tokens were revoked before this run (or
+/// concurrently by someone else), never by it. `each` gets every batch in order and returns
+/// whether to go on.
+pub async fn read_back_revoked(
+    conn: &mut PgConnection,
+    settings: &Settings,
+    label: &str,
+    revoked_at: Option<DateTime<Utc>>,
+    mut each: impl FnMut(&[(TokenRow, bool)]) -> Result<bool>,
+) -> Result<()> {
+    let mut tx = db::begin_read_only(conn, settings).await?;
+    db::query(DECLARE_REVOKED)
+        .bind(label)
+        .bind(revoked_at)
+        .execute(&mut *tx)
+        .await?;
+    loop {
+        let rows = fetch_batch(&mut tx).await?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut batch = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let t = <TokenRow as sqlx::FromRow<_>>::from_row(row)?;
+            let mine: bool = revoked_at.is_some() && row.try_get("by_this_run")?;
+            batch.push((t, mine));
+        }
+        if !each(&batch)? {
+            break;
+        }
+    }
+    tx.rollback().await?;
+    Ok(())
+}
