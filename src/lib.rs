@@ -15,7 +15,7 @@ pub mod db;
 /// The dev server and its sample org (the tests use its constants).
 pub use crate::ops::dev;
 pub mod error;
-pub mod install;
+pub(crate) use crate::ops::install;
 pub mod interrupt;
 pub mod ops;
 pub(crate) use crate::ops::org;
@@ -222,7 +222,7 @@ fn after_commit(r: Result<Exit>) -> Error {
 
 async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
     match command {
-        Command::InstallPlatformAgent(args) => install::run(ctx, args).await,
+        Command::InstallPlatformAgent(args) => commands::install::run(ctx, args).await,
         Command::Dev(cmd) => commands::dev::run(ctx, cmd).await,
         Command::Completions { shell } => commands::completions::run(*shell),
         Command::Token(cmd) => commands::token::run(ctx, cmd).await,

@@ -2,6 +2,7 @@
 //! its SQL. No clap types, no tables: [`crate::commands`] turns arguments into an operation's
 //! input and renders its result.
 pub mod dev;
+pub mod install;
 pub mod org;
 pub mod status;
 pub mod token;

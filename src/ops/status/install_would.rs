@@ -4,7 +4,7 @@ use sqlx::postgres::PgConnection;
 
 use super::InstallWould;
 use crate::error::{Exit, Result};
-use crate::install::{self, InstallInput};
+use crate::ops::install::{self, InstallInput};
 use crate::platform::keys::SecretBox;
 
 /// What install-platform-agent would do, computed by the very code a dry run uses (read-only).

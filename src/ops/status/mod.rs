@@ -22,7 +22,7 @@ use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::install;
+use crate::ops::install;
 
 pub use checks::CHECK_NAMES;
 pub use read::broken_chains;
