@@ -8,22 +8,24 @@ pub mod audit;
 pub use crate::ops::backfill;
 pub mod cli;
 pub mod commands;
+/// The man pages and completions, rendered from the clap definitions.
+pub use crate::cli::docs;
 pub mod context;
 pub mod db;
-pub mod dev;
-pub mod docs;
+/// The dev server and its sample org (the tests use its constants).
+pub use crate::ops::dev;
 pub mod error;
 pub(crate) use crate::ops::install;
 pub mod interrupt;
 pub mod ops;
 pub(crate) use crate::ops::org;
 pub mod output;
-pub mod pgserver;
+/// Starting a local PostgreSQL (the test harness starts its own servers with it).
+pub use crate::ops::dev::server as pgserver;
 pub mod platform;
 pub mod redact;
 pub mod rekey;
 pub mod secret;
-pub mod status;
 pub mod sys;
 
 use crate::cli::{Cli, Command};
@@ -221,17 +223,12 @@ fn after_commit(r: Result<Exit>) -> Error {
 async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
     match command {
         Command::InstallPlatformAgent(args) => commands::install::run(ctx, args).await,
-        Command::Dev(cmd) => dev::run(ctx, cmd).await,
-        Command::Completions { shell } => match docs::print_completions(*shell) {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::failed(format!(
-                "could not write the completions to stdout: {e}"
-            ))),
-            _ => Ok(Exit::Ok),
-        },
+        Command::Dev(cmd) => commands::dev::run(ctx, cmd).await,
+        Command::Completions { shell } => commands::completions::run(*shell),
         Command::Token(cmd) => commands::token::run(ctx, cmd).await,
         Command::Secret(cmd) => secret::run(ctx, cmd).await,
         Command::Backfill(cmd) => commands::backfill::run(ctx, cmd).await,
-        Command::Status(args) => status::run(ctx, args).await,
+        Command::Status(args) => commands::status::run(ctx, args).await,
         Command::Audit(args) => commands::audit::run(ctx, args).await,
     }
 }

@@ -3,5 +3,8 @@
 pub mod audit;
 pub mod backfill;
 pub(crate) mod change;
+pub mod completions;
+pub mod dev;
 pub mod install;
+pub mod status;
 pub mod token;

@@ -2,7 +2,9 @@
 //! its SQL. No clap types, no tables: [`crate::commands`] turns arguments into an operation's
 //! input and renders its result.
 pub mod backfill;
+pub mod dev;
 pub mod evidence;
 pub mod install;
 pub mod org;
+pub mod status;
 pub mod token;

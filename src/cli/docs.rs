@@ -6,19 +6,17 @@ use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Shell};
 
 /// Every generated file, as (path relative to the repository, contents).
 pub fn render_all() -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
     let mut files = Vec::new();
     for (shell, name) in [
-        (clap_complete::Shell::Bash, "orgctl.bash"),
-        (clap_complete::Shell::Zsh, "_orgctl"),
-        (clap_complete::Shell::Fish, "orgctl.fish"),
+        (Shell::Bash, "orgctl.bash"),
+        (Shell::Zsh, "_orgctl"),
+        (Shell::Fish, "orgctl.fish"),
     ] {
-        let mut buf = Vec::new();
-        clap_complete::generate(shell, &mut Cli::command(), "orgctl", &mut buf);
-        files.push((Path::new("completions").join(name), buf));
+        files.push((Path::new("completions").join(name), completions(shell)));
     }
     // The pages carry the version alone: --version's commit line would make every page stale
     // at every commit.
@@ -56,17 +54,15 @@ fn man_pages(
     Ok(())
 }
 
-/// Write the completion script for one shell to stdout.
-pub fn print_completions(shell: crate::cli::Shell) -> std::io::Result<()> {
+/// The completion script for one shell, in memory (clap_complete's generate() panics when its
+/// writer fails, so nothing is written straight to a stream).
+pub fn completions(shell: Shell) -> Vec<u8> {
     let shell = match shell {
-        crate::cli::Shell::Bash => clap_complete::Shell::Bash,
-        crate::cli::Shell::Zsh => clap_complete::Shell::Zsh,
-        crate::cli::Shell::Fish => clap_complete::Shell::Fish,
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
     };
-    // Into memory first: generate() panics when its writer fails (`>/dev/full`).
     let mut buf = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "orgctl", &mut buf);
-    let mut out = std::io::stdout().lock();
-    use std::io::Write;
-    out.write_all(&buf).and_then(|_| out.flush())
+    buf
 }
