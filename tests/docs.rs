@@ -137,7 +137,11 @@ fn every_relative_link_in_the_docs_resolves() {
         }
     }
     assert!(checked > 0, "no relative link found in the docs");
-    assert!(broken.is_empty(), "broken links in the docs:\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "broken links in the docs:\n{}",
+        broken.join("\n")
+    );
 }
 
 /// The README's Documentation section links every page under docs/.
@@ -154,7 +158,10 @@ fn the_readme_links_every_page_under_docs() {
         .map(|p| p.display().to_string())
         .filter(|p| !linked.iter().any(|l| l == p))
         .collect();
-    assert!(missing.is_empty(), "pages the README does not link: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "pages the README does not link: {missing:?}"
+    );
 }
 
 /// (line, target) of every Markdown link outside code whose target is not a URL.
@@ -227,11 +234,7 @@ fn heading_slugs(md: &str) -> Vec<String> {
             })
             .collect();
         let n = seen.entry(slug.clone()).or_insert(0);
-        out.push(if *n == 0 {
-            slug
-        } else {
-            format!("{slug}-{n}")
-        });
+        out.push(if *n == 0 { slug } else { format!("{slug}-{n}") });
         *n += 1;
     }
     out
