@@ -32,6 +32,9 @@ struct Block {
     /// The commands of a `<!-- setup: … -->` comment on the line before the fence: the state
     /// the example starts from, run first in the same script.
     setup: Option<String>,
+    /// A `<!-- output of the example above -->` comment on the line before the fence: this
+    /// block shows what the previous `sh` block prints.
+    shows_output: bool,
     body: String,
 }
 
@@ -66,6 +69,8 @@ fn blocks(md: &str) -> Vec<Block> {
                 info: info.trim().to_string(),
                 norun_reason: comment("<!-- norun:"),
                 setup: comment("<!-- setup:"),
+                shows_output: i.checked_sub(1).map(|p| lines[p].trim())
+                    == Some("<!-- output of the example above -->"),
                 body,
             });
             i = j + 1;
@@ -109,8 +114,8 @@ impl Drop for Scratch {
     }
 }
 
-/// Run one block; Err with what to show when it does not pass.
-fn run(file: &Path, b: &Block) -> Result<(), String> {
+/// Run one block: Ok with its stdout and stderr, Err with what to show when it does not pass.
+fn run(file: &Path, b: &Block) -> Result<String, String> {
     let db = TestDb::sample();
     let scratch = Scratch::new(&format!("{}", b.line));
     let dir = &scratch.0;
@@ -152,7 +157,11 @@ fn run(file: &Path, b: &Block) -> Result<(), String> {
     let code = out.status.code().unwrap_or(-1);
     let want = expected_exit(&b.body);
     if code == want {
-        return Ok(());
+        return Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Err(format!(
         "{}:{}: exit {code}, the example declares {want}\n--- setup ---\n{}\n--- example ---\n{}--- stdout ---\n{}--- stderr ---\n{}",
@@ -168,16 +177,36 @@ fn run(file: &Path, b: &Block) -> Result<(), String> {
 /// Every `sh` block of the docs runs and exits as it declares; every `sh-norun` block says why.
 #[test]
 fn every_sh_example_in_the_docs_runs() {
-    let (mut ran, mut norun) = (0, 0);
+    let (mut ran, mut norun, mut shown) = (0, 0, 0);
     let mut failures = Vec::new();
     for file in doc_files() {
+        let mut last_output: Option<String> = None;
         for b in blocks(&read_doc(&file)) {
             let at = format!("{}:{}", file.display(), b.line);
             match b.info.as_str() {
                 "sh" => {
                     ran += 1;
-                    if let Err(e) = run(&file, &b) {
-                        failures.push(e);
+                    match run(&file, &b) {
+                        Ok(out) => last_output = Some(out),
+                        Err(e) => {
+                            last_output = None;
+                            failures.push(e);
+                        }
+                    }
+                }
+                _ if b.shows_output => {
+                    shown += 1;
+                    match &last_output {
+                        Some(out) => {
+                            if let Some(line) = missing_line(&b.body, out) {
+                                failures.push(format!(
+                                    "{at}: the output shown is not what the example above prints: {line:?} is not in\n{out}"
+                                ));
+                            }
+                        }
+                        None => failures.push(format!(
+                            "{at}: an output block with no passing sh example before it"
+                        )),
                     }
                 }
                 "sh-norun" => {
@@ -196,13 +225,42 @@ fn every_sh_example_in_the_docs_runs() {
             }
         }
     }
-    eprintln!("doc examples: {ran} run, {norun} not run (sh-norun, each with its reason)");
+    eprintln!(
+        "doc examples: {ran} run, {norun} not run (sh-norun, each with its reason), {shown} output block(s) checked"
+    );
     assert!(ran > 0, "no sh example found in the docs");
     assert!(
         failures.is_empty(),
         "{} doc example(s) failed:\n\n{}",
         failures.len(),
         failures.join("\n\n")
+    );
+}
+
+/// The first line of a shown output that the real output lacks. Blank lines and a line of
+/// `…` alone are skipped; a line with `…` in it is matched up to the `…`.
+fn missing_line(shown: &str, actual: &str) -> Option<String> {
+    shown
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty() && l.trim() != "…")
+        .find(|l| {
+            let want = l.split('…').next().unwrap_or("");
+            !actual.lines().any(|a| a.contains(want))
+        })
+        .map(str::to_string)
+}
+
+#[test]
+fn shown_output_is_matched_line_by_line_up_to_an_ellipsis() {
+    let actual = "Plan: create the agent.\nplan_hash: sha256:abc\n";
+    assert_eq!(
+        missing_line("Plan: create the agent.\n…\nplan_hash: sha256:…\n", actual),
+        None
+    );
+    assert_eq!(
+        missing_line("Dry run: nothing was changed.\n", actual).as_deref(),
+        Some("Dry run: nothing was changed.")
     );
 }
 
