@@ -7,8 +7,8 @@
 #   cargo build --release && bench/audit.sh          # N=200000 chained rows, 3 rounds
 #   N=1000000 ROUNDS=5 bench/audit.sh
 #
-# The log is generated in SQL with the README's canonical content (and `audit verify` must
-# call it intact before anything is timed, which checks the generator against orgctl).
+# The log is generated in SQL with the canonical content of docs/reference/audit-chain.md (and
+# `audit verify` must call it intact before anything is timed, which checks the generator against orgctl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

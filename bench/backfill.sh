@@ -105,7 +105,7 @@ machine_header "$ORGCTL"
 src=$(cd "$(dirname "$ORGCTL")" && git rev-parse --show-toplevel 2>/dev/null || true)
 if [ -n "$src" ]; then
   # What the binary is built from: the last commit that changed what goes into it (a commit
-  # of the README or of this script since does not change the binary), and whether the
+  # of the docs or of this script since does not change the binary), and whether the
   # binary is older than that commit (a stale build).
   read -r last_src last_time <<<"$(git -C "$src" log -1 --format='%h %ct' -- src Cargo.toml Cargo.lock migrations build.rs)"
   stale=""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sourced by every bench/ script: prints when and where the figures were measured (the README
-# quotes figures only with this header), to stdout, before the figures.
+# Sourced by every bench/ script: prints when and where the figures were measured (the docs
+# quote figures only with this header: docs/design/performance.md), to stdout, before the figures.
 #   machine_header ORGCTL_BINARY
 machine_header() {
   local bin=$1 cpu pg profile

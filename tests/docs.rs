@@ -1,7 +1,7 @@
 //! completions/ and man/ are generated from the clap definitions and checked in: fail when
 //! they are stale. `ORGCTL_BLESS=1 cargo test docs` rewrites them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[test]
 fn completions_and_man_pages_are_fresh() {
@@ -47,28 +47,214 @@ fn completions_and_man_pages_are_fresh() {
     );
 }
 
-/// Every fenced block of the README that is a tenants file (a line whose second field is a
-/// PostgreSQL URL) parses as one: an example an operator copies must not be rejected.
-#[test]
-fn every_tenants_file_example_in_the_readme_parses() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = match std::fs::read_to_string(root.join("README.md")) {
-        Ok(t) => t,
-        Err(e) => panic!("README.md: {e}"),
-    };
-    let examples = tenants_file_examples(&readme);
-    assert!(
-        !examples.is_empty(),
-        "no tenants file example found in the README"
-    );
-    for (line, text) in &examples {
-        if let Err(e) = orgctl::backfill::tenants::parse(text, &format!("README.md:{line}")) {
-            panic!("the README's tenants file example at line {line} does not parse: {e}");
+/// The documentation's Markdown files, relative to the repository: README.md, CONTRIBUTING.md
+/// and every `docs/**/*.md`, sorted.
+pub(crate) fn doc_files() -> Vec<PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) => panic!("{}: {e}", dir.display()),
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if p.extension().is_some_and(|x| x == "md") {
+                if let Ok(rel) = p.strip_prefix(root) {
+                    out.push(rel.to_path_buf());
+                }
+            }
         }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = vec![PathBuf::from("README.md"), PathBuf::from("CONTRIBUTING.md")];
+    walk(root, &root.join("docs"), &mut out);
+    out.sort();
+    out
+}
+
+pub(crate) fn read_doc(rel: &Path) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => panic!("{}: {e}", path.display()),
     }
 }
 
-/// (first line of the block in the README, the block's text) for each fenced block that looks
+/// Every fenced block of the README and of docs/ that is a tenants file (a line whose second
+/// field is a PostgreSQL URL) parses as one: an example an operator copies must not be rejected.
+#[test]
+fn every_tenants_file_example_in_the_docs_parses() {
+    let mut found = 0;
+    for rel in doc_files() {
+        let text = read_doc(&rel);
+        for (line, block) in tenants_file_examples(&text) {
+            found += 1;
+            let at = format!("{}:{line}", rel.display());
+            if let Err(e) = orgctl::backfill::tenants::parse(&block, &at) {
+                panic!("the tenants file example at {at} does not parse: {e}");
+            }
+        }
+    }
+    assert!(found > 0, "no tenants file example found in the docs");
+}
+
+/// Every relative link of the docs (`](path.md)`, `](path.md#heading)`, `](#heading)`) points
+/// to a file that exists and, with a fragment into a Markdown file, to one of its headings.
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for rel in doc_files() {
+        let text = read_doc(&rel);
+        let dir = rel.parent().unwrap_or(Path::new(""));
+        for (line, target) in relative_links(&text) {
+            checked += 1;
+            let (file, frag) = match target.split_once('#') {
+                Some((f, h)) => (f, Some(h)),
+                None => (target.as_str(), None),
+            };
+            let file_rel = if file.is_empty() {
+                rel.clone()
+            } else {
+                normalize(&dir.join(file))
+            };
+            let at = format!("{}:{line}: {target}", rel.display());
+            let path = root.join(&file_rel);
+            if !path.exists() {
+                broken.push(format!("{at} (no such file)"));
+                continue;
+            }
+            if let Some(frag) = frag {
+                if file_rel.extension().is_some_and(|x| x == "md") {
+                    let slugs = heading_slugs(&read_doc(&file_rel));
+                    if !slugs.iter().any(|s| s == frag) {
+                        broken.push(format!("{at} (no such heading)"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 0, "no relative link found in the docs");
+    assert!(
+        broken.is_empty(),
+        "broken links in the docs:\n{}",
+        broken.join("\n")
+    );
+}
+
+/// The README's Documentation section links every page under docs/.
+#[test]
+fn the_readme_links_every_page_under_docs() {
+    let readme = read_doc(Path::new("README.md"));
+    let linked: Vec<String> = relative_links(&readme)
+        .into_iter()
+        .map(|(_, t)| t.split('#').next().unwrap_or("").to_string())
+        .collect();
+    let missing: Vec<String> = doc_files()
+        .into_iter()
+        .filter(|p| p.starts_with("docs"))
+        .map(|p| p.display().to_string())
+        .filter(|p| !linked.iter().any(|l| l == p))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "pages the README does not link: {missing:?}"
+    );
+}
+
+/// (line, target) of every Markdown link outside code whose target is not a URL.
+fn relative_links(md: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut fence = false;
+    for (i, l) in md.lines().enumerate() {
+        if l.trim_start().starts_with("```") {
+            fence = !fence;
+            continue;
+        }
+        if fence {
+            continue;
+        }
+        let mut rest = l;
+        while let Some(at) = rest.find("](") {
+            let after = &rest[at + 2..];
+            let Some(end) = after.find(')') else { break };
+            let target = &after[..end];
+            if !target.contains("://") && !target.starts_with("mailto:") && !target.is_empty() {
+                out.push((i + 1, target.to_string()));
+            }
+            rest = &after[end..];
+        }
+    }
+    out
+}
+
+/// `a/b/../c` → `a/c`, without touching the filesystem.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as
+/// hyphens, a repeated heading suffixed `-1`, `-2`, ….
+fn heading_slugs(md: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut fence = false;
+    for l in md.lines() {
+        if l.trim_start().starts_with("```") {
+            fence = !fence;
+            continue;
+        }
+        if fence || !l.starts_with('#') {
+            continue;
+        }
+        let title = l.trim_start_matches('#');
+        if !title.starts_with(' ') {
+            continue;
+        }
+        let slug: String = title
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                _ => None,
+            })
+            .collect();
+        let n = seen.entry(slug.clone()).or_insert(0);
+        out.push(if *n == 0 { slug } else { format!("{slug}-{n}") });
+        *n += 1;
+    }
+    out
+}
+
+#[test]
+fn heading_slugs_are_githubs() {
+    let md = "# orgctl\n## Bringing the agent to life (`--provision`, `--wait`)\n```sh\n# not a heading\n```\n## Decisions\n## Decisions\n";
+    assert_eq!(
+        heading_slugs(md),
+        [
+            "orgctl",
+            "bringing-the-agent-to-life---provision---wait",
+            "decisions",
+            "decisions-1"
+        ]
+    );
+}
+
+/// (first line of the block in its file, the block's text) for each fenced block that looks
 /// like a tenants file.
 fn tenants_file_examples(readme: &str) -> Vec<(usize, String)> {
     let is_tenant_line = |l: &str| {
@@ -99,7 +285,7 @@ fn tenants_file_examples(readme: &str) -> Vec<(usize, String)> {
 }
 
 #[test]
-fn the_readme_example_finder_finds_a_tenants_file_and_nothing_else() {
+fn the_example_finder_finds_a_tenants_file_and_nothing_else() {
     let md = "```sh\norgctl status postgres://h/db\nDATABASE_URL=postgres://h/db\n```\n\
               text\n```\n# fleet.txt\nacme postgres://h/acme # note\n```\n";
     let found = tenants_file_examples(md);

@@ -8,6 +8,7 @@ mod stand_in;
 mod audit;
 mod backfill;
 mod dev;
+mod doc_examples;
 mod docs;
 mod global;
 mod image;
