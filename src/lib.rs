@@ -15,10 +15,8 @@ pub mod db;
 /// The dev server and its sample org (the tests use its constants).
 pub use crate::ops::dev;
 pub mod error;
-pub(crate) use crate::ops::install;
 pub mod interrupt;
 pub mod ops;
-pub(crate) use crate::ops::org;
 pub mod output;
 /// Starting a local PostgreSQL (the test harness starts its own servers with it).
 pub use crate::ops::dev::server as pgserver;

@@ -6,5 +6,6 @@ pub mod dev;
 pub mod evidence;
 pub mod install;
 pub mod org;
+pub mod provision;
 pub mod status;
 pub mod token;

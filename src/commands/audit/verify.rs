@@ -81,20 +81,11 @@ pub async fn run(ctx: &Context, args: &AuditVerifyArgs) -> Result<Exit> {
 
 /// The backfill snapshots still held for a rollback must be the ones their runs took.
 async fn check_snapshots(tx: &mut sqlx::PgConnection, v: &mut Verifier) -> Result<()> {
-    if crate::backfill::backfill_tables_exist(&mut *tx).await? {
-        let runs: Vec<String> = db::query_scalar(APPLIED_RUNS).fetch_all(&mut *tx).await?;
-        for run in runs {
-            if let Some(why) = crate::backfill::rollback::snapshot_tampered(&mut *tx, &run).await? {
-                v.problem(ProblemKind::Altered, None, None, why);
-            }
-        }
+    for why in crate::ops::backfill::tampered_snapshots(&mut *tx).await? {
+        v.problem(ProblemKind::Altered, None, None, why);
     }
     Ok(())
 }
-
-/// The backfill runs whose snapshots are still held for a rollback.
-const APPLIED_RUNS: &str =
-    "SELECT run_id FROM orgctl.backfill_runs WHERE status = 'applied' ORDER BY run_id";
 
 /// The verdict on stdout: a JSON document, or a few lines.
 fn render(ctx: &Context, log: bool, v: &Verifier, head: Option<&(i64, Vec<u8>)>) -> Result<()> {
@@ -148,7 +139,3 @@ fn render(ctx: &Context, log: bool, v: &Verifier, head: Option<&(i64, Vec<u8>)>)
     }
     Ok(())
 }
-
-/// The static statements of this module, by name.
-#[allow(dead_code)] // read by the test that prepares every statement
-pub(crate) const STATEMENTS: &[(&str, &str)] = &[("applied_runs", APPLIED_RUNS)];

@@ -12,11 +12,11 @@ use super::report_file::write_report;
 use super::shard;
 use crate::cli::BackfillRunArgs;
 use crate::error::{Error, Exit, Result};
-use crate::install::InstallInput;
 use crate::ops::backfill::apply::{
     run_fleet, taking_run_org_id, totals, Job, ProvisionJob, Report, Status, Summary, TenantResult,
 };
 use crate::ops::backfill::{check_run_id, new_run_id, tenants, Cancel, Shard, Tenant};
+use crate::ops::install::InstallInput;
 use crate::output::duration::human_ms;
 use crate::platform::keys::SecretBox;
 use crate::platform::provision;

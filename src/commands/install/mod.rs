@@ -200,7 +200,7 @@ impl change::Change for Install<'_> {
                 .filter(|_| plan.model_to_platform())
                 .map(|m| m.as_str()),
         };
-        let p = provision::provision(
+        let p = crate::ops::provision::provision(
             out,
             conn,
             &self.ctx.settings,

@@ -122,6 +122,30 @@ pub async fn snapshot_tampered(conn: &mut PgConnection, run_id: &str) -> Result<
     )))
 }
 
+/// The backfill runs whose snapshots are still held for a rollback.
+const APPLIED_RUNS: &str =
+    "SELECT run_id FROM orgctl.backfill_runs WHERE status = 'applied' ORDER BY run_id";
+
+/// The static statements of this module, by name.
+pub(crate) const STATEMENTS: &[(&str, &str)] = &[("applied_runs", APPLIED_RUNS)];
+
+/// For every run whose snapshot is still held for a rollback, the refusal naming what of its
+/// snapshot changed since the run took it (see [`snapshot_tampered`]); empty when none did or
+/// the tenant has no backfill tables.
+pub async fn tampered_snapshots(conn: &mut PgConnection) -> Result<Vec<String>> {
+    if !super::backfill_tables_exist(&mut *conn).await? {
+        return Ok(Vec::new());
+    }
+    let runs: Vec<String> = db::query_scalar(APPLIED_RUNS).fetch_all(&mut *conn).await?;
+    let mut found = Vec::new();
+    for run in runs {
+        if let Some(why) = snapshot_tampered(&mut *conn, &run).await? {
+            found.push(why);
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ mod verify;
 
 use crate::error::{Error, Result};
 
+pub use digest::tampered_snapshots;
 pub use fleet::{for_each, panicked_message, Cancel, Committing, CommittingGuard, Slot};
 pub use records::{backfill_tables_exist, known_runs, unknown_run, KnownRun};
 pub use shard::Shard;
@@ -41,6 +42,7 @@ pub use tenants::Tenant;
 pub fn statements() -> Vec<(&'static str, &'static str)> {
     [
         records::STATEMENTS,
+        digest::STATEMENTS,
         status::STATEMENTS,
         rollback::STATEMENTS,
         rollback::DRIFT_STATEMENTS,

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::db::{self, Arg, DbUrl, Settings};
 use crate::error::{Error, Result};
-use crate::install::Plan;
+use crate::ops::install::Plan;
 
 /// The static statements of the run records.
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::error::Result;
-use crate::install::MODEL_KEY;
+use crate::ops::install::MODEL_KEY;
 
 /// The static statements of the verification.
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[

@@ -21,9 +21,9 @@ pub async fn chain_warnings(
     mut warn: impl FnMut(&str),
 ) -> Result<()> {
     let roots: Vec<Uuid> = plan.reparented.iter().map(|r| r.id).collect();
-    let check = crate::org::chain_check(conn, &roots).await?;
+    let check = crate::ops::org::chain_check(conn, &roots).await?;
     if check.broken > 0 {
-        let (count, rows) = crate::org::broken_chains(conn, 3).await?;
+        let (count, rows) = crate::ops::org::broken_chains(conn, 3).await?;
         let named: Vec<String> = rows
             .iter()
             .map(|b| {
@@ -37,7 +37,7 @@ pub async fn chain_warnings(
             .collect();
         warn(&format!(
             "{count} workspace(s) have a broken parent chain (a cycle, or deeper than {}) and stay outside the org: {}{}; see `orgctl status`",
-            crate::org::MAX_DEPTH,
+            crate::ops::org::MAX_DEPTH,
             named.join("; "),
             if count > rows.len() as i64 { "; …" } else { "" }
         ));
@@ -46,14 +46,14 @@ pub async fn chain_warnings(
         if beyond == 0 {
             continue;
         }
-        let rows = crate::org::deeper_after(conn, &roots, *limit, 3).await?;
+        let rows = crate::ops::org::deeper_after(conn, &roots, *limit, 3).await?;
         let named: Vec<String> = rows
             .iter()
             .map(|(id, name, depth)| {
                 format!("{id} \"{}\" ({depth} hops)", crate::error::sanitize(name))
             })
             .collect();
-        let status = if limit.hops == crate::org::MAX_DEPTH {
+        let status = if limit.hops == crate::ops::org::MAX_DEPTH {
             "; `orgctl status` will report them as broken"
         } else {
             ""

@@ -41,7 +41,7 @@ struct EnsureBody {
 
 /// A platform-supplied string made safe to show: control characters replaced, bounded, the
 /// token and other registered secrets masked.
-pub(super) fn shown(s: &str, max: usize) -> String {
+pub(crate) fn shown(s: &str, max: usize) -> String {
     let mut t: String = sanitize(s.trim()).chars().take(max).collect();
     if s.trim().chars().count() > max {
         t.push('…');
@@ -132,7 +132,7 @@ pub fn post_ensure(platform: &Platform, ask: &Ask) -> EnsureOutcome {
 }
 
 /// The error of a refused or failed ensure call, after the commit of `committed`.
-pub(super) fn ensure_error(
+pub(crate) fn ensure_error(
     committed: &str,
     id: Uuid,
     model_sent: bool,

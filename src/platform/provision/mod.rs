@@ -18,8 +18,7 @@
 //! external runtime. Watching is read-only: one short read-only transaction per poll, about
 //! once a second.
 
-mod ensure;
-mod run;
+pub(crate) mod ensure;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +34,6 @@ use crate::db;
 use crate::error::Error;
 
 pub use ensure::{post_ensure, EnsureOutcome};
-pub use run::provision;
 
 /// How often the agent's status is read while waiting.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -55,7 +53,7 @@ pub const SLOW_RUNTIME: &str = "hermes";
 pub const SLOW_RUNTIME_DEADLINE: Duration = Duration::from_secs(30 * 60);
 pub const RUNTIME_DEADLINE: Duration = Duration::from_secs(12 * 60);
 /// At most this many characters of a platform message are shown.
-const MESSAGE_MAX: usize = 300;
+pub(crate) const MESSAGE_MAX: usize = 300;
 
 /// How long `--wait` watches: the value given, or the platform's own provisioning deadline for
 /// the agent's runtime.

@@ -23,9 +23,9 @@ use zeroize::Zeroizing;
 
 use crate::db::{self, Arg, Settings};
 use crate::error::{Error, Result};
-use crate::install::{self, AgentAction, InstallInput, ModelAction, Plan};
 use crate::ops::backfill::records::{prior_run, record_failure, record_run};
 use crate::ops::backfill::{clean, digest, Committing, Tenant};
+use crate::ops::install::{self, AgentAction, InstallInput, ModelAction, Plan};
 use crate::output::duration::millis;
 use crate::platform::keys::SecretBox;
 use crate::platform::provision::ProvisionResult;

@@ -4,8 +4,8 @@
 use sqlx::postgres::PgConnection;
 
 use super::{Job, Status, TenantResult};
-use crate::install::{AgentAction, ModelAction};
 use crate::ops::backfill::{clean, Cancel, Committing, Tenant};
+use crate::ops::install::{AgentAction, ModelAction};
 use crate::platform::provision::{self, ProvisionResult};
 
 /// `--provision` (and `--wait`): what every tenant's provision shares.
@@ -71,7 +71,7 @@ pub(super) async fn provision_tenant(
             .filter(|_| result.model_to_platform)
             .map(|m| m.as_str()),
     };
-    let p = provision::provision(
+    let p = crate::ops::provision::provision(
         &pj.out,
         conn,
         &job.settings,

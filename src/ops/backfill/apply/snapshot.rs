@@ -4,9 +4,9 @@ use uuid::Uuid;
 
 use crate::db::Arg;
 use crate::error::{Error, Result};
-use crate::install::{self, AgentAction, Plan};
 use crate::ops::backfill::digest;
 use crate::ops::backfill::records::{run_row_args, RUN_ROW_SQL};
+use crate::ops::install::{self, AgentAction, Plan};
 
 /// The snapshot of every row `plan` changes, as the first changes of the change's first
 /// statement ([`install::execute`]): data-modifying CTEs read the rows as they were before the

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{Drift, RunRow};
 use crate::db;
 use crate::error::Result;
-use crate::org::{self, Count, Referencing};
+use crate::ops::org::{self, Count, Referencing};
 use crate::platform::{tree, MODEL_KEY};
 
 /// Rows named per drift finding before it is summarised as a count.
@@ -237,7 +237,7 @@ async fn agent_drift(conn: &mut PgConnection, agent: Uuid, run: &RunRow) -> Resu
         let state: Option<bool> = db::query_scalar(AGENT_KEPT)
             .bind(agent)
             .bind(&run.agent_action)
-            .bind(crate::install::DEFAULT_AGENT_NAME)
+            .bind(crate::ops::install::DEFAULT_AGENT_NAME)
             .fetch_optional(&mut *conn)
             .await?;
         let reason = match state {

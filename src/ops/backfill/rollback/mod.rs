@@ -30,7 +30,7 @@ use crate::ops::backfill::verify::{self, Verification};
 use crate::ops::backfill::{
     backfill_tables_exist, clean, known_runs, Committing, KnownRun, Tenant,
 };
-use crate::org::Referencing;
+use crate::ops::org::Referencing;
 use crate::output::duration::millis;
 use drift::{find_drift, name_clashes, other_references};
 use restore::{restore, snapshot_counts, Counts};

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{Job, Referenced, RunRow};
 use crate::db;
 use crate::error::{Error, Result};
-use crate::org::{self, Count};
+use crate::ops::org::{self, Count};
 use crate::platform::MODEL_KEY;
 
 /// The static statements of the restore.

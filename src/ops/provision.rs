@@ -1,4 +1,4 @@
-//! Provisioning after a commit: decide whether to ask, ask the platform (audited), and with
+//! Provisioning after a commit (the platform's ensure route, see [`crate::platform::provision`]): decide whether to ask, ask the platform (audited), and with
 //! `--wait` watch the agent until it is online, failed, stopped, or the deadline passes.
 
 use std::ops::ControlFlow;
@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
-use super::ensure::{ensure_error, shown};
-use super::{
-    agent_state, decide, post_ensure, AgentState, Ask, EnsureOutcome, Platform, ProvisionResult,
-    Provisioned, Stop, Wait, ENSURE_PATH, MESSAGE_MAX, POLL_INTERVAL, PROVISION_COMMAND,
-};
 use crate::db::{self, Settings};
 use crate::error::{Error, Exit};
 use crate::output::Output;
+use crate::platform::provision::ensure::{ensure_error, shown};
+use crate::platform::provision::{
+    agent_state, decide, post_ensure, AgentState, Ask, EnsureOutcome, ProvisionResult, Provisioned,
+    Stop, Wait, ENSURE_PATH, MESSAGE_MAX, POLL_INTERVAL, PROVISION_COMMAND,
+};
+use crate::platform::restart::Platform;
 
 /// Record a provision request and its HTTP outcome as an audit row of its own, in a
 /// transaction of its own (the install is committed already). A failure to record it is a
