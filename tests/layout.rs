@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 /// Longest hand-written source file, in lines.
 const MAX_FILE_LINES: usize = 800;
+/// Longest function, in lines (signature to closing brace).
+const MAX_FN_LINES: usize = 120;
 
 fn layer_of(unit_root: &str) -> Option<u8> {
     Some(match unit_root {
@@ -314,6 +316,98 @@ fn no_hand_written_file_is_longer_than_a_reader_can_hold() {
         "files over {MAX_FILE_LINES} lines: {:#?}",
         t.long
     );
+}
+
+/// Every `fn` of a file longer than `max` lines: (name, first line, length). A function is its
+/// `fn` line to the line where its braces close (string literals with braces are rare enough
+/// in this tree not to matter; a false positive shows up as an absurd length).
+fn long_functions(text: &str, max: usize) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (k, l) in lines.iter().enumerate() {
+        let t = l.trim_start();
+        let is_fn = [
+            "fn ",
+            "pub fn ",
+            "async fn ",
+            "pub async fn ",
+            "pub(crate) fn ",
+            "pub(crate) async fn ",
+            "pub(super) fn ",
+            "pub(super) async fn ",
+            "const fn ",
+            "pub const fn ",
+        ]
+        .iter()
+        .any(|p| t.starts_with(p));
+        if !is_fn {
+            continue;
+        }
+        let name: String = t
+            .split("fn ")
+            .nth(1)
+            .unwrap_or("")
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let mut depth = 0i64;
+        let mut opened = false;
+        let mut end = None;
+        'scan: for (j, body) in lines.iter().enumerate().skip(k) {
+            let code = body.split("//").next().unwrap_or("");
+            for c in code.chars() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' => depth -= 1,
+                    ';' if !opened && depth == 0 => break 'scan, // a declaration without a body
+                    _ => {}
+                }
+                if opened && depth == 0 {
+                    end = Some(j);
+                    break 'scan;
+                }
+            }
+        }
+        if let Some(end) = end {
+            let len = end - k + 1;
+            if len > max {
+                found.push((name, k + 1, len));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_function_is_longer_than_a_reader_can_hold() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut long = Vec::new();
+    for file in sources() {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let rel = file
+            .strip_prefix(root)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        for (name, line, len) in long_functions(&text, MAX_FN_LINES) {
+            long.push(format!("{rel}:{line} {name}: {len} lines"));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines: {long:#?}"
+    );
+}
+
+#[test]
+fn the_function_reader_measures_bodies() {
+    let text =
+        "fn a() {\n    if x {\n        y();\n    }\n}\nfn b();\npub async fn c() -> X {\n}\n";
+    assert!(long_functions(text, 5).is_empty());
+    assert_eq!(long_functions(text, 4), [("a".to_string(), 1, 5)]);
 }
 
 #[test]
