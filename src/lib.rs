@@ -31,6 +31,33 @@ pub use crate::context::Context;
 use crate::error::{Error, Exit, Result};
 pub use crate::platform::crypto;
 
+/// Every static SQL statement orgctl sends, as (owning module, name, text); statements built at
+/// run time are not listed. The test suite prepares each against the platform's schema and
+/// orgctl's own, so a typo or a renamed column fails in seconds.
+#[doc(hidden)]
+pub fn statements() -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut all = Vec::new();
+    let mut add = |module: &'static str, list: &[(&'static str, &'static str)]| {
+        all.extend(list.iter().map(|(name, sql)| (module, *name, *sql)));
+    };
+    for list in db::STATEMENTS {
+        add("db", list);
+    }
+    for list in audit::STATEMENTS {
+        add("audit", list);
+    }
+    add("platform::restart", platform::restart::STATEMENTS);
+    add("platform::provision", platform::provision::STATEMENTS);
+    add("ops::evidence", ops::evidence::STATEMENTS);
+    add("ops::org", ops::org::STATEMENTS);
+    add("ops::install", ops::install::STATEMENTS);
+    add("ops::token", ops::token::STATEMENTS);
+    add("ops::status", ops::status::STATEMENTS);
+    add("ops::dev", ops::dev::STATEMENTS);
+    add("ops::backfill", &ops::backfill::statements());
+    all
+}
+
 /// Run orgctl with the process's arguments; returns the exit code.
 pub fn run() -> i32 {
     let parsed = {

@@ -30,6 +30,7 @@ mod restart_http;
 mod rollback_checks;
 mod secret;
 mod small_items;
+mod statements;
 mod status;
 mod token;
 mod token_platform;
