@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reading a large audit log (issue 13): `orgctl audit -o json` (list, streamed) and
+# Reading a large audit log: `orgctl audit -o json` (list, streamed) and
 # `orgctl audit verify` (every hash recomputed) against the plainest baseline there is —
 # psql's COPY of the same columns, newest first, to /dev/null — side by side, in one run, on
 # one throwaway local server, with peak RSS.

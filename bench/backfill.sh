@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Backfill throughput per tenant (issue 16 part 1): `orgctl backfill run` against the
+# Backfill throughput per tenant: `orgctl backfill run` against the
 # hand-written install run by the real psql binary, side by side in one run, on one throwaway
 # local server (`orgctl dev up`), for two org shapes and two latencies.
 #
@@ -19,7 +19,7 @@
 #           wrapper /usr/bin/psql, which adds ~23 ms per call)
 #   xargs   the same, eight at a time (`xargs -P8`)
 #   c8, c1  `orgctl -q backfill run --tenants FILE --concurrency 8|1 --model claude --yes --report R`
-# install.sql (written below) is what orgctl plans for a tenant with no agent yet (SPEC §4/§7):
+# install.sql (written below) is what orgctl plans for a tenant with no agent yet:
 # one transaction under the tenant advisory lock; it does not write orgctl's snapshot, run
 # state or audit rows. Every variant is checked afterwards: each tenant ends with exactly one
 # root, the platform agent, and orgctl's report says every tenant applied — so a silently
@@ -218,9 +218,9 @@ for s in "${SHAPES[@]}"; do
   echo "shape:   $s — ${DESC[$s]}"
 done
 
-# The hand-written install: the statements orgctl plans for a tenant with no agent yet (SPEC §4:
-# agent upsert, MODEL secret, allowlist merge keeping the earliest enabled_at, both anchors
-# moved, every root re-parented — the removed one too), in one transaction under the tenant
+# The hand-written install: the statements orgctl plans for a tenant with no agent yet:
+# the agent upsert, MODEL secret, allowlist merge keeping the earliest enabled_at, both anchors
+# moved, every root re-parented — the removed one too) in one transaction under the tenant
 # advisory lock (0x6f726763, 1). The MODEL secret is stored as orgctl stores it without
 # SECRETS_ENCRYPTION_KEY outside production (encryption_version 0).
 SQLF=$WORK/install.sql
@@ -455,7 +455,7 @@ if [ "$SHOW_STATEMENTS" = 1 ]; then
 fi
 
 met() { awk -v a="$1" -v b="$2" -v op="$3" 'BEGIN { print ((op == ">=" ? a >= b : a <= b) ? "yes" : "NO") }'; }
-printf '\n%-44s %10s %16s %8s %5s\n' "targets (issue 16 part 1)" figure "[per round]" target met
+printf '\n%-44s %10s %16s %8s %5s\n' "targets" figure "[per round]" target met
 for shape in "${SHAPES[@]}"; do
   for lat in "${LATS[@]}"; do
     k="$shape/$lat"; ln=direct; [ "$lat" = proxy ] && ln="+$(printf '%.0f' "$ADDED_RTT") ms RTT"

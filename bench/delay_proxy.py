@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A loopback TCP proxy that adds latency, for bench/backfill.sh (issue 16).
+"""A loopback TCP proxy that adds latency, for bench/backfill.sh.
 
     delay_proxy.py --target-port PORT [--delay-ms 5] [--listen-port 0] [--stats FILE]
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Benchmark install-platform-agent on the large org of SPEC §4 against a hand-written
+# Benchmark install-platform-agent on the large org (docs/design/performance.md) against a hand-written
 # single-transaction SQL script doing the same updates (bench/install.sql), side by side in one
 # run, on one local server. Each measurement runs on a fresh copy of the same seeded template.
-# Also `backfill rollback` of the same org right after its `backfill run` (issue 15): autovacuum
+# Also `backfill rollback` of the same org right after its `backfill run`: autovacuum
 # off for the tables involved, so the planner's statistics are as stale as they are on a tenant
 # right after a run; target at most 1.5x the install apply's time.
 #
@@ -28,7 +28,7 @@ psql_() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
 
-echo "seeding the template (SPEC §4 sizes unless SEED_ARGS is set)…" >&2
+echo "seeding the template (the large org's sizes unless SEED_ARGS is set)…" >&2
 psql_ "$base/postgres" -c "DROP DATABASE IF EXISTS bench_tmpl" -c "CREATE DATABASE bench_tmpl" \
       -c "COMMENT ON DATABASE bench_tmpl IS 'orgctl dev database'"
 psql_ "$base/bench_tmpl" -f migrations/platform/schema-2026-08.sql

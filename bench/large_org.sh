@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# token and status on the large org of SPEC §4 (`orgctl dev seed` defaults: 1,000 roots, 100k
+# token and status on the large org (docs/design/performance.md) (`orgctl dev seed` defaults: 1,000 roots, 100k
 # workspaces, 1M tokens, 5% revoked, 50k allowlist rows). Each measure runs ROUNDS times on a
 # fresh copy of the seeded template (revokes change it); prints the median seconds and the
 # largest peak RSS per command, after the date and machine.
@@ -22,7 +22,7 @@ trap '"$ORGCTL" dev down --dir "$BENCH_DIR" >/dev/null 2>&1 || true' EXIT
 psql_() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 
 machine_header "$ORGCTL"
-echo "seeding (SPEC §4 sizes unless SEED_ARGS is set)…" >&2
+echo "seeding (the large org's sizes unless SEED_ARGS is set)…" >&2
 psql_ "$base/postgres" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS bench_tmpl" -c "CREATE DATABASE bench_tmpl" \
       -c "COMMENT ON DATABASE bench_tmpl IS 'orgctl dev database'" >/dev/null
 psql_ "$base/bench_tmpl" -f migrations/platform/schema-2026-08.sql >/dev/null

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the pooler-safe mode costs on a DIRECT connection (issue 17), side by side in one run on
+# What the pooler-safe mode costs on a DIRECT connection, side by side in one run on
 # one local server: the same binary with `--pooler none` (sqlx's statement cache: named
 # prepared statements) and `--pooler transaction` (the default: unnamed statements), and
 # optionally a baseline binary from before the change (BASE=path/to/old/orgctl: settings as

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bringing the agent to life (issue 11): backfill throughput with --provision against without,
+# Bringing the agent to life: backfill throughput with --provision against without,
 # and the time from a tenant's commit to its agent being `online`, against a loopback stand-in
 # of the platform API — side by side, medians of rounds, on one throwaway local server.
 #

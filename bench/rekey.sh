@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark `orgctl secret rekey` (SPEC §10) on 200k secret rows against a plain SQL UPDATE that
+# Benchmark `orgctl secret rekey` on 200k secret rows against a plain SQL UPDATE that
 # rewrites encrypted_value of the same rows (one transaction), side by side in one run, on one
 # local server; `secret verify` and the rekey dry run are timed too. Each measurement runs on a
 # fresh copy of the same seeded template.

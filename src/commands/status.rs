@@ -79,7 +79,7 @@ fn roots(s: &mut String, out: &Output, r: &Report) {
                     .unwrap_or_else(|| "-".into()),
             ]);
         }
-        let _ = writeln!(s, "{t}");
+        let _ = writeln!(s, "{}", out.render_table(&t));
         let rest = r.roots.count - r.roots.rows.len() as i64;
         if rest > 0 {
             let _ = writeln!(s, "… and {rest} more");
@@ -138,7 +138,7 @@ fn tokens(s: &mut String, out: &Output, r: &Report) {
             c.revoked.to_string(),
         ]);
     }
-    let _ = writeln!(s, "{t}");
+    let _ = writeln!(s, "{}", out.render_table(&t));
 }
 
 /// Secret rows by encryption version.
@@ -156,7 +156,7 @@ fn secrets(s: &mut String, out: &Output, r: &Report) {
             c.rows.to_string(),
         ]);
     }
-    let _ = writeln!(s, "{t}");
+    let _ = writeln!(s, "{}", out.render_table(&t));
 }
 
 /// Every check with its result, then the command that fixes each broken one.
@@ -175,7 +175,7 @@ fn checks(s: &mut String, out: &Output, r: &Report) {
             c.message.clone(),
         ]);
     }
-    let _ = writeln!(s, "{t}");
+    let _ = writeln!(s, "{}", out.render_table(&t));
     let fixes: Vec<(&str, &str)> = r
         .checks
         .iter()
@@ -188,7 +188,7 @@ fn checks(s: &mut String, out: &Output, r: &Report) {
         for (name, fix) in fixes {
             t.add_row(vec![name.to_string(), fix.to_string()]);
         }
-        let _ = writeln!(s, "{t}");
+        let _ = writeln!(s, "{}", out.render_table(&t));
     }
 }
 
@@ -200,7 +200,7 @@ fn findings(s: &mut String, out: &Output, r: &Report, limit: usize) {
         for f in &c.rows {
             t.add_row(vec![f.table.to_string(), f.id.clone(), f.detail.clone()]);
         }
-        let _ = writeln!(s, "{t}");
+        let _ = writeln!(s, "{}", out.render_table(&t));
         let rest = c.count - c.rows.len() as i64;
         if rest > 0 {
             let _ = writeln!(

@@ -215,7 +215,7 @@ pub async fn run(ctx: &Context, args: &AuditArgs) -> Result<Exit> {
         sink.write(if shown > 0 { "\n]\n" } else { "]\n" })?;
     } else if let Some(t) = table {
         if shown > 0 {
-            sink.write(&format!("{t}\n"))?;
+            sink.write(&format!("{}\n", ctx.out.render_table(&t)))?;
         }
     }
     sink.flush()?;

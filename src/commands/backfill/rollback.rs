@@ -155,7 +155,8 @@ fn render(ctx: &Context, args: &BackfillRollbackArgs, report: &Report) -> Result
             ]);
         }
         out.stdout(&format!(
-            "{table}\n{}\n",
+            "{}\n{}\n",
+            out.render_table(&table),
             if args.dry_run {
                 "Dry run: nothing was changed."
             } else {

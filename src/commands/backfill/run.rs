@@ -428,7 +428,7 @@ fn render(ctx: &Context, report: &Report) -> Result<()> {
         table.add_row(row);
     }
     let t = &report.totals;
-    let mut s = format!("{table}\n");
+    let mut s = format!("{}\n", out.render_table(&table));
     s.push_str(&format!(
         "Run {}{}: {} tenant(s): {} applied, {} skipped, {} failed{}{}; {} root(s) re-parented, {} token(s) and {} allowlist row(s) moved, {} merged.\n",
         report.run_id,

@@ -66,7 +66,8 @@ fn render(ctx: &Context, report: &Report) -> Result<()> {
         }
         let parts: Vec<String> = summary.iter().map(|(k, v)| format!("{v} {k}")).collect();
         out.stdout(&format!(
-            "{table}\nRun {}: {}.\n",
+            "{}\nRun {}: {}.\n",
+            out.render_table(&table),
             report.run_id,
             parts.join(", ")
         ))?;

@@ -343,7 +343,7 @@ fn reparented(s: &mut String, out: &Output, plan: &Plan) {
             agent.id.to_string(),
         ]);
     }
-    let _ = writeln!(s, "{t}");
+    let _ = writeln!(s, "{}", out.render_table(&t));
     if rest > 0 {
         let _ = writeln!(s, "… and {rest} more (use --output json for all)");
     }
@@ -387,7 +387,7 @@ fn anchor_moves(s: &mut String, out: &Output, plan: &Plan) {
     for r in shown {
         t.add_row(r.clone());
     }
-    let _ = writeln!(s, "{t}");
+    let _ = writeln!(s, "{}", out.render_table(&t));
     if rest > 0 {
         let _ = writeln!(s, "… and {rest} more (use --output json for all)");
     }
@@ -410,7 +410,7 @@ fn merged(s: &mut String, out: &Output, plan: &Plan) {
             plan.kept.get(&m.plugin_name).cloned().unwrap_or_default(),
         ]);
     }
-    let _ = writeln!(s, "{t}");
+    let _ = writeln!(s, "{}", out.render_table(&t));
     if rest > 0 {
         let _ = writeln!(s, "… and {rest} more (use --output json for all)");
     }

@@ -171,7 +171,7 @@ fn render_stale(ctx: &Context, plan: &StalePlan, dry_run: bool, changed: bool) -
             root.id.to_string(),
         ]);
     }
-    let mut text = format!("{t}\n");
+    let mut text = format!("{}\n", ctx.out.render_table(&t));
     if rest > 0 {
         let _ = writeln!(text, "… and {rest} more source workspaces (see -o json)");
     }
