@@ -456,3 +456,91 @@ fn tables_fit_the_terminal_at_80_and_120_columns() {
     }
     let _ = std::fs::remove_file(&fleet);
 }
+
+/// Piped (no terminal), a table keeps one line per row within 100 columns; a column that does
+/// not fit follows the table as `ROW  COLUMN: text` lines, whole, so grep finds a tenant's
+/// error on one line. Checked on the widest tables: the backfill summary with a failed tenant,
+/// the rollback dry run with drift, status, and backfill status.
+#[test]
+fn piped_tables_fit_100_columns_and_long_cells_follow_whole() {
+    let a = TestDb::sample();
+    let gone = format!(
+        "postgres://postgres@127.0.0.1:{}/nowhere",
+        orgctl::pgserver::free_port().unwrap_or(1)
+    );
+    let fleet = crate::harness::tenants_file(
+        "piped-widths",
+        &format!("a-tenant-with-a-long-name {}\ngone {gone}\n", a.url),
+    );
+    let f = fleet.to_string_lossy().to_string();
+    let run = a
+        .orgctl(&[
+            "backfill",
+            "run",
+            "--tenants",
+            &f,
+            "--model",
+            "m",
+            "--yes",
+            "--run-id",
+            "p1",
+        ])
+        .env_remove("COLUMNS")
+        .run();
+    run.code(1);
+    let table_lines = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with(['+', '|']))
+            .map(str::to_string)
+            .collect()
+    };
+    let summary = &run.stdout;
+    assert!(!table_lines(summary).is_empty(), "no table:\n{summary}");
+    for l in table_lines(summary) {
+        assert!(
+            l.chars().count() <= 100,
+            "a line of {}:\n{summary}",
+            l.chars().count()
+        );
+    }
+    // The unreachable tenant's error is one whole line after the table, named by its row.
+    let error_line = summary
+        .lines()
+        .find(|l| l.starts_with("gone  "))
+        .unwrap_or_else(|| panic!("no line for the failed tenant:\n{summary}"));
+    assert!(
+        error_line.contains("nowhere") || error_line.contains("connect"),
+        "{summary}"
+    );
+    a.exec(&format!(
+        "INSERT INTO workspaces (name, tier, status, parent_id) VALUES ('a child added after the run with a long name', 2, 'online', '{}')",
+        crate::harness::TEST_AGENT_ID
+    ));
+    let commands: [&[&str]; 3] = [
+        &["status"],
+        &[
+            "backfill",
+            "rollback",
+            "--tenants",
+            &f,
+            "--run-id",
+            "p1",
+            "--dry-run",
+        ],
+        &["backfill", "status", "--tenants", &f, "--run-id", "p1"],
+    ];
+    for args in commands {
+        let r = a.orgctl(args).env_remove("COLUMNS").run();
+        let lines = table_lines(&r.stdout);
+        assert!(!lines.is_empty(), "{args:?}: no table:\n{}", r.stdout);
+        for l in lines {
+            assert!(
+                l.chars().count() <= 100,
+                "{args:?}: a line of {}:\n{}",
+                l.chars().count(),
+                r.stdout
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&fleet);
+}
