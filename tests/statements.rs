@@ -4,7 +4,7 @@
 
 use sqlx::Executor;
 
-use crate::harness::{TestDb, TEST_AGENT_ID};
+use crate::harness::TestDb;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_static_statement_prepares_against_the_schema() {
@@ -26,7 +26,6 @@ async fn every_static_statement_prepares_against_the_schema() {
     .run()
     .code(0);
     let _ = std::fs::remove_file(&fleet);
-    let _ = TEST_AGENT_ID;
     let mut conn = db.connect().await;
     let all = orgctl::statements();
     assert!(all.len() > 50, "only {} statements listed", all.len());
@@ -36,7 +35,7 @@ async fn every_static_statement_prepares_against_the_schema() {
         if !seen.insert((*module, *name)) {
             failed.push(format!("{module} {name}: listed twice"));
         }
-        if let Err(e) = conn.prepare(*sql).await {
+        if let Err(e) = conn.prepare(sql).await {
             failed.push(format!("{module} {name}: {e}"));
         }
     }

@@ -2,11 +2,11 @@
 //! through the token cursor.
 
 use std::fmt::Write as _;
+use std::ops::ControlFlow;
 
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
-use super::row::fetch_batch;
 use super::TokenRow;
 use crate::db::{self, Settings};
 use crate::error::Result;
@@ -102,20 +102,14 @@ pub async fn stream_listing(
         q = q.bind(l + 1);
     }
     let mut tx = db::begin_read_only(conn, settings).await?;
-    q.execute(&mut *tx).await?;
-    loop {
-        let rows = fetch_batch(&mut tx).await?;
-        if rows.is_empty() {
-            break;
-        }
-        let rows = rows
-            .iter()
-            .map(<TokenRow as sqlx::FromRow<_>>::from_row)
-            .collect::<std::result::Result<Vec<TokenRow>, sqlx::Error>>()?;
-        if !each(&rows)? {
-            break;
-        }
-    }
+    db::cursor::stream_as::<TokenRow, _>(&mut tx, cursor!(), q, |rows| {
+        Ok(if each(&rows)? {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        })
+    })
+    .await?;
     tx.rollback().await?;
     Ok(())
 }

@@ -80,5 +80,4 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("token_revoke_label", revoke::REVOKE_LABEL),
     ("token_transaction_now", revoke::TRANSACTION_NOW),
     ("token_revoked_cursor", revoke::DECLARE_REVOKED),
-    ("token_fetch", row::FETCH),
 ];

@@ -2,11 +2,13 @@
 //! platform's revoke rows and orgctl's audit row in the same transaction; and the read-back of
 //! a label's revoked tokens.
 
+use std::ops::ControlFlow;
+
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
-use super::row::{by_id, fetch_batch};
+use super::row::by_id;
 use super::{find_token, TokenRef, TokenRow, SHOWN};
 use crate::db::{self, DbUrl, Settings};
 use crate::error::{Error, Result};
@@ -244,26 +246,21 @@ pub async fn read_back_revoked(
     mut each: impl FnMut(&[(TokenRow, bool)]) -> Result<bool>,
 ) -> Result<()> {
     let mut tx = db::begin_read_only(conn, settings).await?;
-    db::query(DECLARE_REVOKED)
-        .bind(label)
-        .bind(revoked_at)
-        .execute(&mut *tx)
-        .await?;
-    loop {
-        let rows = fetch_batch(&mut tx).await?;
-        if rows.is_empty() {
-            break;
-        }
+    let declared = db::query(DECLARE_REVOKED).bind(label).bind(revoked_at);
+    db::cursor::stream(&mut tx, cursor!(), declared, |rows| {
         let mut batch = Vec::with_capacity(rows.len());
         for row in &rows {
             let t = <TokenRow as sqlx::FromRow<_>>::from_row(row)?;
             let mine: bool = revoked_at.is_some() && row.try_get("by_this_run")?;
             batch.push((t, mine));
         }
-        if !each(&batch)? {
-            break;
-        }
-    }
+        Ok(if each(&batch)? {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        })
+    })
+    .await?;
     tx.rollback().await?;
     Ok(())
 }

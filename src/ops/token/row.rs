@@ -41,9 +41,6 @@ pub(super) const BY_PREFIX: &str = concat!(
                   ORDER BY created_at DESC, id DESC LIMIT $2"
 );
 
-/// The next batch from the token cursor: 1000 rows per round trip.
-pub(super) const FETCH: &str = concat!("FETCH 1000 FROM ", cursor!());
-
 impl TokenRow {
     /// Whether the platform still accepts it ([`crate::platform::tokens::live`]).
     pub fn live(&self) -> bool {
@@ -155,9 +152,4 @@ fn ambiguous(p: &str, tokens: &[TokenRow], matches: i64) -> Error {
         "prefix '{p}' is ambiguous: it matches {matches} tokens ({}{more}); give a longer prefix or the token id",
         listed.join("; ")
     ))
-}
-
-/// The next batch of rows from the token cursor; empty when it is done.
-pub(super) async fn fetch_batch(conn: &mut PgConnection) -> Result<Vec<sqlx::postgres::PgRow>> {
-    Ok(db::query(FETCH).fetch_all(&mut *conn).await?)
 }
