@@ -71,3 +71,12 @@ where
         }
     }
 }
+
+/// A reader's "go on?" (true) as the flow [`stream`]'s callback returns.
+pub fn go_on(more: bool) -> ControlFlow<()> {
+    if more {
+        ControlFlow::Continue(())
+    } else {
+        ControlFlow::Break(())
+    }
+}

@@ -294,6 +294,24 @@ impl Output {
     }
 }
 
+/// How many rows a listing shows (None: all, streamed). `--limit N` wins (0 = all). Without it
+/// a script gets every match: JSON, or any stdout that is not a terminal. Only the human table
+/// on a terminal defaults to the newest `default_on_terminal` rows (stderr says when more
+/// match), so a 3 a.m. listing does not scroll a million rows past.
+pub fn listing_limit(
+    given: Option<u64>,
+    json: bool,
+    stdout_tty: bool,
+    default_on_terminal: u64,
+) -> Option<u64> {
+    match given {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None if json || !stdout_tty => None,
+        None => Some(default_on_terminal),
+    }
+}
+
 /// The progress bar's message over a fleet (backfill run and rollback): tenants finished
 /// without an error, with one, and still running.
 pub fn fleet_progress(done: usize, failed: usize, in_flight: usize) -> String {
@@ -576,7 +594,21 @@ pub fn compact_table(
 
 #[cfg(test)]
 mod tests {
-    use super::compact_table;
+    use super::{compact_table, listing_limit};
+
+    #[test]
+    fn list_limit_defaults() {
+        // --limit wins everywhere; 0 is all.
+        for (json, tty) in [(false, false), (false, true), (true, false), (true, true)] {
+            assert_eq!(listing_limit(Some(7), json, tty, 100), Some(7));
+            assert_eq!(listing_limit(Some(0), json, tty, 100), None);
+        }
+        // Without it only the human table on a terminal is cut.
+        assert_eq!(listing_limit(None, false, true, 100), Some(100));
+        assert_eq!(listing_limit(None, false, false, 100), None);
+        assert_eq!(listing_limit(None, true, true, 100), None);
+        assert_eq!(listing_limit(None, true, false, 100), None);
+    }
 
     #[test]
     fn statement_lines() {

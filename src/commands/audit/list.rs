@@ -22,18 +22,6 @@ const MAX_TABLE_ROWS: u64 = 10_000;
 /// The arguments column of the table is cut to this many characters (JSON has them whole).
 const TABLE_ARGS_CHARS: usize = 120;
 
-/// The number of rows `audit` shows (None: all, streamed). `--limit N` wins (0 = all); without
-/// it a script (JSON, or a stdout that is not a terminal) gets every match and the table on a
-/// terminal the newest [`DEFAULT_TABLE_LIMIT`].
-pub fn effective_limit(given: Option<u64>, json: bool, stdout_tty: bool) -> Option<u64> {
-    match given {
-        Some(0) => None,
-        Some(n) => Some(n),
-        None if json || !stdout_tty => None,
-        None => Some(DEFAULT_TABLE_LIMIT),
-    }
-}
-
 #[derive(Serialize)]
 struct ListedJson<'a> {
     id: i64,
@@ -110,8 +98,13 @@ fn filter(ctx: &Context, args: &AuditArgs) -> Result<Filter> {
         None => None,
     };
     let json = ctx.out.json_mode();
-    let limit: Option<i64> = effective_limit(args.limit, json, std::io::stdout().is_terminal())
-        .map(|n| i64::try_from(n).unwrap_or(i64::MAX - 1).min(i64::MAX - 1));
+    let limit: Option<i64> = crate::output::listing_limit(
+        args.limit,
+        json,
+        std::io::stdout().is_terminal(),
+        DEFAULT_TABLE_LIMIT,
+    )
+    .map(|n| i64::try_from(n).unwrap_or(i64::MAX - 1).min(i64::MAX - 1));
     Ok(Filter {
         since,
         command,

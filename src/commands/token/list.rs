@@ -238,10 +238,11 @@ pub(super) async fn run(ctx: &Context, args: &TokenListArgs) -> Result<Exit> {
         },
     };
     // Read one row more than shown to learn whether more exist, without counting them all.
-    let limit: Option<i64> = ops::effective_limit(
+    let limit: Option<i64> = crate::output::listing_limit(
         args.limit,
         ctx.out.json_mode(),
         std::io::stdout().is_terminal(),
+        ops::DEFAULT_TABLE_LIMIT,
     )
     .map(|n| i64::try_from(n).unwrap_or(i64::MAX - 1).min(i64::MAX - 1));
 

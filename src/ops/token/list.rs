@@ -1,10 +1,8 @@
 //! Listing tokens: which rows a `list` selects, how many it shows by default, and the read
 //! through the token cursor.
 
-use std::fmt::Write as _;
-use std::ops::ControlFlow;
-
 use sqlx::postgres::PgConnection;
+use std::fmt::Write as _;
 use uuid::Uuid;
 
 use super::TokenRow;
@@ -26,19 +24,6 @@ pub struct ListFilter {
     pub unanchored: bool,
     /// With exactly this `created_by`.
     pub created_by: Option<String>,
-}
-
-/// The number of tokens `list` shows (None: all, streamed). `--limit N` wins (0 = all).
-/// Without it a script gets every match: JSON, or any stdout that is not a terminal. Only the
-/// human table on a terminal defaults to the newest [`DEFAULT_TABLE_LIMIT`] (stderr says when
-/// more match), so a 3 a.m. `token list` does not scroll a million rows past.
-pub fn effective_limit(given: Option<u64>, json: bool, stdout_tty: bool) -> Option<u64> {
-    match given {
-        Some(0) => None,
-        Some(n) => Some(n),
-        None if json || !stdout_tty => None,
-        None => Some(DEFAULT_TABLE_LIMIT),
-    }
 }
 
 /// The cursor's query: the filter's matches, newest first, at most `limit_plus_one` rows.
@@ -103,11 +88,7 @@ pub async fn stream_listing(
     }
     let mut tx = db::begin_read_only(conn, settings).await?;
     db::cursor::stream_as::<TokenRow, _>(&mut tx, cursor!(), q, |rows| {
-        Ok(if each(&rows)? {
-            ControlFlow::Continue(())
-        } else {
-            ControlFlow::Break(())
-        })
+        Ok(db::cursor::go_on(each(&rows)?))
     })
     .await?;
     tx.rollback().await?;
@@ -117,23 +98,6 @@ pub async fn stream_listing(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn list_limit_defaults() {
-        // --limit wins everywhere; 0 is all.
-        for (json, tty) in [(false, false), (false, true), (true, false), (true, true)] {
-            assert_eq!(effective_limit(Some(7), json, tty), Some(7));
-            assert_eq!(effective_limit(Some(0), json, tty), None);
-        }
-        // Without it only the human table on a terminal is cut.
-        assert_eq!(
-            effective_limit(None, false, true),
-            Some(DEFAULT_TABLE_LIMIT)
-        );
-        assert_eq!(effective_limit(None, false, false), None);
-        assert_eq!(effective_limit(None, true, true), None);
-        assert_eq!(effective_limit(None, true, false), None);
-    }
 
     #[test]
     fn listing_binds_in_order() {

@@ -47,7 +47,7 @@ pub use anchor::{
     anchor_one, anchor_stale, plan_anchor, plan_stale, AnchorPlan, Anchored, StaleMove, StalePlan,
 };
 pub use input::{check_match_label, check_mint_label, check_name, like_prefix, TokenRef};
-pub use list::{effective_limit, stream_listing, ListFilter, DEFAULT_TABLE_LIMIT};
+pub use list::{stream_listing, ListFilter, DEFAULT_TABLE_LIMIT};
 pub use mint::{
     commit as commit_mint, gate as gate_mint, insert as insert_token, plan_mint, MintInput,
     MintPlan, Minted,

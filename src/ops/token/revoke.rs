@@ -2,8 +2,6 @@
 //! platform's revoke rows and orgctl's audit row in the same transaction; and the read-back of
 //! a label's revoked tokens.
 
-use std::ops::ControlFlow;
-
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
@@ -254,11 +252,7 @@ pub async fn read_back_revoked(
             let mine: bool = revoked_at.is_some() && row.try_get("by_this_run")?;
             batch.push((t, mine));
         }
-        Ok(if each(&batch)? {
-            ControlFlow::Continue(())
-        } else {
-            ControlFlow::Break(())
-        })
+        Ok(db::cursor::go_on(each(&batch)?))
     })
     .await?;
     tx.rollback().await?;
