@@ -209,7 +209,7 @@ fn a_column_the_restore_cannot_put_back_fails_the_tenant_and_changes_nothing() {
     assert!(
         err.contains("workspaces.parent_id not restored on 3 row(s)")
             && err.contains("keep_parent")
-            && err.contains("rolled back, nothing changed"),
+            && err.contains("rolled back, nothing was changed"),
         "{err}"
     );
     assert!(t["verification"].is_null(), "{t}");

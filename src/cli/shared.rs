@@ -10,7 +10,7 @@ use clap::Args;
 macro_rules! after_help {
     ($four:literal) => {
         concat!(
-            "Exit codes:\n  0    done, or nothing to do\n  1    failed (nothing changed unless the message says what did)\n  2    bad input or usage\n  3    refused by a guard or precondition (incompatible schema, lock held, missing MODEL,\n       drift on rollback, confirmation needed)\n",
+            "Exit codes:\n  0    done, or nothing to do\n  1    failed (nothing was changed unless the message says what did)\n  2    bad input or usage\n  3    refused by a guard or precondition (incompatible schema, lock held, missing MODEL,\n       drift on rollback, confirmation needed)\n",
             $four,
             "  130  interrupted\n\nEnvironment:\n  DATABASE_URL             tenant database when --database-url is not given\n  SECRETS_ENCRYPTION_KEY   AES-256 key for secret values (base64 of 32 bytes, or 32 raw bytes)\n  MOLECULE_ENV             prod/production: refuse to write secrets without a usable key\n  NO_COLOR                 disable colour\n  CI                       set (not false/0): never prompt; changes need --yes\n  PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE PGSSLROOTCERT PGPASSFILE\n                           fill what the URL leaves out (the URL wins)"
         )

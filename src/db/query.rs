@@ -185,6 +185,6 @@ pub fn ensure_rows(what: &str, touched: u64, planned: i64) -> Result<()> {
         return Ok(());
     }
     Err(Error::failed(format!(
-        "apply diverged from the plan: {what} touched {touched} row(s) where the plan counted {planned}; rolled back, nothing changed; rerun to see the new plan"
+        "apply diverged from the plan: {what} touched {touched} row(s) where the plan counted {planned}; rolled back, nothing was changed; rerun to see the new plan"
     )))
 }

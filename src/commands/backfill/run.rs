@@ -432,7 +432,7 @@ fn render(ctx: &Context, report: &Report) -> Result<()> {
     s.push_str(&format!(
         "Run {}{}: {} tenant(s): {} applied, {} skipped, {} failed{}{}; {} root(s) re-parented, {} token(s) and {} allowlist row(s) moved, {} merged.\n",
         report.run_id,
-        if report.dry_run { " (dry run, nothing changed)" } else { "" },
+        if report.dry_run { " (dry run, nothing was changed)" } else { "" },
         t.tenants,
         t.applied,
         t.skipped,

@@ -213,7 +213,7 @@ impl change::Change for Install<'_> {
             if applied {
                 "the install"
             } else {
-                "the install (already in place, nothing changed)"
+                "the install (already in place, nothing was changed)"
             },
         )
         .await;

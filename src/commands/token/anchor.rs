@@ -196,8 +196,9 @@ async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
         root_label(&reviewed.root)
     );
     if args.dry_run {
-        ctx.out
-            .info(&format!("Would move {desc} (dry run: nothing changed)."));
+        ctx.out.info(&format!(
+            "Would move {desc} (dry run: nothing was changed)."
+        ));
         // A dry run's `changed` says whether applying would change something, as install's.
         render_stale(ctx, &reviewed, true, true)?;
         return Ok(Exit::Ok);

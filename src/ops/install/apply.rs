@@ -357,7 +357,7 @@ pub fn verification(plan: &Plan) -> db::Check<'static> {
             Ok(())
         } else {
             Err(Error::failed(format!(
-                "verification failed before commit ({}); rolled back, nothing changed; rerun",
+                "verification failed before commit ({}); rolled back, nothing was changed; rerun",
                 broken.join("; ")
             )))
         }

@@ -101,7 +101,7 @@ pub async fn revoke_one(
     }
     if done != 1 {
         return Err(Error::failed(format!(
-            "revoking token {} touched {done} rows instead of 1; rolled back, nothing changed",
+            "revoking token {} touched {done} rows instead of 1; rolled back, nothing was changed",
             token.id
         )));
     }

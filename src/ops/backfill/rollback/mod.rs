@@ -583,7 +583,7 @@ async fn verify_restore(
     if !fatal.is_empty() {
         let lines: Vec<String> = fatal.iter().map(|n| n.line()).collect();
         return Err(Error::failed(format!(
-            "the restore did not verify against the snapshot: {}; rolled back, nothing changed",
+            "the restore did not verify against the snapshot: {}; rolled back, nothing was changed",
             lines.join("; ")
         )));
     }

@@ -384,7 +384,7 @@ async fn restore_agent(
             } else {
                 let list: Vec<Referenced> = refs.iter().map(Referenced::from).collect();
                 Err(Error::failed(format!(
-                    "rows of other tables reference the platform agent {agent} after the restore: {}; rolled back, nothing changed; rerun (the dry run names them)",
+                    "rows of other tables reference the platform agent {agent} after the restore: {}; rolled back, nothing was changed; rerun (the dry run names them)",
                     Referenced::line(&list)
                 )))
             }
@@ -424,7 +424,7 @@ fn check(what: &str, got: u64, want: i64, force: bool) -> Result<()> {
         Ok(())
     } else {
         Err(Error::failed(format!(
-            "restoring {what} touched {got} row(s) where the snapshot has {want}; rolled back, nothing changed; rerun"
+            "restoring {what} touched {got} row(s) where the snapshot has {want}; rolled back, nothing was changed; rerun"
         )))
     }
 }
