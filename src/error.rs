@@ -87,22 +87,6 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-impl From<anyhow::Error> for Error {
-    fn from(e: anyhow::Error) -> Self {
-        // A typed error wrapped in anyhow context keeps its exit code.
-        if let Some(inner) = e.downcast_ref::<Error>() {
-            let msg = format!("{e:#}");
-            return Error::new(inner.exit, msg);
-        }
-        if let Some(db) = e.downcast_ref::<sqlx::Error>() {
-            let classified = classify_sqlx(db);
-            let ctx = e.to_string();
-            return Error::new(classified.exit, format!("{ctx}: {}", classified.message));
-        }
-        Error::failed(format!("{e:#}"))
-    }
-}
-
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         classify_sqlx(&e)
@@ -352,13 +336,5 @@ mod tests {
             "expected X (sqlx_postgres::connection::stream:12)".into(),
         ));
         assert_eq!(e.message, "database protocol error: expected X");
-    }
-
-    #[test]
-    fn anyhow_keeps_typed_exit() {
-        let e: anyhow::Error = anyhow::Error::new(Error::refused("no")).context("tenant x");
-        let e: Error = e.into();
-        assert_eq!(e.exit, Exit::Refused);
-        assert!(e.message.contains("tenant x"));
     }
 }
