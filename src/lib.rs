@@ -21,8 +21,7 @@ pub mod output;
 pub mod pgserver;
 pub mod platform;
 pub mod redact;
-pub mod rekey;
-pub mod secret;
+pub(crate) use crate::ops::rekey;
 pub mod status;
 pub mod sys;
 pub mod token;
@@ -230,7 +229,7 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
             _ => Ok(Exit::Ok),
         },
         Command::Token(cmd) => token::run(ctx, cmd).await,
-        Command::Secret(cmd) => secret::run(ctx, cmd).await,
+        Command::Secret(cmd) => commands::secret::run(ctx, cmd).await,
         Command::Backfill(cmd) => backfill::run(ctx, cmd).await,
         Command::Status(args) => status::run(ctx, args).await,
         Command::Audit(args) => audit::run(ctx, args).await,
