@@ -35,6 +35,14 @@ impl Keys {
     }
 }
 
+/// A rekey once its input is checked and the tenant's tables are known.
+struct Run<'a> {
+    args: &'a SecretRekeyArgs,
+    keys: Keys,
+    /// The tenant has the channel table: its fields are scanned too.
+    channels: bool,
+}
+
 /// check the keys → plan (read-only) → show → confirm → lock → re-plan → apply → audit → commit.
 pub(super) async fn run(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     let out = &ctx.out;
@@ -50,10 +58,16 @@ pub(super) async fn run(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
     let mut conn = db::connect(&url, &ctx.settings).await?;
     db::ensure_compatible(&mut conn).await?;
     let channels = rekey::ensure_scannable(&mut conn).await?;
+    let run = Run {
+        args,
+        keys,
+        channels,
+    };
+    let keys = &run.keys;
 
     // 1. Plan read-only: counts per table and version.
     if args.dry_run {
-        return dry_run(ctx, &mut conn, args, &keys, channels).await;
+        return dry_run(ctx, &mut conn, &run).await;
     }
     let reviewed = {
         let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
@@ -101,10 +115,7 @@ pub(super) async fn run(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
 
     // 3. Apply: one transaction, tenant lock, writers of the secret tables held off.
     let strict = args.expect_plan.is_some() || asked;
-    apply(
-        ctx, &mut conn, &url, args, &keys, &reviewed, strict, channels,
-    )
-    .await
+    apply(ctx, &mut conn, &url, &run, &reviewed, strict).await
 }
 
 /// Every key check, before any connection: the mode, the current key and the new one.
@@ -162,14 +173,8 @@ fn warn_if_readable_by_others(out: &Output, path: &Path) {
 
 /// A dry run: one snapshot for the counts and the scan that checks every encrypted row
 /// decrypts; nothing written.
-async fn dry_run(
-    ctx: &Context,
-    conn: &mut PgConnection,
-    args: &SecretRekeyArgs,
-    keys: &Keys,
-    channels: bool,
-) -> Result<Exit> {
-    let out = &ctx.out;
+async fn dry_run(ctx: &Context, conn: &mut PgConnection, run: &Run<'_>) -> Result<Exit> {
+    let (out, args, keys, channels) = (&ctx.out, run.args, &run.keys, run.channels);
     let mut tx = db::begin_read_only(conn, &ctx.settings).await?;
     let plan = rekey::plan(&mut tx, keys.mode).await?;
     let pb = out.progress(u64::try_from(plan.counts.total()).unwrap_or(0), "checking");
@@ -200,18 +205,15 @@ async fn dry_run(
 
 /// Step 3: lock, re-plan (refused when a human or `--expect-plan` reviewed another plan:
 /// `strict`), re-encrypt, audit, commit, report.
-#[allow(clippy::too_many_arguments)]
 async fn apply(
     ctx: &Context,
     conn: &mut PgConnection,
     url: &db::DbUrl,
-    args: &SecretRekeyArgs,
-    keys: &Keys,
+    run: &Run<'_>,
     reviewed: &Plan,
     strict: bool,
-    channels: bool,
 ) -> Result<Exit> {
-    let out = &ctx.out;
+    let (out, args, keys, channels) = (&ctx.out, run.args, &run.keys, run.channels);
     let none = BadRows::default();
     let mut tx = db::begin_change(conn, url, &ctx.settings).await?;
     rekey::lock_tables(&mut tx, channels).await?;
