@@ -22,8 +22,6 @@ pub mod output;
 pub use crate::ops::dev::server as pgserver;
 pub mod platform;
 pub mod redact;
-pub mod rekey;
-pub mod secret;
 pub mod sys;
 
 use crate::cli::{Cli, Command};
@@ -54,6 +52,8 @@ pub fn statements() -> Vec<(&'static str, &'static str, &'static str)> {
     add("ops::token", ops::token::STATEMENTS);
     add("ops::status", ops::status::STATEMENTS);
     add("ops::dev", ops::dev::STATEMENTS);
+    add("ops::secret", ops::secret::STATEMENTS);
+    add("ops::rekey", ops::rekey::STATEMENTS);
     add("ops::backfill", &ops::backfill::statements());
     all
 }
@@ -251,7 +251,7 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<Exit> {
         Command::Dev(cmd) => commands::dev::run(ctx, cmd).await,
         Command::Completions { shell } => commands::completions::run(*shell),
         Command::Token(cmd) => commands::token::run(ctx, cmd).await,
-        Command::Secret(cmd) => secret::run(ctx, cmd).await,
+        Command::Secret(cmd) => commands::secret::run(ctx, cmd).await,
         Command::Backfill(cmd) => commands::backfill::run(ctx, cmd).await,
         Command::Status(args) => commands::status::run(ctx, args).await,
         Command::Audit(args) => commands::audit::run(ctx, args).await,

@@ -6,5 +6,6 @@ pub(crate) mod change;
 pub mod completions;
 pub mod dev;
 pub mod install;
+pub mod secret;
 pub mod status;
 pub mod token;

@@ -7,5 +7,7 @@ pub mod evidence;
 pub mod install;
 pub mod org;
 pub mod provision;
+pub mod rekey;
+pub mod secret;
 pub mod status;
 pub mod token;

@@ -83,7 +83,8 @@ async fn seal_model(
         // the tenant's other encrypted values, or the platform could not read this one either
         // (the old key after a rotation is the common case). Under the tenant lock, so a write
         // that waited for a rekey sees the re-encrypted values.
-        crate::rekey::ensure_key_matches_tenant(conn, sb, Some(plan.agent.id), MODEL_KEY).await?;
+        crate::ops::rekey::ensure_key_matches_tenant(conn, sb, Some(plan.agent.id), MODEL_KEY)
+            .await?;
     }
     let value = input
         .model

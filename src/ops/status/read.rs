@@ -211,7 +211,7 @@ async fn agent_rows(conn: &mut PgConnection, limit: i64) -> Result<Vec<AgentInfo
 
 /// Secret rows per table and encryption version (counted, never decrypted).
 async fn secrets(conn: &mut PgConnection) -> Result<Vec<SecretCount>> {
-    Ok(crate::rekey::count_rows(conn)
+    Ok(crate::ops::rekey::count_rows(conn)
         .await?
         .rows()
         .into_iter()
