@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 use uuid::Uuid;
 
-use super::shared::parse_duration;
+use super::shared::{parse_duration, PlatformArgs};
 
 #[derive(Debug, Args, Clone)]
 pub struct InstallArgs {
@@ -79,12 +79,6 @@ pub struct InstallArgs {
           num_args = 0..=1)]
     pub wait: Option<Option<Duration>>,
 
-    /// Base URL of the platform API, for --provision (needs MOLECULE_ADMIN_TOKEN).
-    #[arg(
-        long,
-        env = "MOLECULE_PLATFORM_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub platform_url: Option<String>,
+    #[command(flatten)]
+    pub platform: PlatformArgs,
 }

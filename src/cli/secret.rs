@@ -1,11 +1,10 @@
 //! `orgctl secret …`: set, delete, list, restart, verify and rekey secrets.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::shared::{parse_duration, AFTER_HELP};
+use super::shared::{PlatformArgs, RestartDeadlineArgs, AFTER_HELP};
 
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
@@ -196,22 +195,13 @@ pub struct SecretSetArgs {
     /// Do not restart affected workspaces (they are reported as skipped: no-restart).
     #[arg(long)]
     pub no_restart: bool,
-    /// Base URL of the platform API for restarts (needs MOLECULE_ADMIN_TOKEN). Without it the
-    /// restart plan is printed instead.
-    #[arg(
-        long,
-        env = "MOLECULE_PLATFORM_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub platform_url: Option<String>,
+    #[command(flatten)]
+    pub platform: PlatformArgs,
     /// Show the write and the restart plan; change nothing, restart nothing, never ask.
     #[arg(long)]
     pub dry_run: bool,
-    /// Deadline for all the restart calls together (e.g. 90s, 10m): calls not started by
-    /// then are reported as not attempted (the secret stays committed; exit 1).
-    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
-    pub restart_timeout: Duration,
+    #[command(flatten)]
+    pub restart: RestartDeadlineArgs,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -227,21 +217,13 @@ pub struct SecretDeleteArgs {
     /// Allow deleting MODEL from the platform agent (it is still not restarted).
     #[arg(long)]
     pub force: bool,
-    /// Base URL of the platform API for restarts.
-    #[arg(
-        long,
-        env = "MOLECULE_PLATFORM_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub platform_url: Option<String>,
+    #[command(flatten)]
+    pub platform: PlatformArgs,
     /// Show the delete and the restart plan; change nothing, restart nothing, never ask.
     #[arg(long)]
     pub dry_run: bool,
-    /// Deadline for all the restart calls together (e.g. 90s, 10m): calls not started by
-    /// then are reported as not attempted (the secret stays committed; exit 1).
-    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
-    pub restart_timeout: Duration,
+    #[command(flatten)]
+    pub restart: RestartDeadlineArgs,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -254,15 +236,8 @@ pub struct SecretRestartArgs {
     /// Restart every eligible workspace, also those already recorded as restarted.
     #[arg(long)]
     pub all: bool,
-    /// Base URL of the platform API (needs MOLECULE_ADMIN_TOKEN). Without it the restart plan
-    /// is printed instead.
-    #[arg(
-        long,
-        env = "MOLECULE_PLATFORM_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub platform_url: Option<String>,
+    #[command(flatten)]
+    pub platform: PlatformArgs,
     /// Show which workspaces would be restarted; restart nothing, never ask.
     #[arg(long)]
     pub dry_run: bool,

@@ -1,5 +1,6 @@
 //! What several commands share: the long help's tail (exit codes and environment), the
-//! duration parser, and the fleet shard options of every `backfill` command.
+//! duration parser, the platform API option, the restart deadline, and the fleet shard options
+//! of every `backfill` command.
 
 use std::time::Duration;
 
@@ -64,4 +65,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("'{s}' is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `--platform-url`: the platform's HTTP API, for the commands that call it.
+#[derive(Debug, Args, Clone)]
+pub struct PlatformArgs {
+    /// Base URL of the platform API (needs MOLECULE_ADMIN_TOKEN): provisioning for
+    /// install-platform-agent --provision, restarts for secret changes. Without it a secret
+    /// change prints the restart plan instead of restarting.
+    #[arg(
+        long,
+        env = "MOLECULE_PLATFORM_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub platform_url: Option<String>,
+}
+
+/// `--restart-timeout`: the deadline of a secret change's restart calls.
+#[derive(Debug, Args, Clone)]
+pub struct RestartDeadlineArgs {
+    /// Deadline for all the restart calls together (e.g. 90s, 10m): calls not started by
+    /// then are reported as not attempted (the secret stays committed; exit 1).
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
+    pub restart_timeout: Duration,
 }

@@ -146,8 +146,7 @@ pub(crate) async fn run<C: Change>(
     mode: Mode<'_>,
     change: &mut C,
 ) -> Result<Exit> {
-    let mut conn = db::connect(url, &ctx.settings).await?;
-    db::ensure_compatible(&mut conn).await?;
+    let mut conn = super::connect_to(ctx, url).await?;
 
     // Plan read-only: a consistent snapshot, no locks, no writes.
     let reviewed = {

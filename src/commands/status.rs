@@ -13,8 +13,7 @@ use crate::Context;
 
 pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Exit> {
     let url = ctx.url()?;
-    let mut conn = db::connect(&url, &ctx.settings).await?;
-    db::ensure_compatible(&mut conn).await?;
+    let mut conn = super::connect_to(ctx, &url).await?;
     let report = {
         let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
         let r = status::collect(&mut tx, i64::from(args.limit), url.target()).await?;

@@ -41,7 +41,9 @@ pub async fn run(ctx: &Context, args: &InstallArgs) -> Result<Exit> {
     }
     // --provision needs the platform and its token before anything is changed.
     let platform = if args.provision {
-        Some(provision::platform_for(args.platform_url.as_deref())?)
+        Some(provision::platform_for(
+            args.platform.platform_url.as_deref(),
+        )?)
     } else {
         None
     };

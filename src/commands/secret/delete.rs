@@ -13,10 +13,10 @@ pub(super) async fn run(ctx: &Context, args: &SecretDeleteArgs) -> Result<Exit> 
     let (scope, key) = parse_scope(args.scope.global, &args.positional)?;
     let url = ctx.url()?;
     let platform = Platform::resolve(
-        args.platform_url.as_deref(),
+        args.platform.platform_url.as_deref(),
         !(args.no_restart || args.dry_run),
     )?
-    .map(|p| p.with_total_timeout(args.restart_timeout));
+    .map(|p| p.with_total_timeout(args.restart.restart_timeout));
     let req = Request {
         change: Change {
             scope,

@@ -32,8 +32,7 @@ pub(super) async fn run(ctx: &Context, args: &SecretListArgs) -> Result<Exit> {
             )),
         };
     let url = ctx.url()?;
-    let mut conn = db::connect(&url, &ctx.settings).await?;
-    db::ensure_compatible(&mut conn).await?;
+    let mut conn = crate::commands::connect_to(ctx, &url).await?;
     // Read-only: never creates orgctl's schema, takes no lock.
     let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
     let listed = secret::list(&mut tx, scope).await?;

@@ -55,8 +55,7 @@ pub(super) async fn run(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
         }
     }
     let url = ctx.url()?;
-    let mut conn = db::connect(&url, &ctx.settings).await?;
-    db::ensure_compatible(&mut conn).await?;
+    let mut conn = crate::commands::connect_to(ctx, &url).await?;
     let channels = rekey::ensure_scannable(&mut conn).await?;
     let run = Run {
         args,

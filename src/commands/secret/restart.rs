@@ -19,9 +19,8 @@ pub(super) async fn run(ctx: &Context, args: &SecretRestartArgs) -> Result<Exit>
     let out = &ctx.out;
     let (scope, key) = parse_scope(args.scope.global, &args.positional)?;
     let url = ctx.url()?;
-    let platform = Platform::resolve(args.platform_url.as_deref(), !args.dry_run)?;
-    let mut conn = db::connect(&url, &ctx.settings).await?;
-    db::ensure_compatible(&mut conn).await?;
+    let platform = Platform::resolve(args.platform.platform_url.as_deref(), !args.dry_run)?;
+    let mut conn = crate::commands::connect_to(ctx, &url).await?;
 
     let state = {
         let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;

@@ -19,10 +19,10 @@ pub(super) async fn run(ctx: &Context, args: &SecretSetArgs) -> Result<Exit> {
     let (scope, key) = parse_scope(args.scope.global, &args.positional)?;
     let url = ctx.url()?;
     let platform = Platform::resolve(
-        args.platform_url.as_deref(),
+        args.platform.platform_url.as_deref(),
         !(args.no_restart || args.dry_run),
     )?
-    .map(|p| p.with_total_timeout(args.restart_timeout));
+    .map(|p| p.with_total_timeout(args.restart.restart_timeout));
     let sb = SecretBox::from_env();
     // Refusals of the key (bad key: 2; production without a key: 3) before reading a value.
     let version = sb.write_version()?;

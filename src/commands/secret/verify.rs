@@ -41,8 +41,7 @@ pub(super) async fn run(ctx: &Context, args: &SecretVerifyArgs) -> Result<Exit> 
     )?;
     let url = ctx.url()?;
     let out = &ctx.out;
-    let mut conn = db::connect(&url, &ctx.settings).await?;
-    db::ensure_compatible(&mut conn).await?;
+    let mut conn = crate::commands::connect_to(ctx, &url).await?;
     let channels = rekey::ensure_scannable(&mut conn).await?;
 
     let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;

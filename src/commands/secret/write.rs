@@ -29,8 +29,7 @@ pub(super) struct Request<'a> {
 pub(super) async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit> {
     let out = &ctx.out;
     let (scope, key) = (req.change.scope, req.change.key);
-    let mut conn = db::connect(url, &ctx.settings).await?;
-    db::ensure_compatible(&mut conn).await?;
+    let mut conn = crate::commands::connect_to(ctx, url).await?;
 
     // 1. Plan read-only: one snapshot, no locks, no writes.
     let reviewed = review(ctx, &mut conn, &req.change).await?;

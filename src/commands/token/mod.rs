@@ -8,11 +8,10 @@ mod mint;
 mod revoke;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use crate::cli::TokenCommand;
-use crate::db::{self, DbUrl};
+use crate::db;
 use crate::error::{sanitize, Error, Exit, Result};
 use crate::ops::token::TokenRow;
 use crate::Context;
@@ -29,13 +28,7 @@ pub async fn run(ctx: &Context, cmd: &TokenCommand) -> Result<Exit> {
     }
 }
 
-/// The tenant's URL and a connection to it, checked for a schema orgctl can work with.
-async fn connect(ctx: &Context) -> Result<(DbUrl, PgConnection)> {
-    let url = ctx.url()?;
-    let mut conn = db::connect(&url, &ctx.settings).await?;
-    db::ensure_compatible(&mut conn).await?;
-    Ok((url, conn))
-}
+use super::connect;
 
 /// Ask before changing rows ([`crate::output::Output::confirm`]: `--yes` skips it, the
 /// default answer is no). No terminal and no `--yes` is a refusal (exit 3) that says `what`
