@@ -257,9 +257,15 @@ async fn apply<C: Change>(
         )));
     }
     let audit = change.apply(&mut tx, &current).await?;
-    let txid =
-        crate::audit::record_checked(&mut tx, C::COMMAND, &audit.args, "applied", audit.check)
-            .await?;
+    let txid = crate::audit::record_checked(
+        &mut tx,
+        &ctx.who,
+        C::COMMAND,
+        &audit.args,
+        "applied",
+        audit.check,
+    )
+    .await?;
     let committed =
         db::commit_guarded(tx, url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
     if let Some(note) = committed.note() {

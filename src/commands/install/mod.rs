@@ -206,6 +206,7 @@ impl change::Change for Install<'_> {
             out,
             conn,
             &self.ctx.settings,
+            &self.ctx.who,
             platform,
             plan.agent.id,
             created,

@@ -252,7 +252,7 @@ async fn apply(
         args.new_key_file.is_some(),
         args.expect_plan.is_some(),
     );
-    let txid = crate::audit::record(&mut tx, "secret rekey", &audit, "applied").await?;
+    let txid = crate::audit::record(&mut tx, &ctx.who, "secret rekey", &audit, "applied").await?;
     let committed =
         db::commit_guarded(tx, url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
     if let Some(note) = committed.note() {

@@ -93,6 +93,7 @@ pub(super) async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> 
     // 4. After the commit: the restart plan from the committed state, then dispatch.
     let phase = Phase {
         trigger: command,
+        who: &ctx.who,
         scope,
         key,
         platform: req.platform.as_ref(),
@@ -215,7 +216,7 @@ async fn apply(
     }
     outcome.action = written.action;
     let audit = secret::audit_args(change, &written, req.platform.is_some());
-    let txid = crate::audit::record(&mut tx, change.command(), &audit, "applied").await?;
+    let txid = crate::audit::record(&mut tx, &ctx.who, change.command(), &audit, "applied").await?;
     let committed =
         db::commit_guarded(tx, url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
     if let Some(note) = committed.note() {

@@ -125,7 +125,7 @@ async fn anchor_one(ctx: &Context, args: &TokenAnchorArgs, r: &TokenRef) -> Resu
         org: args.org,
         force: args.force,
     };
-    let committed = ops::anchor_one(&mut conn, &url, &ctx.settings, asked, &plan).await?;
+    let committed = ops::anchor_one(&mut conn, &url, &ctx.settings, &ctx.who, asked, &plan).await?;
     super::note_commit(ctx, &committed);
     ctx.out.info(&format!(
         "Anchored token {} to {root_label}.",
@@ -212,7 +212,15 @@ async fn anchor_stale(ctx: &Context, args: &TokenAnchorArgs) -> Result<Exit> {
         &format!("Move {desc} on {}?", url.target()),
     )?;
     // 2. Apply exactly the reviewed plan under the tenant lock.
-    let committed = ops::anchor_stale(&mut conn, &url, &ctx.settings, args.org, &reviewed).await?;
+    let committed = ops::anchor_stale(
+        &mut conn,
+        &url,
+        &ctx.settings,
+        &ctx.who,
+        args.org,
+        &reviewed,
+    )
+    .await?;
     super::note_commit(ctx, &committed);
     ctx.out.info(&format!("Moved {desc}."));
     render_stale(ctx, &reviewed, false, true)?;

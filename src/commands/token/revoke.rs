@@ -117,7 +117,7 @@ async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
         &format!("revokes {desc}"),
         &format!("Revoke {desc} on {}?", url.target()),
     )?;
-    match ops::revoke_one(&mut conn, &url, &ctx.settings, r, &token).await? {
+    match ops::revoke_one(&mut conn, &url, &ctx.settings, &ctx.who, r, &token).await? {
         OneRevoked::Concurrently(t) => {
             ctx.out.info(&format!(
                 "Token {} was revoked concurrently at {}; nothing to do.",
@@ -216,7 +216,7 @@ async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     confirm_label(ctx, &plan, label, url.target())?;
-    match ops::revoke_label(&mut conn, &url, &ctx.settings, label, &plan).await? {
+    match ops::revoke_label(&mut conn, &url, &ctx.settings, &ctx.who, label, &plan).await? {
         LabelRevoked::Concurrently => {
             ctx.out.info(&format!(
                 "Every token with created_by '{shown_label}' was revoked concurrently; nothing to do."

@@ -6,6 +6,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{find_token, TokenRef, TokenRow};
+use crate::audit::Who;
 use crate::db::{self, DbUrl, Settings};
 use crate::error::{Error, Result};
 use crate::ops::org::{resolve_root, Root};
@@ -53,6 +54,7 @@ pub async fn anchor_one(
     conn: &mut PgConnection,
     url: &DbUrl,
     settings: &Settings,
+    who: &Who,
     asked: Anchored<'_>,
     plan: &AnchorPlan,
 ) -> Result<db::Committed> {
@@ -80,6 +82,7 @@ pub async fn anchor_one(
     }
     let txid = crate::audit::record(
         &mut tx,
+        who,
         "token anchor",
         &serde_json::json!({
             "by": asked.by.kind(),
@@ -200,6 +203,7 @@ pub async fn anchor_stale(
     conn: &mut PgConnection,
     url: &DbUrl,
     settings: &Settings,
+    who: &Who,
     org: Option<Uuid>,
     reviewed: &StalePlan,
 ) -> Result<db::Committed> {
@@ -227,6 +231,7 @@ pub async fn anchor_stale(
     db::ensure_rows("moving stale token anchors", done, total)?;
     let txid = crate::audit::record(
         &mut tx,
+        who,
         "token anchor",
         &serde_json::json!({
             "by": "stale",

@@ -8,6 +8,7 @@ use sqlx::Row;
 
 use super::row::by_id;
 use super::{find_token, TokenRef, TokenRow, SHOWN};
+use crate::audit::Who;
 use crate::db::{self, DbUrl, Settings};
 use crate::error::{Error, Result};
 use crate::platform::tokens as platform;
@@ -77,6 +78,7 @@ pub async fn revoke_one(
     conn: &mut PgConnection,
     url: &DbUrl,
     settings: &Settings,
+    who: &Who,
     r: &TokenRef,
     token: &TokenRow,
 ) -> Result<OneRevoked> {
@@ -107,6 +109,7 @@ pub async fn revoke_one(
     }
     let txid = crate::audit::record(
         &mut tx,
+        who,
         "token revoke",
         &serde_json::json!({
             "by": r.kind(),
@@ -191,6 +194,7 @@ pub async fn revoke_label(
     conn: &mut PgConnection,
     url: &DbUrl,
     settings: &Settings,
+    who: &Who,
     label: &str,
     plan: &LabelPlan,
 ) -> Result<LabelRevoked> {
@@ -210,6 +214,7 @@ pub async fn revoke_label(
     }
     let txid = crate::audit::record(
         &mut tx,
+        who,
         "token revoke",
         &serde_json::json!({
             "by": "created_by",
