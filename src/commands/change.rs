@@ -11,12 +11,15 @@
 //!    rendered, nothing applied), a refusal ends the run, and a plan with nothing to change goes
 //!    straight to the end ([`Change::finish`] with [`Done::Nothing`]).
 //! 5. **Show and confirm**: when a human is asked (no `--yes`) on a terminal, the plan is shown
-//!    on stderr, then the question is put. No lock is held while a human reads.
+//!    on stderr ([`Change::review`], then [`Change::reviewed`]), then the question is put. No lock
+//!    is held while a human reads.
 //! 6. **Lock and re-plan**: the write transaction begins ([`db::begin_change_on`], with the
 //!    tenant's advisory lock) and the same planning code runs again under the change's own
 //!    locks ([`Change::lock_and_plan`]). A refusal ends the run; nothing left to change (another
-//!    run did it meanwhile) is said and goes to the end; a plan that differs from the one a human
-//!    confirmed or `--expect-plan` approved is refused, the new plan rendered.
+//!    run did it meanwhile) is said ([`Change::RACED`]) and goes to the end; a plan that differs
+//!    from the one a human confirmed or `--expect-plan` approved is refused
+//!    ([`Change::moved`]: by default the new plan rendered). A change with
+//!    [`Change::COMPARED_FIRST`] compares before the refusal and "nothing left to change".
 //! 7. **Apply** exactly that plan ([`Change::apply`]), which returns what the **audit** row
 //!    records and the check it verifies before the commit; the audit row is written in the same
 //!    transaction.
@@ -82,14 +85,20 @@ pub(crate) trait Planned {
 /// The steps of one command's change, which [`run`] drives (see the module's documentation).
 pub(crate) trait Change {
     type Plan: Planned;
-    /// The audit row's command.
-    const COMMAND: &'static str;
     /// What the rendered plan is called in a refusal: "review the {} above".
     const REVIEWED: &'static str;
     /// What changed when the re-plan differs: "{} changed after the plan was reviewed".
     const SUBJECT: &'static str;
-    /// Said (stderr) when the re-plan under the lock finds nothing left to change.
-    const RACED: &'static str;
+    /// Said (stderr) when the re-plan under the lock finds nothing left to change; None: the
+    /// end ([`Change::finish`] with [`Done::Nothing`]) says it all.
+    const RACED: Option<&'static str>;
+    /// Whether the re-plan under the lock is compared with the reviewed plan before its
+    /// refusal and before "nothing left to change" (rekey: a plan that moved is reported as
+    /// such whatever it now is). False: refusal, nothing to change, then the comparison.
+    const COMPARED_FIRST: bool = false;
+
+    /// The audit row's command.
+    fn command(&self) -> &'static str;
 
     /// Plan read-only inside `tx`, and say on stderr what the plan warns about.
     async fn plan(&mut self, tx: &mut PgConnection) -> Result<Self::Plan>;
@@ -113,8 +122,25 @@ pub(crate) trait Change {
     /// The plan as shown on stderr before the confirmation.
     fn review(&self, plan: &Self::Plan) -> String;
 
+    /// Said on stderr after the review was shown, before the question (secret changes: the
+    /// restart notes). Nothing by default.
+    fn reviewed(&self, _plan: &Self::Plan) {}
+
     /// The confirmation's question; `target` names the database.
     fn question(&self, plan: &Self::Plan, target: &str) -> String;
+
+    /// The refusal of a re-plan under the lock whose hash is not `reviewed`, the hash a human
+    /// confirmed or `--expect-plan` named (the transaction is rolled back already). By default
+    /// `current` is rendered ([`Shown::NotApplied`]) and the refusal names both hashes.
+    fn moved(&self, reviewed: &str, current: &Self::Plan) -> Result<Error> {
+        self.render(current, Shown::NotApplied)?;
+        Ok(Error::refused(format!(
+            "{} changed after the plan was reviewed ({reviewed} reviewed, {} now); nothing was changed: review the new {} and rerun",
+            Self::SUBJECT,
+            current.hash(),
+            Self::REVIEWED
+        )))
+    }
 
     /// Execute exactly `plan` in `tx`; what the audit row records.
     async fn apply(&mut self, tx: &mut PgConnection, plan: &Self::Plan) -> Result<Audit>;
@@ -181,6 +207,7 @@ pub(crate) async fn run<C: Change>(
     let shown = asked && ctx.out.interactive();
     if shown {
         crate::output::stderr(&crate::output::review_text(&change.review(&reviewed)));
+        change.reviewed(&reviewed);
     }
     ctx.out
         .confirm(&change.question(&reviewed, url.target()), ctx.yes)?;
@@ -238,29 +265,30 @@ async fn apply<C: Change>(
     let db::Begun { mut tx, tail, .. } =
         db::begin_change_on(conn, url, &ctx.settings, &change.tail()).await?;
     let current = change.lock_and_plan(&mut tx, tail).await?;
+    let moved = reviewed.filter(|h| *h != current.hash());
+    if let Some(reviewed) = moved.as_deref().filter(|_| C::COMPARED_FIRST) {
+        tx.rollback().await?;
+        return Err(change.moved(reviewed, &current)?);
+    }
     if let Some(e) = current.refusal() {
         return Err(e);
     }
     if !current.changed() {
         tx.rollback().await?;
-        ctx.out.info(C::RACED);
+        if let Some(raced) = C::RACED {
+            ctx.out.info(raced);
+        }
         return change.finish(conn, &current, Done::Nothing).await;
     }
-    if let Some(reviewed) = reviewed.filter(|h| *h != current.hash()) {
+    if let Some(reviewed) = moved {
         tx.rollback().await?;
-        change.render(&current, Shown::NotApplied)?;
-        return Err(Error::refused(format!(
-            "{} changed after the plan was reviewed ({reviewed} reviewed, {} now); nothing was changed: review the new {} and rerun",
-            C::SUBJECT,
-            current.hash(),
-            C::REVIEWED
-        )));
+        return Err(change.moved(&reviewed, &current)?);
     }
     let audit = change.apply(&mut tx, &current).await?;
     let txid = crate::audit::record_checked(
         &mut tx,
         &ctx.who,
-        C::COMMAND,
+        change.command(),
         &audit.args,
         "applied",
         audit.check,
