@@ -11,8 +11,8 @@
 //!    rendered, nothing applied), a refusal ends the run, and a plan with nothing to change goes
 //!    straight to the end ([`Change::finish`] with [`Done::Nothing`]).
 //! 5. **Show and confirm**: when a human is asked (no `--yes`) on a terminal, the plan is shown
-//!    on stderr ([`Change::review`], then [`Change::reviewed`]), then the question is put. No lock
-//!    is held while a human reads.
+//!    on stderr ([`Change::review`], then [`Change::reviewed`]), then the question is put
+//!    ([`Change::confirm`]). No lock is held while a human reads.
 //! 6. **Lock and re-plan**: the write transaction begins ([`db::begin_change_on`], with the
 //!    tenant's advisory lock) and the same planning code runs again under the change's own
 //!    locks ([`Change::lock_and_plan`]). A refusal ends the run; nothing left to change (another
@@ -97,6 +97,9 @@ pub(crate) trait Change {
     /// such whatever it now is). False: refusal, nothing to change, then the comparison.
     const COMPARED_FIRST: bool = false;
 
+    /// The audit row's outcome.
+    const OUTCOME: &'static str = "applied";
+
     /// The audit row's command.
     fn command(&self) -> &'static str;
 
@@ -119,15 +122,22 @@ pub(crate) trait Change {
     /// Render `plan` on stdout.
     fn render(&self, plan: &Self::Plan, shown: Shown) -> Result<()>;
 
-    /// The plan as shown on stderr before the confirmation.
-    fn review(&self, plan: &Self::Plan) -> String;
+    /// The plan as shown on stderr before the confirmation; None shows nothing there.
+    fn review(&self, plan: &Self::Plan) -> Option<String>;
 
-    /// Said on stderr after the review was shown, before the question (secret changes: the
-    /// restart notes). Nothing by default.
+    /// Said after the review was shown, before the question (secret changes: the restart notes
+    /// on stderr; `token anchor --stale`: its table on stdout). Nothing by default.
     fn reviewed(&self, _plan: &Self::Plan) {}
 
     /// The confirmation's question; `target` names the database.
     fn question(&self, plan: &Self::Plan, target: &str) -> String;
+
+    /// Ask [`Change::question`] ([`crate::output::Output::confirm`]: `--yes` skips it; without
+    /// a terminal it is refused, pointing to `--dry-run`). Token changes, which have no dry run
+    /// to point to, refuse in their own words.
+    fn confirm(&self, ctx: &Context, plan: &Self::Plan, target: &str) -> Result<()> {
+        ctx.out.confirm(&self.question(plan, target), ctx.yes)
+    }
 
     /// The refusal of a re-plan under the lock whose hash is not `reviewed`, the hash a human
     /// confirmed or `--expect-plan` named (the transaction is rolled back already). By default
@@ -206,11 +216,12 @@ pub(crate) async fn run<C: Change>(
     let asked = !ctx.yes;
     let shown = asked && ctx.out.interactive();
     if shown {
-        crate::output::stderr(&crate::output::review_text(&change.review(&reviewed)));
+        if let Some(review) = change.review(&reviewed) {
+            crate::output::stderr(&crate::output::review_text(&review));
+        }
         change.reviewed(&reviewed);
     }
-    ctx.out
-        .confirm(&change.question(&reviewed, url.target()), ctx.yes)?;
+    change.confirm(ctx, &reviewed, url.target())?;
     // What a human confirmed or change control approved is exactly what gets applied.
     let strict = mode.expect_plan.is_some() || asked;
     let reviewed_hash = reviewed.hash();
@@ -290,7 +301,7 @@ async fn apply<C: Change>(
         &ctx.who,
         change.command(),
         &audit.args,
-        "applied",
+        C::OUTCOME,
         audit.check,
     )
     .await?;

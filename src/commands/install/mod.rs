@@ -168,8 +168,14 @@ impl change::Change for Install<'_> {
         }
     }
 
-    fn review(&self, plan: &Plan) -> String {
-        render::render_text(&self.ctx.out, plan, true, false, plan.model)
+    fn review(&self, plan: &Plan) -> Option<String> {
+        Some(render::render_text(
+            &self.ctx.out,
+            plan,
+            true,
+            false,
+            plan.model,
+        ))
     }
 
     fn question(&self, _plan: &Plan, target: &str) -> String {

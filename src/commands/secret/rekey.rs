@@ -143,8 +143,14 @@ impl change::Change for Rekey<'_> {
         render_rekey(&self.ctx.out, &p.plan, bad, shown == Shown::DryRun, false)
     }
 
-    fn review(&self, p: &Reviewed) -> String {
-        rekey_text(&self.ctx.out, &p.plan, &BadRows::default(), true, false)
+    fn review(&self, p: &Reviewed) -> Option<String> {
+        Some(rekey_text(
+            &self.ctx.out,
+            &p.plan,
+            &BadRows::default(),
+            true,
+            false,
+        ))
     }
 
     fn question(&self, p: &Reviewed, target: &str) -> String {

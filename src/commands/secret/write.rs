@@ -197,8 +197,8 @@ impl change::Change for Write<'_> {
         Ok(())
     }
 
-    fn review(&self, plan: &Plan) -> String {
-        self.outcome(plan).text(&self.ctx.out, true)
+    fn review(&self, plan: &Plan) -> Option<String> {
+        Some(self.outcome(plan).text(&self.ctx.out, true))
     }
 
     /// The restart notes, under the review.

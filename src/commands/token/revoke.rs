@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 
 use super::{compact_cells, compact_list, confirm, fmt_opt_text, fmt_opt_time, SHOWN};
 use crate::cli::TokenRevokeArgs;
+use crate::commands::change::{self, Audit, Done, Planned, Shown};
 use crate::error::{sanitize, Error, Exit, Result};
 use crate::ops::token::{self as ops, LabelPlan, LabelRevoked, OneRevoked, TokenRef, TokenRow};
 use crate::output::Sink;
@@ -24,7 +25,16 @@ struct RevokeJson {
 
 pub(super) async fn run(ctx: &Context, args: &TokenRevokeArgs) -> Result<Exit> {
     match (&args.token, &args.created_by) {
-        (Some(t), None) => revoke_one(ctx, &TokenRef::parse(t)?).await,
+        (Some(t), None) => {
+            let r = TokenRef::parse(t)?;
+            let url = ctx.url()?;
+            let mut one = One {
+                ctx,
+                r: &r,
+                reviewed: None,
+            };
+            change::run(ctx, &url, change::Mode::default(), &mut one).await
+        }
         (None, Some(l)) => revoke_label(ctx, ops::check_match_label(l)?).await,
         _ => Err(Error::usage(
             "give either a token (ID or PREFIX) or --created-by LABEL, not both",
@@ -71,9 +81,9 @@ fn render_revoke_one(ctx: &Context, t: &TokenRow, revoked: bool) -> Result<()> {
     ctx.out.table(&table)
 }
 
-/// What a single revoke changes, for the confirmation; warns first about the agent's own
-/// credential and says when the token has expired already.
-fn describe_one(ctx: &Context, token: &TokenRow) -> String {
+/// Said before a single revoke is confirmed: the agent's own credential is warned about, and
+/// a token that has expired already is said to be.
+fn warn_one(ctx: &Context, token: &TokenRow) {
     if token.expired_unrevoked() {
         // Harmless and final: an expired token is dead to the platform already, and a revoked
         // one stays dead whatever happens to its expiry.
@@ -83,6 +93,13 @@ fn describe_one(ctx: &Context, token: &TokenRow) -> String {
             fmt_opt_time(&token.expires_at)
         ));
     }
+    if let Some(w) = token.created_by.as_deref().and_then(concierge_warning) {
+        ctx.out.warn(&w);
+    }
+}
+
+/// What a single revoke changes, for the confirmation.
+fn describe_one(token: &TokenRow) -> String {
     let anchored = match token.org_id {
         Some(o) => format!("anchored to {o}"),
         None => "unanchored".to_string(),
@@ -92,50 +109,138 @@ fn describe_one(ctx: &Context, token: &TokenRow) -> String {
         token.label(),
         fmt_opt_text(&token.created_by)
     );
-    if let Some(w) = token.created_by.as_deref().and_then(concierge_warning) {
-        ctx.out.warn(&w);
+    if token
+        .created_by
+        .as_deref()
+        .is_some_and(platform::is_concierge_label)
+    {
         let _ = write!(desc, " — the platform agent's own credential");
     }
     desc
 }
 
-async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
-    let (url, mut conn) = super::connect(ctx).await?;
-    let token = ops::plan_revoke_one(&mut conn, &ctx.settings, r).await?;
-    if token.revoked_at.is_some() {
-        ctx.out.info(&format!(
-            "Token {} was already revoked at {}; nothing to do.",
-            token.label(),
-            fmt_opt_time(&token.revoked_at)
-        ));
-        render_revoke_one(ctx, &token, false)?;
-        return Ok(Exit::Ok);
+/// `token revoke TOKEN` as [`change::run`] drives it; `reviewed` is the token as read.
+struct One<'a> {
+    ctx: &'a Context,
+    r: &'a TokenRef,
+    reviewed: Option<TokenRow>,
+}
+
+/// The token a single revoke names; `concurrently`: found revoked under the lock, by someone
+/// else.
+struct OnePlan {
+    token: TokenRow,
+    concurrently: bool,
+}
+
+impl Planned for OnePlan {
+    fn changed(&self) -> bool {
+        self.token.revoked_at.is_none()
     }
-    let desc = describe_one(ctx, &token);
-    confirm(
-        ctx,
-        &format!("revokes {desc}"),
-        &format!("Revoke {desc} on {}?", url.target()),
-    )?;
-    match ops::revoke_one(&mut conn, &url, &ctx.settings, &ctx.who, r, &token).await? {
-        OneRevoked::Concurrently(t) => {
-            ctx.out.info(&format!(
+    /// No `--expect-plan`: the token.
+    fn hash(&self) -> String {
+        self.token.id.to_string()
+    }
+    fn refusal(&self) -> Option<Error> {
+        None
+    }
+}
+
+impl change::Change for One<'_> {
+    type Plan = OnePlan;
+    const REVIEWED: &'static str = "plan";
+    const SUBJECT: &'static str = "the token";
+    const RACED: Option<&'static str> = None;
+    const OUTCOME: &'static str = "revoked";
+
+    fn command(&self) -> &'static str {
+        "token revoke"
+    }
+
+    async fn plan(&mut self, tx: &mut PgConnection) -> Result<OnePlan> {
+        let token = ops::find_token(tx, self.r).await?;
+        if token.revoked_at.is_none() {
+            warn_one(self.ctx, &token);
+        }
+        self.reviewed = Some(token.clone());
+        Ok(OnePlan {
+            token,
+            concurrently: false,
+        })
+    }
+
+    /// The revoke itself (with the platform's audit row): it finds a token revoked meanwhile.
+    async fn lock_and_plan(
+        &mut self,
+        tx: &mut PgConnection,
+        _tail: Option<Result<Vec<Vec<PgRow>>>>,
+    ) -> Result<OnePlan> {
+        let token = self
+            .reviewed
+            .clone()
+            .ok_or_else(|| Error::failed("internal: revoking an unplanned token"))?;
+        Ok(match ops::revoke_one(tx, &token).await? {
+            OneRevoked::Revoked => OnePlan {
+                token,
+                concurrently: false,
+            },
+            OneRevoked::Concurrently(t) => OnePlan {
+                token: t,
+                concurrently: true,
+            },
+        })
+    }
+
+    fn render(&self, plan: &OnePlan, _shown: Shown) -> Result<()> {
+        render_revoke_one(self.ctx, &plan.token, false)
+    }
+
+    fn review(&self, _plan: &OnePlan) -> Option<String> {
+        None
+    }
+
+    fn question(&self, plan: &OnePlan, target: &str) -> String {
+        format!("Revoke {} on {target}?", describe_one(&plan.token))
+    }
+
+    fn confirm(&self, ctx: &Context, plan: &OnePlan, target: &str) -> Result<()> {
+        let what = format!("revokes {}", describe_one(&plan.token));
+        confirm(ctx, &what, &self.question(plan, target))
+    }
+
+    async fn apply(&mut self, _tx: &mut PgConnection, plan: &OnePlan) -> Result<Audit> {
+        Ok(Audit {
+            args: ops::revoke_one_audit(self.r, &plan.token),
+            check: None,
+        })
+    }
+
+    async fn finish(
+        &mut self,
+        _conn: &mut PgConnection,
+        plan: &OnePlan,
+        done: Done,
+    ) -> Result<Exit> {
+        let t = &plan.token;
+        let applied = done != Done::Nothing;
+        self.ctx.out.info(&if applied {
+            format!("Revoked token {}; it no longer authenticates.", t.label())
+        } else if plan.concurrently {
+            format!(
                 "Token {} was revoked concurrently at {}; nothing to do.",
                 t.label(),
                 fmt_opt_time(&t.revoked_at)
-            ));
-            render_revoke_one(ctx, &t, false)?;
-        }
-        OneRevoked::Revoked(committed) => {
-            super::note_commit(ctx, &committed);
-            ctx.out.info(&format!(
-                "Revoked token {}; it no longer authenticates.",
-                token.label()
-            ));
-            render_revoke_one(ctx, &token, true)?;
-        }
+            )
+        } else {
+            format!(
+                "Token {} was already revoked at {}; nothing to do.",
+                t.label(),
+                fmt_opt_time(&t.revoked_at)
+            )
+        });
+        render_revoke_one(self.ctx, t, applied)?;
+        Ok(Exit::Ok)
     }
-    Ok(Exit::Ok)
 }
 
 // ---------------------------------------------------------------------------------------------

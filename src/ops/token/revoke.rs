@@ -7,7 +7,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
 use super::row::by_id;
-use super::{find_token, TokenRef, TokenRow, SHOWN};
+use super::{TokenRef, TokenRow, SHOWN};
 use crate::audit::Who;
 use crate::db::{self, DbUrl, Settings};
 use crate::error::{Error, Result};
@@ -52,48 +52,26 @@ fn revoke_actor() -> String {
     format!("orgctl:{}", crate::sys::os_user())
 }
 
-/// The token a single revoke names, read-only (live or revoked: the caller says which).
-pub async fn plan_one(
-    conn: &mut PgConnection,
-    settings: &Settings,
-    r: &TokenRef,
-) -> Result<TokenRow> {
-    let mut tx = db::begin_read_only(conn, settings).await?;
-    let t = find_token(&mut tx, r).await?;
-    tx.rollback().await?;
-    Ok(t)
-}
-
-/// How a single revoke ended.
+/// How a single revoke ended under the tenant lock.
 pub enum OneRevoked {
-    /// Revoked and committed.
-    Revoked(db::Committed),
+    /// Revoked (not committed yet).
+    Revoked,
     /// Revoked by someone else between the read and the lock: the token as it is now.
     Concurrently(TokenRow),
 }
 
-/// Revoke `token` (found by `r`) under the tenant lock, with the platform's audit row for it
-/// in the same statement and orgctl's in the same transaction.
-pub async fn revoke_one(
-    conn: &mut PgConnection,
-    url: &DbUrl,
-    settings: &Settings,
-    who: &Who,
-    r: &TokenRef,
-    token: &TokenRow,
-) -> Result<OneRevoked> {
-    let mut tx = db::begin_change(conn, url, settings).await?;
+/// Revoke `token` in the caller's transaction, under the tenant lock, with the platform's
+/// audit row for it in the same statement; orgctl's records [`revoke_one_audit`].
+pub async fn revoke_one(conn: &mut PgConnection, token: &TokenRow) -> Result<OneRevoked> {
     let done = db::query(&platform::revoke_with_audit(REVOKE_ONE, "$2"))
         .bind(token.id)
         .bind(revoke_actor())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
     if done == 0 {
         // Revoked (or deleted) between the read and the lock.
-        let now = by_id(&mut tx, token.id).await?;
-        tx.rollback().await?;
-        return match now {
+        return match by_id(conn, token.id).await? {
             Some(t) => Ok(OneRevoked::Concurrently(t)),
             None => Err(Error::failed(format!(
                 "token {} was deleted while orgctl waited; nothing was changed",
@@ -107,22 +85,18 @@ pub async fn revoke_one(
             token.id
         )));
     }
-    let txid = crate::audit::record(
-        &mut tx,
-        who,
-        "token revoke",
-        &serde_json::json!({
-            "by": r.kind(),
-            "id": token.id,
-            "prefix": token.prefix,
-            "expired": token.expired_unrevoked(),
-            "revoked": 1,
-        }),
-        "revoked",
-    )
-    .await?;
-    let committed = db::commit_guarded(tx, url, settings, &crate::audit::AuditRow(txid)).await?;
-    Ok(OneRevoked::Revoked(committed))
+    Ok(OneRevoked::Revoked)
+}
+
+/// What orgctl's audit row of a single revoke records (`r`: how the token was named).
+pub fn revoke_one_audit(r: &TokenRef, token: &TokenRow) -> serde_json::Value {
+    serde_json::json!({
+        "by": r.kind(),
+        "id": token.id,
+        "prefix": token.prefix,
+        "expired": token.expired_unrevoked(),
+        "revoked": 1,
+    })
 }
 
 /// What a revoke by label would do: every token of the label that is not revoked yet — the
