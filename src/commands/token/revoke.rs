@@ -12,7 +12,7 @@ use super::{compact_cells, compact_list, confirm, fmt_opt_text, fmt_opt_time, SH
 use crate::cli::TokenRevokeArgs;
 use crate::commands::change::{self, Audit, Done, Planned, Shown};
 use crate::error::{sanitize, Error, Exit, Result};
-use crate::ops::token::{self as ops, LabelPlan, LabelRevoked, OneRevoked, TokenRef, TokenRow};
+use crate::ops::token::{self as ops, LabelPlan, OneRevoked, TokenRef, TokenRow};
 use crate::output::Sink;
 use crate::platform::tokens as platform;
 use crate::Context;
@@ -35,7 +35,16 @@ pub(super) async fn run(ctx: &Context, args: &TokenRevokeArgs) -> Result<Exit> {
             };
             change::run(ctx, &url, change::Mode::default(), &mut one).await
         }
-        (None, Some(l)) => revoke_label(ctx, ops::check_match_label(l)?).await,
+        (None, Some(l)) => {
+            let label = ops::check_match_label(l)?;
+            let url = ctx.url()?;
+            let mut revoke = Label {
+                ctx,
+                label,
+                reviewed: None,
+            };
+            change::run(ctx, &url, change::Mode::default(), &mut revoke).await
+        }
         _ => Err(Error::usage(
             "give either a token (ID or PREFIX) or --created-by LABEL, not both",
         )),
@@ -191,6 +200,7 @@ impl change::Change for One<'_> {
         })
     }
 
+    /// Never asked for in practice: no dry run, and the plan (the token) never differs.
     fn render(&self, plan: &OnePlan, _shown: Shown) -> Result<()> {
         render_revoke_one(self.ctx, &plan.token, false)
     }
@@ -276,73 +286,186 @@ fn show_sample(ctx: &Context, plan: &LabelPlan, shown_label: &str, what: &str) {
     crate::output::stderr(&text);
 }
 
-/// Show the plan and ask: the agent's own credential warned about, the sample on a terminal.
-fn confirm_label(ctx: &Context, plan: &LabelPlan, label: &str, target: &str) -> Result<()> {
-    let shown_label = sanitize(label);
-    let what = label_what(plan);
-    let concierge = concierge_warning(label);
-    if let Some(w) = &concierge {
-        ctx.out.warn(w);
-    }
-    if ctx.out.interactive() && !ctx.yes {
-        show_sample(ctx, plan, &shown_label, &what);
-    }
-    let own = if concierge.is_some() {
-        " — the platform agent's own credential"
-    } else {
-        ""
-    };
-    confirm(
-        ctx,
-        &format!("revokes {what} with created_by '{shown_label}'{own} (check them with `orgctl token list --all --created-by '{shown_label}'`)"),
-        &format!(
-            "Revoke {what} with created_by '{shown_label}'{own} on {target}?"
-        ),
-    )
+/// `token revoke --created-by LABEL` as [`change::run`] drives it; `reviewed` is the plan the
+/// audit row says was confirmed.
+struct Label<'a> {
+    ctx: &'a Context,
+    label: &'a str,
+    reviewed: Option<LabelPlan>,
 }
 
-async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
-    let (url, mut conn) = super::connect(ctx).await?;
-    let shown_label = sanitize(label);
-    // Plan: how many and which (a bounded sample; the count is exact).
-    let plan = ops::plan_label(&mut conn, &ctx.settings, label).await?;
-    if plan.total == 0 {
-        return Err(Error::failed(format!(
-            "no token has created_by '{shown_label}' (the match is exact); check the label with `orgctl token list --all`"
-        )));
-    }
-    if plan.unrevoked() == 0 {
-        // Nothing to write (not even an audit row); the result lists them as already revoked.
-        ctx.out.info(&format!(
-            "Every token with created_by '{shown_label}' ({}) is already revoked; nothing to do.",
-            plan.total
-        ));
-        render_revoke_label(ctx, &mut conn, label, None).await?;
-        return Ok(Exit::Ok);
-    }
-    confirm_label(ctx, &plan, label, url.target())?;
-    match ops::revoke_label(&mut conn, &url, &ctx.settings, &ctx.who, label, &plan).await? {
-        LabelRevoked::Concurrently => {
-            ctx.out.info(&format!(
-                "Every token with created_by '{shown_label}' was revoked concurrently; nothing to do."
-            ));
-            render_revoke_label(ctx, &mut conn, label, None)
-                .await
-                .map_err(|e| {
-                    e.context("nothing was revoked by this run, but reading the tokens back failed")
-                })?;
-        }
-        LabelRevoked::Revoked {
-            done,
-            at,
-            committed,
-        } => {
-            super::note_commit(ctx, &committed);
-            committed.reconnected(&mut conn);
-            report_label(ctx, &mut conn, label, &plan, done, at).await?;
+/// A revoke by label: the plan confirmed, and under the lock what the revoke did.
+struct LabelState {
+    plan: LabelPlan,
+    /// Under the lock: how many were revoked (0: revoked by someone else meanwhile) and when.
+    revoked: Option<(i64, DateTime<Utc>)>,
+    /// No token has the label (exit 1).
+    unknown: Option<String>,
+}
+
+impl Planned for LabelState {
+    fn changed(&self) -> bool {
+        match self.revoked {
+            Some((done, _)) => done > 0,
+            None => self.plan.unrevoked() > 0,
         }
     }
-    Ok(Exit::Ok)
+    /// No `--expect-plan`, and by design no comparison: every unrevoked token of the label at
+    /// the moment of the revoke dies, minted after the confirmation or not.
+    fn hash(&self) -> String {
+        String::new()
+    }
+    fn refusal(&self) -> Option<Error> {
+        self.unknown.as_ref().map(|m| Error::failed(m.clone()))
+    }
+}
+
+impl Label<'_> {
+    /// "N live token(s) … with created_by '…'[ — the platform agent's own credential]".
+    fn describe(&self, plan: &LabelPlan) -> String {
+        let own = if concierge_warning(self.label).is_some() {
+            " — the platform agent's own credential"
+        } else {
+            ""
+        };
+        format!(
+            "{} with created_by '{}'{own}",
+            label_what(plan),
+            sanitize(self.label)
+        )
+    }
+}
+
+impl change::Change for Label<'_> {
+    type Plan = LabelState;
+    const REVIEWED: &'static str = "plan";
+    const SUBJECT: &'static str = "the tokens";
+    const RACED: Option<&'static str> = None;
+    const OUTCOME: &'static str = "revoked";
+
+    fn command(&self) -> &'static str {
+        "token revoke"
+    }
+
+    /// How many and which (a bounded sample; the count is exact); the agent's own credential
+    /// warned about when there is something to revoke.
+    async fn plan(&mut self, tx: &mut PgConnection) -> Result<LabelState> {
+        let plan = ops::read_label(tx, self.label).await?;
+        let unknown = (plan.total == 0).then(|| {
+            format!(
+                "no token has created_by '{}' (the match is exact); check the label with `orgctl token list --all`",
+                sanitize(self.label)
+            )
+        });
+        if unknown.is_none() && plan.unrevoked() > 0 {
+            if let Some(w) = concierge_warning(self.label) {
+                self.ctx.out.warn(&w);
+            }
+        }
+        self.reviewed = Some(plan.clone());
+        Ok(LabelState {
+            plan,
+            revoked: None,
+            unknown,
+        })
+    }
+
+    /// The revoke itself: every token of the label unrevoked now.
+    async fn lock_and_plan(
+        &mut self,
+        tx: &mut PgConnection,
+        _tail: Option<Result<Vec<Vec<PgRow>>>>,
+    ) -> Result<LabelState> {
+        let plan = self
+            .reviewed
+            .clone()
+            .ok_or_else(|| Error::failed("internal: revoking an unplanned label"))?;
+        let revoked = ops::revoke_label(tx, self.label).await?;
+        Ok(LabelState {
+            plan,
+            revoked: Some(revoked),
+            unknown: None,
+        })
+    }
+
+    /// Never asked for: a revoke by label has no dry run, and its plan is never compared.
+    fn render(&self, _plan: &LabelState, _shown: Shown) -> Result<()> {
+        Ok(())
+    }
+
+    fn review(&self, _plan: &LabelState) -> Option<String> {
+        None
+    }
+
+    /// The sample, on stderr.
+    fn reviewed(&self, s: &LabelState) {
+        show_sample(
+            self.ctx,
+            &s.plan,
+            &sanitize(self.label),
+            &label_what(&s.plan),
+        );
+    }
+
+    fn question(&self, s: &LabelState, target: &str) -> String {
+        format!("Revoke {} on {target}?", self.describe(&s.plan))
+    }
+
+    fn confirm(&self, ctx: &Context, s: &LabelState, target: &str) -> Result<()> {
+        let shown_label = sanitize(self.label);
+        let what = format!(
+            "revokes {} (check them with `orgctl token list --all --created-by '{shown_label}'`)",
+            self.describe(&s.plan)
+        );
+        confirm(ctx, &what, &self.question(s, target))
+    }
+
+    async fn apply(&mut self, _tx: &mut PgConnection, s: &LabelState) -> Result<Audit> {
+        let done = s.revoked.map(|(done, _)| done).unwrap_or(0);
+        Ok(Audit {
+            args: ops::revoke_label_audit(self.label, &s.plan, done),
+            check: None,
+        })
+    }
+
+    /// Nothing to revoke (nothing written, not even an audit row: the result lists them as
+    /// already revoked), or what was revoked; then the tokens read back.
+    async fn finish(
+        &mut self,
+        conn: &mut PgConnection,
+        s: &LabelState,
+        done: Done,
+    ) -> Result<Exit> {
+        let (ctx, label) = (self.ctx, self.label);
+        let shown_label = sanitize(label);
+        match (done, s.revoked) {
+            (Done::Nothing, None) => {
+                ctx.out.info(&format!(
+                    "Every token with created_by '{shown_label}' ({}) is already revoked; nothing to do.",
+                    s.plan.total
+                ));
+                render_revoke_label(ctx, conn, label, None).await?;
+            }
+            (Done::Nothing, Some(_)) => {
+                ctx.out.info(&format!(
+                    "Every token with created_by '{shown_label}' was revoked concurrently; nothing to do."
+                ));
+                render_revoke_label(ctx, conn, label, None)
+                    .await
+                    .map_err(|e| {
+                        e.context(
+                            "nothing was revoked by this run, but reading the tokens back failed",
+                        )
+                    })?;
+            }
+            (_, revoked) => {
+                let (done, at) = revoked
+                    .ok_or_else(|| Error::failed("internal: a revoke without its result"))?;
+                report_label(ctx, conn, label, &s.plan, done, at).await?;
+            }
+        }
+        Ok(Exit::Ok)
+    }
 }
 
 /// After a committed bulk revoke: what was revoked, then the tokens read back.

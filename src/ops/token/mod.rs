@@ -54,8 +54,8 @@ pub use mint::{
     MintPlan, Minted,
 };
 pub use revoke::{
-    plan_label, read_back_revoked, revoke_label, revoke_one, revoke_one_audit, LabelPlan,
-    LabelRevoked, OneRevoked,
+    read_back_revoked, read_label, revoke_label, revoke_label_audit, revoke_one, revoke_one_audit,
+    LabelPlan, OneRevoked,
 };
 pub use row::{find_token, TokenRow};
 

@@ -8,8 +8,7 @@ use sqlx::Row;
 
 use super::row::by_id;
 use super::{TokenRef, TokenRow, SHOWN};
-use crate::audit::Who;
-use crate::db::{self, DbUrl, Settings};
+use crate::db::{self, Settings};
 use crate::error::{Error, Result};
 use crate::platform::tokens as platform;
 
@@ -117,13 +116,8 @@ impl LabelPlan {
     }
 }
 
-/// [`LabelPlan`], read-only.
-pub async fn plan_label(
-    conn: &mut PgConnection,
-    settings: &Settings,
-    label: &str,
-) -> Result<LabelPlan> {
-    let mut tx = db::begin_read_only(conn, settings).await?;
+/// [`LabelPlan`], in the caller's (read-only) transaction.
+pub async fn read_label(conn: &mut PgConnection, label: &str) -> Result<LabelPlan> {
     let counts = db::query(&format!(
         "SELECT count(*) FILTER (WHERE {}), count(*) FILTER (WHERE {}), count(*)
                FROM org_api_tokens WHERE created_by = $1",
@@ -131,14 +125,13 @@ pub async fn plan_label(
         platform::expired("")
     ))
     .bind(label)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
     let sample: Vec<TokenRow> = db::query_as(UNREVOKED_SAMPLE)
         .bind(label)
         .bind(SHOWN as i64)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
-    tx.rollback().await?;
     Ok(LabelPlan {
         live: counts.try_get(0)?,
         expired: counts.try_get(1)?,
@@ -147,65 +140,35 @@ pub async fn plan_label(
     })
 }
 
-/// How a revoke by label ended.
-pub enum LabelRevoked {
-    /// `done` tokens revoked at `at` (every row carries it) and committed.
-    Revoked {
-        done: i64,
-        at: DateTime<Utc>,
-        committed: db::Committed,
-    },
-    /// Revoked by someone else between the plan and the lock: nothing written, not even an
-    /// audit row.
-    Concurrently,
-}
-
-/// Revoke every unrevoked token with `label` at this moment: in incident response a token
-/// minted after the confirmation must die too. One statement; `now()` is the transaction's
-/// start, so every row revoked here carries the same `revoked_at`, which identifies them
-/// afterwards. The platform's own audit rows, one per token, come in the same statement.
-pub async fn revoke_label(
-    conn: &mut PgConnection,
-    url: &DbUrl,
-    settings: &Settings,
-    who: &Who,
-    label: &str,
-    plan: &LabelPlan,
-) -> Result<LabelRevoked> {
-    let mut tx = db::begin_change(conn, url, settings).await?;
+/// Revoke every unrevoked token with `label` at this moment, in the caller's transaction under
+/// the tenant lock: in incident response a token minted after the confirmation must die too.
+/// One statement; `now()` is the transaction's start, so every row revoked here carries the
+/// same `revoked_at`, which identifies them afterwards. The platform's own audit rows, one per
+/// token, come in the same statement. Returns how many were revoked (0: someone else revoked
+/// them between the plan and the lock; nothing is to be written, not even an audit row) and
+/// their `revoked_at`.
+pub async fn revoke_label(conn: &mut PgConnection, label: &str) -> Result<(i64, DateTime<Utc>)> {
     let done = db::query(&platform::revoke_with_audit(REVOKE_LABEL, "$2"))
         .bind(label)
         .bind(revoke_actor())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?
         .rows_affected() as i64;
     let at: DateTime<Utc> = db::query_scalar(TRANSACTION_NOW)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await?;
-    if done == 0 {
-        tx.rollback().await?;
-        return Ok(LabelRevoked::Concurrently);
-    }
-    let txid = crate::audit::record(
-        &mut tx,
-        who,
-        "token revoke",
-        &serde_json::json!({
-            "by": "created_by",
-            "created_by": label,
-            "confirmed": plan.unrevoked(),
-            "confirmed_live": plan.live,
-            "confirmed_expired": plan.expired,
-            "revoked": done,
-        }),
-        "revoked",
-    )
-    .await?;
-    let committed = db::commit_guarded(tx, url, settings, &crate::audit::AuditRow(txid)).await?;
-    Ok(LabelRevoked::Revoked {
-        done,
-        at,
-        committed,
+    Ok((done, at))
+}
+
+/// What orgctl's audit row of a revoke by label records: what was confirmed, and `done`.
+pub fn revoke_label_audit(label: &str, plan: &LabelPlan, done: i64) -> serde_json::Value {
+    serde_json::json!({
+        "by": "created_by",
+        "created_by": label,
+        "confirmed": plan.unrevoked(),
+        "confirmed_live": plan.live,
+        "confirmed_expired": plan.expired,
+        "revoked": done,
     })
 }
 
