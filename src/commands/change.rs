@@ -1,5 +1,7 @@
 //! The flow of a change to one tenant database, written once: a command supplies its steps
-//! (a [`Change`]) and [`run`] drives them.
+//! (a [`Change`]) and [`run`] drives them. `install-platform-agent`, `secret set`/`delete`,
+//! `secret rekey`, `token anchor` and `token revoke` run on it; `token mint` does not (it
+//! delivers the token before the COMMIT, and a lost COMMIT is checked by the token's hash).
 //!
 //! 1. **Connect** and check the tenant's schema ([`db::ensure_compatible`]).
 //! 2. **Plan read-only** ([`Change::plan`]) in one REPEATABLE READ, READ ONLY snapshot: no
@@ -112,7 +114,9 @@ pub(crate) trait Change {
         String::new()
     }
 
-    /// Take the change's locks and plan again, inside the write transaction.
+    /// Take the change's locks and plan again, inside the write transaction. A change whose
+    /// write itself says what it did (a secret's upsert, a token revoke's UPDATE … WHERE
+    /// revoked_at IS NULL) writes here: its result is the plan, and [`Change::apply`] records it.
     async fn lock_and_plan(
         &mut self,
         tx: &mut PgConnection,
