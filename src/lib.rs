@@ -123,8 +123,7 @@ async fn run_interruptible(cli: Cli) -> Result<Exit> {
         std::env::var("ORGCTL_REQUIRE_REASON").ok().as_deref(),
         cli.command.mutating(),
     )?;
-    audit::set_reason(reason);
-    let ctx = Context::new(&cli);
+    let ctx = Context::new(&cli, reason);
     // Install the SIGINT/SIGTERM handlers before any work starts.
     drop(interrupt::level());
     let verbose = if cli.global.quiet {

@@ -6,28 +6,30 @@ use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::Row;
 
 use super::canonical::Link;
-use super::reason;
+use super::Who;
 use crate::db::{self, query, query_as, Arg, Binds, Check, Committed, DbUrl, Settings};
 use crate::error::{Error, Result};
 use crate::output::head::note_appended;
 
 /// Append an audit row in the caller's transaction. `args` must already be free of secret
-/// values. The row carries the run's `--reason` and is a link of the audit hash chain (see
+/// values. The row carries `who`'s `--reason` and is a link of the audit hash chain (see
 /// [`append_audit`]). Returns the row's `txid`, a fresh id that names this write transaction:
 /// pass it to [`db::commit_or_resolve`] as [`AuditRow`], so a COMMIT whose answer is lost can
 /// be checked afterwards.
 pub async fn record(
     conn: &mut PgConnection,
+    who: &Who,
     command: &str,
     args: &serde_json::Value,
     outcome: &str,
 ) -> Result<uuid::Uuid> {
-    record_checked(conn, command, args, outcome, None).await
+    record_checked(conn, who, command, args, outcome, None).await
 }
 
 /// [`record`], with `check` read and judged before the row is written ([`Check`]).
 pub async fn record_checked(
     conn: &mut PgConnection,
+    who: &Who,
     command: &str,
     args: &serde_json::Value,
     outcome: &str,
@@ -36,6 +38,7 @@ pub async fn record_checked(
     let txid = uuid::Uuid::new_v4();
     append_audit_checked(
         conn,
+        who,
         &[AuditEntry {
             command: command.to_string(),
             args: args.clone(),
@@ -67,15 +70,20 @@ const AUDIT_BATCH: usize = 1000;
 /// (`seq`, `prev_hash`, `row_hash`, see [`Link`]). The chain's head row is locked
 /// `FOR UPDATE` first, which serialises every append of the tenant whatever other lock the
 /// caller holds (the tenant lock for a change; nothing for the after-commit outcome rows of
-/// [`record_after_commit`]); row locks wait at most `--lock-timeout`. Each row records the
-/// run's `--reason` ([`reason`]).
-pub async fn append_audit(conn: &mut PgConnection, entries: &[AuditEntry]) -> Result<()> {
-    append_audit_checked(conn, entries, None).await
+/// [`record_after_commit`]); row locks wait at most `--lock-timeout`. Each row records
+/// `who`'s `--reason` ([`Who`]).
+pub async fn append_audit(
+    conn: &mut PgConnection,
+    who: &Who,
+    entries: &[AuditEntry],
+) -> Result<()> {
+    append_audit_checked(conn, who, entries, None).await
 }
 
 /// [`append_audit`], with `check` read and judged in the statement that writes the rows.
 async fn append_audit_checked(
     conn: &mut PgConnection,
+    who: &Who,
     entries: &[AuditEntry],
     check: Option<Check<'_>>,
 ) -> Result<()> {
@@ -90,7 +98,7 @@ async fn append_audit_checked(
     );
     let row = b.bind_to(query(&sql)).fetch_one(&mut *conn).await?;
     let head = AuditHead::decode(&row, 0)?;
-    append_after_head(conn, head, entries, check).await?;
+    append_after_head(conn, who, head, entries, check).await?;
     Ok(())
 }
 
@@ -205,9 +213,10 @@ struct Chunk {
 
 /// Append `entries` after `head` (read, locked, in this transaction with
 /// [`audit_head_args`] of these same entries), with `check` read and judged in the statement
-/// that writes the last rows and moves the head.
+/// that writes the last rows and moves the head. Every row records `who`'s `--reason`.
 pub async fn append_after_head(
     conn: &mut PgConnection,
+    who: &Who,
     head: AuditHead,
     entries: &[AuditEntry],
     mut check: Option<Check<'_>>,
@@ -229,7 +238,7 @@ pub async fn append_after_head(
         at,
         os_user: crate::sys::os_user(),
         db_user,
-        reason: reason(),
+        reason: who.reason.clone(),
         version: env!("CARGO_PKG_VERSION"),
     };
     let mut tip = (seq, prev);
@@ -389,9 +398,10 @@ async fn insert(
 /// Record what happened after a commit (a restart dispatch, a provision request: one row per
 /// workspace with its HTTP outcome) in a transaction of its own, creating orgctl's schema when
 /// needed. The change itself is committed already, so a failure here is reported by the caller
-/// as a warning, never as "nothing changed".
+/// as a warning, never as "nothing changed". The rows record `who`'s `--reason`.
 pub async fn record_after_commit(
     conn: &mut PgConnection,
+    who: &Who,
     url: &DbUrl,
     settings: &Settings,
     entries: &[AuditEntry],
@@ -406,7 +416,7 @@ pub async fn record_after_commit(
     let mut entries = entries.to_vec();
     entries[0].txid = Some(txid);
     let mut tx = db::begin_write(conn, settings).await?;
-    append_audit(&mut tx, &entries).await?;
+    append_audit(&mut tx, who, &entries).await?;
     match db::commit_or_resolve(tx, url, settings, &AuditRow(txid)).await? {
         Committed::Answered => {}
         Committed::Verified(fresh) => *conn = fresh,

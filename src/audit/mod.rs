@@ -1,7 +1,7 @@
 //! The audit chain: who did what to a tenant, when, why, and whether the record is intact.
 //!
-//! - **reason** ([`reason`]): `--reason` / `ORGCTL_REASON`, checked once at start-up and
-//!   stored on every row the run appends.
+//! - **reason** ([`reason`]): `--reason` / `ORGCTL_REASON`, checked once at start-up, passed
+//!   to every append as a [`Who`] and stored on every row the run appends.
 //! - **canonical form** ([`canonical`]): every row orgctl appends carries `seq`, `prev_hash`
 //!   and `row_hash = sha256(prev_hash || canonical content)` ([`Link`]); the head (last `seq`
 //!   and hash) lives in `orgctl.audit_head`. The canonical content is defined in
@@ -24,7 +24,7 @@ pub use append::{
 };
 pub use canonical::{canonical_json, Link, CONTENT_TAG, GENESIS};
 pub use read::{columns, list, parse_since, read_chain, Columns, Filter, ListedRow, Since};
-pub use reason::{check_reason, reason, set_reason, MAX_REASON_CHARS};
+pub use reason::{check_reason, Who, MAX_REASON_CHARS};
 pub use verify::{Problem, ProblemKind, StoredRow, Verifier};
 
 pub use crate::output::head::{

@@ -1,25 +1,22 @@
-//! The `--reason` rule: checked once at start-up ([`check_reason`]) and kept for the run
-//! ([`set_reason`]); every audit row the run appends stores it. With
+//! The `--reason` rule: checked once at start-up ([`check_reason`]) and carried by the
+//! command's `Context` as a [`Who`] to every append, whose rows store it. With
 //! `ORGCTL_REQUIRE_REASON=1` a mutating command without one is refused before any connection
 //! (exit 2).
-
-use std::sync::OnceLock;
 
 use crate::error::{sanitize, Error, Result};
 
 /// The longest `--reason` accepted (an incident or change number with a short note).
 pub const MAX_REASON_CHARS: usize = 500;
 
-static REASON: OnceLock<Option<String>> = OnceLock::new();
-
-/// Keep the run's checked `--reason` for every audit row it writes. Only the first call counts.
-pub fn set_reason(reason: Option<String>) {
-    let _ = REASON.set(reason);
-}
-
-/// The run's `--reason`, if any.
-pub fn reason() -> Option<String> {
-    REASON.get().cloned().flatten()
+/// On whose word the rows of an append are written, as each row records it: the run's
+/// `--reason` (checked by [`check_reason`]). The command's `Context` holds it and passes it
+/// down to every function that appends ([`super::record`], [`super::append_audit`],
+/// [`super::append_after_head`], [`super::record_after_commit`]); `Who::default()` records no
+/// reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Who {
+    /// The checked `--reason` / `ORGCTL_REASON`, stored in the `reason` column of every row.
+    pub reason: Option<String>,
 }
 
 /// Check `--reason` / `ORGCTL_REASON` against `ORGCTL_REQUIRE_REASON` before anything

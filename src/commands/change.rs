@@ -1,5 +1,7 @@
 //! The flow of a change to one tenant database, written once: a command supplies its steps
-//! (a [`Change`]) and [`run`] drives them.
+//! (a [`Change`]) and [`run`] drives them. `install-platform-agent`, `secret set`/`delete`,
+//! `secret rekey`, `token anchor` and `token revoke` run on it; `token mint` does not (it
+//! delivers the token before the COMMIT, and a lost COMMIT is checked by the token's hash).
 //!
 //! 1. **Connect** and check the tenant's schema ([`db::ensure_compatible`]).
 //! 2. **Plan read-only** ([`Change::plan`]) in one REPEATABLE READ, READ ONLY snapshot: no
@@ -11,12 +13,15 @@
 //!    rendered, nothing applied), a refusal ends the run, and a plan with nothing to change goes
 //!    straight to the end ([`Change::finish`] with [`Done::Nothing`]).
 //! 5. **Show and confirm**: when a human is asked (no `--yes`) on a terminal, the plan is shown
-//!    on stderr, then the question is put. No lock is held while a human reads.
+//!    on stderr ([`Change::review`], then [`Change::reviewed`]), then the question is put
+//!    ([`Change::confirm`]). No lock is held while a human reads.
 //! 6. **Lock and re-plan**: the write transaction begins ([`db::begin_change_on`], with the
 //!    tenant's advisory lock) and the same planning code runs again under the change's own
 //!    locks ([`Change::lock_and_plan`]). A refusal ends the run; nothing left to change (another
-//!    run did it meanwhile) is said and goes to the end; a plan that differs from the one a human
-//!    confirmed or `--expect-plan` approved is refused, the new plan rendered.
+//!    run did it meanwhile) is said ([`Change::RACED`]) and goes to the end; a plan that differs
+//!    from the one a human confirmed or `--expect-plan` approved is refused
+//!    ([`Change::moved`]: by default the new plan rendered). A change with
+//!    [`Change::COMPARED_FIRST`] compares before the refusal and "nothing left to change".
 //! 7. **Apply** exactly that plan ([`Change::apply`]), which returns what the **audit** row
 //!    records and the check it verifies before the commit; the audit row is written in the same
 //!    transaction.
@@ -82,14 +87,23 @@ pub(crate) trait Planned {
 /// The steps of one command's change, which [`run`] drives (see the module's documentation).
 pub(crate) trait Change {
     type Plan: Planned;
-    /// The audit row's command.
-    const COMMAND: &'static str;
     /// What the rendered plan is called in a refusal: "review the {} above".
     const REVIEWED: &'static str;
     /// What changed when the re-plan differs: "{} changed after the plan was reviewed".
     const SUBJECT: &'static str;
-    /// Said (stderr) when the re-plan under the lock finds nothing left to change.
-    const RACED: &'static str;
+    /// Said (stderr) when the re-plan under the lock finds nothing left to change; None: the
+    /// end ([`Change::finish`] with [`Done::Nothing`]) says it all.
+    const RACED: Option<&'static str>;
+    /// Whether the re-plan under the lock is compared with the reviewed plan before its
+    /// refusal and before "nothing left to change" (rekey: a plan that moved is reported as
+    /// such whatever it now is). False: refusal, nothing to change, then the comparison.
+    const COMPARED_FIRST: bool = false;
+
+    /// The audit row's outcome.
+    const OUTCOME: &'static str = "applied";
+
+    /// The audit row's command.
+    fn command(&self) -> &'static str;
 
     /// Plan read-only inside `tx`, and say on stderr what the plan warns about.
     async fn plan(&mut self, tx: &mut PgConnection) -> Result<Self::Plan>;
@@ -100,7 +114,9 @@ pub(crate) trait Change {
         String::new()
     }
 
-    /// Take the change's locks and plan again, inside the write transaction.
+    /// Take the change's locks and plan again, inside the write transaction. A change whose
+    /// write itself says what it did (a secret's upsert, a token revoke's UPDATE … WHERE
+    /// revoked_at IS NULL) writes here: its result is the plan, and [`Change::apply`] records it.
     async fn lock_and_plan(
         &mut self,
         tx: &mut PgConnection,
@@ -110,11 +126,35 @@ pub(crate) trait Change {
     /// Render `plan` on stdout.
     fn render(&self, plan: &Self::Plan, shown: Shown) -> Result<()>;
 
-    /// The plan as shown on stderr before the confirmation.
-    fn review(&self, plan: &Self::Plan) -> String;
+    /// The plan as shown on stderr before the confirmation; None shows nothing there.
+    fn review(&self, plan: &Self::Plan) -> Option<String>;
+
+    /// Said after the review was shown, before the question (secret changes: the restart notes
+    /// on stderr; `token anchor --stale`: its table on stdout). Nothing by default.
+    fn reviewed(&self, _plan: &Self::Plan) {}
 
     /// The confirmation's question; `target` names the database.
     fn question(&self, plan: &Self::Plan, target: &str) -> String;
+
+    /// Ask [`Change::question`] ([`crate::output::Output::confirm`]: `--yes` skips it; without
+    /// a terminal it is refused, pointing to `--dry-run`). Token changes, which have no dry run
+    /// to point to, refuse in their own words.
+    fn confirm(&self, ctx: &Context, plan: &Self::Plan, target: &str) -> Result<()> {
+        ctx.out.confirm(&self.question(plan, target), ctx.yes)
+    }
+
+    /// The refusal of a re-plan under the lock whose hash is not `reviewed`, the hash a human
+    /// confirmed or `--expect-plan` named (the transaction is rolled back already). By default
+    /// `current` is rendered ([`Shown::NotApplied`]) and the refusal names both hashes.
+    fn moved(&self, reviewed: &str, current: &Self::Plan) -> Result<Error> {
+        self.render(current, Shown::NotApplied)?;
+        Ok(Error::refused(format!(
+            "{} changed after the plan was reviewed ({reviewed} reviewed, {} now); nothing was changed: review the new {} and rerun",
+            Self::SUBJECT,
+            current.hash(),
+            Self::REVIEWED
+        )))
+    }
 
     /// Execute exactly `plan` in `tx`; what the audit row records.
     async fn apply(&mut self, tx: &mut PgConnection, plan: &Self::Plan) -> Result<Audit>;
@@ -180,10 +220,12 @@ pub(crate) async fn run<C: Change>(
     let asked = !ctx.yes;
     let shown = asked && ctx.out.interactive();
     if shown {
-        crate::output::stderr(&crate::output::review_text(&change.review(&reviewed)));
+        if let Some(review) = change.review(&reviewed) {
+            crate::output::stderr(&crate::output::review_text(&review));
+        }
+        change.reviewed(&reviewed);
     }
-    ctx.out
-        .confirm(&change.question(&reviewed, url.target()), ctx.yes)?;
+    change.confirm(ctx, &reviewed, url.target())?;
     // What a human confirmed or change control approved is exactly what gets applied.
     let strict = mode.expect_plan.is_some() || asked;
     let reviewed_hash = reviewed.hash();
@@ -238,28 +280,35 @@ async fn apply<C: Change>(
     let db::Begun { mut tx, tail, .. } =
         db::begin_change_on(conn, url, &ctx.settings, &change.tail()).await?;
     let current = change.lock_and_plan(&mut tx, tail).await?;
+    let moved = reviewed.filter(|h| *h != current.hash());
+    if let Some(reviewed) = moved.as_deref().filter(|_| C::COMPARED_FIRST) {
+        tx.rollback().await?;
+        return Err(change.moved(reviewed, &current)?);
+    }
     if let Some(e) = current.refusal() {
         return Err(e);
     }
     if !current.changed() {
         tx.rollback().await?;
-        ctx.out.info(C::RACED);
+        if let Some(raced) = C::RACED {
+            ctx.out.info(raced);
+        }
         return change.finish(conn, &current, Done::Nothing).await;
     }
-    if let Some(reviewed) = reviewed.filter(|h| *h != current.hash()) {
+    if let Some(reviewed) = moved {
         tx.rollback().await?;
-        change.render(&current, Shown::NotApplied)?;
-        return Err(Error::refused(format!(
-            "{} changed after the plan was reviewed ({reviewed} reviewed, {} now); nothing was changed: review the new {} and rerun",
-            C::SUBJECT,
-            current.hash(),
-            C::REVIEWED
-        )));
+        return Err(change.moved(&reviewed, &current)?);
     }
     let audit = change.apply(&mut tx, &current).await?;
-    let txid =
-        crate::audit::record_checked(&mut tx, C::COMMAND, &audit.args, "applied", audit.check)
-            .await?;
+    let txid = crate::audit::record_checked(
+        &mut tx,
+        &ctx.who,
+        change.command(),
+        &audit.args,
+        C::OUTCOME,
+        audit.check,
+    )
+    .await?;
     let committed =
         db::commit_guarded(tx, url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
     if let Some(note) = committed.note() {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
+use crate::audit::Who;
 use crate::db::{self, Settings};
 use crate::error::{Error, Exit};
 use crate::output::Output;
@@ -20,11 +21,12 @@ use crate::platform::restart::Platform;
 /// Record a provision request and its HTTP outcome as an audit row of its own, in a
 /// transaction of its own (the install is committed already). A failure to record it is a
 /// warning, never a change of the command's outcome. Never the model's value, only whether one
-/// was sent.
+/// was sent. The row records `who`.
 async fn audit_request(
     out: &Output,
     conn: &mut PgConnection,
     settings: &Settings,
+    who: &Who,
     id: Uuid,
     model_sent: bool,
     outcome: &EnsureOutcome,
@@ -51,7 +53,7 @@ async fn audit_request(
     };
     let written = async {
         let mut tx = db::begin_write(conn, settings).await?;
-        crate::audit::append_audit(&mut tx, &[entry]).await?;
+        crate::audit::append_audit(&mut tx, who, &[entry]).await?;
         tx.commit().await?;
         Ok::<(), Error>(())
     }
@@ -81,12 +83,14 @@ fn skip_words(reason: &str, state: Option<&AgentState>) -> String {
 }
 
 /// Provision agent `id` after the commit of `what` (e.g. "the install"): decide, request,
-/// and with `wait` watch the status. `conn` is free (its transaction committed).
+/// and with `wait` watch the status. `conn` is free (its transaction committed). The request's
+/// audit row records `who`.
 #[allow(clippy::too_many_arguments)]
 pub async fn provision(
     out: &Output,
     conn: &mut PgConnection,
     settings: &Settings,
+    who: &Who,
     platform: &Platform,
     id: Uuid,
     created: bool,
@@ -128,6 +132,7 @@ pub async fn provision(
         out,
         conn,
         settings,
+        who,
         platform,
         id,
         ask,
@@ -219,6 +224,7 @@ async fn request(
     out: &Output,
     conn: &mut PgConnection,
     settings: &Settings,
+    who: &Who,
     platform: &Platform,
     id: Uuid,
     ask: Ask<'_>,
@@ -256,7 +262,7 @@ async fn request(
     result.agent_status = outcome.agent_status.clone();
     result.provisioning = outcome.provisioning;
     result.error_code = outcome.code.clone();
-    audit_request(out, conn, settings, id, result.model_sent, &outcome).await;
+    audit_request(out, conn, settings, who, id, result.model_sent, &outcome).await;
     if outcome.error.is_some() {
         return Some(ensure_error(committed, id, result.model_sent, &outcome));
     }

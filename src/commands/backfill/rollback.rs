@@ -34,6 +34,7 @@ pub async fn run(ctx: &Context, args: &BackfillRollbackArgs, cancel: &Cancel) ->
     let job = Arc::new(Job {
         run_id: args.run_id.clone(),
         settings: ctx.settings.clone(),
+        who: ctx.who.clone(),
         force: args.force,
         dry_run: args.dry_run,
     });

@@ -195,6 +195,7 @@ fn job(
     Job {
         run_id: run_id.to_string(),
         settings: ctx.settings.clone(),
+        who: ctx.who.clone(),
         model: args.model.as_deref().map(|m| Zeroizing::new(m.to_string())),
         allow_missing_model: args.allow_missing_model,
         replace_model: args.replace_model,

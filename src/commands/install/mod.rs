@@ -103,10 +103,14 @@ impl Planned for Plan {
 
 impl change::Change for Install<'_> {
     type Plan = Plan;
-    const COMMAND: &'static str = "install-platform-agent";
     const REVIEWED: &'static str = "diff";
     const SUBJECT: &'static str = "the tenant";
-    const RACED: &'static str = "Another run installed the platform agent in the meantime.";
+    const RACED: Option<&'static str> =
+        Some("Another run installed the platform agent in the meantime.");
+
+    fn command(&self) -> &'static str {
+        "install-platform-agent"
+    }
 
     /// The plan, and its warnings on stderr: broken or too deep chains, the mint ceiling, MODEL
     /// written unvalidated or outranked, MODEL stored in plaintext.
@@ -164,8 +168,14 @@ impl change::Change for Install<'_> {
         }
     }
 
-    fn review(&self, plan: &Plan) -> String {
-        render::render_text(&self.ctx.out, plan, true, false, plan.model)
+    fn review(&self, plan: &Plan) -> Option<String> {
+        Some(render::render_text(
+            &self.ctx.out,
+            plan,
+            true,
+            false,
+            plan.model,
+        ))
     }
 
     fn question(&self, _plan: &Plan, target: &str) -> String {
@@ -206,6 +216,7 @@ impl change::Change for Install<'_> {
             out,
             conn,
             &self.ctx.settings,
+            &self.ctx.who,
             platform,
             plan.agent.id,
             created,

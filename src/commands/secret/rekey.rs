@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, PgRow};
 
 use super::findings::{channel_note, render_bad};
 use crate::cli::SecretRekeyArgs;
-use crate::db;
+use crate::commands::change::{self, Audit, Done, Planned, Shown};
 use crate::error::{Error, Exit, Result};
 use crate::ops::rekey::{self, Applied, BadRows, Key, Mode, Plan, Table, ENV_KEY, ENV_NEW_KEY};
 use crate::output::Output;
@@ -35,86 +35,174 @@ impl Keys {
     }
 }
 
-/// A rekey once its input is checked and the tenant's tables are known.
-struct Run<'a> {
+/// The rekey as [`change::run`] drives it: the checked input, and whether the tenant has the
+/// channel table (its fields are scanned too; learnt with the read-only plan).
+struct Rekey<'a> {
+    ctx: &'a Context,
     args: &'a SecretRekeyArgs,
     keys: Keys,
-    /// The tenant has the channel table: its fields are scanned too.
     channels: bool,
 }
 
 /// check the keys → plan (read-only) → show → confirm → lock → re-plan → apply → audit → commit.
 pub(super) async fn run(ctx: &Context, args: &SecretRekeyArgs) -> Result<Exit> {
-    let out = &ctx.out;
-    let keys = keys(out, args)?;
+    let keys = keys(&ctx.out, args)?;
     if let Some(h) = &args.expect_plan {
-        if !h.starts_with("sha256:") || h.len() != 7 + 64 {
-            return Err(Error::usage(format!(
-                "--expect-plan '{h}' is not a plan hash (sha256:<64 hex digits>, from a dry run)"
-            )));
-        }
+        change::check_plan_hash(h)?;
     }
     let url = ctx.url()?;
-    let mut conn = crate::commands::connect_to(ctx, &url).await?;
-    let channels = rekey::ensure_scannable(&mut conn).await?;
-    let run = Run {
+    let mode = change::Mode {
+        dry_run: args.dry_run,
+        detailed_exitcode: false,
+        expect_plan: args.expect_plan.as_deref(),
+    };
+    let mut rekey = Rekey {
+        ctx,
         args,
         keys,
-        channels,
+        channels: false,
     };
-    let keys = &run.keys;
+    change::run(ctx, &url, mode, &mut rekey).await
+}
 
-    // 1. Plan read-only: counts per table and version.
-    if args.dry_run {
-        return dry_run(ctx, &mut conn, &run).await;
+/// A rekey's plan: the counts per table and version, and for a dry run what the scan of every
+/// encrypted value found (`None` otherwise: apply scans under the lock).
+struct Reviewed {
+    plan: Plan,
+    bad: Option<BadRows>,
+}
+
+impl Planned for Reviewed {
+    fn changed(&self) -> bool {
+        self.plan.changed()
     }
-    let reviewed = {
-        let mut tx = db::begin_read_only(&mut conn, &ctx.settings).await?;
-        let plan = rekey::plan(&mut tx, keys.mode).await?;
-        tx.rollback().await?;
-        plan
-    };
-    let none = BadRows::default();
-    if let Some(h) = &args.expect_plan {
-        if *h != reviewed.hash() {
-            render_rekey(out, &reviewed, &none, false, false)?;
-            return Err(Error::refused(format!(
-                "the plan differs from the reviewed one ({h} expected, {} now); nothing was changed: review the plan above and rerun",
-                reviewed.hash()
-            )));
+    fn hash(&self) -> String {
+        self.plan.hash()
+    }
+    /// A dry run refuses what its scan found (values that do not decrypt; rows of unknown
+    /// versions are among them); otherwise the refusal that needs no decryption.
+    fn refusal(&self) -> Option<Error> {
+        match &self.bad {
+            Some(bad) => (bad.count > 0).then(|| rekey::undecryptable_error(bad, self.plan.mode)),
+            None => self.plan.refusal(),
         }
     }
-    if let Some(e) = reviewed.refusal() {
-        return Err(e);
-    }
-    if !reviewed.changed() {
-        render_rekey(out, &reviewed, &none, false, false)?;
-        return Ok(Exit::Ok);
+}
+
+impl change::Change for Rekey<'_> {
+    type Plan = Reviewed;
+    const REVIEWED: &'static str = "plan";
+    const SUBJECT: &'static str = "the secrets";
+    const RACED: Option<&'static str> = None;
+    const COMPARED_FIRST: bool = true;
+
+    fn command(&self) -> &'static str {
+        "secret rekey"
     }
 
-    // 2. Show and confirm; no locks held while a human reads.
-    let asked = !ctx.yes;
-    if asked && out.interactive() {
-        crate::output::stderr(&crate::output::review_text(&rekey_text(
-            out, &reviewed, &none, true, false,
-        )));
+    /// The tables checked scannable, the counts, and for a dry run the scan that checks every
+    /// encrypted value decrypts (nothing written).
+    async fn plan(&mut self, tx: &mut PgConnection) -> Result<Reviewed> {
+        self.channels = rekey::ensure_scannable(tx).await?;
+        let keys = &self.keys;
+        let plan = rekey::plan(tx, keys.mode).await?;
+        if !self.args.dry_run {
+            return Ok(Reviewed { plan, bad: None });
+        }
+        let out = &self.ctx.out;
+        let pb = out.progress(u64::try_from(plan.counts.total()).unwrap_or(0), "checking");
+        let bad = rekey::check(
+            tx,
+            keys.mode,
+            &keys.current,
+            keys.target(),
+            self.channels,
+            &pb,
+        )
+        .await?;
+        Ok(Reviewed {
+            plan,
+            bad: Some(bad),
+        })
     }
-    out.confirm(
-        &format!(
-            "{} {} secret row(s) and channel field(s) on {}?",
-            match keys.mode {
+
+    /// The secret tables locked against writers, then counted again.
+    async fn lock_and_plan(
+        &mut self,
+        tx: &mut PgConnection,
+        _tail: Option<Result<Vec<Vec<PgRow>>>>,
+    ) -> Result<Reviewed> {
+        rekey::lock_tables(tx, self.channels).await?;
+        let plan = rekey::plan(tx, self.keys.mode).await?;
+        Ok(Reviewed { plan, bad: None })
+    }
+
+    fn render(&self, p: &Reviewed, shown: Shown) -> Result<()> {
+        let none = BadRows::default();
+        let bad = p.bad.as_ref().unwrap_or(&none);
+        render_rekey(&self.ctx.out, &p.plan, bad, shown == Shown::DryRun, false)
+    }
+
+    fn review(&self, p: &Reviewed) -> Option<String> {
+        Some(rekey_text(
+            &self.ctx.out,
+            &p.plan,
+            &BadRows::default(),
+            true,
+            false,
+        ))
+    }
+
+    fn question(&self, p: &Reviewed, target: &str) -> String {
+        format!(
+            "{} {} secret row(s) and channel field(s) on {target}?",
+            match self.keys.mode {
                 Mode::PlaintextOnly => "Encrypt",
                 _ => "Re-encrypt",
             },
-            reviewed.rewritten(),
-            url.target()
-        ),
-        ctx.yes,
-    )?;
+            p.plan.rewritten(),
+        )
+    }
 
-    // 3. Apply: one transaction, tenant lock, writers of the secret tables held off.
-    let strict = args.expect_plan.is_some() || asked;
-    apply(ctx, &mut conn, &url, &run, &reviewed, strict).await
+    /// Re-encrypt; a value that does not decrypt renders the plan with it and refuses (the
+    /// transaction is rolled back, nothing is written).
+    async fn apply(&mut self, tx: &mut PgConnection, p: &Reviewed) -> Result<Audit> {
+        let (out, keys, plan) = (&self.ctx.out, &self.keys, &p.plan);
+        let pb = out.progress(
+            u64::try_from(plan.counts.total()).unwrap_or(0),
+            match keys.mode {
+                Mode::PlaintextOnly => "encrypting",
+                _ => "re-encrypting",
+            },
+        );
+        let applied =
+            rekey::apply(tx, plan, &keys.current, keys.target(), self.channels, &pb).await?;
+        if let Applied::Undecryptable(bad) = applied {
+            render_rekey(out, plan, &bad, false, false)?;
+            return Err(rekey::undecryptable_error(&bad, keys.mode));
+        }
+        Ok(Audit {
+            args: rekey::audit_args(
+                plan,
+                self.args.new_key_file.is_some(),
+                self.args.expect_plan.is_some(),
+            ),
+            check: None,
+        })
+    }
+
+    /// The plan rendered; after a rotation, what to do next.
+    async fn finish(&mut self, _conn: &mut PgConnection, p: &Reviewed, done: Done) -> Result<Exit> {
+        let out = &self.ctx.out;
+        let applied = done != Done::Nothing;
+        render_rekey(out, &p.plan, &BadRows::default(), false, applied)?;
+        if applied && self.keys.mode == Mode::Rotate {
+            out.info(
+                "Next: set the platform's SECRETS_ENCRYPTION_KEY to the new key and restart the platform process now (until then what it writes itself, such as its CODEX_AUTH_JSON refresh, is under the old key), then run `orgctl secret verify` with the new key: it names any row or channel field written under the old one.",
+            );
+        }
+        Ok(Exit::Ok)
+    }
 }
 
 /// Every key check, before any connection: the mode, the current key and the new one.
@@ -168,103 +256,6 @@ fn warn_if_readable_by_others(out: &Output, path: &Path) {
             ));
         }
     }
-}
-
-/// A dry run: one snapshot for the counts and the scan that checks every encrypted row
-/// decrypts; nothing written.
-async fn dry_run(ctx: &Context, conn: &mut PgConnection, run: &Run<'_>) -> Result<Exit> {
-    let (out, args, keys, channels) = (&ctx.out, run.args, &run.keys, run.channels);
-    let mut tx = db::begin_read_only(conn, &ctx.settings).await?;
-    let plan = rekey::plan(&mut tx, keys.mode).await?;
-    let pb = out.progress(u64::try_from(plan.counts.total()).unwrap_or(0), "checking");
-    let bad = rekey::check(
-        &mut tx,
-        keys.mode,
-        &keys.current,
-        keys.target(),
-        channels,
-        &pb,
-    )
-    .await?;
-    tx.rollback().await?;
-    render_rekey(out, &plan, &bad, true, false)?;
-    if bad.count > 0 {
-        return Err(rekey::undecryptable_error(&bad, keys.mode));
-    }
-    if let Some(h) = &args.expect_plan {
-        if *h != plan.hash() {
-            return Err(Error::refused(format!(
-                "the plan differs from the expected one ({h}); it is now {}",
-                plan.hash()
-            )));
-        }
-    }
-    Ok(Exit::Ok)
-}
-
-/// Step 3: lock, re-plan (refused when a human or `--expect-plan` reviewed another plan:
-/// `strict`), re-encrypt, audit, commit, report.
-async fn apply(
-    ctx: &Context,
-    conn: &mut PgConnection,
-    url: &db::DbUrl,
-    run: &Run<'_>,
-    reviewed: &Plan,
-    strict: bool,
-) -> Result<Exit> {
-    let (out, args, keys, channels) = (&ctx.out, run.args, &run.keys, run.channels);
-    let none = BadRows::default();
-    let mut tx = db::begin_change(conn, url, &ctx.settings).await?;
-    rekey::lock_tables(&mut tx, channels).await?;
-    let plan = rekey::plan(&mut tx, keys.mode).await?;
-    if strict && plan.hash() != reviewed.hash() {
-        tx.rollback().await?;
-        render_rekey(out, &plan, &none, false, false)?;
-        return Err(Error::refused(format!(
-            "the secrets changed after the plan was reviewed ({} reviewed, {} now); nothing was changed: review the new plan and rerun",
-            reviewed.hash(),
-            plan.hash()
-        )));
-    }
-    if let Some(e) = plan.refusal() {
-        return Err(e);
-    }
-    if !plan.changed() {
-        tx.rollback().await?;
-        render_rekey(out, &plan, &none, false, false)?;
-        return Ok(Exit::Ok);
-    }
-    let pb = out.progress(
-        u64::try_from(plan.counts.total()).unwrap_or(0),
-        match keys.mode {
-            Mode::PlaintextOnly => "encrypting",
-            _ => "re-encrypting",
-        },
-    );
-    let applied = rekey::apply(&mut tx, &plan, &keys.current, keys.target(), channels, &pb).await?;
-    if let Applied::Undecryptable(bad) = applied {
-        tx.rollback().await?;
-        render_rekey(out, &plan, &bad, false, false)?;
-        return Err(rekey::undecryptable_error(&bad, keys.mode));
-    }
-    let audit = rekey::audit_args(
-        &plan,
-        args.new_key_file.is_some(),
-        args.expect_plan.is_some(),
-    );
-    let txid = crate::audit::record(&mut tx, "secret rekey", &audit, "applied").await?;
-    let committed =
-        db::commit_guarded(tx, url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
-    if let Some(note) = committed.note() {
-        out.info(note);
-    }
-    render_rekey(out, &plan, &none, false, true)?;
-    if keys.mode == Mode::Rotate {
-        out.info(
-            "Next: set the platform's SECRETS_ENCRYPTION_KEY to the new key and restart the platform process now (until then what it writes itself, such as its CODEX_AUTH_JSON refresh, is under the old key), then run `orgctl secret verify` with the new key: it names any row or channel field written under the old one.",
-        );
-    }
-    Ok(Exit::Ok)
 }
 
 #[derive(Serialize)]

@@ -72,6 +72,7 @@ pub(super) async fn run(ctx: &Context, args: &SecretRestartArgs) -> Result<Exit>
     )?;
     let phase = Phase {
         trigger: "secret restart",
+        who: &ctx.who,
         scope,
         key: &key,
         platform: Some(&platform),

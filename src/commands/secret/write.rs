@@ -1,17 +1,19 @@
-//! The flow `set` and `delete` share: check every input before touching the database (the
-//! subcommand's own file does), plan with read-only queries (what the write does and which
-//! workspaces it would restart); `--dry-run` stops there. Otherwise show and confirm, then in
-//! ONE transaction under the tenant lock: re-check the target (and the MODEL gate), write with
-//! one upsert or delete, append the audit row, commit. Only after the commit is the restart
-//! plan computed again — from the committed state — and dispatched.
+//! The flow `set` and `delete` share, as [`change::run`] drives it: every input is checked
+//! before touching the database (the subcommand's own file does); the plan is read-only (what
+//! the write does and which workspaces it would restart); `--dry-run` stops there. Otherwise
+//! show and confirm, then in ONE transaction under the tenant lock: re-check the target (and
+//! the MODEL gate), write with one upsert or delete, append the audit row, commit. Only after
+//! the commit is the restart plan computed again — from the committed state — and dispatched.
 
-use sqlx::postgres::PgConnection;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnection, PgRow};
 
 use super::outcome::Outcome;
 use super::{named_ids, ts};
+use crate::commands::change::{self, Audit, Done, Planned, Shown};
 use crate::db;
 use crate::error::{Error, Exit, Result};
-use crate::ops::secret::{self, Action, Change, Op, Phase, Reviewed, Scope};
+use crate::ops::secret::{self, Action, Change, Op, Phase, Scope, Written};
 use crate::output::Output;
 use crate::platform::restart::{Platform, RestartPlan};
 use crate::platform::MODEL_OVERRIDE_KEY;
@@ -24,114 +26,246 @@ pub(super) struct Request<'a> {
     pub(super) platform: Option<Platform>,
 }
 
-/// plan → show → confirm → lock → re-check → write → audit → commit → restart plan from the
-/// committed state → dispatch and record → report.
+/// plan → show → confirm → lock → re-check → write → audit → commit ([`change::run`]) → restart
+/// plan from the committed state → dispatch and record → report.
 pub(super) async fn change(ctx: &Context, url: &db::DbUrl, req: Request<'_>) -> Result<Exit> {
-    let out = &ctx.out;
-    let (scope, key) = (req.change.scope, req.change.key);
-    let mut conn = crate::commands::connect_to(ctx, url).await?;
-
-    // 1. Plan read-only: one snapshot, no locks, no writes.
-    let reviewed = review(ctx, &mut conn, &req.change).await?;
-    let action = reviewed.action(&req.change.op);
-    let mut outcome = Outcome {
-        scope,
-        key,
-        target_name: reviewed.target.as_ref().map(|t| t.name.as_str()),
-        action,
-        encryption_version: reviewed.encryption_version(&req.change.op),
-        restart: if action.changes() {
-            reviewed.restart.clone()
-        } else {
-            RestartPlan::default()
-        },
-        dispatched: Vec::new(),
+    let mode = change::Mode {
         dry_run: req.dry_run,
-        no_restart: req.change.no_restart,
-        plan_only: req.platform.is_none(),
+        detailed_exitcode: false,
+        expect_plan: None,
     };
-    let gate = match &req.change.op {
-        Op::Delete { force } if action.changes() => {
-            model_gate(out, scope, key, reviewed.target_is_platform(), *force)
-        }
-        _ => Ok(()),
-    };
-    if req.dry_run {
-        outcome.render(out)?;
-        outcome.notes(out, true);
-        gate?;
-        return Ok(Exit::Ok);
-    }
-    gate?;
-    if !action.changes() {
-        outcome.render(out)?;
-        return Ok(Exit::Ok);
-    }
-
-    // 2. Show and confirm (no locks held while a human reads).
-    let asked = confirm(ctx, url, &outcome, &reviewed)?;
-
-    // 3. Apply in one transaction under the tenant lock: re-check, write, audit, commit.
-    let target_is_platform = reviewed.target_is_platform();
-    let applied = apply(
+    let mut write = Write {
         ctx,
-        &mut conn,
         url,
-        &req,
-        &mut outcome,
-        target_is_platform,
-        asked,
-    )
-    .await?;
-    let Some(applied) = applied else {
-        return Ok(Exit::Ok);
+        req,
+        target_name: None,
+        target_is_platform: false,
+        reviewed_version: None,
     };
-    let command = req.change.command();
-    // The value is zeroed as soon as it is written.
-    drop(req.change.op);
-
-    // 4. After the commit: the restart plan from the committed state, then dispatch.
-    let phase = Phase {
-        trigger: command,
-        scope,
-        key,
-        platform: req.platform.as_ref(),
-    };
-    let committed = format!("the {} was {}", scope.describe(key), applied.as_str());
-    restart_after_commit(
-        ctx,
-        &mut conn,
-        url,
-        &phase,
-        req.change.no_restart,
-        &committed,
-        &mut outcome,
-    )
-    .await
+    change::run(ctx, url, mode, &mut write).await
 }
 
-/// Step 1: the read-only plan, and the MODEL warnings when the change writes MODEL on the
-/// platform agent.
-async fn review(ctx: &Context, conn: &mut PgConnection, change: &Change<'_>) -> Result<Reviewed> {
-    let reviewed = {
-        let mut tx = db::begin_read_only(conn, &ctx.settings).await?;
-        let reviewed = secret::plan(&mut tx, change).await?;
-        tx.rollback().await?;
-        reviewed
-    };
-    if change.model_on_agent(reviewed.target_is_platform()) {
-        // The platform validates a model only when it sets it (install-platform-agent
-        // --provision --model); written here it is unchecked until the agent's next start.
-        ctx.out.warn(
-            "MODEL is written straight to the database: the platform has not validated it for the agent's runtime, and it applies at the agent's next provision (`orgctl install-platform-agent --provision --model …` has the platform validate and set it)",
-        );
-        if let Some(place) = &reviewed.outranked {
-            ctx.out.warn(&format!(
-                "a {MODEL_OVERRIDE_KEY} secret is set {place}: it outranks MODEL, so the agent will not run this model",
-            ));
+/// A secret change as [`change::run`] drives it.
+struct Write<'a> {
+    ctx: &'a Context,
+    url: &'a db::DbUrl,
+    req: Request<'a>,
+    /// From the read-only plan: the target workspace's name, whether it is the platform agent,
+    /// and the encryption version the change writes (set) or removes (delete).
+    target_name: Option<String>,
+    target_is_platform: bool,
+    reviewed_version: Option<i32>,
+}
+
+/// What a secret change does to the row: from the read-only snapshot, or as the write under the
+/// lock did it.
+struct Plan {
+    action: Action,
+    encryption_version: Option<i32>,
+    /// The read-only plan's restarts when the action changes something, else none (after the
+    /// commit they are planned again from the committed state).
+    restart: RestartPlan,
+    /// When the existing row was last updated (the question names it).
+    updated_at: Option<DateTime<Utc>>,
+    /// The MODEL gate's refusal (the read-only plan's; under the lock the gate refuses at once).
+    refusal: Option<Error>,
+    /// Under the lock: what the write did, for the audit row.
+    written: Option<Written>,
+}
+
+impl Planned for Plan {
+    fn changed(&self) -> bool {
+        self.action.changes()
+    }
+    /// A secret change has no `--expect-plan`: what a confirmation approves is the action.
+    fn hash(&self) -> String {
+        self.action.as_str().to_string()
+    }
+    fn refusal(&self) -> Option<Error> {
+        self.refusal
+            .as_ref()
+            .map(|e| Error::new(e.exit, e.message.clone()))
+    }
+}
+
+impl Write<'_> {
+    /// The report of `plan` (no restart dispatched yet).
+    fn outcome(&self, plan: &Plan) -> Outcome<'_> {
+        let change = &self.req.change;
+        Outcome {
+            scope: change.scope,
+            key: change.key,
+            target_name: self.target_name.as_deref(),
+            action: plan.action,
+            encryption_version: plan.encryption_version,
+            restart: plan.restart.clone(),
+            dispatched: Vec::new(),
+            dry_run: self.req.dry_run,
+            no_restart: change.no_restart,
+            plan_only: self.req.platform.is_none(),
         }
     }
-    Ok(reviewed)
+}
+
+impl change::Change for Write<'_> {
+    type Plan = Plan;
+    const REVIEWED: &'static str = "plan";
+    const SUBJECT: &'static str = "the secret";
+    const RACED: Option<&'static str> = Some("The secret was deleted concurrently; nothing to do.");
+
+    fn command(&self) -> &'static str {
+        self.req.change.command()
+    }
+
+    /// The read-only plan, the MODEL warnings when the change writes MODEL on the platform
+    /// agent, and the MODEL gate of a delete (its warning when `--force` passes it).
+    async fn plan(&mut self, tx: &mut PgConnection) -> Result<Plan> {
+        let (out, change) = (&self.ctx.out, &self.req.change);
+        let reviewed = secret::plan(tx, change).await?;
+        if change.model_on_agent(reviewed.target_is_platform()) {
+            // The platform validates a model only when it sets it (install-platform-agent
+            // --provision --model); written here it is unchecked until the agent's next start.
+            out.warn(
+                "MODEL is written straight to the database: the platform has not validated it for the agent's runtime, and it applies at the agent's next provision (`orgctl install-platform-agent --provision --model …` has the platform validate and set it)",
+            );
+            if let Some(place) = &reviewed.outranked {
+                out.warn(&format!(
+                    "a {MODEL_OVERRIDE_KEY} secret is set {place}: it outranks MODEL, so the agent will not run this model",
+                ));
+            }
+        }
+        let action = reviewed.action(&change.op);
+        let refusal = match change.op {
+            Op::Delete { force } if action.changes() => model_gate(
+                out,
+                change.scope,
+                change.key,
+                reviewed.target_is_platform(),
+                force,
+            )
+            .err(),
+            _ => None,
+        };
+        self.target_name = reviewed.target.as_ref().map(|t| t.name.clone());
+        self.target_is_platform = reviewed.target_is_platform();
+        self.reviewed_version = reviewed.encryption_version(&change.op);
+        Ok(Plan {
+            action,
+            encryption_version: self.reviewed_version,
+            restart: if action.changes() {
+                reviewed.restart
+            } else {
+                RestartPlan::default()
+            },
+            updated_at: reviewed.existing.and_then(|e| e.updated_at),
+            refusal,
+            written: None,
+        })
+    }
+
+    /// Under the tenant lock: the target re-checked (a workspace that became the platform agent
+    /// meets the MODEL gate), then the one upsert or delete, whose result is the plan.
+    async fn lock_and_plan(
+        &mut self,
+        tx: &mut PgConnection,
+        _tail: Option<Result<Vec<Vec<PgRow>>>>,
+    ) -> Result<Plan> {
+        let change = &self.req.change;
+        let is_platform = secret::lock_target(tx, change.scope).await?;
+        if let (Some(true), Op::Delete { force }) = (is_platform, &change.op) {
+            if !self.target_is_platform {
+                model_gate(&self.ctx.out, change.scope, change.key, true, *force)?;
+            }
+        }
+        let written = secret::write(tx, change).await?;
+        Ok(Plan {
+            action: written.action,
+            encryption_version: written.encryption_version.or(self.reviewed_version),
+            restart: RestartPlan::default(),
+            updated_at: None,
+            refusal: None,
+            written: Some(written),
+        })
+    }
+
+    fn render(&self, plan: &Plan, shown: Shown) -> Result<()> {
+        let outcome = self.outcome(plan);
+        outcome.render(&self.ctx.out)?;
+        if shown == Shown::DryRun {
+            outcome.notes(&self.ctx.out, true);
+        }
+        Ok(())
+    }
+
+    fn review(&self, plan: &Plan) -> Option<String> {
+        Some(self.outcome(plan).text(&self.ctx.out, true))
+    }
+
+    /// The restart notes, under the review.
+    fn reviewed(&self, plan: &Plan) {
+        self.outcome(plan).notes(&self.ctx.out, true);
+    }
+
+    fn question(&self, plan: &Plan, target: &str) -> String {
+        let what = self.req.change.scope.describe(self.req.change.key);
+        let question = match plan.action {
+            Action::Created => format!("Create the {what}?"),
+            Action::Updated => {
+                format!("Replace the {what} (last updated {})?", ts(plan.updated_at))
+            }
+            _ => format!("Delete the {what}?"),
+        };
+        format!("{question} ({target})")
+    }
+
+    /// What a human confirmed is exactly what gets applied: another action now is refused.
+    fn moved(&self, reviewed: &str, current: &Plan) -> Result<Error> {
+        Ok(Error::refused(format!(
+            "the secret changed while you were reading (it would be {} now, not {reviewed}); nothing was changed: rerun",
+            current.action.as_str()
+        )))
+    }
+
+    /// The write is done (in [`Self::lock_and_plan`]); the value is zeroed now.
+    async fn apply(&mut self, _tx: &mut PgConnection, plan: &Plan) -> Result<Audit> {
+        let written = plan
+            .written
+            .ok_or_else(|| Error::failed("internal: the secret was not written"))?;
+        let args = secret::audit_args(&self.req.change, &written, self.req.platform.is_some());
+        if let Op::Set { value, .. } = &mut self.req.change.op {
+            *value = None;
+        }
+        Ok(Audit { args, check: None })
+    }
+
+    /// Nothing to change: the report. Committed: the restarts ([`restart_after_commit`]).
+    async fn finish(&mut self, conn: &mut PgConnection, plan: &Plan, done: Done) -> Result<Exit> {
+        let mut outcome = self.outcome(plan);
+        if done == Done::Nothing {
+            outcome.render(&self.ctx.out)?;
+            return Ok(Exit::Ok);
+        }
+        let change = &self.req.change;
+        let (scope, key) = (change.scope, change.key);
+        let phase = Phase {
+            trigger: change.command(),
+            who: &self.ctx.who,
+            scope,
+            key,
+            platform: self.req.platform.as_ref(),
+        };
+        let committed = format!("the {} was {}", scope.describe(key), plan.action.as_str());
+        restart_after_commit(
+            self.ctx,
+            conn,
+            self.url,
+            &phase,
+            change.no_restart,
+            &committed,
+            &mut outcome,
+        )
+        .await
+    }
 }
 
 /// The MODEL gate, its warning printed when `--force` passes it.
@@ -142,91 +276,7 @@ fn model_gate(out: &Output, scope: Scope, key: &str, is_platform: bool, force: b
     Ok(())
 }
 
-/// Step 2: show the plan to a human and ask; returns whether a human was asked (then what
-/// gets applied must be exactly what they confirmed).
-fn confirm(
-    ctx: &Context,
-    url: &db::DbUrl,
-    outcome: &Outcome<'_>,
-    reviewed: &Reviewed,
-) -> Result<bool> {
-    let out = &ctx.out;
-    let (scope, key) = (outcome.scope, outcome.key);
-    let asked = !ctx.yes;
-    if asked && out.interactive() {
-        crate::output::stderr(&crate::output::review_text(&outcome.text(out, true)));
-        outcome.notes(out, true);
-    }
-    let question = match outcome.action {
-        Action::Created => format!("Create the {}?", scope.describe(key)),
-        Action::Updated => format!(
-            "Replace the {} (last updated {})?",
-            scope.describe(key),
-            ts(reviewed.existing.as_ref().and_then(|e| e.updated_at))
-        ),
-        _ => format!("Delete the {}?", scope.describe(key)),
-    };
-    out.confirm(&format!("{question} ({})", url.target()), ctx.yes)?;
-    Ok(asked)
-}
-
-/// Step 3: in one transaction under the tenant lock, re-check the target, write, audit and
-/// commit. Returns what was applied, or `None` when the secret was deleted concurrently (the
-/// report is printed, nothing is left to do).
-async fn apply(
-    ctx: &Context,
-    conn: &mut PgConnection,
-    url: &db::DbUrl,
-    req: &Request<'_>,
-    outcome: &mut Outcome<'_>,
-    target_is_platform: bool,
-    asked: bool,
-) -> Result<Option<Action>> {
-    let out = &ctx.out;
-    let change = &req.change;
-    let reviewed_action = outcome.action;
-    let mut tx = db::begin_change(conn, url, &ctx.settings).await?;
-    let is_platform = secret::lock_target(&mut tx, change.scope).await?;
-    if let (Some(is_platform), Op::Delete { force }) = (is_platform, &change.op) {
-        if is_platform && !target_is_platform {
-            model_gate(out, change.scope, change.key, true, *force)?;
-        }
-    }
-    let written = secret::write(&mut tx, change).await?;
-    if let Some(v) = written.encryption_version {
-        outcome.encryption_version = Some(v);
-    }
-    if written.action == Action::NotFound {
-        tx.rollback().await?;
-        out.info("The secret was deleted concurrently; nothing to do.");
-        outcome.action = Action::NotFound;
-        outcome.restart = RestartPlan::default();
-        outcome.render(out)?;
-        return Ok(None);
-    }
-    if asked && written.action != reviewed_action {
-        // What a human confirmed is exactly what gets applied.
-        tx.rollback().await?;
-        return Err(Error::refused(format!(
-            "the secret changed while you were reading (it would be {} now, not {}); nothing was changed: rerun",
-            written.action.as_str(),
-            reviewed_action.as_str()
-        )));
-    }
-    outcome.action = written.action;
-    let audit = secret::audit_args(change, &written, req.platform.is_some());
-    let txid = crate::audit::record(&mut tx, change.command(), &audit, "applied").await?;
-    let committed =
-        db::commit_guarded(tx, url, &ctx.settings, &crate::audit::AuditRow(txid)).await?;
-    if let Some(note) = committed.note() {
-        out.info(note);
-    }
-    // After a verified lost COMMIT the old connection is gone: carry on with the new one.
-    committed.reconnected(conn);
-    Ok(Some(written.action))
-}
-
-/// Step 4: after the commit, the restart plan from the committed state, the calls and their
+/// After the commit, the restart plan from the committed state, the calls and their
 /// audit rows, the report; an error names the workspaces that were not restarted.
 /// `committed` says what was committed, for the errors.
 async fn restart_after_commit(

@@ -57,7 +57,7 @@ pub(super) async fn run(ctx: &Context, args: &TokenMintArgs) -> Result<Exit> {
             platform::CEILING_ENV
         ));
     }
-    let minted = ops::insert_token(&mut tx, &input, &plan).await?;
+    let minted = ops::insert_token(&mut tx, &ctx.who, &input, &plan).await?;
     // Deliver first, then commit: a token nobody received is never left live.
     deliver(&document(ctx, &input, &plan, &minted)?)?;
     let committed = ops::commit_mint(tx, &url, &ctx.settings, &minted).await?;

@@ -5,13 +5,14 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 
 use super::{compact_cells, compact_list, confirm, fmt_opt_text, fmt_opt_time, SHOWN};
 use crate::cli::TokenRevokeArgs;
+use crate::commands::change::{self, Audit, Done, Planned, Shown};
 use crate::error::{sanitize, Error, Exit, Result};
-use crate::ops::token::{self as ops, LabelPlan, LabelRevoked, OneRevoked, TokenRef, TokenRow};
+use crate::ops::token::{self as ops, LabelPlan, OneRevoked, TokenRef, TokenRow};
 use crate::output::Sink;
 use crate::platform::tokens as platform;
 use crate::Context;
@@ -24,8 +25,26 @@ struct RevokeJson {
 
 pub(super) async fn run(ctx: &Context, args: &TokenRevokeArgs) -> Result<Exit> {
     match (&args.token, &args.created_by) {
-        (Some(t), None) => revoke_one(ctx, &TokenRef::parse(t)?).await,
-        (None, Some(l)) => revoke_label(ctx, ops::check_match_label(l)?).await,
+        (Some(t), None) => {
+            let r = TokenRef::parse(t)?;
+            let url = ctx.url()?;
+            let mut one = One {
+                ctx,
+                r: &r,
+                reviewed: None,
+            };
+            change::run(ctx, &url, change::Mode::default(), &mut one).await
+        }
+        (None, Some(l)) => {
+            let label = ops::check_match_label(l)?;
+            let url = ctx.url()?;
+            let mut revoke = Label {
+                ctx,
+                label,
+                reviewed: None,
+            };
+            change::run(ctx, &url, change::Mode::default(), &mut revoke).await
+        }
         _ => Err(Error::usage(
             "give either a token (ID or PREFIX) or --created-by LABEL, not both",
         )),
@@ -71,9 +90,9 @@ fn render_revoke_one(ctx: &Context, t: &TokenRow, revoked: bool) -> Result<()> {
     ctx.out.table(&table)
 }
 
-/// What a single revoke changes, for the confirmation; warns first about the agent's own
-/// credential and says when the token has expired already.
-fn describe_one(ctx: &Context, token: &TokenRow) -> String {
+/// Said before a single revoke is confirmed: the agent's own credential is warned about, and
+/// a token that has expired already is said to be.
+fn warn_one(ctx: &Context, token: &TokenRow) {
     if token.expired_unrevoked() {
         // Harmless and final: an expired token is dead to the platform already, and a revoked
         // one stays dead whatever happens to its expiry.
@@ -83,6 +102,13 @@ fn describe_one(ctx: &Context, token: &TokenRow) -> String {
             fmt_opt_time(&token.expires_at)
         ));
     }
+    if let Some(w) = token.created_by.as_deref().and_then(concierge_warning) {
+        ctx.out.warn(&w);
+    }
+}
+
+/// What a single revoke changes, for the confirmation.
+fn describe_one(token: &TokenRow) -> String {
     let anchored = match token.org_id {
         Some(o) => format!("anchored to {o}"),
         None => "unanchored".to_string(),
@@ -92,50 +118,139 @@ fn describe_one(ctx: &Context, token: &TokenRow) -> String {
         token.label(),
         fmt_opt_text(&token.created_by)
     );
-    if let Some(w) = token.created_by.as_deref().and_then(concierge_warning) {
-        ctx.out.warn(&w);
+    if token
+        .created_by
+        .as_deref()
+        .is_some_and(platform::is_concierge_label)
+    {
         let _ = write!(desc, " — the platform agent's own credential");
     }
     desc
 }
 
-async fn revoke_one(ctx: &Context, r: &TokenRef) -> Result<Exit> {
-    let (url, mut conn) = super::connect(ctx).await?;
-    let token = ops::plan_revoke_one(&mut conn, &ctx.settings, r).await?;
-    if token.revoked_at.is_some() {
-        ctx.out.info(&format!(
-            "Token {} was already revoked at {}; nothing to do.",
-            token.label(),
-            fmt_opt_time(&token.revoked_at)
-        ));
-        render_revoke_one(ctx, &token, false)?;
-        return Ok(Exit::Ok);
+/// `token revoke TOKEN` as [`change::run`] drives it; `reviewed` is the token as read.
+struct One<'a> {
+    ctx: &'a Context,
+    r: &'a TokenRef,
+    reviewed: Option<TokenRow>,
+}
+
+/// The token a single revoke names; `concurrently`: found revoked under the lock, by someone
+/// else.
+struct OnePlan {
+    token: TokenRow,
+    concurrently: bool,
+}
+
+impl Planned for OnePlan {
+    fn changed(&self) -> bool {
+        self.token.revoked_at.is_none()
     }
-    let desc = describe_one(ctx, &token);
-    confirm(
-        ctx,
-        &format!("revokes {desc}"),
-        &format!("Revoke {desc} on {}?", url.target()),
-    )?;
-    match ops::revoke_one(&mut conn, &url, &ctx.settings, r, &token).await? {
-        OneRevoked::Concurrently(t) => {
-            ctx.out.info(&format!(
+    /// No `--expect-plan`: the token.
+    fn hash(&self) -> String {
+        self.token.id.to_string()
+    }
+    fn refusal(&self) -> Option<Error> {
+        None
+    }
+}
+
+impl change::Change for One<'_> {
+    type Plan = OnePlan;
+    const REVIEWED: &'static str = "plan";
+    const SUBJECT: &'static str = "the token";
+    const RACED: Option<&'static str> = None;
+    const OUTCOME: &'static str = "revoked";
+
+    fn command(&self) -> &'static str {
+        "token revoke"
+    }
+
+    async fn plan(&mut self, tx: &mut PgConnection) -> Result<OnePlan> {
+        let token = ops::find_token(tx, self.r).await?;
+        if token.revoked_at.is_none() {
+            warn_one(self.ctx, &token);
+        }
+        self.reviewed = Some(token.clone());
+        Ok(OnePlan {
+            token,
+            concurrently: false,
+        })
+    }
+
+    /// The revoke itself (with the platform's audit row): it finds a token revoked meanwhile.
+    async fn lock_and_plan(
+        &mut self,
+        tx: &mut PgConnection,
+        _tail: Option<Result<Vec<Vec<PgRow>>>>,
+    ) -> Result<OnePlan> {
+        let token = self
+            .reviewed
+            .clone()
+            .ok_or_else(|| Error::failed("internal: revoking an unplanned token"))?;
+        Ok(match ops::revoke_one(tx, &token).await? {
+            OneRevoked::Revoked => OnePlan {
+                token,
+                concurrently: false,
+            },
+            OneRevoked::Concurrently(t) => OnePlan {
+                token: t,
+                concurrently: true,
+            },
+        })
+    }
+
+    /// Never asked for in practice: no dry run, and the plan (the token) never differs.
+    fn render(&self, plan: &OnePlan, _shown: Shown) -> Result<()> {
+        render_revoke_one(self.ctx, &plan.token, false)
+    }
+
+    fn review(&self, _plan: &OnePlan) -> Option<String> {
+        None
+    }
+
+    fn question(&self, plan: &OnePlan, target: &str) -> String {
+        format!("Revoke {} on {target}?", describe_one(&plan.token))
+    }
+
+    fn confirm(&self, ctx: &Context, plan: &OnePlan, target: &str) -> Result<()> {
+        let what = format!("revokes {}", describe_one(&plan.token));
+        confirm(ctx, &what, &self.question(plan, target))
+    }
+
+    async fn apply(&mut self, _tx: &mut PgConnection, plan: &OnePlan) -> Result<Audit> {
+        Ok(Audit {
+            args: ops::revoke_one_audit(self.r, &plan.token),
+            check: None,
+        })
+    }
+
+    async fn finish(
+        &mut self,
+        _conn: &mut PgConnection,
+        plan: &OnePlan,
+        done: Done,
+    ) -> Result<Exit> {
+        let t = &plan.token;
+        let applied = done != Done::Nothing;
+        self.ctx.out.info(&if applied {
+            format!("Revoked token {}; it no longer authenticates.", t.label())
+        } else if plan.concurrently {
+            format!(
                 "Token {} was revoked concurrently at {}; nothing to do.",
                 t.label(),
                 fmt_opt_time(&t.revoked_at)
-            ));
-            render_revoke_one(ctx, &t, false)?;
-        }
-        OneRevoked::Revoked(committed) => {
-            super::note_commit(ctx, &committed);
-            ctx.out.info(&format!(
-                "Revoked token {}; it no longer authenticates.",
-                token.label()
-            ));
-            render_revoke_one(ctx, &token, true)?;
-        }
+            )
+        } else {
+            format!(
+                "Token {} was already revoked at {}; nothing to do.",
+                t.label(),
+                fmt_opt_time(&t.revoked_at)
+            )
+        });
+        render_revoke_one(self.ctx, t, applied)?;
+        Ok(Exit::Ok)
     }
-    Ok(Exit::Ok)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -171,73 +286,186 @@ fn show_sample(ctx: &Context, plan: &LabelPlan, shown_label: &str, what: &str) {
     crate::output::stderr(&text);
 }
 
-/// Show the plan and ask: the agent's own credential warned about, the sample on a terminal.
-fn confirm_label(ctx: &Context, plan: &LabelPlan, label: &str, target: &str) -> Result<()> {
-    let shown_label = sanitize(label);
-    let what = label_what(plan);
-    let concierge = concierge_warning(label);
-    if let Some(w) = &concierge {
-        ctx.out.warn(w);
-    }
-    if ctx.out.interactive() && !ctx.yes {
-        show_sample(ctx, plan, &shown_label, &what);
-    }
-    let own = if concierge.is_some() {
-        " — the platform agent's own credential"
-    } else {
-        ""
-    };
-    confirm(
-        ctx,
-        &format!("revokes {what} with created_by '{shown_label}'{own} (check them with `orgctl token list --all --created-by '{shown_label}'`)"),
-        &format!(
-            "Revoke {what} with created_by '{shown_label}'{own} on {target}?"
-        ),
-    )
+/// `token revoke --created-by LABEL` as [`change::run`] drives it; `reviewed` is the plan the
+/// audit row says was confirmed.
+struct Label<'a> {
+    ctx: &'a Context,
+    label: &'a str,
+    reviewed: Option<LabelPlan>,
 }
 
-async fn revoke_label(ctx: &Context, label: &str) -> Result<Exit> {
-    let (url, mut conn) = super::connect(ctx).await?;
-    let shown_label = sanitize(label);
-    // Plan: how many and which (a bounded sample; the count is exact).
-    let plan = ops::plan_label(&mut conn, &ctx.settings, label).await?;
-    if plan.total == 0 {
-        return Err(Error::failed(format!(
-            "no token has created_by '{shown_label}' (the match is exact); check the label with `orgctl token list --all`"
-        )));
-    }
-    if plan.unrevoked() == 0 {
-        // Nothing to write (not even an audit row); the result lists them as already revoked.
-        ctx.out.info(&format!(
-            "Every token with created_by '{shown_label}' ({}) is already revoked; nothing to do.",
-            plan.total
-        ));
-        render_revoke_label(ctx, &mut conn, label, None).await?;
-        return Ok(Exit::Ok);
-    }
-    confirm_label(ctx, &plan, label, url.target())?;
-    match ops::revoke_label(&mut conn, &url, &ctx.settings, label, &plan).await? {
-        LabelRevoked::Concurrently => {
-            ctx.out.info(&format!(
-                "Every token with created_by '{shown_label}' was revoked concurrently; nothing to do."
-            ));
-            render_revoke_label(ctx, &mut conn, label, None)
-                .await
-                .map_err(|e| {
-                    e.context("nothing was revoked by this run, but reading the tokens back failed")
-                })?;
-        }
-        LabelRevoked::Revoked {
-            done,
-            at,
-            committed,
-        } => {
-            super::note_commit(ctx, &committed);
-            committed.reconnected(&mut conn);
-            report_label(ctx, &mut conn, label, &plan, done, at).await?;
+/// A revoke by label: the plan confirmed, and under the lock what the revoke did.
+struct LabelState {
+    plan: LabelPlan,
+    /// Under the lock: how many were revoked (0: revoked by someone else meanwhile) and when.
+    revoked: Option<(i64, DateTime<Utc>)>,
+    /// No token has the label (exit 1).
+    unknown: Option<String>,
+}
+
+impl Planned for LabelState {
+    fn changed(&self) -> bool {
+        match self.revoked {
+            Some((done, _)) => done > 0,
+            None => self.plan.unrevoked() > 0,
         }
     }
-    Ok(Exit::Ok)
+    /// No `--expect-plan`, and by design no comparison: every unrevoked token of the label at
+    /// the moment of the revoke dies, minted after the confirmation or not.
+    fn hash(&self) -> String {
+        String::new()
+    }
+    fn refusal(&self) -> Option<Error> {
+        self.unknown.as_ref().map(|m| Error::failed(m.clone()))
+    }
+}
+
+impl Label<'_> {
+    /// "N live token(s) … with created_by '…'[ — the platform agent's own credential]".
+    fn describe(&self, plan: &LabelPlan) -> String {
+        let own = if concierge_warning(self.label).is_some() {
+            " — the platform agent's own credential"
+        } else {
+            ""
+        };
+        format!(
+            "{} with created_by '{}'{own}",
+            label_what(plan),
+            sanitize(self.label)
+        )
+    }
+}
+
+impl change::Change for Label<'_> {
+    type Plan = LabelState;
+    const REVIEWED: &'static str = "plan";
+    const SUBJECT: &'static str = "the tokens";
+    const RACED: Option<&'static str> = None;
+    const OUTCOME: &'static str = "revoked";
+
+    fn command(&self) -> &'static str {
+        "token revoke"
+    }
+
+    /// How many and which (a bounded sample; the count is exact); the agent's own credential
+    /// warned about when there is something to revoke.
+    async fn plan(&mut self, tx: &mut PgConnection) -> Result<LabelState> {
+        let plan = ops::read_label(tx, self.label).await?;
+        let unknown = (plan.total == 0).then(|| {
+            format!(
+                "no token has created_by '{}' (the match is exact); check the label with `orgctl token list --all`",
+                sanitize(self.label)
+            )
+        });
+        if unknown.is_none() && plan.unrevoked() > 0 {
+            if let Some(w) = concierge_warning(self.label) {
+                self.ctx.out.warn(&w);
+            }
+        }
+        self.reviewed = Some(plan.clone());
+        Ok(LabelState {
+            plan,
+            revoked: None,
+            unknown,
+        })
+    }
+
+    /// The revoke itself: every token of the label unrevoked now.
+    async fn lock_and_plan(
+        &mut self,
+        tx: &mut PgConnection,
+        _tail: Option<Result<Vec<Vec<PgRow>>>>,
+    ) -> Result<LabelState> {
+        let plan = self
+            .reviewed
+            .clone()
+            .ok_or_else(|| Error::failed("internal: revoking an unplanned label"))?;
+        let revoked = ops::revoke_label(tx, self.label).await?;
+        Ok(LabelState {
+            plan,
+            revoked: Some(revoked),
+            unknown: None,
+        })
+    }
+
+    /// Never asked for: a revoke by label has no dry run, and its plan is never compared.
+    fn render(&self, _plan: &LabelState, _shown: Shown) -> Result<()> {
+        Ok(())
+    }
+
+    fn review(&self, _plan: &LabelState) -> Option<String> {
+        None
+    }
+
+    /// The sample, on stderr.
+    fn reviewed(&self, s: &LabelState) {
+        show_sample(
+            self.ctx,
+            &s.plan,
+            &sanitize(self.label),
+            &label_what(&s.plan),
+        );
+    }
+
+    fn question(&self, s: &LabelState, target: &str) -> String {
+        format!("Revoke {} on {target}?", self.describe(&s.plan))
+    }
+
+    fn confirm(&self, ctx: &Context, s: &LabelState, target: &str) -> Result<()> {
+        let shown_label = sanitize(self.label);
+        let what = format!(
+            "revokes {} (check them with `orgctl token list --all --created-by '{shown_label}'`)",
+            self.describe(&s.plan)
+        );
+        confirm(ctx, &what, &self.question(s, target))
+    }
+
+    async fn apply(&mut self, _tx: &mut PgConnection, s: &LabelState) -> Result<Audit> {
+        let done = s.revoked.map(|(done, _)| done).unwrap_or(0);
+        Ok(Audit {
+            args: ops::revoke_label_audit(self.label, &s.plan, done),
+            check: None,
+        })
+    }
+
+    /// Nothing to revoke (nothing written, not even an audit row: the result lists them as
+    /// already revoked), or what was revoked; then the tokens read back.
+    async fn finish(
+        &mut self,
+        conn: &mut PgConnection,
+        s: &LabelState,
+        done: Done,
+    ) -> Result<Exit> {
+        let (ctx, label) = (self.ctx, self.label);
+        let shown_label = sanitize(label);
+        match (done, s.revoked) {
+            (Done::Nothing, None) => {
+                ctx.out.info(&format!(
+                    "Every token with created_by '{shown_label}' ({}) is already revoked; nothing to do.",
+                    s.plan.total
+                ));
+                render_revoke_label(ctx, conn, label, None).await?;
+            }
+            (Done::Nothing, Some(_)) => {
+                ctx.out.info(&format!(
+                    "Every token with created_by '{shown_label}' was revoked concurrently; nothing to do."
+                ));
+                render_revoke_label(ctx, conn, label, None)
+                    .await
+                    .map_err(|e| {
+                        e.context(
+                            "nothing was revoked by this run, but reading the tokens back failed",
+                        )
+                    })?;
+            }
+            (_, revoked) => {
+                let (done, at) = revoked
+                    .ok_or_else(|| Error::failed("internal: a revoke without its result"))?;
+                report_label(ctx, conn, label, &s.plan, done, at).await?;
+            }
+        }
+        Ok(Exit::Ok)
+    }
 }
 
 /// After a committed bulk revoke: what was revoked, then the tokens read back.

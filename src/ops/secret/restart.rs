@@ -56,11 +56,13 @@ pub async fn restart_plan(
     }
 }
 
-/// One restart phase: the secret it is for, the command that caused it, and where the calls go
-/// (none: nothing is called, the plan is recorded as not sent).
+/// One restart phase: the secret it is for, the command that caused it, where the calls go
+/// (none: nothing is called, the plan is recorded as not sent), and the run's `--reason` its
+/// audit rows record.
 #[derive(Clone, Copy)]
 pub struct Phase<'a> {
     pub trigger: &'a str,
+    pub who: &'a crate::audit::Who,
     pub scope: Scope,
     pub key: &'a str,
     pub platform: Option<&'a Platform>,
@@ -246,7 +248,7 @@ async fn record_restarts(
         return Ok(());
     }
     let _guard = crate::interrupt::CommitGuard::enter();
-    crate::audit::record_after_commit(conn, url, settings, &entries).await
+    crate::audit::record_after_commit(conn, phase.who, url, settings, &entries).await
 }
 
 /// What `secret restart` read in its snapshot: the target, the row, the restart plan of the

@@ -6,7 +6,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{find_token, TokenRef, TokenRow};
-use crate::db::{self, DbUrl, Settings};
+use crate::db;
 use crate::error::{Error, Result};
 use crate::ops::org::{resolve_root, Root};
 use crate::platform::tokens as platform;
@@ -25,17 +25,15 @@ pub struct AnchorPlan {
     pub root: Root,
 }
 
-/// [`AnchorPlan`], read-only: the token `r` names and the root (`org`, or the org's own).
-pub async fn plan_anchor(
+/// [`AnchorPlan`] in the caller's transaction (read-only, then again under the tenant lock):
+/// the token `r` names and the root (`org`, or the org's own).
+pub async fn read_anchor(
     conn: &mut PgConnection,
-    settings: &Settings,
     r: &TokenRef,
     org: Option<Uuid>,
 ) -> Result<AnchorPlan> {
-    let mut tx = db::begin_read_only(conn, settings).await?;
-    let token = find_token(&mut tx, r).await?;
-    let root = resolve_root(&mut tx, org).await?;
-    tx.rollback().await?;
+    let token = find_token(conn, r).await?;
+    let root = resolve_root(conn, org).await?;
     Ok(AnchorPlan { token, root })
 }
 
@@ -47,29 +45,36 @@ pub struct Anchored<'a> {
     pub force: bool,
 }
 
-/// Apply an [`AnchorPlan`] under the tenant lock: what was confirmed is what is applied — the
-/// same root, and the token where it was — or nothing is changed.
-pub async fn anchor_one(
+/// Under the tenant lock: the root is still the one confirmed, or nothing is changed.
+pub async fn check_anchor_root(
     conn: &mut PgConnection,
-    url: &DbUrl,
-    settings: &Settings,
-    asked: Anchored<'_>,
+    org: Option<Uuid>,
     plan: &AnchorPlan,
-) -> Result<db::Committed> {
-    let (token, root) = (&plan.token, &plan.root);
-    let mut tx = db::begin_change(conn, url, settings).await?;
-    let now_root = resolve_root(&mut tx, asked.org).await?;
+) -> Result<()> {
+    let (root, now_root) = (&plan.root, resolve_root(conn, org).await?);
     if now_root.id != root.id {
         return Err(Error::refused(format!(
             "the org root changed while you confirmed ({} then, {} now); nothing was changed: rerun",
             root.id, now_root.id
         )));
     }
+    Ok(())
+}
+
+/// Apply an [`AnchorPlan`] under the tenant lock, after [`check_anchor_root`]: what was
+/// confirmed is what is applied — the token where it was — or nothing is changed. Returns what
+/// orgctl's audit row records.
+pub async fn anchor_one(
+    conn: &mut PgConnection,
+    asked: Anchored<'_>,
+    plan: &AnchorPlan,
+) -> Result<serde_json::Value> {
+    let (token, root) = (&plan.token, &plan.root);
     let done = db::query(ANCHOR_ONE)
         .bind(root.id)
         .bind(token.id)
         .bind(token.org_id)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
     if done != 1 {
@@ -78,22 +83,15 @@ pub async fn anchor_one(
             token.id
         )));
     }
-    let txid = crate::audit::record(
-        &mut tx,
-        "token anchor",
-        &serde_json::json!({
-            "by": asked.by.kind(),
-            "id": token.id,
-            "prefix": token.prefix,
-            "from": token.org_id,
-            "to": root.id,
-            "org_given": asked.org.is_some(),
-            "force": asked.force,
-        }),
-        "anchored",
-    )
-    .await?;
-    Ok(db::commit_guarded(tx, url, settings, &crate::audit::AuditRow(txid)).await?)
+    Ok(serde_json::json!({
+        "by": asked.by.kind(),
+        "id": token.id,
+        "prefix": token.prefix,
+        "from": token.org_id,
+        "to": root.id,
+        "org_given": asked.org.is_some(),
+        "force": asked.force,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -181,38 +179,38 @@ async fn stale_moves(conn: &mut PgConnection, root: Uuid) -> Result<Vec<StaleMov
         .collect()
 }
 
-/// [`StalePlan`], read-only; the root is `org` or the org's own.
-pub async fn plan_stale(
-    conn: &mut PgConnection,
-    settings: &Settings,
-    org: Option<Uuid>,
-) -> Result<StalePlan> {
-    let mut tx = db::begin_read_only(conn, settings).await?;
-    let root = resolve_root(&mut tx, org).await?;
-    let moves = stale_moves(&mut tx, root.id).await?;
-    tx.rollback().await?;
+/// [`StalePlan`] in the caller's transaction; the root is `org` or the org's own.
+pub async fn read_stale(conn: &mut PgConnection, org: Option<Uuid>) -> Result<StalePlan> {
+    let root = resolve_root(conn, org).await?;
+    let moves = stale_moves(conn, root.id).await?;
     Ok(StalePlan { root, moves })
 }
 
-/// Apply exactly the reviewed plan under the tenant lock, or nothing when the stale anchors
-/// changed meanwhile.
-pub async fn anchor_stale(
+/// Under the tenant lock: the stale anchors are exactly the reviewed ones, or nothing is
+/// changed.
+pub async fn check_stale(
     conn: &mut PgConnection,
-    url: &DbUrl,
-    settings: &Settings,
     org: Option<Uuid>,
     reviewed: &StalePlan,
-) -> Result<db::Committed> {
-    let (root, total) = (&reviewed.root, reviewed.total());
-    let mut tx = db::begin_change(conn, url, settings).await?;
-    let now_root = resolve_root(&mut tx, org).await?;
-    let now = stale_moves(&mut tx, now_root.id).await?;
-    if now_root.id != root.id || now != reviewed.moves {
+) -> Result<()> {
+    let now = read_stale(conn, org).await?;
+    if now.root.id != reviewed.root.id || now.moves != reviewed.moves {
         return Err(Error::refused(
             "the stale anchors changed while you confirmed; nothing was changed: rerun to see the new plan",
         ));
     }
-    let former = has_former_roots(&mut tx).await?;
+    Ok(())
+}
+
+/// Apply exactly the reviewed plan under the tenant lock, after [`check_stale`]. Returns what
+/// orgctl's audit row records.
+pub async fn anchor_stale(
+    conn: &mut PgConnection,
+    org: Option<Uuid>,
+    reviewed: &StalePlan,
+) -> Result<serde_json::Value> {
+    let (root, total) = (&reviewed.root, reviewed.total());
+    let former = has_former_roots(conn).await?;
     // Join on the primary key only, so a stale planner estimate cannot pick a bad plan.
     let done = db::query(&format!(
         "UPDATE org_api_tokens u SET org_id = $1
@@ -221,24 +219,16 @@ pub async fn anchor_stale(
         stale_sql(former)
     ))
     .bind(root.id)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     db::ensure_rows("moving stale token anchors", done, total)?;
-    let txid = crate::audit::record(
-        &mut tx,
-        "token anchor",
-        &serde_json::json!({
-            "by": "stale",
-            "to": root.id,
-            "org_given": org.is_some(),
-            "tokens": total,
-            "live": reviewed.live(),
-            "moves": reviewed.moves,
-        }),
-        "anchored",
-    )
-    .await?;
-    // A lost answer to COMMIT is in doubt, never "rolled back": look for the audit row.
-    Ok(db::commit_guarded(tx, url, settings, &crate::audit::AuditRow(txid)).await?)
+    Ok(serde_json::json!({
+        "by": "stale",
+        "to": root.id,
+        "org_given": org.is_some(),
+        "tokens": total,
+        "live": reviewed.live(),
+        "moves": reviewed.moves,
+    }))
 }

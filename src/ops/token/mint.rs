@@ -12,6 +12,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::PREFIX_LEN;
+use crate::audit::Who;
 use crate::db::{self, DbUrl, Settings};
 use crate::error::{sanitize, Error, Result};
 use crate::ops::org::{resolve_root, Root};
@@ -103,8 +104,13 @@ pub async fn gate(conn: &mut PgConnection, input: &MintInput) -> Result<MintPlan
 }
 
 /// A fresh token's row, the platform's mint audit row and orgctl's, in the caller's
-/// transaction. Neither audit row carries the plaintext or the hash.
-pub async fn insert(conn: &mut PgConnection, input: &MintInput, plan: &MintPlan) -> Result<Minted> {
+/// transaction. Neither audit row carries the plaintext or the hash; orgctl's records `who`.
+pub async fn insert(
+    conn: &mut PgConnection,
+    who: &Who,
+    input: &MintInput,
+    plan: &MintPlan,
+) -> Result<Minted> {
     let plaintext = crypto::new_token()?;
     let prefix: String = plaintext.chars().take(PREFIX_LEN).collect();
     let hash = crypto::token_hash(&plaintext);
@@ -130,6 +136,7 @@ pub async fn insert(conn: &mut PgConnection, input: &MintInput, plan: &MintPlan)
     .await?;
     crate::audit::record(
         conn,
+        who,
         "token mint",
         &serde_json::json!({
             "id": id,

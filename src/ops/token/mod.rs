@@ -44,7 +44,8 @@ mod revoke;
 mod row;
 
 pub use anchor::{
-    anchor_one, anchor_stale, plan_anchor, plan_stale, AnchorPlan, Anchored, StaleMove, StalePlan,
+    anchor_one, anchor_stale, check_anchor_root, check_stale, read_anchor, read_stale, AnchorPlan,
+    Anchored, StaleMove, StalePlan,
 };
 pub use input::{check_match_label, check_mint_label, check_name, like_prefix, TokenRef};
 pub use list::{stream_listing, ListFilter, DEFAULT_TABLE_LIMIT};
@@ -53,8 +54,8 @@ pub use mint::{
     MintPlan, Minted,
 };
 pub use revoke::{
-    plan_label, plan_one as plan_revoke_one, read_back_revoked, revoke_label, revoke_one,
-    LabelPlan, LabelRevoked, OneRevoked,
+    read_back_revoked, read_label, revoke_label, revoke_label_audit, revoke_one, revoke_one_audit,
+    LabelPlan, OneRevoked,
 };
 pub use row::{find_token, TokenRow};
 

@@ -7,8 +7,8 @@ use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
 use super::row::by_id;
-use super::{find_token, TokenRef, TokenRow, SHOWN};
-use crate::db::{self, DbUrl, Settings};
+use super::{TokenRef, TokenRow, SHOWN};
+use crate::db::{self, Settings};
 use crate::error::{Error, Result};
 use crate::platform::tokens as platform;
 
@@ -51,47 +51,26 @@ fn revoke_actor() -> String {
     format!("orgctl:{}", crate::sys::os_user())
 }
 
-/// The token a single revoke names, read-only (live or revoked: the caller says which).
-pub async fn plan_one(
-    conn: &mut PgConnection,
-    settings: &Settings,
-    r: &TokenRef,
-) -> Result<TokenRow> {
-    let mut tx = db::begin_read_only(conn, settings).await?;
-    let t = find_token(&mut tx, r).await?;
-    tx.rollback().await?;
-    Ok(t)
-}
-
-/// How a single revoke ended.
+/// How a single revoke ended under the tenant lock.
 pub enum OneRevoked {
-    /// Revoked and committed.
-    Revoked(db::Committed),
+    /// Revoked (not committed yet).
+    Revoked,
     /// Revoked by someone else between the read and the lock: the token as it is now.
     Concurrently(TokenRow),
 }
 
-/// Revoke `token` (found by `r`) under the tenant lock, with the platform's audit row for it
-/// in the same statement and orgctl's in the same transaction.
-pub async fn revoke_one(
-    conn: &mut PgConnection,
-    url: &DbUrl,
-    settings: &Settings,
-    r: &TokenRef,
-    token: &TokenRow,
-) -> Result<OneRevoked> {
-    let mut tx = db::begin_change(conn, url, settings).await?;
+/// Revoke `token` in the caller's transaction, under the tenant lock, with the platform's
+/// audit row for it in the same statement; orgctl's records [`revoke_one_audit`].
+pub async fn revoke_one(conn: &mut PgConnection, token: &TokenRow) -> Result<OneRevoked> {
     let done = db::query(&platform::revoke_with_audit(REVOKE_ONE, "$2"))
         .bind(token.id)
         .bind(revoke_actor())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
     if done == 0 {
         // Revoked (or deleted) between the read and the lock.
-        let now = by_id(&mut tx, token.id).await?;
-        tx.rollback().await?;
-        return match now {
+        return match by_id(conn, token.id).await? {
             Some(t) => Ok(OneRevoked::Concurrently(t)),
             None => Err(Error::failed(format!(
                 "token {} was deleted while orgctl waited; nothing was changed",
@@ -105,21 +84,18 @@ pub async fn revoke_one(
             token.id
         )));
     }
-    let txid = crate::audit::record(
-        &mut tx,
-        "token revoke",
-        &serde_json::json!({
-            "by": r.kind(),
-            "id": token.id,
-            "prefix": token.prefix,
-            "expired": token.expired_unrevoked(),
-            "revoked": 1,
-        }),
-        "revoked",
-    )
-    .await?;
-    let committed = db::commit_guarded(tx, url, settings, &crate::audit::AuditRow(txid)).await?;
-    Ok(OneRevoked::Revoked(committed))
+    Ok(OneRevoked::Revoked)
+}
+
+/// What orgctl's audit row of a single revoke records (`r`: how the token was named).
+pub fn revoke_one_audit(r: &TokenRef, token: &TokenRow) -> serde_json::Value {
+    serde_json::json!({
+        "by": r.kind(),
+        "id": token.id,
+        "prefix": token.prefix,
+        "expired": token.expired_unrevoked(),
+        "revoked": 1,
+    })
 }
 
 /// What a revoke by label would do: every token of the label that is not revoked yet — the
@@ -140,13 +116,8 @@ impl LabelPlan {
     }
 }
 
-/// [`LabelPlan`], read-only.
-pub async fn plan_label(
-    conn: &mut PgConnection,
-    settings: &Settings,
-    label: &str,
-) -> Result<LabelPlan> {
-    let mut tx = db::begin_read_only(conn, settings).await?;
+/// [`LabelPlan`], in the caller's (read-only) transaction.
+pub async fn read_label(conn: &mut PgConnection, label: &str) -> Result<LabelPlan> {
     let counts = db::query(&format!(
         "SELECT count(*) FILTER (WHERE {}), count(*) FILTER (WHERE {}), count(*)
                FROM org_api_tokens WHERE created_by = $1",
@@ -154,14 +125,13 @@ pub async fn plan_label(
         platform::expired("")
     ))
     .bind(label)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
     let sample: Vec<TokenRow> = db::query_as(UNREVOKED_SAMPLE)
         .bind(label)
         .bind(SHOWN as i64)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
-    tx.rollback().await?;
     Ok(LabelPlan {
         live: counts.try_get(0)?,
         expired: counts.try_get(1)?,
@@ -170,63 +140,35 @@ pub async fn plan_label(
     })
 }
 
-/// How a revoke by label ended.
-pub enum LabelRevoked {
-    /// `done` tokens revoked at `at` (every row carries it) and committed.
-    Revoked {
-        done: i64,
-        at: DateTime<Utc>,
-        committed: db::Committed,
-    },
-    /// Revoked by someone else between the plan and the lock: nothing written, not even an
-    /// audit row.
-    Concurrently,
-}
-
-/// Revoke every unrevoked token with `label` at this moment: in incident response a token
-/// minted after the confirmation must die too. One statement; `now()` is the transaction's
-/// start, so every row revoked here carries the same `revoked_at`, which identifies them
-/// afterwards. The platform's own audit rows, one per token, come in the same statement.
-pub async fn revoke_label(
-    conn: &mut PgConnection,
-    url: &DbUrl,
-    settings: &Settings,
-    label: &str,
-    plan: &LabelPlan,
-) -> Result<LabelRevoked> {
-    let mut tx = db::begin_change(conn, url, settings).await?;
+/// Revoke every unrevoked token with `label` at this moment, in the caller's transaction under
+/// the tenant lock: in incident response a token minted after the confirmation must die too.
+/// One statement; `now()` is the transaction's start, so every row revoked here carries the
+/// same `revoked_at`, which identifies them afterwards. The platform's own audit rows, one per
+/// token, come in the same statement. Returns how many were revoked (0: someone else revoked
+/// them between the plan and the lock; nothing is to be written, not even an audit row) and
+/// their `revoked_at`.
+pub async fn revoke_label(conn: &mut PgConnection, label: &str) -> Result<(i64, DateTime<Utc>)> {
     let done = db::query(&platform::revoke_with_audit(REVOKE_LABEL, "$2"))
         .bind(label)
         .bind(revoke_actor())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?
         .rows_affected() as i64;
     let at: DateTime<Utc> = db::query_scalar(TRANSACTION_NOW)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await?;
-    if done == 0 {
-        tx.rollback().await?;
-        return Ok(LabelRevoked::Concurrently);
-    }
-    let txid = crate::audit::record(
-        &mut tx,
-        "token revoke",
-        &serde_json::json!({
-            "by": "created_by",
-            "created_by": label,
-            "confirmed": plan.unrevoked(),
-            "confirmed_live": plan.live,
-            "confirmed_expired": plan.expired,
-            "revoked": done,
-        }),
-        "revoked",
-    )
-    .await?;
-    let committed = db::commit_guarded(tx, url, settings, &crate::audit::AuditRow(txid)).await?;
-    Ok(LabelRevoked::Revoked {
-        done,
-        at,
-        committed,
+    Ok((done, at))
+}
+
+/// What orgctl's audit row of a revoke by label records: what was confirmed, and `done`.
+pub fn revoke_label_audit(label: &str, plan: &LabelPlan, done: i64) -> serde_json::Value {
+    serde_json::json!({
+        "by": "created_by",
+        "created_by": label,
+        "confirmed": plan.unrevoked(),
+        "confirmed_live": plan.live,
+        "confirmed_expired": plan.expired,
+        "revoked": done,
     })
 }
 

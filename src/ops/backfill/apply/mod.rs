@@ -151,6 +151,8 @@ impl TenantResult {
 pub struct Job {
     pub run_id: String,
     pub settings: Settings,
+    /// The run's `--reason`, recorded on every tenant's audit rows.
+    pub who: crate::audit::Who,
     pub model: Option<Zeroizing<String>>,
     pub allow_missing_model: bool,
     pub replace_model: bool,
@@ -430,9 +432,14 @@ async fn install_with_snapshot(
         .await?
         .ok_or_else(|| Error::failed("internal: the change's first statement read nothing"))?;
     let head = crate::audit::AuditHead::decode(&read, 0)?;
-    let (head_seq, head_hash) =
-        crate::audit::append_after_head(&mut *tx, head, &entry, Some(install::verification(plan)))
-            .await?;
+    let (head_seq, head_hash) = crate::audit::append_after_head(
+        &mut *tx,
+        &job.who,
+        head,
+        &entry,
+        Some(install::verification(plan)),
+    )
+    .await?;
     Ok(crate::audit::HeadJson {
         seq: head_seq,
         row_hash: crate::audit::hex(&head_hash),

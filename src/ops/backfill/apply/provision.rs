@@ -75,6 +75,7 @@ pub(super) async fn provision_tenant(
         &pj.out,
         conn,
         &job.settings,
+        &job.who,
         &platform,
         agent,
         created,

@@ -246,6 +246,8 @@ impl TenantResult {
 pub struct Job {
     pub run_id: String,
     pub settings: Settings,
+    /// The run's `--reason`, recorded on every tenant's audit row.
+    pub who: crate::audit::Who,
     pub force: bool,
     pub dry_run: bool,
 }
@@ -351,6 +353,7 @@ async fn rollback_on(
     let verification = verify_restore(&mut tx, job, agent, &run).await?;
     let txid = crate::audit::record(
         &mut tx,
+        &job.who,
         "backfill rollback",
         &serde_json::json!({
             "run_id": job.run_id,
