@@ -184,9 +184,9 @@ psql_db postgres -c "CREATE DATABASE tmpl_tiny" >/dev/null
 psql_db tmpl_tiny -f migrations/platform/schema-2026-08.sql >/dev/null
 psql_db tmpl_tiny >/dev/null <<'SQL'
 INSERT INTO workspaces (id, name, role, tier, status, parent_id, kind, created_at) VALUES
- ('11000000-0000-4000-8000-000000000001', 'Tiny HQ',   'org', 1, 'online',  NULL, NULL,        '2024-01-01T00:00:00Z'),
+ ('11000000-0000-4000-8000-000000000001', 'Tiny HQ',   'org', 1, 'online',  NULL, 'workspace', '2024-01-01T00:00:00Z'),
  ('12000000-0000-4000-8000-000000000001', 'Tiny Labs', 'org', 1, 'online',  NULL, 'workspace', '2024-02-01T00:00:00Z'),
- ('13000000-0000-4000-8000-000000000001', 'Tiny Old',  'org', 1, 'removed', NULL, NULL,        '2023-06-01T00:00:00Z');
+ ('13000000-0000-4000-8000-000000000001', 'Tiny Old',  'org', 1, 'removed', NULL, 'workspace', '2023-06-01T00:00:00Z');
 INSERT INTO workspaces (id, name, role, tier, status, parent_id, created_at) VALUES
  ('11000000-0000-4000-8000-000000000002', 'Team',   'team',  2, 'online',  '11000000-0000-4000-8000-000000000001', '2024-01-02T00:00:00Z'),
  ('11000000-0000-4000-8000-000000000003', 'Worker', 'agent', 3, 'online',  '11000000-0000-4000-8000-000000000002', '2024-01-03T00:00:00Z'),
