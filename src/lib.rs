@@ -4,20 +4,20 @@
 //! raced against Ctrl-C, print an error once on stderr, and return the exit code. `main.rs`
 //! only calls it. Tests call the modules directly as well as the binary.
 
-pub mod audit;
+mod audit;
 pub use crate::ops::backfill;
-pub mod cli;
-pub mod commands;
+mod cli;
+mod commands;
 /// The man pages and completions, rendered from the clap definitions.
 pub use crate::cli::docs;
-pub mod context;
+mod context;
 pub mod db;
 /// The dev server and its sample org (the tests use its constants).
 pub use crate::ops::dev;
 pub mod error;
-pub mod interrupt;
-pub mod ops;
-pub mod output;
+mod interrupt;
+mod ops;
+mod output;
 /// Starting a local PostgreSQL (the test harness starts its own servers with it).
 pub use crate::ops::dev::server as pgserver;
 pub mod platform;

@@ -18,18 +18,15 @@ mod reason;
 mod verify;
 
 pub use append::{
-    append_after_head, append_audit, audit_head_args, audit_head_columns,
-    audit_head_columns_merging, record, record_after_commit, record_checked, AuditEntry, AuditHead,
-    AuditRow, AUDIT_HEAD_CTE,
+    append_after_head, append_audit, audit_head_args, audit_head_columns_merging, record,
+    record_after_commit, record_checked, AuditEntry, AuditHead, AuditRow, AUDIT_HEAD_CTE,
 };
-pub use canonical::{canonical_json, Link, CONTENT_TAG, GENESIS};
-pub use read::{columns, list, parse_since, read_chain, Columns, Filter, ListedRow, Since};
-pub use reason::{check_reason, Who, MAX_REASON_CHARS};
-pub use verify::{Problem, ProblemKind, StoredRow, Verifier};
+pub use canonical::canonical_json;
+pub use read::{columns, list, parse_since, read_chain, Filter, ListedRow};
+pub use reason::{check_reason, Who};
+pub use verify::{Problem, ProblemKind, Verifier};
 
-pub use crate::output::head::{
-    committed_head, fleet_mode, hex, note_appended, note_committed, HeadJson,
-};
+pub use crate::output::head::{committed_head, fleet_mode, hex, HeadJson};
 
 /// The static statements of the audit chain, by name, for the test that prepares them.
 #[allow(dead_code)] // read by the test that prepares every statement

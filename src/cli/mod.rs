@@ -25,7 +25,7 @@ pub use dev::{DevCommand, DevDirArgs, DevSeedArgs, DevUpArgs};
 pub use install::InstallArgs;
 pub use secret::{
     SecretCommand, SecretDeleteArgs, SecretListArgs, SecretRekeyArgs, SecretRestartArgs,
-    SecretScopeArgs, SecretSetArgs, SecretVerifyArgs,
+    SecretSetArgs, SecretVerifyArgs,
 };
 pub use shared::{parse_duration, ShardArgs};
 use shared::{AFTER_HELP, AFTER_HELP_PENDING, AFTER_HELP_TOP};

@@ -382,15 +382,6 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// `table.column`, schema-qualified outside `public`.
-    pub fn label(&self) -> String {
-        if self.schema == "public" {
-            format!("{}.{}", self.table, self.column)
-        } else {
-            format!("{}.{}.{}", self.schema, self.table, self.column)
-        }
-    }
-
     fn sql_name(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
     }
@@ -512,7 +503,6 @@ mod tests {
             column: "ws".into(),
             on_delete: "c".into(),
         };
-        assert_eq!(r.label(), "audit.Log.ws");
         assert_eq!(r.sql_name(), "\"audit\".\"Log\"");
     }
 }

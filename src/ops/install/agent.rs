@@ -20,13 +20,13 @@ pub(super) const AGENT_BY_ID: &str =
 pub(super) const KIND_BY_ID: &str =
     "SELECT COALESCE(kind, 'workspace') FROM workspaces WHERE id = $1";
 
-/// A workspace row read as its first six columns: id, name, parent_id, tier, status, template.
+/// A workspace row read as its first six columns: id, name, parent_id, tier (not kept), status,
+/// template.
 pub(super) fn agent_row(r: &PgRow) -> std::result::Result<AgentRow, sqlx::Error> {
     Ok(AgentRow {
         id: r.try_get(0)?,
         name: r.try_get(1)?,
         parent_id: r.try_get(2)?,
-        tier: r.try_get(3)?,
         status: r.try_get(4)?,
         template: r.try_get(5)?,
     })

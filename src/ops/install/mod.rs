@@ -43,10 +43,7 @@ pub use apply::{audit_args, execute, verification, Changes};
 pub use checks::{chain_warnings, token_ceiling_warning};
 pub use model::direct_model_warnings;
 pub use plan::{lock_and_plan, plan, plan_tail, Orgctl};
-pub use planned::{
-    AgentAction, AgentPlan, AgentRow, AllowlistMove, FieldChange, MergedRow, ModelAction, Plan,
-    PluginAction, RootMove, TokenMove,
-};
+pub use planned::{AgentAction, ModelAction, Plan, PluginAction};
 
 /// The install's SQL that is constant text, by name, for the test that prepares every
 /// statement against the platform's schema. (Statements built at run time are not here: the

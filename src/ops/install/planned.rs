@@ -36,7 +36,6 @@ pub struct AgentRow {
     pub id: Uuid,
     pub name: String,
     pub parent_id: Option<Uuid>,
-    pub tier: Option<i32>,
     pub status: Option<String>,
     pub template: Option<String>,
 }

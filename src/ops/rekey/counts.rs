@@ -124,14 +124,6 @@ impl Counts {
         self.0.values().sum()
     }
 
-    pub fn of_version(&self, version: i32) -> i64 {
-        self.0
-            .iter()
-            .filter(|((_, v), _)| *v == version)
-            .map(|(_, n)| n)
-            .sum()
-    }
-
     /// Secret rows (both secret tables) of one version.
     pub fn rows_of_version(&self, version: i32) -> i64 {
         Table::SECRETS
@@ -153,15 +145,6 @@ impl Counts {
         self.0
             .iter()
             .filter(|((_, v), _)| mode.rewrites(*v))
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    /// Channel fields the mode rewrites.
-    pub fn fields_rewritten(&self, mode: Mode) -> i64 {
-        self.0
-            .iter()
-            .filter(|((t, v), _)| *t == Table::ChannelFields && mode.rewrites(*v))
             .map(|(_, n)| n)
             .sum()
     }

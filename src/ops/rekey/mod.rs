@@ -44,12 +44,11 @@ mod plan;
 mod scan;
 mod verify;
 
-pub use apply::{apply, audit_args, check, lock_tables, Applied, LEFT_PLAINTEXT_SQL};
-pub use channels::{channel_table, ensure_scannable, ChannelTable};
-pub use counts::{count_rows, BadRow, BadRows, Counts, Mode, Table};
+pub use apply::{apply, audit_args, check, lock_tables, Applied};
+pub use channels::ensure_scannable;
+pub use counts::{count_rows, BadRows, Counts, Mode, Table};
 pub use keys::{
-    current_key_from_env, ensure_key_matches_tenant, new_key, read_key_file, Key, ENV_KEY,
-    ENV_NEW_KEY,
+    current_key_from_env, ensure_key_matches_tenant, new_key, Key, ENV_KEY, ENV_NEW_KEY,
 };
 pub use plan::{plan, undecryptable_error, Plan};
 pub use verify::{verify, Verified};

@@ -19,17 +19,11 @@ mod restart;
 mod scope;
 mod value;
 
-pub use change::{
-    audit_args, lock_target, model_gate, plan, write, Action, Change, Existing, Op, Reviewed,
-    Written,
-};
+pub use change::{audit_args, lock_target, model_gate, plan, write, Action, Change, Op, Written};
 pub use list::{list, Listed};
-pub use restart::{
-    dispatch_and_record, read_replay, restart_entries, restart_plan, Phase, Replay, ReplayState,
-    RESTART_COMMAND, RESTART_RECORD_BATCH,
-};
-pub use scope::{check_key, Scope, MAX_KEY_CHARS};
-pub use value::{finish_value, read_value_from, ValueSource, MAX_VALUE_BYTES};
+pub use restart::{dispatch_and_record, read_replay, restart_plan, Phase, Replay};
+pub use scope::{check_key, Scope};
+pub use value::{finish_value, read_value_from, ValueSource};
 
 /// Every static statement of the secret operations, by name.
 // Read by the test that prepares every statement against the template schema.

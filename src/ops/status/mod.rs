@@ -25,7 +25,6 @@ use crate::error::Result;
 use crate::ops::install;
 
 pub use checks::CHECK_NAMES;
-pub use read::broken_chains;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

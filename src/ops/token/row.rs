@@ -42,11 +42,6 @@ pub(super) const BY_PREFIX: &str = concat!(
 );
 
 impl TokenRow {
-    /// Whether the platform still accepts it ([`crate::platform::tokens::live`]).
-    pub fn live(&self) -> bool {
-        self.revoked_at.is_none() && !self.expired
-    }
-
     /// Expired and not revoked: dead to the platform, though `revoke` still marks it revoked.
     pub fn expired_unrevoked(&self) -> bool {
         self.revoked_at.is_none() && self.expired
