@@ -88,16 +88,3 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("rekey.lock_secret_tables", apply::LOCK_SECRET_TABLES_SQL),
     ("rekey.left_plaintext", apply::LEFT_PLAINTEXT_SQL),
 ];
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn statements_are_named_once_and_not_empty() {
-        let mut names = std::collections::HashSet::new();
-        for (name, sql) in super::STATEMENTS {
-            assert!(names.insert(*name), "{name} listed twice");
-            assert!(name.starts_with("rekey."), "{name}");
-            assert!(!sql.trim().is_empty(), "{name}");
-        }
-    }
-}

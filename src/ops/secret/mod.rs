@@ -44,16 +44,3 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("secret.list_workspace", list::LIST_WORKSPACE_SQL),
     ("secret.list_global", list::LIST_GLOBAL_SQL),
 ];
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn statements_are_named_once_and_not_empty() {
-        let mut names = std::collections::HashSet::new();
-        for (name, sql) in super::STATEMENTS {
-            assert!(names.insert(*name), "{name} listed twice");
-            assert!(name.starts_with("secret."), "{name}");
-            assert!(!sql.trim().is_empty(), "{name}");
-        }
-    }
-}
