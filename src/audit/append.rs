@@ -451,7 +451,6 @@ impl db::Evidence for AuditRow {
 
 /// The static statements of this module, by name (the INSERT of a chunk and the head's read
 /// are composed at run time).
-#[allow(dead_code)] // read by the test that prepares every statement
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("next_ids", NEXT_IDS),
     ("audit_row_exists", AUDIT_ROW_EXISTS),

@@ -29,5 +29,4 @@ pub use verify::{Problem, ProblemKind, Verifier};
 pub use crate::output::head::{committed_head, fleet_mode, hex, HeadJson};
 
 /// The static statements of the audit chain, by name, for the test that prepares them.
-#[allow(dead_code)] // read by the test that prepares every statement
 pub(crate) const STATEMENTS: &[&[(&str, &str)]] = &[append::STATEMENTS, read::STATEMENTS];

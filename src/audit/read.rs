@@ -225,7 +225,6 @@ pub async fn read_chain(
 
 /// The static statements of this module, by name (the two cursors' SELECTs are composed from
 /// the columns the log has).
-#[allow(dead_code)] // read by the test that prepares every statement
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("columns", COLUMNS),
     ("head", HEAD),

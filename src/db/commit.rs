@@ -283,7 +283,6 @@ async fn resolve(
 }
 
 /// The static statements of this module, by name.
-#[allow(dead_code)] // read by the test that prepares every statement
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("table_exists", TABLE_EXISTS),
     ("set_lock_timeout", SET_LOCK_TIMEOUT),

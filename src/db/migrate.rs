@@ -429,7 +429,6 @@ fn newer_schema(url: &DbUrl, version: i64, latest: i64) -> Error {
 
 /// The static statements of this module, by name (the version table's multi-statement DDL
 /// and the scripts built from the migrations are not single statements).
-#[allow(dead_code)] // read by the test that prepares every statement
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("orgctl_table_access", ORGCTL_TABLE_ACCESS),
     ("current_version", CURRENT_VERSION),

@@ -34,6 +34,5 @@ pub use tx::{
 pub use url::{url_from, DbUrl};
 
 /// The static statements of the database layer, by name, for the test that prepares them.
-#[allow(dead_code)] // read by the test that prepares every statement
 pub(crate) const STATEMENTS: &[&[(&str, &str)]] =
     &[tx::STATEMENTS, migrate::STATEMENTS, commit::STATEMENTS];

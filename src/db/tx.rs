@@ -352,7 +352,6 @@ async fn lock_holder(conn: &mut PgConnection) -> Result<(String, bool)> {
 }
 
 /// The static statements of this module, by name.
-#[allow(dead_code)] // read by the test that prepares every statement
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("take_tenant_lock", TAKE_TENANT_LOCK),
     ("wait_tenant_lock", WAIT_TENANT_LOCK),

@@ -61,7 +61,6 @@ impl Evidence for RunRow {
 }
 
 /// The static statements of this module, by name.
-#[allow(dead_code)] // read by the test that prepares every statement
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("token_exists", TOKEN_EXISTS),
     ("run_row_exists", RUN_ROW_EXISTS),

@@ -480,7 +480,6 @@ pub async fn rows_referencing(
 
 /// The statements of this module that are fixed text, by name (prepared against the
 /// template schema by a test; statements built at run time are not listed).
-#[allow(dead_code)]
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("broken_count", BROKEN_COUNT),
     ("broken_named", BROKEN_NAMED),

@@ -19,7 +19,6 @@ pub use sample::{seed, SeedInput, DEV_COMMENT, DEV_DATABASE, SAMPLE_ORG_SQL, TEN
 
 /// Every static statement of the dev server, by name (each is prepared against the platform
 /// schema by a test; `dev seed`'s own statements need its temporary tables and are not listed).
-#[allow(dead_code)]
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("dev_database_exists", sample::DATABASE_EXISTS_SQL),
     ("dev_database_comment", sample::DATABASE_COMMENT_SQL),

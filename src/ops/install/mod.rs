@@ -48,7 +48,6 @@ pub use planned::{AgentAction, ModelAction, Plan, PluginAction};
 /// The install's SQL that is constant text, by name, for the test that prepares every
 /// statement against the platform's schema. (Statements built at run time are not here: the
 /// second read of the plan, the name clashes, and every change of [`execute`].)
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("install platform agents", plan::PLATFORM_AGENTS),
     ("install global model override", plan::GLOBAL_MODEL_OVERRIDE),

@@ -64,7 +64,6 @@ const ERROR_ROWS: usize = 5;
 
 /// Every static statement of key custody, by name.
 // Read by the test that prepares every statement against the template schema.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("rekey.key_sample", keys::KEY_SAMPLE_SQL),
     (

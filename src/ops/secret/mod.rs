@@ -27,7 +27,6 @@ pub use value::{finish_value, read_value_from, ValueSource};
 
 /// Every static statement of the secret operations, by name.
 // Read by the test that prepares every statement against the template schema.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("secret.existing_workspace", change::EXISTING_WORKSPACE_SQL),
     ("secret.existing_global", change::EXISTING_GLOBAL_SQL),

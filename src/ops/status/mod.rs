@@ -203,5 +203,4 @@ pub async fn collect(conn: &mut PgConnection, limit: i64, tenant: &str) -> Resul
 
 /// Every static statement of status, by name (each is prepared against the platform schema
 /// by a test; the anchor classifications are built at run time and not listed).
-#[allow(dead_code)]
 pub(crate) const STATEMENTS: &[(&str, &str)] = read::STATEMENTS;

@@ -69,7 +69,6 @@ pub const SHOWN: usize = 20;
 
 /// The statements of these modules that are fixed text, by name (prepared against the
 /// template schema by a test; statements built at run time are not listed).
-#[allow(dead_code)]
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("token_by_id", row::BY_ID),
     ("tokens_by_prefix", row::BY_PREFIX),

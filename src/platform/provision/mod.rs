@@ -312,7 +312,6 @@ const AGENT_STATE_SQL: &str = "SELECT w.status::text, w.runtime, to_jsonb(w) ->>
 
 /// Every static statement of provisioning, by name (each is prepared against the platform
 /// schema by a test).
-#[allow(dead_code)]
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[("provision_agent_state", AGENT_STATE_SQL)];
 
 #[cfg(test)]

@@ -35,7 +35,6 @@ pub use guard::{
 
 /// Every static statement of the restart rules, by name (each is prepared against the
 /// platform schema by a test).
-#[allow(dead_code)]
 pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("restart_target", guard::TARGET_SQL),
     ("restart_fanout", guard::FANOUT_SQL),
