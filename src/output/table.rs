@@ -6,6 +6,9 @@
 
 use comfy_table::{presets, ContentArrangement, Table};
 
+use super::Output;
+use crate::error::Result;
+
 /// The width a piped table fits when `COLUMNS` does not say otherwise.
 pub const PIPED_WIDTH: usize = 100;
 
@@ -87,6 +90,140 @@ pub fn piped(table: &Table, width: usize) -> String {
     out
 }
 
+impl Output {
+    /// A table on stdout: wrapped to the terminal's width, or, piped, one line per row within
+    /// [`table::PIPED_WIDTH`] columns (`COLUMNS` when set), long columns following it.
+    pub fn table(&self, table: &Table) -> Result<()> {
+        self.stdout(&format!("{}\n", self.render_table(table)))
+    }
+
+    /// A table's text as [`Output::table`] prints it (no final newline).
+    pub fn render_table(&self, table: &Table) -> String {
+        if self.stdout_tty {
+            return table.to_string();
+        }
+        piped(table, self.width().map_or(PIPED_WIDTH, usize::from))
+    }
+
+    /// A new table with a header, styled for the terminal or plain for pipes.
+    pub fn new_table<I, S>(&self, header: I) -> Table
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<comfy_table::Cell>,
+    {
+        let mut t = Table::new();
+        if self.stdout_tty {
+            t.load_preset(presets::UTF8_FULL_CONDENSED);
+            // Wrap to the terminal only when its width is known: a terminal that reports 0x0
+            // (some CI runners, `docker exec` without a size) counts as 80 columns, and one
+            // whose size cannot be read gets no wrapping at all, never 1-character columns.
+            match self.width() {
+                Some(w) => {
+                    t.set_content_arrangement(ContentArrangement::Dynamic);
+                    t.set_width(w);
+                }
+                None => {
+                    t.set_content_arrangement(ContentArrangement::Disabled);
+                }
+            }
+        } else {
+            t.load_preset(presets::ASCII_BORDERS_ONLY_CONDENSED);
+            t.set_content_arrangement(ContentArrangement::Disabled);
+        }
+        t.set_header(header);
+        t
+    }
+
+    /// The width of the terminal on stdout: `COLUMNS` when set, else the terminal's own size
+    /// (0 columns counts as 80); None when stdout is not a terminal or its size is unknown.
+    pub fn width(&self) -> Option<u16> {
+        if let Some(w) = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.trim().parse::<u16>().ok())
+            .filter(|w| *w > 0)
+        {
+            return Some(w);
+        }
+        if !self.stdout_tty {
+            return None;
+        }
+        match dialoguer::console::Term::stdout().size_checked() {
+            Some((_, 0)) => Some(80),
+            Some((_, cols)) => Some(cols),
+            None => None,
+        }
+    }
+
+    /// The width a compact table must fit: the terminal's, else 80.
+    pub fn compact_width(&self) -> usize {
+        usize::from(self.width().unwrap_or(80)).max(40)
+    }
+}
+
+/// A borderless table (columns two spaces apart) that fits `width` columns: the columns in
+/// `flex` (names, labels) are cut with '…' as needed, the others (handles, dates) never are,
+/// so every handle stays whole and copyable.
+pub fn compact_table(
+    header: &[&str],
+    rows: &[Vec<String>],
+    flex: &[usize],
+    width: usize,
+) -> String {
+    let n = header.len();
+    let len = |s: &str| s.chars().count();
+    let mut widths: Vec<usize> = header.iter().map(|h| len(h)).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(n) {
+            widths[i] = widths[i].max(len(c));
+        }
+    }
+    let fixed: usize = (0..n)
+        .filter(|i| !flex.contains(i))
+        .map(|i| widths[i])
+        .sum();
+    let seps = 2 * n.saturating_sub(1);
+    let mut budget = width.saturating_sub(fixed + seps);
+    // Share what is left between the flexible columns, narrowest first, each at least 6.
+    let mut order: Vec<usize> = flex.to_vec();
+    order.sort_by_key(|&i| widths[i]);
+    for (k, &i) in order.iter().enumerate() {
+        let share = (budget / (order.len() - k)).max(6);
+        widths[i] = widths[i].min(share);
+        budget = budget.saturating_sub(widths[i]);
+    }
+    let cut = |s: &str, w: usize| -> String {
+        if len(s) <= w {
+            s.to_string()
+        } else {
+            let mut t: String = s.chars().take(w.saturating_sub(1)).collect();
+            t.push('…');
+            t
+        }
+    };
+    let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
+        let parts: Vec<String> = cells
+            .enumerate()
+            .map(|(i, c)| {
+                let c = cut(c, widths[i]);
+                if i + 1 == n {
+                    c
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        let mut l = parts.join("  ");
+        l.truncate(l.trim_end().len());
+        l.push('\n');
+        l
+    };
+    let mut out = line(&mut header.iter().copied());
+    for r in rows {
+        out.push_str(&line(&mut r.iter().map(|s| s.as_str())));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +265,25 @@ mod tests {
         let table = out.split("\n\n").next().unwrap_or_default();
         assert!(table.contains(&"b".repeat(30)), "{out}");
         assert!(out.contains(&format!("x  a: {}", "a".repeat(60))), "{out}");
+    }
+
+    #[test]
+    fn compact_tables_fit_and_keep_handles_whole() {
+        let rows = vec![vec![
+            "abcdefgh".to_string(),
+            "a very long token name that goes on and on".to_string(),
+            "org-token:abcdefgh-and-a-long-label".to_string(),
+            "2024-03-01".to_string(),
+        ]];
+        let t = compact_table(
+            &["PREFIX", "NAME", "CREATED_BY", "CREATED"],
+            &rows,
+            &[1, 2],
+            50,
+        );
+        for l in t.lines() {
+            assert!(l.chars().count() <= 50, "{l}");
+        }
+        assert!(t.contains("abcdefgh  ") && t.contains("2024-03-01") && t.contains('…'));
     }
 }
