@@ -447,6 +447,10 @@ impl db::Evidence for AuditRow {
             args: vec![Arg::Uuid(self.0)],
         }
     }
+
+    fn committed(&self) {
+        crate::output::head::note_committed();
+    }
 }
 
 /// The static statements of this module, by name (the INSERT of a chunk and the head's read

@@ -43,6 +43,10 @@ pub trait Evidence: Sync {
 
     /// The statement that finds it.
     fn probe(&self) -> Probe<'_>;
+
+    /// The COMMIT is known to have happened (answered, or verified through the probe): what
+    /// the layer above records of a committed change (the audit head a change's JSON shows).
+    fn committed(&self) {}
 }
 
 /// A statement returning one boolean: whether the lost transaction's trace is there.
@@ -189,7 +193,7 @@ pub async fn commit_or_resolve(
 ) -> std::result::Result<Committed, CommitError> {
     let err = match tx.commit().await {
         Ok(()) => {
-            crate::output::head::note_committed();
+            evidence.committed();
             return Ok(Committed::Answered);
         }
         Err(e) => e,
@@ -215,7 +219,7 @@ pub async fn commit_or_resolve(
     let target = url.target().to_string();
     match resolve(url, settings, evidence).await {
         Ok((true, conn)) => {
-            crate::output::head::note_committed();
+            evidence.committed();
             Ok(Committed::Verified(conn))
         }
         Ok((false, _)) => Err(CommitError::NotCommitted { target, cause }),

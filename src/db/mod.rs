@@ -1,10 +1,14 @@
-//! PostgreSQL mechanics, and nothing of the platform's or the audit chain's meaning: parsing
-//! and redacting database URLs ([`url`]), connecting with timeouts and a bounded retry
-//! ([`connect`]), the query helpers every statement goes through ([`query`]), transactions
-//! with orgctl's settings and the per-tenant advisory lock ([`tx`]), reading through a
-//! server-side cursor ([`cursor`]), the platform-schema compatibility check ([`schema`]),
-//! orgctl's own schema and migrations ([`migrate`]), and COMMIT with the resolution of one
-//! whose answer is lost ([`commit`]).
+//! PostgreSQL mechanics: parsing and redacting database URLs ([`url`]), connecting with
+//! timeouts and a bounded retry ([`connect`]), the query helpers every statement goes through
+//! ([`query`]), transactions with orgctl's settings and the per-tenant advisory lock ([`tx`]),
+//! reading through a server-side cursor ([`cursor`]), and COMMIT with the resolution of one
+//! whose answer is lost ([`commit`]: what proves a commit is an [`Evidence`] the layers above
+//! define, and they record what a commit means).
+//!
+//! Two schema facts live here too, because the transaction that opens a change checks both in
+//! the same round trip: the platform tables and columns orgctl needs ([`schema`]), and
+//! orgctl's own schema and its migrations ([`migrate`]). Nothing here knows what a root, a
+//! token, a secret or an audit row means.
 
 mod commit;
 mod connect;

@@ -29,6 +29,10 @@ impl Evidence for Token {
             args: vec![Arg::Bytes(&self.hash)],
         }
     }
+
+    fn committed(&self) {
+        crate::output::head::note_committed();
+    }
 }
 
 /// The backfill run-state row, at the status the transaction set (a `skipped` tenant writes
@@ -57,6 +61,10 @@ impl Evidence for RunRow {
             sql: RUN_ROW_EXISTS,
             args: vec![Arg::Text(&self.run_id), Arg::Text(self.status)],
         }
+    }
+
+    fn committed(&self) {
+        crate::output::head::note_committed();
     }
 }
 
