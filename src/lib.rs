@@ -2,32 +2,55 @@
 //!
 //! [`run`] is the whole program: parse the command line, run the command on a tokio runtime
 //! raced against Ctrl-C, print an error once on stderr, and return the exit code. `main.rs`
-//! only calls it. Tests call the modules directly as well as the binary.
+//! only calls it. The integration tests run the binary, and reach a few pieces through
+//! [`testing`].
 
 mod audit;
-pub use crate::ops::backfill;
 mod cli;
 mod commands;
-/// The man pages and completions, rendered from the clap definitions.
-pub use crate::cli::docs;
 mod context;
-pub mod db;
-/// The dev server and its sample org (the tests use its constants).
-pub use crate::ops::dev;
-pub mod error;
+mod db;
+mod error;
 mod interrupt;
 mod ops;
 mod output;
-/// Starting a local PostgreSQL (the test harness starts its own servers with it).
-pub use crate::ops::dev::server as pgserver;
-pub mod platform;
-pub mod redact;
-pub mod sys;
+mod platform;
+mod redact;
+mod sys;
 
 use crate::cli::{Cli, Command};
-pub use crate::context::Context;
+use crate::context::Context;
 use crate::error::{Error, Exit, Result};
-pub use crate::platform::crypto;
+
+/// What the integration tests reach inside orgctl besides running the binary: the dev server
+/// they start their PostgreSQL with, the platform schema fixture, and a few rules they check
+/// independently. Not an API.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::cli::docs::render_all;
+    pub use crate::error::sanitize;
+    pub use crate::ops::backfill::{tenants, Shard};
+    pub use crate::ops::dev::server as pgserver;
+    pub use crate::platform::crypto::token_hash;
+    pub use crate::platform::keys::SecretBox;
+    pub use crate::redact::mask;
+    pub use crate::statements;
+
+    /// Database mechanics and fixtures.
+    pub mod db {
+        pub use crate::db::{
+            DbUrl, PLATFORM_LEGACY_TEXT_STATUS_SQL, PLATFORM_SCHEMA_SQL, TENANT_LOCK,
+        };
+    }
+    /// The dev server's markers and its sample org.
+    pub mod dev {
+        pub use crate::ops::dev::{DEV_COMMENT, MARKER, SAMPLE_ORG_SQL};
+    }
+    /// Process control.
+    pub mod sys {
+        pub use crate::sys::{is_root, kill, set_parent_death_signal};
+    }
+}
 
 /// Every static SQL statement orgctl sends, as (owning module, name, text); statements built at
 /// run time are not listed. The test suite prepares each against the platform's schema and
@@ -284,7 +307,7 @@ fn secret_argv_error(e: &clap::Error) -> Option<String> {
 }
 
 /// Print an error once, on stderr: one line, control characters stripped, passwords masked.
-pub fn print_error(e: &Error) {
+fn print_error(e: &Error) {
     let msg = redact::mask(&error::sanitize(&e.message));
     output::stderr(&format!("error: {msg}\n"));
 }

@@ -338,7 +338,7 @@ fn a_required_reason_is_checked_before_connecting() {
     let db = TestDb::sample();
     let before = db.snapshot();
     // An unreachable database: the refusal must come first, naming the reason, exit 2.
-    let port = orgctl::pgserver::free_port().unwrap_or(1);
+    let port = orgctl::testing::pgserver::free_port().unwrap_or(1);
     let nowhere = format!("postgres://u:pw@127.0.0.1:{port}/tenant");
     for args in [
         vec!["token", "mint", "--name", "x"],

@@ -69,7 +69,7 @@ fn platform(db: &TestDb) -> String {
 }
 
 fn unreachable_url() -> String {
-    let port = match orgctl::pgserver::free_port() {
+    let port = match orgctl::testing::pgserver::free_port() {
         Ok(p) => p,
         Err(e) => panic!("{e}"),
     };
@@ -113,8 +113,8 @@ fn no_password(r: &Run) {
 async fn hold_lock(db: &TestDb) -> sqlx::PgConnection {
     let mut conn = db.connect().await;
     if let Err(e) = sqlx::query("SELECT pg_advisory_lock($1, $2)")
-        .bind(orgctl::db::TENANT_LOCK.0)
-        .bind(orgctl::db::TENANT_LOCK.1)
+        .bind(orgctl::testing::db::TENANT_LOCK.0)
+        .bind(orgctl::testing::db::TENANT_LOCK.1)
         .execute(&mut conn)
         .await
     {
@@ -890,7 +890,7 @@ async fn interrupted_backfill(signals: &[i32], gap_ms: u64, finishes: bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for sig in signals {
-        orgctl::sys::kill(child.id() as i32, *sig);
+        orgctl::testing::sys::kill(child.id() as i32, *sig);
         tokio::time::sleep(Duration::from_millis(gap_ms)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -949,7 +949,7 @@ async fn interrupted_backfill(signals: &[i32], gap_ms: u64, finishes: bool) {
 /// has totals and RFC 3339 times.
 #[test]
 fn status_and_rollback_take_the_shard_options_and_status_has_totals() {
-    use orgctl::backfill::Shard;
+    use orgctl::testing::Shard;
     let a = TestDb::sample();
     let gone = unreachable_url();
     // A name for the unreachable tenant that lands in another of 3 shards than "a".

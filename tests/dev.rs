@@ -85,7 +85,7 @@ fn dev_down_refuses_lookalikes_and_a_mismatched_marker() {
 
     // A marker copied next to a data directory it does not describe.
     std::fs::write(
-        pg.join(orgctl::dev::MARKER),
+        pg.join(orgctl::testing::dev::MARKER),
         "orgctl dev up\nsystem_identifier=7000000000000000001\nport=5432\n",
     )
     .ok();
@@ -167,7 +167,7 @@ fn dev_seed_generates_a_large_org_and_refuses_real_databases() {
     db.exec(&format!(
         "COMMENT ON DATABASE {} IS '{}'",
         db.name,
-        orgctl::dev::DEV_COMMENT
+        orgctl::testing::dev::DEV_COMMENT
     ));
     db.orgctl(&[
         "dev",
@@ -226,7 +226,7 @@ fn dev_up_tenants_makes_a_sample_fleet_that_backfill_runs_on() {
     let file = doc["tenants_file"].as_str().unwrap_or_default().to_string();
     assert_eq!(file, dir.join("tenants.txt").to_string_lossy());
     let text = std::fs::read_to_string(&file).unwrap_or_default();
-    let tenants = match orgctl::backfill::tenants::parse(&text, "tenants.txt") {
+    let tenants = match orgctl::testing::tenants::parse(&text, "tenants.txt") {
         Ok(t) => t,
         Err(e) => panic!("{e}"),
     };

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 #[test]
 fn completions_and_man_pages_are_fresh() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let files = match orgctl::docs::render_all() {
+    let files = match orgctl::testing::render_all() {
         Ok(f) => f,
         Err(e) => panic!("{e}"),
     };
@@ -91,7 +91,7 @@ fn every_tenants_file_example_in_the_docs_parses() {
         for (line, block) in tenants_file_examples(&text) {
             found += 1;
             let at = format!("{}:{line}", rel.display());
-            if let Err(e) = orgctl::backfill::tenants::parse(&block, &at) {
+            if let Err(e) = orgctl::testing::tenants::parse(&block, &at) {
                 panic!("the tenants file example at {at} does not parse: {e}");
             }
         }

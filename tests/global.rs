@@ -22,7 +22,7 @@ fn bad_database_urls_are_usage_errors() {
 #[test]
 fn unreachable_server_names_the_host_not_the_password() {
     // A port nothing listens on.
-    let port = orgctl::pgserver::free_port().unwrap_or(1);
+    let port = orgctl::testing::pgserver::free_port().unwrap_or(1);
     let url = format!("postgres://alice:S3cretPw@127.0.0.1:{port}/tenant");
     let r = Cmd::new(&["install-platform-agent", "--dry-run"])
         .env("DATABASE_URL", &url)
@@ -181,8 +181,8 @@ async fn application_name_is_orgctl() {
     let db = TestDb::sample();
     let mut holder = db.connect().await;
     if let Err(e) = sqlx::query("SELECT pg_advisory_lock($1, $2)")
-        .bind(orgctl::db::TENANT_LOCK.0)
-        .bind(orgctl::db::TENANT_LOCK.1)
+        .bind(orgctl::testing::db::TENANT_LOCK.0)
+        .bind(orgctl::testing::db::TENANT_LOCK.1)
         .execute(&mut holder)
         .await
     {
@@ -270,7 +270,7 @@ async fn messages_point_the_right_way() {
             panic!("{e}");
         }
     }
-    assert_eq!(orgctl::db::TENANT_LOCK, (1_869_768_547, 1));
+    assert_eq!(orgctl::testing::db::TENANT_LOCK, (1_869_768_547, 1));
     let r = db
         .orgctl(&[
             "install-platform-agent",
@@ -292,7 +292,7 @@ async fn messages_point_the_right_way() {
     let gone = format!(
         "postgres://postgres:{}@127.0.0.1:{}/nowhere",
         urlencode(PASSWORD),
-        orgctl::pgserver::free_port().unwrap_or(1)
+        orgctl::testing::pgserver::free_port().unwrap_or(1)
     );
     let path = std::env::temp_dir().join(format!("orgctl-msg-{}.txt", std::process::id()));
     std::fs::write(&path, format!("gone {gone}\n")).ok();

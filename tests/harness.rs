@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use orgctl::pgserver::{self, RunAs};
+use orgctl::testing::pgserver::{self, RunAs};
 use sqlx::postgres::PgConnection;
 use sqlx::Connection;
 
@@ -41,9 +41,9 @@ pub fn server() -> &'static Server {
 extern "C" fn stop_at_exit() {
     if let Some(s) = SERVER.get() {
         // SIGQUIT: immediate shutdown; the data directory is thrown away anyway.
-        orgctl::sys::kill(s.pid as i32, libc::SIGQUIT);
+        orgctl::testing::sys::kill(s.pid as i32, libc::SIGQUIT);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while orgctl::sys::kill(s.pid as i32, 0) && Instant::now() < deadline {
+        while orgctl::testing::sys::kill(s.pid as i32, 0) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = std::fs::remove_dir_all(&s.base);
@@ -68,7 +68,7 @@ fn clean_stale(root: &Path) {
         let name = e.file_name().to_string_lossy().to_string();
         if let Some(pid) = name.strip_prefix("orgctl-test-") {
             if let Ok(pid) = pid.parse::<i32>() {
-                if !orgctl::sys::kill(pid, 0) {
+                if !orgctl::testing::sys::kill(pid, 0) {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -109,7 +109,7 @@ fn start() -> Result<Server, String> {
             }
         }
         unsafe {
-            cmd.pre_exec(orgctl::sys::set_parent_death_signal);
+            cmd.pre_exec(orgctl::testing::sys::set_parent_death_signal);
         }
         let _ = tx.send(cmd.spawn().map(|c| c.id()).map_err(|e| e.to_string()));
         loop {
@@ -145,9 +145,9 @@ fn start() -> Result<Server, String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let schema = orgctl::db::PLATFORM_SCHEMA_SQL;
-    let sample = orgctl::dev::SAMPLE_ORG_SQL;
-    let legacy = orgctl::db::PLATFORM_LEGACY_TEXT_STATUS_SQL;
+    let schema = orgctl::testing::db::PLATFORM_SCHEMA_SQL;
+    let sample = orgctl::testing::dev::SAMPLE_ORG_SQL;
+    let legacy = orgctl::testing::db::PLATFORM_LEGACY_TEXT_STATUS_SQL;
     for (tmpl, sqls) in [
         (TEMPLATE_EMPTY, vec![schema]),
         (TEMPLATE_SAMPLE, vec![schema, sample]),
@@ -158,7 +158,7 @@ fn start() -> Result<Server, String> {
             "postgres",
             &format!(
                 "COMMENT ON DATABASE {tmpl} IS '{}'",
-                orgctl::dev::DEV_COMMENT
+                orgctl::testing::dev::DEV_COMMENT
             ),
         )?;
         for sql in sqls {
@@ -616,7 +616,7 @@ impl PrivateServer {
             .stderr(Stdio::null());
         // Dies with the test thread that started it, if the test never gets to stop it.
         unsafe {
-            cmd.pre_exec(orgctl::sys::set_parent_death_signal);
+            cmd.pre_exec(orgctl::testing::sys::set_parent_death_signal);
         }
         self.child = Some(cmd.spawn().map_err(|e| e.to_string())?);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -633,7 +633,7 @@ impl PrivateServer {
     /// back their transactions), SIGQUIT its immediate shutdown (crash-like).
     pub fn stop(&mut self, signal: i32) {
         if let Some(mut c) = self.child.take() {
-            orgctl::sys::kill(c.id() as i32, signal);
+            orgctl::testing::sys::kill(c.id() as i32, signal);
             let _ = c.wait();
         }
     }
@@ -771,7 +771,7 @@ impl Bouncer {
             .stderr(Stdio::null());
         // Dies with the test thread that started it, if the test never gets to stop it.
         unsafe {
-            cmd.pre_exec(orgctl::sys::set_parent_death_signal);
+            cmd.pre_exec(orgctl::testing::sys::set_parent_death_signal);
         }
         let child = cmd
             .spawn()
@@ -813,7 +813,7 @@ impl Drop for Bouncer {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SIGTERM: immediate shutdown; its directory is thrown away.
-            orgctl::sys::kill(c.id() as i32, libc::SIGTERM);
+            orgctl::testing::sys::kill(c.id() as i32, libc::SIGTERM);
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);

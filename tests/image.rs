@@ -139,7 +139,7 @@ fn give_to_image_user(p: &Path, mode: u32) {
     if let Err(e) = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)) {
         panic!("chmod {}: {e}", p.display());
     }
-    if orgctl::sys::is_root() {
+    if orgctl::testing::sys::is_root() {
         if let Err(e) = std::os::unix::fs::chown(p, Some(65532), Some(65532)) {
             panic!("chown {}: {e}", p.display());
         }
@@ -165,7 +165,7 @@ fn image_root(tag: &str, binary: &Path) -> Dir {
     }
     // The root is traversable by the image's user (a runtime's root is).
     give_to_image_user(&dir.0, 0o755);
-    if orgctl::sys::is_root() {
+    if orgctl::testing::sys::is_root() {
         let _ = std::os::unix::fs::chown(&dir.0, Some(0), Some(0));
     }
     // The runtime's /etc/hosts (Kubernetes writes the pod's own; here the database's name).
@@ -191,7 +191,7 @@ fn host_program(name: &str) -> PathBuf {
 
 /// The entrypoint in `root`, as the image's user, with `env` only (a container's environment).
 fn run_in_root(root: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = if orgctl::sys::is_root() {
+    let mut cmd = if orgctl::testing::sys::is_root() {
         let mut c = Command::new(host_program("chroot"));
         c.arg(format!("--userspec={IMAGE_USER}")).arg(root);
         c
@@ -401,7 +401,7 @@ fn the_image_root_runs_a_sharded_backfill_by_address_and_by_host_name() {
     // The Secret's own file, as the kubelet mounts it for a non-root pod (root-owned, 0440 for
     // fsGroup): sqlx ignores a group-readable pgpass, so without the init container's copy
     // there is no password.
-    if orgctl::sys::is_root() {
+    if orgctl::testing::sys::is_root() {
         let mounted = r.join("secrets/pgpass");
         write(&mounted, &read(&pgpass));
         give_to_image_user(&mounted, 0o440);
@@ -484,7 +484,7 @@ fn the_image_root_runs_a_sharded_backfill_by_address_and_by_host_name() {
             d.name
         );
         // The OS user comes from the image's /etc/passwd (USER is not set in a container).
-        if orgctl::sys::is_root() {
+        if orgctl::testing::sys::is_root() {
             assert_eq!(
                 d.scalar("SELECT string_agg(DISTINCT os_user, ',') FROM orgctl.audit_log"),
                 "nonroot",

@@ -640,7 +640,7 @@ async fn refuses_when_another_orgctl_holds_the_lock() {
     {
         panic!("{e}");
     }
-    let (k1, k2) = orgctl::db::TENANT_LOCK;
+    let (k1, k2) = orgctl::testing::db::TENANT_LOCK;
     if let Err(e) = sqlx::query("SELECT pg_advisory_lock($1, $2)")
         .bind(k1)
         .bind(k2)

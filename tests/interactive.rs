@@ -84,8 +84,8 @@ impl Holder {
             db,
             &format!(
                 "SELECT pg_advisory_xact_lock({}, {})",
-                orgctl::db::TENANT_LOCK.0,
-                orgctl::db::TENANT_LOCK.1
+                orgctl::testing::db::TENANT_LOCK.0,
+                orgctl::testing::db::TENANT_LOCK.1
             ),
         )
     }
@@ -387,7 +387,7 @@ fn tables_fit_the_terminal_at_80_and_120_columns() {
     let a = TestDb::sample();
     let gone = format!(
         "postgres://postgres@127.0.0.1:{}/nowhere",
-        orgctl::pgserver::free_port().unwrap_or(1)
+        orgctl::testing::pgserver::free_port().unwrap_or(1)
     );
     let fleet = crate::harness::tenants_file(
         "widths",
@@ -466,7 +466,7 @@ fn piped_tables_fit_100_columns_and_long_cells_follow_whole() {
     let a = TestDb::sample();
     let gone = format!(
         "postgres://postgres@127.0.0.1:{}/nowhere",
-        orgctl::pgserver::free_port().unwrap_or(1)
+        orgctl::testing::pgserver::free_port().unwrap_or(1)
     );
     let fleet = crate::harness::tenants_file(
         "piped-widths",

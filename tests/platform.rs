@@ -204,7 +204,7 @@ mod w {
 fn restart_tenant(text_status: bool) -> TestDb {
     let db = TestDb::empty();
     if text_status {
-        db.exec(orgctl::db::PLATFORM_LEGACY_TEXT_STATUS_SQL);
+        db.exec(orgctl::testing::db::PLATFORM_LEGACY_TEXT_STATUS_SQL);
     }
     db.exec(&format!(
         "INSERT INTO workspaces (id, name, status, parent_id, runtime, kind) VALUES

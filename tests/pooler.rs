@@ -102,7 +102,7 @@ fn every_command(mode: PoolMode, pooler: &str) {
     seedable.exec(&format!(
         "COMMENT ON DATABASE {} IS '{}'",
         seedable.name,
-        orgctl::dev::DEV_COMMENT
+        orgctl::testing::dev::DEV_COMMENT
     ));
     let fleet = TenantsFile::new(&[("pooled-tenant".into(), b.url(&other.name))]);
     let f = fleet.arg();

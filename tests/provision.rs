@@ -372,7 +372,7 @@ fn ctrl_c_while_waiting_exits_130_and_reports_the_committed_change() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    orgctl::sys::kill(child.id() as i32, libc::SIGINT);
+    orgctl::testing::sys::kill(child.id() as i32, libc::SIGINT);
     let out = match child.wait_with_output() {
         Ok(o) => o,
         Err(e) => panic!("{e}"),
@@ -1184,7 +1184,7 @@ fn ctrl_c_while_a_backfill_waits_reports_the_applied_tenant() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(1200));
-    orgctl::sys::kill(child.id() as i32, libc::SIGINT);
+    orgctl::testing::sys::kill(child.id() as i32, libc::SIGINT);
     let out = match child.wait_with_output() {
         Ok(o) => o,
         Err(e) => panic!("{e}"),

@@ -654,7 +654,7 @@ fn bad_key_inputs_are_exit_2_before_any_connection() {
     ];
     // A 32-character hex key decodes as base64 to 24 bytes: invalid under the platform's key
     // rule (platform::keys); these cases apply as soon as it calls such a key unusable.
-    let hex_is_invalid = orgctl::platform::keys::SecretBox::new(Some(&hex32), "")
+    let hex_is_invalid = orgctl::testing::SecretBox::new(Some(&hex32), "")
         .write_version()
         .is_err();
     let mut cases = cases;
@@ -789,7 +789,7 @@ async fn kill_9_during_rekey_leaves_every_row_under_the_old_key() {
         "{locked}"
     );
     // Pages are written but not committed: kill the client outright.
-    orgctl::sys::kill(child.id() as i32, libc::SIGKILL);
+    orgctl::testing::sys::kill(child.id() as i32, libc::SIGKILL);
     let st = child.wait();
     assert!(
         matches!(st, Ok(s) if s.code().is_none()),

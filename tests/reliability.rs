@@ -659,8 +659,8 @@ async fn server_stopped_mid_apply_is_exit_1_and_changes_nothing() {
         }
     };
     setup(&pg, "postgres", "CREATE DATABASE tenant");
-    setup(&pg, "tenant", orgctl::db::PLATFORM_SCHEMA_SQL);
-    setup(&pg, "tenant", orgctl::dev::SAMPLE_ORG_SQL);
+    setup(&pg, "tenant", orgctl::testing::db::PLATFORM_SCHEMA_SQL);
+    setup(&pg, "tenant", orgctl::testing::dev::SAMPLE_ORG_SQL);
     setup(
         &pg,
         "tenant",
@@ -902,7 +902,7 @@ fn bad_inputs_give_their_exit_code_one_line_and_change_nothing() {
     let zero_hash = format!("sha256:{}", "0".repeat(64));
     let unreachable = format!(
         "postgres://u:pw-x@127.0.0.1:{}/db",
-        orgctl::pgserver::free_port().unwrap_or(1)
+        orgctl::testing::pgserver::free_port().unwrap_or(1)
     );
     let unknown_db = db.url.replace(&db.name, "no_such_tenant");
     let cases: Vec<Case> = vec![
@@ -1371,7 +1371,7 @@ fn assert_hidden(pw: &str, text: &str, context: &str) {
 
 /// What orgctl prints for an error: sanitised and masked.
 fn printed(message: &str) -> String {
-    orgctl::redact::mask(&orgctl::error::sanitize(message))
+    orgctl::testing::mask(&orgctl::testing::sanitize(message))
 }
 
 #[test]
@@ -1396,7 +1396,7 @@ fn generated_passwords_never_appear_in_any_message() {
         // First typed raw, unencoded (before any other form registers it): whether it parses
         // or not, nothing shows it.
         let raw = format!("postgres://alice:{pw}@db.invalid:5432/tenant");
-        match orgctl::db::DbUrl::parse(&raw) {
+        match orgctl::testing::db::DbUrl::parse(&raw) {
             Ok(u) => assert_hidden(
                 pw,
                 &printed(&format!("{u} {u:?} {}", u.target())),
@@ -1411,7 +1411,7 @@ fn generated_passwords_never_appear_in_any_message() {
             format!("postgresql://alice:{enc}@db.invalid/tenant?application_name=x"),
             format!("postgres://alice@db.invalid/tenant?password={enc}"),
         ] {
-            match orgctl::db::DbUrl::parse(&url) {
+            match orgctl::testing::db::DbUrl::parse(&url) {
                 Ok(u) => {
                     assert_hidden(pw, &format!("{u} {u:?} {}", u.target()), "a parsed URL");
                 }
@@ -1426,7 +1426,7 @@ fn generated_passwords_never_appear_in_any_message() {
     }
 
     // Through the binary, against a port nothing listens on (each run retries, so in parallel).
-    let port = orgctl::pgserver::free_port().unwrap_or(1);
+    let port = orgctl::testing::pgserver::free_port().unwrap_or(1);
     let sample: Vec<&String> = passwords
         .iter()
         .rev()

@@ -1225,7 +1225,7 @@ fn ctrl_c_during_restarts_exits_130_saying_the_change_was_committed() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let at_interrupt = platform.calls();
-    orgctl::sys::kill(child.id() as i32, libc::SIGINT);
+    orgctl::testing::sys::kill(child.id() as i32, libc::SIGINT);
     assert!(
         at_interrupt.iter().all(|c| c.answered.is_none()),
         "the interrupt came too late to be mid-wave: {at_interrupt:?}"
@@ -1730,7 +1730,7 @@ fn killed_mid_fan_out_the_replay_restarts_only_what_is_still_owed() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    orgctl::sys::kill(child.id() as i32, libc::SIGKILL);
+    orgctl::testing::sys::kill(child.id() as i32, libc::SIGKILL);
     let _ = child.wait();
     let called_before: std::collections::BTreeSet<String> = slow
         .calls()

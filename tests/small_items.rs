@@ -372,7 +372,7 @@ fn the_tenants_file_is_bounded_and_its_read_interruptible() {
             let _ = w.flush();
         }
         std::thread::sleep(Duration::from_millis(500));
-        orgctl::sys::kill(child.id() as i32, signal);
+        orgctl::testing::sys::kill(child.id() as i32, signal);
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {
             match child.try_wait() {

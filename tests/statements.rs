@@ -27,7 +27,7 @@ async fn every_static_statement_prepares_against_the_schema() {
     .code(0);
     let _ = std::fs::remove_file(&fleet);
     let mut conn = db.connect().await;
-    let all = orgctl::statements();
+    let all = orgctl::testing::statements();
     assert!(all.len() > 50, "only {} statements listed", all.len());
     let mut failed = Vec::new();
     let mut seen = std::collections::BTreeSet::new();

@@ -562,7 +562,7 @@ fn names_with_escape_sequences_are_sanitised_in_the_table() {
 async fn status_answers_while_the_tenant_is_locked() {
     let db = TestDb::sample();
     let mut holder = db.connect().await;
-    let (k1, k2) = orgctl::db::TENANT_LOCK;
+    let (k1, k2) = orgctl::testing::db::TENANT_LOCK;
     for sql in [
         "BEGIN".to_string(),
         format!("SELECT pg_advisory_xact_lock({k1}, {k2})"),

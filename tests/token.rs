@@ -113,7 +113,7 @@ fn parse<T: serde::de::DeserializeOwned>(stdout: &str) -> T {
 }
 
 /// The platform's bearer lookup, with the hash computed by PostgreSQL from the
-/// plaintext's UTF-8 bytes — independently of `orgctl::platform::crypto::token_hash`, the function under
+/// plaintext's UTF-8 bytes — independently of `orgctl::testing::token_hash`, the function under
 /// test: if orgctl stored another digest (hex text, another encoding, a salt) the lookup fails.
 async fn platform_lookup(db: &TestDb, plaintext: &str) -> Option<(String, String, Option<String>)> {
     let mut conn = db.connect().await;
@@ -201,7 +201,7 @@ fn token_hash_matches_pinned_vectors_and_postgresql() {
             "4a99557e4033c3539de2eb65472017cad5f9557f7a0625a09f1c3f6e2ba69c4c",
         ),
     ] {
-        let ours: String = orgctl::platform::crypto::token_hash(plaintext)
+        let ours: String = orgctl::testing::token_hash(plaintext)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -770,8 +770,8 @@ async fn revoke_waits_for_the_tenant_lock_and_refuses_when_it_is_held() {
     let before = db.snapshot();
     let mut conn = db.connect().await;
     if let Err(e) = sqlx::query("SELECT pg_advisory_lock($1, $2)")
-        .bind(orgctl::db::TENANT_LOCK.0)
-        .bind(orgctl::db::TENANT_LOCK.1)
+        .bind(orgctl::testing::db::TENANT_LOCK.0)
+        .bind(orgctl::testing::db::TENANT_LOCK.1)
         .execute(&mut conn)
         .await
     {

@@ -192,8 +192,8 @@ async fn two_concurrent_mints_cannot_both_pass_the_ceiling() {
         .code(0);
     let lock = format!(
         "SELECT pg_advisory_xact_lock({}, {})",
-        orgctl::db::TENANT_LOCK.0,
-        orgctl::db::TENANT_LOCK.1
+        orgctl::testing::db::TENANT_LOCK.0,
+        orgctl::testing::db::TENANT_LOCK.1
     );
     let holder = hold(&db, &[&lock]).await;
     let race = || {

@@ -25,12 +25,12 @@ pub use commit::{
 pub use connect::connect;
 pub use migrate::{
     ensure_orgctl_schema, orgctl_schema_exists, orgctl_table, orgctl_table_readable, Access,
-    ORGCTL_MIGRATOR, PLATFORM_LEGACY_TEXT_STATUS_SQL, PLATFORM_SCHEMA_SQL,
+    PLATFORM_LEGACY_TEXT_STATUS_SQL, PLATFORM_SCHEMA_SQL,
 };
 pub use query::{
     ensure_rows, query, query_as, query_scalar, set_pooler, simple_batch, Arg, Binds, Check, Pooler,
 };
-pub use schema::{ensure_compatible, REQUIRED_COLUMNS};
+pub use schema::ensure_compatible;
 pub use tx::{
     begin_change, begin_change_on, begin_read_only, begin_write, lock_tenant, Begun, Settings,
     TENANT_LOCK,

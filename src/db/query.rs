@@ -102,10 +102,6 @@ impl<'a> Binds<'a> {
         self.args.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.args.is_empty()
-    }
-
     /// `q` with every value bound, in order.
     pub fn bind_to<'q>(
         &'q self,

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 pub const ORG_AGENT_ID_PREFIX: &str = "molecule-platform-agent:";
 
 /// The name hashed (under NAMESPACE_URL) for the agent of a self-hosted tenant.
+#[cfg(test)]
 pub const SELF_HOSTED_AGENT_NAME: &str = "molecule:self-hosted:platform-agent";
 
 /// `uuidv5(NAMESPACE_URL, "molecule:self-hosted:platform-agent")`.
@@ -78,13 +79,6 @@ impl Identity {
             Identity::Org(org) => format!("the platform's id for org id {org}"),
             Identity::SelfHosted => "the platform's self-hosted id".to_string(),
             Identity::Unknown => "no id".to_string(),
-        }
-    }
-
-    pub fn org_id(&self) -> Option<&str> {
-        match self {
-            Identity::Org(o) => Some(o),
-            _ => None,
         }
     }
 }

@@ -7,7 +7,6 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 
 // Kept so code written against the old path still builds; new code uses platform::keys.
-pub use crate::platform::keys::{SecretBox, NONCE_LEN};
 
 /// A fresh org API token: 32 bytes from the OS CSPRNG, base64url without padding.
 pub fn new_token() -> Result<Zeroizing<String>> {

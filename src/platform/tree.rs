@@ -40,7 +40,7 @@ pub const DEPTH_LIMITS: [DepthLimit; 3] = [AGENT_REACH, MEMORY_RESOLVE, ORG_ROOT
 /// own installer does the same without a word).
 pub const FORMER_ROOT_LOSES: &str = "former roots lose root-only behaviour on the platform: their org-wide memories become unreachable and their team namespaces merge";
 
-pub use crate::error::{sibling_name_violation, SIBLING_NAME_INDEX};
+pub use crate::error::SIBLING_NAME_INDEX;
 
 /// SQL predicate on `alias` for a row the sibling-name rule counts, exactly as the index's own
 /// predicate (a NULL status is not counted; `::text` also fits an older tenant's TEXT status).
@@ -69,25 +69,12 @@ pub struct NameClash {
     pub existing: Uuid,
 }
 
-impl NameClash {
-    /// `"NAME": MOVING and EXISTING under PARENT` (the name sanitised).
-    pub fn line(&self) -> String {
-        format!(
-            "\"{}\": {} and {} {}",
-            crate::error::sanitize(&self.name),
-            self.moving,
-            self.existing,
-            match self.parent {
-                Some(p) => format!("under {p}"),
-                None => "at the top level".to_string(),
-            }
-        )
-    }
-}
+impl NameClash {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::sibling_name_violation;
 
     #[test]
     fn limits_are_ordered() {

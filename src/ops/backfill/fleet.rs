@@ -29,6 +29,7 @@ impl Cancel {
     }
 
     /// A Cancel that never fires (tests of the modules).
+    #[cfg(test)]
     pub fn never() -> Self {
         let (tx, rx) = watch::channel(0u8);
         std::mem::forget(tx);

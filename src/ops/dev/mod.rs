@@ -14,8 +14,8 @@ mod cluster;
 mod sample;
 pub mod server;
 
-pub use cluster::{default_dir, dev_dir, down, up, Down, Up, UpInput, MARKER};
-pub use sample::{seed, SeedInput, DEV_COMMENT, DEV_DATABASE, SAMPLE_ORG_SQL, TENANTS_FILE};
+pub use cluster::{dev_dir, down, up, Down, Up, UpInput, MARKER};
+pub use sample::{seed, SeedInput, DEV_COMMENT, DEV_DATABASE, SAMPLE_ORG_SQL};
 
 /// Every static statement of the dev server, by name (each is prepared against the platform
 /// schema by a test; `dev seed`'s own statements need its temporary tables and are not listed).

@@ -270,24 +270,6 @@ pub fn platform_for(url: Option<&str>) -> crate::error::Result<Platform> {
     Ok(platform)
 }
 
-/// The org id from `MOLECULE_ORG_ID`: trimmed, empty is none. It travels as a header, so a
-/// value with control characters is refused (exit 2).
-pub fn org_id_from_env() -> crate::error::Result<Option<String>> {
-    let Ok(raw) = std::env::var("MOLECULE_ORG_ID") else {
-        return Ok(None);
-    };
-    let id = raw.trim();
-    if id.is_empty() {
-        return Ok(None);
-    }
-    if id.chars().any(|c| c.is_control()) || !id.is_ascii() {
-        return Err(Error::usage(
-            "MOLECULE_ORG_ID contains control or non-ASCII characters; it cannot be sent to the platform (nothing was changed)",
-        ));
-    }
-    Ok(Some(id.to_string()))
-}
-
 /// What stops a wait early: Ctrl-C for a command, the first Ctrl-C of a backfill.
 pub type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
 

@@ -25,12 +25,10 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 
 pub use dispatch::{
-    api_client, classify_answer, confirm_gone, dispatch, http_failure, unconfirmed_gone,
-    DispatchOutcome, Dispatched,
+    api_client, confirm_gone, dispatch, unconfirmed_gone, DispatchOutcome, Dispatched,
 };
 pub use guard::{
-    lookup_target, plan_global, plan_workspace, target_decision, RestartPlan, Skip, SkipReason,
-    Target, TargetRow, FANOUT_SQL, SKIPPED_RUNTIMES,
+    lookup_target, plan_global, plan_workspace, RestartPlan, Skip, SkipReason, Target, TargetRow,
 };
 
 /// Every static statement of the restart rules, by name (each is prepared against the
