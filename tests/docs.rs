@@ -313,7 +313,7 @@ fn every_source_path_in_the_docs_exists() {
             let found = if path.contains('/') {
                 root.join(&path).exists() || root.join("src").join(&path).exists()
             } else {
-                root.join(&path).exists() || names.iter().any(|n| *n == path)
+                root.join(&path).exists() || names.contains(&path)
             };
             if !found {
                 missing.push(format!("{}:{line}: `{path}`", rel.display()));
