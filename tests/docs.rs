@@ -292,3 +292,94 @@ fn the_example_finder_finds_a_tenants_file_and_nothing_else() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].0, 7, "the first line inside the fence");
 }
+
+/// Every source path the docs name in backticks exists: a `src/…` file or folder, and any
+/// `….rs` path. A path is looked up from the repository's root, then under `src/` (the layout
+/// table says `platform/keys.rs`); a bare file name (`commit.rs`, in the row of its folder) must
+/// be the name of some file under `src/` or `tests/`, or at the root (`build.rs`). A file that is
+/// moved or renamed makes this fail until the docs follow it.
+#[test]
+fn every_source_path_in_the_docs_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut names = Vec::new();
+    for dir in ["src", "tests"] {
+        file_names(&root.join(dir), &mut names);
+    }
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for rel in doc_files() {
+        for (line, path) in source_paths(&read_doc(&rel)) {
+            checked += 1;
+            let found = if path.contains('/') {
+                root.join(&path).exists() || root.join("src").join(&path).exists()
+            } else {
+                root.join(&path).exists() || names.contains(&path)
+            };
+            if !found {
+                missing.push(format!("{}:{line}: `{path}`", rel.display()));
+            }
+        }
+    }
+    assert!(checked > 0, "no source path found in the docs");
+    assert!(
+        missing.is_empty(),
+        "the docs name source files or folders that do not exist:\n{}",
+        missing.join("\n")
+    );
+}
+
+/// The names of the files under `dir`, recursively.
+fn file_names(dir: &Path, out: &mut Vec<String>) {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => panic!("{}: {e}", dir.display()),
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            file_names(&p, out);
+        } else {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+}
+
+/// (line, path) of every inline code span outside fenced blocks that is a source path: one
+/// word of path characters that starts with `src/` or ends with `.rs`.
+fn source_paths(md: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut fence = false;
+    for (i, l) in md.lines().enumerate() {
+        if l.trim_start().starts_with("```") {
+            fence = !fence;
+            continue;
+        }
+        if fence {
+            continue;
+        }
+        for span in l.split('`').skip(1).step_by(2) {
+            let is_path = !span.is_empty()
+                && span
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c));
+            if is_path && (span.starts_with("src/") || span.ends_with(".rs")) {
+                out.push((i + 1, span.to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_source_path_finder_takes_code_spans_that_are_paths() {
+    let md = "`src/db/` and `commit.rs`, not `cargo test docs.rs` nor `ops::install`\n\
+              ```sh\nls `src/x.rs`\n```\n`tests/docs.rs`";
+    assert_eq!(
+        source_paths(md),
+        [
+            (1, "src/db/".to_string()),
+            (1, "commit.rs".to_string()),
+            (5, "tests/docs.rs".to_string())
+        ]
+    );
+}
