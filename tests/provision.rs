@@ -1240,3 +1240,34 @@ fn resuming_a_run_with_provision_brings_its_agents_to_life() {
     assert_eq!(t["provision"]["final_status"], "online", "{t}");
     pa.one_ensure(TOKEN);
 }
+
+/// A fleet run with `--provision` whose tenant line names no platform URL cannot provision that
+/// tenant, so a missing MODEL is refused — and the refusal says to give the line its platform
+/// URL, not to pass the `--provision` already given.
+#[test]
+fn a_missing_model_on_a_line_without_a_platform_url_says_to_add_the_url() {
+    let db = TestDb::sample();
+    let before = db.snapshot();
+    let fleet = crate::harness::tenants_file("no-platform-url", &format!("alpha {}\n", db.url));
+    let f = fleet.to_string_lossy().to_string();
+    let r = db
+        .orgctl(&[
+            "backfill",
+            "run",
+            "--tenants",
+            &f,
+            "--provision",
+            "--dry-run",
+        ])
+        .run();
+    let _ = std::fs::remove_file(&fleet);
+    r.code(1);
+    let said = format!("{}\n{}", r.stdout, r.stderr);
+    assert!(said.contains("would have no MODEL secret"), "{said}");
+    assert!(said.contains("platform URL (the third field)"), "{said}");
+    assert!(
+        !said.contains("or --provision (the platform seeds"),
+        "{said}"
+    );
+    assert_eq!(db.snapshot(), before, "a dry run changed the tenant");
+}

@@ -87,6 +87,9 @@ pub struct InstallInput {
     /// `--model` then goes to the platform, which validates it and writes MODEL, and a missing
     /// MODEL is seeded by the platform (see [`crate::platform::missing_model_is_seeded`]).
     pub provision: bool,
+    /// `--provision` was given but nothing can provision this tenant's agent: its line in the
+    /// tenants file names no platform URL. Only changes what a refusal advises.
+    pub provision_without_url: bool,
 }
 
 impl std::fmt::Debug for InstallInput {
@@ -157,6 +160,7 @@ impl InstallInput {
             org_name: None,
             runtime: platform_agent::runtime(None),
             provision: false,
+            provision_without_url: false,
         })
     }
 

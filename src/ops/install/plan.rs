@@ -269,6 +269,7 @@ async fn plan_from_reads(
         plugin,
         model_via_platform: input.provision && input.model.is_some(),
         ensure,
+        provision_without_url: input.provision_without_url,
         model_outranked,
     })
 }

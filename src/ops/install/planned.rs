@@ -164,6 +164,8 @@ pub struct Plan {
     /// `--provision` will ask the platform to provision this agent (it is new, or nothing runs
     /// or starts it), so the platform seeds a missing MODEL.
     pub ensure: bool,
+    /// [`super::InstallInput::provision_without_url`]: what a missing MODEL's refusal advises.
+    pub provision_without_url: bool,
     /// Where a MOLECULE_MODEL secret, which outranks MODEL, is set: `on the agent`, `globally`.
     pub model_outranked: Option<&'static str>,
 }
@@ -247,8 +249,13 @@ impl Plan {
             && !self.allow_missing_model
             && !crate::platform::missing_model_is_seeded(self.ensure)
         {
+            let provision = if self.provision_without_url {
+                "or give this tenant's line its platform URL (the third field) so that --provision acts on it (the platform seeds MODEL when it provisions the agent)"
+            } else {
+                "or --provision (the platform seeds MODEL when it provisions the agent)"
+            };
             return Some(Error::refused(format!(
-                "{which} would have no MODEL secret and the platform would mark it failed when it registers: pass --model MODEL, or --provision (the platform seeds MODEL when it provisions the agent), or --allow-missing-model to install without it"
+                "{which} would have no MODEL secret and the platform would mark it failed when it registers: pass --model MODEL, {provision}, or --allow-missing-model to install without it"
             )));
         }
         None

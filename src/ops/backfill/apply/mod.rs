@@ -200,6 +200,7 @@ impl Job {
         // No MOLECULE_ORG_NAME: one name cannot name every org of a fleet, so a new agent gets
         // the platform's name for an org whose name it does not know.
         input.provision = self.provision.is_some() && t.platform_url.is_some();
+        input.provision_without_url = self.provision.is_some() && t.platform_url.is_none();
         Ok(input)
     }
 }
