@@ -27,7 +27,7 @@ pub use secret::{
     SecretCommand, SecretDeleteArgs, SecretListArgs, SecretRekeyArgs, SecretRestartArgs,
     SecretSetArgs, SecretVerifyArgs,
 };
-pub use shared::{parse_duration, ShardArgs};
+pub use shared::{parse_duration, PlatformArgs, RestartDeadlineArgs, ShardArgs};
 use shared::{AFTER_HELP, AFTER_HELP_PENDING, AFTER_HELP_TOP};
 pub use status::StatusArgs;
 pub use token::{TokenAnchorArgs, TokenCommand, TokenListArgs, TokenMintArgs, TokenRevokeArgs};

@@ -73,9 +73,9 @@ fn after_attempts(last: Error, total: Duration) -> Error {
     Error::new(
         last.exit,
         format!(
-            "{} ({CONNECT_ATTEMPTS} attempts, {:.1}s in all)",
+            "{} ({CONNECT_ATTEMPTS} attempts, {} in all)",
             last.message,
-            total.as_secs_f64()
+            crate::output::duration::human(total)
         ),
     )
 }

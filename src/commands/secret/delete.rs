@@ -6,17 +6,16 @@ use super::write::{change, Request};
 use crate::cli::SecretDeleteArgs;
 use crate::error::{Exit, Result};
 use crate::ops::secret::{Change, Op};
-use crate::platform::restart::Platform;
 use crate::Context;
 
 pub(super) async fn run(ctx: &Context, args: &SecretDeleteArgs) -> Result<Exit> {
     let (scope, key) = parse_scope(args.scope.global, &args.positional)?;
     let url = ctx.url()?;
-    let platform = Platform::resolve(
-        args.platform.platform_url.as_deref(),
-        !(args.no_restart || args.dry_run),
-    )?
-    .map(|p| p.with_total_timeout(args.restart.restart_timeout));
+    let platform = super::restart_client(
+        &args.platform,
+        &args.restart,
+        args.no_restart || args.dry_run,
+    )?;
     let req = Request {
         change: Change {
             scope,

@@ -85,6 +85,20 @@ fn named_ids(ids: &[Uuid]) -> String {
     names.join(", ")
 }
 
+/// The platform client a secret change restarts workspaces through, with its deadline; None
+/// when nothing is to be restarted (`--no-restart`, a dry run) or no `--platform-url` is given
+/// (the restart plan is printed instead).
+fn restart_client(
+    platform: &crate::cli::PlatformArgs,
+    restart: &crate::cli::RestartDeadlineArgs,
+    no_restart: bool,
+) -> Result<Option<crate::platform::restart::Platform>> {
+    Ok(
+        crate::platform::restart::Platform::resolve(platform.platform_url.as_deref(), !no_restart)?
+            .map(|p| p.with_total_timeout(restart.restart_timeout)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,17 +12,16 @@ use crate::error::{Error, Exit, Result};
 use crate::ops::secret::{finish_value, read_value_from, Change, Op, ValueSource};
 use crate::output::Output;
 use crate::platform::keys::SecretBox;
-use crate::platform::restart::Platform;
 use crate::Context;
 
 pub(super) async fn run(ctx: &Context, args: &SecretSetArgs) -> Result<Exit> {
     let (scope, key) = parse_scope(args.scope.global, &args.positional)?;
     let url = ctx.url()?;
-    let platform = Platform::resolve(
-        args.platform.platform_url.as_deref(),
-        !(args.no_restart || args.dry_run),
-    )?
-    .map(|p| p.with_total_timeout(args.restart.restart_timeout));
+    let platform = super::restart_client(
+        &args.platform,
+        &args.restart,
+        args.no_restart || args.dry_run,
+    )?;
     let sb = SecretBox::from_env();
     // Refusals of the key (bad key: 2; production without a key: 3) before reading a value.
     let version = sb.write_version()?;

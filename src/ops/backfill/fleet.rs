@@ -64,6 +64,31 @@ pub enum Slot<T> {
     Panicked(String),
 }
 
+/// A tenant's line of a fleet report, as the runner makes it for a task it did not finish.
+pub trait TenantLine: Sized {
+    /// The line of a tenant never started.
+    fn not_started(t: &Tenant) -> Self;
+    /// The line of a tenant that failed with `error` after `duration_ms`.
+    fn failed(t: &Tenant, error: String, duration_ms: u64) -> Self;
+}
+
+impl<T: TenantLine> Slot<T> {
+    /// The tenant's line from what became of its task.
+    pub fn into_line(self, t: &Tenant) -> T {
+        match self {
+            Slot::Done(r) => r,
+            Slot::NotStarted => T::not_started(t),
+            Slot::Abandoned(ms) => T::failed(
+                t,
+                "abandoned by a second Ctrl-C before its commit: its transaction was rolled back"
+                    .into(),
+                ms,
+            ),
+            Slot::Panicked(detail) => T::failed(t, panicked_message(&detail), 0),
+        }
+    }
+}
+
 /// The report line of a tenant whose task panicked.
 pub fn panicked_message(detail: &str) -> String {
     format!("internal error (a bug in orgctl: {detail}); the tenant's transaction was rolled back")

@@ -32,7 +32,7 @@ mod verify;
 use crate::error::{Error, Result};
 
 pub use digest::tampered_snapshots;
-pub use fleet::{for_each, panicked_message, Cancel, Committing, Slot};
+pub use fleet::{for_each, Cancel, Committing, Slot, TenantLine};
 pub use records::{backfill_tables_exist, known_runs, unknown_run, KnownRun};
 pub use shard::Shard;
 pub use tenants::Tenant;

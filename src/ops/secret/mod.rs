@@ -1,6 +1,9 @@
 //! Workspace and global secrets the way the platform reads them: set, delete and list them,
 //! then restart the workspaces a change affects — never the platform agent.
 //!
+//! `secret verify` and `secret rekey` work on every encrypted value at once under a key, not
+//! on one secret: their domain is [`crate::ops::rekey`].
+//!
 //! A change is planned with read-only queries ([`plan`]: what the write does and which
 //! workspaces it would restart), then written in ONE transaction under the tenant lock
 //! ([`lock_target`] re-checks the target and the MODEL gate, [`write`] does the one upsert or

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{tenant, Job, Status, TenantResult};
-use crate::ops::backfill::{for_each, panicked_message, Cancel, Committing, Slot, Tenant};
+use crate::ops::backfill::{for_each, Cancel, Committing, Slot, Tenant, TenantLine};
 
 /// Install on every selected tenant, at most `concurrency` at once, in list order; `on_done` is
 /// called as each finishes (for progress). With a canary (`canary` tenants; none in a dry run)
@@ -45,30 +45,21 @@ pub async fn run_fleet(
     let results = slots
         .into_iter()
         .zip(selected.iter())
-        .map(|(s, t)| result_of(s, t))
+        .map(|(s, t)| s.into_line(t))
         .collect();
     (results, canary_stopped)
 }
 
-/// A tenant's result from what became of its task.
-fn result_of(slot: Slot<TenantResult>, t: &Tenant) -> TenantResult {
-    match slot {
-        Slot::Done(r) => r,
-        Slot::NotStarted => TenantResult::new(t, Status::NotStarted),
-        Slot::Abandoned(ms) => {
-            let mut r = TenantResult::new(t, Status::Failed);
-            r.error = Some(
-                "abandoned by a second Ctrl-C before its commit: its transaction was rolled back"
-                    .into(),
-            );
-            r.duration_ms = ms;
-            r
-        }
-        Slot::Panicked(detail) => {
-            let mut r = TenantResult::new(t, Status::Failed);
-            r.error = Some(panicked_message(&detail));
-            r
-        }
+impl TenantLine for TenantResult {
+    fn not_started(t: &Tenant) -> Self {
+        TenantResult::new(t, Status::NotStarted)
+    }
+
+    fn failed(t: &Tenant, error: String, duration_ms: u64) -> Self {
+        let mut r = TenantResult::new(t, Status::Failed);
+        r.error = Some(error);
+        r.duration_ms = duration_ms;
+        r
     }
 }
 

@@ -6,9 +6,7 @@ use serde::Serialize;
 
 use super::{tenant, Job, Status, TenantResult};
 use crate::error::Result;
-use crate::ops::backfill::{
-    for_each, panicked_message, unknown_run, Cancel, Committing, Slot, Tenant,
-};
+use crate::ops::backfill::{for_each, unknown_run, Cancel, Committing, Tenant, TenantLine};
 
 /// The rollback's report (`--output json`).
 #[derive(Serialize)]
@@ -35,7 +33,7 @@ pub async fn roll_back_fleet(
     let tenants: Vec<TenantResult> = slots
         .into_iter()
         .zip(selected.iter())
-        .map(|(s, t)| result_of(s, t))
+        .map(|(s, t)| s.into_line(t))
         .collect();
     if !cancel.stopping()
         && !tenants.is_empty()
@@ -57,21 +55,15 @@ pub async fn roll_back_fleet(
     })
 }
 
-/// A tenant's result from what became of its task.
-fn result_of(slot: Slot<TenantResult>, t: &Tenant) -> TenantResult {
-    match slot {
-        Slot::Done(r) => r,
-        Slot::NotStarted => TenantResult::new(t, Status::NotStarted),
-        Slot::Abandoned(ms) => {
-            let mut r = TenantResult::new(t, Status::Failed);
-            r.error = Some("abandoned by a second Ctrl-C: its transaction was rolled back".into());
-            r.duration_ms = ms;
-            r
-        }
-        Slot::Panicked(detail) => {
-            let mut r = TenantResult::new(t, Status::Failed);
-            r.error = Some(panicked_message(&detail));
-            r
-        }
+impl TenantLine for TenantResult {
+    fn not_started(t: &Tenant) -> Self {
+        TenantResult::new(t, Status::NotStarted)
+    }
+
+    fn failed(t: &Tenant, error: String, duration_ms: u64) -> Self {
+        let mut r = TenantResult::new(t, Status::Failed);
+        r.error = Some(error);
+        r.duration_ms = duration_ms;
+        r
     }
 }
