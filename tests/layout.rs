@@ -42,7 +42,7 @@ fn layer_of(unit_root: &str) -> Option<u8> {
 fn root_item_owner(item: &str) -> Option<&'static str> {
     match item {
         "Context" => Some("context"),
-        "run" | "print_error" => Some("lib"),
+        "run" | "print_error" | "statements" | "testing" => Some("lib"),
         _ => None,
     }
 }

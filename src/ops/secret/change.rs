@@ -170,18 +170,24 @@ impl Reviewed {
     }
 }
 
-/// Plan the change from the snapshot `conn` sees (read-only: no locks, no writes).
-pub async fn plan(conn: &mut PgConnection, change: &Change<'_>) -> Result<Reviewed> {
-    let (scope, key) = (change.scope, change.key);
-    let target = match scope {
-        Scope::Workspace(id) => Some(
+/// The workspace a per-workspace secret belongs to, as the restart guard sees it (None for a
+/// global secret); a workspace the tenant does not have is refused.
+pub(super) async fn target_of(conn: &mut PgConnection, scope: Scope) -> Result<Option<TargetRow>> {
+    match scope {
+        Scope::Workspace(id) => Ok(Some(
             restart::lookup_target(conn, id)
                 .await
                 .map_err(Error::failed)?
                 .ok_or_else(|| unknown_workspace(id))?,
-        ),
-        Scope::Global => None,
-    };
+        )),
+        Scope::Global => Ok(None),
+    }
+}
+
+/// Plan the change from the snapshot `conn` sees (read-only: no locks, no writes).
+pub async fn plan(conn: &mut PgConnection, change: &Change<'_>) -> Result<Reviewed> {
+    let (scope, key) = (change.scope, change.key);
+    let target = target_of(conn, scope).await?;
     let existing = existing_row(conn, scope, key).await?;
     let restart = restart_plan(conn, scope, key, change.no_restart).await?;
     let is_platform = target.as_ref().is_some_and(|t| t.is_platform);

@@ -9,7 +9,7 @@ use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use super::change::{existing_row, Existing};
-use super::scope::{unknown_workspace, Scope};
+use super::scope::Scope;
 use crate::db;
 use crate::error::{Error, Result};
 use crate::output::Output;
@@ -274,15 +274,7 @@ pub struct Replay {
 /// Read what a replay of the restarts of `scope`/`key` needs, in the caller's read-only
 /// transaction: the plan comes from the current state under the same guard and rules as `set`.
 pub async fn read_replay(conn: &mut PgConnection, scope: Scope, key: &str) -> Result<ReplayState> {
-    let target = match scope {
-        Scope::Workspace(id) => Some(
-            restart::lookup_target(conn, id)
-                .await
-                .map_err(Error::failed)?
-                .ok_or_else(|| unknown_workspace(id))?,
-        ),
-        Scope::Global => None,
-    };
+    let target = super::change::target_of(conn, scope).await?;
     let existing = existing_row(conn, scope, key).await?;
     let plan = restart_plan(conn, scope, key, false).await?;
     let (done, changed) = restarted_since_change(conn, scope, key).await?;
