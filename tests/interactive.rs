@@ -378,19 +378,21 @@ fn install_confirmed_says_what_will_happen_then_what_happened_once() {
     assert_eq!(db.audit_rows(), 1);
 }
 
-/// Every table fits the terminal it is printed on, at 80 and at 120 columns: status, a fleet
-/// run with a failed tenant's long error, a rollback dry run refused for drift (long drift
-/// rows), and backfill status. Prose lines (warnings) are the terminal's to wrap; table lines
-/// are checked.
-#[test]
-fn tables_fit_the_terminal_at_80_and_120_columns() {
-    let a = TestDb::sample();
+/// A fleet of two tenants for the table-width tests — one with a long name, one that cannot be
+/// reached — after a run (`run_id`) that applied the first and failed the second, with drift
+/// (a new child under the agent) added after it: the widest tables orgctl prints. Returns the
+/// tenants file and the run's output.
+fn wide_tables_fleet(
+    a: &TestDb,
+    name: &str,
+    run_id: &str,
+) -> (std::path::PathBuf, crate::harness::Run) {
     let gone = format!(
         "postgres://postgres@127.0.0.1:{}/nowhere",
         orgctl::testing::pgserver::free_port().unwrap_or(1)
     );
     let fleet = crate::harness::tenants_file(
-        "widths",
+        name,
         &format!("a-tenant-with-a-long-name {}\ngone {gone}\n", a.url),
     );
     let f = fleet.to_string_lossy().to_string();
@@ -404,8 +406,9 @@ fn tables_fit_the_terminal_at_80_and_120_columns() {
             "m",
             "--yes",
             "--run-id",
-            "w1",
+            run_id,
         ])
+        .env_remove("COLUMNS")
         .run();
     run.code(1);
     // Drift: a new child under the agent.
@@ -413,6 +416,18 @@ fn tables_fit_the_terminal_at_80_and_120_columns() {
         "INSERT INTO workspaces (name, tier, status, parent_id) VALUES ('a child added after the run with a long name', 2, 'online', '{}')",
         crate::harness::TEST_AGENT_ID
     ));
+    (fleet, run)
+}
+
+/// Every table fits the terminal it is printed on, at 80 and at 120 columns: status, a fleet
+/// run with a failed tenant's long error, a rollback dry run refused for drift (long drift
+/// rows), and backfill status. Prose lines (warnings) are the terminal's to wrap; table lines
+/// are checked.
+#[test]
+fn tables_fit_the_terminal_at_80_and_120_columns() {
+    let a = TestDb::sample();
+    let (fleet, _) = wide_tables_fleet(&a, "widths", "w1");
+    let f = fleet.to_string_lossy().to_string();
     let commands: [&[&str]; 4] = [
         &["status"],
         &[
@@ -464,30 +479,8 @@ fn tables_fit_the_terminal_at_80_and_120_columns() {
 #[test]
 fn piped_tables_fit_100_columns_and_long_cells_follow_whole() {
     let a = TestDb::sample();
-    let gone = format!(
-        "postgres://postgres@127.0.0.1:{}/nowhere",
-        orgctl::testing::pgserver::free_port().unwrap_or(1)
-    );
-    let fleet = crate::harness::tenants_file(
-        "piped-widths",
-        &format!("a-tenant-with-a-long-name {}\ngone {gone}\n", a.url),
-    );
+    let (fleet, run) = wide_tables_fleet(&a, "piped-widths", "p1");
     let f = fleet.to_string_lossy().to_string();
-    let run = a
-        .orgctl(&[
-            "backfill",
-            "run",
-            "--tenants",
-            &f,
-            "--model",
-            "m",
-            "--yes",
-            "--run-id",
-            "p1",
-        ])
-        .env_remove("COLUMNS")
-        .run();
-    run.code(1);
     let table_lines = |out: &str| -> Vec<String> {
         out.lines()
             .filter(|l| l.starts_with(['+', '|']))
@@ -512,10 +505,6 @@ fn piped_tables_fit_100_columns_and_long_cells_follow_whole() {
         error_line.contains("nowhere") || error_line.contains("connect"),
         "{summary}"
     );
-    a.exec(&format!(
-        "INSERT INTO workspaces (name, tier, status, parent_id) VALUES ('a child added after the run with a long name', 2, 'online', '{}')",
-        crate::harness::TEST_AGENT_ID
-    ));
     let commands: [&[&str]; 3] = [
         &["status"],
         &[
