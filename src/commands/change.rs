@@ -286,6 +286,9 @@ async fn apply<C: Change>(
         return Err(change.moved(reviewed, &current)?);
     }
     if let Some(e) = current.refusal() {
+        // Rolled back here, not left to the drop, so that "nothing was changed" is said of a
+        // transaction that has ended.
+        tx.rollback().await?;
         return Err(e);
     }
     if !current.changed() {
